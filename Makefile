@@ -1,0 +1,43 @@
+# The front door. `make run` starts the box; `make test` runs every test. Both install the
+# Debian packages they need first (scripts/install-deps.sh; quiet when all are present).
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+CMAKE_ARGS ?=
+# CI=true (set by CI) turns warnings into errors.
+ifeq ($(CI),true)
+CMAKE_ARGS += -DINFERBOX_WERROR=ON
+endif
+RUN_DIR := $(CURDIR)/.inferbox
+
+.PHONY: all deps configure build run test format format-check clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD_DIR) -G Ninja $(CMAKE_ARGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD_DIR) -j $(JOBS)
+
+# Starts inferboxd in the foreground with its embedded default configuration: loopback
+# only (gRPC 127.0.0.1:7070, metrics 127.0.0.1:9400), state and runtime files under
+# ./.inferbox, no root needed. Ctrl-C stops it gracefully.
+run: build
+	@mkdir -p $(RUN_DIR)
+	$(BUILD_DIR)/daemon/inferboxd --default-config \
+	  --state-dir $(RUN_DIR)/state --runtime-dir $(RUN_DIR)/run
+
+test: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+format:
+	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 clang-format -i
+
+format-check:
+	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 clang-format --dry-run --Werror
+
+clean:
+	@rm -rf $(BUILD_DIR) $(RUN_DIR)

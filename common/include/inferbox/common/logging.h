@@ -1,0 +1,41 @@
+// Process-wide logging on spdlog. Under systemd (stderr connected to the journal, as
+// JOURNAL_STREAM says) records go to journald natively with structured fields; otherwise
+// to stderr. Thread-safe: any thread may log.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <spdlog/spdlog.h>
+
+#include "inferbox/common/status.h"
+
+namespace inferbox {
+
+enum class LogDestination { kStderr, kJournald };
+
+// Installs the default logger for `program` (also the journal's SYSLOG_IDENTIFIER).
+// Call once, early in main, before other threads start.
+LogDestination InitLogging(std::string_view program, spdlog::level::level_enum level);
+
+// Parses "trace", "debug", "info", "warn", "error", "critical" or "off".
+Result<spdlog::level::level_enum> ParseLogLevel(std::string_view name);
+
+// A journal MESSAGE_ID (128-bit, 32 lowercase hex digits) naming a kind of key event, so
+// operators can run `journalctl MESSAGE_ID=...`. The catalogue is docs/operations.md.
+struct MessageId {
+  std::string_view hex;
+};
+
+namespace message_ids {
+inline constexpr MessageId kReady{"cd234af6c3fa4533a4ffd1eedfcf031a"};
+inline constexpr MessageId kStopping{"69b44ebc119c4f979bcc7643ab3931c3"};
+inline constexpr MessageId kConfigReloaded{"26e90c0f346f4a33adc0de49f23c9241"};
+inline constexpr MessageId kConfigReloadFailed{"542227d430c842a79dc2f1db7f53c484"};
+inline constexpr MessageId kStartupFailed{"075cc4047b59460eb74dd4933b6ae78f"};
+}  // namespace message_ids
+
+// Logs a key event: on journald it carries MESSAGE_ID; on stderr it is an ordinary line.
+void LogEvent(spdlog::level::level_enum level, MessageId id, std::string_view message);
+
+}  // namespace inferbox

@@ -1,0 +1,122 @@
+// Status and Result<T>: expected failures (bad input, missing file, peer gone) travel as
+// values with a message a person can act on. Broken invariants abort instead (INFERBOX_CHECK).
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace inferbox {
+
+// Mirrors the gRPC status codes that the box maps to; mapped to gRPC codes and HTTP
+// statuses in one place at each API edge.
+enum class StatusCode {
+  kOk,
+  kInvalidArgument,
+  kNotFound,
+  kAlreadyExists,
+  kFailedPrecondition,
+  kPermissionDenied,
+  kUnauthenticated,
+  kResourceExhausted,
+  kUnavailable,
+  kDeadlineExceeded,
+  kCancelled,
+  kInternal,
+};
+
+std::string_view StatusCodeName(StatusCode code);
+
+class [[nodiscard]] Status {
+ public:
+  Status() = default;
+  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+
+  static Status Ok() { return {}; }
+
+  bool ok() const { return code_ == StatusCode::kOk; }
+  StatusCode code() const { return code_; }
+  const std::string& message() const { return message_; }
+
+  // "INVALID_ARGUMENT: <message>", or "OK".
+  std::string ToString() const;
+
+  // Returns a status with `context` prepended to the message: "context: message".
+  Status WithContext(std::string_view context) const;
+
+ private:
+  StatusCode code_ = StatusCode::kOk;
+  std::string message_;
+};
+
+inline Status InvalidArgumentError(std::string message) {
+  return {StatusCode::kInvalidArgument, std::move(message)};
+}
+inline Status NotFoundError(std::string message) {
+  return {StatusCode::kNotFound, std::move(message)};
+}
+inline Status FailedPreconditionError(std::string message) {
+  return {StatusCode::kFailedPrecondition, std::move(message)};
+}
+inline Status UnavailableError(std::string message) {
+  return {StatusCode::kUnavailable, std::move(message)};
+}
+inline Status InternalError(std::string message) {
+  return {StatusCode::kInternal, std::move(message)};
+}
+
+// Either a value or a non-OK Status.
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
+  Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
+    if (status_.ok()) {
+      std::fprintf(stderr, "Result constructed from an OK status without a value\n");
+      std::abort();
+    }
+  }
+
+  bool ok() const { return value_.has_value(); }
+  // OK when a value is held.
+  const Status& status() const { return status_; }
+
+  T& value() & { return Checked(); }
+  const T& value() const& { return Checked(); }
+  T&& value() && { return std::move(Checked()); }
+  T* operator->() { return &Checked(); }
+  const T* operator->() const { return &Checked(); }
+  T& operator*() & { return Checked(); }
+  const T& operator*() const& { return Checked(); }
+
+ private:
+  T& Checked() {
+    if (!value_) AbortOnError();
+    return *value_;
+  }
+  const T& Checked() const {
+    if (!value_) AbortOnError();
+    return *value_;
+  }
+  [[noreturn]] void AbortOnError() const {
+    std::fprintf(stderr, "value() of a Result holding an error: %s\n", status_.ToString().c_str());
+    std::abort();
+  }
+
+  Status status_;
+  std::optional<T> value_;
+};
+
+}  // namespace inferbox
+
+// Aborts with a message when an internal invariant is broken. Not for input validation.
+#define INFERBOX_CHECK(condition)                                                        \
+  do {                                                                                   \
+    if (!(condition)) {                                                                  \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #condition); \
+      std::abort();                                                                      \
+    }                                                                                    \
+  } while (false)

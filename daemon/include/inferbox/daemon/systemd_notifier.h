@@ -1,0 +1,36 @@
+// The sd_notify protocol: tells systemd (Type=notify) when the daemon is ready, reloading
+// or stopping, what it is doing (STATUS=), and that its main loop is alive (WATCHDOG=1).
+// Every call is a no-op when NOTIFY_SOCKET is unset or inferbox was built without
+// libsystemd. Called from the daemon's main thread only.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string_view>
+
+namespace inferbox::daemon {
+
+class SystemdNotifier {
+ public:
+  SystemdNotifier();
+
+  void Ready(std::string_view status);
+  void Status(std::string_view status);
+  // RELOADING=1 with MONOTONIC_USEC, as systemd's reload protocol asks; follow with Ready().
+  void Reloading(std::string_view status);
+  void Stopping(std::string_view status);
+  void PingWatchdog();
+
+  // How often PingWatchdog() must be called (half of WATCHDOG_USEC), when systemd enabled
+  // the watchdog for this process.
+  std::optional<std::chrono::microseconds> watchdog_ping_interval() const {
+    return watchdog_ping_interval_;
+  }
+
+ private:
+  void Send(std::string_view message);
+
+  std::optional<std::chrono::microseconds> watchdog_ping_interval_;
+};
+
+}  // namespace inferbox::daemon

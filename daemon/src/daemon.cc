@@ -1,0 +1,329 @@
+#include "inferbox/daemon/daemon.h"
+
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include <fmt/format.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include "inferbox/admin/admin_service.h"
+#include "inferbox/admin/status_board.h"
+#include "inferbox/common/atomic_file.h"
+#include "inferbox/common/logging.h"
+#include "inferbox/common/version.h"
+#include "inferbox/daemon/config.h"
+#include "inferbox/daemon/systemd_notifier.h"
+#include "inferbox/monitoring/daemon_metrics.h"
+#include "inferbox/monitoring/metrics_server.h"
+#include "inferbox/monitoring/process_collector.h"
+
+namespace inferbox::daemon {
+namespace {
+
+constexpr std::string_view kEmbeddedConfigName = "(embedded default)";
+constexpr std::string_view kAdminServiceName = "inferbox.v1.Admin";
+constexpr std::string_view kInferenceServiceName = "inferbox.v1.Inference";
+// Largest request message accepted, in bytes: prompts and chats fit easily; anything larger
+// is refused with RESOURCE_EXHAUSTED by gRPC before it reaches a handler.
+constexpr int kMaxReceiveMessageBytes = 16 * 1024 * 1024;
+// Name of the file in the runtime directory that lists the bound addresses (useful when
+// the config asks for port 0); written before READY=1, removed at exit.
+constexpr std::string_view kListenersFileName = "listeners.toml";
+
+Result<DaemonConfig> LoadConfig(const DaemonOptions& options) {
+  if (options.config_path) return LoadConfigFile(*options.config_path);
+  return ParseConfig(EmbeddedDefaultConfig(), kEmbeddedConfigName);
+}
+
+std::filesystem::path ResolveDirectory(const std::optional<std::filesystem::path>& flag,
+                                       const std::optional<std::filesystem::path>& configured,
+                                       const char* systemd_variable, std::string_view fallback) {
+  if (flag) return std::filesystem::absolute(*flag).lexically_normal();
+  if (configured) return *configured;
+  if (const char* value = std::getenv(systemd_variable); value != nullptr && *value != '\0') {
+    // systemd passes a colon-separated list when a unit names several directories.
+    const std::string_view list(value);
+    return std::filesystem::path(std::string(list.substr(0, list.find(':'))));
+  }
+  return std::filesystem::path(fallback);
+}
+
+Status EnsureDirectory(const std::filesystem::path& path, std::string_view what) {
+  std::error_code error;
+  std::filesystem::create_directories(path, error);
+  if (error) {
+    return FailedPreconditionError(
+        fmt::format("cannot create the {} {}: {}", what, path.string(), error.message()));
+  }
+  return Status::Ok();
+}
+
+// The parts of a running daemon that exist once startup succeeded. Destruction order
+// (reverse of declaration) stops the gRPC server before the objects its handlers use.
+class RunningDaemon {
+ public:
+  RunningDaemon(const DaemonOptions& options, DaemonConfig config)
+      : options_(options),
+        config_(std::move(config)),
+        board_(kVersion, kGitCommit),
+        metrics_({std::string(kVersion), std::string(kGitCommit)}),
+        admin_service_(board_) {}
+
+  ~RunningDaemon() {
+    if (!listeners_file_.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove(listeners_file_, ignored);
+    }
+  }
+
+  Status Start();
+  void Serve();
+  void Shutdown();
+
+ private:
+  Status StartMetrics();
+  Status StartGrpc();
+  void Reload();
+
+  const DaemonOptions& options_;
+  DaemonConfig config_;  // Main thread only.
+  SystemdNotifier notifier_;
+  admin::StatusBoard board_;
+  monitoring::DaemonMetrics metrics_;
+  std::shared_ptr<monitoring::ProcessCollector> process_collector_ =
+      std::make_shared<monitoring::ProcessCollector>();
+  std::unique_ptr<monitoring::MetricsServer> metrics_server_;
+  admin::AdminServiceImpl admin_service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::string grpc_address_;
+  std::string metrics_address_;
+  std::filesystem::path listeners_file_;
+};
+
+Status RunningDaemon::StartMetrics() {
+  auto server = monitoring::MetricsServer::Start(config_.metrics_listen.ToString());
+  if (!server.ok()) return server.status();
+  metrics_server_ = std::move(server).value();
+  metrics_server_->Register(metrics_.registry());
+  metrics_server_->Register(process_collector_);
+  ListenAddress bound = config_.metrics_listen;
+  bound.port = metrics_server_->port();
+  metrics_address_ = bound.ToString();
+  return Status::Ok();
+}
+
+Status RunningDaemon::StartGrpc() {
+  grpc::EnableDefaultHealthCheckService(true);
+  if (config_.grpc_reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(config_.grpc_listen.ToString(), grpc::InsecureServerCredentials(),
+                           &bound_port);
+  // gRPC sets SO_REUSEPORT by default: a second daemon would then share the port silently
+  // instead of failing to start.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(kMaxReceiveMessageBytes);
+  // Keepalive policy (docs/operations.md): clients may ping every 10 s, even when idle, so
+  // long-lived admin streams behind NAT survive without a GOAWAY "too_many_pings".
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.RegisterService(&admin_service_);
+  grpc_server_ = builder.BuildAndStart();
+  if (!grpc_server_ || bound_port == 0) {
+    grpc_server_.reset();
+    return UnavailableError("cannot listen for gRPC on " + config_.grpc_listen.ToString() +
+                            " (address in use, or not an address of this host)");
+  }
+  ListenAddress bound = config_.grpc_listen;
+  bound.port = static_cast<uint16_t>(bound_port);
+  grpc_address_ = bound.ToString();
+
+  // Overall health ("") is SERVING when every configured model can serve; no model is
+  // configured in this version, so it is SERVING once the listeners are up. The Inference
+  // service has no engine behind it yet and says so.
+  auto* health = grpc_server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(std::string(kAdminServiceName), true);
+  health->SetServingStatus(std::string(kInferenceServiceName), false);
+  return Status::Ok();
+}
+
+Status RunningDaemon::Start() {
+  const auto state_dir =
+      ResolveDirectory(options_.state_dir, config_.state_dir, "STATE_DIRECTORY", kDefaultStateDir);
+  const auto runtime_dir = ResolveDirectory(options_.runtime_dir, config_.runtime_dir,
+                                            "RUNTIME_DIRECTORY", kDefaultRuntimeDir);
+  if (Status status = EnsureDirectory(state_dir, "state directory"); !status.ok()) return status;
+  if (Status status = EnsureDirectory(runtime_dir, "runtime directory"); !status.ok())
+    return status;
+  board_.SetPaths(
+      options_.config_path ? options_.config_path->string() : std::string(kEmbeddedConfigName),
+      state_dir.string(), runtime_dir.string());
+
+  notifier_.Status("binding listeners");
+  if (Status status = StartMetrics(); !status.ok()) return status;
+  if (Status status = StartGrpc(); !status.ok()) return status;
+  board_.AddListener("grpc", grpc_address_);
+  board_.AddListener("metrics", metrics_address_);
+
+  listeners_file_ = runtime_dir / kListenersFileName;
+  const std::string listeners = fmt::format(
+      "# Written by inferboxd (pid {}) once its listeners were bound; removed at exit.\n"
+      "grpc = \"{}\"\nmetrics = \"{}\"\n",
+      ::getpid(), grpc_address_, metrics_address_);
+  if (Status status = WriteFileAtomically(listeners_file_, listeners); !status.ok()) {
+    listeners_file_.clear();
+    return status;
+  }
+
+  board_.SetState(inferbox::v1::DAEMON_STATE_SERVING);
+  const std::string ready =
+      fmt::format("serving: gRPC on {}, metrics on {}", grpc_address_, metrics_address_);
+  notifier_.Ready(ready);
+  LogEvent(spdlog::level::info, message_ids::kReady,
+           "inferboxd " + std::string(kVersion) + " " + ready);
+  return Status::Ok();
+}
+
+void RunningDaemon::Reload() {
+  notifier_.Reloading("reloading configuration");
+  auto reloaded = LoadConfig(options_);
+  Status verdict = reloaded.ok()
+                       ? CheckNetworkExposure(*reloaded, options_.allow_unauthenticated_remote)
+                       : reloaded.status();
+  if (!verdict.ok()) {
+    board_.RecordReload(verdict.message());
+    metrics_.RecordConfigReload(false);
+    LogEvent(
+        spdlog::level::err, message_ids::kConfigReloadFailed,
+        "configuration reload refused, keeping the running configuration: " + verdict.message());
+    notifier_.Ready("serving; configuration reload refused: " + verdict.message());
+    return;
+  }
+
+  DaemonConfig next = std::move(reloaded).value();
+  auto warn_restart = [](std::string_view key) {
+    spdlog::warn("{} changed; it takes effect at the next restart", key);
+  };
+  if (next.grpc_listen != config_.grpc_listen) warn_restart("server.grpc_listen");
+  if (next.metrics_listen != config_.metrics_listen) warn_restart("server.metrics_listen");
+  if (next.grpc_reflection != config_.grpc_reflection) warn_restart("server.grpc_reflection");
+  if (next.state_dir != config_.state_dir) warn_restart("paths.state_dir");
+  if (next.runtime_dir != config_.runtime_dir) warn_restart("paths.runtime_dir");
+  // Keep the settings that need a restart as they are running, so status tells the truth.
+  next.grpc_listen = config_.grpc_listen;
+  next.metrics_listen = config_.metrics_listen;
+  next.grpc_reflection = config_.grpc_reflection;
+  next.state_dir = config_.state_dir;
+  next.runtime_dir = config_.runtime_dir;
+  config_ = std::move(next);
+  spdlog::set_level(config_.log_level);
+
+  board_.RecordReload("");
+  metrics_.RecordConfigReload(true);
+  LogEvent(spdlog::level::info, message_ids::kConfigReloaded, "configuration reloaded");
+  notifier_.Ready("serving: gRPC on " + grpc_address_ + ", metrics on " + metrics_address_);
+}
+
+void RunningDaemon::Serve() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+
+  const auto watchdog = notifier_.watchdog_ping_interval();
+  if (watchdog) notifier_.PingWatchdog();
+  while (true) {
+    int signal_number;
+    if (watchdog) {
+      timespec timeout{static_cast<time_t>(watchdog->count() / 1000000),
+                       static_cast<long>(watchdog->count() % 1000000) * 1000};
+      signal_number = sigtimedwait(&signals, nullptr, &timeout);
+    } else {
+      signal_number = sigwaitinfo(&signals, nullptr);
+    }
+    if (signal_number < 0) {
+      if (errno != EAGAIN && errno != EINTR) spdlog::error("waiting for signals failed: {}", errno);
+    } else if (signal_number == SIGHUP) {
+      spdlog::info("SIGHUP: reloading configuration");
+      Reload();
+    } else {
+      spdlog::info("{}: shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+      return;
+    }
+    // The main loop is the watchdog's heartbeat: a wedged loop stops the pings.
+    if (watchdog) notifier_.PingWatchdog();
+  }
+}
+
+void RunningDaemon::Shutdown() {
+  board_.SetState(inferbox::v1::DAEMON_STATE_DRAINING);
+  const auto timeout = config_.shutdown_timeout;
+  const std::string stopping =
+      fmt::format("draining: finishing in-flight requests for up to {} ms", timeout.count());
+  notifier_.Stopping(stopping);
+  LogEvent(spdlog::level::info, message_ids::kStopping, stopping);
+  if (grpc_server_) {
+    // NOT_SERVING everywhere first, so load balancers stop sending before the port closes.
+    grpc_server_->GetHealthCheckService()->Shutdown();
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + timeout);
+    grpc_server_->Wait();
+  }
+  metrics_server_.reset();
+  spdlog::info("stopped");
+}
+
+}  // namespace
+
+int RunDaemon(const DaemonOptions& options) {
+  // Block the signals the main loop waits for, before any thread exists, so that every
+  // thread inherits the mask and only the main loop ever receives them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A client that disconnects must not kill the daemon through a write to a closed socket.
+  signal(SIGPIPE, SIG_IGN);
+
+  SystemdNotifier startup_notifier;
+  auto fail = [&](std::string_view what, const Status& status, int exit_code) {
+    const std::string message = std::string(what) + ": " + status.message();
+    LogEvent(spdlog::level::critical, message_ids::kStartupFailed, message);
+    startup_notifier.Status("failed: " + message);
+    return exit_code;
+  };
+
+  auto config = LoadConfig(options);
+  if (!config.ok()) return fail("invalid configuration", config.status(), kExitConfig);
+  if (Status status = CheckNetworkExposure(*config, options.allow_unauthenticated_remote);
+      !status.ok()) {
+    return fail("refusing to start", status, kExitConfig);
+  }
+  spdlog::set_level(config->log_level);
+  spdlog::info(
+      "inferboxd {} ({}) starting with configuration {}", kVersion, kGitCommit,
+      options.config_path ? options.config_path->string() : std::string(kEmbeddedConfigName));
+
+  RunningDaemon daemon(options, std::move(config).value());
+  if (Status status = daemon.Start(); !status.ok()) {
+    return fail("startup failed", status, kExitFailure);
+  }
+  daemon.Serve();
+  daemon.Shutdown();
+  return kExitOk;
+}
+
+}  // namespace inferbox::daemon

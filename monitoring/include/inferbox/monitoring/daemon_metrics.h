@@ -1,0 +1,36 @@
+// Metrics the daemon itself owns (as opposed to per-engine serving metrics).
+// prometheus-cpp metric objects are thread-safe; any thread may update them.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <prometheus/counter.h>
+#include <prometheus/registry.h>
+
+namespace inferbox::monitoring {
+
+struct BuildInfo {
+  std::string version;
+  std::string commit;
+};
+
+class DaemonMetrics {
+ public:
+  explicit DaemonMetrics(const BuildInfo& build);
+
+  // The registry to expose on /metrics.
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  void RecordConfigReload(bool succeeded) {
+    (succeeded ? reload_success_ : reload_failure_).Increment();
+  }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Family<prometheus::Counter>& reloads_;
+  prometheus::Counter& reload_success_;
+  prometheus::Counter& reload_failure_;
+};
+
+}  // namespace inferbox::monitoring

@@ -1,0 +1,23 @@
+#include "inferbox/monitoring/daemon_metrics.h"
+
+#include <prometheus/gauge.h>
+
+namespace inferbox::monitoring {
+DaemonMetrics::DaemonMetrics(const BuildInfo& build)
+    : registry_(std::make_shared<prometheus::Registry>()),
+      reloads_(prometheus::BuildCounter()
+                   .Name("inferbox_config_reloads_total")
+                   .Help("Configuration reloads (SIGHUP) by result: applied, or rejected "
+                         "(the previous configuration stays in force).")
+                   .Register(*registry_)),
+      reload_success_(reloads_.Add({{"result", "applied"}})),
+      reload_failure_(reloads_.Add({{"result", "rejected"}})) {
+  prometheus::BuildGauge()
+      .Name("inferbox_build_info")
+      .Help("Always 1; the labels say which build of inferboxd is running.")
+      .Register(*registry_)
+      .Add({{"version", build.version}, {"commit", build.commit}})
+      .Set(1);
+}
+
+}  // namespace inferbox::monitoring

@@ -1,0 +1,83 @@
+#include "daemon_fixture.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fstream>
+
+#include <toml++/toml.h>
+
+namespace inferbox::testing {
+
+std::string TestConfig(std::string_view extra_server_keys) {
+  return "[server]\n"
+         "grpc_listen = \"127.0.0.1:0\"\n"
+         "metrics_listen = \"127.0.0.1:0\"\n"
+         "shutdown_timeout_seconds = 5\n" +
+         std::string(extra_server_keys) +
+         "[log]\n"
+         "level = \"debug\"\n";
+}
+
+DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, std::string name)
+    : config_path_(dir / (name + ".toml")), runtime_dir_(dir / (name + "-run")) {
+  std::ofstream(config_path_) << options.config_text;
+  notify_ = std::make_unique<NotifySocket>(dir / (name + ".notify"));
+
+  SubprocessOptions spawn;
+  spawn.argv = {INFERBOXD_PATH,
+                "--config",
+                config_path_.string(),
+                "--state-dir",
+                (dir / (name + "-state")).string(),
+                "--runtime-dir",
+                runtime_dir_.string()};
+  spawn.argv.insert(spawn.argv.end(), options.extra_args.begin(), options.extra_args.end());
+  spawn.set_env = {notify_->EnvAssignment()};
+  spawn.set_env.insert(spawn.set_env.end(), options.extra_env.begin(), options.extra_env.end());
+  // Whatever the test runner inherited from a systemd session must not leak into the
+  // daemon (set_env is applied after unset_env, so the test's own values still get through).
+  spawn.unset_env = {"JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS"};
+  spawn.stdout_path = dir / (name + ".stdout");
+  spawn.stderr_path = dir / (name + ".stderr");
+  process_ = std::make_unique<Subprocess>(spawn);
+}
+
+::testing::AssertionResult DaemonProcess::WaitReady(std::chrono::milliseconds timeout) {
+  auto ready = notify_->WaitFor("READY=1", timeout);
+  if (!ready) {
+    return ::testing::AssertionFailure()
+           << "inferboxd sent no READY=1 within " << timeout.count() << " ms; its log:\n"
+           << Logs();
+  }
+  ready_message_ = *ready;
+  toml::table listeners;
+  try {
+    listeners = toml::parse_file((runtime_dir_ / "listeners.toml").string());
+  } catch (const toml::parse_error& error) {
+    return ::testing::AssertionFailure()
+           << "cannot read listeners.toml after READY=1: " << error.description();
+  }
+  grpc_address_ = listeners["grpc"].value_or(std::string());
+  metrics_address_ = listeners["metrics"].value_or(std::string());
+  if (grpc_address_.empty() || metrics_address_.empty()) {
+    return ::testing::AssertionFailure() << "listeners.toml lacks grpc or metrics";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+bool AcceptsConnections(const std::string& host_port) {
+  const auto colon = host_port.rfind(':');
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(std::stoi(host_port.substr(colon + 1))));
+  if (inet_pton(AF_INET, host_port.substr(0, colon).c_str(), &address.sin_addr) != 1) return false;
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const bool connected = ::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+  ::close(fd);
+  return connected;
+}
+
+}  // namespace inferbox::testing

@@ -1,0 +1,65 @@
+// Starts the real inferboxd binary on loopback with port 0 listeners, a test-owned
+// NOTIFY_SOCKET and its own state/runtime directories, and tells the test where it listens.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "notify_socket.h"
+#include "subprocess.h"
+#include "temp_dir.h"
+
+namespace inferbox::testing {
+
+// Generous: a daemon starts in well under a second, but CI machines are shared.
+inline constexpr std::chrono::seconds kStartTimeout{30};
+
+// A config with every listener on a free loopback port and a short shutdown deadline.
+std::string TestConfig(std::string_view extra_server_keys = "");
+
+struct DaemonOptions {
+  std::string config_text = TestConfig();
+  std::vector<std::string> extra_args;
+  std::vector<std::string> extra_env;
+};
+
+class DaemonProcess {
+ public:
+  // Writes the config into `dir` and starts inferboxd; does not wait for it.
+  DaemonProcess(const TempDir& dir, const DaemonOptions& options, std::string name = "daemon");
+
+  // Waits for READY=1 on the notify socket, then reads the bound addresses from the
+  // daemon's listeners file. False (with the daemon's log in the failure) on timeout.
+  ::testing::AssertionResult WaitReady(std::chrono::milliseconds timeout = kStartTimeout);
+
+  const std::filesystem::path& config_path() const { return config_path_; }
+  const std::filesystem::path& runtime_dir() const { return runtime_dir_; }
+  const std::string& grpc_address() const { return grpc_address_; }
+  const std::string& metrics_address() const { return metrics_address_; }
+  // The READY=1 datagram (with its STATUS=), once WaitReady succeeded.
+  const std::string& ready_message() const { return ready_message_; }
+
+  Subprocess& process() { return *process_; }
+  NotifySocket& notify() { return *notify_; }
+  // What the daemon logged to stderr so far.
+  std::string Logs() const { return process_->ReadStderr(); }
+
+ private:
+  std::filesystem::path config_path_;
+  std::filesystem::path runtime_dir_;
+  std::unique_ptr<NotifySocket> notify_;
+  std::unique_ptr<Subprocess> process_;
+  std::string grpc_address_;
+  std::string metrics_address_;
+  std::string ready_message_;
+};
+
+// True when a TCP connection to host:port is accepted.
+bool AcceptsConnections(const std::string& host_port);
+
+}  // namespace inferbox::testing

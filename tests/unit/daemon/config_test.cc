@@ -1,0 +1,160 @@
+#include "inferbox/daemon/config.h"
+
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "temp_dir.h"
+
+namespace inferbox::daemon {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::string ErrorOf(std::string_view text) {
+  auto config = ParseConfig(text, "test.toml");
+  EXPECT_FALSE(config.ok()) << "expected the configuration to be refused:\n" << text;
+  return config.ok() ? "" : config.status().message();
+}
+
+TEST(Config, EmptyTextGivesDefaults) {
+  auto config = ParseConfig("", "empty.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(*config, DaemonConfig{});
+  EXPECT_EQ(config->grpc_listen.ToString(), "127.0.0.1:7070");
+  EXPECT_EQ(config->metrics_listen.ToString(), "127.0.0.1:9400");
+}
+
+TEST(Config, EmbeddedDefaultDocumentsTheRealDefaults) {
+  auto config = ParseConfig(EmbeddedDefaultConfig(), "(embedded default)");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(*config, DaemonConfig{})
+      << "packaging/config/inferbox.toml says different defaults than DaemonConfig has";
+}
+
+TEST(Config, ParsesEveryKey) {
+  auto config = ParseConfig(R"(
+[server]
+grpc_listen = "[::1]:7171"
+metrics_listen = "0.0.0.0:9500"
+grpc_reflection = false
+shutdown_timeout_seconds = 2.5
+
+[paths]
+state_dir = "/srv/inferbox/state/"
+runtime_dir = "/run/inferbox-test"
+
+[log]
+level = "debug"
+)",
+                            "full.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->grpc_listen.host, "::1");
+  EXPECT_EQ(config->grpc_listen.port, 7171);
+  EXPECT_EQ(config->grpc_listen.ToString(), "[::1]:7171");
+  EXPECT_EQ(config->metrics_listen.ToString(), "0.0.0.0:9500");
+  EXPECT_FALSE(config->grpc_reflection);
+  EXPECT_EQ(config->shutdown_timeout, std::chrono::milliseconds(2500));
+  EXPECT_EQ(config->state_dir, std::filesystem::path("/srv/inferbox/state/"));
+  EXPECT_EQ(config->runtime_dir, std::filesystem::path("/run/inferbox-test"));
+  EXPECT_EQ(config->log_level, spdlog::level::debug);
+}
+
+TEST(Config, BadTomlNamesFileAndLine) {
+  EXPECT_THAT(ErrorOf("[server]\ngrpc_listen = \"127.0.0.1:7070\n"),
+              AllOf(StartsWith("test.toml:2:"), HasSubstr("invalid TOML")));
+}
+
+TEST(Config, UnknownKeyIsAnErrorNamingKeyLineAndKnownKeys) {
+  const std::string error = ErrorOf("[server]\n\ngrpc_lsten = \"127.0.0.1:7070\"\n");
+  EXPECT_THAT(error, StartsWith("test.toml:3:"));
+  EXPECT_THAT(error, HasSubstr("server.grpc_lsten: unknown key"));
+  EXPECT_THAT(error, HasSubstr("grpc_listen")) << "should list the keys that do exist";
+}
+
+TEST(Config, UnknownSectionIsAnError) {
+  EXPECT_THAT(ErrorOf("[sever]\ngrpc_listen = \"127.0.0.1:7070\"\n"),
+              AllOf(StartsWith("test.toml:1:"), HasSubstr("sever: unknown key")));
+  EXPECT_THAT(ErrorOf("log_level = \"info\"\n"), HasSubstr("log_level: unknown key"));
+}
+
+TEST(Config, WrongTypesNameTheExpectedType) {
+  EXPECT_THAT(ErrorOf("[server]\ngrpc_listen = 7070\n"),
+              AllOf(StartsWith("test.toml:2:"), HasSubstr("server.grpc_listen"),
+                    HasSubstr("expected a string \"host:port\", got an integer")));
+  EXPECT_THAT(ErrorOf("[server]\nshutdown_timeout_seconds = \"30\"\n"),
+              HasSubstr("server.shutdown_timeout_seconds: expected a number, got a string"));
+  EXPECT_THAT(ErrorOf("[server]\ngrpc_reflection = \"yes\"\n"),
+              HasSubstr("expected a boolean (true or false), got a string"));
+  EXPECT_THAT(ErrorOf("server = 1\n"), HasSubstr("server: expected a table [server]"));
+}
+
+TEST(Config, OutOfRangeValuesAreRefused) {
+  EXPECT_THAT(ErrorOf("[server]\ngrpc_listen = \"127.0.0.1:70000\"\n"),
+              HasSubstr("is not a number from 0 to 65535"));
+  EXPECT_THAT(ErrorOf("[server]\ngrpc_listen = \"box.example.com:7070\"\n"),
+              HasSubstr("is not an IP address"));
+  EXPECT_THAT(ErrorOf("[server]\nmetrics_listen = \"9400\"\n"), HasSubstr("is not host:port"));
+  EXPECT_THAT(ErrorOf("[server]\nshutdown_timeout_seconds = 0\n"),
+              HasSubstr("must be more than 0 and at most 3600 seconds"));
+  EXPECT_THAT(ErrorOf("[paths]\nstate_dir = \"var/lib/inferbox\"\n"),
+              HasSubstr("paths.state_dir: \"var/lib/inferbox\" is not an absolute path"));
+  EXPECT_THAT(ErrorOf("[log]\nlevel = \"loud\"\n"),
+              AllOf(HasSubstr("log.level"), HasSubstr("unknown log level \"loud\"")));
+}
+
+TEST(Config, MissingFileIsAnErrorNamingThePath) {
+  auto config = LoadConfigFile("/nonexistent/inferbox.toml");
+  ASSERT_FALSE(config.ok());
+  EXPECT_EQ(config.status().code(), StatusCode::kNotFound);
+  EXPECT_THAT(config.status().message(), HasSubstr("/nonexistent/inferbox.toml"));
+}
+
+TEST(Config, LoadsFileAndNamesItInErrors) {
+  inferbox::testing::TempDir dir;
+  const auto path = dir / "inferbox.toml";
+  std::ofstream(path) << "[log]\nlevel = \"warn\"\n[server]\nport = 1\n";
+  auto config = LoadConfigFile(path);
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(config.status().message(), StartsWith(path.string() + ":4:"));
+}
+
+TEST(ListenAddress, ParsesAndClassifies) {
+  struct Case {
+    std::string_view text;
+    std::string_view canonical;
+    bool loopback;
+  };
+  for (const Case& c :
+       {Case{"127.0.0.1:7070", "127.0.0.1:7070", true}, Case{"127.8.9.10:0", "127.8.9.10:0", true},
+        Case{"localhost:80", "127.0.0.1:80", true}, Case{"[::1]:7070", "[::1]:7070", true},
+        Case{"0.0.0.0:7070", "0.0.0.0:7070", false}, Case{"10.1.2.3:7070", "10.1.2.3:7070", false},
+        Case{"[::]:7070", "[::]:7070", false}}) {
+    auto address = ParseListenAddress(c.text);
+    ASSERT_TRUE(address.ok()) << c.text << ": " << address.status().ToString();
+    EXPECT_EQ(address->ToString(), c.canonical) << c.text;
+    EXPECT_EQ(address->IsLoopback(), c.loopback) << c.text;
+  }
+  for (std::string_view bad : {"", ":7070", "127.0.0.1", "127.0.0.1:", "127.0.0.1:-1",
+                               "127.0.0.1:80x", "::1:7070", "[::1]7070", "300.1.1.1:1"}) {
+    EXPECT_FALSE(ParseListenAddress(bad).ok()) << "accepted \"" << bad << "\"";
+  }
+}
+
+TEST(NetworkExposure, NonLoopbackGrpcNeedsExplicitInsecureFlag) {
+  DaemonConfig config;
+  EXPECT_TRUE(CheckNetworkExposure(config, false).ok());
+  config.metrics_listen = *ParseListenAddress("0.0.0.0:9400");
+  EXPECT_TRUE(CheckNetworkExposure(config, false).ok()) << "metrics may be scraped remotely";
+  config.grpc_listen = *ParseListenAddress("0.0.0.0:7070");
+  const Status refused = CheckNetworkExposure(config, false);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.message(), HasSubstr("not a loopback address"));
+  EXPECT_THAT(refused.message(), HasSubstr("--insecure-allow-unauthenticated"));
+  EXPECT_TRUE(CheckNetworkExposure(config, true).ok());
+}
+
+}  // namespace
+}  // namespace inferbox::daemon

@@ -1,0 +1,34 @@
+#include "inferbox/monitoring/daemon_metrics.h"
+
+#include <gtest/gtest.h>
+#include <prometheus/text_serializer.h>
+
+namespace inferbox::monitoring {
+namespace {
+
+std::string Scrape(const DaemonMetrics& metrics) {
+  return prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
+}
+
+TEST(DaemonMetrics, BuildInfoCarriesVersionAndCommit) {
+  DaemonMetrics metrics({"1.2.3", "abcdef123456"});
+  EXPECT_NE(
+      Scrape(metrics).find("inferbox_build_info{commit=\"abcdef123456\",version=\"1.2.3\"} 1"),
+      std::string::npos)
+      << Scrape(metrics);
+}
+
+TEST(DaemonMetrics, ReloadsCountedByResult) {
+  DaemonMetrics metrics({"1.2.3", "abc"});
+  metrics.RecordConfigReload(false);
+  metrics.RecordConfigReload(false);
+  metrics.RecordConfigReload(true);
+  const std::string text = Scrape(metrics);
+  EXPECT_NE(text.find("inferbox_config_reloads_total{result=\"rejected\"} 2"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("inferbox_config_reloads_total{result=\"applied\"} 1"), std::string::npos)
+      << text;
+}
+
+}  // namespace
+}  // namespace inferbox::monitoring
