@@ -34,10 +34,10 @@ test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 300
 
 format:
-	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 clang-format -i
+	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 -r clang-format -i
 
 format-check:
-	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 clang-format --dry-run --Werror
+	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 -r clang-format --dry-run --Werror
 
 clean:
 	@rm -rf $(BUILD_DIR) $(RUN_DIR)

@@ -78,6 +78,33 @@ TEST(DaemonLifecycle, SigtermStopsGracefullyWithinTheDeadline) {
   EXPECT_FALSE(AcceptsConnections(daemon.grpc_address()));
 }
 
+TEST(DaemonLifecycle, DrainTurnsHealthNotServingAndCutsLongRpcsAtTheDeadline) {
+  TempDir dir;
+  DaemonProcess daemon(dir, {.config_text = "[server]\ngrpc_listen = \"127.0.0.1:0\"\n"
+                                            "metrics_listen = \"127.0.0.1:0\"\n"
+                                            "shutdown_timeout_seconds = 1\n"});
+  ASSERT_TRUE(daemon.WaitReady());
+  // A health Watch is an RPC that never ends by itself: the drain must not wait for it
+  // beyond the deadline, and the watcher must see NOT_SERVING before the stream is cut.
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::health::v1::HealthCheckRequest request;
+  auto watch = stub->Watch(&context, request);
+  grpc::health::v1::HealthCheckResponse response;
+  ASSERT_TRUE(watch->Read(&response));
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+
+  daemon.process().Signal(SIGTERM);
+  ASSERT_TRUE(watch->Read(&response)) << "the watch ended without reporting NOT_SERVING";
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(watch->Read(&response)) << "the stream should end when the deadline passes";
+  const auto exit_code = daemon.process().WaitForExit(std::chrono::seconds(6));
+  ASSERT_TRUE(exit_code) << "inferboxd outlived its 1 s drain deadline; log:\n" << daemon.Logs();
+  EXPECT_EQ(*exit_code, 0);
+}
+
 TEST(DaemonLifecycle, SigintStopsLikeSigterm) {
   TempDir dir;
   DaemonProcess daemon(dir, {});
