@@ -17,7 +17,8 @@ namespace inferbox::engine {
 
 class BytePairEncoder {
  public:
-  // `byte_tokens[b]` is the id of the single-byte token b. Merges are added in rank order.
+  // `vocab` maps each token's bytes to its id; it must hold all 256 single bytes
+  // (HasAllBytes). Merges are then added in rank order.
   explicit BytePairEncoder(std::unordered_map<std::string, TokenId> vocab, bool ignore_merges);
 
   // Adds the next merge (left + right -> their concatenation). False when a part or the

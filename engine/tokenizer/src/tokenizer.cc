@@ -416,7 +416,10 @@ Status Tokenizer::Impl::LoadDecoder(const json::value& node) {
 
 void Tokenizer::Impl::EncodeSection(std::string_view text, std::vector<TokenId>& out) const {
   std::string normalized;
-  if (normalizer == Normalizer::kNfc && !text.empty()) {
+  // ASCII text is its own NFC form; skip the normalizer's copy for it.
+  const bool is_ascii = std::all_of(text.begin(), text.end(),
+                                    [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+  if (normalizer == Normalizer::kNfc && !is_ascii) {
     utf8proc_uint8_t* result = nullptr;
     const utf8proc_ssize_t length =
         utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
