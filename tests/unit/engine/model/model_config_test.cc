@@ -1,0 +1,115 @@
+#include "inferbox/engine/model/model_config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <boost/json.hpp>
+
+namespace inferbox::engine {
+namespace {
+
+using ::testing::HasSubstr;
+
+// config.json of meta-llama/Llama-3.1-8B-Instruct, as published.
+constexpr std::string_view kLlama31 = R"({
+  "architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "hidden_act": "silu",
+  "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 14336,
+  "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+  "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+  "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+  "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+  "rope_theta": 500000.0, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "transformers_version": "4.43.0.dev0", "use_cache": true, "vocab_size": 128256})";
+
+// config.json of Qwen/Qwen2.5-7B-Instruct.
+constexpr std::string_view kQwen25 = R"({
+  "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+  "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
+  "intermediate_size": 18944, "max_position_embeddings": 32768, "max_window_layers": 28,
+  "model_type": "qwen2", "num_attention_heads": 28, "num_hidden_layers": 28,
+  "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+  "sliding_window": 131072, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "transformers_version": "4.43.1", "use_cache": true, "use_sliding_window": false,
+  "vocab_size": 152064})";
+
+// config.json of Qwen/Qwen3-8B.
+constexpr std::string_view kQwen3 = R"({
+  "architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+  "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu",
+  "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 12288,
+  "max_position_embeddings": 40960, "max_window_layers": 36, "model_type": "qwen3",
+  "num_attention_heads": 32, "num_hidden_layers": 36, "num_key_value_heads": 8,
+  "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null,
+  "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.51.0",
+  "use_cache": true, "use_sliding_window": false, "vocab_size": 151936})";
+
+std::string With(std::string_view base, std::string_view key, boost::json::value value) {
+  auto object = boost::json::parse(base).as_object();
+  object[key] = std::move(value);
+  return boost::json::serialize(object);
+}
+
+std::string ErrorOf(const std::string& text) {
+  auto config = ParseModelConfig(text);
+  EXPECT_FALSE(config.ok()) << text;
+  return config.ok() ? "" : config.status().message();
+}
+
+TEST(ModelConfig, Llama31WithLlama3RopeScaling) {
+  auto config = ParseModelConfig(kLlama31);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->architecture, Architecture::kLlama);
+  EXPECT_EQ(config->head_dim, 128);
+  EXPECT_EQ(config->num_key_value_heads, 8);
+  ASSERT_TRUE(config->rope_scaling);
+  EXPECT_EQ(config->rope_scaling->factor, 8.0);
+  EXPECT_EQ(config->rope_scaling->original_max_position_embeddings, 8192);
+  EXPECT_EQ(config->rope_theta, 500000.0);
+  EXPECT_EQ(config->eos_token_ids, (std::vector<int64_t>{128001, 128008, 128009}));
+  EXPECT_FALSE(config->attention_bias);
+  EXPECT_FALSE(config->qk_norm);
+}
+
+TEST(ModelConfig, Qwen25HasQkvBias) {
+  auto config = ParseModelConfig(kQwen25);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->architecture, Architecture::kQwen2);
+  EXPECT_TRUE(config->attention_bias);
+  EXPECT_EQ(config->head_dim, 128);
+  EXPECT_FALSE(config->rope_scaling);
+  EXPECT_EQ(config->eos_token_ids, (std::vector<int64_t>{151645}));
+}
+
+TEST(ModelConfig, Qwen3HasQkNormAndExplicitHeadDim) {
+  auto config = ParseModelConfig(With(kQwen3, "head_dim", 64));
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->architecture, Architecture::kQwen3);
+  EXPECT_TRUE(config->qk_norm);
+  EXPECT_EQ(config->head_dim, 64) << "Qwen3's head_dim is not hidden_size / heads";
+}
+
+TEST(ModelConfig, RefusesWhatTheEngineWouldComputeWrongly) {
+  EXPECT_THAT(ErrorOf(With(kQwen3, "architectures", {"DeepseekV3ForCausalLM"})),
+              HasSubstr("architecture \"DeepseekV3ForCausalLM\" is not supported"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "hidden_act", "gelu")),
+              HasSubstr("hidden_act must be \"silu\""));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}})),
+              HasSubstr("rope_scaling type \"yarn\" is not supported"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "num_key_value_heads", 5)),
+              HasSubstr("num_key_value_heads (5) does not divide num_attention_heads (32)"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "hidden_size", -1)),
+              HasSubstr("hidden_size must be a positive integer"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "vocab_size", "big")),
+              HasSubstr("vocab_size must be a positive integer"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "eos_token_id", 999999)), HasSubstr("outside the vocabulary"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "torch_dtype", "int4")), HasSubstr("torch_dtype \"int4\""));
+  EXPECT_THAT(ErrorOf("[]"), HasSubstr("not a JSON object"));
+  auto no_layers = boost::json::parse(kLlama31).as_object();
+  no_layers.erase("num_hidden_layers");
+  EXPECT_THAT(ErrorOf(boost::json::serialize(no_layers)),
+              HasSubstr("num_hidden_layers is missing"));
+}
+
+}  // namespace
+}  // namespace inferbox::engine
