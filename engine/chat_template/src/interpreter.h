@@ -1,0 +1,72 @@
+// Evaluates a parsed template with @huggingface/jinja's semantics: its scoping (a for loop
+// has one scope for all iterations; a macro runs in a child of its caller's scope), its
+// value printing and its error messages. One Interpreter per Render call.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ast.h"
+#include "value.h"
+
+namespace inferbox::engine::chat_template {
+
+// A variable scope; lookups walk up to the global scope.
+class Scope {
+ public:
+  explicit Scope(Scope* parent) : parent_(parent) {}
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+
+  // Undefined when no scope up the chain declares `name`.
+  Value Lookup(std::string_view name) const;
+  bool IsDeclaredHere(std::string_view name) const { return variables_.Find(name) != nullptr; }
+  void Set(std::string name, Value value) { variables_.Set(std::move(name), std::move(value)); }
+
+ private:
+  Scope* parent_;
+  ObjectMap variables_;
+};
+
+class Interpreter {
+ public:
+  // Throws TemplateError.
+  std::string Run(const Program& program, Scope& globals);
+
+  Value Evaluate(const Expr& expr, Scope& scope);
+  CallArgs EvaluateArgs(const std::vector<ExprPtr>& args, size_t first, Scope& scope);
+  // Runs a macro's body in a child of the caller's scope (the reference's dynamic scoping).
+  Value CallMacro(const Stmt& macro, CallArgs& args, Scope& caller);
+
+ private:
+  enum class Flow { kNormal, kBreak, kContinue };
+
+  Flow Execute(const std::vector<StmtPtr>& statements, Scope& scope, std::string& out);
+  Flow ExecuteFor(const Stmt& stmt, Scope& scope, std::string& out);
+  void ExecuteSet(const Stmt& stmt, Scope& scope);
+  void DefineMacro(const Stmt& stmt, Scope& scope);
+
+  Value EvaluateBinary(const Expr& expr, Scope& scope);
+  Value EvaluateUnary(const Expr& expr, Scope& scope);
+  Value EvaluateMember(const Expr& expr, Scope& scope);
+  Value EvaluateSlice(const Value& object, const Expr& slice, Scope& scope);
+  Value EvaluateCall(const Expr& expr, Scope& scope);
+};
+
+// filters.cc
+Value ApplyFilter(Interpreter& interpreter, const Expr& filter, Value operand, Scope& scope);
+bool ApplyTest(std::string_view name, const Value& operand, const Value* argument);
+
+// builtins.cc
+// `object.name` where the object has no such key: string and object methods, `length`.
+Value GetBuiltinMember(const Value& object, std::string_view name);
+// The globals @huggingface/jinja's Template defines (namespace, raise_exception, range,
+// strftime_now, true/false/none and their Python spellings).
+void DeclareGlobals(Scope& globals);
+// Python's three-way comparison as the reference's sort uses it; throws TemplateError.
+int CompareValues(const Value& a, const Value& b, bool case_sensitive);
+// The value at `path` ("a.b.0") inside objects and arrays, or Undefined.
+Value GetAttributePath(const Value& item, std::string_view path);
+
+}  // namespace inferbox::engine::chat_template

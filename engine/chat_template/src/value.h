@@ -1,0 +1,137 @@
+// The runtime values of the template interpreter, mirroring @huggingface/jinja's RuntimeValue
+// classes (their type names appear in error messages, as in the reference).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <boost/json/value.hpp>
+
+namespace inferbox::engine::chat_template {
+
+// A run-time error of the template (raise_exception, a type error); Render turns it into
+// INVALID_ARGUMENT. Never leaves the library.
+struct TemplateError {
+  std::string message;
+};
+
+class Value;
+class Interpreter;
+class Scope;
+
+// Insertion-ordered string map, like JavaScript's Map.
+class ObjectMap {
+ public:
+  const Value* Find(std::string_view key) const;
+  void Set(std::string key, Value value);
+  bool Erase(std::string_view key);
+  size_t size() const { return entries_.size(); }
+  const std::vector<std::pair<std::string, Value>>& entries() const { return entries_; }
+
+ private:
+  std::vector<std::pair<std::string, Value>> entries_;
+};
+
+struct CallArgs {
+  std::vector<Value> positional;
+  ObjectMap keywords;
+};
+
+struct Function {
+  std::function<Value(Interpreter&, CallArgs&, Scope&)> call;
+};
+
+class Value {
+ public:
+  enum class Kind {
+    kUndefined,
+    kNull,
+    kBoolean,
+    kInteger,
+    kFloat,
+    kString,
+    kArray,
+    kTuple,
+    kObject,
+    kNamespace,
+    kFunction,
+  };
+
+  Value() = default;
+  static Value Null() { return Value(Kind::kNull); }
+  static Value Boolean(bool b);
+  static Value Integer(double number);
+  static Value Float(double number);
+  static Value String(std::string text);
+  static Value Array(std::vector<Value> items, Kind kind = Kind::kArray);
+  static Value Object(ObjectMap map, Kind kind = Kind::kObject);
+  static Value MakeFunction(std::function<Value(Interpreter&, CallArgs&, Scope&)> call);
+  // JavaScript's conversion of a parsed JSON value: whole numbers become integers, and an
+  // object's integer-like keys come first in ascending order, then the others in order.
+  static Value FromJson(const boost::json::value& json);
+
+  Kind kind() const { return kind_; }
+  bool is(Kind kind) const { return kind_ == kind; }
+  bool is_undefined() const { return kind_ == Kind::kUndefined; }
+  bool is_null() const { return kind_ == Kind::kNull; }
+  bool is_string() const { return kind_ == Kind::kString; }
+  bool is_number() const { return kind_ == Kind::kInteger || kind_ == Kind::kFloat; }
+  // ArrayValue or its subclass TupleValue.
+  bool is_array() const { return kind_ == Kind::kArray || kind_ == Kind::kTuple; }
+  bool is_object() const { return kind_ == Kind::kObject; }
+  // ObjectValue or NamespaceValue: what attribute lookups read.
+  bool is_attribute_container() const {
+    return kind_ == Kind::kObject || kind_ == Kind::kNamespace;
+  }
+
+  bool boolean() const { return boolean_; }
+  double number() const { return number_; }
+  const std::string& string() const { return string_; }
+  const std::vector<Value>& items() const { return *array_; }
+  const ObjectMap& map() const { return *object_; }
+  // Namespaces are the one mutable value ({% set ns.x = ... %}).
+  ObjectMap& mutable_map() const { return *object_; }
+  const Function& function() const { return *function_; }
+
+  // The reference's class name, e.g. "StringValue", for error messages.
+  std::string_view TypeName() const;
+  // __bool__(): Python truthiness.
+  bool IsTruthy() const;
+  // RuntimeValue.toString(): how {{ value }} prints.
+  std::string ToString() const;
+  // String(value.value): what `~`, `+` and join use.
+  std::string ToJsString() const;
+  // JavaScript's `a.value == b.value` (loose equality; containers by identity).
+  bool LooseEquals(const Value& other) const;
+  // JavaScript's `a.value === b.value`.
+  bool StrictEquals(const Value& other) const;
+
+ private:
+  explicit Value(Kind kind) : kind_(kind) {}
+
+  Kind kind_ = Kind::kUndefined;
+  bool boolean_ = false;
+  double number_ = 0;
+  std::string string_;
+  std::shared_ptr<const std::vector<Value>> array_;
+  std::shared_ptr<ObjectMap> object_;
+  std::shared_ptr<const Function> function_;
+};
+
+struct JsonOptions {
+  std::optional<int> indent;
+  bool ensure_ascii = false;
+  bool sort_keys = false;
+  std::optional<std::pair<std::string, std::string>> separators;
+};
+
+// The reference's toJSON(): tojson, and how containers print.
+std::string ToJson(const Value& value, const JsonOptions& options,
+                   bool convert_undefined_to_null = true, int depth = 0);
+
+}  // namespace inferbox::engine::chat_template
