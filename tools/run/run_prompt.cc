@@ -7,6 +7,7 @@
 //   inferbox-run --model DIR --prompt-tokens 512 --max-tokens 32 --ignore-eos   (benchmark)
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <numeric>
 
@@ -37,6 +38,7 @@ struct Options {
   bool ignore_eos = false;
   std::vector<std::string> stop;
   SamplingParams sampling;
+  bool floor = false;
 };
 
 std::string ConfigTokenText(const boost::json::object& config, std::string_view key) {
@@ -167,6 +169,22 @@ int Run(const Options& options) {
   std::cout << std::endl;
   const auto done = std::chrono::steady_clock::now();
 
+  if (options.floor) {
+    // The decode floor: every weight is read once per step, at the machine's copy bandwidth.
+    std::vector<char> source(size_t{512} << 20, 1), target(source.size());
+    const auto copy_start = std::chrono::steady_clock::now();
+    constexpr int kCopies = 4;
+    for (int i = 0; i < kCopies; ++i) std::memcpy(target.data(), source.data(), source.size());
+    const double copy_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - copy_start).count();
+    // A copy reads and writes each byte: count both.
+    const double bandwidth = 2.0 * kCopies * static_cast<double>(source.size()) / copy_seconds;
+    const double bytes_per_step = static_cast<double>((*model)->WeightBytesPerDecodeStep());
+    fmt::print(stderr,
+               "floor: {:.1f} MB of weights per decode step at {:.1f} GB/s measured copy bandwidth "
+               "= {:.1f} tokens/s\n",
+               bytes_per_step / 1e6, bandwidth / 1e9, bandwidth / bytes_per_step);
+  }
   const double prefill_seconds = std::chrono::duration<double>(prefilled - start).count();
   const double decode_seconds = std::chrono::duration<double>(done - prefilled).count();
   fmt::print(stderr,
@@ -204,6 +222,8 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", options.sampling.top_k)->capture_default_str();
   app.add_option("--min-p", options.sampling.min_p)->capture_default_str();
   app.add_option("--seed", options.sampling.seed)->capture_default_str();
+  app.add_flag("--floor", options.floor,
+               "Also print the memory-bandwidth floor of decoding on this machine");
   CLI11_PARSE(app, argc, argv);
   if (options.prompt.empty() && options.prompt_tokens == 0) {
     fmt::print(stderr, "inferbox-run: give --prompt or --prompt-tokens\n");

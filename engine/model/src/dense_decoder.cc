@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -51,6 +52,7 @@ struct LayerWeights {
 struct Model::Impl {
   Backend* backend = nullptr;
   ModelConfig config;
+  GenerationConfig generation_config;
   std::unique_ptr<WeightStore> store;
   Weight embed_tokens;
   Weight final_norm;
@@ -128,6 +130,13 @@ Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Bac
   auto impl = std::make_unique<Impl>();
   impl->backend = &backend;
   impl->config = std::move(config).value();
+  if (std::filesystem::exists(dir / "generation_config.json")) {
+    auto generation_text = ReadFile(dir / "generation_config.json");
+    if (!generation_text.ok()) return generation_text.status();
+    auto generation = ParseGenerationConfig(*generation_text, impl->config.vocab_size);
+    if (!generation.ok()) return generation.status();
+    impl->generation_config = std::move(generation).value();
+  }
   impl->store = std::move(store).value();
   impl->rope = MakeRopeTable(impl->config);
   if (Status status = impl->LoadWeights(); !status.ok()) return status.WithContext(dir.string());
@@ -139,6 +148,23 @@ Model::~Model() = default;
 
 const ModelConfig& Model::config() const {
   return impl_->config;
+}
+
+int64_t Model::WeightBytesPerDecodeStep() const {
+  auto bytes = [](const Weight& w) {
+    return w.data == nullptr ? 0 : w.rows * w.cols * static_cast<int64_t>(DTypeSize(w.dtype));
+  };
+  int64_t total =
+      bytes(impl_->final_norm) + bytes(impl_->lm_head) +
+      impl_->embed_tokens.cols * static_cast<int64_t>(DTypeSize(impl_->embed_tokens.dtype));
+  for (const LayerWeights& l : impl_->layers) {
+    for (const Weight* w : {&l.input_norm, &l.post_attention_norm, &l.q_proj, &l.k_proj, &l.v_proj,
+                            &l.o_proj, &l.q_bias, &l.k_bias, &l.v_bias, &l.q_norm, &l.k_norm,
+                            &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      total += bytes(*w);
+    }
+  }
+  return total;
 }
 
 KvCacheShape Model::KvShape(int64_t num_blocks, int64_t block_size) const {

@@ -1,6 +1,8 @@
 #include "inferbox/engine/model/model_config.h"
 
 #include <fmt/format.h>
+#include <tuple>
+
 #include <boost/json.hpp>
 
 namespace inferbox::engine {
@@ -194,6 +196,56 @@ Result<ModelConfig> ParseModelConfig(std::string_view config_json) {
       return ConfigError(
           fmt::format("eos_token_id {} is outside the vocabulary of {}", id, config.vocab_size));
     }
+  }
+  return config;
+}
+
+Result<GenerationConfig> ParseGenerationConfig(std::string_view json_text, int64_t vocab_size) {
+  auto error_of = [](std::string_view message) {
+    return InvalidArgumentError("generation_config.json: " + std::string(message));
+  };
+  boost::system::error_code error;
+  const json::value root = json::parse(json_text, error);
+  if (error || !root.is_object()) return error_of("not a JSON object");
+  const auto& object = root.as_object();
+  GenerationConfig config;
+  if (const auto* eos = object.if_contains("eos_token_id"); eos != nullptr && !eos->is_null()) {
+    const json::array single{*eos};
+    for (const auto& id : eos->is_array() ? eos->as_array() : single) {
+      if (!id.is_int64() || id.as_int64() < 0 || id.as_int64() >= vocab_size) {
+        return error_of(fmt::format("eos_token_id {} is not an id of the vocabulary of {}",
+                                    json::serialize(id), vocab_size));
+      }
+      config.eos_token_ids.push_back(id.as_int64());
+    }
+  }
+  auto number = [&](std::string_view key, double low, double high) -> Result<std::optional<float>> {
+    const auto* value = object.if_contains(key);
+    if (value == nullptr || value->is_null()) return std::optional<float>();
+    if (!value->is_number() || value->to_number<double>() < low ||
+        value->to_number<double>() > high) {
+      return error_of(fmt::format("{} must be a number in [{}, {}]", key, low, high));
+    }
+    return std::optional<float>(static_cast<float>(value->to_number<double>()));
+  };
+  for (const auto& [key, field, low, high] :
+       std::initializer_list<std::tuple<const char*, std::optional<float>*, double, double>>{
+           {"temperature", &config.temperature, 0.0, 100.0},
+           {"top_p", &config.top_p, 0.0, 1.0},
+           {"min_p", &config.min_p, 0.0, 1.0},
+           {"repetition_penalty", &config.repetition_penalty, 0.0, 10.0}}) {
+    auto value = number(key, low, high);
+    if (!value.ok()) return value.status();
+    *field = *value;
+  }
+  if (const auto* top_k = object.if_contains("top_k"); top_k != nullptr && !top_k->is_null()) {
+    if (!top_k->is_int64() || top_k->as_int64() < 0)
+      return error_of("top_k must be a non-negative integer");
+    config.top_k = static_cast<int32_t>(std::min<int64_t>(top_k->as_int64(), vocab_size));
+  }
+  if (const auto* do_sample = object.if_contains("do_sample");
+      do_sample != nullptr && do_sample->is_bool()) {
+    config.do_sample = do_sample->as_bool();
   }
   return config;
 }

@@ -111,5 +111,32 @@ TEST(ModelConfig, RefusesWhatTheEngineWouldComputeWrongly) {
               HasSubstr("num_hidden_layers is missing"));
 }
 
+TEST(GenerationConfig, ReadsEosIdsAndSamplingDefaults) {
+  auto config = ParseGenerationConfig(R"({"bos_token_id": 128000, "do_sample": true,
+      "eos_token_id": [128001, 128008, 128009], "temperature": 0.6, "top_p": 0.9,
+      "transformers_version": "4.43.0.dev0"})",
+                                      128256);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->eos_token_ids, (std::vector<int64_t>{128001, 128008, 128009}));
+  EXPECT_TRUE(config->do_sample);
+  EXPECT_FLOAT_EQ(*config->temperature, 0.6f);
+  EXPECT_FLOAT_EQ(*config->top_p, 0.9f);
+  EXPECT_FALSE(config->top_k);
+
+  auto single = ParseGenerationConfig(R"({"eos_token_id": 151645, "top_k": 20})", 151936);
+  ASSERT_TRUE(single.ok());
+  EXPECT_EQ(single->eos_token_ids, (std::vector<int64_t>{151645}));
+  EXPECT_EQ(single->top_k, 20);
+}
+
+TEST(GenerationConfig, BadValuesAreNamed) {
+  EXPECT_THAT(ParseGenerationConfig(R"({"eos_token_id": 5000})", 100).status().message(),
+              HasSubstr("eos_token_id 5000 is not an id of the vocabulary of 100"));
+  EXPECT_THAT(ParseGenerationConfig(R"({"top_p": 1.5})", 100).status().message(),
+              HasSubstr("top_p must be a number in [0, 1]"));
+  EXPECT_THAT(ParseGenerationConfig(R"({"top_k": -1})", 100).status().message(),
+              HasSubstr("top_k"));
+}
+
 }  // namespace
 }  // namespace inferbox::engine

@@ -25,12 +25,19 @@ struct ForwardSequence {
 
 class Model {
  public:
-  // Reads config.json and the weights of `dir`, checking every tensor's name, dtype and shape
-  // against the config. `backend` must outlive the model.
+  // Reads config.json, generation_config.json (if present) and the weights of `dir`, checking every
+  // tensor's name, dtype and shape against the config. `backend` must outlive the model.
   static Result<std::unique_ptr<Model>> Load(const std::filesystem::path& dir, Backend& backend);
   ~Model();
 
   const ModelConfig& config() const;
+  // generation_config.json, or defaults when the folder has none.
+  const GenerationConfig& generation_config() const;
+  // Ids that end a generation: config.json's and generation_config.json's eos ids together.
+  std::vector<int32_t> EosTokenIds() const;
+  // Bytes of weights one decode step reads (every layer, the final norm and the LM head;
+  // one embedding row): the numerator of the memory-bandwidth floor of decoding.
+  int64_t WeightBytesPerDecodeStep() const;
   KvCacheShape KvShape(int64_t num_blocks, int64_t block_size) const;
 
   // Runs one step. `logits` receives, per sequence, the logits of its last token

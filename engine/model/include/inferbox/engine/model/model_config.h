@@ -51,6 +51,21 @@ struct ModelConfig {
   std::optional<int64_t> bos_token_id;
 };
 
+// generation_config.json: the model author's sampling defaults and end-of-sequence ids.
+// Unset fields stay unset; whether the defaults apply to requests is the caller's policy.
+struct GenerationConfig {
+  std::vector<int64_t> eos_token_ids;
+  std::optional<float> temperature;
+  std::optional<float> top_p;
+  std::optional<int32_t> top_k;
+  std::optional<float> min_p;
+  std::optional<float> repetition_penalty;
+  bool do_sample = false;
+};
+
+// Parses generation_config.json text; errors name the key. Ids must lie in `vocab_size`.
+Result<GenerationConfig> ParseGenerationConfig(std::string_view json_text, int64_t vocab_size);
+
 // Parses config.json text. Errors name the key: "config.json: num_key_value_heads (5) does
 // not divide num_attention_heads (32)".
 Result<ModelConfig> ParseModelConfig(std::string_view config_json);
