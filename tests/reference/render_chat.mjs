@@ -33,12 +33,17 @@ function tokenContent(token) {
 }
 
 // Texts go out as UTF-8 would carry them: a lone UTF-16 surrogate (from indexing into an
-// emoji) becomes U+FFFD.
+// emoji) becomes U+FFFD. (String.prototype.toWellFormed does this from Node 20 on; Debian 12
+// ships Node 18.)
+function wellFormed(text) {
+  return text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
+}
+
 function renderOrError(template, variables) {
   try {
-    return { text: template.render(variables).toWellFormed() };
+    return { text: wellFormed(template.render(variables)) };
   } catch (error) {
-    return { error: String(error.message).toWellFormed() };
+    return { error: wellFormed(String(error.message)) };
   }
 }
 
