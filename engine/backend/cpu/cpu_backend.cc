@@ -5,6 +5,8 @@
 #include <cstring>
 #include <limits>
 
+#include <cblas.h>
+
 #include "inferbox/engine/backend/backend.h"
 
 namespace inferbox::engine {
@@ -22,6 +24,11 @@ namespace {
 
 // Multiply-adds below which an op runs on the calling thread alone.
 constexpr double kMinParallelWork = 1 << 20;
+// Rows of x from which Linear hands the product to BLAS (prefill chunks); fewer rows
+// (decode) read each weight once in the plain loop, which is bound by memory anyway.
+constexpr int64_t kMinBlasRows = 4;
+// Weight rows widened to float32 per BLAS call: 256 × 4096 floats = 4 MiB.
+constexpr int64_t kBlasTileElements = 1 << 20;
 
 inline float Bf16ToFloat(uint16_t bits) {
   const uint32_t widened = static_cast<uint32_t>(bits) << 16;
@@ -120,6 +127,10 @@ class CpuBackend final : public Backend {
     const int64_t k = w.cols;
     std::vector<float> bias_row(static_cast<size_t>(n), 0.0f);
     if (bias != nullptr) WidenRow(*bias, 0, bias_row.data());
+    if (m >= kMinBlasRows) {
+      LinearBlas(x, m, w, bias_row, out);
+      return;
+    }
     // Threads only pay for themselves on enough work (and hurt badly on a busy machine).
     const bool parallel =
         static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m) >=
@@ -278,6 +289,35 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // out = x · wᵀ + bias through OpenBLAS, widening w a tile of rows at a time (float32
+  // weights are used in place).
+  static void LinearBlas(std::span<const float> x, int64_t m, const Weight& w,
+                         const std::vector<float>& bias, std::span<float> out) {
+    const int64_t n = w.rows;
+    const int64_t k = w.cols;
+    const int64_t tile_rows = std::max<int64_t>(1, kBlasTileElements / k);
+    std::vector<float> tile;
+    for (int64_t first = 0; first < n; first += tile_rows) {
+      const int64_t rows = std::min(tile_rows, n - first);
+      const float* weights = nullptr;
+      if (w.dtype == DType::kF32) {
+        weights = static_cast<const float*>(w.data) + first * k;
+      } else {
+        tile.resize(static_cast<size_t>(rows * k));
+        for (int64_t r = 0; r < rows; ++r) WidenRow(w, first + r, tile.data() + r * k);
+        weights = tile.data();
+      }
+      // out[:, first:first+rows] = x[m, k] · weights[rows, k]ᵀ
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                  static_cast<int>(rows), static_cast<int>(k), 1.0f, x.data(), static_cast<int>(k),
+                  weights, static_cast<int>(k), 0.0f, out.data() + first, static_cast<int>(n));
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j)
+        out[static_cast<size_t>(i * n + j)] += bias[static_cast<size_t>(j)];
+    }
+  }
+
   static void NormalizeRow(const float* x, const float* gamma, int64_t n, float eps, float* out) {
     double sum_squares = 0.0;
     for (int64_t c = 0; c < n; ++c) sum_squares += static_cast<double>(x[c]) * x[c];
