@@ -178,6 +178,15 @@ Status Model::Forward(std::span<const ForwardSequence> batch, KvCache& cache, bo
   Backend& backend = *impl_->backend;
   const KvCacheShape& kv = cache.shape();
 
+  const KvCacheShape expected = KvShape(kv.num_blocks, kv.block_size);
+  if (kv.num_layers != expected.num_layers || kv.num_kv_heads != expected.num_kv_heads ||
+      kv.head_dim != expected.head_dim) {
+    return InvalidArgumentError(
+        fmt::format("the KV cache ({} layers, {} KV heads of {}) was not made for this model "
+                    "({} layers, {} KV heads of {})",
+                    kv.num_layers, kv.num_kv_heads, kv.head_dim, expected.num_layers,
+                    expected.num_kv_heads, expected.head_dim));
+  }
   // Flatten the batch: token ids, positions and KV slots, validated before any op runs.
   std::vector<int32_t> ids;
   std::vector<int64_t> positions;

@@ -52,13 +52,17 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
 
   // Penalties, then temperature.
   work_.assign(logits.begin(), logits.end());
+  // Tokens outside this row (a caller's bad id) are ignored rather than indexed.
+  auto in_row = [vocab](int32_t token) { return token >= 0 && token < vocab; };
   if (params_.repetition_penalty != 1.0f) {
     for (const auto& [token, unused] : seen_) {
+      if (!in_row(token)) continue;
       float& logit = work_[static_cast<size_t>(token)];
       logit = logit > 0 ? logit / params_.repetition_penalty : logit * params_.repetition_penalty;
     }
   }
   for (const auto& [token, count] : output_counts_) {
+    if (!in_row(token)) continue;
     work_[static_cast<size_t>(token)] -=
         params_.presence_penalty + params_.frequency_penalty * static_cast<float>(count);
   }

