@@ -74,6 +74,23 @@ TEST(BlockManager, SharedPrefixReusesComputedBlocksOnly) {
   EXPECT_EQ(manager.num_prefix_hit_tokens(), 8);
 }
 
+TEST(BlockManager, ABlockMatchesOnlyAfterTheSamePrefix) {
+  BlockManager manager(16, 4);
+  const auto a_x =
+      Concat(Concat(Tokens(0, 4), Tokens(500, 4)), Tokens(900, 1));  // Blocks A, X, tail.
+  const auto c_y =
+      Concat(Concat(Tokens(40, 4), Tokens(600, 4)), Tokens(900, 1));  // Blocks C, Y, tail.
+  const auto c_x =
+      Concat(Concat(Tokens(40, 4), Tokens(500, 4)), Tokens(900, 1));  // Blocks C, X, tail.
+  KvAllocation first = manager.Allocate(a_x);
+  manager.Commit(first, a_x, 9);
+  KvAllocation second = manager.Allocate(c_y);
+  manager.Commit(second, c_y, 9);
+  KvAllocation third = manager.Allocate(c_x);
+  EXPECT_EQ(third.num_cached_tokens, 4)
+      << "C is shared; X's KV was computed after A, not C, so it is not";
+}
+
 TEST(BlockManager, FreedBlocksStayFindableUntilReused) {
   BlockManager manager(6, 4);
   const auto prompt = Tokens(7, 9);
