@@ -39,6 +39,16 @@ constexpr int kMaxReceiveMessageBytes = 16 * 1024 * 1024;
 // the config asks for port 0); written before READY=1, removed at exit.
 constexpr std::string_view kListenersFileName = "listeners.toml";
 
+// The signals only the main loop receives (blocked everywhere, taken with sigwaitinfo).
+sigset_t MainLoopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  return signals;
+}
+
 Result<DaemonConfig> LoadConfig(const DaemonOptions& options) {
   if (options.config_path) return LoadConfigFile(*options.config_path);
   return ParseConfig(EmbeddedDefaultConfig(), kEmbeddedConfigName);
@@ -236,11 +246,7 @@ void RunningDaemon::Reload() {
 }
 
 void RunningDaemon::Serve() {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);
+  const sigset_t signals = MainLoopSignals();
 
   const auto watchdog = notifier_.watchdog_ping_interval();
   if (watchdog) notifier_.PingWatchdog();
@@ -289,11 +295,7 @@ void RunningDaemon::Shutdown() {
 int RunDaemon(const DaemonOptions& options) {
   // Block the signals the main loop waits for, before any thread exists, so that every
   // thread inherits the mask and only the main loop ever receives them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);
+  const sigset_t signals = MainLoopSignals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   // A client that disconnects must not kill the daemon through a write to a closed socket.
   signal(SIGPIPE, SIG_IGN);

@@ -124,13 +124,26 @@ class CpuBackend final : public Backend {
   void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
               std::span<float> out) override {
     const int64_t n = w.rows;
-    const int64_t k = w.cols;
-    std::vector<float> bias_row(static_cast<size_t>(n), 0.0f);
-    if (bias != nullptr) WidenRow(*bias, 0, bias_row.data());
     if (m >= kMinBlasRows) {
-      LinearBlas(x, m, w, bias_row, out);
-      return;
+      LinearBlas(x, m, w, out);
+    } else {
+      LinearRows(x, m, w, out);
     }
+    if (bias != nullptr) {
+      std::vector<float> bias_row(static_cast<size_t>(n));
+      WidenRow(*bias, 0, bias_row.data());
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j)
+          out[static_cast<size_t>(i * n + j)] += bias_row[static_cast<size_t>(j)];
+      }
+    }
+  }
+
+  // out = x · wᵀ for a few rows of x: each weight row is widened once and read once.
+  static void LinearRows(std::span<const float> x, int64_t m, const Weight& w,
+                         std::span<float> out) {
+    const int64_t n = w.rows;
+    const int64_t k = w.cols;
     // Threads only pay for themselves on enough work (and hurt badly on a busy machine).
     const bool parallel =
         static_cast<double>(n) * static_cast<double>(k) * static_cast<double>(m) >=
@@ -146,8 +159,7 @@ class CpuBackend final : public Backend {
           double sum = 0.0;
           for (int64_t c = 0; c < k; ++c)
             sum += static_cast<double>(xi[c]) * row[static_cast<size_t>(c)];
-          out[static_cast<size_t>(i * n + j)] =
-              static_cast<float>(sum) + bias_row[static_cast<size_t>(j)];
+          out[static_cast<size_t>(i * n + j)] = static_cast<float>(sum);
         }
       }
     }
@@ -289,10 +301,10 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  // out = x · wᵀ + bias through OpenBLAS, widening w a tile of rows at a time (float32
-  // weights are used in place).
+  // out = x · wᵀ through OpenBLAS, widening w a tile of rows at a time (float32 weights are
+  // used in place).
   static void LinearBlas(std::span<const float> x, int64_t m, const Weight& w,
-                         const std::vector<float>& bias, std::span<float> out) {
+                         std::span<float> out) {
     const int64_t n = w.rows;
     const int64_t k = w.cols;
     const int64_t tile_rows = std::max<int64_t>(1, kBlasTileElements / k);
@@ -311,10 +323,6 @@ class CpuBackend final : public Backend {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
                   static_cast<int>(rows), static_cast<int>(k), 1.0f, x.data(), static_cast<int>(k),
                   weights, static_cast<int>(k), 0.0f, out.data() + first, static_cast<int>(n));
-    }
-    for (int64_t i = 0; i < m; ++i) {
-      for (int64_t j = 0; j < n; ++j)
-        out[static_cast<size_t>(i * n + j)] += bias[static_cast<size_t>(j)];
     }
   }
 

@@ -34,7 +34,7 @@ Status ValidateSamplingParams(const SamplingParams& p) {
 
 Sampler::Sampler(const SamplingParams& params, std::span<const int32_t> prompt)
     : params_(params), rng_(params.seed) {
-  for (const int32_t token : prompt) seen_[token] = true;
+  seen_.insert(prompt.begin(), prompt.end());
 }
 
 TokenChoice Sampler::Next(std::span<const float> logits) {
@@ -55,7 +55,7 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
   // Tokens outside this row (a caller's bad id) are ignored rather than indexed.
   auto in_row = [vocab](int32_t token) { return token >= 0 && token < vocab; };
   if (params_.repetition_penalty != 1.0f) {
-    for (const auto& [token, unused] : seen_) {
+    for (const int32_t token : seen_) {
       if (!in_row(token)) continue;
       float& logit = work_[static_cast<size_t>(token)];
       logit = logit > 0 ? logit / params_.repetition_penalty : logit * params_.repetition_penalty;
@@ -143,7 +143,7 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
   }
 
   ++output_counts_[choice.token];
-  seen_[choice.token] = true;
+  seen_.insert(choice.token);
   return choice;
 }
 

@@ -8,6 +8,7 @@
 #include <random>
 #include <span>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "inferbox/common/status.h"
@@ -52,7 +53,7 @@ class Sampler {
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::unordered_map<int32_t, int32_t> output_counts_;
-  std::unordered_map<int32_t, bool> seen_;  // Prompt and output tokens.
+  std::unordered_set<int32_t> seen_;  // Prompt and output tokens.
   std::vector<float> work_;
   std::vector<int32_t> order_;
 };
