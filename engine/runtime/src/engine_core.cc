@@ -1,8 +1,20 @@
 #include "inferbox/engine/runtime/engine_core.h"
 
+#include <chrono>
+
 #include <fmt/format.h>
 
 namespace inferbox::engine {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point& mark) {
+  const auto now = std::chrono::steady_clock::now();
+  const double seconds = std::chrono::duration<double>(now - mark).count();
+  mark = now;
+  return seconds;
+}
+
+}  // namespace
 
 EngineCore::EngineCore(Model& model, Backend& backend, int32_t num_blocks, int32_t block_size,
                        SchedulerLimits limits)
@@ -11,16 +23,21 @@ EngineCore::EngineCore(Model& model, Backend& backend, int32_t num_blocks, int32
       blocks_(num_blocks, block_size),
       scheduler_(blocks_, limits) {}
 
-Status EngineCore::Add(GenerationRequest request) {
+Status EngineCore::Validate(const GenerationRequest& request) const {
   if (Status status = ValidateSamplingParams(request.sampling); !status.ok()) return status;
   if (request.stop.max_tokens <= 0) return InvalidArgumentError("max_tokens must be positive");
-  if (requests_.contains(request.id))
-    return InvalidArgumentError(fmt::format("request {} already exists", request.id));
   for (const int32_t token : request.prompt) {
     if (token < 0 || token >= model_.config().vocab_size) {
       return InvalidArgumentError(fmt::format("prompt token {} is outside the vocabulary", token));
     }
   }
+  return scheduler_.Validate(static_cast<int64_t>(request.prompt.size()), request.stop.max_tokens);
+}
+
+Status EngineCore::Add(GenerationRequest request) {
+  if (Status status = Validate(request); !status.ok()) return status;
+  if (requests_.contains(request.id))
+    return InvalidArgumentError(fmt::format("request {} already exists", request.id));
   auto sequence = std::make_unique<Sequence>();
   sequence->id = request.id;
   sequence->lane = request.lane;
@@ -36,44 +53,60 @@ bool EngineCore::Cancel(int64_t id) {
   return scheduler_.Cancel(id);
 }
 
-Result<std::vector<TokenEvent>> EngineCore::Step() {
+Result<StepOutput> EngineCore::Step() {
+  StepOutput output;
+  auto mark = std::chrono::steady_clock::now();
+
   // schedule
   const std::vector<ScheduledWork> work = scheduler_.Schedule();
-  for (const auto& cancelled : scheduler_.TakeCancelled()) requests_.erase(cancelled->id);
-  if (work.empty()) return std::vector<TokenEvent>();
+  for (const auto& cancelled : scheduler_.TakeCancelled()) {
+    requests_.erase(cancelled->id);
+    output.cancelled.push_back(cancelled->id);
+  }
+  output.timings.schedule = SecondsSince(mark);
+  if (work.empty()) return output;
 
   // run
   std::vector<ForwardSequence> batch;
   batch.reserve(work.size());
   for (const ScheduledWork& item : work) {
+    RequestState& state = requests_.at(item.sequence->id);
+    if (!state.started) {
+      state.started = true;
+      output.started.emplace_back(item.sequence->id, item.sequence->kv.num_cached_tokens);
+    }
     batch.push_back(
         {std::span<const int32_t>(item.sequence->tokens)
              .subspan(static_cast<size_t>(item.start), static_cast<size_t>(item.num_tokens)),
          item.start, item.sequence->kv.block_table});
+    output.num_tokens += item.num_tokens;
   }
   if (Status status = model_.Forward(batch, *cache_, false, logits_); !status.ok()) return status;
+  output.timings.forward = SecondsSince(mark);
 
   // sample
   const auto vocab = static_cast<size_t>(model_.config().vocab_size);
   std::vector<int32_t> sampled;
-  std::vector<TokenEvent> events;
   for (size_t i = 0; i < work.size(); ++i) {
     if (!work[i].samples) continue;
     Sequence& sequence = *work[i].sequence;
     RequestState& state = requests_.at(sequence.id);
-    const TokenChoice choice =
+    TokenChoice choice =
         state.sampler.Next(std::span<const float>(logits_).subspan(i * vocab, vocab));
     state.finish = CheckTokenStop(state.stop, choice.token, sequence.num_generated() + 1);
     sampled.push_back(choice.token);
-    events.push_back({sequence.id, choice.token, choice.logprob, state.finish});
+    output.events.push_back(
+        {sequence.id, choice.token, choice.logprob, std::move(choice.top_logprobs), state.finish});
   }
+  output.timings.sample = SecondsSince(mark);
 
   // commit
   auto finished = scheduler_.Commit(work, sampled, [this](const Sequence& sequence) {
     return requests_.at(sequence.id).finish != FinishReason::kNone;
   });
   for (const auto& sequence : finished) requests_.erase(sequence->id);
-  return events;
+  output.timings.commit = SecondsSince(mark);
+  return output;
 }
 
 }  // namespace inferbox::engine

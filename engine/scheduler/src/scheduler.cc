@@ -6,20 +6,32 @@
 
 namespace inferbox::engine {
 
-Status Scheduler::Add(std::unique_ptr<Sequence> sequence) {
-  const auto prompt = static_cast<int64_t>(sequence->tokens.size());
-  if (prompt == 0) return InvalidArgumentError("the prompt is empty");
-  if (prompt + sequence->max_new_tokens > limits_.max_model_len) {
+Status Scheduler::Validate(int64_t num_prompt_tokens, int64_t max_new_tokens) const {
+  if (num_prompt_tokens == 0) return InvalidArgumentError("the prompt is empty");
+  if (num_prompt_tokens + max_new_tokens > limits_.max_model_len) {
     return InvalidArgumentError(
-        fmt::format("{} prompt tokens + {} new tokens exceed the model length of {}", prompt,
-                    sequence->max_new_tokens, limits_.max_model_len));
+        fmt::format("{} prompt tokens + {} new tokens exceed the model length of {}",
+                    num_prompt_tokens, max_new_tokens, limits_.max_model_len));
   }
   const int64_t blocks_needed =
-      (prompt + sequence->max_new_tokens + blocks_.block_size() - 1) / blocks_.block_size();
+      (num_prompt_tokens + max_new_tokens + blocks_.block_size() - 1) / blocks_.block_size();
   if (blocks_needed > blocks_.num_blocks()) {
     return InvalidArgumentError(fmt::format("the request needs {} KV blocks; the cache has {}",
                                             blocks_needed, blocks_.num_blocks()));
   }
+  return Status::Ok();
+}
+
+int64_t Scheduler::num_waiting_tokens() const {
+  int64_t tokens = 0;
+  for (const auto& sequence : waiting_)
+    tokens += static_cast<int64_t>(sequence->tokens.size()) - sequence->num_computed;
+  return tokens;
+}
+
+Status Scheduler::Add(std::unique_ptr<Sequence> sequence) {
+  const auto prompt = static_cast<int64_t>(sequence->tokens.size());
+  if (Status status = Validate(prompt, sequence->max_new_tokens); !status.ok()) return status;
   sequence->num_prompt_tokens = prompt;
   sequence->num_computed = 0;
   InsertWaiting(std::move(sequence), false);

@@ -55,7 +55,7 @@ class EngineCoreTest : public ::testing::Test {
       auto events = core_->Step();
       EXPECT_TRUE(events.ok()) << events.status().ToString();
       if (!events.ok()) break;
-      for (const TokenEvent& event : *events) outputs[event.id].push_back(event.token);
+      for (const TokenEvent& event : events->events) outputs[event.id].push_back(event.token);
     }
     EXPECT_FALSE(core_->has_work()) << "requests never finished";
     if (core_out != nullptr) *core_out = core_.get();

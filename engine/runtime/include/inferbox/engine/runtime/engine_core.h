@@ -1,6 +1,6 @@
 // One engine step, in the spirit of nano-vllm's three lines: schedule, run the model on the
-// batch, sample, commit. Drives Scheduler + Model + Sampler on the calling thread; the
-// runtime thread and the engine process (#5) wrap it. Not thread-safe.
+// batch, sample, commit. Drives Scheduler + Model + Sampler on the calling thread; Runtime
+// (runtime.h) runs it on the engine loop thread. Not thread-safe, except Validate.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +29,27 @@ struct TokenEvent {
   int64_t id = 0;
   int32_t token = 0;
   float logprob = 0.0f;
-  FinishReason finish = FinishReason::kNone;  // Set on the request's last token.
+  std::vector<std::pair<int32_t, float>> top_logprobs;  // sampling.num_top_logprobs of them.
+  FinishReason finish = FinishReason::kNone;            // Set on the request's last token.
+};
+
+// Wall time of one step's phases, in seconds.
+struct StepTimings {
+  double schedule = 0;
+  double forward = 0;
+  double sample = 0;
+  double commit = 0;
+};
+
+struct StepOutput {
+  std::vector<TokenEvent> events;  // In scheduling order.
+  // Requests scheduled for the first time this step, with the prompt tokens whose KV came
+  // from the prefix cache.
+  std::vector<std::pair<int64_t, int64_t>> started;
+  // Requests whose cancellation took effect (their blocks are free again).
+  std::vector<int64_t> cancelled;
+  int64_t num_tokens = 0;  // Tokens fed to the model.
+  StepTimings timings;
 };
 
 class EngineCore {
@@ -38,21 +58,25 @@ class EngineCore {
   EngineCore(Model& model, Backend& backend, int32_t num_blocks, int32_t block_size,
              SchedulerLimits limits);
 
+  // Whether Add would take the request (parameters, vocabulary, model length, KV capacity),
+  // without changing anything: safe to call from any thread.
+  Status Validate(const GenerationRequest& request) const;
   Status Add(GenerationRequest request);
   bool Cancel(int64_t id);
   bool has_work() const { return scheduler_.num_running() + scheduler_.num_waiting() > 0; }
 
-  // Runs one step; returns the tokens it generated (in scheduling order).
-  Result<std::vector<TokenEvent>> Step();
+  Result<StepOutput> Step();
 
   const BlockManager& blocks() const { return blocks_; }
   const Scheduler& scheduler() const { return scheduler_; }
+  const Model& model() const { return model_; }
 
  private:
   struct RequestState {
     Sampler sampler;
     StopCriteria stop;
     FinishReason finish = FinishReason::kNone;
+    bool started = false;
   };
 
   Model& model_;

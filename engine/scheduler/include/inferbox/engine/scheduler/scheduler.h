@@ -54,8 +54,11 @@ class Scheduler {
  public:
   Scheduler(BlockManager& blocks, SchedulerLimits limits) : blocks_(blocks), limits_(limits) {}
 
-  // Queues a sequence. INVALID_ARGUMENT for an empty prompt, one longer than the model
-  // length with its max_new_tokens, or one the whole KV cache could never hold.
+  // Whether a request of this shape could ever run: INVALID_ARGUMENT for an empty prompt,
+  // one longer than the model length with its max_new_tokens, or one the whole KV cache
+  // could never hold. Reads only what is fixed at construction: safe from any thread.
+  Status Validate(int64_t num_prompt_tokens, int64_t max_new_tokens) const;
+  // Queues a sequence (checked with Validate).
   Status Add(std::unique_ptr<Sequence> sequence);
   // Marks a sequence cancelled; its blocks are freed at the next Schedule. False if unknown.
   bool Cancel(int64_t id);
@@ -76,6 +79,9 @@ class Scheduler {
   int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t num_preemptions() const { return num_preemptions_; }
+  // Tokens the waiting sequences still have to prefill (the router's load signal).
+  int64_t num_waiting_tokens() const;
+  const SchedulerLimits& limits() const { return limits_; }
 
  private:
   // Frees the lowest-priority running sequence's blocks and puts it back at the head of the

@@ -1,0 +1,328 @@
+// The engine loop thread on a real tiny model: requests submitted from several threads get
+// the tokens they get alone, text that decodes their tokens, stop strings, cancellation that
+// frees every block, lanes, queue limits, and exactly one final delta per request whatever
+// ends it.
+#include "inferbox/engine/runtime/runtime.h"
+
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "temp_dir.h"
+#include "tiny_model.h"
+
+namespace inferbox::engine {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Everything one request received.
+struct Collected {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::vector<TokenLogprobs> logprobs;
+  int num_deltas = 0;
+  int num_finals = 0;
+  Delta final_delta;
+  std::chrono::steady_clock::time_point first_token;
+
+  DeltaCallback Callback() {
+    return [this](Delta&& delta) {
+      std::lock_guard lock(mutex);
+      if (tokens.empty() && !delta.token_ids.empty())
+        first_token = std::chrono::steady_clock::now();
+      ++num_deltas;
+      tokens.insert(tokens.end(), delta.token_ids.begin(), delta.token_ids.end());
+      text += delta.text;
+      for (auto& entry : delta.logprobs) logprobs.push_back(entry);
+      if (delta.finished) {
+        ++num_finals;
+        final_delta = std::move(delta);
+      }
+      changed.notify_all();
+    };
+  }
+  bool WaitFinal(std::chrono::seconds timeout = 120s) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, timeout, [this] { return num_finals > 0; });
+  }
+  bool WaitTokens(size_t count) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, 120s, [&] { return tokens.size() >= count || num_finals > 0; });
+  }
+};
+
+class RuntimeTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new inferbox::testing::TempDir();
+    inferbox::testing::MakeTinyModel(scratch_->path() / "model", "qwen3",
+                                     {"--arch", "qwen3", "--seed", "7"}, scratch_->path());
+    backend_ = MakeCpuBackend().release();
+    auto model = Model::Load(scratch_->path() / "model", *backend_);
+    if (model.ok()) model_ = std::move(model).value().release();
+    auto tokenizer = Tokenizer::LoadFromDirectory(scratch_->path() / "model");
+    if (tokenizer.ok()) tokenizer_ = std::move(tokenizer).value().release();
+  }
+  static void TearDownTestSuite() {
+    delete tokenizer_;
+    delete model_;
+    delete backend_;
+    delete scratch_;
+  }
+  void SetUp() override {
+    ASSERT_NE(model_, nullptr) << "the tiny model did not load";
+    ASSERT_NE(tokenizer_, nullptr) << "the tokenizer did not load";
+  }
+
+  static RuntimeOptions Options(int32_t num_blocks, int64_t max_running, int64_t budget = 64) {
+    RuntimeOptions options;
+    options.num_blocks = num_blocks;
+    options.block_size = 4;
+    options.limits = {max_running, budget, 512};
+    return options;
+  }
+
+  static RequestOptions Greedy(std::vector<int32_t> prompt, int64_t max_tokens) {
+    RequestOptions request;
+    request.prompt = std::move(prompt);
+    request.sampling.temperature = 0.0f;
+    request.stop.max_tokens = max_tokens;
+    request.stop.ignore_eos = true;
+    return request;
+  }
+
+  static std::vector<int32_t> Prompt(int seed, int length) {
+    std::mt19937 rng(static_cast<uint32_t>(seed));
+    std::uniform_int_distribution<int32_t> token(1, 150000);
+    std::vector<int32_t> prompt;
+    for (int t = 0; t < length; ++t) prompt.push_back(token(rng));
+    return prompt;
+  }
+
+  // The request run on its own.
+  std::vector<int32_t> Alone(const RequestOptions& request) {
+    Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 1));
+    Collected collected;
+    EXPECT_TRUE(runtime.Submit(request, collected.Callback()).ok());
+    EXPECT_TRUE(collected.WaitFinal());
+    return collected.tokens;
+  }
+
+  static inferbox::testing::TempDir* scratch_;
+  static Backend* backend_;
+  static Model* model_;
+  static Tokenizer* tokenizer_;
+};
+
+inferbox::testing::TempDir* RuntimeTest::scratch_ = nullptr;
+Backend* RuntimeTest::backend_ = nullptr;
+Model* RuntimeTest::model_ = nullptr;
+Tokenizer* RuntimeTest::tokenizer_ = nullptr;
+
+TEST_F(RuntimeTest, SixtyFourConcurrentRequestsFromManyThreadsGetTheirTokensAlone) {
+  constexpr int kRequests = 64;
+  std::vector<RequestOptions> requests;
+  for (int i = 0; i < kRequests; ++i)
+    requests.push_back(Greedy(Prompt(i, 2 + (i * 7) % 23), 2 + i % 7));
+  std::vector<Collected> collected(kRequests);
+  {
+    Runtime runtime(*model_, *backend_, tokenizer_, Options(1024, 64, 96));
+    std::vector<std::thread> submitters;
+    for (int t = 0; t < 4; ++t) {
+      submitters.emplace_back([&, t] {
+        for (int i = t; i < kRequests; i += 4) {
+          auto id = runtime.Submit(requests[i], collected[i].Callback());
+          EXPECT_TRUE(id.ok()) << id.status().ToString();
+        }
+      });
+    }
+    for (auto& thread : submitters) thread.join();
+    EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 300s));
+    const RuntimeStats stats = runtime.stats();
+    EXPECT_EQ(stats.num_blocks_used, 0);
+    EXPECT_EQ(stats.requests_in_flight, 0);
+    int64_t prompt_tokens = 0, generated = 0;
+    for (const auto& request : requests) {
+      prompt_tokens += static_cast<int64_t>(request.prompt.size());
+      generated += request.stop.max_tokens;
+    }
+    EXPECT_EQ(stats.prompt_tokens_total, prompt_tokens);
+    EXPECT_EQ(stats.generation_tokens_total, generated);
+    EXPECT_GT(stats.steps_total, 0);
+  }
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_EQ(collected[i].num_finals, 1) << "request " << i;
+    const Delta& last = collected[i].final_delta;
+    EXPECT_TRUE(last.error.ok()) << last.error.ToString();
+    EXPECT_EQ(last.finish, FinishReason::kLength);
+    EXPECT_EQ(last.usage.prompt_tokens, static_cast<int64_t>(requests[i].prompt.size()));
+    EXPECT_EQ(last.usage.completion_tokens, requests[i].stop.max_tokens);
+    EXPECT_GE(last.timings.total, last.timings.first_token);
+    EXPECT_EQ(collected[i].tokens, Alone(requests[i])) << "request " << i << " differs from alone";
+  }
+}
+
+TEST_F(RuntimeTest, TextDeltasConcatenateToTheDecodedTokens) {
+  Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 8));
+  RequestOptions request = Greedy(Prompt(100, 9), 24);
+  request.logprobs = true;
+  request.sampling.num_top_logprobs = 3;
+  Collected collected;
+  ASSERT_TRUE(runtime.Submit(request, collected.Callback()).ok());
+  ASSERT_TRUE(collected.WaitFinal());
+  ASSERT_EQ(collected.tokens.size(), 24u);
+  EXPECT_GT(collected.num_deltas, 1) << "output should stream, not arrive at the end";
+  EXPECT_EQ(collected.text, *tokenizer_->Decode(collected.tokens, true));
+  ASSERT_EQ(collected.logprobs.size(), 24u);
+  for (size_t i = 0; i < 24; ++i) {
+    EXPECT_EQ(collected.logprobs[i].token, collected.tokens[i]);
+    EXPECT_LE(collected.logprobs[i].logprob, 0.0f);
+    ASSERT_EQ(collected.logprobs[i].top.size(), 3u);
+    // Greedy: the sampled token is the most likely one.
+    EXPECT_EQ(collected.logprobs[i].top[0].first, collected.tokens[i]);
+  }
+}
+
+TEST_F(RuntimeTest, AStopStringEndsTheOutputBeforeIt) {
+  const RequestOptions plain = Greedy(Prompt(200, 7), 32);
+  Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 8));
+  Collected full;
+  ASSERT_TRUE(runtime.Submit(plain, full.Callback()).ok());
+  ASSERT_TRUE(full.WaitFinal());
+  // A stop string from the middle of the output, cut at character boundaries.
+  const std::string& text = full.text;
+  auto boundary = [&](size_t at) {
+    while (at < text.size() && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) ++at;
+    return at;
+  };
+  const size_t begin = boundary(text.size() / 2);
+  const size_t end = boundary(begin + 3);
+  ASSERT_LT(begin, end) << "the output is too short: " << text;
+  const std::string stop = text.substr(begin, end - begin);
+
+  RequestOptions stopped = plain;
+  stopped.stop_strings = {stop};
+  Collected collected;
+  ASSERT_TRUE(runtime.Submit(stopped, collected.Callback()).ok());
+  ASSERT_TRUE(collected.WaitFinal());
+  EXPECT_EQ(collected.final_delta.finish, FinishReason::kStop);
+  EXPECT_EQ(collected.final_delta.matched_stop, stop);
+  EXPECT_EQ(collected.text, text.substr(0, text.find(stop)));
+  EXPECT_LT(collected.tokens.size(), full.tokens.size());
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(runtime.stats().num_blocks_used, 0);
+  EXPECT_EQ(runtime.stats().num_running, 0);
+}
+
+TEST_F(RuntimeTest, CancelMidStreamFreesEveryBlock) {
+  Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 8));
+  EXPECT_EQ(runtime.stats().num_blocks_used, 0);
+  Collected collected;
+  auto id = runtime.Submit(Greedy(Prompt(300, 20), 400), collected.Callback());
+  ASSERT_TRUE(id.ok());
+  ASSERT_TRUE(collected.WaitTokens(3));
+  EXPECT_GT(runtime.stats().num_blocks_used, 0);
+  runtime.Cancel(*id);
+  ASSERT_TRUE(collected.WaitFinal());
+  EXPECT_EQ(collected.final_delta.error.code(), StatusCode::kCancelled);
+  EXPECT_LT(collected.tokens.size(), 400u);
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 10s));
+  EXPECT_EQ(runtime.stats().num_blocks_used, 0);
+  EXPECT_EQ(collected.num_finals, 1);
+  runtime.Cancel(*id);  // Finished: ignored.
+}
+
+TEST_F(RuntimeTest, InteractiveRequestsStartBeforeQueuedBatchWork) {
+  Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
+  constexpr int kBatch = 6;
+  std::vector<Collected> batch(kBatch);
+  for (int i = 0; i < kBatch; ++i) {
+    RequestOptions request = Greedy(Prompt(400 + i, 8), 12);
+    request.lane = Lane::kBatch;
+    ASSERT_TRUE(runtime.Submit(request, batch[i].Callback()).ok());
+  }
+  ASSERT_TRUE(batch[0].WaitTokens(1));  // Two batch requests run; four wait.
+  Collected interactive;
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(500, 8), 4), interactive.Callback()).ok());
+  ASSERT_TRUE(interactive.WaitFinal());
+  for (auto& request : batch) ASSERT_TRUE(request.WaitFinal());
+  int started_after = 0;
+  for (int i = 2; i < kBatch; ++i) {
+    if (batch[i].first_token > interactive.first_token) ++started_after;
+  }
+  EXPECT_EQ(started_after, kBatch - 2)
+      << "every batch request still waiting should start after the interactive one";
+}
+
+TEST_F(RuntimeTest, CachedPromptTokensAreReported) {
+  Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 8));
+  const RequestOptions request = Greedy(Prompt(600, 17), 3);
+  Collected first, second;
+  ASSERT_TRUE(runtime.Submit(request, first.Callback()).ok());
+  ASSERT_TRUE(first.WaitFinal());
+  ASSERT_TRUE(runtime.Submit(request, second.Callback()).ok());
+  ASSERT_TRUE(second.WaitFinal());
+  EXPECT_EQ(first.final_delta.usage.cached_prompt_tokens, 0);
+  EXPECT_EQ(second.final_delta.usage.cached_prompt_tokens, 16) << "four full blocks of 4";
+  EXPECT_EQ(second.tokens, first.tokens);
+  EXPECT_EQ(runtime.stats().prefix_hit_tokens_total, 16);
+}
+
+TEST_F(RuntimeTest, BadRequestsAndAFullQueueAreRefusedAtSubmit) {
+  RuntimeOptions options = Options(256, 1);
+  options.max_waiting = 2;
+  Runtime runtime(*model_, *backend_, tokenizer_, options);
+  Collected unused;
+  EXPECT_EQ(runtime.Submit(Greedy({}, 4), unused.Callback()).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(runtime.Submit(Greedy({1, 2}, 600), unused.Callback()).status().code(),
+            StatusCode::kInvalidArgument)
+      << "longer than the model length";
+  RequestOptions bad_temperature = Greedy({1, 2}, 4);
+  bad_temperature.sampling.temperature = -1.0f;
+  EXPECT_EQ(runtime.Submit(bad_temperature, unused.Callback()).status().code(),
+            StatusCode::kInvalidArgument);
+
+  std::vector<Collected> accepted(4);
+  int refused = 0;
+  for (auto& collected : accepted) {
+    auto id = runtime.Submit(Greedy(Prompt(700, 6), 200), collected.Callback());
+    if (!id.ok()) {
+      EXPECT_EQ(id.status().code(), StatusCode::kResourceExhausted);
+      ++refused;
+    }
+  }
+  EXPECT_GE(refused, 1) << "one running and two waiting at most: the fourth must be refused";
+  runtime.CancelAll(Status(StatusCode::kUnavailable, "draining"));
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  for (auto& collected : accepted) {
+    if (collected.num_finals == 0) continue;
+    EXPECT_EQ(collected.num_finals, 1);
+    EXPECT_EQ(collected.final_delta.error.code(), StatusCode::kUnavailable);
+  }
+  EXPECT_EQ(unused.num_finals, 0) << "a refused request gets no delta";
+}
+
+TEST_F(RuntimeTest, StoppingEndsEveryRequestInFlight) {
+  std::vector<Collected> collected(5);
+  {
+    Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
+    for (auto& request : collected)
+      ASSERT_TRUE(runtime.Submit(Greedy(Prompt(800, 10), 400), request.Callback()).ok());
+    ASSERT_TRUE(collected[0].WaitTokens(2));
+  }
+  for (auto& request : collected) {
+    EXPECT_EQ(request.num_finals, 1);
+    EXPECT_EQ(request.final_delta.error.code(), StatusCode::kUnavailable);
+  }
+}
+
+}  // namespace
+}  // namespace inferbox::engine
