@@ -15,8 +15,7 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
-#include "inferbox/common/atomic_file.h"
-#include "inferbox/engine/chat_template/chat_template.h"
+#include "inferbox/engine/chat_template/chat_format.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/sampling/sampler.h"
 #include "inferbox/engine/sampling/stop.h"
@@ -41,38 +40,14 @@ struct Options {
   bool floor = false;
 };
 
-std::string ConfigTokenText(const boost::json::object& config, std::string_view key) {
-  const auto* value = config.if_contains(key);
-  if (value == nullptr) return "";
-  if (value->is_string()) return std::string(value->as_string());
-  if (value->is_object() && value->as_object().contains("content") &&
-      value->as_object().at("content").is_string()) {
-    return std::string(value->as_object().at("content").as_string());
-  }
-  return "";
-}
-
-Result<std::string> RenderChat(const Options& options) {
-  auto text = ReadFile(options.model / "tokenizer_config.json");
-  if (!text.ok()) return text.status();
-  boost::system::error_code error;
-  const auto config = boost::json::parse(*text, error);
-  if (error || !config.is_object() || !config.as_object().contains("chat_template") ||
-      !config.as_object().at("chat_template").is_string()) {
-    return InvalidArgumentError("tokenizer_config.json has no chat_template");
-  }
-  auto chat_template =
-      ChatTemplate::Parse(std::string_view(config.as_object().at("chat_template").as_string()));
-  if (!chat_template.ok()) return chat_template.status();
+Result<std::string> RenderChat(const Options& options, const Tokenizer& tokenizer) {
+  auto format = ChatFormat::LoadFromDirectory(options.model, tokenizer);
+  if (!format.ok()) return format.status();
   boost::json::array messages;
   if (!options.system.empty())
     messages.push_back({{"role", "system"}, {"content", options.system}});
   messages.push_back({{"role", "user"}, {"content", options.prompt}});
-  boost::json::object variables{{"messages", messages},
-                                {"add_generation_prompt", true},
-                                {"bos_token", ConfigTokenText(config.as_object(), "bos_token")},
-                                {"eos_token", ConfigTokenText(config.as_object(), "eos_token")}};
-  return chat_template->Render(variables);
+  return format->Render({{"messages", messages}, {"add_generation_prompt", true}});
 }
 
 int Run(const Options& options) {
@@ -100,7 +75,7 @@ int Run(const Options& options) {
   } else {
     std::string text = options.prompt;
     if (options.chat) {
-      auto rendered = RenderChat(options);
+      auto rendered = RenderChat(options, **tokenizer);
       if (!rendered.ok()) {
         fmt::print(stderr, "inferbox-run: {}\n", rendered.status().message());
         return 1;
@@ -126,8 +101,7 @@ int Run(const Options& options) {
   std::iota(block_table.begin(), block_table.end(), 0);
 
   StopCriteria criteria;
-  for (const int64_t id : config.eos_token_ids)
-    criteria.eos_token_ids.push_back(static_cast<int32_t>(id));
+  criteria.eos_token_ids = (*model)->EosTokenIds();
   criteria.max_tokens = options.max_tokens;
   criteria.ignore_eos = options.ignore_eos;
   Sampler sampler(options.sampling, prompt);

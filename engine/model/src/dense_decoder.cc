@@ -150,6 +150,20 @@ const ModelConfig& Model::config() const {
   return impl_->config;
 }
 
+const GenerationConfig& Model::generation_config() const {
+  return impl_->generation_config;
+}
+
+std::vector<int32_t> Model::EosTokenIds() const {
+  std::vector<int32_t> ids;
+  auto add = [&ids](int64_t id) {
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(static_cast<int32_t>(id));
+  };
+  for (const int64_t id : impl_->config.eos_token_ids) add(id);
+  for (const int64_t id : impl_->generation_config.eos_token_ids) add(id);
+  return ids;
+}
+
 int64_t Model::WeightBytesPerDecodeStep() const {
   auto bytes = [](const Weight& w) {
     return w.data == nullptr ? 0 : w.rows * w.cols * static_cast<int64_t>(DTypeSize(w.dtype));

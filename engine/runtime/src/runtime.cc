@@ -47,8 +47,7 @@ struct Runtime::Active {
   bool done = false;
 };
 
-Runtime::Runtime(Model& model, Backend& backend, const Tokenizer* tokenizer,
-                 RuntimeOptions options)
+Runtime::Runtime(Model& model, Backend& backend, const Tokenizer* tokenizer, RuntimeOptions options)
     : tokenizer_(tokenizer),
       options_(options),
       core_(model, backend, options.num_blocks, options.block_size, options.limits) {
@@ -80,8 +79,8 @@ Result<int64_t> Runtime::Submit(RequestOptions request, DeltaCallback callback) 
   }
   const int64_t id = next_id_++;
   generation.id = id;
-  inbox_.push_back({id, std::move(generation), std::move(request), std::move(callback),
-                    Clock::now()});
+  inbox_.push_back(
+      {id, std::move(generation), std::move(request), std::move(callback), Clock::now()});
   ++in_flight_;
   loop_idle_ = false;
   wake_.notify_one();
@@ -177,8 +176,10 @@ void Runtime::Loop() {
     step_seconds_total_.forward += output->timings.forward;
     step_seconds_total_.sample += output->timings.sample;
     step_seconds_total_.commit += output->timings.commit;
-    HandleStep(*output);
+    generation_tokens_total_ += static_cast<int64_t>(output->events.size());
+    // Stats first: a client that has seen its last token finds them current.
     PublishStats();
+    HandleStep(*output);
   }
 
   // Stopping: nothing accepted goes unanswered.
@@ -223,7 +224,8 @@ void Runtime::Admit(Pending&& pending) {
   active->callback = std::move(pending.callback);
   active->accepted = pending.accepted;
   active->usage.prompt_tokens = static_cast<int64_t>(pending.request.prompt.size());
-  if (tokenizer_ != nullptr) active->decoder.emplace(*tokenizer_, active->options.skip_special_tokens);
+  if (tokenizer_ != nullptr)
+    active->decoder.emplace(*tokenizer_, active->options.skip_special_tokens);
   const int64_t id = pending.id;
   active_.emplace(id, std::move(active));
   if (Status status = core_.Add(std::move(pending.request)); !status.ok()) {
@@ -256,7 +258,6 @@ void Runtime::HandleStep(const StepOutput& output) {
   for (const TokenEvent& event : output.events) {
     Active& active = *active_.at(event.id);
     if (active.done) continue;
-    ++generation_tokens_total_;
     ++active.usage.completion_tokens;
     if (!active.first_token) active.first_token = now;
     active.last_token = now;

@@ -1,0 +1,58 @@
+// The inferbox.engine.v1.Engine service: what an inferbox-engine process serves to inferboxd
+// on its unix socket. Generate streams a request's deltas as chunks (coalescing whatever
+// piled up while the previous write was in flight); a client that disconnects or whose
+// deadline passes has its request cancelled at the next engine step. Health answers from
+// the engine loop's published state, so a wedged loop shows as steps_completed standing
+// still, never as a hung call.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "inferbox/engine/runtime/runtime.h"
+#include "inferbox/engine/server/request_builder.h"
+#include "inferbox/engine/v1/engine.grpc.pb.h"
+
+namespace inferbox::engine {
+
+grpc::Status ToGrpcStatus(const Status& status);
+
+class EngineService final : public inferbox::engine::v1::Engine::Service {
+ public:
+  explicit EngineService(std::string model_id);
+
+  // Called once the model is loaded: the service turns READY. All three must outlive the
+  // service.
+  void SetReady(Runtime* runtime, const RequestBuilder* builder, const Tokenizer* tokenizer);
+  // Loading failed or the engine cannot go on: FAILED, with the reason, until exit.
+  void SetFailed(std::string message);
+  // Progress shown while LOADING.
+  void SetLoadingMessage(std::string message);
+  // Stops taking requests, waits up to `timeout` for those in flight, then aborts the rest
+  // with UNAVAILABLE. Returns the number aborted.
+  int64_t DrainRequests(std::chrono::milliseconds timeout);
+
+  grpc::Status Generate(grpc::ServerContext* context,
+                        const inferbox::engine::v1::GenerateRequest* request,
+                        grpc::ServerWriter<inferbox::engine::v1::GenerateChunk>* writer) override;
+  grpc::Status Health(grpc::ServerContext* context, const inferbox::engine::v1::HealthRequest* request,
+                      inferbox::engine::v1::HealthResponse* response) override;
+  grpc::Status Stats(grpc::ServerContext* context, const inferbox::engine::v1::StatsRequest* request,
+                     inferbox::engine::v1::StatsResponse* response) override;
+  grpc::Status Drain(grpc::ServerContext* context, const inferbox::engine::v1::DrainRequest* request,
+                     inferbox::engine::v1::DrainResponse* response) override;
+
+ private:
+  const std::string model_id_;
+  std::atomic<inferbox::engine::v1::EngineHealth> health_{inferbox::engine::v1::ENGINE_HEALTH_LOADING};
+  std::atomic<Runtime*> runtime_{nullptr};
+  std::atomic<const RequestBuilder*> builder_{nullptr};
+  std::atomic<const Tokenizer*> tokenizer_{nullptr};
+  mutable std::mutex message_mutex_;
+  std::string message_;
+  std::mutex drain_mutex_;  // One drain at a time.
+};
+
+}  // namespace inferbox::engine

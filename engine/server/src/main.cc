@@ -1,0 +1,297 @@
+// inferbox-engine: one model replica in its own process. Loads the model, runs the engine
+// loop, and serves inferbox.engine.v1 to inferboxd on a unix socket (mode 0600, never a
+// network port). The socket answers Health (LOADING) while the weights load.
+//
+//   inferbox-engine --model DIR --socket PATH [--device cpu] [--kv-cache-gib 1] ...
+//
+// Exit status: 0 after SIGTERM/SIGINT and a drain; 2 bad arguments; 78 (EX_CONFIG) a model
+// folder or setting that cannot work, so restarting will not help; 1 the socket could not
+// be served; 70 (EX_SOFTWARE) the engine loop failed. The reason is on stderr (the journal
+// under systemd).
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <optional>
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <CLI/CLI.hpp>
+
+#include "inferbox/common/logging.h"
+#include "inferbox/common/version.h"
+#include "inferbox/engine/server/engine_service.h"
+
+namespace {
+
+using namespace inferbox;
+using namespace inferbox::engine;
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitSoftware = 70;
+constexpr int kExitConfig = 78;
+constexpr int kMaxMessageBytes = 16 * 1024 * 1024;
+
+struct Options {
+  std::filesystem::path model;
+  std::filesystem::path socket;
+  std::string device = "cpu";
+  std::string model_id;
+  double kv_cache_gib = 1.0;
+  int32_t block_size = 16;
+  int64_t max_running = 64;
+  int64_t token_budget = 512;
+  int64_t max_model_len = 0;
+  int64_t max_waiting = 1024;
+  double drain_timeout_seconds = 30.0;
+  std::string log_level = "info";
+};
+
+sigset_t StopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  return signals;
+}
+
+// Checks the socket path and removes a socket a previous engine left behind.
+Status PrepareSocketPath(const std::filesystem::path& path) {
+  // sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
+  if (path.native().size() > 107) {
+    return InvalidArgumentError(
+        fmt::format("--socket {}: longer than the 107 bytes a unix socket path may have", path.string()));
+  }
+  if (!std::filesystem::is_directory(path.parent_path())) {
+    return InvalidArgumentError(
+        fmt::format("--socket {}: the directory {} does not exist", path.string(), path.parent_path().string()));
+  }
+  std::error_code error;
+  const auto status = std::filesystem::symlink_status(path, error);
+  if (!error && std::filesystem::exists(status)) {
+    if (!std::filesystem::is_socket(status)) {
+      return InvalidArgumentError(
+          fmt::format("--socket {}: exists and is not a socket", path.string()));
+    }
+    std::filesystem::remove(path, error);
+    if (error) {
+      return InvalidArgumentError(
+          fmt::format("--socket {}: cannot remove the stale socket: {}", path.string(), error.message()));
+    }
+  }
+  return Status::Ok();
+}
+
+// The model, its tokenizer and what serves it, built after the socket is up.
+struct LoadedEngine {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<RequestBuilder> builder;
+  std::unique_ptr<Runtime> runtime;
+};
+
+Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
+  if (options.device != "cpu") {
+    return InvalidArgumentError(fmt::format(
+        "--device {}: this build serves only --device cpu (the CUDA backend is not built yet)",
+        options.device));
+  }
+  if (!std::filesystem::is_directory(options.model)) {
+    return NotFoundError(fmt::format("the model folder {} does not exist", options.model.string()));
+  }
+  auto engine = std::make_unique<LoadedEngine>();
+  engine->backend = MakeCpuBackend();
+  auto tokenizer = Tokenizer::LoadFromDirectory(options.model);
+  if (!tokenizer.ok()) return tokenizer.status();
+  engine->tokenizer = std::move(tokenizer).value();
+  auto model = Model::Load(options.model, *engine->backend);
+  if (!model.ok()) return model.status();
+  engine->model = std::move(model).value();
+  const ModelConfig& config = engine->model->config();
+
+  std::optional<ChatFormat> chat;
+  if (auto format = ChatFormat::LoadFromDirectory(options.model, *engine->tokenizer); format.ok()) {
+    chat = std::move(format).value();
+  } else if (format.status().code() == StatusCode::kNotFound) {
+    spdlog::info("{}: serving Generate only", format.status().message());
+  } else {
+    return format.status();
+  }
+
+  RuntimeOptions runtime;
+  runtime.block_size = options.block_size;
+  runtime.max_waiting = options.max_waiting;
+  runtime.limits.max_running = options.max_running;
+  runtime.limits.token_budget = options.token_budget;
+  runtime.limits.max_model_len = config.max_position_embeddings;
+  if (options.max_model_len > 0) {
+    if (options.max_model_len > config.max_position_embeddings) {
+      return InvalidArgumentError(fmt::format(
+          "--max-model-len {} exceeds the model's max_position_embeddings of {}",
+          options.max_model_len, config.max_position_embeddings));
+    }
+    runtime.limits.max_model_len = options.max_model_len;
+  }
+  // KV cache: the memory budget, but no more than every running sequence at full length.
+  const KvCacheShape block = engine->model->KvShape(1, options.block_size);
+  const int64_t bytes_per_block = 2 * block.num_layers * block.block_size * block.num_kv_heads *
+                                  block.head_dim * static_cast<int64_t>(sizeof(float));
+  const auto budget_blocks =
+      static_cast<int64_t>(options.kv_cache_gib * 1024.0 * 1024.0 * 1024.0 / bytes_per_block);
+  const int64_t blocks_per_sequence =
+      (runtime.limits.max_model_len + options.block_size - 1) / options.block_size;
+  const int64_t num_blocks = std::min(budget_blocks, blocks_per_sequence * options.max_running);
+  if (num_blocks < blocks_per_sequence) {
+    return InvalidArgumentError(fmt::format(
+        "--kv-cache-gib {} holds {} tokens, less than one sequence of --max-model-len {}; give "
+        "more memory or a shorter --max-model-len",
+        options.kv_cache_gib, budget_blocks * options.block_size, runtime.limits.max_model_len));
+  }
+  runtime.num_blocks = static_cast<int32_t>(std::min<int64_t>(num_blocks, INT32_MAX));
+  spdlog::info("KV cache: {} blocks of {} tokens ({:.1f} MiB), context {} tokens, {} sequences at once",
+               runtime.num_blocks, options.block_size,
+               static_cast<double>(runtime.num_blocks * bytes_per_block) / (1024.0 * 1024.0),
+               runtime.limits.max_model_len, options.max_running);
+
+  std::vector<int32_t> eos = engine->model->EosTokenIds();
+  engine->builder = std::make_unique<RequestBuilder>(*engine->tokenizer, std::move(chat), config,
+                                                     engine->model->generation_config(), eos,
+                                                     runtime.limits.max_model_len);
+  engine->runtime = std::make_unique<Runtime>(*engine->model, *engine->backend,
+                                              engine->tokenizer.get(), runtime);
+  return engine;
+}
+
+int Run(const Options& options) {
+  const sigset_t signals = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  // An engine never outlives the daemon that started it.
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // The socket (the only file this process creates) is for its owner alone.
+  umask(0077);
+
+  auto level = ParseLogLevel(options.log_level);
+  if (!level.ok()) {
+    fmt::print(stderr, "inferbox-engine: --log-level: {}\n", level.status().message());
+    return kExitUsage;
+  }
+  InitLogging("inferbox-engine", *level);
+  const std::string model_id =
+      options.model_id.empty() ? options.model.filename().string() : options.model_id;
+  spdlog::info("inferbox-engine {} ({}) starting: model {} from {}", kVersion, kGitCommit,
+               model_id, options.model.string());
+
+  const std::filesystem::path socket = std::filesystem::absolute(options.socket);
+  if (Status status = PrepareSocketPath(socket); !status.ok()) {
+    spdlog::critical("{}", status.message());
+    return kExitConfig;
+  }
+  EngineService service(model_id);
+  service.SetLoadingMessage("loading the model");
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + socket.string(), grpc::InsecureServerCredentials());
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server) {
+    spdlog::critical("cannot serve the socket {}", socket.string());
+    return kExitFailure;
+  }
+  chmod(socket.c_str(), 0600);
+  spdlog::info("serving inferbox.engine.v1 on unix:{}", socket.string());
+
+  auto shutdown = [&](int exit_code) {
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    server->Wait();
+    std::error_code ignored;
+    std::filesystem::remove(socket, ignored);
+    return exit_code;
+  };
+
+  auto engine = Load(options);
+  if (!engine.ok()) {
+    spdlog::critical("cannot load the model {}: {}", options.model.string(),
+                     engine.status().message());
+    service.SetFailed(engine.status().message());
+    return shutdown(kExitConfig);
+  }
+  service.SetReady((*engine)->runtime.get(), (*engine)->builder.get(),
+                   (*engine)->tokenizer.get());
+  LogEvent(spdlog::level::info, message_ids::kReady, "ready: model " + model_id);
+
+  int exit_code = kExitOk;
+  for (;;) {
+    const timespec poll{1, 0};
+    const int signal_number = sigtimedwait(&signals, nullptr, &poll);
+    if (signal_number == SIGTERM || signal_number == SIGINT) {
+      spdlog::info("{}: draining (up to {} s)", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+                   options.drain_timeout_seconds);
+      break;
+    }
+    if (const RuntimeStats stats = (*engine)->runtime->stats(); stats.failed) {
+      spdlog::critical("the engine loop failed: {}", stats.failure);
+      exit_code = kExitSoftware;
+      break;
+    }
+  }
+  const auto drain_timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(options.drain_timeout_seconds * 1000.0));
+  if (const int64_t aborted = service.DrainRequests(drain_timeout); aborted > 0)
+    spdlog::warn("drain timeout: {} requests aborted with UNAVAILABLE", aborted);
+  shutdown(exit_code);
+  (*engine)->runtime.reset();
+  spdlog::info("stopped");
+  return exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"inferbox-engine: serves one model replica to inferboxd over a unix socket"};
+  Options options;
+  app.add_option("--model", options.model, "Model folder (Hugging Face layout)")->required();
+  app.add_option("--socket", options.socket, "Unix socket path to serve inferbox.engine.v1 on")
+      ->required();
+  app.add_option("--device", options.device, "cpu (cuda once the CUDA backend lands)")
+      ->capture_default_str();
+  app.add_option("--model-id", options.model_id, "Model id reported to clients (default: folder name)");
+  app.add_option("--kv-cache-gib", options.kv_cache_gib, "Memory for the KV cache, GiB")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--block-size", options.block_size, "Tokens per KV block")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app.add_option("--max-running", options.max_running, "Sequences decoding at once")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app.add_option("--token-budget", options.token_budget, "Tokens per engine step (chunked prefill)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-model-len", options.max_model_len,
+                 "Context length (default: the model's max_position_embeddings)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-waiting", options.max_waiting, "Queued requests before RESOURCE_EXHAUSTED")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--drain-timeout", options.drain_timeout_seconds,
+                 "Seconds SIGTERM waits for in-flight requests")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    const int code = app.exit(error);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+  return Run(options);
+}

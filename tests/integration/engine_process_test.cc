@@ -1,0 +1,415 @@
+// The real inferbox-engine process on a tiny model, driven over its unix socket the way
+// inferboxd drives it: streamed generation, health, stats, drain, SIGTERM, cancellation by
+// the client or its deadline, bad requests, and a model folder that cannot load.
+#include <sys/stat.h>
+
+#include <signal.h>
+
+#include <fstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "inferbox/engine/v1/engine.grpc.pb.h"
+#include "subprocess.h"
+#include "temp_dir.h"
+#include "tiny_model.h"
+
+namespace inferbox::testing {
+namespace {
+
+namespace wire = ::inferbox::engine::v1;
+namespace api = ::inferbox::v1;
+using namespace std::chrono_literals;
+
+class EngineProcess {
+ public:
+  EngineProcess(const std::filesystem::path& model, const std::filesystem::path& dir,
+                std::vector<std::string> extra_args = {})
+      : socket_(dir / "engine.sock") {
+    std::vector<std::string> argv = {INFERBOX_ENGINE_PATH, "--model", model.string(),
+                                     "--socket", socket_.string(), "--kv-cache-gib", "0.25",
+                                     "--model-id", "tiny"};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    process_ = std::make_unique<Subprocess>(
+        SubprocessOptions{argv, {}, {"JOURNAL_STREAM", "NOTIFY_SOCKET"}, dir / "engine.out",
+                          dir / "engine.err"});
+  }
+
+  // Waits until Health says READY.
+  ::testing::AssertionResult WaitReady() {
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto exited = process_->WaitForExit(0ms)) {
+        return ::testing::AssertionFailure()
+               << "the engine exited with " << *exited << ": " << process_->ReadStderr();
+      }
+      if (std::filesystem::exists(socket_)) {
+        wire::HealthResponse health;
+        if (Health(health).ok() && health.health() == wire::ENGINE_HEALTH_READY)
+          return ::testing::AssertionSuccess();
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return ::testing::AssertionFailure() << "not READY in 60 s: " << process_->ReadStderr();
+  }
+
+  wire::Engine::Stub& stub() {
+    if (!stub_) {
+      stub_ = wire::Engine::NewStub(
+          grpc::CreateChannel("unix:" + socket_.string(), grpc::InsecureChannelCredentials()));
+    }
+    return *stub_;
+  }
+
+  grpc::Status Health(wire::HealthResponse& response) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 2s);
+    return stub().Health(&context, wire::HealthRequest(), &response);
+  }
+
+  wire::StatsResponse Stats() {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 5s);
+    wire::StatsResponse response;
+    EXPECT_TRUE(stub().Stats(&context, wire::StatsRequest(), &response).ok());
+    return response;
+  }
+
+  // Polls Stats until nothing runs, waits or holds KV blocks.
+  ::testing::AssertionResult WaitEmpty() {
+    wire::StatsResponse stats;
+    for (int i = 0; i < 200; ++i) {
+      stats = Stats();
+      if (stats.num_requests_running() == 0 && stats.num_requests_waiting() == 0 &&
+          stats.num_kv_blocks_used() == 0) {
+        return ::testing::AssertionSuccess();
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    return ::testing::AssertionFailure() << "still busy: " << stats.ShortDebugString();
+  }
+
+  const std::filesystem::path& socket() const { return socket_; }
+  Subprocess& process() { return *process_; }
+
+ private:
+  std::filesystem::path socket_;
+  std::unique_ptr<Subprocess> process_;
+  std::unique_ptr<wire::Engine::Stub> stub_;
+};
+
+// Everything one Generate call streamed.
+struct Streamed {
+  std::vector<api::GenerateChunk> chunks;
+  std::vector<uint32_t> tokens;
+  std::string text;
+  grpc::Status status;
+  const api::GenerateChunk& last() const { return chunks.back(); }
+};
+
+Streamed Generate(wire::Engine::Stub& stub, const wire::GenerateRequest& request,
+                  std::chrono::milliseconds deadline = 120s) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + deadline);
+  auto reader = stub.Generate(&context, request);
+  Streamed streamed;
+  wire::GenerateChunk chunk;
+  while (reader->Read(&chunk)) {
+    streamed.tokens.insert(streamed.tokens.end(), chunk.chunk().token_ids().begin(),
+                           chunk.chunk().token_ids().end());
+    streamed.text += chunk.chunk().text();
+    streamed.chunks.push_back(chunk.chunk());
+  }
+  streamed.status = reader->Finish();
+  return streamed;
+}
+
+wire::GenerateRequest Completion(const std::string& text, uint32_t max_tokens) {
+  wire::GenerateRequest request;
+  request.set_request_id("engine-test");
+  api::GenerateRequest& completion = *request.mutable_completion();
+  completion.set_model("tiny");
+  completion.set_text(text);
+  completion.mutable_sampling()->set_temperature(0.0f);
+  completion.mutable_stop()->set_max_tokens(max_tokens);
+  completion.mutable_stop()->set_ignore_eos(true);
+  return request;
+}
+
+class EngineProcessTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new TempDir();
+    MakeTinyModel(scratch_->path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "11"},
+                  scratch_->path());
+  }
+  static void TearDownTestSuite() { delete scratch_; }
+  void SetUp() override {
+    ASSERT_TRUE(std::filesystem::exists(model() / "config.json")) << "no tiny model";
+  }
+  static std::filesystem::path model() { return scratch_->path() / "model"; }
+
+  static TempDir* scratch_;
+  TempDir dir_;
+};
+
+TempDir* EngineProcessTest::scratch_ = nullptr;
+
+TEST_F(EngineProcessTest, StreamsAGenerationAndReportsUsage) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  struct stat info {};
+  ASSERT_EQ(stat(engine.socket().c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0600u) << "the socket is for the daemon's user only";
+
+  const std::string prompt =
+      "The capital of France is Paris, and the capital of Italy is Rome. Both cities are old, "
+      "crowded in summer, and full of museums that take days to see. The capital of Spain is";
+  const Streamed first = Generate(engine.stub(), Completion(prompt, 24));
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_GT(first.chunks.size(), 1u) << "tokens should stream as they are produced";
+  EXPECT_EQ(first.tokens.size(), 24u);
+  for (const auto& chunk : first.chunks) {
+    EXPECT_EQ(chunk.request_id(), "engine-test");
+    EXPECT_EQ(chunk.model(), "tiny");
+  }
+  EXPECT_EQ(first.last().finish_reason(), api::FINISH_REASON_LENGTH);
+  EXPECT_EQ(first.last().usage().completion_tokens(), 24u);
+  EXPECT_GT(first.last().usage().prompt_tokens(), 32u);
+  EXPECT_GE(first.last().usage().total_seconds(),
+            first.last().usage().time_to_first_token_seconds());
+
+  // Greedy is deterministic, and the second run's prompt comes from the prefix cache.
+  const Streamed second = Generate(engine.stub(), Completion(prompt, 24));
+  ASSERT_TRUE(second.status.ok());
+  EXPECT_EQ(second.tokens, first.tokens);
+  EXPECT_EQ(second.text, first.text);
+
+  // A prompt given as token ids.
+  wire::GenerateRequest by_ids = Completion("", 24);
+  by_ids.mutable_completion()->clear_text();
+  for (const uint32_t id : {785u, 6722u, 315u, 9625u, 374u})
+    by_ids.mutable_completion()->mutable_token_ids()->add_ids(id);
+  const Streamed ids = Generate(engine.stub(), by_ids);
+  ASSERT_TRUE(ids.status.ok()) << ids.status.error_message();
+  EXPECT_EQ(ids.tokens.size(), 24u);
+
+  wire::HealthResponse health;
+  ASSERT_TRUE(engine.Health(health).ok());
+  EXPECT_EQ(health.health(), wire::ENGINE_HEALTH_READY);
+  EXPECT_EQ(health.model(), "tiny");
+  EXPECT_GT(health.steps_completed(), 24u);
+  EXPECT_GT(health.max_model_len(), 0u);
+
+  const wire::StatsResponse stats = engine.Stats();
+  EXPECT_EQ(stats.generation_tokens_total(), 72u);
+  EXPECT_EQ(stats.num_kv_blocks_used(), 0u);
+  EXPECT_EQ(stats.kv_block_size(), 16u);
+  EXPECT_GT(stats.num_kv_blocks_total(), 0u);
+  EXPECT_EQ(first.last().usage().cached_prompt_tokens(), 0u);
+  const uint32_t full_blocks = first.last().usage().prompt_tokens() / 16;
+  EXPECT_EQ(second.last().usage().cached_prompt_tokens(),
+            16 * (first.last().usage().prompt_tokens() % 16 == 0 ? full_blocks - 1 : full_blocks))
+      << "the second run reuses the first one's full prompt blocks";
+  EXPECT_EQ(stats.prefix_cache_hit_tokens_total(), second.last().usage().cached_prompt_tokens());
+}
+
+TEST_F(EngineProcessTest, ChatRendersTheTemplateAndHonoursStopStrings) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  wire::GenerateRequest request;
+  api::ChatRequest& chat = *request.mutable_chat();
+  chat.set_model("tiny");
+  api::ChatMessage& message = *chat.add_messages();
+  message.set_role("user");
+  message.set_content("Hi there");
+  chat.mutable_sampling()->set_temperature(0.0f);
+  chat.mutable_stop()->set_max_tokens(40);
+  chat.mutable_stop()->set_ignore_eos(true);
+  chat.mutable_logprobs()->set_enabled(true);
+  chat.mutable_logprobs()->set_top_logprobs(2);
+  const Streamed plain = Generate(engine.stub(), request);
+  ASSERT_TRUE(plain.status.ok()) << plain.status.error_message();
+  ASSERT_EQ(plain.tokens.size(), 40u);
+  // "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n" is more than 5 tokens.
+  EXPECT_GT(plain.last().usage().prompt_tokens(), 8u);
+  size_t logprobs = 0;
+  for (const auto& chunk : plain.chunks) {
+    ASSERT_EQ(static_cast<size_t>(chunk.logprobs_size()), static_cast<size_t>(chunk.token_ids_size()));
+    for (const auto& entry : chunk.logprobs()) {
+      EXPECT_EQ(entry.top_logprobs_size(), 2);
+      EXPECT_LE(entry.logprob(), 0.0f);
+      ++logprobs;
+    }
+  }
+  EXPECT_EQ(logprobs, 40u);
+
+  // Stop at a piece of the text from the middle of the output.
+  const std::string& text = plain.text;
+  size_t begin = text.size() / 2;
+  while (begin < text.size() && (static_cast<unsigned char>(text[begin]) & 0xC0) == 0x80) ++begin;
+  size_t end = begin + 2;
+  while (end < text.size() && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) ++end;
+  ASSERT_LT(end, text.size()) << text;
+  const std::string stop = text.substr(begin, end - begin);
+  chat.mutable_stop()->add_stop(stop);
+  const Streamed stopped = Generate(engine.stub(), request);
+  ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
+  EXPECT_EQ(stopped.last().finish_reason(), api::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.last().matched_stop(), stop);
+  EXPECT_EQ(stopped.text, text.substr(0, text.find(stop)));
+  EXPECT_TRUE(engine.WaitEmpty());
+}
+
+TEST_F(EngineProcessTest, BadRequestsGetClearErrorsAndChangeNothing) {
+  EngineProcess engine(model(), dir_.path(), {"--max-model-len", "64"});
+  ASSERT_TRUE(engine.WaitReady());
+  auto expect_invalid = [&](const wire::GenerateRequest& request, const std::string& words) {
+    const Streamed streamed = Generate(engine.stub(), request);
+    EXPECT_EQ(streamed.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << streamed.status.error_message();
+    EXPECT_NE(streamed.status.error_message().find(words), std::string::npos)
+        << streamed.status.error_message();
+    EXPECT_TRUE(streamed.chunks.empty());
+  };
+  expect_invalid(Completion("", 4), "prompt is empty");
+  std::string long_prompt;
+  for (int i = 0; i < 80; ++i) long_prompt += " word";
+  expect_invalid(Completion(long_prompt, 4), "context");
+  wire::GenerateRequest bad_id = Completion("", 4);
+  bad_id.mutable_completion()->mutable_token_ids()->add_ids(10'000'000);
+  expect_invalid(bad_id, "vocabulary");
+  wire::GenerateRequest bad_temperature = Completion("hello", 4);
+  bad_temperature.mutable_completion()->mutable_sampling()->set_temperature(-1.0f);
+  expect_invalid(bad_temperature, "temperature");
+  wire::GenerateRequest many_stops = Completion("hello", 4);
+  for (int i = 0; i < 17; ++i) many_stops.mutable_completion()->mutable_stop()->add_stop("x");
+  expect_invalid(many_stops, "at most 16");
+  wire::GenerateRequest bad_role;
+  bad_role.mutable_chat()->add_messages()->set_role("wizard");
+  expect_invalid(bad_role, "wizard");
+  expect_invalid(wire::GenerateRequest(), "give completion or chat");
+
+  // max_tokens beyond the context is clamped to it, not refused.
+  const Streamed clamped = Generate(engine.stub(), Completion("hello", 1000));
+  ASSERT_TRUE(clamped.status.ok()) << clamped.status.error_message();
+  EXPECT_EQ(clamped.tokens.size() + clamped.last().usage().prompt_tokens(), 64u);
+  EXPECT_EQ(clamped.last().finish_reason(), api::FINISH_REASON_LENGTH);
+  EXPECT_EQ(engine.Stats().prompt_tokens_total(), clamped.last().usage().prompt_tokens());
+}
+
+TEST_F(EngineProcessTest, ClientCancelAndDeadlineFreeTheRequest) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  {
+    grpc::ClientContext context;
+    auto reader = engine.stub().Generate(&context, Completion("tell me a long story", 3000));
+    wire::GenerateChunk chunk;
+    int chunks = 0;
+    while (chunks < 3 && reader->Read(&chunk)) ++chunks;
+    ASSERT_EQ(chunks, 3);
+    EXPECT_EQ(engine.Stats().num_requests_running(), 1u);
+    EXPECT_GT(engine.Stats().num_kv_blocks_used(), 0u);
+    context.TryCancel();
+    while (reader->Read(&chunk)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_TRUE(engine.WaitEmpty()) << "a cancelled request must free its KV blocks";
+  EXPECT_LT(engine.Stats().generation_tokens_total(), 3000u);
+
+  const Streamed late = Generate(engine.stub(), Completion("tell me a long story", 3000), 400ms);
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(engine.WaitEmpty()) << "a request past its deadline must free its KV blocks";
+}
+
+TEST_F(EngineProcessTest, DrainFinishesInFlightWorkThenRefusesNewWork) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  Streamed in_flight;
+  std::thread client([&] { in_flight = Generate(engine.stub(), Completion("drain me", 48)); });
+  while (engine.Stats().generation_tokens_total() == 0) std::this_thread::sleep_for(5ms);
+
+  grpc::ClientContext context;
+  wire::DrainRequest drain;
+  drain.set_timeout_seconds(60);
+  wire::DrainResponse drained;
+  ASSERT_TRUE(engine.stub().Drain(&context, drain, &drained).ok());
+  client.join();
+  EXPECT_EQ(drained.num_requests_aborted(), 0u);
+  ASSERT_TRUE(in_flight.status.ok()) << in_flight.status.error_message();
+  EXPECT_EQ(in_flight.tokens.size(), 48u) << "the drain let the request finish";
+
+  const Streamed refused = Generate(engine.stub(), Completion("too late", 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  wire::HealthResponse health;
+  ASSERT_TRUE(engine.Health(health).ok());
+  EXPECT_EQ(health.health(), wire::ENGINE_HEALTH_DRAINING);
+}
+
+TEST_F(EngineProcessTest, DrainTimeoutAbortsWhatIsLeftWithUnavailable) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  Streamed in_flight;
+  std::thread client([&] { in_flight = Generate(engine.stub(), Completion("long", 3000)); });
+  while (engine.Stats().generation_tokens_total() == 0) std::this_thread::sleep_for(5ms);
+  grpc::ClientContext context;
+  wire::DrainRequest drain;
+  drain.set_timeout_seconds(0.2);
+  wire::DrainResponse drained;
+  ASSERT_TRUE(engine.stub().Drain(&context, drain, &drained).ok());
+  client.join();
+  EXPECT_EQ(drained.num_requests_aborted(), 1u);
+  EXPECT_EQ(in_flight.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(in_flight.status.error_message().find("drain"), std::string::npos);
+  EXPECT_TRUE(engine.WaitEmpty());
+}
+
+TEST_F(EngineProcessTest, SigtermDrainsThenExitsZero) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  Streamed in_flight;
+  std::thread client([&] { in_flight = Generate(engine.stub(), Completion("finish me", 40)); });
+  while (engine.Stats().generation_tokens_total() == 0) std::this_thread::sleep_for(5ms);
+  engine.process().Signal(SIGTERM);
+  client.join();
+  ASSERT_TRUE(in_flight.status.ok()) << in_flight.status.error_message();
+  EXPECT_EQ(in_flight.tokens.size(), 40u);
+  EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(0))
+      << engine.process().ReadStderr();
+  EXPECT_FALSE(std::filesystem::exists(engine.socket())) << "the socket is removed at exit";
+}
+
+TEST_F(EngineProcessTest, AModelThatCannotLoadExitsWithItsReason) {
+  {
+    EngineProcess engine(dir_.path() / "no-such-model", dir_.path());
+    EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(78));
+    const std::string err = engine.process().ReadStderr();
+    EXPECT_NE(err.find("no-such-model"), std::string::npos) << err;
+    EXPECT_FALSE(std::filesystem::exists(engine.socket()));
+  }
+  {
+    EngineProcess engine(model(), dir_.path(), {"--device", "cuda"});
+    EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(78));
+    EXPECT_NE(engine.process().ReadStderr().find("--device cuda"), std::string::npos)
+        << engine.process().ReadStderr();
+  }
+  {
+    // A broken config.json is named, with the key.
+    TempDir broken;
+    std::filesystem::copy(model(), broken.path() / "model");
+    std::filesystem::remove(broken.path() / "model" / "config.json");
+    {
+      std::ofstream(broken.path() / "model" / "config.json") << "{\"architectures\": [\"Gpt5\"]}";
+    }
+    EngineProcess engine(broken.path() / "model", dir_.path());
+    EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(78));
+    EXPECT_NE(engine.process().ReadStderr().find("config.json"), std::string::npos)
+        << engine.process().ReadStderr();
+  }
+}
+
+}  // namespace
+}  // namespace inferbox::testing
