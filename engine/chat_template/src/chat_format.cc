@@ -29,7 +29,8 @@ Result<ChatFormat> ChatFormat::LoadFromDirectory(const std::filesystem::path& di
     return InvalidArgumentError(fmt::format("{}: not a JSON object", path.string()));
   }
   const json::value* source = config.as_object().if_contains("chat_template");
-  if (source == nullptr) return NotFoundError(fmt::format("{} has no chat_template", path.string()));
+  if (source == nullptr)
+    return NotFoundError(fmt::format("{} has no chat_template", path.string()));
   if (!source->is_string()) {
     // Named templates (a list of {name, template}) are not served yet.
     return InvalidArgumentError(

@@ -67,6 +67,7 @@ Runtime::~Runtime() {
 Result<int64_t> Runtime::Submit(RequestOptions request, DeltaCallback callback) {
   GenerationRequest generation{0, std::move(request.prompt), request.sampling, request.stop,
                                request.lane};
+  generation.sampling.compute_logprob = request.logprobs;
   if (Status status = core_.Validate(generation); !status.ok()) return status;
   std::lock_guard lock(mutex_);
   if (stopping_) return UnavailableError("the engine is stopping");

@@ -42,13 +42,31 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
   TokenChoice choice;
 
   // Log-softmax of the raw logits, for the reported log-probabilities.
-  const float max_logit = *std::max_element(logits.begin(), logits.end());
-  double total = 0.0;
-  for (const float logit : logits) total += std::exp(static_cast<double>(logit - max_logit));
-  const double log_total = std::log(total) + max_logit;
+  double log_total = 0.0;
+  if (params_.compute_logprob || params_.num_top_logprobs > 0) {
+    const float max_logit = *std::max_element(logits.begin(), logits.end());
+    double total = 0.0;
+    for (const float logit : logits) total += std::exp(static_cast<double>(logit - max_logit));
+    log_total = std::log(total) + max_logit;
+  }
   auto logprob_of = [&](int32_t token) {
     return static_cast<float>(logits[static_cast<size_t>(token)] - log_total);
   };
+  auto finish = [&](TokenChoice& chosen) {
+    if (params_.compute_logprob) chosen.logprob = logprob_of(chosen.token);
+    ++output_counts_[chosen.token];
+    seen_.insert(chosen.token);
+  };
+
+  const bool penalties = params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+                         params_.frequency_penalty != 0.0f;
+  if (params_.temperature == 0.0f && !penalties && params_.num_top_logprobs == 0) {
+    // Plain greedy: the argmax of the raw row, no copy.
+    choice.token =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    finish(choice);
+    return choice;
+  }
 
   // Penalties, then temperature.
   work_.assign(logits.begin(), logits.end());
@@ -127,7 +145,6 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
     }
   }
 
-  choice.logprob = logprob_of(choice.token);
   if (params_.num_top_logprobs > 0) {
     std::vector<int32_t> best(static_cast<size_t>(vocab));
     std::iota(best.begin(), best.end(), 0);
@@ -142,8 +159,7 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
                                        logprob_of(best[static_cast<size_t>(i)]));
   }
 
-  ++output_counts_[choice.token];
-  seen_.insert(choice.token);
+  finish(choice);
   return choice;
 }
 

@@ -48,12 +48,9 @@ class DeltaQueue {
 
 api::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kStop:
-      return api::FINISH_REASON_STOP;
-    case FinishReason::kLength:
-      return api::FINISH_REASON_LENGTH;
-    case FinishReason::kNone:
-      break;
+    case FinishReason::kStop: return api::FINISH_REASON_STOP;
+    case FinishReason::kLength: return api::FINISH_REASON_LENGTH;
+    case FinishReason::kNone: break;
   }
   return api::FINISH_REASON_UNSPECIFIED;
 }
@@ -71,41 +68,18 @@ std::string TokenString(const Tokenizer& tokenizer, int32_t token) {
 grpc::Status ToGrpcStatus(const Status& status) {
   grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
   switch (status.code()) {
-    case StatusCode::kOk:
-      return grpc::Status::OK;
-    case StatusCode::kInvalidArgument:
-      code = grpc::StatusCode::INVALID_ARGUMENT;
-      break;
-    case StatusCode::kNotFound:
-      code = grpc::StatusCode::NOT_FOUND;
-      break;
-    case StatusCode::kAlreadyExists:
-      code = grpc::StatusCode::ALREADY_EXISTS;
-      break;
-    case StatusCode::kFailedPrecondition:
-      code = grpc::StatusCode::FAILED_PRECONDITION;
-      break;
-    case StatusCode::kPermissionDenied:
-      code = grpc::StatusCode::PERMISSION_DENIED;
-      break;
-    case StatusCode::kUnauthenticated:
-      code = grpc::StatusCode::UNAUTHENTICATED;
-      break;
-    case StatusCode::kResourceExhausted:
-      code = grpc::StatusCode::RESOURCE_EXHAUSTED;
-      break;
-    case StatusCode::kUnavailable:
-      code = grpc::StatusCode::UNAVAILABLE;
-      break;
-    case StatusCode::kDeadlineExceeded:
-      code = grpc::StatusCode::DEADLINE_EXCEEDED;
-      break;
-    case StatusCode::kCancelled:
-      code = grpc::StatusCode::CANCELLED;
-      break;
-    case StatusCode::kInternal:
-      code = grpc::StatusCode::INTERNAL;
-      break;
+    case StatusCode::kOk: return grpc::Status::OK;
+    case StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
+    case StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
+    case StatusCode::kAlreadyExists: code = grpc::StatusCode::ALREADY_EXISTS; break;
+    case StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
+    case StatusCode::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
+    case StatusCode::kUnauthenticated: code = grpc::StatusCode::UNAUTHENTICATED; break;
+    case StatusCode::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
+    case StatusCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
+    case StatusCode::kDeadlineExceeded: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
+    case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
+    case StatusCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
   }
   return grpc::Status(code, status.message());
 }
@@ -151,14 +125,12 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
                                      const wire::GenerateRequest* request,
                                      grpc::ServerWriter<wire::GenerateChunk>* writer) {
   switch (health_.load()) {
-    case wire::ENGINE_HEALTH_READY:
-      break;
+    case wire::ENGINE_HEALTH_READY: break;
     case wire::ENGINE_HEALTH_DRAINING:
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the engine is draining");
     case wire::ENGINE_HEALTH_FAILED:
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the engine failed");
-    default:
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the engine is loading the model");
+    default: return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the engine is loading the model");
   }
   Runtime& runtime = *runtime_.load();
   const RequestBuilder& builder = *builder_.load();
@@ -168,7 +140,8 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
   std::string request_id = request->request_id();
   if (request->has_completion()) {
     options = builder.FromCompletion(request->completion());
-    if (!request->completion().request_id().empty()) request_id = request->completion().request_id();
+    if (!request->completion().request_id().empty())
+      request_id = request->completion().request_id();
   } else if (request->has_chat()) {
     options = builder.FromChat(request->chat());
     if (!request->chat().request_id().empty()) request_id = request->chat().request_id();
@@ -246,6 +219,10 @@ grpc::Status EngineService::Health(grpc::ServerContext*, const wire::HealthReque
     const RuntimeStats stats = runtime->stats();
     response->set_steps_completed(static_cast<uint64_t>(stats.steps_total));
     response->set_max_model_len(static_cast<uint32_t>(runtime->limits().max_model_len));
+    if (const RequestBuilder* builder = builder_.load(); builder != nullptr) {
+      response->set_has_chat_template(builder->has_chat_template());
+      response->set_chat_prompt_opens_reasoning(builder->chat_prompt_opens_reasoning());
+    }
     if (stats.failed) {
       health = wire::ENGINE_HEALTH_FAILED;
       response->set_message(stats.failure);
@@ -279,12 +256,40 @@ grpc::Status EngineService::Stats(grpc::ServerContext*, const wire::StatsRequest
 grpc::Status EngineService::Drain(grpc::ServerContext*, const wire::DrainRequest* request,
                                   wire::DrainResponse* response) {
   if (!(request->timeout_seconds() >= 0) || request->timeout_seconds() > 3600) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "timeout_seconds must be in [0, 3600]");
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "timeout_seconds must be in [0, 3600]");
   }
-  const auto timeout = std::chrono::milliseconds(
-      static_cast<int64_t>(request->timeout_seconds() * 1000.0));
+  const auto timeout =
+      std::chrono::milliseconds(static_cast<int64_t>(request->timeout_seconds() * 1000.0));
   response->set_num_requests_aborted(static_cast<uint32_t>(DrainRequests(timeout)));
+  return grpc::Status::OK;
+}
+
+grpc::Status EngineService::Tokenize(grpc::ServerContext*, const api::TokenizeRequest* request,
+                                     api::TokenizeResponse* response) {
+  const RequestBuilder* builder = builder_.load();
+  const Tokenizer* tokenizer = tokenizer_.load();
+  if (builder == nullptr || tokenizer == nullptr)
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the engine is loading the model");
+  std::vector<TokenId> ids;
+  switch (request->input_case()) {
+    case api::TokenizeRequest::kText:
+      ids = tokenizer->Encode(request->text(),
+                              !request->has_add_special_tokens() || request->add_special_tokens());
+      break;
+    case api::TokenizeRequest::kChat: {
+      auto text = builder->RenderChat(request->chat());
+      if (!text.ok()) return ToGrpcStatus(text.status());
+      ids = tokenizer->Encode(*text, false);
+      break;
+    }
+    case api::TokenizeRequest::INPUT_NOT_SET:
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "input: give text or chat");
+  }
+  for (const TokenId id : ids) {
+    response->add_token_ids(static_cast<uint32_t>(id));
+    response->add_tokens(TokenString(*tokenizer, id));
+  }
+  response->set_max_model_len(static_cast<uint32_t>(builder->max_model_len()));
   return grpc::Status::OK;
 }
 

@@ -65,12 +65,12 @@ sigset_t StopSignals() {
 Status PrepareSocketPath(const std::filesystem::path& path) {
   // sockaddr_un.sun_path holds 108 bytes with the terminating NUL.
   if (path.native().size() > 107) {
-    return InvalidArgumentError(
-        fmt::format("--socket {}: longer than the 107 bytes a unix socket path may have", path.string()));
+    return InvalidArgumentError(fmt::format(
+        "--socket {}: longer than the 107 bytes a unix socket path may have", path.string()));
   }
   if (!std::filesystem::is_directory(path.parent_path())) {
-    return InvalidArgumentError(
-        fmt::format("--socket {}: the directory {} does not exist", path.string(), path.parent_path().string()));
+    return InvalidArgumentError(fmt::format("--socket {}: the directory {} does not exist",
+                                            path.string(), path.parent_path().string()));
   }
   std::error_code error;
   const auto status = std::filesystem::symlink_status(path, error);
@@ -81,8 +81,8 @@ Status PrepareSocketPath(const std::filesystem::path& path) {
     }
     std::filesystem::remove(path, error);
     if (error) {
-      return InvalidArgumentError(
-          fmt::format("--socket {}: cannot remove the stale socket: {}", path.string(), error.message()));
+      return InvalidArgumentError(fmt::format("--socket {}: cannot remove the stale socket: {}",
+                                              path.string(), error.message()));
     }
   }
   return Status::Ok();
@@ -133,9 +133,9 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   runtime.limits.max_model_len = config.max_position_embeddings;
   if (options.max_model_len > 0) {
     if (options.max_model_len > config.max_position_embeddings) {
-      return InvalidArgumentError(fmt::format(
-          "--max-model-len {} exceeds the model's max_position_embeddings of {}",
-          options.max_model_len, config.max_position_embeddings));
+      return InvalidArgumentError(
+          fmt::format("--max-model-len {} exceeds the model's max_position_embeddings of {}",
+                      options.max_model_len, config.max_position_embeddings));
     }
     runtime.limits.max_model_len = options.max_model_len;
   }
@@ -155,17 +155,18 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
         options.kv_cache_gib, budget_blocks * options.block_size, runtime.limits.max_model_len));
   }
   runtime.num_blocks = static_cast<int32_t>(std::min<int64_t>(num_blocks, INT32_MAX));
-  spdlog::info("KV cache: {} blocks of {} tokens ({:.1f} MiB), context {} tokens, {} sequences at once",
-               runtime.num_blocks, options.block_size,
-               static_cast<double>(runtime.num_blocks * bytes_per_block) / (1024.0 * 1024.0),
-               runtime.limits.max_model_len, options.max_running);
+  spdlog::info(
+      "KV cache: {} blocks of {} tokens ({:.1f} MiB), context {} tokens, {} sequences at once",
+      runtime.num_blocks, options.block_size,
+      static_cast<double>(runtime.num_blocks * bytes_per_block) / (1024.0 * 1024.0),
+      runtime.limits.max_model_len, options.max_running);
 
   std::vector<int32_t> eos = engine->model->EosTokenIds();
   engine->builder = std::make_unique<RequestBuilder>(*engine->tokenizer, std::move(chat), config,
                                                      engine->model->generation_config(), eos,
                                                      runtime.limits.max_model_len);
-  engine->runtime = std::make_unique<Runtime>(*engine->model, *engine->backend,
-                                              engine->tokenizer.get(), runtime);
+  engine->runtime =
+      std::make_unique<Runtime>(*engine->model, *engine->backend, engine->tokenizer.get(), runtime);
   return engine;
 }
 
@@ -186,8 +187,8 @@ int Run(const Options& options) {
   InitLogging("inferbox-engine", *level);
   const std::string model_id =
       options.model_id.empty() ? options.model.filename().string() : options.model_id;
-  spdlog::info("inferbox-engine {} ({}) starting: model {} from {}", kVersion, kGitCommit,
-               model_id, options.model.string());
+  spdlog::info("inferbox-engine {} ({}) starting: model {} from {}", kVersion, kGitCommit, model_id,
+               options.model.string());
 
   const std::filesystem::path socket = std::filesystem::absolute(options.socket);
   if (Status status = PrepareSocketPath(socket); !status.ok()) {
@@ -223,8 +224,7 @@ int Run(const Options& options) {
     service.SetFailed(engine.status().message());
     return shutdown(kExitConfig);
   }
-  service.SetReady((*engine)->runtime.get(), (*engine)->builder.get(),
-                   (*engine)->tokenizer.get());
+  service.SetReady((*engine)->runtime.get(), (*engine)->builder.get(), (*engine)->tokenizer.get());
   LogEvent(spdlog::level::info, message_ids::kReady, "ready: model " + model_id);
 
   int exit_code = kExitOk;
@@ -262,7 +262,8 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--device", options.device, "cpu (cuda once the CUDA backend lands)")
       ->capture_default_str();
-  app.add_option("--model-id", options.model_id, "Model id reported to clients (default: folder name)");
+  app.add_option("--model-id", options.model_id,
+                 "Model id reported to clients (default: folder name)");
   app.add_option("--kv-cache-gib", options.kv_cache_gib, "Memory for the KV cache, GiB")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

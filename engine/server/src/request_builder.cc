@@ -7,7 +7,6 @@
 #include <fmt/format.h>
 #include <boost/json.hpp>
 
-
 namespace inferbox::engine {
 namespace {
 
@@ -21,7 +20,8 @@ constexpr int kMaxStopStringBytes = 256;
 Result<json::value> ParseJsonField(std::string_view text, std::string_view field) {
   boost::system::error_code error;
   json::value value = json::parse(text, error);
-  if (error) return InvalidArgumentError(fmt::format("{} is not valid JSON: {}", field, error.message()));
+  if (error)
+    return InvalidArgumentError(fmt::format("{} is not valid JSON: {}", field, error.message()));
   return value;
 }
 
@@ -35,15 +35,27 @@ RequestBuilder::RequestBuilder(const Tokenizer& tokenizer, std::optional<ChatFor
       vocab_size_(model.vocab_size),
       generation_(std::move(generation)),
       eos_token_ids_(std::move(eos_token_ids)),
-      max_model_len_(max_model_len) {}
+      max_model_len_(max_model_len) {
+  if (chat_) {
+    inferbox::v1::ChatRequest probe;
+    auto* message = probe.add_messages();
+    message->set_role("user");
+    message->set_content("Hello");
+    if (auto rendered = RenderChat(probe); rendered.ok()) {
+      std::string_view text(*rendered);
+      while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+      chat_prompt_opens_reasoning_ = text.ends_with("<think>");
+    }
+  }
+}
 
 Result<RequestOptions> RequestBuilder::FromCompletion(
     const inferbox::v1::GenerateRequest& request) const {
   std::vector<int32_t> prompt;
   switch (request.prompt_case()) {
     case inferbox::v1::GenerateRequest::kText:
-      prompt = tokenizer_.Encode(request.text(), !request.has_add_special_tokens() ||
-                                                     request.add_special_tokens());
+      prompt = tokenizer_.Encode(request.text(),
+                                 !request.has_add_special_tokens() || request.add_special_tokens());
       break;
     case inferbox::v1::GenerateRequest::kTokenIds:
       for (const uint32_t id : request.token_ids().ids()) {
@@ -72,8 +84,8 @@ Result<std::string> RequestBuilder::RenderChat(const inferbox::v1::ChatRequest& 
     const auto& message = request.messages(i);
     const std::string& role = message.role();
     if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
-      return InvalidArgumentError(fmt::format(
-          "messages[{}].role: '{}' is not system, user, assistant or tool", i, role));
+      return InvalidArgumentError(
+          fmt::format("messages[{}].role: '{}' is not system, user, assistant or tool", i, role));
     }
     json::object entry{{"role", role}, {"content", message.content()}};
     if (!message.name().empty()) entry["name"] = message.name();
@@ -203,7 +215,8 @@ Result<RequestOptions> RequestBuilder::Build(std::vector<int32_t> prompt,
   }
   options.include_stop_string = stop.include_stop_string();
   if (!inferbox::v1::Priority_IsValid(priority))
-    return InvalidArgumentError(fmt::format("priority: unknown value {}", static_cast<int>(priority)));
+    return InvalidArgumentError(
+        fmt::format("priority: unknown value {}", static_cast<int>(priority)));
   options.lane = priority == inferbox::v1::PRIORITY_BATCH ? Lane::kBatch : Lane::kInteractive;
   return options;
 }

@@ -111,6 +111,31 @@ TEST(Sampler, TheSameSeedGivesTheSameTokens) {
   EXPECT_NE(draw(42), draw(43));
 }
 
+TEST(Sampler, SkippingTheLogprobChangesNoChoice) {
+  std::vector<float> logits;
+  for (int i = 0; i < 1000; ++i) logits.push_back(static_cast<float>((i * 7919) % 1009) / 100.0f);
+  for (const float temperature : {0.0f, 0.8f}) {
+    for (const float penalty : {1.0f, 1.3f}) {
+      SamplingParams with;
+      with.temperature = temperature;
+      with.repetition_penalty = penalty;
+      with.seed = 9;
+      SamplingParams without = with;
+      without.compute_logprob = false;
+      const std::vector<int32_t> prompt = {1, 2, 3};
+      Sampler a(with, prompt);
+      Sampler b(without, prompt);
+      for (int step = 0; step < 50; ++step) {
+        const TokenChoice expected = a.Next(logits);
+        const TokenChoice got = b.Next(logits);
+        ASSERT_EQ(got.token, expected.token) << "temperature " << temperature << " step " << step;
+        EXPECT_LT(expected.logprob, 0.0f);
+        EXPECT_EQ(got.logprob, 0.0f);
+      }
+    }
+  }
+}
+
 TEST(Sampler, PenaltiesChangeTheGreedyChoiceAsDefined) {
   SamplingParams params;
   params.temperature = 0.0f;

@@ -25,6 +25,9 @@ struct SamplingParams {
   float frequency_penalty = 0.0f;   // [-2, 2]; subtracted per occurrence in the output.
   uint64_t seed = 0;
   int32_t num_top_logprobs = 0;  // [0, 20]
+  // Report TokenChoice::logprob. Off saves a pass over the vocabulary per token (a
+  // log-softmax), which is most of a greedy step's sampling time on a large vocabulary.
+  bool compute_logprob = true;
 };
 
 // INVALID_ARGUMENT naming the parameter and its range when a value is outside it.

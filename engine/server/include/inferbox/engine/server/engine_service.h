@@ -37,16 +37,22 @@ class EngineService final : public inferbox::engine::v1::Engine::Service {
   grpc::Status Generate(grpc::ServerContext* context,
                         const inferbox::engine::v1::GenerateRequest* request,
                         grpc::ServerWriter<inferbox::engine::v1::GenerateChunk>* writer) override;
-  grpc::Status Health(grpc::ServerContext* context, const inferbox::engine::v1::HealthRequest* request,
+  grpc::Status Health(grpc::ServerContext* context,
+                      const inferbox::engine::v1::HealthRequest* request,
                       inferbox::engine::v1::HealthResponse* response) override;
-  grpc::Status Stats(grpc::ServerContext* context, const inferbox::engine::v1::StatsRequest* request,
+  grpc::Status Stats(grpc::ServerContext* context,
+                     const inferbox::engine::v1::StatsRequest* request,
                      inferbox::engine::v1::StatsResponse* response) override;
-  grpc::Status Drain(grpc::ServerContext* context, const inferbox::engine::v1::DrainRequest* request,
+  grpc::Status Drain(grpc::ServerContext* context,
+                     const inferbox::engine::v1::DrainRequest* request,
                      inferbox::engine::v1::DrainResponse* response) override;
+  grpc::Status Tokenize(grpc::ServerContext* context, const inferbox::v1::TokenizeRequest* request,
+                        inferbox::v1::TokenizeResponse* response) override;
 
  private:
   const std::string model_id_;
-  std::atomic<inferbox::engine::v1::EngineHealth> health_{inferbox::engine::v1::ENGINE_HEALTH_LOADING};
+  std::atomic<inferbox::engine::v1::EngineHealth> health_{
+      inferbox::engine::v1::ENGINE_HEALTH_LOADING};
   std::atomic<Runtime*> runtime_{nullptr};
   std::atomic<const RequestBuilder*> builder_{nullptr};
   std::atomic<const Tokenizer*> tokenizer_{nullptr};

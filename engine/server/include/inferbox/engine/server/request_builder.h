@@ -32,6 +32,9 @@ class RequestBuilder {
   Result<std::string> RenderChat(const inferbox::v1::ChatRequest& request) const;
 
   int64_t max_model_len() const { return max_model_len_; }
+  bool has_chat_template() const { return chat_.has_value(); }
+  // The rendered generation prompt ends inside an opened "<think>" block (DeepSeek-R1).
+  bool chat_prompt_opens_reasoning() const { return chat_prompt_opens_reasoning_; }
 
  private:
   Result<RequestOptions> Build(std::vector<int32_t> prompt,
@@ -46,6 +49,7 @@ class RequestBuilder {
   GenerationConfig generation_;
   std::vector<int32_t> eos_token_ids_;
   int64_t max_model_len_;
+  bool chat_prompt_opens_reasoning_ = false;
 };
 
 }  // namespace inferbox::engine
