@@ -23,10 +23,13 @@ build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS)
 
 # Starts inferboxd in the foreground with its embedded default configuration: loopback
-# only (gRPC 127.0.0.1:7070, metrics 127.0.0.1:9400), state and runtime files under
-# ./.inferbox, no root needed. Ctrl-C stops it gracefully.
+# only (OpenAI HTTP 127.0.0.1:8080, gRPC 127.0.0.1:7070, metrics 127.0.0.1:9400), serving
+# the tiny demo model on CPU; state and runtime files under ./.inferbox, no root needed.
+# Ctrl-C stops it gracefully.
 run: build
-	@mkdir -p $(RUN_DIR)
+	@cmake --build $(BUILD_DIR) --target demo_model
+	@mkdir -p $(RUN_DIR)/state/models
+	@ln -sfn $(abspath $(BUILD_DIR))/models/inferbox-demo $(RUN_DIR)/state/models/inferbox-demo
 	$(BUILD_DIR)/daemon/inferboxd --default-config \
 	  --state-dir $(RUN_DIR)/state --runtime-dir $(RUN_DIR)/run
 

@@ -1,10 +1,16 @@
 // inferboxctl: the administrator's command line for inferboxd, over the Admin gRPC service.
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <google/protobuf/util/json_util.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
@@ -18,6 +24,8 @@ namespace {
 struct GlobalOptions {
   std::string address = "127.0.0.1:7070";
   double timeout_seconds = 5;
+  // Sent as "authorization: Bearer <key>" on every RPC; empty: none.
+  std::string api_key;
 };
 
 std::shared_ptr<grpc::Channel> Connect(const GlobalOptions& options) {
@@ -26,6 +34,60 @@ std::shared_ptr<grpc::Channel> Connect(const GlobalOptions& options) {
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   return grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), arguments);
+}
+
+// Deadline and credentials for one RPC.
+void PrepareContext(const GlobalOptions& options, grpc::ClientContext* context) {
+  context->set_deadline(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<long long>(options.timeout_seconds * 1000)));
+  if (!options.api_key.empty()) context->AddMetadata("authorization", "Bearer " + options.api_key);
+}
+
+// Prints why `command` failed in words a person can act on; returns the exit code (1).
+int ReportRpcError(const GlobalOptions& options, grpc::Channel& channel, std::string_view command,
+                   const grpc::Status& result) {
+  const auto code = result.error_code();
+  // A daemon that answered leaves the channel READY; one that could not be reached does not.
+  const bool reached = channel.GetState(false) == GRPC_CHANNEL_READY;
+  if (!reached &&
+      (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED)) {
+    fmt::print(stderr,
+               "inferboxctl: cannot reach inferboxd at {}: {}\n"
+               "Is the daemon running (systemctl status inferbox)? Use --address to name "
+               "another one.\n",
+               options.address, result.error_message());
+  } else if (code == grpc::StatusCode::UNAUTHENTICATED) {
+    fmt::print(stderr, "inferboxctl: {} refused: {}\n{}\n", command, result.error_message(),
+               options.api_key.empty()
+                   ? "The daemon requires an API key: pass one with --api-key or set "
+                     "INFERBOX_API_KEY."
+                   : "Check the key given with --api-key or INFERBOX_API_KEY.");
+  } else if (code == grpc::StatusCode::PERMISSION_DENIED) {
+    fmt::print(stderr, "inferboxctl: {} refused: {}\n", command, result.error_message());
+  } else if (code == grpc::StatusCode::INVALID_ARGUMENT || code == grpc::StatusCode::NOT_FOUND) {
+    fmt::print(stderr, "inferboxctl: {}: {}\n", command, result.error_message());
+  } else {
+    fmt::print(stderr, "inferboxctl: {} failed: {} (gRPC code {})\n", command,
+               result.error_message(), static_cast<int>(code));
+  }
+  return 1;
+}
+
+// JSON with the field names of admin.proto; false (after saying why) if it cannot be made.
+bool PrintJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions print_options;
+  print_options.add_whitespace = true;
+  print_options.always_print_primitive_fields = true;
+  print_options.preserve_proto_field_names = true;
+  std::string text;
+  const auto converted = google::protobuf::util::MessageToJsonString(message, &text, print_options);
+  if (!converted.ok()) {
+    fmt::print(stderr, "inferboxctl: cannot print the reply as JSON: {}\n", converted.ToString());
+    return false;
+  }
+  std::cout << text;
+  return true;
 }
 
 std::string StateName(inferbox::v1::DaemonState state) {
@@ -74,44 +136,161 @@ void PrintStatusTable(const inferbox::v1::GetStatusResponse& status) {
 }
 
 int RunStatus(const GlobalOptions& options, bool json) {
-  auto stub = inferbox::v1::Admin::NewStub(Connect(options));
+  const auto channel = Connect(options);
+  auto stub = inferbox::v1::Admin::NewStub(channel);
   grpc::ClientContext context;
-  context.set_deadline(
-      std::chrono::system_clock::now() +
-      std::chrono::milliseconds(static_cast<long long>(options.timeout_seconds * 1000)));
+  PrepareContext(options, &context);
   inferbox::v1::GetStatusResponse status;
   const grpc::Status result = stub->GetStatus(&context, inferbox::v1::GetStatusRequest(), &status);
-  if (!result.ok()) {
-    if (result.error_code() == grpc::StatusCode::UNAVAILABLE ||
-        result.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-      fmt::print(stderr,
-                 "inferboxctl: cannot reach inferboxd at {}: {}\n"
-                 "Is the daemon running (systemctl status inferbox)? Use --address to name "
-                 "another one.\n",
-                 options.address, result.error_message());
-    } else {
-      fmt::print(stderr, "inferboxctl: status failed: {} (gRPC code {})\n", result.error_message(),
-                 static_cast<int>(result.error_code()));
-    }
-    return 1;
-  }
-  if (json) {
-    google::protobuf::util::JsonPrintOptions print_options;
-    print_options.add_whitespace = true;
-    print_options.always_print_primitive_fields = true;
-    print_options.preserve_proto_field_names = true;
-    std::string text;
-    const auto converted =
-        google::protobuf::util::MessageToJsonString(status, &text, print_options);
-    if (!converted.ok()) {
-      fmt::print(stderr, "inferboxctl: cannot print status as JSON: {}\n", converted.ToString());
-      return 1;
-    }
-    std::cout << text;
-  } else {
-    PrintStatusTable(status);
-  }
+  if (!result.ok()) return ReportRpcError(options, *channel, "status", result);
+  if (json) return PrintJson(status) ? 0 : 1;
+  PrintStatusTable(status);
   return 0;
+}
+
+std::string RoleName(inferbox::v1::KeyRole role) {
+  switch (role) {
+    case inferbox::v1::KEY_ROLE_INFERENCE: return "inference";
+    case inferbox::v1::KEY_ROLE_ADMIN: return "admin";
+    default: return "unspecified";
+  }
+}
+
+// "2026-01-31 12:00:00Z" (UTC), "-" when unset.
+std::string FormatTime(const google::protobuf::Timestamp& time) {
+  if (time.seconds() == 0 && time.nanos() == 0) return "-";
+  const auto seconds = static_cast<std::time_t>(time.seconds());
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%SZ", &utc);
+  return text;
+}
+
+std::string FormatLimits(const inferbox::v1::KeyLimits& limits) {
+  std::vector<std::string> parts;
+  if (limits.models_size() > 0) {
+    parts.push_back("models=" + fmt::format("{}", fmt::join(limits.models(), ",")));
+  }
+  if (limits.tokens_per_minute() > 0) {
+    parts.push_back(fmt::format("tokens/min={}", limits.tokens_per_minute()));
+  }
+  if (limits.tokens_per_day() > 0)
+    parts.push_back(fmt::format("tokens/day={}", limits.tokens_per_day()));
+  if (limits.max_concurrent_requests() > 0) {
+    parts.push_back(fmt::format("concurrent={}", limits.max_concurrent_requests()));
+  }
+  if (parts.empty()) return "-";
+  return fmt::format("{}", fmt::join(parts, " "));
+}
+
+struct CreateKeyOptions {
+  std::string name;
+  std::string role = "inference";
+  std::vector<std::string> models;
+  uint64_t tokens_per_minute = 0;
+  uint64_t tokens_per_day = 0;
+  uint32_t max_concurrent = 0;
+};
+
+int RunKeysCreate(const GlobalOptions& options, const CreateKeyOptions& create, bool json) {
+  inferbox::v1::CreateKeyRequest request;
+  request.set_name(create.name);
+  request.set_role(create.role == "admin" ? inferbox::v1::KEY_ROLE_ADMIN
+                                          : inferbox::v1::KEY_ROLE_INFERENCE);
+  auto& limits = *request.mutable_limits();
+  for (const auto& model : create.models) limits.add_models(model);
+  limits.set_tokens_per_minute(create.tokens_per_minute);
+  limits.set_tokens_per_day(create.tokens_per_day);
+  limits.set_max_concurrent_requests(create.max_concurrent);
+
+  const auto channel = Connect(options);
+  auto stub = inferbox::v1::Admin::NewStub(channel);
+  grpc::ClientContext context;
+  PrepareContext(options, &context);
+  inferbox::v1::CreateKeyResponse response;
+  const grpc::Status result = stub->CreateKey(&context, request, &response);
+  if (!result.ok()) return ReportRpcError(options, *channel, "keys create", result);
+
+  constexpr std::string_view kShownOnce =
+      "This is the only time the key is shown: the box keeps only a hash of it. Store it now "
+      "(for example in a secrets manager); if it is lost, revoke it and create another.";
+  if (json) {
+    if (!PrintJson(response)) return 1;
+    fmt::print(stderr, "inferboxctl: {}\n", kShownOnce);
+    return 0;
+  }
+  fmt::print("Created API key {} (name \"{}\", role {}).\n\n    {}\n\n{}\n", response.key().id(),
+             response.key().name(), RoleName(response.key().role()), response.secret(), kShownOnce);
+  return 0;
+}
+
+void PrintKeysTable(const inferbox::v1::ListKeysResponse& keys) {
+  std::vector<std::vector<std::string>> rows = {
+      {"ID", "NAME", "ROLE", "CREATED", "REVOKED", "LIMITS"}};
+  for (const auto& key : keys.keys()) {
+    rows.push_back({key.id(), key.name(), RoleName(key.role()), FormatTime(key.created_at()),
+                    FormatTime(key.revoked_at()), FormatLimits(key.limits())});
+  }
+  std::vector<size_t> widths(rows.front().size(), 0);
+  for (const auto& row : rows) {
+    for (size_t column = 0; column < row.size(); ++column) {
+      widths[column] = std::max(widths[column], row[column].size());
+    }
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (size_t column = 0; column < row.size(); ++column) {
+      if (column + 1 == row.size()) {
+        line += row[column];
+      } else {
+        line += fmt::format("{:<{}}  ", row[column], widths[column]);
+      }
+    }
+    fmt::print("{}\n", line);
+  }
+}
+
+int RunKeysList(const GlobalOptions& options, bool include_revoked, bool json) {
+  const auto channel = Connect(options);
+  auto stub = inferbox::v1::Admin::NewStub(channel);
+  grpc::ClientContext context;
+  PrepareContext(options, &context);
+  inferbox::v1::ListKeysRequest request;
+  request.set_include_revoked(include_revoked);
+  inferbox::v1::ListKeysResponse response;
+  const grpc::Status result = stub->ListKeys(&context, request, &response);
+  if (!result.ok()) return ReportRpcError(options, *channel, "keys list", result);
+  if (json) return PrintJson(response) ? 0 : 1;
+  if (response.keys().empty()) {
+    fmt::print("No {}API keys. Create one with: inferboxctl keys create --name NAME\n",
+               include_revoked ? "" : "valid ");
+    return 0;
+  }
+  PrintKeysTable(response);
+  return 0;
+}
+
+int RunKeysRevoke(const GlobalOptions& options, const std::string& id) {
+  const auto channel = Connect(options);
+  auto stub = inferbox::v1::Admin::NewStub(channel);
+  grpc::ClientContext context;
+  PrepareContext(options, &context);
+  inferbox::v1::RevokeKeyRequest request;
+  request.set_id(id);
+  inferbox::v1::RevokeKeyResponse response;
+  const grpc::Status result = stub->RevokeKey(&context, request, &response);
+  if (!result.ok()) return ReportRpcError(options, *channel, "keys revoke", result);
+  fmt::print("Revoked API key {}; requests with it are refused from now on.\n", id);
+  return 0;
+}
+
+// Blanks around the key are dropped (a key read from a file often ends in a newline).
+std::string TrimKey(std::string_view key) {
+  constexpr std::string_view kBlank = " \t\r\n";
+  const auto first = key.find_first_not_of(kBlank);
+  if (first == std::string_view::npos) return {};
+  return std::string(key.substr(first, key.find_last_not_of(kBlank) - first + 1));
 }
 
 }  // namespace
@@ -124,18 +303,84 @@ int main(int argc, char** argv) {
 
   GlobalOptions options;
   if (const char* address = std::getenv("INFERBOX_ADDRESS")) options.address = address;
+  if (const char* key = std::getenv("INFERBOX_API_KEY")) options.api_key = key;
   app.add_option(
       "--address", options.address,
       "inferboxd gRPC address, host:port (default 127.0.0.1:7070, or $INFERBOX_ADDRESS)");
   app.add_option("--timeout", options.timeout_seconds, "Seconds to wait for the daemon")
       ->check(CLI::Range(0.1, 3600.0))
       ->capture_default_str();
+  app.add_option("--api-key", options.api_key,
+                 "API key sent with every request (default $INFERBOX_API_KEY; prefer the "
+                 "variable: other users can see command lines)");
 
   bool json = false;
   auto* status = app.add_subcommand("status", "Show the daemon's version, state and listeners");
   status->add_flag("--json", json, "Print the status as JSON (field names as in admin.proto)");
 
+  auto* keys = app.add_subcommand("keys",
+                                  "Create, list and revoke API keys (needs an admin key "
+                                  "when the daemon requires keys)");
+  keys->require_subcommand(1);
+
+  CreateKeyOptions create;
+  // CLI11 would wrap "-5" around into an unsigned option; refuse it instead.
+  const CLI::Validator not_negative(
+      [](const std::string& value) {
+        return value.find('-') == std::string::npos ? std::string()
+                                                    : std::string("must be 0 or more");
+      },
+      "", "not negative");
+  auto* keys_create =
+      keys->add_subcommand("create", "Create an API key and print it; it is shown only this once");
+  keys_create->add_option("--name", create.name, "Who or what the key is for, e.g. risk-team")
+      ->required();
+  keys_create->add_option("--role", create.role, "inference (default) or admin")
+      ->transform(CLI::IsMember({"inference", "admin"}, CLI::ignore_case));
+  keys_create
+      ->add_option("--models", create.models,
+                   "Models the key may use, comma-separated (default: all)")
+      ->delimiter(',');
+  keys_create
+      ->add_option("--tokens-per-minute", create.tokens_per_minute,
+                   "Prompt + completion tokens per rolling minute (default 0: unlimited)")
+      ->check(not_negative);
+  keys_create
+      ->add_option("--tokens-per-day", create.tokens_per_day,
+                   "Prompt + completion tokens per UTC day (default 0: unlimited)")
+      ->check(not_negative);
+  keys_create
+      ->add_option("--max-concurrent", create.max_concurrent,
+                   "Requests in flight at once (default 0: unlimited)")
+      ->check(not_negative);
+  keys_create->add_flag("--json", json,
+                        "Print the new key as JSON (field names as in admin.proto)");
+
+  bool include_revoked = false;
+  auto* keys_list = keys->add_subcommand("list", "List API keys (never their secrets)");
+  keys_list->add_flag("--all", include_revoked, "Include revoked keys");
+  keys_list->add_flag("--json", json, "Print the keys as JSON (field names as in admin.proto)");
+
+  std::string revoke_id;
+  auto* keys_revoke = keys->add_subcommand("revoke", "Revoke an API key; it stops working at once");
+  keys_revoke->add_option("ID", revoke_id, "The key's id (ibx_..., as keys list shows)")
+      ->required();
+
   CLI11_PARSE(app, argc, argv);
+
+  options.api_key = TrimKey(options.api_key);
+  const bool printable = std::all_of(options.api_key.begin(), options.api_key.end(),
+                                     [](char c) { return c > ' ' && c < 0x7f; });
+  if (!printable) {
+    fmt::print(stderr,
+               "inferboxctl: the API key (from --api-key or INFERBOX_API_KEY) contains spaces or "
+               "characters that cannot be sent; inferbox keys look like ibx_<id>.<secret>\n");
+    return 1;
+  }
+
   if (*status) return RunStatus(options, json);
+  if (*keys_create) return RunKeysCreate(options, create, json);
+  if (*keys_list) return RunKeysList(options, include_revoked, json);
+  if (*keys_revoke) return RunKeysRevoke(options, revoke_id);
   return 1;
 }

@@ -47,11 +47,24 @@ inferbox::v1::DaemonState StatusBoard::state() const {
   return status_.state();
 }
 
+void StatusBoard::SetEngineSource(std::function<std::vector<inferbox::v1::EngineInfo>()> source) {
+  std::lock_guard lock(mutex_);
+  engines_ = std::move(source);
+}
+
 inferbox::v1::GetStatusResponse StatusBoard::Snapshot() const {
   const std::chrono::duration<double> uptime = std::chrono::steady_clock::now() - started_;
-  std::lock_guard lock(mutex_);
-  inferbox::v1::GetStatusResponse snapshot = status_;
+  inferbox::v1::GetStatusResponse snapshot;
+  std::function<std::vector<inferbox::v1::EngineInfo>()> engines;
+  {
+    std::lock_guard lock(mutex_);
+    snapshot = status_;
+    engines = engines_;
+  }
   snapshot.set_uptime_seconds(uptime.count());
+  if (engines) {
+    for (auto& engine : engines()) *snapshot.add_engines() = std::move(engine);
+  }
   return snapshot;
 }
 

@@ -2,12 +2,14 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <exception>
 #include <functional>
 #include <map>
 
+#include <fmt/format.h>
 #include <toml++/toml.h>
 
 #include "inferbox/common/atomic_file.h"
@@ -125,6 +127,10 @@ Status ParseServer(const ErrorSite& site, const toml::table& table, DaemonConfig
            [&](const toml::node& node, const std::string& key) {
              return ParseListen(site, node, key, config.metrics_listen);
            }},
+          {"http_listen",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseListen(site, node, key, config.http_listen);
+           }},
           {"grpc_reflection",
            [&](const toml::node& node, const std::string& key) {
              auto value = GetBool(site, node, key);
@@ -174,6 +180,209 @@ Status ParseLog(const ErrorSite& site, const toml::table& table, DaemonConfig& c
                                 return Status::Ok();
                               }},
                          });
+}
+
+Result<double> GetNumberIn(const ErrorSite& site, const toml::node& node, std::string_view key,
+                           double low, double high) {
+  auto value = GetNumber(site, node, key);
+  if (!value.ok()) return value.status();
+  if (!(*value >= low && *value <= high))
+    return site.At(node, key, fmt::format("must be from {} to {}", low, high));
+  return *value;
+}
+
+Result<int64_t> GetIntegerIn(const ErrorSite& site, const toml::node& node, std::string_view key,
+                             int64_t low, int64_t high) {
+  const auto* value = node.as_integer();
+  if (value == nullptr) return site.WrongType(node, key, "an integer");
+  if (value->get() < low || value->get() > high)
+    return site.At(node, key, fmt::format("must be an integer from {} to {}", low, high));
+  return value->get();
+}
+
+Status ParseSeconds(const ErrorSite& site, const toml::node& node, const std::string& key,
+                    double low, double high, std::chrono::milliseconds& out) {
+  auto seconds = GetNumberIn(site, node, key, low, high);
+  if (!seconds.ok()) return seconds.status();
+  out = std::chrono::milliseconds(static_cast<int64_t>(std::llround(*seconds * 1000)));
+  return Status::Ok();
+}
+
+Status ParseAuth(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
+  return ForEachKnownKey(site, table, "auth",
+                         {
+                             {"require_keys",
+                              [&](const toml::node& node, const std::string& key) {
+                                auto value = GetBool(site, node, key);
+                                if (!value.ok()) return value.status();
+                                config.require_keys = *value;
+                                return Status::Ok();
+                              }},
+                         });
+}
+
+Status ParseEngines(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
+  EngineSupervisionConfig& engines = config.engines;
+  return ForEachKnownKey(
+      site, table, "engines",
+      {
+          {"executable",
+           [&](const toml::node& node, const std::string& key) {
+             return ParsePath(site, node, key, engines.executable);
+           }},
+          {"health_interval_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 0.05, 600, engines.health_interval);
+           }},
+          {"health_timeout_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 0.05, 600, engines.health_timeout);
+           }},
+          {"startup_timeout_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 1, 86400, engines.startup_timeout);
+           }},
+          {"restart_window_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 1, 86400, engines.restart_window);
+           }},
+          {"max_restarts",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetIntegerIn(site, node, key, 0, 1000);
+             if (!value.ok()) return value.status();
+             engines.max_restarts = static_cast<int>(*value);
+             return Status::Ok();
+           }},
+      });
+}
+
+bool IsValidModelName(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  auto lower_or_digit = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!lower_or_digit(name[0])) return false;
+  return std::all_of(name.begin(), name.end(),
+                     [&](char c) { return lower_or_digit(c) || c == '.' || c == '_' || c == '-'; });
+}
+
+Status ParseModel(const ErrorSite& site, const toml::table& table, const std::string& section,
+                  ModelServeConfig& model) {
+  Status status = ForEachKnownKey(
+      site, table, section,
+      {
+          {"name",
+           [&](const toml::node& node, const std::string& key) {
+             auto name = GetString(site, node, key);
+             if (!name.ok()) return name.status();
+             if (!IsValidModelName(*name))
+               return site.At(node, key, "\"" + *name + "\" is not [a-z0-9][a-z0-9._-]{0,63}");
+             model.name = *name;
+             return Status::Ok();
+           }},
+          {"path",
+           [&](const toml::node& node, const std::string& key) {
+             auto path = GetString(site, node, key, "a string (a folder)");
+             if (!path.ok()) return path.status();
+             if (path->empty()) return site.At(node, key, "is empty");
+             model.path = std::filesystem::path(*path).lexically_normal();
+             return Status::Ok();
+           }},
+          {"device",
+           [&](const toml::node& node, const std::string& key) {
+             auto device = GetString(site, node, key);
+             if (!device.ok()) return device.status();
+             if (*device != "cpu" && *device != "cuda")
+               return site.At(node, key, "\"" + *device + "\" is not \"cpu\" or \"cuda\"");
+             model.device = *device;
+             return Status::Ok();
+           }},
+          {"gpus",
+           [&](const toml::node& node, const std::string& key) {
+             const auto* array = node.as_array();
+             if (array == nullptr) return site.WrongType(node, key, "an array of GPU indices");
+             model.gpus.clear();
+             for (const auto& element : *array) {
+               auto index = GetIntegerIn(site, element, key, 0, 255);
+               if (!index.ok()) return index.status();
+               model.gpus.push_back(static_cast<uint32_t>(*index));
+             }
+             return Status::Ok();
+           }},
+          {"replicas",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetIntegerIn(site, node, key, 1, 64);
+             if (!value.ok()) return value.status();
+             model.replicas = static_cast<uint32_t>(*value);
+             return Status::Ok();
+           }},
+          {"kv_cache_gib",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetNumberIn(site, node, key, 0.001, 4096);
+             if (!value.ok()) return value.status();
+             model.kv_cache_gib = *value;
+             return Status::Ok();
+           }},
+          {"max_running",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetIntegerIn(site, node, key, 1, 4096);
+             if (!value.ok()) return value.status();
+             model.max_running = *value;
+             return Status::Ok();
+           }},
+          {"token_budget",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetIntegerIn(site, node, key, 1, 1 << 20);
+             if (!value.ok()) return value.status();
+             model.token_budget = *value;
+             return Status::Ok();
+           }},
+          {"max_model_len",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetIntegerIn(site, node, key, 0, 1 << 24);
+             if (!value.ok()) return value.status();
+             model.max_model_len = *value;
+             return Status::Ok();
+           }},
+          {"max_waiting",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetIntegerIn(site, node, key, 1, 1 << 20);
+             if (!value.ok()) return value.status();
+             model.max_waiting = *value;
+             return Status::Ok();
+           }},
+      });
+  if (!status.ok()) return status;
+  if (model.name.empty()) return site.At(table, section + ".name", "is required");
+  if (model.path.empty()) return site.At(table, section + ".path", "is required");
+  if (model.device == "cuda") {
+    if (model.gpus.empty())
+      return site.At(table, section + ".gpus", "is required with device = \"cuda\"");
+    if (model.gpus.size() % model.replicas != 0) {
+      return site.At(table, section + ".gpus",
+                     fmt::format("{} GPUs do not split evenly into {} replicas", model.gpus.size(),
+                                 model.replicas));
+    }
+  } else if (!model.gpus.empty()) {
+    return site.At(table, section + ".gpus", "only applies with device = \"cuda\"");
+  }
+  return Status::Ok();
+}
+
+Status ParseModels(const ErrorSite& site, const toml::node& node, DaemonConfig& config) {
+  const auto* array = node.as_array();
+  if (array == nullptr || !array->is_array_of_tables())
+    return site.WrongType(node, "models", "an array of tables [[models]]");
+  for (size_t i = 0; i < array->size(); ++i) {
+    ModelServeConfig model;
+    const std::string section = fmt::format("models[{}]", i);
+    if (Status status = ParseModel(site, *array->get(i)->as_table(), section, model); !status.ok())
+      return status;
+    for (const auto& other : config.models) {
+      if (other.name == model.name)
+        return site.At(*array->get(i), section + ".name", "\"" + model.name + "\" is used twice");
+    }
+    config.models.push_back(std::move(model));
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -257,14 +466,19 @@ Result<DaemonConfig> ParseConfig(std::string_view text, std::string_view source_
   DaemonConfig config;
   using SectionParser = Status (*)(const ErrorSite&, const toml::table&, DaemonConfig&);
   static const std::map<std::string_view, SectionParser> kSections = {
-      {"server", &ParseServer},
-      {"paths", &ParsePaths},
-      {"log", &ParseLog},
+      {"server", &ParseServer}, {"paths", &ParsePaths},     {"log", &ParseLog},
+      {"auth", &ParseAuth},     {"engines", &ParseEngines},
   };
   for (const auto& [name, node] : root) {
+    if (name.str() == "models") {
+      if (Status status = ParseModels(site, node, config); !status.ok()) return status;
+      continue;
+    }
     const auto section = kSections.find(name.str());
     if (section == kSections.end()) {
-      return site.At(node, name.str(), "unknown key (known sections: [log], [paths], [server])");
+      return site.At(node, name.str(),
+                     "unknown key (known: [auth], [engines], [log], [paths], [server], "
+                     "[[models]])");
     }
     const auto* table = node.as_table();
     if (table == nullptr)
@@ -281,12 +495,18 @@ Result<DaemonConfig> LoadConfigFile(const std::filesystem::path& path) {
 }
 
 Status CheckNetworkExposure(const DaemonConfig& config, bool allow_unauthenticated_remote) {
-  if (config.grpc_listen.IsLoopback() || allow_unauthenticated_remote) return Status::Ok();
-  return FailedPreconditionError(
-      "server.grpc_listen = \"" + config.grpc_listen.ToString() +
-      "\" is not a loopback address, and this version has no API-key authentication: anyone "
-      "who can reach the port could use the box. Listen on 127.0.0.1 (or [::1]), or start "
-      "with --insecure-allow-unauthenticated if the network is trusted.");
+  if (allow_unauthenticated_remote) return Status::Ok();
+  for (const auto& [key, address] : {std::pair{"server.grpc_listen", &config.grpc_listen},
+                                     std::pair{"server.http_listen", &config.http_listen}}) {
+    if (address->IsLoopback()) continue;
+    return FailedPreconditionError(fmt::format(
+        "{} = \"{}\" is not a loopback address, and this version cannot serve TLS: API keys "
+        "would cross the network in clear text. Listen on 127.0.0.1 (or [::1]) and put a TLS "
+        "proxy in front, or start with --insecure-allow-unauthenticated if the network is "
+        "trusted.",
+        key, address->ToString()));
+  }
+  return Status::Ok();
 }
 
 }  // namespace inferbox::daemon

@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <memory>
@@ -21,6 +22,11 @@
 #include "inferbox/common/logging.h"
 #include "inferbox/common/version.h"
 #include "inferbox/daemon/config.h"
+#include "inferbox/daemon/engine_frontend.h"
+#include "inferbox/daemon/inference_service.h"
+#include "inferbox/daemon/key_store.h"
+#include "inferbox/daemon/openai_gateway.h"
+#include "inferbox/daemon/supervisor.h"
 #include "inferbox/daemon/systemd_notifier.h"
 #include "inferbox/monitoring/daemon_metrics.h"
 #include "inferbox/monitoring/metrics_server.h"
@@ -85,10 +91,14 @@ class RunningDaemon {
       : options_(options),
         config_(std::move(config)),
         board_(kVersion, kGitCommit),
-        metrics_({std::string(kVersion), std::string(kGitCommit)}),
-        admin_service_(board_) {}
+        metrics_({std::string(kVersion), std::string(kGitCommit)}) {}
 
   ~RunningDaemon() {
+    if (supervisor_) {
+      // The health service the listener updates goes away with the gRPC server.
+      supervisor_->SetStateListener(nullptr);
+      supervisor_->Stop(std::chrono::milliseconds(0));
+    }
     if (!listeners_file_.empty()) {
       std::error_code ignored;
       std::filesystem::remove(listeners_file_, ignored);
@@ -101,8 +111,13 @@ class RunningDaemon {
 
  private:
   Status StartMetrics();
+  Status StartEngines(const std::filesystem::path& state_dir,
+                      const std::filesystem::path& runtime_dir);
   Status StartGrpc();
+  Status StartHttp();
   void Reload();
+  // Health, status and readiness from the engines' states (any thread).
+  void UpdateServingState();
 
   const DaemonOptions& options_;
   DaemonConfig config_;  // Main thread only.
@@ -112,9 +127,18 @@ class RunningDaemon {
   std::shared_ptr<monitoring::ProcessCollector> process_collector_ =
       std::make_shared<monitoring::ProcessCollector>();
   std::unique_ptr<monitoring::MetricsServer> metrics_server_;
-  admin::AdminServiceImpl admin_service_;
+  // API keys (state_dir/inferbox.db); also the Authenticator of every API.
+  std::unique_ptr<KeyStore> keys_;
+  std::unique_ptr<admin::AdminServiceImpl> admin_service_;
+  // Declared before the gRPC server, so they outlive its handlers.
+  std::unique_ptr<Supervisor> supervisor_;
+  std::unique_ptr<EngineFrontend> frontend_;
+  std::unique_ptr<InferenceServiceImpl> inference_service_;
+  std::atomic<bool> draining_{false};
+  std::unique_ptr<OpenAiGateway> http_gateway_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::string grpc_address_;
+  std::string http_address_;
   std::string metrics_address_;
   std::filesystem::path listeners_file_;
 };
@@ -129,6 +153,48 @@ Status RunningDaemon::StartMetrics() {
   bound.port = metrics_server_->port();
   metrics_address_ = bound.ToString();
   return Status::Ok();
+}
+
+Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
+                                   const std::filesystem::path& runtime_dir) {
+  SupervisorOptions options;
+  if (config_.engines.executable) {
+    options.engine_executable = *config_.engines.executable;
+  } else if (!config_.models.empty()) {
+    auto found = FindEngineExecutable();
+    if (!found.ok()) return found.status();
+    options.engine_executable = *found;
+  }
+  options.runtime_dir = runtime_dir;
+  options.state_dir = state_dir;
+  options.supervision = config_.engines;
+  options.log_level = spdlog::level::to_string_view(config_.log_level).data();
+  supervisor_ = std::make_unique<Supervisor>(std::move(options), config_.models);
+  frontend_ = std::make_unique<EngineFrontend>(*supervisor_);
+  inference_service_ = std::make_unique<InferenceServiceImpl>(*frontend_, *keys_);
+  board_.SetEngineSource([this] { return supervisor_->Engines(); });
+  return Status::Ok();
+}
+
+void RunningDaemon::UpdateServingState() {
+  if (draining_.load() || !grpc_server_) return;
+  bool all_ready = true;
+  bool any_ready = false;
+  bool any_down = false;  // Failed or restarting.
+  for (const auto& model : supervisor_->models()) {
+    const auto state = supervisor_->ModelStateOf(model.name);
+    all_ready = all_ready && state == inferbox::v1::MODEL_STATE_READY;
+    any_ready = any_ready || state == inferbox::v1::MODEL_STATE_READY;
+    any_down = any_down || state == inferbox::v1::MODEL_STATE_FAILED ||
+               state == inferbox::v1::MODEL_STATE_RESTARTING;
+  }
+  // Inference serves when a generation can run; the box as a whole when every model can.
+  auto* health = grpc_server_->GetHealthCheckService();
+  health->SetServingStatus(std::string(kInferenceServiceName), any_ready);
+  health->SetServingStatus("", all_ready);
+  board_.SetState(all_ready  ? inferbox::v1::DAEMON_STATE_SERVING
+                  : any_down ? inferbox::v1::DAEMON_STATE_DEGRADED
+                             : inferbox::v1::DAEMON_STATE_STARTING);
 }
 
 Status RunningDaemon::StartGrpc() {
@@ -147,7 +213,8 @@ Status RunningDaemon::StartGrpc() {
   // long-lived admin streams behind NAT survive without a GOAWAY "too_many_pings".
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.RegisterService(&admin_service_);
+  builder.RegisterService(admin_service_.get());
+  builder.RegisterService(inference_service_.get());
   grpc_server_ = builder.BuildAndStart();
   if (!grpc_server_ || bound_port == 0) {
     grpc_server_.reset();
@@ -158,13 +225,24 @@ Status RunningDaemon::StartGrpc() {
   bound.port = static_cast<uint16_t>(bound_port);
   grpc_address_ = bound.ToString();
 
-  // Overall health ("") is SERVING when every configured model can serve; no model is
-  // configured in this version, so it is SERVING once the listeners are up. The Inference
-  // service has no engine behind it yet and says so.
+  // Admin serves once the listener is up; Inference and overall health ("") follow the
+  // engines (UpdateServingState).
   auto* health = grpc_server_->GetHealthCheckService();
-  health->SetServingStatus("", true);
   health->SetServingStatus(std::string(kAdminServiceName), true);
-  health->SetServingStatus(std::string(kInferenceServiceName), false);
+  UpdateServingState();
+  return Status::Ok();
+}
+
+Status RunningDaemon::StartHttp() {
+  OpenAiGateway::Options options;
+  options.host = config_.http_listen.host;
+  options.port = config_.http_listen.port;
+  auto gateway = OpenAiGateway::Start(options, *frontend_, *keys_);
+  if (!gateway.ok()) return gateway.status();
+  http_gateway_ = std::move(gateway).value();
+  ListenAddress bound = config_.http_listen;
+  bound.port = http_gateway_->port();
+  http_address_ = bound.ToString();
   return Status::Ok();
 }
 
@@ -180,25 +258,36 @@ Status RunningDaemon::Start() {
       options_.config_path ? options_.config_path->string() : std::string(kEmbeddedConfigName),
       state_dir.string(), runtime_dir.string());
 
+  auto keys = KeyStore::Open(state_dir / "inferbox.db", config_.require_keys);
+  if (!keys.ok()) return keys.status().WithContext("cannot open the key database");
+  keys_ = std::move(keys).value();
+  admin_service_ = std::make_unique<admin::AdminServiceImpl>(board_, keys_.get());
+
   notifier_.Status("binding listeners");
+  if (Status status = StartEngines(state_dir, runtime_dir); !status.ok()) return status;
   if (Status status = StartMetrics(); !status.ok()) return status;
   if (Status status = StartGrpc(); !status.ok()) return status;
+  if (Status status = StartHttp(); !status.ok()) return status;
   board_.AddListener("grpc", grpc_address_);
+  board_.AddListener("http", http_address_);
   board_.AddListener("metrics", metrics_address_);
 
   listeners_file_ = runtime_dir / kListenersFileName;
   const std::string listeners = fmt::format(
       "# Written by inferboxd (pid {}) once its listeners were bound; removed at exit.\n"
-      "grpc = \"{}\"\nmetrics = \"{}\"\n",
-      ::getpid(), grpc_address_, metrics_address_);
+      "grpc = \"{}\"\nhttp = \"{}\"\nmetrics = \"{}\"\n",
+      ::getpid(), grpc_address_, http_address_, metrics_address_);
   if (Status status = WriteFileAtomically(listeners_file_, listeners); !status.ok()) {
     listeners_file_.clear();
     return status;
   }
 
-  board_.SetState(inferbox::v1::DAEMON_STATE_SERVING);
-  const std::string ready =
-      fmt::format("serving: gRPC on {}, metrics on {}", grpc_address_, metrics_address_);
+  // Engines load in the background; health and status follow them.
+  supervisor_->SetStateListener([this] { UpdateServingState(); });
+  supervisor_->Start();
+  UpdateServingState();
+  const std::string ready = fmt::format("serving: HTTP on {}, gRPC on {}, metrics on {}",
+                                        http_address_, grpc_address_, metrics_address_);
   notifier_.Ready(ready);
   LogEvent(spdlog::level::info, message_ids::kReady,
            "inferboxd " + std::string(kVersion) + " " + ready);
@@ -227,22 +316,30 @@ void RunningDaemon::Reload() {
   };
   if (next.grpc_listen != config_.grpc_listen) warn_restart("server.grpc_listen");
   if (next.metrics_listen != config_.metrics_listen) warn_restart("server.metrics_listen");
+  if (next.http_listen != config_.http_listen) warn_restart("server.http_listen");
+  if (next.models != config_.models) warn_restart("models");
+  if (next.engines != config_.engines) warn_restart("engines");
   if (next.grpc_reflection != config_.grpc_reflection) warn_restart("server.grpc_reflection");
   if (next.state_dir != config_.state_dir) warn_restart("paths.state_dir");
   if (next.runtime_dir != config_.runtime_dir) warn_restart("paths.runtime_dir");
   // Keep the settings that need a restart as they are running, so status tells the truth.
   next.grpc_listen = config_.grpc_listen;
   next.metrics_listen = config_.metrics_listen;
+  next.http_listen = config_.http_listen;
+  next.models = config_.models;
+  next.engines = config_.engines;
   next.grpc_reflection = config_.grpc_reflection;
   next.state_dir = config_.state_dir;
   next.runtime_dir = config_.runtime_dir;
   config_ = std::move(next);
   spdlog::set_level(config_.log_level);
+  keys_->set_require_keys(config_.require_keys);
 
   board_.RecordReload("");
   metrics_.RecordConfigReload(true);
   LogEvent(spdlog::level::info, message_ids::kConfigReloaded, "configuration reloaded");
-  notifier_.Ready("serving: gRPC on " + grpc_address_ + ", metrics on " + metrics_address_);
+  notifier_.Ready("serving: HTTP on " + http_address_ + ", gRPC on " + grpc_address_ +
+                  ", metrics on " + metrics_address_);
 }
 
 void RunningDaemon::Serve() {
@@ -274,6 +371,7 @@ void RunningDaemon::Serve() {
 }
 
 void RunningDaemon::Shutdown() {
+  draining_.store(true);
   board_.SetState(inferbox::v1::DAEMON_STATE_DRAINING);
   const auto timeout = config_.shutdown_timeout;
   const std::string stopping =
@@ -283,7 +381,17 @@ void RunningDaemon::Shutdown() {
   if (grpc_server_) {
     // NOT_SERVING everywhere first, so load balancers stop sending before the port closes.
     grpc_server_->GetHealthCheckService()->Shutdown();
-    grpc_server_->Shutdown(std::chrono::system_clock::now() + timeout);
+  }
+  // New requests are refused; the engines finish what they have (up to the deadline).
+  if (http_gateway_) http_gateway_->SetServing(false);
+  if (frontend_) frontend_->SetAccepting(false);
+  if (supervisor_) {
+    supervisor_->SetStateListener(nullptr);
+    supervisor_->Stop(timeout);
+  }
+  if (http_gateway_) http_gateway_->Stop(std::chrono::seconds(5));
+  if (grpc_server_) {
+    grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc_server_->Wait();
   }
   metrics_server_.reset();

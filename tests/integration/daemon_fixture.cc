@@ -15,6 +15,7 @@ std::string TestConfig(std::string_view extra_server_keys) {
   return "[server]\n"
          "grpc_listen = \"127.0.0.1:0\"\n"
          "metrics_listen = \"127.0.0.1:0\"\n"
+         "http_listen = \"127.0.0.1:0\"\n"
          "shutdown_timeout_seconds = 5\n" +
          std::string(extra_server_keys) +
          "[log]\n"
@@ -61,9 +62,10 @@ DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, s
            << "cannot read listeners.toml after READY=1: " << error.description();
   }
   grpc_address_ = listeners["grpc"].value_or(std::string());
+  http_address_ = listeners["http"].value_or(std::string());
   metrics_address_ = listeners["metrics"].value_or(std::string());
-  if (grpc_address_.empty() || metrics_address_.empty()) {
-    return ::testing::AssertionFailure() << "listeners.toml lacks grpc or metrics";
+  if (grpc_address_.empty() || http_address_.empty() || metrics_address_.empty()) {
+    return ::testing::AssertionFailure() << "listeners.toml lacks grpc, http or metrics";
   }
   return ::testing::AssertionSuccess();
 }

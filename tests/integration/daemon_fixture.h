@@ -40,6 +40,7 @@ class DaemonProcess {
   const std::filesystem::path& config_path() const { return config_path_; }
   const std::filesystem::path& runtime_dir() const { return runtime_dir_; }
   const std::string& grpc_address() const { return grpc_address_; }
+  const std::string& http_address() const { return http_address_; }
   const std::string& metrics_address() const { return metrics_address_; }
   // The READY=1 datagram (with its STATUS=), once WaitReady succeeded.
   const std::string& ready_message() const { return ready_message_; }
@@ -55,6 +56,7 @@ class DaemonProcess {
   std::unique_ptr<NotifySocket> notify_;
   std::unique_ptr<Subprocess> process_;
   std::string grpc_address_;
+  std::string http_address_;
   std::string metrics_address_;
   std::string ready_message_;
 };

@@ -28,13 +28,12 @@ class EngineProcess {
   EngineProcess(const std::filesystem::path& model, const std::filesystem::path& dir,
                 std::vector<std::string> extra_args = {})
       : socket_(dir / "engine.sock") {
-    std::vector<std::string> argv = {INFERBOX_ENGINE_PATH, "--model", model.string(),
-                                     "--socket", socket_.string(), "--kv-cache-gib", "0.25",
-                                     "--model-id", "tiny"};
+    std::vector<std::string> argv = {
+        INFERBOX_ENGINE_PATH, "--model", model.string(), "--socket", socket_.string(),
+        "--kv-cache-gib",     "0.25",    "--model-id",   "tiny"};
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
-    process_ = std::make_unique<Subprocess>(
-        SubprocessOptions{argv, {}, {"JOURNAL_STREAM", "NOTIFY_SOCKET"}, dir / "engine.out",
-                          dir / "engine.err"});
+    process_ = std::make_unique<Subprocess>(SubprocessOptions{
+        argv, {}, {"JOURNAL_STREAM", "NOTIFY_SOCKET"}, dir / "engine.out", dir / "engine.err"});
   }
 
   // Waits until Health says READY.
@@ -237,7 +236,8 @@ TEST_F(EngineProcessTest, ChatRendersTheTemplateAndHonoursStopStrings) {
   EXPECT_GT(plain.last().usage().prompt_tokens(), 8u);
   size_t logprobs = 0;
   for (const auto& chunk : plain.chunks) {
-    ASSERT_EQ(static_cast<size_t>(chunk.logprobs_size()), static_cast<size_t>(chunk.token_ids_size()));
+    ASSERT_EQ(static_cast<size_t>(chunk.logprobs_size()),
+              static_cast<size_t>(chunk.token_ids_size()));
     for (const auto& entry : chunk.logprobs()) {
       EXPECT_EQ(entry.top_logprobs_size(), 2);
       EXPECT_LE(entry.logprob(), 0.0f);
@@ -401,9 +401,7 @@ TEST_F(EngineProcessTest, AModelThatCannotLoadExitsWithItsReason) {
     TempDir broken;
     std::filesystem::copy(model(), broken.path() / "model");
     std::filesystem::remove(broken.path() / "model" / "config.json");
-    {
-      std::ofstream(broken.path() / "model" / "config.json") << "{\"architectures\": [\"Gpt5\"]}";
-    }
+    { std::ofstream(broken.path() / "model" / "config.json") << "{\"architectures\": [\"Gpt5\"]}"; }
     EngineProcess engine(broken.path() / "model", dir_.path());
     EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(78));
     EXPECT_NE(engine.process().ReadStderr().find("config.json"), std::string::npos)

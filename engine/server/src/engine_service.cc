@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "inferbox/common/grpc_status.h"
 #include "inferbox/engine/tokenizer/utf8.h"
 
 namespace inferbox::engine {
@@ -64,25 +65,6 @@ std::string TokenString(const Tokenizer& tokenizer, int32_t token) {
 }
 
 }  // namespace
-
-grpc::Status ToGrpcStatus(const Status& status) {
-  grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
-  switch (status.code()) {
-    case StatusCode::kOk: return grpc::Status::OK;
-    case StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
-    case StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
-    case StatusCode::kAlreadyExists: code = grpc::StatusCode::ALREADY_EXISTS; break;
-    case StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
-    case StatusCode::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
-    case StatusCode::kUnauthenticated: code = grpc::StatusCode::UNAUTHENTICATED; break;
-    case StatusCode::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
-    case StatusCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
-    case StatusCode::kDeadlineExceeded: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
-    case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
-    case StatusCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
-  }
-  return grpc::Status(code, status.message());
-}
 
 EngineService::EngineService(std::string model_id) : model_id_(std::move(model_id)) {}
 

@@ -30,7 +30,14 @@ TEST(Config, EmptyTextGivesDefaults) {
 TEST(Config, EmbeddedDefaultDocumentsTheRealDefaults) {
   auto config = ParseConfig(EmbeddedDefaultConfig(), "(embedded default)");
   ASSERT_TRUE(config.ok()) << config.status().ToString();
-  EXPECT_EQ(*config, DaemonConfig{})
+  // Every key equals DaemonConfig's default, except the one model the box ships with.
+  DaemonConfig expected;
+  ModelServeConfig demo;
+  demo.name = "inferbox-demo";
+  demo.path = "models/inferbox-demo";
+  demo.kv_cache_gib = 0.25;
+  expected.models.push_back(demo);
+  EXPECT_EQ(*config, expected)
       << "packaging/config/inferbox.toml says different defaults than DaemonConfig has";
 }
 
@@ -154,6 +161,76 @@ TEST(NetworkExposure, NonLoopbackGrpcNeedsExplicitInsecureFlag) {
   EXPECT_THAT(refused.message(), HasSubstr("not a loopback address"));
   EXPECT_THAT(refused.message(), HasSubstr("--insecure-allow-unauthenticated"));
   EXPECT_TRUE(CheckNetworkExposure(config, true).ok());
+}
+
+TEST(NetworkExposure, NonLoopbackHttpIsRefusedToo) {
+  DaemonConfig config;
+  config.http_listen = *ParseListenAddress("10.1.2.3:8080");
+  const Status refused = CheckNetworkExposure(config, false);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(refused.message(), HasSubstr("server.http_listen"));
+  EXPECT_TRUE(CheckNetworkExposure(config, true).ok());
+}
+
+TEST(ModelsConfig, ParsesModelsEnginesAndAuth) {
+  auto config = ParseConfig(R"(
+[server]
+http_listen = "127.0.0.1:0"
+[auth]
+require_keys = true
+[engines]
+executable = "/opt/inferbox/inferbox-engine"
+health_interval_seconds = 0.5
+max_restarts = 3
+[[models]]
+name = "qwen3-8b"
+path = "/srv/models/qwen3-8b"
+device = "cuda"
+gpus = [0, 1]
+replicas = 2
+kv_cache_gib = 20
+max_model_len = 32768
+[[models]]
+name = "demo"
+path = "models/demo"
+)",
+                            "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->http_listen.port, 0);
+  EXPECT_TRUE(config->require_keys);
+  EXPECT_EQ(config->engines.executable, std::filesystem::path("/opt/inferbox/inferbox-engine"));
+  EXPECT_EQ(config->engines.health_interval, std::chrono::milliseconds(500));
+  EXPECT_EQ(config->engines.max_restarts, 3);
+  ASSERT_EQ(config->models.size(), 2u);
+  EXPECT_EQ(config->models[0].name, "qwen3-8b");
+  EXPECT_EQ(config->models[0].gpus, (std::vector<uint32_t>{0, 1}));
+  EXPECT_EQ(config->models[0].replicas, 2u);
+  EXPECT_EQ(config->models[0].kv_cache_gib, 20.0);
+  EXPECT_EQ(config->models[0].max_model_len, 32768);
+  EXPECT_EQ(config->models[1].device, "cpu");
+  EXPECT_EQ(config->models[1].path, std::filesystem::path("models/demo"));
+  EXPECT_EQ(config->models[1].replicas, 1u);
+}
+
+TEST(ModelsConfig, RefusesModelsThatCannotRunNamingTheKey) {
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"Demo!\"\npath = \"x\"\n"),
+              AllOf(HasSubstr("models[0].name"), HasSubstr("[a-z0-9]")));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"demo\"\n"), HasSubstr("models[0].path: is required"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\n[[models]]\nname = \"a\"\n"
+                      "path = \"y\"\n"),
+              HasSubstr("used twice"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\n"),
+              HasSubstr("models[0].gpus: is required"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\n"
+                      "gpus = [0, 1, 2]\nreplicas = 2\n"),
+              HasSubstr("do not split evenly"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nreplicas = 0\n"),
+              HasSubstr("models[0].replicas: must be an integer from 1 to 64"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nkv_cache = 1\n"),
+              HasSubstr("unknown key"));
+  EXPECT_THAT(ErrorOf("[auth]\nrequire_keys = \"yes\"\n"), HasSubstr("auth.require_keys"));
+  EXPECT_THAT(ErrorOf("[engines]\nhealth_timeout_seconds = 0\n"),
+              HasSubstr("engines.health_timeout_seconds"));
 }
 
 }  // namespace

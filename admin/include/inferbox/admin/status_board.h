@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -21,6 +22,8 @@ class StatusBoard {
   void AddListener(const std::string& name, const std::string& address);
   // A reload was applied (error empty) or refused (error says why).
   void RecordReload(const std::string& error);
+  // Where Snapshot gets the engines from (the supervisor); called without the board's lock.
+  void SetEngineSource(std::function<std::vector<inferbox::v1::EngineInfo>()> source);
 
   inferbox::v1::DaemonState state() const;
   // A copy with uptime filled in at the time of the call.
@@ -29,7 +32,8 @@ class StatusBoard {
  private:
   const std::chrono::steady_clock::time_point started_;
   mutable std::mutex mutex_;
-  inferbox::v1::GetStatusResponse status_;  // Guarded by mutex_.
+  inferbox::v1::GetStatusResponse status_;                          // Guarded by mutex_.
+  std::function<std::vector<inferbox::v1::EngineInfo>()> engines_;  // Guarded by mutex_.
 };
 
 }  // namespace inferbox::admin

@@ -33,6 +33,8 @@ inline constexpr MessageId kStopping{"69b44ebc119c4f979bcc7643ab3931c3"};
 inline constexpr MessageId kConfigReloaded{"26e90c0f346f4a33adc0de49f23c9241"};
 inline constexpr MessageId kConfigReloadFailed{"542227d430c842a79dc2f1db7f53c484"};
 inline constexpr MessageId kStartupFailed{"075cc4047b59460eb74dd4933b6ae78f"};
+inline constexpr MessageId kEngineRestarting{"a9bd963c5b5d4168a5cd9c3a5cee5852"};
+inline constexpr MessageId kEngineFailed{"1b03a16b07cc413fb6d01e97d04407b9"};
 }  // namespace message_ids
 
 // Logs a key event: on journald it carries MESSAGE_ID; on stderr it is an ordinary line.

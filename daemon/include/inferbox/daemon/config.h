@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <spdlog/common.h>
 
@@ -36,9 +37,51 @@ struct ListenAddress {
 // address must not depend on DNS.
 Result<ListenAddress> ParseListenAddress(std::string_view text);
 
+// One [[models]] entry: a model the box serves, and how its engines run.
+struct ModelServeConfig {
+  // Id clients put in `model`: [a-z0-9][a-z0-9._-]{0,63}.
+  std::string name;
+  // The model folder (Hugging Face layout); a relative path is under the state directory.
+  std::filesystem::path path;
+  // "cpu", or "cuda" with the GPU indices in `gpus`.
+  std::string device = "cpu";
+  std::vector<uint32_t> gpus;
+  // Engine processes serving the model; the router balances them.
+  uint32_t replicas = 1;
+  // Engine options (inferbox-engine flags of the same names).
+  double kv_cache_gib = 1.0;
+  int64_t max_running = 64;
+  int64_t token_budget = 512;
+  int64_t max_model_len = 0;  // 0: the model's max_position_embeddings.
+  int64_t max_waiting = 1024;
+
+  bool operator==(const ModelServeConfig&) const = default;
+};
+
+// [engines]: how the supervisor runs and watches engine processes.
+struct EngineSupervisionConfig {
+  // The inferbox-engine executable; unset: found next to inferboxd (build tree or
+  // ../libexec/inferbox).
+  std::optional<std::filesystem::path> executable;
+  std::chrono::milliseconds health_interval{std::chrono::seconds(2)};
+  // A health call that takes longer counts as a miss; three misses in a row mean a hung
+  // engine, which is killed and restarted.
+  std::chrono::milliseconds health_timeout{std::chrono::seconds(5)};
+  // Loading longer than this is a failed start.
+  std::chrono::milliseconds startup_timeout{std::chrono::minutes(10)};
+  // More than max_restarts exits within restart_window: a crash loop; the model is marked
+  // failed (degraded) instead of restarting forever.
+  int max_restarts = 5;
+  std::chrono::milliseconds restart_window{std::chrono::minutes(5)};
+
+  bool operator==(const EngineSupervisionConfig&) const = default;
+};
+
 struct DaemonConfig {
   // [server]
   ListenAddress grpc_listen{"127.0.0.1", 7070};
+  // The OpenAI-compatible HTTP API.
+  ListenAddress http_listen{"127.0.0.1", 8080};
   ListenAddress metrics_listen{"127.0.0.1", 9400};
   bool grpc_reflection = true;
   // How long SIGTERM waits for in-flight RPCs before cancelling them.
@@ -49,6 +92,12 @@ struct DaemonConfig {
   std::optional<std::filesystem::path> runtime_dir;
   // [log]
   spdlog::level::level_enum log_level = spdlog::level::info;
+  // [auth]: every API call must carry a valid API key (loopback-only boxes may run keyless).
+  bool require_keys = false;
+  // [engines]
+  EngineSupervisionConfig engines;
+  // [[models]]
+  std::vector<ModelServeConfig> models;
 
   bool operator==(const DaemonConfig&) const = default;
 };
@@ -64,9 +113,10 @@ Result<DaemonConfig> LoadConfigFile(const std::filesystem::path& path);
 // the default config file does not exist, and installed as that file by the packages.
 std::string_view EmbeddedDefaultConfig();
 
-// Refuses configurations that would expose unauthenticated APIs beyond this host. The box
-// has no API keys yet, so any non-loopback gRPC listener is refused unless the operator
-// passed --insecure-allow-unauthenticated. Metrics may listen anywhere (read-only data).
+// Refuses configurations that would expose the APIs beyond this host without TLS and API
+// keys. TLS is not built yet, so a non-loopback gRPC or HTTP listener is refused unless the
+// operator passed --insecure-allow-unauthenticated. Metrics may listen anywhere (read-only
+// data).
 Status CheckNetworkExposure(const DaemonConfig& config, bool allow_unauthenticated_remote);
 
 }  // namespace inferbox::daemon

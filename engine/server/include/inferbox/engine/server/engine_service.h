@@ -17,8 +17,6 @@
 
 namespace inferbox::engine {
 
-grpc::Status ToGrpcStatus(const Status& status);
-
 class EngineService final : public inferbox::engine::v1::Engine::Service {
  public:
   explicit EngineService(std::string model_id);

@@ -1,0 +1,15 @@
+// Our Status to and from gRPC's, keeping the message: one table for every gRPC server and
+// client of the box (daemon, engine, admin). A separate library (inferbox_grpc_status), so
+// that inferbox_common stays free of gRPC.
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include "inferbox/common/status.h"
+
+namespace inferbox {
+
+grpc::Status ToGrpcStatus(const Status& status);
+Status FromGrpcStatus(const grpc::Status& status);
+
+}  // namespace inferbox

@@ -1,0 +1,54 @@
+#include "inferbox/common/grpc_status.h"
+
+namespace inferbox {
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
+  switch (status.code()) {
+    case StatusCode::kOk: return grpc::Status::OK;
+    case StatusCode::kInvalidArgument: code = grpc::StatusCode::INVALID_ARGUMENT; break;
+    case StatusCode::kNotFound: code = grpc::StatusCode::NOT_FOUND; break;
+    case StatusCode::kAlreadyExists: code = grpc::StatusCode::ALREADY_EXISTS; break;
+    case StatusCode::kFailedPrecondition: code = grpc::StatusCode::FAILED_PRECONDITION; break;
+    case StatusCode::kPermissionDenied: code = grpc::StatusCode::PERMISSION_DENIED; break;
+    case StatusCode::kUnauthenticated: code = grpc::StatusCode::UNAUTHENTICATED; break;
+    case StatusCode::kResourceExhausted: code = grpc::StatusCode::RESOURCE_EXHAUSTED; break;
+    case StatusCode::kUnavailable: code = grpc::StatusCode::UNAVAILABLE; break;
+    case StatusCode::kDeadlineExceeded: code = grpc::StatusCode::DEADLINE_EXCEEDED; break;
+    case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
+    case StatusCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
+  }
+  return {code, status.message()};
+}
+
+Status FromGrpcStatus(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK:
+      return Status::Ok();
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return InvalidArgumentError(status.error_message());
+    case grpc::StatusCode::NOT_FOUND:
+      return NotFoundError(status.error_message());
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return Status(StatusCode::kAlreadyExists, status.error_message());
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return FailedPreconditionError(status.error_message());
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return Status(StatusCode::kPermissionDenied, status.error_message());
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return Status(StatusCode::kUnauthenticated, status.error_message());
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return Status(StatusCode::kResourceExhausted, status.error_message());
+    case grpc::StatusCode::UNAVAILABLE:
+      return UnavailableError(status.error_message());
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return Status(StatusCode::kDeadlineExceeded, status.error_message());
+    case grpc::StatusCode::CANCELLED:
+      return Status(StatusCode::kCancelled, status.error_message());
+    default:
+      return InternalError(status.error_message());
+  }
+}
+
+}  // namespace inferbox

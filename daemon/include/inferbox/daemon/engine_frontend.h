@@ -1,0 +1,47 @@
+// The InferenceFrontend of the real box: checks the model and the caller's rights, routes
+// the request to a ready engine replica (router.h), and relays the engine's stream. A
+// stream reads its engine call through its own completion queue, so Read can time out
+// (the API layers use that to watch their clients) without a thread per stream.
+#pragma once
+
+#include <atomic>
+
+#include "inferbox/daemon/frontend.h"
+#include "inferbox/daemon/supervisor.h"
+
+namespace inferbox::daemon {
+
+class EngineFrontend final : public InferenceFrontend {
+ public:
+  // `supervisor` must outlive the frontend and every stream it returned.
+  explicit EngineFrontend(Supervisor& supervisor) : supervisor_(supervisor) {}
+
+  // false: new requests get UNAVAILABLE (the box is draining).
+  void SetAccepting(bool accepting) { accepting_.store(accepting); }
+
+  Result<std::unique_ptr<GenerationStream>> Generate(
+      const inferbox::v1::GenerateRequest& request, const Caller& caller,
+      std::optional<std::chrono::system_clock::time_point> deadline) override;
+  Result<std::unique_ptr<GenerationStream>> Chat(
+      const inferbox::v1::ChatRequest& request, const Caller& caller,
+      std::optional<std::chrono::system_clock::time_point> deadline) override;
+  Result<inferbox::v1::TokenizeResponse> Tokenize(const inferbox::v1::TokenizeRequest& request,
+                                                  const Caller& caller) override;
+  std::vector<inferbox::v1::ModelInfo> ListModels() const override;
+  bool ChatPromptOpensReasoning(std::string_view model) const override;
+
+ private:
+  // A ready replica of `model` for the caller, or why there is none.
+  Result<std::shared_ptr<EngineReplica>> Route(const std::string& model, const Caller& caller,
+                                               std::string_view affinity_prefix);
+  Result<std::unique_ptr<GenerationStream>> Start(
+      inferbox::engine::v1::GenerateRequest request, const std::string& model,
+      const Caller& caller, std::string_view affinity_prefix, int64_t estimated_tokens,
+      std::optional<std::chrono::system_clock::time_point> deadline);
+
+  Supervisor& supervisor_;
+  std::atomic<bool> accepting_{true};
+  std::atomic<uint64_t> next_request_{1};
+};
+
+}  // namespace inferbox::daemon

@@ -1,0 +1,80 @@
+// What the public APIs (gRPC inferbox.v1.Inference and the OpenAI-compatible HTTP gateway)
+// call: one interface in front of the router and the supervised engines, so both APIs
+// behave the same, and so each can be tested against a fake. Requests and chunks are the
+// inferbox.v1 messages; the HTTP gateway translates OpenAI JSON to and from them.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "inferbox/common/status.h"
+#include "inferbox/v1/admin.pb.h"
+#include "inferbox/v1/inference.pb.h"
+
+namespace inferbox::daemon {
+
+// Who is calling, after authentication.
+struct Caller {
+  // Public id of the API key; empty for an anonymous caller (a keyless loopback listener).
+  std::string key_id;
+  inferbox::v1::KeyRole role = inferbox::v1::KEY_ROLE_INFERENCE;
+  // Models the key may use; empty: all.
+  std::vector<std::string> models;
+};
+
+class Authenticator {
+ public:
+  virtual ~Authenticator() = default;
+  // `authorization` is the Authorization header (HTTP) or metadata (gRPC) value, empty when
+  // absent. UNAUTHENTICATED with a message a person can act on when it is required and
+  // missing, malformed, unknown or revoked.
+  virtual Result<Caller> Authenticate(std::string_view authorization) const = 0;
+};
+
+// One generation in flight. Used by one thread at a time.
+class GenerationStream {
+ public:
+  enum class Next {
+    kChunk,    // *chunk holds the next piece of output.
+    kEnd,      // The stream is over: status() says how.
+    kTimeout,  // Nothing yet; call again (and check the client meanwhile).
+  };
+
+  virtual ~GenerationStream() = default;
+  virtual Next Read(inferbox::v1::GenerateChunk* chunk, std::chrono::milliseconds timeout) = 0;
+  // Once Read returned kEnd: OK after the last chunk (the one with finish_reason), or the
+  // error that ended the request: INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED,
+  // UNAVAILABLE (engine loading, restarting, died mid-stream, draining), DEADLINE_EXCEEDED.
+  virtual Status status() const = 0;
+  // Abandons the request (client gone): the engine frees it within a step. Idempotent.
+  virtual void Cancel() = 0;
+};
+
+class InferenceFrontend {
+ public:
+  virtual ~InferenceFrontend() = default;
+
+  // Starts a generation. Errors found before any engine work (unknown model, a model the
+  // caller's key may not use, no ready engine, bad arguments) come back here; errors from
+  // the engine come through the stream, before its first chunk when they concern the input.
+  virtual Result<std::unique_ptr<GenerationStream>> Generate(
+      const inferbox::v1::GenerateRequest& request, const Caller& caller,
+      std::optional<std::chrono::system_clock::time_point> deadline) = 0;
+  virtual Result<std::unique_ptr<GenerationStream>> Chat(
+      const inferbox::v1::ChatRequest& request, const Caller& caller,
+      std::optional<std::chrono::system_clock::time_point> deadline) = 0;
+  virtual Result<inferbox::v1::TokenizeResponse> Tokenize(
+      const inferbox::v1::TokenizeRequest& request, const Caller& caller) = 0;
+  virtual std::vector<inferbox::v1::ModelInfo> ListModels() const = 0;
+  // For the OpenAI API's reasoning_content: an output that starts with "<think>" is
+  // reasoning up to "</think>". True when the model's chat prompt already opens that block
+  // (DeepSeek-R1's template ends with "<think>\n"), so its output is reasoning from the
+  // start up to "</think>". False for unknown models.
+  virtual bool ChatPromptOpensReasoning(std::string_view model) const = 0;
+};
+
+}  // namespace inferbox::daemon

@@ -1,0 +1,69 @@
+// The OpenAI-compatible HTTP/1.1 API of inferboxd: POST /v1/chat/completions and
+// /v1/completions (JSON or SSE streams), GET /v1/models[/{id}], and the anonymous probes
+// GET /health, /health/ready and /health/live. Requests are translated to inferbox.v1
+// messages and served by an InferenceFrontend, so this API behaves as the gRPC one does.
+//
+// Threads: one acceptor thread, and one thread per connection doing blocking reads and writes
+// (a slow client's full socket is the backpressure on its stream). The frontend and the
+// authenticator are called from connection threads, concurrently; both must outlive the
+// gateway. The public methods may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "inferbox/common/status.h"
+#include "inferbox/daemon/frontend.h"
+
+namespace inferbox::daemon {
+
+class OpenAiGateway {
+ public:
+  struct Options {
+    // Address to listen on: an IP address or a host name; port 0 picks a free port.
+    std::string host = "127.0.0.1";
+    uint16_t port = 0;
+    // Connections served at once; one more is answered 503 and closed.
+    int max_connections = 1024;
+    // A connection that does not send a complete request within this is closed, and a
+    // client that takes none of a response's bytes for this long is dropped.
+    std::chrono::seconds idle_timeout{60};
+    // Larger request bodies are answered 413.
+    size_t max_body_bytes = size_t{16} << 20;
+    // A stream that has sent nothing for this long sends an SSE comment (": ping"), so that
+    // proxies and clients do not time out while a request waits in the queue.
+    std::chrono::milliseconds sse_keepalive_interval{10'000};
+  };
+
+  // Binds the listener and starts serving. UNAVAILABLE when the address cannot be bound.
+  static Result<std::unique_ptr<OpenAiGateway>> Start(Options options, InferenceFrontend& frontend,
+                                                      const Authenticator& authenticator);
+  OpenAiGateway(const OpenAiGateway&) = delete;
+  OpenAiGateway& operator=(const OpenAiGateway&) = delete;
+  // Stops as Stop(0) does.
+  ~OpenAiGateway();
+
+  // The bound port (the one picked when Options.port was 0).
+  uint16_t port() const;
+
+  // While false, new /v1 requests are answered 503 service_unavailable_error with
+  // Retry-After, and /health and /health/ready 503 {"status":"draining"} (used while
+  // draining). True at start.
+  void SetServing(bool serving);
+
+  // Stops accepting connections and closes idle ones; requests in flight (streams included)
+  // may finish until `drain` has passed, then they are cancelled and their connections
+  // closed. Returns when every connection thread has ended. Idempotent.
+  void Stop(std::chrono::milliseconds drain);
+
+ private:
+  class Impl;
+  explicit OpenAiGateway(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace inferbox::daemon

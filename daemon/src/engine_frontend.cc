@@ -1,0 +1,266 @@
+#include "inferbox/daemon/engine_frontend.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include "inferbox/common/grpc_status.h"
+#include "inferbox/daemon/router.h"
+
+namespace inferbox::daemon {
+namespace {
+
+namespace wire = ::inferbox::engine::v1;
+namespace api = ::inferbox::v1;
+using namespace std::chrono_literals;
+
+// Budget assumed for a request that leaves max_tokens to the context, for routing only.
+constexpr int64_t kDefaultOutputEstimate = 512;
+
+// Relays one engine Generate call. Owns its completion queue; one reader thread at a time.
+class EngineStream final : public GenerationStream {
+ public:
+  EngineStream(std::shared_ptr<EngineReplica> replica,
+                std::shared_ptr<wire::Engine::Stub> stub, const wire::GenerateRequest& request,
+                std::optional<std::chrono::system_clock::time_point> deadline,
+                int64_t estimated_tokens)
+      : replica_(std::move(replica)), stub_(std::move(stub)), load_(estimated_tokens) {
+    replica_->outstanding_tokens += load_;
+    if (deadline) context_.set_deadline(*deadline);
+    reader_ = stub_->PrepareAsyncGenerate(&context_, request, &queue_);
+    reader_->StartCall(Tag(kStart));
+    pending_ = true;
+  }
+
+  ~EngineStream() override {
+    if (phase_ != Phase::kEnded) {
+      context_.TryCancel();
+      while (phase_ != Phase::kEnded) {
+        inferbox::v1::GenerateChunk ignored;
+        Read(&ignored, 1000ms);
+      }
+    }
+    queue_.Shutdown();
+    void* tag = nullptr;
+    bool ok = false;
+    while (queue_.Next(&tag, &ok)) {
+    }
+    replica_->outstanding_tokens -= load_;
+  }
+
+  Next Read(api::GenerateChunk* chunk, std::chrono::milliseconds timeout) override {
+    const auto deadline = std::chrono::system_clock::now() + timeout;
+    for (;;) {
+      if (phase_ == Phase::kEnded) return Next::kEnd;
+      if (!pending_) {
+        // Idle after a chunk was handed out: ask for the next.
+        reader_->Read(&incoming_, Tag(kRead));
+        pending_ = true;
+        phase_ = Phase::kReading;
+      }
+      void* tag = nullptr;
+      bool ok = false;
+      const auto event = queue_.AsyncNext(&tag, &ok, deadline);
+      if (event == grpc::CompletionQueue::TIMEOUT) return Next::kTimeout;
+      if (event == grpc::CompletionQueue::SHUTDOWN) {
+        phase_ = Phase::kEnded;
+        return Next::kEnd;
+      }
+      pending_ = false;
+      const auto kind = reinterpret_cast<intptr_t>(tag);
+      if (kind == kFinish) {
+        phase_ = Phase::kEnded;
+        status_ = Translate(grpc_status_);
+        return Next::kEnd;
+      }
+      if (!ok) {
+        // The call is over (normally, or the engine went away): fetch its status.
+        reader_->Finish(&grpc_status_, Tag(kFinish));
+        pending_ = true;
+        phase_ = Phase::kFinishing;
+        continue;
+      }
+      if (kind == kStart) {
+        phase_ = Phase::kIdle;
+        continue;
+      }
+      chunk->Swap(incoming_.mutable_chunk());
+      saw_output_ = saw_output_ || chunk->token_ids_size() > 0;
+      phase_ = Phase::kIdle;
+      return Next::kChunk;
+    }
+  }
+
+  Status status() const override { return status_; }
+
+  void Cancel() override {
+    cancelled_.store(true);
+    context_.TryCancel();
+  }
+
+ private:
+  enum class Phase { kStarting, kReading, kIdle, kFinishing, kEnded };
+  static constexpr intptr_t kStart = 1;
+  static constexpr intptr_t kRead = 2;
+  static constexpr intptr_t kFinish = 3;
+  static void* Tag(intptr_t kind) { return reinterpret_cast<void*>(kind); }
+
+  Status Translate(const grpc::Status& status) const {
+    if (status.ok()) return Status::Ok();
+    if (cancelled_.load()) return Status(StatusCode::kCancelled, "the request was cancelled");
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+        status.error_code() == grpc::StatusCode::INTERNAL ||
+        status.error_code() == grpc::StatusCode::UNKNOWN) {
+      // Transport errors mean the engine process went away (or broke) under the request.
+      const bool engine_said_so = status.error_message().starts_with("the engine");
+      return UnavailableError(
+          engine_said_so
+              ? status.error_message()
+              : fmt::format("the engine serving model {} stopped{}; the request was not "
+                            "completed, retry it ({})",
+                            replica_->model(), saw_output_ ? " mid-stream" : "",
+                            status.error_message()));
+    }
+    return FromGrpcStatus(status);
+  }
+
+  std::shared_ptr<EngineReplica> replica_;
+  std::shared_ptr<wire::Engine::Stub> stub_;
+  const int64_t load_;
+  grpc::ClientContext context_;
+  grpc::CompletionQueue queue_;
+  std::unique_ptr<grpc::ClientAsyncReader<wire::GenerateChunk>> reader_;
+  wire::GenerateChunk incoming_;
+  grpc::Status grpc_status_;
+  Status status_;
+  Phase phase_ = Phase::kStarting;
+  bool pending_ = false;
+  bool saw_output_ = false;
+  std::atomic<bool> cancelled_{false};
+};
+
+bool CallerMayUse(const Caller& caller, const std::string& model) {
+  return caller.models.empty() ||
+         std::find(caller.models.begin(), caller.models.end(), model) != caller.models.end();
+}
+
+}  // namespace
+
+Result<std::shared_ptr<EngineReplica>> EngineFrontend::Route(const std::string& model,
+                                                             const Caller& caller,
+                                                             std::string_view affinity_prefix) {
+  if (!accepting_.load()) return UnavailableError("the box is shutting down");
+  if (model.empty()) return InvalidArgumentError("model: required (GET /v1/models lists them)");
+  if (supervisor_.FindModel(model) == nullptr) {
+    return NotFoundError(fmt::format(
+        "model '{}' is not served by this box (ListModels or GET /v1/models lists them)", model));
+  }
+  if (!CallerMayUse(caller, model)) {
+    return Status(StatusCode::kPermissionDenied,
+                  fmt::format("this API key may not use model '{}'", model));
+  }
+  std::vector<std::shared_ptr<EngineReplica>> ready;
+  std::vector<int64_t> load;
+  std::string why = "it has no engine";
+  for (auto& replica : supervisor_.Replicas(model)) {
+    if (replica->state() == api::ENGINE_STATE_READY && replica->stub() != nullptr) {
+      load.push_back(replica->outstanding_tokens.load());
+      ready.push_back(std::move(replica));
+    } else {
+      why = replica->Unavailability();
+    }
+  }
+  if (ready.empty()) {
+    return UnavailableError(fmt::format("model '{}' cannot serve right now: {}", model, why));
+  }
+  return ready[PickReplica(load, PromptAffinity(affinity_prefix))];
+}
+
+Result<std::unique_ptr<GenerationStream>> EngineFrontend::Start(
+    wire::GenerateRequest request, const std::string& model, const Caller& caller,
+    std::string_view affinity_prefix, int64_t estimated_tokens,
+    std::optional<std::chrono::system_clock::time_point> deadline) {
+  auto replica = Route(model, caller, affinity_prefix);
+  if (!replica.ok()) return replica.status();
+  auto stub = (*replica)->stub();
+  if (stub == nullptr) return UnavailableError("the engine of model " + model + " just stopped");
+  request.set_request_id(fmt::format("{}", next_request_.fetch_add(1)));
+  return std::unique_ptr<GenerationStream>(std::make_unique<EngineStream>(
+      std::move(replica).value(), std::move(stub), request, deadline, estimated_tokens));
+}
+
+Result<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(
+    const api::GenerateRequest& request, const Caller& caller,
+    std::optional<std::chrono::system_clock::time_point> deadline) {
+  wire::GenerateRequest engine_request;
+  *engine_request.mutable_completion() = request;
+  const int64_t prompt_estimate = request.has_token_ids()
+                                      ? request.token_ids().ids_size()
+                                      : static_cast<int64_t>(request.text().size() / 4);
+  const int64_t output_estimate =
+      request.stop().max_tokens() > 0 ? request.stop().max_tokens() : kDefaultOutputEstimate;
+  std::string_view prefix = request.text();
+  return Start(std::move(engine_request), request.model(), caller, prefix,
+               prompt_estimate + output_estimate, deadline);
+}
+
+Result<std::unique_ptr<GenerationStream>> EngineFrontend::Chat(
+    const api::ChatRequest& request, const Caller& caller,
+    std::optional<std::chrono::system_clock::time_point> deadline) {
+  wire::GenerateRequest engine_request;
+  *engine_request.mutable_chat() = request;
+  int64_t bytes = 0;
+  for (const auto& message : request.messages()) bytes += static_cast<int64_t>(message.content().size());
+  const int64_t output_estimate =
+      request.stop().max_tokens() > 0 ? request.stop().max_tokens() : kDefaultOutputEstimate;
+  // The first message (usually the system prompt) is what requests share.
+  std::string_view prefix =
+      request.messages().empty() ? std::string_view() : request.messages(0).content();
+  return Start(std::move(engine_request), request.model(), caller, prefix,
+               bytes / 4 + output_estimate, deadline);
+}
+
+Result<api::TokenizeResponse> EngineFrontend::Tokenize(const api::TokenizeRequest& request,
+                                                       const Caller& caller) {
+  auto replica = Route(request.model(), caller, "");
+  if (!replica.ok()) return replica.status();
+  auto stub = (*replica)->stub();
+  if (stub == nullptr) return UnavailableError("the engine of model " + request.model() + " just stopped");
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 30s);
+  api::TokenizeResponse response;
+  const grpc::Status status = stub->Tokenize(&context, request, &response);
+  if (!status.ok()) return FromGrpcStatus(status);
+  return response;
+}
+
+std::vector<api::ModelInfo> EngineFrontend::ListModels() const {
+  std::vector<api::ModelInfo> models;
+  for (const ModelServeConfig& config : supervisor_.models()) {
+    api::ModelInfo info;
+    info.set_id(config.name);
+    info.set_owned_by("inferbox");
+    struct stat file {};
+    if (stat((supervisor_.ModelPath(config) / "config.json").c_str(), &file) == 0)
+      info.set_created(file.st_mtim.tv_sec);
+    for (const auto& replica : supervisor_.Replicas(config.name)) {
+      info.set_max_model_len(std::max(info.max_model_len(), replica->traits().max_model_len));
+    }
+    info.set_state(supervisor_.ModelStateOf(config.name));
+    models.push_back(std::move(info));
+  }
+  return models;
+}
+
+bool EngineFrontend::ChatPromptOpensReasoning(std::string_view model) const {
+  for (const auto& replica : supervisor_.Replicas(model)) {
+    if (replica->traits().chat_prompt_opens_reasoning) return true;
+  }
+  return false;
+}
+
+}  // namespace inferbox::daemon

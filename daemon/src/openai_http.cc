@@ -1,0 +1,551 @@
+#include "openai_http.h"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+
+#include "openai_reasoning.h"
+
+namespace inferbox::daemon::openai {
+namespace {
+
+namespace http = boost::beast::http;
+namespace v1 = inferbox::v1;
+using Clock = std::chrono::steady_clock;
+using Request = http::request<http::string_body>;
+
+constexpr size_t kMaxHeaderBytes = 64 << 10;
+// How often a connection waiting on a generation checks whether its client is still there.
+constexpr std::chrono::milliseconds kClientCheckInterval{100};
+// Distinct ignored field names logged at info level; past that, at debug only.
+constexpr size_t kMaxLoggedFieldNames = 256;
+
+std::string RetryAfterSeconds() {
+  thread_local std::mt19937 random{std::random_device{}()};
+  return std::to_string(std::uniform_int_distribution<int>(1, 3)(random));
+}
+
+// R1.2: ignored fields get a log line; the first time a name is seen at info, later at debug,
+// so that a client that always sends one does not flood the journal.
+void LogIgnoredFields(std::string_view path, const std::vector<std::string>& fields) {
+  if (fields.empty()) return;
+  static std::mutex mutex;
+  static std::set<std::string, std::less<>> logged;
+  bool first_time = false;
+  {
+    std::lock_guard lock(mutex);
+    for (const std::string& field : fields) {
+      if (logged.size() < kMaxLoggedFieldNames && logged.insert(field).second) first_time = true;
+    }
+  }
+  spdlog::log(first_time ? spdlog::level::info : spdlog::level::debug,
+              "{}: ignoring unknown request fields: {}", path, fmt::join(fields, ", "));
+}
+
+ApiError NotServing() {
+  return {.http_status = 503,
+          .type = "service_unavailable_error",
+          .message = "the server is shutting down; retry on another instance or shortly",
+          .retry_after = true};
+}
+
+ApiError ShuttingDown() {
+  return {.http_status = 503,
+          .type = "service_unavailable_error",
+          .message = "the server shut down before the generation finished",
+          .retry_after = true};
+}
+
+std::string_view HealthStatus(const std::vector<v1::ModelInfo>& models) {
+  const auto in_state = [&](auto predicate) {
+    return std::any_of(models.begin(), models.end(),
+                       [&](const v1::ModelInfo& model) { return predicate(model.state()); });
+  };
+  if (in_state([](v1::ModelState state) { return state == v1::MODEL_STATE_READY; })) return "ok";
+  if (in_state([](v1::ModelState state) {
+        return state == v1::MODEL_STATE_LOADING || state == v1::MODEL_STATE_RESTARTING;
+      })) {
+    return "loading";
+  }
+  return "unavailable";
+}
+
+// A parse error worth a 400; the client closing or stalling gets no answer.
+bool IsMalformedRequest(const boost::system::error_code& ec) {
+  const boost::system::error_code http_error = http::error::bad_target;
+  return ec.category() == http_error.category() && ec != http::error::end_of_stream &&
+         ec != http::error::partial_message;
+}
+
+// %XX-decodes a path segment; nullopt when malformed.
+std::optional<std::string> PercentDecode(std::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '%') {
+      out += text[i];
+      continue;
+    }
+    if (i + 2 >= text.size()) return std::nullopt;
+    int value = 0;
+    for (size_t k = 1; k <= 2; ++k) {
+      const char c = text[i + k];
+      value *= 16;
+      if (c >= '0' && c <= '9')
+        value += c - '0';
+      else if (c >= 'a' && c <= 'f')
+        value += c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        value += c - 'A' + 10;
+      else
+        return std::nullopt;
+    }
+    out += static_cast<char>(value);
+    i += 2;
+  }
+  return out;
+}
+
+// The SSE response of one stream: headers on first use, then `data:` events in HTTP chunks
+// (HTTP/1.0 clients get the raw stream and a close instead).
+class SseWriter {
+ public:
+  SseWriter(SocketStream& stream, unsigned version, bool keep_alive,
+            std::chrono::seconds write_timeout)
+      : stream_(stream),
+        version_(version),
+        keep_alive_(keep_alive && version >= 11),
+        write_timeout_(write_timeout) {}
+
+  bool headers_sent() const { return headers_sent_; }
+  bool keep_alive() const { return keep_alive_; }
+
+  bool Data(std::string_view json) { return Write(fmt::format("data: {}\n\n", json)); }
+  bool Comment(std::string_view text) { return Write(fmt::format(": {}\n\n", text)); }
+  // Ends the HTTP body; the connection may then serve the next request (when keep_alive).
+  bool Finish() {
+    if (!SendHeaders()) return false;
+    if (version_ < 11) return true;
+    boost::system::error_code ec;
+    stream_.set_deadline(Clock::now() + write_timeout_);
+    boost::asio::write(stream_, http::make_chunk_last(), ec);
+    return !ec;
+  }
+
+ private:
+  bool SendHeaders() {
+    if (headers_sent_) return true;
+    headers_sent_ = true;
+    http::response<http::empty_body> response{http::status::ok, version_};
+    response.set(http::field::content_type, "text/event-stream");
+    response.set(http::field::cache_control, "no-cache");
+    response.set("X-Accel-Buffering", "no");  // nginx: pass events on as they come.
+    response.keep_alive(keep_alive_);
+    if (version_ >= 11) response.chunked(true);
+    http::response_serializer<http::empty_body> serializer{response};
+    boost::system::error_code ec;
+    stream_.set_deadline(Clock::now() + write_timeout_);
+    http::write_header(stream_, serializer, ec);
+    return !ec;
+  }
+
+  bool Write(const std::string& payload) {
+    if (!SendHeaders()) return false;
+    boost::system::error_code ec;
+    stream_.set_deadline(Clock::now() + write_timeout_);
+    if (version_ >= 11) {
+      boost::asio::write(stream_, http::make_chunk(boost::asio::buffer(payload)), ec);
+    } else {
+      boost::asio::write(stream_, boost::asio::buffer(payload), ec);
+    }
+    return !ec;
+  }
+
+  SocketStream& stream_;
+  unsigned version_;
+  bool keep_alive_;
+  std::chrono::seconds write_timeout_;
+  bool headers_sent_ = false;
+};
+
+class Connection {
+ public:
+  Connection(UniqueFd socket, const GatewayContext& context)
+      : context_(context), stream_(std::move(socket), context.drain, context.abort) {}
+
+  void Serve() {
+    for (;;) {
+      std::optional<Request> request = ReadRequest();
+      if (!request) return;
+      version_ = request->version();
+      // During drain every response closes its connection.
+      keep_alive_ = request->keep_alive() && !context_.drain.is_raised();
+      target_ = fmt::format("{} {}", std::string_view(request->method_string()),
+                            std::string_view(request->target()));
+      if (!Handle(*request) || !keep_alive_) return;
+    }
+  }
+
+ private:
+  enum class Event {
+    kChunk,    // *chunk holds the next piece.
+    kEnd,      // The generation is over: see status().
+    kIdle,     // Nothing came before the idle deadline.
+    kGone,     // The client left: the generation was cancelled.
+    kAborted,  // The drain deadline passed: the generation was cancelled.
+  };
+
+  // nullopt: close the connection (client gone, idle, drain, or an error already answered).
+  std::optional<Request> ReadRequest() {
+    http::request_parser<http::string_body> parser;
+    parser.body_limit(context_.options.max_body_bytes);
+    parser.header_limit(kMaxHeaderBytes);
+    stream_.set_deadline(Clock::now() + context_.options.idle_timeout);
+    stream_.set_wake_on_drain(true);
+    boost::system::error_code ec;
+    http::read_header(stream_, buffer_, parser, ec);
+    if (!ec && !parser.is_done()) {
+      if (boost::beast::iequals(parser.get()[http::field::expect], "100-continue")) {
+        http::response<http::empty_body> proceed{http::status::continue_, parser.get().version()};
+        http::write(stream_, proceed, ec);
+      }
+      if (!ec) http::read(stream_, buffer_, parser, ec);
+    }
+    stream_.set_wake_on_drain(false);
+    if (!ec) return parser.release();
+    version_ = parser.is_header_done() ? parser.get().version() : 11;
+    keep_alive_ = false;
+    if (ec == http::error::body_limit) {
+      SendError({.http_status = 413,
+                 .type = "invalid_request_error",
+                 .message = fmt::format("the request body is larger than {} bytes",
+                                        context_.options.max_body_bytes),
+                 .code = "request_too_large"});
+      LingeringClose();
+    } else if (ec == http::error::header_limit) {
+      SendError({.http_status = 431,
+                 .type = "invalid_request_error",
+                 .message =
+                     fmt::format("the request headers are larger than {} bytes", kMaxHeaderBytes)});
+    } else if (IsMalformedRequest(ec)) {
+      SendError(InvalidRequest("", fmt::format("malformed HTTP request: {}", ec.message())));
+    }
+    return std::nullopt;
+  }
+
+  // Lets the client see a response sent before its whole request was read: closing a socket
+  // with unread input sends a reset, which may destroy the response in flight.
+  void LingeringClose() {
+    ::shutdown(stream_.fd(), SHUT_WR);
+    stream_.set_deadline(Clock::now() + std::chrono::seconds(1));
+    char discard[16384];
+    boost::system::error_code ec;
+    for (size_t total = 0; total < context_.options.max_body_bytes && !ec;)
+      total += stream_.read_some(boost::asio::buffer(discard), ec);
+  }
+
+  // False: close the connection.
+  bool Handle(const Request& request) {
+    const std::string_view target = request.target();
+    const std::string_view path = target.substr(0, target.find('?'));
+    const http::verb method = request.method();
+    if (path == "/health" || path == "/health/ready" || path == "/health/live") {
+      if (method != http::verb::get) return MethodNotAllowed(method, path, "GET");
+      if (path == "/health/live") return SendJson(200, StatusBody("ok"));
+      if (!context_.serving.load()) return SendJson(503, StatusBody("draining"));
+      const std::string_view status = HealthStatus(context_.frontend.ListModels());
+      return SendJson(status == "ok" ? 200 : 503, StatusBody(status));
+    }
+    if (path != "/v1" && !path.starts_with("/v1/")) return NotFound(method, path);
+
+    Result<Caller> caller =
+        context_.authenticator.Authenticate(std::string_view(request[http::field::authorization]));
+    if (!caller.ok()) return SendError(ApiErrorFromStatus(caller.status()));
+    if (!context_.serving.load()) return SendError(NotServing());
+
+    if (path == "/v1/chat/completions" || path == "/v1/completions") {
+      if (method != http::verb::post) return MethodNotAllowed(method, path, "POST");
+      const Endpoint endpoint =
+          path == "/v1/completions" ? Endpoint::kCompletions : Endpoint::kChatCompletions;
+      return Complete(endpoint, request.body(), *caller);
+    }
+    if (path == "/v1/models") {
+      if (method != http::verb::get) return MethodNotAllowed(method, path, "GET");
+      return SendJson(200, ModelListBody(context_.frontend.ListModels()));
+    }
+    constexpr std::string_view kModelPrefix = "/v1/models/";
+    if (path.starts_with(kModelPrefix) && path.size() > kModelPrefix.size()) {
+      if (method != http::verb::get) return MethodNotAllowed(method, path, "GET");
+      // Model ids may hold '/' (e.g. "Qwen/Qwen2.5-0.5B"): the id is the rest of the path.
+      const std::optional<std::string> id = PercentDecode(path.substr(kModelPrefix.size()));
+      if (!id) return SendError(InvalidRequest("model", "the model id is not valid %-encoding"));
+      for (const v1::ModelInfo& model : context_.frontend.ListModels()) {
+        if (model.id() == *id) return SendJson(200, ModelBody(model));
+      }
+      return SendError(ApiErrorFromStatus(
+          NotFoundError(fmt::format("the model '{}' does not exist or is not loaded", *id))));
+    }
+    return NotFound(method, path);
+  }
+
+  bool NotFound(http::verb method, std::string_view path) {
+    ApiError error = InvalidRequest(
+        "", fmt::format("Invalid URL ({} {})", std::string_view(http::to_string(method)), path));
+    error.http_status = 404;
+    return SendError(error);
+  }
+
+  bool MethodNotAllowed(http::verb method, std::string_view path, std::string_view allowed) {
+    ApiError error =
+        InvalidRequest("", fmt::format("{} is not allowed on {}; use {}",
+                                       std::string_view(http::to_string(method)), path, allowed));
+    error.http_status = 405;
+    return Send(405, ErrorBody(error), false, allowed);
+  }
+
+  bool SendError(const ApiError& error) {
+    if (error.http_status >= 500) {
+      spdlog::warn("{} -> {} {}: {}", target_, error.http_status, error.type, error.message);
+    }
+    return Send(error.http_status, ErrorBody(error), error.retry_after);
+  }
+
+  bool SendJson(int status, std::string body) { return Send(status, std::move(body), false); }
+
+  // False when the write failed (the connection is then closed).
+  bool Send(int status, std::string body, bool retry_after, std::string_view allow = {}) {
+    http::response<http::string_body> response{static_cast<http::status>(status), version_};
+    response.set(http::field::content_type, "application/json");
+    if (retry_after) response.set(http::field::retry_after, RetryAfterSeconds());
+    if (status == 401) response.set(http::field::www_authenticate, "Bearer");
+    if (!allow.empty()) response.set(http::field::allow, allow);
+    response.keep_alive(keep_alive_);
+    response.body() = std::move(body);
+    response.prepare_payload();
+    spdlog::debug("{} -> {}", target_, status);
+    boost::system::error_code ec;
+    stream_.set_deadline(Clock::now() + context_.options.idle_timeout);
+    http::write(stream_, response, ec);
+    return !ec;
+  }
+
+  // POST /v1/chat/completions and /v1/completions.
+  bool Complete(Endpoint endpoint, std::string_view body, const Caller& caller) {
+    ResponseContext response;
+    response.endpoint = endpoint;
+    response.id = NewResponseId(endpoint);
+    response.created = std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+    ResponseOptions options;
+    std::optional<ReasoningSplitter> splitter;
+    Result<std::unique_ptr<GenerationStream>> generation =
+        UnavailableError("the request was not started");
+    if (endpoint == Endpoint::kChatCompletions) {
+      ChatCompletionRequest parsed;
+      if (auto error = ParseChatCompletionRequest(body, &parsed)) return SendError(*error);
+      LogIgnoredFields("/v1/chat/completions", parsed.ignored_fields);
+      parsed.request.set_request_id(response.id);
+      response.model = parsed.request.model();
+      response.logprobs = parsed.request.logprobs().enabled();
+      options = parsed.response;
+      splitter.emplace(context_.frontend.ChatPromptOpensReasoning(response.model));
+      generation = context_.frontend.Chat(parsed.request, caller, std::nullopt);
+    } else {
+      CompletionRequest parsed;
+      if (auto error = ParseCompletionRequest(body, &parsed)) return SendError(*error);
+      LogIgnoredFields("/v1/completions", parsed.ignored_fields);
+      parsed.request.set_request_id(response.id);
+      response.model = parsed.request.model();
+      response.logprobs = parsed.request.logprobs().enabled();
+      options = parsed.response;
+      generation = context_.frontend.Generate(parsed.request, caller, std::nullopt);
+    }
+    if (!generation.ok()) return SendError(ApiErrorFromStatus(generation.status()));
+    response.include_usage = options.include_usage;
+    GenerationStream& stream = **generation;
+    return options.stream ? StreamResponse(stream, response, splitter)
+                          : WholeResponse(stream, response, splitter);
+  }
+
+  // Waits for the generation's next event, meanwhile checking every kClientCheckInterval
+  // whether the client is still connected and the gateway still running; cancels the
+  // generation when not.
+  Event NextEvent(GenerationStream& stream, v1::GenerateChunk* chunk,
+                  Clock::time_point idle_deadline) {
+    for (;;) {
+      auto now = Clock::now();
+      if (now >= next_client_check_) {
+        next_client_check_ = now + kClientCheckInterval;
+        if (context_.abort.is_raised()) {
+          stream.Cancel();
+          return Event::kAborted;
+        }
+        if (PeerClosed(stream_.fd())) {
+          stream.Cancel();
+          return Event::kGone;
+        }
+      }
+      if (now >= idle_deadline) return Event::kIdle;
+      const auto wait = std::min(std::chrono::ceil<std::chrono::milliseconds>(idle_deadline - now),
+                                 kClientCheckInterval);
+      chunk->Clear();
+      switch (stream.Read(chunk, wait)) {
+        case GenerationStream::Next::kChunk: return Event::kChunk;
+        case GenerationStream::Next::kEnd: return Event::kEnd;
+        case GenerationStream::Next::kTimeout: break;
+      }
+    }
+  }
+
+  static ReasoningSplitter::Parts SplitText(std::optional<ReasoningSplitter>& splitter,
+                                            const v1::GenerateChunk& chunk) {
+    if (!splitter) return {.content = chunk.text()};
+    ReasoningSplitter::Parts parts = splitter->Push(chunk.text());
+    if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+      ReasoningSplitter::Parts rest = splitter->Finish();
+      parts.reasoning += rest.reasoning;
+      parts.content += rest.content;
+    }
+    return parts;
+  }
+
+  // The status a generation ended with, when it ended before its finishing chunk.
+  static Status EndStatus(const GenerationStream& stream) {
+    Status status = stream.status();
+    if (status.ok()) return InternalError("the generation ended without a finish reason");
+    return status;
+  }
+
+  bool WholeResponse(GenerationStream& stream, const ResponseContext& response,
+                     std::optional<ReasoningSplitter>& splitter) {
+    CompletionOutput output;
+    v1::GenerateChunk chunk;
+    for (;;) {
+      switch (NextEvent(stream, &chunk, Clock::time_point::max())) {
+        case Event::kGone: return false;
+        case Event::kIdle: continue;
+        case Event::kAborted: return SendError(ShuttingDown());
+        case Event::kEnd: return SendError(ApiErrorFromStatus(EndStatus(stream)));
+        case Event::kChunk: break;
+      }
+      ReasoningSplitter::Parts parts = SplitText(splitter, chunk);
+      output.content += parts.content;
+      output.reasoning += parts.reasoning;
+      output.logprobs.MergeFrom(chunk.logprobs());
+      if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        // The finishing chunk ends the output (the stream's kEnd with OK follows it).
+        output.finish_reason = chunk.finish_reason();
+        output.usage = chunk.usage();
+        return SendJson(200, CompletionBody(response, output));
+      }
+    }
+  }
+
+  bool StreamResponse(GenerationStream& stream, const ResponseContext& response,
+                      std::optional<ReasoningSplitter>& splitter) {
+    const bool chat = response.endpoint == Endpoint::kChatCompletions;
+    SseWriter sse(stream_, version_, keep_alive_, context_.options.idle_timeout);
+    v1::GenerateChunk chunk;
+    bool role_sent = false;
+    size_t text_offset = 0;
+    auto last_write = Clock::now();
+    for (;;) {
+      const Event event =
+          NextEvent(stream, &chunk, last_write + context_.options.sse_keepalive_interval);
+      if (event == Event::kGone) return false;
+      if (event == Event::kIdle) {
+        if (!sse.Comment("ping")) return Abandon(stream);
+        last_write = Clock::now();
+        continue;
+      }
+      if (event == Event::kEnd || event == Event::kAborted) {
+        const ApiError error =
+            event == Event::kAborted ? ShuttingDown() : ApiErrorFromStatus(EndStatus(stream));
+        if (!sse.headers_sent()) return SendError(error);
+        // R1.6: once the headers are out, an error is one `data: {"error":...}` event, and
+        // the stream then ends WITHOUT `data: [DONE]`, so that no client can take the
+        // truncated output for a complete one. The connection is closed.
+        spdlog::warn("{} -> stream failed after start: {}", target_, error.message);
+        if (sse.Data(ErrorBody(error))) (void)sse.Finish();
+        return false;
+      }
+      if (chat && !role_sent) {
+        if (!sse.Data(ChunkJson(response, {.first = true}))) return Abandon(stream);
+        role_sent = true;
+      }
+      const ReasoningSplitter::Parts parts = SplitText(splitter, chunk);
+      const bool finished = chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
+      if (!parts.content.empty() || !parts.reasoning.empty() || chunk.logprobs_size() > 0 ||
+          finished) {
+        const ChunkDelta delta{.content = parts.content,
+                               .reasoning = parts.reasoning,
+                               .logprobs = &chunk.logprobs(),
+                               .text_offset = text_offset,
+                               .finish_reason = chunk.finish_reason()};
+        if (!sse.Data(ChunkJson(response, delta))) return Abandon(stream);
+        last_write = Clock::now();
+      }
+      text_offset += chunk.text().size();
+      if (finished) {
+        if (response.include_usage && !sse.Data(UsageChunkJson(response, chunk.usage())))
+          return false;
+        return sse.Data("[DONE]") && sse.Finish() && sse.keep_alive();
+      }
+    }
+  }
+
+  // A write failed: the client is gone (or stalled past the timeout).
+  static bool Abandon(GenerationStream& stream) {
+    stream.Cancel();
+    return false;
+  }
+
+  const GatewayContext& context_;
+  SocketStream stream_;
+  boost::beast::flat_buffer buffer_;
+  // Of the request being served.
+  unsigned version_ = 11;
+  bool keep_alive_ = false;
+  std::string target_;
+  Clock::time_point next_client_check_;
+};
+
+}  // namespace
+
+void ServeConnection(UniqueFd socket, const GatewayContext& context) {
+  Connection(std::move(socket), context).Serve();
+}
+
+void RejectConnection(UniqueFd socket, const ApiError& error) {
+  http::response<http::string_body> response{static_cast<http::status>(error.http_status), 11};
+  response.set(http::field::content_type, "application/json");
+  if (error.retry_after) response.set(http::field::retry_after, RetryAfterSeconds());
+  response.keep_alive(false);
+  response.body() = ErrorBody(error);
+  response.prepare_payload();
+  std::ostringstream text;
+  text << response;
+  const std::string bytes = text.str();
+  // One non-blocking try: a fresh socket's buffer takes a few hundred bytes.
+  [[maybe_unused]] const ssize_t sent =
+      ::send(socket.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  ::shutdown(socket.get(), SHUT_WR);
+  // Closing with unread input resets the connection, which can destroy the response in
+  // flight: take in what the client has sent so far.
+  char discard[4096];
+  while (::recv(socket.get(), discard, sizeof(discard), MSG_DONTWAIT) > 0) {
+  }
+}
+
+}  // namespace inferbox::daemon::openai

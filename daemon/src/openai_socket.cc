@@ -1,0 +1,184 @@
+#include "openai_socket.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace inferbox::daemon::openai {
+namespace {
+
+boost::system::error_code ErrnoCode(int error) {
+  return {error, boost::system::system_category()};
+}
+
+}  // namespace
+
+UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
+  if (this != &other) {
+    reset();
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+UniqueFd::~UniqueFd() {
+  reset();
+}
+
+void UniqueFd::reset() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+Result<Signal> Signal::Create() {
+  const int fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return InternalError(fmt::format("eventfd: {}", std::strerror(errno)));
+  return Signal(UniqueFd(fd));
+}
+
+void Signal::Raise() const {
+  const uint64_t one = 1;
+  // The counter only needs to be non-zero; a full counter (EAGAIN) is raised already.
+  [[maybe_unused]] const ssize_t written = ::write(fd_.get(), &one, sizeof(one));
+}
+
+bool Signal::is_raised() const {
+  pollfd entry{fd_.get(), POLLIN, 0};
+  return ::poll(&entry, 1, 0) > 0 && (entry.revents & POLLIN) != 0;
+}
+
+Result<UniqueFd> Listen(const std::string& host, uint16_t port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* addresses = nullptr;
+  const std::string service = std::to_string(port);
+  const int resolved =
+      ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &addresses);
+  if (resolved != 0) {
+    return InvalidArgumentError(
+        fmt::format("HTTP listen address '{}': {}", host, ::gai_strerror(resolved)));
+  }
+  std::string last_error = "no address";
+  UniqueFd listener;
+  for (const addrinfo* address = addresses; address != nullptr; address = address->ai_next) {
+    UniqueFd fd(::socket(address->ai_family, address->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                         address->ai_protocol));
+    if (!fd.valid()) {
+      last_error = std::strerror(errno);
+      continue;
+    }
+    const int on = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (::bind(fd.get(), address->ai_addr, address->ai_addrlen) != 0 ||
+        ::listen(fd.get(), SOMAXCONN) != 0) {
+      last_error = std::strerror(errno);
+      continue;
+    }
+    listener = std::move(fd);
+    break;
+  }
+  ::freeaddrinfo(addresses);
+  if (!listener.valid()) {
+    return UnavailableError(
+        fmt::format("cannot listen for HTTP on {}:{}: {}", host, port, last_error));
+  }
+  return listener;
+}
+
+uint16_t BoundPort(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return 0;
+  if (address.ss_family == AF_INET)
+    return ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
+  if (address.ss_family == AF_INET6)
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port);
+  return 0;
+}
+
+bool PeerClosed(int fd) {
+  pollfd entry{fd, POLLIN | POLLRDHUP, 0};
+  if (::poll(&entry, 1, 0) <= 0) return false;
+  if ((entry.revents & (POLLHUP | POLLERR | POLLRDHUP)) != 0) return true;
+  if ((entry.revents & POLLIN) == 0) return false;
+  char byte;
+  const ssize_t peeked = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+size_t SocketStream::Receive(void* data, size_t size, boost::system::error_code& ec) {
+  for (;;) {
+    const ssize_t received = ::recv(fd_.get(), data, size, 0);
+    if (received > 0) {
+      ec = {};
+      return static_cast<size_t>(received);
+    }
+    if (received == 0) {
+      ec = boost::asio::error::eof;
+      return 0;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      ec = ErrnoCode(errno);
+      return 0;
+    }
+    if (!Wait(POLLIN, wake_on_drain_, ec)) return 0;
+  }
+}
+
+size_t SocketStream::Send(const iovec* iov, size_t count, boost::system::error_code& ec) {
+  msghdr message{};
+  message.msg_iov = const_cast<iovec*>(iov);
+  message.msg_iovlen = count;
+  for (;;) {
+    const ssize_t sent = ::sendmsg(fd_.get(), &message, MSG_NOSIGNAL);
+    if (sent >= 0) {
+      ec = {};
+      return static_cast<size_t>(sent);
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      ec = ErrnoCode(errno);
+      return 0;
+    }
+    if (!Wait(POLLOUT, false, ec)) return 0;
+  }
+}
+
+bool SocketStream::Wait(short events, bool wake_on_drain, boost::system::error_code& ec) {
+  for (;;) {
+    const auto now = Clock::now();
+    if (now >= deadline_) {
+      ec = boost::asio::error::timed_out;
+      return false;
+    }
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline_ - now).count();
+    const int timeout_ms = static_cast<int>(std::min<int64_t>(left, 60'000));
+    std::array<pollfd, 3> entries{{{fd_.get(), events, 0},
+                                   {abort_.fd(), POLLIN, 0},
+                                   {wake_on_drain ? drain_.fd() : -1, POLLIN, 0}}};
+    const int ready = ::poll(entries.data(), entries.size(), timeout_ms);
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      ec = ErrnoCode(errno);
+      return false;
+    }
+    if (entries[1].revents != 0 || entries[2].revents != 0) {
+      ec = boost::asio::error::operation_aborted;
+      return false;
+    }
+    if (entries[0].revents != 0) return true;
+  }
+}
+
+}  // namespace inferbox::daemon::openai

@@ -1,0 +1,138 @@
+// POSIX socket pieces of the OpenAI gateway: an owned fd, a wake-up signal, the listening
+// socket, and a connected socket as a Beast synchronous stream whose every wait is bounded
+// by a deadline and by the gateway's stop signals.
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/system/error_code.hpp>
+#include <boost/system/system_error.hpp>
+
+#include "inferbox/common/status.h"
+
+namespace inferbox::daemon::openai {
+
+// Owns a file descriptor; closes it on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd();
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  void reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// A one-way latch any thread may raise and any number of threads may poll() for: an eventfd
+// that stays readable once raised.
+class Signal {
+ public:
+  static Result<Signal> Create();
+  void Raise() const;
+  bool is_raised() const;
+  int fd() const { return fd_.get(); }
+
+ private:
+  explicit Signal(UniqueFd fd) : fd_(std::move(fd)) {}
+  UniqueFd fd_;
+};
+
+// A listening TCP socket on host:port (port 0: any free port), non-blocking, close-on-exec.
+Result<UniqueFd> Listen(const std::string& host, uint16_t port);
+// The port a bound socket got.
+uint16_t BoundPort(int fd);
+
+// True when the peer of a connected socket has closed or reset it. Does not consume data.
+bool PeerClosed(int fd);
+
+// A connected, non-blocking TCP socket as a Beast SyncReadStream/SyncWriteStream. Each
+// read_some/write_some waits at most until the deadline (error timed_out), and gives up with
+// operation_aborted when `abort` is raised, or, for reads while `wake_on_drain` is set, when
+// `drain` is raised. Used by one thread at a time.
+class SocketStream {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  SocketStream(UniqueFd fd, const Signal& drain, const Signal& abort)
+      : fd_(std::move(fd)), drain_(drain), abort_(abort) {}
+
+  int fd() const { return fd_.get(); }
+  void set_deadline(Clock::time_point deadline) { deadline_ = deadline; }
+  void set_wake_on_drain(bool wake) { wake_on_drain_ = wake; }
+
+  template <typename MutableBufferSequence>
+  size_t read_some(const MutableBufferSequence& buffers, boost::system::error_code& ec) {
+    for (auto it = boost::asio::buffer_sequence_begin(buffers);
+         it != boost::asio::buffer_sequence_end(buffers); ++it) {
+      const boost::asio::mutable_buffer buffer(*it);
+      if (buffer.size() > 0) return Receive(buffer.data(), buffer.size(), ec);
+    }
+    ec = {};
+    return 0;
+  }
+
+  template <typename ConstBufferSequence>
+  size_t write_some(const ConstBufferSequence& buffers, boost::system::error_code& ec) {
+    std::array<iovec, 16> iov;
+    size_t count = 0;
+    for (auto it = boost::asio::buffer_sequence_begin(buffers);
+         it != boost::asio::buffer_sequence_end(buffers) && count < iov.size(); ++it) {
+      const boost::asio::const_buffer buffer(*it);
+      if (buffer.size() == 0) continue;
+      iov[count++] = {const_cast<void*>(buffer.data()), buffer.size()};
+    }
+    if (count == 0) {
+      ec = {};
+      return 0;
+    }
+    return Send(iov.data(), count, ec);
+  }
+
+  // The throwing forms complete the Beast stream concepts; the gateway never calls them.
+  template <typename MutableBufferSequence>
+  size_t read_some(const MutableBufferSequence& buffers) {
+    boost::system::error_code ec;
+    const size_t n = read_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+  template <typename ConstBufferSequence>
+  size_t write_some(const ConstBufferSequence& buffers) {
+    boost::system::error_code ec;
+    const size_t n = write_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+
+ private:
+  size_t Receive(void* data, size_t size, boost::system::error_code& ec);
+  size_t Send(const iovec* iov, size_t count, boost::system::error_code& ec);
+  // Waits until the socket has `events`; false with `ec` set on deadline, stop or error.
+  bool Wait(short events, bool wake_on_drain, boost::system::error_code& ec);
+
+  UniqueFd fd_;
+  const Signal& drain_;
+  const Signal& abort_;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  bool wake_on_drain_ = false;
+};
+
+}  // namespace inferbox::daemon::openai

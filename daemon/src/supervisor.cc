@@ -1,0 +1,579 @@
+#include "inferbox/daemon/supervisor.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <deque>
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <google/protobuf/util/time_util.h>
+#include <spdlog/spdlog.h>
+
+#include "inferbox/common/logging.h"
+
+extern char** environ;
+
+namespace inferbox::daemon {
+namespace {
+
+namespace wire = ::inferbox::engine::v1;
+namespace api = ::inferbox::v1;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+// The engine's "this model or setting cannot work" exit status (EX_CONFIG).
+constexpr int kEngineExitConfig = 78;
+// How often a starting engine is asked whether it is ready.
+constexpr auto kStartupPollInterval = 100ms;
+// Health misses in a row that mean a hung engine.
+constexpr int kMaxHealthMisses = 3;
+// SIGTERM → SIGKILL grace at shutdown.
+constexpr auto kStopGrace = 10s;
+// An engine that stayed ready this long has its restart backoff reset.
+constexpr auto kStableUptime = 60s;
+
+std::string DescribeExit(int wait_status) {
+  if (WIFEXITED(wait_status)) {
+    const int code = WEXITSTATUS(wait_status);
+    if (code == kEngineExitConfig) return "exited with status 78: it cannot serve this model";
+    return fmt::format("exited with status {}", code);
+  }
+  if (WIFSIGNALED(wait_status)) {
+    return fmt::format("killed by signal {} ({})", WTERMSIG(wait_status),
+                       strsignal(WTERMSIG(wait_status)));
+  }
+  return "ended";
+}
+
+// A running engine process: its pid and a pidfd that becomes readable when it exits.
+class EngineProcess {
+ public:
+  static Result<std::unique_ptr<EngineProcess>> Spawn(const std::vector<std::string>& argv,
+                                                      const std::vector<std::string>& env) {
+    std::vector<char*> args;
+    for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+    args.push_back(nullptr);
+    std::vector<char*> envp;
+    for (const auto& entry : env) envp.push_back(const_cast<char*>(entry.c_str()));
+    envp.push_back(nullptr);
+
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawnattr_t attributes;
+    posix_spawnattr_init(&attributes);
+    // The daemon blocks its signals for the main loop; the engine starts clean.
+    sigset_t empty;
+    sigset_t all;
+    sigemptyset(&empty);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attributes, &empty);
+    posix_spawnattr_setsigdefault(&attributes, &all);
+    posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t pid = 0;
+    const int error =
+        posix_spawn(&pid, args[0], &actions, &attributes, args.data(), envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attributes);
+    if (error != 0) {
+      return UnavailableError(fmt::format("cannot start {}: {}", argv[0], strerror(error)));
+    }
+    auto process = std::unique_ptr<EngineProcess>(new EngineProcess(pid));
+    process->pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+    if (process->pidfd_ < 0) {
+      kill(pid, SIGKILL);
+      process->Reap();
+      return UnavailableError(fmt::format("pidfd_open failed: {}", strerror(errno)));
+    }
+    return process;
+  }
+
+  ~EngineProcess() {
+    if (!exited_) {
+      kill(pid_, SIGKILL);
+      Reap();
+    }
+    if (pidfd_ >= 0) close(pidfd_);
+  }
+
+  pid_t pid() const { return pid_; }
+
+  // Waits up to `timeout` for the process to exit; true once it has (wait status kept).
+  bool WaitExit(std::chrono::milliseconds timeout) {
+    if (exited_) return true;
+    pollfd entry{pidfd_, POLLIN, 0};
+    const int ready = poll(&entry, 1, static_cast<int>(timeout.count()));
+    if (ready <= 0) return false;
+    Reap();
+    return true;
+  }
+
+  void Signal(int signal_number) const {
+    if (!exited_) kill(pid_, signal_number);
+  }
+  int wait_status() const { return wait_status_; }
+
+ private:
+  explicit EngineProcess(pid_t pid) : pid_(pid) {}
+
+  void Reap() {
+    int status = 0;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+    wait_status_ = status;
+    exited_ = true;
+  }
+
+  pid_t pid_;
+  int pidfd_ = -1;
+  bool exited_ = false;
+  int wait_status_ = 0;
+};
+
+std::vector<std::string> EngineEnvironment(const ModelServeConfig& model,
+                                           const std::vector<uint32_t>& gpus) {
+  std::vector<std::string> env;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    const std::string_view value(*entry);
+    // systemd's notify socket belongs to the daemon: an engine must not report READY for it.
+    if (value.starts_with("CUDA_VISIBLE_DEVICES=") || value.starts_with("NOTIFY_SOCKET=")) continue;
+    env.emplace_back(value);
+  }
+  std::string visible;
+  if (model.device == "cuda") {
+    for (const uint32_t gpu : gpus) visible += (visible.empty() ? "" : ",") + std::to_string(gpu);
+  }
+  env.push_back("CUDA_VISIBLE_DEVICES=" + visible);
+  return env;
+}
+
+}  // namespace
+
+std::shared_ptr<wire::Engine::Stub> EngineReplica::stub() const {
+  std::lock_guard lock(mutex_);
+  return stub_;
+}
+
+EngineTraits EngineReplica::traits() const {
+  std::lock_guard lock(mutex_);
+  return traits_;
+}
+
+api::EngineInfo EngineReplica::Info() const {
+  api::EngineInfo info;
+  info.set_name(name());
+  info.set_model(model_);
+  info.set_replica(replica_);
+  info.set_state(state_.load());
+  for (const uint32_t gpu : gpus_) info.add_gpus(gpu);
+  std::lock_guard lock(mutex_);
+  info.set_pid(pid_);
+  info.set_restarts(restarts_);
+  info.set_last_exit(last_exit_);
+  if (started_at_ != std::chrono::system_clock::time_point{}) {
+    *info.mutable_started_at() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(started_at_.time_since_epoch())
+            .count());
+  }
+  return info;
+}
+
+std::string EngineReplica::Unavailability() const {
+  std::lock_guard lock(mutex_);
+  switch (state_.load()) {
+    case api::ENGINE_STATE_STARTING:
+      return "its engine is loading the model";
+    case api::ENGINE_STATE_RESTARTING:
+      return "its engine is restarting (it " + last_exit_ + ")";
+    case api::ENGINE_STATE_FAILED:
+      return "its engine failed and is not restarted (it " + last_exit_ +
+             "); see `inferboxctl status` and the journal";
+    case api::ENGINE_STATE_DRAINING:
+      return "the box is shutting down";
+    default:
+      return "its engine is not ready";
+  }
+}
+
+struct Supervisor::Watcher {
+  std::shared_ptr<EngineReplica> replica;
+  const ModelServeConfig* model = nullptr;
+  std::filesystem::path socket;
+  std::thread thread;
+  std::unique_ptr<EngineProcess> process;  // Watcher thread only.
+  std::mutex process_mutex;                // Guards `process` against Stop's signals.
+};
+
+Supervisor::Supervisor(SupervisorOptions options, std::vector<ModelServeConfig> models)
+    : options_(std::move(options)), models_(std::move(models)) {
+  for (const ModelServeConfig& model : models_) {
+    const size_t per_replica = model.gpus.size() / model.replicas;
+    for (uint32_t r = 0; r < model.replicas; ++r) {
+      auto watcher = std::make_unique<Watcher>();
+      std::vector<uint32_t> gpus(model.gpus.begin() + static_cast<ptrdiff_t>(r * per_replica),
+                                 model.gpus.begin() + static_cast<ptrdiff_t>((r + 1) * per_replica));
+      watcher->replica = std::make_shared<EngineReplica>(model.name, r, std::move(gpus));
+      watcher->model = &model;
+      watcher->socket =
+          options_.runtime_dir / "engines" / fmt::format("{}-{}.sock", model.name, r);
+      watchers_.push_back(std::move(watcher));
+    }
+  }
+}
+
+Supervisor::~Supervisor() {
+  Stop(0ms);
+}
+
+void Supervisor::SetStateListener(std::function<void()> listener) {
+  std::lock_guard lock(listener_mutex_);
+  listener_ = std::move(listener);
+}
+
+const ModelServeConfig* Supervisor::FindModel(std::string_view name) const {
+  for (const auto& model : models_) {
+    if (model.name == name) return &model;
+  }
+  return nullptr;
+}
+
+std::filesystem::path Supervisor::ModelPath(const ModelServeConfig& model) const {
+  if (model.path.is_absolute()) return model.path;
+  return (options_.state_dir / model.path).lexically_normal();
+}
+
+std::vector<std::shared_ptr<EngineReplica>> Supervisor::Replicas(std::string_view model) const {
+  std::vector<std::shared_ptr<EngineReplica>> replicas;
+  for (const auto& watcher : watchers_) {
+    if (watcher->replica->model() == model) replicas.push_back(watcher->replica);
+  }
+  return replicas;
+}
+
+std::vector<api::EngineInfo> Supervisor::Engines() const {
+  std::vector<api::EngineInfo> engines;
+  for (const auto& watcher : watchers_) engines.push_back(watcher->replica->Info());
+  return engines;
+}
+
+api::ModelState Supervisor::ModelStateOf(std::string_view model) const {
+  bool starting = false;
+  bool restarting = false;
+  bool draining = false;
+  bool any = false;
+  for (const auto& replica : Replicas(model)) {
+    any = true;
+    switch (replica->state()) {
+      case api::ENGINE_STATE_READY:
+        return api::MODEL_STATE_READY;
+      case api::ENGINE_STATE_STARTING:
+        starting = true;
+        break;
+      case api::ENGINE_STATE_RESTARTING:
+        restarting = true;
+        break;
+      case api::ENGINE_STATE_DRAINING:
+        draining = true;
+        break;
+      default:
+        break;
+    }
+  }
+  if (!any) return api::MODEL_STATE_UNSPECIFIED;
+  if (draining) return api::MODEL_STATE_DRAINING;
+  if (starting) return api::MODEL_STATE_LOADING;
+  if (restarting) return api::MODEL_STATE_RESTARTING;
+  return api::MODEL_STATE_FAILED;
+}
+
+void Supervisor::Start() {
+  std::error_code error;
+  std::filesystem::create_directories(options_.runtime_dir / "engines", error);
+  std::filesystem::permissions(options_.runtime_dir / "engines", std::filesystem::perms::owner_all,
+                               error);
+  for (auto& watcher : watchers_) {
+    Watcher* raw = watcher.get();
+    watcher->thread = std::thread([this, raw] { Watch(*raw); });
+  }
+}
+
+void Supervisor::Stop(std::chrono::milliseconds drain) {
+  {
+    std::lock_guard lock(stop_mutex_);
+    if (stopping_) {
+      // Second call (the destructor after Stop): just make sure the threads are gone.
+    } else {
+      stopping_ = true;
+      drain_ = drain;
+    }
+  }
+  stop_changed_.notify_all();
+  for (auto& watcher : watchers_) {
+    if (watcher->thread.joinable()) watcher->thread.join();
+  }
+}
+
+bool Supervisor::SleepUntil(Clock::time_point until) {
+  std::unique_lock lock(stop_mutex_);
+  return !stop_changed_.wait_until(lock, until, [this] { return stopping_; });
+}
+
+void Supervisor::SetState(EngineReplica& replica, api::EngineState state) {
+  if (replica.state_.exchange(state) == state) return;
+  std::function<void()> listener;
+  {
+    std::lock_guard lock(listener_mutex_);
+    listener = listener_;
+  }
+  if (listener) listener();
+}
+
+void Supervisor::Watch(Watcher& watcher) {
+  EngineReplica& replica = *watcher.replica;
+  const ModelServeConfig& model = *watcher.model;
+  const EngineSupervisionConfig& supervision = options_.supervision;
+  std::deque<Clock::time_point> exits;  // Within the restart window.
+  int consecutive_failures = 0;
+
+  std::vector<std::string> argv = {options_.engine_executable.string(),
+                                   "--model",
+                                   ModelPath(model).string(),
+                                   "--socket",
+                                   watcher.socket.string(),
+                                   "--model-id",
+                                   model.name,
+                                   "--device",
+                                   model.device,
+                                   "--kv-cache-gib",
+                                   fmt::format("{}", model.kv_cache_gib),
+                                   "--max-running",
+                                   std::to_string(model.max_running),
+                                   "--token-budget",
+                                   std::to_string(model.token_budget),
+                                   "--max-waiting",
+                                   std::to_string(model.max_waiting),
+                                   "--log-level",
+                                   options_.log_level};
+  if (model.max_model_len > 0) {
+    argv.push_back("--max-model-len");
+    argv.push_back(std::to_string(model.max_model_len));
+  }
+  const std::vector<std::string> env = EngineEnvironment(model, replica.gpus_);
+
+  for (;;) {
+    {
+      std::lock_guard lock(stop_mutex_);
+      if (stopping_) break;
+    }
+    SetState(replica, api::ENGINE_STATE_STARTING);
+    auto spawned = EngineProcess::Spawn(argv, env);
+    if (!spawned.ok()) {
+      {
+        std::lock_guard lock(replica.mutex_);
+        replica.last_exit_ = spawned.status().message();
+      }
+      LogEvent(spdlog::level::critical, message_ids::kStartupFailed,
+               fmt::format("engine {}: {}", replica.name(), spawned.status().message()));
+      SetState(replica, api::ENGINE_STATE_FAILED);
+      break;
+    }
+    {
+      std::lock_guard lock(watcher.process_mutex);
+      watcher.process = std::move(spawned).value();
+    }
+    EngineProcess& process = *watcher.process;
+    const auto started = Clock::now();
+    {
+      std::lock_guard lock(replica.mutex_);
+      replica.pid_ = process.pid();
+      replica.started_at_ = std::chrono::system_clock::now();
+    }
+    spdlog::info("engine {}: started (pid {}) for {}", replica.name(), process.pid(),
+                 ModelPath(model).string());
+
+    auto channel = grpc::CreateChannel("unix:" + watcher.socket.string(),
+                                       grpc::InsecureChannelCredentials());
+    auto stub = std::shared_ptr<wire::Engine::Stub>(wire::Engine::NewStub(channel));
+    auto health = [&](std::chrono::milliseconds timeout, wire::HealthResponse& response) {
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + timeout);
+      return stub->Health(&context, wire::HealthRequest(), &response);
+    };
+
+    // Startup: until Health says READY, the process exits, or the startup timeout.
+    bool ready = false;
+    bool stop_requested = false;
+    while (!ready) {
+      if (process.WaitExit(kStartupPollInterval)) break;
+      {
+        std::lock_guard lock(stop_mutex_);
+        if (stopping_) {
+          stop_requested = true;
+          break;
+        }
+      }
+      if (Clock::now() - started > supervision.startup_timeout) {
+        spdlog::error("engine {}: not ready after {} s; killing it", replica.name(),
+                      std::chrono::duration_cast<std::chrono::seconds>(supervision.startup_timeout)
+                          .count());
+        process.Signal(SIGKILL);
+        process.WaitExit(kStopGrace);
+        break;
+      }
+      if (!std::filesystem::exists(watcher.socket)) continue;
+      wire::HealthResponse response;
+      if (health(1s, response).ok() && response.health() == wire::ENGINE_HEALTH_READY) {
+        std::lock_guard lock(replica.mutex_);
+        replica.traits_ = {response.max_model_len(), response.has_chat_template(),
+                           response.chat_prompt_opens_reasoning()};
+        replica.stub_ = stub;
+        ready = true;
+      }
+    }
+
+    if (ready) {
+      SetState(replica, api::ENGINE_STATE_READY);
+      LogEvent(spdlog::level::info, message_ids::kReady,
+               fmt::format("engine {}: ready (pid {})", replica.name(), process.pid()));
+      // Watch: exit through the pidfd, hangs through health calls.
+      int misses = 0;
+      auto next_health = Clock::now() + supervision.health_interval;
+      for (;;) {
+        const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::max(next_health - Clock::now(), Clock::duration(0)));
+        if (process.WaitExit(std::min<std::chrono::milliseconds>(wait, 100ms))) break;
+        {
+          std::lock_guard lock(stop_mutex_);
+          if (stopping_) {
+            stop_requested = true;
+            break;
+          }
+        }
+        if (Clock::now() < next_health) continue;
+        next_health = Clock::now() + supervision.health_interval;
+        wire::HealthResponse response;
+        const grpc::Status status = health(supervision.health_timeout, response);
+        if (status.ok() && response.health() != wire::ENGINE_HEALTH_FAILED) {
+          misses = 0;
+          continue;
+        }
+        if (status.ok()) {
+          spdlog::error("engine {}: reports FAILED ({}); killing it", replica.name(),
+                        response.message());
+          process.Signal(SIGKILL);
+          continue;
+        }
+        if (++misses >= kMaxHealthMisses) {
+          spdlog::error("engine {}: {} health checks in a row failed ({}); killing it as hung",
+                        replica.name(), misses, status.error_message());
+          process.Signal(SIGKILL);
+          misses = 0;
+        }
+      }
+      if (Clock::now() - started > kStableUptime) consecutive_failures = 0;
+    }
+    {
+      std::lock_guard lock(replica.mutex_);
+      replica.stub_.reset();
+    }
+
+    if (stop_requested) {
+      SetState(replica, api::ENGINE_STATE_DRAINING);
+      if (ready && drain_.count() > 0) {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + drain_ + 5s);
+        wire::DrainRequest request;
+        request.set_timeout_seconds(static_cast<double>(drain_.count()) / 1000.0);
+        wire::DrainResponse response;
+        if (stub->Drain(&context, request, &response).ok() && response.num_requests_aborted() > 0) {
+          spdlog::warn("engine {}: drain timeout, {} requests aborted", replica.name(),
+                       response.num_requests_aborted());
+        }
+      }
+      process.Signal(SIGTERM);
+      if (!process.WaitExit(kStopGrace)) {
+        spdlog::warn("engine {}: still running {} s after SIGTERM; killing it", replica.name(),
+                     std::chrono::duration_cast<std::chrono::seconds>(kStopGrace).count());
+        process.Signal(SIGKILL);
+        process.WaitExit(kStopGrace);
+      }
+      spdlog::info("engine {}: stopped", replica.name());
+      std::lock_guard lock(replica.mutex_);
+      replica.pid_ = 0;
+      break;
+    }
+
+    // The engine exited on its own (or was killed as hung): restart, or give up.
+    const int wait_status = process.wait_status();
+    const std::string exit = DescribeExit(wait_status);
+    {
+      std::lock_guard lock(watcher.process_mutex);
+      watcher.process.reset();
+    }
+    {
+      std::lock_guard lock(replica.mutex_);
+      replica.pid_ = 0;
+      replica.last_exit_ = exit;
+    }
+    const auto now = Clock::now();
+    exits.push_back(now);
+    while (!exits.empty() && now - exits.front() > supervision.restart_window) exits.pop_front();
+    const bool refuses_model = WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kEngineExitConfig;
+    if (refuses_model || static_cast<int>(exits.size()) > supervision.max_restarts) {
+      const std::string why =
+          refuses_model ? exit
+                        : fmt::format("{} exits within {} s, the last: {}", exits.size(),
+                                      std::chrono::duration_cast<std::chrono::seconds>(
+                                          supervision.restart_window)
+                                          .count(),
+                                      exit);
+      LogEvent(spdlog::level::critical, message_ids::kEngineFailed,
+               fmt::format("engine {}: not restarted, model {} is degraded: {}", replica.name(),
+                           model.name, why));
+      SetState(replica, api::ENGINE_STATE_FAILED);
+      break;
+    }
+    ++consecutive_failures;
+    const auto backoff = std::min<std::chrono::milliseconds>(
+        std::chrono::milliseconds(500) * (1 << std::min(consecutive_failures - 1, 6)), 30s);
+    LogEvent(spdlog::level::err, message_ids::kEngineRestarting,
+             fmt::format("engine {}: {}; restarting in {} ms", replica.name(), exit,
+                         backoff.count()));
+    SetState(replica, api::ENGINE_STATE_RESTARTING);
+    {
+      std::lock_guard lock(replica.mutex_);
+      ++replica.restarts_;
+    }
+    if (!SleepUntil(Clock::now() + backoff)) break;
+  }
+  std::lock_guard lock(watcher.process_mutex);
+  watcher.process.reset();
+}
+
+Result<std::filesystem::path> FindEngineExecutable() {
+  std::error_code error;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) return NotFoundError("cannot read /proc/self/exe: " + error.message());
+  const std::filesystem::path dir = self.parent_path();
+  const std::vector<std::filesystem::path> candidates = {
+      dir / "inferbox-engine",
+      dir / ".." / "engine" / "server" / "inferbox-engine",
+      dir / ".." / "libexec" / "inferbox" / "inferbox-engine",
+  };
+  std::string looked;
+  for (const auto& candidate : candidates) {
+    if (access(candidate.c_str(), X_OK) == 0) return candidate.lexically_normal();
+    looked += (looked.empty() ? "" : ", ") + candidate.lexically_normal().string();
+  }
+  return NotFoundError("inferbox-engine not found (looked at " + looked +
+                       "); set [engines] executable");
+}
+
+}  // namespace inferbox::daemon

@@ -1,0 +1,291 @@
+// The real daemon supervising real engine processes: gRPC Inference through the router to
+// an engine, cancellation reaching the engine, an engine killed mid-stream (the client gets
+// a terminal error at once, the engine comes back), a model that cannot load (degraded,
+// daemon up), and SIGTERM draining a stream before exit.
+#include <signal.h>
+
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "daemon_fixture.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "inferbox/engine/v1/engine.grpc.pb.h"
+#include "inferbox/v1/admin.grpc.pb.h"
+#include "inferbox/v1/inference.grpc.pb.h"
+#include "tiny_model.h"
+
+namespace inferbox::testing {
+namespace {
+
+namespace api = ::inferbox::v1;
+namespace wire = ::inferbox::engine::v1;
+using grpc::health::v1::HealthCheckResponse;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+std::string ModelsConfig(const std::filesystem::path& model, std::string_view extra = "") {
+  return TestConfig() + "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+                        "\"\nhealth_interval_seconds = 0.2\nhealth_timeout_seconds = 1\n"
+                        "max_restarts = 2\nrestart_window_seconds = 60\n"
+                        "[[models]]\nname = \"tiny\"\npath = \"" +
+         model.string() + "\"\nkv_cache_gib = 0.1\n" + std::string(extra);
+}
+
+class DaemonEngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new TempDir();
+    MakeTinyModel(scratch_->path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "5"},
+                  scratch_->path());
+  }
+  static void TearDownTestSuite() { delete scratch_; }
+  static std::filesystem::path model() { return scratch_->path() / "model"; }
+
+  void Start(const std::string& config) {
+    ASSERT_TRUE(std::filesystem::exists(model() / "config.json")) << "no tiny model";
+    daemon_ = std::make_unique<DaemonProcess>(dir_, DaemonOptions{.config_text = config});
+    ASSERT_TRUE(daemon_->WaitReady());
+    channel_ = grpc::CreateChannel(daemon_->grpc_address(), grpc::InsecureChannelCredentials());
+    inference_ = api::Inference::NewStub(channel_);
+    admin_ = api::Admin::NewStub(channel_);
+  }
+
+  HealthCheckResponse::ServingStatus Health(const std::string& service) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 2s);
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    HealthCheckResponse response;
+    if (!grpc::health::v1::Health::NewStub(channel_)->Check(&context, request, &response).ok())
+      return HealthCheckResponse::UNKNOWN;
+    return response.status();
+  }
+
+  ::testing::AssertionResult WaitServing(std::chrono::seconds timeout = 60s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (Health("inferbox.v1.Inference") == HealthCheckResponse::SERVING)
+        return ::testing::AssertionSuccess();
+      std::this_thread::sleep_for(50ms);
+    }
+    return ::testing::AssertionFailure() << "Inference never SERVING; daemon log:\n"
+                                         << daemon_->Logs();
+  }
+
+  api::GetStatusResponse Status() {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 5s);
+    api::GetStatusResponse status;
+    EXPECT_TRUE(admin_->GetStatus(&context, api::GetStatusRequest(), &status).ok());
+    return status;
+  }
+
+  // The engine's own stats, straight from its socket.
+  wire::StatsResponse EngineStats() {
+    auto stub = wire::Engine::NewStub(
+        grpc::CreateChannel("unix:" + (daemon_->runtime_dir() / "engines" / "tiny-0.sock").string(),
+                            grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 5s);
+    wire::StatsResponse stats;
+    EXPECT_TRUE(stub->Stats(&context, wire::StatsRequest(), &stats).ok());
+    return stats;
+  }
+
+  static api::ChatRequest Chat(uint32_t max_tokens, std::string model = "tiny") {
+    api::ChatRequest request;
+    request.set_model(std::move(model));
+    auto* message = request.add_messages();
+    message->set_role("user");
+    message->set_content("Write me a poem about the sea.");
+    request.mutable_sampling()->set_temperature(0.0f);
+    request.mutable_stop()->set_max_tokens(max_tokens);
+    request.mutable_stop()->set_ignore_eos(true);
+    return request;
+  }
+
+  struct Streamed {
+    std::vector<api::GenerateChunk> chunks;
+    size_t tokens = 0;
+    grpc::Status status;
+  };
+  Streamed RunChat(const api::ChatRequest& request) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 120s);
+    auto reader = inference_->Chat(&context, request);
+    Streamed streamed;
+    api::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+      streamed.tokens += static_cast<size_t>(chunk.token_ids_size());
+      streamed.chunks.push_back(chunk);
+    }
+    streamed.status = reader->Finish();
+    return streamed;
+  }
+
+  static TempDir* scratch_;
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<api::Inference::Stub> inference_;
+  std::unique_ptr<api::Admin::Stub> admin_;
+};
+
+TempDir* DaemonEngineTest::scratch_ = nullptr;
+
+TEST_F(DaemonEngineTest, ServesChatTokenizeAndModelsThroughTheEngine) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  EXPECT_EQ(Health(""), HealthCheckResponse::SERVING);
+
+  const Streamed chat = RunChat(Chat(20));
+  ASSERT_TRUE(chat.status.ok()) << chat.status.error_message();
+  EXPECT_EQ(chat.tokens, 20u);
+  EXPECT_GT(chat.chunks.size(), 1u);
+  EXPECT_EQ(chat.chunks.back().finish_reason(), api::FINISH_REASON_LENGTH);
+  EXPECT_EQ(chat.chunks.back().usage().completion_tokens(), 20u);
+  EXPECT_EQ(chat.chunks.back().model(), "tiny");
+
+  grpc::ClientContext tokenize_context;
+  api::TokenizeRequest tokenize;
+  tokenize.set_model("tiny");
+  tokenize.set_text("Hello world");
+  api::TokenizeResponse tokens;
+  ASSERT_TRUE(inference_->Tokenize(&tokenize_context, tokenize, &tokens).ok());
+  EXPECT_EQ(tokens.token_ids_size(), 2) << "Qwen3: 'Hello', ' world'";
+  EXPECT_EQ(tokens.tokens(1), " world");
+
+  grpc::ClientContext list_context;
+  api::ListModelsResponse models;
+  ASSERT_TRUE(inference_->ListModels(&list_context, api::ListModelsRequest(), &models).ok());
+  ASSERT_EQ(models.models_size(), 1);
+  EXPECT_EQ(models.models(0).id(), "tiny");
+  EXPECT_EQ(models.models(0).state(), api::MODEL_STATE_READY);
+  EXPECT_GT(models.models(0).max_model_len(), 0u);
+
+  const api::GetStatusResponse status = Status();
+  EXPECT_EQ(status.state(), api::DAEMON_STATE_SERVING);
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_EQ(status.engines(0).name(), "tiny/0");
+  EXPECT_EQ(status.engines(0).state(), api::ENGINE_STATE_READY);
+  EXPECT_GT(status.engines(0).pid(), 0);
+
+  const Streamed unknown = RunChat(Chat(4, "no-such-model"));
+  EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(unknown.status.error_message(), HasSubstr("no-such-model"));
+  api::ChatRequest bad = Chat(4);
+  bad.mutable_messages(0)->set_role("wizard");
+  EXPECT_EQ(RunChat(bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(DaemonEngineTest, ClientCancelReachesTheEngine) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  grpc::ClientContext context;
+  auto reader = inference_->Chat(&context, Chat(3000));
+  api::GenerateChunk chunk;
+  int chunks = 0;
+  while (chunks < 3 && reader->Read(&chunk)) ++chunks;
+  ASSERT_EQ(chunks, 3);
+  EXPECT_EQ(EngineStats().num_requests_running(), 1u);
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  wire::StatsResponse stats;
+  for (int i = 0; i < 100; ++i) {
+    stats = EngineStats();
+    if (stats.num_requests_running() == 0 && stats.num_kv_blocks_used() == 0) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(stats.num_requests_running(), 0u);
+  EXPECT_EQ(stats.num_kv_blocks_used(), 0u);
+  EXPECT_LT(stats.generation_tokens_total(), 3000u);
+}
+
+TEST_F(DaemonEngineTest, AnEngineKilledMidStreamFailsItsRequestsAndComesBack) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  const int64_t pid = Status().engines(0).pid();
+  ASSERT_GT(pid, 0);
+
+  grpc::ClientContext context;
+  auto reader = inference_->Chat(&context, Chat(3000));
+  api::GenerateChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  ASSERT_EQ(::kill(static_cast<pid_t>(pid), SIGKILL), 0);
+  const auto killed = std::chrono::steady_clock::now();
+  while (reader->Read(&chunk)) {
+  }
+  const grpc::Status status = reader->Finish();
+  const auto ended = std::chrono::steady_clock::now();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("engine"));
+  EXPECT_LT(ended - killed, 5s) << "the client must learn of the death at once";
+
+  // The supervisor restarts it: a new process, READY again.
+  api::GetStatusResponse status_after;
+  for (int i = 0; i < 600; ++i) {
+    status_after = Status();
+    if (status_after.engines_size() == 1 && status_after.engines(0).pid() != pid &&
+        status_after.engines(0).state() == api::ENGINE_STATE_READY) {
+      break;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(status_after.engines_size(), 1);
+  ASSERT_EQ(status_after.engines(0).state(), api::ENGINE_STATE_READY) << daemon_->Logs();
+  EXPECT_TRUE(WaitServing());
+  EXPECT_EQ(status_after.engines(0).restarts(), 1u);
+  EXPECT_NE(status_after.engines(0).pid(), pid);
+  EXPECT_THAT(status_after.engines(0).last_exit(), HasSubstr("signal 9"));
+  const Streamed next = RunChat(Chat(8));
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.tokens, 8u);
+}
+
+TEST_F(DaemonEngineTest, AModelThatCannotLoadDegradesTheBoxButNotTheDaemon) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model()) +
+                                "[[models]]\nname = \"broken\"\npath = \"no-such-folder\"\n"));
+  ASSERT_TRUE(WaitServing()) << "the good model serves";
+  api::GetStatusResponse status;
+  for (int i = 0; i < 200; ++i) {
+    status = Status();
+    if (status.state() == api::DAEMON_STATE_DEGRADED) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(status.state(), api::DAEMON_STATE_DEGRADED);
+  ASSERT_EQ(status.engines_size(), 2);
+  EXPECT_EQ(status.engines(1).name(), "broken/0");
+  EXPECT_EQ(status.engines(1).state(), api::ENGINE_STATE_FAILED);
+  EXPECT_THAT(status.engines(1).last_exit(), HasSubstr("78"));
+  EXPECT_EQ(Health(""), HealthCheckResponse::NOT_SERVING) << "not every model can serve";
+  EXPECT_EQ(Health("inferbox.v1.Inference"), HealthCheckResponse::SERVING);
+
+  const Streamed broken = RunChat(Chat(4, "broken"));
+  EXPECT_EQ(broken.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(broken.status.error_message(), HasSubstr("failed"));
+  EXPECT_TRUE(RunChat(Chat(4)).status.ok()) << "the other model keeps serving";
+  EXPECT_FALSE(daemon_->process().WaitForExit(0ms).has_value());
+}
+
+TEST_F(DaemonEngineTest, SigtermFinishesTheStreamThenStopsEngineAndDaemon) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  const auto pid = static_cast<pid_t>(Status().engines(0).pid());
+  Streamed streamed;
+  std::thread client([&] { streamed = RunChat(Chat(60)); });
+  while (EngineStats().generation_tokens_total() == 0) std::this_thread::sleep_for(5ms);
+  daemon_->process().Signal(SIGTERM);
+  client.join();
+  ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+  EXPECT_EQ(streamed.tokens, 60u);
+  EXPECT_EQ(daemon_->process().WaitForExit(30s), std::optional<int>(0)) << daemon_->Logs();
+  EXPECT_NE(::kill(pid, 0), 0) << "the engine must not outlive the daemon";
+}
+
+}  // namespace
+}  // namespace inferbox::testing
