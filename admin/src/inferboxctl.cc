@@ -133,6 +133,19 @@ void PrintStatusTable(const inferbox::v1::GetStatusResponse& status) {
     row(first ? "listeners" : "", fmt::format("{:<9}{}", listener.name(), listener.address()));
     first = false;
   }
+  first = true;
+  for (const auto& engine : status.engines()) {
+    std::string state = inferbox::v1::EngineState_Name(engine.state());
+    state = state.substr(state.rfind('_') + 1);
+    std::transform(state.begin(), state.end(), state.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    std::string line = fmt::format("{:<20}{:<11}pid {:<8}restarts {}", engine.name(), state,
+                                   engine.pid(), engine.restarts());
+    if (!engine.last_exit().empty()) line += "  last exit: " + engine.last_exit();
+    row(first ? "engines" : "", line);
+    first = false;
+  }
+  if (status.engines().empty()) row("engines", "none (no [[models]] configured)");
 }
 
 int RunStatus(const GlobalOptions& options, bool json) {

@@ -23,13 +23,10 @@ grpc::Status ToGrpcStatus(const Status& status) {
 
 Status FromGrpcStatus(const grpc::Status& status) {
   switch (status.error_code()) {
-    case grpc::StatusCode::OK:
-      return Status::Ok();
+    case grpc::StatusCode::OK: return Status::Ok();
     case grpc::StatusCode::INVALID_ARGUMENT:
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return InvalidArgumentError(status.error_message());
-    case grpc::StatusCode::NOT_FOUND:
-      return NotFoundError(status.error_message());
+    case grpc::StatusCode::OUT_OF_RANGE: return InvalidArgumentError(status.error_message());
+    case grpc::StatusCode::NOT_FOUND: return NotFoundError(status.error_message());
     case grpc::StatusCode::ALREADY_EXISTS:
       return Status(StatusCode::kAlreadyExists, status.error_message());
     case grpc::StatusCode::FAILED_PRECONDITION:
@@ -40,14 +37,11 @@ Status FromGrpcStatus(const grpc::Status& status) {
       return Status(StatusCode::kUnauthenticated, status.error_message());
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
       return Status(StatusCode::kResourceExhausted, status.error_message());
-    case grpc::StatusCode::UNAVAILABLE:
-      return UnavailableError(status.error_message());
+    case grpc::StatusCode::UNAVAILABLE: return UnavailableError(status.error_message());
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return Status(StatusCode::kDeadlineExceeded, status.error_message());
-    case grpc::StatusCode::CANCELLED:
-      return Status(StatusCode::kCancelled, status.error_message());
-    default:
-      return InternalError(status.error_message());
+    case grpc::StatusCode::CANCELLED: return Status(StatusCode::kCancelled, status.error_message());
+    default: return InternalError(status.error_message());
   }
 }
 

@@ -24,10 +24,10 @@ constexpr int64_t kDefaultOutputEstimate = 512;
 // Relays one engine Generate call. Owns its completion queue; one reader thread at a time.
 class EngineStream final : public GenerationStream {
  public:
-  EngineStream(std::shared_ptr<EngineReplica> replica,
-                std::shared_ptr<wire::Engine::Stub> stub, const wire::GenerateRequest& request,
-                std::optional<std::chrono::system_clock::time_point> deadline,
-                int64_t estimated_tokens)
+  EngineStream(std::shared_ptr<EngineReplica> replica, std::shared_ptr<wire::Engine::Stub> stub,
+               const wire::GenerateRequest& request,
+               std::optional<std::chrono::system_clock::time_point> deadline,
+               int64_t estimated_tokens)
       : replica_(std::move(replica)), stub_(std::move(stub)), load_(estimated_tokens) {
     replica_->outstanding_tokens += load_;
     if (deadline) context_.set_deadline(*deadline);
@@ -118,12 +118,11 @@ class EngineStream final : public GenerationStream {
       // Transport errors mean the engine process went away (or broke) under the request.
       const bool engine_said_so = status.error_message().starts_with("the engine");
       return UnavailableError(
-          engine_said_so
-              ? status.error_message()
-              : fmt::format("the engine serving model {} stopped{}; the request was not "
-                            "completed, retry it ({})",
-                            replica_->model(), saw_output_ ? " mid-stream" : "",
-                            status.error_message()));
+          engine_said_so ? status.error_message()
+                         : fmt::format("the engine serving model {} stopped{}; the request was not "
+                                       "completed, retry it ({})",
+                                       replica_->model(), saw_output_ ? " mid-stream" : "",
+                                       status.error_message()));
     }
     return FromGrpcStatus(status);
   }
@@ -214,7 +213,8 @@ Result<std::unique_ptr<GenerationStream>> EngineFrontend::Chat(
   wire::GenerateRequest engine_request;
   *engine_request.mutable_chat() = request;
   int64_t bytes = 0;
-  for (const auto& message : request.messages()) bytes += static_cast<int64_t>(message.content().size());
+  for (const auto& message : request.messages())
+    bytes += static_cast<int64_t>(message.content().size());
   const int64_t output_estimate =
       request.stop().max_tokens() > 0 ? request.stop().max_tokens() : kDefaultOutputEstimate;
   // The first message (usually the system prompt) is what requests share.
@@ -229,7 +229,8 @@ Result<api::TokenizeResponse> EngineFrontend::Tokenize(const api::TokenizeReques
   auto replica = Route(request.model(), caller, "");
   if (!replica.ok()) return replica.status();
   auto stub = (*replica)->stub();
-  if (stub == nullptr) return UnavailableError("the engine of model " + request.model() + " just stopped");
+  if (stub == nullptr)
+    return UnavailableError("the engine of model " + request.model() + " just stopped");
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + 30s);
   api::TokenizeResponse response;

@@ -2,8 +2,8 @@
 
 #include <spdlog/spdlog.h>
 
-#include "inferbox/daemon/grpc_auth.h"
 #include "inferbox/common/grpc_status.h"
+#include "inferbox/daemon/grpc_auth.h"
 
 namespace inferbox::daemon {
 namespace {
@@ -14,10 +14,12 @@ using namespace std::chrono_literals;
 // How often a handler waiting for tokens looks at its client (cancel, deadline).
 constexpr auto kClientPollInterval = 100ms;
 
-std::optional<std::chrono::system_clock::time_point> DeadlineOf(const grpc::ServerContext& context) {
+std::optional<std::chrono::system_clock::time_point> DeadlineOf(
+    const grpc::ServerContext& context) {
   const auto deadline = context.deadline();
   // No deadline reads as a time point centuries away.
-  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) return std::nullopt;
+  if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24 * 365))
+    return std::nullopt;
   return deadline;
 }
 
@@ -33,15 +35,14 @@ grpc::Status InferenceServiceImpl::Relay(grpc::ServerContext* context,
     if (context->IsCancelled()) {
       stream.Cancel();
       const bool expired = context->deadline() <= std::chrono::system_clock::now();
-      return grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
-                          expired ? "the deadline passed; the generation was cancelled"
-                                  : "the client cancelled the request");
+      return grpc::Status(
+          expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
+          expired ? "the deadline passed; the generation was cancelled"
+                  : "the client cancelled the request");
     }
     switch (stream.Read(&chunk, kClientPollInterval)) {
-      case GenerationStream::Next::kTimeout:
-        continue;
-      case GenerationStream::Next::kEnd:
-        return ToGrpcStatus(stream.status());
+      case GenerationStream::Next::kTimeout: continue;
+      case GenerationStream::Next::kEnd: return ToGrpcStatus(stream.status());
       case GenerationStream::Next::kChunk:
         if (!writer->Write(chunk)) {
           stream.Cancel();

@@ -6,9 +6,9 @@ namespace inferbox::daemon {
 
 size_t PickReplica(std::span<const int64_t> outstanding_tokens, uint64_t affinity,
                    int64_t slack_tokens) {
-  const size_t least = static_cast<size_t>(
-      std::min_element(outstanding_tokens.begin(), outstanding_tokens.end()) -
-      outstanding_tokens.begin());
+  const size_t least =
+      static_cast<size_t>(std::min_element(outstanding_tokens.begin(), outstanding_tokens.end()) -
+                          outstanding_tokens.begin());
   const size_t affine = static_cast<size_t>(affinity % outstanding_tokens.size());
   if (outstanding_tokens[affine] - outstanding_tokens[least] <= slack_tokens) return affine;
   return least;

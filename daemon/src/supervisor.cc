@@ -12,8 +12,8 @@
 #include <deque>
 
 #include <fmt/format.h>
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/time_util.h>
+#include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
 #include "inferbox/common/logging.h"
@@ -78,8 +78,7 @@ class EngineProcess {
     posix_spawnattr_setsigdefault(&attributes, &all);
     posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
     pid_t pid = 0;
-    const int error =
-        posix_spawn(&pid, args[0], &actions, &attributes, args.data(), envp.data());
+    const int error = posix_spawn(&pid, args[0], &actions, &attributes, args.data(), envp.data());
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attributes);
     if (error != 0) {
@@ -188,17 +187,13 @@ api::EngineInfo EngineReplica::Info() const {
 std::string EngineReplica::Unavailability() const {
   std::lock_guard lock(mutex_);
   switch (state_.load()) {
-    case api::ENGINE_STATE_STARTING:
-      return "its engine is loading the model";
-    case api::ENGINE_STATE_RESTARTING:
-      return "its engine is restarting (it " + last_exit_ + ")";
+    case api::ENGINE_STATE_STARTING: return "its engine is loading the model";
+    case api::ENGINE_STATE_RESTARTING: return "its engine is restarting (it " + last_exit_ + ")";
     case api::ENGINE_STATE_FAILED:
       return "its engine failed and is not restarted (it " + last_exit_ +
              "); see `inferboxctl status` and the journal";
-    case api::ENGINE_STATE_DRAINING:
-      return "the box is shutting down";
-    default:
-      return "its engine is not ready";
+    case api::ENGINE_STATE_DRAINING: return "the box is shutting down";
+    default: return "its engine is not ready";
   }
 }
 
@@ -217,12 +212,12 @@ Supervisor::Supervisor(SupervisorOptions options, std::vector<ModelServeConfig> 
     const size_t per_replica = model.gpus.size() / model.replicas;
     for (uint32_t r = 0; r < model.replicas; ++r) {
       auto watcher = std::make_unique<Watcher>();
-      std::vector<uint32_t> gpus(model.gpus.begin() + static_cast<ptrdiff_t>(r * per_replica),
-                                 model.gpus.begin() + static_cast<ptrdiff_t>((r + 1) * per_replica));
+      std::vector<uint32_t> gpus(
+          model.gpus.begin() + static_cast<ptrdiff_t>(r * per_replica),
+          model.gpus.begin() + static_cast<ptrdiff_t>((r + 1) * per_replica));
       watcher->replica = std::make_shared<EngineReplica>(model.name, r, std::move(gpus));
       watcher->model = &model;
-      watcher->socket =
-          options_.runtime_dir / "engines" / fmt::format("{}-{}.sock", model.name, r);
+      watcher->socket = options_.runtime_dir / "engines" / fmt::format("{}-{}.sock", model.name, r);
       watchers_.push_back(std::move(watcher));
     }
   }
@@ -271,19 +266,11 @@ api::ModelState Supervisor::ModelStateOf(std::string_view model) const {
   for (const auto& replica : Replicas(model)) {
     any = true;
     switch (replica->state()) {
-      case api::ENGINE_STATE_READY:
-        return api::MODEL_STATE_READY;
-      case api::ENGINE_STATE_STARTING:
-        starting = true;
-        break;
-      case api::ENGINE_STATE_RESTARTING:
-        restarting = true;
-        break;
-      case api::ENGINE_STATE_DRAINING:
-        draining = true;
-        break;
-      default:
-        break;
+      case api::ENGINE_STATE_READY: return api::MODEL_STATE_READY;
+      case api::ENGINE_STATE_STARTING: starting = true; break;
+      case api::ENGINE_STATE_RESTARTING: restarting = true; break;
+      case api::ENGINE_STATE_DRAINING: draining = true; break;
+      default: break;
     }
   }
   if (!any) return api::MODEL_STATE_UNSPECIFIED;
@@ -398,8 +385,8 @@ void Supervisor::Watch(Watcher& watcher) {
     spdlog::info("engine {}: started (pid {}) for {}", replica.name(), process.pid(),
                  ModelPath(model).string());
 
-    auto channel = grpc::CreateChannel("unix:" + watcher.socket.string(),
-                                       grpc::InsecureChannelCredentials());
+    auto channel =
+        grpc::CreateChannel("unix:" + watcher.socket.string(), grpc::InsecureChannelCredentials());
     auto stub = std::shared_ptr<wire::Engine::Stub>(wire::Engine::NewStub(channel));
     auto health = [&](std::chrono::milliseconds timeout, wire::HealthResponse& response) {
       grpc::ClientContext context;
@@ -420,9 +407,9 @@ void Supervisor::Watch(Watcher& watcher) {
         }
       }
       if (Clock::now() - started > supervision.startup_timeout) {
-        spdlog::error("engine {}: not ready after {} s; killing it", replica.name(),
-                      std::chrono::duration_cast<std::chrono::seconds>(supervision.startup_timeout)
-                          .count());
+        spdlog::error(
+            "engine {}: not ready after {} s; killing it", replica.name(),
+            std::chrono::duration_cast<std::chrono::seconds>(supervision.startup_timeout).count());
         process.Signal(SIGKILL);
         process.WaitExit(kStopGrace);
         break;
@@ -525,15 +512,17 @@ void Supervisor::Watch(Watcher& watcher) {
     const auto now = Clock::now();
     exits.push_back(now);
     while (!exits.empty() && now - exits.front() > supervision.restart_window) exits.pop_front();
-    const bool refuses_model = WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kEngineExitConfig;
+    const bool refuses_model =
+        WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kEngineExitConfig;
     if (refuses_model || static_cast<int>(exits.size()) > supervision.max_restarts) {
       const std::string why =
-          refuses_model ? exit
-                        : fmt::format("{} exits within {} s, the last: {}", exits.size(),
-                                      std::chrono::duration_cast<std::chrono::seconds>(
-                                          supervision.restart_window)
-                                          .count(),
-                                      exit);
+          refuses_model
+              ? exit
+              : fmt::format(
+                    "{} exits within {} s, the last: {}", exits.size(),
+                    std::chrono::duration_cast<std::chrono::seconds>(supervision.restart_window)
+                        .count(),
+                    exit);
       LogEvent(spdlog::level::critical, message_ids::kEngineFailed,
                fmt::format("engine {}: not restarted, model {} is degraded: {}", replica.name(),
                            model.name, why));
@@ -543,9 +532,9 @@ void Supervisor::Watch(Watcher& watcher) {
     ++consecutive_failures;
     const auto backoff = std::min<std::chrono::milliseconds>(
         std::chrono::milliseconds(500) * (1 << std::min(consecutive_failures - 1, 6)), 30s);
-    LogEvent(spdlog::level::err, message_ids::kEngineRestarting,
-             fmt::format("engine {}: {}; restarting in {} ms", replica.name(), exit,
-                         backoff.count()));
+    LogEvent(
+        spdlog::level::err, message_ids::kEngineRestarting,
+        fmt::format("engine {}: {}; restarting in {} ms", replica.name(), exit, backoff.count()));
     SetState(replica, api::ENGINE_STATE_RESTARTING);
     {
       std::lock_guard lock(replica.mutex_);

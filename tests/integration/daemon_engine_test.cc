@@ -27,10 +27,11 @@ using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
 std::string ModelsConfig(const std::filesystem::path& model, std::string_view extra = "") {
-  return TestConfig() + "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
-                        "\"\nhealth_interval_seconds = 0.2\nhealth_timeout_seconds = 1\n"
-                        "max_restarts = 2\nrestart_window_seconds = 60\n"
-                        "[[models]]\nname = \"tiny\"\npath = \"" +
+  return TestConfig() +
+         "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+         "\"\nhealth_interval_seconds = 0.2\nhealth_timeout_seconds = 1\n"
+         "max_restarts = 2\nrestart_window_seconds = 60\n"
+         "[[models]]\nname = \"tiny\"\npath = \"" +
          model.string() + "\"\nkv_cache_gib = 0.1\n" + std::string(extra);
 }
 
@@ -248,8 +249,8 @@ TEST_F(DaemonEngineTest, AnEngineKilledMidStreamFailsItsRequestsAndComesBack) {
 }
 
 TEST_F(DaemonEngineTest, AModelThatCannotLoadDegradesTheBoxButNotTheDaemon) {
-  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model()) +
-                                "[[models]]\nname = \"broken\"\npath = \"no-such-folder\"\n"));
+  ASSERT_NO_FATAL_FAILURE(
+      Start(ModelsConfig(model()) + "[[models]]\nname = \"broken\"\npath = \"no-such-folder\"\n"));
   ASSERT_TRUE(WaitServing()) << "the good model serves";
   api::GetStatusResponse status;
   for (int i = 0; i < 200; ++i) {

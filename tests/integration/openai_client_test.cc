@@ -34,7 +34,8 @@ class OpenAiClientTest : public ::testing::Test {
 
   static std::string Config(bool require_keys) {
     return TestConfig() + "[auth]\nrequire_keys = " + (require_keys ? "true" : "false") +
-           "\n[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH "\"\n[[models]]\nname = "
+           "\n[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+           "\"\n[[models]]\nname = "
            "\"tiny\"\npath = \"" +
            (scratch_->path() / "model").string() + "\"\nkv_cache_gib = 0.2\nmax_running = 64\n";
   }
@@ -58,12 +59,10 @@ class OpenAiClientTest : public ::testing::Test {
   }
 
   CommandResult Conformance(const DaemonProcess& daemon, std::vector<std::string> extra) {
-    std::vector<std::string> argv = {INFERBOX_NODE,
-                                     std::string(INFERBOX_REFERENCE_DIR) + "/openai_conformance.mjs",
-                                     "--base-url",
-                                     "http://" + daemon.http_address() + "/v1",
-                                     "--model",
-                                     "tiny"};
+    std::vector<std::string> argv = {
+        INFERBOX_NODE, std::string(INFERBOX_REFERENCE_DIR) + "/openai_conformance.mjs",
+        "--base-url",  "http://" + daemon.http_address() + "/v1",
+        "--model",     "tiny"};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return RunCommand(argv, dir_.path(), 240s);
   }

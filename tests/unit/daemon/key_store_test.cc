@@ -296,8 +296,8 @@ TEST_F(KeyStoreTest, WithoutRequiredKeysAnEmptyHeaderIsAnAnonymousAdmin) {
   // What OpenAI SDKs send to a keyless server ("EMPTY", "sk-...") and a revoked key make
   // the caller anonymous, as no header would: the box serves whoever reaches it.
   ASSERT_TRUE(store->Revoke(key.key().id()).ok());
-  for (const std::string& header : {Bearer(key), std::string("Bearer EMPTY"),
-                                    std::string("Bearer sk-no-key-required")}) {
+  for (const std::string& header :
+       {Bearer(key), std::string("Bearer EMPTY"), std::string("Bearer sk-no-key-required")}) {
     auto ignored = store->Authenticate(header);
     ASSERT_TRUE(ignored.ok()) << header;
     EXPECT_EQ(ignored->key_id, "") << header;

@@ -25,7 +25,8 @@ TEST(Router, ASharedPrefixAlwaysPicksTheSameReplicaUnderEvenLoad) {
 TEST(Router, DifferentPrefixesSpreadOverTheReplicas) {
   const std::vector<int64_t> load = {0, 0, 0, 0};
   std::set<size_t> used;
-  for (int i = 0; i < 64; ++i) used.insert(PickReplica(load, PromptAffinity("prefix " + std::to_string(i))));
+  for (int i = 0; i < 64; ++i)
+    used.insert(PickReplica(load, PromptAffinity("prefix " + std::to_string(i))));
   EXPECT_EQ(used.size(), 4u);
 }
 

@@ -35,8 +35,8 @@ class EngineFrontend final : public InferenceFrontend {
   Result<std::shared_ptr<EngineReplica>> Route(const std::string& model, const Caller& caller,
                                                std::string_view affinity_prefix);
   Result<std::unique_ptr<GenerationStream>> Start(
-      inferbox::engine::v1::GenerateRequest request, const std::string& model,
-      const Caller& caller, std::string_view affinity_prefix, int64_t estimated_tokens,
+      inferbox::engine::v1::GenerateRequest request, const std::string& model, const Caller& caller,
+      std::string_view affinity_prefix, int64_t estimated_tokens,
       std::optional<std::chrono::system_clock::time_point> deadline);
 
   Supervisor& supervisor_;
