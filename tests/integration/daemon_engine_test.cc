@@ -4,6 +4,7 @@
 // daemon up), and SIGTERM draining a stream before exit.
 #include <signal.h>
 
+#include <fstream>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -271,6 +272,76 @@ TEST_F(DaemonEngineTest, AModelThatCannotLoadDegradesTheBoxButNotTheDaemon) {
   EXPECT_THAT(broken.status.error_message(), HasSubstr("failed"));
   EXPECT_TRUE(RunChat(Chat(4)).status.ok()) << "the other model keeps serving";
   EXPECT_FALSE(daemon_->process().WaitForExit(0ms).has_value());
+}
+
+TEST_F(DaemonEngineTest, AnEngineThatKeepsCrashingIsMarkedFailedInsteadOfSpinning) {
+  // An "engine" that dies at once, every time.
+  const auto crasher = dir_.path() / "crashing-engine";
+  std::ofstream(crasher) << "#!/bin/sh\necho 'crashing on purpose' >&2\nexit 3\n";
+  std::filesystem::permissions(crasher, std::filesystem::perms::owner_all);
+  std::string config = ModelsConfig(model());
+  config.replace(config.find(INFERBOX_ENGINE_PATH), std::string(INFERBOX_ENGINE_PATH).size(),
+                 crasher.string());
+  ASSERT_NO_FATAL_FAILURE(Start(config));
+  api::GetStatusResponse status;
+  for (int i = 0; i < 200; ++i) {
+    status = Status();
+    if (status.engines_size() == 1 && status.engines(0).state() == api::ENGINE_STATE_FAILED) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_EQ(status.engines(0).state(), api::ENGINE_STATE_FAILED) << daemon_->Logs();
+  EXPECT_EQ(status.engines(0).restarts(), 2u) << "max_restarts = 2, then it gives up";
+  EXPECT_THAT(status.engines(0).last_exit(), HasSubstr("exited with status 3"));
+  EXPECT_EQ(status.state(), api::DAEMON_STATE_DEGRADED);
+  EXPECT_THAT(daemon_->Logs(), HasSubstr("not restarted"));
+  // Nothing restarts it any more.
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(Status().engines(0).restarts(), 2u);
+  EXPECT_EQ(RunChat(Chat(4)).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+TEST_F(DaemonEngineTest, ReplicasShareTheLoad) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "replicas = 2\n")));
+  api::GetStatusResponse status;
+  for (int i = 0; i < 600; ++i) {
+    status = Status();
+    if (status.engines_size() == 2 && status.engines(0).state() == api::ENGINE_STATE_READY &&
+        status.engines(1).state() == api::ENGINE_STATE_READY) {
+      break;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(status.engines_size(), 2);
+  ASSERT_EQ(status.engines(1).state(), api::ENGINE_STATE_READY) << daemon_->Logs();
+  EXPECT_EQ(status.engines(1).name(), "tiny/1");
+  // Different prompts (different prefixes) at once: both replicas get work.
+  std::vector<std::thread> clients;
+  std::vector<Streamed> results(16);
+  for (int i = 0; i < 16; ++i) {
+    clients.emplace_back([&, i] {
+      api::ChatRequest request = Chat(6);
+      request.mutable_messages(0)->set_content("Question number " + std::to_string(i * 7919));
+      results[static_cast<size_t>(i)] = RunChat(request);
+    });
+  }
+  for (auto& client : clients) client.join();
+  for (const auto& result : results)
+    EXPECT_TRUE(result.status.ok()) << result.status.error_message();
+  uint64_t per_engine[2] = {0, 0};
+  for (int r = 0; r < 2; ++r) {
+    auto stub = wire::Engine::NewStub(grpc::CreateChannel(
+        "unix:" +
+            (daemon_->runtime_dir() / "engines" / ("tiny-" + std::to_string(r) + ".sock")).string(),
+        grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    wire::StatsResponse stats;
+    ASSERT_TRUE(stub->Stats(&context, wire::StatsRequest(), &stats).ok());
+    per_engine[r] = stats.generation_tokens_total();
+  }
+  EXPECT_EQ(per_engine[0] + per_engine[1], 16u * 6u);
+  EXPECT_GT(per_engine[0], 0u);
+  EXPECT_GT(per_engine[1], 0u);
 }
 
 TEST_F(DaemonEngineTest, SigtermFinishesTheStreamThenStopsEngineAndDaemon) {

@@ -123,6 +123,18 @@ await expectError("n = 2", 400, () => client.chat.completions.create({ ...chatRe
 await expectError("negative temperature", 400, () => client.chat.completions.create({ ...chatRequest, temperature: -1 }));
 await expectError("prompt longer than the context", 400, () =>
   client.completions.create({ model, prompt: "word ".repeat(5000), max_tokens: 4 }));
+{
+  // Malformed JSON, sent by hand (no SDK sends it): a 400 error object, and the box goes on.
+  const response = await fetch(`${baseURL}/chat/completions`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${apiKey}` },
+    body: '{"model": "' + model + '", "messages": [',
+  });
+  const body = await response.json();
+  check(response.status === 400 && body.error?.type === "invalid_request_error",
+        "malformed JSON is a 400 invalid_request_error", { status: response.status, body });
+  console.log(`ok malformed JSON -> 400 ${body.error.message}`);
+}
 if (args["api-key"] !== undefined) {
   const anonymous = new OpenAI({ baseURL, apiKey: "ibx_wrong.key", maxRetries: 0 });
   await expectError("a wrong API key", 401, () => anonymous.chat.completions.create(chatRequest));
