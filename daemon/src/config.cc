@@ -242,6 +242,10 @@ Status ParseEngines(const ErrorSite& site, const toml::table& table, DaemonConfi
            [&](const toml::node& node, const std::string& key) {
              return ParseSeconds(site, node, key, 1, 86400, engines.startup_timeout);
            }},
+          {"stall_timeout_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 0.1, 86400, engines.stall_timeout);
+           }},
           {"restart_window_seconds",
            [&](const toml::node& node, const std::string& key) {
              return ParseSeconds(site, node, key, 1, 86400, engines.restart_window);

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <fmt/format.h>
@@ -135,6 +136,7 @@ class RunningDaemon {
   std::unique_ptr<EngineFrontend> frontend_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::atomic<bool> draining_{false};
+  std::mutex serving_state_mutex_;
   std::unique_ptr<OpenAiGateway> http_gateway_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::string grpc_address_;
@@ -177,6 +179,9 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
 }
 
 void RunningDaemon::UpdateServingState() {
+  // Watcher threads call this concurrently: read the states and publish them as one step,
+  // so a stale view can never be published after a fresher one.
+  std::lock_guard lock(serving_state_mutex_);
   if (draining_.load() || !grpc_server_) return;
   bool all_ready = true;
   bool any_ready = false;
@@ -371,7 +376,10 @@ void RunningDaemon::Serve() {
 }
 
 void RunningDaemon::Shutdown() {
-  draining_.store(true);
+  {
+    std::lock_guard lock(serving_state_mutex_);
+    draining_.store(true);
+  }
   board_.SetState(inferbox::v1::DAEMON_STATE_DRAINING);
   const auto timeout = config_.shutdown_timeout;
   const std::string stopping =

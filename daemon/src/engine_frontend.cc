@@ -113,7 +113,6 @@ class EngineStream final : public GenerationStream {
     if (status.ok()) return Status::Ok();
     if (cancelled_.load()) return Status(StatusCode::kCancelled, "the request was cancelled");
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-        status.error_code() == grpc::StatusCode::INTERNAL ||
         status.error_code() == grpc::StatusCode::UNKNOWN) {
       // Transport errors mean the engine process went away (or broke) under the request.
       const bool engine_said_so = status.error_message().starts_with("the engine");

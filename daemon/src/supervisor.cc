@@ -35,7 +35,7 @@ constexpr auto kStartupPollInterval = 100ms;
 // Health misses in a row that mean a hung engine.
 constexpr int kMaxHealthMisses = 3;
 // SIGTERM → SIGKILL grace at shutdown.
-constexpr auto kStopGrace = 10s;
+constexpr auto kStopGrace = 8s;
 // An engine that stayed ready this long has its restart backoff reset.
 constexpr auto kStableUptime = 60s;
 
@@ -97,7 +97,10 @@ class EngineProcess {
   ~EngineProcess() {
     if (!exited_) {
       kill(pid_, SIGKILL);
-      Reap();
+      // A process stuck in the kernel (a wedged GPU driver) may not die at once; do not
+      // hang the daemon on it (it is reaped as a zombie when the daemon exits).
+      if (!WaitExit(std::chrono::seconds(5)))
+        spdlog::error("engine pid {} did not exit after SIGKILL", pid_);
     }
     if (pidfd_ >= 0) close(pidfd_);
   }
@@ -203,7 +206,7 @@ struct Supervisor::Watcher {
   std::filesystem::path socket;
   std::thread thread;
   std::unique_ptr<EngineProcess> process;  // Watcher thread only.
-  std::mutex process_mutex;                // Guards `process` against Stop's signals.
+  std::mutex process_mutex;                // Guards `process` (reset vs. reads).
 };
 
 Supervisor::Supervisor(SupervisorOptions options, std::vector<ModelServeConfig> models)
@@ -329,25 +332,16 @@ void Supervisor::Watch(Watcher& watcher) {
   std::deque<Clock::time_point> exits;  // Within the restart window.
   int consecutive_failures = 0;
 
-  std::vector<std::string> argv = {options_.engine_executable.string(),
-                                   "--model",
-                                   ModelPath(model).string(),
-                                   "--socket",
-                                   watcher.socket.string(),
-                                   "--model-id",
-                                   model.name,
-                                   "--device",
-                                   model.device,
-                                   "--kv-cache-gib",
-                                   fmt::format("{}", model.kv_cache_gib),
-                                   "--max-running",
-                                   std::to_string(model.max_running),
-                                   "--token-budget",
-                                   std::to_string(model.token_budget),
-                                   "--max-waiting",
-                                   std::to_string(model.max_waiting),
-                                   "--log-level",
-                                   options_.log_level};
+  std::vector<std::string> argv = {
+      options_.engine_executable.string(), "--model", ModelPath(model).string(), "--socket",
+      watcher.socket.string(), "--model-id", model.name, "--device", model.device, "--kv-cache-gib",
+      fmt::format("{}", model.kv_cache_gib), "--max-running", std::to_string(model.max_running),
+      "--token-budget", std::to_string(model.token_budget), "--max-waiting",
+      std::to_string(model.max_waiting), "--log-level", options_.log_level,
+      // The supervisor drains with the Drain RPC first; the
+      // engine's own SIGTERM drain only covers a failed RPC, and
+      // must end well within kStopGrace.
+      "--drain-timeout", "5", "--parent-pid", std::to_string(getpid())};
   if (model.max_model_len > 0) {
     argv.push_back("--max-model-len");
     argv.push_back(std::to_string(model.max_model_len));
@@ -360,16 +354,26 @@ void Supervisor::Watch(Watcher& watcher) {
       if (stopping_) break;
     }
     SetState(replica, api::ENGINE_STATE_STARTING);
+    // A socket left by a killed engine would answer nothing and slow the first health call.
+    std::error_code ignored;
+    std::filesystem::remove(watcher.socket, ignored);
     auto spawned = EngineProcess::Spawn(argv, env);
     if (!spawned.ok()) {
+      // Out of processes or memory may pass: retried like an exit, up to the crash-loop limit.
+      LogEvent(spdlog::level::err, message_ids::kEngineRestarting,
+               fmt::format("engine {}: {}", replica.name(), spawned.status().message()));
       {
         std::lock_guard lock(replica.mutex_);
         replica.last_exit_ = spawned.status().message();
       }
-      LogEvent(spdlog::level::critical, message_ids::kStartupFailed,
-               fmt::format("engine {}: {}", replica.name(), spawned.status().message()));
-      SetState(replica, api::ENGINE_STATE_FAILED);
-      break;
+      exits.push_back(Clock::now());
+      if (static_cast<int>(exits.size()) > supervision.max_restarts) {
+        SetState(replica, api::ENGINE_STATE_FAILED);
+        break;
+      }
+      SetState(replica, api::ENGINE_STATE_RESTARTING);
+      if (!SleepUntil(Clock::now() + std::chrono::seconds(1))) break;
+      continue;
     }
     {
       std::lock_guard lock(watcher.process_mutex);
@@ -425,13 +429,17 @@ void Supervisor::Watch(Watcher& watcher) {
       }
     }
 
+    auto ready_at = Clock::now();
     if (ready) {
+      ready_at = Clock::now();
       SetState(replica, api::ENGINE_STATE_READY);
       LogEvent(spdlog::level::info, message_ids::kReady,
                fmt::format("engine {}: ready (pid {})", replica.name(), process.pid()));
       // Watch: exit through the pidfd, hangs through health calls.
       int misses = 0;
       auto next_health = Clock::now() + supervision.health_interval;
+      uint64_t last_steps = 0;
+      auto last_progress = Clock::now();
       for (;;) {
         const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::max(next_health - Clock::now(), Clock::duration(0)));
@@ -449,6 +457,19 @@ void Supervisor::Watch(Watcher& watcher) {
         const grpc::Status status = health(supervision.health_timeout, response);
         if (status.ok() && response.health() != wire::ENGINE_HEALTH_FAILED) {
           misses = 0;
+          // Answering health is not progress: the loop must complete steps while it has work.
+          if (response.requests_in_flight() == 0 || response.steps_completed() != last_steps) {
+            last_steps = response.steps_completed();
+            last_progress = Clock::now();
+          } else if (Clock::now() - last_progress > supervision.stall_timeout) {
+            spdlog::error(
+                "engine {}: {} requests in flight and no step completed for {} ms; killing it as "
+                "stuck",
+                replica.name(), response.requests_in_flight(),
+                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_progress)
+                    .count());
+            process.Signal(SIGKILL);
+          }
           continue;
         }
         if (status.ok()) {
@@ -464,7 +485,8 @@ void Supervisor::Watch(Watcher& watcher) {
           misses = 0;
         }
       }
-      if (Clock::now() - started > kStableUptime) consecutive_failures = 0;
+      // Uptime counts from readiness: a slow load followed by a quick crash is a failure.
+      if (Clock::now() - ready_at > kStableUptime) consecutive_failures = 0;
     }
     {
       std::lock_guard lock(replica.mutex_);
@@ -475,7 +497,7 @@ void Supervisor::Watch(Watcher& watcher) {
       SetState(replica, api::ENGINE_STATE_DRAINING);
       if (ready && drain_.count() > 0) {
         grpc::ClientContext context;
-        context.set_deadline(std::chrono::system_clock::now() + drain_ + 5s);
+        context.set_deadline(std::chrono::system_clock::now() + drain_ + 2s);
         wire::DrainRequest request;
         request.set_timeout_seconds(static_cast<double>(drain_.count()) / 1000.0);
         wire::DrainResponse response;

@@ -301,6 +301,49 @@ TEST_F(DaemonEngineTest, AnEngineThatKeepsCrashingIsMarkedFailedInsteadOfSpinnin
   EXPECT_EQ(RunChat(Chat(4)).status.error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
+// R6.1: an engine whose loop hangs (a stuck device) or fails mid-generation: every request
+// in flight ends with UNAVAILABLE at once, the engine is restarted, health recovers.
+TEST_F(DaemonEngineTest, AStuckOrFailingEngineLoopEndsItsRequestsAndIsRestarted) {
+  for (const std::string fault :
+       {"INFERBOX_TEST_FAULT_STALL_AFTER_STEPS", "INFERBOX_TEST_FAULT_FAIL_AFTER_STEPS"}) {
+    SCOPED_TRACE(fault);
+    TempDir dir;
+    // Quick stall detection for the test.
+    std::string config = ModelsConfig(model());
+    config.insert(config.find("[[models]]"), "stall_timeout_seconds = 1\n");
+    daemon_ = std::make_unique<DaemonProcess>(
+        dir, DaemonOptions{.config_text = config, .extra_env = {fault + "=40"}});
+    ASSERT_TRUE(daemon_->WaitReady());
+    channel_ = grpc::CreateChannel(daemon_->grpc_address(), grpc::InsecureChannelCredentials());
+    inference_ = api::Inference::NewStub(channel_);
+    admin_ = api::Admin::NewStub(channel_);
+    ASSERT_TRUE(WaitServing());
+
+    const auto started = std::chrono::steady_clock::now();
+    const Streamed doomed = RunChat(Chat(3000));
+    EXPECT_EQ(doomed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << doomed.status.error_message();
+    EXPECT_THAT(doomed.status.error_message(), HasSubstr("engine"));
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 20s);
+    EXPECT_LT(doomed.tokens, 3000u);
+
+    api::GetStatusResponse status;
+    for (int i = 0; i < 600; ++i) {
+      status = Status();
+      if (status.engines(0).restarts() >= 1 && status.engines(0).state() == api::ENGINE_STATE_READY)
+        break;
+      std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_GE(status.engines(0).restarts(), 1u);
+    EXPECT_EQ(status.engines(0).state(), api::ENGINE_STATE_READY) << daemon_->Logs();
+    const Streamed after = RunChat(Chat(8));
+    EXPECT_TRUE(after.status.ok()) << after.status.error_message();
+    daemon_->process().Signal(SIGTERM);
+    EXPECT_EQ(daemon_->process().WaitForExit(30s), std::optional<int>(0)) << daemon_->Logs();
+    daemon_.reset();
+  }
+}
+
 TEST_F(DaemonEngineTest, ReplicasShareTheLoad) {
   ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "replicas = 2\n")));
   api::GetStatusResponse status;

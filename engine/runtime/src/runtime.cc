@@ -160,7 +160,15 @@ void Runtime::Loop() {
       PublishStats();
       continue;
     }
-    Result<StepOutput> output = core_.Step();
+    if (options_.fault_stall_after_steps > 0 && steps_total_ >= options_.fault_stall_after_steps) {
+      // Injected hang: the loop never comes back (only killing the process ends it).
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
+    Result<StepOutput> output =
+        options_.fault_fail_after_steps > 0 && steps_total_ >= options_.fault_fail_after_steps
+            ? Result<StepOutput>(
+                  InternalError("injected fault (INFERBOX_TEST_FAULT_FAIL_AFTER_STEPS)"))
+            : core_.Step();
     if (!output.ok()) {
       failed = true;
       const std::string failure = output.status().ToString();
@@ -169,7 +177,8 @@ void Runtime::Loop() {
         stats_.failed = true;
         stats_.failure = failure;
       }
-      FinishAll(InternalError("engine step failed: " + failure));
+      // The process is lost for serving (its supervisor restarts it): a retryable error.
+      FinishAll(UnavailableError("the engine failed (" + failure + "); it is being restarted"));
       continue;
     }
     ++steps_total_;

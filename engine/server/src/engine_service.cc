@@ -200,6 +200,7 @@ grpc::Status EngineService::Health(grpc::ServerContext*, const wire::HealthReque
   if (Runtime* runtime = runtime_.load(); runtime != nullptr) {
     const RuntimeStats stats = runtime->stats();
     response->set_steps_completed(static_cast<uint64_t>(stats.steps_total));
+    response->set_requests_in_flight(static_cast<uint32_t>(stats.requests_in_flight));
     response->set_max_model_len(static_cast<uint32_t>(runtime->limits().max_model_len));
     if (const RequestBuilder* builder = builder_.load(); builder != nullptr) {
       response->set_has_chat_template(builder->has_chat_template());

@@ -6,7 +6,8 @@
 //
 // Exit status: 0 after SIGTERM/SIGINT and a drain; 2 bad arguments; 78 (EX_CONFIG) a model
 // folder or setting that cannot work, so restarting will not help; 1 the socket could not
-// be served; 70 (EX_SOFTWARE) the engine loop failed. The reason is on stderr (the journal
+// be served, the daemon is gone, or loading failed for a reason that may pass; 70
+// (EX_SOFTWARE) the engine loop failed. The reason is on stderr (the journal
 // under systemd).
 #include <signal.h>
 #include <sys/prctl.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 
@@ -51,6 +53,7 @@ struct Options {
   int64_t max_waiting = 1024;
   double drain_timeout_seconds = 30.0;
   std::string log_level = "info";
+  pid_t parent_pid = 0;
 };
 
 sigset_t StopSignals() {
@@ -165,6 +168,15 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   engine->builder = std::make_unique<RequestBuilder>(*engine->tokenizer, std::move(chat), config,
                                                      engine->model->generation_config(), eos,
                                                      runtime.limits.max_model_len);
+  // Fault injection for the supervision tests (tests/integration/daemon_engine_test.cc).
+  for (const auto& [variable, field] :
+       {std::pair{"INFERBOX_TEST_FAULT_STALL_AFTER_STEPS", &runtime.fault_stall_after_steps},
+        std::pair{"INFERBOX_TEST_FAULT_FAIL_AFTER_STEPS", &runtime.fault_fail_after_steps}}) {
+    if (const char* value = std::getenv(variable); value != nullptr && *value != '\0') {
+      *field = std::atoll(value);
+      spdlog::warn("{}={}: fault injection is on", variable, *field);
+    }
+  }
   engine->runtime =
       std::make_unique<Runtime>(*engine->model, *engine->backend, engine->tokenizer.get(), runtime);
   return engine;
@@ -174,8 +186,13 @@ int Run(const Options& options) {
   const sigset_t signals = StopSignals();
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  // An engine never outlives the daemon that started it.
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
+  // An engine never outlives the daemon that started it: SIGKILL (not a drain: nobody is
+  // left to serve) when it dies, and an immediate exit if it died before this line.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (options.parent_pid > 0 && getppid() != options.parent_pid) {
+    fmt::print(stderr, "inferbox-engine: the daemon (pid {}) is gone\n", options.parent_pid);
+    return kExitFailure;
+  }
   // The socket (the only file this process creates) is for its owner alone.
   umask(0077);
 
@@ -222,7 +239,11 @@ int Run(const Options& options) {
     spdlog::critical("cannot load the model {}: {}", options.model.string(),
                      engine.status().message());
     service.SetFailed(engine.status().message());
-    return shutdown(kExitConfig);
+    // 78 tells the supervisor that restarting cannot help; anything else may be passing.
+    const StatusCode code = engine.status().code();
+    const bool permanent = code == StatusCode::kInvalidArgument || code == StatusCode::kNotFound ||
+                           code == StatusCode::kFailedPrecondition;
+    return shutdown(permanent ? kExitConfig : kExitFailure);
   }
   service.SetReady((*engine)->runtime.get(), (*engine)->builder.get(), (*engine)->tokenizer.get());
   LogEvent(spdlog::level::info, message_ids::kReady, "ready: model " + model_id);
@@ -288,6 +309,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", options.log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
+  app.add_option("--parent-pid", options.parent_pid,
+                 "Exit at once if this process (the supervising daemon) is already gone");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

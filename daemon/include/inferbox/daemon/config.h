@@ -69,6 +69,9 @@ struct EngineSupervisionConfig {
   std::chrono::milliseconds health_timeout{std::chrono::seconds(5)};
   // Loading longer than this is a failed start.
   std::chrono::milliseconds startup_timeout{std::chrono::minutes(10)};
+  // An engine with requests in flight whose loop completed no step for this long is stuck
+  // (a hung kernel or device): it is killed and restarted.
+  std::chrono::milliseconds stall_timeout{std::chrono::minutes(2)};
   // More than max_restarts exits within restart_window: a crash loop; the model is marked
   // failed (degraded) instead of restarting forever.
   int max_restarts = 5;

@@ -30,6 +30,10 @@ struct RuntimeOptions {
   SchedulerLimits limits;
   // Requests accepted but not yet running, at most; more are RESOURCE_EXHAUSTED.
   int64_t max_waiting = 1024;
+  // Fault injection for supervision tests (0: off): after this many steps the loop stops
+  // forever (a hung device), or its next step fails (a device fault).
+  int64_t fault_stall_after_steps = 0;
+  int64_t fault_fail_after_steps = 0;
 };
 
 struct RequestOptions {
