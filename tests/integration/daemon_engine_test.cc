@@ -4,6 +4,8 @@
 // daemon up), and SIGTERM draining a stream before exit.
 #include <signal.h>
 
+#include <algorithm>
+
 #include <fstream>
 #include <thread>
 
@@ -16,6 +18,7 @@
 #include "inferbox/engine/v1/engine.grpc.pb.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
+#include "openai_client.h"
 #include "tiny_model.h"
 
 namespace inferbox::testing {
@@ -247,6 +250,46 @@ TEST_F(DaemonEngineTest, AnEngineKilledMidStreamFailsItsRequestsAndComesBack) {
   const Streamed next = RunChat(Chat(8));
   ASSERT_TRUE(next.status.ok()) << next.status.error_message();
   EXPECT_EQ(next.tokens, 8u);
+}
+
+TEST_F(DaemonEngineTest, AnEngineKilledMidHttpStreamEndsItWithAnErrorEventNotDone) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  const auto pid = static_cast<pid_t>(Status().engines(0).pid());
+  const std::string url = "http://" + daemon_->http_address() + "/v1/chat/completions";
+  const std::string body =
+      R"({"model":"tiny","messages":[{"role":"user","content":"Go on and on."}],)"
+      R"("max_tokens":3000,"ignore_eos":true,"temperature":0,"stream":true})";
+  daemon::openai_test::Reply reply;
+  std::thread client([&] {
+    daemon::openai_test::Client http;
+    reply = http.Request("POST", url, &body, {});
+  });
+  while (EngineStats().generation_tokens_total() < 5) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  client.join();
+  ASSERT_TRUE(reply.error.empty()) << reply.error;
+  EXPECT_EQ(reply.status, 200) << "the stream had started";
+  const auto events = daemon::openai_test::ParseSse(reply.body);
+  ASSERT_GE(events.data.size(), 2u) << reply.body;
+  EXPECT_THAT(events.data.back(), HasSubstr("\"error\"")) << reply.body;
+  EXPECT_THAT(events.data.back(), HasSubstr("engine"));
+  EXPECT_EQ(std::count(events.data.begin(), events.data.end(), "[DONE]"), 0)
+      << "a cut stream must not look complete";
+
+  // While the engine restarts, a new request is refused before streaming: 503 + Retry-After.
+  daemon::openai_test::Client http;
+  daemon::openai_test::Reply refused;
+  for (int i = 0; i < 100; ++i) {
+    refused = http.Request("POST", url, &body, {});
+    if (refused.status == 503) break;
+    if (refused.status == 200) break;  // Already restarted: too late to see the refusal.
+    std::this_thread::sleep_for(10ms);
+  }
+  if (refused.status == 503) {
+    EXPECT_THAT(refused.body, HasSubstr("service_unavailable_error"));
+    EXPECT_FALSE(refused.Header("retry-after").empty());
+  }
 }
 
 TEST_F(DaemonEngineTest, AModelThatCannotLoadDegradesTheBoxButNotTheDaemon) {
