@@ -24,6 +24,7 @@
 #include "inferbox/common/version.h"
 #include "inferbox/daemon/config.h"
 #include "inferbox/daemon/engine_frontend.h"
+#include "inferbox/daemon/engine_metrics.h"
 #include "inferbox/daemon/inference_service.h"
 #include "inferbox/daemon/key_store.h"
 #include "inferbox/daemon/openai_gateway.h"
@@ -32,6 +33,7 @@
 #include "inferbox/monitoring/daemon_metrics.h"
 #include "inferbox/monitoring/metrics_server.h"
 #include "inferbox/monitoring/process_collector.h"
+#include "inferbox/monitoring/serving_metrics.h"
 
 namespace inferbox::daemon {
 namespace {
@@ -84,6 +86,22 @@ Status EnsureDirectory(const std::filesystem::path& path, std::string_view what)
   return Status::Ok();
 }
 
+// The key store as the APIs' authenticator, counting refusals for /metrics.
+class CountingAuthenticator final : public Authenticator {
+ public:
+  CountingAuthenticator(const Authenticator& inner, monitoring::ServingMetrics& metrics)
+      : inner_(inner), metrics_(metrics) {}
+  Result<Caller> Authenticate(std::string_view authorization) const override {
+    Result<Caller> caller = inner_.Authenticate(authorization);
+    if (!caller.ok()) metrics_.RecordRejected("unauthenticated");
+    return caller;
+  }
+
+ private:
+  const Authenticator& inner_;
+  monitoring::ServingMetrics& metrics_;
+};
+
 // The parts of a running daemon that exist once startup succeeded. Destruction order
 // (reverse of declaration) stops the gRPC server before the objects its handlers use.
 class RunningDaemon {
@@ -95,6 +113,8 @@ class RunningDaemon {
         metrics_({std::string(kVersion), std::string(kGitCommit)}) {}
 
   ~RunningDaemon() {
+    // The metrics server reads the supervisor (engine collector) while it serves scrapes.
+    metrics_server_.reset();
     if (supervisor_) {
       // The health service the listener updates goes away with the gRPC server.
       supervisor_->SetStateListener(nullptr);
@@ -131,6 +151,9 @@ class RunningDaemon {
   // API keys (state_dir/inferbox.db); also the Authenticator of every API.
   std::unique_ptr<KeyStore> keys_;
   std::unique_ptr<admin::AdminServiceImpl> admin_service_;
+  monitoring::ServingMetrics serving_metrics_{*metrics_.registry()};
+  std::unique_ptr<CountingAuthenticator> api_authenticator_;
+  std::shared_ptr<EngineMetricsCollector> engine_collector_;
   // Declared before the gRPC server, so they outlive its handlers.
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<EngineFrontend> frontend_;
@@ -151,6 +174,7 @@ Status RunningDaemon::StartMetrics() {
   metrics_server_ = std::move(server).value();
   metrics_server_->Register(metrics_.registry());
   metrics_server_->Register(process_collector_);
+  metrics_server_->Register(engine_collector_);
   ListenAddress bound = config_.metrics_listen;
   bound.port = metrics_server_->port();
   metrics_address_ = bound.ToString();
@@ -172,8 +196,11 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
   options.supervision = config_.engines;
   options.log_level = spdlog::level::to_string_view(config_.log_level).data();
   supervisor_ = std::make_unique<Supervisor>(std::move(options), config_.models);
-  frontend_ = std::make_unique<EngineFrontend>(*supervisor_);
-  inference_service_ = std::make_unique<InferenceServiceImpl>(*frontend_, *keys_);
+  for (const auto& model : config_.models) serving_metrics_.RegisterModel(model.name);
+  frontend_ = std::make_unique<EngineFrontend>(*supervisor_, &serving_metrics_);
+  api_authenticator_ = std::make_unique<CountingAuthenticator>(*keys_, serving_metrics_);
+  inference_service_ = std::make_unique<InferenceServiceImpl>(*frontend_, *api_authenticator_);
+  engine_collector_ = std::make_shared<EngineMetricsCollector>(*supervisor_);
   board_.SetEngineSource([this] { return supervisor_->Engines(); });
   return Status::Ok();
 }
@@ -242,7 +269,7 @@ Status RunningDaemon::StartHttp() {
   OpenAiGateway::Options options;
   options.host = config_.http_listen.host;
   options.port = config_.http_listen.port;
-  auto gateway = OpenAiGateway::Start(options, *frontend_, *keys_);
+  auto gateway = OpenAiGateway::Start(options, *frontend_, *api_authenticator_);
   if (!gateway.ok()) return gateway.status();
   http_gateway_ = std::move(gateway).value();
   ListenAddress bound = config_.http_listen;

@@ -27,8 +27,14 @@ class EngineStream final : public GenerationStream {
   EngineStream(std::shared_ptr<EngineReplica> replica, std::shared_ptr<wire::Engine::Stub> stub,
                const wire::GenerateRequest& request,
                std::optional<std::chrono::system_clock::time_point> deadline,
-               int64_t estimated_tokens)
-      : replica_(std::move(replica)), stub_(std::move(stub)), load_(estimated_tokens) {
+               int64_t estimated_tokens, monitoring::ServingMetrics* metrics)
+      : replica_(std::move(replica)),
+        stub_(std::move(stub)),
+        load_(estimated_tokens),
+        metrics_(metrics),
+        started_(std::chrono::steady_clock::now()),
+        last_token_(started_) {
+    record_.model = replica_->model();
     replica_->outstanding_tokens += load_;
     if (deadline) context_.set_deadline(*deadline);
     reader_ = stub_->PrepareAsyncGenerate(&context_, request, &queue_);
@@ -75,6 +81,7 @@ class EngineStream final : public GenerationStream {
       if (kind == kFinish) {
         phase_ = Phase::kEnded;
         status_ = Translate(grpc_status_);
+        RecordEnd();
         return Next::kEnd;
       }
       if (!ok) {
@@ -90,6 +97,7 @@ class EngineStream final : public GenerationStream {
       }
       chunk->Swap(incoming_.mutable_chunk());
       saw_output_ = saw_output_ || chunk->token_ids_size() > 0;
+      RecordChunk(*chunk);
       phase_ = Phase::kIdle;
       return Next::kChunk;
     }
@@ -126,9 +134,72 @@ class EngineStream final : public GenerationStream {
     return FromGrpcStatus(status);
   }
 
+  void RecordChunk(const api::GenerateChunk& chunk) {
+    const auto now = std::chrono::steady_clock::now();
+    const int tokens = chunk.token_ids_size();
+    if (tokens > 0) {
+      if (!record_.first_token_seconds) {
+        record_.first_token_seconds = std::chrono::duration<double>(now - started_).count();
+        // Tokens delivered together with the first one follow it with no gap.
+        record_.inter_token_seconds.insert(record_.inter_token_seconds.end(),
+                                           static_cast<size_t>(tokens - 1), 0.0);
+      } else {
+        // Tokens that arrive together share the gap.
+        const double gap = std::chrono::duration<double>(now - last_token_).count() / tokens;
+        record_.inter_token_seconds.insert(record_.inter_token_seconds.end(),
+                                           static_cast<size_t>(tokens), gap);
+      }
+      last_token_ = now;
+      record_.generation_tokens += tokens;
+    }
+    if (chunk.finish_reason() != api::FINISH_REASON_UNSPECIFIED) {
+      record_.finish_reason =
+          chunk.finish_reason() == api::FINISH_REASON_LENGTH ? "length" : "stop";
+      record_.prompt_tokens = chunk.usage().prompt_tokens();
+      record_.cached_prompt_tokens = chunk.usage().cached_prompt_tokens();
+      if (incoming_.has_timings()) {
+        record_.queue_seconds = incoming_.timings().queue_seconds();
+        record_.prefill_seconds = incoming_.timings().prefill_seconds();
+        record_.decode_seconds = incoming_.timings().decode_seconds();
+      }
+    }
+  }
+
+  void RecordEnd() {
+    if (metrics_ == nullptr) return;
+    record_.e2e_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    if (status_.ok() && !record_.finish_reason.empty()) {
+      metrics_->Record(record_);
+      return;
+    }
+    record_.finish_reason.clear();
+    // The engine refused the input before generating: a rejection, not a failure.
+    if (!saw_output_ && status_.code() == StatusCode::kInvalidArgument) {
+      metrics_->RecordRejected(status_.message().find("context") != std::string::npos ? "too_long"
+                                                                                      : "invalid");
+      return;
+    }
+    if (!saw_output_ && status_.code() == StatusCode::kResourceExhausted) {
+      metrics_->RecordRejected("queue_full");
+      return;
+    }
+    switch (status_.code()) {
+      case StatusCode::kCancelled: record_.failure = "cancelled"; break;
+      case StatusCode::kDeadlineExceeded: record_.failure = "deadline"; break;
+      case StatusCode::kUnavailable: record_.failure = "engine_failed"; break;
+      default: record_.failure = "error"; break;
+    }
+    metrics_->Record(record_);
+  }
+
   std::shared_ptr<EngineReplica> replica_;
   std::shared_ptr<wire::Engine::Stub> stub_;
   const int64_t load_;
+  monitoring::ServingMetrics* metrics_;
+  const std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point last_token_;
+  monitoring::RequestRecord record_;
   grpc::ClientContext context_;
   grpc::CompletionQueue queue_;
   std::unique_ptr<grpc::ClientAsyncReader<wire::GenerateChunk>> reader_;
@@ -148,18 +219,33 @@ bool CallerMayUse(const Caller& caller, const std::string& model) {
 
 }  // namespace
 
+Status EngineFrontend::Reject(Status status) {
+  if (metrics_ != nullptr) {
+    std::string reason = "invalid";
+    switch (status.code()) {
+      case StatusCode::kNotFound: reason = "unknown_model"; break;
+      case StatusCode::kPermissionDenied: reason = "forbidden"; break;
+      case StatusCode::kUnavailable: reason = "unavailable"; break;
+      default: break;
+    }
+    metrics_->RecordRejected(reason);
+  }
+  return status;
+}
+
 Result<std::shared_ptr<EngineReplica>> EngineFrontend::Route(const std::string& model,
                                                              const Caller& caller,
                                                              std::string_view affinity_prefix) {
-  if (!accepting_.load()) return UnavailableError("the box is shutting down");
-  if (model.empty()) return InvalidArgumentError("model: required (GET /v1/models lists them)");
+  if (!accepting_.load()) return Reject(UnavailableError("the box is shutting down"));
+  if (model.empty())
+    return Reject(InvalidArgumentError("model: required (GET /v1/models lists them)"));
   if (supervisor_.FindModel(model) == nullptr) {
-    return NotFoundError(fmt::format(
-        "model '{}' is not served by this box (ListModels or GET /v1/models lists them)", model));
+    return Reject(NotFoundError(fmt::format(
+        "model '{}' is not served by this box (ListModels or GET /v1/models lists them)", model)));
   }
   if (!CallerMayUse(caller, model)) {
-    return Status(StatusCode::kPermissionDenied,
-                  fmt::format("this API key may not use model '{}'", model));
+    return Reject(Status(StatusCode::kPermissionDenied,
+                         fmt::format("this API key may not use model '{}'", model)));
   }
   std::vector<std::shared_ptr<EngineReplica>> ready;
   std::vector<int64_t> load;
@@ -173,7 +259,8 @@ Result<std::shared_ptr<EngineReplica>> EngineFrontend::Route(const std::string& 
     }
   }
   if (ready.empty()) {
-    return UnavailableError(fmt::format("model '{}' cannot serve right now: {}", model, why));
+    return Reject(
+        UnavailableError(fmt::format("model '{}' cannot serve right now: {}", model, why)));
   }
   return ready[PickReplica(load, PromptAffinity(affinity_prefix))];
 }
@@ -188,7 +275,7 @@ Result<std::unique_ptr<GenerationStream>> EngineFrontend::Start(
   if (stub == nullptr) return UnavailableError("the engine of model " + model + " just stopped");
   request.set_request_id(fmt::format("{}", next_request_.fetch_add(1)));
   return std::unique_ptr<GenerationStream>(std::make_unique<EngineStream>(
-      std::move(replica).value(), std::move(stub), request, deadline, estimated_tokens));
+      std::move(replica).value(), std::move(stub), request, deadline, estimated_tokens, metrics_));
 }
 
 Result<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(

@@ -168,6 +168,11 @@ EngineTraits EngineReplica::traits() const {
   return traits_;
 }
 
+std::optional<wire::StatsResponse> EngineReplica::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
 api::EngineInfo EngineReplica::Info() const {
   api::EngineInfo info;
   info.set_name(name());
@@ -457,6 +462,14 @@ void Supervisor::Watch(Watcher& watcher) {
         const grpc::Status status = health(supervision.health_timeout, response);
         if (status.ok() && response.health() != wire::ENGINE_HEALTH_FAILED) {
           misses = 0;
+          // The load and cache counters for /metrics, fetched along with health.
+          grpc::ClientContext stats_context;
+          stats_context.set_deadline(std::chrono::system_clock::now() + supervision.health_timeout);
+          wire::StatsResponse stats;
+          if (stub->Stats(&stats_context, wire::StatsRequest(), &stats).ok()) {
+            std::lock_guard lock(replica.mutex_);
+            replica.stats_ = std::move(stats);
+          }
           // Answering health is not progress: the loop must complete steps while it has work.
           if (response.requests_in_flight() == 0 || response.steps_completed() != last_steps) {
             last_steps = response.steps_completed();

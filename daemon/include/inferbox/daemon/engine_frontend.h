@@ -8,13 +8,16 @@
 
 #include "inferbox/daemon/frontend.h"
 #include "inferbox/daemon/supervisor.h"
+#include "inferbox/monitoring/serving_metrics.h"
 
 namespace inferbox::daemon {
 
 class EngineFrontend final : public InferenceFrontend {
  public:
-  // `supervisor` must outlive the frontend and every stream it returned.
-  explicit EngineFrontend(Supervisor& supervisor) : supervisor_(supervisor) {}
+  // `supervisor` and `metrics` (may be null) must outlive the frontend and every stream it
+  // returned.
+  EngineFrontend(Supervisor& supervisor, monitoring::ServingMetrics* metrics)
+      : supervisor_(supervisor), metrics_(metrics) {}
 
   // false: new requests get UNAVAILABLE (the box is draining).
   void SetAccepting(bool accepting) { accepting_.store(accepting); }
@@ -39,7 +42,11 @@ class EngineFrontend final : public InferenceFrontend {
       std::string_view affinity_prefix, int64_t estimated_tokens,
       std::optional<std::chrono::system_clock::time_point> deadline);
 
+  // Counts a refusal (by reason) and passes it on.
+  Status Reject(Status status);
+
   Supervisor& supervisor_;
+  monitoring::ServingMetrics* metrics_;
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> next_request_{1};
 };

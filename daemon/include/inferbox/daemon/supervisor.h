@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,6 +61,9 @@ class EngineReplica {
   // The stub for calls to the engine; null unless READY.
   std::shared_ptr<inferbox::engine::v1::Engine::Stub> stub() const;
   EngineTraits traits() const;
+  // The engine's load and cache counters from the latest health round (absent until the
+  // engine was first ready).
+  std::optional<inferbox::engine::v1::StatsResponse> stats() const;
   inferbox::v1::EngineInfo Info() const;
   // Why it cannot serve, for errors: "restarting after it was killed by signal 9", ...
   std::string Unavailability() const;
@@ -77,6 +81,7 @@ class EngineReplica {
   mutable std::mutex mutex_;  // Guards the fields below.
   std::shared_ptr<inferbox::engine::v1::Engine::Stub> stub_;
   EngineTraits traits_;
+  std::optional<inferbox::engine::v1::StatsResponse> stats_;
   pid_t pid_ = 0;
   uint32_t restarts_ = 0;
   std::string last_exit_;

@@ -1,0 +1,67 @@
+// The serving metrics of the box, recorded where every request passes (the daemon's
+// frontend, for gRPC and HTTP alike). Names map one to one onto vLLM's (docs/metrics.md),
+// with vLLM's histogram buckets; labels are bounded: model (from the configuration),
+// finish_reason, reason. Thread-safe: any thread may record.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace inferbox::monitoring {
+
+// One request that reached an engine and ended (finished, failed or cancelled).
+struct RequestRecord {
+  std::string model;
+  // "stop" or "length" when it finished; empty when it failed.
+  std::string finish_reason;
+  // Why it failed, when it did: "engine_failed", "cancelled", "deadline", "invalid",
+  // "queue_full", "error".
+  std::string failure;
+  int64_t prompt_tokens = 0;
+  int64_t generation_tokens = 0;
+  int64_t cached_prompt_tokens = 0;
+  double e2e_seconds = 0;
+  std::optional<double> first_token_seconds;
+  std::vector<double> inter_token_seconds;
+  // From the engine (set when it finished).
+  std::optional<double> queue_seconds;
+  std::optional<double> prefill_seconds;
+  std::optional<double> decode_seconds;
+};
+
+class ServingMetrics {
+ public:
+  // Registers the families in `registry`.
+  explicit ServingMetrics(prometheus::Registry& registry);
+
+  // Creates the model's series at 0, so they exist (and rate() works) before any traffic.
+  void RegisterModel(const std::string& model);
+  void Record(const RequestRecord& record);
+  // A request refused before it reached an engine, by reason: "unauthenticated",
+  // "forbidden", "unknown_model", "unavailable", "invalid", "too_long", "queue_full".
+  void RecordRejected(const std::string& reason);
+
+ private:
+  prometheus::Family<prometheus::Histogram>& first_token_;
+  prometheus::Family<prometheus::Histogram>& inter_token_;
+  prometheus::Family<prometheus::Histogram>& e2e_;
+  prometheus::Family<prometheus::Histogram>& queue_;
+  prometheus::Family<prometheus::Histogram>& prefill_;
+  prometheus::Family<prometheus::Histogram>& decode_;
+  prometheus::Family<prometheus::Histogram>& prompt_tokens_;
+  prometheus::Family<prometheus::Histogram>& generation_tokens_;
+  prometheus::Family<prometheus::Counter>& prompt_tokens_total_;
+  prometheus::Family<prometheus::Counter>& cached_prompt_tokens_total_;
+  prometheus::Family<prometheus::Counter>& generation_tokens_total_;
+  prometheus::Family<prometheus::Counter>& success_;
+  prometheus::Family<prometheus::Counter>& failures_;
+  prometheus::Family<prometheus::Counter>& rejected_;
+};
+
+}  // namespace inferbox::monitoring

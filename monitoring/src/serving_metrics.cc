@@ -1,0 +1,137 @@
+#include "inferbox/monitoring/serving_metrics.h"
+
+namespace inferbox::monitoring {
+namespace {
+
+using Buckets = prometheus::Histogram::BucketBoundaries;
+
+// vLLM's buckets (vllm/engine/metrics.py), so dashboards and SLOs port.
+const Buckets& FirstTokenBuckets() {
+  static const Buckets buckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                  0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
+                                  20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
+  return buckets;
+}
+const Buckets& InterTokenBuckets() {
+  static const Buckets buckets = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,
+                                  0.3,  0.4,   0.5,  0.75,  1.0,  2.5,  5.0,
+                                  7.5,  10.0,  20.0, 40.0,  80.0};
+  return buckets;
+}
+const Buckets& RequestTimeBuckets() {
+  static const Buckets buckets = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,
+                                  5.0,  10.0, 15.0, 20.0, 30.0,  40.0,  50.0,
+                                  60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+  return buckets;
+}
+// 1-2-5 series up to a million tokens (longer than any model's context).
+const Buckets& TokenBuckets() {
+  static const Buckets buckets = [] {
+    Buckets values;
+    for (double scale = 1; scale <= 1e6; scale *= 10) {
+      for (const double step : {1.0, 2.0, 5.0}) {
+        if (step * scale <= 1e6) values.push_back(step * scale);
+      }
+    }
+    return values;
+  }();
+  return buckets;
+}
+
+prometheus::Family<prometheus::Histogram>& Histogram(prometheus::Registry& registry,
+                                                     const std::string& name,
+                                                     const std::string& help) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(registry);
+}
+
+prometheus::Family<prometheus::Counter>& Counter(prometheus::Registry& registry,
+                                                 const std::string& name,
+                                                 const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
+}
+
+}  // namespace
+
+ServingMetrics::ServingMetrics(prometheus::Registry& registry)
+    : first_token_(Histogram(registry, "inferbox_time_to_first_token_seconds",
+                             "Time from acceptance to the first generated token.")),
+      inter_token_(Histogram(registry, "inferbox_inter_token_latency_seconds",
+                             "Time between consecutive generated tokens of a request, as delivered: tokens "
+                             "that arrive together share the gap before them (those that "
+                             "come with the first token count 0).")),
+      e2e_(Histogram(registry, "inferbox_e2e_request_latency_seconds",
+                     "Time from acceptance to the end of a request, finished or not.")),
+      queue_(Histogram(registry, "inferbox_request_queue_time_seconds",
+                       "Time a finished request waited before its first engine step.")),
+      prefill_(Histogram(registry, "inferbox_request_prefill_time_seconds",
+                         "Time from a finished request's first step to its first token.")),
+      decode_(Histogram(registry, "inferbox_request_decode_time_seconds",
+                        "Time from a finished request's first to its last token.")),
+      prompt_tokens_(Histogram(registry, "inferbox_request_prompt_tokens",
+                               "Prompt length of finished requests, in tokens.")),
+      generation_tokens_(Histogram(registry, "inferbox_request_generation_tokens",
+                                   "Generated tokens of finished requests.")),
+      prompt_tokens_total_(Counter(registry, "inferbox_prompt_tokens_total",
+                                   "Prompt tokens of finished requests, cached ones included.")),
+      cached_prompt_tokens_total_(Counter(registry, "inferbox_prompt_tokens_cached_total",
+                                          "Prompt tokens of finished requests served from the "
+                                          "prefix cache.")),
+      generation_tokens_total_(Counter(registry, "inferbox_generation_tokens_total",
+                                       "Generated tokens delivered to clients (of every "
+                                       "request, finished or not).")),
+      success_(Counter(registry, "inferbox_request_success_total",
+                       "Requests that finished, by finish_reason (stop, length).")),
+      failures_(Counter(registry, "inferbox_request_failures_total",
+                        "Requests that reached an engine and did not finish, by reason "
+                        "(engine_failed, cancelled, deadline, invalid, queue_full, error).")),
+      rejected_(Counter(registry, "inferbox_requests_rejected_total",
+                        "Requests refused before reaching an engine, by reason.")) {}
+
+void ServingMetrics::RegisterModel(const std::string& model) {
+  const prometheus::Labels labels{{"model", model}};
+  first_token_.Add(labels, FirstTokenBuckets());
+  inter_token_.Add(labels, InterTokenBuckets());
+  for (auto* family : {&e2e_, &queue_, &prefill_, &decode_}) family->Add(labels, RequestTimeBuckets());
+  prompt_tokens_.Add(labels, TokenBuckets());
+  generation_tokens_.Add(labels, TokenBuckets());
+  prompt_tokens_total_.Add(labels);
+  cached_prompt_tokens_total_.Add(labels);
+  generation_tokens_total_.Add(labels);
+  for (const char* reason : {"stop", "length"})
+    success_.Add({{"model", model}, {"finish_reason", reason}});
+  for (const char* reason : {"engine_failed", "cancelled", "deadline", "error"})
+    failures_.Add({{"model", model}, {"reason", reason}});
+}
+
+void ServingMetrics::Record(const RequestRecord& record) {
+  const prometheus::Labels model{{"model", record.model}};
+  e2e_.Add(model, RequestTimeBuckets()).Observe(record.e2e_seconds);
+  if (record.first_token_seconds)
+    first_token_.Add(model, FirstTokenBuckets()).Observe(*record.first_token_seconds);
+  if (!record.inter_token_seconds.empty()) {
+    auto& histogram = inter_token_.Add(model, InterTokenBuckets());
+    for (const double gap : record.inter_token_seconds) histogram.Observe(gap);
+  }
+  prompt_tokens_total_.Add(model).Increment(static_cast<double>(record.prompt_tokens));
+  cached_prompt_tokens_total_.Add(model).Increment(static_cast<double>(record.cached_prompt_tokens));
+  generation_tokens_total_.Add(model).Increment(static_cast<double>(record.generation_tokens));
+  if (record.finish_reason.empty()) {
+    failures_.Add({{"model", record.model}, {"reason", record.failure}}).Increment();
+    return;
+  }
+  success_.Add({{"model", record.model}, {"finish_reason", record.finish_reason}}).Increment();
+  prompt_tokens_.Add(model, TokenBuckets()).Observe(static_cast<double>(record.prompt_tokens));
+  generation_tokens_.Add(model, TokenBuckets())
+      .Observe(static_cast<double>(record.generation_tokens));
+  if (record.queue_seconds) queue_.Add(model, RequestTimeBuckets()).Observe(*record.queue_seconds);
+  if (record.prefill_seconds)
+    prefill_.Add(model, RequestTimeBuckets()).Observe(*record.prefill_seconds);
+  if (record.decode_seconds)
+    decode_.Add(model, RequestTimeBuckets()).Observe(*record.decode_seconds);
+}
+
+void ServingMetrics::RecordRejected(const std::string& reason) {
+  rejected_.Add({{"reason", reason}}).Increment();
+}
+
+}  // namespace inferbox::monitoring

@@ -1,0 +1,227 @@
+// /metrics of the real daemon after real traffic through a real engine: the counters say
+// exactly what the clients saw (requests, tokens, finish reasons, refusals, cancels), the
+// engine gauges are there, and every name follows the Prometheus conventions.
+#include <map>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "daemon_fixture.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "http_client.h"
+#include "inferbox/v1/inference.grpc.pb.h"
+#include "tiny_model.h"
+
+namespace inferbox::testing {
+namespace {
+
+namespace api = ::inferbox::v1;
+using namespace std::chrono_literals;
+
+// One scrape: series (name and sorted labels, as "name{a=\"x\",b=\"y\"}") to value, and the
+// declared type of each family.
+struct Scrape {
+  std::map<std::string, double> series;
+  std::map<std::string, std::string> types;
+
+  double Value(const std::string& name, const std::map<std::string, std::string>& labels = {}) const;
+};
+
+// "name{a=\"x\",b=\"y\"}" with the labels sorted; just the name without labels.
+std::string SeriesKey(const std::string& name, const std::map<std::string, std::string>& labels) {
+  std::string key = name;
+  if (labels.empty()) return key;
+  key += "{";
+  bool first = true;
+  for (const auto& [label, value] : labels) {
+    key += (first ? "" : ",") + label + "=\"" + value + "\"";
+    first = false;
+  }
+  return key + "}";
+}
+
+double Scrape::Value(const std::string& name,
+                     const std::map<std::string, std::string>& labels) const {
+  const auto found = series.find(SeriesKey(name, labels));
+  return found == series.end() ? -1.0 : found->second;
+}
+
+Scrape Parse(const std::string& text) {
+  Scrape scrape;
+  std::istringstream lines(text);
+  std::string line;
+  static const std::regex kType(R"(^# TYPE (\S+) (\S+)$)");
+  static const std::regex kSample(R"(^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$)");
+  static const std::regex kLabel(R"re(([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)")re");
+  while (std::getline(lines, line)) {
+    std::smatch match;
+    if (std::regex_match(line, match, kType)) {
+      scrape.types[match[1]] = match[2];
+    } else if (std::regex_match(line, match, kSample)) {
+      std::map<std::string, std::string> labels;
+      const std::string label_text = match[3];
+      for (auto it = std::sregex_iterator(label_text.begin(), label_text.end(), kLabel);
+           it != std::sregex_iterator(); ++it) {
+        labels[(*it)[1]] = (*it)[2];
+      }
+      scrape.series[SeriesKey(match[1], labels)] = std::stod(match[4]);
+    }
+  }
+  return scrape;
+}
+
+class MetricsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    MakeTinyModel(dir_.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"},
+                  dir_.path());
+    const std::string config =
+        TestConfig() + "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+                       "\"\nhealth_interval_seconds = 0.2\n[[models]]\nname = \"tiny\"\npath = \"" +
+        (dir_.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
+    daemon_ = std::make_unique<DaemonProcess>(dir_, DaemonOptions{.config_text = config});
+    ASSERT_TRUE(daemon_->WaitReady());
+    channel_ = grpc::CreateChannel(daemon_->grpc_address(), grpc::InsecureChannelCredentials());
+    inference_ = api::Inference::NewStub(channel_);
+    auto health = grpc::health::v1::Health::NewStub(channel_);
+    for (int i = 0; i < 1200; ++i) {
+      grpc::ClientContext context;
+      grpc::health::v1::HealthCheckRequest request;
+      request.set_service("inferbox.v1.Inference");
+      grpc::health::v1::HealthCheckResponse response;
+      if (health->Check(&context, request, &response).ok() &&
+          response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+        return;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    FAIL() << "never SERVING:\n" << daemon_->Logs();
+  }
+
+  Scrape ScrapeMetrics() {
+    const HttpResponse response = HttpGet("http://" + daemon_->metrics_address() + "/metrics");
+    EXPECT_EQ(response.status, 200) << response.error;
+    return Parse(response.body);
+  }
+
+  static api::ChatRequest Chat(const std::string& model, uint32_t max_tokens, int i) {
+    api::ChatRequest request;
+    request.set_model(model);
+    auto* message = request.add_messages();
+    message->set_role("user");
+    message->set_content("Count to " + std::to_string(i));
+    request.mutable_sampling()->set_temperature(0.0f);
+    request.mutable_stop()->set_max_tokens(max_tokens);
+    request.mutable_stop()->set_ignore_eos(true);
+    return request;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<DaemonProcess> daemon_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<api::Inference::Stub> inference_;
+};
+
+TEST_F(MetricsTest, CountersMatchWhatClientsReceived) {
+  uint32_t prompt_tokens = 0;
+  uint32_t received_tokens = 0;
+  constexpr int kRequests = 5;
+  for (int i = 0; i < kRequests; ++i) {
+    grpc::ClientContext context;
+    auto reader = inference_->Chat(&context, Chat("tiny", 7, i));
+    api::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+      received_tokens += static_cast<uint32_t>(chunk.token_ids_size());
+      if (chunk.has_usage()) prompt_tokens += chunk.usage().prompt_tokens();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+  }
+  {
+    grpc::ClientContext context;
+    auto reader = inference_->Chat(&context, Chat("no-such-model", 7, 0));
+    api::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  ASSERT_EQ(received_tokens, kRequests * 7u);
+
+  const Scrape scrape = ScrapeMetrics();
+  const std::map<std::string, std::string> tiny = {{"model", "tiny"}};
+  EXPECT_EQ(scrape.Value("inferbox_request_success_total",
+                         {{"model", "tiny"}, {"finish_reason", "length"}}),
+            kRequests);
+  EXPECT_EQ(scrape.Value("inferbox_generation_tokens_total", tiny), received_tokens);
+  EXPECT_EQ(scrape.Value("inferbox_prompt_tokens_total", tiny), prompt_tokens);
+  EXPECT_EQ(scrape.Value("inferbox_time_to_first_token_seconds_count", tiny), kRequests);
+  EXPECT_EQ(scrape.Value("inferbox_e2e_request_latency_seconds_count", tiny), kRequests);
+  EXPECT_EQ(scrape.Value("inferbox_request_generation_tokens_sum", tiny), received_tokens);
+  EXPECT_EQ(scrape.Value("inferbox_request_prompt_tokens_sum", tiny), prompt_tokens);
+  // 6 gaps between 7 tokens, per request.
+  EXPECT_EQ(scrape.Value("inferbox_inter_token_latency_seconds_count", tiny), kRequests * 6);
+  EXPECT_EQ(scrape.Value("inferbox_request_decode_time_seconds_count", tiny), kRequests);
+  EXPECT_EQ(scrape.Value("inferbox_requests_rejected_total", {{"reason", "unknown_model"}}), 1);
+  EXPECT_GT(scrape.Value("inferbox_e2e_request_latency_seconds_sum", tiny), 0);
+
+  // Engine gauges (from the supervisor's latest health round).
+  const std::map<std::string, std::string> replica = {{"model", "tiny"}, {"replica", "0"}};
+  EXPECT_EQ(scrape.Value("inferbox_engine_up", replica), 1);
+  EXPECT_EQ(scrape.Value("inferbox_engine_restarts_total", replica), 0);
+  double kv = -1;
+  for (int i = 0; i < 100 && kv < 0; ++i) {
+    kv = ScrapeMetrics().Value("inferbox_kv_cache_usage_ratio", replica);
+    if (kv < 0) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_GE(kv, 0.0);
+  EXPECT_LE(kv, 1.0);
+
+  // A cancelled stream is a failure with reason "cancelled", not a success.
+  {
+    grpc::ClientContext context;
+    auto reader = inference_->Chat(&context, Chat("tiny", 2000, 99));
+    api::GenerateChunk chunk;
+    ASSERT_TRUE(reader->Read(&chunk));
+    context.TryCancel();
+    while (reader->Read(&chunk)) {
+    }
+    reader->Finish();
+  }
+  double cancelled = 0;
+  for (int i = 0; i < 100 && cancelled < 1; ++i) {
+    cancelled = ScrapeMetrics().Value("inferbox_request_failures_total",
+                                      {{"model", "tiny"}, {"reason", "cancelled"}});
+    if (cancelled < 1) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(cancelled, 1);
+  EXPECT_EQ(ScrapeMetrics().Value("inferbox_request_success_total",
+                                  {{"model", "tiny"}, {"finish_reason", "length"}}),
+            kRequests);
+}
+
+TEST_F(MetricsTest, NamesFollowThePrometheusConventions) {
+  const Scrape scrape = ScrapeMetrics();
+  ASSERT_FALSE(scrape.types.empty());
+  for (const auto& [name, type] : scrape.types) {
+    // Ours are inferbox_; process_ (the standard process metrics) and exposer_ (the HTTP
+    // library's own) are the conventional names every exporter uses.
+    EXPECT_TRUE(name.starts_with("inferbox_") || name.starts_with("process_") ||
+                name.starts_with("exposer_"))
+        << name;
+    if (type == "counter") {
+      EXPECT_TRUE(name.ends_with("_total")) << name;
+    }
+    for (const char* unit : {"_ms", "_milliseconds", "_mb", "_percent", "_kb"}) {
+      EXPECT_EQ(name.find(unit), std::string::npos) << name << " uses a non-base unit";
+    }
+  }
+  EXPECT_EQ(scrape.types.count("inferbox_time_to_first_token_seconds"), 1u);
+  EXPECT_EQ(scrape.types.at("inferbox_time_to_first_token_seconds"), "histogram");
+  EXPECT_EQ(scrape.types.at("inferbox_num_requests_running"), "gauge");
+}
+
+}  // namespace
+}  // namespace inferbox::testing
