@@ -16,8 +16,8 @@ prometheus::MetricFamily Family(const std::string& name, const std::string& help
   return family;
 }
 
-void Add(prometheus::MetricFamily& family, const std::vector<prometheus::ClientMetric::Label>& labels,
-         double value) {
+void Add(prometheus::MetricFamily& family,
+         const std::vector<prometheus::ClientMetric::Label>& labels, double value) {
   prometheus::ClientMetric metric;
   metric.label = labels;
   if (family.type == prometheus::MetricType::Counter) {
@@ -39,13 +39,13 @@ std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
   auto restarts = Family("inferbox_engine_restarts_total",
                          "Times the supervisor restarted the engine since the daemon started.",
                          MetricType::Counter);
-  auto running = Family("inferbox_num_requests_running",
-                        "Requests in the engine's running batch.", MetricType::Gauge);
+  auto running = Family("inferbox_num_requests_running", "Requests in the engine's running batch.",
+                        MetricType::Gauge);
   auto waiting = Family("inferbox_num_requests_waiting", "Requests waiting to be scheduled.",
                         MetricType::Gauge);
-  auto kv_usage = Family("inferbox_kv_cache_usage_ratio",
-                         "Share of the engine's KV cache blocks in use, 0 to 1.",
-                         MetricType::Gauge);
+  auto kv_usage =
+      Family("inferbox_kv_cache_usage_ratio",
+             "Share of the engine's KV cache blocks in use, 0 to 1.", MetricType::Gauge);
   auto prefix_queries = Family("inferbox_prefix_cache_queries_total",
                                "Prompt tokens looked up in the prefix cache (since the engine "
                                "started).",

@@ -7,20 +7,19 @@ using Buckets = prometheus::Histogram::BucketBoundaries;
 
 // vLLM's buckets (vllm/engine/metrics.py), so dashboards and SLOs port.
 const Buckets& FirstTokenBuckets() {
-  static const Buckets buckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                                  0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
+  static const Buckets buckets = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                  0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
                                   20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
   return buckets;
 }
 const Buckets& InterTokenBuckets() {
-  static const Buckets buckets = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,
-                                  0.3,  0.4,   0.5,  0.75,  1.0,  2.5,  5.0,
-                                  7.5,  10.0,  20.0, 40.0,  80.0};
+  static const Buckets buckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                                  0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
   return buckets;
 }
 const Buckets& RequestTimeBuckets() {
-  static const Buckets buckets = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,
-                                  5.0,  10.0, 15.0, 20.0, 30.0,  40.0,  50.0,
+  static const Buckets buckets = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                  5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
                                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
   return buckets;
 }
@@ -45,8 +44,7 @@ prometheus::Family<prometheus::Histogram>& Histogram(prometheus::Registry& regis
 }
 
 prometheus::Family<prometheus::Counter>& Counter(prometheus::Registry& registry,
-                                                 const std::string& name,
-                                                 const std::string& help) {
+                                                 const std::string& name, const std::string& help) {
   return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
 }
 
@@ -55,10 +53,11 @@ prometheus::Family<prometheus::Counter>& Counter(prometheus::Registry& registry,
 ServingMetrics::ServingMetrics(prometheus::Registry& registry)
     : first_token_(Histogram(registry, "inferbox_time_to_first_token_seconds",
                              "Time from acceptance to the first generated token.")),
-      inter_token_(Histogram(registry, "inferbox_inter_token_latency_seconds",
-                             "Time between consecutive generated tokens of a request, as delivered: tokens "
-                             "that arrive together share the gap before them (those that "
-                             "come with the first token count 0).")),
+      inter_token_(
+          Histogram(registry, "inferbox_inter_token_latency_seconds",
+                    "Time between consecutive generated tokens of a request, as delivered: tokens "
+                    "that arrive together share the gap before them (those that "
+                    "come with the first token count 0).")),
       e2e_(Histogram(registry, "inferbox_e2e_request_latency_seconds",
                      "Time from acceptance to the end of a request, finished or not.")),
       queue_(Histogram(registry, "inferbox_request_queue_time_seconds",
@@ -85,13 +84,19 @@ ServingMetrics::ServingMetrics(prometheus::Registry& registry)
                         "Requests that reached an engine and did not finish, by reason "
                         "(engine_failed, cancelled, deadline, invalid, queue_full, error).")),
       rejected_(Counter(registry, "inferbox_requests_rejected_total",
-                        "Requests refused before reaching an engine, by reason.")) {}
+                        "Requests refused before reaching an engine, by reason.")) {
+  for (const char* reason : {"unauthenticated", "forbidden", "unknown_model", "unavailable",
+                             "invalid", "too_long", "queue_full"}) {
+    rejected_.Add({{"reason", reason}});
+  }
+}
 
 void ServingMetrics::RegisterModel(const std::string& model) {
   const prometheus::Labels labels{{"model", model}};
   first_token_.Add(labels, FirstTokenBuckets());
   inter_token_.Add(labels, InterTokenBuckets());
-  for (auto* family : {&e2e_, &queue_, &prefill_, &decode_}) family->Add(labels, RequestTimeBuckets());
+  for (auto* family : {&e2e_, &queue_, &prefill_, &decode_})
+    family->Add(labels, RequestTimeBuckets());
   prompt_tokens_.Add(labels, TokenBuckets());
   generation_tokens_.Add(labels, TokenBuckets());
   prompt_tokens_total_.Add(labels);
@@ -113,7 +118,8 @@ void ServingMetrics::Record(const RequestRecord& record) {
     for (const double gap : record.inter_token_seconds) histogram.Observe(gap);
   }
   prompt_tokens_total_.Add(model).Increment(static_cast<double>(record.prompt_tokens));
-  cached_prompt_tokens_total_.Add(model).Increment(static_cast<double>(record.cached_prompt_tokens));
+  cached_prompt_tokens_total_.Add(model).Increment(
+      static_cast<double>(record.cached_prompt_tokens));
   generation_tokens_total_.Add(model).Increment(static_cast<double>(record.generation_tokens));
   if (record.finish_reason.empty()) {
     failures_.Add({{"model", record.model}, {"reason", record.failure}}).Increment();

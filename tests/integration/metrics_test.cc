@@ -1,8 +1,12 @@
 // /metrics of the real daemon after real traffic through a real engine: the counters say
 // exactly what the clients saw (requests, tokens, finish reasons, refusals, cancels), the
 // engine gauges are there, and every name follows the Prometheus conventions.
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -28,7 +32,8 @@ struct Scrape {
   std::map<std::string, double> series;
   std::map<std::string, std::string> types;
 
-  double Value(const std::string& name, const std::map<std::string, std::string>& labels = {}) const;
+  double Value(const std::string& name,
+               const std::map<std::string, std::string>& labels = {}) const;
 };
 
 // "name{a=\"x\",b=\"y\"}" with the labels sorted; just the name without labels.
@@ -77,11 +82,11 @@ Scrape Parse(const std::string& text) {
 class MetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    MakeTinyModel(dir_.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"},
-                  dir_.path());
+    MakeTinyModel(dir_.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"}, dir_.path());
     const std::string config =
-        TestConfig() + "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
-                       "\"\nhealth_interval_seconds = 0.2\n[[models]]\nname = \"tiny\"\npath = \"" +
+        TestConfig() +
+        "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+        "\"\nhealth_interval_seconds = 0.2\n[[models]]\nname = \"tiny\"\npath = \"" +
         (dir_.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
     daemon_ = std::make_unique<DaemonProcess>(dir_, DaemonOptions{.config_text = config});
     ASSERT_TRUE(daemon_->WaitReady());
@@ -200,6 +205,63 @@ TEST_F(MetricsTest, CountersMatchWhatClientsReceived) {
   EXPECT_EQ(ScrapeMetrics().Value("inferbox_request_success_total",
                                   {{"model", "tiny"}, {"finish_reason", "length"}}),
             kRequests);
+}
+
+std::string ReadText(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in) << "cannot read " << path;
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The metric families a text names: inferbox_* with a histogram's _bucket/_sum/_count cut.
+std::set<std::string> NamedFamilies(const std::string& text, const Scrape& scrape) {
+  std::set<std::string> names;
+  static const std::regex kName(R"(inferbox_[a-z0-9_]*[a-z0-9])");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), kName);
+       it != std::sregex_iterator(); ++it) {
+    std::string name = (*it)[0];
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+      const std::string base = name.substr(0, name.size() - std::strlen(suffix));
+      if (name.ends_with(suffix) && scrape.types.contains(base) &&
+          scrape.types.at(base) == "histogram") {
+        name = base;
+      }
+    }
+    names.insert(name);
+  }
+  return names;
+}
+
+TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
+  const HttpResponse response = HttpGet("http://" + daemon_->metrics_address() + "/metrics");
+  ASSERT_EQ(response.status, 200);
+  const Scrape scrape = Parse(response.body);
+
+  // promtool's own lint of the exposition.
+  const auto scrape_file = dir_.path() / "scrape.txt";
+  std::ofstream(scrape_file) << response.body;
+  const CommandResult lint =
+      RunCommand({"/bin/sh", "-c",
+                  std::string(INFERBOX_PROMTOOL) + " check metrics < " + scrape_file.string()},
+                 dir_.path());
+  EXPECT_EQ(lint.exit_code, 0) << lint.out << lint.err;
+
+  const std::filesystem::path source(INFERBOX_SOURCE_DIR);
+  for (const auto& file : {source / "deploy/grafana/inferbox-overview.json",
+                           source / "deploy/prometheus/alerts.yml", source / "docs/metrics.md"}) {
+    for (const std::string& name : NamedFamilies(ReadText(file), scrape)) {
+      EXPECT_TRUE(scrape.types.contains(name))
+          << file.filename() << " names " << name << ", which the box does not export";
+    }
+  }
+  // And the catalogue lists every family the box exports.
+  const std::set<std::string> catalogue =
+      NamedFamilies(ReadText(source / "docs/metrics.md"), scrape);
+  for (const auto& [name, type] : scrape.types) {
+    if (name.starts_with("inferbox_")) {
+      EXPECT_TRUE(catalogue.contains(name)) << name << " is missing from docs/metrics.md";
+    }
+  }
 }
 
 TEST_F(MetricsTest, NamesFollowThePrometheusConventions) {
