@@ -242,6 +242,14 @@ Status ParseEngines(const ErrorSite& site, const toml::table& table, DaemonConfi
            [&](const toml::node& node, const std::string& key) {
              return ParseSeconds(site, node, key, 1, 86400, engines.startup_timeout);
            }},
+          {"canary_interval_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 0.05, 86400, engines.canary_interval);
+           }},
+          {"canary_timeout_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 0.05, 3600, engines.canary_timeout);
+           }},
           {"stall_timeout_seconds",
            [&](const toml::node& node, const std::string& key) {
              return ParseSeconds(site, node, key, 0.1, 86400, engines.stall_timeout);

@@ -156,6 +156,30 @@ std::vector<std::string> EngineEnvironment(const ModelServeConfig& model,
   return env;
 }
 
+// One-token generation through the engine: the proof that it can really generate.
+grpc::Status RunCanary(wire::Engine::Stub& stub, std::chrono::milliseconds timeout) {
+  wire::GenerateRequest request;
+  request.set_request_id("canary");
+  api::GenerateRequest& completion = *request.mutable_completion();
+  completion.mutable_token_ids()->add_ids(0);
+  completion.mutable_sampling()->set_temperature(0.0f);
+  completion.mutable_stop()->set_max_tokens(1);
+  completion.mutable_stop()->set_ignore_eos(true);
+  completion.set_priority(api::PRIORITY_INTERACTIVE);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  auto reader = stub.Generate(&context, request);
+  wire::GenerateChunk chunk;
+  int tokens = 0;
+  while (reader->Read(&chunk)) tokens += chunk.chunk().token_ids_size();
+  grpc::Status status = reader->Finish();
+  if (status.ok() && tokens != 1) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        fmt::format("the canary generated {} tokens, not 1", tokens));
+  }
+  return status;
+}
+
 }  // namespace
 
 std::shared_ptr<wire::Engine::Stub> EngineReplica::stub() const {
@@ -426,6 +450,15 @@ void Supervisor::Watch(Watcher& watcher) {
       if (!std::filesystem::exists(watcher.socket)) continue;
       wire::HealthResponse response;
       if (health(1s, response).ok() && response.health() == wire::ENGINE_HEALTH_READY) {
+        // Ready means a generation works, not just that the process answers.
+        if (const grpc::Status canary = RunCanary(*stub, supervision.canary_timeout);
+            !canary.ok()) {
+          spdlog::error("engine {}: the startup canary failed ({}); killing it", replica.name(),
+                        canary.error_message());
+          process.Signal(SIGKILL);
+          process.WaitExit(kStopGrace);
+          break;
+        }
         std::lock_guard lock(replica.mutex_);
         replica.traits_ = {response.max_model_len(), response.has_chat_template(),
                            response.chat_prompt_opens_reasoning()};
@@ -445,6 +478,7 @@ void Supervisor::Watch(Watcher& watcher) {
       auto next_health = Clock::now() + supervision.health_interval;
       uint64_t last_steps = 0;
       auto last_progress = Clock::now();
+      auto next_canary = Clock::now() + supervision.canary_interval;
       for (;;) {
         const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::max(next_health - Clock::now(), Clock::duration(0)));
@@ -455,6 +489,25 @@ void Supervisor::Watch(Watcher& watcher) {
             stop_requested = true;
             break;
           }
+        }
+        if (Clock::now() >= next_canary) {
+          const auto steps_before = last_steps;
+          const grpc::Status canary = RunCanary(*stub, supervision.canary_timeout);
+          next_canary = Clock::now() + supervision.canary_interval;
+          bool failed = !canary.ok();
+          if (canary.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+            // A busy engine may just be slow to reach the canary: only a lack of progress
+            // counts against it.
+            wire::HealthResponse progress;
+            failed = !health(supervision.health_timeout, progress).ok() ||
+                     progress.steps_completed() == steps_before;
+          }
+          if (failed && !process.WaitExit(std::chrono::milliseconds(0))) {
+            spdlog::error("engine {}: the canary generation failed ({}); killing it",
+                          replica.name(), canary.error_message());
+            process.Signal(SIGKILL);
+          }
+          continue;
         }
         if (Clock::now() < next_health) continue;
         next_health = Clock::now() + supervision.health_interval;

@@ -387,6 +387,33 @@ TEST_F(DaemonEngineTest, AStuckOrFailingEngineLoopEndsItsRequestsAndIsRestarted)
   }
 }
 
+// An idle engine whose loop is stuck is found by the canary generation (no request needed):
+// it is killed and restarted, and readiness returns.
+TEST_F(DaemonEngineTest, AFailedCanaryRestartsAnIdleEngine) {
+  std::string config = ModelsConfig(model());
+  config.insert(config.find("[[models]]"),
+                "canary_interval_seconds = 0.3\ncanary_timeout_seconds = 1\n");
+  daemon_ = std::make_unique<DaemonProcess>(
+      dir_, DaemonOptions{.config_text = config,
+                          .extra_env = {"INFERBOX_TEST_FAULT_STALL_AFTER_STEPS=3"}});
+  ASSERT_TRUE(daemon_->WaitReady());
+  channel_ = grpc::CreateChannel(daemon_->grpc_address(), grpc::InsecureChannelCredentials());
+  inference_ = api::Inference::NewStub(channel_);
+  admin_ = api::Admin::NewStub(channel_);
+  api::GetStatusResponse status;
+  for (int i = 0; i < 400; ++i) {
+    status = Status();
+    if (status.engines_size() == 1 && status.engines(0).restarts() >= 1) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_GE(status.engines(0).restarts(), 1u) << daemon_->Logs();
+  EXPECT_THAT(status.engines(0).last_exit(), HasSubstr("signal 9"));
+  EXPECT_THAT(daemon_->Logs(), HasSubstr("canary generation failed"));
+  // Each new engine serves (3 steps are enough for a short request) before it stalls again.
+  EXPECT_TRUE(WaitServing());
+}
+
 TEST_F(DaemonEngineTest, ReplicasShareTheLoad) {
   ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "replicas = 2\n")));
   api::GetStatusResponse status;
@@ -423,7 +450,8 @@ TEST_F(DaemonEngineTest, ReplicasShareTheLoad) {
     grpc::ClientContext context;
     wire::StatsResponse stats;
     ASSERT_TRUE(stub->Stats(&context, wire::StatsRequest(), &stats).ok());
-    per_engine[r] = stats.generation_tokens_total();
+    // Less the one token of the supervisor's startup canary.
+    per_engine[r] = stats.generation_tokens_total() - 1;
   }
   EXPECT_EQ(per_engine[0] + per_engine[1], 16u * 6u);
   EXPECT_GT(per_engine[0], 0u);
@@ -436,7 +464,8 @@ TEST_F(DaemonEngineTest, SigtermFinishesTheStreamThenStopsEngineAndDaemon) {
   const auto pid = static_cast<pid_t>(Status().engines(0).pid());
   Streamed streamed;
   std::thread client([&] { streamed = RunChat(Chat(60)); });
-  while (EngineStats().generation_tokens_total() == 0) std::this_thread::sleep_for(5ms);
+  const uint64_t before = EngineStats().generation_tokens_total();  // The canary's.
+  while (EngineStats().generation_tokens_total() <= before) std::this_thread::sleep_for(5ms);
   daemon_->process().Signal(SIGTERM);
   client.join();
   ASSERT_TRUE(streamed.status.ok()) << streamed.status.error_message();

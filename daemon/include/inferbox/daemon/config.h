@@ -72,6 +72,11 @@ struct EngineSupervisionConfig {
   // An engine with requests in flight whose loop completed no step for this long is stuck
   // (a hung kernel or device): it is killed and restarted.
   std::chrono::milliseconds stall_timeout{std::chrono::minutes(2)};
+  // A canary generation (one token) proves an engine ready before it gets traffic, and again
+  // every canary_interval; one that fails, or times out while the engine makes no progress,
+  // gets the engine restarted.
+  std::chrono::milliseconds canary_interval{std::chrono::seconds(30)};
+  std::chrono::milliseconds canary_timeout{std::chrono::seconds(30)};
   // More than max_restarts exits within restart_window: a crash loop; the model is marked
   // failed (degraded) instead of restarting forever.
   int max_restarts = 5;
