@@ -31,6 +31,7 @@
 #include "inferbox/daemon/supervisor.h"
 #include "inferbox/daemon/systemd_notifier.h"
 #include "inferbox/monitoring/daemon_metrics.h"
+#include "inferbox/monitoring/gpu_collector.h"
 #include "inferbox/monitoring/metrics_server.h"
 #include "inferbox/monitoring/process_collector.h"
 #include "inferbox/monitoring/serving_metrics.h"
@@ -154,6 +155,8 @@ class RunningDaemon {
   monitoring::ServingMetrics serving_metrics_{*metrics_.registry()};
   std::unique_ptr<CountingAuthenticator> api_authenticator_;
   std::shared_ptr<EngineMetricsCollector> engine_collector_;
+  std::shared_ptr<monitoring::GpuCollector> gpu_collector_ =
+      std::make_shared<monitoring::GpuCollector>();
   // Declared before the gRPC server, so they outlive its handlers.
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<EngineFrontend> frontend_;
@@ -175,6 +178,7 @@ Status RunningDaemon::StartMetrics() {
   metrics_server_->Register(metrics_.registry());
   metrics_server_->Register(process_collector_);
   metrics_server_->Register(engine_collector_);
+  metrics_server_->Register(gpu_collector_);
   ListenAddress bound = config_.metrics_listen;
   bound.port = metrics_server_->port();
   metrics_address_ = bound.ToString();
