@@ -146,6 +146,28 @@ void PrintStatusTable(const inferbox::v1::GetStatusResponse& status) {
     first = false;
   }
   if (status.engines().empty()) row("engines", "none (no [[models]] configured)");
+  const auto& economics = status.economics();
+  std::string throughput =
+      fmt::format("{:.1f} output tokens/s (5 min), best {:.1f}",
+                  economics.output_tokens_per_second(), economics.peak_output_tokens_per_second());
+  if (economics.gpus() > 0) {
+    throughput += fmt::format(", {:.1f} per GPU on {} GPUs",
+                              economics.output_tokens_per_second_per_gpu(), economics.gpus());
+  }
+  row("throughput", throughput);
+  if (economics.has_cost_per_hour()) {
+    std::string cost =
+        fmt::format("{:.2f} {}/hour", economics.cost_per_hour(), economics.currency());
+    if (economics.has_cost_per_million_output_tokens()) {
+      cost += fmt::format(", {:.2f} {} per million output tokens now",
+                          economics.cost_per_million_output_tokens(), economics.currency());
+    }
+    if (economics.has_cost_per_million_output_tokens_at_peak()) {
+      cost += fmt::format(", {:.2f} at the best load seen",
+                          economics.cost_per_million_output_tokens_at_peak());
+    }
+    row("cost", cost);
+  }
 }
 
 int RunStatus(const GlobalOptions& options, bool json) {

@@ -52,15 +52,23 @@ void StatusBoard::SetEngineSource(std::function<std::vector<inferbox::v1::Engine
   engines_ = std::move(source);
 }
 
+void StatusBoard::SetEconomicsSource(std::function<inferbox::v1::Economics()> source) {
+  std::lock_guard lock(mutex_);
+  economics_ = std::move(source);
+}
+
 inferbox::v1::GetStatusResponse StatusBoard::Snapshot() const {
   const std::chrono::duration<double> uptime = std::chrono::steady_clock::now() - started_;
   inferbox::v1::GetStatusResponse snapshot;
   std::function<std::vector<inferbox::v1::EngineInfo>()> engines;
+  std::function<inferbox::v1::Economics()> economics;
   {
     std::lock_guard lock(mutex_);
     snapshot = status_;
     engines = engines_;
+    economics = economics_;
   }
+  if (economics) *snapshot.mutable_economics() = economics();
   snapshot.set_uptime_seconds(uptime.count());
   if (engines) {
     for (auto& engine : engines()) *snapshot.add_engines() = std::move(engine);

@@ -221,6 +221,35 @@ Status ParseAuth(const ErrorSite& site, const toml::table& table, DaemonConfig& 
                          });
 }
 
+Status ParseEconomics(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
+  monitoring::EconomicsConfig& economics = config.economics;
+  auto number = [&](double low, double high, double& out) {
+    return [&, low, high](const toml::node& node, const std::string& key) {
+      auto value = GetNumberIn(site, node, key, low, high);
+      if (!value.ok()) return value.status();
+      out = *value;
+      return Status::Ok();
+    };
+  };
+  return ForEachKnownKey(site, table, "economics",
+                         {
+                             {"currency",
+                              [&](const toml::node& node, const std::string& key) {
+                                auto currency = GetString(site, node, key);
+                                if (!currency.ok()) return currency.status();
+                                if (currency->empty() || currency->size() > 8)
+                                  return site.At(node, key,
+                                                 "must be 1 to 8 characters, e.g. \"EUR\"");
+                                economics.currency = *currency;
+                                return Status::Ok();
+                              }},
+                             {"hardware_price", number(0, 1e12, economics.hardware_price)},
+                             {"amortization_months", number(1, 600, economics.amortization_months)},
+                             {"power_price_per_kwh", number(0, 1e6, economics.power_price_per_kwh)},
+                             {"power_watts", number(0, 1e7, economics.power_watts)},
+                         });
+}
+
 Status ParseEngines(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
   EngineSupervisionConfig& engines = config.engines;
   return ForEachKnownKey(
@@ -479,7 +508,7 @@ Result<DaemonConfig> ParseConfig(std::string_view text, std::string_view source_
   using SectionParser = Status (*)(const ErrorSite&, const toml::table&, DaemonConfig&);
   static const std::map<std::string_view, SectionParser> kSections = {
       {"server", &ParseServer}, {"paths", &ParsePaths},     {"log", &ParseLog},
-      {"auth", &ParseAuth},     {"engines", &ParseEngines},
+      {"auth", &ParseAuth},     {"engines", &ParseEngines}, {"economics", &ParseEconomics},
   };
   for (const auto& [name, node] : root) {
     if (name.str() == "models") {
@@ -488,9 +517,10 @@ Result<DaemonConfig> ParseConfig(std::string_view text, std::string_view source_
     }
     const auto section = kSections.find(name.str());
     if (section == kSections.end()) {
-      return site.At(node, name.str(),
-                     "unknown key (known: [auth], [engines], [log], [paths], [server], "
-                     "[[models]])");
+      return site.At(
+          node, name.str(),
+          "unknown key (known: [auth], [economics], [engines], [log], [paths], [server], "
+          "[[models]])");
     }
     const auto* table = node.as_table();
     if (table == nullptr)

@@ -116,6 +116,8 @@ class RunningDaemon {
   ~RunningDaemon() {
     // The metrics server reads the supervisor (engine collector) while it serves scrapes.
     metrics_server_.reset();
+    board_.SetEngineSource(nullptr);
+    board_.SetEconomicsSource(nullptr);
     if (supervisor_) {
       // The health service the listener updates goes away with the gRPC server.
       supervisor_->SetStateListener(nullptr);
@@ -157,6 +159,7 @@ class RunningDaemon {
   std::shared_ptr<EngineMetricsCollector> engine_collector_;
   std::shared_ptr<monitoring::GpuCollector> gpu_collector_ =
       std::make_shared<monitoring::GpuCollector>();
+  std::shared_ptr<EconomicsCollector> economics_collector_;
   // Declared before the gRPC server, so they outlive its handlers.
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<EngineFrontend> frontend_;
@@ -179,6 +182,7 @@ Status RunningDaemon::StartMetrics() {
   metrics_server_->Register(process_collector_);
   metrics_server_->Register(engine_collector_);
   metrics_server_->Register(gpu_collector_);
+  metrics_server_->Register(economics_collector_);
   ListenAddress bound = config_.metrics_listen;
   bound.port = metrics_server_->port();
   metrics_address_ = bound.ToString();
@@ -205,6 +209,9 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
   api_authenticator_ = std::make_unique<CountingAuthenticator>(*keys_, serving_metrics_);
   inference_service_ = std::make_unique<InferenceServiceImpl>(*frontend_, *api_authenticator_);
   engine_collector_ = std::make_shared<EngineMetricsCollector>(*supervisor_);
+  economics_collector_ =
+      std::make_shared<EconomicsCollector>(config_.economics, serving_metrics_, *gpu_collector_);
+  board_.SetEconomicsSource([this] { return economics_collector_->Snapshot(); });
   board_.SetEngineSource([this] { return supervisor_->Engines(); });
   return Status::Ok();
 }
@@ -355,6 +362,7 @@ void RunningDaemon::Reload() {
   if (next.http_listen != config_.http_listen) warn_restart("server.http_listen");
   if (next.models != config_.models) warn_restart("models");
   if (next.engines != config_.engines) warn_restart("engines");
+  if (next.economics != config_.economics) warn_restart("economics");
   if (next.grpc_reflection != config_.grpc_reflection) warn_restart("server.grpc_reflection");
   if (next.state_dir != config_.state_dir) warn_restart("paths.state_dir");
   if (next.runtime_dir != config_.runtime_dir) warn_restart("paths.runtime_dir");
@@ -364,6 +372,7 @@ void RunningDaemon::Reload() {
   next.http_listen = config_.http_listen;
   next.models = config_.models;
   next.engines = config_.engines;
+  next.economics = config_.economics;
   next.grpc_reflection = config_.grpc_reflection;
   next.state_dir = config_.state_dir;
   next.runtime_dir = config_.runtime_dir;

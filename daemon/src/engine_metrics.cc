@@ -80,4 +80,69 @@ std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
   return {up, restarts, running, waiting, kv_usage, prefix_queries, prefix_hits, preemptions};
 }
 
+monitoring::Economics EconomicsCollector::Compute() const {
+  const auto [rate, peak] = tracker_.Sample(serving_.generation_tokens());
+  const auto [gpus, watts] = gpus_.CountAndPower();
+  return monitoring::ComputeEconomics(config_, rate, peak, gpus, watts);
+}
+
+api::Economics EconomicsCollector::Snapshot() const {
+  const monitoring::Economics economics = Compute();
+  api::Economics out;
+  out.set_output_tokens_per_second(economics.output_tokens_per_second);
+  out.set_peak_output_tokens_per_second(economics.peak_output_tokens_per_second);
+  out.set_gpus(static_cast<uint32_t>(economics.gpus));
+  out.set_output_tokens_per_second_per_gpu(economics.output_tokens_per_second_per_gpu);
+  out.set_power_watts(economics.power_watts);
+  if (economics.cost_per_hour) {
+    out.set_currency(config_.currency);
+    out.set_cost_per_hour(*economics.cost_per_hour);
+  }
+  if (economics.cost_per_million_output_tokens)
+    out.set_cost_per_million_output_tokens(*economics.cost_per_million_output_tokens);
+  if (economics.cost_per_million_output_tokens_at_peak)
+    out.set_cost_per_million_output_tokens_at_peak(
+        *economics.cost_per_million_output_tokens_at_peak);
+  return out;
+}
+
+std::vector<prometheus::MetricFamily> EconomicsCollector::Collect() const {
+  using prometheus::MetricType;
+  const monitoring::Economics economics = Compute();
+  auto rate = Family("inferbox_output_tokens_per_second",
+                     "Output tokens delivered per second over the last 5 minutes, the whole box.",
+                     MetricType::Gauge);
+  auto peak = Family("inferbox_peak_output_tokens_per_second",
+                     "The best 5-minute output rate since the daemon started.", MetricType::Gauge);
+  auto per_gpu =
+      Family("inferbox_output_tokens_per_second_per_gpu",
+             "The 5-minute output rate per GPU (per box without GPUs).", MetricType::Gauge);
+  Add(rate, {}, economics.output_tokens_per_second);
+  Add(peak, {}, economics.peak_output_tokens_per_second);
+  Add(per_gpu, {}, economics.output_tokens_per_second_per_gpu);
+  std::vector<prometheus::MetricFamily> families = {rate, peak, per_gpu};
+  if (economics.cost_per_hour) {
+    auto hour = Family("inferbox_cost_per_hour",
+                       "What an hour of the box costs: amortised hardware plus power, in the "
+                       "configured currency.",
+                       MetricType::Gauge);
+    Add(hour, {{"currency", config_.currency}}, *economics.cost_per_hour);
+    auto million = Family("inferbox_cost_per_million_output_tokens",
+                          "Cost of a million output tokens at the observed load and at the peak "
+                          "load seen (absent while no tokens flow).",
+                          MetricType::Gauge);
+    if (economics.cost_per_million_output_tokens) {
+      Add(million, {{"currency", config_.currency}, {"load", "observed"}},
+          *economics.cost_per_million_output_tokens);
+    }
+    if (economics.cost_per_million_output_tokens_at_peak) {
+      Add(million, {{"currency", config_.currency}, {"load", "peak"}},
+          *economics.cost_per_million_output_tokens_at_peak);
+    }
+    families.push_back(hour);
+    if (!million.metric.empty()) families.push_back(million);
+  }
+  return families;
+}
+
 }  // namespace inferbox::daemon

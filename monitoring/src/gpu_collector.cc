@@ -114,6 +114,22 @@ GpuCollector::GpuCollector(const std::string& library) {
 
 GpuCollector::~GpuCollector() = default;
 
+std::pair<int, double> GpuCollector::CountAndPower() const {
+  if (!nvml_) return {0, 0.0};
+  unsigned int count = 0;
+  if (nvml_->count(&count) != kSuccess) return {0, 0.0};
+  double watts = 0;
+  for (unsigned int index = 0; index < count; ++index) {
+    nvmlDevice_t device = nullptr;
+    unsigned int milliwatts = 0;
+    if (nvml_->by_index(index, &device) == kSuccess &&
+        nvml_->power(device, &milliwatts) == kSuccess) {
+      watts += milliwatts / 1000.0;
+    }
+  }
+  return {static_cast<int>(count), watts};
+}
+
 std::vector<prometheus::MetricFamily> GpuCollector::Collect() const {
   if (!nvml_) return {};
   using prometheus::MetricType;

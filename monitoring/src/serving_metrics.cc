@@ -121,6 +121,7 @@ void ServingMetrics::Record(const RequestRecord& record) {
   cached_prompt_tokens_total_.Add(model).Increment(
       static_cast<double>(record.cached_prompt_tokens));
   generation_tokens_total_.Add(model).Increment(static_cast<double>(record.generation_tokens));
+  delivered_tokens_.fetch_add(static_cast<double>(record.generation_tokens));
   if (record.finish_reason.empty()) {
     failures_.Add({{"model", record.model}, {"reason", record.failure}}).Increment();
     return;

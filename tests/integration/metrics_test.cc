@@ -87,7 +87,11 @@ class MetricsTest : public ::testing::Test {
         TestConfig() +
         "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
         "\"\nhealth_interval_seconds = 0.2\n[[models]]\nname = \"tiny\"\npath = \"" +
-        (dir_.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
+        (dir_.path() / "model").string() +
+        "\"\nkv_cache_gib = 0.1\n"
+        // 43800 over 60 months of 730 h is 1.0 an hour, 1 kW at 0.2 another 0.2.
+        "[economics]\ncurrency = \"EUR\"\nhardware_price = 43800\namortization_months = 60\n"
+        "power_price_per_kwh = 0.2\npower_watts = 1000\n";
     daemon_ = std::make_unique<DaemonProcess>(dir_, DaemonOptions{.config_text = config});
     ASSERT_TRUE(daemon_->WaitReady());
     channel_ = grpc::CreateChannel(daemon_->grpc_address(), grpc::InsecureChannelCredentials());
@@ -172,6 +176,10 @@ TEST_F(MetricsTest, CountersMatchWhatClientsReceived) {
   EXPECT_EQ(scrape.Value("inferbox_requests_rejected_total", {{"reason", "unknown_model"}}), 1);
   EXPECT_GT(scrape.Value("inferbox_e2e_request_latency_seconds_sum", tiny), 0);
 
+  // The box's economics from the configured prices.
+  EXPECT_NEAR(scrape.Value("inferbox_cost_per_hour", {{"currency", "EUR"}}), 1.2, 1e-9);
+  EXPECT_GE(scrape.Value("inferbox_output_tokens_per_second"), 0.0);
+
   // Engine gauges (from the supervisor's latest health round).
   const std::map<std::string, std::string> replica = {{"model", "tiny"}, {"replica", "0"}};
   EXPECT_EQ(scrape.Value("inferbox_engine_up", replica), 1);
@@ -250,8 +258,10 @@ TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
   for (const auto& file : {source / "deploy/grafana/inferbox-overview.json",
                            source / "deploy/prometheus/alerts.yml", source / "docs/metrics.md"}) {
     for (const std::string& name : NamedFamilies(ReadText(file), scrape)) {
-      // GPU series exist only where NVML loads (never on the CPU machines tests run on).
-      if (name.starts_with("inferbox_gpu_")) continue;
+      // GPU series exist only where NVML loads (never on the CPU machines tests run on); the
+      // price per million tokens only while tokens flow (this test sends none).
+      if (name.starts_with("inferbox_gpu_") || name == "inferbox_cost_per_million_output_tokens")
+        continue;
       EXPECT_TRUE(scrape.types.contains(name))
           << file.filename() << " names " << name << ", which the box does not export";
     }

@@ -24,6 +24,8 @@ class StatusBoard {
   void RecordReload(const std::string& error);
   // Where Snapshot gets the engines from (the supervisor); called without the board's lock.
   void SetEngineSource(std::function<std::vector<inferbox::v1::EngineInfo>()> source);
+  // Where Snapshot gets the economics from; called without the board's lock.
+  void SetEconomicsSource(std::function<inferbox::v1::Economics()> source);
 
   inferbox::v1::DaemonState state() const;
   // A copy with uptime filled in at the time of the call.
@@ -34,6 +36,7 @@ class StatusBoard {
   mutable std::mutex mutex_;
   inferbox::v1::GetStatusResponse status_;                          // Guarded by mutex_.
   std::function<std::vector<inferbox::v1::EngineInfo>()> engines_;  // Guarded by mutex_.
+  std::function<inferbox::v1::Economics()> economics_;              // Guarded by mutex_.
 };
 
 }  // namespace inferbox::admin

@@ -14,6 +14,7 @@
 #include <spdlog/common.h>
 
 #include "inferbox/common/status.h"
+#include "inferbox/monitoring/economics.h"
 
 namespace inferbox::daemon {
 
@@ -106,6 +107,8 @@ struct DaemonConfig {
   EngineSupervisionConfig engines;
   // [[models]]
   std::vector<ModelServeConfig> models;
+  // [economics]
+  monitoring::EconomicsConfig economics;
 
   bool operator==(const DaemonConfig&) const = default;
 };

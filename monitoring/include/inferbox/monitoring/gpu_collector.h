@@ -27,6 +27,8 @@ class GpuCollector final : public prometheus::Collectable {
   const std::string& unavailable_reason() const { return reason_; }
 
   std::vector<prometheus::MetricFamily> Collect() const override;
+  // GPUs found and their summed power draw in watts (0 and 0 without NVML).
+  std::pair<int, double> CountAndPower() const;
 
  private:
   struct Nvml;

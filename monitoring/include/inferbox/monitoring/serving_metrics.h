@@ -4,6 +4,7 @@
 // finish_reason, reason. Thread-safe: any thread may record.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,6 +47,8 @@ class ServingMetrics {
   // A request refused before it reached an engine, by reason: "unauthenticated",
   // "forbidden", "unknown_model", "unavailable", "invalid", "too_long", "queue_full".
   void RecordRejected(const std::string& reason);
+  // Generated tokens delivered since start, all models (for the throughput of the box).
+  double generation_tokens() const { return delivered_tokens_.load(); }
 
  private:
   prometheus::Family<prometheus::Histogram>& first_token_;
@@ -62,6 +65,7 @@ class ServingMetrics {
   prometheus::Family<prometheus::Counter>& success_;
   prometheus::Family<prometheus::Counter>& failures_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  std::atomic<double> delivered_tokens_{0};
 };
 
 }  // namespace inferbox::monitoring
