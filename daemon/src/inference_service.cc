@@ -1,7 +1,11 @@
 #include "inferbox/daemon/inference_service.h"
 
+#include <random>
+
 #include <spdlog/spdlog.h>
 
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "inferbox/common/grpc_status.h"
 #include "inferbox/daemon/grpc_auth.h"
 
@@ -23,12 +27,29 @@ std::optional<std::chrono::system_clock::time_point> DeadlineOf(
   return deadline;
 }
 
+// Ours → gRPC; a full queue also tells the client when to retry (google.rpc.RetryInfo in the
+// status details, R2.4), with jitter so refused clients do not come back together.
+grpc::Status ToApiStatus(const Status& status) {
+  grpc::Status converted = ToGrpcStatus(status);
+  if (status.code() != StatusCode::kResourceExhausted) return converted;
+  thread_local std::mt19937 random(std::random_device{}());
+  google::rpc::RetryInfo retry;
+  retry.mutable_retry_delay()->set_nanos(0);
+  retry.mutable_retry_delay()->set_seconds(std::uniform_int_distribution<int>(1, 3)(random));
+  google::rpc::Status details;
+  details.set_code(static_cast<int>(converted.error_code()));
+  details.set_message(converted.error_message());
+  details.add_details()->PackFrom(retry);
+  return grpc::Status(converted.error_code(), converted.error_message(),
+                      details.SerializeAsString());
+}
+
 }  // namespace
 
 grpc::Status InferenceServiceImpl::Relay(grpc::ServerContext* context,
                                          Result<std::unique_ptr<GenerationStream>> started,
                                          grpc::ServerWriter<api::GenerateChunk>* writer) {
-  if (!started.ok()) return ToGrpcStatus(started.status());
+  if (!started.ok()) return ToApiStatus(started.status());
   GenerationStream& stream = **started;
   api::GenerateChunk chunk;
   for (;;) {
@@ -42,7 +63,7 @@ grpc::Status InferenceServiceImpl::Relay(grpc::ServerContext* context,
     }
     switch (stream.Read(&chunk, kClientPollInterval)) {
       case GenerationStream::Next::kTimeout: continue;
-      case GenerationStream::Next::kEnd: return ToGrpcStatus(stream.status());
+      case GenerationStream::Next::kEnd: return ToApiStatus(stream.status());
       case GenerationStream::Next::kChunk:
         if (!writer->Write(chunk)) {
           stream.Cancel();
@@ -57,7 +78,7 @@ grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
                                             const api::GenerateRequest* request,
                                             grpc::ServerWriter<api::GenerateChunk>* writer) {
   auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (!caller.ok()) return ToApiStatus(caller.status());
   return Relay(context, frontend_.Generate(*request, *caller, DeadlineOf(*context)), writer);
 }
 
@@ -65,7 +86,7 @@ grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
                                         const api::ChatRequest* request,
                                         grpc::ServerWriter<api::GenerateChunk>* writer) {
   auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (!caller.ok()) return ToApiStatus(caller.status());
   return Relay(context, frontend_.Chat(*request, *caller, DeadlineOf(*context)), writer);
 }
 
@@ -73,9 +94,9 @@ grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext* context,
                                             const api::TokenizeRequest* request,
                                             api::TokenizeResponse* response) {
   auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (!caller.ok()) return ToApiStatus(caller.status());
   auto tokens = frontend_.Tokenize(*request, *caller);
-  if (!tokens.ok()) return ToGrpcStatus(tokens.status());
+  if (!tokens.ok()) return ToApiStatus(tokens.status());
   *response = std::move(tokens).value();
   return grpc::Status::OK;
 }
@@ -84,7 +105,7 @@ grpc::Status InferenceServiceImpl::ListModels(grpc::ServerContext* context,
                                               const api::ListModelsRequest*,
                                               api::ListModelsResponse* response) {
   auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  if (!caller.ok()) return ToApiStatus(caller.status());
   for (auto& model : frontend_.ListModels()) *response->add_models() = std::move(model);
   return grpc::Status::OK;
 }

@@ -14,6 +14,8 @@
 #include <gtest/gtest.h>
 
 #include "daemon_fixture.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "inferbox/engine/v1/engine.grpc.pb.h"
 #include "inferbox/v1/admin.grpc.pb.h"
@@ -412,6 +414,46 @@ TEST_F(DaemonEngineTest, AFailedCanaryRestartsAnIdleEngine) {
   EXPECT_THAT(daemon_->Logs(), HasSubstr("canary generation failed"));
   // Each new engine serves (3 steps are enough for a short request) before it stalls again.
   EXPECT_TRUE(WaitServing());
+}
+
+TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "max_running = 1\nmax_waiting = 1\n")));
+  ASSERT_TRUE(WaitServing());
+  // One request runs, one waits: the engine is full.
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::ClientReader<api::GenerateChunk>>> readers;
+  api::GenerateChunk chunk;
+  for (int i = 0; i < 2; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    readers.push_back(inference_->Chat(contexts.back().get(), Chat(3000)));
+    if (i == 0) {
+      ASSERT_TRUE(readers[0]->Read(&chunk))
+          << "the first one runs: " << readers[0]->Finish().error_message();
+    }
+  }
+  for (int i = 0; i < 100 && EngineStats().num_requests_waiting() < 1; ++i)
+    std::this_thread::sleep_for(20ms);
+  ASSERT_EQ(EngineStats().num_requests_waiting(), 1u);
+
+  grpc::ClientContext context;
+  auto refused_reader = inference_->Chat(&context, Chat(4));
+  while (refused_reader->Read(&chunk)) {
+  }
+  const grpc::Status refused = refused_reader->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  google::rpc::Status details;
+  ASSERT_TRUE(details.ParseFromString(refused.error_details())) << "no google.rpc.Status details";
+  ASSERT_EQ(details.details_size(), 1);
+  google::rpc::RetryInfo retry;
+  ASSERT_TRUE(details.details(0).UnpackTo(&retry));
+  EXPECT_GE(retry.retry_delay().seconds(), 1);
+  EXPECT_LE(retry.retry_delay().seconds(), 3);
+  for (auto& held : contexts) held->TryCancel();
+  for (auto& reader : readers) {
+    while (reader->Read(&chunk)) {
+    }
+    reader->Finish();
+  }
 }
 
 TEST_F(DaemonEngineTest, ReplicasShareTheLoad) {
