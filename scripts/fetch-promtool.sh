@@ -5,8 +5,8 @@
 # promtool already on PATH when there is one.
 #   scripts/fetch-promtool.sh DEST_DIR
 set -eu
-dest=$1
-mkdir -p "$dest"
+mkdir -p "$1"
+dest=$(cd "$1" && pwd)
 [ -x "$dest/promtool" ] && exit 0
 if command -v promtool >/dev/null 2>&1; then
   ln -sf "$(command -v promtool)" "$dest/promtool"
