@@ -39,9 +39,15 @@ TEST(Economics, WithoutAPriceOrTrafficThereIsNoCost) {
   EXPECT_FALSE(idle.cost_per_million_output_tokens.has_value()) << "no tokens, no price per token";
 }
 
-TEST(ThroughputTracker, RateOverTheWindowAndTheBestWindow) {
-  ThroughputTracker tracker(60s);
+TEST(ThroughputTracker, TheFirstQuestionCountsFromTheStart) {
   const auto start = std::chrono::steady_clock::now();
+  ThroughputTracker tracker(300s, start);
+  EXPECT_DOUBLE_EQ(tracker.Sample(600, start + 20s).first, 30.0);
+}
+
+TEST(ThroughputTracker, RateOverTheWindowAndTheBestWindow) {
+  const auto start = std::chrono::steady_clock::now();
+  ThroughputTracker tracker(60s, start);
   EXPECT_EQ(tracker.Sample(0, start).first, 0.0);
   EXPECT_EQ(tracker.Sample(10, start + 2s).first, 0.0) << "under 5 s is too short to say";
   EXPECT_DOUBLE_EQ(tracker.Sample(600, start + 30s).first, 20.0);

@@ -45,8 +45,14 @@ Economics ComputeEconomics(const EconomicsConfig& config, double tokens_per_seco
 // whenever someone asks. Thread-safe.
 class ThroughputTracker {
  public:
-  explicit ThroughputTracker(std::chrono::seconds window = std::chrono::minutes(5))
-      : window_(window) {}
+  // Counting starts at `start` with 0 tokens (the daemon's start), so the first question
+  // already has an answer.
+  explicit ThroughputTracker(
+      std::chrono::seconds window = std::chrono::minutes(5),
+      std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now())
+      : window_(window) {
+    samples_.emplace_back(start, 0.0);
+  }
 
   // Records the cumulative count at `now`; returns (rate over the window, best rate seen).
   std::pair<double, double> Sample(double total_tokens, std::chrono::steady_clock::time_point now =
