@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -170,14 +171,28 @@ void PrintStatusTable(const inferbox::v1::GetStatusResponse& status) {
   }
 }
 
-int RunStatus(const GlobalOptions& options, bool json) {
+// Calls one Admin RPC on a fresh connection. On failure reports it (as `what`) and returns
+// the exit code; nullopt on success.
+template <typename Request, typename Response>
+std::optional<int> CallAdmin(const GlobalOptions& options, std::string_view what,
+                             grpc::Status (inferbox::v1::Admin::Stub::*rpc)(
+                                 grpc::ClientContext*, const Request&, Response*),
+                             const Request& request, Response* response) {
   const auto channel = Connect(options);
-  auto stub = inferbox::v1::Admin::NewStub(channel);
+  auto admin = inferbox::v1::Admin::NewStub(channel);
   grpc::ClientContext context;
   PrepareContext(options, &context);
+  const grpc::Status result = ((*admin).*rpc)(&context, request, response);
+  if (result.ok()) return std::nullopt;
+  return ReportRpcError(options, *channel, what, result);
+}
+
+int RunStatus(const GlobalOptions& options, bool json) {
   inferbox::v1::GetStatusResponse status;
-  const grpc::Status result = stub->GetStatus(&context, inferbox::v1::GetStatusRequest(), &status);
-  if (!result.ok()) return ReportRpcError(options, *channel, "status", result);
+  if (auto failed = CallAdmin(options, "status", &inferbox::v1::Admin::Stub::GetStatus,
+                              inferbox::v1::GetStatusRequest(), &status)) {
+    return *failed;
+  }
   if (json) return PrintJson(status) ? 0 : 1;
   PrintStatusTable(status);
   return 0;
@@ -239,13 +254,11 @@ int RunKeysCreate(const GlobalOptions& options, const CreateKeyOptions& create, 
   limits.set_tokens_per_day(create.tokens_per_day);
   limits.set_max_concurrent_requests(create.max_concurrent);
 
-  const auto channel = Connect(options);
-  auto stub = inferbox::v1::Admin::NewStub(channel);
-  grpc::ClientContext context;
-  PrepareContext(options, &context);
   inferbox::v1::CreateKeyResponse response;
-  const grpc::Status result = stub->CreateKey(&context, request, &response);
-  if (!result.ok()) return ReportRpcError(options, *channel, "keys create", result);
+  if (auto failed = CallAdmin(options, "keys create", &inferbox::v1::Admin::Stub::CreateKey,
+                              request, &response)) {
+    return *failed;
+  }
 
   constexpr std::string_view kShownOnce =
       "This is the only time the key is shown: the box keeps only a hash of it. Store it now "
@@ -287,15 +300,13 @@ void PrintKeysTable(const inferbox::v1::ListKeysResponse& keys) {
 }
 
 int RunKeysList(const GlobalOptions& options, bool include_revoked, bool json) {
-  const auto channel = Connect(options);
-  auto stub = inferbox::v1::Admin::NewStub(channel);
-  grpc::ClientContext context;
-  PrepareContext(options, &context);
   inferbox::v1::ListKeysRequest request;
   request.set_include_revoked(include_revoked);
   inferbox::v1::ListKeysResponse response;
-  const grpc::Status result = stub->ListKeys(&context, request, &response);
-  if (!result.ok()) return ReportRpcError(options, *channel, "keys list", result);
+  if (auto failed = CallAdmin(options, "keys list", &inferbox::v1::Admin::Stub::ListKeys, request,
+                              &response)) {
+    return *failed;
+  }
   if (json) return PrintJson(response) ? 0 : 1;
   if (response.keys().empty()) {
     fmt::print("No {}API keys. Create one with: inferboxctl keys create --name NAME\n",
@@ -307,15 +318,13 @@ int RunKeysList(const GlobalOptions& options, bool include_revoked, bool json) {
 }
 
 int RunKeysRevoke(const GlobalOptions& options, const std::string& id) {
-  const auto channel = Connect(options);
-  auto stub = inferbox::v1::Admin::NewStub(channel);
-  grpc::ClientContext context;
-  PrepareContext(options, &context);
   inferbox::v1::RevokeKeyRequest request;
   request.set_id(id);
   inferbox::v1::RevokeKeyResponse response;
-  const grpc::Status result = stub->RevokeKey(&context, request, &response);
-  if (!result.ok()) return ReportRpcError(options, *channel, "keys revoke", result);
+  if (auto failed = CallAdmin(options, "keys revoke", &inferbox::v1::Admin::Stub::RevokeKey,
+                              request, &response)) {
+    return *failed;
+  }
   fmt::print("Revoked API key {}; requests with it are refused from now on.\n", id);
   return 0;
 }

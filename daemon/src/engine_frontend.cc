@@ -39,7 +39,6 @@ class EngineStream final : public GenerationStream {
     if (deadline) context_.set_deadline(*deadline);
     reader_ = stub_->PrepareAsyncGenerate(&context_, request, &queue_);
     reader_->StartCall(Tag(kStart));
-    pending_ = true;
   }
 
   ~EngineStream() override {
@@ -62,10 +61,9 @@ class EngineStream final : public GenerationStream {
     const auto deadline = std::chrono::system_clock::now() + timeout;
     for (;;) {
       if (phase_ == Phase::kEnded) return Next::kEnd;
-      if (!pending_) {
-        // Idle after a chunk was handed out: ask for the next.
+      if (phase_ == Phase::kIdle) {
+        // A chunk was handed out: ask for the next.
         reader_->Read(&incoming_, Tag(kRead));
-        pending_ = true;
         phase_ = Phase::kReading;
       }
       void* tag = nullptr;
@@ -76,7 +74,6 @@ class EngineStream final : public GenerationStream {
         phase_ = Phase::kEnded;
         return Next::kEnd;
       }
-      pending_ = false;
       const auto kind = reinterpret_cast<intptr_t>(tag);
       if (kind == kFinish) {
         phase_ = Phase::kEnded;
@@ -87,7 +84,6 @@ class EngineStream final : public GenerationStream {
       if (!ok) {
         // The call is over (normally, or the engine went away): fetch its status.
         reader_->Finish(&grpc_status_, Tag(kFinish));
-        pending_ = true;
         phase_ = Phase::kFinishing;
         continue;
       }
@@ -206,8 +202,8 @@ class EngineStream final : public GenerationStream {
   wire::GenerateChunk incoming_;
   grpc::Status grpc_status_;
   Status status_;
+  // kStarting, kReading and kFinishing have an operation in the queue; kIdle has none.
   Phase phase_ = Phase::kStarting;
-  bool pending_ = false;
   bool saw_output_ = false;
   std::atomic<bool> cancelled_{false};
 };

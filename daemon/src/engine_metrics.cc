@@ -1,59 +1,40 @@
 #include "inferbox/daemon/engine_metrics.h"
 
-#include <prometheus/metric_family.h>
+#include "inferbox/monitoring/metric_family.h"
 
 namespace inferbox::daemon {
 namespace {
 
 namespace api = ::inferbox::v1;
-
-prometheus::MetricFamily Family(const std::string& name, const std::string& help,
-                                prometheus::MetricType type) {
-  prometheus::MetricFamily family;
-  family.name = name;
-  family.help = help;
-  family.type = type;
-  return family;
-}
-
-void Add(prometheus::MetricFamily& family,
-         const std::vector<prometheus::ClientMetric::Label>& labels, double value) {
-  prometheus::ClientMetric metric;
-  metric.label = labels;
-  if (family.type == prometheus::MetricType::Counter) {
-    metric.counter.value = value;
-  } else {
-    metric.gauge.value = value;
-  }
-  family.metric.push_back(std::move(metric));
-}
+using monitoring::AddSample;
+using monitoring::MakeFamily;
 
 }  // namespace
 
 std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
   using prometheus::MetricType;
-  auto up = Family("inferbox_engine_up",
+  auto up = MakeFamily("inferbox_engine_up",
                    "1 while the engine is ready to generate, else 0 (starting, restarting, "
                    "failed, draining).",
                    MetricType::Gauge);
-  auto restarts = Family("inferbox_engine_restarts_total",
+  auto restarts = MakeFamily("inferbox_engine_restarts_total",
                          "Times the supervisor restarted the engine since the daemon started.",
                          MetricType::Counter);
-  auto running = Family("inferbox_num_requests_running", "Requests in the engine's running batch.",
+  auto running = MakeFamily("inferbox_num_requests_running", "Requests in the engine's running batch.",
                         MetricType::Gauge);
-  auto waiting = Family("inferbox_num_requests_waiting", "Requests waiting to be scheduled.",
+  auto waiting = MakeFamily("inferbox_num_requests_waiting", "Requests waiting to be scheduled.",
                         MetricType::Gauge);
   auto kv_usage =
-      Family("inferbox_kv_cache_usage_ratio",
+      MakeFamily("inferbox_kv_cache_usage_ratio",
              "Share of the engine's KV cache blocks in use, 0 to 1.", MetricType::Gauge);
-  auto prefix_queries = Family("inferbox_prefix_cache_queries_total",
+  auto prefix_queries = MakeFamily("inferbox_prefix_cache_queries_total",
                                "Prompt tokens looked up in the prefix cache (since the engine "
                                "started).",
                                MetricType::Counter);
-  auto prefix_hits = Family("inferbox_prefix_cache_hits_total",
+  auto prefix_hits = MakeFamily("inferbox_prefix_cache_hits_total",
                             "Prompt tokens found in the prefix cache (since the engine started).",
                             MetricType::Counter);
-  auto preemptions = Family("inferbox_num_preemptions_total",
+  auto preemptions = MakeFamily("inferbox_num_preemptions_total",
                             "Sequences preempted for lack of KV blocks (since the engine "
                             "started).",
                             MetricType::Counter);
@@ -62,19 +43,19 @@ std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
       const std::vector<prometheus::ClientMetric::Label> labels = {
           {"model", model.name}, {"replica", std::to_string(replica->replica())}};
       const api::EngineInfo info = replica->Info();
-      Add(up, labels, info.state() == api::ENGINE_STATE_READY ? 1 : 0);
-      Add(restarts, labels, info.restarts());
+      AddSample(up, labels, info.state() == api::ENGINE_STATE_READY ? 1 : 0);
+      AddSample(restarts, labels, info.restarts());
       const auto stats = replica->stats();
       if (!stats) continue;
-      Add(running, labels, stats->num_requests_running());
-      Add(waiting, labels, stats->num_requests_waiting());
-      Add(kv_usage, labels,
+      AddSample(running, labels, stats->num_requests_running());
+      AddSample(waiting, labels, stats->num_requests_waiting());
+      AddSample(kv_usage, labels,
           stats->num_kv_blocks_total() == 0
               ? 0.0
               : static_cast<double>(stats->num_kv_blocks_used()) / stats->num_kv_blocks_total());
-      Add(prefix_queries, labels, static_cast<double>(stats->prefix_cache_queried_tokens_total()));
-      Add(prefix_hits, labels, static_cast<double>(stats->prefix_cache_hit_tokens_total()));
-      Add(preemptions, labels, static_cast<double>(stats->num_preemptions_total()));
+      AddSample(prefix_queries, labels, static_cast<double>(stats->prefix_cache_queried_tokens_total()));
+      AddSample(prefix_hits, labels, static_cast<double>(stats->prefix_cache_hit_tokens_total()));
+      AddSample(preemptions, labels, static_cast<double>(stats->num_preemptions_total()));
     }
   }
   return {up, restarts, running, waiting, kv_usage, prefix_queries, prefix_hits, preemptions};
@@ -109,34 +90,34 @@ api::Economics EconomicsCollector::Snapshot() const {
 std::vector<prometheus::MetricFamily> EconomicsCollector::Collect() const {
   using prometheus::MetricType;
   const monitoring::Economics economics = Compute();
-  auto rate = Family("inferbox_output_tokens_per_second",
+  auto rate = MakeFamily("inferbox_output_tokens_per_second",
                      "Output tokens delivered per second over the last 5 minutes, the whole box.",
                      MetricType::Gauge);
-  auto peak = Family("inferbox_peak_output_tokens_per_second",
+  auto peak = MakeFamily("inferbox_peak_output_tokens_per_second",
                      "The best 5-minute output rate since the daemon started.", MetricType::Gauge);
   auto per_gpu =
-      Family("inferbox_output_tokens_per_second_per_gpu",
+      MakeFamily("inferbox_output_tokens_per_second_per_gpu",
              "The 5-minute output rate per GPU (per box without GPUs).", MetricType::Gauge);
-  Add(rate, {}, economics.output_tokens_per_second);
-  Add(peak, {}, economics.peak_output_tokens_per_second);
-  Add(per_gpu, {}, economics.output_tokens_per_second_per_gpu);
+  AddSample(rate, {}, economics.output_tokens_per_second);
+  AddSample(peak, {}, economics.peak_output_tokens_per_second);
+  AddSample(per_gpu, {}, economics.output_tokens_per_second_per_gpu);
   std::vector<prometheus::MetricFamily> families = {rate, peak, per_gpu};
   if (economics.cost_per_hour) {
-    auto hour = Family("inferbox_cost_per_hour",
+    auto hour = MakeFamily("inferbox_cost_per_hour",
                        "What an hour of the box costs: amortised hardware plus power, in the "
                        "configured currency.",
                        MetricType::Gauge);
-    Add(hour, {{"currency", config_.currency}}, *economics.cost_per_hour);
-    auto million = Family("inferbox_cost_per_million_output_tokens",
+    AddSample(hour, {{"currency", config_.currency}}, *economics.cost_per_hour);
+    auto million = MakeFamily("inferbox_cost_per_million_output_tokens",
                           "Cost of a million output tokens at the observed load and at the peak "
                           "load seen (absent while no tokens flow).",
                           MetricType::Gauge);
     if (economics.cost_per_million_output_tokens) {
-      Add(million, {{"currency", config_.currency}, {"load", "observed"}},
+      AddSample(million, {{"currency", config_.currency}, {"load", "observed"}},
           *economics.cost_per_million_output_tokens);
     }
     if (economics.cost_per_million_output_tokens_at_peak) {
-      Add(million, {{"currency", config_.currency}, {"load", "peak"}},
+      AddSample(million, {{"currency", config_.currency}, {"load", "peak"}},
           *economics.cost_per_million_output_tokens_at_peak);
     }
     families.push_back(hour);

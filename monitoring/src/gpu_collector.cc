@@ -5,6 +5,8 @@
 #include <prometheus/metric_family.h>
 #include <spdlog/spdlog.h>
 
+#include "inferbox/monitoring/metric_family.h"
+
 namespace inferbox::monitoring {
 namespace {
 
@@ -28,27 +30,6 @@ constexpr int kClockSm = 1;
 constexpr int kEccCorrected = 0;
 constexpr int kEccUncorrected = 1;
 constexpr int kEccAggregate = 1;
-
-prometheus::MetricFamily Family(const std::string& name, const std::string& help,
-                                prometheus::MetricType type) {
-  prometheus::MetricFamily family;
-  family.name = name;
-  family.help = help;
-  family.type = type;
-  return family;
-}
-
-void Add(prometheus::MetricFamily& family, std::vector<prometheus::ClientMetric::Label> labels,
-         double value) {
-  prometheus::ClientMetric metric;
-  metric.label = std::move(labels);
-  if (family.type == prometheus::MetricType::Counter) {
-    metric.counter.value = value;
-  } else {
-    metric.gauge.value = value;
-  }
-  family.metric.push_back(std::move(metric));
-}
 
 }  // namespace
 
@@ -134,17 +115,17 @@ std::vector<prometheus::MetricFamily> GpuCollector::Collect() const {
   if (!nvml_) return {};
   using prometheus::MetricType;
   auto utilization =
-      Family("inferbox_gpu_utilization_ratio",
+      MakeFamily("inferbox_gpu_utilization_ratio",
              "Share of the last sample period a kernel ran on the GPU, 0 to 1.", MetricType::Gauge);
   auto memory_used =
-      Family("inferbox_gpu_memory_used_bytes", "GPU memory in use.", MetricType::Gauge);
+      MakeFamily("inferbox_gpu_memory_used_bytes", "GPU memory in use.", MetricType::Gauge);
   auto memory_total =
-      Family("inferbox_gpu_memory_total_bytes", "GPU memory in all.", MetricType::Gauge);
+      MakeFamily("inferbox_gpu_memory_total_bytes", "GPU memory in all.", MetricType::Gauge);
   auto temperature =
-      Family("inferbox_gpu_temperature_celsius", "GPU core temperature.", MetricType::Gauge);
-  auto power = Family("inferbox_gpu_power_watts", "GPU board power draw.", MetricType::Gauge);
-  auto clock = Family("inferbox_gpu_sm_clock_hertz", "GPU SM clock.", MetricType::Gauge);
-  auto ecc = Family("inferbox_gpu_ecc_errors_total",
+      MakeFamily("inferbox_gpu_temperature_celsius", "GPU core temperature.", MetricType::Gauge);
+  auto power = MakeFamily("inferbox_gpu_power_watts", "GPU board power draw.", MetricType::Gauge);
+  auto clock = MakeFamily("inferbox_gpu_sm_clock_hertz", "GPU SM clock.", MetricType::Gauge);
+  auto ecc = MakeFamily("inferbox_gpu_ecc_errors_total",
                     "ECC memory errors over the GPU's life, by type (corrected, uncorrected).",
                     MetricType::Counter);
   unsigned int count = 0;
@@ -159,24 +140,24 @@ std::vector<prometheus::MetricFamily> GpuCollector::Collect() const {
     const std::vector<prometheus::ClientMetric::Label> labels = {
         {"gpu", std::to_string(index)}, {"uuid", uuid}, {"name", name}};
     if (nvmlUtilization_t rates{}; nvml_->utilization(device, &rates) == kSuccess)
-      Add(utilization, labels, rates.gpu / 100.0);
+      AddSample(utilization, labels, rates.gpu / 100.0);
     if (nvmlMemory_t memory{}; nvml_->memory(device, &memory) == kSuccess) {
-      Add(memory_used, labels, static_cast<double>(memory.used));
-      Add(memory_total, labels, static_cast<double>(memory.total));
+      AddSample(memory_used, labels, static_cast<double>(memory.used));
+      AddSample(memory_total, labels, static_cast<double>(memory.total));
     }
     if (unsigned int celsius = 0; nvml_->temperature(device, kTemperatureGpu, &celsius) == kSuccess)
-      Add(temperature, labels, celsius);
+      AddSample(temperature, labels, celsius);
     if (unsigned int milliwatts = 0; nvml_->power(device, &milliwatts) == kSuccess)
-      Add(power, labels, milliwatts / 1000.0);
+      AddSample(power, labels, milliwatts / 1000.0);
     if (unsigned int mhz = 0; nvml_->clock(device, kClockSm, &mhz) == kSuccess)
-      Add(clock, labels, mhz * 1e6);
+      AddSample(clock, labels, mhz * 1e6);
     for (const auto& [type, kind] :
          {std::pair{kEccCorrected, "corrected"}, std::pair{kEccUncorrected, "uncorrected"}}) {
       unsigned long long errors = 0;
       if (nvml_->ecc(device, type, kEccAggregate, &errors) != kSuccess) continue;  // No ECC.
       auto with_type = labels;
       with_type.push_back({"type", kind});
-      Add(ecc, with_type, static_cast<double>(errors));
+      AddSample(ecc, with_type, static_cast<double>(errors));
     }
   }
   return {utilization, memory_used, memory_total, temperature, power, clock, ecc};

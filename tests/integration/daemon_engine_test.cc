@@ -71,16 +71,7 @@ class DaemonEngineTest : public ::testing::Test {
     return response.status();
   }
 
-  ::testing::AssertionResult WaitServing(std::chrono::seconds timeout = 60s) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (Health("inferbox.v1.Inference") == HealthCheckResponse::SERVING)
-        return ::testing::AssertionSuccess();
-      std::this_thread::sleep_for(50ms);
-    }
-    return ::testing::AssertionFailure() << "Inference never SERVING; daemon log:\n"
-                                         << daemon_->Logs();
-  }
+  ::testing::AssertionResult WaitServing() { return daemon_->WaitInferenceServing(); }
 
   api::GetStatusResponse Status() {
     grpc::ClientContext context;

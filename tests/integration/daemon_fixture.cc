@@ -6,8 +6,13 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
 
 #include <toml++/toml.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace inferbox::testing {
 
@@ -68,6 +73,26 @@ DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, s
     return ::testing::AssertionFailure() << "listeners.toml lacks grpc, http or metrics";
   }
   return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult DaemonProcess::WaitInferenceServing(
+    std::chrono::milliseconds timeout) const {
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(grpc_address_, grpc::InsecureChannelCredentials()));
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service("inferbox.v1.Inference");
+    grpc::health::v1::HealthCheckResponse response;
+    if (health->Check(&context, request, &response).ok() &&
+        response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+      return ::testing::AssertionSuccess();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return ::testing::AssertionFailure() << "inferbox.v1.Inference never SERVING; log:\n" << Logs();
 }
 
 bool AcceptsConnections(const std::string& host_port) {

@@ -42,6 +42,11 @@ class DaemonProcess {
   const std::string& grpc_address() const { return grpc_address_; }
   const std::string& http_address() const { return http_address_; }
   const std::string& metrics_address() const { return metrics_address_; }
+  // After WaitReady: waits until gRPC health says inferbox.v1.Inference is SERVING (a model
+  // can generate). False (with the daemon's log) on timeout.
+  ::testing::AssertionResult WaitInferenceServing(
+      std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+
   // The READY=1 datagram (with its STATUS=), once WaitReady succeeded.
   const std::string& ready_message() const { return ready_message_; }
 

@@ -15,7 +15,6 @@
 #include <gtest/gtest.h>
 
 #include "daemon_fixture.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "http_client.h"
 #include "inferbox/v1/inference.grpc.pb.h"
 #include "tiny_model.h"
@@ -96,19 +95,7 @@ class MetricsTest : public ::testing::Test {
     ASSERT_TRUE(daemon_->WaitReady());
     channel_ = grpc::CreateChannel(daemon_->grpc_address(), grpc::InsecureChannelCredentials());
     inference_ = api::Inference::NewStub(channel_);
-    auto health = grpc::health::v1::Health::NewStub(channel_);
-    for (int i = 0; i < 1200; ++i) {
-      grpc::ClientContext context;
-      grpc::health::v1::HealthCheckRequest request;
-      request.set_service("inferbox.v1.Inference");
-      grpc::health::v1::HealthCheckResponse response;
-      if (health->Check(&context, request, &response).ok() &&
-          response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-        return;
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    FAIL() << "never SERVING:\n" << daemon_->Logs();
+    ASSERT_TRUE(daemon_->WaitInferenceServing());
   }
 
   Scrape ScrapeMetrics() {

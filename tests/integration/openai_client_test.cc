@@ -12,14 +12,12 @@
 #include <gtest/gtest.h>
 
 #include "daemon_fixture.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "inferbox/v1/admin.pb.h"
 #include "tiny_model.h"
 
 namespace inferbox::testing {
 namespace {
 
-using grpc::health::v1::HealthCheckResponse;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
@@ -40,23 +38,6 @@ class OpenAiClientTest : public ::testing::Test {
            (scratch_->path() / "model").string() + "\"\nkv_cache_gib = 0.2\nmax_running = 64\n";
   }
 
-  ::testing::AssertionResult WaitServing(const DaemonProcess& daemon) {
-    auto channel = grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials());
-    auto health = grpc::health::v1::Health::NewStub(channel);
-    for (int i = 0; i < 1200; ++i) {
-      grpc::ClientContext context;
-      context.set_deadline(std::chrono::system_clock::now() + 2s);
-      grpc::health::v1::HealthCheckRequest request;
-      request.set_service("inferbox.v1.Inference");
-      HealthCheckResponse response;
-      if (health->Check(&context, request, &response).ok() &&
-          response.status() == HealthCheckResponse::SERVING) {
-        return ::testing::AssertionSuccess();
-      }
-      std::this_thread::sleep_for(50ms);
-    }
-    return ::testing::AssertionFailure() << "never SERVING:\n" << daemon.Logs();
-  }
 
   CommandResult Conformance(const DaemonProcess& daemon, std::vector<std::string> extra) {
     std::vector<std::string> argv = {
@@ -77,7 +58,7 @@ TEST_F(OpenAiClientTest, TheOfficialClientWorksAndTwoHundredStreamsComplete) {
   ASSERT_TRUE(std::filesystem::exists(scratch_->path() / "model" / "config.json"));
   DaemonProcess daemon(dir_, {.config_text = Config(false)});
   ASSERT_TRUE(daemon.WaitReady());
-  ASSERT_TRUE(WaitServing(daemon));
+  ASSERT_TRUE(daemon.WaitInferenceServing());
   const CommandResult result = Conformance(daemon, {"--concurrent", "200"});
   EXPECT_EQ(result.exit_code, 0) << result.out << result.err << "\ndaemon log:\n"
                                  << daemon.Logs().substr(0, 20000);
@@ -104,7 +85,7 @@ TEST_F(OpenAiClientTest, ARequiredKeyIsCheckedOnEveryCall) {
   daemon.process().Signal(SIGHUP);
   ASSERT_TRUE(daemon.notify().WaitFor("RELOADING=1", 10s).has_value()) << daemon.Logs();
   ASSERT_TRUE(daemon.notify().WaitFor("READY=1", 10s).has_value()) << daemon.Logs();
-  ASSERT_TRUE(WaitServing(daemon));
+  ASSERT_TRUE(daemon.WaitInferenceServing());
 
   const CommandResult keyed = Conformance(daemon, {"--api-key", key.secret()});
   EXPECT_EQ(keyed.exit_code, 0) << keyed.out << keyed.err;

@@ -17,7 +17,6 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
-#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <iostream>
@@ -30,6 +29,7 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
+#include "common/copy_bandwidth.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/runtime/runtime.h"
 
@@ -185,17 +185,6 @@ Percentiles Summarize(std::vector<double> values) {
 
 double Milliseconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double, std::milli>(to - from).count();
-}
-
-// The machine's memory copy bandwidth in bytes/s, as inferbox-run --floor measures it.
-double MeasureCopyBandwidth() {
-  std::vector<char> source(size_t{512} << 20, 1), target(source.size());
-  constexpr int kCopies = 4;
-  const auto start = Clock::now();
-  for (int i = 0; i < kCopies; ++i) std::memcpy(target.data(), source.data(), source.size());
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  // A copy reads and writes each byte: count both.
-  return 2.0 * kCopies * static_cast<double>(source.size()) / seconds;
 }
 
 struct Measurement {
@@ -447,7 +436,7 @@ int Run(const Options& options) {
 
   Measurement measurement = Measure(records, before, after);
   // Measured after the run, so its gigabyte of buffers does not disturb it.
-  measurement.copy_bandwidth = MeasureCopyBandwidth();
+  measurement.copy_bandwidth = tools::MeasureCopyBandwidth();
   measurement.weight_bytes_per_step = static_cast<double>((*model)->WeightBytesPerDecodeStep());
   measurement.batch_size = std::min(
       {options.concurrency, options.max_running, options.num_requests, options.token_budget});

@@ -7,7 +7,6 @@
 //   inferbox-run --model DIR --prompt-tokens 512 --max-tokens 32 --ignore-eos   (benchmark)
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <iostream>
 #include <numeric>
 
@@ -15,6 +14,7 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
+#include "common/copy_bandwidth.h"
 #include "inferbox/engine/chat_template/chat_format.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/sampling/sampler.h"
@@ -145,14 +145,7 @@ int Run(const Options& options) {
 
   if (options.floor) {
     // The decode floor: every weight is read once per step, at the machine's copy bandwidth.
-    std::vector<char> source(size_t{512} << 20, 1), target(source.size());
-    const auto copy_start = std::chrono::steady_clock::now();
-    constexpr int kCopies = 4;
-    for (int i = 0; i < kCopies; ++i) std::memcpy(target.data(), source.data(), source.size());
-    const double copy_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - copy_start).count();
-    // A copy reads and writes each byte: count both.
-    const double bandwidth = 2.0 * kCopies * static_cast<double>(source.size()) / copy_seconds;
+    const double bandwidth = tools::MeasureCopyBandwidth();
     const double bytes_per_step = static_cast<double>((*model)->WeightBytesPerDecodeStep());
     fmt::print(stderr,
                "floor: {:.1f} MB of weights per decode step at {:.1f} GB/s measured copy bandwidth "
