@@ -175,8 +175,9 @@ void PrintStatusTable(const inferbox::v1::GetStatusResponse& status) {
 // the exit code; nullopt on success.
 template <typename Request, typename Response>
 std::optional<int> CallAdmin(const GlobalOptions& options, std::string_view what,
-                             grpc::Status (inferbox::v1::Admin::Stub::*rpc)(
-                                 grpc::ClientContext*, const Request&, Response*),
+                             grpc::Status (inferbox::v1::Admin::Stub::*rpc)(grpc::ClientContext*,
+                                                                            const Request&,
+                                                                            Response*),
                              const Request& request, Response* response) {
   const auto channel = Connect(options);
   auto admin = inferbox::v1::Admin::NewStub(channel);

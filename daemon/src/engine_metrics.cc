@@ -14,30 +14,30 @@ using monitoring::MakeFamily;
 std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
   using prometheus::MetricType;
   auto up = MakeFamily("inferbox_engine_up",
-                   "1 while the engine is ready to generate, else 0 (starting, restarting, "
-                   "failed, draining).",
-                   MetricType::Gauge);
+                       "1 while the engine is ready to generate, else 0 (starting, restarting, "
+                       "failed, draining).",
+                       MetricType::Gauge);
   auto restarts = MakeFamily("inferbox_engine_restarts_total",
-                         "Times the supervisor restarted the engine since the daemon started.",
-                         MetricType::Counter);
-  auto running = MakeFamily("inferbox_num_requests_running", "Requests in the engine's running batch.",
-                        MetricType::Gauge);
+                             "Times the supervisor restarted the engine since the daemon started.",
+                             MetricType::Counter);
+  auto running = MakeFamily("inferbox_num_requests_running",
+                            "Requests in the engine's running batch.", MetricType::Gauge);
   auto waiting = MakeFamily("inferbox_num_requests_waiting", "Requests waiting to be scheduled.",
-                        MetricType::Gauge);
+                            MetricType::Gauge);
   auto kv_usage =
       MakeFamily("inferbox_kv_cache_usage_ratio",
-             "Share of the engine's KV cache blocks in use, 0 to 1.", MetricType::Gauge);
+                 "Share of the engine's KV cache blocks in use, 0 to 1.", MetricType::Gauge);
   auto prefix_queries = MakeFamily("inferbox_prefix_cache_queries_total",
-                               "Prompt tokens looked up in the prefix cache (since the engine "
-                               "started).",
-                               MetricType::Counter);
-  auto prefix_hits = MakeFamily("inferbox_prefix_cache_hits_total",
-                            "Prompt tokens found in the prefix cache (since the engine started).",
-                            MetricType::Counter);
+                                   "Prompt tokens looked up in the prefix cache (since the engine "
+                                   "started).",
+                                   MetricType::Counter);
+  auto prefix_hits = MakeFamily(
+      "inferbox_prefix_cache_hits_total",
+      "Prompt tokens found in the prefix cache (since the engine started).", MetricType::Counter);
   auto preemptions = MakeFamily("inferbox_num_preemptions_total",
-                            "Sequences preempted for lack of KV blocks (since the engine "
-                            "started).",
-                            MetricType::Counter);
+                                "Sequences preempted for lack of KV blocks (since the engine "
+                                "started).",
+                                MetricType::Counter);
   for (const auto& model : supervisor_.models()) {
     for (const auto& replica : supervisor_.Replicas(model.name)) {
       const std::vector<prometheus::ClientMetric::Label> labels = {
@@ -49,11 +49,13 @@ std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
       if (!stats) continue;
       AddSample(running, labels, stats->num_requests_running());
       AddSample(waiting, labels, stats->num_requests_waiting());
-      AddSample(kv_usage, labels,
+      AddSample(
+          kv_usage, labels,
           stats->num_kv_blocks_total() == 0
               ? 0.0
               : static_cast<double>(stats->num_kv_blocks_used()) / stats->num_kv_blocks_total());
-      AddSample(prefix_queries, labels, static_cast<double>(stats->prefix_cache_queried_tokens_total()));
+      AddSample(prefix_queries, labels,
+                static_cast<double>(stats->prefix_cache_queried_tokens_total()));
       AddSample(prefix_hits, labels, static_cast<double>(stats->prefix_cache_hit_tokens_total()));
       AddSample(preemptions, labels, static_cast<double>(stats->num_preemptions_total()));
     }
@@ -90,35 +92,38 @@ api::Economics EconomicsCollector::Snapshot() const {
 std::vector<prometheus::MetricFamily> EconomicsCollector::Collect() const {
   using prometheus::MetricType;
   const monitoring::Economics economics = Compute();
-  auto rate = MakeFamily("inferbox_output_tokens_per_second",
-                     "Output tokens delivered per second over the last 5 minutes, the whole box.",
-                     MetricType::Gauge);
-  auto peak = MakeFamily("inferbox_peak_output_tokens_per_second",
-                     "The best 5-minute output rate since the daemon started.", MetricType::Gauge);
+  auto rate =
+      MakeFamily("inferbox_output_tokens_per_second",
+                 "Output tokens delivered per second over the last 5 minutes, the whole box.",
+                 MetricType::Gauge);
+  auto peak =
+      MakeFamily("inferbox_peak_output_tokens_per_second",
+                 "The best 5-minute output rate since the daemon started.", MetricType::Gauge);
   auto per_gpu =
       MakeFamily("inferbox_output_tokens_per_second_per_gpu",
-             "The 5-minute output rate per GPU (per box without GPUs).", MetricType::Gauge);
+                 "The 5-minute output rate per GPU (per box without GPUs).", MetricType::Gauge);
   AddSample(rate, {}, economics.output_tokens_per_second);
   AddSample(peak, {}, economics.peak_output_tokens_per_second);
   AddSample(per_gpu, {}, economics.output_tokens_per_second_per_gpu);
   std::vector<prometheus::MetricFamily> families = {rate, peak, per_gpu};
   if (economics.cost_per_hour) {
     auto hour = MakeFamily("inferbox_cost_per_hour",
-                       "What an hour of the box costs: amortised hardware plus power, in the "
-                       "configured currency.",
-                       MetricType::Gauge);
+                           "What an hour of the box costs: amortised hardware plus power, in the "
+                           "configured currency.",
+                           MetricType::Gauge);
     AddSample(hour, {{"currency", config_.currency}}, *economics.cost_per_hour);
-    auto million = MakeFamily("inferbox_cost_per_million_output_tokens",
-                          "Cost of a million output tokens at the observed load and at the peak "
-                          "load seen (absent while no tokens flow).",
-                          MetricType::Gauge);
+    auto million =
+        MakeFamily("inferbox_cost_per_million_output_tokens",
+                   "Cost of a million output tokens at the observed load and at the peak "
+                   "load seen (absent while no tokens flow).",
+                   MetricType::Gauge);
     if (economics.cost_per_million_output_tokens) {
       AddSample(million, {{"currency", config_.currency}, {"load", "observed"}},
-          *economics.cost_per_million_output_tokens);
+                *economics.cost_per_million_output_tokens);
     }
     if (economics.cost_per_million_output_tokens_at_peak) {
       AddSample(million, {{"currency", config_.currency}, {"load", "peak"}},
-          *economics.cost_per_million_output_tokens_at_peak);
+                *economics.cost_per_million_output_tokens_at_peak);
     }
     families.push_back(hour);
     if (!million.metric.empty()) families.push_back(million);

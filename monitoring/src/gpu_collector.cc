@@ -114,9 +114,9 @@ std::pair<int, double> GpuCollector::CountAndPower() const {
 std::vector<prometheus::MetricFamily> GpuCollector::Collect() const {
   if (!nvml_) return {};
   using prometheus::MetricType;
-  auto utilization =
-      MakeFamily("inferbox_gpu_utilization_ratio",
-             "Share of the last sample period a kernel ran on the GPU, 0 to 1.", MetricType::Gauge);
+  auto utilization = MakeFamily("inferbox_gpu_utilization_ratio",
+                                "Share of the last sample period a kernel ran on the GPU, 0 to 1.",
+                                MetricType::Gauge);
   auto memory_used =
       MakeFamily("inferbox_gpu_memory_used_bytes", "GPU memory in use.", MetricType::Gauge);
   auto memory_total =
@@ -126,8 +126,8 @@ std::vector<prometheus::MetricFamily> GpuCollector::Collect() const {
   auto power = MakeFamily("inferbox_gpu_power_watts", "GPU board power draw.", MetricType::Gauge);
   auto clock = MakeFamily("inferbox_gpu_sm_clock_hertz", "GPU SM clock.", MetricType::Gauge);
   auto ecc = MakeFamily("inferbox_gpu_ecc_errors_total",
-                    "ECC memory errors over the GPU's life, by type (corrected, uncorrected).",
-                    MetricType::Counter);
+                        "ECC memory errors over the GPU's life, by type (corrected, uncorrected).",
+                        MetricType::Counter);
   unsigned int count = 0;
   if (nvml_->count(&count) != kSuccess) return {};
   for (unsigned int index = 0; index < count; ++index) {

@@ -38,7 +38,6 @@ class OpenAiClientTest : public ::testing::Test {
            (scratch_->path() / "model").string() + "\"\nkv_cache_gib = 0.2\nmax_running = 64\n";
   }
 
-
   CommandResult Conformance(const DaemonProcess& daemon, std::vector<std::string> extra) {
     std::vector<std::string> argv = {
         INFERBOX_NODE, std::string(INFERBOX_REFERENCE_DIR) + "/openai_conformance.mjs",
