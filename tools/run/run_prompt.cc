@@ -108,11 +108,11 @@ int Run(const Options& options) {
   IncrementalDecoder detokenizer(**tokenizer, true);
   StopStringMatcher stops(options.stop, false);
 
-  std::vector<float> logits;
   const auto start = std::chrono::steady_clock::now();
   ForwardSequence step{prompt, 0, block_table};
-  if (Status status = (*model)->Forward(std::span(&step, 1), *cache, false, logits); !status.ok()) {
-    fmt::print(stderr, "inferbox-run: {}\n", status.ToString());
+  auto logits = (*model)->Forward(std::span(&step, 1), *cache, false);
+  if (!logits.ok()) {
+    fmt::print(stderr, "inferbox-run: {}\n", logits.status().ToString());
     return 1;
   }
   const auto prefilled = std::chrono::steady_clock::now();
@@ -120,7 +120,7 @@ int Run(const Options& options) {
   FinishReason finish = FinishReason::kNone;
   int32_t token = 0;
   while (finish == FinishReason::kNone) {
-    token = sampler.Next(logits).token;
+    token = sampler.Next(*logits).token;
     ++generated;
     finish = CheckTokenStop(criteria, token, generated);
     auto delta = detokenizer.Append(std::span(&token, 1));
@@ -133,9 +133,9 @@ int Run(const Options& options) {
     if (finish != FinishReason::kNone) break;
     step = {std::span<const int32_t>(&token, 1),
             static_cast<int64_t>(prompt.size()) + generated - 1, block_table};
-    if (Status status = (*model)->Forward(std::span(&step, 1), *cache, false, logits);
-        !status.ok()) {
-      fmt::print(stderr, "inferbox-run: {}\n", status.ToString());
+    logits = (*model)->Forward(std::span(&step, 1), *cache, false);
+    if (!logits.ok()) {
+      fmt::print(stderr, "inferbox-run: {}\n", logits.status().ToString());
       return 1;
     }
   }

@@ -1,6 +1,7 @@
 // The CPU backend: float32 compute, weights widened from their stored dtype, rows spread
 // over cores with OpenMP. It is the reference for every other backend, so it favours
 // plain, obviously-correct loops over cleverness; speed comes from the row parallelism.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -94,6 +95,10 @@ class CpuKvCache final : public KvCache {
                                   shape.head_dim)),
         values_(keys_.size()) {}
   const KvCacheShape& shape() const override { return shape_; }
+  int64_t bytes_per_block() const override {
+    return 2 * shape_.num_layers * shape_.block_size * shape_.num_kv_heads * shape_.head_dim *
+           static_cast<int64_t>(sizeof(float));
+  }
 
   // Start of (layer, slot) in the key or value store: [num_kv_heads, head_dim] floats.
   float* Key(int64_t layer, int64_t slot) { return keys_.data() + Offset(layer, slot); }
@@ -113,12 +118,91 @@ class CpuKvCache final : public KvCache {
   std::vector<float> values_;
 };
 
+class CpuBuffer final : public Buffer {
+ public:
+  explicit CpuBuffer(int64_t num_floats) : data_(static_cast<size_t>(num_floats)) {}
+  std::span<float> data() override { return data_; }
+
+ private:
+  std::vector<float> data_;
+};
+
+// The step's layout copied (block tables flattened), with cos/sin of every token's angles.
+class CpuStepInputs final : public StepInputs {
+ public:
+  explicit CpuStepInputs(const StepLayout& layout)
+      : token_ids(layout.token_ids.begin(), layout.token_ids.end()),
+        positions(layout.positions.begin(), layout.positions.end()),
+        slots(layout.slots.begin(), layout.slots.end()),
+        logit_rows(layout.logit_rows.begin(), layout.logit_rows.end()) {
+    size_t table_size = 0;
+    for (const AttentionSequence& sequence : layout.sequences)
+      table_size += sequence.block_table.size();
+    block_tables.reserve(table_size);
+    for (const AttentionSequence& sequence : layout.sequences) {
+      const size_t first = block_tables.size();
+      block_tables.insert(block_tables.end(), sequence.block_table.begin(),
+                          sequence.block_table.end());
+      sequences.push_back(
+          {sequence.start_position, sequence.num_query_tokens,
+           std::span<const int32_t>(block_tables.data() + first, sequence.block_table.size())});
+    }
+    if (layout.rope != nullptr) {
+      half = static_cast<int64_t>(layout.rope->inv_freq.size());
+      cos.resize(positions.size() * static_cast<size_t>(half));
+      sin.resize(cos.size());
+      for (size_t t = 0; t < positions.size(); ++t) {
+        for (int64_t j = 0; j < half; ++j) {
+          // The angle is formed in float32 as the reference does (position × inv_freq).
+          const float angle =
+              static_cast<float>(positions[t]) * layout.rope->inv_freq[static_cast<size_t>(j)];
+          cos[t * static_cast<size_t>(half) + static_cast<size_t>(j)] = std::cos(angle);
+          sin[t * static_cast<size_t>(half) + static_cast<size_t>(j)] = std::sin(angle);
+        }
+      }
+    }
+  }
+  int64_t num_tokens() const override { return static_cast<int64_t>(token_ids.size()); }
+  int64_t num_logit_rows() const override { return static_cast<int64_t>(logit_rows.size()); }
+
+  std::vector<int32_t> token_ids;
+  std::vector<int64_t> positions;
+  std::vector<int64_t> slots;
+  std::vector<int64_t> logit_rows;
+  std::vector<int32_t> block_tables;
+  std::vector<AttentionSequence> sequences;
+  int64_t half = 0;             // Rotated pairs per head.
+  std::vector<float> cos, sin;  // [m, half]
+};
+
 class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
+  std::optional<DeviceMemory> device_memory() const override { return std::nullopt; }
 
   std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
     return std::make_unique<CpuKvCache>(shape);
+  }
+  std::unique_ptr<Buffer> Allocate(int64_t num_floats) override {
+    return std::make_unique<CpuBuffer>(num_floats);
+  }
+  // The mapped file is the weight: nothing to copy.
+  Result<Weight> LoadWeight(const Weight& host) override { return host; }
+  std::span<const float> ReadBack(std::span<const float> data, std::vector<float>&) override {
+    return data;
+  }
+  void Upload(std::span<const float> host, std::span<float> data) override {
+    std::copy(host.begin(), host.end(), data.begin());
+  }
+  void ReadKv(const KvCache& cache, int64_t layer, int64_t slot, std::span<float> key,
+              std::span<float> value) override {
+    const auto& cpu = static_cast<const CpuKvCache&>(cache);
+    const int64_t row = cache.shape().num_kv_heads * cache.shape().head_dim;
+    std::copy_n(cpu.Key(layer, slot), row, key.begin());
+    std::copy_n(cpu.Value(layer, slot), row, value.begin());
+  }
+  std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) override {
+    return std::make_unique<CpuStepInputs>(layout);
   }
 
   void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
@@ -165,7 +249,8 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void Embedding(std::span<const int32_t> ids, const Weight& table, std::span<float> out) override {
+  void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) override {
+    const auto& ids = static_cast<const CpuStepInputs&>(step).token_ids;
     for (size_t i = 0; i < ids.size(); ++i)
       WidenRow(table, ids[i], out.data() + i * static_cast<size_t>(table.cols));
   }
@@ -193,49 +278,41 @@ class CpuBackend final : public Backend {
     }
   }
 
-  void Rope(std::span<float> q, std::span<float> k, std::span<const int64_t> positions,
-            int64_t num_heads, int64_t num_kv_heads, const RopeTable& table) override {
-    const auto half = static_cast<int64_t>(table.inv_freq.size());
+  void RopeWriteKv(const StepInputs& step, std::span<float> q, std::span<float> k,
+                   std::span<const float> v, int64_t num_heads, KvCache& cache,
+                   int64_t layer) override {
+    const auto& inputs = static_cast<const CpuStepInputs&>(step);
+    const int64_t half = inputs.half;
     const int64_t head_dim = 2 * half;
-    std::vector<float> cos(static_cast<size_t>(half));
-    std::vector<float> sin(static_cast<size_t>(half));
-    for (size_t t = 0; t < positions.size(); ++t) {
-      for (int64_t j = 0; j < half; ++j) {
-        // The angle is formed in float32 as the reference does (position × inv_freq).
-        const float angle =
-            static_cast<float>(positions[t]) * table.inv_freq[static_cast<size_t>(j)];
-        cos[static_cast<size_t>(j)] = std::cos(angle);
-        sin[static_cast<size_t>(j)] = std::sin(angle);
-      }
+    const int64_t num_kv_heads = cache.shape().num_kv_heads;
+    for (size_t t = 0; t < inputs.positions.size(); ++t) {
+      const float* cos = inputs.cos.data() + t * static_cast<size_t>(half);
+      const float* sin = inputs.sin.data() + t * static_cast<size_t>(half);
       auto rotate = [&](float* head) {
         for (int64_t j = 0; j < half; ++j) {
           const float x1 = head[j];
           const float x2 = head[j + half];
-          head[j] = x1 * cos[static_cast<size_t>(j)] - x2 * sin[static_cast<size_t>(j)];
-          head[j + half] = x2 * cos[static_cast<size_t>(j)] + x1 * sin[static_cast<size_t>(j)];
+          head[j] = x1 * cos[j] - x2 * sin[j];
+          head[j + half] = x2 * cos[j] + x1 * sin[j];
         }
       };
       for (int64_t h = 0; h < num_heads; ++h)
         rotate(q.data() + (static_cast<int64_t>(t) * num_heads + h) * head_dim);
-      for (int64_t h = 0; h < num_kv_heads; ++h) {
+      for (int64_t h = 0; h < num_kv_heads; ++h)
         rotate(k.data() + (static_cast<int64_t>(t) * num_kv_heads + h) * head_dim);
-      }
     }
-  }
-
-  void WriteKv(KvCache& cache, int64_t layer, std::span<const float> k, std::span<const float> v,
-               std::span<const int64_t> slots) override {
     auto& cpu = static_cast<CpuKvCache&>(cache);
-    const size_t row = static_cast<size_t>(cache.shape().num_kv_heads * cache.shape().head_dim);
-    for (size_t t = 0; t < slots.size(); ++t) {
-      std::memcpy(cpu.Key(layer, slots[t]), k.data() + t * row, row * sizeof(float));
-      std::memcpy(cpu.Value(layer, slots[t]), v.data() + t * row, row * sizeof(float));
+    const auto row = static_cast<size_t>(num_kv_heads * head_dim);
+    for (size_t t = 0; t < inputs.slots.size(); ++t) {
+      std::memcpy(cpu.Key(layer, inputs.slots[t]), k.data() + t * row, row * sizeof(float));
+      std::memcpy(cpu.Value(layer, inputs.slots[t]), v.data() + t * row, row * sizeof(float));
     }
   }
 
-  void PagedAttention(const KvCache& cache, int64_t layer, std::span<const float> q,
-                      std::span<const AttentionSequence> sequences, int64_t num_heads, float scale,
+  void PagedAttention(const StepInputs& step, const KvCache& cache, int64_t layer,
+                      std::span<const float> q, int64_t num_heads, float scale,
                       std::span<float> out) override {
+    const auto& sequences = static_cast<const CpuStepInputs&>(step).sequences;
     const auto& cpu = static_cast<const CpuKvCache&>(cache);
     const KvCacheShape& shape = cache.shape();
     const int64_t d = shape.head_dim;
@@ -297,6 +374,14 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < out.size(); ++i) {
       const float g = gate[i];
       out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  }
+
+  void GatherRows(const StepInputs& step, std::span<const float> x, int64_t cols,
+                  std::span<float> out) override {
+    const auto& rows = static_cast<const CpuStepInputs&>(step).logit_rows;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      std::copy_n(x.begin() + rows[i] * cols, cols, out.begin() + static_cast<int64_t>(i) * cols);
     }
   }
 

@@ -49,8 +49,30 @@ struct LayerWeights {
 
 }  // namespace
 
+// Activation buffers reused from step to step, grown to the largest step seen.
+class Workspace {
+ public:
+  explicit Workspace(Backend& backend) : backend_(backend) {}
+  // Buffer `index` with room for at least `num_floats`; its first num_floats are returned.
+  std::span<float> Get(size_t index, int64_t num_floats) {
+    if (index >= buffers_.size()) buffers_.resize(index + 1);
+    auto& buffer = buffers_[index];
+    if (buffer == nullptr || static_cast<int64_t>(buffer->data().size()) < num_floats) {
+      buffer.reset();  // Free first: device memory may not hold both.
+      buffer = backend_.Allocate(std::max<int64_t>(num_floats, 1));
+    }
+    return buffer->data().first(static_cast<size_t>(num_floats));
+  }
+
+ private:
+  Backend& backend_;
+  std::vector<std::unique_ptr<Buffer>> buffers_;
+};
+
 struct Model::Impl {
   Backend* backend = nullptr;
+  std::unique_ptr<Workspace> workspace;
+  std::vector<float> host_logits;  // ReadBack's copy where the backend's memory is not the host's.
   ModelConfig config;
   GenerationConfig generation_config;
   std::unique_ptr<WeightStore> store;
@@ -63,7 +85,7 @@ struct Model::Impl {
   Result<Weight> Get(const std::string& name, std::initializer_list<int64_t> shape) const {
     auto view = store->GetFloat(name, std::vector<int64_t>(shape));
     if (!view.ok()) return view.status();
-    return Weight::FromView(**view);
+    return backend->LoadWeight(Weight::FromView(**view));
   }
   Status LoadWeights();
 };
@@ -129,6 +151,7 @@ Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Bac
 
   auto impl = std::make_unique<Impl>();
   impl->backend = &backend;
+  impl->workspace = std::make_unique<Workspace>(backend);
   impl->config = std::move(config).value();
   if (std::filesystem::exists(dir / "generation_config.json")) {
     auto generation_text = ReadFile(dir / "generation_config.json");
@@ -165,9 +188,7 @@ std::vector<int32_t> Model::EosTokenIds() const {
 }
 
 int64_t Model::WeightBytesPerDecodeStep() const {
-  auto bytes = [](const Weight& w) {
-    return w.data == nullptr ? 0 : w.rows * w.cols * static_cast<int64_t>(DTypeSize(w.dtype));
-  };
+  auto bytes = [](const Weight& w) { return w.empty() ? 0 : w.num_bytes(); };
   int64_t total =
       bytes(impl_->final_norm) + bytes(impl_->lm_head) +
       impl_->embed_tokens.cols * static_cast<int64_t>(DTypeSize(impl_->embed_tokens.dtype));
@@ -186,8 +207,8 @@ KvCacheShape Model::KvShape(int64_t num_blocks, int64_t block_size) const {
   return {c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim};
 }
 
-Status Model::Forward(std::span<const ForwardSequence> batch, KvCache& cache, bool all_positions,
-                      std::vector<float>& logits) {
+Result<std::span<const float>> Model::Forward(std::span<const ForwardSequence> batch,
+                                              KvCache& cache, bool all_positions) {
   const ModelConfig& c = impl_->config;
   Backend& backend = *impl_->backend;
   const KvCacheShape& kv = cache.shape();
@@ -205,6 +226,7 @@ Status Model::Forward(std::span<const ForwardSequence> batch, KvCache& cache, bo
   std::vector<int32_t> ids;
   std::vector<int64_t> positions;
   std::vector<int64_t> slots;
+  std::vector<int64_t> logit_rows;
   std::vector<AttentionSequence> attention;
   for (const ForwardSequence& sequence : batch) {
     const auto count = static_cast<int64_t>(sequence.tokens.size());
@@ -228,30 +250,41 @@ Status Model::Forward(std::span<const ForwardSequence> batch, KvCache& cache, bo
       if (id < 0 || id >= c.vocab_size)
         return InvalidArgumentError(fmt::format("token id {} is outside the vocabulary", id));
       const int64_t position = sequence.start_position + t;
+      if (all_positions) logit_rows.push_back(static_cast<int64_t>(ids.size()));
       ids.push_back(id);
       positions.push_back(position);
       slots.push_back(sequence.block_table[static_cast<size_t>(position / kv.block_size)] *
                           kv.block_size +
                       position % kv.block_size);
     }
+    // Logits only where asked: every position, or each sequence's last token.
+    if (!all_positions) logit_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
     attention.push_back({sequence.start_position, count, sequence.block_table});
   }
+  const std::unique_ptr<StepInputs> step =
+      backend.PrepareStep({ids, positions, slots, attention, logit_rows, &impl_->rope});
 
   const auto m = static_cast<int64_t>(ids.size());
+  const auto num_rows = static_cast<int64_t>(logit_rows.size());
   const int64_t hidden = c.hidden_size;
   const int64_t q_size = c.num_attention_heads * c.head_dim;
   const int64_t kv_size = c.num_key_value_heads * c.head_dim;
-  auto buffer = [](int64_t size) { return std::vector<float>(static_cast<size_t>(size)); };
-  std::vector<float> residual = buffer(m * hidden);
-  std::vector<float> normed = buffer(m * hidden);
-  std::vector<float> q = buffer(m * q_size), k = buffer(m * kv_size), v = buffer(m * kv_size);
-  std::vector<float> attention_out = buffer(m * q_size);
-  std::vector<float> delta = buffer(m * hidden);
-  std::vector<float> gate = buffer(m * c.intermediate_size), up = buffer(m * c.intermediate_size);
+  Workspace& w = *impl_->workspace;
+  const std::span<float> residual = w.Get(0, m * hidden);
+  const std::span<float> normed = w.Get(1, m * hidden);
+  const std::span<float> q = w.Get(2, m * q_size);
+  const std::span<float> k = w.Get(3, m * kv_size);
+  const std::span<float> v = w.Get(4, m * kv_size);
+  const std::span<float> attention_out = w.Get(5, m * q_size);
+  const std::span<float> delta = w.Get(6, m * hidden);
+  const std::span<float> gate = w.Get(7, m * c.intermediate_size);
+  const std::span<float> up = w.Get(8, m * c.intermediate_size);
+  const std::span<float> rows = w.Get(9, num_rows * hidden);
+  const std::span<float> logits = w.Get(10, num_rows * c.vocab_size);
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
-  backend.Embedding(ids, impl_->embed_tokens, residual);
+  backend.Embedding(*step, impl_->embed_tokens, residual);
   for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
     const LayerWeights& l = impl_->layers[static_cast<size_t>(layer)];
     // The first layer normalises the embeddings; later ones add the previous MLP output.
@@ -265,9 +298,8 @@ Status Model::Forward(std::span<const ForwardSequence> batch, KvCache& cache, bo
       backend.RmsNormGroups(q, l.q_norm, eps);
       backend.RmsNormGroups(k, l.k_norm, eps);
     }
-    backend.Rope(q, k, positions, c.num_attention_heads, c.num_key_value_heads, impl_->rope);
-    backend.WriteKv(cache, layer, k, v, slots);
-    backend.PagedAttention(cache, layer, q, attention, c.num_attention_heads, scale, attention_out);
+    backend.RopeWriteKv(*step, q, k, v, c.num_attention_heads, cache, layer);
+    backend.PagedAttention(*step, cache, layer, q, c.num_attention_heads, scale, attention_out);
     backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
     backend.AddRmsNorm(residual, delta, m, l.post_attention_norm, eps, normed);
     backend.Linear(normed, m, l.gate_proj, nullptr, gate);
@@ -276,24 +308,9 @@ Status Model::Forward(std::span<const ForwardSequence> batch, KvCache& cache, bo
     backend.Linear(gate, m, l.down_proj, nullptr, delta);
   }
   backend.AddRmsNorm(residual, delta, m, impl_->final_norm, eps, normed);
-
-  // Logits only where asked: every position, or each sequence's last token.
-  std::vector<float> rows;
-  int64_t num_rows = m;
-  if (all_positions) {
-    rows = std::move(normed);
-  } else {
-    num_rows = static_cast<int64_t>(batch.size());
-    rows.reserve(static_cast<size_t>(num_rows * hidden));
-    int64_t end = 0;
-    for (const ForwardSequence& sequence : batch) {
-      end += static_cast<int64_t>(sequence.tokens.size());
-      rows.insert(rows.end(), normed.begin() + (end - 1) * hidden, normed.begin() + end * hidden);
-    }
-  }
-  logits.resize(static_cast<size_t>(num_rows * c.vocab_size));
+  backend.GatherRows(*step, normed, hidden, rows);
   backend.Linear(rows, num_rows, impl_->lm_head, nullptr, logits);
-  return Status::Ok();
+  return backend.ReadBack(logits, impl_->host_logits);
 }
 
 }  // namespace inferbox::engine

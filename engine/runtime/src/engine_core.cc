@@ -81,7 +81,8 @@ Result<StepOutput> EngineCore::Step() {
          item.start, item.sequence->kv.block_table});
     output.num_tokens += item.num_tokens;
   }
-  if (Status status = model_.Forward(batch, *cache_, false, logits_); !status.ok()) return status;
+  auto logits = model_.Forward(batch, *cache_, false);
+  if (!logits.ok()) return logits.status();
   output.timings.forward = SecondsSince(mark);
 
   // sample
@@ -91,8 +92,7 @@ Result<StepOutput> EngineCore::Step() {
     if (!work[i].samples) continue;
     Sequence& sequence = *work[i].sequence;
     RequestState& state = requests_.at(sequence.id);
-    TokenChoice choice =
-        state.sampler.Next(std::span<const float>(logits_).subspan(i * vocab, vocab));
+    TokenChoice choice = state.sampler.Next(logits->subspan(i * vocab, vocab));
     state.finish = CheckTokenStop(state.stop, choice.token, sequence.num_generated() + 1);
     sampled.push_back(choice.token);
     output.events.push_back(

@@ -76,13 +76,14 @@ TEST_P(ForwardReferenceTest, GreedyIdsAndTopLogitsMatchTheReference) {
   std::shuffle(block_table.begin(), block_table.end(), std::mt19937(5));
 
   std::vector<std::vector<float>> position_logits;
-  std::vector<float> logits;
   // Prefill in two chunks (chunked prefill), keeping every position's logits.
   const size_t split = kPrompt.size() / 2;
   for (const auto& [begin, end] : {std::pair<size_t, size_t>{0, split}, {split, kPrompt.size()}}) {
     const ForwardSequence chunk{std::span<const int32_t>(kPrompt).subspan(begin, end - begin),
                                 static_cast<int64_t>(begin), block_table};
-    ASSERT_TRUE((*model)->Forward(std::span(&chunk, 1), *cache, true, logits).ok());
+    auto result = (*model)->Forward(std::span(&chunk, 1), *cache, true);
+    ASSERT_TRUE(result.ok()) << result.status().ToString();
+    const std::span<const float> logits = *result;
     for (size_t t = 0; t < end - begin; ++t) {
       position_logits.emplace_back(logits.begin() + static_cast<int64_t>(t) * vocab,
                                    logits.begin() + static_cast<int64_t>(t + 1) * vocab);
@@ -98,8 +99,9 @@ TEST_P(ForwardReferenceTest, GreedyIdsAndTopLogitsMatchTheReference) {
     if (step + 1 == kSteps) break;
     const ForwardSequence decode{std::span<const int32_t>(&generated.back(), 1),
                                  static_cast<int64_t>(kPrompt.size()) + step, block_table};
-    ASSERT_TRUE((*model)->Forward(std::span(&decode, 1), *cache, false, logits).ok());
-    position_logits.push_back(logits);
+    auto logits = (*model)->Forward(std::span(&decode, 1), *cache, false);
+    ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+    position_logits.emplace_back(logits->begin(), logits->end());
   }
 
   std::vector<int32_t> expected_ids;
@@ -155,21 +157,20 @@ TEST(ModelForward, RefusesBadBatchesBeforeComputing) {
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   auto cache = backend->AllocateKvCache((*model)->KvShape(2, 4));
   const std::vector<int32_t> table = {0, 1};
-  std::vector<float> logits;
   const std::vector<int32_t> bad_id = {static_cast<int32_t>((*model)->config().vocab_size)};
   ForwardSequence sequence{bad_id, 0, table};
-  EXPECT_EQ((*model)->Forward(std::span(&sequence, 1), *cache, false, logits).code(),
+  EXPECT_EQ((*model)->Forward(std::span(&sequence, 1), *cache, false).status().code(),
             StatusCode::kInvalidArgument);
   const std::vector<int32_t> too_long(9, 1);  // 2 blocks of 4 hold 8 positions.
   sequence = {too_long, 0, table};
-  EXPECT_EQ((*model)->Forward(std::span(&sequence, 1), *cache, false, logits).code(),
+  EXPECT_EQ((*model)->Forward(std::span(&sequence, 1), *cache, false).status().code(),
             StatusCode::kInvalidArgument);
   KvCacheShape other = (*model)->KvShape(2, 4);
   other.num_layers += 1;
   auto foreign_cache = backend->AllocateKvCache(other);
   const std::vector<int32_t> one = {1};
   sequence = {one, 0, table};
-  const Status foreign = (*model)->Forward(std::span(&sequence, 1), *foreign_cache, false, logits);
+  const Status foreign = (*model)->Forward(std::span(&sequence, 1), *foreign_cache, false).status();
   EXPECT_EQ(foreign.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(foreign.message().find("was not made for this model"), std::string::npos)
       << foreign.message();

@@ -1,29 +1,45 @@
-// The op interface every backend implements (CPU now, CUDA next). Model code is written
-// once against it and never branches on the backend. The CPU backend is the reference each
-// other backend is compared with, op by op.
+// The op interface every backend implements (CPU, CUDA). Model code is written once against
+// it and never branches on the backend. The CPU backend is the reference each other backend
+// is compared with, op by op (tests/backend/backend_ops_test.cc).
 //
-// Activations are float32, row-major; weights stay in their stored dtype (F32, BF16, F16)
-// and are widened inside the ops. Which thread: a backend is driven by one engine thread.
+// Memory. Activations are float32, row-major, and live where the backend computes: host
+// memory for the CPU backend, device memory for CUDA. They are allocated by the backend
+// (Allocate) and the spans it hands out may only be passed back to the same backend's ops;
+// host code reads them through ReadBack. Weights are loaded once (LoadWeight): the CPU
+// backend uses the memory-mapped file as it is, CUDA keeps a device copy in BF16 (vectors in
+// float32) and widens inside the ops. Everything per step that ops share (token ids,
+// positions, KV slots, the sequences' block tables, rotary angles) is prepared once per step
+// (PrepareStep), not once per layer.
+//
+// Which thread: a backend is driven by one engine thread; nothing here is thread-safe.
+// Errors: inputs are validated by the model before any op runs; an op that still fails
+// (a device fault) ends the process with the reason (see FatalBackendError), because the
+// device state can no longer be trusted and the supervisor restarts the engine.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
 
+#include "inferbox/common/status.h"
 #include "inferbox/engine/model/safetensors.h"
 
 namespace inferbox::engine {
 
-// A weight matrix [rows, cols] (a vector is rows = 1) as stored in the model file.
+// A weight matrix [rows, cols] (a vector is rows = 1). `data` is in the backend's memory.
 struct Weight {
   DType dtype = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
 
+  // A view of a tensor as stored in the model file (host memory).
   static Weight FromView(const TensorView& view);
+  bool empty() const { return data == nullptr; }
+  int64_t num_bytes() const { return rows * cols * static_cast<int64_t>(DTypeSize(dtype)); }
 };
 
 // Paged KV cache: `num_blocks` blocks of `block_size` token slots per layer. A sequence's
@@ -43,6 +59,15 @@ class KvCache {
  public:
   virtual ~KvCache() = default;
   virtual const KvCacheShape& shape() const = 0;
+  // Bytes one block takes over all layers, keys and values.
+  virtual int64_t bytes_per_block() const = 0;
+};
+
+// Activation memory of a backend, released with the object.
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  virtual std::span<float> data() = 0;
 };
 
 // The sequences of one forward step. Each contributes `num_query_tokens` consecutive
@@ -60,19 +85,61 @@ struct RopeTable {
   std::vector<float> inv_freq;  // head_dim / 2 entries.
 };
 
+// What the ops of one step share, in host memory; every index already validated.
+struct StepLayout {
+  std::span<const int32_t> token_ids;  // [m]
+  std::span<const int64_t> positions;  // [m]
+  std::span<const int64_t> slots;      // [m] KV slot of each token.
+  std::span<const AttentionSequence> sequences;
+  std::span<const int64_t> logit_rows;  // Tokens whose logits are wanted, ascending.
+  const RopeTable* rope = nullptr;
+};
+
+// A step's layout as the backend keeps it (uploaded to the device for CUDA), with the rotary
+// cos/sin of every token computed once.
+class StepInputs {
+ public:
+  virtual ~StepInputs() = default;
+  virtual int64_t num_tokens() const = 0;
+  virtual int64_t num_logit_rows() const = 0;
+};
+
+struct DeviceMemory {
+  int64_t free_bytes = 0;
+  int64_t total_bytes = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
+  // Device memory for sizing the KV cache; nullopt on the host (the operator sizes it).
+  virtual std::optional<DeviceMemory> device_memory() const = 0;
 
+  // --- memory ---
   virtual std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) = 0;
+  virtual std::unique_ptr<Buffer> Allocate(int64_t num_floats) = 0;
+  // Makes a weight read from the model file usable by the ops; the backend owns any copy.
+  virtual Result<Weight> LoadWeight(const Weight& host) = 0;
+  // A host view of `data`: the data itself where it is host memory, else a copy in `scratch`.
+  // Waits for the ops that write it.
+  virtual std::span<const float> ReadBack(std::span<const float> data,
+                                          std::vector<float>& scratch) = 0;
+  // Copies host floats into backend memory (tests and tools).
+  virtual void Upload(std::span<const float> host, std::span<float> data) = 0;
+  // Copies the key and value of `layer` at `slot` ([num_kv_heads, head_dim] each) to the
+  // host (tests).
+  virtual void ReadKv(const KvCache& cache, int64_t layer, int64_t slot, std::span<float> key,
+                      std::span<float> value) = 0;
 
+  virtual std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) = 0;
+
+  // --- ops ---
   // out[m, w.rows] = x[m, w.cols] · wᵀ (+ bias, a [1, w.rows] weight, when given).
   virtual void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
                       std::span<float> out) = 0;
-  // out[i, :] = table[ids[i], :].
-  virtual void Embedding(std::span<const int32_t> ids, const Weight& table,
-                         std::span<float> out) = 0;
+  // out[i, :] = table[token_ids[i], :].
+  virtual void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) = 0;
   // residual[m, n] += delta (skipped when delta is empty); out = RMSNorm(residual) ⊙ weight.
   virtual void AddRmsNorm(std::span<float> residual, std::span<const float> delta, int64_t m,
                           const Weight& weight, float eps, std::span<float> out) = 0;
@@ -80,20 +147,22 @@ class Backend {
   // q/k norm).
   virtual void RmsNormGroups(std::span<float> x, const Weight& weight, float eps) = 0;
   // Rotary embedding ("rotate_half" layout) in place on q [m, num_heads, d] and
-  // k [m, num_kv_heads, d], token i at positions[i].
-  virtual void Rope(std::span<float> q, std::span<float> k, std::span<const int64_t> positions,
-                    int64_t num_heads, int64_t num_kv_heads, const RopeTable& table) = 0;
-  // Writes k, v [m, num_kv_heads, d] of `layer` into cache slots[i].
-  virtual void WriteKv(KvCache& cache, int64_t layer, std::span<const float> k,
-                       std::span<const float> v, std::span<const int64_t> slots) = 0;
-  // Causal attention of q [Σ num_query_tokens, num_heads, d] over the cache, sequence by
-  // sequence; out has q's shape. scale multiplies q·k.
-  virtual void PagedAttention(const KvCache& cache, int64_t layer, std::span<const float> q,
-                              std::span<const AttentionSequence> sequences, int64_t num_heads,
-                              float scale, std::span<float> out) = 0;
+  // k [m, num_kv_heads, d], token i at the step's positions[i]; then writes the rotated k and
+  // v [m, num_kv_heads, d] of `layer` into the cache at the step's slots.
+  virtual void RopeWriteKv(const StepInputs& step, std::span<float> q, std::span<float> k,
+                           std::span<const float> v, int64_t num_heads, KvCache& cache,
+                           int64_t layer) = 0;
+  // Causal attention of q [m, num_heads, d] over the cache, sequence by sequence; out has
+  // q's shape. scale multiplies q·k.
+  virtual void PagedAttention(const StepInputs& step, const KvCache& cache, int64_t layer,
+                              std::span<const float> q, int64_t num_heads, float scale,
+                              std::span<float> out) = 0;
   // out = silu(gate) ⊙ up.
   virtual void SiluMul(std::span<const float> gate, std::span<const float> up,
                        std::span<float> out) = 0;
+  // out[i, :] = x[logit_rows[i], :] for the step's logit rows; x is [m, cols].
+  virtual void GatherRows(const StepInputs& step, std::span<const float> x, int64_t cols,
+                          std::span<float> out) = 0;
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();

@@ -40,11 +40,12 @@ class Model {
   int64_t WeightBytesPerDecodeStep() const;
   KvCacheShape KvShape(int64_t num_blocks, int64_t block_size) const;
 
-  // Runs one step. `logits` receives, per sequence, the logits of its last token
-  // ([batch, vocab]), or with all_positions the logits of every token ([Σ tokens, vocab]).
-  // INVALID_ARGUMENT when a token id or position is out of range or a block table is short.
-  Status Forward(std::span<const ForwardSequence> batch, KvCache& cache, bool all_positions,
-                 std::vector<float>& logits);
+  // Runs one step and returns, per sequence, the logits of its last token ([batch, vocab]),
+  // or with all_positions the logits of every token ([Σ tokens, vocab]), in host memory
+  // valid until the next Forward. INVALID_ARGUMENT when a token id or position is out of
+  // range or a block table is short; nothing has run then.
+  Result<std::span<const float>> Forward(std::span<const ForwardSequence> batch, KvCache& cache,
+                                         bool all_positions);
 
   struct Impl;
 

@@ -84,7 +84,6 @@ class EngineCore {
   BlockManager blocks_;
   Scheduler scheduler_;
   std::unordered_map<int64_t, RequestState> requests_;
-  std::vector<float> logits_;
 };
 
 }  // namespace inferbox::engine
