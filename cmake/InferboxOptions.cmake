@@ -19,8 +19,9 @@ option(INFERBOX_BUILD_TESTS "Build the test suite" ON)
 
 if(INFERBOX_CUDA)
   if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-    # Hopper (H100/H200) is the box's target; override with -DCMAKE_CUDA_ARCHITECTURES=...
-    set(CMAKE_CUDA_ARCHITECTURES 90)
+    # Hopper (H100/H200) is the box's target; Ampere (A100, sm_80) and Ada (L40S, sm_89)
+    # cost a few seconds of compile. Override with -DCMAKE_CUDA_ARCHITECTURES=...
+    set(CMAKE_CUDA_ARCHITECTURES 80 89 90)
   endif()
   enable_language(CUDA)
   # CMake 3.25 predates nvcc's C++20 support and knows no flag for it; host and device code

@@ -362,6 +362,13 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              model.kv_cache_gib = *value;
              return Status::Ok();
            }},
+          {"gpu_memory_fraction",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetNumberIn(site, node, key, 0.05, 0.99);
+             if (!value.ok()) return value.status();
+             model.gpu_memory_fraction = *value;
+             return Status::Ok();
+           }},
           {"max_running",
            [&](const toml::node& node, const std::string& key) {
              auto value = GetIntegerIn(site, node, key, 1, 4096);

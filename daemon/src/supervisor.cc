@@ -363,14 +363,22 @@ void Supervisor::Watch(Watcher& watcher) {
 
   std::vector<std::string> argv = {
       options_.engine_executable.string(), "--model", ModelPath(model).string(), "--socket",
-      watcher.socket.string(), "--model-id", model.name, "--device", model.device, "--kv-cache-gib",
-      fmt::format("{}", model.kv_cache_gib), "--max-running", std::to_string(model.max_running),
+      watcher.socket.string(), "--model-id", model.name, "--device", model.device,
+      "--max-running", std::to_string(model.max_running),
       "--token-budget", std::to_string(model.token_budget), "--max-waiting",
       std::to_string(model.max_waiting), "--log-level", options_.log_level,
       // The supervisor drains with the Drain RPC first; the
       // engine's own SIGTERM drain only covers a failed RPC, and
       // must end well within kStopGrace.
       "--drain-timeout", "5", "--parent-pid", std::to_string(getpid())};
+  if (model.kv_cache_gib > 0) {
+    argv.push_back("--kv-cache-gib");
+    argv.push_back(fmt::format("{}", model.kv_cache_gib));
+  }
+  if (model.device == "cuda") {
+    argv.push_back("--gpu-memory-fraction");
+    argv.push_back(fmt::format("{}", model.gpu_memory_fraction));
+  }
   if (model.max_model_len > 0) {
     argv.push_back("--max-model-len");
     argv.push_back(std::to_string(model.max_model_len));

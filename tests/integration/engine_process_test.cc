@@ -390,10 +390,12 @@ TEST_F(EngineProcessTest, AModelThatCannotLoadExitsWithItsReason) {
     EXPECT_NE(err.find("no-such-model"), std::string::npos) << err;
     EXPECT_FALSE(std::filesystem::exists(engine.socket()));
   }
-  {
-    EngineProcess engine(model(), dir_.path(), {"--device", "cuda"});
-    EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(78));
-    EXPECT_NE(engine.process().ReadStderr().find("--device cuda"), std::string::npos)
+  // A device that is not there (no machine has 100 GPUs) or not a device at all.
+  for (const char* device : {"cuda:99", "tpu"}) {
+    EngineProcess engine(model(), dir_.path(), {"--device", device});
+    EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(78)) << device;
+    EXPECT_NE(engine.process().ReadStderr().find(std::string("--device ") + device),
+              std::string::npos)
         << engine.process().ReadStderr();
   }
   {

@@ -1,6 +1,6 @@
 // inferbox-bench, offline mode: throughput and latency of the engine loop (Runtime) run
-// in-process on the CPU backend, printed beside the memory-bandwidth ceiling of decoding on
-// this machine.
+// in-process on a backend (--device cpu, cuda), printed beside the memory-bandwidth ceiling
+// of decoding measured on that backend's memory.
 //
 //   inferbox-bench --model DIR [--num-requests 64] [--input-len 128] [--output-len 64]
 //       [--concurrency 1] [--json]
@@ -29,7 +29,7 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
-#include "common/copy_bandwidth.h"
+#include "inferbox/engine/backend/factory.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/runtime/runtime.h"
 
@@ -44,6 +44,7 @@ constexpr std::chrono::seconds kIdleTimeout{60};
 
 struct Options {
   std::filesystem::path model;
+  std::string device = "cpu";
   int64_t num_requests = 64;
   int64_t input_len = 128;
   int64_t output_len = 64;
@@ -315,8 +316,8 @@ void PrintJson(const Options& options, const ModelConfig& config, const Measurem
 }
 
 void PrintTable(const Options& options, const ModelConfig& config, const Measurement& m) {
-  fmt::print("inferbox-bench, offline, CPU backend: {}, {} layers, hidden {}, vocab {}, {}\n",
-             ArchitectureName(config.architecture), config.num_hidden_layers, config.hidden_size,
+  fmt::print("inferbox-bench, offline, {} backend: {}, {} layers, hidden {}, vocab {}, {}\n",
+             options.device, ArchitectureName(config.architecture), config.num_hidden_layers, config.hidden_size,
              config.vocab_size, config.torch_dtype);
   fmt::print(
       "{} requests (+{} warmup) of {} prompt + {} output tokens; concurrency {}, max running {}, "
@@ -373,7 +374,12 @@ void PrintTable(const Options& options, const ModelConfig& config, const Measure
 }
 
 int Run(const Options& options) {
-  auto backend = MakeCpuBackend();
+  auto made = MakeBackend(options.device);
+  if (!made.ok()) {
+    fmt::print(stderr, "inferbox-bench: {}\n", made.status().ToString());
+    return 2;
+  }
+  const std::unique_ptr<Backend> backend = std::move(made).value();
   auto model = Model::Load(options.model, *backend);
   if (!model.ok()) {
     fmt::print(stderr, "inferbox-bench: {}\n", model.status().ToString());
@@ -436,7 +442,7 @@ int Run(const Options& options) {
 
   Measurement measurement = Measure(records, before, after);
   // Measured after the run, so its gigabyte of buffers does not disturb it.
-  measurement.copy_bandwidth = tools::MeasureCopyBandwidth();
+  measurement.copy_bandwidth = backend->MeasureCopyBandwidth();
   measurement.weight_bytes_per_step = static_cast<double>((*model)->WeightBytesPerDecodeStep());
   measurement.batch_size = std::min(
       {options.concurrency, options.max_running, options.num_requests, options.token_budget});
@@ -465,10 +471,11 @@ CLI::Validator AtLeast(int64_t minimum) {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "Offline benchmark of the inferbox engine loop in-process (CPU backend): throughput, "
+      "Offline benchmark of the inferbox engine loop in-process (CPU or CUDA): throughput, "
       "latency and step-time breakdown beside the memory-bandwidth ceiling"};
   Options options;
   app.add_option("--model", options.model, "Model folder (Hugging Face layout)")->required();
+  app.add_option("--device", options.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--num-requests", options.num_requests, "Measured requests")
       ->check(AtLeast(1))
       ->capture_default_str();

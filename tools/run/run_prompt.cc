@@ -1,5 +1,5 @@
 // inferbox-run: runs one prompt through the engine in-process (tokenizer, chat template,
-// model on the CPU backend, sampler, streaming detokenizer, stop conditions) and streams
+// model on the CPU or CUDA backend, sampler, streaming detokenizer, stop conditions) and streams
 // the text to stdout; statistics go to stderr. For people checking a model folder, and as
 // the CPU forward benchmark:
 //
@@ -14,8 +14,8 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
-#include "common/copy_bandwidth.h"
 #include "inferbox/engine/chat_template/chat_format.h"
+#include "inferbox/engine/backend/factory.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/sampling/sampler.h"
 #include "inferbox/engine/sampling/stop.h"
@@ -29,6 +29,7 @@ using namespace inferbox::engine;
 
 struct Options {
   std::filesystem::path model;
+  std::string device = "cpu";
   std::string prompt;
   int64_t prompt_tokens = 0;
   bool chat = false;
@@ -56,7 +57,12 @@ int Run(const Options& options) {
     fmt::print(stderr, "inferbox-run: {}\n", tokenizer.status().ToString());
     return 1;
   }
-  auto backend = MakeCpuBackend();
+  auto made = MakeBackend(options.device);
+  if (!made.ok()) {
+    fmt::print(stderr, "inferbox-run: {}\n", made.status().ToString());
+    return 1;
+  }
+  const std::unique_ptr<Backend> backend = std::move(made).value();
   auto model = Model::Load(options.model, *backend);
   if (!model.ok()) {
     fmt::print(stderr, "inferbox-run: {}\n", model.status().ToString());
@@ -145,7 +151,7 @@ int Run(const Options& options) {
 
   if (options.floor) {
     // The decode floor: every weight is read once per step, at the machine's copy bandwidth.
-    const double bandwidth = tools::MeasureCopyBandwidth();
+    const double bandwidth = backend->MeasureCopyBandwidth();
     const double bytes_per_step = static_cast<double>((*model)->WeightBytesPerDecodeStep());
     fmt::print(stderr,
                "floor: {:.1f} MB of weights per decode step at {:.1f} GB/s measured copy bandwidth "
@@ -169,9 +175,10 @@ int Run(const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Run one prompt through the inferbox engine in-process (CPU backend)"};
+  CLI::App app{"Run one prompt through the inferbox engine in-process (CPU or CUDA)"};
   Options options;
   app.add_option("--model", options.model, "Model folder (Hugging Face layout)")->required();
+  app.add_option("--device", options.device, "cpu, cuda or cuda:N")->capture_default_str();
   auto* prompt = app.add_option("--prompt", options.prompt, "Prompt text");
   app.add_option("--prompt-tokens", options.prompt_tokens,
                  "Benchmark: a synthetic prompt of this many tokens")

@@ -2,6 +2,7 @@
 // over cores with OpenMP. It is the reference for every other backend, so it favours
 // plain, obviously-correct loops over cleverness; speed comes from the row parallelism.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -95,10 +96,6 @@ class CpuKvCache final : public KvCache {
                                   shape.head_dim)),
         values_(keys_.size()) {}
   const KvCacheShape& shape() const override { return shape_; }
-  int64_t bytes_per_block() const override {
-    return 2 * shape_.num_layers * shape_.block_size * shape_.num_kv_heads * shape_.head_dim *
-           static_cast<int64_t>(sizeof(float));
-  }
 
   // Start of (layer, slot) in the key or value store: [num_kv_heads, head_dim] floats.
   float* Key(int64_t layer, int64_t slot) { return keys_.data() + Offset(layer, slot); }
@@ -179,7 +176,20 @@ class CpuBackend final : public Backend {
  public:
   std::string_view name() const override { return "cpu"; }
   std::optional<DeviceMemory> device_memory() const override { return std::nullopt; }
+  double MeasureCopyBandwidth() override {
+    std::vector<char> source(size_t{512} << 20, 1), target(source.size());
+    constexpr int kCopies = 4;
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kCopies; ++i) std::memcpy(target.data(), source.data(), source.size());
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return 2.0 * kCopies * static_cast<double>(source.size()) / seconds;
+  }
 
+  int64_t KvCacheBytes(const KvCacheShape& shape) const override {
+    return 2 * shape.num_layers * shape.num_slots() * shape.num_kv_heads * shape.head_dim *
+           static_cast<int64_t>(sizeof(float));
+  }
   std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
     return std::make_unique<CpuKvCache>(shape);
   }

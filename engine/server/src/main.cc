@@ -2,7 +2,7 @@
 // loop, and serves inferbox.engine.v1 to inferboxd on a unix socket (mode 0600, never a
 // network port). The socket answers Health (LOADING) while the weights load.
 //
-//   inferbox-engine --model DIR --socket PATH [--device cpu] [--kv-cache-gib 1] ...
+//   inferbox-engine --model DIR --socket PATH [--device cpu|cuda[:N]] [--kv-cache-gib G] ...
 //
 // Exit status: 0 after SIGTERM/SIGINT and a drain; 2 bad arguments; 78 (EX_CONFIG) a model
 // folder or setting that cannot work, so restarting will not help; 1 the socket could not
@@ -26,6 +26,7 @@
 
 #include "inferbox/common/logging.h"
 #include "inferbox/common/version.h"
+#include "inferbox/engine/backend/factory.h"
 #include "inferbox/engine/server/engine_service.h"
 
 namespace {
@@ -45,7 +46,9 @@ struct Options {
   std::filesystem::path socket;
   std::string device = "cpu";
   std::string model_id;
-  double kv_cache_gib = 1.0;
+  // 0: 1 GiB on the CPU; on a GPU, what the memory fraction leaves after weights.
+  double kv_cache_gib = 0.0;
+  double gpu_memory_fraction = 0.9;
   int32_t block_size = 16;
   int64_t max_running = 64;
   int64_t token_budget = 512;
@@ -100,17 +103,56 @@ struct LoadedEngine {
   std::unique_ptr<Runtime> runtime;
 };
 
-Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
-  if (options.device != "cpu") {
-    return InvalidArgumentError(fmt::format(
-        "--device {}: this build serves only --device cpu (the CUDA backend is not built yet)",
-        options.device));
+// KV cache bytes on a device: after a forward pass of the largest step (so activation buffers
+// exist), what the memory fraction leaves free.
+Result<int64_t> DeviceKvBudget(const Options& options, Model& model, Backend& backend,
+                               const DeviceMemory& before) {
+  const int64_t sequences = std::max<int64_t>(1, std::min(options.max_running,
+                                                          options.token_budget));
+  const int64_t tokens_each = std::max<int64_t>(1, options.token_budget / sequences);
+  const int64_t blocks_each = (tokens_each + options.block_size - 1) / options.block_size;
+  {
+    auto cache = backend.AllocateKvCache(model.KvShape(sequences * blocks_each,
+                                                       options.block_size));
+    std::vector<int32_t> tokens(static_cast<size_t>(tokens_each), 0);
+    std::vector<std::vector<int32_t>> tables(static_cast<size_t>(sequences));
+    std::vector<ForwardSequence> batch;
+    for (int64_t s = 0; s < sequences; ++s) {
+      auto& table = tables[static_cast<size_t>(s)];
+      for (int64_t b = 0; b < blocks_each; ++b) table.push_back(static_cast<int32_t>(s * blocks_each + b));
+      batch.push_back({tokens, 0, table});
+    }
+    if (auto warm = model.Forward(batch, *cache, false); !warm.ok()) return warm.status();
   }
+  const std::optional<DeviceMemory> after = backend.device_memory();
+  const auto reserved =
+      static_cast<int64_t>((1.0 - options.gpu_memory_fraction) * static_cast<double>(after->total_bytes));
+  const int64_t budget = after->free_bytes - reserved;
+  spdlog::info("GPU memory: {:.2f} of {:.2f} GiB free before the model, {:.2f} after weights and "
+               "a {}-token warm-up step; {:.2f} GiB kept back (--gpu-memory-fraction {})",
+               static_cast<double>(before.free_bytes) / (1 << 30),
+               static_cast<double>(before.total_bytes) / (1 << 30),
+               static_cast<double>(after->free_bytes) / (1 << 30), sequences * tokens_each,
+               static_cast<double>(reserved) / (1 << 30), options.gpu_memory_fraction);
+  if (budget <= 0) {
+    return FailedPreconditionError(fmt::format(
+        "no GPU memory is left for the KV cache: {:.2f} GiB free after loading, {:.2f} GiB kept "
+        "back by --gpu-memory-fraction {}",
+        static_cast<double>(after->free_bytes) / (1 << 30), static_cast<double>(reserved) / (1 << 30),
+        options.gpu_memory_fraction));
+  }
+  return budget;
+}
+
+Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   if (!std::filesystem::is_directory(options.model)) {
     return NotFoundError(fmt::format("the model folder {} does not exist", options.model.string()));
   }
   auto engine = std::make_unique<LoadedEngine>();
-  engine->backend = MakeCpuBackend();
+  auto backend = MakeBackend(options.device);
+  if (!backend.ok()) return backend.status();
+  engine->backend = std::move(backend).value();
+  const std::optional<DeviceMemory> device_before = engine->backend->device_memory();
   auto tokenizer = Tokenizer::LoadFromDirectory(options.model);
   if (!tokenizer.ok()) return tokenizer.status();
   engine->tokenizer = std::move(tokenizer).value();
@@ -143,24 +185,33 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
     runtime.limits.max_model_len = options.max_model_len;
   }
   // KV cache: the memory budget, but no more than every running sequence at full length.
-  const KvCacheShape block = engine->model->KvShape(1, options.block_size);
-  const int64_t bytes_per_block = 2 * block.num_layers * block.block_size * block.num_kv_heads *
-                                  block.head_dim * static_cast<int64_t>(sizeof(float));
-  const auto budget_blocks =
-      static_cast<int64_t>(options.kv_cache_gib * 1024.0 * 1024.0 * 1024.0 / bytes_per_block);
+  const int64_t bytes_per_block =
+      engine->backend->KvCacheBytes(engine->model->KvShape(1, options.block_size));
+  auto budget_bytes = static_cast<int64_t>((options.kv_cache_gib > 0 ? options.kv_cache_gib : 1.0) *
+                                           1024.0 * 1024.0 * 1024.0);
+  if (device_before && options.kv_cache_gib == 0) {
+    auto device_budget = DeviceKvBudget(options, *engine->model, *engine->backend, *device_before);
+    if (!device_budget.ok()) return device_budget.status();
+    budget_bytes = *device_budget;
+  }
+  const int64_t budget_blocks = budget_bytes / bytes_per_block;
   const int64_t blocks_per_sequence =
       (runtime.limits.max_model_len + options.block_size - 1) / options.block_size;
   const int64_t num_blocks = std::min(budget_blocks, blocks_per_sequence * options.max_running);
   if (num_blocks < blocks_per_sequence) {
     return InvalidArgumentError(fmt::format(
-        "--kv-cache-gib {} holds {} tokens, less than one sequence of --max-model-len {}; give "
-        "more memory or a shorter --max-model-len",
-        options.kv_cache_gib, budget_blocks * options.block_size, runtime.limits.max_model_len));
+        "the KV cache budget of {:.2f} GiB holds {} tokens, less than one sequence of "
+        "--max-model-len {}; give more memory (--kv-cache-gib, --gpu-memory-fraction) or a "
+        "shorter --max-model-len",
+        static_cast<double>(budget_bytes) / (1 << 30), budget_blocks * options.block_size,
+        runtime.limits.max_model_len));
   }
   runtime.num_blocks = static_cast<int32_t>(std::min<int64_t>(num_blocks, INT32_MAX));
   spdlog::info(
-      "KV cache: {} blocks of {} tokens ({:.1f} MiB), context {} tokens, {} sequences at once",
-      runtime.num_blocks, options.block_size,
+      "KV cache on {}: {} blocks of {} tokens = {} tokens ({:.1f} MiB), context {} tokens, {} "
+      "sequences at once",
+      engine->backend->name(), runtime.num_blocks, options.block_size,
+      static_cast<int64_t>(runtime.num_blocks) * options.block_size,
       static_cast<double>(runtime.num_blocks * bytes_per_block) / (1024.0 * 1024.0),
       runtime.limits.max_model_len, options.max_running);
 
@@ -281,12 +332,17 @@ int main(int argc, char** argv) {
   app.add_option("--model", options.model, "Model folder (Hugging Face layout)")->required();
   app.add_option("--socket", options.socket, "Unix socket path to serve inferbox.engine.v1 on")
       ->required();
-  app.add_option("--device", options.device, "cpu (cuda once the CUDA backend lands)")
+  app.add_option("--device", options.device, "cpu, cuda (device 0) or cuda:N")
       ->capture_default_str();
   app.add_option("--model-id", options.model_id,
                  "Model id reported to clients (default: folder name)");
-  app.add_option("--kv-cache-gib", options.kv_cache_gib, "Memory for the KV cache, GiB")
-      ->check(CLI::PositiveNumber)
+  app.add_option("--kv-cache-gib", options.kv_cache_gib,
+                 "Memory for the KV cache, GiB (default: 1 on the CPU; on a GPU, what "
+                 "--gpu-memory-fraction leaves after the weights)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--gpu-memory-fraction", options.gpu_memory_fraction,
+                 "Share of the GPU's memory the engine may use (weights, activations, KV cache)")
+      ->check(CLI::Range(0.05, 0.99))
       ->capture_default_str();
   app.add_option("--block-size", options.block_size, "Tokens per KV block")
       ->check(CLI::Range(1, 1024))

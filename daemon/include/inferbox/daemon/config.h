@@ -49,8 +49,10 @@ struct ModelServeConfig {
   std::vector<uint32_t> gpus;
   // Engine processes serving the model; the router balances them.
   uint32_t replicas = 1;
-  // Engine options (inferbox-engine flags of the same names).
-  double kv_cache_gib = 1.0;
+  // Engine options (inferbox-engine flags of the same names). kv_cache_gib 0: the engine's
+  // default (1 GiB on the CPU; on a GPU, what gpu_memory_fraction leaves after the weights).
+  double kv_cache_gib = 0.0;
+  double gpu_memory_fraction = 0.9;
   int64_t max_running = 64;
   int64_t token_budget = 512;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings.

@@ -13,8 +13,8 @@
 //
 // Which thread: a backend is driven by one engine thread; nothing here is thread-safe.
 // Errors: inputs are validated by the model before any op runs; an op that still fails
-// (a device fault) ends the process with the reason (see FatalBackendError), because the
-// device state can no longer be trusted and the supervisor restarts the engine.
+// (a device fault) ends the process with the reason, because the device state can no longer
+// be trusted; the supervisor restarts the engine.
 #pragma once
 
 #include <cstdint>
@@ -59,8 +59,6 @@ class KvCache {
  public:
   virtual ~KvCache() = default;
   virtual const KvCacheShape& shape() const = 0;
-  // Bytes one block takes over all layers, keys and values.
-  virtual int64_t bytes_per_block() const = 0;
 };
 
 // Activation memory of a backend, released with the object.
@@ -115,8 +113,14 @@ class Backend {
   virtual std::string_view name() const = 0;
   // Device memory for sizing the KV cache; nullopt on the host (the operator sizes it).
   virtual std::optional<DeviceMemory> device_memory() const = 0;
+  // Bytes per second the backend's memory moves in a large copy (each byte read and written
+  // counts twice): the denominator of the decode floors benchmarks print. Takes a second or
+  // so; not for the serving path.
+  virtual double MeasureCopyBandwidth() = 0;
 
   // --- memory ---
+  // Bytes a cache of `shape` takes (keys and values of every layer).
+  virtual int64_t KvCacheBytes(const KvCacheShape& shape) const = 0;
   virtual std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) = 0;
   virtual std::unique_ptr<Buffer> Allocate(int64_t num_floats) = 0;
   // Makes a weight read from the model file usable by the ops; the backend owns any copy.

@@ -1,0 +1,20 @@
+// The CUDA backend: weights in BF16 on one device (vectors in float32), GEMMs through
+// cuBLASLt with float32 accumulation, our own kernels for the rest (kernels.h), a BF16 paged
+// KV cache, everything enqueued on one stream and synchronised only where the host reads
+// (ReadBack). Correctness is proven against the CPU reference op by op
+// (tests/backend/backend_ops_test.cc) and end to end (tests/gpu/cuda_forward_test.cc).
+#pragma once
+
+#include <memory>
+
+#include "inferbox/common/status.h"
+#include "inferbox/engine/backend/backend.h"
+
+namespace inferbox::engine::cuda {
+
+// A backend on CUDA device `device_index` (as numbered in CUDA_VISIBLE_DEVICES).
+// FAILED_PRECONDITION when there is no such device or the driver is missing: restarting the
+// engine will not change that.
+Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index);
+
+}  // namespace inferbox::engine::cuda

@@ -1,0 +1,534 @@
+#include "inferbox/engine/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "kernels.h"
+
+#define INFERBOX_CUBLAS_CHECK(call)                                                           \
+  do {                                                                                        \
+    const cublasStatus_t inferbox_cublas_status = (call);                                     \
+    if (inferbox_cublas_status != CUBLAS_STATUS_SUCCESS) {                                    \
+      ::inferbox::engine::cuda::FatalCudaError(                                               \
+          #call, cublasLtGetStatusString(inferbox_cublas_status), __FILE__, __LINE__);        \
+    }                                                                                         \
+  } while (false)
+
+namespace inferbox::engine::cuda {
+namespace {
+
+// Device memory released with the object (stream-ordered when a stream is given).
+class DeviceAllocation {
+ public:
+  DeviceAllocation() = default;
+  DeviceAllocation(int64_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes == 0) return;
+    if (stream_ != nullptr) {
+      INFERBOX_CUDA_CHECK(cudaMallocAsync(&data_, static_cast<size_t>(bytes), stream_));
+    } else {
+      INFERBOX_CUDA_CHECK(cudaMalloc(&data_, static_cast<size_t>(bytes)));
+    }
+  }
+  DeviceAllocation(DeviceAllocation&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), stream_(other.stream_) {}
+  DeviceAllocation& operator=(DeviceAllocation&& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(stream_, other.stream_);
+    return *this;
+  }
+  DeviceAllocation(const DeviceAllocation&) = delete;
+  DeviceAllocation& operator=(const DeviceAllocation&) = delete;
+  ~DeviceAllocation() {
+    if (data_ == nullptr) return;
+    if (stream_ != nullptr) {
+      INFERBOX_CUDA_CHECK(cudaFreeAsync(data_, stream_));
+    } else {
+      INFERBOX_CUDA_CHECK(cudaFree(data_));
+    }
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+
+ private:
+  void* data_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+};
+
+class CudaBuffer final : public Buffer {
+ public:
+  explicit CudaBuffer(int64_t num_floats)
+      : memory_(num_floats * static_cast<int64_t>(sizeof(float)), nullptr),
+        data_(memory_.as<float>(), static_cast<size_t>(num_floats)) {}
+  std::span<float> data() override { return data_; }
+
+ private:
+  DeviceAllocation memory_;
+  std::span<float> data_;
+};
+
+// Keys then values of every layer: [layer][key|value][slot][kv_head][head_dim], BF16.
+class CudaKvCache final : public KvCache {
+ public:
+  explicit CudaKvCache(const KvCacheShape& shape)
+      : shape_(shape), memory_(TotalBytes(shape), nullptr) {
+    INFERBOX_CUDA_CHECK(cudaMemset(memory_.as<void>(), 0, static_cast<size_t>(TotalBytes(shape))));
+  }
+  const KvCacheShape& shape() const override { return shape_; }
+
+  static int64_t TotalBytes(const KvCacheShape& shape) {
+    return 2 * shape.num_layers * shape.num_slots() * shape.num_kv_heads * shape.head_dim *
+           static_cast<int64_t>(sizeof(uint16_t));
+  }
+  uint16_t* keys(int64_t layer) const { return memory_.as<uint16_t>() + (2 * layer) * LayerSize(); }
+  uint16_t* values(int64_t layer) const {
+    return memory_.as<uint16_t>() + (2 * layer + 1) * LayerSize();
+  }
+
+ private:
+  int64_t LayerSize() const { return shape_.num_slots() * shape_.num_kv_heads * shape_.head_dim; }
+  KvCacheShape shape_;
+  DeviceAllocation memory_;
+};
+
+// The step's layout on the device, packed into one allocation copied in one transfer.
+class CudaStepInputs final : public StepInputs {
+ public:
+  CudaStepInputs(const StepLayout& layout, cudaStream_t stream) {
+    num_tokens_ = static_cast<int64_t>(layout.token_ids.size());
+    num_logit_rows_ = static_cast<int64_t>(layout.logit_rows.size());
+    half_ = layout.rope == nullptr ? 0 : static_cast<int64_t>(layout.rope->inv_freq.size());
+
+    std::vector<int32_t> host_token_sequence;
+    std::vector<int64_t> host_table_offsets;
+    std::vector<int32_t> host_block_tables;
+    host_token_sequence.reserve(static_cast<size_t>(num_tokens_));
+    for (size_t s = 0; s < layout.sequences.size(); ++s) {
+      const AttentionSequence& sequence = layout.sequences[s];
+      host_table_offsets.push_back(static_cast<int64_t>(host_block_tables.size()));
+      host_block_tables.insert(host_block_tables.end(), sequence.block_table.begin(),
+                               sequence.block_table.end());
+      host_token_sequence.insert(host_token_sequence.end(),
+                                 static_cast<size_t>(sequence.num_query_tokens),
+                                 static_cast<int32_t>(s));
+    }
+
+    // Host image of the device block: each array at a 256-byte aligned offset.
+    std::vector<std::byte> image;
+    auto place = [&image](const void* data, size_t bytes) {
+      const size_t offset = (image.size() + 255) / 256 * 256;
+      image.resize(offset + bytes);
+      if (data != nullptr && bytes > 0) std::memcpy(image.data() + offset, data, bytes);
+      return offset;
+    };
+    auto place_span = [&place](auto span) { return place(span.data(), span.size_bytes()); };
+    const size_t ids_at = place_span(layout.token_ids);
+    const size_t positions_at = place_span(layout.positions);
+    const size_t slots_at = place_span(layout.slots);
+    const size_t sequence_at = place_span(std::span<const int32_t>(host_token_sequence));
+    const size_t offsets_at = place_span(std::span<const int64_t>(host_table_offsets));
+    const size_t tables_at = place_span(std::span<const int32_t>(host_block_tables));
+    const size_t rows_at = place_span(layout.logit_rows);
+    const size_t inv_freq_at =
+        half_ == 0 ? place(nullptr, 0) : place_span(std::span<const float>(layout.rope->inv_freq));
+    const size_t rope_bytes = static_cast<size_t>(num_tokens_ * half_) * sizeof(float);
+    const size_t cos_at = place(nullptr, rope_bytes);
+    const size_t sin_at = place(nullptr, rope_bytes);
+
+    memory_ = DeviceAllocation(static_cast<int64_t>(image.size()), stream);
+    std::byte* base = memory_.as<std::byte>();
+    // Pageable source: the copy has left `image` when the call returns.
+    INFERBOX_CUDA_CHECK(
+        cudaMemcpyAsync(base, image.data(), cos_at, cudaMemcpyHostToDevice, stream));
+    token_ids = reinterpret_cast<const int32_t*>(base + ids_at);
+    positions = reinterpret_cast<const int64_t*>(base + positions_at);
+    slots = reinterpret_cast<const int64_t*>(base + slots_at);
+    token_sequence = reinterpret_cast<const int32_t*>(base + sequence_at);
+    table_offsets = reinterpret_cast<const int64_t*>(base + offsets_at);
+    block_tables = reinterpret_cast<const int32_t*>(base + tables_at);
+    logit_rows = reinterpret_cast<const int64_t*>(base + rows_at);
+    cos = reinterpret_cast<float*>(base + cos_at);
+    sin = reinterpret_cast<float*>(base + sin_at);
+    if (half_ > 0) {
+      LaunchRopeTables(positions, num_tokens_, reinterpret_cast<const float*>(base + inv_freq_at),
+                       half_, cos, sin, stream);
+    }
+  }
+  int64_t num_tokens() const override { return num_tokens_; }
+  int64_t num_logit_rows() const override { return num_logit_rows_; }
+  int64_t half() const { return half_; }
+
+  const int32_t* token_ids = nullptr;
+  const int64_t* positions = nullptr;
+  const int64_t* slots = nullptr;
+  const int32_t* token_sequence = nullptr;
+  const int64_t* table_offsets = nullptr;
+  const int32_t* block_tables = nullptr;
+  const int64_t* logit_rows = nullptr;
+  float* cos = nullptr;
+  float* sin = nullptr;
+
+ private:
+  DeviceAllocation memory_;
+  int64_t num_tokens_ = 0;
+  int64_t num_logit_rows_ = 0;
+  int64_t half_ = 0;
+};
+
+// out[m, n] (float32) = x[m, k] (BF16) · w[n, k]ᵀ (BF16), float32 accumulation. cuBLASLt is
+// column-major, so it computes outᵀ[n, m] = w · xᵀ with w transposed. The chosen algorithm
+// is kept per shape.
+class LtGemm {
+ public:
+  LtGemm() {
+    INFERBOX_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    workspace_ = DeviceAllocation(kWorkspaceBytes, nullptr);
+  }
+  ~LtGemm() {
+    for (auto& [shape, plan] : plans_) {
+      cublasLtMatrixLayoutDestroy(plan.a);
+      cublasLtMatrixLayoutDestroy(plan.b);
+      cublasLtMatrixLayoutDestroy(plan.c);
+      cublasLtMatmulDescDestroy(plan.op);
+    }
+    cublasLtDestroy(handle_);
+  }
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+
+  void Run(const uint16_t* x, const uint16_t* w, float* out, int64_t m, int64_t n, int64_t k,
+           cudaStream_t stream) {
+    const Plan& plan = PlanFor(m, n, k);
+    const float alpha = 1.0f;
+    const float beta = 0.0f;
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.op, &alpha, w, plan.a, x, plan.b, &beta,
+                                         out, plan.c, out, plan.c, &plan.algo,
+                                         workspace_.as<void>(), kWorkspaceBytes, stream));
+  }
+
+ private:
+  static constexpr int64_t kWorkspaceBytes = 32 << 20;
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+
+  const Plan& PlanFor(int64_t m, int64_t n, int64_t k) {
+    const auto key = std::make_tuple(m, n, k);
+    if (auto found = plans_.find(key); found != plans_.end()) return found->second;
+    Plan plan;
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t transpose = CUBLAS_OP_T;
+    const cublasOperation_t keep = CUBLAS_OP_N;
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                         &transpose, sizeof(transpose)));
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                         &keep, sizeof(keep)));
+    const auto u = [](int64_t value) { return static_cast<uint64_t>(value); };
+    INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, u(k), u(n), k));
+    INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, u(k), u(m), k));
+    INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, u(n), u(m), n));
+    cublasLtMatmulPreference_t preference = nullptr;
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    const uint64_t workspace = kWorkspaceBytes;
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.c,
+                                                         plan.c, preference, 1, &result, &found));
+    cublasLtMatmulPreferenceDestroy(preference);
+    if (found == 0) {
+      FatalCudaError("cublasLtMatmulAlgoGetHeuristic",
+                     fmt::format("no algorithm for a {}x{}x{} BF16 GEMM", m, n, k).c_str(),
+                     __FILE__, __LINE__);
+    }
+    plan.algo = result.algo;
+    return plans_.emplace(key, plan).first->second;
+  }
+
+  cublasLtHandle_t handle_ = nullptr;
+  DeviceAllocation workspace_;
+  std::map<std::tuple<int64_t, int64_t, int64_t>, Plan> plans_;
+};
+
+SourceType SourceTypeOf(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return SourceType::kF32;
+    case DType::kF16: return SourceType::kF16;
+    case DType::kBF16: return SourceType::kBF16;
+    default: break;
+  }
+  FatalCudaError("LoadWeight", "only float weights reach the backend", __FILE__, __LINE__);
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    INFERBOX_CUDA_CHECK(cudaSetDevice(device_));
+    INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemm_ = std::make_unique<LtGemm>();
+  }
+  ~CudaBackend() override {
+    gemm_.reset();
+    cudaStreamSynchronize(stream_);
+    weights_.clear();
+    gemm_input_ = DeviceAllocation();
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string_view name() const override { return "cuda"; }
+  std::optional<DeviceMemory> device_memory() const override {
+    size_t free_bytes = 0;
+    size_t total_bytes = 0;
+    INFERBOX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return DeviceMemory{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
+  }
+
+  double MeasureCopyBandwidth() override {
+    constexpr int64_t kBytes = int64_t{1} << 30;
+    constexpr int kCopies = 10;
+    DeviceAllocation source(kBytes, nullptr);
+    DeviceAllocation target(kBytes, nullptr);
+    INFERBOX_CUDA_CHECK(cudaMemset(source.as<void>(), 1, kBytes));
+    cudaEvent_t start = nullptr;
+    cudaEvent_t stop = nullptr;
+    INFERBOX_CUDA_CHECK(cudaEventCreate(&start));
+    INFERBOX_CUDA_CHECK(cudaEventCreate(&stop));
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(target.as<void>(), source.as<void>(), kBytes,
+                                        cudaMemcpyDeviceToDevice, stream_));  // Warm-up.
+    INFERBOX_CUDA_CHECK(cudaEventRecord(start, stream_));
+    for (int i = 0; i < kCopies; ++i) {
+      INFERBOX_CUDA_CHECK(cudaMemcpyAsync(target.as<void>(), source.as<void>(), kBytes,
+                                          cudaMemcpyDeviceToDevice, stream_));
+    }
+    INFERBOX_CUDA_CHECK(cudaEventRecord(stop, stream_));
+    INFERBOX_CUDA_CHECK(cudaEventSynchronize(stop));
+    float milliseconds = 0;
+    INFERBOX_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return 2.0 * kCopies * static_cast<double>(kBytes) / (milliseconds / 1e3);
+  }
+
+  int64_t KvCacheBytes(const KvCacheShape& shape) const override {
+    return CudaKvCache::TotalBytes(shape);
+  }
+  std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
+    return std::make_unique<CudaKvCache>(shape);
+  }
+  std::unique_ptr<Buffer> Allocate(int64_t num_floats) override {
+    // Buffers are allocated outside the stream's order: make sure no queued op still uses
+    // memory the caller just released.
+    INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return std::make_unique<CudaBuffer>(num_floats);
+  }
+
+  Result<Weight> LoadWeight(const Weight& host) override {
+    const int64_t count = host.rows * host.cols;
+    // Matrices are kept in BF16 (what the GEMMs take); vectors (norms, biases) in float32.
+    const bool matrix = host.rows > 1;
+    const int64_t bytes = count * (matrix ? 2 : 4);
+    size_t free_bytes = 0;
+    size_t total_bytes = 0;
+    INFERBOX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (static_cast<size_t>(bytes) + host.num_bytes() > free_bytes) {
+      return FailedPreconditionError(fmt::format(
+          "GPU {} has {:.2f} GiB free, too little for the next weight of {:.2f} GiB", device_,
+          static_cast<double>(free_bytes) / (1 << 30), static_cast<double>(bytes) / (1 << 30)));
+    }
+    DeviceAllocation staging(host.num_bytes(), nullptr);
+    INFERBOX_CUDA_CHECK(cudaMemcpy(staging.as<void>(), host.data,
+                                   static_cast<size_t>(host.num_bytes()), cudaMemcpyHostToDevice));
+    DeviceAllocation stored(bytes, nullptr);
+    if (matrix) {
+      LaunchConvertToBf16(staging.as<void>(), SourceTypeOf(host.dtype), stored.as<uint16_t>(),
+                          count, nullptr);
+    } else {
+      LaunchConvertToF32(staging.as<void>(), SourceTypeOf(host.dtype), stored.as<float>(), count,
+                         nullptr);
+    }
+    INFERBOX_CUDA_CHECK(cudaDeviceSynchronize());
+    Weight weight;
+    weight.dtype = matrix ? DType::kBF16 : DType::kF32;
+    weight.data = stored.as<void>();
+    weight.rows = host.rows;
+    weight.cols = host.cols;
+    weights_.push_back(std::move(stored));
+    return weight;
+  }
+
+  std::span<const float> ReadBack(std::span<const float> data,
+                                  std::vector<float>& scratch) override {
+    scratch.resize(data.size());
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(scratch.data(), data.data(), data.size_bytes(),
+                                        cudaMemcpyDeviceToHost, stream_));
+    INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return scratch;
+  }
+
+  void Upload(std::span<const float> host, std::span<float> data) override {
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(data.data(), host.data(), host.size_bytes(),
+                                        cudaMemcpyHostToDevice, stream_));
+    INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void ReadKv(const KvCache& cache, int64_t layer, int64_t slot, std::span<float> key,
+              std::span<float> value) override {
+    const auto& cuda = static_cast<const CudaKvCache&>(cache);
+    const int64_t row = cache.shape().num_kv_heads * cache.shape().head_dim;
+    std::vector<uint16_t> bits(static_cast<size_t>(2 * row));
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(bits.data(), cuda.keys(layer) + slot * row,
+                                        static_cast<size_t>(row) * 2, cudaMemcpyDeviceToHost,
+                                        stream_));
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(bits.data() + row, cuda.values(layer) + slot * row,
+                                        static_cast<size_t>(row) * 2, cudaMemcpyDeviceToHost,
+                                        stream_));
+    INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    auto widen = [](uint16_t b) {
+      const uint32_t w = static_cast<uint32_t>(b) << 16;
+      float f;
+      std::memcpy(&f, &w, sizeof(f));
+      return f;
+    };
+    for (int64_t i = 0; i < row; ++i) {
+      key[static_cast<size_t>(i)] = widen(bits[static_cast<size_t>(i)]);
+      value[static_cast<size_t>(i)] = widen(bits[static_cast<size_t>(row + i)]);
+    }
+  }
+
+  std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) override {
+    return std::make_unique<CudaStepInputs>(layout, stream_);
+  }
+
+  void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
+              std::span<float> out) override {
+    if (w.dtype != DType::kBF16) {
+      FatalCudaError("Linear", "the weight was not loaded by this backend", __FILE__, __LINE__);
+    }
+    uint16_t* input = GemmInput(m * w.cols);
+    LaunchConvertToBf16(x.data(), SourceType::kF32, input, m * w.cols, stream_);
+    gemm_->Run(input, static_cast<const uint16_t*>(w.data), out.data(), m, w.rows, w.cols,
+               stream_);
+    if (bias != nullptr) {
+      LaunchAddBias(out.data(), static_cast<const float*>(bias->data), m, w.rows, stream_);
+    }
+  }
+
+  void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) override {
+    const auto& inputs = static_cast<const CudaStepInputs&>(step);
+    LaunchEmbedding(inputs.token_ids, inputs.num_tokens(),
+                    static_cast<const uint16_t*>(table.data), table.cols, out.data(), stream_);
+  }
+
+  void AddRmsNorm(std::span<float> residual, std::span<const float> delta, int64_t m,
+                  const Weight& weight, float eps, std::span<float> out) override {
+    LaunchAddRmsNorm(residual.data(), delta.empty() ? nullptr : delta.data(), m, weight.cols,
+                     static_cast<const float*>(weight.data), eps, out.data(), stream_);
+  }
+
+  void RmsNormGroups(std::span<float> x, const Weight& weight, float eps) override {
+    LaunchRmsNormGroups(x.data(), static_cast<int64_t>(x.size()) / weight.cols, weight.cols,
+                        static_cast<const float*>(weight.data), eps, stream_);
+  }
+
+  void RopeWriteKv(const StepInputs& step, std::span<float> q, std::span<float> k,
+                   std::span<const float> v, int64_t num_heads, KvCache& cache,
+                   int64_t layer) override {
+    const auto& inputs = static_cast<const CudaStepInputs&>(step);
+    const auto& kv = static_cast<CudaKvCache&>(cache);
+    RopeWriteKvParams params;
+    params.q = q.data();
+    params.k = k.data();
+    params.v = v.data();
+    params.cos = inputs.cos;
+    params.sin = inputs.sin;
+    params.slots = inputs.slots;
+    params.key_cache = kv.keys(layer);
+    params.value_cache = kv.values(layer);
+    params.num_tokens = inputs.num_tokens();
+    params.num_heads = num_heads;
+    params.num_kv_heads = cache.shape().num_kv_heads;
+    params.half = inputs.half();
+    LaunchRopeWriteKv(params, stream_);
+  }
+
+  void PagedAttention(const StepInputs& step, const KvCache& cache, int64_t layer,
+                      std::span<const float> q, int64_t num_heads, float scale,
+                      std::span<float> out) override {
+    const auto& inputs = static_cast<const CudaStepInputs&>(step);
+    const auto& kv = static_cast<const CudaKvCache&>(cache);
+    PagedAttentionParams params;
+    params.q = q.data();
+    params.out = out.data();
+    params.key_cache = kv.keys(layer);
+    params.value_cache = kv.values(layer);
+    params.positions = inputs.positions;
+    params.token_sequence = inputs.token_sequence;
+    params.table_offsets = inputs.table_offsets;
+    params.block_tables = inputs.block_tables;
+    params.num_tokens = inputs.num_tokens();
+    params.num_heads = num_heads;
+    params.num_kv_heads = cache.shape().num_kv_heads;
+    params.head_dim = cache.shape().head_dim;
+    params.block_size = cache.shape().block_size;
+    params.scale = scale;
+    LaunchPagedAttention(params, stream_);
+  }
+
+  void SiluMul(std::span<const float> gate, std::span<const float> up,
+               std::span<float> out) override {
+    LaunchSiluMul(gate.data(), up.data(), out.data(), static_cast<int64_t>(out.size()), stream_);
+  }
+
+  void GatherRows(const StepInputs& step, std::span<const float> x, int64_t cols,
+                  std::span<float> out) override {
+    const auto& inputs = static_cast<const CudaStepInputs&>(step);
+    LaunchGatherRows(x.data(), inputs.logit_rows, inputs.num_logit_rows(), cols, out.data(),
+                     stream_);
+  }
+
+ private:
+  // BF16 copy of a GEMM's activations, grown as needed; reuse is safe because every op runs
+  // in the one stream's order.
+  uint16_t* GemmInput(int64_t count) {
+    if (count > gemm_input_count_) {
+      gemm_input_ = DeviceAllocation(count * 2, stream_);
+      gemm_input_count_ = count;
+    }
+    return gemm_input_.as<uint16_t>();
+  }
+
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<LtGemm> gemm_;
+  std::vector<DeviceAllocation> weights_;
+  DeviceAllocation gemm_input_;
+  int64_t gemm_input_count_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index) {
+  int count = 0;
+  if (const cudaError_t error = cudaGetDeviceCount(&count); error != cudaSuccess) {
+    cudaGetLastError();
+    return FailedPreconditionError(
+        fmt::format("no usable CUDA device: {}", cudaGetErrorString(error)));
+  }
+  if (device_index < 0 || device_index >= count) {
+    return FailedPreconditionError(fmt::format("CUDA device {} does not exist ({} visible)",
+                                               device_index, count));
+  }
+  return std::unique_ptr<Backend>(new CudaBackend(device_index));
+}
+
+}  // namespace inferbox::engine::cuda

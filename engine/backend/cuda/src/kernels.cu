@@ -1,0 +1,384 @@
+// The CUDA backend's own kernels. Written for correctness first and checked op by op against
+// the CPU reference (tests/backend/backend_ops_test.cc); speed is issue #11's. Reductions
+// accumulate in float32; BF16 is only a storage type (weights, KV cache).
+#include <cstdio>
+#include <cstdlib>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels.h"
+
+namespace inferbox::engine::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+
+__device__ __forceinline__ float Bf16BitsToFloat(uint16_t bits) {
+  return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+}
+
+__device__ __forceinline__ uint16_t FloatToBf16Bits(float value) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(value));
+}
+
+__device__ __forceinline__ float LoadAsFloat(const void* src, SourceType type, int64_t i) {
+  switch (type) {
+    case SourceType::kF32: return static_cast<const float*>(src)[i];
+    case SourceType::kF16: return __half2float(static_cast<const __half*>(src)[i]);
+    case SourceType::kBF16: return Bf16BitsToFloat(static_cast<const uint16_t*>(src)[i]);
+  }
+  return 0.0f;
+}
+
+__device__ __forceinline__ float WarpSum(float value) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float BlockSum(float value) {
+  __shared__ float partial[kWarpSize];
+  __shared__ float total;
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  value = WarpSum(value);
+  if (lane == 0) partial[warp] = value;
+  __syncthreads();
+  if (warp == 0) {
+    const int num_warps = blockDim.x / kWarpSize;
+    float sum = lane < num_warps ? partial[lane] : 0.0f;
+    sum = WarpSum(sum);
+    if (lane == 0) total = sum;
+  }
+  __syncthreads();
+  const float result = total;
+  __syncthreads();  // `total` and `partial` may be reused by a later call.
+  return result;
+}
+
+int GridFor(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<int>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+}
+
+void CheckLaunch(const char* kernel) {
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) FatalCudaError(kernel, cudaGetErrorString(error), __FILE__, __LINE__);
+}
+
+__global__ void ConvertToBf16Kernel(const void* src, SourceType type, uint16_t* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = type == SourceType::kBF16 ? static_cast<const uint16_t*>(src)[i]
+                                       : FloatToBf16Bits(LoadAsFloat(src, type, i));
+  }
+}
+
+__global__ void ConvertToF32Kernel(const void* src, SourceType type, float* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = LoadAsFloat(src, type, i);
+  }
+}
+
+__global__ void EmbeddingKernel(const int32_t* ids, const uint16_t* table, int64_t hidden,
+                                float* out) {
+  const int64_t row = blockIdx.x;
+  const uint16_t* source = table + static_cast<int64_t>(ids[row]) * hidden;
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x)
+    out[row * hidden + c] = Bf16BitsToFloat(source[c]);
+}
+
+__global__ void AddRmsNormKernel(float* residual, const float* delta, int64_t n,
+                                 const float* gamma, float eps, float* out) {
+  const int64_t row = blockIdx.x;
+  float* r = residual + row * n;
+  float sum_squares = 0.0f;
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+    float value = r[c];
+    if (delta != nullptr) {
+      value += delta[row * n + c];
+      r[c] = value;
+    }
+    sum_squares += value * value;
+  }
+  const float inv_rms = rsqrtf(BlockSum(sum_squares) / static_cast<float>(n) + eps);
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x)
+    out[row * n + c] = r[c] * inv_rms * gamma[c];
+}
+
+// One warp per group.
+__global__ void RmsNormGroupsKernel(float* x, int64_t num_groups, int64_t n, const float* gamma,
+                                    float eps) {
+  const int64_t group = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarpSize) +
+                        threadIdx.x / kWarpSize;
+  if (group >= num_groups) return;
+  const int lane = threadIdx.x % kWarpSize;
+  float* values = x + group * n;
+  float sum_squares = 0.0f;
+  for (int64_t c = lane; c < n; c += kWarpSize) sum_squares += values[c] * values[c];
+  const float inv_rms = rsqrtf(WarpSum(sum_squares) / static_cast<float>(n) + eps);
+  for (int64_t c = lane; c < n; c += kWarpSize) values[c] = values[c] * inv_rms * gamma[c];
+}
+
+__global__ void RopeTablesKernel(const int64_t* positions, int64_t m, const float* inv_freq,
+                                 int64_t half, float* cos, float* sin) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < m * half;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float angle = static_cast<float>(positions[i / half]) * inv_freq[i % half];
+    sincosf(angle, &sin[i], &cos[i]);
+  }
+}
+
+// One block per token; threads walk the (head, pair) grid of q, then of k (also writing k
+// and v to the cache).
+__global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
+  const int64_t t = blockIdx.x;
+  const int64_t head_dim = 2 * p.half;
+  const float* cos = p.cos + t * p.half;
+  const float* sin = p.sin + t * p.half;
+  const int64_t q_pairs = p.num_heads * p.half;
+  for (int64_t i = threadIdx.x; i < q_pairs; i += blockDim.x) {
+    const int64_t head = i / p.half;
+    const int64_t j = i % p.half;
+    float* x = p.q + (t * p.num_heads + head) * head_dim;
+    const float x1 = x[j];
+    const float x2 = x[j + p.half];
+    x[j] = x1 * cos[j] - x2 * sin[j];
+    x[j + p.half] = x2 * cos[j] + x1 * sin[j];
+  }
+  const int64_t kv_row = p.num_kv_heads * head_dim;
+  uint16_t* key_slot = p.key_cache + p.slots[t] * kv_row;
+  uint16_t* value_slot = p.value_cache + p.slots[t] * kv_row;
+  const int64_t k_pairs = p.num_kv_heads * p.half;
+  for (int64_t i = threadIdx.x; i < k_pairs; i += blockDim.x) {
+    const int64_t head = i / p.half;
+    const int64_t j = i % p.half;
+    float* x = p.k + (t * p.num_kv_heads + head) * head_dim;
+    const float x1 = x[j];
+    const float x2 = x[j + p.half];
+    const float r1 = x1 * cos[j] - x2 * sin[j];
+    const float r2 = x2 * cos[j] + x1 * sin[j];
+    x[j] = r1;
+    x[j + p.half] = r2;
+    key_slot[head * head_dim + j] = FloatToBf16Bits(r1);
+    key_slot[head * head_dim + j + p.half] = FloatToBf16Bits(r2);
+  }
+  for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
+    value_slot[c] = FloatToBf16Bits(p.v[t * kv_row + c]);
+}
+
+constexpr int kAttentionWarps = 4;
+constexpr int kAttentionLaneElements = kMaxHeadDim / kWarpSize;
+
+// One block per (token, head). Each warp takes every kAttentionWarps-th key position and
+// keeps an online softmax (running max, sum and weighted values, lanes splitting head_dim);
+// the warps' partial results are merged at the end.
+__global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
+    PagedAttentionKernel(PagedAttentionParams p) {
+  const int64_t t = blockIdx.x;
+  const int64_t head = blockIdx.y;
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int64_t d = p.head_dim;
+  const int64_t kv_head = head / (p.num_heads / p.num_kv_heads);
+  const int64_t position = p.positions[t];
+  const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
+  const int64_t kv_row = p.num_kv_heads * d;
+
+  float query[kAttentionLaneElements];
+  float accumulator[kAttentionLaneElements];
+  const float* q = p.q + (t * p.num_heads + head) * d;
+#pragma unroll
+  for (int j = 0; j < kAttentionLaneElements; ++j) {
+    const int64_t c = lane + j * kWarpSize;
+    query[j] = c < d ? q[c] : 0.0f;
+    accumulator[j] = 0.0f;
+  }
+  float running_max = -INFINITY;
+  float running_sum = 0.0f;
+  for (int64_t key_position = warp; key_position <= position; key_position += kAttentionWarps) {
+    const int64_t slot =
+        static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+        key_position % p.block_size;
+    const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
+    const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
+    float partial = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kAttentionLaneElements; ++j) {
+      const int64_t c = lane + j * kWarpSize;
+      if (c < d) partial += query[j] * Bf16BitsToFloat(key[c]);
+    }
+    const float score = WarpSum(partial) * p.scale;
+    const float new_max = fmaxf(running_max, score);
+    const float correction = expf(running_max - new_max);
+    const float weight = expf(score - new_max);
+    running_sum = running_sum * correction + weight;
+#pragma unroll
+    for (int j = 0; j < kAttentionLaneElements; ++j) {
+      const int64_t c = lane + j * kWarpSize;
+      const float v = c < d ? Bf16BitsToFloat(value[c]) : 0.0f;
+      accumulator[j] = accumulator[j] * correction + weight * v;
+    }
+    running_max = new_max;
+  }
+
+  __shared__ float warp_max[kAttentionWarps];
+  __shared__ float warp_sum[kAttentionWarps];
+  __shared__ float warp_accumulator[kAttentionWarps][kMaxHeadDim];
+  if (lane == 0) {
+    warp_max[warp] = running_max;
+    warp_sum[warp] = running_sum;
+  }
+#pragma unroll
+  for (int j = 0; j < kAttentionLaneElements; ++j) {
+    const int64_t c = lane + j * kWarpSize;
+    if (c < d) warp_accumulator[warp][c] = accumulator[j];
+  }
+  __syncthreads();
+  float global_max = -INFINITY;
+  for (int w = 0; w < kAttentionWarps; ++w) global_max = fmaxf(global_max, warp_max[w]);
+  float total = 0.0f;
+  float scales[kAttentionWarps];
+  for (int w = 0; w < kAttentionWarps; ++w) {
+    // A warp that saw no key has max -inf and sum 0: its scale is 0.
+    scales[w] = warp_sum[w] > 0.0f ? expf(warp_max[w] - global_max) : 0.0f;
+    total += warp_sum[w] * scales[w];
+  }
+  float* out = p.out + (t * p.num_heads + head) * d;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float sum = 0.0f;
+    for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][c] * scales[w];
+    out[c] = sum / total;
+  }
+}
+
+__global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void GatherRowsKernel(const float* x, const int64_t* rows, int64_t cols, float* out) {
+  const int64_t i = blockIdx.x;
+  const float* source = x + rows[i] * cols;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = source[c];
+}
+
+__global__ void AddBiasKernel(float* out, const float* bias, int64_t m, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < m * n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] += bias[i % n];
+  }
+}
+
+// Threads per row for row-wise kernels: enough to cover the row, a multiple of 32, <= 1024.
+int RowThreads(int64_t n) {
+  int64_t threads = ((n + kWarpSize - 1) / kWarpSize) * kWarpSize;
+  if (threads > 1024) threads = 1024;
+  return static_cast<int>(threads);
+}
+
+constexpr int kThreads = 256;
+
+}  // namespace
+
+void FatalCudaError(const char* what, const char* reason, const char* file, int line) {
+  std::fprintf(stderr,
+               "inferbox-engine: fatal CUDA error in %s (%s:%d): %s; the engine stops and its "
+               "supervisor restarts it\n",
+               what, file, line, reason);
+  std::fflush(stderr);
+  std::abort();
+}
+
+void LaunchConvertToBf16(const void* src, SourceType type, uint16_t* dst, int64_t n,
+                         cudaStream_t stream) {
+  if (n == 0) return;
+  ConvertToBf16Kernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(src, type, dst, n);
+  CheckLaunch("ConvertToBf16Kernel");
+}
+
+void LaunchConvertToF32(const void* src, SourceType type, float* dst, int64_t n,
+                        cudaStream_t stream) {
+  if (n == 0) return;
+  ConvertToF32Kernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(src, type, dst, n);
+  CheckLaunch("ConvertToF32Kernel");
+}
+
+void LaunchEmbedding(const int32_t* ids, int64_t m, const uint16_t* table, int64_t hidden,
+                     float* out, cudaStream_t stream) {
+  if (m == 0) return;
+  EmbeddingKernel<<<static_cast<unsigned>(m), RowThreads(hidden), 0, stream>>>(ids, table, hidden,
+                                                                               out);
+  CheckLaunch("EmbeddingKernel");
+}
+
+void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n,
+                      const float* gamma, float eps, float* out, cudaStream_t stream) {
+  if (m == 0) return;
+  AddRmsNormKernel<<<static_cast<unsigned>(m), RowThreads(n), 0, stream>>>(residual, delta, n,
+                                                                          gamma, eps, out);
+  CheckLaunch("AddRmsNormKernel");
+}
+
+void LaunchRmsNormGroups(float* x, int64_t num_groups, int64_t n, const float* gamma, float eps,
+                         cudaStream_t stream) {
+  if (num_groups == 0) return;
+  constexpr int kGroupsPerBlock = kThreads / kWarpSize;
+  const auto blocks = static_cast<unsigned>((num_groups + kGroupsPerBlock - 1) / kGroupsPerBlock);
+  RmsNormGroupsKernel<<<blocks, kThreads, 0, stream>>>(x, num_groups, n, gamma, eps);
+  CheckLaunch("RmsNormGroupsKernel");
+}
+
+void LaunchRopeTables(const int64_t* positions, int64_t m, const float* inv_freq, int64_t half,
+                      float* cos, float* sin, cudaStream_t stream) {
+  if (m * half == 0) return;
+  RopeTablesKernel<<<GridFor(m * half, kThreads), kThreads, 0, stream>>>(positions, m, inv_freq,
+                                                                        half, cos, sin);
+  CheckLaunch("RopeTablesKernel");
+}
+
+void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream) {
+  if (params.num_tokens == 0) return;
+  RopeWriteKvKernel<<<static_cast<unsigned>(params.num_tokens), kThreads, 0, stream>>>(params);
+  CheckLaunch("RopeWriteKvKernel");
+}
+
+void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream) {
+  if (params.num_tokens == 0) return;
+  if (params.head_dim > kMaxHeadDim || params.num_heads % params.num_kv_heads != 0) {
+    FatalCudaError("LaunchPagedAttention", "head_dim above 256 or heads not a multiple of KV heads",
+                   __FILE__, __LINE__);
+  }
+  const dim3 grid(static_cast<unsigned>(params.num_tokens), static_cast<unsigned>(params.num_heads));
+  PagedAttentionKernel<<<grid, kAttentionWarps * kWarpSize, 0, stream>>>(params);
+  CheckLaunch("PagedAttentionKernel");
+}
+
+void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
+                   cudaStream_t stream) {
+  if (n == 0) return;
+  SiluMulKernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(gate, up, out, n);
+  CheckLaunch("SiluMulKernel");
+}
+
+void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int64_t cols,
+                      float* out, cudaStream_t stream) {
+  if (num_rows == 0) return;
+  GatherRowsKernel<<<static_cast<unsigned>(num_rows), RowThreads(cols), 0, stream>>>(x, rows, cols,
+                                                                                    out);
+  CheckLaunch("GatherRowsKernel");
+}
+
+void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream) {
+  if (m * n == 0) return;
+  AddBiasKernel<<<GridFor(m * n, kThreads), kThreads, 0, stream>>>(out, bias, m, n);
+  CheckLaunch("AddBiasKernel");
+}
+
+}  // namespace inferbox::engine::cuda

@@ -1,0 +1,103 @@
+// Launchers of the CUDA backend's own kernels (everything but the GEMMs, which go through
+// cuBLASLt). Plain C++ signatures so host code compiled by g++ can call them; BF16 data is
+// passed as uint16_t bit patterns. Every launcher enqueues on `stream` and checks the
+// launch; none synchronises. Shapes follow backend.h: activations float32 row-major; the
+// KV cache of one layer is keys [num_slots, num_kv_heads, head_dim] and values alike, BF16.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace inferbox::engine::cuda {
+
+enum class SourceType { kF32, kF16, kBF16 };
+
+// dst[i] = src[i] rounded to BF16 (round to nearest even) / widened to float32.
+void LaunchConvertToBf16(const void* src, SourceType type, uint16_t* dst, int64_t n,
+                         cudaStream_t stream);
+void LaunchConvertToF32(const void* src, SourceType type, float* dst, int64_t n,
+                        cudaStream_t stream);
+
+// out[i, :] = table[ids[i], :] widened; table [vocab, hidden] BF16.
+void LaunchEmbedding(const int32_t* ids, int64_t m, const uint16_t* table, int64_t hidden,
+                     float* out, cudaStream_t stream);
+
+// residual[m, n] += delta (when delta is not null); out = RMSNorm(residual) ⊙ gamma.
+void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n,
+                      const float* gamma, float eps, float* out, cudaStream_t stream);
+
+// RMSNorm in place over each of num_groups consecutive groups of n values.
+void LaunchRmsNormGroups(float* x, int64_t num_groups, int64_t n, const float* gamma, float eps,
+                         cudaStream_t stream);
+
+// cos/sin[t, j] of angle positions[t] × inv_freq[j] (formed in float32), [m, half].
+void LaunchRopeTables(const int64_t* positions, int64_t m, const float* inv_freq, int64_t half,
+                      float* cos, float* sin, cudaStream_t stream);
+
+// Rotates q [m, num_heads, 2·half] and k [m, num_kv_heads, 2·half] in place ("rotate_half"),
+// then writes k and v of token t into slot slots[t] of the layer's key and value caches.
+struct RopeWriteKvParams {
+  float* q = nullptr;
+  float* k = nullptr;
+  const float* v = nullptr;
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  const int64_t* slots = nullptr;
+  uint16_t* key_cache = nullptr;
+  uint16_t* value_cache = nullptr;
+  int64_t num_tokens = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t half = 0;
+};
+void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);
+
+// Causal attention over the paged cache: token t (of sequence token_sequence[t], at
+// positions[t]) attends to positions 0..positions[t] of its sequence, whose block table is
+// block_tables[table_offsets[s] ...]. head_dim at most kMaxHeadDim.
+inline constexpr int64_t kMaxHeadDim = 256;
+struct PagedAttentionParams {
+  const float* q = nullptr;
+  float* out = nullptr;
+  const uint16_t* key_cache = nullptr;
+  const uint16_t* value_cache = nullptr;
+  const int64_t* positions = nullptr;
+  const int32_t* token_sequence = nullptr;
+  const int64_t* table_offsets = nullptr;
+  const int32_t* block_tables = nullptr;
+  int64_t num_tokens = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t block_size = 0;
+  float scale = 1.0f;
+};
+void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
+
+// out = silu(gate) ⊙ up over n values (out may alias gate).
+void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
+                   cudaStream_t stream);
+
+// out[i, :] = x[rows[i], :].
+void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int64_t cols,
+                      float* out, cudaStream_t stream);
+
+// out[i, j] += bias[j] for a [m, n] out.
+void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
+
+// Stops the process with the failing call, its location and CUDA's reason: the device
+// state cannot be trusted after a fault, and the supervisor restarts the engine.
+[[noreturn]] void FatalCudaError(const char* what, const char* reason, const char* file,
+                                 int line);
+
+}  // namespace inferbox::engine::cuda
+
+#define INFERBOX_CUDA_CHECK(call)                                                          \
+  do {                                                                                     \
+    const cudaError_t inferbox_cuda_error = (call);                                        \
+    if (inferbox_cuda_error != cudaSuccess) {                                              \
+      ::inferbox::engine::cuda::FatalCudaError(#call, cudaGetErrorString(inferbox_cuda_error), \
+                                               __FILE__, __LINE__);                        \
+    }                                                                                      \
+  } while (false)

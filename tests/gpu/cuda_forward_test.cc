@@ -1,0 +1,237 @@
+// The CUDA backend end to end against the CPU reference, on every tiny architecture the
+// forward reference test covers (tools/inferbox-make-model writes them at test time):
+// - logits of every position of a prompt fed as two prefill chunks, within 1e-2 of the
+//   largest reference logit (the CUDA backend computes GEMMs on BF16 operands and keeps the
+//   KV cache in BF16; the CPU computes in float32);
+// - greedy tokens for 32 steps across a batch of mixed-length prompts, run with chunked
+//   prefill (a token budget smaller than the prompts) and prefix caching (a second request
+//   sharing a prompt prefix after the first finished), identical to the CPU's. Where the two
+//   diverge, the step must be a near tie on the CPU (the CUDA token's CPU log-probability
+//   within kTieLogprob of the CPU's choice); later tokens of that request are not compared,
+//   as they continue different texts.
+// Skips, saying why, where no CUDA device is visible.
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "inferbox/engine/cuda/cuda_backend.h"
+#include "inferbox/engine/cuda/device_query.h"
+#include "inferbox/engine/runtime/engine_core.h"
+#include "temp_dir.h"
+#include "tiny_model.h"
+
+namespace inferbox::engine {
+namespace {
+
+constexpr int kSteps = 32;
+constexpr double kLogitTolerance = 1e-2;
+constexpr float kTieLogprob = 0.02f;
+
+struct Case {
+  std::string name;
+  std::vector<std::string> make_model_args;
+  std::string tokenizer;
+};
+
+std::ostream& operator<<(std::ostream& out, const Case& c) {
+  return out << c.name;
+}
+
+class CudaForwardTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    std::string why_none;
+    auto devices = cuda::QueryCudaDevices(&why_none);
+    ASSERT_TRUE(devices.ok()) << devices.status().ToString();
+    if (devices->empty()) GTEST_SKIP() << "no CUDA device (" << why_none << "): not compared";
+    model_dir_ = scratch_.path() / "model";
+    ASSERT_NO_FATAL_FAILURE(inferbox::testing::MakeTinyModel(
+        model_dir_, GetParam().tokenizer, GetParam().make_model_args, scratch_.path()));
+    cpu_ = MakeCpuBackend();
+    auto cuda = cuda::MakeCudaBackend(0);
+    ASSERT_TRUE(cuda.ok()) << cuda.status().ToString();
+    cuda_ = std::move(cuda).value();
+    auto cpu_model = Model::Load(model_dir_, *cpu_);
+    ASSERT_TRUE(cpu_model.ok()) << cpu_model.status().ToString();
+    cpu_model_ = std::move(cpu_model).value();
+    auto cuda_model = Model::Load(model_dir_, *cuda_);
+    ASSERT_TRUE(cuda_model.ok()) << cuda_model.status().ToString();
+    cuda_model_ = std::move(cuda_model).value();
+  }
+
+  // Every position's logits for `prompt`, fed in two chunks through a scrambled block table.
+  static std::vector<float> PromptLogits(Model& model, Backend& backend,
+                                         const std::vector<int32_t>& prompt) {
+    constexpr int64_t kBlockSize = 4;
+    const auto num_blocks = static_cast<int64_t>(prompt.size()) / kBlockSize + 2;
+    auto cache = backend.AllocateKvCache(model.KvShape(num_blocks, kBlockSize));
+    std::vector<int32_t> table(static_cast<size_t>(num_blocks));
+    for (size_t i = 0; i < table.size(); ++i)
+      table[i] = static_cast<int32_t>(table.size() - 1 - i);
+    std::vector<float> logits;
+    const size_t split = prompt.size() / 2 + 1;  // Mid-block.
+    for (const auto& [begin, end] : {std::pair<size_t, size_t>{0, split}, {split, prompt.size()}}) {
+      const ForwardSequence chunk{std::span<const int32_t>(prompt).subspan(begin, end - begin),
+                                  static_cast<int64_t>(begin), table};
+      auto result = model.Forward(std::span(&chunk, 1), *cache, true);
+      EXPECT_TRUE(result.ok()) << result.status().ToString();
+      if (!result.ok()) return {};
+      logits.insert(logits.end(), result->begin(), result->end());
+    }
+    return logits;
+  }
+
+  struct Generated {
+    std::vector<TokenEvent> events;
+    int64_t cached_prompt_tokens = 0;
+  };
+
+  // Runs `prompts` batched with chunked prefill, then `later` (which shares a prefix with
+  // the first prompt) once they are done; each request's events.
+  static std::map<int64_t, Generated> Generate(Model& model, Backend& backend,
+                                               const std::vector<std::vector<int32_t>>& prompts,
+                                               const std::vector<int32_t>& later) {
+    SchedulerLimits limits;
+    limits.max_running = 8;
+    limits.token_budget = 24;  // Below the longest prompts: chunked prefill.
+    limits.max_model_len = model.config().max_position_embeddings;
+    EngineCore core(model, backend, 256, 4, limits);
+    std::map<int64_t, Generated> results;
+    auto add = [&](int64_t id, const std::vector<int32_t>& prompt) {
+      GenerationRequest request;
+      request.id = id;
+      request.prompt = prompt;
+      request.sampling.temperature = 0.0f;
+      request.sampling.num_top_logprobs = 5;
+      request.stop.max_tokens = kSteps;
+      request.stop.ignore_eos = true;
+      const Status added = core.Add(request);
+      EXPECT_TRUE(added.ok()) << added.ToString();
+    };
+    auto run = [&] {
+      for (int step = 0; step < 10000 && core.has_work(); ++step) {
+        auto output = core.Step();
+        ASSERT_TRUE(output.ok()) << output.status().ToString();
+        for (const auto& [id, cached] : output->started) results[id].cached_prompt_tokens = cached;
+        for (TokenEvent& event : output->events) results[event.id].events.push_back(event);
+      }
+      ASSERT_FALSE(core.has_work()) << "requests never finished";
+    };
+    for (size_t i = 0; i < prompts.size(); ++i) add(static_cast<int64_t>(i), prompts[i]);
+    run();
+    add(static_cast<int64_t>(prompts.size()), later);
+    run();
+    return results;
+  }
+
+  inferbox::testing::TempDir scratch_;
+  std::filesystem::path model_dir_;
+  std::unique_ptr<Backend> cpu_, cuda_;
+  std::unique_ptr<Model> cpu_model_, cuda_model_;
+};
+
+std::vector<int32_t> PromptOf(size_t length, int32_t salt, int32_t vocab) {
+  std::vector<int32_t> prompt(length);
+  for (size_t i = 0; i < length; ++i)
+    prompt[i] = static_cast<int32_t>((static_cast<int64_t>(i) * 7919 + salt * 104729) % vocab);
+  return prompt;
+}
+
+TEST_P(CudaForwardTest, PromptLogitsMatchTheFloat32Reference) {
+  const auto vocab = static_cast<int32_t>(cpu_model_->config().vocab_size);
+  const std::vector<int32_t> prompt = PromptOf(37, 1, vocab);
+  const std::vector<float> want = PromptLogits(*cpu_model_, *cpu_, prompt);
+  const std::vector<float> got = PromptLogits(*cuda_model_, *cuda_, prompt);
+  ASSERT_EQ(got.size(), want.size());
+  ASSERT_FALSE(want.empty());
+  const auto columns = static_cast<size_t>(vocab);
+  double worst = 0.0;
+  size_t worst_position = 0;
+  for (size_t p = 0; p < want.size() / columns; ++p) {
+    double scale = 0.0;
+    double error = 0.0;
+    for (size_t v = p * columns; v < (p + 1) * columns; ++v) {
+      ASSERT_TRUE(std::isfinite(got[v])) << "position " << p << " token " << v % columns;
+      scale = std::max(scale, std::fabs(static_cast<double>(want[v])));
+      error = std::max(error, std::fabs(static_cast<double>(got[v]) - want[v]));
+    }
+    const double relative = error / std::max(scale, 1e-30);
+    if (relative > worst) {
+      worst = relative;
+      worst_position = p;
+    }
+  }
+  EXPECT_LE(worst, kLogitTolerance) << "largest logit error relative to the position's largest "
+                                       "logit, at position "
+                                    << worst_position;
+  RecordProperty("max_relative_error", std::to_string(worst));
+}
+
+TEST_P(CudaForwardTest, BatchedGreedyTokensMatchTheCpu) {
+  const auto vocab = static_cast<int32_t>(cpu_model_->config().vocab_size);
+  // Lengths around block (4) and budget (24) boundaries, and longer than the budget.
+  std::vector<std::vector<int32_t>> prompts;
+  for (const size_t length : {1, 4, 5, 23, 24, 40, 61}) {
+    prompts.push_back(PromptOf(length, static_cast<int32_t>(length), vocab));
+  }
+  std::vector<int32_t> later(prompts.back().begin(), prompts.back().begin() + 33);
+  later.push_back(11);
+  later.push_back(12);
+  const auto want = Generate(*cpu_model_, *cpu_, prompts, later);
+  const auto got = Generate(*cuda_model_, *cuda_, prompts, later);
+  ASSERT_EQ(want.size(), prompts.size() + 1);
+  ASSERT_EQ(got.size(), want.size());
+
+  const int64_t later_id = static_cast<int64_t>(prompts.size());
+  EXPECT_GE(want.at(later_id).cached_prompt_tokens, 32) << "prefix caching was not exercised";
+  EXPECT_EQ(got.at(later_id).cached_prompt_tokens, want.at(later_id).cached_prompt_tokens);
+
+  int identical = 0;
+  for (const auto& [id, expected] : want) {
+    const auto& actual = got.at(id).events;
+    ASSERT_EQ(expected.events.size(), static_cast<size_t>(kSteps)) << "request " << id;
+    ASSERT_EQ(actual.size(), static_cast<size_t>(kSteps)) << "request " << id;
+    size_t step = 0;
+    while (step < actual.size() && actual[step].token == expected.events[step].token) ++step;
+    if (step == actual.size()) {
+      ++identical;
+      continue;
+    }
+    // A divergence is only acceptable at a near tie of the reference.
+    const TokenEvent& reference = expected.events[step];
+    float cuda_choice_logprob = -INFINITY;
+    for (const auto& [token, logprob] : reference.top_logprobs) {
+      if (token == actual[step].token) cuda_choice_logprob = logprob;
+    }
+    EXPECT_LE(reference.logprob - cuda_choice_logprob, kTieLogprob)
+        << "request " << id << " diverges at step " << step << ": CUDA chose "
+        << actual[step].token << ", the CPU " << reference.token << " with log-probability "
+        << reference.logprob << " (CUDA's token: " << cuda_choice_logprob << ")";
+  }
+  RecordProperty("identical_requests", fmt::format("{} of {}", identical, want.size()));
+  EXPECT_GE(identical, static_cast<int>(want.size()) - 1)
+      << "more than one request diverged, even if at near ties";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    TinyModels, CudaForwardTest,
+    ::testing::Values(Case{"llama_f32", {"--arch", "llama"}, "llama3_1"},
+                      Case{"llama_bf16_tied",
+                           {"--arch", "llama", "--dtype", "bfloat16", "--tie", "--seed", "3"},
+                           "llama3_1"},
+                      Case{"mistral_f16",
+                           {"--arch", "mistral", "--dtype", "float16", "--seed", "5"},
+                           "deepseek_v3"},
+                      Case{"qwen2_f32", {"--arch", "qwen2", "--seed", "2"}, "qwen3"},
+                      Case{"qwen3_f32", {"--arch", "qwen3"}, "qwen3"},
+                      Case{"qwen3_bf16_4layers",
+                           {"--arch", "qwen3", "--dtype", "bfloat16", "--layers", "4", "--seed",
+                            "9"},
+                           "qwen3"}),
+    [](const auto& test_info) { return test_info.param.name; });
+
+}  // namespace
+}  // namespace inferbox::engine

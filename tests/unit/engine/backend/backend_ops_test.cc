@@ -1,0 +1,509 @@
+// Every backend op against the CPU reference, in the style of llama.cpp's test-backend-ops:
+// each case builds seeded random inputs of an awkward shape (odd sizes, GQA ratios, block
+// boundaries, prefill chunks over a cached prefix), poisons every output with NaN, runs the
+// op on the reference and on the backend under test, and compares under the op's stated
+// tolerance. A NaN left in an output means the op did not write that element.
+//
+// Two binaries from this file: backend_ops_test (label unit) runs every case on the
+// reference alone, on every machine, so the harness and the CPU backend's coverage of its
+// outputs are checked everywhere; backend_ops_cuda_test (label gpu, built with CUDA) compares
+// the CUDA backend with the reference and skips, saying why, where no device is present.
+//
+// Inputs that feed BF16 storage on CUDA (GEMM operands, the KV cache) are drawn as
+// BF16-exact values, so what remains of a difference is summation order and float32 math,
+// and the tolerances can be tight; where an op itself rounds to BF16 (the K/V it writes),
+// the tolerance is BF16's half-ulp and says so.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "inferbox/engine/backend/backend.h"
+#ifdef INFERBOX_TEST_CUDA
+#include "inferbox/engine/cuda/cuda_backend.h"
+#include "inferbox/engine/cuda/device_query.h"
+#endif
+
+namespace inferbox::engine {
+namespace {
+
+constexpr float kPoison = std::numeric_limits<float>::quiet_NaN();
+
+uint16_t ToBf16Bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);  // Round to nearest even.
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+float FromBf16Bits(uint16_t bits) {
+  const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, sizeof(value));
+  return value;
+}
+
+uint16_t ToF16Bits(float value) {  // Exact for the BF16-exact, moderate values used here.
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  const int exponent = static_cast<int>((bits >> 23) & 0xFF) - 127 + 15;
+  if ((bits & 0x7FFFFFFFu) == 0) return static_cast<uint16_t>(sign);
+  EXPECT_GT(exponent, 0) << "value too small for an exact f16";
+  EXPECT_LT(exponent, 31) << "value too large for f16";
+  return static_cast<uint16_t>(sign | (static_cast<uint32_t>(exponent) << 10) |
+                               ((bits >> 13) & 0x3FFu));
+}
+
+// Seeded values in [-scale, scale], BF16-exact.
+std::vector<float> RandomBf16Exact(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uniform(-scale, scale);
+  std::vector<float> values(n);
+  for (auto& value : values) {
+    value = FromBf16Bits(ToBf16Bits(uniform(rng)));
+    if (std::fabs(value) < 1e-3f) value = 0.0f;  // Keep F16 copies exact (no subnormals).
+  }
+  return values;
+}
+
+// A weight stored in `dtype` on the host, loaded into a backend.
+class HostWeight {
+ public:
+  HostWeight(std::vector<float> values, int64_t rows, int64_t cols, DType dtype)
+      : dtype_(dtype), rows_(rows), cols_(cols) {
+    if (dtype == DType::kF32) {
+      bytes_.resize(values.size() * 4);
+      std::memcpy(bytes_.data(), values.data(), bytes_.size());
+    } else {
+      bytes_.resize(values.size() * 2);
+      for (size_t i = 0; i < values.size(); ++i) {
+        const uint16_t bits =
+            dtype == DType::kBF16 ? ToBf16Bits(values[i]) : ToF16Bits(values[i]);
+        std::memcpy(bytes_.data() + 2 * i, &bits, 2);
+      }
+    }
+  }
+  Weight LoadInto(Backend& backend) const {
+    Weight host;
+    host.dtype = dtype_;
+    host.data = bytes_.data();
+    host.rows = rows_;
+    host.cols = cols_;
+    auto loaded = backend.LoadWeight(host);
+    EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+    return loaded.ok() ? *loaded : Weight{};
+  }
+
+ private:
+  DType dtype_;
+  int64_t rows_, cols_;
+  std::vector<std::byte> bytes_;
+};
+
+// Backend memory initialised from host values (or NaN poison), read back by name.
+class Tensors {
+ public:
+  explicit Tensors(Backend& backend) : backend_(backend) {}
+  std::span<float> Input(const std::string& name, const std::vector<float>& values) {
+    auto& buffer = buffers_[name] = backend_.Allocate(static_cast<int64_t>(values.size()));
+    backend_.Upload(values, buffer->data());
+    return buffer->data();
+  }
+  std::span<float> Output(const std::string& name, size_t size) {
+    return Input(name, std::vector<float>(size, kPoison));
+  }
+  std::vector<float> Read(const std::string& name) {
+    std::vector<float> scratch;
+    const std::span<const float> host = backend_.ReadBack(buffers_.at(name)->data(), scratch);
+    return {host.begin(), host.end()};
+  }
+
+ private:
+  Backend& backend_;
+  std::map<std::string, std::unique_ptr<Buffer>> buffers_;
+};
+
+using Outputs = std::map<std::string, std::vector<float>>;
+
+struct OpCase {
+  std::string name;
+  // Absolute tolerance as a fraction of the largest reference magnitude of each output.
+  double tolerance = 0.0;
+  std::function<Outputs(Backend&)> run;
+};
+
+std::ostream& operator<<(std::ostream& out, const OpCase& c) {
+  return out << c.name;
+}
+
+// --- cases ---
+
+OpCase LinearCase(int64_t m, int64_t n, int64_t k, DType dtype, bool bias) {
+  OpCase c;
+  c.name = fmt::format("Linear_m{}_n{}_k{}_{}{}", m, n, k, DTypeName(dtype), bias ? "_bias" : "");
+  // Exact operands: only float32 summation order differs from the float64 reference sum.
+  c.tolerance = 1e-5 * std::sqrt(static_cast<double>(k));
+  c.run = [=](Backend& backend) {
+    const HostWeight w(RandomBf16Exact(static_cast<size_t>(n * k), 1), n, k, dtype);
+    const HostWeight b(RandomBf16Exact(static_cast<size_t>(n), 2), 1, n, dtype);
+    const Weight loaded = w.LoadInto(backend);
+    const Weight loaded_bias = b.LoadInto(backend);
+    Tensors t(backend);
+    const auto x = t.Input("x", RandomBf16Exact(static_cast<size_t>(m * k), 3));
+    const auto out = t.Output("out", static_cast<size_t>(m * n));
+    backend.Linear(x, m, loaded, bias ? &loaded_bias : nullptr, out);
+    return Outputs{{"out", t.Read("out")}};
+  };
+  return c;
+}
+
+OpCase EmbeddingCase(int64_t hidden, DType dtype) {
+  OpCase c;
+  c.name = fmt::format("Embedding_h{}_{}", hidden, DTypeName(dtype));
+  c.tolerance = 0.0;  // A copy of exact values.
+  c.run = [=](Backend& backend) {
+    constexpr int64_t kVocab = 50;
+    const HostWeight table(RandomBf16Exact(static_cast<size_t>(kVocab * hidden), 4), kVocab,
+                           hidden, dtype);
+    const Weight loaded = table.LoadInto(backend);
+    const std::vector<int32_t> ids = {0, 49, 7, 7, 23};
+    const std::vector<int64_t> zeros(ids.size(), 0);
+    auto step = backend.PrepareStep({ids, zeros, zeros, {}, {}, nullptr});
+    Tensors t(backend);
+    const auto out = t.Output("out", ids.size() * static_cast<size_t>(hidden));
+    backend.Embedding(*step, loaded, out);
+    return Outputs{{"out", t.Read("out")}};
+  };
+  return c;
+}
+
+OpCase AddRmsNormCase(int64_t m, int64_t n, bool with_delta, DType gamma_dtype) {
+  OpCase c;
+  c.name = fmt::format("AddRmsNorm_m{}_n{}{}_{}", m, n, with_delta ? "_delta" : "",
+                       DTypeName(gamma_dtype));
+  c.tolerance = 1e-5;
+  c.run = [=](Backend& backend) {
+    const HostWeight gamma(RandomBf16Exact(static_cast<size_t>(n), 5, 2.0f), 1, n, gamma_dtype);
+    const Weight loaded = gamma.LoadInto(backend);
+    Tensors t(backend);
+    const auto residual = t.Input("residual", RandomBf16Exact(static_cast<size_t>(m * n), 6, 3));
+    const auto delta = t.Input("delta", RandomBf16Exact(static_cast<size_t>(m * n), 7));
+    const auto out = t.Output("out", static_cast<size_t>(m * n));
+    backend.AddRmsNorm(residual, with_delta ? std::span<const float>(delta) : std::span<float>(),
+                       m, loaded, 1e-6f, out);
+    return Outputs{{"out", t.Read("out")}, {"residual", t.Read("residual")}};
+  };
+  return c;
+}
+
+OpCase RmsNormGroupsCase(int64_t groups, int64_t n) {
+  OpCase c;
+  c.name = fmt::format("RmsNormGroups_g{}_n{}", groups, n);
+  c.tolerance = 1e-5;
+  c.run = [=](Backend& backend) {
+    const HostWeight gamma(RandomBf16Exact(static_cast<size_t>(n), 8, 2.0f), 1, n, DType::kBF16);
+    const Weight loaded = gamma.LoadInto(backend);
+    Tensors t(backend);
+    const auto x = t.Input("x", RandomBf16Exact(static_cast<size_t>(groups * n), 9, 4));
+    backend.RmsNormGroups(x, loaded, 1e-6f);
+    return Outputs{{"x", t.Read("x")}};
+  };
+  return c;
+}
+
+RopeTable RealRope(int64_t head_dim) {  // theta 1e6 as Qwen uses.
+  RopeTable table;
+  for (int64_t j = 0; j < head_dim / 2; ++j) {
+    table.inv_freq.push_back(static_cast<float>(
+        1.0 / std::pow(1e6, static_cast<double>(2 * j) / static_cast<double>(head_dim))));
+  }
+  return table;
+}
+
+// Rotation of q and k, and the rotated k and v stored in the cache (read back slot by slot).
+OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  OpCase c;
+  c.name = fmt::format("RopeWriteKv_m{}_h{}_kv{}_d{}", m, heads, kv_heads, head_dim);
+  // The cache stores BF16: |x − bf16(x)| ≤ 2⁻⁹|x|, and ≤ 2⁻⁹ of the largest magnitude.
+  c.tolerance = 1.0 / 512;
+  c.run = [=](Backend& backend) {
+    const KvCacheShape shape{2, 8, 16, kv_heads, head_dim};
+    auto cache = backend.AllocateKvCache(shape);
+    std::vector<int64_t> positions(static_cast<size_t>(m));
+    std::vector<int64_t> slots(static_cast<size_t>(m));
+    std::mt19937 rng(10);
+    for (int64_t i = 0; i < m; ++i) {
+      positions[static_cast<size_t>(i)] = (i * 7919) % 131072;  // Large angles too.
+      slots[static_cast<size_t>(i)] = (i * 37 + 5) % shape.num_slots();
+    }
+    const std::vector<int32_t> ids(static_cast<size_t>(m), 0);
+    const RopeTable rope = RealRope(head_dim);
+    auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope});
+    Tensors t(backend);
+    const auto q = t.Input("q", RandomBf16Exact(static_cast<size_t>(m * heads * head_dim), 11));
+    const auto k = t.Input("k", RandomBf16Exact(static_cast<size_t>(m * kv_heads * head_dim), 12));
+    const auto v = t.Input("v", RandomBf16Exact(static_cast<size_t>(m * kv_heads * head_dim), 13));
+    backend.RopeWriteKv(*step, q, k, v, heads, *cache, 1);
+    Outputs outputs{{"q", t.Read("q")}, {"k", t.Read("k")}};
+    const auto row = static_cast<size_t>(kv_heads * head_dim);
+    std::vector<float> key(row), value(row);
+    for (const int64_t slot : slots) {
+      backend.ReadKv(*cache, 1, slot, key, value);
+      outputs["cache_keys"].insert(outputs["cache_keys"].end(), key.begin(), key.end());
+      outputs["cache_values"].insert(outputs["cache_values"].end(), value.begin(), value.end());
+    }
+    return outputs;
+  };
+  return c;
+}
+
+struct AttentionSpec {
+  int64_t start;
+  int64_t num_query_tokens;
+};
+
+// Causal paged attention for a batch mixing decodes (at block boundaries too) and prefill
+// chunks over a cached prefix, through shuffled block tables.
+OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs,
+                          int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size) {
+  OpCase c;
+  c.name = fmt::format("PagedAttention_{}_h{}_kv{}_d{}_b{}", label, heads, kv_heads, head_dim,
+                       block_size);
+  c.tolerance = 2e-5;
+  c.run = [=](Backend& backend) {
+    int64_t blocks_needed = 0;
+    for (const auto& spec : specs)
+      blocks_needed += (spec.start + spec.num_query_tokens + block_size - 1) / block_size;
+    const KvCacheShape shape{1, blocks_needed + 3, block_size, kv_heads, head_dim};
+    auto cache = backend.AllocateKvCache(shape);
+    std::vector<int32_t> all_blocks(static_cast<size_t>(shape.num_blocks));
+    std::iota(all_blocks.begin(), all_blocks.end(), 0);
+    std::shuffle(all_blocks.begin(), all_blocks.end(), std::mt19937(14));
+    std::vector<std::vector<int32_t>> tables;
+    size_t next_block = 0;
+    for (const auto& spec : specs) {
+      const int64_t blocks = (spec.start + spec.num_query_tokens + block_size - 1) / block_size;
+      tables.emplace_back(all_blocks.begin() + static_cast<int64_t>(next_block),
+                          all_blocks.begin() + static_cast<int64_t>(next_block) + blocks);
+      next_block += static_cast<size_t>(blocks);
+    }
+    auto slot_of = [&](size_t s, int64_t p) {
+      return static_cast<int64_t>(tables[s][static_cast<size_t>(p / block_size)]) * block_size +
+             p % block_size;
+    };
+    // Fill every position of every sequence (prefix and query tokens) with exact K/V, through
+    // RopeWriteKv with zero frequencies (an identity rotation).
+    RopeTable identity;
+    identity.inv_freq.assign(static_cast<size_t>(head_dim / 2), 0.0f);
+    std::vector<int64_t> fill_positions, fill_slots;
+    for (size_t s = 0; s < specs.size(); ++s) {
+      for (int64_t p = 0; p < specs[s].start + specs[s].num_query_tokens; ++p) {
+        fill_positions.push_back(p);
+        fill_slots.push_back(slot_of(s, p));
+      }
+    }
+    const auto fill_count = static_cast<int64_t>(fill_positions.size());
+    const std::vector<int32_t> fill_ids(fill_positions.size(), 0);
+    auto fill = backend.PrepareStep({fill_ids, fill_positions, fill_slots, {}, {}, &identity});
+    Tensors t(backend);
+    const auto kv_size = static_cast<size_t>(fill_count * kv_heads * head_dim);
+    const auto fill_q = t.Input("fill_q", std::vector<float>(kv_size / static_cast<size_t>(
+                                                                           kv_heads) *
+                                                                 static_cast<size_t>(heads),
+                                                             0.0f));
+    const auto fill_k = t.Input("fill_k", RandomBf16Exact(kv_size, 15, 2.0f));
+    const auto fill_v = t.Input("fill_v", RandomBf16Exact(kv_size, 16));
+    backend.RopeWriteKv(*fill, fill_q, fill_k, fill_v, heads, *cache, 0);
+
+    // The attention step: the query tokens only.
+    std::vector<AttentionSequence> sequences;
+    std::vector<int64_t> positions, slots;
+    for (size_t s = 0; s < specs.size(); ++s) {
+      sequences.push_back({specs[s].start, specs[s].num_query_tokens, tables[s]});
+      for (int64_t i = 0; i < specs[s].num_query_tokens; ++i) {
+        positions.push_back(specs[s].start + i);
+        slots.push_back(slot_of(s, specs[s].start + i));
+      }
+    }
+    const auto m = static_cast<int64_t>(positions.size());
+    const std::vector<int32_t> ids(positions.size(), 0);
+    auto step = backend.PrepareStep({ids, positions, slots, sequences, {}, nullptr});
+    const auto q = t.Input("q", RandomBf16Exact(static_cast<size_t>(m * heads * head_dim), 17));
+    const auto out = t.Output("out", static_cast<size_t>(m * heads * head_dim));
+    backend.PagedAttention(*step, *cache, 0, q, heads,
+                           1.0f / std::sqrt(static_cast<float>(head_dim)), out);
+    return Outputs{{"out", t.Read("out")}};
+  };
+  return c;
+}
+
+OpCase SiluMulCase(int64_t n) {
+  OpCase c;
+  c.name = fmt::format("SiluMul_n{}", n);
+  c.tolerance = 1e-6;
+  c.run = [=](Backend& backend) {
+    Tensors t(backend);
+    const auto gate = t.Input("gate", RandomBf16Exact(static_cast<size_t>(n), 18, 8));
+    const auto up = t.Input("up", RandomBf16Exact(static_cast<size_t>(n), 19));
+    const auto out = t.Output("out", static_cast<size_t>(n));
+    backend.SiluMul(gate, up, out);
+    return Outputs{{"out", t.Read("out")}};
+  };
+  return c;
+}
+
+OpCase GatherRowsCase(int64_t cols) {
+  OpCase c;
+  c.name = fmt::format("GatherRows_c{}", cols);
+  c.tolerance = 0.0;
+  c.run = [=](Backend& backend) {
+    const std::vector<int32_t> ids(9, 0);
+    const std::vector<int64_t> zeros(9, 0);
+    const std::vector<int64_t> rows = {0, 3, 4, 8};
+    auto step = backend.PrepareStep({ids, zeros, zeros, {}, rows, nullptr});
+    Tensors t(backend);
+    const auto x = t.Input("x", RandomBf16Exact(static_cast<size_t>(9 * cols), 20));
+    const auto out = t.Output("out", rows.size() * static_cast<size_t>(cols));
+    backend.GatherRows(*step, x, cols, out);
+    return Outputs{{"out", t.Read("out")}};
+  };
+  return c;
+}
+
+std::vector<OpCase> AllCases() {
+  std::vector<OpCase> cases;
+  for (const DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+    for (const auto& [m, n, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 8, 16}, {3, 33, 65}, {17, 256, 128}, {64, 1000, 384}}) {
+      cases.push_back(LinearCase(m, n, k, dtype, false));
+    }
+    cases.push_back(LinearCase(5, 96, 64, dtype, true));
+    cases.push_back(EmbeddingCase(7, dtype));
+    cases.push_back(EmbeddingCase(300, dtype));
+  }
+  cases.push_back(LinearCase(1, 4096, 4096, DType::kBF16, false));  // A decode-sized GEMV.
+  for (const auto& [m, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {5, 100}, {33, 4096}}) {
+    for (const bool delta : {false, true}) {
+      cases.push_back(AddRmsNormCase(m, n, delta, DType::kBF16));
+    }
+  }
+  cases.push_back(AddRmsNormCase(3, 64, true, DType::kF32));
+  for (const auto& [groups, n] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {7, 64}, {40, 128}}) {
+    cases.push_back(RmsNormGroupsCase(groups, n));
+  }
+  for (const auto& [m, heads, kv_heads, d] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+           {1, 4, 2, 16}, {7, 8, 1, 64}, {40, 6, 6, 128}, {3, 32, 8, 128}}) {
+    cases.push_back(RopeWriteKvCase(m, heads, kv_heads, d));
+  }
+  // Decodes at positions 0, 15, 16 (a block boundary at 16) and deep in the sequence; a
+  // prefill chunk from 0; a chunk after a cached prefix that ends mid-block.
+  const std::vector<AttentionSpec> mixed = {{0, 1}, {15, 1}, {16, 1}, {100, 1}, {0, 17}, {37, 9}};
+  for (const auto& [heads, kv_heads, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {4, 4, 32}, {8, 2, 64}, {8, 1, 128}, {2, 1, 80}, {4, 2, 256}}) {
+    cases.push_back(PagedAttentionCase("mixed", mixed, heads, kv_heads, d, 16));
+  }
+  cases.push_back(PagedAttentionCase("mixed", mixed, 4, 2, 64, 4));
+  cases.push_back(PagedAttentionCase("long_prefill", {{0, 300}, {1000, 1}}, 8, 2, 128, 16));
+  for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n));
+  for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));
+  return cases;
+}
+
+// Fails with the worst element unless every output of `got` is within tolerance of `want`.
+void ExpectClose(const Outputs& want, const Outputs& got, double tolerance) {
+  for (const auto& [name, expected] : want) {
+    ASSERT_TRUE(got.contains(name)) << "no output " << name;
+    const std::vector<float>& actual = got.at(name);
+    ASSERT_EQ(actual.size(), expected.size()) << name;
+    double scale = 0.0;
+    for (const float value : expected) scale = std::max(scale, std::fabs(static_cast<double>(value)));
+    const double allowed = tolerance * std::max(scale, 1e-30);
+    double worst = 0.0;
+    size_t worst_index = 0;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      ASSERT_FALSE(std::isnan(actual[i])) << name << "[" << i << "] was never written (NaN poison)";
+      const double error = std::fabs(static_cast<double>(actual[i]) - expected[i]);
+      if (error > worst) {
+        worst = error;
+        worst_index = i;
+      }
+    }
+    EXPECT_LE(worst, allowed) << name << ": worst element " << worst_index << " is "
+                              << actual[worst_index] << ", the reference "
+                              << expected[worst_index] << " (tolerance " << tolerance
+                              << " of the largest magnitude " << scale << ")";
+  }
+}
+
+class BackendOpsTest : public ::testing::TestWithParam<OpCase> {
+ protected:
+  static void SetUpTestSuite() { reference_ = MakeCpuBackend().release(); }
+  static void TearDownTestSuite() {
+    delete reference_;
+    reference_ = nullptr;
+  }
+  static Backend* reference_;
+};
+Backend* BackendOpsTest::reference_ = nullptr;
+
+#ifndef INFERBOX_TEST_CUDA
+// The reference writes every element of every output, finite, and gives the same answer
+// twice (ops must not depend on leftover state).
+TEST_P(BackendOpsTest, ReferenceWritesEveryOutput) {
+  const Outputs first = GetParam().run(*reference_);
+  ASSERT_FALSE(first.empty());
+  for (const auto& [name, values] : first) {
+    ASSERT_FALSE(values.empty()) << name;
+    for (size_t i = 0; i < values.size(); ++i)
+      ASSERT_TRUE(std::isfinite(values[i])) << name << "[" << i << "] = " << values[i];
+  }
+  ExpectClose(first, GetParam().run(*reference_), 0.0);
+}
+#else
+Backend* CudaUnderTest(std::string* why_not) {
+  static Backend* backend = nullptr;
+  static std::string reason;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    auto devices = cuda::QueryCudaDevices(&reason);
+    if (!devices.ok()) {
+      reason = devices.status().ToString();
+    } else if (!devices->empty()) {
+      auto made = cuda::MakeCudaBackend(0);
+      if (made.ok()) {
+        backend = std::move(made).value().release();
+      } else {
+        reason = made.status().ToString();
+      }
+    }
+  }
+  *why_not = reason;
+  return backend;
+}
+
+TEST_P(BackendOpsTest, CudaMatchesReference) {
+  std::string why_not;
+  Backend* cuda = CudaUnderTest(&why_not);
+  if (cuda == nullptr) GTEST_SKIP() << "no CUDA device (" << why_not << "): op not compared";
+  ExpectClose(GetParam().run(*reference_), GetParam().run(*cuda), GetParam().tolerance);
+}
+#endif
+
+INSTANTIATE_TEST_SUITE_P(Ops, BackendOpsTest, ::testing::ValuesIn(AllCases()),
+                         [](const ::testing::TestParamInfo<OpCase>& param) {
+                           return param.param.name;
+                         });
+
+}  // namespace
+}  // namespace inferbox::engine
