@@ -41,6 +41,12 @@ std::ostream& operator<<(std::ostream& out, const Case& c) {
 }
 
 class CudaForwardTest : public ::testing::TestWithParam<Case> {
+ public:
+  struct Generated {
+    std::vector<TokenEvent> events;
+    int64_t cached_prompt_tokens = 0;
+  };
+
  protected:
   void SetUp() override {
     std::string why_none;
@@ -69,8 +75,7 @@ class CudaForwardTest : public ::testing::TestWithParam<Case> {
     const auto num_blocks = static_cast<int64_t>(prompt.size()) / kBlockSize + 2;
     auto cache = backend.AllocateKvCache(model.KvShape(num_blocks, kBlockSize));
     std::vector<int32_t> table(static_cast<size_t>(num_blocks));
-    for (size_t i = 0; i < table.size(); ++i)
-      table[i] = static_cast<int32_t>(table.size() - 1 - i);
+    for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(table.size() - 1 - i);
     std::vector<float> logits;
     const size_t split = prompt.size() / 2 + 1;  // Mid-block.
     for (const auto& [begin, end] : {std::pair<size_t, size_t>{0, split}, {split, prompt.size()}}) {
@@ -84,16 +89,14 @@ class CudaForwardTest : public ::testing::TestWithParam<Case> {
     return logits;
   }
 
-  struct Generated {
-    std::vector<TokenEvent> events;
-    int64_t cached_prompt_tokens = 0;
-  };
-
   // Runs `prompts` batched with chunked prefill, then `later` (which shares a prefix with
   // the first prompt) once they are done; each request's events.
+  // `top_logprobs` 0 keeps sampling plain greedy, on the backend (Backend::GreedyRows);
+  // otherwise the logits are read back and sampled on the host.
   static std::map<int64_t, Generated> Generate(Model& model, Backend& backend,
                                                const std::vector<std::vector<int32_t>>& prompts,
-                                               const std::vector<int32_t>& later) {
+                                               const std::vector<int32_t>& later,
+                                               int32_t top_logprobs) {
     SchedulerLimits limits;
     limits.max_running = 8;
     limits.token_budget = 24;  // Below the longest prompts: chunked prefill.
@@ -105,7 +108,7 @@ class CudaForwardTest : public ::testing::TestWithParam<Case> {
       request.id = id;
       request.prompt = prompt;
       request.sampling.temperature = 0.0f;
-      request.sampling.num_top_logprobs = 5;
+      request.sampling.num_top_logprobs = top_logprobs;
       request.stop.max_tokens = kSteps;
       request.stop.ignore_eos = true;
       const Status added = core.Add(request);
@@ -170,30 +173,17 @@ TEST_P(CudaForwardTest, PromptLogitsMatchTheFloat32Reference) {
   RecordProperty("max_relative_error", std::to_string(worst));
 }
 
-TEST_P(CudaForwardTest, BatchedGreedyTokensMatchTheCpu) {
-  const auto vocab = static_cast<int32_t>(cpu_model_->config().vocab_size);
-  // Lengths around block (4) and budget (24) boundaries, and longer than the budget.
-  std::vector<std::vector<int32_t>> prompts;
-  for (const size_t length : {1, 4, 5, 23, 24, 40, 61}) {
-    prompts.push_back(PromptOf(length, static_cast<int32_t>(length), vocab));
-  }
-  std::vector<int32_t> later(prompts.back().begin(), prompts.back().begin() + 33);
-  later.push_back(11);
-  later.push_back(12);
-  const auto want = Generate(*cpu_model_, *cpu_, prompts, later);
-  const auto got = Generate(*cuda_model_, *cuda_, prompts, later);
-  ASSERT_EQ(want.size(), prompts.size() + 1);
-  ASSERT_EQ(got.size(), want.size());
-
-  const int64_t later_id = static_cast<int64_t>(prompts.size());
-  EXPECT_GE(want.at(later_id).cached_prompt_tokens, 32) << "prefix caching was not exercised";
-  EXPECT_EQ(got.at(later_id).cached_prompt_tokens, want.at(later_id).cached_prompt_tokens);
-
+// Tokens of `got` equal to the reference's, request by request, up to a divergence at a
+// near tie of the reference; returns how many requests matched in full.
+int CompareWithReference(const std::map<int64_t, CudaForwardTest::Generated>& want,
+                         const std::map<int64_t, CudaForwardTest::Generated>& got,
+                         const std::string& label) {
   int identical = 0;
   for (const auto& [id, expected] : want) {
     const auto& actual = got.at(id).events;
-    ASSERT_EQ(expected.events.size(), static_cast<size_t>(kSteps)) << "request " << id;
-    ASSERT_EQ(actual.size(), static_cast<size_t>(kSteps)) << "request " << id;
+    EXPECT_EQ(expected.events.size(), static_cast<size_t>(kSteps)) << label << " request " << id;
+    EXPECT_EQ(actual.size(), expected.events.size()) << label << " request " << id;
+    if (actual.size() != expected.events.size()) continue;
     size_t step = 0;
     while (step < actual.size() && actual[step].token == expected.events[step].token) ++step;
     if (step == actual.size()) {
@@ -207,13 +197,41 @@ TEST_P(CudaForwardTest, BatchedGreedyTokensMatchTheCpu) {
       if (token == actual[step].token) cuda_choice_logprob = logprob;
     }
     EXPECT_LE(reference.logprob - cuda_choice_logprob, kTieLogprob)
-        << "request " << id << " diverges at step " << step << ": CUDA chose "
+        << label << " request " << id << " diverges at step " << step << ": CUDA chose "
         << actual[step].token << ", the CPU " << reference.token << " with log-probability "
         << reference.logprob << " (CUDA's token: " << cuda_choice_logprob << ")";
   }
-  RecordProperty("identical_requests", fmt::format("{} of {}", identical, want.size()));
-  EXPECT_GE(identical, static_cast<int>(want.size()) - 1)
-      << "more than one request diverged, even if at near ties";
+  return identical;
+}
+
+TEST_P(CudaForwardTest, BatchedGreedyTokensMatchTheCpu) {
+  const auto vocab = static_cast<int32_t>(cpu_model_->config().vocab_size);
+  // Lengths around block (4) and budget (24) boundaries, and longer than the budget.
+  std::vector<std::vector<int32_t>> prompts;
+  for (const size_t length : {1, 4, 5, 23, 24, 40, 61}) {
+    prompts.push_back(PromptOf(length, static_cast<int32_t>(length), vocab));
+  }
+  std::vector<int32_t> later(prompts.back().begin(), prompts.back().begin() + 33);
+  later.push_back(11);
+  later.push_back(12);
+  const auto want = Generate(*cpu_model_, *cpu_, prompts, later, 5);
+  ASSERT_EQ(want.size(), prompts.size() + 1);
+  const int64_t later_id = static_cast<int64_t>(prompts.size());
+  EXPECT_GE(want.at(later_id).cached_prompt_tokens, 32) << "prefix caching was not exercised";
+
+  // Sampled on the host from read-back logits, and plain greedy on the device.
+  for (const int32_t top_logprobs : {5, 0}) {
+    const std::string label = top_logprobs > 0 ? "host sampling" : "device greedy";
+    const auto got = Generate(*cuda_model_, *cuda_, prompts, later, top_logprobs);
+    ASSERT_EQ(got.size(), want.size()) << label;
+    EXPECT_EQ(got.at(later_id).cached_prompt_tokens, want.at(later_id).cached_prompt_tokens)
+        << label;
+    const int identical = CompareWithReference(want, got, label);
+    RecordProperty("identical_requests_" + std::to_string(top_logprobs),
+                   fmt::format("{} of {}", identical, want.size()));
+    EXPECT_GE(identical, static_cast<int>(want.size()) - 1)
+        << label << ": more than one request diverged, even if at near ties";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -292,8 +292,9 @@ class CpuBackend final : public Backend {
                    std::span<const float> v, int64_t num_heads, KvCache& cache,
                    int64_t layer) override {
     const auto& inputs = static_cast<const CpuStepInputs&>(step);
-    const int64_t half = inputs.half;
-    const int64_t head_dim = 2 * half;
+    const int64_t half = inputs.half;  // 0: no rotation.
+    const int64_t head_dim = cache.shape().head_dim;
+    INFERBOX_CHECK(half == 0 || 2 * half == head_dim);
     const int64_t num_kv_heads = cache.shape().num_kv_heads;
     for (size_t t = 0; t < inputs.positions.size(); ++t) {
       const float* cos = inputs.cos.data() + t * static_cast<size_t>(half);
@@ -384,6 +385,20 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < out.size(); ++i) {
       const float g = gate[i];
       out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  }
+
+  void GreedyRows(std::span<const float> logits, int64_t rows, int64_t cols,
+                  std::span<int32_t> tokens, std::span<float> logprobs) override {
+    for (int64_t r = 0; r < rows; ++r) {
+      const std::span<const float> row =
+          logits.subspan(static_cast<size_t>(r * cols), static_cast<size_t>(cols));
+      const auto best = std::max_element(row.begin(), row.end());
+      tokens[static_cast<size_t>(r)] = static_cast<int32_t>(best - row.begin());
+      if (logprobs.empty()) continue;
+      double total = 0.0;
+      for (const float logit : row) total += std::exp(static_cast<double>(logit - *best));
+      logprobs[static_cast<size_t>(r)] = static_cast<float>(-std::log(total));
     }
   }
 

@@ -209,6 +209,13 @@ KvCacheShape Model::KvShape(int64_t num_blocks, int64_t block_size) const {
 
 Result<std::span<const float>> Model::Forward(std::span<const ForwardSequence> batch,
                                               KvCache& cache, bool all_positions) {
+  auto logits = ForwardOnBackend(batch, cache, all_positions);
+  if (!logits.ok()) return logits.status();
+  return impl_->backend->ReadBack(*logits, impl_->host_logits);
+}
+
+Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSequence> batch,
+                                                       KvCache& cache, bool all_positions) {
   const ModelConfig& c = impl_->config;
   Backend& backend = *impl_->backend;
   const KvCacheShape& kv = cache.shape();
@@ -310,7 +317,7 @@ Result<std::span<const float>> Model::Forward(std::span<const ForwardSequence> b
   backend.AddRmsNorm(residual, delta, m, impl_->final_norm, eps, normed);
   backend.GatherRows(*step, normed, hidden, rows);
   backend.Linear(rows, num_rows, impl_->lm_head, nullptr, logits);
-  return backend.ReadBack(logits, impl_->host_logits);
+  return std::span<const float>(logits);
 }
 
 }  // namespace inferbox::engine

@@ -19,6 +19,7 @@ double SecondsSince(std::chrono::steady_clock::time_point& mark) {
 EngineCore::EngineCore(Model& model, Backend& backend, int32_t num_blocks, int32_t block_size,
                        SchedulerLimits limits)
     : model_(model),
+      backend_(backend),
       cache_(backend.AllocateKvCache(model.KvShape(num_blocks, block_size))),
       blocks_(num_blocks, block_size),
       scheduler_(blocks_, limits) {}
@@ -81,18 +82,46 @@ Result<StepOutput> EngineCore::Step() {
          item.start, item.sequence->kv.block_table});
     output.num_tokens += item.num_tokens;
   }
-  auto logits = model_.Forward(batch, *cache_, false);
+  auto logits = model_.ForwardOnBackend(batch, *cache_, false);
   if (!logits.ok()) return logits.status();
   output.timings.forward = SecondsSince(mark);
 
-  // sample
-  const auto vocab = static_cast<size_t>(model_.config().vocab_size);
+  // sample: on the backend when every row is plain greedy (only token ids come back), else
+  // on the host from a copy of the logits.
+  const auto vocab = static_cast<int64_t>(model_.config().vocab_size);
+  const auto rows = static_cast<int64_t>(work.size());
+  bool plain_greedy = true;
+  bool logprobs_wanted = false;
+  for (const ScheduledWork& item : work) {
+    if (!item.samples) continue;
+    const Sampler& sampler = requests_.at(item.sequence->id).sampler;
+    plain_greedy = plain_greedy && sampler.is_plain_greedy();
+    logprobs_wanted = logprobs_wanted || sampler.wants_logprob();
+  }
+  std::vector<int32_t> greedy_tokens;
+  std::vector<float> greedy_logprobs;
+  std::span<const float> host_logits;
+  if (plain_greedy) {
+    greedy_tokens.resize(static_cast<size_t>(rows));
+    greedy_logprobs.resize(logprobs_wanted ? static_cast<size_t>(rows) : 0);
+    backend_.GreedyRows(*logits, rows, vocab, greedy_tokens, greedy_logprobs);
+  } else {
+    host_logits = backend_.ReadBack(*logits, host_logits_);
+  }
   std::vector<int32_t> sampled;
   for (size_t i = 0; i < work.size(); ++i) {
     if (!work[i].samples) continue;
     Sequence& sequence = *work[i].sequence;
     RequestState& state = requests_.at(sequence.id);
-    TokenChoice choice = state.sampler.Next(logits->subspan(i * vocab, vocab));
+    TokenChoice choice;
+    if (plain_greedy) {
+      choice.token = greedy_tokens[i];
+      if (state.sampler.wants_logprob()) choice.logprob = greedy_logprobs[i];
+      state.sampler.Record(choice.token);
+    } else {
+      choice = state.sampler.Next(
+          host_logits.subspan(i * static_cast<size_t>(vocab), static_cast<size_t>(vocab)));
+    }
     state.finish = CheckTokenStop(state.stop, choice.token, sequence.num_generated() + 1);
     sampled.push_back(choice.token);
     output.events.push_back(

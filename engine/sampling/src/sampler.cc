@@ -37,6 +37,17 @@ Sampler::Sampler(const SamplingParams& params, std::span<const int32_t> prompt)
   seen_.insert(prompt.begin(), prompt.end());
 }
 
+bool Sampler::is_plain_greedy() const {
+  const bool penalties = params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
+                         params_.frequency_penalty != 0.0f;
+  return params_.temperature == 0.0f && !penalties && params_.num_top_logprobs == 0;
+}
+
+void Sampler::Record(int32_t token) {
+  ++output_counts_[token];
+  seen_.insert(token);
+}
+
 TokenChoice Sampler::Next(std::span<const float> logits) {
   const auto vocab = static_cast<int32_t>(logits.size());
   TokenChoice choice;
@@ -54,13 +65,10 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
   };
   auto finish = [&](TokenChoice& chosen) {
     if (params_.compute_logprob) chosen.logprob = logprob_of(chosen.token);
-    ++output_counts_[chosen.token];
-    seen_.insert(chosen.token);
+    Record(chosen.token);
   };
 
-  const bool penalties = params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
-                         params_.frequency_penalty != 0.0f;
-  if (params_.temperature == 0.0f && !penalties && params_.num_top_logprobs == 0) {
+  if (is_plain_greedy()) {
     // Plain greedy: the argmax of the raw row, no copy.
     choice.token =
         static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());

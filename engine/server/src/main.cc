@@ -105,41 +105,52 @@ struct LoadedEngine {
 
 // KV cache bytes on a device: after a forward pass of the largest step (so activation buffers
 // exist), what the memory fraction leaves free.
-Result<int64_t> DeviceKvBudget(const Options& options, Model& model, Backend& backend,
-                               const DeviceMemory& before) {
-  const int64_t sequences = std::max<int64_t>(1, std::min(options.max_running,
-                                                          options.token_budget));
-  const int64_t tokens_each = std::max<int64_t>(1, options.token_budget / sequences);
-  const int64_t blocks_each = (tokens_each + options.block_size - 1) / options.block_size;
+Result<int64_t> DeviceKvBudget(const Options& options, int64_t max_model_len, Model& model,
+                               Backend& backend, const DeviceMemory& before) {
+  // The warm-up step feeds exactly the token budget, over as many sequences as may run.
+  const int64_t sequences =
+      std::max<int64_t>(1, std::min(options.max_running, options.token_budget));
+  const int64_t tokens_each = options.token_budget / sequences;
+  const int64_t first_tokens = tokens_each + options.token_budget % sequences;
+  if (first_tokens > max_model_len) {
+    return InvalidArgumentError(fmt::format(
+        "--token-budget {} over --max-running {} gives a sequence {} tokens long, more than "
+        "the context of {}",
+        options.token_budget, options.max_running, first_tokens, max_model_len));
+  }
+  const int64_t blocks_each = (first_tokens + options.block_size - 1) / options.block_size;
   {
-    auto cache = backend.AllocateKvCache(model.KvShape(sequences * blocks_each,
-                                                       options.block_size));
-    std::vector<int32_t> tokens(static_cast<size_t>(tokens_each), 0);
+    auto cache =
+        backend.AllocateKvCache(model.KvShape(sequences * blocks_each, options.block_size));
+    std::vector<int32_t> tokens(static_cast<size_t>(first_tokens), 0);
     std::vector<std::vector<int32_t>> tables(static_cast<size_t>(sequences));
     std::vector<ForwardSequence> batch;
     for (int64_t s = 0; s < sequences; ++s) {
       auto& table = tables[static_cast<size_t>(s)];
-      for (int64_t b = 0; b < blocks_each; ++b) table.push_back(static_cast<int32_t>(s * blocks_each + b));
-      batch.push_back({tokens, 0, table});
+      for (int64_t b = 0; b < blocks_each; ++b)
+        table.push_back(static_cast<int32_t>(s * blocks_each + b));
+      const size_t count = static_cast<size_t>(s == 0 ? first_tokens : tokens_each);
+      batch.push_back({std::span<const int32_t>(tokens).first(count), 0, table});
     }
     if (auto warm = model.Forward(batch, *cache, false); !warm.ok()) return warm.status();
   }
   const std::optional<DeviceMemory> after = backend.device_memory();
-  const auto reserved =
-      static_cast<int64_t>((1.0 - options.gpu_memory_fraction) * static_cast<double>(after->total_bytes));
+  const auto reserved = static_cast<int64_t>((1.0 - options.gpu_memory_fraction) *
+                                             static_cast<double>(after->total_bytes));
   const int64_t budget = after->free_bytes - reserved;
-  spdlog::info("GPU memory: {:.2f} of {:.2f} GiB free before the model, {:.2f} after weights and "
-               "a {}-token warm-up step; {:.2f} GiB kept back (--gpu-memory-fraction {})",
-               static_cast<double>(before.free_bytes) / (1 << 30),
-               static_cast<double>(before.total_bytes) / (1 << 30),
-               static_cast<double>(after->free_bytes) / (1 << 30), sequences * tokens_each,
-               static_cast<double>(reserved) / (1 << 30), options.gpu_memory_fraction);
+  spdlog::info(
+      "GPU memory: {:.2f} of {:.2f} GiB free before the model, {:.2f} after weights and "
+      "a {}-token warm-up step; {:.2f} GiB kept back (--gpu-memory-fraction {})",
+      static_cast<double>(before.free_bytes) / (1 << 30),
+      static_cast<double>(before.total_bytes) / (1 << 30),
+      static_cast<double>(after->free_bytes) / (1 << 30), sequences * tokens_each,
+      static_cast<double>(reserved) / (1 << 30), options.gpu_memory_fraction);
   if (budget <= 0) {
     return FailedPreconditionError(fmt::format(
         "no GPU memory is left for the KV cache: {:.2f} GiB free after loading, {:.2f} GiB kept "
         "back by --gpu-memory-fraction {}",
-        static_cast<double>(after->free_bytes) / (1 << 30), static_cast<double>(reserved) / (1 << 30),
-        options.gpu_memory_fraction));
+        static_cast<double>(after->free_bytes) / (1 << 30),
+        static_cast<double>(reserved) / (1 << 30), options.gpu_memory_fraction));
   }
   return budget;
 }
@@ -189,10 +200,19 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
       engine->backend->KvCacheBytes(engine->model->KvShape(1, options.block_size));
   auto budget_bytes = static_cast<int64_t>((options.kv_cache_gib > 0 ? options.kv_cache_gib : 1.0) *
                                            1024.0 * 1024.0 * 1024.0);
-  if (device_before && options.kv_cache_gib == 0) {
-    auto device_budget = DeviceKvBudget(options, *engine->model, *engine->backend, *device_before);
+  if (device_before) {
+    auto device_budget = DeviceKvBudget(options, runtime.limits.max_model_len, *engine->model,
+                                        *engine->backend, *device_before);
     if (!device_budget.ok()) return device_budget.status();
-    budget_bytes = *device_budget;
+    if (options.kv_cache_gib == 0) {
+      budget_bytes = *device_budget;
+    } else if (budget_bytes > *device_budget) {
+      return FailedPreconditionError(fmt::format(
+          "--kv-cache-gib {} does not fit: {:.2f} GiB are left on the GPU after the weights "
+          "within --gpu-memory-fraction {}",
+          options.kv_cache_gib, static_cast<double>(*device_budget) / (1 << 30),
+          options.gpu_memory_fraction));
+    }
   }
   const int64_t budget_blocks = budget_bytes / bytes_per_block;
   const int64_t blocks_per_sequence =

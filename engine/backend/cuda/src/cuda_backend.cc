@@ -11,13 +11,13 @@
 
 #include "kernels.h"
 
-#define INFERBOX_CUBLAS_CHECK(call)                                                           \
-  do {                                                                                        \
-    const cublasStatus_t inferbox_cublas_status = (call);                                     \
-    if (inferbox_cublas_status != CUBLAS_STATUS_SUCCESS) {                                    \
-      ::inferbox::engine::cuda::FatalCudaError(                                               \
-          #call, cublasLtGetStatusString(inferbox_cublas_status), __FILE__, __LINE__);        \
-    }                                                                                         \
+#define INFERBOX_CUBLAS_CHECK(call)                                                    \
+  do {                                                                                 \
+    const cublasStatus_t inferbox_cublas_status = (call);                              \
+    if (inferbox_cublas_status != CUBLAS_STATUS_SUCCESS) {                             \
+      ::inferbox::engine::cuda::FatalCudaError(                                        \
+          #call, cublasLtGetStatusString(inferbox_cublas_status), __FILE__, __LINE__); \
+    }                                                                                  \
   } while (false)
 
 namespace inferbox::engine::cuda {
@@ -62,10 +62,12 @@ class DeviceAllocation {
   cudaStream_t stream_ = nullptr;
 };
 
+// Allocated and freed in the stream's order: freeing a buffer that queued ops still use is
+// safe.
 class CudaBuffer final : public Buffer {
  public:
-  explicit CudaBuffer(int64_t num_floats)
-      : memory_(num_floats * static_cast<int64_t>(sizeof(float)), nullptr),
+  CudaBuffer(int64_t num_floats, cudaStream_t stream)
+      : memory_(num_floats * static_cast<int64_t>(sizeof(float)), stream),
         data_(memory_.as<float>(), static_cast<size_t>(num_floats)) {}
   std::span<float> data() override { return data_; }
 
@@ -77,9 +79,11 @@ class CudaBuffer final : public Buffer {
 // Keys then values of every layer: [layer][key|value][slot][kv_head][head_dim], BF16.
 class CudaKvCache final : public KvCache {
  public:
-  explicit CudaKvCache(const KvCacheShape& shape)
+  // Zeroed in `stream`'s order, so no op queued after it can be overwritten.
+  CudaKvCache(const KvCacheShape& shape, cudaStream_t stream)
       : shape_(shape), memory_(TotalBytes(shape), nullptr) {
-    INFERBOX_CUDA_CHECK(cudaMemset(memory_.as<void>(), 0, static_cast<size_t>(TotalBytes(shape))));
+    INFERBOX_CUDA_CHECK(
+        cudaMemsetAsync(memory_.as<void>(), 0, static_cast<size_t>(TotalBytes(shape)), stream));
   }
   const KvCacheShape& shape() const override { return shape_; }
 
@@ -208,9 +212,9 @@ class LtGemm {
     const Plan& plan = PlanFor(m, n, k);
     const float alpha = 1.0f;
     const float beta = 0.0f;
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.op, &alpha, w, plan.a, x, plan.b, &beta,
-                                         out, plan.c, out, plan.c, &plan.algo,
-                                         workspace_.as<void>(), kWorkspaceBytes, stream));
+    INFERBOX_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.op, &alpha, w, plan.a, x, plan.b, &beta, out,
+                                         plan.c, out, plan.c, &plan.algo, workspace_.as<void>(),
+                                         kWorkspaceBytes, stream));
   }
 
  private:
@@ -230,8 +234,8 @@ class LtGemm {
     const cublasOperation_t keep = CUBLAS_OP_N;
     INFERBOX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA,
                                                          &transpose, sizeof(transpose)));
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB,
-                                                         &keep, sizeof(keep)));
+    INFERBOX_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)));
     const auto u = [](int64_t value) { return static_cast<uint64_t>(value); };
     INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, u(k), u(n), k));
     INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, u(k), u(m), k));
@@ -273,20 +277,29 @@ SourceType SourceTypeOf(DType dtype) {
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device) : device_(device) {
-    INFERBOX_CUDA_CHECK(cudaSetDevice(device_));
+    Use();
     INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // Memory freed in stream order stays in the pool for the next step instead of going
+    // back to the driver at every synchronisation.
+    cudaMemPool_t pool = nullptr;
+    INFERBOX_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device_));
+    uint64_t keep_all = UINT64_MAX;
+    INFERBOX_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
     gemm_ = std::make_unique<LtGemm>();
   }
   ~CudaBackend() override {
-    gemm_.reset();
+    Use();
     cudaStreamSynchronize(stream_);
+    gemm_.reset();
     weights_.clear();
     gemm_input_ = DeviceAllocation();
+    greedy_ = DeviceAllocation();
     cudaStreamDestroy(stream_);
   }
 
   std::string_view name() const override { return "cuda"; }
   std::optional<DeviceMemory> device_memory() const override {
+    Use();
     size_t free_bytes = 0;
     size_t total_bytes = 0;
     INFERBOX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -294,11 +307,12 @@ class CudaBackend final : public Backend {
   }
 
   double MeasureCopyBandwidth() override {
+    Use();
     constexpr int64_t kBytes = int64_t{1} << 30;
     constexpr int kCopies = 10;
     DeviceAllocation source(kBytes, nullptr);
     DeviceAllocation target(kBytes, nullptr);
-    INFERBOX_CUDA_CHECK(cudaMemset(source.as<void>(), 1, kBytes));
+    INFERBOX_CUDA_CHECK(cudaMemsetAsync(source.as<void>(), 1, kBytes, stream_));
     cudaEvent_t start = nullptr;
     cudaEvent_t stop = nullptr;
     INFERBOX_CUDA_CHECK(cudaEventCreate(&start));
@@ -323,16 +337,16 @@ class CudaBackend final : public Backend {
     return CudaKvCache::TotalBytes(shape);
   }
   std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
-    return std::make_unique<CudaKvCache>(shape);
+    Use();
+    return std::make_unique<CudaKvCache>(shape, stream_);
   }
   std::unique_ptr<Buffer> Allocate(int64_t num_floats) override {
-    // Buffers are allocated outside the stream's order: make sure no queued op still uses
-    // memory the caller just released.
-    INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return std::make_unique<CudaBuffer>(num_floats);
+    Use();
+    return std::make_unique<CudaBuffer>(num_floats, stream_);
   }
 
   Result<Weight> LoadWeight(const Weight& host) override {
+    Use();
     const int64_t count = host.rows * host.cols;
     // Matrices are kept in BF16 (what the GEMMs take); vectors (norms, biases) in float32.
     const bool matrix = host.rows > 1;
@@ -368,6 +382,7 @@ class CudaBackend final : public Backend {
 
   std::span<const float> ReadBack(std::span<const float> data,
                                   std::vector<float>& scratch) override {
+    Use();
     scratch.resize(data.size());
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(scratch.data(), data.data(), data.size_bytes(),
                                         cudaMemcpyDeviceToHost, stream_));
@@ -376,6 +391,7 @@ class CudaBackend final : public Backend {
   }
 
   void Upload(std::span<const float> host, std::span<float> data) override {
+    Use();
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(data.data(), host.data(), host.size_bytes(),
                                         cudaMemcpyHostToDevice, stream_));
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -383,6 +399,7 @@ class CudaBackend final : public Backend {
 
   void ReadKv(const KvCache& cache, int64_t layer, int64_t slot, std::span<float> key,
               std::span<float> value) override {
+    Use();
     const auto& cuda = static_cast<const CudaKvCache&>(cache);
     const int64_t row = cache.shape().num_kv_heads * cache.shape().head_dim;
     std::vector<uint16_t> bits(static_cast<size_t>(2 * row));
@@ -405,7 +422,10 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // The engine loop runs on its own thread, whose current device is not the constructor's:
+  // every step starts by selecting ours (cheap when it already is).
   std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) override {
+    Use();
     return std::make_unique<CudaStepInputs>(layout, stream_);
   }
 
@@ -416,8 +436,7 @@ class CudaBackend final : public Backend {
     }
     uint16_t* input = GemmInput(m * w.cols);
     LaunchConvertToBf16(x.data(), SourceType::kF32, input, m * w.cols, stream_);
-    gemm_->Run(input, static_cast<const uint16_t*>(w.data), out.data(), m, w.rows, w.cols,
-               stream_);
+    gemm_->Run(input, static_cast<const uint16_t*>(w.data), out.data(), m, w.rows, w.cols, stream_);
     if (bias != nullptr) {
       LaunchAddBias(out.data(), static_cast<const float*>(bias->data), m, w.rows, stream_);
     }
@@ -425,8 +444,8 @@ class CudaBackend final : public Backend {
 
   void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) override {
     const auto& inputs = static_cast<const CudaStepInputs&>(step);
-    LaunchEmbedding(inputs.token_ids, inputs.num_tokens(),
-                    static_cast<const uint16_t*>(table.data), table.cols, out.data(), stream_);
+    LaunchEmbedding(inputs.token_ids, inputs.num_tokens(), static_cast<const uint16_t*>(table.data),
+                    table.cols, out.data(), stream_);
   }
 
   void AddRmsNorm(std::span<float> residual, std::span<const float> delta, int64_t m,
@@ -458,6 +477,11 @@ class CudaBackend final : public Backend {
     params.num_heads = num_heads;
     params.num_kv_heads = cache.shape().num_kv_heads;
     params.half = inputs.half();
+    params.head_dim = cache.shape().head_dim;
+    if (params.half != 0 && 2 * params.half != params.head_dim) {
+      FatalCudaError("RopeWriteKv", "the step's rotary table does not match the cache's head_dim",
+                     __FILE__, __LINE__);
+    }
     LaunchRopeWriteKv(params, stream_);
   }
 
@@ -496,7 +520,30 @@ class CudaBackend final : public Backend {
                      stream_);
   }
 
+  void GreedyRows(std::span<const float> logits, int64_t rows, int64_t cols,
+                  std::span<int32_t> tokens, std::span<float> logprobs) override {
+    Use();
+    if (rows > greedy_capacity_) {
+      greedy_ = DeviceAllocation(rows * 8, stream_);
+      greedy_capacity_ = rows;
+    }
+    auto* device_tokens = greedy_.as<int32_t>();
+    auto* device_logprobs = reinterpret_cast<float*>(device_tokens + rows);
+    LaunchGreedyRows(logits.data(), rows, cols, device_tokens, device_logprobs, stream_);
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), device_tokens,
+                                        static_cast<size_t>(rows) * sizeof(int32_t),
+                                        cudaMemcpyDeviceToHost, stream_));
+    if (!logprobs.empty()) {
+      INFERBOX_CUDA_CHECK(cudaMemcpyAsync(logprobs.data(), device_logprobs,
+                                          static_cast<size_t>(rows) * sizeof(float),
+                                          cudaMemcpyDeviceToHost, stream_));
+    }
+    INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
  private:
+  void Use() const { INFERBOX_CUDA_CHECK(cudaSetDevice(device_)); }
+
   // BF16 copy of a GEMM's activations, grown as needed; reuse is safe because every op runs
   // in the one stream's order.
   uint16_t* GemmInput(int64_t count) {
@@ -513,6 +560,8 @@ class CudaBackend final : public Backend {
   std::vector<DeviceAllocation> weights_;
   DeviceAllocation gemm_input_;
   int64_t gemm_input_count_ = 0;
+  DeviceAllocation greedy_;  // Tokens then log-probabilities of GreedyRows.
+  int64_t greedy_capacity_ = 0;
 };
 
 }  // namespace
@@ -525,8 +574,8 @@ Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index) {
         fmt::format("no usable CUDA device: {}", cudaGetErrorString(error)));
   }
   if (device_index < 0 || device_index >= count) {
-    return FailedPreconditionError(fmt::format("CUDA device {} does not exist ({} visible)",
-                                               device_index, count));
+    return FailedPreconditionError(
+        fmt::format("CUDA device {} does not exist ({} visible)", device_index, count));
   }
   return std::unique_ptr<Backend>(new CudaBackend(device_index));
 }

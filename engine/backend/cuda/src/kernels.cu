@@ -91,8 +91,8 @@ __global__ void EmbeddingKernel(const int32_t* ids, const uint16_t* table, int64
     out[row * hidden + c] = Bf16BitsToFloat(source[c]);
 }
 
-__global__ void AddRmsNormKernel(float* residual, const float* delta, int64_t n,
-                                 const float* gamma, float eps, float* out) {
+__global__ void AddRmsNormKernel(float* residual, const float* delta, int64_t n, const float* gamma,
+                                 float eps, float* out) {
   const int64_t row = blockIdx.x;
   float* r = residual + row * n;
   float sum_squares = 0.0f;
@@ -112,8 +112,8 @@ __global__ void AddRmsNormKernel(float* residual, const float* delta, int64_t n,
 // One warp per group.
 __global__ void RmsNormGroupsKernel(float* x, int64_t num_groups, int64_t n, const float* gamma,
                                     float eps) {
-  const int64_t group = blockIdx.x * static_cast<int64_t>(blockDim.x / kWarpSize) +
-                        threadIdx.x / kWarpSize;
+  const int64_t group =
+      blockIdx.x * static_cast<int64_t>(blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
   if (group >= num_groups) return;
   const int lane = threadIdx.x % kWarpSize;
   float* values = x + group * n;
@@ -136,7 +136,7 @@ __global__ void RopeTablesKernel(const int64_t* positions, int64_t m, const floa
 // and v to the cache).
 __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
   const int64_t t = blockIdx.x;
-  const int64_t head_dim = 2 * p.half;
+  const int64_t head_dim = p.head_dim;
   const float* cos = p.cos + t * p.half;
   const float* sin = p.sin + t * p.half;
   const int64_t q_pairs = p.num_heads * p.half;
@@ -152,6 +152,10 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
   const int64_t kv_row = p.num_kv_heads * head_dim;
   uint16_t* key_slot = p.key_cache + p.slots[t] * kv_row;
   uint16_t* value_slot = p.value_cache + p.slots[t] * kv_row;
+  if (p.half == 0) {  // No rotation: keys are stored as they come.
+    for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
+      key_slot[c] = FloatToBf16Bits(p.k[t * kv_row + c]);
+  }
   const int64_t k_pairs = p.num_kv_heads * p.half;
   for (int64_t i = threadIdx.x; i < k_pairs; i += blockDim.x) {
     const int64_t head = i / p.half;
@@ -200,9 +204,8 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   float running_max = -INFINITY;
   float running_sum = 0.0f;
   for (int64_t key_position = warp; key_position <= position; key_position += kAttentionWarps) {
-    const int64_t slot =
-        static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-        key_position % p.block_size;
+    const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+                         key_position % p.block_size;
     const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
     const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
     float partial = 0.0f;
@@ -269,6 +272,61 @@ __global__ void GatherRowsKernel(const float* x, const int64_t* rows, int64_t co
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = source[c];
 }
 
+// One block per row: the (value, column) maximum with the lowest column on ties, then the
+// sum of exp(x − max) for the log-softmax.
+constexpr int kGreedyThreads = 1024;
+__global__ void __launch_bounds__(kGreedyThreads)
+    GreedyRowsKernel(const float* logits, int64_t cols, int32_t* tokens, float* logprobs) {
+  const float* row = logits + blockIdx.x * cols;
+  float best = -INFINITY;
+  int64_t best_column = 0;  // A row of NaN or -inf answers column 0, as the CPU does.
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float value = row[c];
+    if (value > best) {  // Strictly: this thread's columns ascend, so the first is kept.
+      best = value;
+      best_column = c;
+    }
+  }
+  // Warp, then block reduction of (value, column).
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int64_t other_column = __shfl_xor_sync(0xffffffffu, best_column, offset);
+    if (other > best || (other == best && other_column < best_column)) {
+      best = other;
+      best_column = other_column;
+    }
+  }
+  __shared__ float warp_best[kGreedyThreads / kWarpSize];
+  __shared__ int64_t warp_column[kGreedyThreads / kWarpSize];
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  if (lane == 0) {
+    warp_best[warp] = best;
+    warp_column[warp] = best_column;
+  }
+  __syncthreads();
+  __shared__ float row_best;
+  __shared__ int64_t row_column;
+  if (threadIdx.x == 0) {
+    row_best = warp_best[0];
+    row_column = warp_column[0];
+    for (int w = 1; w < static_cast<int>(blockDim.x / kWarpSize); ++w) {
+      if (warp_best[w] > row_best || (warp_best[w] == row_best && warp_column[w] < row_column)) {
+        row_best = warp_best[w];
+        row_column = warp_column[w];
+      }
+    }
+  }
+  __syncthreads();
+  float total = 0.0f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) total += expf(row[c] - row_best);
+  total = BlockSum(total);
+  if (threadIdx.x == 0) {
+    tokens[blockIdx.x] = static_cast<int32_t>(row_column);
+    logprobs[blockIdx.x] = -logf(total);
+  }
+}
+
 __global__ void AddBiasKernel(float* out, const float* bias, int64_t m, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < m * n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -318,11 +376,11 @@ void LaunchEmbedding(const int32_t* ids, int64_t m, const uint16_t* table, int64
   CheckLaunch("EmbeddingKernel");
 }
 
-void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n,
-                      const float* gamma, float eps, float* out, cudaStream_t stream) {
+void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n, const float* gamma,
+                      float eps, float* out, cudaStream_t stream) {
   if (m == 0) return;
   AddRmsNormKernel<<<static_cast<unsigned>(m), RowThreads(n), 0, stream>>>(residual, delta, n,
-                                                                          gamma, eps, out);
+                                                                           gamma, eps, out);
   CheckLaunch("AddRmsNormKernel");
 }
 
@@ -339,7 +397,7 @@ void LaunchRopeTables(const int64_t* positions, int64_t m, const float* inv_freq
                       float* cos, float* sin, cudaStream_t stream) {
   if (m * half == 0) return;
   RopeTablesKernel<<<GridFor(m * half, kThreads), kThreads, 0, stream>>>(positions, m, inv_freq,
-                                                                        half, cos, sin);
+                                                                         half, cos, sin);
   CheckLaunch("RopeTablesKernel");
 }
 
@@ -355,13 +413,13 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     FatalCudaError("LaunchPagedAttention", "head_dim above 256 or heads not a multiple of KV heads",
                    __FILE__, __LINE__);
   }
-  const dim3 grid(static_cast<unsigned>(params.num_tokens), static_cast<unsigned>(params.num_heads));
+  const dim3 grid(static_cast<unsigned>(params.num_tokens),
+                  static_cast<unsigned>(params.num_heads));
   PagedAttentionKernel<<<grid, kAttentionWarps * kWarpSize, 0, stream>>>(params);
   CheckLaunch("PagedAttentionKernel");
 }
 
-void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
-                   cudaStream_t stream) {
+void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   SiluMulKernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(gate, up, out, n);
   CheckLaunch("SiluMulKernel");
@@ -371,8 +429,16 @@ void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int
                       float* out, cudaStream_t stream) {
   if (num_rows == 0) return;
   GatherRowsKernel<<<static_cast<unsigned>(num_rows), RowThreads(cols), 0, stream>>>(x, rows, cols,
-                                                                                    out);
+                                                                                     out);
   CheckLaunch("GatherRowsKernel");
+}
+
+void LaunchGreedyRows(const float* logits, int64_t rows, int64_t cols, int32_t* tokens,
+                      float* logprobs, cudaStream_t stream) {
+  if (rows == 0) return;
+  GreedyRowsKernel<<<static_cast<unsigned>(rows), kGreedyThreads, 0, stream>>>(logits, cols, tokens,
+                                                                               logprobs);
+  CheckLaunch("GreedyRowsKernel");
 }
 
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream) {

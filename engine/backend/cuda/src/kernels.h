@@ -24,8 +24,8 @@ void LaunchEmbedding(const int32_t* ids, int64_t m, const uint16_t* table, int64
                      float* out, cudaStream_t stream);
 
 // residual[m, n] += delta (when delta is not null); out = RMSNorm(residual) ⊙ gamma.
-void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n,
-                      const float* gamma, float eps, float* out, cudaStream_t stream);
+void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n, const float* gamma,
+                      float eps, float* out, cudaStream_t stream);
 
 // RMSNorm in place over each of num_groups consecutive groups of n values.
 void LaunchRmsNormGroups(float* x, int64_t num_groups, int64_t n, const float* gamma, float eps,
@@ -35,8 +35,9 @@ void LaunchRmsNormGroups(float* x, int64_t num_groups, int64_t n, const float* g
 void LaunchRopeTables(const int64_t* positions, int64_t m, const float* inv_freq, int64_t half,
                       float* cos, float* sin, cudaStream_t stream);
 
-// Rotates q [m, num_heads, 2·half] and k [m, num_kv_heads, 2·half] in place ("rotate_half"),
-// then writes k and v of token t into slot slots[t] of the layer's key and value caches.
+// Rotates q [m, num_heads, head_dim] and k [m, num_kv_heads, head_dim] in place
+// ("rotate_half" over `half` = head_dim / 2 pairs; half 0: no rotation), then writes k and v
+// of token t into slot slots[t] of the layer's key and value caches.
 struct RopeWriteKvParams {
   float* q = nullptr;
   float* k = nullptr;
@@ -49,6 +50,7 @@ struct RopeWriteKvParams {
   int64_t num_tokens = 0;
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
   int64_t half = 0;
 };
 void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);
@@ -76,28 +78,31 @@ struct PagedAttentionParams {
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
 
 // out = silu(gate) ⊙ up over n values (out may alias gate).
-void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n,
-                   cudaStream_t stream);
+void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
 
 // out[i, :] = x[rows[i], :].
 void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int64_t cols,
                       float* out, cudaStream_t stream);
+
+// Per row of logits [rows, cols]: the largest value's column (the lowest on ties) into
+// tokens[row] and its log-softmax into logprobs[row].
+void LaunchGreedyRows(const float* logits, int64_t rows, int64_t cols, int32_t* tokens,
+                      float* logprobs, cudaStream_t stream);
 
 // out[i, j] += bias[j] for a [m, n] out.
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
 
 // Stops the process with the failing call, its location and CUDA's reason: the device
 // state cannot be trusted after a fault, and the supervisor restarts the engine.
-[[noreturn]] void FatalCudaError(const char* what, const char* reason, const char* file,
-                                 int line);
+[[noreturn]] void FatalCudaError(const char* what, const char* reason, const char* file, int line);
 
 }  // namespace inferbox::engine::cuda
 
-#define INFERBOX_CUDA_CHECK(call)                                                          \
-  do {                                                                                     \
-    const cudaError_t inferbox_cuda_error = (call);                                        \
-    if (inferbox_cuda_error != cudaSuccess) {                                              \
+#define INFERBOX_CUDA_CHECK(call)                                                              \
+  do {                                                                                         \
+    const cudaError_t inferbox_cuda_error = (call);                                            \
+    if (inferbox_cuda_error != cudaSuccess) {                                                  \
       ::inferbox::engine::cuda::FatalCudaError(#call, cudaGetErrorString(inferbox_cuda_error), \
-                                               __FILE__, __LINE__);                        \
-    }                                                                                      \
+                                               __FILE__, __LINE__);                            \
+    }                                                                                          \
   } while (false)

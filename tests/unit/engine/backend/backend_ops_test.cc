@@ -21,6 +21,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 
 #include <fmt/format.h>
@@ -86,8 +87,7 @@ class HostWeight {
     } else {
       bytes_.resize(values.size() * 2);
       for (size_t i = 0; i < values.size(); ++i) {
-        const uint16_t bits =
-            dtype == DType::kBF16 ? ToBf16Bits(values[i]) : ToF16Bits(values[i]);
+        const uint16_t bits = dtype == DType::kBF16 ? ToBf16Bits(values[i]) : ToF16Bits(values[i]);
         std::memcpy(bytes_.data() + 2 * i, &bits, 2);
       }
     }
@@ -136,8 +136,12 @@ using Outputs = std::map<std::string, std::vector<float>>;
 
 struct OpCase {
   std::string name;
-  // Absolute tolerance as a fraction of the largest reference magnitude of each output.
+  // Absolute tolerance as a fraction of the largest reference magnitude of each output
+  // (`tolerances` overrides it per output); outputs named in `exact` (ids) must match
+  // exactly.
   double tolerance = 0.0;
+  std::map<std::string, double> tolerances;
+  std::set<std::string> exact;
   std::function<Outputs(Backend&)> run;
 };
 
@@ -147,18 +151,33 @@ std::ostream& operator<<(std::ostream& out, const OpCase& c) {
 
 // --- cases ---
 
-OpCase LinearCase(int64_t m, int64_t n, int64_t k, DType dtype, bool bias) {
+// Seeded values in [-1, 1] that BF16 cannot hold exactly.
+std::vector<float> RandomFloats(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  std::vector<float> values(n);
+  for (auto& value : values) value = uniform(rng);
+  return values;
+}
+
+// With exact operands only the summation order differs (float32 in the backends, float64
+// or float32 BLAS in the reference). With `round_x`, x is not BF16-exact: CUDA rounds it to
+// BF16 (half an ulp is 2⁻⁹ relative): about 1e-3 of the largest output at worst for these
+// sizes, within the looser tolerance; a truncating conversion errs about twice as much, and
+// systematically, so it should not pass.
+OpCase LinearCase(int64_t m, int64_t n, int64_t k, DType dtype, bool bias, bool round_x = false) {
   OpCase c;
-  c.name = fmt::format("Linear_m{}_n{}_k{}_{}{}", m, n, k, DTypeName(dtype), bias ? "_bias" : "");
-  // Exact operands: only float32 summation order differs from the float64 reference sum.
-  c.tolerance = 1e-5 * std::sqrt(static_cast<double>(k));
+  c.name = fmt::format("Linear_m{}_n{}_k{}_{}{}{}", m, n, k, DTypeName(dtype), bias ? "_bias" : "",
+                       round_x ? "_inexact_x" : "");
+  c.tolerance = round_x ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
   c.run = [=](Backend& backend) {
     const HostWeight w(RandomBf16Exact(static_cast<size_t>(n * k), 1), n, k, dtype);
     const HostWeight b(RandomBf16Exact(static_cast<size_t>(n), 2), 1, n, dtype);
     const Weight loaded = w.LoadInto(backend);
     const Weight loaded_bias = b.LoadInto(backend);
     Tensors t(backend);
-    const auto x = t.Input("x", RandomBf16Exact(static_cast<size_t>(m * k), 3));
+    const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 3)
+                                        : RandomBf16Exact(static_cast<size_t>(m * k), 3));
     const auto out = t.Output("out", static_cast<size_t>(m * n));
     backend.Linear(x, m, loaded, bias ? &loaded_bias : nullptr, out);
     return Outputs{{"out", t.Read("out")}};
@@ -172,8 +191,8 @@ OpCase EmbeddingCase(int64_t hidden, DType dtype) {
   c.tolerance = 0.0;  // A copy of exact values.
   c.run = [=](Backend& backend) {
     constexpr int64_t kVocab = 50;
-    const HostWeight table(RandomBf16Exact(static_cast<size_t>(kVocab * hidden), 4), kVocab,
-                           hidden, dtype);
+    const HostWeight table(RandomBf16Exact(static_cast<size_t>(kVocab * hidden), 4), kVocab, hidden,
+                           dtype);
     const Weight loaded = table.LoadInto(backend);
     const std::vector<int32_t> ids = {0, 49, 7, 7, 23};
     const std::vector<int64_t> zeros(ids.size(), 0);
@@ -198,8 +217,8 @@ OpCase AddRmsNormCase(int64_t m, int64_t n, bool with_delta, DType gamma_dtype) 
     const auto residual = t.Input("residual", RandomBf16Exact(static_cast<size_t>(m * n), 6, 3));
     const auto delta = t.Input("delta", RandomBf16Exact(static_cast<size_t>(m * n), 7));
     const auto out = t.Output("out", static_cast<size_t>(m * n));
-    backend.AddRmsNorm(residual, with_delta ? std::span<const float>(delta) : std::span<float>(),
-                       m, loaded, 1e-6f, out);
+    backend.AddRmsNorm(residual, with_delta ? std::span<const float>(delta) : std::span<float>(), m,
+                       loaded, 1e-6f, out);
     return Outputs{{"out", t.Read("out")}, {"residual", t.Read("residual")}};
   };
   return c;
@@ -233,8 +252,10 @@ RopeTable RealRope(int64_t head_dim) {  // theta 1e6 as Qwen uses.
 OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_dim) {
   OpCase c;
   c.name = fmt::format("RopeWriteKv_m{}_h{}_kv{}_d{}", m, heads, kv_heads, head_dim);
-  // The cache stores BF16: |x − bf16(x)| ≤ 2⁻⁹|x|, and ≤ 2⁻⁹ of the largest magnitude.
-  c.tolerance = 1.0 / 512;
+  // q and k stay float32: only sin/cos rounding differs. The cache stores BF16:
+  // |x − bf16(x)| ≤ 2⁻⁹|x|, so ≤ 2⁻⁹ of the largest magnitude.
+  c.tolerance = 2e-6;
+  c.tolerances = {{"cache_keys", 1.0 / 512}, {"cache_values", 1.0 / 512}};
   c.run = [=](Backend& backend) {
     const KvCacheShape shape{2, 8, 16, kv_heads, head_dim};
     auto cache = backend.AllocateKvCache(shape);
@@ -273,8 +294,8 @@ struct AttentionSpec {
 
 // Causal paged attention for a batch mixing decodes (at block boundaries too) and prefill
 // chunks over a cached prefix, through shuffled block tables.
-OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs,
-                          int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size) {
+OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs, int64_t heads,
+                          int64_t kv_heads, int64_t head_dim, int64_t block_size) {
   OpCase c;
   c.name = fmt::format("PagedAttention_{}_h{}_kv{}_d{}_b{}", label, heads, kv_heads, head_dim,
                        block_size);
@@ -316,10 +337,9 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     auto fill = backend.PrepareStep({fill_ids, fill_positions, fill_slots, {}, {}, &identity});
     Tensors t(backend);
     const auto kv_size = static_cast<size_t>(fill_count * kv_heads * head_dim);
-    const auto fill_q = t.Input("fill_q", std::vector<float>(kv_size / static_cast<size_t>(
-                                                                           kv_heads) *
-                                                                 static_cast<size_t>(heads),
-                                                             0.0f));
+    const auto fill_q = t.Input(
+        "fill_q", std::vector<float>(
+                      kv_size / static_cast<size_t>(kv_heads) * static_cast<size_t>(heads), 0.0f));
     const auto fill_k = t.Input("fill_k", RandomBf16Exact(kv_size, 15, 2.0f));
     const auto fill_v = t.Input("fill_v", RandomBf16Exact(kv_size, 16));
     backend.RopeWriteKv(*fill, fill_q, fill_k, fill_v, heads, *cache, 0);
@@ -346,14 +366,19 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
   return c;
 }
 
-OpCase SiluMulCase(int64_t n) {
+// `in_place`: out is gate, as the model calls it.
+OpCase SiluMulCase(int64_t n, bool in_place) {
   OpCase c;
-  c.name = fmt::format("SiluMul_n{}", n);
+  c.name = fmt::format("SiluMul_n{}{}", n, in_place ? "_in_place" : "");
   c.tolerance = 1e-6;
   c.run = [=](Backend& backend) {
     Tensors t(backend);
     const auto gate = t.Input("gate", RandomBf16Exact(static_cast<size_t>(n), 18, 8));
     const auto up = t.Input("up", RandomBf16Exact(static_cast<size_t>(n), 19));
+    if (in_place) {
+      backend.SiluMul(gate, up, gate);
+      return Outputs{{"gate", t.Read("gate")}};
+    }
     const auto out = t.Output("out", static_cast<size_t>(n));
     backend.SiluMul(gate, up, out);
     return Outputs{{"out", t.Read("out")}};
@@ -379,6 +404,41 @@ OpCase GatherRowsCase(int64_t cols) {
   return c;
 }
 
+// Greedy choice per row, with exact ties (the lowest id must win) and a large vocabulary.
+OpCase GreedyRowsCase(int64_t rows, int64_t cols) {
+  OpCase c;
+  c.name = fmt::format("GreedyRows_r{}_c{}", rows, cols);
+  c.tolerance = 1e-5;
+  c.exact = {"tokens", "tokens_without_logprobs"};
+  c.run = [=](Backend& backend) {
+    std::vector<float> logits = RandomBf16Exact(static_cast<size_t>(rows * cols), 21, 8);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = logits.data() + r * cols;
+      // Above every random value; `second` ties with it on odd rows. In wide rows the lower
+      // column (1000) is the one a later thread of a 1024-thread block reads first (column
+      // 1029 is thread 5's second), so a tie broken by thread order would be caught.
+      const int64_t first = cols > 1029 ? 1029 : (r * 7 + 3) % cols;
+      const int64_t second = cols > 1029 ? 1000 : (first + cols / 2 + 1) % cols;
+      row[first] = 9.0f;
+      if (r % 2 == 1) row[second] = 9.0f;
+    }
+    Tensors t(backend);
+    const auto device_logits = t.Input("logits", logits);
+    std::vector<int32_t> tokens(static_cast<size_t>(rows), -1);
+    std::vector<float> logprobs(static_cast<size_t>(rows), kPoison);
+    backend.GreedyRows(device_logits, rows, cols, tokens, logprobs);
+    std::vector<int32_t> ids_only(static_cast<size_t>(rows), -1);
+    backend.GreedyRows(device_logits, rows, cols, ids_only, {});
+    Outputs outputs{{"logprobs", logprobs}};
+    for (size_t r = 0; r < tokens.size(); ++r) {
+      outputs["tokens"].push_back(static_cast<float>(tokens[r]));
+      outputs["tokens_without_logprobs"].push_back(static_cast<float>(ids_only[r]));
+    }
+    return outputs;
+  };
+  return c;
+}
+
 std::vector<OpCase> AllCases() {
   std::vector<OpCase> cases;
   for (const DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
@@ -391,7 +451,11 @@ std::vector<OpCase> AllCases() {
     cases.push_back(EmbeddingCase(300, dtype));
   }
   cases.push_back(LinearCase(1, 4096, 4096, DType::kBF16, false));  // A decode-sized GEMV.
-  for (const auto& [m, n] : std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {5, 100}, {33, 4096}}) {
+  cases.push_back(LinearCase(512, 768, 256, DType::kBF16, false));  // A prefill-sized GEMM.
+  cases.push_back(LinearCase(7, 300, 512, DType::kBF16, false, true));
+  cases.push_back(LinearCase(300, 64, 1024, DType::kF32, true, true));
+  for (const auto& [m, n] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {5, 100}, {33, 4096}}) {
     for (const bool delta : {false, true}) {
       cases.push_back(AddRmsNormCase(m, n, delta, DType::kBF16));
     }
@@ -401,7 +465,8 @@ std::vector<OpCase> AllCases() {
        std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {7, 64}, {40, 128}}) {
     cases.push_back(RmsNormGroupsCase(groups, n));
   }
-  for (const auto& [m, heads, kv_heads, d] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
+  for (const auto& [m, heads, kv_heads, d] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>>{
            {1, 4, 2, 16}, {7, 8, 1, 64}, {40, 6, 6, 128}, {3, 32, 8, 128}}) {
     cases.push_back(RopeWriteKvCase(m, heads, kv_heads, d));
   }
@@ -409,24 +474,37 @@ std::vector<OpCase> AllCases() {
   // prefill chunk from 0; a chunk after a cached prefix that ends mid-block.
   const std::vector<AttentionSpec> mixed = {{0, 1}, {15, 1}, {16, 1}, {100, 1}, {0, 17}, {37, 9}};
   for (const auto& [heads, kv_heads, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {4, 4, 32}, {8, 2, 64}, {8, 1, 128}, {2, 1, 80}, {4, 2, 256}}) {
+           {4, 4, 32}, {8, 2, 64}, {8, 1, 128}, {2, 1, 80}, {4, 2, 256}, {28, 4, 128}}) {
     cases.push_back(PagedAttentionCase("mixed", mixed, heads, kv_heads, d, 16));
   }
   cases.push_back(PagedAttentionCase("mixed", mixed, 4, 2, 64, 4));
   cases.push_back(PagedAttentionCase("long_prefill", {{0, 300}, {1000, 1}}, 8, 2, 128, 16));
-  for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n));
+  for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
+  cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));
+  for (const auto& [rows, cols] :
+       std::vector<std::pair<int64_t, int64_t>>{{1, 5}, {3, 1000}, {7, 151669}}) {
+    cases.push_back(GreedyRowsCase(rows, cols));
+  }
   return cases;
 }
 
 // Fails with the worst element unless every output of `got` is within tolerance of `want`.
-void ExpectClose(const Outputs& want, const Outputs& got, double tolerance) {
+void ExpectClose(const Outputs& want, const Outputs& got, double default_tolerance,
+                 const std::map<std::string, double>& tolerances = {},
+                 const std::set<std::string>& exact = {}) {
   for (const auto& [name, expected] : want) {
     ASSERT_TRUE(got.contains(name)) << "no output " << name;
+    if (exact.contains(name)) {
+      EXPECT_EQ(got.at(name), expected) << name << " must match exactly";
+      continue;
+    }
+    const double tolerance = tolerances.contains(name) ? tolerances.at(name) : default_tolerance;
     const std::vector<float>& actual = got.at(name);
     ASSERT_EQ(actual.size(), expected.size()) << name;
     double scale = 0.0;
-    for (const float value : expected) scale = std::max(scale, std::fabs(static_cast<double>(value)));
+    for (const float value : expected)
+      scale = std::max(scale, std::fabs(static_cast<double>(value)));
     const double allowed = tolerance * std::max(scale, 1e-30);
     double worst = 0.0;
     size_t worst_index = 0;
@@ -439,9 +517,9 @@ void ExpectClose(const Outputs& want, const Outputs& got, double tolerance) {
       }
     }
     EXPECT_LE(worst, allowed) << name << ": worst element " << worst_index << " is "
-                              << actual[worst_index] << ", the reference "
-                              << expected[worst_index] << " (tolerance " << tolerance
-                              << " of the largest magnitude " << scale << ")";
+                              << actual[worst_index] << ", the reference " << expected[worst_index]
+                              << " (tolerance " << tolerance << " of the largest magnitude "
+                              << scale << ")";
   }
 }
 
@@ -468,6 +546,19 @@ TEST_P(BackendOpsTest, ReferenceWritesEveryOutput) {
       ASSERT_TRUE(std::isfinite(values[i])) << name << "[" << i << "] = " << values[i];
   }
   ExpectClose(first, GetParam().run(*reference_), 0.0);
+}
+
+// Greedy ties go to the lowest id, as the host sampler and Hugging Face's argmax do.
+TEST(CpuGreedyRows, TheLowestIdWinsATieAndTheLogprobIsTheLogSoftmax) {
+  auto backend = MakeCpuBackend();
+  const std::vector<float> logits = {1.0f,  3.0f,  0.5f, 3.0f, /* row 2 */ -1.0f,
+                                     -2.0f, -1.0f, -5.0f};
+  std::vector<int32_t> tokens(2);
+  std::vector<float> logprobs(2);
+  backend->GreedyRows(logits, 2, 4, tokens, logprobs);
+  EXPECT_EQ(tokens, (std::vector<int32_t>{1, 0}));
+  const double total = std::exp(1.0 - 3) + 1 + std::exp(0.5 - 3) + 1;
+  EXPECT_NEAR(logprobs[0], -std::log(total), 1e-6);
 }
 #else
 Backend* CudaUnderTest(std::string* why_not) {
@@ -496,7 +587,8 @@ TEST_P(BackendOpsTest, CudaMatchesReference) {
   std::string why_not;
   Backend* cuda = CudaUnderTest(&why_not);
   if (cuda == nullptr) GTEST_SKIP() << "no CUDA device (" << why_not << "): op not compared";
-  ExpectClose(GetParam().run(*reference_), GetParam().run(*cuda), GetParam().tolerance);
+  ExpectClose(GetParam().run(*reference_), GetParam().run(*cuda), GetParam().tolerance,
+              GetParam().tolerances, GetParam().exact);
 }
 #endif
 

@@ -167,6 +167,11 @@ class Backend {
   // out[i, :] = x[logit_rows[i], :] for the step's logit rows; x is [m, cols].
   virtual void GatherRows(const StepInputs& step, std::span<const float> x, int64_t cols,
                           std::span<float> out) = 0;
+  // Greedy choice per row of logits [rows, cols], written to the host: the largest logit's
+  // column (the lowest on ties) and, unless `logprobs` is empty, its log-softmax. Only ids
+  // cross to the host, not logits.
+  virtual void GreedyRows(std::span<const float> logits, int64_t rows, int64_t cols,
+                          std::span<int32_t> tokens, std::span<float> logprobs) = 0;
 };
 
 std::unique_ptr<Backend> MakeCpuBackend();

@@ -46,6 +46,10 @@ class Model {
   // range or a block table is short; nothing has run then.
   Result<std::span<const float>> Forward(std::span<const ForwardSequence> batch, KvCache& cache,
                                          bool all_positions);
+  // Forward, with the logits left in the backend's memory (for Backend::GreedyRows or
+  // Backend::ReadBack): no copy to the host.
+  Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch,
+                                                  KvCache& cache, bool all_positions);
 
   struct Impl;
 

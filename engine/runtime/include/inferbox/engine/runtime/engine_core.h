@@ -80,10 +80,12 @@ class EngineCore {
   };
 
   Model& model_;
+  Backend& backend_;
   std::unique_ptr<KvCache> cache_;
   BlockManager blocks_;
   Scheduler scheduler_;
   std::unordered_map<int64_t, RequestState> requests_;
+  std::vector<float> host_logits_;  // Where the backend's logits must be read on the host.
 };
 
 }  // namespace inferbox::engine

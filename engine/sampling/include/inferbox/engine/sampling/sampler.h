@@ -52,6 +52,13 @@ class Sampler {
   // Picks the next token from `logits` (one row, vocab entries) and records it.
   TokenChoice Next(std::span<const float> logits);
 
+  // Plain greedy: temperature 0, no penalties, no top log-probabilities. The choice is then
+  // the row's argmax (lowest id on ties) and its log-softmax alone, which a backend can find
+  // where the logits are (Backend::GreedyRows); Record keeps the state as Next would.
+  bool is_plain_greedy() const;
+  bool wants_logprob() const { return params_.compute_logprob; }
+  void Record(int32_t token);
+
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
