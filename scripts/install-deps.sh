@@ -12,6 +12,7 @@ packages=(
   libboost1.81-dev libboost-json1.81-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libsqlite3-dev libssl-dev libcurl4-openssl-dev libpcre2-dev
+  libarchive-dev
   libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev libutf8proc-dev libopenblas-dev
   clang-format
   # The tiny-model generator (tools/inferbox-make-model) and the reference forward pass
