@@ -37,6 +37,94 @@ Sampler::Sampler(const SamplingParams& params, std::span<const int32_t> prompt)
   seen_.insert(prompt.begin(), prompt.end());
 }
 
+// Filters the candidates (top-k, then min-p, then top-p, each as defined on SamplingParams)
+// and draws one with probability proportional to its softmax weight. Sorting is done only as
+// far as a filter needs it: plain temperature sampling is two passes over the vocabulary,
+// where a full sort of 150k logits per token used to cost more than a small model's forward
+// pass. The draw walks the kept candidates in ascending id order.
+int32_t Sampler::Draw() {
+  const auto vocab = static_cast<int32_t>(work_.size());
+  auto by_logit = [this](int32_t a, int32_t b) {
+    const float la = work_[static_cast<size_t>(a)];
+    const float lb = work_[static_cast<size_t>(b)];
+    return la != lb ? la > lb : a < b;
+  };
+  // top-k: the k best (ties by lower id); else every token.
+  order_.resize(static_cast<size_t>(vocab));
+  std::iota(order_.begin(), order_.end(), 0);
+  if (params_.top_k > 0 && params_.top_k < vocab) {
+    std::nth_element(order_.begin(), order_.begin() + params_.top_k - 1, order_.end(), by_logit);
+    order_.resize(static_cast<size_t>(params_.top_k));
+  }
+  // Probabilities over those candidates.
+  float top = -std::numeric_limits<float>::infinity();
+  for (const int32_t id : order_) top = std::max(top, work_[static_cast<size_t>(id)]);
+  probs_.resize(order_.size());
+  double sum = 0.0;
+  for (size_t i = 0; i < order_.size(); ++i) {
+    probs_[i] = std::exp(static_cast<double>(work_[static_cast<size_t>(order_[i])] - top));
+    sum += probs_[i];
+  }
+  for (double& p : probs_) p /= sum;
+  const double top_prob = 1.0 / sum;  // The best candidate's probability (exp(0) / sum).
+  // min-p: drop what is below min_p × the top probability (the top one always stays).
+  if (params_.min_p > 0.0f) {
+    const double threshold = params_.min_p * top_prob;
+    size_t remaining = 0;
+    for (size_t i = 0; i < order_.size(); ++i) {
+      if (probs_[i] >= threshold) {
+        order_[remaining] = order_[i];
+        probs_[remaining++] = probs_[i];
+      }
+    }
+    order_.resize(remaining);
+    probs_.resize(remaining);
+  }
+  // top-p: the smallest set of most likely candidates whose mass reaches top_p. Selected
+  // only as deep as needed: the best 64 (nth_element, then sorted), then the next 448, and so
+  // on, 8 times deeper each round, until the mass is reached: a peaked distribution costs
+  // two passes, a flat one about a full sort.
+  rank_.resize(order_.size());
+  std::iota(rank_.begin(), rank_.end(), 0);
+  size_t kept = order_.size();
+  bool in_id_order = !(params_.top_k > 0 && params_.top_k < vocab);
+  if (params_.top_p < 1.0f && order_.size() > 1) {
+    in_id_order = false;
+    ranked_.resize(order_.size());
+    for (size_t i = 0; i < order_.size(); ++i) ranked_[i] = {probs_[i], order_[i], i};
+    auto by_probability = [](const Ranked& a, const Ranked& b) {
+      return a.probability != b.probability ? a.probability > b.probability : a.id < b.id;
+    };
+    size_t sorted = 0;
+    size_t nucleus = 0;
+    double mass = 0.0;
+    for (size_t depth = 64; nucleus == sorted && sorted < ranked_.size(); depth *= 8) {
+      const auto first = ranked_.begin() + static_cast<ptrdiff_t>(sorted);
+      const auto limit = ranked_.begin() + static_cast<ptrdiff_t>(std::min(depth, ranked_.size()));
+      if (limit != ranked_.end()) std::nth_element(first, limit - 1, ranked_.end(), by_probability);
+      std::sort(first, limit, by_probability);
+      sorted = static_cast<size_t>(limit - ranked_.begin());
+      while (nucleus < sorted && mass < params_.top_p) mass += ranked_[nucleus++].probability;
+    }
+    kept = std::max<size_t>(nucleus, 1);
+    for (size_t i = 0; i < kept; ++i) rank_[i] = ranked_[i].position;
+  }
+  // The kept candidates in ascending id order (top-k and top-p left them in another).
+  if (!in_id_order) {
+    std::sort(rank_.begin(), rank_.begin() + static_cast<ptrdiff_t>(kept),
+              [this](size_t a, size_t b) { return order_[a] < order_[b]; });
+  }
+  double kept_mass = 0.0;
+  for (size_t i = 0; i < kept; ++i) kept_mass += probs_[rank_[i]];
+  const double draw = std::uniform_real_distribution<double>(0.0, kept_mass)(rng_);
+  double cumulative = 0.0;
+  for (size_t i = 0; i < kept; ++i) {
+    cumulative += probs_[rank_[i]];
+    if (draw < cumulative) return order_[rank_[i]];
+  }
+  return order_[rank_[kept - 1]];
+}
+
 bool Sampler::is_plain_greedy() const {
   const bool penalties = params_.repetition_penalty != 1.0f || params_.presence_penalty != 0.0f ||
                          params_.frequency_penalty != 0.0f;
@@ -98,59 +186,7 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
         static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
   } else {
     for (float& logit : work_) logit /= params_.temperature;
-    // Candidates in descending order of (processed) logit; ties by lower id.
-    order_.resize(static_cast<size_t>(vocab));
-    std::iota(order_.begin(), order_.end(), 0);
-    int32_t keep = vocab;
-    if (params_.top_k > 0 && params_.top_k < vocab) keep = params_.top_k;
-    auto by_logit = [&](int32_t a, int32_t b) {
-      const float la = work_[static_cast<size_t>(a)];
-      const float lb = work_[static_cast<size_t>(b)];
-      return la != lb ? la > lb : a < b;
-    };
-    if (keep < vocab) {
-      std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(), by_logit);
-    } else {
-      std::sort(order_.begin(), order_.end(), by_logit);
-    }
-    order_.resize(static_cast<size_t>(keep));
-    // Probabilities over the kept candidates.
-    const float top = work_[static_cast<size_t>(order_.front())];
-    std::vector<double> probs(order_.size());
-    double sum = 0.0;
-    for (size_t i = 0; i < order_.size(); ++i) {
-      probs[i] = std::exp(static_cast<double>(work_[static_cast<size_t>(order_[i])] - top));
-      sum += probs[i];
-    }
-    for (double& p : probs) p /= sum;
-    // min-p: drop tokens below min_p × the top probability.
-    size_t count = probs.size();
-    if (params_.min_p > 0.0f) {
-      const double threshold = params_.min_p * probs.front();
-      while (count > 1 && probs[count - 1] < threshold) --count;
-    }
-    // top-p: the smallest prefix whose mass reaches top_p.
-    if (params_.top_p < 1.0f) {
-      double mass = 0.0;
-      size_t nucleus = 0;
-      while (nucleus < count) {
-        mass += probs[nucleus++];
-        if (mass >= params_.top_p) break;
-      }
-      count = std::max<size_t>(nucleus, 1);
-    }
-    double kept_mass = 0.0;
-    for (size_t i = 0; i < count; ++i) kept_mass += probs[i];
-    const double draw = std::uniform_real_distribution<double>(0.0, kept_mass)(rng_);
-    double cumulative = 0.0;
-    choice.token = order_[count - 1];
-    for (size_t i = 0; i < count; ++i) {
-      cumulative += probs[i];
-      if (draw < cumulative) {
-        choice.token = order_[i];
-        break;
-      }
-    }
+    choice.token = Draw();
   }
 
   if (params_.num_top_logprobs > 0) {

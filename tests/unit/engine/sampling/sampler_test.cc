@@ -97,6 +97,27 @@ TEST(Sampler, TopKTopPAndMinPKeepOnlyTheirCandidates) {
   EXPECT_LT(ChiSquare(Frequencies(min_p, logits, n), top_two, n), kChiSquare3Dof);
 }
 
+// The nucleus is selected in rounds (64, then 512, ... candidates): a flat distribution
+// needs several, and the tie order (lower id first) decides which half is kept.
+TEST(Sampler, TopPReachesDeepIntoAFlatDistribution) {
+  const std::vector<float> flat(1000, 0.0f);
+  SamplingParams params;
+  params.seed = 5;
+  params.top_p = 0.5f;
+  Sampler sampler(params, {});
+  std::vector<int> counts(flat.size(), 0);
+  for (int i = 0; i < 20000; ++i) ++counts[static_cast<size_t>(sampler.Next(flat).token)];
+  int distinct = 0;
+  for (size_t id = 0; id < counts.size(); ++id) {
+    if (id >= 500) {
+      EXPECT_EQ(counts[id], 0) << "token " << id << " is outside the nucleus of ids 0..499";
+    } else if (counts[id] > 0) {
+      ++distinct;
+    }
+  }
+  EXPECT_GT(distinct, 490) << "the nucleus should be all of ids 0..499";
+}
+
 TEST(Sampler, TheSameSeedGivesTheSameTokens) {
   const std::vector<float> logits = LogitsFor({0.25, 0.25, 0.25, 0.25});
   auto draw = [&](uint64_t seed) {

@@ -64,8 +64,19 @@ class Sampler {
   std::mt19937_64 rng_;
   std::unordered_map<int32_t, int32_t> output_counts_;
   std::unordered_set<int32_t> seen_;  // Prompt and output tokens.
+  // Draws from work_ (processed logits) with the filters of params_.
+  int32_t Draw();
+
   std::vector<float> work_;
-  std::vector<int32_t> order_;
+  std::vector<int32_t> order_;  // Candidate ids.
+  std::vector<double> probs_;   // Their probabilities, parallel to order_.
+  std::vector<size_t> rank_;    // Positions in order_ of the candidates kept.
+  struct Ranked {
+    double probability;
+    int32_t id;
+    size_t position;  // In order_.
+  };
+  std::vector<Ranked> ranked_;  // top-p's selection.
 };
 
 }  // namespace inferbox::engine
