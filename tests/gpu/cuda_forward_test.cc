@@ -8,7 +8,8 @@
 //   sharing a prompt prefix after the first finished), identical to the CPU's. Where the two
 //   diverge, the step must be a near tie on the CPU (the CUDA token's CPU log-probability
 //   within kTieLogprob of the CPU's choice); later tokens of that request are not compared,
-//   as they continue different texts.
+//   as they continue different texts. Both of the backend's sampling paths run: the full
+//   sampler (with top log-probabilities) and the plain-greedy argmax.
 // Skips, saying why, where no CUDA device is visible.
 #include <algorithm>
 #include <cmath>
@@ -91,8 +92,8 @@ class CudaForwardTest : public ::testing::TestWithParam<Case> {
 
   // Runs `prompts` batched with chunked prefill, then `later` (which shares a prefix with
   // the first prompt) once they are done; each request's events.
-  // `top_logprobs` 0 keeps sampling plain greedy, on the backend (Backend::GreedyRows);
-  // otherwise the logits are read back and sampled on the host.
+  // `top_logprobs` 0 keeps sampling plain greedy (Backend::GreedyRows); otherwise the
+  // rows go through the backend's full sampler (Backend::SampleRows).
   static std::map<int64_t, Generated> Generate(Model& model, Backend& backend,
                                                const std::vector<std::vector<int32_t>>& prompts,
                                                const std::vector<int32_t>& later,
@@ -219,9 +220,9 @@ TEST_P(CudaForwardTest, BatchedGreedyTokensMatchTheCpu) {
   const int64_t later_id = static_cast<int64_t>(prompts.size());
   EXPECT_GE(want.at(later_id).cached_prompt_tokens, 32) << "prefix caching was not exercised";
 
-  // Sampled on the host from read-back logits, and plain greedy on the device.
+  // Through the backend's sampler, and its plain-greedy argmax.
   for (const int32_t top_logprobs : {5, 0}) {
-    const std::string label = top_logprobs > 0 ? "host sampling" : "device greedy";
+    const std::string label = top_logprobs > 0 ? "SampleRows" : "GreedyRows";
     const auto got = Generate(*cuda_model_, *cuda_, prompts, later, top_logprobs);
     ASSERT_EQ(got.size(), want.size()) << label;
     EXPECT_EQ(got.at(later_id).cached_prompt_tokens, want.at(later_id).cached_prompt_tokens)

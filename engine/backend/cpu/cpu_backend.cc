@@ -388,6 +388,14 @@ class CpuBackend final : public Backend {
     }
   }
 
+  bool can_sample() const override {
+    return false;
+  }
+  void SampleRows(std::span<const float>, int64_t, std::span<const RowSampling>,
+                  std::span<SampledRow>) override {
+    INFERBOX_CHECK(!"the CPU backend's rows are sampled on the host by the Sampler");
+  }
+
   void GreedyRows(std::span<const float> logits, int64_t rows, int64_t cols,
                   std::span<int32_t> tokens, std::span<float> logprobs) override {
     for (int64_t r = 0; r < rows; ++r) {

@@ -86,8 +86,8 @@ Result<StepOutput> EngineCore::Step() {
   if (!logits.ok()) return logits.status();
   output.timings.forward = SecondsSince(mark);
 
-  // sample: on the backend when every row is plain greedy (only token ids come back), else
-  // on the host from a copy of the logits.
+  // sample: where the logits are when the backend can (only ids come back), plain greedy
+  // steps with the backend's argmax, else on the host from a copy of the logits.
   const auto vocab = static_cast<int64_t>(model_.config().vocab_size);
   const auto rows = static_cast<int64_t>(work.size());
   bool plain_greedy = true;
@@ -100,11 +100,25 @@ Result<StepOutput> EngineCore::Step() {
   }
   std::vector<int32_t> greedy_tokens;
   std::vector<float> greedy_logprobs;
+  std::vector<SampledRow> sampled_rows;
   std::span<const float> host_logits;
+  const bool on_backend = !plain_greedy && backend_.can_sample();
   if (plain_greedy) {
     greedy_tokens.resize(static_cast<size_t>(rows));
     greedy_logprobs.resize(logprobs_wanted ? static_cast<size_t>(rows) : 0);
     backend_.GreedyRows(*logits, rows, vocab, greedy_tokens, greedy_logprobs);
+  } else if (on_backend) {
+    // Every row is sampled (rows that do not sample are sampled greedily and ignored).
+    std::vector<RowSampling> row_sampling(static_cast<size_t>(rows));
+    for (size_t i = 0; i < work.size(); ++i) {
+      if (work[i].samples) {
+        row_sampling[i] = requests_.at(work[i].sequence->id).sampler.PrepareRow();
+      } else {
+        row_sampling[i].temperature = 0.0f;
+      }
+    }
+    sampled_rows.resize(static_cast<size_t>(rows));
+    backend_.SampleRows(*logits, vocab, row_sampling, sampled_rows);
   } else {
     host_logits = backend_.ReadBack(*logits, host_logits_);
   }
@@ -117,6 +131,9 @@ Result<StepOutput> EngineCore::Step() {
     if (plain_greedy) {
       choice.token = greedy_tokens[i];
       if (state.sampler.wants_logprob()) choice.logprob = greedy_logprobs[i];
+      state.sampler.Record(choice.token);
+    } else if (on_backend) {
+      choice = state.sampler.ChoiceFrom(sampled_rows[i]);
       state.sampler.Record(choice.token);
     } else {
       choice = state.sampler.Next(

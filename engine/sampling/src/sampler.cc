@@ -34,7 +34,41 @@ Status ValidateSamplingParams(const SamplingParams& p) {
 
 Sampler::Sampler(const SamplingParams& params, std::span<const int32_t> prompt)
     : params_(params), rng_(params.seed) {
-  seen_.insert(prompt.begin(), prompt.end());
+  for (const int32_t token : prompt) {
+    if (seen_.insert(token).second) seen_list_.push_back(token);
+  }
+}
+
+double Sampler::NextUniform() {
+  // As std::uniform_real_distribution<double>(0, 1) draws it.
+  return std::generate_canonical<double, std::numeric_limits<double>::digits>(rng_);
+}
+
+RowSampling Sampler::PrepareRow() {
+  RowSampling row;
+  row.temperature = params_.temperature;
+  row.top_p = params_.top_p;
+  row.top_k = params_.top_k;
+  row.min_p = params_.min_p;
+  row.repetition_penalty = params_.repetition_penalty;
+  row.presence_penalty = params_.presence_penalty;
+  row.frequency_penalty = params_.frequency_penalty;
+  row.num_top_logprobs = params_.num_top_logprobs;
+  row.uniform = params_.temperature == 0.0f ? 0.0 : NextUniform();
+  if (params_.repetition_penalty != 1.0f) row.repetition_tokens = seen_list_;
+  if (params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f) {
+    row.output_tokens = output_tokens_;
+    row.output_counts = output_counts_;
+  }
+  return row;
+}
+
+TokenChoice Sampler::ChoiceFrom(const SampledRow& row) const {
+  TokenChoice choice;
+  choice.token = row.token;
+  if (params_.compute_logprob) choice.logprob = row.logprob;
+  choice.top_logprobs = row.top_logprobs;
+  return choice;
 }
 
 // Filters the candidates (top-k, then min-p, then top-p, each as defined on SamplingParams)
@@ -42,7 +76,7 @@ Sampler::Sampler(const SamplingParams& params, std::span<const int32_t> prompt)
 // far as a filter needs it: plain temperature sampling is two passes over the vocabulary,
 // where a full sort of 150k logits per token used to cost more than a small model's forward
 // pass. The draw walks the kept candidates in ascending id order.
-int32_t Sampler::Draw() {
+int32_t Sampler::Draw(double uniform) {
   const auto vocab = static_cast<int32_t>(work_.size());
   auto by_logit = [this](int32_t a, int32_t b) {
     const float la = work_[static_cast<size_t>(a)];
@@ -116,7 +150,7 @@ int32_t Sampler::Draw() {
   }
   double kept_mass = 0.0;
   for (size_t i = 0; i < kept; ++i) kept_mass += probs_[rank_[i]];
-  const double draw = std::uniform_real_distribution<double>(0.0, kept_mass)(rng_);
+  const double draw = uniform * kept_mass;
   double cumulative = 0.0;
   for (size_t i = 0; i < kept; ++i) {
     cumulative += probs_[rank_[i]];
@@ -132,8 +166,13 @@ bool Sampler::is_plain_greedy() const {
 }
 
 void Sampler::Record(int32_t token) {
-  ++output_counts_[token];
-  seen_.insert(token);
+  const auto [entry, added] = output_index_.try_emplace(token, output_tokens_.size());
+  if (added) {
+    output_tokens_.push_back(token);
+    output_counts_.push_back(0);
+  }
+  ++output_counts_[entry->second];
+  if (seen_.insert(token).second) seen_list_.push_back(token);
 }
 
 TokenChoice Sampler::Next(std::span<const float> logits) {
@@ -169,16 +208,18 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
   // Tokens outside this row (a caller's bad id) are ignored rather than indexed.
   auto in_row = [vocab](int32_t token) { return token >= 0 && token < vocab; };
   if (params_.repetition_penalty != 1.0f) {
-    for (const int32_t token : seen_) {
+    for (const int32_t token : seen_list_) {
       if (!in_row(token)) continue;
       float& logit = work_[static_cast<size_t>(token)];
       logit = logit > 0 ? logit / params_.repetition_penalty : logit * params_.repetition_penalty;
     }
   }
-  for (const auto& [token, count] : output_counts_) {
+  for (size_t i = 0; i < output_tokens_.size(); ++i) {
+    const int32_t token = output_tokens_[i];
     if (!in_row(token)) continue;
     work_[static_cast<size_t>(token)] -=
-        params_.presence_penalty + params_.frequency_penalty * static_cast<float>(count);
+        params_.presence_penalty +
+        params_.frequency_penalty * static_cast<float>(output_counts_[i]);
   }
 
   if (params_.temperature == 0.0f) {
@@ -186,7 +227,7 @@ TokenChoice Sampler::Next(std::span<const float> logits) {
         static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());
   } else {
     for (float& logit : work_) logit /= params_.temperature;
-    choice.token = Draw();
+    choice.token = Draw(NextUniform());
   }
 
   if (params_.num_top_logprobs > 0) {

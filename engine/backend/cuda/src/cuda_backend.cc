@@ -294,6 +294,7 @@ class CudaBackend final : public Backend {
     weights_.clear();
     gemm_input_ = DeviceAllocation();
     greedy_ = DeviceAllocation();
+    sample_work_ = DeviceAllocation();
     cudaStreamDestroy(stream_);
   }
 
@@ -520,6 +521,100 @@ class CudaBackend final : public Backend {
                      stream_);
   }
 
+  bool can_sample() const override { return true; }
+
+  void SampleRows(std::span<const float> logits, int64_t cols, std::span<const RowSampling> rows,
+                  std::span<SampledRow> out) override {
+    Use();
+    const auto num_rows = static_cast<int64_t>(rows.size());
+    if (num_rows == 0) return;
+    // Parameters and penalty lists, packed into one upload.
+    std::vector<RowSamplingParams> params(rows.size());
+    std::vector<int32_t> repetition, output_tokens, output_counts;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const RowSampling& row = rows[i];
+      params[i] = {row.temperature,
+                   row.top_p,
+                   row.min_p,
+                   row.repetition_penalty,
+                   row.presence_penalty,
+                   row.frequency_penalty,
+                   row.top_k,
+                   row.num_top_logprobs,
+                   row.uniform,
+                   static_cast<int64_t>(repetition.size()),
+                   static_cast<int64_t>(row.repetition_tokens.size()),
+                   static_cast<int64_t>(output_tokens.size()),
+                   static_cast<int64_t>(row.output_tokens.size())};
+      repetition.insert(repetition.end(), row.repetition_tokens.begin(),
+                        row.repetition_tokens.end());
+      output_tokens.insert(output_tokens.end(), row.output_tokens.begin(), row.output_tokens.end());
+      output_counts.insert(output_counts.end(), row.output_counts.begin(), row.output_counts.end());
+    }
+    std::vector<std::byte> image;
+    auto place = [&image](const void* data, size_t bytes) {
+      const size_t offset = (image.size() + 255) / 256 * 256;
+      image.resize(offset + bytes);
+      if (data != nullptr && bytes > 0) std::memcpy(image.data() + offset, data, bytes);
+      return offset;
+    };
+    const size_t params_at = place(params.data(), params.size() * sizeof(RowSamplingParams));
+    const size_t repetition_at = place(repetition.data(), repetition.size() * sizeof(int32_t));
+    const size_t output_at = place(output_tokens.data(), output_tokens.size() * sizeof(int32_t));
+    const size_t counts_at = place(output_counts.data(), output_counts.size() * sizeof(int32_t));
+    const size_t inputs_bytes = image.size();
+    // Results after the inputs: ids, log-probabilities, top ids, top log-probabilities.
+    const auto rows_u = static_cast<size_t>(num_rows);
+    const size_t tokens_at = place(nullptr, rows_u * sizeof(int32_t));
+    const size_t logprobs_at = place(nullptr, rows_u * sizeof(float));
+    const size_t top_tokens_at = place(nullptr, rows_u * kMaxTopLogprobs * sizeof(int32_t));
+    const size_t top_logprobs_at = place(nullptr, rows_u * kMaxTopLogprobs * sizeof(float));
+    DeviceAllocation memory(static_cast<int64_t>(image.size()), stream_);
+    auto* base = memory.as<std::byte>();
+    INFERBOX_CUDA_CHECK(
+        cudaMemcpyAsync(base, image.data(), inputs_bytes, cudaMemcpyHostToDevice, stream_));
+    if (num_rows * cols > sample_work_count_) {
+      sample_work_ = DeviceAllocation(num_rows * cols * 4, stream_);
+      sample_work_count_ = num_rows * cols;
+    }
+    SampleRowsParams launch;
+    launch.logits = logits.data();
+    launch.work = sample_work_.as<float>();
+    launch.rows = num_rows;
+    launch.cols = cols;
+    launch.row_params = reinterpret_cast<const RowSamplingParams*>(base + params_at);
+    launch.repetition_tokens = reinterpret_cast<const int32_t*>(base + repetition_at);
+    launch.output_tokens = reinterpret_cast<const int32_t*>(base + output_at);
+    launch.output_counts = reinterpret_cast<const int32_t*>(base + counts_at);
+    launch.tokens = reinterpret_cast<int32_t*>(base + tokens_at);
+    launch.logprobs = reinterpret_cast<float*>(base + logprobs_at);
+    launch.top_tokens = reinterpret_cast<int32_t*>(base + top_tokens_at);
+    launch.top_logprobs = reinterpret_cast<float*>(base + top_logprobs_at);
+    LaunchSampleRows(launch, stream_);
+    std::vector<std::byte> results(image.size() - tokens_at);
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(results.data(), base + tokens_at, results.size(),
+                                        cudaMemcpyDeviceToHost, stream_));
+    INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    auto read = [&](size_t at, size_t index, auto* value) {
+      std::memcpy(value, results.data() + (at - tokens_at) + index * sizeof(*value),
+                  sizeof(*value));
+    };
+    for (size_t i = 0; i < rows_u; ++i) {
+      SampledRow& row = out[i];
+      read(tokens_at, i, &row.token);
+      read(logprobs_at, i, &row.logprob);
+      row.top_logprobs.clear();
+      const int n = std::min(rows[i].num_top_logprobs, kMaxTopLogprobs);
+      for (int j = 0; j < n; ++j) {
+        int32_t id = 0;
+        float logprob = 0;
+        read(top_tokens_at, i * kMaxTopLogprobs + static_cast<size_t>(j), &id);
+        read(top_logprobs_at, i * kMaxTopLogprobs + static_cast<size_t>(j), &logprob);
+        row.top_logprobs.emplace_back(id, logprob);
+      }
+    }
+  }
+
   void GreedyRows(std::span<const float> logits, int64_t rows, int64_t cols,
                   std::span<int32_t> tokens, std::span<float> logprobs) override {
     Use();
@@ -562,6 +657,8 @@ class CudaBackend final : public Backend {
   int64_t gemm_input_count_ = 0;
   DeviceAllocation greedy_;  // Tokens then log-probabilities of GreedyRows.
   int64_t greedy_capacity_ = 0;
+  DeviceAllocation sample_work_;  // SampleRows' processed logits.
+  int64_t sample_work_count_ = 0;
 };
 
 }  // namespace

@@ -327,6 +327,333 @@ __global__ void __launch_bounds__(kGreedyThreads)
   }
 }
 
+// --- Sampling (one block of kSampleThreads per row) ---
+//
+// The same steps as the host Sampler, without sorting: penalties, temperature; the top-k
+// and top-p boundaries found by bisection over the values' order (32 rounds of a block-wide
+// count or sum), ties at a boundary taken by lower id; min-p as a threshold; the draw walks
+// the kept candidates in ascending id order, as the host does. Sums in double, like the host.
+constexpr int kSampleThreads = 1024;
+constexpr int kSampleWarps = kSampleThreads / kWarpSize;
+
+// Order-preserving maps to unsigned keys (larger value, larger key; -0 and +0 equal, as
+// the host's comparisons have them).
+__device__ __forceinline__ uint32_t OrderKey(float value) {
+  if (value == 0.0f) value = 0.0f;
+  const uint32_t bits = __float_as_uint(value);
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+}
+__device__ __forceinline__ uint64_t OrderKey(double value) {
+  if (value == 0.0) value = 0.0;
+  const auto bits = static_cast<uint64_t>(__double_as_longlong(value));
+  return (bits >> 63) != 0 ? ~bits : bits | (uint64_t{1} << 63);
+}
+
+template <typename T>
+__device__ T SampleBlockSum(T value, T* scratch) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  T total = 0;
+  for (int w = 0; w < kSampleWarps; ++w) total += scratch[w];
+  __syncthreads();
+  return total;
+}
+
+__device__ float SampleBlockMax(float value, float* scratch) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  float best = -INFINITY;
+  for (int w = 0; w < kSampleWarps; ++w) best = fmaxf(best, scratch[w]);
+  __syncthreads();
+  return best;
+}
+
+// The (value, id) maximum, lowest id on ties; ids in `excluded` (n of them) do not count.
+__device__ int64_t SampleBlockArgmax(const float* values, int64_t cols, const int32_t* excluded,
+                                     int n_excluded, float* value_scratch, int64_t* id_scratch) {
+  float best = -INFINITY;
+  int64_t best_id = cols;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    bool skip = false;
+    for (int e = 0; e < n_excluded; ++e) skip = skip || excluded[e] == c;
+    if (skip) continue;
+    const float v = values[c];
+    if (v > best || best_id == cols) {
+      best = v;
+      best_id = c;
+    }
+  }
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int64_t other_id = __shfl_xor_sync(0xffffffffu, best_id, offset);
+    if (other_id != cols &&
+        (best_id == cols || other > best || (other == best && other_id < best_id))) {
+      best = other;
+      best_id = other_id;
+    }
+  }
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  if (lane == 0) {
+    value_scratch[warp] = best;
+    id_scratch[warp] = best_id;
+  }
+  __syncthreads();
+  best = -INFINITY;
+  best_id = cols;
+  for (int w = 0; w < kSampleWarps; ++w) {
+    const int64_t id = id_scratch[w];
+    const float v = value_scratch[w];
+    if (id != cols && (best_id == cols || v > best || (v == best && id < best_id))) {
+      best = v;
+      best_id = id;
+    }
+  }
+  __syncthreads();
+  return best_id == cols ? 0 : best_id;
+}
+
+// Exclusive prefix of `value` over the block in thread order, and the block total.
+template <typename T>
+__device__ T SampleBlockExclusiveScan(T value, T* scratch, T* total) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  T inclusive = value;
+  for (int offset = 1; offset < kWarpSize; offset *= 2) {
+    const T other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  if (lane == kWarpSize - 1) scratch[warp] = inclusive;
+  __syncthreads();
+  T before = 0;
+  T sum = 0;
+  for (int w = 0; w < kSampleWarps; ++w) {
+    if (w < warp) before += scratch[w];
+    sum += scratch[w];
+  }
+  __syncthreads();
+  *total = sum;
+  return before + inclusive - value;
+}
+
+struct SampleShared {
+  float floats[kSampleWarps];
+  double doubles[kSampleWarps];
+  int64_t ints[kSampleWarps];
+  int64_t ids[kSampleWarps];
+  int32_t chosen[kMaxTopLogprobs];
+  int64_t answer;
+};
+
+// The largest key K with count(keys >= K) >= need (bisection over the 32-bit key space);
+// `key_of(c)` gives element c's key, or 0 for elements not taking part.
+template <typename KeyOf>
+__device__ uint32_t LargestKeyWithCount(KeyOf key_of, int64_t cols, int64_t need,
+                                        SampleShared& shared) {
+  uint32_t low = 0;  // count(keys >= 0) = cols >= need holds.
+  uint32_t high = 0xFFFFFFFFu;
+  while (low < high) {
+    const uint32_t mid = low + (high - low) / 2 + 1;
+    int64_t count = 0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) count += key_of(c) >= mid ? 1 : 0;
+    if (SampleBlockSum<int64_t>(count, shared.ints) >= need) {
+      low = mid;
+    } else {
+      high = mid - 1;
+    }
+  }
+  return low;
+}
+
+// The first id (ascending) among elements with key == boundary at which `taken(before, c)`
+// holds, where `before` is the amount of the tied elements before c plus `base`; cols when
+// none. Walks the ids in blocks of blockDim with a block scan.
+template <typename T, typename Amount, typename Stop>
+__device__ int64_t FirstTiedIdWhere(Amount amount, Stop stop, int64_t cols, T base, T* scratch,
+                                    SampleShared& shared) {
+  T carried = base;
+  for (int64_t start = 0; start < cols; start += blockDim.x) {
+    const int64_t c = start + threadIdx.x;
+    const T mine = c < cols ? amount(c) : T(0);
+    T total;
+    const T before = carried + SampleBlockExclusiveScan<T>(mine, scratch, &total);
+    if (threadIdx.x == 0) shared.answer = cols;
+    __syncthreads();
+    if (c < cols && mine != T(0) && stop(before, mine))
+      atomicMin(reinterpret_cast<unsigned long long*>(&shared.answer),
+                static_cast<unsigned long long>(c));
+    __syncthreads();
+    const int64_t found = shared.answer;
+    __syncthreads();
+    if (found != cols) return found;
+    carried += total;
+  }
+  return cols;
+}
+
+__global__ void __launch_bounds__(kSampleThreads) SampleRowsKernel(SampleRowsParams p) {
+  __shared__ SampleShared shared;
+  const int64_t row = blockIdx.x;
+  const RowSamplingParams r = p.row_params[row];
+  const int64_t cols = p.cols;
+  const float* raw = p.logits + row * cols;
+  float* w = p.work + row * cols;
+
+  // Penalties (distinct ids, so no two threads write one element), then temperature.
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) w[c] = raw[c];
+  __syncthreads();
+  if (r.repetition_penalty != 1.0f) {
+    for (int64_t i = threadIdx.x; i < r.repetition_count; i += blockDim.x) {
+      const int32_t t = p.repetition_tokens[r.repetition_offset + i];
+      if (t < 0 || t >= cols) continue;
+      const float v = w[t];
+      w[t] = v > 0 ? v / r.repetition_penalty : v * r.repetition_penalty;
+    }
+    __syncthreads();
+  }
+  for (int64_t i = threadIdx.x; i < r.output_count; i += blockDim.x) {
+    const int32_t t = p.output_tokens[r.output_offset + i];
+    if (t < 0 || t >= cols) continue;
+    w[t] -= r.presence_penalty +
+            r.frequency_penalty * static_cast<float>(p.output_counts[r.output_offset + i]);
+  }
+  __syncthreads();
+
+  // Log-softmax of the raw logits, for the reported log-probabilities.
+  float raw_max = -INFINITY;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) raw_max = fmaxf(raw_max, raw[c]);
+  raw_max = SampleBlockMax(raw_max, shared.floats);
+  double raw_total = 0.0;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+    raw_total += exp(static_cast<double>(raw[c] - raw_max));
+  raw_total = SampleBlockSum<double>(raw_total, shared.doubles);
+  const double log_total = log(raw_total) + raw_max;
+
+  int64_t token = 0;
+  if (r.temperature == 0.0f) {
+    token = SampleBlockArgmax(w, cols, nullptr, 0, shared.floats, shared.ids);
+  } else {
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) w[c] /= r.temperature;
+    __syncthreads();
+    // top-k: keys above the k-th largest, and at it the lowest ids until k are kept.
+    uint32_t k_key = 0;
+    int64_t k_tie_end = cols;  // Ties with key k_key kept when id < k_tie_end.
+    if (r.top_k > 0 && r.top_k < cols) {
+      k_key = LargestKeyWithCount([&](int64_t c) { return OrderKey(w[c]); }, cols, r.top_k, shared);
+      int64_t above = 0;
+      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+        above += OrderKey(w[c]) > k_key ? 1 : 0;
+      above = SampleBlockSum<int64_t>(above, shared.ints);
+      const int64_t ties_needed = r.top_k - above;
+      const int64_t last = FirstTiedIdWhere<int64_t>(
+          [&](int64_t c) -> int64_t { return OrderKey(w[c]) == k_key ? 1 : 0; },
+          [&](int64_t before, int64_t) { return before + 1 == ties_needed; }, cols, int64_t{0},
+          shared.ints, shared);
+      k_tie_end = last + 1;
+    }
+    auto in_top_k = [&](int64_t c) {
+      const uint32_t key = OrderKey(w[c]);
+      return key > k_key || (key == k_key && c < k_tie_end);
+    };
+    // Probabilities over the top-k candidates (the best one is the row's maximum).
+    float top = -INFINITY;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) top = fmaxf(top, w[c]);
+    top = SampleBlockMax(top, shared.floats);
+    double sum = 0.0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+      if (in_top_k(c)) sum += exp(static_cast<double>(w[c] - top));
+    sum = SampleBlockSum<double>(sum, shared.doubles);
+    auto probability = [&](int64_t c) { return exp(static_cast<double>(w[c] - top)) / sum; };
+    const double min_p_threshold = r.min_p * (1.0 / sum);
+    auto candidate = [&](int64_t c) {
+      return in_top_k(c) && (r.min_p <= 0.0f || probability(c) >= min_p_threshold);
+    };
+    // top-p: the most likely candidates whose mass reaches top_p, ties by lower id.
+    uint64_t p_key = 0;
+    int64_t p_tie_end = cols;
+    if (r.top_p < 1.0f) {
+      // The largest key whose candidates at or above it hold top_p of the mass (keys of the
+      // double probabilities: the host orders by exact double values).
+      uint64_t low = 0;
+      uint64_t high = ~uint64_t{0};
+      while (low < high) {
+        const uint64_t mid = low + (high - low) / 2 + 1;
+        double mass = 0.0;
+        for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+          if (candidate(c) && OrderKey(probability(c)) >= mid) mass += probability(c);
+        if (SampleBlockSum<double>(mass, shared.doubles) >= r.top_p) {
+          low = mid;
+        } else {
+          high = mid - 1;
+        }
+      }
+      p_key = low;
+      double above = 0.0;
+      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+        if (candidate(c) && OrderKey(probability(c)) > p_key) above += probability(c);
+      above = SampleBlockSum<double>(above, shared.doubles);
+      // Ties at the boundary, by id, until the mass reaches top_p (at least one is kept).
+      const int64_t last = FirstTiedIdWhere<double>(
+          [&](int64_t c) -> double {
+            return candidate(c) && OrderKey(probability(c)) == p_key ? probability(c) : 0.0;
+          },
+          [&](double before, double mine) { return before + mine >= r.top_p; }, cols, above,
+          shared.doubles, shared);
+      p_tie_end = last + 1;
+    }
+    auto kept = [&](int64_t c) {
+      if (!candidate(c)) return false;
+      if (r.top_p >= 1.0f) return true;
+      const uint64_t key = OrderKey(probability(c));
+      return key > p_key || (key == p_key && c < p_tie_end);
+    };
+    double kept_mass = 0.0;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+      if (kept(c)) kept_mass += probability(c);
+    kept_mass = SampleBlockSum<double>(kept_mass, shared.doubles);
+    const double draw = r.uniform * kept_mass;
+    token = FirstTiedIdWhere<double>(
+        [&](int64_t c) -> double { return kept(c) ? probability(c) : 0.0; },
+        [&](double before, double mine) { return draw < before + mine; }, cols, 0.0, shared.doubles,
+        shared);
+    if (token == cols) {  // Rounding left the draw past the end: the last kept candidate.
+      int64_t last = -1;
+      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x)
+        if (kept(c)) last = c;
+      if (threadIdx.x == 0) shared.answer = -1;
+      __syncthreads();
+      atomicMax(reinterpret_cast<long long*>(&shared.answer), static_cast<long long>(last));
+      __syncthreads();
+      token = shared.answer;
+    }
+  }
+
+  // The top log-probabilities of the raw logits, best first, ties by lower id.
+  const int n_top = r.num_top_logprobs < kMaxTopLogprobs ? r.num_top_logprobs : kMaxTopLogprobs;
+  for (int i = 0; i < n_top; ++i) {
+    const int64_t best = SampleBlockArgmax(raw, cols, shared.chosen, i, shared.floats, shared.ids);
+    if (threadIdx.x == 0) {
+      shared.chosen[i] = static_cast<int32_t>(best);
+      p.top_tokens[row * kMaxTopLogprobs + i] = static_cast<int32_t>(best);
+      p.top_logprobs[row * kMaxTopLogprobs + i] =
+          static_cast<float>(static_cast<double>(raw[best]) - log_total);
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    p.tokens[row] = static_cast<int32_t>(token);
+    p.logprobs[row] = static_cast<float>(static_cast<double>(raw[token]) - log_total);
+  }
+}
+
 __global__ void AddBiasKernel(float* out, const float* bias, int64_t m, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < m * n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -439,6 +766,12 @@ void LaunchGreedyRows(const float* logits, int64_t rows, int64_t cols, int32_t* 
   GreedyRowsKernel<<<static_cast<unsigned>(rows), kGreedyThreads, 0, stream>>>(logits, cols, tokens,
                                                                                logprobs);
   CheckLaunch("GreedyRowsKernel");
+}
+
+void LaunchSampleRows(const SampleRowsParams& params, cudaStream_t stream) {
+  if (params.rows == 0) return;
+  SampleRowsKernel<<<static_cast<unsigned>(params.rows), kSampleThreads, 0, stream>>>(params);
+  CheckLaunch("SampleRowsKernel");
 }
 
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream) {

@@ -89,6 +89,40 @@ void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int
 void LaunchGreedyRows(const float* logits, int64_t rows, int64_t cols, int32_t* tokens,
                       float* logprobs, cudaStream_t stream);
 
+// Sampling of one row, as the host Sampler does it (engine/sampling/src/sampler.cc): the
+// penalty lists are slices of the launch's arrays.
+inline constexpr int kMaxTopLogprobs = 20;
+struct RowSamplingParams {
+  float temperature;
+  float top_p;
+  float min_p;
+  float repetition_penalty;
+  float presence_penalty;
+  float frequency_penalty;
+  int32_t top_k;
+  int32_t num_top_logprobs;
+  double uniform;
+  int64_t repetition_offset;  // Into repetition_tokens.
+  int64_t repetition_count;
+  int64_t output_offset;  // Into output_tokens and output_counts.
+  int64_t output_count;
+};
+struct SampleRowsParams {
+  const float* logits = nullptr;  // [rows, cols]
+  float* work = nullptr;          // [rows, cols] scratch
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const RowSamplingParams* row_params = nullptr;
+  const int32_t* repetition_tokens = nullptr;
+  const int32_t* output_tokens = nullptr;
+  const int32_t* output_counts = nullptr;
+  int32_t* tokens = nullptr;      // [rows]
+  float* logprobs = nullptr;      // [rows]
+  int32_t* top_tokens = nullptr;  // [rows, kMaxTopLogprobs]
+  float* top_logprobs = nullptr;  // [rows, kMaxTopLogprobs]
+};
+void LaunchSampleRows(const SampleRowsParams& params, cudaStream_t stream);
+
 // out[i, j] += bias[j] for a [m, n] out.
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
 

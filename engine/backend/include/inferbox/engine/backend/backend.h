@@ -102,6 +102,29 @@ class StepInputs {
   virtual int64_t num_logit_rows() const = 0;
 };
 
+// One row's sampling, for backends that sample where the logits are (Backend::can_sample):
+// the parameters and state of engine/sampling's Sampler, the reference, with its next draw.
+struct RowSampling {
+  float temperature = 1.0f;  // 0: greedy (after penalties).
+  float top_p = 1.0f;
+  int32_t top_k = 0;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int32_t num_top_logprobs = 0;
+  double uniform = 0.0;                        // The draw in [0, 1); unused when greedy.
+  std::span<const int32_t> repetition_tokens;  // Distinct prompt and output tokens.
+  std::span<const int32_t> output_tokens;      // Distinct output tokens,
+  std::span<const int32_t> output_counts;      // and how often each was generated.
+};
+
+struct SampledRow {
+  int32_t token = 0;
+  float logprob = 0.0f;  // Log-softmax of the raw logits at `token`.
+  std::vector<std::pair<int32_t, float>> top_logprobs;
+};
+
 struct DeviceMemory {
   int64_t free_bytes = 0;
   int64_t total_bytes = 0;
@@ -167,6 +190,12 @@ class Backend {
   // out[i, :] = x[logit_rows[i], :] for the step's logit rows; x is [m, cols].
   virtual void GatherRows(const StepInputs& step, std::span<const float> x, int64_t cols,
                           std::span<float> out) = 0;
+  // Whether SampleRows works here. The CPU backend's logits are host memory already, where
+  // the Sampler runs; a device backend samples in place so only ids cross to the host.
+  virtual bool can_sample() const = 0;
+  // Samples each row of logits [rows.size(), cols] as the Sampler does given the same draw.
+  virtual void SampleRows(std::span<const float> logits, int64_t cols,
+                          std::span<const RowSampling> rows, std::span<SampledRow> out) = 0;
   // Greedy choice per row of logits [rows, cols], written to the host: the largest logit's
   // column (the lowest on ties) and, unless `logprobs` is empty, its log-softmax. Only ids
   // cross to the host, not logits.

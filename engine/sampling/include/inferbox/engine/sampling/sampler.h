@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "inferbox/common/status.h"
+#include "inferbox/engine/backend/backend.h"
 
 namespace inferbox::engine {
 
@@ -59,13 +60,28 @@ class Sampler {
   bool wants_logprob() const { return params_.compute_logprob; }
   void Record(int32_t token);
 
+  // For a backend that samples where the logits are (Backend::SampleRows): this request's
+  // parameters and penalty state, and the next draw taken from its generator as Next would
+  // take it. The spans stay valid until the next Record. Record the chosen token after.
+  RowSampling PrepareRow();
+  // The top log-probabilities (top_logprobs, then logprob) a TokenChoice carries, from what
+  // a backend sampled.
+  TokenChoice ChoiceFrom(const SampledRow& row) const;
+
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
-  std::unordered_map<int32_t, int32_t> output_counts_;
-  std::unordered_set<int32_t> seen_;  // Prompt and output tokens.
-  // Draws from work_ (processed logits) with the filters of params_.
-  int32_t Draw();
+  // Penalty state as lists a backend can take: distinct prompt and output tokens, and the
+  // distinct output tokens with their counts (indexed through output_index_).
+  std::unordered_set<int32_t> seen_;
+  std::vector<int32_t> seen_list_;
+  std::unordered_map<int32_t, size_t> output_index_;
+  std::vector<int32_t> output_tokens_;
+  std::vector<int32_t> output_counts_;
+  // Draws from work_ (processed logits) with the filters of params_; `uniform` in [0, 1).
+  int32_t Draw(double uniform);
+  // The next draw in [0, 1) (one per token sampled with a temperature).
+  double NextUniform();
 
   std::vector<float> work_;
   std::vector<int32_t> order_;  // Candidate ids.
