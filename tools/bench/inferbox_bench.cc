@@ -317,8 +317,8 @@ void PrintJson(const Options& options, const ModelConfig& config, const Measurem
 
 void PrintTable(const Options& options, const ModelConfig& config, const Measurement& m) {
   fmt::print("inferbox-bench, offline, {} backend: {}, {} layers, hidden {}, vocab {}, {}\n",
-             options.device, ArchitectureName(config.architecture), config.num_hidden_layers, config.hidden_size,
-             config.vocab_size, config.torch_dtype);
+             options.device, ArchitectureName(config.architecture), config.num_hidden_layers,
+             config.hidden_size, config.vocab_size, config.torch_dtype);
   fmt::print(
       "{} requests (+{} warmup) of {} prompt + {} output tokens; concurrency {}, max running {}, "
       "token budget {}, {} blocks of {}\n\n",

@@ -14,8 +14,8 @@
 #include <CLI/CLI.hpp>
 #include <boost/json.hpp>
 
-#include "inferbox/engine/chat_template/chat_format.h"
 #include "inferbox/engine/backend/factory.h"
+#include "inferbox/engine/chat_template/chat_format.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/sampling/sampler.h"
 #include "inferbox/engine/sampling/stop.h"
