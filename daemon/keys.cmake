@@ -12,4 +12,4 @@ add_library(inferbox_keys STATIC
 target_include_directories(inferbox_keys PUBLIC ${CMAKE_CURRENT_LIST_DIR}/include)
 target_link_libraries(inferbox_keys
   PUBLIC inferbox_common inferbox_grpc_status inferbox_proto gRPC::grpc++
-  PRIVATE SQLite::SQLite3 OpenSSL::Crypto fmt::fmt spdlog::spdlog inferbox_warnings)
+  PRIVATE inferbox_sqlite SQLite::SQLite3 OpenSSL::Crypto fmt::fmt spdlog::spdlog inferbox_warnings)

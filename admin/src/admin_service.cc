@@ -1,16 +1,26 @@
 #include "inferbox/admin/admin_service.h"
 
+#include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include <fmt/format.h>
+#include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
 #include "inferbox/common/grpc_status.h"
 #include "inferbox/daemon/grpc_auth.h"
 #include "inferbox/daemon/key_store.h"
+#include "inferbox/daemon/usage_ledger.h"
 
 namespace inferbox::admin {
 namespace {
+
+// How long GetUsage waits for usage rows still queued to be written.
+constexpr std::chrono::seconds kUsageFlushTimeout{5};
+constexpr uint32_t kDefaultAuditEvents = 100;
+constexpr uint32_t kMaxAuditEvents = 10000;
 
 std::string CallerName(const daemon::Caller& caller) {
   return caller.key_id.empty() ? "anonymous caller" : "key " + caller.key_id;
@@ -26,83 +36,159 @@ std::string RoleName(inferbox::v1::KeyRole role) {
 
 }  // namespace
 
-AdminServiceImpl::AdminServiceImpl(const StatusBoard& board, daemon::KeyStore* keys,
-                                   const daemon::Authenticator* authenticator)
-    : board_(board), keys_(keys), authenticator_(authenticator != nullptr ? authenticator : keys) {}
+struct AdminServiceImpl::AdminCall {
+  daemon::Caller caller;
+  // What the call changed that its request does not say (AuditEvent.detail).
+  std::string detail;
+};
 
-grpc::Status AdminServiceImpl::GetStatus(grpc::ServerContext* context,
-                                         const inferbox::v1::GetStatusRequest* /*request*/,
-                                         inferbox::v1::GetStatusResponse* response) {
-  if (authenticator_ != nullptr) {
-    auto caller = daemon::AuthenticateGrpc(*context, *authenticator_);
-    if (!caller.ok()) return ToGrpcStatus(caller.status());
-  }
-  *response = board_.Snapshot();
-  return grpc::Status::OK;
-}
+AdminServiceImpl::AdminServiceImpl(const StatusBoard& board, daemon::KeyStore* keys,
+                                   const daemon::Authenticator* authenticator,
+                                   daemon::UsageLedger* usage, AuditLog* audit)
+    : board_(board),
+      keys_(keys),
+      authenticator_(authenticator != nullptr ? authenticator : keys),
+      usage_(usage),
+      audit_(audit) {}
 
 grpc::Status AdminServiceImpl::AuthorizeAdmin(const grpc::ServerContext& context,
-                                              std::string_view rpc,
-                                              std::string* caller_name) const {
+                                              std::string_view rpc, daemon::Caller* caller) const {
   if (authenticator_ == nullptr) {
-    *caller_name = "anonymous caller";
+    *caller = daemon::Caller{.role = inferbox::v1::KEY_ROLE_ADMIN};
     return grpc::Status::OK;
   }
-  auto caller = daemon::AuthenticateGrpc(context, *authenticator_);
-  if (!caller.ok()) {
-    spdlog::warn("Admin RPC {} refused: {}", rpc, caller.status().message());
-    return ToGrpcStatus(caller.status());
+  auto authenticated = daemon::AuthenticateGrpc(context, *authenticator_);
+  if (!authenticated.ok()) {
+    spdlog::warn("Admin RPC {} refused: {}", rpc, authenticated.status().message());
+    return ToGrpcStatus(authenticated.status());
   }
+  // Known from here on, refused or not: the audit log says who tried.
+  *caller = std::move(authenticated).value();
   if (caller->role != inferbox::v1::KEY_ROLE_ADMIN) {
-    const std::string message = "managing API keys needs a key with role admin; " +
-                                CallerName(*caller) + " has role " + RoleName(caller->role);
+    const std::string message = fmt::format("{} needs a key with role admin; {} has role {}", rpc,
+                                            CallerName(*caller), RoleName(caller->role));
     spdlog::warn("Admin RPC {} refused: {}", rpc, message);
     return {grpc::StatusCode::PERMISSION_DENIED, message};
   }
-  *caller_name = CallerName(*caller);
   return grpc::Status::OK;
+}
+
+grpc::Status AdminServiceImpl::Serve(grpc::ServerContext& context, std::string_view rpc,
+                                     const google::protobuf::Message& request,
+                                     const std::function<grpc::Status(AdminCall&)>& handler) {
+  AdminCall call;
+  grpc::Status status = AuthorizeAdmin(context, rpc, &call.caller);
+  if (status.ok()) status = handler(call);
+  if (audit_ == nullptr) return status;
+  inferbox::v1::AuditEvent event;
+  event.set_caller_key_id(call.caller.key_id);
+  event.set_peer(context.peer());
+  event.set_rpc(std::string(rpc));
+  event.set_request(SummarizeRequest(request));
+  event.set_code(std::string(GrpcCodeName(status.error_code())));
+  event.set_message(status.error_message());
+  event.set_detail(call.detail);
+  if (Status recorded = audit_->Append(std::move(event)); !recorded.ok()) {
+    // The call already took effect: answering it as failed would mislead the caller.
+    spdlog::error("Admin RPC {} by {} was not recorded in the audit log: {}", rpc,
+                  CallerName(call.caller), recorded.message());
+  }
+  return status;
+}
+
+grpc::Status AdminServiceImpl::GetStatus(grpc::ServerContext* context,
+                                         const inferbox::v1::GetStatusRequest* request,
+                                         inferbox::v1::GetStatusResponse* response) {
+  return Serve(*context, "GetStatus", *request, [&](AdminCall&) {
+    *response = board_.Snapshot();
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status AdminServiceImpl::CreateKey(grpc::ServerContext* context,
                                          const inferbox::v1::CreateKeyRequest* request,
                                          inferbox::v1::CreateKeyResponse* response) {
-  std::string caller;
-  if (grpc::Status allowed = AuthorizeAdmin(*context, "CreateKey", &caller); !allowed.ok())
-    return allowed;
-  if (keys_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "key store not configured"};
-  auto created = keys_->Create(request->name(), request->role(), request->limits());
-  if (!created.ok()) return ToGrpcStatus(created.status());
-  spdlog::info("API key {} (\"{}\", role {}) created by {}", created->key().id(),
-               created->key().name(), RoleName(created->key().role()), caller);
-  *response = std::move(created).value();
-  return grpc::Status::OK;
+  return Serve(*context, "CreateKey", *request, [&](AdminCall& call) -> grpc::Status {
+    if (keys_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "key store not configured"};
+    auto created = keys_->Create(request->name(), request->role(), request->limits());
+    if (!created.ok()) return ToGrpcStatus(created.status());
+    spdlog::info("API key {} (\"{}\", role {}) created by {}", created->key().id(),
+                 created->key().name(), RoleName(created->key().role()), CallerName(call.caller));
+    call.detail = "created key " + created->key().id();
+    *response = std::move(created).value();
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status AdminServiceImpl::ListKeys(grpc::ServerContext* context,
                                         const inferbox::v1::ListKeysRequest* request,
                                         inferbox::v1::ListKeysResponse* response) {
-  std::string caller;
-  if (grpc::Status allowed = AuthorizeAdmin(*context, "ListKeys", &caller); !allowed.ok())
-    return allowed;
-  if (keys_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "key store not configured"};
-  auto keys = keys_->List(request->include_revoked());
-  if (!keys.ok()) return ToGrpcStatus(keys.status());
-  for (auto& key : *keys) *response->add_keys() = std::move(key);
-  return grpc::Status::OK;
+  return Serve(*context, "ListKeys", *request, [&](AdminCall&) -> grpc::Status {
+    if (keys_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "key store not configured"};
+    auto keys = keys_->List(request->include_revoked());
+    if (!keys.ok()) return ToGrpcStatus(keys.status());
+    for (auto& key : *keys) *response->add_keys() = std::move(key);
+    return grpc::Status::OK;
+  });
 }
 
 grpc::Status AdminServiceImpl::RevokeKey(grpc::ServerContext* context,
                                          const inferbox::v1::RevokeKeyRequest* request,
                                          inferbox::v1::RevokeKeyResponse* /*response*/) {
-  std::string caller;
-  if (grpc::Status allowed = AuthorizeAdmin(*context, "RevokeKey", &caller); !allowed.ok())
-    return allowed;
-  if (keys_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "key store not configured"};
-  if (Status revoked = keys_->Revoke(request->id()); !revoked.ok()) {
-    return ToGrpcStatus(revoked);
-  }
-  spdlog::info("API key {} revoked by {}", request->id(), caller);
-  return grpc::Status::OK;
+  return Serve(*context, "RevokeKey", *request, [&](AdminCall& call) -> grpc::Status {
+    if (keys_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "key store not configured"};
+    if (Status revoked = keys_->Revoke(request->id()); !revoked.ok()) {
+      return ToGrpcStatus(revoked);
+    }
+    spdlog::info("API key {} revoked by {}", request->id(), CallerName(call.caller));
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status AdminServiceImpl::GetUsage(grpc::ServerContext* context,
+                                        const inferbox::v1::GetUsageRequest* request,
+                                        inferbox::v1::GetUsageResponse* response) {
+  return Serve(*context, "GetUsage", *request, [&](AdminCall&) -> grpc::Status {
+    if (usage_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "usage ledger not configured"};
+    // Requests that just ended are counted too: their rows may still be queued.
+    if (Status flushed = usage_->Flush(kUsageFlushTimeout); !flushed.ok())
+      return ToGrpcStatus(flushed);
+    auto usage = usage_->Aggregate(*request);
+    if (!usage.ok()) return ToGrpcStatus(usage.status());
+    *response = std::move(usage).value();
+    if (keys_ == nullptr) return grpc::Status::OK;
+    auto keys = keys_->List(/*include_revoked=*/true);
+    if (!keys.ok()) return ToGrpcStatus(keys.status());
+    std::map<std::string, std::string, std::less<>> names;
+    for (const auto& key : *keys) names.emplace(key.id(), key.name());
+    for (auto& row : *response->mutable_rows()) {
+      if (auto found = names.find(row.key_id()); found != names.end())
+        row.set_key_name(found->second);
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status AdminServiceImpl::ListAuditEvents(grpc::ServerContext* context,
+                                               const inferbox::v1::ListAuditEventsRequest* request,
+                                               inferbox::v1::ListAuditEventsResponse* response) {
+  return Serve(*context, "ListAuditEvents", *request, [&](AdminCall&) -> grpc::Status {
+    if (audit_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "audit log not configured"};
+    if (request->limit() > kMaxAuditEvents) {
+      return {grpc::StatusCode::INVALID_ARGUMENT,
+              fmt::format("limit: at most {} events at a time", kMaxAuditEvents)};
+    }
+    std::optional<std::chrono::system_clock::time_point> since;
+    if (request->has_since()) {
+      since = std::chrono::system_clock::time_point(std::chrono::milliseconds(
+          google::protobuf::util::TimeUtil::TimestampToMilliseconds(request->since())));
+    }
+    auto events =
+        audit_->List(request->limit() == 0 ? kDefaultAuditEvents : request->limit(), since);
+    if (!events.ok()) return ToGrpcStatus(events.status());
+    for (auto& event : *events) *response->add_events() = std::move(event);
+    return grpc::Status::OK;
+  });
 }
 
 }  // namespace inferbox::admin

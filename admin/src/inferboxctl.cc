@@ -3,7 +3,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -17,10 +16,15 @@
 #include <grpcpp/grpcpp.h>
 #include <CLI/CLI.hpp>
 
+#include "ctl_diagnostics.h"
+#include "ctl_reports.h"
 #include "inferbox/common/version.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 
 namespace {
+
+using inferbox::ctl::FormatTable;
+using inferbox::ctl::FormatTime;
 
 struct GlobalOptions {
   std::string address = "127.0.0.1:7070";
@@ -207,17 +211,6 @@ std::string RoleName(inferbox::v1::KeyRole role) {
   }
 }
 
-// "2026-01-31 12:00:00Z" (UTC), "-" when unset.
-std::string FormatTime(const google::protobuf::Timestamp& time) {
-  if (time.seconds() == 0 && time.nanos() == 0) return "-";
-  const auto seconds = static_cast<std::time_t>(time.seconds());
-  std::tm utc{};
-  gmtime_r(&seconds, &utc);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%d %H:%M:%SZ", &utc);
-  return text;
-}
-
 std::string FormatLimits(const inferbox::v1::KeyLimits& limits) {
   std::vector<std::string> parts;
   if (limits.models_size() > 0) {
@@ -281,23 +274,7 @@ void PrintKeysTable(const inferbox::v1::ListKeysResponse& keys) {
     rows.push_back({key.id(), key.name(), RoleName(key.role()), FormatTime(key.created_at()),
                     FormatTime(key.revoked_at()), FormatLimits(key.limits())});
   }
-  std::vector<size_t> widths(rows.front().size(), 0);
-  for (const auto& row : rows) {
-    for (size_t column = 0; column < row.size(); ++column) {
-      widths[column] = std::max(widths[column], row[column].size());
-    }
-  }
-  for (const auto& row : rows) {
-    std::string line;
-    for (size_t column = 0; column < row.size(); ++column) {
-      if (column + 1 == row.size()) {
-        line += row[column];
-      } else {
-        line += fmt::format("{:<{}}  ", row[column], widths[column]);
-      }
-    }
-    fmt::print("{}\n", line);
-  }
+  fmt::print("{}", FormatTable(rows));
 }
 
 int RunKeysList(const GlobalOptions& options, bool include_revoked, bool json) {
@@ -327,6 +304,100 @@ int RunKeysRevoke(const GlobalOptions& options, const std::string& id) {
     return *failed;
   }
   fmt::print("Revoked API key {}; requests with it are refused from now on.\n", id);
+  return 0;
+}
+
+struct UsageOptions {
+  std::string by = "key,model";
+  std::string since;
+  std::string until;
+  std::string key_id;
+  std::string model;
+  std::string format = "table";
+};
+
+int RunUsage(const GlobalOptions& options, const UsageOptions& usage) {
+  auto group_by = inferbox::ctl::ParseUsageDimensions(usage.by);
+  if (!group_by.ok()) {
+    fmt::print(stderr, "inferboxctl: usage: {}\n", group_by.status().message());
+    return 1;
+  }
+  inferbox::v1::GetUsageRequest request;
+  for (const auto dimension : *group_by) request.add_group_by(dimension);
+  const auto now = std::chrono::system_clock::now();
+  auto parse_time = [&](std::string_view flag, const std::string& text,
+                        google::protobuf::Timestamp* time) {
+    auto parsed = inferbox::ctl::ParseTimeArgument(text, now);
+    if (!parsed.ok()) {
+      fmt::print(stderr, "inferboxctl: usage: {}: {}\n", flag, parsed.status().message());
+      return false;
+    }
+    *time = *parsed;
+    return true;
+  };
+  if (!usage.since.empty() && !parse_time("--since", usage.since, request.mutable_since()))
+    return 1;
+  if (!usage.until.empty() && !parse_time("--until", usage.until, request.mutable_until()))
+    return 1;
+  request.set_key_id(usage.key_id);
+  request.set_model(usage.model);
+  inferbox::v1::GetUsageResponse response;
+  if (auto failed =
+          CallAdmin(options, "usage", &inferbox::v1::Admin::Stub::GetUsage, request, &response)) {
+    return *failed;
+  }
+  if (usage.format == "json") return PrintJson(response) ? 0 : 1;
+  if (usage.format == "csv") {
+    std::cout << inferbox::ctl::UsageCsv(response, *group_by);
+    return 0;
+  }
+  if (response.rows().empty()) {
+    fmt::print("No usage recorded{}.\n",
+               usage.since.empty() && usage.until.empty() ? "" : " in that interval");
+    return 0;
+  }
+  std::cout << inferbox::ctl::UsageTable(response, *group_by);
+  return 0;
+}
+
+int RunAudit(const GlobalOptions& options, uint32_t limit, const std::string& since, bool json) {
+  inferbox::v1::ListAuditEventsRequest request;
+  request.set_limit(limit);
+  if (!since.empty()) {
+    auto time = inferbox::ctl::ParseTimeArgument(since, std::chrono::system_clock::now());
+    if (!time.ok()) {
+      fmt::print(stderr, "inferboxctl: audit: --since: {}\n", time.status().message());
+      return 1;
+    }
+    *request.mutable_since() = *time;
+  }
+  inferbox::v1::ListAuditEventsResponse response;
+  if (auto failed = CallAdmin(options, "audit", &inferbox::v1::Admin::Stub::ListAuditEvents,
+                              request, &response)) {
+    return *failed;
+  }
+  if (json) return PrintJson(response) ? 0 : 1;
+  std::cout << inferbox::ctl::AuditTable(response);
+  return 0;
+}
+
+int RunDiagnostics(const GlobalOptions& options, const std::string& output) {
+  inferbox::ctl::DiagnosticsInputs inputs;
+  inputs.ctl_version = fmt::format("inferboxctl {} ({})", inferbox::kVersion, inferbox::kGitCommit);
+  inferbox::v1::GetStatusResponse status;
+  if (CallAdmin(options, "diagnostics: status", &inferbox::v1::Admin::Stub::GetStatus,
+                inferbox::v1::GetStatusRequest(), &status)) {
+    inputs.status_error = "GetStatus failed at " + options.address + " (see inferboxctl's message)";
+    fmt::print(stderr,
+               "inferboxctl: diagnostics: writing the bundle without the daemon's status\n");
+  } else {
+    inputs.status = std::move(status);
+  }
+  if (inferbox::Status written = inferbox::ctl::WriteDiagnostics(output, inputs); !written.ok()) {
+    fmt::print(stderr, "inferboxctl: diagnostics: {}\n", written.message());
+    return 1;
+  }
+  fmt::print("Wrote {}. Check it before sending it: it holds host details and logs.\n", output);
   return 0;
 }
 
@@ -411,6 +482,40 @@ int main(int argc, char** argv) {
   keys_revoke->add_option("ID", revoke_id, "The key's id (ibx_..., as keys list shows)")
       ->required();
 
+  UsageOptions usage_options;
+  auto* usage = app.add_subcommand(
+      "usage", "Token usage from the ledger, per key, model and/or day, for chargeback");
+  usage
+      ->add_option("--by", usage_options.by,
+                   "Group by key, model and/or day, comma-separated (default key,model)")
+      ->capture_default_str();
+  usage->add_option("--since", usage_options.since,
+                    "From this time: 2026-01-31 (UTC), 2026-01-31T12:00:00Z, or an age (7d, "
+                    "36h, 90m)");
+  usage->add_option("--until", usage_options.until, "Up to (not including) this time, as --since");
+  usage->add_option("--key", usage_options.key_id, "Only this key id (ibx_...)");
+  usage->add_option("--model", usage_options.model, "Only this model");
+  usage->add_option("--format", usage_options.format, "table (default), csv or json")
+      ->transform(CLI::IsMember({"table", "csv", "json"}, CLI::ignore_case));
+
+  uint32_t audit_limit = 50;
+  std::string audit_since;
+  auto* audit = app.add_subcommand("audit", "Recent Admin calls (who, what, when, outcome)");
+  audit->add_option("--limit", audit_limit, "How many of the newest events (1-10000)")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  audit->add_option("--since", audit_since, "Only events from this time on, as usage --since");
+  audit->add_flag("--json", json, "Print the events as JSON, newest first");
+
+  std::string diagnostics_output;
+  auto* diagnostics = app.add_subcommand(
+      "diagnostics",
+      "Write a support bundle: versions, status and engines, redacted config, GPUs, recent log");
+  diagnostics
+      ->add_option("--output", diagnostics_output,
+                   "A new directory, or a file ending in .tar.gz or .tgz")
+      ->required();
+
   CLI11_PARSE(app, argc, argv);
 
   options.api_key = TrimKey(options.api_key);
@@ -427,5 +532,8 @@ int main(int argc, char** argv) {
   if (*keys_create) return RunKeysCreate(options, create, json);
   if (*keys_list) return RunKeysList(options, include_revoked, json);
   if (*keys_revoke) return RunKeysRevoke(options, revoke_id);
+  if (*usage) return RunUsage(options, usage_options);
+  if (*audit) return RunAudit(options, audit_limit, audit_since, json);
+  if (*diagnostics) return RunDiagnostics(options, diagnostics_output);
   return 1;
 }

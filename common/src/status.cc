@@ -33,7 +33,9 @@ Status Status::WithContext(std::string_view context) const {
   std::string message(context);
   message += ": ";
   message += message_;
-  return {code_, std::move(message)};
+  Status status(code_, std::move(message));
+  status.quota_violation_ = quota_violation_;
+  return status;
 }
 
 }  // namespace inferbox

@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "inferbox/admin/admin_service.h"
+#include "inferbox/admin/audit_log.h"
 #include "inferbox/admin/status_board.h"
 #include "inferbox/common/atomic_file.h"
 #include "inferbox/common/logging.h"
@@ -26,10 +27,13 @@
 #include "inferbox/daemon/engine_frontend.h"
 #include "inferbox/daemon/engine_metrics.h"
 #include "inferbox/daemon/inference_service.h"
+#include "inferbox/daemon/key_quotas.h"
 #include "inferbox/daemon/key_store.h"
 #include "inferbox/daemon/openai_gateway.h"
 #include "inferbox/daemon/supervisor.h"
 #include "inferbox/daemon/systemd_notifier.h"
+#include "inferbox/daemon/usage_ledger.h"
+#include "inferbox/daemon/usage_meter.h"
 #include "inferbox/monitoring/daemon_metrics.h"
 #include "inferbox/monitoring/gpu_collector.h"
 #include "inferbox/monitoring/metrics_server.h"
@@ -134,6 +138,7 @@ class RunningDaemon {
   void Shutdown();
 
  private:
+  Status OpenDatabase(const std::filesystem::path& state_dir);
   Status StartMetrics();
   Status StartEngines(const std::filesystem::path& state_dir,
                       const std::filesystem::path& runtime_dir);
@@ -153,6 +158,13 @@ class RunningDaemon {
   std::unique_ptr<monitoring::MetricsServer> metrics_server_;
   // API keys (state_dir/inferbox.db); also the Authenticator of every API.
   std::unique_ptr<KeyStore> keys_;
+  // The usage ledger, the keys' quotas (rebuilt from the ledger at start), the meter that
+  // applies both to every generation, and the Admin service's audit log; all in the same
+  // database. Declared before the frontend, so they outlive every stream.
+  std::unique_ptr<UsageLedger> usage_ledger_;
+  KeyQuotas key_quotas_;
+  std::unique_ptr<UsageMeter> usage_meter_;
+  std::unique_ptr<admin::AuditLog> audit_log_;
   std::unique_ptr<admin::AdminServiceImpl> admin_service_;
   monitoring::ServingMetrics serving_metrics_{*metrics_.registry()};
   std::unique_ptr<CountingAuthenticator> api_authenticator_;
@@ -173,6 +185,27 @@ class RunningDaemon {
   std::string metrics_address_;
   std::filesystem::path listeners_file_;
 };
+
+Status RunningDaemon::OpenDatabase(const std::filesystem::path& state_dir) {
+  const std::filesystem::path database = state_dir / "inferbox.db";
+  auto keys = KeyStore::Open(database, config_.require_keys);
+  if (!keys.ok()) return keys.status().WithContext("cannot open the key database");
+  keys_ = std::move(keys).value();
+  auto ledger = UsageLedger::Open(database);
+  if (!ledger.ok()) return ledger.status().WithContext("cannot open the usage ledger");
+  usage_ledger_ = std::move(ledger).value();
+  // Quotas carry over a restart: the windows are rebuilt from what the ledger recorded.
+  auto recent = usage_ledger_->Recent(key_quotas_.Now());
+  if (!recent.ok()) return recent.status().WithContext("cannot read recent usage");
+  key_quotas_.Restore(*recent);
+  usage_meter_ = std::make_unique<UsageMeter>(key_quotas_, usage_ledger_.get());
+  auto audit = admin::AuditLog::Open(database);
+  if (!audit.ok()) return audit.status().WithContext("cannot open the audit log");
+  audit_log_ = std::move(audit).value();
+  admin_service_ = std::make_unique<admin::AdminServiceImpl>(board_, keys_.get(), nullptr,
+                                                             usage_ledger_.get(), audit_log_.get());
+  return Status::Ok();
+}
 
 Status RunningDaemon::StartMetrics() {
   auto server = monitoring::MetricsServer::Start(config_.metrics_listen.ToString());
@@ -205,7 +238,7 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
   options.log_level = spdlog::level::to_string_view(config_.log_level).data();
   supervisor_ = std::make_unique<Supervisor>(std::move(options), config_.models);
   for (const auto& model : config_.models) serving_metrics_.RegisterModel(model.name);
-  frontend_ = std::make_unique<EngineFrontend>(*supervisor_, &serving_metrics_);
+  frontend_ = std::make_unique<EngineFrontend>(*supervisor_, &serving_metrics_, usage_meter_.get());
   api_authenticator_ = std::make_unique<CountingAuthenticator>(*keys_, serving_metrics_);
   inference_service_ = std::make_unique<InferenceServiceImpl>(*frontend_, *api_authenticator_);
   engine_collector_ = std::make_shared<EngineMetricsCollector>(*supervisor_);
@@ -301,10 +334,7 @@ Status RunningDaemon::Start() {
       options_.config_path ? options_.config_path->string() : std::string(kEmbeddedConfigName),
       state_dir.string(), runtime_dir.string());
 
-  auto keys = KeyStore::Open(state_dir / "inferbox.db", config_.require_keys);
-  if (!keys.ok()) return keys.status().WithContext("cannot open the key database");
-  keys_ = std::move(keys).value();
-  admin_service_ = std::make_unique<admin::AdminServiceImpl>(board_, keys_.get());
+  if (Status opened = OpenDatabase(state_dir); !opened.ok()) return opened;
 
   notifier_.Status("binding listeners");
   if (Status status = StartEngines(state_dir, runtime_dir); !status.ok()) return status;
@@ -442,6 +472,8 @@ void RunningDaemon::Shutdown() {
     grpc_server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     grpc_server_->Wait();
   }
+  // Every request has ended: write the usage rows still queued before exiting.
+  if (usage_ledger_) usage_ledger_->Close();
   metrics_server_.reset();
   spdlog::info("stopped");
 }

@@ -24,14 +24,17 @@ constexpr int64_t kDefaultOutputEstimate = 512;
 // Relays one engine Generate call. Owns its completion queue; one reader thread at a time.
 class EngineStream final : public GenerationStream {
  public:
+  // `metered` (may be null) is settled when the request ends.
   EngineStream(std::shared_ptr<EngineReplica> replica, std::shared_ptr<wire::Engine::Stub> stub,
                const wire::GenerateRequest& request,
                std::optional<std::chrono::system_clock::time_point> deadline,
-               int64_t estimated_tokens, monitoring::ServingMetrics* metrics)
+               int64_t estimated_tokens, monitoring::ServingMetrics* metrics,
+               std::unique_ptr<MeteredRequest> metered)
       : replica_(std::move(replica)),
         stub_(std::move(stub)),
         load_(estimated_tokens),
         metrics_(metrics),
+        metered_(std::move(metered)),
         started_(std::chrono::steady_clock::now()),
         last_token_(started_) {
     record_.model = replica_->model();
@@ -94,6 +97,14 @@ class EngineStream final : public GenerationStream {
       chunk->Swap(incoming_.mutable_chunk());
       saw_output_ = saw_output_ || chunk->token_ids_size() > 0;
       RecordChunk(*chunk);
+      if (chunk->finish_reason() != api::FINISH_REASON_UNSPECIFIED) {
+        // The request is done: account for it before its client can see the last chunk, so
+        // that usage and quotas already count it when the client's next request comes.
+        Settle({.prompt_tokens = chunk->usage().prompt_tokens(),
+                .completion_tokens = chunk->usage().completion_tokens(),
+                .cached_prompt_tokens = chunk->usage().cached_prompt_tokens(),
+                .outcome = record_.finish_reason});
+      }
       phase_ = Phase::kIdle;
       return Next::kChunk;
     }
@@ -161,31 +172,48 @@ class EngineStream final : public GenerationStream {
     }
   }
 
+  // How a request that did not finish ended (UsageRecord::outcome).
+  std::string FailureOutcome() const {
+    // The engine refused the input before generating.
+    if (!saw_output_ && status_.code() == StatusCode::kInvalidArgument) return "invalid";
+    if (!saw_output_ && status_.code() == StatusCode::kResourceExhausted) return "queue_full";
+    switch (status_.code()) {
+      case StatusCode::kCancelled: return "cancelled";
+      case StatusCode::kDeadlineExceeded: return "deadline";
+      case StatusCode::kUnavailable: return "engine_failed";
+      default: return "error";
+    }
+  }
+
+  void Settle(UsageRecord usage) {
+    if (metered_ != nullptr) metered_->Settle(std::move(usage));
+  }
+
   void RecordEnd() {
-    if (metrics_ == nullptr) return;
     record_.e2e_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
     if (status_.ok() && !record_.finish_reason.empty()) {
-      metrics_->Record(record_);
+      if (metrics_ != nullptr) metrics_->Record(record_);
       return;
     }
     record_.finish_reason.clear();
-    // The engine refused the input before generating: a rejection, not a failure.
-    if (!saw_output_ && status_.code() == StatusCode::kInvalidArgument) {
+    const std::string outcome = FailureOutcome();
+    Settle({.prompt_tokens = static_cast<uint64_t>(record_.prompt_tokens),
+            .completion_tokens = static_cast<uint64_t>(record_.generation_tokens),
+            .cached_prompt_tokens = static_cast<uint64_t>(record_.cached_prompt_tokens),
+            .outcome = outcome});
+    if (metrics_ == nullptr) return;
+    // A refusal of the input before generating is a rejection, not a failure.
+    if (outcome == "invalid") {
       metrics_->RecordRejected(status_.message().find("context") != std::string::npos ? "too_long"
                                                                                       : "invalid");
       return;
     }
-    if (!saw_output_ && status_.code() == StatusCode::kResourceExhausted) {
+    if (outcome == "queue_full") {
       metrics_->RecordRejected("queue_full");
       return;
     }
-    switch (status_.code()) {
-      case StatusCode::kCancelled: record_.failure = "cancelled"; break;
-      case StatusCode::kDeadlineExceeded: record_.failure = "deadline"; break;
-      case StatusCode::kUnavailable: record_.failure = "engine_failed"; break;
-      default: record_.failure = "error"; break;
-    }
+    record_.failure = outcome;
     metrics_->Record(record_);
   }
 
@@ -193,6 +221,7 @@ class EngineStream final : public GenerationStream {
   std::shared_ptr<wire::Engine::Stub> stub_;
   const int64_t load_;
   monitoring::ServingMetrics* metrics_;
+  const std::unique_ptr<MeteredRequest> metered_;
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_token_;
   monitoring::RequestRecord record_;
@@ -222,6 +251,9 @@ Status EngineFrontend::Reject(Status status) {
       case StatusCode::kNotFound: reason = "unknown_model"; break;
       case StatusCode::kPermissionDenied: reason = "forbidden"; break;
       case StatusCode::kUnavailable: reason = "unavailable"; break;
+      case StatusCode::kResourceExhausted:
+        if (status.quota_violation()) reason = "quota_" + status.quota_violation()->limit;
+        break;
       default: break;
     }
     metrics_->RecordRejected(reason);
@@ -267,11 +299,19 @@ Result<std::unique_ptr<GenerationStream>> EngineFrontend::Start(
     std::optional<std::chrono::system_clock::time_point> deadline) {
   auto replica = Route(model, caller, affinity_prefix);
   if (!replica.ok()) return replica.status();
+  // Quotas after the model and the caller's rights: a refused model is 403, not 429.
+  std::unique_ptr<MeteredRequest> metered;
+  if (meter_ != nullptr) {
+    auto admitted = meter_->Admit(caller, model);
+    if (!admitted.ok()) return Reject(admitted.status());
+    metered = std::move(admitted).value();
+  }
   auto stub = (*replica)->stub();
   if (stub == nullptr) return UnavailableError("the engine of model " + model + " just stopped");
   request.set_request_id(fmt::format("{}", next_request_.fetch_add(1)));
-  return std::unique_ptr<GenerationStream>(std::make_unique<EngineStream>(
-      std::move(replica).value(), std::move(stub), request, deadline, estimated_tokens, metrics_));
+  return std::unique_ptr<GenerationStream>(
+      std::make_unique<EngineStream>(std::move(replica).value(), std::move(stub), request, deadline,
+                                     estimated_tokens, metrics_, std::move(metered)));
 }
 
 Result<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(

@@ -9,13 +9,16 @@ Result<Caller> AuthenticateGrpc(const grpc::ServerContext& context,
                                 const Authenticator& authenticator) {
   // gRPC lower-cases metadata keys on the wire, so "Authorization" arrives as this too.
   const auto [first, last] = context.client_metadata().equal_range("authorization");
-  if (first == last) return authenticator.Authenticate("");
-  if (std::next(first) != last) {
+  if (first != last && std::next(first) != last) {
     return Status(StatusCode::kUnauthenticated,
                   "more than one authorization metadata entry; send exactly one: "
                   "authorization: Bearer <key>");
   }
-  return authenticator.Authenticate(std::string_view(first->second.data(), first->second.size()));
+  Result<Caller> caller = authenticator.Authenticate(
+      first == last ? std::string_view()
+                    : std::string_view(first->second.data(), first->second.size()));
+  if (caller.ok()) caller->api = "grpc";
+  return caller;
 }
 
 }  // namespace inferbox::daemon

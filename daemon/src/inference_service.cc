@@ -27,18 +27,36 @@ std::optional<std::chrono::system_clock::time_point> DeadlineOf(
   return deadline;
 }
 
-// Ours → gRPC; a full queue also tells the client when to retry (google.rpc.RetryInfo in the
-// status details, R2.4), with jitter so refused clients do not come back together.
+// Ours → gRPC; RESOURCE_EXHAUSTED also tells the client when to retry (google.rpc.RetryInfo
+// in the status details, R2.4): when an API key's quota frees (with a QuotaFailure naming
+// it), else after a 1-3 s jitter so that clients refused by a full queue do not come back
+// together.
 grpc::Status ToApiStatus(const Status& status) {
   grpc::Status converted = ToGrpcStatus(status);
   if (status.code() != StatusCode::kResourceExhausted) return converted;
-  thread_local std::mt19937 random(std::random_device{}());
   google::rpc::RetryInfo retry;
-  retry.mutable_retry_delay()->set_nanos(0);
-  retry.mutable_retry_delay()->set_seconds(std::uniform_int_distribution<int>(1, 3)(random));
   google::rpc::Status details;
   details.set_code(static_cast<int>(converted.error_code()));
   details.set_message(converted.error_message());
+  if (const auto& quota = status.quota_violation()) {
+    const auto delay = quota->retry_after;
+    retry.mutable_retry_delay()->set_seconds(
+        std::chrono::duration_cast<std::chrono::seconds>(delay).count());
+    retry.mutable_retry_delay()->set_nanos(static_cast<int32_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(delay % std::chrono::seconds(1))
+            .count()));
+    google::rpc::QuotaFailure failure;
+    auto& violation = *failure.add_violations();
+    violation.set_subject(quota->subject);
+    violation.set_description(status.message());
+    details.add_details()->PackFrom(retry);
+    details.add_details()->PackFrom(failure);
+    return grpc::Status(converted.error_code(), converted.error_message(),
+                        details.SerializeAsString());
+  }
+  thread_local std::mt19937 random(std::random_device{}());
+  retry.mutable_retry_delay()->set_nanos(0);
+  retry.mutable_retry_delay()->set_seconds(std::uniform_int_distribution<int>(1, 3)(random));
   details.add_details()->PackFrom(retry);
   return grpc::Status(converted.error_code(), converted.error_message(),
                       details.SerializeAsString());

@@ -1,12 +1,7 @@
 #include "inferbox/daemon/key_store.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
-#include <cerrno>
 #include <cstdint>
 #include <cstring>
 #include <set>
@@ -19,6 +14,8 @@
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>
+
+#include "inferbox/common/sqlite.h"
 
 namespace inferbox::daemon {
 namespace {
@@ -33,7 +30,6 @@ constexpr size_t kSecretBytes = 32;
 constexpr size_t kSecretChars = 43;  // base64url of 32 bytes, no padding.
 constexpr size_t kMaxNameBytes = 128;
 constexpr int kMaxModels = 256;
-constexpr int kBusyTimeoutMs = 5000;
 constexpr int kCreateAttempts = 4;  // Id collisions (60 random bits) are astronomically rare.
 
 constexpr std::string_view kTokenShape = "ibx_<12 characters>.<43 characters>";
@@ -55,10 +51,8 @@ CREATE TABLE api_keys (
 };
 constexpr std::string_view kSchemaComponent = "api_keys";
 
-struct StatementFinalizer {
-  void operator()(sqlite3_stmt* statement) const { sqlite3_finalize(statement); }
-};
-using Statement = std::unique_ptr<sqlite3_stmt, StatementFinalizer>;
+using sqlite::BindText;
+using sqlite::ColumnText;
 
 Status Unauthenticated(std::string message) {
   return {StatusCode::kUnauthenticated, std::move(message)};
@@ -190,71 +184,10 @@ Result<inferbox::v1::KeyRole> NormalizeRole(inferbox::v1::KeyRole role) {
   }
 }
 
-std::string_view ColumnText(sqlite3_stmt* statement, int column) {
-  const auto* text = sqlite3_column_text(statement, column);
-  if (text == nullptr) return {};
-  return {reinterpret_cast<const char*>(text),
-          static_cast<size_t>(sqlite3_column_bytes(statement, column))};
-}
-
-bool BindText(sqlite3_stmt* statement, int index, std::string_view text) {
-  return sqlite3_bind_text(statement, index, text.data(), static_cast<int>(text.size()),
-                           SQLITE_TRANSIENT) == SQLITE_OK;
-}
-
-// Creates the file with mode 0600 if missing, tightens a looser mode, refuses non-files.
-// SQLite gives its -wal and -shm files the database file's mode.
-Status PrepareDatabaseFile(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    const int error = errno;
-    return {error == ENOENT ? StatusCode::kFailedPrecondition : StatusCode::kUnavailable,
-            fmt::format("cannot open key database {}: {}", path.string(), std::strerror(error))};
-  }
-  struct stat info {};
-  Status status;
-  if (::fstat(fd, &info) != 0) {
-    status = UnavailableError(
-        fmt::format("cannot stat key database {}: {}", path.string(), std::strerror(errno)));
-  } else if (!S_ISREG(info.st_mode)) {
-    status = FailedPreconditionError(
-        fmt::format("key database {} is not a regular file", path.string()));
-  } else if ((info.st_mode & 0077) != 0) {
-    if (::fchmod(fd, 0600) != 0) {
-      status = FailedPreconditionError(
-          fmt::format("key database {} has mode {:o} and cannot be made 0600: {}", path.string(),
-                      info.st_mode & 0777, std::strerror(errno)));
-    } else {
-      spdlog::warn("key database {} had mode {:o}; set it to 0600", path.string(),
-                   info.st_mode & 0777);
-    }
-  }
-  ::close(fd);
-  if (!status.ok()) return status;
-  for (const char* suffix : {"-wal", "-shm"}) {
-    const std::string side = path.string() + suffix;
-    const int side_fd = ::open(side.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (side_fd < 0) continue;
-    if (::fstat(side_fd, &info) == 0 && S_ISREG(info.st_mode) && (info.st_mode & 0077) != 0) {
-      if (::fchmod(side_fd, 0600) != 0) {
-        spdlog::warn("cannot set {} to mode 0600: {}", side, std::strerror(errno));
-      }
-    }
-    ::close(side_fd);
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
-void KeyStore::SqliteCloser::operator()(sqlite3* db) const {
-  sqlite3_close_v2(db);
-}
-
-KeyStore::KeyStore(std::filesystem::path path, std::unique_ptr<sqlite3, SqliteCloser> db,
-                   bool require_keys, Clock clock)
-    : path_(std::move(path)),
-      clock_(clock ? std::move(clock) : Clock([] { return std::chrono::system_clock::now(); })),
+KeyStore::KeyStore(std::unique_ptr<sqlite::Database> db, bool require_keys, Clock clock)
+    : clock_(clock ? std::move(clock) : Clock([] { return std::chrono::system_clock::now(); })),
       require_keys_(require_keys),
       db_(std::move(db)) {}
 
@@ -262,159 +195,34 @@ KeyStore::~KeyStore() = default;
 
 Result<std::unique_ptr<KeyStore>> KeyStore::Open(const std::filesystem::path& database,
                                                  bool require_keys, Clock clock) {
-  if (Status prepared = PrepareDatabaseFile(database); !prepared.ok()) return prepared;
-
-  sqlite3* raw = nullptr;
-  const int opened = sqlite3_open_v2(
-      database.c_str(), &raw,
-      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX | SQLITE_OPEN_NOFOLLOW,
-      nullptr);
-  std::unique_ptr<sqlite3, SqliteCloser> db(raw);
-  if (opened != SQLITE_OK) {
-    return UnavailableError(fmt::format("cannot open key database {}: {}", database.string(),
-                                        raw != nullptr ? sqlite3_errmsg(raw) : "out of memory"));
-  }
-  sqlite3_busy_timeout(db.get(), kBusyTimeoutMs);
-
+  // Key changes are rare and must survive a power cut: every commit is synced.
+  auto db = sqlite::Database::Open(database, "key database", sqlite::Durability::kFull);
+  if (!db.ok()) return db.status();
+  if (Status migrated = (*db)->Migrate(kSchemaComponent, kMigrations); !migrated.ok())
+    return migrated;
   std::unique_ptr<KeyStore> store(
-      new KeyStore(database, std::move(db), require_keys, std::move(clock)));
-  {
-    std::lock_guard lock(store->db_mutex_);
-    // WAL lets the usage ledger's writers and readers share the file. Key changes are rare
-    // and must survive a power cut, so this connection syncs every commit (FULL).
-    Statement journal;
-    {
-      sqlite3_stmt* statement = nullptr;
-      if (sqlite3_prepare_v2(store->db_.get(), "PRAGMA journal_mode=WAL", -1, &statement,
-                             nullptr) != SQLITE_OK) {
-        return store->DatabaseError("setting journal_mode=WAL");
-      }
-      journal.reset(statement);
-    }
-    if (sqlite3_step(journal.get()) != SQLITE_ROW || ColumnText(journal.get(), 0) != "wal") {
-      return UnavailableError(fmt::format(
-          "key database {}: cannot switch to WAL journal mode (is the file on a network "
-          "filesystem?)",
-          database.string()));
-    }
-    journal.reset();
-    for (const char* pragma : {"PRAGMA synchronous=FULL", "PRAGMA trusted_schema=OFF"}) {
-      if (sqlite3_exec(store->db_.get(), pragma, nullptr, nullptr, nullptr) != SQLITE_OK) {
-        return store->DatabaseError(pragma);
-      }
-    }
-    if (Status migrated = store->Migrate(); !migrated.ok()) return migrated;
-  }
+      new KeyStore(std::move(db).value(), require_keys, std::move(clock)));
   if (Status loaded = store->LoadCache(); !loaded.ok()) return loaded;
   return store;
-}
-
-Status KeyStore::DatabaseError(std::string_view what) const {
-  const int code = sqlite3_errcode(db_.get());
-  const int primary = code & 0xff;
-  const bool environmental = primary == SQLITE_BUSY || primary == SQLITE_LOCKED ||
-                             primary == SQLITE_FULL || primary == SQLITE_IOERR ||
-                             primary == SQLITE_READONLY || primary == SQLITE_CANTOPEN ||
-                             primary == SQLITE_PERM;
-  return {environmental ? StatusCode::kUnavailable : StatusCode::kInternal,
-          fmt::format("key database {}: {}: {}", path_.string(), what, sqlite3_errmsg(db_.get()))};
-}
-
-Status KeyStore::Migrate() {
-  sqlite3* db = db_.get();
-  // IMMEDIATE: two processes opening a fresh file at once must not both create the tables.
-  if (sqlite3_exec(db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return DatabaseError("starting the schema migration");
-  }
-  auto rollback = [&](Status status) {
-    sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
-    return status;
-  };
-  if (sqlite3_exec(db,
-                   "CREATE TABLE IF NOT EXISTS schema_versions ("
-                   "component TEXT PRIMARY KEY NOT NULL, version INTEGER NOT NULL) STRICT",
-                   nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return rollback(DatabaseError("creating schema_versions"));
-  }
-  int64_t version = 0;
-  {
-    sqlite3_stmt* raw = nullptr;
-    if (sqlite3_prepare_v2(db, "SELECT version FROM schema_versions WHERE component = ?", -1, &raw,
-                           nullptr) != SQLITE_OK) {
-      return rollback(DatabaseError("reading the schema version"));
-    }
-    Statement select(raw);
-    BindText(select.get(), 1, kSchemaComponent);
-    const int step = sqlite3_step(select.get());
-    if (step == SQLITE_ROW) {
-      version = sqlite3_column_int64(select.get(), 0);
-    } else if (step != SQLITE_DONE) {
-      return rollback(DatabaseError("reading the schema version"));
-    }
-  }
-  const auto latest = static_cast<int64_t>(kMigrations.size());
-  if (version > latest) {
-    return rollback(FailedPreconditionError(fmt::format(
-        "key database {} has api_keys schema version {}, newer than this inferboxd knows ({}); "
-        "it was written by a newer release, and downgrades are not supported",
-        path_.string(), version, latest)));
-  }
-  if (version == latest) {
-    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
-    return Status::Ok();
-  }
-  for (int64_t step = version; step < latest; ++step) {
-    const std::string sql(kMigrations[static_cast<size_t>(step)]);
-    if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return rollback(DatabaseError(
-          fmt::format("migrating api_keys from schema version {} to {}", step, step + 1)));
-    }
-  }
-  {
-    sqlite3_stmt* raw = nullptr;
-    if (sqlite3_prepare_v2(db,
-                           "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
-                           "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                           -1, &raw, nullptr) != SQLITE_OK) {
-      return rollback(DatabaseError("recording the schema version"));
-    }
-    Statement upsert(raw);
-    BindText(upsert.get(), 1, kSchemaComponent);
-    sqlite3_bind_int64(upsert.get(), 2, latest);
-    if (sqlite3_step(upsert.get()) != SQLITE_DONE) {
-      return rollback(DatabaseError("recording the schema version"));
-    }
-  }
-  if (sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr) != SQLITE_OK) {
-    return rollback(DatabaseError("committing the schema migration"));
-  }
-  if (version != 0) {
-    spdlog::info("key database {}: api_keys schema migrated from version {} to {}", path_.string(),
-                 version, latest);
-  }
-  return Status::Ok();
 }
 
 Status KeyStore::LoadCache() {
   std::map<std::string, CachedKey, std::less<>> loaded;
   {
     std::lock_guard lock(db_mutex_);
-    sqlite3_stmt* raw = nullptr;
-    if (sqlite3_prepare_v2(db_.get(),
-                           "SELECT id, role, secret_sha256, limits, revoked_at_ms IS NOT NULL "
-                           "FROM api_keys",
-                           -1, &raw, nullptr) != SQLITE_OK) {
-      return DatabaseError("reading the keys");
-    }
-    Statement select(raw);
+    auto prepared = db_->Prepare(
+        "SELECT id, role, secret_sha256, limits, revoked_at_ms IS NOT NULL FROM api_keys",
+        "reading the keys");
+    if (!prepared.ok()) return prepared.status();
+    sqlite::Statement select = std::move(prepared).value();
     int step = SQLITE_ROW;
     while ((step = sqlite3_step(select.get())) == SQLITE_ROW) {
       const std::string id(ColumnText(select.get(), 0));
       CachedKey key;
       key.role = static_cast<inferbox::v1::KeyRole>(sqlite3_column_int(select.get(), 1));
       if (sqlite3_column_bytes(select.get(), 2) != static_cast<int>(key.secret_sha256.size())) {
-        return InternalError(
-            fmt::format("key database {}: key {} has a damaged secret hash", path_.string(), id));
+        return InternalError(fmt::format("key database {}: key {} has a damaged secret hash",
+                                         db_->path().string(), id));
       }
       std::memcpy(key.secret_sha256.data(), sqlite3_column_blob(select.get(), 2),
                   key.secret_sha256.size());
@@ -422,13 +230,16 @@ Status KeyStore::LoadCache() {
       const std::string limits_json(ColumnText(select.get(), 3));
       if (!google::protobuf::util::JsonStringToMessage(limits_json, &limits).ok()) {
         return InternalError(
-            fmt::format("key database {}: key {} has unreadable limits", path_.string(), id));
+            fmt::format("key database {}: key {} has unreadable limits", db_->path().string(), id));
       }
       key.models.assign(limits.models().begin(), limits.models().end());
+      key.tokens_per_minute = limits.tokens_per_minute();
+      key.tokens_per_day = limits.tokens_per_day();
+      key.max_concurrent_requests = limits.max_concurrent_requests();
       key.revoked = sqlite3_column_int(select.get(), 4) != 0;
       loaded.emplace(id, std::move(key));
     }
-    if (step != SQLITE_DONE) return DatabaseError("reading the keys");
+    if (step != SQLITE_DONE) return db_->Error("reading the keys");
   }
   std::unique_lock lock(cache_mutex_);
   cache_ = std::move(loaded);
@@ -457,14 +268,12 @@ Result<inferbox::v1::CreateKeyResponse> KeyStore::Create(std::string_view name,
   std::string id;
   {
     std::lock_guard lock(db_mutex_);
-    sqlite3_stmt* raw = nullptr;
-    if (sqlite3_prepare_v2(db_.get(),
-                           "INSERT INTO api_keys (id, name, role, secret_sha256, limits, "
-                           "created_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                           -1, &raw, nullptr) != SQLITE_OK) {
-      return DatabaseError("adding a key");
-    }
-    Statement insert(raw);
+    auto prepared = db_->Prepare(
+        "INSERT INTO api_keys (id, name, role, secret_sha256, limits, created_at_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        "adding a key");
+    if (!prepared.ok()) return prepared.status();
+    sqlite::Statement insert = std::move(prepared).value();
     for (int attempt = 0;; ++attempt) {
       auto candidate = NewKeyId();
       if (!candidate.ok()) return candidate.status();
@@ -479,8 +288,8 @@ Result<inferbox::v1::CreateKeyResponse> KeyStore::Create(std::string_view name,
       sqlite3_bind_int64(insert.get(), 6, created_at_ms);
       const int step = sqlite3_step(insert.get());
       if (step == SQLITE_DONE) break;
-      const bool id_taken = sqlite3_extended_errcode(db_.get()) == SQLITE_CONSTRAINT_PRIMARYKEY;
-      if (!id_taken || attempt + 1 == kCreateAttempts) return DatabaseError("adding a key");
+      const bool id_taken = sqlite3_extended_errcode(db_->get()) == SQLITE_CONSTRAINT_PRIMARYKEY;
+      if (!id_taken || attempt + 1 == kCreateAttempts) return db_->Error("adding a key");
     }
   }
   {
@@ -488,6 +297,9 @@ Result<inferbox::v1::CreateKeyResponse> KeyStore::Create(std::string_view name,
     cached.secret_sha256 = secret_sha256;
     cached.role = *normalized_role;
     cached.models.assign(limits.models().begin(), limits.models().end());
+    cached.tokens_per_minute = limits.tokens_per_minute();
+    cached.tokens_per_day = limits.tokens_per_day();
+    cached.max_concurrent_requests = limits.max_concurrent_requests();
     std::unique_lock lock(cache_mutex_);
     cache_.insert_or_assign(id, std::move(cached));
   }
@@ -506,16 +318,14 @@ Result<inferbox::v1::CreateKeyResponse> KeyStore::Create(std::string_view name,
 
 Result<std::vector<inferbox::v1::KeyInfo>> KeyStore::List(bool include_revoked) const {
   std::lock_guard lock(db_mutex_);
-  sqlite3_stmt* raw = nullptr;
   const char* sql = include_revoked
                         ? "SELECT id, name, role, limits, created_at_ms, revoked_at_ms "
                           "FROM api_keys ORDER BY created_at_ms, id"
                         : "SELECT id, name, role, limits, created_at_ms, revoked_at_ms "
                           "FROM api_keys WHERE revoked_at_ms IS NULL ORDER BY created_at_ms, id";
-  if (sqlite3_prepare_v2(db_.get(), sql, -1, &raw, nullptr) != SQLITE_OK) {
-    return DatabaseError("listing the keys");
-  }
-  Statement select(raw);
+  auto prepared = db_->Prepare(sql, "listing the keys");
+  if (!prepared.ok()) return prepared.status();
+  sqlite::Statement select = std::move(prepared).value();
   std::vector<inferbox::v1::KeyInfo> keys;
   int step = SQLITE_ROW;
   while ((step = sqlite3_step(select.get())) == SQLITE_ROW) {
@@ -525,8 +335,8 @@ Result<std::vector<inferbox::v1::KeyInfo>> KeyStore::List(bool include_revoked) 
     info.set_role(static_cast<inferbox::v1::KeyRole>(sqlite3_column_int(select.get(), 2)));
     const std::string limits_json(ColumnText(select.get(), 3));
     if (!google::protobuf::util::JsonStringToMessage(limits_json, info.mutable_limits()).ok()) {
-      return InternalError(
-          fmt::format("key database {}: key {} has unreadable limits", path_.string(), info.id()));
+      return InternalError(fmt::format("key database {}: key {} has unreadable limits",
+                                       db_->path().string(), info.id()));
     }
     *info.mutable_created_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
         sqlite3_column_int64(select.get(), 4));
@@ -535,7 +345,7 @@ Result<std::vector<inferbox::v1::KeyInfo>> KeyStore::List(bool include_revoked) 
           sqlite3_column_int64(select.get(), 5));
     }
   }
-  if (step != SQLITE_DONE) return DatabaseError("listing the keys");
+  if (step != SQLITE_DONE) return db_->Error("listing the keys");
   return keys;
 }
 
@@ -548,28 +358,22 @@ Status KeyStore::Revoke(std::string_view id) {
   }
   {
     std::lock_guard lock(db_mutex_);
-    sqlite3_stmt* raw = nullptr;
-    if (sqlite3_prepare_v2(db_.get(),
-                           "UPDATE api_keys SET revoked_at_ms = ? "
-                           "WHERE id = ? AND revoked_at_ms IS NULL",
-                           -1, &raw, nullptr) != SQLITE_OK) {
-      return DatabaseError("revoking a key");
-    }
-    Statement update(raw);
+    auto prepared =
+        db_->Prepare("UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL",
+                     "revoking a key");
+    if (!prepared.ok()) return prepared.status();
+    sqlite::Statement update = std::move(prepared).value();
     sqlite3_bind_int64(update.get(), 1, ToMillis(clock_()));
     BindText(update.get(), 2, id);
-    if (sqlite3_step(update.get()) != SQLITE_DONE) return DatabaseError("revoking a key");
-    if (sqlite3_changes(db_.get()) == 0) {
-      raw = nullptr;
-      if (sqlite3_prepare_v2(db_.get(), "SELECT 1 FROM api_keys WHERE id = ?", -1, &raw, nullptr) !=
-          SQLITE_OK) {
-        return DatabaseError("looking up a key");
-      }
-      Statement select(raw);
+    if (sqlite3_step(update.get()) != SQLITE_DONE) return db_->Error("revoking a key");
+    if (sqlite3_changes(db_->get()) == 0) {
+      auto lookup = db_->Prepare("SELECT 1 FROM api_keys WHERE id = ?", "looking up a key");
+      if (!lookup.ok()) return lookup.status();
+      sqlite::Statement select = std::move(lookup).value();
       BindText(select.get(), 1, id);
       const int step = sqlite3_step(select.get());
       if (step == SQLITE_DONE) return NotFoundError(fmt::format("no API key with id {}", id));
-      if (step != SQLITE_ROW) return DatabaseError("looking up a key");
+      if (step != SQLITE_ROW) return db_->Error("looking up a key");
       // Already revoked: nothing changes, the first revocation time stands.
     }
   }
@@ -636,8 +440,13 @@ Result<Caller> KeyStore::Verify(std::string_view header) const {
   if (found->second.revoked) {
     return Unauthenticated(fmt::format("API key {} has been revoked", id));
   }
-  return Caller{
-      .key_id = std::string(id), .role = found->second.role, .models = found->second.models};
+  const CachedKey& key = found->second;
+  return Caller{.key_id = std::string(id),
+                .role = key.role,
+                .models = key.models,
+                .tokens_per_minute = key.tokens_per_minute,
+                .tokens_per_day = key.tokens_per_day,
+                .max_concurrent_requests = key.max_concurrent_requests};
 }
 
 }  // namespace inferbox::daemon

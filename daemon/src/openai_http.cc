@@ -31,7 +31,10 @@ constexpr std::chrono::milliseconds kClientCheckInterval{100};
 // Distinct ignored field names logged at info level; past that, at debug only.
 constexpr size_t kMaxLoggedFieldNames = 256;
 
-std::string RetryAfterSeconds() {
+// The Retry-After header of `error`; empty for none.
+std::string RetryAfter(const ApiError& error) {
+  if (!error.retry_after) return {};
+  if (error.retry_after_seconds > 0) return std::to_string(error.retry_after_seconds);
   thread_local std::mt19937 random{std::random_device{}()};
   return std::to_string(std::uniform_int_distribution<int>(1, 3)(random));
 }
@@ -271,6 +274,7 @@ class Connection {
     Result<Caller> caller =
         context_.authenticator.Authenticate(std::string_view(request[http::field::authorization]));
     if (!caller.ok()) return SendError(ApiErrorFromStatus(caller.status()));
+    caller->api = "http";
     if (!context_.serving.load()) return SendError(NotServing());
 
     if (path == "/v1/chat/completions" || path == "/v1/completions") {
@@ -310,23 +314,25 @@ class Connection {
         InvalidRequest("", fmt::format("{} is not allowed on {}; use {}",
                                        std::string_view(http::to_string(method)), path, allowed));
     error.http_status = 405;
-    return Send(405, ErrorBody(error), false, allowed);
+    return Send(405, ErrorBody(error), {}, allowed);
   }
 
   bool SendError(const ApiError& error) {
     if (error.http_status >= 500) {
       spdlog::warn("{} -> {} {}: {}", target_, error.http_status, error.type, error.message);
     }
-    return Send(error.http_status, ErrorBody(error), error.retry_after);
+    return Send(error.http_status, ErrorBody(error), RetryAfter(error));
   }
 
-  bool SendJson(int status, std::string body) { return Send(status, std::move(body), false); }
+  bool SendJson(int status, std::string body) { return Send(status, std::move(body), {}); }
 
-  // False when the write failed (the connection is then closed).
-  bool Send(int status, std::string body, bool retry_after, std::string_view allow = {}) {
+  // False when the write failed (the connection is then closed). `retry_after`: the
+  // Retry-After header, empty for none.
+  bool Send(int status, std::string body, std::string_view retry_after,
+            std::string_view allow = {}) {
     http::response<http::string_body> response{static_cast<http::status>(status), version_};
     response.set(http::field::content_type, "application/json");
-    if (retry_after) response.set(http::field::retry_after, RetryAfterSeconds());
+    if (!retry_after.empty()) response.set(http::field::retry_after, retry_after);
     if (status == 401) response.set(http::field::www_authenticate, "Bearer");
     if (!allow.empty()) response.set(http::field::allow, allow);
     response.keep_alive(keep_alive_);
@@ -530,7 +536,7 @@ void ServeConnection(UniqueFd socket, const GatewayContext& context) {
 void RejectConnection(UniqueFd socket, const ApiError& error) {
   http::response<http::string_body> response{static_cast<http::status>(error.http_status), 11};
   response.set(http::field::content_type, "application/json");
-  if (error.retry_after) response.set(http::field::retry_after, RetryAfterSeconds());
+  if (error.retry_after) response.set(http::field::retry_after, RetryAfter(error));
   response.keep_alive(false);
   response.body() = ErrorBody(error);
   response.prepare_payload();

@@ -23,14 +23,17 @@ struct ApiError {
   std::string message;
   std::string param;  // Empty: null.
   std::string code;   // Empty: null.
-  // Send Retry-After (a 1-3 s jitter): the client should come back shortly.
+  // Send Retry-After: the client should come back shortly.
   bool retry_after = false;
+  // With retry_after: its value in seconds, when it is known (a key's quota frees then);
+  // 0: a 1-3 s jitter.
+  int64_t retry_after_seconds = 0;
 };
 
 ApiError InvalidRequest(std::string param, std::string message);
 // The one mapping from a Status (frontend, stream or authenticator) to an API error.
-// RESOURCE_EXHAUSTED (queue full) is 503 server_is_overloaded, not 429: 429
-// rate_limit_error is kept for per-key limits, which no Status distinguishes yet.
+// RESOURCE_EXHAUSTED is 429 rate_limit_error with the exact Retry-After when an API key's
+// quota refused (Status::quota_violation), else (queue full) 503 server_is_overloaded.
 ApiError ApiErrorFromStatus(const Status& status);
 // {"error":{...}}
 std::string ErrorBody(const ApiError& error);

@@ -1,7 +1,9 @@
 // Errors and responses of the OpenAI API from inferbox.v1 chunks, usage and models.
 #include "openai_json.h"
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <random>
 
@@ -183,6 +185,17 @@ ApiError ApiErrorFromStatus(const Status& status) {
               .param = "model",
               .code = "model_not_found"};
     case StatusCode::kResourceExhausted:
+      if (const auto& quota = status.quota_violation()) {
+        return {.http_status = 429,
+                .type = "rate_limit_error",
+                .message = std::move(message),
+                .code = quota->limit == "tokens_per_day"            ? "daily_budget_exceeded"
+                        : quota->limit == "max_concurrent_requests" ? "concurrency_limit_exceeded"
+                                                                    : "rate_limit_exceeded",
+                .retry_after = true,
+                .retry_after_seconds = std::max<int64_t>(
+                    1, std::chrono::ceil<std::chrono::seconds>(quota->retry_after).count())};
+      }
       return {.http_status = 503,
               .type = "service_unavailable_error",
               .message = std::move(message),

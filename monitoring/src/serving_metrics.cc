@@ -86,7 +86,8 @@ ServingMetrics::ServingMetrics(prometheus::Registry& registry)
       rejected_(Counter(registry, "inferbox_requests_rejected_total",
                         "Requests refused before reaching an engine, by reason.")) {
   for (const char* reason : {"unauthenticated", "forbidden", "unknown_model", "unavailable",
-                             "invalid", "too_long", "queue_full"}) {
+                             "invalid", "too_long", "queue_full", "quota_tokens_per_minute",
+                             "quota_tokens_per_day", "quota_max_concurrent_requests"}) {
     rejected_.Add({{"reason", reason}});
   }
 }

@@ -94,34 +94,12 @@ class DaemonEngineTest : public ::testing::Test {
   }
 
   static api::ChatRequest Chat(uint32_t max_tokens, std::string model = "tiny") {
-    api::ChatRequest request;
-    request.set_model(std::move(model));
-    auto* message = request.add_messages();
-    message->set_role("user");
-    message->set_content("Write me a poem about the sea.");
-    request.mutable_sampling()->set_temperature(0.0f);
-    request.mutable_stop()->set_max_tokens(max_tokens);
-    request.mutable_stop()->set_ignore_eos(true);
-    return request;
+    return TinyChat(max_tokens, std::move(model));
   }
 
-  struct Streamed {
-    std::vector<api::GenerateChunk> chunks;
-    size_t tokens = 0;
-    grpc::Status status;
-  };
+  using Streamed = ChatResult;
   Streamed RunChat(const api::ChatRequest& request) {
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 120s);
-    auto reader = inference_->Chat(&context, request);
-    Streamed streamed;
-    api::GenerateChunk chunk;
-    while (reader->Read(&chunk)) {
-      streamed.tokens += static_cast<size_t>(chunk.token_ids_size());
-      streamed.chunks.push_back(chunk);
-    }
-    streamed.status = reader->Finish();
-    return streamed;
+    return testing::RunChat(*inference_, request);
   }
 
   static TempDir* scratch_;

@@ -95,6 +95,34 @@ DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, s
   return ::testing::AssertionFailure() << "inferbox.v1.Inference never SERVING; log:\n" << Logs();
 }
 
+inferbox::v1::ChatRequest TinyChat(uint32_t max_tokens, std::string model) {
+  inferbox::v1::ChatRequest request;
+  request.set_model(std::move(model));
+  auto* message = request.add_messages();
+  message->set_role("user");
+  message->set_content("Write me a poem about the sea.");
+  request.mutable_sampling()->set_temperature(0.0f);
+  request.mutable_stop()->set_max_tokens(max_tokens);
+  request.mutable_stop()->set_ignore_eos(true);
+  return request;
+}
+
+ChatResult RunChat(inferbox::v1::Inference::Stub& inference,
+                   const inferbox::v1::ChatRequest& request, const std::string& api_key) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
+  auto reader = inference.Chat(&context, request);
+  ChatResult result;
+  inferbox::v1::GenerateChunk chunk;
+  while (reader->Read(&chunk)) {
+    result.tokens += static_cast<size_t>(chunk.token_ids_size());
+    result.chunks.push_back(chunk);
+  }
+  result.status = reader->Finish();
+  return result;
+}
+
 bool AcceptsConnections(const std::string& host_port) {
   const auto colon = host_port.rfind(':');
   sockaddr_in address{};

@@ -8,8 +8,10 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "inferbox/v1/inference.grpc.pb.h"
 #include "notify_socket.h"
 #include "subprocess.h"
 #include "temp_dir.h"
@@ -68,5 +70,20 @@ class DaemonProcess {
 
 // True when a TCP connection to host:port is accepted.
 bool AcceptsConnections(const std::string& host_port);
+
+// A greedy chat for the tiny test model that generates exactly `max_tokens` tokens (EOS
+// ignored).
+inferbox::v1::ChatRequest TinyChat(uint32_t max_tokens, std::string model = "tiny");
+
+// What a client of Inference.Chat received.
+struct ChatResult {
+  std::vector<inferbox::v1::GenerateChunk> chunks;
+  size_t tokens = 0;
+  grpc::Status status;
+};
+
+// Runs `request` to its end (deadline 120 s), with `api_key` as the bearer token if set.
+ChatResult RunChat(inferbox::v1::Inference::Stub& inference,
+                   const inferbox::v1::ChatRequest& request, const std::string& api_key = "");
 
 }  // namespace inferbox::testing

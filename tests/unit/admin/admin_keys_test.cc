@@ -143,7 +143,8 @@ TEST_F(AdminKeysTest, EachCallerGetsTheCodeItsKeyEntitlesItTo) {
       {"garbage key", true, garbage, Rpc::kListKeys, UNAUTHENTICATED},
       {"revoked admin key", true, revoked, Rpc::kListKeys, UNAUTHENTICATED},
       {"two authorization entries", true, two, Rpc::kListKeys, UNAUTHENTICATED},
-      {"inference key", true, inference, Rpc::kGetStatus, OK},
+      // Every Admin RPC needs role admin, GetStatus included (R6.10).
+      {"inference key", true, inference, Rpc::kGetStatus, PERMISSION_DENIED},
       {"inference key", true, inference, Rpc::kCreateKey, PERMISSION_DENIED},
       {"inference key", true, inference, Rpc::kListKeys, PERMISSION_DENIED},
       {"inference key", true, inference, Rpc::kRevokeKey, PERMISSION_DENIED},

@@ -172,13 +172,14 @@ TEST_F(InferboxctlKeysTest, RequiredKeysComeFromTheFlagOrTheEnvironment) {
   EXPECT_EQ(env.exit_code, 0) << env.err;
 
   const auto status = Ctl({"--api-key", inference.secret(), "status"});
-  EXPECT_EQ(status.exit_code, 0) << "any valid key may read the status: " << status.err;
+  EXPECT_EQ(status.exit_code, 1) << "every Admin RPC needs an admin key (R6.10)";
+  EXPECT_THAT(status.err, HasSubstr("status refused: GetStatus needs a key with role admin"));
 
   const auto wrong_role =
       Ctl({"keys", "create", "--name", "x"}, {"INFERBOX_API_KEY=" + inference.secret()});
   EXPECT_EQ(wrong_role.exit_code, 1);
-  EXPECT_THAT(wrong_role.err, HasSubstr("keys create refused: managing API keys needs a key with "
-                                        "role admin; key " +
+  EXPECT_THAT(wrong_role.err, HasSubstr("keys create refused: CreateKey needs a key with role "
+                                        "admin; key " +
                                         inference.key().id() + " has role inference"));
 
   std::string forged = admin.secret();

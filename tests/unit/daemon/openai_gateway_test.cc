@@ -419,6 +419,8 @@ struct ErrorCase {
   std::string param;  // Empty: null.
   std::string message_part;
   bool retry_after = false;
+  // With retry_after: the exact Retry-After expected; empty: a 1-3 s jitter.
+  std::string exact_retry_after;
 };
 
 void PrintTo(const ErrorCase& row, std::ostream* os) {
@@ -513,6 +515,38 @@ std::vector<ErrorCase> ErrorCases() {
        .type = "service_unavailable_error",
        .code = "server_is_overloaded",
        .retry_after = true},
+      // An API key's quota: 429 with the time the limit frees, rounded up to whole seconds.
+      {.name = "KeyTokensPerMinute",
+       .script = {.start_error =
+                      QuotaExceededError("API key ibx_k reached its limit of 100 tokens per minute",
+                                         {.limit = "tokens_per_minute",
+                                          .subject = "api_key:ibx_k",
+                                          .retry_after = std::chrono::milliseconds(41'200)})},
+       .status = 429,
+       .type = "rate_limit_error",
+       .code = "rate_limit_exceeded",
+       .message_part = "100 tokens per minute",
+       .retry_after = true,
+       .exact_retry_after = "42"},
+      {.name = "KeyDailyBudget",
+       .script = {.start_error = QuotaExceededError(
+                      "API key ibx_k used its daily budget",
+                      {.limit = "tokens_per_day", .retry_after = std::chrono::hours(5)})},
+       .status = 429,
+       .type = "rate_limit_error",
+       .code = "daily_budget_exceeded",
+       .retry_after = true,
+       .exact_retry_after = "18000"},
+      {.name = "KeyConcurrency",
+       .script = {.start_error =
+                      QuotaExceededError("API key ibx_k already has 2 requests in flight",
+                                         {.limit = "max_concurrent_requests",
+                                          .retry_after = std::chrono::milliseconds(1)})},
+       .status = 429,
+       .type = "rate_limit_error",
+       .code = "concurrency_limit_exceeded",
+       .retry_after = true,
+       .exact_retry_after = "1"},
       {.name = "UnavailableBeforeFirstChunk",
        .body = StreamingBody(),
        .script = {.end = UnavailableError("engine restarting")},
@@ -564,7 +598,9 @@ TEST_P(OpenAiGatewayErrorTest, AnswersTheStatusAndErrorObject) {
   EXPECT_EQ(error.at("type"), json::value(row.type));
   EXPECT_EQ(error.at("code"), row.code.empty() ? json::value(nullptr) : json::value(row.code));
   EXPECT_EQ(error.at("param"), row.param.empty() ? json::value(nullptr) : json::value(row.param));
-  if (row.retry_after) {
+  if (!row.exact_retry_after.empty()) {
+    EXPECT_EQ(reply.Header("retry-after"), row.exact_retry_after);
+  } else if (row.retry_after) {
     const std::string retry_after = reply.Header("retry-after");
     EXPECT_TRUE(retry_after == "1" || retry_after == "2" || retry_after == "3")
         << "Retry-After should be 1-3 s, got '" << retry_after << "'";

@@ -1,20 +1,28 @@
 // The inferbox.v1.Admin gRPC service. RPCs not overridden here answer UNIMPLEMENTED (the
 // generated base class does that) until the issue that owns them lands.
 //
-// Who may call: GetStatus any caller the authenticator accepts (on a keyless box, anyone);
-// the key RPCs a caller with role ADMIN only (R2.4: UNAUTHENTICATED without a valid key,
-// PERMISSION_DENIED with a valid key of another role).
+// Who may call: a caller with role ADMIN only, every RPC (R2.4, R6.10: UNAUTHENTICATED
+// without a valid key, PERMISSION_DENIED with a valid key of another role); on a keyless
+// box anonymous callers are admins. Every call is recorded in the audit log, refusals
+// included. Both happen in Serve, which every RPC goes through: a new RPC must too
+// (tests/unit/admin/admin_audit_test.cc calls every method of the service to check).
 #pragma once
 
+#include <functional>
 #include <string>
 #include <string_view>
 
+#include <google/protobuf/message.h>
+
+#include "inferbox/admin/audit_log.h"
 #include "inferbox/admin/status_board.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 
 namespace inferbox::daemon {
 class Authenticator;
 class KeyStore;
+class UsageLedger;
+struct Caller;
 }  // namespace inferbox::daemon
 
 namespace inferbox::admin {
@@ -24,9 +32,12 @@ class AdminServiceImpl final : public inferbox::v1::Admin::Service {
   // Everything passed must outlive the service. `keys`: the key store behind CreateKey,
   // ListKeys and RevokeKey; nullptr: they answer UNAVAILABLE. `authenticator`: who is
   // calling; nullptr: `keys` authenticates, and with no key store either every caller is an
-  // anonymous admin (a keyless box, as before keys existed).
+  // anonymous admin (a keyless box, as before keys existed). `usage`: the ledger behind
+  // GetUsage, `audit`: where calls are recorded and what ListAuditEvents reads; nullptr:
+  // those RPCs answer UNAVAILABLE (and nothing is recorded).
   explicit AdminServiceImpl(const StatusBoard& board, daemon::KeyStore* keys = nullptr,
-                            const daemon::Authenticator* authenticator = nullptr);
+                            const daemon::Authenticator* authenticator = nullptr,
+                            daemon::UsageLedger* usage = nullptr, AuditLog* audit = nullptr);
 
   grpc::Status GetStatus(grpc::ServerContext* context,
                          const inferbox::v1::GetStatusRequest* request,
@@ -41,15 +52,32 @@ class AdminServiceImpl final : public inferbox::v1::Admin::Service {
                          const inferbox::v1::RevokeKeyRequest* request,
                          inferbox::v1::RevokeKeyResponse* response) override;
 
+  grpc::Status GetUsage(grpc::ServerContext* context, const inferbox::v1::GetUsageRequest* request,
+                        inferbox::v1::GetUsageResponse* response) override;
+  grpc::Status ListAuditEvents(grpc::ServerContext* context,
+                               const inferbox::v1::ListAuditEventsRequest* request,
+                               inferbox::v1::ListAuditEventsResponse* response) override;
+
  private:
-  // OK with the caller's name for the audit log ("key <id>" or "anonymous caller"), or
-  // the refusal to return (logged, naming `rpc`).
+  // One call being served, as its handler sees it (who calls; what to add to its audit
+  // event). Defined in the .cc.
+  struct AdminCall;
+
+  // Serves one RPC: authorizes the caller (role ADMIN), runs `handler`, and records the
+  // call in the audit log whatever the outcome. Every RPC goes through here.
+  grpc::Status Serve(grpc::ServerContext& context, std::string_view rpc,
+                     const google::protobuf::Message& request,
+                     const std::function<grpc::Status(AdminCall&)>& handler);
+  // OK with the caller, or the refusal to return (logged, naming `rpc`); a caller with a
+  // valid key of another role is filled in too.
   grpc::Status AuthorizeAdmin(const grpc::ServerContext& context, std::string_view rpc,
-                              std::string* caller) const;
+                              daemon::Caller* caller) const;
 
   const StatusBoard& board_;
   daemon::KeyStore* const keys_;
   const daemon::Authenticator* const authenticator_;
+  daemon::UsageLedger* const usage_;
+  AuditLog* const audit_;
 };
 
 }  // namespace inferbox::admin

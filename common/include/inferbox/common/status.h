@@ -2,6 +2,7 @@
 // values with a message a person can act on. Broken invariants abort instead (INFERBOX_CHECK).
 #pragma once
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -30,6 +31,20 @@ enum class StatusCode {
 
 std::string_view StatusCodeName(StatusCode code);
 
+// Why a RESOURCE_EXHAUSTED status is the caller's own limit (an API key's quota) rather than
+// the box's load, and when that limit frees. The API edges answer it with HTTP 429
+// rate_limit_error and Retry-After, and gRPC RESOURCE_EXHAUSTED with google.rpc.RetryInfo
+// and QuotaFailure (CONVENTIONS R1.7, R2.4), instead of 503 / a jittered retry.
+struct QuotaViolation {
+  // The limit reached, as KeyLimits names it: "tokens_per_minute", "tokens_per_day",
+  // "max_concurrent_requests".
+  std::string limit;
+  // Whose limit it is, e.g. "api_key:ibx_abcdefghijkl".
+  std::string subject;
+  // When a request would be admitted again, as far as the box can tell.
+  std::chrono::milliseconds retry_after{0};
+};
+
 class [[nodiscard]] Status {
  public:
   Status() = default;
@@ -47,9 +62,15 @@ class [[nodiscard]] Status {
   // Returns a status with `context` prepended to the message: "context: message".
   Status WithContext(std::string_view context) const;
 
+  // Set only on statuses made by QuotaExceededError.
+  const std::optional<QuotaViolation>& quota_violation() const { return quota_violation_; }
+
  private:
+  friend Status QuotaExceededError(std::string message, QuotaViolation violation);
+
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  std::optional<QuotaViolation> quota_violation_;
 };
 
 inline Status InvalidArgumentError(std::string message) {
@@ -66,6 +87,12 @@ inline Status UnavailableError(std::string message) {
 }
 inline Status InternalError(std::string message) {
   return {StatusCode::kInternal, std::move(message)};
+}
+// RESOURCE_EXHAUSTED because the caller reached a limit of its own (see QuotaViolation).
+inline Status QuotaExceededError(std::string message, QuotaViolation violation) {
+  Status status(StatusCode::kResourceExhausted, std::move(message));
+  status.quota_violation_ = std::move(violation);
+  return status;
 }
 
 // Either a value or a non-OK Status.

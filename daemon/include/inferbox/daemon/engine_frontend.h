@@ -1,5 +1,6 @@
-// The InferenceFrontend of the real box: checks the model and the caller's rights, routes
-// the request to a ready engine replica (router.h), and relays the engine's stream. A
+// The InferenceFrontend of the real box: checks the model and the caller's rights, admits
+// the generation against the caller's quotas (usage_meter.h), routes it to a ready engine
+// replica (router.h), relays the engine's stream, and accounts for it when it ends. A
 // stream reads its engine call through its own completion queue, so Read can time out
 // (the API layers use that to watch their clients) without a thread per stream.
 #pragma once
@@ -8,16 +9,18 @@
 
 #include "inferbox/daemon/frontend.h"
 #include "inferbox/daemon/supervisor.h"
+#include "inferbox/daemon/usage_meter.h"
 #include "inferbox/monitoring/serving_metrics.h"
 
 namespace inferbox::daemon {
 
 class EngineFrontend final : public InferenceFrontend {
  public:
-  // `supervisor` and `metrics` (may be null) must outlive the frontend and every stream it
-  // returned.
-  EngineFrontend(Supervisor& supervisor, monitoring::ServingMetrics* metrics)
-      : supervisor_(supervisor), metrics_(metrics) {}
+  // `supervisor`, `metrics` and `meter` must outlive the frontend and every stream it
+  // returned. `metrics` may be null; so may `meter` (no quotas, no usage rows).
+  EngineFrontend(Supervisor& supervisor, monitoring::ServingMetrics* metrics,
+                 UsageMeter* meter = nullptr)
+      : supervisor_(supervisor), metrics_(metrics), meter_(meter) {}
 
   // false: new requests get UNAVAILABLE (the box is draining).
   void SetAccepting(bool accepting) { accepting_.store(accepting); }
@@ -47,6 +50,7 @@ class EngineFrontend final : public InferenceFrontend {
 
   Supervisor& supervisor_;
   monitoring::ServingMetrics* metrics_;
+  UsageMeter* const meter_;
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> next_request_{1};
 };

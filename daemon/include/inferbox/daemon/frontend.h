@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,13 @@ struct Caller {
   inferbox::v1::KeyRole role = inferbox::v1::KEY_ROLE_INFERENCE;
   // Models the key may use; empty: all.
   std::vector<std::string> models;
+  // The key's quotas (KeyLimits; 0: none), enforced by KeyQuotas.
+  uint64_t tokens_per_minute = 0;
+  uint64_t tokens_per_day = 0;
+  uint32_t max_concurrent_requests = 0;
+  // The public API the call came through, "grpc" or "http" (for the usage ledger); set by
+  // that API after authentication.
+  std::string api;
 };
 
 class Authenticator {

@@ -10,9 +10,9 @@
 
 namespace inferbox::daemon {
 
-// The caller of the RPC `context` belongs to. UNAUTHENTICATED when the call carries more
-// than one authorization entry, or when `authenticator` refuses the one it carries (or its
-// absence).
+// The caller of the RPC `context` belongs to (its `api` is "grpc"). UNAUTHENTICATED when the call
+// carries more than one authorization entry, or when `authenticator` refuses the one it carries (or
+// its absence).
 Result<Caller> AuthenticateGrpc(const grpc::ServerContext& context,
                                 const Authenticator& authenticator);
 

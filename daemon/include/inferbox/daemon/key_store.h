@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -30,7 +31,9 @@
 #include "inferbox/daemon/frontend.h"
 #include "inferbox/v1/admin.pb.h"
 
-struct sqlite3;
+namespace inferbox::sqlite {
+class Database;
+}  // namespace inferbox::sqlite
 
 namespace inferbox::daemon {
 
@@ -85,28 +88,24 @@ class KeyStore final : public Authenticator {
   // Checks a non-empty Authorization value against the stored keys.
   Result<Caller> Verify(std::string_view header) const;
 
-  struct SqliteCloser {
-    void operator()(sqlite3* db) const;
-  };
   struct CachedKey {
     std::array<unsigned char, 32> secret_sha256{};
     inferbox::v1::KeyRole role = inferbox::v1::KEY_ROLE_INFERENCE;
     std::vector<std::string> models;
+    uint64_t tokens_per_minute = 0;
+    uint64_t tokens_per_day = 0;
+    uint32_t max_concurrent_requests = 0;
     bool revoked = false;
   };
 
-  KeyStore(std::filesystem::path path, std::unique_ptr<sqlite3, SqliteCloser> db, bool require_keys,
-           Clock clock);
-  Status Migrate();
+  KeyStore(std::unique_ptr<sqlite::Database> db, bool require_keys, Clock clock);
   Status LoadCache();
-  Status DatabaseError(std::string_view what) const;  // Needs db_mutex_.
 
-  const std::filesystem::path path_;
   const Clock clock_;
   std::atomic<bool> require_keys_;
 
   mutable std::mutex db_mutex_;
-  std::unique_ptr<sqlite3, SqliteCloser> db_;  // Guarded by db_mutex_.
+  std::unique_ptr<sqlite::Database> db_;  // Guarded by db_mutex_.
 
   mutable std::shared_mutex cache_mutex_;
   std::map<std::string, CachedKey, std::less<>> cache_;  // By id. Guarded by cache_mutex_.

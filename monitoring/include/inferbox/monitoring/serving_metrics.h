@@ -45,7 +45,9 @@ class ServingMetrics {
   void RegisterModel(const std::string& model);
   void Record(const RequestRecord& record);
   // A request refused before it reached an engine, by reason: "unauthenticated",
-  // "forbidden", "unknown_model", "unavailable", "invalid", "too_long", "queue_full".
+  // "forbidden", "unknown_model", "unavailable", "invalid", "too_long", "queue_full", or an
+  // API key's quota: "quota_tokens_per_minute", "quota_tokens_per_day",
+  // "quota_max_concurrent_requests".
   void RecordRejected(const std::string& reason);
   // Generated tokens delivered since start, all models (for the throughput of the box).
   double generation_tokens() const { return delivered_tokens_.load(); }
