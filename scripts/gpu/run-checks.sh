@@ -5,7 +5,8 @@
 #
 #   run(command="bash scripts/gpu/run-checks.sh", carry=[".gpu"], timeout_s=580)
 #
-# Steps (each logged to $OUT when set, else .gpu/out): the GPU and driver; the op suite
+# Steps (each logged to $OUT when set, else .gpu/out): the GPU and driver; GPU telemetry
+# and health through the driver's NVML; the op suite
 # (CUDA vs the CPU reference, every op and shape); the tiny models end to end (logits and
 # batched greedy tokens, CUDA vs CPU); the device's copy bandwidth and a random-weight
 # Llama-3.1-8B-shaped model loading and generating (SKIP_8B=1 leaves it out). A summary
@@ -57,6 +58,8 @@ step() {  # step NAME LOG COMMAND...
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 cat "$out/gpu.txt"
 step "device query" device.log run_bundled cuda_device_test
+# GPU telemetry through the driver's own NVML (the unit tests use a fake one).
+step "NVML telemetry and health" nvml.log run_bundled monitoring_test --gtest_filter='GpuCollector.*'
 step "ops: CUDA vs CPU reference" ops.log run_bundled backend_ops_cuda_test --gtest_output=xml:"$out/ops.xml"
 step "tiny models: CUDA vs CPU" forward.log run_bundled cuda_forward_test --gtest_output=xml:"$out/forward.xml"
 if [ "${SKIP_8B:-0}" != 1 ]; then

@@ -1,6 +1,7 @@
 // /metrics of the real daemon after real traffic through a real engine: the counters say
 // exactly what the clients saw (requests, tokens, finish reasons, refusals, cancels), the
 // engine gauges are there, and every name follows the Prometheus conventions.
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
@@ -227,26 +229,42 @@ std::set<std::string> NamedFamilies(const std::string& text, const Scrape& scrap
   return names;
 }
 
+// The files whose metric names must be ones the box exports: every dashboard, the alert rules
+// and the catalogue.
+std::vector<std::filesystem::path> FilesNamingMetrics() {
+  const std::filesystem::path source(INFERBOX_SOURCE_DIR);
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(source / "deploy/grafana")) {
+    if (entry.path().extension() == ".json") files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  files.push_back(source / "deploy/prometheus/alerts.yml");
+  files.push_back(source / "docs/metrics.md");
+  return files;
+}
+
+// promtool's own lint of an exposition (written into `dir` to be read).
+void ExpectPromtoolAccepts(const std::string& exposition, const std::filesystem::path& dir) {
+  const auto scrape_file = dir / "scrape.txt";
+  std::ofstream(scrape_file) << exposition;
+  const CommandResult lint =
+      RunCommand({"/bin/sh", "-c",
+                  std::string(INFERBOX_PROMTOOL) + " check metrics < " + scrape_file.string()},
+                 dir);
+  EXPECT_EQ(lint.exit_code, 0) << lint.out << lint.err;
+}
+
 TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
   const HttpResponse response = HttpGet("http://" + daemon_->metrics_address() + "/metrics");
   ASSERT_EQ(response.status, 200);
   const Scrape scrape = Parse(response.body);
-
-  // promtool's own lint of the exposition.
-  const auto scrape_file = dir_.path() / "scrape.txt";
-  std::ofstream(scrape_file) << response.body;
-  const CommandResult lint =
-      RunCommand({"/bin/sh", "-c",
-                  std::string(INFERBOX_PROMTOOL) + " check metrics < " + scrape_file.string()},
-                 dir_.path());
-  EXPECT_EQ(lint.exit_code, 0) << lint.out << lint.err;
+  ExpectPromtoolAccepts(response.body, dir_.path());
 
   const std::filesystem::path source(INFERBOX_SOURCE_DIR);
-  for (const auto& file : {source / "deploy/grafana/inferbox-overview.json",
-                           source / "deploy/prometheus/alerts.yml", source / "docs/metrics.md"}) {
+  for (const auto& file : FilesNamingMetrics()) {
     for (const std::string& name : NamedFamilies(ReadText(file), scrape)) {
-      // GPU series exist only where NVML loads (never on the CPU machines tests run on); the
-      // price per million tokens only while tokens flow (this test sends none).
+      // GPU series exist only where NVML loads (GpuMetricsTest checks them with a fake NVML);
+      // the price per million tokens only while tokens flow (this test sends none).
       if (name.starts_with("inferbox_gpu_") || name == "inferbox_cost_per_million_output_tokens")
         continue;
       EXPECT_TRUE(scrape.types.contains(name))
@@ -258,6 +276,63 @@ TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
       NamedFamilies(ReadText(source / "docs/metrics.md"), scrape);
   for (const auto& [name, type] : scrape.types) {
     if (name.starts_with("inferbox_")) {
+      EXPECT_TRUE(catalogue.contains(name)) << name << " is missing from docs/metrics.md";
+    }
+  }
+}
+
+// The GPU names against a daemon whose NVML is the fake one (tests/support/fake_nvml): one
+// GPU that reports every reading, and an Xid event queued once the daemon listens for them.
+TEST(GpuMetricsTest, DashboardsAlertsAndCatalogueNameOnlyGpuMetricsTheBoxExports) {
+  TempDir dir;
+  const auto state = dir.path() / "nvml-state";
+  const std::string gpu =
+      "gpus 1\n"
+      "gpu0.name NVIDIA H100 80GB HBM3\n"
+      "gpu0.uuid GPU-0d6f1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b\n"
+      "gpu0.utilization 50\n"
+      "gpu0.memory_used 1073741824\n"
+      "gpu0.memory_total 85520809984\n"
+      "gpu0.temperature 60\n"
+      "gpu0.power 350000\n"
+      "gpu0.sm_clock 1755\n"
+      "gpu0.retired_sbe 1\n"
+      "gpu0.remapped_correctable 2\n";
+  std::ofstream(state) << gpu;
+  DaemonProcess daemon(dir,
+                       DaemonOptions{.extra_env = {"INFERBOX_NVML_LIBRARY=" FAKE_NVML_PATH,
+                                                   "INFERBOX_FAKE_NVML_STATE=" + state.string()}});
+  ASSERT_TRUE(daemon.WaitReady());
+  // Ready means the collector registered for Xid events: this one is delivered.
+  std::ofstream(dir.path() / "nvml-state.next") << gpu << "xid 0 13\n";
+  std::filesystem::rename(dir.path() / "nvml-state.next", state);
+
+  const HttpResponse response = HttpGet("http://" + daemon.metrics_address() + "/metrics");
+  ASSERT_EQ(response.status, 200) << response.error;
+  const Scrape scrape = Parse(response.body);
+  ExpectPromtoolAccepts(response.body, dir.path());
+  const std::map<std::string, std::string> labels = {
+      {"gpu", "0"},
+      {"uuid", "GPU-0d6f1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b"},
+      {"name", "NVIDIA H100 80GB HBM3"}};
+  EXPECT_EQ(scrape.Value("inferbox_gpu_power_watts", labels), 350.0) << daemon.Logs();
+  EXPECT_EQ(scrape.Value("inferbox_gpu_healthy", labels), 1);
+  auto with_xid = labels;
+  with_xid["xid"] = "13";
+  EXPECT_EQ(scrape.Value("inferbox_gpu_xid_errors_total", with_xid), 1);
+
+  for (const auto& file : FilesNamingMetrics()) {
+    for (const std::string& name : NamedFamilies(ReadText(file), scrape)) {
+      if (!name.starts_with("inferbox_gpu_")) continue;
+      EXPECT_TRUE(scrape.types.contains(name))
+          << file.filename() << " names " << name << ", which a box with a GPU does not export";
+    }
+  }
+  const std::filesystem::path source(INFERBOX_SOURCE_DIR);
+  const std::set<std::string> catalogue =
+      NamedFamilies(ReadText(source / "docs/metrics.md"), scrape);
+  for (const auto& [name, type] : scrape.types) {
+    if (name.starts_with("inferbox_gpu_")) {
       EXPECT_TRUE(catalogue.contains(name)) << name << " is missing from docs/metrics.md";
     }
   }
