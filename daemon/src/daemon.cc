@@ -16,6 +16,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <spdlog/spdlog.h>
+#include <boost/json.hpp>
 
 #include "inferbox/admin/admin_service.h"
 #include "inferbox/admin/audit_log.h"
@@ -118,6 +119,8 @@ class RunningDaemon {
         metrics_({std::string(kVersion), std::string(kGitCommit)}) {}
 
   ~RunningDaemon() {
+    // The GPU health watcher calls UpdateServingState, which uses what goes away below.
+    gpu_collector_->StopWatchingHealth();
     // The metrics server reads the supervisor (engine collector) while it serves scrapes.
     metrics_server_.reset();
     board_.SetEngineSource(nullptr);
@@ -147,6 +150,9 @@ class RunningDaemon {
   void Reload();
   // Health, status and readiness from the engines' states (any thread).
   void UpdateServingState();
+  // /health/ready on the metrics listener: every layer (daemon, models and their engines,
+  // GPUs) as JSON; 200 when the box can serve a generation, else 503.
+  monitoring::ProbeResponse Readiness() const;
 
   const DaemonOptions& options_;
   DaemonConfig config_;  // Main thread only.
@@ -216,6 +222,12 @@ Status RunningDaemon::StartMetrics() {
   metrics_server_->Register(engine_collector_);
   metrics_server_->Register(gpu_collector_);
   metrics_server_->Register(economics_collector_);
+  // Probes for load balancers and orchestrators, keyless like /metrics: live while this
+  // process answers, ready as Readiness() says.
+  metrics_server_->AddProbe("/health/live", [] {
+    return monitoring::ProbeResponse{200, "application/json", R"({"status":"live"})"};
+  });
+  metrics_server_->AddProbe("/health/ready", [this] { return Readiness(); });
   ListenAddress bound = config_.metrics_listen;
   bound.port = metrics_server_->port();
   metrics_address_ = bound.ToString();
@@ -265,12 +277,50 @@ void RunningDaemon::UpdateServingState() {
                state == inferbox::v1::MODEL_STATE_RESTARTING;
   }
   // Inference serves when a generation can run; the box as a whole when every model can.
+  // A GPU fault takes the box out of readiness (docs/metrics.md, "GPUs").
+  const bool gpus_healthy = gpu_collector_->Health().healthy();
   auto* health = grpc_server_->GetHealthCheckService();
-  health->SetServingStatus(std::string(kInferenceServiceName), any_ready);
-  health->SetServingStatus("", all_ready);
-  board_.SetState(all_ready  ? inferbox::v1::DAEMON_STATE_SERVING
-                  : any_down ? inferbox::v1::DAEMON_STATE_DEGRADED
-                             : inferbox::v1::DAEMON_STATE_STARTING);
+  health->SetServingStatus(std::string(kInferenceServiceName), any_ready && gpus_healthy);
+  health->SetServingStatus("", all_ready && gpus_healthy);
+  board_.SetState(all_ready && gpus_healthy   ? inferbox::v1::DAEMON_STATE_SERVING
+                  : any_down || !gpus_healthy ? inferbox::v1::DAEMON_STATE_DEGRADED
+                                              : inferbox::v1::DAEMON_STATE_STARTING);
+}
+
+monitoring::ProbeResponse RunningDaemon::Readiness() const {
+  namespace json = boost::json;
+  const bool draining = draining_.load();
+  bool any_ready = false;
+  json::array models;
+  for (const auto& model : supervisor_->models()) {
+    const auto state = supervisor_->ModelStateOf(model.name);
+    any_ready = any_ready || state == inferbox::v1::MODEL_STATE_READY;
+    json::array engines;
+    for (const auto& replica : supervisor_->Replicas(model.name)) {
+      engines.push_back(
+          {{"name", replica->name()}, {"state", inferbox::v1::EngineState_Name(replica->state())}});
+    }
+    models.push_back({{"name", model.name},
+                      {"state", inferbox::v1::ModelState_Name(state)},
+                      {"engines", std::move(engines)}});
+  }
+  const monitoring::GpuHealth gpu_health = gpu_collector_->Health();
+  json::array gpus;
+  for (const auto& gpu : gpu_health.gpus) {
+    json::object entry{{"index", gpu.index}, {"uuid", gpu.uuid}, {"healthy", gpu.healthy}};
+    if (!gpu.healthy) entry["reason"] = gpu.reason;
+    gpus.push_back(std::move(entry));
+  }
+  const bool ready = !draining && any_ready && gpu_health.healthy();
+  const std::string status = draining                ? "draining"
+                             : ready                 ? "ready"
+                             : !gpu_health.healthy() ? "gpu_unhealthy"
+                                                     : "no_model_ready";
+  const json::object body{{"status", status},
+                          {"daemon", draining ? "draining" : "live"},
+                          {"models", std::move(models)},
+                          {"gpus", std::move(gpus)}};
+  return {ready ? 200 : 503, "application/json", json::serialize(body)};
 }
 
 Status RunningDaemon::StartGrpc() {
@@ -355,8 +405,10 @@ Status RunningDaemon::Start() {
     return status;
   }
 
-  // Engines load in the background; health and status follow them.
+  // Engines load in the background; health and status follow them, and the GPUs.
   supervisor_->SetStateListener([this] { UpdateServingState(); });
+  gpu_collector_->WatchHealth(std::chrono::seconds(5),
+                              [this](const monitoring::GpuHealth&) { UpdateServingState(); });
   supervisor_->Start();
   UpdateServingState();
   const std::string ready = fmt::format("serving: HTTP on {}, gRPC on {}, metrics on {}",
@@ -446,6 +498,7 @@ void RunningDaemon::Serve() {
 }
 
 void RunningDaemon::Shutdown() {
+  gpu_collector_->StopWatchingHealth();
   {
     std::lock_guard lock(serving_state_mutex_);
     draining_.store(true);

@@ -15,8 +15,10 @@
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <boost/json.hpp>
 
 #include "daemon_fixture.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "http_client.h"
 #include "inferbox/v1/inference.grpc.pb.h"
 #include "tiny_model.h"
@@ -336,6 +338,80 @@ TEST(GpuMetricsTest, DashboardsAlertsAndCatalogueNameOnlyGpuMetricsTheBoxExports
       EXPECT_TRUE(catalogue.contains(name)) << name << " is missing from docs/metrics.md";
     }
   }
+}
+
+// /health/live and /health/ready on the metrics listener (no key, like /metrics): readiness
+// shows every layer, and a GPU fault (here an Xid 79 from the fake NVML: the GPU fell off
+// the bus) takes the box out of it, on the probe and in gRPC health alike.
+TEST(HealthProbeTest, ReadinessShowsEveryLayerAndFailsClosedOnAGpuFault) {
+  TempDir dir;
+  MakeTinyModel(dir.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"}, dir.path());
+  const auto state = dir.path() / "nvml-state";
+  const std::string gpu =
+      "gpus 1\n"
+      "gpu0.name NVIDIA H100 80GB HBM3\n"
+      "gpu0.uuid GPU-0d6f1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b\n"
+      "gpu0.memory_total 85520809984\n";
+  std::ofstream(state) << gpu;
+  const std::string config = TestConfig() +
+                             "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+                             "\"\nhealth_interval_seconds = 0.2\n[[models]]\nname = \"tiny\"\n"
+                             "path = \"" +
+                             (dir.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
+  DaemonProcess daemon(dir,
+                       DaemonOptions{.config_text = config,
+                                     .extra_env = {"INFERBOX_NVML_LIBRARY=" FAKE_NVML_PATH,
+                                                   "INFERBOX_FAKE_NVML_STATE=" + state.string()}});
+  ASSERT_TRUE(daemon.WaitReady());
+  ASSERT_TRUE(daemon.WaitInferenceServing());
+  const std::string base = "http://" + daemon.metrics_address();
+
+  EXPECT_EQ(HttpGet(base + "/health/live").status, 200);
+  HttpResponse ready = HttpGet(base + "/health/ready");
+  EXPECT_EQ(ready.status, 200) << ready.body;
+  EXPECT_EQ(ready.content_type, "application/json");
+  auto body = boost::json::parse(ready.body).as_object();
+  EXPECT_EQ(body.at("status").as_string(), "ready");
+  const auto& model = body.at("models").as_array().at(0).as_object();
+  EXPECT_EQ(model.at("name").as_string(), "tiny");
+  EXPECT_EQ(model.at("state").as_string(), "MODEL_STATE_READY");
+  EXPECT_EQ(model.at("engines").as_array().at(0).as_object().at("state").as_string(),
+            "ENGINE_STATE_READY");
+  EXPECT_TRUE(body.at("gpus").as_array().at(0).as_object().at("healthy").as_bool());
+
+  // The GPU falls off the bus: within the health watcher's period, readiness drops.
+  std::ofstream(dir.path() / "nvml-state.next") << gpu << "xid 0 79\n";
+  std::filesystem::rename(dir.path() / "nvml-state.next", state);
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  do {
+    ready = HttpGet(base + "/health/ready");
+    if (ready.status == 503) break;
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  ASSERT_EQ(ready.status, 503) << ready.body << daemon.Logs();
+  body = boost::json::parse(ready.body).as_object();
+  EXPECT_EQ(body.at("status").as_string(), "gpu_unhealthy");
+  const auto& faulty = body.at("gpus").as_array().at(0).as_object();
+  EXPECT_FALSE(faulty.at("healthy").as_bool());
+  EXPECT_NE(std::string(faulty.at("reason").as_string()).find("79"), std::string::npos)
+      << ready.body;
+  EXPECT_EQ(HttpGet(base + "/health/live").status, 200) << "the daemon itself is alive";
+
+  // gRPC health follows from the GPU health watcher (every 5 s).
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials()));
+  grpc::health::v1::HealthCheckResponse response;
+  do {
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service("inferbox.v1.Inference");
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 5s);
+    ASSERT_TRUE(health->Check(&context, request, &response).ok());
+    if (response.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING) break;
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING)
+      << "gRPC health agrees with the probe";
 }
 
 TEST_F(MetricsTest, NamesFollowThePrometheusConventions) {
