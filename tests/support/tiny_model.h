@@ -8,6 +8,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,34 @@ inline void MakeTinyModel(const std::filesystem::path& dir, const std::string& t
   command.insert(command.end(), arguments.begin(), arguments.end());
   const auto made = RunCommand(command, scratch, std::chrono::seconds(120));
   ASSERT_EQ(made.exit_code, 0) << "inferbox-make-model failed: " << made.err;
+}
+
+// A tiny model for MakeTinyModel: its inferbox-make-model arguments and the npm tokenizer
+// package whose files it takes. Printed by name in test names.
+struct TinyModelCase {
+  std::string name;
+  std::vector<std::string> make_model_args;
+  std::string tokenizer;
+};
+
+inline std::ostream& operator<<(std::ostream& out, const TinyModelCase& c) {
+  return out << c.name;
+}
+
+// One tiny model of every architecture and weight dtype the forward tests compare.
+inline std::vector<TinyModelCase> TinyArchitectures() {
+  return {
+      {"llama_f32", {"--arch", "llama"}, "llama3_1"},
+      {"llama_bf16_tied",
+       {"--arch", "llama", "--dtype", "bfloat16", "--tie", "--seed", "3"},
+       "llama3_1"},
+      {"mistral_f16", {"--arch", "mistral", "--dtype", "float16", "--seed", "5"}, "deepseek_v3"},
+      {"qwen2_f32", {"--arch", "qwen2", "--seed", "2"}, "qwen3"},
+      {"qwen3_f32", {"--arch", "qwen3"}, "qwen3"},
+      {"qwen3_bf16_4layers",
+       {"--arch", "qwen3", "--dtype", "bfloat16", "--layers", "4", "--seed", "9"},
+       "qwen3"},
+  };
 }
 
 }  // namespace inferbox::testing

@@ -3,7 +3,7 @@
 // of decoding measured on that backend's memory.
 //
 //   inferbox-bench --model DIR [--num-requests 64] [--input-len 128] [--output-len 64]
-//       [--concurrency 1] [--json]
+//       [--concurrency 1] [--tensor-parallel 1] [--json]
 //
 // Every request is a prompt of random token ids decoded greedily for exactly --output-len
 // tokens (EOS ignored). At most --concurrency requests are in flight: a new one is submitted
@@ -31,6 +31,7 @@
 
 #include "inferbox/engine/backend/factory.h"
 #include "inferbox/engine/model/model.h"
+#include "inferbox/engine/parallel/tensor_parallel_model.h"
 #include "inferbox/engine/runtime/runtime.h"
 
 namespace {
@@ -45,6 +46,7 @@ constexpr std::chrono::seconds kIdleTimeout{60};
 struct Options {
   std::filesystem::path model;
   std::string device = "cpu";
+  int32_t tensor_parallel = 1;
   int64_t num_requests = 64;
   int64_t input_len = 128;
   int64_t output_len = 64;
@@ -277,6 +279,7 @@ void PrintJson(const Options& options, const ModelConfig& config, const Measurem
         {"input_len", options.input_len},
         {"output_len", options.output_len},
         {"concurrency", options.concurrency},
+        {"tensor_parallel", options.tensor_parallel},
         {"max_running", options.max_running},
         {"token_budget", options.token_budget},
         {"block_size", options.block_size},
@@ -316,9 +319,13 @@ void PrintJson(const Options& options, const ModelConfig& config, const Measurem
 }
 
 void PrintTable(const Options& options, const ModelConfig& config, const Measurement& m) {
-  fmt::print("inferbox-bench, offline, {} backend: {}, {} layers, hidden {}, vocab {}, {}\n",
-             options.device, ArchitectureName(config.architecture), config.num_hidden_layers,
-             config.hidden_size, config.vocab_size, config.torch_dtype);
+  fmt::print("inferbox-bench, offline, {} backend{}: {}, {} layers, hidden {}, vocab {}, {}\n",
+             options.device,
+             options.tensor_parallel > 1
+                 ? fmt::format(", tensor parallel over {} ranks", options.tensor_parallel)
+                 : "",
+             ArchitectureName(config.architecture), config.num_hidden_layers, config.hidden_size,
+             config.vocab_size, config.torch_dtype);
   fmt::print(
       "{} requests (+{} warmup) of {} prompt + {} output tokens; concurrency {}, max running {}, "
       "token budget {}, {} blocks of {}\n\n",
@@ -373,19 +380,61 @@ void PrintTable(const Options& options, const ModelConfig& config, const Measure
              100.0 * m.output_tokens_per_second() / m.batch_ceiling());
 }
 
-int Run(const Options& options) {
+// The model on one backend, or split over --tensor-parallel ranks (CPU: threads).
+struct LoadedModel {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<TensorParallelModel> parallel_model;
+
+  ModelRunner& runner() {
+    return parallel_model ? static_cast<ModelRunner&>(*parallel_model) : *model;
+  }
+  Backend& front_backend() { return parallel_model ? parallel_model->backend(0) : *backend; }
+  int64_t WeightBytesPerDecodeStep() const {
+    return parallel_model ? parallel_model->WeightBytesPerDecodeStep()
+                          : model->WeightBytesPerDecodeStep();
+  }
+};
+
+// Exit status 2 with the message for a device or split that cannot be, 1 when loading fails.
+int Load(const Options& options, LoadedModel& loaded) {
+  if (options.tensor_parallel > 1) {
+    if (options.device != "cpu") {
+      fmt::print(stderr,
+                 "inferbox-bench: --tensor-parallel {} needs --device cpu (the NCCL communicator "
+                 "for GPUs is not built yet)\n",
+                 options.tensor_parallel);
+      return 2;
+    }
+    auto model =
+        TensorParallelModel::Load(options.model, MakeLocalCommunicators(options.tensor_parallel),
+                                  [&options](int32_t) { return MakeBackend(options.device); });
+    if (!model.ok()) {
+      fmt::print(stderr, "inferbox-bench: {}\n", model.status().ToString());
+      return model.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
+    }
+    loaded.parallel_model = std::move(model).value();
+    return 0;
+  }
   auto made = MakeBackend(options.device);
   if (!made.ok()) {
     fmt::print(stderr, "inferbox-bench: {}\n", made.status().ToString());
     return 2;
   }
-  const std::unique_ptr<Backend> backend = std::move(made).value();
-  auto model = Model::Load(options.model, *backend);
+  loaded.backend = std::move(made).value();
+  auto model = Model::Load(options.model, *loaded.backend);
   if (!model.ok()) {
     fmt::print(stderr, "inferbox-bench: {}\n", model.status().ToString());
     return 1;
   }
-  const ModelConfig& config = (*model)->config();
+  loaded.model = std::move(model).value();
+  return 0;
+}
+
+int Run(const Options& options) {
+  LoadedModel loaded;
+  if (const int failed = Load(options, loaded); failed != 0) return failed;
+  const ModelConfig& config = loaded.runner().config();
   // Each length is at least 1; compared one at a time so that neither sum can overflow.
   if (options.input_len > config.max_position_embeddings ||
       options.output_len > config.max_position_embeddings - options.input_len) {
@@ -421,7 +470,7 @@ int Run(const Options& options) {
   RuntimeStats before, after;
   Status status;
   {
-    Runtime runtime(**model, *backend, nullptr, runtime_options);
+    Runtime runtime(loaded.runner(), nullptr, runtime_options);
     status = RunRequests(runtime, warmup_prompts, options.output_len, options.concurrency,
                          warmup_records);
     if (status.ok()) status = CheckRecords(warmup_records, options.output_len);
@@ -442,8 +491,9 @@ int Run(const Options& options) {
 
   Measurement measurement = Measure(records, before, after);
   // Measured after the run, so its gigabyte of buffers does not disturb it.
-  measurement.copy_bandwidth = backend->MeasureCopyBandwidth();
-  measurement.weight_bytes_per_step = static_cast<double>((*model)->WeightBytesPerDecodeStep());
+  // Past one rank on the CPU, the ranks share this memory: the weights of every rank count.
+  measurement.copy_bandwidth = loaded.front_backend().MeasureCopyBandwidth();
+  measurement.weight_bytes_per_step = static_cast<double>(loaded.WeightBytesPerDecodeStep());
   measurement.batch_size = std::min(
       {options.concurrency, options.max_running, options.num_requests, options.token_budget});
   if (options.json) {
@@ -476,6 +526,10 @@ int main(int argc, char** argv) {
   Options options;
   app.add_option("--model", options.model, "Model folder (Hugging Face layout)")->required();
   app.add_option("--device", options.device, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--tensor-parallel", options.tensor_parallel,
+                 "Ranks the model is split over (CPU: threads, each with its share of the cores)")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   app.add_option("--num-requests", options.num_requests, "Measured requests")
       ->check(AtLeast(1))
       ->capture_default_str();

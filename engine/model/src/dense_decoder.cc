@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numbers>
 
 #include <fmt/format.h>
@@ -7,6 +8,7 @@
 #include "inferbox/common/atomic_file.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/model/safetensors.h"
+#include "inferbox/engine/parallel/communicator.h"
 
 namespace inferbox::engine {
 
@@ -47,6 +49,17 @@ struct LayerWeights {
   Weight gate_proj, up_proj, down_proj;
 };
 
+// The part of a tensor a tensor-parallel rank holds. Column-parallel projections (q/k/v,
+// gate/up, and their biases) keep `count` of the output rows from `begin`: contiguous in
+// the file. Row-parallel ones (o_proj, down_proj) keep `count` of the input columns:
+// strided, so they are copied.
+struct Split {
+  enum Kind { kWhole, kRows, kColumns };
+  Kind kind = kWhole;
+  int64_t begin = 0;
+  int64_t count = 0;
+};
+
 }  // namespace
 
 // Activation buffers reused from step to step, grown to the largest step seen.
@@ -78,25 +91,109 @@ struct Model::Impl {
   std::unique_ptr<WeightStore> store;
   Weight embed_tokens;
   Weight final_norm;
-  Weight lm_head;
+  Weight lm_head;  // This rank's rows of it when vocab_parallel.
   std::vector<LayerWeights> layers;
   RopeTable rope;
+  TensorParallelShard shard;
+  int64_t num_heads = 0;          // This rank's query heads,
+  int64_t num_kv_heads = 0;       // KV heads,
+  int64_t first_kv_head = 0;      // the first of those in the whole model,
+  int64_t intermediate_size = 0;  // and MLP columns.
+  // Each rank computes vocab_size / world_size of the logits (the ranks divide the vocabulary
+  // evenly) and all-gathers the rest; else every rank computes them all.
+  bool vocab_parallel = false;
+  // Copied row-parallel slices that the backend computes from in place (the CPU backend);
+  // a backend that keeps its own copy lets them go at once.
+  std::vector<std::vector<std::byte>> owned_slices;
 
-  Result<Weight> Get(const std::string& name, std::initializer_list<int64_t> shape) const {
-    auto view = store->GetFloat(name, std::vector<int64_t>(shape));
-    if (!view.ok()) return view.status();
-    return backend->LoadWeight(Weight::FromView(**view));
-  }
+  Result<Weight> Get(const std::string& name, const std::vector<int64_t>& shape, Split split = {});
+  Status SplitForShard();
   Status LoadWeights();
+  // Sums the ranks' partial outputs of a row-parallel projection (nothing on one rank).
+  void AllReduce(std::span<float> data) const {
+    if (shard.world_size > 1) shard.communicator->AllReduceSum(data);
+  }
 };
+
+Result<Weight> Model::Impl::Get(const std::string& name, const std::vector<int64_t>& shape,
+                                Split split) {
+  auto view = store->GetFloat(name, shape);
+  if (!view.ok()) return view.status();
+  Weight host = Weight::FromView(**view);
+  const auto element = static_cast<int64_t>(DTypeSize(host.dtype));
+  const auto* bytes = static_cast<const std::byte*>(host.data);
+  std::vector<std::byte> copy;
+  if (split.kind == Split::kRows && shape.size() == 1) {  // A bias: its elements.
+    host.data = bytes + split.begin * element;
+    host.cols = split.count;
+  } else if (split.kind == Split::kRows) {
+    host.data = bytes + split.begin * host.cols * element;
+    host.rows = split.count;
+  } else if (split.kind == Split::kColumns) {
+    copy.resize(static_cast<size_t>(host.rows * split.count * element));
+    for (int64_t row = 0; row < host.rows; ++row) {
+      std::memcpy(copy.data() + row * split.count * element,
+                  bytes + (row * host.cols + split.begin) * element,
+                  static_cast<size_t>(split.count * element));
+    }
+    host.data = copy.data();
+    host.cols = split.count;
+  }
+  auto loaded = backend->LoadWeight(host);
+  if (!loaded.ok()) return loaded.status();
+  if (!copy.empty() && loaded->data == copy.data()) owned_slices.push_back(std::move(copy));
+  return loaded;
+}
+
+Status Model::Impl::SplitForShard() {
+  const ModelConfig& c = config;
+  const int64_t ranks = shard.world_size;
+  INFERBOX_CHECK(ranks >= 1 && shard.rank >= 0 && shard.rank < ranks);
+  INFERBOX_CHECK(ranks == 1 ||
+                 (shard.communicator != nullptr && shard.communicator->world_size() == ranks &&
+                  shard.communicator->rank() == shard.rank));
+  if (c.num_attention_heads % ranks != 0) {
+    return InvalidArgumentError(
+        fmt::format("tensor parallel size {} does not divide the model's {} attention heads", ranks,
+                    c.num_attention_heads));
+  }
+  // Each rank's query heads must use KV heads of its own: a share of them, or a single one
+  // (replicated on the ranks whose heads use it).
+  if (c.num_key_value_heads % ranks != 0 && ranks % c.num_key_value_heads != 0) {
+    return InvalidArgumentError(fmt::format(
+        "tensor parallel size {} and the model's {} KV heads: one must divide the other", ranks,
+        c.num_key_value_heads));
+  }
+  if (c.intermediate_size % ranks != 0) {
+    return InvalidArgumentError(
+        fmt::format("tensor parallel size {} does not divide the model's intermediate_size {}",
+                    ranks, c.intermediate_size));
+  }
+  num_heads = c.num_attention_heads / ranks;
+  num_kv_heads = std::max<int64_t>(1, c.num_key_value_heads / ranks);
+  first_kv_head = shard.rank * c.num_key_value_heads / ranks;
+  intermediate_size = c.intermediate_size / ranks;
+  vocab_parallel = ranks > 1 && c.vocab_size % ranks == 0;
+  return Status::Ok();
+}
 
 Status Model::Impl::LoadWeights() {
   const ModelConfig& c = config;
   const int64_t q_size = c.num_attention_heads * c.head_dim;
   const int64_t kv_size = c.num_key_value_heads * c.head_dim;
-  auto take = [&](Weight& slot, const std::string& name,
-                  std::initializer_list<int64_t> shape) -> Status {
-    auto weight = Get(name, shape);
+  // This rank's rows of q/k/v and gate/up, and columns of o_proj and down_proj.
+  const Split q_rows{Split::kRows, shard.rank * num_heads * c.head_dim, num_heads * c.head_dim};
+  const Split kv_rows{Split::kRows, first_kv_head * c.head_dim, num_kv_heads * c.head_dim};
+  const Split mlp_rows{Split::kRows, shard.rank * intermediate_size, intermediate_size};
+  const Split o_columns{Split::kColumns, q_rows.begin, q_rows.count};
+  const Split down_columns{Split::kColumns, mlp_rows.begin, mlp_rows.count};
+  const int64_t vocab_slice = c.vocab_size / shard.world_size;
+  const Split vocab_rows =
+      vocab_parallel ? Split{Split::kRows, shard.rank * vocab_slice, vocab_slice} : Split{};
+  const bool whole = shard.world_size == 1;
+  auto take = [&](Weight& slot, const std::string& name, const std::vector<int64_t>& shape,
+                  Split split = {}) -> Status {
+    auto weight = Get(name, shape, whole ? Split{} : split);
     if (!weight.ok()) return weight.status();
     slot = *weight;
     return Status::Ok();
@@ -105,33 +202,45 @@ Status Model::Impl::LoadWeights() {
       !s.ok())
     return s;
   if (Status s = take(final_norm, "model.norm.weight", {c.hidden_size}); !s.ok()) return s;
-  if (c.tie_word_embeddings) {
+  const std::string lm_head_name =
+      c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  if (c.tie_word_embeddings && !vocab_parallel) {
     lm_head = embed_tokens;
-  } else if (Status s = take(lm_head, "lm_head.weight", {c.vocab_size, c.hidden_size}); !s.ok()) {
+  } else if (Status s = take(lm_head, lm_head_name, {c.vocab_size, c.hidden_size}, vocab_rows);
+             !s.ok()) {
     return s;
   }
   layers.resize(static_cast<size_t>(c.num_hidden_layers));
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights& l = layers[static_cast<size_t>(i)];
     const std::string p = fmt::format("model.layers.{}.", i);
-    const std::pair<Weight*, std::pair<std::string, std::initializer_list<int64_t>>> required[] = {
-        {&l.input_norm, {"input_layernorm.weight", {c.hidden_size}}},
-        {&l.post_attention_norm, {"post_attention_layernorm.weight", {c.hidden_size}}},
-        {&l.q_proj, {"self_attn.q_proj.weight", {q_size, c.hidden_size}}},
-        {&l.k_proj, {"self_attn.k_proj.weight", {kv_size, c.hidden_size}}},
-        {&l.v_proj, {"self_attn.v_proj.weight", {kv_size, c.hidden_size}}},
-        {&l.o_proj, {"self_attn.o_proj.weight", {c.hidden_size, q_size}}},
-        {&l.gate_proj, {"mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}}},
-        {&l.up_proj, {"mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}}},
-        {&l.down_proj, {"mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}}},
+    struct Required {
+      Weight* slot;
+      std::string name;
+      std::vector<int64_t> shape;
+      Split split;
     };
-    for (const auto& [slot, spec] : required) {
-      if (Status s = take(*slot, p + spec.first, spec.second); !s.ok()) return s;
+    const Required required[] = {
+        {&l.input_norm, "input_layernorm.weight", {c.hidden_size}, {}},
+        {&l.post_attention_norm, "post_attention_layernorm.weight", {c.hidden_size}, {}},
+        {&l.q_proj, "self_attn.q_proj.weight", {q_size, c.hidden_size}, q_rows},
+        {&l.k_proj, "self_attn.k_proj.weight", {kv_size, c.hidden_size}, kv_rows},
+        {&l.v_proj, "self_attn.v_proj.weight", {kv_size, c.hidden_size}, kv_rows},
+        {&l.o_proj, "self_attn.o_proj.weight", {c.hidden_size, q_size}, o_columns},
+        {&l.gate_proj, "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows},
+        {&l.up_proj, "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows},
+        {&l.down_proj, "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}, down_columns},
+    };
+    for (const Required& r : required) {
+      if (Status s = take(*r.slot, p + r.name, r.shape, r.split); !s.ok()) return s;
     }
     if (c.attention_bias) {
-      if (Status s = take(l.q_bias, p + "self_attn.q_proj.bias", {q_size}); !s.ok()) return s;
-      if (Status s = take(l.k_bias, p + "self_attn.k_proj.bias", {kv_size}); !s.ok()) return s;
-      if (Status s = take(l.v_bias, p + "self_attn.v_proj.bias", {kv_size}); !s.ok()) return s;
+      if (Status s = take(l.q_bias, p + "self_attn.q_proj.bias", {q_size}, q_rows); !s.ok())
+        return s;
+      if (Status s = take(l.k_bias, p + "self_attn.k_proj.bias", {kv_size}, kv_rows); !s.ok())
+        return s;
+      if (Status s = take(l.v_bias, p + "self_attn.v_proj.bias", {kv_size}, kv_rows); !s.ok())
+        return s;
     }
     if (c.qk_norm) {
       if (Status s = take(l.q_norm, p + "self_attn.q_norm.weight", {c.head_dim}); !s.ok()) return s;
@@ -141,7 +250,8 @@ Status Model::Impl::LoadWeights() {
   return Status::Ok();
 }
 
-Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Backend& backend) {
+Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Backend& backend,
+                                           const TensorParallelShard& shard) {
   auto text = ReadFile(dir / "config.json");
   if (!text.ok()) return text.status();
   auto config = ParseModelConfig(*text);
@@ -162,6 +272,8 @@ Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Bac
   }
   impl->store = std::move(store).value();
   impl->rope = MakeRopeTable(impl->config);
+  impl->shard = shard;
+  if (Status status = impl->SplitForShard(); !status.ok()) return status.WithContext(dir.string());
   if (Status status = impl->LoadWeights(); !status.ok()) return status.WithContext(dir.string());
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
@@ -171,6 +283,10 @@ Model::~Model() = default;
 
 const ModelConfig& Model::config() const {
   return impl_->config;
+}
+
+const TensorParallelShard& Model::shard() const {
+  return impl_->shard;
 }
 
 const GenerationConfig& Model::generation_config() const {
@@ -204,7 +320,19 @@ int64_t Model::WeightBytesPerDecodeStep() const {
 
 KvCacheShape Model::KvShape(int64_t num_blocks, int64_t block_size) const {
   const ModelConfig& c = impl_->config;
-  return {c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim};
+  return {c.num_hidden_layers, num_blocks, block_size, impl_->num_kv_heads, c.head_dim};
+}
+
+Backend& Model::logits_backend() {
+  return *impl_->backend;
+}
+
+int64_t Model::KvCacheBytesPerBlock(int64_t block_size) const {
+  return impl_->backend->KvCacheBytes(KvShape(1, block_size));
+}
+
+std::unique_ptr<KvCache> Model::AllocateKvCache(int64_t num_blocks, int64_t block_size) {
+  return impl_->backend->AllocateKvCache(KvShape(num_blocks, block_size));
 }
 
 Result<std::span<const float>> Model::Forward(std::span<const ForwardSequence> batch,
@@ -274,8 +402,11 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
   const auto m = static_cast<int64_t>(ids.size());
   const auto num_rows = static_cast<int64_t>(logit_rows.size());
   const int64_t hidden = c.hidden_size;
-  const int64_t q_size = c.num_attention_heads * c.head_dim;
-  const int64_t kv_size = c.num_key_value_heads * c.head_dim;
+  // This rank's share (all of it on one rank).
+  const int64_t num_heads = impl_->num_heads;
+  const int64_t q_size = num_heads * c.head_dim;
+  const int64_t kv_size = impl_->num_kv_heads * c.head_dim;
+  const int64_t intermediate = impl_->intermediate_size;
   Workspace& w = *impl_->workspace;
   const std::span<float> residual = w.Get(0, m * hidden);
   const std::span<float> normed = w.Get(1, m * hidden);
@@ -284,8 +415,8 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
   const std::span<float> v = w.Get(4, m * kv_size);
   const std::span<float> attention_out = w.Get(5, m * q_size);
   const std::span<float> delta = w.Get(6, m * hidden);
-  const std::span<float> gate = w.Get(7, m * c.intermediate_size);
-  const std::span<float> up = w.Get(8, m * c.intermediate_size);
+  const std::span<float> gate = w.Get(7, m * intermediate);
+  const std::span<float> up = w.Get(8, m * intermediate);
   const std::span<float> rows = w.Get(9, num_rows * hidden);
   const std::span<float> logits = w.Get(10, num_rows * c.vocab_size);
   const float eps = static_cast<float>(c.rms_norm_eps);
@@ -305,18 +436,42 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
       backend.RmsNormGroups(q, l.q_norm, eps);
       backend.RmsNormGroups(k, l.k_norm, eps);
     }
-    backend.RopeWriteKv(*step, q, k, v, c.num_attention_heads, cache, layer);
-    backend.PagedAttention(*step, cache, layer, q, c.num_attention_heads, scale, attention_out);
+    backend.RopeWriteKv(*step, q, k, v, num_heads, cache, layer);
+    backend.PagedAttention(*step, cache, layer, q, num_heads, scale, attention_out);
     backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
+    impl_->AllReduce(delta);  // Row-parallel: each rank holds a partial sum.
     backend.AddRmsNorm(residual, delta, m, l.post_attention_norm, eps, normed);
     backend.Linear(normed, m, l.gate_proj, nullptr, gate);
     backend.Linear(normed, m, l.up_proj, nullptr, up);
     backend.SiluMul(gate, up, gate);
     backend.Linear(gate, m, l.down_proj, nullptr, delta);
+    impl_->AllReduce(delta);
   }
   backend.AddRmsNorm(residual, delta, m, impl_->final_norm, eps, normed);
   backend.GatherRows(*step, normed, hidden, rows);
-  backend.Linear(rows, num_rows, impl_->lm_head, nullptr, logits);
+  if (!impl_->vocab_parallel) {
+    backend.Linear(rows, num_rows, impl_->lm_head, nullptr, logits);
+    return std::span<const float>(logits);
+  }
+  // Vocabulary-parallel LM head: this rank's slice of every row's logits, written in place
+  // into its part of the all-gather ([rank, row, slice]), then the rows reordered to
+  // [row, rank, slice], which is [row, vocab].
+  const int64_t slice = impl_->lm_head.rows;
+  const int32_t ranks = impl_->shard.world_size;
+  const std::span<float> gathered = w.Get(11, num_rows * c.vocab_size);
+  const std::span<float> part =
+      gathered.subspan(static_cast<size_t>(impl_->shard.rank * num_rows * slice),
+                       static_cast<size_t>(num_rows * slice));
+  backend.Linear(rows, num_rows, impl_->lm_head, nullptr, part);
+  impl_->shard.communicator->AllGather(std::as_bytes(part), std::as_writable_bytes(gathered));
+  std::vector<int64_t> order;
+  order.reserve(static_cast<size_t>(num_rows * ranks));
+  for (int64_t row = 0; row < num_rows; ++row) {
+    for (int32_t r = 0; r < ranks; ++r) order.push_back(r * num_rows + row);
+  }
+  StepLayout reorder;
+  reorder.logit_rows = order;
+  backend.GatherRows(*backend.PrepareStep(reorder), gathered, slice, logits);
   return std::span<const float>(logits);
 }
 

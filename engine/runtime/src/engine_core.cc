@@ -16,13 +16,19 @@ double SecondsSince(std::chrono::steady_clock::time_point& mark) {
 
 }  // namespace
 
-EngineCore::EngineCore(Model& model, Backend& backend, int32_t num_blocks, int32_t block_size,
+EngineCore::EngineCore(ModelRunner& model, int32_t num_blocks, int32_t block_size,
                        SchedulerLimits limits)
     : model_(model),
-      backend_(backend),
-      cache_(backend.AllocateKvCache(model.KvShape(num_blocks, block_size))),
+      backend_(model.logits_backend()),
+      cache_(model.AllocateKvCache(num_blocks, block_size)),
       blocks_(num_blocks, block_size),
       scheduler_(blocks_, limits) {}
+
+EngineCore::EngineCore(Model& model, Backend& backend, int32_t num_blocks, int32_t block_size,
+                       SchedulerLimits limits)
+    : EngineCore(model, num_blocks, block_size, limits) {
+  INFERBOX_CHECK(&backend == &model.logits_backend());
+}
 
 Status EngineCore::Validate(const GenerationRequest& request) const {
   if (Status status = ValidateSamplingParams(request.sampling); !status.ok()) return status;

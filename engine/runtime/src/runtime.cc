@@ -47,12 +47,17 @@ struct Runtime::Active {
   bool done = false;
 };
 
-Runtime::Runtime(Model& model, Backend& backend, const Tokenizer* tokenizer, RuntimeOptions options)
+Runtime::Runtime(ModelRunner& model, const Tokenizer* tokenizer, RuntimeOptions options)
     : tokenizer_(tokenizer),
       options_(options),
-      core_(model, backend, options.num_blocks, options.block_size, options.limits) {
+      core_(model, options.num_blocks, options.block_size, options.limits) {
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
+}
+
+Runtime::Runtime(Model& model, Backend& backend, const Tokenizer* tokenizer, RuntimeOptions options)
+    : Runtime(model, tokenizer, options) {
+  INFERBOX_CHECK(&backend == &model.logits_backend());
 }
 
 Runtime::~Runtime() {

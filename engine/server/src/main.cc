@@ -2,7 +2,8 @@
 // loop, and serves inferbox.engine.v1 to inferboxd on a unix socket (mode 0600, never a
 // network port). The socket answers Health (LOADING) while the weights load.
 //
-//   inferbox-engine --model DIR --socket PATH [--device cpu|cuda[:N]] [--kv-cache-gib G] ...
+//   inferbox-engine --model DIR --socket PATH [--device cpu|cuda[:N]] [--kv-cache-gib G]
+//       [--tensor-parallel N] ...
 //
 // Exit status: 0 after SIGTERM/SIGINT and a drain; 2 bad arguments; 78 (EX_CONFIG) a model
 // folder or setting that cannot work, so restarting will not help; 1 the socket could not
@@ -27,6 +28,7 @@
 #include "inferbox/common/logging.h"
 #include "inferbox/common/version.h"
 #include "inferbox/engine/backend/factory.h"
+#include "inferbox/engine/parallel/tensor_parallel_model.h"
 #include "inferbox/engine/server/engine_service.h"
 
 namespace {
@@ -45,6 +47,7 @@ struct Options {
   std::filesystem::path model;
   std::filesystem::path socket;
   std::string device = "cpu";
+  int32_t tensor_parallel = 1;
   std::string model_id;
   // 0: 1 GiB on the CPU; on a GPU, what the memory fraction leaves after weights.
   double kv_cache_gib = 0.0;
@@ -96,12 +99,39 @@ Status PrepareSocketPath(const std::filesystem::path& path) {
 
 // The model, its tokenizer and what serves it, built after the socket is up.
 struct LoadedEngine {
-  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Backend> backend;  // --tensor-parallel 1.
   std::unique_ptr<Tokenizer> tokenizer;
-  std::unique_ptr<Model> model;
+  std::unique_ptr<Model> model;  // --tensor-parallel 1.
+  // Past one rank: the ranks' shards, each with its own backend.
+  std::unique_ptr<TensorParallelModel> parallel_model;
   std::unique_ptr<RequestBuilder> builder;
   std::unique_ptr<Runtime> runtime;
+
+  // What the engine loop runs.
+  ModelRunner& runner() {
+    return parallel_model ? static_cast<ModelRunner&>(*parallel_model) : *model;
+  }
+  // The config, eos ids and generation config (rank 0's: every rank's are the same).
+  const Model& front_model() const { return parallel_model ? parallel_model->shard(0) : *model; }
 };
+
+// --tensor-parallel N: N ranks in this process, each a thread with its own backend.
+Result<std::unique_ptr<TensorParallelModel>> LoadTensorParallel(const Options& options) {
+  if (options.device != "cpu") {
+    return FailedPreconditionError(fmt::format(
+        "--tensor-parallel {} on --device {}: tensor parallelism across GPUs needs the NCCL "
+        "communicator, which this build does not have yet; serve one replica per GPU "
+        "(--tensor-parallel 1) or use --device cpu",
+        options.tensor_parallel, options.device));
+  }
+  auto model =
+      TensorParallelModel::Load(options.model, MakeLocalCommunicators(options.tensor_parallel),
+                                [&options](int32_t) { return MakeBackend(options.device); });
+  if (!model.ok()) return model.status();
+  spdlog::info("tensor parallel: {} ranks on {}, {} OpenMP threads each", options.tensor_parallel,
+               options.device, (*model)->threads_per_rank());
+  return model;
+}
 
 // KV cache bytes on a device: after a forward pass of the largest step (so activation buffers
 // exist), what the memory fraction leaves free.
@@ -160,17 +190,26 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
     return NotFoundError(fmt::format("the model folder {} does not exist", options.model.string()));
   }
   auto engine = std::make_unique<LoadedEngine>();
-  auto backend = MakeBackend(options.device);
-  if (!backend.ok()) return backend.status();
-  engine->backend = std::move(backend).value();
-  const std::optional<DeviceMemory> device_before = engine->backend->device_memory();
+  std::optional<DeviceMemory> device_before;
+  if (options.tensor_parallel == 1) {
+    auto backend = MakeBackend(options.device);
+    if (!backend.ok()) return backend.status();
+    engine->backend = std::move(backend).value();
+    device_before = engine->backend->device_memory();
+  }
   auto tokenizer = Tokenizer::LoadFromDirectory(options.model);
   if (!tokenizer.ok()) return tokenizer.status();
   engine->tokenizer = std::move(tokenizer).value();
-  auto model = Model::Load(options.model, *engine->backend);
-  if (!model.ok()) return model.status();
-  engine->model = std::move(model).value();
-  const ModelConfig& config = engine->model->config();
+  if (options.tensor_parallel == 1) {
+    auto model = Model::Load(options.model, *engine->backend);
+    if (!model.ok()) return model.status();
+    engine->model = std::move(model).value();
+  } else {
+    auto model = LoadTensorParallel(options);
+    if (!model.ok()) return model.status();
+    engine->parallel_model = std::move(model).value();
+  }
+  const ModelConfig& config = engine->front_model().config();
 
   std::optional<ChatFormat> chat;
   if (auto format = ChatFormat::LoadFromDirectory(options.model, *engine->tokenizer); format.ok()) {
@@ -196,8 +235,8 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
     runtime.limits.max_model_len = options.max_model_len;
   }
   // KV cache: the memory budget, but no more than every running sequence at full length.
-  const int64_t bytes_per_block =
-      engine->backend->KvCacheBytes(engine->model->KvShape(1, options.block_size));
+  // Past one rank, a block's bytes are every rank's part of it together.
+  const int64_t bytes_per_block = engine->runner().KvCacheBytesPerBlock(options.block_size);
   auto budget_bytes = static_cast<int64_t>((options.kv_cache_gib > 0 ? options.kv_cache_gib : 1.0) *
                                            1024.0 * 1024.0 * 1024.0);
   if (device_before) {
@@ -230,14 +269,14 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   spdlog::info(
       "KV cache on {}: {} blocks of {} tokens = {} tokens ({:.1f} MiB), context {} tokens, {} "
       "sequences at once",
-      engine->backend->name(), runtime.num_blocks, options.block_size,
+      engine->runner().logits_backend().name(), runtime.num_blocks, options.block_size,
       static_cast<int64_t>(runtime.num_blocks) * options.block_size,
       static_cast<double>(runtime.num_blocks * bytes_per_block) / (1024.0 * 1024.0),
       runtime.limits.max_model_len, options.max_running);
 
-  std::vector<int32_t> eos = engine->model->EosTokenIds();
+  std::vector<int32_t> eos = engine->front_model().EosTokenIds();
   engine->builder = std::make_unique<RequestBuilder>(*engine->tokenizer, std::move(chat), config,
-                                                     engine->model->generation_config(), eos,
+                                                     engine->front_model().generation_config(), eos,
                                                      runtime.limits.max_model_len);
   // Fault injection for the supervision tests (tests/integration/daemon_engine_test.cc).
   for (const auto& [variable, field] :
@@ -248,8 +287,7 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
       spdlog::warn("{}={}: fault injection is on", variable, *field);
     }
   }
-  engine->runtime =
-      std::make_unique<Runtime>(*engine->model, *engine->backend, engine->tokenizer.get(), runtime);
+  engine->runtime = std::make_unique<Runtime>(engine->runner(), engine->tokenizer.get(), runtime);
   return engine;
 }
 
@@ -353,6 +391,11 @@ int main(int argc, char** argv) {
   app.add_option("--socket", options.socket, "Unix socket path to serve inferbox.engine.v1 on")
       ->required();
   app.add_option("--device", options.device, "cpu, cuda (device 0) or cuda:N")
+      ->capture_default_str();
+  app.add_option("--tensor-parallel", options.tensor_parallel,
+                 "Ranks the model is split over (Megatron tensor parallelism); on the CPU each "
+                 "rank is a thread with its share of the cores")
+      ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--model-id", options.model_id,
                  "Model id reported to clients (default: folder name)");

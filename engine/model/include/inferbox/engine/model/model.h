@@ -12,25 +12,39 @@
 #include "inferbox/common/status.h"
 #include "inferbox/engine/backend/backend.h"
 #include "inferbox/engine/model/model_config.h"
+#include "inferbox/engine/model/model_runner.h"
 
 namespace inferbox::engine {
 
-// One sequence's share of a forward step: `tokens` at positions start_position onwards,
-// whose KV is written through `block_table` (which must already cover every position).
-struct ForwardSequence {
-  std::span<const int32_t> tokens;
-  int64_t start_position = 0;
-  std::span<const int32_t> block_table;
+class Communicator;
+
+// Which rank of a tensor-parallel group a Model is (the Megatron split). The rank holds
+// num_attention_heads / world_size query heads with their q/k/v rows (and biases), the KV
+// heads those use (a share of them, or one KV head that other ranks hold too when there are
+// fewer KV heads than ranks), intermediate_size / world_size MLP columns, and the matching
+// columns of o_proj and down_proj, whose partial sums it all-reduces with `communicator`.
+// Embedding and norms are whole on every rank. The LM head is vocabulary-parallel where the
+// ranks divide vocab_size evenly (each computes its slice of the logits; an all-gather
+// assembles them), else whole on every rank; either way every rank ends a step with the
+// same logits. The default is the whole model.
+struct TensorParallelShard {
+  int32_t rank = 0;
+  int32_t world_size = 1;
+  Communicator* communicator = nullptr;  // Required past one rank; called on the rank's thread.
 };
 
-class Model {
+class Model final : public ModelRunner {
  public:
   // Reads config.json, generation_config.json (if present) and the weights of `dir`, checking every
   // tensor's name, dtype and shape against the config. `backend` must outlive the model.
-  static Result<std::unique_ptr<Model>> Load(const std::filesystem::path& dir, Backend& backend);
-  ~Model();
+  // INVALID_ARGUMENT, naming the sizes, when the model does not split into `shard.world_size`
+  // ranks (heads, KV heads or MLP columns).
+  static Result<std::unique_ptr<Model>> Load(const std::filesystem::path& dir, Backend& backend,
+                                             const TensorParallelShard& shard = {});
+  ~Model() override;
 
-  const ModelConfig& config() const;
+  const ModelConfig& config() const override;
+  const TensorParallelShard& shard() const;
   // generation_config.json, or defaults when the folder has none.
   const GenerationConfig& generation_config() const;
   // Ids that end a generation: config.json's and generation_config.json's eos ids together.
@@ -38,7 +52,12 @@ class Model {
   // Bytes of weights one decode step reads (every layer, the final norm and the LM head;
   // one embedding row): the numerator of the memory-bandwidth floor of decoding.
   int64_t WeightBytesPerDecodeStep() const;
+  // This rank's KV cache: its KV heads only.
   KvCacheShape KvShape(int64_t num_blocks, int64_t block_size) const;
+
+  Backend& logits_backend() override;
+  int64_t KvCacheBytesPerBlock(int64_t block_size) const override;
+  std::unique_ptr<KvCache> AllocateKvCache(int64_t num_blocks, int64_t block_size) override;
 
   // Runs one step and returns, per sequence, the logits of its last token ([batch, vocab]),
   // or with all_positions the logits of every token ([Σ tokens, vocab]), in host memory
@@ -49,7 +68,7 @@ class Model {
   // Forward, with the logits left in the backend's memory (for Backend::GreedyRows or
   // Backend::ReadBack): no copy to the host.
   Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch,
-                                                  KvCache& cache, bool all_positions);
+                                                  KvCache& cache, bool all_positions) override;
 
   struct Impl;
 

@@ -1,5 +1,6 @@
 // One engine step, in the spirit of nano-vllm's three lines: schedule, run the model on the
-// batch, sample, commit. Drives Scheduler + Model + Sampler on the calling thread; Runtime
+// batch, sample, commit. Drives Scheduler + ModelRunner (a Model, or a TensorParallelModel
+// whose ranks run the step in lockstep) + Sampler on the calling thread; Runtime
 // (runtime.h) runs it on the engine loop thread. Not thread-safe, except Validate.
 #pragma once
 
@@ -54,7 +55,10 @@ struct StepOutput {
 
 class EngineCore {
  public:
-  // `model` and its backend must outlive the core; the KV cache is allocated here.
+  // `model` (and its backends) must outlive the core; the KV cache is allocated here, and
+  // the logits are sampled on model.logits_backend().
+  EngineCore(ModelRunner& model, int32_t num_blocks, int32_t block_size, SchedulerLimits limits);
+  // `backend` is the model's own.
   EngineCore(Model& model, Backend& backend, int32_t num_blocks, int32_t block_size,
              SchedulerLimits limits);
 
@@ -69,7 +73,7 @@ class EngineCore {
 
   const BlockManager& blocks() const { return blocks_; }
   const Scheduler& scheduler() const { return scheduler_; }
-  const Model& model() const { return model_; }
+  const ModelRunner& model() const { return model_; }
 
  private:
   struct RequestState {
@@ -79,7 +83,7 @@ class EngineCore {
     bool started = false;
   };
 
-  Model& model_;
+  ModelRunner& model_;
   Backend& backend_;
   std::unique_ptr<KvCache> cache_;
   BlockManager blocks_;

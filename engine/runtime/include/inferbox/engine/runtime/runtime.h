@@ -112,8 +112,10 @@ struct RuntimeStats {
 
 class Runtime {
  public:
-  // `model` (and its backend) and `tokenizer` (may be null: no text) must outlive the
+  // `model` (and its backends) and `tokenizer` (may be null: no text) must outlive the
   // runtime. The loop thread starts here.
+  Runtime(ModelRunner& model, const Tokenizer* tokenizer, RuntimeOptions options);
+  // `backend` is the model's own.
   Runtime(Model& model, Backend& backend, const Tokenizer* tokenizer, RuntimeOptions options);
   // Stops the loop: requests still in flight end with UNAVAILABLE.
   ~Runtime();
