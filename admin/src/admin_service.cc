@@ -9,6 +9,7 @@
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
+#include "admin_call.h"
 #include "inferbox/common/grpc_status.h"
 #include "inferbox/daemon/grpc_auth.h"
 #include "inferbox/daemon/key_store.h"
@@ -36,20 +37,15 @@ std::string RoleName(inferbox::v1::KeyRole role) {
 
 }  // namespace
 
-struct AdminServiceImpl::AdminCall {
-  daemon::Caller caller;
-  // What the call changed that its request does not say (AuditEvent.detail).
-  std::string detail;
-};
-
 AdminServiceImpl::AdminServiceImpl(const StatusBoard& board, daemon::KeyStore* keys,
                                    const daemon::Authenticator* authenticator,
-                                   daemon::UsageLedger* usage, AuditLog* audit)
+                                   daemon::UsageLedger* usage, AuditLog* audit, ModelAdmin* models)
     : board_(board),
       keys_(keys),
       authenticator_(authenticator != nullptr ? authenticator : keys),
       usage_(usage),
-      audit_(audit) {}
+      audit_(audit),
+      models_(models) {}
 
 grpc::Status AdminServiceImpl::AuthorizeAdmin(const grpc::ServerContext& context,
                                               std::string_view rpc, daemon::Caller* caller) const {

@@ -17,6 +17,7 @@
 #include <CLI/CLI.hpp>
 
 #include "ctl_diagnostics.h"
+#include "ctl_models.h"
 #include "ctl_reports.h"
 #include "inferbox/common/version.h"
 #include "inferbox/v1/admin.grpc.pb.h"
@@ -516,6 +517,8 @@ int main(int argc, char** argv) {
                    "A new directory, or a file ending in .tar.gz or .tgz")
       ->required();
 
+  const inferbox::ctl::ModelsCommand models(app);
+
   CLI11_PARSE(app, argc, argv);
 
   options.api_key = TrimKey(options.api_key);
@@ -535,5 +538,20 @@ int main(int argc, char** argv) {
   if (*usage) return RunUsage(options, usage_options);
   if (*audit) return RunAudit(options, audit_limit, audit_since, json);
   if (*diagnostics) return RunDiagnostics(options, diagnostics_output);
+  const inferbox::ctl::AdminCalls calls{
+      .connect = [&] { return Connect(options); },
+      .prepare =
+          [&](grpc::ClientContext* context, double seconds) {
+            GlobalOptions call_options = options;
+            if (seconds > 0) call_options.timeout_seconds = seconds;
+            PrepareContext(call_options, context);
+          },
+      .report_error =
+          [&](grpc::Channel& channel, std::string_view command, const grpc::Status& result) {
+            return ReportRpcError(options, channel, command, result);
+          },
+      .print_json = [](const google::protobuf::Message& message) { return PrintJson(message); },
+  };
+  if (auto code = models.Run(calls)) return *code;
   return 1;
 }

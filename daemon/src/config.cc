@@ -14,6 +14,7 @@
 
 #include "inferbox/common/atomic_file.h"
 #include "inferbox/common/logging.h"
+#include "inferbox/provisioning/mirror.h"
 
 namespace inferbox::daemon {
 namespace {
@@ -297,6 +298,101 @@ Status ParseEngines(const ErrorSite& site, const toml::table& table, DaemonConfi
       });
 }
 
+Status ParseStringList(const ErrorSite& site, const toml::node& node, const std::string& key,
+                       std::string_view what,
+                       const std::function<Status(const toml::node&, std::string)>& add) {
+  const auto* array = node.as_array();
+  if (array == nullptr) return site.WrongType(node, key, "an array of " + std::string(what));
+  for (const auto& element : *array) {
+    auto text = GetString(site, element, key, what);
+    if (!text.ok()) return text.status();
+    if (Status status = add(element, std::move(text).value()); !status.ok()) return status;
+  }
+  return Status::Ok();
+}
+
+Status ParseModelStore(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
+  ModelStoreConfig& store = config.model_store;
+  Status status = ForEachKnownKey(
+      site, table, "model_store",
+      {
+          {"require_signatures",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetBool(site, node, key);
+             if (!value.ok()) return value.status();
+             store.require_signatures = *value;
+             return Status::Ok();
+           }},
+          {"trusted_keys",
+           [&](const toml::node& node, const std::string& key) {
+             store.trusted_keys_pem.clear();
+             return ParseStringList(
+                 site, node, key, "PEM public keys or absolute paths to them",
+                 [&](const toml::node& element, std::string text) {
+                   if (text.find("-----BEGIN PUBLIC KEY-----") != std::string::npos) {
+                     store.trusted_keys_pem.push_back(std::move(text));
+                     return Status::Ok();
+                   }
+                   const std::filesystem::path path(text);
+                   if (!path.is_absolute()) {
+                     return site.At(
+                         element, key,
+                         "\"" + text + "\" is neither a PEM public key nor an absolute path");
+                   }
+                   auto pem = ReadFile(path);
+                   if (!pem.ok()) return site.At(element, key, pem.status().message());
+                   if (pem->find("-----BEGIN PUBLIC KEY-----") == std::string::npos)
+                     return site.At(element, key, text + " holds no PEM public key");
+                   store.trusted_keys_pem.push_back(std::move(pem).value());
+                   return Status::Ok();
+                 });
+           }},
+          {"mirrors",
+           [&](const toml::node& node, const std::string& key) {
+             store.mirrors.clear();
+             return ParseStringList(site, node, key, "URL prefixes",
+                                    [&](const toml::node& element, std::string prefix) {
+                                      if (Status valid = provisioning::CheckMirrorPrefix(prefix);
+                                          !valid.ok())
+                                        return site.At(element, key, valid.message());
+                                      store.mirrors.push_back(std::move(prefix));
+                                      return Status::Ok();
+                                    });
+           }},
+          {"ca_file",
+           [&](const toml::node& node, const std::string& key) {
+             if (Status parsed = ParsePath(site, node, key, store.ca_file); !parsed.ok())
+               return parsed;
+             std::error_code error;
+             if (!std::filesystem::is_regular_file(*store.ca_file, error))
+               return site.At(node, key, store.ca_file->string() + " is not a readable file");
+             return Status::Ok();
+           }},
+          {"proxy",
+           [&](const toml::node& node, const std::string& key) {
+             auto proxy = GetString(site, node, key, "a string (proxy URL)");
+             if (!proxy.ok()) return proxy.status();
+             const bool known_scheme =
+                 proxy->starts_with("http://") || proxy->starts_with("https://") ||
+                 proxy->starts_with("socks5://") || proxy->starts_with("socks5h://");
+             if (!proxy->empty() && !known_scheme)
+               return site.At(
+                   node, key,
+                   "\"" + *proxy + "\" is not an http://, https:// or socks5:// proxy URL");
+             store.proxy = *proxy;
+             return Status::Ok();
+           }},
+      });
+  if (!status.ok()) return status;
+  if (store.require_signatures && store.trusted_keys_pem.empty()) {
+    return site.At(table, "model_store.require_signatures",
+                   "needs at least one key in model_store.trusted_keys");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 bool IsValidModelName(std::string_view name) {
   if (name.empty() || name.size() > 64) return false;
   auto lower_or_digit = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
@@ -304,6 +400,8 @@ bool IsValidModelName(std::string_view name) {
   return std::all_of(name.begin(), name.end(),
                      [&](char c) { return lower_or_digit(c) || c == '.' || c == '_' || c == '-'; });
 }
+
+namespace {
 
 Status ParseModel(const ErrorSite& site, const toml::table& table, const std::string& section,
                   ModelServeConfig& model) {
@@ -514,8 +612,13 @@ Result<DaemonConfig> ParseConfig(std::string_view text, std::string_view source_
   DaemonConfig config;
   using SectionParser = Status (*)(const ErrorSite&, const toml::table&, DaemonConfig&);
   static const std::map<std::string_view, SectionParser> kSections = {
-      {"server", &ParseServer}, {"paths", &ParsePaths},     {"log", &ParseLog},
-      {"auth", &ParseAuth},     {"engines", &ParseEngines}, {"economics", &ParseEconomics},
+      {"server", &ParseServer},
+      {"paths", &ParsePaths},
+      {"log", &ParseLog},
+      {"auth", &ParseAuth},
+      {"engines", &ParseEngines},
+      {"economics", &ParseEconomics},
+      {"model_store", &ParseModelStore},
   };
   for (const auto& [name, node] : root) {
     if (name.str() == "models") {
@@ -526,8 +629,8 @@ Result<DaemonConfig> ParseConfig(std::string_view text, std::string_view source_
     if (section == kSections.end()) {
       return site.At(
           node, name.str(),
-          "unknown key (known: [auth], [economics], [engines], [log], [paths], [server], "
-          "[[models]])");
+          "unknown key (known: [auth], [economics], [engines], [log], [model_store], [paths], "
+          "[server], [[models]])");
     }
     const auto* table = node.as_table();
     if (table == nullptr)

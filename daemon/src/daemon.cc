@@ -30,6 +30,7 @@
 #include "inferbox/daemon/inference_service.h"
 #include "inferbox/daemon/key_quotas.h"
 #include "inferbox/daemon/key_store.h"
+#include "inferbox/daemon/model_manager.h"
 #include "inferbox/daemon/openai_gateway.h"
 #include "inferbox/daemon/supervisor.h"
 #include "inferbox/daemon/systemd_notifier.h"
@@ -142,6 +143,10 @@ class RunningDaemon {
 
  private:
   Status OpenDatabase(const std::filesystem::path& state_dir);
+  // The model store (<state_dir>/models) and the models loaded at run time before.
+  Status OpenModelStore(const std::filesystem::path& state_dir);
+  // Memory of each GPU found, in bytes, from the GPU collector's latest reading.
+  std::vector<uint64_t> GpuMemory() const;
   Status StartMetrics();
   Status StartEngines(const std::filesystem::path& state_dir,
                       const std::filesystem::path& runtime_dir);
@@ -171,6 +176,8 @@ class RunningDaemon {
   KeyQuotas key_quotas_;
   std::unique_ptr<UsageMeter> usage_meter_;
   std::unique_ptr<admin::AuditLog> audit_log_;
+  // The model store and the served set behind the Admin model RPCs.
+  std::unique_ptr<ModelManager> model_manager_;
   std::unique_ptr<admin::AdminServiceImpl> admin_service_;
   monitoring::ServingMetrics serving_metrics_{*metrics_.registry()};
   std::unique_ptr<CountingAuthenticator> api_authenticator_;
@@ -208,8 +215,8 @@ Status RunningDaemon::OpenDatabase(const std::filesystem::path& state_dir) {
   auto audit = admin::AuditLog::Open(database);
   if (!audit.ok()) return audit.status().WithContext("cannot open the audit log");
   audit_log_ = std::move(audit).value();
-  admin_service_ = std::make_unique<admin::AdminServiceImpl>(board_, keys_.get(), nullptr,
-                                                             usage_ledger_.get(), audit_log_.get());
+  admin_service_ = std::make_unique<admin::AdminServiceImpl>(
+      board_, keys_.get(), nullptr, usage_ledger_.get(), audit_log_.get(), model_manager_.get());
   return Status::Ok();
 }
 
@@ -234,23 +241,50 @@ Status RunningDaemon::StartMetrics() {
   return Status::Ok();
 }
 
+Status RunningDaemon::OpenModelStore(const std::filesystem::path& state_dir) {
+  ModelManagerOptions options;
+  options.state_dir = state_dir;
+  options.store = config_.model_store;
+  options.gpu_memory = [this] { return GpuMemory(); };
+  options.on_default_changed = [this](const std::string& model) {
+    if (frontend_) frontend_->SetDefaultModel(model);
+  };
+  auto manager = ModelManager::Open(std::move(options), *metrics_.registry());
+  if (!manager.ok()) return manager.status();
+  model_manager_ = std::move(manager).value();
+  return Status::Ok();
+}
+
+std::vector<uint64_t> RunningDaemon::GpuMemory() const {
+  std::vector<uint64_t> memory;
+  for (const auto& family : gpu_collector_->Collect()) {
+    if (family.name != "inferbox_gpu_memory_total_bytes") continue;
+    for (const auto& metric : family.metric)
+      memory.push_back(static_cast<uint64_t>(metric.gauge.value));
+  }
+  return memory;
+}
+
 Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
                                    const std::filesystem::path& runtime_dir) {
   SupervisorOptions options;
   if (config_.engines.executable) {
     options.engine_executable = *config_.engines.executable;
-  } else if (!config_.models.empty()) {
-    auto found = FindEngineExecutable();
-    if (!found.ok()) return found.status();
+  } else if (auto found = FindEngineExecutable(); found.ok()) {
     options.engine_executable = *found;
+  } else if (!config_.models.empty()) {
+    return found.status();
   }
   options.runtime_dir = runtime_dir;
   options.state_dir = state_dir;
   options.supervision = config_.engines;
   options.log_level = spdlog::level::to_string_view(config_.log_level).data();
-  supervisor_ = std::make_unique<Supervisor>(std::move(options), config_.models);
-  for (const auto& model : config_.models) serving_metrics_.RegisterModel(model.name);
+  // The config file's models, then those loaded at run time before (config wins on a clash).
+  const std::vector<ModelServeConfig> served = model_manager_->ModelsToServe(config_.models);
+  supervisor_ = std::make_unique<Supervisor>(std::move(options), served);
+  for (const auto& model : served) serving_metrics_.RegisterModel(model.name);
   frontend_ = std::make_unique<EngineFrontend>(*supervisor_, &serving_metrics_, usage_meter_.get());
+  model_manager_->Attach(*supervisor_);
   api_authenticator_ = std::make_unique<CountingAuthenticator>(*keys_, serving_metrics_);
   inference_service_ = std::make_unique<InferenceServiceImpl>(*frontend_, *api_authenticator_);
   engine_collector_ = std::make_shared<EngineMetricsCollector>(*supervisor_);
@@ -270,6 +304,8 @@ void RunningDaemon::UpdateServingState() {
   bool any_ready = false;
   bool any_down = false;  // Failed or restarting.
   for (const auto& model : supervisor_->models()) {
+    // Models added at run time get their series too (idempotent for the others).
+    serving_metrics_.RegisterModel(model.name);
     const auto state = supervisor_->ModelStateOf(model.name);
     all_ready = all_ready && state == inferbox::v1::MODEL_STATE_READY;
     any_ready = any_ready || state == inferbox::v1::MODEL_STATE_READY;
@@ -384,6 +420,7 @@ Status RunningDaemon::Start() {
       options_.config_path ? options_.config_path->string() : std::string(kEmbeddedConfigName),
       state_dir.string(), runtime_dir.string());
 
+  if (Status opened = OpenModelStore(state_dir); !opened.ok()) return opened;
   if (Status opened = OpenDatabase(state_dir); !opened.ok()) return opened;
 
   notifier_.Status("binding listeners");
@@ -445,6 +482,7 @@ void RunningDaemon::Reload() {
   if (next.models != config_.models) warn_restart("models");
   if (next.engines != config_.engines) warn_restart("engines");
   if (next.economics != config_.economics) warn_restart("economics");
+  if (next.model_store != config_.model_store) warn_restart("model_store");
   if (next.grpc_reflection != config_.grpc_reflection) warn_restart("server.grpc_reflection");
   if (next.state_dir != config_.state_dir) warn_restart("paths.state_dir");
   if (next.runtime_dir != config_.runtime_dir) warn_restart("paths.runtime_dir");
@@ -455,6 +493,7 @@ void RunningDaemon::Reload() {
   next.models = config_.models;
   next.engines = config_.engines;
   next.economics = config_.economics;
+  next.model_store = config_.model_store;
   next.grpc_reflection = config_.grpc_reflection;
   next.state_dir = config_.state_dir;
   next.runtime_dir = config_.runtime_dir;

@@ -293,10 +293,22 @@ Result<std::shared_ptr<EngineReplica>> EngineFrontend::Route(const std::string& 
   return ready[PickReplica(load, PromptAffinity(affinity_prefix))];
 }
 
+void EngineFrontend::SetDefaultModel(std::string model) {
+  std::lock_guard lock(default_mutex_);
+  default_model_ = std::move(model);
+}
+
+std::string EngineFrontend::ResolveModel(const std::string& model) const {
+  if (!model.empty() && model != "default") return model;
+  std::lock_guard lock(default_mutex_);
+  return default_model_.empty() ? model : default_model_;
+}
+
 Result<std::unique_ptr<GenerationStream>> EngineFrontend::Start(
-    wire::GenerateRequest request, const std::string& model, const Caller& caller,
+    wire::GenerateRequest request, const std::string& requested_model, const Caller& caller,
     std::string_view affinity_prefix, int64_t estimated_tokens,
     std::optional<std::chrono::system_clock::time_point> deadline) {
+  const std::string model = ResolveModel(requested_model);
   auto replica = Route(model, caller, affinity_prefix);
   if (!replica.ok()) return replica.status();
   // Quotas after the model and the caller's rights: a refused model is 403, not 429.
@@ -348,7 +360,7 @@ Result<std::unique_ptr<GenerationStream>> EngineFrontend::Chat(
 
 Result<api::TokenizeResponse> EngineFrontend::Tokenize(const api::TokenizeRequest& request,
                                                        const Caller& caller) {
-  auto replica = Route(request.model(), caller, "");
+  auto replica = Route(ResolveModel(request.model()), caller, "");
   if (!replica.ok()) return replica.status();
   auto stub = (*replica)->stub();
   if (stub == nullptr)

@@ -38,6 +38,10 @@ constexpr int kMaxHealthMisses = 3;
 constexpr auto kStopGrace = 8s;
 // An engine that stayed ready this long has its restart backoff reset.
 constexpr auto kStableUptime = 60s;
+// After a replacement switched new requests to the new engines, the old ones keep taking
+// requests this long before they drain: a request routed to an old replica just before the
+// switch must reach its engine before the engine's Drain refuses new work.
+constexpr auto kSwitchGrace = 1s;
 
 std::string DescribeExit(int wait_status) {
   if (WIFEXITED(wait_status)) {
@@ -202,6 +206,7 @@ api::EngineInfo EngineReplica::Info() const {
   info.set_name(name());
   info.set_model(model_);
   info.set_replica(replica_);
+  info.set_generation(generation_);
   info.set_state(state_.load());
   for (const uint32_t gpu : gpus_) info.add_gpus(gpu);
   std::lock_guard lock(mutex_);
@@ -231,28 +236,92 @@ std::string EngineReplica::Unavailability() const {
 
 struct Supervisor::Watcher {
   std::shared_ptr<EngineReplica> replica;
-  const ModelServeConfig* model = nullptr;
+  std::shared_ptr<const ModelServeConfig> model;
   std::filesystem::path socket;
-  std::thread thread;
   std::unique_ptr<EngineProcess> process;  // Watcher thread only.
   std::mutex process_mutex;                // Guards `process` (reset vs. reads).
+  // Set by Stop or Retire; guarded by the supervisor's stop_mutex_.
+  bool stop = false;
+  std::chrono::milliseconds drain{0};
+
+  // Under the supervisor's models_mutex_.
+  void Launch(Supervisor& supervisor) {
+    if (launched) return;
+    launched = true;
+    thread = std::thread([&supervisor, this] { supervisor.Watch(*this); });
+  }
+  // Any thread; returns once the watcher thread (if launched) has ended.
+  void Join() {
+    std::lock_guard lock(join_mutex);
+    if (thread.joinable()) thread.join();
+  }
+
+ private:
+  std::mutex join_mutex;
+  std::thread thread;
+  bool launched = false;
 };
 
 Supervisor::Supervisor(SupervisorOptions options, std::vector<ModelServeConfig> models)
-    : options_(std::move(options)), models_(std::move(models)) {
-  for (const ModelServeConfig& model : models_) {
-    const size_t per_replica = model.gpus.size() / model.replicas;
-    for (uint32_t r = 0; r < model.replicas; ++r) {
-      auto watcher = std::make_unique<Watcher>();
-      std::vector<uint32_t> gpus(
-          model.gpus.begin() + static_cast<ptrdiff_t>(r * per_replica),
-          model.gpus.begin() + static_cast<ptrdiff_t>((r + 1) * per_replica));
-      watcher->replica = std::make_shared<EngineReplica>(model.name, r, std::move(gpus));
-      watcher->model = &model;
-      watcher->socket = options_.runtime_dir / "engines" / fmt::format("{}-{}.sock", model.name, r);
-      watchers_.push_back(std::move(watcher));
-    }
+    : options_(std::move(options)) {
+  for (ModelServeConfig& model : models) {
+    auto config = std::make_shared<const ModelServeConfig>(std::move(model));
+    last_generation_[config->name] = 1;
+    auto watchers = MakeWatchers(config, 1);
+    watchers_.insert(watchers_.end(), watchers.begin(), watchers.end());
+    served_.push_back({std::move(config), std::move(watchers)});
   }
+}
+
+std::vector<std::shared_ptr<Supervisor::Watcher>> Supervisor::MakeWatchers(
+    std::shared_ptr<const ModelServeConfig> model, uint32_t generation) const {
+  std::vector<std::shared_ptr<Watcher>> watchers;
+  const size_t per_replica = model->gpus.size() / model->replicas;
+  for (uint32_t r = 0; r < model->replicas; ++r) {
+    auto watcher = std::make_shared<Watcher>();
+    std::vector<uint32_t> gpus(model->gpus.begin() + static_cast<ptrdiff_t>(r * per_replica),
+                               model->gpus.begin() + static_cast<ptrdiff_t>((r + 1) * per_replica));
+    watcher->replica = std::make_shared<EngineReplica>(model->name, r, std::move(gpus), generation);
+    // The first generation keeps the plain name; later ones run beside an older one.
+    const std::string socket = generation == 1
+                                   ? fmt::format("{}-{}.sock", model->name, r)
+                                   : fmt::format("{}-{}.g{}.sock", model->name, r, generation);
+    watcher->socket = options_.runtime_dir / "engines" / socket;
+    watcher->model = model;
+    watchers.push_back(std::move(watcher));
+  }
+  return watchers;
+}
+
+Status Supervisor::CheckModel(const ModelServeConfig& model) const {
+  if (!IsValidModelName(model.name))
+    return InvalidArgumentError("model name \"" + model.name +
+                                "\" is not [a-z0-9][a-z0-9._-]{0,63}");
+  if (model.path.empty()) return InvalidArgumentError("model " + model.name + ": path is empty");
+  if (model.replicas < 1 || model.replicas > 64)
+    return InvalidArgumentError(
+        fmt::format("model {}: replicas must be 1 to 64, not {}", model.name, model.replicas));
+  if (model.device == "cuda") {
+    if (model.gpus.empty())
+      return InvalidArgumentError("model " + model.name + ": device cuda needs gpus");
+    if (model.gpus.size() % model.replicas != 0) {
+      return InvalidArgumentError(
+          fmt::format("model {}: {} GPUs do not split evenly into {} "
+                      "replicas",
+                      model.name, model.gpus.size(), model.replicas));
+    }
+  } else if (model.device != "cpu") {
+    return InvalidArgumentError(fmt::format("model {}: device \"{}\" is not \"cpu\" or \"cuda\"",
+                                            model.name, model.device));
+  } else if (!model.gpus.empty()) {
+    return InvalidArgumentError("model " + model.name + ": gpus only apply with device cuda");
+  }
+  std::error_code error;
+  if (!std::filesystem::is_directory(ModelPath(model), error)) {
+    return InvalidArgumentError(fmt::format("model {}: the model folder {} does not exist",
+                                            model.name, ModelPath(model).string()));
+  }
+  return Status::Ok();
 }
 
 Supervisor::~Supervisor() {
@@ -264,9 +333,18 @@ void Supervisor::SetStateListener(std::function<void()> listener) {
   listener_ = std::move(listener);
 }
 
-const ModelServeConfig* Supervisor::FindModel(std::string_view name) const {
-  for (const auto& model : models_) {
-    if (model.name == name) return &model;
+std::vector<ModelServeConfig> Supervisor::models() const {
+  std::lock_guard lock(models_mutex_);
+  std::vector<ModelServeConfig> models;
+  models.reserve(served_.size());
+  for (const Served& served : served_) models.push_back(*served.config);
+  return models;
+}
+
+std::shared_ptr<const ModelServeConfig> Supervisor::FindModel(std::string_view name) const {
+  std::lock_guard lock(models_mutex_);
+  for (const Served& served : served_) {
+    if (served.config->name == name) return served.config;
   }
   return nullptr;
 }
@@ -278,15 +356,22 @@ std::filesystem::path Supervisor::ModelPath(const ModelServeConfig& model) const
 
 std::vector<std::shared_ptr<EngineReplica>> Supervisor::Replicas(std::string_view model) const {
   std::vector<std::shared_ptr<EngineReplica>> replicas;
-  for (const auto& watcher : watchers_) {
-    if (watcher->replica->model() == model) replicas.push_back(watcher->replica);
+  std::lock_guard lock(models_mutex_);
+  for (const Served& served : served_) {
+    if (served.config->name != model) continue;
+    for (const auto& watcher : served.watchers) replicas.push_back(watcher->replica);
   }
   return replicas;
 }
 
 std::vector<api::EngineInfo> Supervisor::Engines() const {
+  std::vector<std::shared_ptr<EngineReplica>> replicas;
+  {
+    std::lock_guard lock(models_mutex_);
+    for (const auto& watcher : watchers_) replicas.push_back(watcher->replica);
+  }
   std::vector<api::EngineInfo> engines;
-  for (const auto& watcher : watchers_) engines.push_back(watcher->replica->Info());
+  for (const auto& replica : replicas) engines.push_back(replica->Info());
   return engines;
 }
 
@@ -317,13 +402,25 @@ void Supervisor::Start() {
   std::filesystem::create_directories(options_.runtime_dir / "engines", error);
   std::filesystem::permissions(options_.runtime_dir / "engines", std::filesystem::perms::owner_all,
                                error);
-  for (auto& watcher : watchers_) {
-    Watcher* raw = watcher.get();
-    watcher->thread = std::thread([this, raw] { Watch(*raw); });
-  }
+  std::lock_guard lock(models_mutex_);
+  if (closed_) return;
+  started_ = true;
+  StartWatchersLocked(watchers_);
+}
+
+void Supervisor::StartWatchersLocked(const std::vector<std::shared_ptr<Watcher>>& watchers) {
+  if (!started_) return;
+  for (const auto& watcher : watchers) watcher->Launch(*this);
 }
 
 void Supervisor::Stop(std::chrono::milliseconds drain) {
+  std::vector<std::shared_ptr<Watcher>> watchers;
+  {
+    // Once closed_, no watcher is added: every thread that may run is in this snapshot.
+    std::lock_guard lock(models_mutex_);
+    closed_ = true;
+    watchers = watchers_;
+  }
   {
     std::lock_guard lock(stop_mutex_);
     if (stopping_) {
@@ -334,18 +431,187 @@ void Supervisor::Stop(std::chrono::milliseconds drain) {
     }
   }
   stop_changed_.notify_all();
-  for (auto& watcher : watchers_) {
-    if (watcher->thread.joinable()) watcher->thread.join();
+  for (const auto& watcher : watchers) watcher->Join();
+}
+
+void Supervisor::Retire(const std::vector<std::shared_ptr<Watcher>>& watchers,
+                        std::chrono::milliseconds drain) {
+  {
+    std::lock_guard lock(stop_mutex_);
+    for (const auto& watcher : watchers) {
+      watcher->stop = true;
+      watcher->drain = drain;
+    }
   }
+  stop_changed_.notify_all();
+  for (const auto& watcher : watchers) watcher->Join();
+  std::lock_guard lock(models_mutex_);
+  std::erase_if(watchers_, [&](const std::shared_ptr<Watcher>& watcher) {
+    return std::find(watchers.begin(), watchers.end(), watcher) != watchers.end();
+  });
 }
 
-bool Supervisor::SleepUntil(Clock::time_point until) {
+Status Supervisor::AddModel(ModelServeConfig model) {
+  if (Status status = CheckModel(model); !status.ok()) return status;
+  auto config = std::make_shared<const ModelServeConfig>(std::move(model));
+  uint32_t generation = 0;
+  {
+    std::lock_guard lock(models_mutex_);
+    if (closed_) return UnavailableError("the box is shutting down");
+    for (const Served& served : served_) {
+      if (served.config->name == config->name)
+        return Status(StatusCode::kAlreadyExists,
+                      "model " + config->name + " is already served; replace it instead");
+    }
+    generation = ++last_generation_[config->name];
+    auto watchers = MakeWatchers(config, generation);
+    watchers_.insert(watchers_.end(), watchers.begin(), watchers.end());
+    StartWatchersLocked(watchers);
+    served_.push_back({config, std::move(watchers)});
+  }
+  spdlog::info("model {}: added (generation {}, {} replica(s), folder {})", config->name,
+               generation, config->replicas, ModelPath(*config).string());
+  NotifyListener();
+  return Status::Ok();
+}
+
+Status Supervisor::RemoveModel(std::string_view name, std::chrono::milliseconds drain) {
+  std::vector<std::shared_ptr<Watcher>> watchers;
+  {
+    std::lock_guard lock(models_mutex_);
+    const auto served = std::find_if(served_.begin(), served_.end(), [&](const Served& entry) {
+      return entry.config->name == name;
+    });
+    if (served == served_.end())
+      return NotFoundError(fmt::format("model {} is not served by this box", name));
+    if (served->replacing)
+      return FailedPreconditionError(
+          fmt::format("model {} is being replaced; remove it once that is done", name));
+    watchers = std::move(served->watchers);
+    served_.erase(served);
+  }
+  // From here new requests for the model are NOT_FOUND; those in flight drain.
+  NotifyListener();
+  spdlog::info("model {}: removed; draining its engines for up to {} ms", name, drain.count());
+  Retire(watchers, drain);
+  spdlog::info("model {}: its engines stopped", name);
+  return Status::Ok();
+}
+
+Status Supervisor::ReplaceModel(ModelServeConfig next, std::chrono::milliseconds ready_timeout,
+                                std::chrono::milliseconds drain) {
+  if (Status status = CheckModel(next); !status.ok()) return status;
+  auto config = std::make_shared<const ModelServeConfig>(std::move(next));
+  const std::string& name = config->name;
+  auto find = [&] {
+    return std::find_if(served_.begin(), served_.end(),
+                        [&](const Served& entry) { return entry.config->name == name; });
+  };
+  std::vector<std::shared_ptr<Watcher>> fresh;
+  uint32_t generation = 0;
+  {
+    std::lock_guard lock(models_mutex_);
+    if (closed_) return UnavailableError("the box is shutting down");
+    const auto served = find();
+    if (served == served_.end())
+      return NotFoundError(fmt::format("model {} is not served by this box", name));
+    if (served->replacing)
+      return FailedPreconditionError(fmt::format("model {} is already being replaced", name));
+    if (!started_) return FailedPreconditionError("the engines have not been started");
+    served->replacing = true;
+    generation = ++last_generation_[name];
+    fresh = MakeWatchers(config, generation);
+    watchers_.insert(watchers_.end(), fresh.begin(), fresh.end());
+    StartWatchersLocked(fresh);
+  }
+  spdlog::info("model {}: starting generation {} from {} beside the serving one", name, generation,
+               ModelPath(*config).string());
+  NotifyListener();
+  auto finish = [&] {
+    std::lock_guard lock(models_mutex_);
+    if (const auto served = find(); served != served_.end()) served->replacing = false;
+  };
+
+  // Every new replica READY, or why not: an exit (RESTARTING or FAILED), the timeout, Stop.
+  Status failure = Status::Ok();
+  {
+    const auto deadline = Clock::now() + ready_timeout;
+    std::unique_lock lock(stop_mutex_);
+    for (;;) {
+      if (stopping_) {
+        failure = UnavailableError("the box is shutting down");
+        break;
+      }
+      bool all_ready = true;
+      std::string waiting_for;
+      for (const auto& watcher : fresh) {
+        const EngineReplica& replica = *watcher->replica;
+        const api::EngineState state = replica.state();
+        if (state == api::ENGINE_STATE_READY) continue;
+        all_ready = false;
+        if (state == api::ENGINE_STATE_RESTARTING || state == api::ENGINE_STATE_FAILED) {
+          std::lock_guard replica_lock(replica.mutex_);
+          failure = UnavailableError(fmt::format("the new engine {} (generation {}) {}",
+                                                 replica.name(), generation, replica.last_exit_));
+          break;
+        }
+        waiting_for = replica.name();
+      }
+      if (!failure.ok() || all_ready) break;
+      if (Clock::now() >= deadline) {
+        failure = Status(StatusCode::kDeadlineExceeded,
+                         fmt::format("the new engine {} (generation {}) was not ready within {} ms",
+                                     waiting_for, generation, ready_timeout.count()));
+        break;
+      }
+      stop_changed_.wait_until(lock, deadline);
+    }
+  }
+  if (!failure.ok()) {
+    LogEvent(spdlog::level::err, message_ids::kEngineFailed,
+             fmt::format("model {}: replacement refused, generation {} keeps serving: {}", name,
+                         generation - 1, failure.message()));
+    Retire(fresh, 0ms);
+    finish();
+    NotifyListener();
+    return failure;
+  }
+
+  // The switch: new requests go to the new generation from here.
+  std::vector<std::shared_ptr<Watcher>> old;
+  {
+    std::lock_guard lock(models_mutex_);
+    const auto served = find();  // RemoveModel leaves a model being replaced alone.
+    old = std::exchange(served->watchers, fresh);
+    served->config = config;
+  }
+  NotifyListener();
+  spdlog::info("model {}: generation {} serves; draining the previous engines for up to {} ms",
+               name, generation, drain.count());
+  {
+    std::unique_lock lock(stop_mutex_);
+    stop_changed_.wait_for(lock, kSwitchGrace, [this] { return stopping_; });
+  }
+  Retire(old, drain);
+  finish();
+  NotifyListener();
+  spdlog::info("model {}: the previous engines stopped", name);
+  return Status::Ok();
+}
+
+std::optional<std::chrono::milliseconds> Supervisor::StopRequested(const Watcher& watcher) {
+  std::lock_guard lock(stop_mutex_);
+  if (watcher.stop) return watcher.drain;
+  if (stopping_) return drain_;
+  return std::nullopt;
+}
+
+bool Supervisor::SleepUntil(const Watcher& watcher, Clock::time_point until) {
   std::unique_lock lock(stop_mutex_);
-  return !stop_changed_.wait_until(lock, until, [this] { return stopping_; });
+  return !stop_changed_.wait_until(lock, until, [&] { return stopping_ || watcher.stop; });
 }
 
-void Supervisor::SetState(EngineReplica& replica, api::EngineState state) {
-  if (replica.state_.exchange(state) == state) return;
+void Supervisor::NotifyListener() {
   std::function<void()> listener;
   {
     std::lock_guard lock(listener_mutex_);
@@ -354,9 +620,20 @@ void Supervisor::SetState(EngineReplica& replica, api::EngineState state) {
   if (listener) listener();
 }
 
+void Supervisor::SetState(EngineReplica& replica, api::EngineState state) {
+  if (replica.state_.exchange(state) == state) return;
+  {
+    // ReplaceModel waits for states on this condition variable.
+    std::lock_guard lock(stop_mutex_);
+  }
+  stop_changed_.notify_all();
+  NotifyListener();
+}
+
 void Supervisor::Watch(Watcher& watcher) {
   EngineReplica& replica = *watcher.replica;
   const ModelServeConfig& model = *watcher.model;
+  std::optional<std::chrono::milliseconds> drain;  // Set once asked to stop.
   const EngineSupervisionConfig& supervision = options_.supervision;
   std::deque<Clock::time_point> exits;  // Within the restart window.
   int consecutive_failures = 0;
@@ -385,10 +662,7 @@ void Supervisor::Watch(Watcher& watcher) {
   const std::vector<std::string> env = EngineEnvironment(model, replica.gpus_);
 
   for (;;) {
-    {
-      std::lock_guard lock(stop_mutex_);
-      if (stopping_) break;
-    }
+    if (StopRequested(watcher)) break;
     SetState(replica, api::ENGINE_STATE_STARTING);
     // A socket left by a killed engine would answer nothing and slow the first health call.
     std::error_code ignored;
@@ -408,7 +682,7 @@ void Supervisor::Watch(Watcher& watcher) {
         break;
       }
       SetState(replica, api::ENGINE_STATE_RESTARTING);
-      if (!SleepUntil(Clock::now() + std::chrono::seconds(1))) break;
+      if (!SleepUntil(watcher, Clock::now() + std::chrono::seconds(1))) break;
       continue;
     }
     {
@@ -437,14 +711,12 @@ void Supervisor::Watch(Watcher& watcher) {
     // Startup: until Health says READY, the process exits, or the startup timeout.
     bool ready = false;
     bool stop_requested = false;
+    std::string load_failure;
     while (!ready) {
       if (process.WaitExit(kStartupPollInterval)) break;
-      {
-        std::lock_guard lock(stop_mutex_);
-        if (stopping_) {
-          stop_requested = true;
-          break;
-        }
+      if ((drain = StopRequested(watcher))) {
+        stop_requested = true;
+        break;
       }
       if (Clock::now() - started > supervision.startup_timeout) {
         spdlog::error(
@@ -456,7 +728,12 @@ void Supervisor::Watch(Watcher& watcher) {
       }
       if (!std::filesystem::exists(watcher.socket)) continue;
       wire::HealthResponse response;
-      if (health(1s, response).ok() && response.health() == wire::ENGINE_HEALTH_READY) {
+      const bool answered = health(1s, response).ok();
+      if (answered && response.health() == wire::ENGINE_HEALTH_FAILED) {
+        // Said just before an engine that cannot load exits: the reason, for last_exit.
+        load_failure = response.message();
+      }
+      if (answered && response.health() == wire::ENGINE_HEALTH_READY) {
         // Ready means a generation works, not just that the process answers.
         if (const grpc::Status canary = RunCanary(*stub, supervision.canary_timeout);
             !canary.ok()) {
@@ -490,12 +767,9 @@ void Supervisor::Watch(Watcher& watcher) {
         const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
             std::max(next_health - Clock::now(), Clock::duration(0)));
         if (process.WaitExit(std::min<std::chrono::milliseconds>(wait, 100ms))) break;
-        {
-          std::lock_guard lock(stop_mutex_);
-          if (stopping_) {
-            stop_requested = true;
-            break;
-          }
+        if ((drain = StopRequested(watcher))) {
+          stop_requested = true;
+          break;
         }
         if (Clock::now() >= next_canary) {
           const auto steps_before = last_steps;
@@ -568,11 +842,11 @@ void Supervisor::Watch(Watcher& watcher) {
 
     if (stop_requested) {
       SetState(replica, api::ENGINE_STATE_DRAINING);
-      if (ready && drain_.count() > 0) {
+      if (ready && drain->count() > 0) {
         grpc::ClientContext context;
-        context.set_deadline(std::chrono::system_clock::now() + drain_ + 2s);
+        context.set_deadline(std::chrono::system_clock::now() + *drain + 2s);
         wire::DrainRequest request;
-        request.set_timeout_seconds(static_cast<double>(drain_.count()) / 1000.0);
+        request.set_timeout_seconds(static_cast<double>(drain->count()) / 1000.0);
         wire::DrainResponse response;
         if (stub->Drain(&context, request, &response).ok() && response.num_requests_aborted() > 0) {
           spdlog::warn("engine {}: drain timeout, {} requests aborted", replica.name(),
@@ -594,7 +868,9 @@ void Supervisor::Watch(Watcher& watcher) {
 
     // The engine exited on its own (or was killed as hung): restart, or give up.
     const int wait_status = process.wait_status();
-    const std::string exit = DescribeExit(wait_status);
+    const std::string exit = load_failure.empty()
+                                 ? DescribeExit(wait_status)
+                                 : fmt::format("{} ({})", DescribeExit(wait_status), load_failure);
     {
       std::lock_guard lock(watcher.process_mutex);
       watcher.process.reset();
@@ -635,7 +911,7 @@ void Supervisor::Watch(Watcher& watcher) {
       std::lock_guard lock(replica.mutex_);
       ++replica.restarts_;
     }
-    if (!SleepUntil(Clock::now() + backoff)) break;
+    if (!SleepUntil(watcher, Clock::now() + backoff)) break;
   }
   std::lock_guard lock(watcher.process_mutex);
   watcher.process.reset();

@@ -233,5 +233,52 @@ TEST(ModelsConfig, RefusesModelsThatCannotRunNamingTheKey) {
               HasSubstr("engines.health_timeout_seconds"));
 }
 
+TEST(ModelStoreConfig, ParsesKeysMirrorsCaFileAndProxy) {
+  inferbox::testing::TempDir dir;
+  const std::string pem =
+      "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n"
+      "-----END PUBLIC KEY-----\n";
+  std::ofstream(dir / "signing.pub.pem") << pem;
+  std::ofstream(dir / "ca.pem") << "certificates\n";
+  auto config = ParseConfig("[model_store]\nrequire_signatures = true\ntrusted_keys = [\"\"\"" +
+                                pem + "\"\"\", \"" + (dir / "signing.pub.pem").string() +
+                                "\"]\nmirrors = [\"https://models.corp.example/inferbox/\"]\n"
+                                "ca_file = \"" +
+                                (dir / "ca.pem").string() +
+                                "\"\nproxy = \"http://proxy.corp.example:3128\"\n",
+                            "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const ModelStoreConfig& store = config->model_store;
+  EXPECT_TRUE(store.require_signatures);
+  ASSERT_EQ(store.trusted_keys_pem.size(), 2u);
+  EXPECT_EQ(store.trusted_keys_pem[0], pem);
+  EXPECT_EQ(store.trusted_keys_pem[1], pem) << "a key given as a path is read at load";
+  EXPECT_EQ(store.mirrors, std::vector<std::string>{"https://models.corp.example/inferbox/"});
+  EXPECT_EQ(store.ca_file, dir / "ca.pem");
+  EXPECT_EQ(store.proxy, "http://proxy.corp.example:3128");
+  EXPECT_EQ(ParseConfig("", "empty.toml")->model_store, ModelStoreConfig{})
+      << "no [model_store]: no keys, no mirrors, signatures optional";
+}
+
+TEST(ModelStoreConfig, RefusesBadMirrorsKeysAndPoliciesNamingTheKey) {
+  EXPECT_THAT(ErrorOf("[model_store]\nmirrors = [\"ftp://models.example/\"]\n"),
+              HasSubstr("model_store.mirrors"));
+  EXPECT_THAT(ErrorOf("[model_store]\nmirrors = [\"https://user:pw@models.example/\"]\n"),
+              HasSubstr("model_store.mirrors"));
+  EXPECT_THAT(ErrorOf("[model_store]\nmirrors = \"https://models.example/\"\n"),
+              HasSubstr("expected an array"));
+  EXPECT_THAT(ErrorOf("[model_store]\nrequire_signatures = true\n"),
+              HasSubstr("needs at least one key in model_store.trusted_keys"));
+  EXPECT_THAT(ErrorOf("[model_store]\ntrusted_keys = [\"relative/key.pem\"]\n"),
+              HasSubstr("neither a PEM public key nor an absolute path"));
+  EXPECT_THAT(ErrorOf("[model_store]\ntrusted_keys = [\"/nonexistent/key.pem\"]\n"),
+              HasSubstr("model_store.trusted_keys"));
+  EXPECT_THAT(ErrorOf("[model_store]\nca_file = \"/nonexistent/ca.pem\"\n"),
+              HasSubstr("model_store.ca_file"));
+  EXPECT_THAT(ErrorOf("[model_store]\nproxy = \"proxy.example:3128\"\n"),
+              HasSubstr("model_store.proxy"));
+  EXPECT_THAT(ErrorOf("[model_store]\nmirror = []\n"), HasSubstr("unknown key"));
+}
+
 }  // namespace
 }  // namespace inferbox::daemon

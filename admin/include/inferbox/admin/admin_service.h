@@ -15,6 +15,7 @@
 #include <google/protobuf/message.h>
 
 #include "inferbox/admin/audit_log.h"
+#include "inferbox/admin/model_admin.h"
 #include "inferbox/admin/status_board.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 
@@ -35,9 +36,12 @@ class AdminServiceImpl final : public inferbox::v1::Admin::Service {
   // anonymous admin (a keyless box, as before keys existed). `usage`: the ledger behind
   // GetUsage, `audit`: where calls are recorded and what ListAuditEvents reads; nullptr:
   // those RPCs answer UNAVAILABLE (and nothing is recorded).
+  // `models`: the model store and served set behind the model RPCs; nullptr: they answer
+  // UNAVAILABLE.
   explicit AdminServiceImpl(const StatusBoard& board, daemon::KeyStore* keys = nullptr,
                             const daemon::Authenticator* authenticator = nullptr,
-                            daemon::UsageLedger* usage = nullptr, AuditLog* audit = nullptr);
+                            daemon::UsageLedger* usage = nullptr, AuditLog* audit = nullptr,
+                            ModelAdmin* models = nullptr);
 
   grpc::Status GetStatus(grpc::ServerContext* context,
                          const inferbox::v1::GetStatusRequest* request,
@@ -57,6 +61,29 @@ class AdminServiceImpl final : public inferbox::v1::Admin::Service {
   grpc::Status ListAuditEvents(grpc::ServerContext* context,
                                const inferbox::v1::ListAuditEventsRequest* request,
                                inferbox::v1::ListAuditEventsResponse* response) override;
+
+  // Model RPCs (admin_model_rpcs.cc).
+  grpc::Status ListInstalledModels(grpc::ServerContext* context,
+                                   const inferbox::v1::ListInstalledModelsRequest* request,
+                                   inferbox::v1::ListInstalledModelsResponse* response) override;
+  grpc::Status InstallModel(
+      grpc::ServerContext* context, const inferbox::v1::InstallModelRequest* request,
+      grpc::ServerWriter<inferbox::v1::InstallModelProgress>* writer) override;
+  grpc::Status RemoveModel(grpc::ServerContext* context,
+                           const inferbox::v1::RemoveModelRequest* request,
+                           inferbox::v1::RemoveModelResponse* response) override;
+  grpc::Status LoadModel(grpc::ServerContext* context,
+                         const inferbox::v1::LoadModelRequest* request,
+                         inferbox::v1::LoadModelResponse* response) override;
+  grpc::Status UnloadModel(grpc::ServerContext* context,
+                           const inferbox::v1::UnloadModelRequest* request,
+                           inferbox::v1::UnloadModelResponse* response) override;
+  grpc::Status SetDefaultModel(grpc::ServerContext* context,
+                               const inferbox::v1::SetDefaultModelRequest* request,
+                               inferbox::v1::SetDefaultModelResponse* response) override;
+  grpc::Status PlanModel(grpc::ServerContext* context,
+                         const inferbox::v1::PlanModelRequest* request,
+                         inferbox::v1::PlanModelResponse* response) override;
 
  private:
   // One call being served, as its handler sees it (who calls; what to add to its audit
@@ -78,6 +105,7 @@ class AdminServiceImpl final : public inferbox::v1::Admin::Service {
   const daemon::Authenticator* const authenticator_;
   daemon::UsageLedger* const usage_;
   AuditLog* const audit_;
+  ModelAdmin* const models_;
 };
 
 }  // namespace inferbox::admin

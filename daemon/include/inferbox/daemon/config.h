@@ -61,6 +61,9 @@ struct ModelServeConfig {
   bool operator==(const ModelServeConfig&) const = default;
 };
 
+// Whether `name` is a valid model id: [a-z0-9][a-z0-9._-]{0,63}.
+bool IsValidModelName(std::string_view name);
+
 // [engines]: how the supervisor runs and watches engine processes.
 struct EngineSupervisionConfig {
   // The inferbox-engine executable; unset: found next to inferboxd (build tree or
@@ -88,6 +91,24 @@ struct EngineSupervisionConfig {
   bool operator==(const EngineSupervisionConfig&) const = default;
 };
 
+// [model_store]: where installs may come from and whose signatures the box trusts. The store
+// itself lives in <state_dir>/models.
+struct ModelStoreConfig {
+  // Refuse every install without a valid signature from a trusted key (folders included).
+  bool require_signatures = false;
+  // ed25519 public keys (PEM). The file may give the PEM text or an absolute path to it;
+  // paths are read when the configuration loads.
+  std::vector<std::string> trusted_keys_pem;
+  // URL prefixes mirror installs may fetch from (R6.10: nothing else is ever fetched).
+  std::vector<std::string> mirrors;
+  // CA certificates (PEM) for https mirrors; unset: the system's.
+  std::optional<std::filesystem::path> ca_file;
+  // Proxy URL for mirrors; empty: none (proxy environment variables are ignored).
+  std::string proxy;
+
+  bool operator==(const ModelStoreConfig&) const = default;
+};
+
 struct DaemonConfig {
   // [server]
   ListenAddress grpc_listen{"127.0.0.1", 7070};
@@ -109,6 +130,8 @@ struct DaemonConfig {
   EngineSupervisionConfig engines;
   // [[models]]
   std::vector<ModelServeConfig> models;
+  // [model_store]
+  ModelStoreConfig model_store;
   // [economics]
   monitoring::EconomicsConfig economics;
 

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <atomic>
+#include <mutex>
+#include <string>
 
 #include "inferbox/daemon/frontend.h"
 #include "inferbox/daemon/supervisor.h"
@@ -24,6 +26,9 @@ class EngineFrontend final : public InferenceFrontend {
 
   // false: new requests get UNAVAILABLE (the box is draining).
   void SetAccepting(bool accepting) { accepting_.store(accepting); }
+  // The model a request gets when it names none or names "default" (Admin.SetDefaultModel);
+  // empty: none. Any thread.
+  void SetDefaultModel(std::string model);
 
   Result<std::unique_ptr<GenerationStream>> Generate(
       const inferbox::v1::GenerateRequest& request, const Caller& caller,
@@ -47,12 +52,16 @@ class EngineFrontend final : public InferenceFrontend {
 
   // Counts a refusal (by reason) and passes it on.
   Status Reject(Status status);
+  // `model`, or the default model for "" and "default" (when one is set).
+  std::string ResolveModel(const std::string& model) const;
 
   Supervisor& supervisor_;
   monitoring::ServingMetrics* metrics_;
   UsageMeter* const meter_;
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> next_request_{1};
+  mutable std::mutex default_mutex_;
+  std::string default_model_;  // Guarded by default_mutex_.
 };
 
 }  // namespace inferbox::daemon
