@@ -143,6 +143,8 @@ class EngineStream final : public GenerationStream {
 
   void RecordChunk(const api::GenerateChunk& chunk) {
     const auto now = std::chrono::steady_clock::now();
+    // Known from the first chunk, so a request that does not finish is billed its prompt.
+    if (incoming_.prompt_tokens() > 0) record_.prompt_tokens = incoming_.prompt_tokens();
     const int tokens = chunk.token_ids_size();
     if (tokens > 0) {
       if (!record_.first_token_seconds) {

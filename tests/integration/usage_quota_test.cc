@@ -357,11 +357,11 @@ TEST_F(UsageQuotaTest, LedgerRowsAreWhatTheClientsReceived) {
   EXPECT_EQ(count(http_usage, "completion_tokens"), 7u);
   expect_row(rows[2], "http", "length", count(stream_usage, "prompt_tokens"),
              count(stream_usage, "completion_tokens"), rows[2].cached_prompt_tokens);
-  // A cancelled stream: the tokens generated up to the cancel, at least those the client
-  // read; the engine reports the prompt only when a request finishes.
+  // A cancelled stream: its prompt (the same chat as the first row's) and the tokens
+  // generated up to the cancel, at least those the client read.
   EXPECT_EQ(rows[3].api, "grpc");
   EXPECT_EQ(rows[3].outcome, "cancelled");
-  EXPECT_EQ(rows[3].prompt_tokens, 0u);
+  EXPECT_EQ(rows[3].prompt_tokens, UsageOf(grpc_chat).prompt_tokens());
   EXPECT_GE(rows[3].completion_tokens, cancelled_tokens);
   EXPECT_LT(rows[3].completion_tokens, 3000u);
   expect_row(rows[4], "grpc", "invalid", 0, 0, 0);

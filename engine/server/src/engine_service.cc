@@ -130,12 +130,14 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
   }
   if (!options.ok()) return ToGrpcStatus(options.status());
 
+  const auto prompt_tokens = static_cast<uint32_t>(options->prompt.size());
   auto queue = std::make_shared<DeltaQueue>();
   const Result<int64_t> id = runtime.Submit(std::move(options).value(), queue->Callback(queue));
   if (!id.ok()) return ToGrpcStatus(id.status());
   spdlog::debug("request {} ({}) accepted", request_id, *id);
 
   wire::GenerateChunk chunk;
+  bool first = true;
   for (;;) {
     if (context->IsCancelled()) {
       // Client gone or deadline passed: free the request's KV at the next step.
@@ -166,6 +168,8 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
         top.set_logprob(value);
       }
     }
+    if (first) chunk.set_prompt_tokens(prompt_tokens);
+    first = false;
     const bool last = delta->finished && delta->error.ok();
     if (last) {
       out.set_finish_reason(ToProto(delta->finish));
