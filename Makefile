@@ -9,7 +9,7 @@ CMAKE_ARGS += -DINFERBOX_WERROR=ON
 endif
 RUN_DIR := $(CURDIR)/.inferbox
 
-.PHONY: all deps configure build run test format format-check clean
+.PHONY: all deps configure build run test packages format format-check clean
 
 all: build
 
@@ -35,6 +35,10 @@ run: build
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+# The deb and rpm packages (packaging/), into $(BUILD_DIR)/packages; docs/install.md.
+packages: build
+	@cmake --build $(BUILD_DIR) --target package
 
 format:
 	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 -r clang-format -i

@@ -18,6 +18,9 @@ packages=(
   # The tiny-model generator (tools/inferbox-make-model) and the reference forward pass
   # (tests/reference/forward_reference.py) run on Debian's Python with numpy.
   python3 python3-numpy
+  # The packages (packaging/) and their tests (tests/packaging): dpkg-shlibdeps, rpmbuild,
+  # the two linters, manual pages made from --help, and the install test's tools.
+  dpkg-dev rpm rpmlint lintian help2man curl iproute2 util-linux
 )
 
 # Node.js runs the reference implementations the tests compare with (tests/reference). A
