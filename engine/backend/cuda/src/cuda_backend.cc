@@ -4,24 +4,99 @@
 #include <cstring>
 #include <map>
 #include <tuple>
+#include <type_traits>
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <fmt/format.h>
 
 #include "kernels.h"
 
-#define INFERBOX_CUBLAS_CHECK(call)                                                    \
-  do {                                                                                 \
-    const cublasStatus_t inferbox_cublas_status = (call);                              \
-    if (inferbox_cublas_status != CUBLAS_STATUS_SUCCESS) {                             \
-      ::inferbox::engine::cuda::FatalCudaError(                                        \
-          #call, cublasLtGetStatusString(inferbox_cublas_status), __FILE__, __LINE__); \
-    }                                                                                  \
+#define INFERBOX_CUBLAS_CHECK(call)                                                 \
+  do {                                                                              \
+    const cublasStatus_t inferbox_cublas_status = (call);                           \
+    if (inferbox_cublas_status != CUBLAS_STATUS_SUCCESS) {                          \
+      ::inferbox::engine::cuda::FatalCudaError(                                     \
+          #call, Lt().GetStatusString(inferbox_cublas_status), __FILE__, __LINE__); \
+    }                                                                               \
   } while (false)
 
 namespace inferbox::engine::cuda {
 namespace {
+
+// cuBLASLt, loaded at run time (dlopen) rather than linked: the engine binary then starts on
+// a box without NVIDIA's CUDA libraries and serves --device cpu there; --device cuda says
+// what is missing. The CUDA runtime is linked statically for the same reason.
+struct CublasLtApi {
+#define INFERBOX_LT_FUNCTION(name) decltype(&::cublasLt##name) name = nullptr;
+  INFERBOX_LT_FUNCTION(Create)
+  INFERBOX_LT_FUNCTION(Destroy)
+  INFERBOX_LT_FUNCTION(GetStatusString)
+  INFERBOX_LT_FUNCTION(Matmul)
+  INFERBOX_LT_FUNCTION(MatmulAlgoGetHeuristic)
+  INFERBOX_LT_FUNCTION(MatmulDescCreate)
+  INFERBOX_LT_FUNCTION(MatmulDescDestroy)
+  INFERBOX_LT_FUNCTION(MatmulDescSetAttribute)
+  INFERBOX_LT_FUNCTION(MatmulPreferenceCreate)
+  INFERBOX_LT_FUNCTION(MatmulPreferenceDestroy)
+  INFERBOX_LT_FUNCTION(MatmulPreferenceSetAttribute)
+  INFERBOX_LT_FUNCTION(MatrixLayoutCreate)
+  INFERBOX_LT_FUNCTION(MatrixLayoutDestroy)
+#undef INFERBOX_LT_FUNCTION
+};
+
+// The loaded API, or why it could not be loaded. Loaded once; never unloaded.
+const Result<CublasLtApi>& LoadCublasLt() {
+  static const Result<CublasLtApi> api = []() -> Result<CublasLtApi> {
+    void* library = nullptr;
+    std::string errors;
+    for (const char* name : {"libcublasLt.so.13", "libcublasLt.so"}) {
+      library = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (library != nullptr) break;
+      const char* error = dlerror();
+      errors += std::string(errors.empty() ? "" : "; ") + (error != nullptr ? error : name);
+    }
+    if (library == nullptr) {
+      return FailedPreconditionError(
+          "cuBLASLt of CUDA 13 (libcublasLt.so.13) is not installed or not on the library "
+          "path: " +
+          errors);
+    }
+    CublasLtApi loaded;
+    std::string missing;
+    auto resolve = [&](auto& slot, const char* symbol) {
+      slot = reinterpret_cast<std::remove_reference_t<decltype(slot)>>(dlsym(library, symbol));
+      if (slot == nullptr) missing += std::string(missing.empty() ? "" : ", ") + symbol;
+    };
+#define INFERBOX_LT_RESOLVE(name) resolve(loaded.name, "cublasLt" #name);
+    INFERBOX_LT_RESOLVE(Create)
+    INFERBOX_LT_RESOLVE(Destroy)
+    INFERBOX_LT_RESOLVE(GetStatusString)
+    INFERBOX_LT_RESOLVE(Matmul)
+    INFERBOX_LT_RESOLVE(MatmulAlgoGetHeuristic)
+    INFERBOX_LT_RESOLVE(MatmulDescCreate)
+    INFERBOX_LT_RESOLVE(MatmulDescDestroy)
+    INFERBOX_LT_RESOLVE(MatmulDescSetAttribute)
+    INFERBOX_LT_RESOLVE(MatmulPreferenceCreate)
+    INFERBOX_LT_RESOLVE(MatmulPreferenceDestroy)
+    INFERBOX_LT_RESOLVE(MatmulPreferenceSetAttribute)
+    INFERBOX_LT_RESOLVE(MatrixLayoutCreate)
+    INFERBOX_LT_RESOLVE(MatrixLayoutDestroy)
+#undef INFERBOX_LT_RESOLVE
+    if (!missing.empty()) {
+      return FailedPreconditionError("the cuBLASLt found lacks " + missing +
+                                     " (an older CUDA than 13?)");
+    }
+    return loaded;
+  }();
+  return api;
+}
+
+// Only called once MakeCudaBackend has loaded it.
+const CublasLtApi& Lt() {
+  return *LoadCublasLt();
+}
 
 // Device memory released with the object (stream-ordered when a stream is given).
 class DeviceAllocation {
@@ -192,17 +267,17 @@ class CudaStepInputs final : public StepInputs {
 class LtGemm {
  public:
   LtGemm() {
-    INFERBOX_CUBLAS_CHECK(cublasLtCreate(&handle_));
+    INFERBOX_CUBLAS_CHECK(Lt().Create(&handle_));
     workspace_ = DeviceAllocation(kWorkspaceBytes, nullptr);
   }
   ~LtGemm() {
     for (auto& [shape, plan] : plans_) {
-      cublasLtMatrixLayoutDestroy(plan.a);
-      cublasLtMatrixLayoutDestroy(plan.b);
-      cublasLtMatrixLayoutDestroy(plan.c);
-      cublasLtMatmulDescDestroy(plan.op);
+      Lt().MatrixLayoutDestroy(plan.a);
+      Lt().MatrixLayoutDestroy(plan.b);
+      Lt().MatrixLayoutDestroy(plan.c);
+      Lt().MatmulDescDestroy(plan.op);
     }
-    cublasLtDestroy(handle_);
+    Lt().Destroy(handle_);
   }
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
@@ -212,9 +287,9 @@ class LtGemm {
     const Plan& plan = PlanFor(m, n, k);
     const float alpha = 1.0f;
     const float beta = 0.0f;
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.op, &alpha, w, plan.a, x, plan.b, &beta, out,
-                                         plan.c, out, plan.c, &plan.algo, workspace_.as<void>(),
-                                         kWorkspaceBytes, stream));
+    INFERBOX_CUBLAS_CHECK(Lt().Matmul(handle_, plan.op, &alpha, w, plan.a, x, plan.b, &beta, out,
+                                      plan.c, out, plan.c, &plan.algo, workspace_.as<void>(),
+                                      kWorkspaceBytes, stream));
   }
 
  private:
@@ -229,27 +304,27 @@ class LtGemm {
     const auto key = std::make_tuple(m, n, k);
     if (auto found = plans_.find(key); found != plans_.end()) return found->second;
     Plan plan;
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    INFERBOX_CUBLAS_CHECK(Lt().MatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t transpose = CUBLAS_OP_T;
     const cublasOperation_t keep = CUBLAS_OP_N;
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                         &transpose, sizeof(transpose)));
+    INFERBOX_CUBLAS_CHECK(Lt().MatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                      &transpose, sizeof(transpose)));
     INFERBOX_CUBLAS_CHECK(
-        cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)));
+        Lt().MatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)));
     const auto u = [](int64_t value) { return static_cast<uint64_t>(value); };
-    INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_16BF, u(k), u(n), k));
-    INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_16BF, u(k), u(m), k));
-    INFERBOX_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&plan.c, CUDA_R_32F, u(n), u(m), n));
+    INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.a, CUDA_R_16BF, u(k), u(n), k));
+    INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.b, CUDA_R_16BF, u(k), u(m), k));
+    INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.c, CUDA_R_32F, u(n), u(m), n));
     cublasLtMatmulPreference_t preference = nullptr;
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    INFERBOX_CUBLAS_CHECK(Lt().MatmulPreferenceCreate(&preference));
     const uint64_t workspace = kWorkspaceBytes;
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+    INFERBOX_CUBLAS_CHECK(Lt().MatmulPreferenceSetAttribute(
         preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    INFERBOX_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.c,
-                                                         plan.c, preference, 1, &result, &found));
-    cublasLtMatmulPreferenceDestroy(preference);
+    INFERBOX_CUBLAS_CHECK(Lt().MatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.c,
+                                                      plan.c, preference, 1, &result, &found));
+    Lt().MatmulPreferenceDestroy(preference);
     if (found == 0) {
       FatalCudaError("cublasLtMatmulAlgoGetHeuristic",
                      fmt::format("no algorithm for a {}x{}x{} BF16 GEMM", m, n, k).c_str(),
@@ -664,6 +739,7 @@ class CudaBackend final : public Backend {
 }  // namespace
 
 Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index) {
+  if (const auto& lt = LoadCublasLt(); !lt.ok()) return lt.status();
   int count = 0;
   if (const cudaError_t error = cudaGetDeviceCount(&count); error != cudaSuccess) {
     cudaGetLastError();
