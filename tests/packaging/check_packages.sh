@@ -112,7 +112,7 @@ else
   [ "$(rpm -qp --qf '%{VERSION}-%{RELEASE}' "$server_rpm")" = "$version-1" ] ||
     fail "the .rpm's version is not $version-1"
   # %config(noreplace): a locally edited file survives upgrades (the new one is .rpmnew).
-  rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$server_rpm" | grep -q '^cn /etc/inferbox/inferbox.toml$' ||
+  rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$server_rpm" | grep -c '^cn /etc/inferbox/inferbox.toml$' >/dev/null ||
     fail "/etc/inferbox/inferbox.toml is not %config(noreplace) in the .rpm"
   requires=$(rpm -qpR "$server_rpm")
   grep -q '^libgrpc++.so.1.51()(64bit)' <<<"$requires" ||
@@ -120,7 +120,7 @@ else
   grep -qi 'cudart\|cublas' <<<"$requires" && fail "the .rpm requires CUDA libraries: $requires"
   grep -q '^shadow-utils' <<<"$requires" || fail "the .rpm does not require shadow-utils for %pre"
   if [ "$cuda" = ON ]; then
-    rpm -qp --recommends "$server_rpm" | grep -q '^cuda-cudart-[0-9]' ||
+    rpm -qp --recommends "$server_rpm" | grep -c '^cuda-cudart-[0-9]' >/dev/null ||
       fail "a CUDA build's .rpm does not recommend the CUDA runtime"
   fi
   scripts=$(rpm -qp --scripts "$server_rpm")

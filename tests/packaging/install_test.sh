@@ -23,6 +23,8 @@
 set -euo pipefail
 
 readonly kSkip=77
+# Pipes end in `grep -c ... >/dev/null`, never `grep -q`: grep -q exits at the first match, the
+# writer then dies of SIGPIPE, and pipefail turns a match into a failure (it did, on CI).
 say() { echo "install_test: $*"; }
 fail() {
   echo "install_test: FAILED: $*" >&2
@@ -93,7 +95,7 @@ rm -rf "$root/var/lib/inferbox" "$root/etc/inferbox"
 say "dpkg -i $(basename "$deb") $(basename "$tools_deb")"
 in_root dpkg -i "$deb" "$tools_deb" >"$work/dpkg-install.log" 2>&1 ||
   { cat "$work/dpkg-install.log" >&2; fail "dpkg -i failed"; }
-in_root dpkg-query -W -f='${db:Status-Status} ${Version}\n' inferbox | grep -q '^installed ' ||
+in_root dpkg-query -W -f='${db:Status-Status} ${Version}\n' inferbox | grep -c '^installed ' >/dev/null ||
   fail "inferbox is not installed after dpkg -i"
 
 passwd_entry=$(in_root getent passwd inferbox) || fail "postinst did not create the user inferbox"
@@ -107,7 +109,7 @@ for dir in /var/lib/inferbox /run/inferbox; do
   [ "$(in_root stat -c '%U:%G %a' "$dir")" = "inferbox:inferbox 750" ] ||
     fail "$dir is $(in_root stat -c '%U:%G %a' "$dir" 2>&1), expected inferbox:inferbox 750"
 done
-in_root dpkg-query -W -f='${Conffiles}\n' inferbox | grep -q '^ /etc/inferbox/inferbox.toml ' ||
+in_root dpkg-query -W -f='${Conffiles}\n' inferbox | grep -c '^ /etc/inferbox/inferbox.toml ' >/dev/null ||
   fail "/etc/inferbox/inferbox.toml is not a conffile"
 for path in /usr/sbin/inferboxd /usr/bin/inferboxctl /usr/libexec/inferbox/inferbox-engine \
   /usr/bin/inferbox-run /usr/bin/inferbox-bench /usr/bin/inferbox-bundle /usr/bin/inferbox-make-model; do
@@ -174,8 +176,9 @@ grep -q '"object":"chat.completion"' "$work/chat.json" && grep -q '"finish_reaso
   daemon_failed "unexpected chat completion: $(cat "$work/chat.json")"
 grep -q '"completion_tokens":[1-9]' "$work/chat.json" ||
   daemon_failed "the chat completion generated no tokens: $(cat "$work/chat.json")"
-curl -sf http://127.0.0.1:9400/metrics | grep -q '^inferbox_build_info' ||
-  daemon_failed "/metrics has no inferbox_build_info"
+curl -sf http://127.0.0.1:9400/metrics >"$work/metrics.txt" || daemon_failed "GET /metrics failed"
+grep -q '^inferbox_build_info' "$work/metrics.txt" ||
+  daemon_failed "/metrics has no inferbox_build_info: $(head -c 2000 "$work/metrics.txt")"
 in_root inferboxctl status >"$work/status.txt" 2>&1 ||
   { cat "$work/status.txt" >&2; daemon_failed "inferboxctl status failed"; }
 [ -f "$root/run/inferbox/listeners.toml" ] || daemon_failed "no /run/inferbox/listeners.toml"
@@ -222,7 +225,7 @@ grep -q '^# edited by the install test$' "$root/etc/inferbox/inferbox.toml" ||
 say "removed: binaries gone, configuration kept, unit masked"
 in_root dpkg --purge inferbox-tools inferbox >"$work/dpkg-purge.log" 2>&1 ||
   { cat "$work/dpkg-purge.log" >&2; fail "dpkg --purge failed"; }
-! in_root dpkg-query -W -f='${db:Status-Status}' inferbox 2>/dev/null | grep -q installed ||
+! in_root dpkg-query -W -f='${db:Status-Status}' inferbox 2>/dev/null | grep -c installed >/dev/null ||
   fail "inferbox is still installed after the purge"
 while read -r path; do
   [ -d "$root$path" ] && [ ! -L "$root$path" ] && continue
