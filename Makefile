@@ -9,7 +9,7 @@ CMAKE_ARGS += -DINFERBOX_WERROR=ON
 endif
 RUN_DIR := $(CURDIR)/.inferbox
 
-.PHONY: all deps configure build run test packages format format-check clean
+.PHONY: all deps configure build run test packages update-bundle format format-check clean
 
 all: build
 
@@ -39,6 +39,19 @@ test: build
 # The deb and rpm packages (packaging/), into $(BUILD_DIR)/packages; docs/install.md.
 packages: build
 	@cmake --build $(BUILD_DIR) --target package
+
+# A signed update bundle of those packages for `inferboxctl update apply` (docs/updates.md),
+# $(BUILD_DIR)/packages/inferbox-update_<version>.ibu. Signed with UPDATE_KEY, by default a
+# test key made once into the build folder; its public half, update-test-key.pub.pem beside
+# it, goes into a test box's /etc/inferbox/update-keys/. Release bundles use the release key.
+UPDATE_KEY ?= $(BUILD_DIR)/update-test-key.pem
+update-bundle: packages
+	@[ -f "$(UPDATE_KEY)" ] || openssl genpkey -algorithm ed25519 -out "$(UPDATE_KEY)"
+	@openssl pkey -in "$(UPDATE_KEY)" -pubout -out "$(basename $(UPDATE_KEY)).pub.pem"
+	@cd $(BUILD_DIR)/packages && $(abspath $(BUILD_DIR))/tools/inferbox-bundle update \
+	  $$(for deb in inferbox_*.deb inferbox-tools_*.deb; do echo "--package $$deb"; done) \
+	  --out "inferbox-update_$$(dpkg-deb -f inferbox_*.deb Version).ibu" \
+	  --sign-key "$(abspath $(UPDATE_KEY))"
 
 format:
 	@git ls-files -z '*.h' '*.cc' '*.cu' '*.cuh' | xargs -0 -r clang-format -i

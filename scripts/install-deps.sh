@@ -19,8 +19,9 @@ packages=(
   # (tests/reference/forward_reference.py) run on Debian's Python with numpy.
   python3 python3-numpy
   # The packages (packaging/) and their tests (tests/packaging): dpkg-shlibdeps, rpmbuild,
-  # the two linters, manual pages made from --help, and the install test's tools.
-  dpkg-dev rpm rpmlint lintian help2man curl iproute2 util-linux
+  # the two linters, manual pages made from --help, and the install test's tools; openssl
+  # makes the update bundles' signing keys (make update-bundle, tests/packaging/update_test.sh).
+  dpkg-dev rpm rpmlint lintian help2man curl iproute2 util-linux openssl
 )
 
 # Node.js runs the reference implementations the tests compare with (tests/reference). A

@@ -141,6 +141,20 @@ grpc::Status AdminServiceImpl::RevokeKey(grpc::ServerContext* context,
   });
 }
 
+grpc::Status AdminServiceImpl::UpdateKey(grpc::ServerContext* context,
+                                         const inferbox::v1::UpdateKeyRequest* request,
+                                         inferbox::v1::UpdateKeyResponse* response) {
+  return Serve(*context, "UpdateKey", *request, [&](AdminCall& call) -> grpc::Status {
+    if (keys_ == nullptr) return {grpc::StatusCode::UNAVAILABLE, "key store not configured"};
+    auto updated = keys_->Update(*request);
+    if (!updated.ok()) return ToGrpcStatus(updated.status());
+    spdlog::info("API key {} (\"{}\", role {}) updated by {}", updated->id(), updated->name(),
+                 RoleName(updated->role()), CallerName(call.caller));
+    *response->mutable_key() = std::move(updated).value();
+    return grpc::Status::OK;
+  });
+}
+
 grpc::Status AdminServiceImpl::GetUsage(grpc::ServerContext* context,
                                         const inferbox::v1::GetUsageRequest* request,
                                         inferbox::v1::GetUsageResponse* response) {

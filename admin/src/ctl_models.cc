@@ -207,7 +207,10 @@ ModelsCommand::ModelsCommand(CLI::App& app) {
   load_->add_option("--device", device_, "cpu (default) or cuda")
       ->transform(CLI::IsMember({"cpu", "cuda"}));
   load_->add_option("--gpus", gpus_, "GPU indices, comma-separated (cuda)")->delimiter(',');
-  load_->add_option("--replicas", replicas_, "Engine processes (default 1)");
+  load_->add_option("--replicas", replicas_,
+                    "Engine processes (default 1; cuda without --gpus: as many as fit)");
+  load_->add_option("--tensor-parallel", tensor_parallel_,
+                    "GPUs (cuda) or CPU ranks of each engine (default: 1, or the profile's)");
   load_->add_option("--kv-cache-gib", kv_cache_gib_, "KV cache per engine, GiB");
   load_->add_option("--max-model-len", max_model_len_, "Longest sequence (default: the model's)");
   load_->add_option("--ready-timeout", ready_timeout_,
@@ -287,6 +290,7 @@ std::optional<int> ModelsCommand::Run(const AdminCalls& calls) const {
     options->set_device(device_);
     for (uint32_t gpu : gpus_) options->add_gpus(gpu);
     options->set_replicas(replicas_);
+    options->set_tensor_parallel(tensor_parallel_);
     options->set_kv_cache_gib(kv_cache_gib_);
     options->set_max_model_len(max_model_len_);
     request.set_ready_timeout_seconds(ready_timeout_);

@@ -56,6 +56,7 @@ class ModelsCommand {
   std::string device_;
   std::vector<uint32_t> gpus_;
   uint32_t replicas_ = 0;
+  uint32_t tensor_parallel_ = 0;
   double kv_cache_gib_ = 0;
   int64_t max_model_len_ = 0;
   uint32_t ready_timeout_ = 0;

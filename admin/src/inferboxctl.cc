@@ -19,6 +19,8 @@
 #include "ctl_diagnostics.h"
 #include "ctl_models.h"
 #include "ctl_reports.h"
+#include "ctl_status.h"
+#include "ctl_update.h"
 #include "inferbox/common/version.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 
@@ -152,6 +154,10 @@ void PrintStatusTable(const inferbox::v1::GetStatusResponse& status) {
     first = false;
   }
   if (status.engines().empty()) row("engines", "none (no [[models]] configured)");
+  for (const auto& [label, text] :
+       inferbox::ctl::HealthRows(status, std::chrono::system_clock::now())) {
+    row(label, text);
+  }
   const auto& economics = status.economics();
   std::string throughput =
       fmt::format("{:.1f} output tokens/s (5 min), best {:.1f}",
@@ -308,6 +314,66 @@ int RunKeysRevoke(const GlobalOptions& options, const std::string& id) {
   return 0;
 }
 
+// What `keys update` changes; unset options keep the key's value.
+struct UpdateKeyOptions {
+  std::string id;
+  std::optional<std::string> name;
+  std::optional<std::string> role;
+  std::optional<std::vector<std::string>> models;
+  bool all_models = false;
+  std::optional<uint64_t> tokens_per_minute;
+  std::optional<uint64_t> tokens_per_day;
+  std::optional<uint32_t> max_concurrent;
+
+  bool changes_limits() const {
+    return models || all_models || tokens_per_minute || tokens_per_day || max_concurrent;
+  }
+};
+
+int RunKeysUpdate(const GlobalOptions& options, const UpdateKeyOptions& update, bool json) {
+  inferbox::v1::UpdateKeyRequest request;
+  request.set_id(update.id);
+  if (update.name) request.set_name(*update.name);
+  if (update.role) {
+    request.set_role(*update.role == "admin" ? inferbox::v1::KEY_ROLE_ADMIN
+                                             : inferbox::v1::KEY_ROLE_INFERENCE);
+  }
+  if (update.changes_limits()) {
+    // The RPC replaces the limits whole: start from the key's current ones. (An admin
+    // changing the same key at the same moment may lose one of the two changes.)
+    inferbox::v1::ListKeysRequest list_request;
+    list_request.set_include_revoked(true);
+    inferbox::v1::ListKeysResponse keys;
+    if (auto failed = CallAdmin(options, "keys update", &inferbox::v1::Admin::Stub::ListKeys,
+                                list_request, &keys)) {
+      return *failed;
+    }
+    const auto key =
+        std::find_if(keys.keys().begin(), keys.keys().end(),
+                     [&](const auto& candidate) { return candidate.id() == update.id; });
+    inferbox::v1::KeyLimits& limits = *request.mutable_limits();
+    if (key != keys.keys().end()) limits = key->limits();  // Else the daemon says NOT_FOUND.
+    if (update.all_models) limits.clear_models();
+    if (update.models) {
+      limits.clear_models();
+      for (const auto& model : *update.models) limits.add_models(model);
+    }
+    if (update.tokens_per_minute) limits.set_tokens_per_minute(*update.tokens_per_minute);
+    if (update.tokens_per_day) limits.set_tokens_per_day(*update.tokens_per_day);
+    if (update.max_concurrent) limits.set_max_concurrent_requests(*update.max_concurrent);
+  }
+  inferbox::v1::UpdateKeyResponse response;
+  if (auto failed = CallAdmin(options, "keys update", &inferbox::v1::Admin::Stub::UpdateKey,
+                              request, &response)) {
+    return *failed;
+  }
+  if (json) return PrintJson(response) ? 0 : 1;
+  const auto& key = response.key();
+  fmt::print("Updated API key {}: name \"{}\", role {}, limits {}. Its secret is unchanged.\n",
+             key.id(), key.name(), RoleName(key.role()), FormatLimits(key.limits()));
+  return 0;
+}
+
 struct UsageOptions {
   std::string by = "key,model";
   std::string since;
@@ -436,7 +502,7 @@ int main(int argc, char** argv) {
   status->add_flag("--json", json, "Print the status as JSON (field names as in admin.proto)");
 
   auto* keys = app.add_subcommand("keys",
-                                  "Create, list and revoke API keys (needs an admin key "
+                                  "Create, list, update and revoke API keys (needs an admin key "
                                   "when the daemon requires keys)");
   keys->require_subcommand(1);
 
@@ -483,6 +549,35 @@ int main(int argc, char** argv) {
   keys_revoke->add_option("ID", revoke_id, "The key's id (ibx_..., as keys list shows)")
       ->required();
 
+  UpdateKeyOptions update_key;
+  auto* keys_update = keys->add_subcommand(
+      "update", "Change a key's name, role or limits; its secret stays the same");
+  keys_update->add_option("ID", update_key.id, "The key's id (ibx_..., as keys list shows)")
+      ->required();
+  keys_update->add_option("--name", update_key.name, "A new name");
+  keys_update->add_option("--role", update_key.role, "inference or admin")
+      ->transform(CLI::IsMember({"inference", "admin"}, CLI::ignore_case));
+  auto* update_models =
+      keys_update
+          ->add_option("--models", update_key.models,
+                       "The only models the key may use from now on, comma-separated")
+          ->delimiter(',');
+  keys_update->add_flag("--all-models", update_key.all_models, "Let the key use every model")
+      ->excludes(update_models);
+  keys_update
+      ->add_option("--tokens-per-minute", update_key.tokens_per_minute,
+                   "Prompt + completion tokens per rolling minute (0: unlimited)")
+      ->check(not_negative);
+  keys_update
+      ->add_option("--tokens-per-day", update_key.tokens_per_day,
+                   "Prompt + completion tokens per UTC day (0: unlimited)")
+      ->check(not_negative);
+  keys_update
+      ->add_option("--max-concurrent", update_key.max_concurrent,
+                   "Requests in flight at once (0: unlimited)")
+      ->check(not_negative);
+  keys_update->add_flag("--json", json, "Print the key as JSON (field names as in admin.proto)");
+
   UsageOptions usage_options;
   auto* usage = app.add_subcommand(
       "usage", "Token usage from the ledger, per key, model and/or day, for chargeback");
@@ -518,6 +613,7 @@ int main(int argc, char** argv) {
       ->required();
 
   const inferbox::ctl::ModelsCommand models(app);
+  const inferbox::ctl::UpdateCommand update(app);
 
   CLI11_PARSE(app, argc, argv);
 
@@ -531,10 +627,12 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  if (auto code = update.Run(PrintJson)) return *code;
   if (*status) return RunStatus(options, json);
   if (*keys_create) return RunKeysCreate(options, create, json);
   if (*keys_list) return RunKeysList(options, include_revoked, json);
   if (*keys_revoke) return RunKeysRevoke(options, revoke_id);
+  if (*keys_update) return RunKeysUpdate(options, update_key, json);
   if (*usage) return RunUsage(options, usage_options);
   if (*audit) return RunAudit(options, audit_limit, audit_since, json);
   if (*diagnostics) return RunDiagnostics(options, diagnostics_output);

@@ -57,17 +57,25 @@ void StatusBoard::SetEconomicsSource(std::function<inferbox::v1::Economics()> so
   economics_ = std::move(source);
 }
 
+void StatusBoard::SetHealthSource(std::function<inferbox::v1::BoxHealth()> source) {
+  std::lock_guard lock(mutex_);
+  health_ = std::move(source);
+}
+
 inferbox::v1::GetStatusResponse StatusBoard::Snapshot() const {
   const std::chrono::duration<double> uptime = std::chrono::steady_clock::now() - started_;
   inferbox::v1::GetStatusResponse snapshot;
   std::function<std::vector<inferbox::v1::EngineInfo>()> engines;
   std::function<inferbox::v1::Economics()> economics;
+  std::function<inferbox::v1::BoxHealth()> health;
   {
     std::lock_guard lock(mutex_);
     snapshot = status_;
     engines = engines_;
     economics = economics_;
+    health = health_;
   }
+  if (health) *snapshot.mutable_health() = health();
   if (economics) *snapshot.mutable_economics() = economics();
   snapshot.set_uptime_seconds(uptime.count());
   if (engines) {

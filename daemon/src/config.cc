@@ -14,6 +14,8 @@
 
 #include "inferbox/common/atomic_file.h"
 #include "inferbox/common/logging.h"
+#include "inferbox/common/model_id.h"
+#include "inferbox/daemon/placement.h"
 #include "inferbox/provisioning/mirror.h"
 
 namespace inferbox::daemon {
@@ -137,6 +139,13 @@ Status ParseServer(const ErrorSite& site, const toml::table& table, DaemonConfig
              auto value = GetBool(site, node, key);
              if (!value.ok()) return value.status();
              config.grpc_reflection = *value;
+             return Status::Ok();
+           }},
+          {"metrics_per_key",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetBool(site, node, key);
+             if (!value.ok()) return value.status();
+             config.metrics_per_key = *value;
              return Status::Ok();
            }},
           {"shutdown_timeout_seconds",
@@ -393,18 +402,11 @@ Status ParseModelStore(const ErrorSite& site, const toml::table& table, DaemonCo
 
 }  // namespace
 
-bool IsValidModelName(std::string_view name) {
-  if (name.empty() || name.size() > 64) return false;
-  auto lower_or_digit = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
-  if (!lower_or_digit(name[0])) return false;
-  return std::all_of(name.begin(), name.end(),
-                     [&](char c) { return lower_or_digit(c) || c == '.' || c == '_' || c == '-'; });
-}
-
 namespace {
 
 Status ParseModel(const ErrorSite& site, const toml::table& table, const std::string& section,
                   ModelServeConfig& model) {
+  bool replicas_set = false;
   Status status = ForEachKnownKey(
       site, table, section,
       {
@@ -412,8 +414,8 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
            [&](const toml::node& node, const std::string& key) {
              auto name = GetString(site, node, key);
              if (!name.ok()) return name.status();
-             if (!IsValidModelName(*name))
-               return site.At(node, key, "\"" + *name + "\" is not [a-z0-9][a-z0-9._-]{0,63}");
+             if (!IsModelId(*name))
+               return site.At(node, key, fmt::format("\"{}\" is not {}", *name, kModelIdPattern));
              model.name = *name;
              return Status::Ok();
            }},
@@ -451,6 +453,14 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              auto value = GetIntegerIn(site, node, key, 1, 64);
              if (!value.ok()) return value.status();
              model.replicas = static_cast<uint32_t>(*value);
+             replicas_set = true;
+             return Status::Ok();
+           }},
+          {"tensor_parallel",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetIntegerIn(site, node, key, 1, 64);
+             if (!value.ok()) return value.status();
+             model.tensor_parallel = static_cast<uint32_t>(*value);
              return Status::Ok();
            }},
           {"kv_cache_gib",
@@ -499,17 +509,10 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
   if (!status.ok()) return status;
   if (model.name.empty()) return site.At(table, section + ".name", "is required");
   if (model.path.empty()) return site.At(table, section + ".path", "is required");
-  if (model.device == "cuda") {
-    if (model.gpus.empty())
-      return site.At(table, section + ".gpus", "is required with device = \"cuda\"");
-    if (model.gpus.size() % model.replicas != 0) {
-      return site.At(table, section + ".gpus",
-                     fmt::format("{} GPUs do not split evenly into {} replicas", model.gpus.size(),
-                                 model.replicas));
-    }
-  } else if (!model.gpus.empty()) {
-    return site.At(table, section + ".gpus", "only applies with device = \"cuda\"");
-  }
+  // A cuda model placed by profile without a replica count takes as many as fit.
+  if (model.device == "cuda" && model.gpus.empty() && !replicas_set) model.replicas = 0;
+  if (auto error = CheckGpuSettings(model, Placed::kNotYet))
+    return site.At(table, section + "." + error->key, error->message);
   return Status::Ok();
 }
 
@@ -526,6 +529,8 @@ Status ParseModels(const ErrorSite& site, const toml::node& node, DaemonConfig& 
       if (other.name == model.name)
         return site.At(*array->get(i), section + ".name", "\"" + model.name + "\" is used twice");
     }
+    if (Status free = CheckGpusFree(model, config.models); !free.ok())
+      return site.At(*array->get(i), section + ".gpus", std::string(free.message()));
     config.models.push_back(std::move(model));
   }
   return Status::Ok();

@@ -12,6 +12,8 @@
 #include <string>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <google/protobuf/util/time_util.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -32,11 +34,13 @@
 #include "inferbox/daemon/key_store.h"
 #include "inferbox/daemon/model_manager.h"
 #include "inferbox/daemon/openai_gateway.h"
+#include "inferbox/daemon/placement.h"
 #include "inferbox/daemon/supervisor.h"
 #include "inferbox/daemon/systemd_notifier.h"
 #include "inferbox/daemon/usage_ledger.h"
 #include "inferbox/daemon/usage_meter.h"
 #include "inferbox/monitoring/daemon_metrics.h"
+#include "inferbox/monitoring/filesystem_collector.h"
 #include "inferbox/monitoring/gpu_collector.h"
 #include "inferbox/monitoring/metrics_server.h"
 #include "inferbox/monitoring/process_collector.h"
@@ -44,6 +48,8 @@
 
 namespace inferbox::daemon {
 namespace {
+
+using google::protobuf::util::TimeUtil;
 
 constexpr std::string_view kEmbeddedConfigName = "(embedded default)";
 constexpr std::string_view kAdminServiceName = "inferbox.v1.Admin";
@@ -126,6 +132,7 @@ class RunningDaemon {
     metrics_server_.reset();
     board_.SetEngineSource(nullptr);
     board_.SetEconomicsSource(nullptr);
+    board_.SetHealthSource(nullptr);
     if (supervisor_) {
       // The health service the listener updates goes away with the gRPC server.
       supervisor_->SetStateListener(nullptr);
@@ -155,8 +162,13 @@ class RunningDaemon {
   void Reload();
   // Health, status and readiness from the engines' states (any thread).
   void UpdateServingState();
-  // /health/ready on the metrics listener: every layer (daemon, models and their engines,
-  // GPUs) as JSON; 200 when the box can serve a generation, else 503.
+  // Gives the supervisor the GPUs' verdict now, so that engines on an unhealthy GPU stop
+  // (any thread; one at a time, so an older verdict never overwrites a newer one).
+  void FenceGpus();
+  // Every layer of the box's health (daemon, models and their engines' canaries, GPUs) and
+  // whether it can serve a generation (any thread).
+  inferbox::v1::BoxHealth HealthReport() const;
+  // /health/ready on the metrics listener: HealthReport as JSON; 200 when ready, else 503.
   monitoring::ProbeResponse Readiness() const;
 
   const DaemonOptions& options_;
@@ -179,18 +191,24 @@ class RunningDaemon {
   // The model store and the served set behind the Admin model RPCs.
   std::unique_ptr<ModelManager> model_manager_;
   std::unique_ptr<admin::AdminServiceImpl> admin_service_;
-  monitoring::ServingMetrics serving_metrics_{*metrics_.registry()};
+  monitoring::ServingMetrics serving_metrics_{*metrics_.registry(), config_.metrics_per_key};
   std::unique_ptr<CountingAuthenticator> api_authenticator_;
   std::shared_ptr<EngineMetricsCollector> engine_collector_;
   std::shared_ptr<monitoring::GpuCollector> gpu_collector_ =
       std::make_shared<monitoring::GpuCollector>();
   std::shared_ptr<EconomicsCollector> economics_collector_;
+  // Free space where the box writes: the state directory and the model store in it.
+  std::shared_ptr<monitoring::FilesystemCollector> filesystem_collector_;
   // Declared before the gRPC server, so they outlive its handlers.
   std::unique_ptr<Supervisor> supervisor_;
   std::unique_ptr<EngineFrontend> frontend_;
   std::unique_ptr<InferenceServiceImpl> inference_service_;
   std::atomic<bool> draining_{false};
+  // How recent a READY engine's last passed canary must be for it to count as ready: the
+  // canary interval and timeout, plus a second. Set before the engines start.
+  std::chrono::milliseconds canary_period_{0};
   std::mutex serving_state_mutex_;
+  std::mutex gpu_fence_mutex_;  // Serialises FenceGpus.
   std::unique_ptr<OpenAiGateway> http_gateway_;
   std::unique_ptr<grpc::Server> grpc_server_;
   std::string grpc_address_;
@@ -229,6 +247,7 @@ Status RunningDaemon::StartMetrics() {
   metrics_server_->Register(engine_collector_);
   metrics_server_->Register(gpu_collector_);
   metrics_server_->Register(economics_collector_);
+  metrics_server_->Register(filesystem_collector_);
   // Probes for load balancers and orchestrators, keyless like /metrics: live while this
   // process answers, ready as Readiness() says.
   metrics_server_->AddProbe("/health/live", [] {
@@ -280,7 +299,19 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
   options.supervision = config_.engines;
   options.log_level = spdlog::level::to_string_view(config_.log_level).data();
   // The config file's models, then those loaded at run time before (config wins on a clash).
-  const std::vector<ModelServeConfig> served = model_manager_->ModelsToServe(config_.models);
+  // Models that list no GPUs go on the GPUs the others leave free, by their profile.
+  auto placed = PlaceModels(
+      model_manager_->ModelsToServe(config_.models), GpuMemory(),
+      [&](const ModelServeConfig& model) {
+        return ReadModelFootprint(model.path.is_absolute() ? model.path : state_dir / model.path);
+      });
+  if (!placed.ok()) return placed.status();
+  const std::vector<ModelServeConfig> served = std::move(placed).value();
+  for (const auto& model : served) {
+    if (model.device == "cuda")
+      spdlog::info("model {}: {} replica(s) of tensor parallel {} on GPUs [{}]", model.name,
+                   model.replicas, TensorParallelOf(model), fmt::join(model.gpus, ", "));
+  }
   supervisor_ = std::make_unique<Supervisor>(std::move(options), served);
   for (const auto& model : served) serving_metrics_.RegisterModel(model.name);
   frontend_ = std::make_unique<EngineFrontend>(*supervisor_, &serving_metrics_, usage_meter_.get());
@@ -292,6 +323,9 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
       std::make_shared<EconomicsCollector>(config_.economics, serving_metrics_, *gpu_collector_);
   board_.SetEconomicsSource([this] { return economics_collector_->Snapshot(); });
   board_.SetEngineSource([this] { return supervisor_->Engines(); });
+  canary_period_ =
+      config_.engines.canary_interval + config_.engines.canary_timeout + std::chrono::seconds(1);
+  board_.SetHealthSource([this] { return HealthReport(); });
   return Status::Ok();
 }
 
@@ -312,51 +346,104 @@ void RunningDaemon::UpdateServingState() {
     any_down = any_down || state == inferbox::v1::MODEL_STATE_FAILED ||
                state == inferbox::v1::MODEL_STATE_RESTARTING;
   }
-  // Inference serves when a generation can run; the box as a whole when every model can.
-  // A GPU fault takes the box out of readiness (docs/metrics.md, "GPUs").
+  // Inference serves when a generation can run; the box as a whole when every model can. A
+  // GPU fault stops the engines on that GPU (Supervisor::SetGpuHealth), whose models then
+  // count here; the box is degraded while any GPU is unhealthy.
   const bool gpus_healthy = gpu_collector_->Health().healthy();
   auto* health = grpc_server_->GetHealthCheckService();
-  health->SetServingStatus(std::string(kInferenceServiceName), any_ready && gpus_healthy);
-  health->SetServingStatus("", all_ready && gpus_healthy);
+  health->SetServingStatus(std::string(kInferenceServiceName), any_ready);
+  health->SetServingStatus("", all_ready);
   board_.SetState(all_ready && gpus_healthy   ? inferbox::v1::DAEMON_STATE_SERVING
                   : any_down || !gpus_healthy ? inferbox::v1::DAEMON_STATE_DEGRADED
                                               : inferbox::v1::DAEMON_STATE_STARTING);
 }
 
-monitoring::ProbeResponse RunningDaemon::Readiness() const {
-  namespace json = boost::json;
-  const bool draining = draining_.load();
+inferbox::v1::BoxHealth RunningDaemon::HealthReport() const {
+  namespace api = inferbox::v1;
+  api::BoxHealth report;
+  report.set_daemon_live(true);
+  report.set_draining(draining_.load());
+  // A READY replica passed a canary within the canary period; one whose latest canary is
+  // older (a canary stuck in flight) does not count as ready.
+  const auto now = std::chrono::system_clock::now();
   bool any_ready = false;
-  json::array models;
+  bool all_ready = true;
   for (const auto& model : supervisor_->models()) {
-    const auto state = supervisor_->ModelStateOf(model.name);
-    any_ready = any_ready || state == inferbox::v1::MODEL_STATE_READY;
-    json::array engines;
+    api::ModelHealth& entry = *report.add_models();
+    entry.set_name(model.name);
+    entry.set_state(supervisor_->ModelStateOf(model.name));
     for (const auto& replica : supervisor_->Replicas(model.name)) {
-      engines.push_back(
-          {{"name", replica->name()}, {"state", inferbox::v1::EngineState_Name(replica->state())}});
+      const api::EngineInfo info = replica->Info();
+      if (info.process_live()) entry.set_engines_live(entry.engines_live() + 1);
+      if (info.state() != api::ENGINE_STATE_READY || !info.has_last_canary_at()) continue;
+      const auto last_canary = std::chrono::system_clock::time_point(
+          std::chrono::milliseconds(TimeUtil::TimestampToMilliseconds(info.last_canary_at())));
+      if (now - last_canary > canary_period_) continue;
+      entry.set_engines_ready(entry.engines_ready() + 1);
     }
-    models.push_back({{"name", model.name},
-                      {"state", inferbox::v1::ModelState_Name(state)},
-                      {"engines", std::move(engines)}});
+    entry.set_ready(entry.engines_ready() > 0);
+    any_ready = any_ready || entry.ready();
+    all_ready = all_ready && entry.ready();
   }
   const monitoring::GpuHealth gpu_health = gpu_collector_->Health();
-  json::array gpus;
   for (const auto& gpu : gpu_health.gpus) {
-    json::object entry{{"index", gpu.index}, {"uuid", gpu.uuid}, {"healthy", gpu.healthy}};
-    if (!gpu.healthy) entry["reason"] = gpu.reason;
+    api::GpuVerdict& verdict = *report.add_gpus();
+    verdict.set_index(gpu.index);
+    verdict.set_uuid(gpu.uuid);
+    verdict.set_name(gpu.name);
+    verdict.set_healthy(gpu.healthy);
+    verdict.set_reason(gpu.reason);
+  }
+  report.set_gpu_monitoring(gpu_collector_->available() ? "nvml"
+                                                        : gpu_collector_->unavailable_reason());
+  // Engines on an unhealthy GPU are stopped (Supervisor::SetGpuHealth): the box is ready
+  // while a model can serve on the others.
+  report.set_ready(!report.draining() && any_ready);
+  report.set_status(report.draining()                                     ? "draining"
+                    : report.ready() && all_ready && gpu_health.healthy() ? "ready"
+                    : report.ready()                                      ? "degraded"
+                    : !gpu_health.healthy()                               ? "gpu_unhealthy"
+                                                                          : "no_model_ready");
+  return report;
+}
+
+void RunningDaemon::FenceGpus() {
+  std::lock_guard lock(gpu_fence_mutex_);
+  supervisor_->SetGpuHealth(gpu_collector_->Health());
+}
+
+monitoring::ProbeResponse RunningDaemon::Readiness() const {
+  namespace json = boost::json;
+  const inferbox::v1::BoxHealth report = HealthReport();
+  json::array models;
+  for (const auto& model : report.models()) {
+    json::array engines;
+    for (const auto& replica : supervisor_->Replicas(model.name())) {
+      const inferbox::v1::EngineInfo info = replica->Info();
+      json::object engine{{"name", info.name()},
+                          {"state", inferbox::v1::EngineState_Name(info.state())},
+                          {"process_live", info.process_live()}};
+      if (info.has_last_canary_at())
+        engine["last_canary_at"] = TimeUtil::ToString(info.last_canary_at());
+      if (!info.gpu_fault().empty()) engine["gpu_fault"] = info.gpu_fault();
+      engines.push_back(std::move(engine));
+    }
+    models.push_back({{"name", model.name()},
+                      {"state", inferbox::v1::ModelState_Name(model.state())},
+                      {"ready", model.ready()},
+                      {"engines", std::move(engines)}});
+  }
+  json::array gpus;
+  for (const auto& gpu : report.gpus()) {
+    json::object entry{{"index", gpu.index()}, {"uuid", gpu.uuid()}, {"healthy", gpu.healthy()}};
+    if (!gpu.healthy()) entry["reason"] = gpu.reason();
     gpus.push_back(std::move(entry));
   }
-  const bool ready = !draining && any_ready && gpu_health.healthy();
-  const std::string status = draining                ? "draining"
-                             : ready                 ? "ready"
-                             : !gpu_health.healthy() ? "gpu_unhealthy"
-                                                     : "no_model_ready";
-  const json::object body{{"status", status},
-                          {"daemon", draining ? "draining" : "live"},
+  const json::object body{{"status", report.status()},
+                          {"daemon", report.draining() ? "draining" : "live"},
                           {"models", std::move(models)},
                           {"gpus", std::move(gpus)}};
-  return {ready ? 200 : 503, "application/json", json::serialize(body)};
+  return {report.ready() ? 200 : 503, "application/json", json::serialize(body)};
 }
 
 Status RunningDaemon::StartGrpc() {
@@ -423,6 +510,9 @@ Status RunningDaemon::Start() {
   if (Status opened = OpenModelStore(state_dir); !opened.ok()) return opened;
   if (Status opened = OpenDatabase(state_dir); !opened.ok()) return opened;
 
+  filesystem_collector_ =
+      std::make_shared<monitoring::FilesystemCollector>(std::vector<monitoring::WatchedDirectory>{
+          {"state", state_dir}, {"models", state_dir / "models"}});
   notifier_.Status("binding listeners");
   if (Status status = StartEngines(state_dir, runtime_dir); !status.ok()) return status;
   if (Status status = StartMetrics(); !status.ok()) return status;
@@ -444,8 +534,12 @@ Status RunningDaemon::Start() {
 
   // Engines load in the background; health and status follow them, and the GPUs.
   supervisor_->SetStateListener([this] { UpdateServingState(); });
-  gpu_collector_->WatchHealth(std::chrono::seconds(5),
-                              [this](const monitoring::GpuHealth&) { UpdateServingState(); });
+  gpu_collector_->WatchHealth(std::chrono::seconds(5), [this](const monitoring::GpuHealth&) {
+    FenceGpus();
+    UpdateServingState();
+  });
+  // After the watcher took its first verdict: a change from here on reaches FenceGpus.
+  FenceGpus();
   supervisor_->Start();
   UpdateServingState();
   const std::string ready = fmt::format("serving: HTTP on {}, gRPC on {}, metrics on {}",
@@ -484,6 +578,7 @@ void RunningDaemon::Reload() {
   if (next.economics != config_.economics) warn_restart("economics");
   if (next.model_store != config_.model_store) warn_restart("model_store");
   if (next.grpc_reflection != config_.grpc_reflection) warn_restart("server.grpc_reflection");
+  if (next.metrics_per_key != config_.metrics_per_key) warn_restart("server.metrics_per_key");
   if (next.state_dir != config_.state_dir) warn_restart("paths.state_dir");
   if (next.runtime_dir != config_.runtime_dir) warn_restart("paths.runtime_dir");
   // Keep the settings that need a restart as they are running, so status tells the truth.
@@ -495,6 +590,7 @@ void RunningDaemon::Reload() {
   next.economics = config_.economics;
   next.model_store = config_.model_store;
   next.grpc_reflection = config_.grpc_reflection;
+  next.metrics_per_key = config_.metrics_per_key;
   next.state_dir = config_.state_dir;
   next.runtime_dir = config_.runtime_dir;
   config_ = std::move(next);

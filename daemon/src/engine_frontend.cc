@@ -29,7 +29,7 @@ class EngineStream final : public GenerationStream {
                const wire::GenerateRequest& request,
                std::optional<std::chrono::system_clock::time_point> deadline,
                int64_t estimated_tokens, monitoring::ServingMetrics* metrics,
-               std::unique_ptr<MeteredRequest> metered)
+               std::unique_ptr<MeteredRequest> metered, const std::string& key_id)
       : replica_(std::move(replica)),
         stub_(std::move(stub)),
         load_(estimated_tokens),
@@ -38,6 +38,7 @@ class EngineStream final : public GenerationStream {
         started_(std::chrono::steady_clock::now()),
         last_token_(started_) {
     record_.model = replica_->model();
+    record_.key = key_id;
     replica_->outstanding_tokens += load_;
     if (deadline) context_.set_deadline(*deadline);
     reader_ = stub_->PrepareAsyncGenerate(&context_, request, &queue_);
@@ -279,10 +280,12 @@ Result<std::shared_ptr<EngineReplica>> EngineFrontend::Route(const std::string& 
   }
   std::vector<std::shared_ptr<EngineReplica>> ready;
   std::vector<int64_t> load;
+  std::vector<uint32_t> ids;
   std::string why = "it has no engine";
   for (auto& replica : supervisor_.Replicas(model)) {
     if (replica->state() == api::ENGINE_STATE_READY && replica->stub() != nullptr) {
       load.push_back(replica->outstanding_tokens.load());
+      ids.push_back(replica->replica());
       ready.push_back(std::move(replica));
     } else {
       why = replica->Unavailability();
@@ -292,7 +295,7 @@ Result<std::shared_ptr<EngineReplica>> EngineFrontend::Route(const std::string& 
     return Reject(
         UnavailableError(fmt::format("model '{}' cannot serve right now: {}", model, why)));
   }
-  return ready[PickReplica(load, PromptAffinity(affinity_prefix))];
+  return ready[PickReplica(load, ids, PromptAffinity(affinity_prefix))];
 }
 
 void EngineFrontend::SetDefaultModel(std::string model) {
@@ -323,9 +326,9 @@ Result<std::unique_ptr<GenerationStream>> EngineFrontend::Start(
   auto stub = (*replica)->stub();
   if (stub == nullptr) return UnavailableError("the engine of model " + model + " just stopped");
   request.set_request_id(fmt::format("{}", next_request_.fetch_add(1)));
-  return std::unique_ptr<GenerationStream>(
-      std::make_unique<EngineStream>(std::move(replica).value(), std::move(stub), request, deadline,
-                                     estimated_tokens, metrics_, std::move(metered)));
+  return std::unique_ptr<GenerationStream>(std::make_unique<EngineStream>(
+      std::move(replica).value(), std::move(stub), request, deadline, estimated_tokens, metrics_,
+      std::move(metered), caller.key_id));
 }
 
 Result<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(

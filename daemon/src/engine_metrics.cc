@@ -1,5 +1,7 @@
 #include "inferbox/daemon/engine_metrics.h"
 
+#include <google/protobuf/util/time_util.h>
+
 #include "inferbox/monitoring/metric_family.h"
 
 namespace inferbox::daemon {
@@ -38,6 +40,18 @@ std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
                                 "Sequences preempted for lack of KV blocks (since the engine "
                                 "started).",
                                 MetricType::Counter);
+  auto canaries = MakeFamily("inferbox_engine_canaries_total",
+                             "Canary generations (one token, at startup and every "
+                             "canary_interval_seconds) by result, passed or failed.",
+                             MetricType::Counter);
+  auto last_canary =
+      MakeFamily("inferbox_engine_last_canary_timestamp_seconds",
+                 "When a canary generation last passed, Unix time (absent before the first).",
+                 MetricType::Gauge);
+  auto gpu_fault =
+      MakeFamily("inferbox_engine_gpu_fault",
+                 "1 while the engine is stopped because a GPU it uses is unhealthy, else 0.",
+                 MetricType::Gauge);
   for (const auto& model : supervisor_.models()) {
     for (const auto& replica : supervisor_.Replicas(model.name)) {
       const std::vector<prometheus::ClientMetric::Label> labels = {
@@ -45,6 +59,19 @@ std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
       const api::EngineInfo info = replica->Info();
       AddSample(up, labels, info.state() == api::ENGINE_STATE_READY ? 1 : 0);
       AddSample(restarts, labels, info.restarts());
+      AddSample(gpu_fault, labels, info.gpu_fault().empty() ? 0 : 1);
+      const auto [passed, failed] = replica->canaries();
+      auto with_result = labels;
+      with_result.push_back({"result", "passed"});
+      AddSample(canaries, with_result, passed);
+      with_result.back().value = "failed";
+      AddSample(canaries, with_result, failed);
+      if (info.has_last_canary_at()) {
+        AddSample(last_canary, labels,
+                  static_cast<double>(google::protobuf::util::TimeUtil::TimestampToMilliseconds(
+                      info.last_canary_at())) /
+                      1000.0);
+      }
       const auto stats = replica->stats();
       if (!stats) continue;
       AddSample(running, labels, stats->num_requests_running());
@@ -60,7 +87,8 @@ std::vector<prometheus::MetricFamily> EngineMetricsCollector::Collect() const {
       AddSample(preemptions, labels, static_cast<double>(stats->num_preemptions_total()));
     }
   }
-  return {up, restarts, running, waiting, kv_usage, prefix_queries, prefix_hits, preemptions};
+  return {up,          restarts,    running,  waiting,     kv_usage, prefix_queries,
+          prefix_hits, preemptions, canaries, last_canary, gpu_fault};
 }
 
 monitoring::Economics EconomicsCollector::Compute() const {

@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <set>
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>
 
+#include "inferbox/common/model_id.h"
 #include "inferbox/common/sqlite.h"
 
 namespace inferbox::daemon {
@@ -86,15 +88,6 @@ bool IsBase64Url(std::string_view text) {
   });
 }
 
-// [a-z0-9][a-z0-9._-]{0,63}, as config.h's ModelServeConfig::name.
-bool IsModelId(std::string_view id) {
-  if (id.empty() || id.size() > 64) return false;
-  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
-  if (!alnum(id.front())) return false;
-  return std::all_of(id.begin(), id.end(),
-                     [&](char c) { return alnum(c) || c == '.' || c == '_' || c == '-'; });
-}
-
 Result<std::string> RandomBytes(size_t count) {
   std::string bytes(count, '\0');
   if (RAND_bytes(reinterpret_cast<unsigned char*>(bytes.data()), static_cast<int>(count)) != 1) {
@@ -163,8 +156,8 @@ Status ValidateLimits(const inferbox::v1::KeyLimits& limits) {
   std::set<std::string_view> seen;
   for (const std::string& model : limits.models()) {
     if (!IsModelId(model)) {
-      return InvalidArgumentError(fmt::format(
-          "\"{}\" is not a model id ([a-z0-9][a-z0-9._-]{{0,63}})", model.substr(0, 80)));
+      return InvalidArgumentError(
+          fmt::format("\"{}\" is not a model id ({})", model.substr(0, 80), kModelIdPattern));
     }
     if (!seen.insert(model).second) {
       return InvalidArgumentError(fmt::format("model \"{}\" is listed twice", model));
@@ -182,6 +175,43 @@ Result<inferbox::v1::KeyRole> NormalizeRole(inferbox::v1::KeyRole role) {
       return InvalidArgumentError(fmt::format(
           "unknown key role {}; use KEY_ROLE_INFERENCE or KEY_ROLE_ADMIN", static_cast<int>(role)));
   }
+}
+
+Status NotAKeyId() {
+  return InvalidArgumentError(fmt::format(
+      "not a key id: an id is {} followed by {} characters, as `inferboxctl keys list` shows "
+      "(the part of the key before the dot, never the secret)",
+      kKeyIdPrefix, kIdRandomChars));
+}
+
+Result<std::string> LimitsJson(const inferbox::v1::KeyLimits& limits) {
+  google::protobuf::util::JsonPrintOptions json_options;
+  json_options.preserve_proto_field_names = true;
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(limits, &json, json_options).ok()) {
+    return InternalError("cannot serialize key limits");
+  }
+  return json;
+}
+
+// A row of "SELECT id, name, role, limits, created_at_ms, revoked_at_ms FROM api_keys".
+Result<inferbox::v1::KeyInfo> ReadKeyInfo(sqlite3_stmt* row, const sqlite::Database& db) {
+  inferbox::v1::KeyInfo info;
+  info.set_id(std::string(ColumnText(row, 0)));
+  info.set_name(std::string(ColumnText(row, 1)));
+  info.set_role(static_cast<inferbox::v1::KeyRole>(sqlite3_column_int(row, 2)));
+  const std::string limits_json(ColumnText(row, 3));
+  if (!google::protobuf::util::JsonStringToMessage(limits_json, info.mutable_limits()).ok()) {
+    return InternalError(fmt::format("key database {}: key {} has unreadable limits",
+                                     db.path().string(), info.id()));
+  }
+  *info.mutable_created_at() =
+      google::protobuf::util::TimeUtil::MillisecondsToTimestamp(sqlite3_column_int64(row, 4));
+  if (sqlite3_column_type(row, 5) != SQLITE_NULL) {
+    *info.mutable_revoked_at() =
+        google::protobuf::util::TimeUtil::MillisecondsToTimestamp(sqlite3_column_int64(row, 5));
+  }
+  return info;
 }
 
 }  // namespace
@@ -232,10 +262,7 @@ Status KeyStore::LoadCache() {
         return InternalError(
             fmt::format("key database {}: key {} has unreadable limits", db_->path().string(), id));
       }
-      key.models.assign(limits.models().begin(), limits.models().end());
-      key.tokens_per_minute = limits.tokens_per_minute();
-      key.tokens_per_day = limits.tokens_per_day();
-      key.max_concurrent_requests = limits.max_concurrent_requests();
+      key.SetLimits(limits);
       key.revoked = sqlite3_column_int(select.get(), 4) != 0;
       loaded.emplace(id, std::move(key));
     }
@@ -254,12 +281,8 @@ Result<inferbox::v1::CreateKeyResponse> KeyStore::Create(std::string_view name,
   if (!normalized_role.ok()) return normalized_role.status();
   if (Status valid = ValidateLimits(limits); !valid.ok()) return valid;
 
-  google::protobuf::util::JsonPrintOptions json_options;
-  json_options.preserve_proto_field_names = true;
-  std::string limits_json;
-  if (!google::protobuf::util::MessageToJsonString(limits, &limits_json, json_options).ok()) {
-    return InternalError("cannot serialize key limits");
-  }
+  auto limits_json = LimitsJson(limits);
+  if (!limits_json.ok()) return limits_json.status();
   auto secret = NewSecret();
   if (!secret.ok()) return secret.status();
   const Sha256 secret_sha256 = HashSecret(*secret);
@@ -284,7 +307,7 @@ Result<inferbox::v1::CreateKeyResponse> KeyStore::Create(std::string_view name,
       sqlite3_bind_int(insert.get(), 3, *normalized_role);
       sqlite3_bind_blob(insert.get(), 4, secret_sha256.data(),
                         static_cast<int>(secret_sha256.size()), SQLITE_TRANSIENT);
-      BindText(insert.get(), 5, limits_json);
+      BindText(insert.get(), 5, *limits_json);
       sqlite3_bind_int64(insert.get(), 6, created_at_ms);
       const int step = sqlite3_step(insert.get());
       if (step == SQLITE_DONE) break;
@@ -296,10 +319,7 @@ Result<inferbox::v1::CreateKeyResponse> KeyStore::Create(std::string_view name,
     CachedKey cached;
     cached.secret_sha256 = secret_sha256;
     cached.role = *normalized_role;
-    cached.models.assign(limits.models().begin(), limits.models().end());
-    cached.tokens_per_minute = limits.tokens_per_minute();
-    cached.tokens_per_day = limits.tokens_per_day();
-    cached.max_concurrent_requests = limits.max_concurrent_requests();
+    cached.SetLimits(limits);
     std::unique_lock lock(cache_mutex_);
     cache_.insert_or_assign(id, std::move(cached));
   }
@@ -329,33 +349,16 @@ Result<std::vector<inferbox::v1::KeyInfo>> KeyStore::List(bool include_revoked) 
   std::vector<inferbox::v1::KeyInfo> keys;
   int step = SQLITE_ROW;
   while ((step = sqlite3_step(select.get())) == SQLITE_ROW) {
-    inferbox::v1::KeyInfo& info = keys.emplace_back();
-    info.set_id(std::string(ColumnText(select.get(), 0)));
-    info.set_name(std::string(ColumnText(select.get(), 1)));
-    info.set_role(static_cast<inferbox::v1::KeyRole>(sqlite3_column_int(select.get(), 2)));
-    const std::string limits_json(ColumnText(select.get(), 3));
-    if (!google::protobuf::util::JsonStringToMessage(limits_json, info.mutable_limits()).ok()) {
-      return InternalError(fmt::format("key database {}: key {} has unreadable limits",
-                                       db_->path().string(), info.id()));
-    }
-    *info.mutable_created_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
-        sqlite3_column_int64(select.get(), 4));
-    if (sqlite3_column_type(select.get(), 5) != SQLITE_NULL) {
-      *info.mutable_revoked_at() = google::protobuf::util::TimeUtil::MillisecondsToTimestamp(
-          sqlite3_column_int64(select.get(), 5));
-    }
+    auto info = ReadKeyInfo(select.get(), *db_);
+    if (!info.ok()) return info.status();
+    keys.push_back(std::move(info).value());
   }
   if (step != SQLITE_DONE) return db_->Error("listing the keys");
   return keys;
 }
 
 Status KeyStore::Revoke(std::string_view id) {
-  if (!IsKeyId(id)) {
-    return InvalidArgumentError(fmt::format(
-        "not a key id: an id is {} followed by {} characters, as `inferboxctl keys list` shows "
-        "(the part of the key before the dot, never the secret)",
-        kKeyIdPrefix, kIdRandomChars));
-  }
+  if (!IsKeyId(id)) return NotAKeyId();
   {
     std::lock_guard lock(db_mutex_);
     auto prepared =
@@ -380,6 +383,68 @@ Status KeyStore::Revoke(std::string_view id) {
   std::unique_lock lock(cache_mutex_);
   if (auto found = cache_.find(id); found != cache_.end()) found->second.revoked = true;
   return Status::Ok();
+}
+
+Result<inferbox::v1::KeyInfo> KeyStore::Update(const inferbox::v1::UpdateKeyRequest& request) {
+  if (!IsKeyId(request.id())) return NotAKeyId();
+  if (request.has_name()) {
+    if (Status valid = ValidateName(request.name()); !valid.ok()) return valid;
+  }
+  std::optional<inferbox::v1::KeyRole> role;
+  if (request.role() != inferbox::v1::KEY_ROLE_UNSPECIFIED) {
+    auto normalized = NormalizeRole(request.role());
+    if (!normalized.ok()) return normalized.status();
+    role = *normalized;
+  }
+  std::optional<std::string> limits_json;
+  if (request.has_limits()) {
+    if (Status valid = ValidateLimits(request.limits()); !valid.ok()) return valid;
+    auto json = LimitsJson(request.limits());
+    if (!json.ok()) return json.status();
+    limits_json = std::move(json).value();
+  }
+
+  inferbox::v1::KeyInfo info;
+  {
+    std::lock_guard lock(db_mutex_);
+    // NULL keeps a column: COALESCE takes the stored value.
+    auto prepared = db_->Prepare(
+        "UPDATE api_keys SET name = COALESCE(?, name), role = COALESCE(?, role), "
+        "limits = COALESCE(?, limits) WHERE id = ? AND revoked_at_ms IS NULL",
+        "updating a key");
+    if (!prepared.ok()) return prepared.status();
+    sqlite::Statement update = std::move(prepared).value();
+    if (request.has_name()) BindText(update.get(), 1, request.name());
+    if (role) sqlite3_bind_int(update.get(), 2, *role);
+    if (limits_json) BindText(update.get(), 3, *limits_json);
+    BindText(update.get(), 4, request.id());
+    if (sqlite3_step(update.get()) != SQLITE_DONE) return db_->Error("updating a key");
+    const bool updated = sqlite3_changes(db_->get()) > 0;
+
+    auto lookup = db_->Prepare(
+        "SELECT id, name, role, limits, created_at_ms, revoked_at_ms FROM api_keys WHERE id = ?",
+        "looking up a key");
+    if (!lookup.ok()) return lookup.status();
+    sqlite::Statement select = std::move(lookup).value();
+    BindText(select.get(), 1, request.id());
+    const int step = sqlite3_step(select.get());
+    if (step == SQLITE_DONE)
+      return NotFoundError(fmt::format("no API key with id {}", request.id()));
+    if (step != SQLITE_ROW) return db_->Error("looking up a key");
+    if (!updated) {
+      return FailedPreconditionError(fmt::format(
+          "API key {} is revoked and cannot change; create a new key instead", request.id()));
+    }
+    auto read = ReadKeyInfo(select.get(), *db_);
+    if (!read.ok()) return read.status();
+    info = std::move(read).value();
+  }
+  std::unique_lock lock(cache_mutex_);
+  if (auto found = cache_.find(request.id()); found != cache_.end()) {
+    found->second.role = info.role();
+    found->second.SetLimits(info.limits());
+  }
+  return info;
 }
 
 Result<Caller> KeyStore::Authenticate(std::string_view authorization) const {

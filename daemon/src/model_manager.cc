@@ -6,6 +6,7 @@
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
+#include "inferbox/daemon/placement.h"
 #include "inferbox/daemon/supervisor.h"
 #include "model_plan.h"
 #include "served_models_file.h"
@@ -24,6 +25,15 @@ constexpr std::string_view kModelsFolder = "models";
 std::chrono::milliseconds SecondsOr(uint32_t seconds, std::chrono::seconds fallback) {
   return seconds == 0 ? std::chrono::milliseconds(fallback)
                       : std::chrono::milliseconds(seconds * 1000LL);
+}
+
+// Bytes of a model's weights: its *.safetensors files (all its files where none is).
+uint64_t WeightBytes(const prov::ModelManifest& manifest) {
+  uint64_t bytes = 0;
+  for (const auto& file : manifest.files()) {
+    if (file.path().ends_with(".safetensors")) bytes += file.size_bytes();
+  }
+  return bytes == 0 ? manifest.size_bytes() : bytes;
 }
 
 api::InstalledModel ToInstalled(const prov::ModelManifest& manifest) {
@@ -50,6 +60,10 @@ ModelServeConfig ServeConfigFor(const api::LoadModelRequest& request) {
   if (!options.device().empty()) config.device = options.device();
   config.gpus.assign(options.gpus().begin(), options.gpus().end());
   if (options.replicas() > 0) config.replicas = options.replicas();
+  // Placed by profile (no GPUs listed) without a replica count: as many as fit.
+  if (config.device == "cuda" && config.gpus.empty() && options.replicas() == 0)
+    config.replicas = 0;
+  config.tensor_parallel = options.tensor_parallel();
   if (options.kv_cache_gib() > 0) config.kv_cache_gib = options.kv_cache_gib();
   if (options.gpu_memory_fraction() > 0) config.gpu_memory_fraction = options.gpu_memory_fraction();
   if (options.max_running() > 0) config.max_running = options.max_running();
@@ -63,17 +77,8 @@ ModelServeConfig ServeConfigFor(const api::LoadModelRequest& request) {
 Status CheckServeOptions(const ModelServeConfig& config) {
   if (config.device != "cpu" && config.device != "cuda")
     return InvalidArgumentError("options.device: \"" + config.device + "\" is not cpu or cuda");
-  if (config.replicas > 64) return InvalidArgumentError("options.replicas: at most 64");
-  if (config.device == "cuda") {
-    if (config.gpus.empty()) return InvalidArgumentError("options.gpus: required with cuda");
-    if (config.gpus.size() % config.replicas != 0) {
-      return InvalidArgumentError(
-          fmt::format("options.gpus: {} GPUs do not split evenly into {} replicas",
-                      config.gpus.size(), config.replicas));
-    }
-  } else if (!config.gpus.empty()) {
-    return InvalidArgumentError("options.gpus: only applies with device cuda");
-  }
+  if (auto error = CheckGpuSettings(config, Placed::kNotYet))
+    return InvalidArgumentError("options." + error->key + ": " + error->message);
   if (config.kv_cache_gib > 4096) return InvalidArgumentError("options.kv_cache_gib: at most 4096");
   if (config.gpu_memory_fraction < 0.05 || config.gpu_memory_fraction > 0.99)
     return InvalidArgumentError("options.gpu_memory_fraction: from 0.05 to 0.99");
@@ -307,6 +312,11 @@ Result<api::LoadModelResponse> ModelManager::Load(const api::LoadModelRequest& r
   }
   ModelServeConfig next = ServeConfigFor(request);
   if (Status valid = CheckServeOptions(next); !valid.ok()) return valid;
+  if (next.device == "cuda" && next.gpus.empty()) {
+    auto placed = PlaceOnFreeGpus(std::move(next), *manifest);
+    if (!placed.ok()) return placed.status();
+    next = std::move(placed).value();
+  }
 
   api::LoadModelResponse response;
   response.set_digest(manifest->digest());
@@ -385,6 +395,21 @@ Status ModelManager::SetDefault(const api::SetDefaultModelRequest& request) {
   return Status::Ok();
 }
 
+Result<ModelServeConfig> ModelManager::PlaceOnFreeGpus(ModelServeConfig model,
+                                                       const prov::ModelManifest& manifest) const {
+  ModelFootprint footprint;
+  footprint.weight_bytes = WeightBytes(manifest);
+  // The GPUs of every other served model are taken; its own (a swap) are free to reuse.
+  std::vector<uint32_t> claimed;
+  for (const ModelServeConfig& served : supervisor_->models()) {
+    if (served.name != model.name)
+      claimed.insert(claimed.end(), served.gpus.begin(), served.gpus.end());
+  }
+  const std::vector<uint64_t> memory =
+      options_.gpu_memory ? options_.gpu_memory() : std::vector<uint64_t>();
+  return PlaceByProfile(std::move(model), footprint, memory, claimed);
+}
+
 Result<api::PlanModelResponse> ModelManager::Plan(const api::PlanModelRequest& request) const {
   auto manifest = store_->Get(request.id());
   if (!manifest.ok()) return manifest.status();
@@ -394,10 +419,7 @@ Result<api::PlanModelResponse> ModelManager::Plan(const api::PlanModelRequest& r
   inputs.id = request.id();
   inputs.shape = *shape;
   inputs.context_length = request.context_length();
-  for (const auto& file : manifest->files()) {
-    if (file.path().ends_with(".safetensors")) inputs.weight_bytes += file.size_bytes();
-  }
-  if (inputs.weight_bytes == 0) inputs.weight_bytes = manifest->size_bytes();
+  inputs.weight_bytes = WeightBytes(*manifest);
   if (options_.gpu_memory) inputs.gpu_memory_bytes = options_.gpu_memory();
   return PlanModel(inputs);
 }

@@ -132,6 +132,7 @@ inferbox::v1::PlanModelResponse PlanModel(const PlanInputs& inputs) {
     auto* options = plan.mutable_options();
     options->set_device("cuda");
     options->set_replicas(replicas);
+    options->set_tensor_parallel(static_cast<uint32_t>(tp));
     options->set_gpu_memory_fraction(inputs.gpu_memory_fraction);
     for (uint32_t gpu = 0; gpu < replicas * tp; ++gpu) options->add_gpus(gpu);
     plan.set_note(fmt::format(

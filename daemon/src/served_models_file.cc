@@ -24,6 +24,8 @@ toml::table ToToml(const ModelServeConfig& model) {
     table.insert("gpus", std::move(gpus));
   }
   table.insert("replicas", static_cast<int64_t>(model.replicas));
+  if (model.tensor_parallel > 0)
+    table.insert("tensor_parallel", static_cast<int64_t>(model.tensor_parallel));
   // 0 (the engine's default) is not a value the key accepts: leave it out.
   if (model.kv_cache_gib > 0) table.insert("kv_cache_gib", model.kv_cache_gib);
   table.insert("gpu_memory_fraction", model.gpu_memory_fraction);

@@ -17,6 +17,8 @@
 #include <spdlog/spdlog.h>
 
 #include "inferbox/common/logging.h"
+#include "inferbox/common/model_id.h"
+#include "inferbox/daemon/placement.h"
 
 extern char** environ;
 
@@ -42,6 +44,8 @@ constexpr auto kStableUptime = 60s;
 // requests this long before they drain: a request routed to an old replica just before the
 // switch must reach its engine before the engine's Drain refuses new work.
 constexpr auto kSwitchGrace = 1s;
+// An engine on a GPU that turned unhealthy finishes its requests for this long, then stops.
+constexpr auto kGpuFaultDrain = 10s;
 
 std::string DescribeExit(int wait_status) {
   if (WIFEXITED(wait_status)) {
@@ -149,9 +153,14 @@ std::vector<std::string> EngineEnvironment(const ModelServeConfig& model,
   for (char** entry = environ; *entry != nullptr; ++entry) {
     const std::string_view value(*entry);
     // systemd's notify socket belongs to the daemon: an engine must not report READY for it.
-    if (value.starts_with("CUDA_VISIBLE_DEVICES=") || value.starts_with("NOTIFY_SOCKET=")) continue;
+    if (value.starts_with("CUDA_VISIBLE_DEVICES=") || value.starts_with("NOTIFY_SOCKET=") ||
+        value.starts_with("CUDA_DEVICE_ORDER="))
+      continue;
     env.emplace_back(value);
   }
+  // CUDA numbers devices fastest first by default; in PCI bus order its indices are NVML's,
+  // so a GPU fault NVML reports lands on the engines that really use that GPU.
+  env.emplace_back("CUDA_DEVICE_ORDER=PCI_BUS_ID");
   std::string visible;
   if (model.device == "cuda") {
     for (const uint32_t gpu : gpus) visible += (visible.empty() ? "" : ",") + std::to_string(gpu);
@@ -213,6 +222,15 @@ api::EngineInfo EngineReplica::Info() const {
   info.set_pid(pid_);
   info.set_restarts(restarts_);
   info.set_last_exit(last_exit_);
+  info.set_process_live(pid_ != 0);
+  if (last_canary_at_ != std::chrono::system_clock::time_point{}) {
+    *info.mutable_last_canary_at() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(last_canary_at_.time_since_epoch())
+            .count());
+  }
+  info.set_last_canary_error(last_canary_error_);
+  info.set_canary_failures(canary_failures_);
+  info.set_gpu_fault(gpu_fault_);
   if (started_at_ != std::chrono::system_clock::time_point{}) {
     *info.mutable_started_at() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
         std::chrono::duration_cast<std::chrono::nanoseconds>(started_at_.time_since_epoch())
@@ -221,11 +239,19 @@ api::EngineInfo EngineReplica::Info() const {
   return info;
 }
 
+std::pair<uint32_t, uint32_t> EngineReplica::canaries() const {
+  std::lock_guard lock(mutex_);
+  return {canary_passes_, canary_failures_};
+}
+
 std::string EngineReplica::Unavailability() const {
   std::lock_guard lock(mutex_);
   switch (state_.load()) {
     case api::ENGINE_STATE_STARTING: return "its engine is loading the model";
-    case api::ENGINE_STATE_RESTARTING: return "its engine is restarting (it " + last_exit_ + ")";
+    case api::ENGINE_STATE_RESTARTING:
+      if (!gpu_fault_.empty())
+        return "its engine is stopped while its GPU is unhealthy (" + gpu_fault_ + ")";
+      return "its engine is restarting (it " + last_exit_ + ")";
     case api::ENGINE_STATE_FAILED:
       return "its engine failed and is not restarted (it " + last_exit_ +
              "); see `inferboxctl status` and the journal";
@@ -294,27 +320,13 @@ std::vector<std::shared_ptr<Supervisor::Watcher>> Supervisor::MakeWatchers(
 }
 
 Status Supervisor::CheckModel(const ModelServeConfig& model) const {
-  if (!IsValidModelName(model.name))
-    return InvalidArgumentError("model name \"" + model.name +
-                                "\" is not [a-z0-9][a-z0-9._-]{0,63}");
-  if (model.path.empty()) return InvalidArgumentError("model " + model.name + ": path is empty");
-  if (model.replicas < 1 || model.replicas > 64)
+  if (!IsModelId(model.name))
     return InvalidArgumentError(
-        fmt::format("model {}: replicas must be 1 to 64, not {}", model.name, model.replicas));
-  if (model.device == "cuda") {
-    if (model.gpus.empty())
-      return InvalidArgumentError("model " + model.name + ": device cuda needs gpus");
-    if (model.gpus.size() % model.replicas != 0) {
-      return InvalidArgumentError(
-          fmt::format("model {}: {} GPUs do not split evenly into {} "
-                      "replicas",
-                      model.name, model.gpus.size(), model.replicas));
-    }
-  } else if (model.device != "cpu") {
-    return InvalidArgumentError(fmt::format("model {}: device \"{}\" is not \"cpu\" or \"cuda\"",
-                                            model.name, model.device));
-  } else if (!model.gpus.empty()) {
-    return InvalidArgumentError("model " + model.name + ": gpus only apply with device cuda");
+        fmt::format("model name \"{}\" is not {}", model.name, kModelIdPattern));
+  if (model.path.empty()) return InvalidArgumentError("model " + model.name + ": path is empty");
+  if (auto error = CheckGpuSettings(model, Placed::kRequired)) {
+    return InvalidArgumentError(
+        fmt::format("model {}: {}: {}", model.name, error->key, error->message));
   }
   std::error_code error;
   if (!std::filesystem::is_directory(ModelPath(model), error)) {
@@ -324,8 +336,31 @@ Status Supervisor::CheckModel(const ModelServeConfig& model) const {
   return Status::Ok();
 }
 
+Status Supervisor::CheckGpusFreeLocked(const ModelServeConfig& model) const {
+  std::vector<ModelServeConfig> others;
+  for (const Served& served : served_) others.push_back(*served.config);
+  return CheckGpusFree(model, others);
+}
+
 Supervisor::~Supervisor() {
   Stop(0ms);
+}
+
+void Supervisor::SetGpuHealth(monitoring::GpuHealth health) {
+  {
+    std::lock_guard lock(gpu_mutex_);
+    gpu_health_ = std::move(health);
+  }
+  {
+    // Watchers wait for a GPU to heal on this condition variable.
+    std::lock_guard lock(stop_mutex_);
+  }
+  stop_changed_.notify_all();
+}
+
+std::optional<std::string> Supervisor::GpuFault(const EngineReplica& replica) const {
+  std::lock_guard lock(gpu_mutex_);
+  return monitoring::GpuFaultFor(replica.gpus_, gpu_health_);
 }
 
 void Supervisor::SetStateListener(std::function<void()> listener) {
@@ -463,6 +498,7 @@ Status Supervisor::AddModel(ModelServeConfig model) {
         return Status(StatusCode::kAlreadyExists,
                       "model " + config->name + " is already served; replace it instead");
     }
+    if (Status free = CheckGpusFreeLocked(*config); !free.ok()) return free;
     generation = ++last_generation_[config->name];
     auto watchers = MakeWatchers(config, generation);
     watchers_.insert(watchers_.end(), watchers.begin(), watchers.end());
@@ -517,6 +553,8 @@ Status Supervisor::ReplaceModel(ModelServeConfig next, std::chrono::milliseconds
       return NotFoundError(fmt::format("model {} is not served by this box", name));
     if (served->replacing)
       return FailedPreconditionError(fmt::format("model {} is already being replaced", name));
+    // Its own GPUs are shared with the generation it replaces (blue/green), no one else's.
+    if (Status free = CheckGpusFreeLocked(*config); !free.ok()) return free;
     if (!started_) return FailedPreconditionError("the engines have not been started");
     served->replacing = true;
     generation = ++last_generation_[name];
@@ -646,7 +684,8 @@ void Supervisor::Watch(Watcher& watcher) {
       // The supervisor drains with the Drain RPC first; the
       // engine's own SIGTERM drain only covers a failed RPC, and
       // must end well within kStopGrace.
-      "--drain-timeout", "5", "--parent-pid", std::to_string(getpid())};
+      "--drain-timeout", "5", "--parent-pid", std::to_string(getpid()), "--tensor-parallel",
+      std::to_string(TensorParallelOf(model))};
   if (model.kv_cache_gib > 0) {
     argv.push_back("--kv-cache-gib");
     argv.push_back(fmt::format("{}", model.kv_cache_gib));
@@ -660,9 +699,54 @@ void Supervisor::Watch(Watcher& watcher) {
     argv.push_back(std::to_string(model.max_model_len));
   }
   const std::vector<std::string> env = EngineEnvironment(model, replica.gpus_);
+  // Every canary's outcome, for status and /metrics; a failure is logged (the caller kills
+  // the engine).
+  auto record_canary = [&](bool passed, const std::string& error) {
+    {
+      std::lock_guard lock(replica.mutex_);
+      if (passed) {
+        ++replica.canary_passes_;
+        replica.last_canary_at_ = std::chrono::system_clock::now();
+        replica.last_canary_error_.clear();
+      } else {
+        ++replica.canary_failures_;
+        replica.last_canary_error_ = error;
+      }
+    }
+    if (!passed) {
+      LogEvent(spdlog::level::err, message_ids::kEngineCanaryFailed,
+               fmt::format("engine {}: the canary generation failed ({}); killing it",
+                           replica.name(), error));
+    }
+  };
+
+  // Holds the engine off GPUs that are unhealthy until they heal (SetGpuHealth); false when
+  // asked to stop meanwhile.
+  auto wait_for_healthy_gpus = [&] {
+    const std::optional<std::string> fault = GpuFault(replica);
+    if (!fault) return true;
+    {
+      std::lock_guard lock(replica.mutex_);
+      replica.gpu_fault_ = *fault;
+    }
+    SetState(replica, api::ENGINE_STATE_RESTARTING);
+    spdlog::warn("engine {}: not started while its GPU is unhealthy ({})", replica.name(), *fault);
+    {
+      std::unique_lock lock(stop_mutex_);
+      stop_changed_.wait(lock, [&] { return stopping_ || watcher.stop || !GpuFault(replica); });
+      if (stopping_ || watcher.stop) return false;
+    }
+    {
+      std::lock_guard lock(replica.mutex_);
+      replica.gpu_fault_.clear();
+    }
+    spdlog::info("engine {}: its GPUs are healthy again; starting it", replica.name());
+    return true;
+  };
 
   for (;;) {
     if (StopRequested(watcher)) break;
+    if (!wait_for_healthy_gpus()) break;
     SetState(replica, api::ENGINE_STATE_STARTING);
     // A socket left by a killed engine would answer nothing and slow the first health call.
     std::error_code ignored;
@@ -711,6 +795,7 @@ void Supervisor::Watch(Watcher& watcher) {
     // Startup: until Health says READY, the process exits, or the startup timeout.
     bool ready = false;
     bool stop_requested = false;
+    std::optional<std::string> gpu_fault;  // Set when its GPU turned unhealthy.
     std::string load_failure;
     while (!ready) {
       if (process.WaitExit(kStartupPollInterval)) break;
@@ -718,6 +803,7 @@ void Supervisor::Watch(Watcher& watcher) {
         stop_requested = true;
         break;
       }
+      if ((gpu_fault = GpuFault(replica))) break;
       if (Clock::now() - started > supervision.startup_timeout) {
         spdlog::error(
             "engine {}: not ready after {} s; killing it", replica.name(),
@@ -737,12 +823,12 @@ void Supervisor::Watch(Watcher& watcher) {
         // Ready means a generation works, not just that the process answers.
         if (const grpc::Status canary = RunCanary(*stub, supervision.canary_timeout);
             !canary.ok()) {
-          spdlog::error("engine {}: the startup canary failed ({}); killing it", replica.name(),
-                        canary.error_message());
+          record_canary(false, "startup: " + canary.error_message());
           process.Signal(SIGKILL);
           process.WaitExit(kStopGrace);
           break;
         }
+        record_canary(true, "");
         std::lock_guard lock(replica.mutex_);
         replica.traits_ = {response.max_model_len(), response.has_chat_template(),
                            response.chat_prompt_opens_reasoning()};
@@ -771,6 +857,7 @@ void Supervisor::Watch(Watcher& watcher) {
           stop_requested = true;
           break;
         }
+        if ((gpu_fault = GpuFault(replica))) break;
         if (Clock::now() >= next_canary) {
           const auto steps_before = last_steps;
           const grpc::Status canary = RunCanary(*stub, supervision.canary_timeout);
@@ -783,9 +870,10 @@ void Supervisor::Watch(Watcher& watcher) {
             failed = !health(supervision.health_timeout, progress).ok() ||
                      progress.steps_completed() == steps_before;
           }
-          if (failed && !process.WaitExit(std::chrono::milliseconds(0))) {
-            spdlog::error("engine {}: the canary generation failed ({}); killing it",
-                          replica.name(), canary.error_message());
+          if (!failed) {
+            record_canary(true, "");
+          } else if (!process.WaitExit(std::chrono::milliseconds(0))) {
+            record_canary(false, canary.error_message());
             process.Signal(SIGKILL);
           }
           continue;
@@ -838,6 +926,50 @@ void Supervisor::Watch(Watcher& watcher) {
     {
       std::lock_guard lock(replica.mutex_);
       replica.stub_.reset();
+    }
+
+    if (gpu_fault && !stop_requested) {
+      // Out of READY first, so the router sends nothing new; then the requests in flight get
+      // kGpuFaultDrain, and the engine stops until its GPUs heal (not a crash: no backoff).
+      {
+        std::lock_guard lock(replica.mutex_);
+        replica.gpu_fault_ = *gpu_fault;
+      }
+      SetState(replica, api::ENGINE_STATE_DRAINING);
+      LogEvent(
+          spdlog::level::err, message_ids::kEngineGpuFault,
+          fmt::format("engine {}: its GPU is unhealthy ({}); draining it for up to {} s, "
+                      "then stopping it until the GPU is healthy again",
+                      replica.name(), *gpu_fault,
+                      std::chrono::duration_cast<std::chrono::seconds>(kGpuFaultDrain).count()));
+      if (ready && !process.WaitExit(0ms)) {
+        grpc::ClientContext context;
+        context.set_deadline(std::chrono::system_clock::now() + kGpuFaultDrain + 2s);
+        wire::DrainRequest request;
+        request.set_timeout_seconds(
+            std::chrono::duration_cast<std::chrono::duration<double>>(kGpuFaultDrain).count());
+        wire::DrainResponse response;
+        if (stub->Drain(&context, request, &response).ok() && response.num_requests_aborted() > 0) {
+          spdlog::warn("engine {}: drain timeout, {} requests aborted", replica.name(),
+                       response.num_requests_aborted());
+        }
+      }
+      process.Signal(SIGTERM);
+      if (!process.WaitExit(kStopGrace)) {
+        process.Signal(SIGKILL);
+        process.WaitExit(kStopGrace);
+      }
+      {
+        std::lock_guard lock(watcher.process_mutex);
+        watcher.process.reset();
+      }
+      {
+        std::lock_guard lock(replica.mutex_);
+        replica.pid_ = 0;
+        replica.last_exit_ = "was stopped: its GPU is unhealthy";
+        ++replica.restarts_;
+      }
+      continue;
     }
 
     if (stop_requested) {

@@ -1,5 +1,7 @@
 #include "inferbox/monitoring/gpu_health.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 namespace inferbox::monitoring {
@@ -19,6 +21,26 @@ std::string GpuHealth::Summary() const {
     summary += fmt::format("GPU {} ({}): {}", gpu.index, gpu.uuid, gpu.reason);
   }
   return summary;
+}
+
+std::optional<std::string> GpuFaultFor(std::span<const uint32_t> gpus, const GpuHealth& health) {
+  if (gpus.empty() || health.healthy()) return std::nullopt;
+  std::string fault;
+  for (const uint32_t index : gpus) {
+    const auto verdict = std::find_if(health.gpus.begin(), health.gpus.end(),
+                                      [&](const GpuVerdict& gpu) { return gpu.index == index; });
+    std::string why;
+    if (verdict == health.gpus.end()) {
+      why = fmt::format("GPU {}: not among the GPUs NVML lists while {}", index, health.Summary());
+    } else if (!verdict->healthy) {
+      why = fmt::format("GPU {} ({}): {}", verdict->index, verdict->uuid, verdict->reason);
+    } else {
+      continue;
+    }
+    fault += (fault.empty() ? "" : "; ") + why;
+  }
+  if (fault.empty()) return std::nullopt;
+  return fault;
 }
 
 std::optional<std::string> FatalXidReason(unsigned long long xid) {

@@ -50,7 +50,7 @@ prometheus::Family<prometheus::Counter>& Counter(prometheus::Registry& registry,
 
 }  // namespace
 
-ServingMetrics::ServingMetrics(prometheus::Registry& registry)
+ServingMetrics::ServingMetrics(prometheus::Registry& registry, bool per_key_series)
     : first_token_(Histogram(registry, "inferbox_time_to_first_token_seconds",
                              "Time from acceptance to the first generated token.")),
       inter_token_(
@@ -90,6 +90,19 @@ ServingMetrics::ServingMetrics(prometheus::Registry& registry)
                              "quota_tokens_per_day", "quota_max_concurrent_requests"}) {
     rejected_.Add({{"reason", reason}});
   }
+  if (per_key_series) {
+    key_requests_ = &Counter(registry, "inferbox_key_requests_total",
+                             "Requests that reached an engine, by API key id (anonymous: "
+                             "keyless callers) and model.");
+    key_prompt_tokens_ =
+        &Counter(registry, "inferbox_key_prompt_tokens_total",
+                 "Prompt tokens (as inferbox_prompt_tokens_total), by API key id and "
+                 "model.");
+    key_generation_tokens_ =
+        &Counter(registry, "inferbox_key_generation_tokens_total",
+                 "Generated tokens delivered (as inferbox_generation_tokens_total), by "
+                 "API key id and model.");
+  }
 }
 
 void ServingMetrics::RegisterModel(const std::string& model) {
@@ -123,6 +136,23 @@ void ServingMetrics::Record(const RequestRecord& record) {
       static_cast<double>(record.cached_prompt_tokens));
   generation_tokens_total_.Add(model).Increment(static_cast<double>(record.generation_tokens));
   delivered_tokens_.fetch_add(static_cast<double>(record.generation_tokens));
+  if (key_requests_ != nullptr) {
+    std::string key = record.key.empty() ? "anonymous" : record.key;
+    {
+      std::lock_guard lock(keys_mutex_);
+      if (!keys_.contains(key)) {
+        if (keys_.size() < kMaxKeySeries) {
+          keys_.insert(key);
+        } else {
+          key = "other";
+        }
+      }
+    }
+    const prometheus::Labels labels{{"key", key}, {"model", record.model}};
+    key_requests_->Add(labels).Increment();
+    key_prompt_tokens_->Add(labels).Increment(static_cast<double>(record.prompt_tokens));
+    key_generation_tokens_->Add(labels).Increment(static_cast<double>(record.generation_tokens));
+  }
   if (record.finish_reason.empty()) {
     failures_.Add({{"model", record.model}, {"reason", record.failure}}).Increment();
     return;

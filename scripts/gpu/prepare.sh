@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=.gpu
 targets=(backend_ops_cuda_test cuda_forward_test cuda_device_test monitoring_test inferbox-bench
-  inferbox-run)
+  inferbox-run nccl_tensor_parallel_test)
 cmake --build "$build" --target "${targets[@]}" -j "$(nproc)"
 
 rm -rf "$out/stage" && mkdir -p "$out/stage/bin" "$out/stage/lib" "$out/stage/reference"
@@ -24,6 +24,7 @@ binaries=(
   "$build/tests/unit/engine/backend/backend_ops_cuda_test"
   "$build/tests/cuda_forward_test"
   "$build/tests/cuda_device_test"
+  "$build/tests/nccl_tensor_parallel_test"
   "$build/tests/monitoring_test"
   "$build/tools/inferbox-bench"
   "$build/tools/inferbox-run"

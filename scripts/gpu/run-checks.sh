@@ -8,7 +8,8 @@
 # Steps (each logged to $OUT when set, else .gpu/out): the GPU and driver; GPU telemetry
 # and health through the driver's NVML; the op suite
 # (CUDA vs the CPU reference, every op and shape); the tiny models end to end (logits and
-# batched greedy tokens, CUDA vs CPU); the device's copy bandwidth and a random-weight
+# batched greedy tokens, CUDA vs CPU); tensor parallelism over NCCL (the collectives on
+# every GPU, a tiny model at TP 1 vs the CPU); the device's copy bandwidth and a random-weight
 # Llama-3.1-8B-shaped model loading and generating (SKIP_8B=1 leaves it out). A summary
 # table is printed last.
 set -uo pipefail
@@ -32,8 +33,15 @@ if [ -z "$cublas" ]; then
 fi
 driver=$(find_library libcuda.so.1)
 [ -n "$driver" ] || driver=$(find /usr/lib /usr/local/nvidia /usr/lib64 -name 'libcuda.so.1' 2>/dev/null | head -1)
-echo "cuBLASLt: ${cublas:-not found}; driver: ${driver:-not found}"
-library_path="$work/lib:$(dirname "${cublas:-/nonexistent/x}"):$(dirname "${driver:-/nonexistent/x}")"
+# NCCL (opened at run time by the tensor-parallel path; 200 MB, so not in the bundle): this
+# machine's, where it has one; without it the NCCL test skips and says so.
+nccl=$(find_library libnccl.so.2)
+if [ -z "$nccl" ]; then
+  nccl=$(find /usr/local/cuda*/lib* /usr/lib /opt "$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)" \
+    -name 'libnccl.so.2*' 2>/dev/null | head -1)
+fi
+echo "cuBLASLt: ${cublas:-not found}; driver: ${driver:-not found}; NCCL: ${nccl:-not found}"
+library_path="$work/lib:$(dirname "${cublas:-/nonexistent/x}"):$(dirname "${driver:-/nonexistent/x}"):$(dirname "${nccl:-/nonexistent/x}")"
 run_bundled() {
   "$work/lib/ld-linux-x86-64.so.2" --library-path "$library_path" "$work/bin/$1" "${@:2}"
 }
@@ -62,6 +70,7 @@ step "device query" device.log run_bundled cuda_device_test
 step "NVML telemetry and health" nvml.log run_bundled monitoring_test --gtest_filter='GpuCollector.*'
 step "ops: CUDA vs CPU reference" ops.log run_bundled backend_ops_cuda_test --gtest_output=xml:"$out/ops.xml"
 step "tiny models: CUDA vs CPU" forward.log run_bundled cuda_forward_test --gtest_output=xml:"$out/forward.xml"
+step "NCCL: collectives, TP 1 vs CPU" nccl.log run_bundled nccl_tensor_parallel_test --gtest_output=xml:"$out/nccl.xml"
 if [ "${SKIP_8B:-0}" != 1 ]; then
   model=$work/llama-3.1-8b
   # The folder (config, tokenizer) from the generator with one layer, then all 32 layers of

@@ -31,15 +31,7 @@ constexpr int kSteps = 32;
 constexpr double kLogitTolerance = 1e-2;
 constexpr float kTieLogprob = 0.02f;
 
-struct Case {
-  std::string name;
-  std::vector<std::string> make_model_args;
-  std::string tokenizer;
-};
-
-std::ostream& operator<<(std::ostream& out, const Case& c) {
-  return out << c.name;
-}
+using Case = inferbox::testing::TinyModelCase;
 
 class CudaForwardTest : public ::testing::TestWithParam<Case> {
  public:
@@ -235,22 +227,9 @@ TEST_P(CudaForwardTest, BatchedGreedyTokensMatchTheCpu) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    TinyModels, CudaForwardTest,
-    ::testing::Values(Case{"llama_f32", {"--arch", "llama"}, "llama3_1"},
-                      Case{"llama_bf16_tied",
-                           {"--arch", "llama", "--dtype", "bfloat16", "--tie", "--seed", "3"},
-                           "llama3_1"},
-                      Case{"mistral_f16",
-                           {"--arch", "mistral", "--dtype", "float16", "--seed", "5"},
-                           "deepseek_v3"},
-                      Case{"qwen2_f32", {"--arch", "qwen2", "--seed", "2"}, "qwen3"},
-                      Case{"qwen3_f32", {"--arch", "qwen3"}, "qwen3"},
-                      Case{"qwen3_bf16_4layers",
-                           {"--arch", "qwen3", "--dtype", "bfloat16", "--layers", "4", "--seed",
-                            "9"},
-                           "qwen3"}),
-    [](const auto& test_info) { return test_info.param.name; });
+INSTANTIATE_TEST_SUITE_P(TinyModels, CudaForwardTest,
+                         ::testing::ValuesIn(inferbox::testing::TinyArchitectures()),
+                         [](const auto& test_info) { return test_info.param.name; });
 
 }  // namespace
 }  // namespace inferbox::engine

@@ -215,6 +215,16 @@ TEST_F(EngineProcessTest, StreamsAGenerationAndReportsUsage) {
   EXPECT_EQ(stats.prefix_cache_hit_tokens_total(), second.last().usage().cached_prompt_tokens());
 }
 
+TEST_F(EngineProcessTest, TheEngineIsTheOomKillersChoiceBeforeTheDaemon) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  std::ifstream score("/proc/" + std::to_string(engine.process().pid()) + "/oom_score_adj");
+  int adj = 0;
+  ASSERT_TRUE(score >> adj);
+  EXPECT_EQ(adj, 500) << "an engine (restartable, its requests failed clearly) should be killed "
+                         "before the daemon that holds every connection";
+}
+
 TEST_F(EngineProcessTest, ChatRendersTheTemplateAndHonoursStopStrings) {
   EngineProcess engine(model(), dir_.path());
   ASSERT_TRUE(engine.WaitReady());
@@ -389,6 +399,15 @@ TEST_F(EngineProcessTest, AModelThatCannotLoadExitsWithItsReason) {
     const std::string err = engine.process().ReadStderr();
     EXPECT_NE(err.find("no-such-model"), std::string::npos) << err;
     EXPECT_FALSE(std::filesystem::exists(engine.socket()));
+  }
+  {
+    // Tensor parallelism over more GPUs than any machine has: refused before loading, saying
+    // what is missing (NCCL, a CUDA device, or CUDA in this build).
+    EngineProcess engine(model(), dir_.path(), {"--device", "cuda", "--tensor-parallel", "64"});
+    EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(78));
+    EXPECT_NE(engine.process().ReadStderr().find("--tensor-parallel 64 on --device cuda"),
+              std::string::npos)
+        << engine.process().ReadStderr();
   }
   // A device that is not there (no machine has 100 GPUs) or not a device at all.
   for (const char* device : {"cuda:99", "tpu"}) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <regex>
 #include <set>
@@ -13,13 +14,16 @@
 #include <vector>
 
 #include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <boost/json.hpp>
 
+#include "cpu_engine.h"
 #include "daemon_fixture.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "http_client.h"
+#include "inferbox/v1/admin.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
 #include "tiny_model.h"
 
@@ -175,6 +179,23 @@ TEST_F(MetricsTest, CountersMatchWhatClientsReceived) {
   const std::map<std::string, std::string> replica = {{"model", "tiny"}, {"replica", "0"}};
   EXPECT_EQ(scrape.Value("inferbox_engine_up", replica), 1);
   EXPECT_EQ(scrape.Value("inferbox_engine_restarts_total", replica), 0);
+  auto passed = replica;
+  passed["result"] = "passed";
+  EXPECT_GE(scrape.Value("inferbox_engine_canaries_total", passed), 1) << "the startup canary";
+  auto failed = replica;
+  failed["result"] = "failed";
+  EXPECT_EQ(scrape.Value("inferbox_engine_canaries_total", failed), 0);
+
+  // The state directory's file system (the daemon's --state-dir).
+  const std::map<std::string, std::string> state_dir = {
+      {"dir", "state"}, {"path", (dir_.path() / "daemon-state").string()}};
+  EXPECT_GT(scrape.Value("inferbox_filesystem_size_bytes", state_dir), 0);
+  EXPECT_GT(scrape.Value("inferbox_filesystem_free_bytes", state_dir), 0);
+  EXPECT_LE(scrape.Value("inferbox_filesystem_free_bytes", state_dir),
+            scrape.Value("inferbox_filesystem_size_bytes", state_dir));
+  for (const auto& [name, type] : scrape.types) {
+    EXPECT_FALSE(name.starts_with("inferbox_key_")) << name << ": per-key series are off";
+  }
   double kv = -1;
   for (int i = 0; i < 100 && kv < 0; ++i) {
     kv = ScrapeMetrics().Value("inferbox_kv_cache_usage_ratio", replica);
@@ -266,8 +287,10 @@ TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
   for (const auto& file : FilesNamingMetrics()) {
     for (const std::string& name : NamedFamilies(ReadText(file), scrape)) {
       // GPU series exist only where NVML loads (GpuMetricsTest checks them with a fake NVML);
-      // the price per million tokens only while tokens flow (this test sends none).
-      if (name.starts_with("inferbox_gpu_") || name == "inferbox_cost_per_million_output_tokens")
+      // the price per million tokens only while tokens flow (this test sends none); per-key
+      // series only with [server] metrics_per_key (PerKeySeriesTest checks them).
+      if (name.starts_with("inferbox_gpu_") || name == "inferbox_cost_per_million_output_tokens" ||
+          name.starts_with("inferbox_key_"))
         continue;
       EXPECT_TRUE(scrape.types.contains(name))
           << file.filename() << " names " << name << ", which the box does not export";
@@ -340,24 +363,74 @@ TEST(GpuMetricsTest, DashboardsAlertsAndCatalogueNameOnlyGpuMetricsTheBoxExports
   }
 }
 
-// /health/live and /health/ready on the metrics listener (no key, like /metrics): readiness
-// shows every layer, and a GPU fault (here an Xid 79 from the fake NVML: the GPU fell off
-// the bus) takes the box out of it, on the probe and in gRPC health alike.
-TEST(HealthProbeTest, ReadinessShowsEveryLayerAndFailsClosedOnAGpuFault) {
+// Admin.GetStatus through `inferboxctl status --json`.
+api::GetStatusResponse CtlStatus(const DaemonProcess& daemon, const std::filesystem::path& dir) {
+  const CommandResult result =
+      RunCommand({INFERBOXCTL_PATH, "--address", daemon.grpc_address(), "status", "--json"}, dir);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  api::GetStatusResponse status;
+  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(result.out, &status).ok()) << result.out;
+  return status;
+}
+
+std::string CtlStatusText(const DaemonProcess& daemon, const std::filesystem::path& dir) {
+  const CommandResult result =
+      RunCommand({INFERBOXCTL_PATH, "--address", daemon.grpc_address(), "status"}, dir);
+  EXPECT_EQ(result.exit_code, 0) << result.err;
+  return result.out;
+}
+
+const api::EngineInfo* FindEngine(const api::GetStatusResponse& status, const std::string& name) {
+  for (const auto& engine : status.engines()) {
+    if (engine.name() == name) return &engine;
+  }
+  return nullptr;
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus InferenceHealth(const DaemonProcess& daemon) {
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials()));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("inferbox.v1.Inference");
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 5s);
+  EXPECT_TRUE(health->Check(&context, request, &response).ok());
+  return response.status();
+}
+
+// Health in layers on a box with two GPUs (the fake NVML) and a model with one replica on
+// each (run on the CPU by a wrapper: there is no GPU here): /health/live and /health/ready on
+// the metrics listener (no key, like /metrics), and the same layers in Admin.GetStatus and
+// `inferboxctl status`. A GPU fault (an Xid 79: the GPU fell off the bus) stops only the
+// engine on that GPU while the box keeps serving on the other; with both GPUs faulty the box
+// leaves readiness, on the probe and in gRPC health alike.
+TEST(HealthProbeTest, EveryLayerIsShownAndAGpuFaultStopsOnlyItsEngines) {
   TempDir dir;
   MakeTinyModel(dir.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"}, dir.path());
+  WriteCpuEngineWrapper(dir.path() / "engine-on-cpu", INFERBOX_ENGINE_PATH,
+                        dir.path() / "devices.log");
   const auto state = dir.path() / "nvml-state";
-  const std::string gpu =
-      "gpus 1\n"
+  const std::string gpus =
+      "gpus 2\n"
       "gpu0.name NVIDIA H100 80GB HBM3\n"
       "gpu0.uuid GPU-0d6f1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b\n"
-      "gpu0.memory_total 85520809984\n";
-  std::ofstream(state) << gpu;
-  const std::string config = TestConfig() +
-                             "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+      "gpu0.memory_total 85520809984\n"
+      "gpu1.name NVIDIA H100 80GB HBM3\n"
+      "gpu1.uuid GPU-1d6f1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b\n"
+      "gpu1.memory_total 85520809984\n";
+  std::ofstream(state) << gpus;
+  auto set_state = [&](const std::string& text) {
+    std::ofstream(dir.path() / "nvml-state.next") << text;
+    std::filesystem::rename(dir.path() / "nvml-state.next", state);
+  };
+  const std::string config = TestConfig() + "[engines]\nexecutable = \"" +
+                             (dir.path() / "engine-on-cpu").string() +
                              "\"\nhealth_interval_seconds = 0.2\n[[models]]\nname = \"tiny\"\n"
                              "path = \"" +
-                             (dir.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
+                             (dir.path() / "model").string() +
+                             "\"\nkv_cache_gib = 0.1\ndevice = \"cuda\"\ngpus = [0, 1]\n"
+                             "replicas = 2\n";
   DaemonProcess daemon(dir,
                        DaemonOptions{.config_text = config,
                                      .extra_env = {"INFERBOX_NVML_LIBRARY=" FAKE_NVML_PATH,
@@ -365,6 +438,46 @@ TEST(HealthProbeTest, ReadinessShowsEveryLayerAndFailsClosedOnAGpuFault) {
   ASSERT_TRUE(daemon.WaitReady());
   ASSERT_TRUE(daemon.WaitInferenceServing());
   const std::string base = "http://" + daemon.metrics_address();
+  auto wait_for_status = [&](const std::function<bool(const api::GetStatusResponse&)>& done) {
+    api::GetStatusResponse status;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    do {
+      status = CtlStatus(daemon, dir.path());
+      if (done(status)) break;
+      std::this_thread::sleep_for(100ms);
+    } while (std::chrono::steady_clock::now() < deadline);
+    return status;
+  };
+
+  api::GetStatusResponse status = wait_for_status(
+      [](const api::GetStatusResponse& s) { return s.health().models(0).engines_ready() == 2; });
+  const api::BoxHealth& health = status.health();
+  EXPECT_TRUE(health.daemon_live());
+  EXPECT_FALSE(health.draining());
+  EXPECT_TRUE(health.ready());
+  EXPECT_EQ(health.status(), "ready");
+  ASSERT_EQ(health.models_size(), 1);
+  EXPECT_EQ(health.models(0).name(), "tiny");
+  EXPECT_TRUE(health.models(0).ready());
+  EXPECT_EQ(health.models(0).engines_live(), 2u);
+  EXPECT_EQ(health.models(0).engines_ready(), 2u) << daemon.Logs();
+  ASSERT_EQ(status.engines_size(), 2);
+  for (const auto& engine : status.engines()) {
+    EXPECT_TRUE(engine.process_live()) << engine.name();
+    EXPECT_TRUE(engine.has_last_canary_at()) << engine.name() << ": the startup canary passed";
+    EXPECT_EQ(engine.last_canary_error(), "");
+  }
+  EXPECT_EQ(health.gpu_monitoring(), "nvml");
+  ASSERT_EQ(health.gpus_size(), 2);
+  EXPECT_TRUE(health.gpus(0).healthy());
+  EXPECT_TRUE(health.gpus(1).healthy());
+  const std::string text = CtlStatusText(daemon, dir.path());
+  EXPECT_THAT(text,
+              ::testing::HasSubstr("health       READY (ready: 1 of 1 models ready, 2 of 2 GPUs "
+                                   "healthy)"));
+  EXPECT_THAT(text, ::testing::HasSubstr("  daemon     live"));
+  EXPECT_THAT(text, ::testing::HasSubstr("process live, canary passed"));
+  EXPECT_THAT(text, ::testing::HasSubstr("  gpu 1      healthy"));
 
   EXPECT_EQ(HttpGet(base + "/health/live").status, 200);
   HttpResponse ready = HttpGet(base + "/health/ready");
@@ -375,13 +488,55 @@ TEST(HealthProbeTest, ReadinessShowsEveryLayerAndFailsClosedOnAGpuFault) {
   const auto& model = body.at("models").as_array().at(0).as_object();
   EXPECT_EQ(model.at("name").as_string(), "tiny");
   EXPECT_EQ(model.at("state").as_string(), "MODEL_STATE_READY");
-  EXPECT_EQ(model.at("engines").as_array().at(0).as_object().at("state").as_string(),
-            "ENGINE_STATE_READY");
-  EXPECT_TRUE(body.at("gpus").as_array().at(0).as_object().at("healthy").as_bool());
+  EXPECT_TRUE(model.at("ready").as_bool());
+  const auto& engine = model.at("engines").as_array().at(0).as_object();
+  EXPECT_EQ(engine.at("state").as_string(), "ENGINE_STATE_READY");
+  EXPECT_TRUE(engine.at("process_live").as_bool());
+  EXPECT_TRUE(engine.contains("last_canary_at"));
+  EXPECT_TRUE(body.at("gpus").as_array().at(1).as_object().at("healthy").as_bool());
 
-  // The GPU falls off the bus: within the health watcher's period, readiness drops.
-  std::ofstream(dir.path() / "nvml-state.next") << gpu << "xid 0 79\n";
-  std::filesystem::rename(dir.path() / "nvml-state.next", state);
+  // GPU 1 falls off the bus: within the GPU watcher's period (5 s) its engine is drained and
+  // stopped; the one on GPU 0 keeps serving, so the box stays ready, degraded.
+  set_state(gpus + "xid 1 79\n");
+  status = wait_for_status([](const api::GetStatusResponse& s) {
+    const api::EngineInfo* held = FindEngine(s, "tiny/1");
+    return held != nullptr && !held->gpu_fault().empty() && !held->process_live();
+  });
+  const api::EngineInfo* held = FindEngine(status, "tiny/1");
+  ASSERT_NE(held, nullptr);
+  EXPECT_THAT(held->gpu_fault(), ::testing::HasSubstr("Xid 79")) << daemon.Logs();
+  EXPECT_FALSE(held->process_live());
+  const api::EngineInfo* serving = FindEngine(status, "tiny/0");
+  ASSERT_NE(serving, nullptr);
+  EXPECT_EQ(serving->state(), api::ENGINE_STATE_READY);
+  EXPECT_EQ(serving->restarts(), 0u);
+  EXPECT_TRUE(status.health().ready());
+  EXPECT_EQ(status.health().status(), "degraded");
+  EXPECT_EQ(status.state(), api::DAEMON_STATE_DEGRADED);
+  EXPECT_FALSE(status.health().gpus(1).healthy());
+  EXPECT_THAT(status.health().gpus(1).reason(), ::testing::HasSubstr("79"));
+  EXPECT_THAT(CtlStatusText(daemon, dir.path()),
+              ::testing::AllOf(::testing::HasSubstr("  gpu 1      UNHEALTHY"),
+                               ::testing::HasSubstr("held off its GPU: GPU 1")));
+  ready = HttpGet(base + "/health/ready");
+  EXPECT_EQ(ready.status, 200) << ready.body;
+  EXPECT_EQ(boost::json::parse(ready.body).as_object().at("status").as_string(), "degraded");
+  EXPECT_EQ(InferenceHealth(daemon), grpc::health::v1::HealthCheckResponse::SERVING);
+  auto inference = api::Inference::NewStub(
+      grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials()));
+  for (int i = 0; i < 3; ++i) {
+    const ChatResult chat = RunChat(*inference, TinyChat(4));
+    EXPECT_TRUE(chat.status.ok()) << chat.status.error_message();
+    EXPECT_EQ(chat.tokens, 4u);
+  }
+  EXPECT_THAT(daemon.Logs(), ::testing::HasSubstr("its GPU is unhealthy"));
+  const Scrape scrape = Parse(HttpGet(base + "/metrics").body);
+  EXPECT_EQ(scrape.Value("inferbox_engine_gpu_fault", {{"model", "tiny"}, {"replica", "1"}}), 1);
+  EXPECT_EQ(scrape.Value("inferbox_engine_gpu_fault", {{"model", "tiny"}, {"replica", "0"}}), 0);
+  EXPECT_EQ(scrape.Value("inferbox_engine_up", {{"model", "tiny"}, {"replica", "1"}}), 0);
+
+  // GPU 0 too: nothing can serve, so the box leaves readiness; the daemon itself lives.
+  set_state(gpus + "xid 1 79\nxid 0 79\n");
   const auto deadline = std::chrono::steady_clock::now() + 30s;
   do {
     ready = HttpGet(base + "/health/ready");
@@ -396,23 +551,177 @@ TEST(HealthProbeTest, ReadinessShowsEveryLayerAndFailsClosedOnAGpuFault) {
   EXPECT_NE(std::string(faulty.at("reason").as_string()).find("79"), std::string::npos)
       << ready.body;
   EXPECT_EQ(HttpGet(base + "/health/live").status, 200) << "the daemon itself is alive";
+  auto inference_health = InferenceHealth(daemon);
+  while (inference_health != grpc::health::v1::HealthCheckResponse::NOT_SERVING &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+    inference_health = InferenceHealth(daemon);
+  }
+  EXPECT_EQ(inference_health, grpc::health::v1::HealthCheckResponse::NOT_SERVING)
+      << "gRPC health agrees with the probe";
+  // The engine on GPU 0 drains, then its process stops too.
+  status = wait_for_status(
+      [](const api::GetStatusResponse& s) { return s.health().models(0).engines_live() == 0; });
+  EXPECT_FALSE(status.health().ready());
+  EXPECT_FALSE(status.health().models(0).ready());
+  EXPECT_EQ(status.health().models(0).engines_live(), 0u);
 
-  // gRPC health follows from the GPU health watcher (every 5 s).
-  auto health = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials()));
-  grpc::health::v1::HealthCheckResponse response;
+  // Each engine was given its own GPU, numbered in PCI bus order as NVML numbers them.
+  std::ifstream log(dir.path() / "devices.log");
+  const std::string devices((std::istreambuf_iterator<char>(log)),
+                            std::istreambuf_iterator<char>());
+  EXPECT_THAT(devices, ::testing::HasSubstr("0 PCI_BUS_ID\n"));
+  EXPECT_THAT(devices, ::testing::HasSubstr("1 PCI_BUS_ID\n"));
+}
+
+// A canary that fails (the engine's loop stalls after 3 steps: the startup canary passes, a
+// periodic one does not) is counted, logged and shown, takes the box out of readiness, and
+// the engine is restarted, after which the box is ready again.
+TEST(CanaryTest, AFailedCanaryIsCountedShownAndRestartsTheEngine) {
+  TempDir dir;
+  MakeTinyModel(dir.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"}, dir.path());
+  const std::string config = TestConfig() +
+                             "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+                             "\"\nhealth_interval_seconds = 0.2\ncanary_interval_seconds = 0.3\n"
+                             "canary_timeout_seconds = 1\n[[models]]\nname = \"tiny\"\n"
+                             "path = \"" +
+                             (dir.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
+  DaemonProcess daemon(dir,
+                       DaemonOptions{.config_text = config,
+                                     .extra_env = {"INFERBOX_TEST_FAULT_STALL_AFTER_STEPS=3"}});
+  ASSERT_TRUE(daemon.WaitReady());
+  const std::map<std::string, std::string> replica = {{"model", "tiny"}, {"replica", "0"}};
+  auto with_result = [&](const char* result) {
+    auto labels = replica;
+    labels["result"] = result;
+    return labels;
+  };
+  // Readiness as a load balancer polling /health/ready sees it: ready, then not ready once
+  // the canary fails (the engine is killed and restarts), then ready again.
+  // (Until the engine has loaded, the box is not ready yet: watched from the first 200.)
+  std::vector<long> codes;
+  const auto watch_deadline = std::chrono::steady_clock::now() + 40s;
+  while (std::chrono::steady_clock::now() < watch_deadline) {
+    const long code = HttpGet("http://" + daemon.metrics_address() + "/health/ready").status;
+    if ((codes.empty() && code == 200) || (!codes.empty() && codes.back() != code))
+      codes.push_back(code);
+    if (codes.size() >= 3 && codes.back() == 200) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_GE(codes.size(), 3u) << "readiness never dropped and came back: " << daemon.Logs();
+  EXPECT_EQ(codes.front(), 200);
+  EXPECT_EQ(codes[1], 503) << "a failed canary takes the box out of readiness";
+  EXPECT_EQ(codes.back(), 200) << "the restarted engine makes it ready again";
+
+  Scrape scrape;
+  const auto deadline = std::chrono::steady_clock::now() + 40s;
   do {
-    grpc::health::v1::HealthCheckRequest request;
-    request.set_service("inferbox.v1.Inference");
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + 5s);
-    ASSERT_TRUE(health->Check(&context, request, &response).ok());
-    if (response.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING) break;
+    const HttpResponse response = HttpGet("http://" + daemon.metrics_address() + "/metrics");
+    scrape = Parse(response.body);
+    if (scrape.Value("inferbox_engine_canaries_total", with_result("failed")) >= 1 &&
+        scrape.Value("inferbox_engine_restarts_total", replica) >= 1)
+      break;
     std::this_thread::sleep_for(100ms);
   } while (std::chrono::steady_clock::now() < deadline);
-  EXPECT_EQ(response.status(), grpc::health::v1::HealthCheckResponse::NOT_SERVING)
-      << "gRPC health agrees with the probe";
+  EXPECT_GE(scrape.Value("inferbox_engine_canaries_total", with_result("failed")), 1)
+      << daemon.Logs();
+  EXPECT_GE(scrape.Value("inferbox_engine_canaries_total", with_result("passed")), 1)
+      << "the startup canary passed";
+  EXPECT_GE(scrape.Value("inferbox_engine_restarts_total", replica), 1);
+  EXPECT_GT(scrape.Value("inferbox_engine_last_canary_timestamp_seconds", replica), 1.7e9);
+  EXPECT_THAT(daemon.Logs(), ::testing::HasSubstr("the canary generation failed"));
+  const api::GetStatusResponse status = CtlStatus(daemon, dir.path());
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_GE(status.engines(0).canary_failures(), 1u);
 }
+
+// Series per API key behind [server] metrics_per_key: on, requests and tokens by key id
+// equal what each key's clients received (keyless callers count as "anonymous"); off (the
+// default), no per-key name and no key id appears on /metrics at all.
+class PerKeySeriesTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(PerKeySeriesTest, CountsRequestsAndTokensByKeyOnlyWhenSwitchedOn) {
+  const bool per_key = GetParam();
+  TempDir dir;
+  MakeTinyModel(dir.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"}, dir.path());
+  const std::string config = TestConfig(per_key ? "metrics_per_key = true\n" : "") +
+                             "[engines]\nexecutable = \"" + INFERBOX_ENGINE_PATH +
+                             "\"\n[[models]]\nname = \"tiny\"\npath = \"" +
+                             (dir.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
+  DaemonProcess daemon(dir, DaemonOptions{.config_text = config});
+  ASSERT_TRUE(daemon.WaitReady());
+  ASSERT_TRUE(daemon.WaitInferenceServing());
+  // A keyless loopback box: anyone may create keys, and a valid key still names its caller.
+  const CommandResult created = RunCommand({INFERBOXCTL_PATH, "--address", daemon.grpc_address(),
+                                            "keys", "create", "--name", "team-a", "--json"},
+                                           dir.path());
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  api::CreateKeyResponse key;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(created.out, &key).ok()) << created.out;
+  const std::string secret_part = key.secret().substr(key.secret().find('.') + 1);
+
+  auto inference = api::Inference::NewStub(
+      grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials()));
+  uint64_t key_tokens = 0;
+  uint64_t key_prompt_tokens = 0;
+  for (int i = 0; i < 2; ++i) {
+    const ChatResult chat = RunChat(*inference, TinyChat(5), key.secret());
+    ASSERT_TRUE(chat.status.ok()) << chat.status.error_message();
+    key_tokens += chat.tokens;
+    for (const auto& chunk : chat.chunks) {
+      if (chunk.has_usage()) key_prompt_tokens += chunk.usage().prompt_tokens();
+    }
+  }
+  const ChatResult anonymous = RunChat(*inference, TinyChat(3));
+  ASSERT_TRUE(anonymous.status.ok()) << anonymous.status.error_message();
+
+  const HttpResponse response = HttpGet("http://" + daemon.metrics_address() + "/metrics");
+  ASSERT_EQ(response.status, 200);
+  const Scrape scrape = Parse(response.body);
+  EXPECT_EQ(response.body.find(secret_part), std::string::npos) << "a secret is never a label";
+  if (!per_key) {
+    for (const auto& [name, type] : scrape.types) {
+      EXPECT_FALSE(name.starts_with("inferbox_key_")) << name << ": per-key series are off";
+    }
+    EXPECT_EQ(response.body.find(key.key().id()), std::string::npos)
+        << "with per-key series off no key id appears on /metrics";
+    return;
+  }
+  ExpectPromtoolAccepts(response.body, dir.path());
+  const std::map<std::string, std::string> by_key = {{"key", key.key().id()}, {"model", "tiny"}};
+  EXPECT_EQ(scrape.Value("inferbox_key_requests_total", by_key), 2);
+  EXPECT_EQ(scrape.Value("inferbox_key_generation_tokens_total", by_key), key_tokens);
+  EXPECT_EQ(scrape.Value("inferbox_key_prompt_tokens_total", by_key), key_prompt_tokens);
+  const std::map<std::string, std::string> keyless = {{"key", "anonymous"}, {"model", "tiny"}};
+  EXPECT_EQ(scrape.Value("inferbox_key_requests_total", keyless), 1);
+  EXPECT_EQ(scrape.Value("inferbox_key_generation_tokens_total", keyless), 3);
+  // The catalogue names every per-key family the box exports.
+  const std::set<std::string> catalogue = NamedFamilies(
+      ReadText(std::filesystem::path(INFERBOX_SOURCE_DIR) / "docs/metrics.md"), scrape);
+  for (const auto& [name, type] : scrape.types) {
+    if (name.starts_with("inferbox_key_")) {
+      EXPECT_TRUE(catalogue.contains(name)) << name << " is missing from docs/metrics.md";
+      EXPECT_EQ(type, "counter") << name;
+    }
+  }
+  for (const char* name : {"inferbox_key_requests_total", "inferbox_key_prompt_tokens_total",
+                           "inferbox_key_generation_tokens_total"}) {
+    EXPECT_TRUE(scrape.types.contains(name)) << name;
+  }
+  // The per-key names the dashboards and alerts use (MetricsTest skips them) exist here.
+  for (const auto& file : FilesNamingMetrics()) {
+    for (const std::string& name : NamedFamilies(ReadText(file), scrape)) {
+      if (!name.starts_with("inferbox_key_")) continue;
+      EXPECT_TRUE(scrape.types.contains(name))
+          << file.filename() << " names " << name << ", which the box does not export";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Switch, PerKeySeriesTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return param.param ? "On" : "Off";
+                         });
 
 TEST_F(MetricsTest, NamesFollowThePrometheusConventions) {
   const Scrape scrape = ScrapeMetrics();

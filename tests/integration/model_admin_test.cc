@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <fstream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -63,9 +64,10 @@ class ModelAdminTest : public ::testing::Test {
            TomlString(trusted_->public_pem) + "]\nmirrors = [\"http://127.0.0.1:9/inferbox/\"]\n";
   }
 
-  void Start() {
+  void Start(std::vector<std::string> extra_env = {}) {
     ASSERT_TRUE(std::filesystem::exists(v1() / "config.json")) << "no tiny model";
-    daemon_ = std::make_unique<DaemonProcess>(dir_, DaemonOptions{.config_text = Config()});
+    daemon_ = std::make_unique<DaemonProcess>(
+        dir_, DaemonOptions{.config_text = Config(), .extra_env = std::move(extra_env)});
     ASSERT_TRUE(daemon_->WaitReady());
     channel_ = grpc::CreateChannel(daemon_->grpc_address(), grpc::InsecureChannelCredentials());
     inference_ = api::Inference::NewStub(channel_);
@@ -298,6 +300,52 @@ TEST_F(ModelAdminTest, PlansTheTinyModelOnTheCpu) {
   EXPECT_EQ(plan.kv_cache_bytes_per_replica(), uint64_t{1} << 30);
   EXPECT_EQ(plan.kv_cache_tokens_per_replica(), (uint64_t{1} << 30) / per_token);
   EXPECT_EQ(plan.concurrent_sequences(), plan.kv_cache_tokens_per_replica() / 256);
+}
+
+TEST_F(ModelAdminTest, LoadPlacesACudaModelWithoutGpusOnTheFreeOnesAndRefusesATakenGpu) {
+  // 4 fake GPUs of 80 GB (fake NVML). The engines cannot start without a real GPU: what is
+  // checked is where LoadModel puts them.
+  std::string gpus = "gpus 4\n";
+  for (int i = 0; i < 4; ++i) gpus += "gpu" + std::to_string(i) + ".memory_total 85899345920\n";
+  std::ofstream(dir_ / "nvml-state") << gpus;
+  ASSERT_NO_FATAL_FAILURE(Start({"INFERBOX_NVML_LIBRARY=" FAKE_NVML_PATH,
+                                 "INFERBOX_FAKE_NVML_STATE=" + (dir_ / "nvml-state").string()}));
+  for (const char* id : {"alpha", "beta", "gamma"})
+    ASSERT_TRUE(InstallFolder(id, v1()).status.ok()) << id;
+  auto load = [&](const std::string& id, std::vector<uint32_t> on_gpus, uint32_t replicas) {
+    grpc::ClientContext context;
+    Prepare(context);
+    api::LoadModelRequest request;
+    request.set_id(id);
+    request.mutable_options()->set_device("cuda");
+    for (const uint32_t gpu : on_gpus) request.mutable_options()->add_gpus(gpu);
+    request.mutable_options()->set_replicas(replicas);
+    api::LoadModelResponse response;
+    return admin_->LoadModel(&context, request, &response);
+  };
+  ASSERT_TRUE(load("alpha", {1}, 1).ok());
+  const grpc::Status taken = load("beta", {3, 1}, 1);
+  EXPECT_EQ(taken.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(taken.error_message(), HasSubstr("GPU 1 is already used by model alpha"));
+  // No GPUs named, no replica count: one replica per free GPU (the tiny model fits one).
+  const grpc::Status placed = load("beta", {}, 0);
+  ASSERT_TRUE(placed.ok()) << placed.error_message();
+  const grpc::Status full = load("gamma", {}, 0);
+  EXPECT_EQ(full.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(full.error_message(), HasSubstr("all 4 GPUs are used by other models"));
+
+  grpc::ClientContext context;
+  Prepare(context);
+  api::GetStatusResponse status;
+  ASSERT_TRUE(admin_->GetStatus(&context, api::GetStatusRequest(), &status).ok());
+  std::map<std::string, std::vector<uint32_t>> engines;
+  for (const auto& engine : status.engines())
+    engines[engine.name()].assign(engine.gpus().begin(), engine.gpus().end());
+  EXPECT_EQ(engines["alpha/0"], (std::vector<uint32_t>{1}));
+  EXPECT_EQ(engines["beta/0"], (std::vector<uint32_t>{0}));
+  EXPECT_EQ(engines["beta/1"], (std::vector<uint32_t>{2}));
+  EXPECT_EQ(engines["beta/2"], (std::vector<uint32_t>{3}));
+  EXPECT_EQ(engines.size(), 4u);
 }
 
 TEST_F(ModelAdminTest, InferenceKeysAreRefusedOnEveryModelRpcAndAudited) {

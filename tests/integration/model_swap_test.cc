@@ -239,6 +239,31 @@ TEST_F(ModelSwapTest, AddModelServesItAndRefusesDuplicatesAndBadConfigs) {
   EXPECT_EQ(engines[0].state(), api::ENGINE_STATE_READY);
 }
 
+TEST_F(ModelSwapTest, AddModelRefusesAGpuAnotherModelUses) {
+  auto cuda = [](std::string name, std::vector<uint32_t> gpus, uint32_t tensor_parallel) {
+    ModelServeConfig model = Model("blue", std::move(name));
+    model.device = "cuda";
+    model.gpus = std::move(gpus);
+    model.tensor_parallel = tensor_parallel;
+    return model;
+  };
+  // Their engines cannot start without a GPU; what is checked is which GPUs may be claimed.
+  ASSERT_TRUE(supervisor_->AddModel(cuda("first", {0, 1}, 2)).ok());
+  const Status shared = supervisor_->AddModel(cuda("second", {1, 2}, 2));
+  EXPECT_EQ(shared.code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(shared.message(), HasSubstr("GPU 1 is already used by model first"));
+  const Status unplaced = supervisor_->AddModel(cuda("third", {}, 1));
+  EXPECT_EQ(unplaced.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(unplaced.message(), HasSubstr("gpus: device cuda needs the GPUs it was placed on"));
+  const Status uneven = supervisor_->AddModel(cuda("fourth", {2, 3, 4}, 2));
+  EXPECT_EQ(uneven.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(uneven.message(), HasSubstr("replicas x tensor_parallel = 1 x 2 needs 2"));
+  EXPECT_TRUE(supervisor_->AddModel(cuda("second", {2, 3}, 2)).ok());
+  const auto engines = supervisor_->Engines();
+  ASSERT_EQ(engines.size(), 2u);
+  EXPECT_THAT(engines[1].gpus(), ::testing::ElementsAre(2u, 3u));
+}
+
 TEST_F(ModelSwapTest, RemoveModelLetsTheStreamInFlightFinishThenAnswersNotFound) {
   ASSERT_TRUE(supervisor_->AddModel(Model("blue")).ok());
   ASSERT_TRUE(WaitReady("tiny"));

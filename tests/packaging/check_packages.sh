@@ -67,8 +67,9 @@ done
 grep -qi cuda <<<"$depends" && fail "the .deb Depends on CUDA packages: $depends"
 recommends=$(dpkg-deb -f "$server_deb" Recommends)
 if [ "$cuda" = ON ]; then
-  grep -q 'cuda-cudart-[0-9]' <<<"$recommends" && grep -q 'libcublas-[0-9]' <<<"$recommends" ||
-    fail "a CUDA build's .deb does not recommend the CUDA runtime and cuBLAS: $recommends"
+  grep -q 'cuda-cudart-[0-9]' <<<"$recommends" && grep -q 'libcublas-[0-9]' <<<"$recommends" &&
+    grep -q 'libnccl2' <<<"$recommends" ||
+    fail "a CUDA build's .deb does not recommend the CUDA runtime, cuBLAS and NCCL: $recommends"
 fi
 for script in postinst prerm postrm; do
   dpkg-deb -I "$server_deb" "$script" >/dev/null 2>&1 || fail "the .deb has no $script"

@@ -22,64 +22,26 @@
 # not permitted here.
 set -euo pipefail
 
-readonly kSkip=77
-# Pipes end in `grep -c ... >/dev/null`, never `grep -q`: grep -q exits at the first match, the
-# writer then dies of SIGPIPE, and pipefail turns a match into a failure (it did, on CI).
-say() { echo "install_test: $*"; }
-fail() {
-  echo "install_test: FAILED: $*" >&2
-  exit 1
-}
-skip() {
-  echo "install_test: SKIP: $*"
-  exit "$kSkip"
-}
+test_name=install_test
+# shellcheck source=overlay_root.sh
+. "$(dirname "$(realpath "$0")")/overlay_root.sh"
 
 if [ "${1:-}" != "--inside" ]; then
   [ $# -eq 2 ] || { echo "usage: $0 PACKAGE_DIR DEMO_MODEL_DIR" >&2; exit 2; }
   package_dir=$(realpath "$1")
   model_dir=$(realpath "$2")
-  [ "$(id -u)" -eq 0 ] || skip "needs root (mount namespace, overlayfs, chroot); run ctest as root"
-  for tool in unshare chroot setpriv ip curl dpkg dpkg-deb; do
-    command -v "$tool" >/dev/null || skip "$tool is not installed"
-  done
-  unshare --mount --net --pid --fork --propagation private true 2>/dev/null ||
-    skip "creating mount, network and PID namespaces is not permitted here"
+  overlay_root_check dpkg dpkg-deb
   compgen -G "$package_dir/inferbox_*.deb" >/dev/null || fail "no inferbox_*.deb in $package_dir"
   [ -f "$model_dir/config.json" ] || fail "no demo model in $model_dir"
 
-  work=$(mktemp -d "${TMPDIR:-/tmp}/inferbox-install-test.XXXXXX")
-  trap 'rm -rf "$work"' EXIT
-  # PID 1 of the new PID namespace is the inner run: when it ends, for any reason, every
-  # process it started (inferboxd, engines) is killed, and the mounts go with the namespace.
-  status=0
-  unshare --mount --net --pid --fork --mount-proc --propagation private \
-    "$0" --inside "$work" "$package_dir" "$model_dir" || status=$?
-  exit "$status"
+  overlay_root_enter "$0" "$package_dir" "$model_dir"
 fi
 
 # ---- inside the namespaces ----------------------------------------------------------------
 work=$2
 package_dir=$3
 model_dir=$4
-root=$work/root
-upper=$work/upper
-mkdir -p "$upper" "$work/overlay-work" "$root"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$upper,workdir=$work/overlay-work" "$root" ||
-  skip "mounting an overlay over / is not permitted here"
-mount -t proc proc "$root/proc"
-mount --rbind /dev "$root/dev"
-mount -t tmpfs -o mode=0755 tmpfs "$root/run"
-mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
-ip link set lo up
-
-in_root() {
-  chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
-    DEBIAN_FRONTEND=noninteractive "$@"
-}
-# man-db's dpkg trigger would rebuild the whole manual index (minutes on two cores); its own
-# switch turns it off.
-rm -f "$root/var/lib/man-db/auto-update"
+overlay_root_mount "$work"
 
 mkdir -p "$root/tmp/packages"
 cp "$package_dir"/inferbox_*.deb "$package_dir"/inferbox-tools_*.deb "$root/tmp/packages/"

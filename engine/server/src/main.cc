@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 
 #include <fmt/format.h>
@@ -28,6 +29,7 @@
 #include "inferbox/common/logging.h"
 #include "inferbox/common/version.h"
 #include "inferbox/engine/backend/factory.h"
+#include "inferbox/engine/parallel/nccl_communicator.h"
 #include "inferbox/engine/parallel/tensor_parallel_model.h"
 #include "inferbox/engine/server/engine_service.h"
 
@@ -42,6 +44,8 @@ constexpr int kExitUsage = 2;
 constexpr int kExitSoftware = 70;
 constexpr int kExitConfig = 78;
 constexpr int kMaxMessageBytes = 16 * 1024 * 1024;
+// The OOM killer's score bias of every engine (-1000..1000; the daemon keeps 0).
+constexpr int kOomScoreAdj = 500;
 
 struct Options {
   std::filesystem::path model;
@@ -115,28 +119,43 @@ struct LoadedEngine {
   const Model& front_model() const { return parallel_model ? parallel_model->shard(0) : *model; }
 };
 
-// --tensor-parallel N: N ranks in this process, each a thread with its own backend.
+// --tensor-parallel N: N ranks in this process, each a thread with its own backend. On the
+// CPU they meet in host memory; with --device cuda rank r is visible GPU r, over NCCL.
 Result<std::unique_ptr<TensorParallelModel>> LoadTensorParallel(const Options& options) {
-  if (options.device != "cpu") {
-    return FailedPreconditionError(fmt::format(
-        "--tensor-parallel {} on --device {}: tensor parallelism across GPUs needs the NCCL "
-        "communicator, which this build does not have yet; serve one replica per GPU "
-        "(--tensor-parallel 1) or use --device cpu",
-        options.tensor_parallel, options.device));
+  std::vector<std::unique_ptr<Communicator>> communicators;
+  TensorParallelModel::BackendFactory make_backend;
+  if (options.device == "cpu") {
+    communicators = MakeLocalCommunicators(options.tensor_parallel);
+    make_backend = [](int32_t) { return MakeBackend("cpu"); };
+  } else if (options.device == "cuda") {
+    std::vector<int> devices(static_cast<size_t>(options.tensor_parallel));
+    for (size_t r = 0; r < devices.size(); ++r) devices[r] = static_cast<int>(r);
+    auto nccl = MakeNcclCommunicators(devices);
+    if (!nccl.ok()) {
+      return nccl.status().WithContext(
+          fmt::format("--tensor-parallel {} on --device cuda", options.tensor_parallel));
+    }
+    communicators = std::move(nccl).value();
+    make_backend = [](int32_t rank) { return MakeBackend(fmt::format("cuda:{}", rank)); };
+  } else {
+    return InvalidArgumentError(fmt::format(
+        "--tensor-parallel {} on --device {}: use --device cuda (ranks on the visible GPUs 0 to "
+        "{}) or --device cpu",
+        options.tensor_parallel, options.device, options.tensor_parallel - 1));
   }
-  auto model =
-      TensorParallelModel::Load(options.model, MakeLocalCommunicators(options.tensor_parallel),
-                                [&options](int32_t) { return MakeBackend(options.device); });
+  auto model = TensorParallelModel::Load(options.model, std::move(communicators), make_backend);
   if (!model.ok()) return model.status();
   spdlog::info("tensor parallel: {} ranks on {}, {} OpenMP threads each", options.tensor_parallel,
                options.device, (*model)->threads_per_rank());
   return model;
 }
 
-// KV cache bytes on a device: after a forward pass of the largest step (so activation buffers
-// exist), what the memory fraction leaves free.
-Result<int64_t> DeviceKvBudget(const Options& options, int64_t max_model_len, Model& model,
-                               Backend& backend, const DeviceMemory& before) {
+// KV cache bytes on the device(s): after a forward pass of the largest step (so activation
+// buffers exist), what the memory fraction leaves free. Past one rank, every rank holds an
+// equal part of each block: the budget is the tightest rank's times the ranks.
+Result<int64_t> DeviceKvBudget(const Options& options, int64_t max_model_len, ModelRunner& runner,
+                               const std::vector<Backend*>& backends,
+                               const std::optional<DeviceMemory>& before) {
   // The warm-up step feeds exactly the token budget, over as many sequences as may run.
   const int64_t sequences =
       std::max<int64_t>(1, std::min(options.max_running, options.token_budget));
@@ -150,8 +169,7 @@ Result<int64_t> DeviceKvBudget(const Options& options, int64_t max_model_len, Mo
   }
   const int64_t blocks_each = (first_tokens + options.block_size - 1) / options.block_size;
   {
-    auto cache =
-        backend.AllocateKvCache(model.KvShape(sequences * blocks_each, options.block_size));
+    auto cache = runner.AllocateKvCache(sequences * blocks_each, options.block_size);
     std::vector<int32_t> tokens(static_cast<size_t>(first_tokens), 0);
     std::vector<std::vector<int32_t>> tables(static_cast<size_t>(sequences));
     std::vector<ForwardSequence> batch;
@@ -162,27 +180,43 @@ Result<int64_t> DeviceKvBudget(const Options& options, int64_t max_model_len, Mo
       const size_t count = static_cast<size_t>(s == 0 ? first_tokens : tokens_each);
       batch.push_back({std::span<const int32_t>(tokens).first(count), 0, table});
     }
-    if (auto warm = model.Forward(batch, *cache, false); !warm.ok()) return warm.status();
+    auto warm = runner.ForwardOnBackend(batch, *cache, false);
+    if (!warm.ok()) return warm.status();
+    // Reading the logits back waits for the step, as Model::Forward does.
+    std::vector<float> logits;
+    runner.logits_backend().ReadBack(*warm, logits);
   }
-  const std::optional<DeviceMemory> after = backend.device_memory();
-  const auto reserved = static_cast<int64_t>((1.0 - options.gpu_memory_fraction) *
-                                             static_cast<double>(after->total_bytes));
-  const int64_t budget = after->free_bytes - reserved;
+  int64_t budget = INT64_MAX;
+  DeviceMemory tightest{};
+  int64_t reserved = 0;
+  for (Backend* backend : backends) {
+    const std::optional<DeviceMemory> after = backend->device_memory();
+    const auto kept = static_cast<int64_t>((1.0 - options.gpu_memory_fraction) *
+                                           static_cast<double>(after->total_bytes));
+    if (after->free_bytes - kept < budget) {
+      budget = after->free_bytes - kept;
+      tightest = *after;
+      reserved = kept;
+    }
+  }
   spdlog::info(
-      "GPU memory: {:.2f} of {:.2f} GiB free before the model, {:.2f} after weights and "
-      "a {}-token warm-up step; {:.2f} GiB kept back (--gpu-memory-fraction {})",
-      static_cast<double>(before.free_bytes) / (1 << 30),
-      static_cast<double>(before.total_bytes) / (1 << 30),
-      static_cast<double>(after->free_bytes) / (1 << 30), sequences * tokens_each,
+      "GPU memory{}: {}{:.2f} of {:.2f} GiB free after weights and a {}-token warm-up step; "
+      "{:.2f} GiB kept back (--gpu-memory-fraction {})",
+      backends.size() > 1 ? fmt::format(" (the tightest of {} ranks)", backends.size()) : "",
+      before ? fmt::format("{:.2f} GiB free before the model, ",
+                           static_cast<double>(before->free_bytes) / (1 << 30))
+             : "",
+      static_cast<double>(tightest.free_bytes) / (1 << 30),
+      static_cast<double>(tightest.total_bytes) / (1 << 30), sequences * tokens_each,
       static_cast<double>(reserved) / (1 << 30), options.gpu_memory_fraction);
   if (budget <= 0) {
     return FailedPreconditionError(fmt::format(
         "no GPU memory is left for the KV cache: {:.2f} GiB free after loading, {:.2f} GiB kept "
         "back by --gpu-memory-fraction {}",
-        static_cast<double>(after->free_bytes) / (1 << 30),
+        static_cast<double>(tightest.free_bytes) / (1 << 30),
         static_cast<double>(reserved) / (1 << 30), options.gpu_memory_fraction));
   }
-  return budget;
+  return budget * static_cast<int64_t>(backends.size());
 }
 
 Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
@@ -239,9 +273,19 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   const int64_t bytes_per_block = engine->runner().KvCacheBytesPerBlock(options.block_size);
   auto budget_bytes = static_cast<int64_t>((options.kv_cache_gib > 0 ? options.kv_cache_gib : 1.0) *
                                            1024.0 * 1024.0 * 1024.0);
-  if (device_before) {
-    auto device_budget = DeviceKvBudget(options, runtime.limits.max_model_len, *engine->model,
-                                        *engine->backend, *device_before);
+  // The backends that compute on a device: the one backend, or every rank's.
+  std::vector<Backend*> devices;
+  if (engine->parallel_model) {
+    for (int32_t r = 0; r < engine->parallel_model->world_size(); ++r) {
+      if (engine->parallel_model->backend(r).device_memory())
+        devices.push_back(&engine->parallel_model->backend(r));
+    }
+  } else if (device_before) {
+    devices.push_back(engine->backend.get());
+  }
+  if (!devices.empty()) {
+    auto device_budget = DeviceKvBudget(options, runtime.limits.max_model_len, engine->runner(),
+                                        devices, device_before);
     if (!device_budget.ok()) return device_budget.status();
     if (options.kv_cache_gib == 0) {
       budget_bytes = *device_budget;
@@ -304,6 +348,12 @@ int Run(const Options& options) {
   }
   // The socket (the only file this process creates) is for its owner alone.
   umask(0077);
+  // When memory runs out the kernel should kill an engine rather than the daemon: the
+  // supervisor fails the engine's requests with a clear error and restarts it, whereas the
+  // daemon holds every client connection. Raising one's own score needs no privilege.
+  if (std::ofstream oom("/proc/self/oom_score_adj"); !(oom << kOomScoreAdj << std::flush)) {
+    fmt::print(stderr, "inferbox-engine: cannot set /proc/self/oom_score_adj (continuing)\n");
+  }
 
   auto level = ParseLogLevel(options.log_level);
   if (!level.ok()) {
@@ -394,7 +444,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--tensor-parallel", options.tensor_parallel,
                  "Ranks the model is split over (Megatron tensor parallelism); on the CPU each "
-                 "rank is a thread with its share of the cores")
+                 "rank is a thread with its share of the cores, with --device cuda rank r is "
+                 "visible GPU r (NCCL, libnccl.so.2)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--model-id", options.model_id,

@@ -129,6 +129,43 @@ TEST_F(InferboxctlKeysTest, ListShowsATableAndRevokedKeysOnlyWithAll) {
   EXPECT_TRUE(parsed.keys(1).has_revoked_at());
 }
 
+TEST_F(InferboxctlKeysTest, UpdateChangesOnlyWhatItNamesAndKeepsTheSecret) {
+  const auto created =
+      Ctl({"keys", "create", "--name", "risk-team", "--models", "qwen3-0.6b,llama-3.1-8b",
+           "--tokens-per-minute", "1000", "--max-concurrent", "4", "--json"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  inferbox::v1::CreateKeyResponse key;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(created.out, &key).ok());
+
+  const auto lowered = Ctl({"keys", "update", key.key().id(), "--tokens-per-minute", "200"});
+  ASSERT_EQ(lowered.exit_code, 0) << lowered.err;
+  EXPECT_THAT(lowered.out, HasSubstr("Updated API key " + key.key().id()));
+  EXPECT_THAT(lowered.out, HasSubstr("tokens/min=200"));
+  EXPECT_THAT(lowered.out, HasSubstr("secret is unchanged"));
+  auto caller = keys_->Authenticate("Bearer " + key.secret());
+  ASSERT_TRUE(caller.ok()) << caller.status().ToString();
+  EXPECT_EQ(caller->tokens_per_minute, 200u);
+  EXPECT_THAT(caller->models, ::testing::ElementsAre("qwen3-0.6b", "llama-3.1-8b"))
+      << "limits the command did not name are kept";
+  EXPECT_EQ(caller->max_concurrent_requests, 4u);
+
+  const auto widened =
+      Ctl({"keys", "update", key.key().id(), "--all-models", "--name", "risk", "--json"});
+  ASSERT_EQ(widened.exit_code, 0) << widened.err;
+  inferbox::v1::UpdateKeyResponse updated;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(widened.out, &updated).ok())
+      << widened.out;
+  EXPECT_EQ(updated.key().name(), "risk");
+  EXPECT_EQ(updated.key().limits().models_size(), 0);
+  EXPECT_EQ(updated.key().limits().tokens_per_minute(), 200u);
+
+  const auto both = Ctl({"keys", "update", key.key().id(), "--all-models", "--models", "x"});
+  EXPECT_NE(both.exit_code, 0) << "--models and --all-models exclude each other";
+  const auto unknown = Ctl({"keys", "update", "ibx_aaaaaaaaaaaa", "--max-concurrent", "1"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("keys update: no API key with id ibx_aaaaaaaaaaaa"));
+}
+
 TEST_F(InferboxctlKeysTest, AnEmptyListSaysHowToCreateAKey) {
   const auto result = Ctl({"keys", "list"});
   ASSERT_EQ(result.exit_code, 0) << result.err;

@@ -219,8 +219,8 @@ TEST(ModelsConfig, RefusesModelsThatCannotRunNamingTheKey) {
   EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\n[[models]]\nname = \"a\"\n"
                       "path = \"y\"\n"),
               HasSubstr("used twice"));
-  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\n"),
-              HasSubstr("models[0].gpus: is required"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ngpus = [0]\n"),
+              HasSubstr("models[0].gpus: only applies with device = \"cuda\""));
   EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\n"
                       "gpus = [0, 1, 2]\nreplicas = 2\n"),
               HasSubstr("do not split evenly"));
@@ -231,6 +231,37 @@ TEST(ModelsConfig, RefusesModelsThatCannotRunNamingTheKey) {
   EXPECT_THAT(ErrorOf("[auth]\nrequire_keys = \"yes\"\n"), HasSubstr("auth.require_keys"));
   EXPECT_THAT(ErrorOf("[engines]\nhealth_timeout_seconds = 0\n"),
               HasSubstr("engines.health_timeout_seconds"));
+}
+
+TEST(ModelsConfig, TensorParallelGpusAndPlacementByProfile) {
+  auto config = ParseConfig(
+      "[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\ngpus = [0, 1, 2, 3]\n"
+      "replicas = 2\ntensor_parallel = 2\n"
+      "[[models]]\nname = \"b\"\npath = \"y\"\ntensor_parallel = 2\n"
+      "[[models]]\nname = \"c\"\npath = \"z\"\ndevice = \"cuda\"\n",
+      "test.toml");
+  ASSERT_TRUE(config.ok()) << config.status().message();
+  EXPECT_EQ(config->models[0].tensor_parallel, 2u);
+  EXPECT_EQ(config->models[1].tensor_parallel, 2u) << "CPU ranks: threads of one engine";
+  EXPECT_EQ(config->models[1].replicas, 1u);
+  // Placed by the daemon on the GPUs it finds: replicas 0 asks for as many as fit.
+  EXPECT_TRUE(config->models[2].gpus.empty());
+  EXPECT_EQ(config->models[2].replicas, 0u);
+  EXPECT_EQ(config->models[2].tensor_parallel, 0u);
+
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\n"
+                      "gpus = [0, 1, 2]\nreplicas = 2\ntensor_parallel = 2\n"),
+              HasSubstr("models[0].gpus: lists 3 GPUs, but replicas x tensor_parallel = 2 x 2 "
+                        "needs 4"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\n"
+                      "gpus = [1, 1]\n"),
+              HasSubstr("models[0].gpus: lists a GPU twice"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ntensor_parallel = 0\n"),
+              HasSubstr("models[0].tensor_parallel: must be an integer from 1 to 64"));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\ndevice = \"cuda\"\n"
+                      "gpus = [0, 1]\n[[models]]\nname = \"b\"\npath = \"y\"\n"
+                      "device = \"cuda\"\ngpus = [1]\n"),
+              AllOf(HasSubstr("models[1].gpus"), HasSubstr("GPU 1 is already used by model a")));
 }
 
 TEST(ModelStoreConfig, ParsesKeysMirrorsCaFileAndProxy) {

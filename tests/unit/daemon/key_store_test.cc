@@ -227,6 +227,105 @@ TEST_F(KeyStoreTest, RevokeOfAnUnknownIdIsNotFoundAndOfANonIdIsInvalid) {
   EXPECT_TRUE(store->Authenticate(Bearer(key)).ok()) << "nothing was revoked";
 }
 
+TEST_F(KeyStoreTest, UpdateChangesNameRoleAndLimitsInPlaceAndTheNextCallSeesThem) {
+  auto store = OpenOrDie(database(), true);
+  inferbox::v1::KeyLimits limits;
+  limits.add_models("qwen3-0.6b");
+  limits.set_tokens_per_minute(1000);
+  const auto key = CreateOrDie(*store, "risk-team", inferbox::v1::KEY_ROLE_INFERENCE, limits);
+
+  inferbox::v1::UpdateKeyRequest request;
+  request.set_id(key.key().id());
+  request.set_name("risk-team-prod");
+  request.set_role(inferbox::v1::KEY_ROLE_ADMIN);
+  request.mutable_limits()->add_models("llama-3.1-8b");
+  request.mutable_limits()->set_tokens_per_day(50000);
+  request.mutable_limits()->set_max_concurrent_requests(4);
+  auto updated = store->Update(request);
+  ASSERT_TRUE(updated.ok()) << updated.status().ToString();
+  EXPECT_EQ(updated->id(), key.key().id());
+  EXPECT_EQ(updated->name(), "risk-team-prod");
+  EXPECT_EQ(updated->role(), inferbox::v1::KEY_ROLE_ADMIN);
+  EXPECT_THAT(updated->limits().models(), ::testing::ElementsAre("llama-3.1-8b"));
+  EXPECT_EQ(updated->limits().tokens_per_minute(), 0u) << "limits are replaced whole";
+  EXPECT_EQ(updated->limits().tokens_per_day(), 50000u);
+  EXPECT_EQ(updated->created_at().seconds(), key.key().created_at().seconds());
+
+  auto caller = store->Authenticate(Bearer(key));
+  ASSERT_TRUE(caller.ok()) << "the secret stays valid: " << caller.status().ToString();
+  EXPECT_EQ(caller->role, inferbox::v1::KEY_ROLE_ADMIN);
+  EXPECT_THAT(caller->models, ::testing::ElementsAre("llama-3.1-8b"));
+  EXPECT_EQ(caller->tokens_per_minute, 0u);
+  EXPECT_EQ(caller->tokens_per_day, 50000u);
+  EXPECT_EQ(caller->max_concurrent_requests, 4u);
+
+  store.reset();
+  store = OpenOrDie(database(), true);
+  auto reopened = store->Authenticate(Bearer(key));
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ(reopened->tokens_per_day, 50000u) << "the change is stored, not only cached";
+  auto listed = store->List(false);
+  ASSERT_TRUE(listed.ok());
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].name(), "risk-team-prod");
+}
+
+TEST_F(KeyStoreTest, UpdateKeepsWhatTheRequestDoesNotSet) {
+  auto store = OpenOrDie(database(), true);
+  inferbox::v1::KeyLimits limits;
+  limits.set_tokens_per_minute(1000);
+  const auto key = CreateOrDie(*store, "batch", inferbox::v1::KEY_ROLE_INFERENCE, limits);
+  inferbox::v1::UpdateKeyRequest request;
+  request.set_id(key.key().id());
+  request.set_name("batch-jobs");
+  auto updated = store->Update(request);
+  ASSERT_TRUE(updated.ok()) << updated.status().ToString();
+  EXPECT_EQ(updated->role(), inferbox::v1::KEY_ROLE_INFERENCE);
+  EXPECT_EQ(updated->limits().tokens_per_minute(), 1000u);
+  auto caller = store->Authenticate(Bearer(key));
+  ASSERT_TRUE(caller.ok());
+  EXPECT_EQ(caller->tokens_per_minute, 1000u);
+}
+
+TEST_F(KeyStoreTest, InvalidUnknownAndRevokedUpdatesAreRefusedAndChangeNothing) {
+  auto store = OpenOrDie(database(), true);
+  const auto key = CreateOrDie(*store, "k", inferbox::v1::KEY_ROLE_INFERENCE);
+  inferbox::v1::UpdateKeyRequest request;
+  request.set_id(key.key().id());
+  request.set_name("renamed");
+  request.mutable_limits()->add_models("Not A Model");
+  auto bad_model = store->Update(request);
+  EXPECT_EQ(bad_model.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad_model.status().message(), HasSubstr("not a model id"));
+  request.clear_limits();
+  request.set_name("");
+  EXPECT_EQ(store->Update(request).status().code(), StatusCode::kInvalidArgument);
+  request.clear_name();
+  request.set_role(static_cast<inferbox::v1::KeyRole>(42));
+  EXPECT_EQ(store->Update(request).status().code(), StatusCode::kInvalidArgument);
+  auto listed = store->List(false);
+  ASSERT_TRUE(listed.ok());
+  EXPECT_EQ((*listed)[0].name(), "k") << "a refused update changes nothing";
+
+  inferbox::v1::UpdateKeyRequest unknown;
+  unknown.set_id("ibx_aaaaaaaaaaaa");
+  unknown.set_name("x");
+  EXPECT_EQ(store->Update(unknown).status().code(), StatusCode::kNotFound);
+  unknown.set_id(key.secret());
+  auto whole_token = store->Update(unknown);
+  EXPECT_EQ(whole_token.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(whole_token.status().message(), Not(HasSubstr(SecretPart(key))));
+
+  ASSERT_TRUE(store->Revoke(key.key().id()).ok());
+  inferbox::v1::UpdateKeyRequest revoked;
+  revoked.set_id(key.key().id());
+  revoked.set_role(inferbox::v1::KEY_ROLE_ADMIN);
+  auto refused = store->Update(revoked);
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(refused.status().message(), HasSubstr("revoked"));
+  EXPECT_FALSE(store->Authenticate(Bearer(key)).ok()) << "a revoked key stays revoked";
+}
+
 TEST_F(KeyStoreTest, RightIdWithAWrongSecretIsRefused) {
   auto store = OpenOrDie(database(), true);
   const auto key = CreateOrDie(*store, "k", inferbox::v1::KEY_ROLE_ADMIN);

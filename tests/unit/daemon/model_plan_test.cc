@@ -50,6 +50,8 @@ TEST(ModelPlan, ChoosesTheSmallestPowerOfTwoWithKvHeadroom) {
   ASSERT_TRUE(plan.fits()) << plan.note();
   EXPECT_EQ(plan.tensor_parallel(), 4u);
   EXPECT_EQ(plan.replicas(), 2u);
+  EXPECT_EQ(plan.options().tensor_parallel(), 4u)
+      << "LoadModel takes the plan's options as they are";
   EXPECT_EQ(plan.concurrent_sequences(),
             2 * (plan.kv_cache_bytes_per_replica() / plan.kv_bytes_per_token() / 4096));
 
@@ -98,8 +100,9 @@ TEST(ServedModelsFile, RoundTripsAndMergesWithTheConfigWinning) {
   ModelServeConfig b{.name = "b",
                      .path = "models/b",
                      .device = "cuda",
-                     .gpus = {0, 1},
+                     .gpus = {0, 1, 2, 3},
                      .replicas = 2,
+                     .tensor_parallel = 2,
                      .kv_cache_gib = 4.5,
                      .max_model_len = 8192};
   served.models = {a, b};

@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <vector>
+
 namespace inferbox::monitoring {
 namespace {
 
@@ -40,6 +43,44 @@ TEST(GpuHealth, HealthyUnlessAGpuIsNot) {
   health.gpus[0].reason = "GPU lost";
   EXPECT_EQ(health.Summary(),
             "GPU 0 (GPU-a): GPU lost; GPU 1 (GPU-b): Xid 79: GPU has fallen off the bus");
+}
+
+GpuHealth TwoGpusTheSecondFallenOff() {
+  GpuHealth health;
+  health.gpus = {{.index = 0, .uuid = "GPU-a", .name = "H100"},
+                 {.index = 1,
+                  .uuid = "GPU-b",
+                  .name = "H100",
+                  .healthy = false,
+                  .reason = "Xid 79: GPU has fallen off the bus"}};
+  return health;
+}
+
+TEST(GpuFaultFor, OnlyEnginesOnTheFaultyGpuAreUnfit) {
+  const GpuHealth health = TwoGpusTheSecondFallenOff();
+  const std::vector<uint32_t> first = {0};
+  const std::vector<uint32_t> second = {1};
+  const std::vector<uint32_t> both = {0, 1};
+  EXPECT_EQ(GpuFaultFor(first, health), std::nullopt) << "GPU 0 is healthy";
+  EXPECT_EQ(GpuFaultFor(second, health), "GPU 1 (GPU-b): Xid 79: GPU has fallen off the bus");
+  EXPECT_EQ(GpuFaultFor(both, health), "GPU 1 (GPU-b): Xid 79: GPU has fallen off the bus")
+      << "a tensor-parallel engine with one faulty GPU is unfit";
+  EXPECT_EQ(GpuFaultFor({}, health), std::nullopt) << "a CPU engine uses no GPU";
+}
+
+TEST(GpuFaultFor, FailsClosedForAGpuNvmlDoesNotList) {
+  const GpuHealth health = TwoGpusTheSecondFallenOff();
+  const std::vector<uint32_t> unknown = {7};
+  const auto fault = GpuFaultFor(unknown, health);
+  ASSERT_TRUE(fault.has_value()) << "while a GPU is faulty, one NVML does not list may be it";
+  EXPECT_EQ(*fault,
+            "GPU 7: not among the GPUs NVML lists while GPU 1 (GPU-b): Xid 79: GPU has fallen "
+            "off the bus");
+  GpuHealth healthy = TwoGpusTheSecondFallenOff();
+  healthy.gpus[1].healthy = true;
+  EXPECT_EQ(GpuFaultFor(unknown, healthy), std::nullopt) << "no fault anywhere: nothing to fence";
+  EXPECT_EQ(GpuFaultFor(unknown, GpuHealth()), std::nullopt)
+      << "without NVML there is no verdict to act on";
 }
 
 }  // namespace

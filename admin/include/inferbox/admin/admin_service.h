@@ -31,7 +31,7 @@ namespace inferbox::admin {
 class AdminServiceImpl final : public inferbox::v1::Admin::Service {
  public:
   // Everything passed must outlive the service. `keys`: the key store behind CreateKey,
-  // ListKeys and RevokeKey; nullptr: they answer UNAVAILABLE. `authenticator`: who is
+  // ListKeys, UpdateKey and RevokeKey; nullptr: they answer UNAVAILABLE. `authenticator`: who is
   // calling; nullptr: `keys` authenticates, and with no key store either every caller is an
   // anonymous admin (a keyless box, as before keys existed). `usage`: the ledger behind
   // GetUsage, `audit`: where calls are recorded and what ListAuditEvents reads; nullptr:
@@ -55,6 +55,9 @@ class AdminServiceImpl final : public inferbox::v1::Admin::Service {
   grpc::Status RevokeKey(grpc::ServerContext* context,
                          const inferbox::v1::RevokeKeyRequest* request,
                          inferbox::v1::RevokeKeyResponse* response) override;
+  grpc::Status UpdateKey(grpc::ServerContext* context,
+                         const inferbox::v1::UpdateKeyRequest* request,
+                         inferbox::v1::UpdateKeyResponse* response) override;
 
   grpc::Status GetUsage(grpc::ServerContext* context, const inferbox::v1::GetUsageRequest* request,
                         inferbox::v1::GetUsageResponse* response) override;

@@ -26,6 +26,8 @@ class StatusBoard {
   void SetEngineSource(std::function<std::vector<inferbox::v1::EngineInfo>()> source);
   // Where Snapshot gets the economics from; called without the board's lock.
   void SetEconomicsSource(std::function<inferbox::v1::Economics()> source);
+  // Where Snapshot gets the health layers from; called without the board's lock.
+  void SetHealthSource(std::function<inferbox::v1::BoxHealth()> source);
 
   inferbox::v1::DaemonState state() const;
   // A copy with uptime filled in at the time of the call.
@@ -37,6 +39,7 @@ class StatusBoard {
   inferbox::v1::GetStatusResponse status_;                          // Guarded by mutex_.
   std::function<std::vector<inferbox::v1::EngineInfo>()> engines_;  // Guarded by mutex_.
   std::function<inferbox::v1::Economics()> economics_;              // Guarded by mutex_.
+  std::function<inferbox::v1::BoxHealth()> health_;                 // Guarded by mutex_.
 };
 
 }  // namespace inferbox::admin

@@ -40,15 +40,21 @@ Result<ListenAddress> ParseListenAddress(std::string_view text);
 
 // One [[models]] entry: a model the box serves, and how its engines run.
 struct ModelServeConfig {
-  // Id clients put in `model`: [a-z0-9][a-z0-9._-]{0,63}.
+  // Id clients put in `model`: a model id (inferbox/common/model_id.h).
   std::string name;
   // The model folder (Hugging Face layout); a relative path is under the state directory.
   std::filesystem::path path;
-  // "cpu", or "cuda" with the GPU indices in `gpus`.
+  // "cpu", or "cuda" with the GPU indices in `gpus` (replicas x tensor_parallel of them,
+  // replica r on the r-th run of tensor_parallel). A cuda model that lists none is placed by
+  // the daemon on free GPUs by its profile (placement.h).
   std::string device = "cpu";
   std::vector<uint32_t> gpus;
-  // Engine processes serving the model; the router balances them.
+  // Engine processes serving the model; the router balances them. 0 only for a cuda model
+  // not placed yet: as many as the free GPUs allow.
   uint32_t replicas = 1;
+  // Ranks of each engine's tensor-parallel group (GPUs with cuda, threads on the CPU); 0:
+  // unset (gpus / replicas, or 1; placement by profile chooses it). TensorParallelOf().
+  uint32_t tensor_parallel = 0;
   // Engine options (inferbox-engine flags of the same names). kv_cache_gib 0: the engine's
   // default (1 GiB on the CPU; on a GPU, what gpu_memory_fraction leaves after the weights).
   double kv_cache_gib = 0.0;
@@ -60,9 +66,6 @@ struct ModelServeConfig {
 
   bool operator==(const ModelServeConfig&) const = default;
 };
-
-// Whether `name` is a valid model id: [a-z0-9][a-z0-9._-]{0,63}.
-bool IsValidModelName(std::string_view name);
 
 // [engines]: how the supervisor runs and watches engine processes.
 struct EngineSupervisionConfig {
@@ -116,6 +119,9 @@ struct DaemonConfig {
   ListenAddress http_listen{"127.0.0.1", 8080};
   ListenAddress metrics_listen{"127.0.0.1", 9400};
   bool grpc_reflection = true;
+  // Series per API key on /metrics (requests and tokens by key id and model; docs/metrics.md).
+  // Off by default: usage per key is in the ledger.
+  bool metrics_per_key = false;
   // How long SIGTERM waits for in-flight RPCs before cancelling them.
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
   // [paths]; unset: --state-dir/--runtime-dir, then $STATE_DIRECTORY/$RUNTIME_DIRECTORY

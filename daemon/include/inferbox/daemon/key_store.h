@@ -1,4 +1,5 @@
-// API keys: created, listed and revoked through the Admin service, checked on every request.
+// API keys: created, listed, updated and revoked through the Admin service, checked on every
+// request.
 //
 // A key is the bearer token "ibx_<12 chars>.<43 chars>". The part before the dot is the
 // key's public id (KeyInfo.id, Caller.key_id): 12 random base32 characters after "ibx_",
@@ -72,6 +73,12 @@ class KeyStore final : public Authenticator {
   // a whole token).
   Status Revoke(std::string_view id);
 
+  // Changes a valid key's name, role and/or limits (the fields `request` sets; `limits`
+  // replaces them all) and returns the key as it now is. Its secret and id stay, and its
+  // next request sees the change. Validation as Create's; NOT_FOUND for an unknown id,
+  // FAILED_PRECONDITION for a revoked key.
+  Result<inferbox::v1::KeyInfo> Update(const inferbox::v1::UpdateKeyRequest& request);
+
   // Accepts "Bearer <token>" (scheme in any case, surrounding blanks ignored). Without a
   // header: an anonymous caller with role ADMIN when keys are not required (the keyless
   // box serves loopback only and has no one to tell apart), else UNAUTHENTICATED. A valid
@@ -96,6 +103,13 @@ class KeyStore final : public Authenticator {
     uint64_t tokens_per_day = 0;
     uint32_t max_concurrent_requests = 0;
     bool revoked = false;
+
+    void SetLimits(const inferbox::v1::KeyLimits& limits) {
+      models.assign(limits.models().begin(), limits.models().end());
+      tokens_per_minute = limits.tokens_per_minute();
+      tokens_per_day = limits.tokens_per_day();
+      max_concurrent_requests = limits.max_concurrent_requests();
+    }
   };
 
   KeyStore(std::unique_ptr<sqlite::Database> db, bool require_keys, Clock clock);

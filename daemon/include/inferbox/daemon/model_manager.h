@@ -86,6 +86,9 @@ class ModelManager final : public admin::ModelAdmin {
   // Whether `served` serves the store's model `id` (its folder is models/<id>).
   bool ServesStoreModel(const ModelServeConfig& served, std::string_view id) const;
   bool IsServed(std::string_view id) const;
+  // A cuda model that lists no GPUs, placed by profile on GPUs no other served model uses.
+  Result<ModelServeConfig> PlaceOnFreeGpus(ModelServeConfig model,
+                                           const provisioning::ModelManifest& manifest) const;
   // Writes served-models.toml from the fields below; the caller holds state_mutex_.
   Status PersistLocked() const;
 

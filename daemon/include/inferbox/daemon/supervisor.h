@@ -34,6 +34,7 @@
 
 #include "inferbox/daemon/config.h"
 #include "inferbox/engine/v1/engine.grpc.pb.h"
+#include "inferbox/monitoring/gpu_health.h"
 #include "inferbox/v1/admin.pb.h"
 
 namespace inferbox::daemon {
@@ -81,6 +82,10 @@ class EngineReplica {
   inferbox::v1::EngineInfo Info() const;
   // Why it cannot serve, for errors: "restarting after it was killed by signal 9", ...
   std::string Unavailability() const;
+  // Canary generations that passed and that failed since the daemon started.
+  std::pair<uint32_t, uint32_t> canaries() const;
+  // The GPU indices the engine runs on (empty: CPU).
+  const std::vector<uint32_t>& gpus() const { return gpus_; }
 
   // Router load signal: tokens (prompt + budget) of requests in flight on this replica.
   std::atomic<int64_t> outstanding_tokens{0};
@@ -101,6 +106,13 @@ class EngineReplica {
   uint32_t restarts_ = 0;
   std::string last_exit_;
   std::chrono::system_clock::time_point started_at_{};
+  // The canaries: when one last passed, why the latest failed (empty when it passed).
+  std::chrono::system_clock::time_point last_canary_at_{};
+  std::string last_canary_error_;
+  uint32_t canary_passes_ = 0;
+  uint32_t canary_failures_ = 0;
+  // Why the engine is held off its GPUs (Supervisor::SetGpuHealth); empty when it is not.
+  std::string gpu_fault_;
 };
 
 // Thread safety: every public member may be called from any thread (request handlers, the
@@ -135,7 +147,9 @@ class Supervisor {
   // Starts serving `model` (a name not served yet): its replicas' engines start in the
   // background (at once if Start was called, else with Start). ALREADY_EXISTS when the name
   // is served; INVALID_ARGUMENT for a bad config (name, device and GPUs as the config file
-  // requires them; a model folder that does not exist); UNAVAILABLE after Stop.
+  // requires them, placed: a cuda model lists its GPUs; a model folder that does not exist);
+  // FAILED_PRECONDITION when another served model uses one of its GPUs; UNAVAILABLE after
+  // Stop.
   Status AddModel(ModelServeConfig model);
   // Stops serving `name`: new requests for it fail at once with NOT_FOUND (as for an unknown
   // model); requests in flight get up to `drain` to finish (the engine's Drain RPC), then its
@@ -166,6 +180,15 @@ class Supervisor {
   // The model folder's absolute path.
   std::filesystem::path ModelPath(const ModelServeConfig& model) const;
 
+  // The GPUs' latest verdict (the daemon's GPU health watcher). An engine on an unhealthy GPU
+  // (monitoring::GpuFaultFor, which fails closed) leaves READY at once, so it takes no new
+  // requests, drains for up to kGpuFaultDrain, is stopped and waits, without counting as a
+  // crash, until its GPUs are healthy again; then it starts afresh. Engines on other GPUs
+  // and CPU engines are left alone.
+  void SetGpuHealth(monitoring::GpuHealth health);
+  // Why `replica` must not serve on its GPUs now; nullopt when it may.
+  std::optional<std::string> GpuFault(const EngineReplica& replica) const;
+
  private:
   struct Watcher;
   // A model served: its config and the watchers of the generation taking new requests.
@@ -179,6 +202,9 @@ class Supervisor {
   std::vector<std::shared_ptr<Watcher>> MakeWatchers(std::shared_ptr<const ModelServeConfig> model,
                                                      uint32_t generation) const;
   Status CheckModel(const ModelServeConfig& model) const;
+  // FAILED_PRECONDITION when another served model uses one of `model`'s GPUs. Requires
+  // models_mutex_.
+  Status CheckGpusFreeLocked(const ModelServeConfig& model) const;
   // Requires models_mutex_.
   void StartWatchersLocked(const std::vector<std::shared_ptr<Watcher>>& watchers);
   // Asks the watchers to drain for up to `drain` and stop, waits for their threads, and
@@ -212,6 +238,8 @@ class Supervisor {
   std::condition_variable stop_changed_;
   bool stopping_ = false;
   std::chrono::milliseconds drain_{0};
+  mutable std::mutex gpu_mutex_;  // Guards gpu_health_; taken after stop_mutex_, never before.
+  monitoring::GpuHealth gpu_health_;
 };
 
 // The inferbox-engine next to this inferboxd: in the build tree (../engine/server) or an

@@ -4,13 +4,12 @@
 #include <cstring>
 #include <map>
 #include <tuple>
-#include <type_traits>
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 #include <fmt/format.h>
 
+#include "inferbox/common/shared_library.h"
 #include "kernels.h"
 
 #define INFERBOX_CUBLAS_CHECK(call)                                                 \
@@ -49,27 +48,12 @@ struct CublasLtApi {
 // The loaded API, or why it could not be loaded. Loaded once; never unloaded.
 const Result<CublasLtApi>& LoadCublasLt() {
   static const Result<CublasLtApi> api = []() -> Result<CublasLtApi> {
-    void* library = nullptr;
-    std::string errors;
-    for (const char* name : {"libcublasLt.so.13", "libcublasLt.so"}) {
-      library = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (library != nullptr) break;
-      const char* error = dlerror();
-      errors += std::string(errors.empty() ? "" : "; ") + (error != nullptr ? error : name);
-    }
-    if (library == nullptr) {
-      return FailedPreconditionError(
-          "cuBLASLt of CUDA 13 (libcublasLt.so.13) is not installed or not on the library "
-          "path: " +
-          errors);
-    }
+    auto library = SharedLibrary::Open(
+        {"libcublasLt.so.13", "libcublasLt.so"},
+        "cuBLASLt of CUDA 13 (libcublasLt.so.13) is not installed or not on the library path");
+    if (!library.ok()) return library.status();
     CublasLtApi loaded;
-    std::string missing;
-    auto resolve = [&](auto& slot, const char* symbol) {
-      slot = reinterpret_cast<std::remove_reference_t<decltype(slot)>>(dlsym(library, symbol));
-      if (slot == nullptr) missing += std::string(missing.empty() ? "" : ", ") + symbol;
-    };
-#define INFERBOX_LT_RESOLVE(name) resolve(loaded.name, "cublasLt" #name);
+#define INFERBOX_LT_RESOLVE(name) library->Resolve(loaded.name, "cublasLt" #name);
     INFERBOX_LT_RESOLVE(Create)
     INFERBOX_LT_RESOLVE(Destroy)
     INFERBOX_LT_RESOLVE(GetStatusString)
@@ -84,8 +68,8 @@ const Result<CublasLtApi>& LoadCublasLt() {
     INFERBOX_LT_RESOLVE(MatrixLayoutCreate)
     INFERBOX_LT_RESOLVE(MatrixLayoutDestroy)
 #undef INFERBOX_LT_RESOLVE
-    if (!missing.empty()) {
-      return FailedPreconditionError("the cuBLASLt found lacks " + missing +
+    if (!library->missing().empty()) {
+      return FailedPreconditionError("the cuBLASLt found lacks " + library->missing() +
                                      " (an older CUDA than 13?)");
     }
     return loaded;

@@ -4,7 +4,9 @@
 // uncorrected ECC errors count since the driver loaded; see docs/metrics.md.
 #pragma once
 
+#include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +36,13 @@ struct GpuHealth {
 
   bool operator==(const GpuHealth&) const = default;
 };
+
+// Why an engine that runs on `gpus` (device indices as NVML numbers them: PCI bus order, the
+// order the supervisor gives CUDA) must not serve under `health`, "GPU 1 (GPU-8c2e...): Xid
+// 79: GPU has fallen off the bus"; nullopt when it may. Fails closed: while any GPU is
+// unhealthy, an engine index that NVML does not list cannot be told apart from the faulty one
+// and is unfit too. An engine without GPUs (CPU) is never unfit.
+std::optional<std::string> GpuFaultFor(std::span<const uint32_t> gpus, const GpuHealth& health);
 
 // Why Xid `xid` leaves the GPU unfit until it is reset (the reason, "Xid 79: GPU has fallen
 // off the bus"), or nullopt for an Xid after which it keeps serving: application faults,

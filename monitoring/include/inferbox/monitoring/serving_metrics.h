@@ -6,7 +6,9 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,9 @@ namespace inferbox::monitoring {
 // One request that reached an engine and ended (finished, failed or cancelled).
 struct RequestRecord {
   std::string model;
+  // The caller's API key id (its public half, never the secret); empty for an anonymous
+  // caller. Recorded only with per-key series on.
+  std::string key;
   // "stop" or "length" when it finished; empty when it failed.
   std::string finish_reason;
   // Why it failed, when it did: "engine_failed", "cancelled", "deadline", "invalid",
@@ -38,8 +43,13 @@ struct RequestRecord {
 
 class ServingMetrics {
  public:
-  // Registers the families in `registry`.
-  explicit ServingMetrics(prometheus::Registry& registry);
+  // At most this many keys get series of their own; requests of further keys count under
+  // key="other", so a box with very many keys cannot blow up the scrape.
+  static constexpr size_t kMaxKeySeries = 1000;
+
+  // Registers the families in `registry`; the per-key ones (inferbox_key_*) only with
+  // `per_key_series` ([server] metrics_per_key in the configuration).
+  explicit ServingMetrics(prometheus::Registry& registry, bool per_key_series = false);
 
   // Creates the model's series at 0, so they exist (and rate() works) before any traffic.
   void RegisterModel(const std::string& model);
@@ -67,6 +77,12 @@ class ServingMetrics {
   prometheus::Family<prometheus::Counter>& success_;
   prometheus::Family<prometheus::Counter>& failures_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  // Null unless per-key series are on.
+  prometheus::Family<prometheus::Counter>* key_requests_ = nullptr;
+  prometheus::Family<prometheus::Counter>* key_prompt_tokens_ = nullptr;
+  prometheus::Family<prometheus::Counter>* key_generation_tokens_ = nullptr;
+  std::mutex keys_mutex_;
+  std::set<std::string> keys_;  // Keys with series of their own. Guarded by keys_mutex_.
   std::atomic<double> delivered_tokens_{0};
 };
 

@@ -8,12 +8,12 @@
 // says which memory the implementation can move. The in-process implementation
 // (MakeLocalCommunicators) works on host memory: CPU backends and tests.
 //
-// Where NCCL goes: an implementation over ncclComm_t (one per rank, all made at once with
-// ncclCommInitAll in this one process) with memory() == kDevice. Its collectives are
-// ncclAllReduce(ncclFloat, ncclSum) in place, ncclAllGather, ncclBroadcast and a one-element
-// all-reduce for Barrier, enqueued on the CUDA stream of the rank's backend so that they are
-// ordered with the ops around them (the backend has to expose that stream), behind
-// INFERBOX_CUDA. TensorParallelModel takes the communicators it is given and needs no change.
+// NCCL (nccl_communicator.h): one ncclComm_t per rank, all made at once with
+// ncclCommInitAll in this one process, memory() == kDevice; ncclAllReduce(ncclFloat, ncclSum)
+// in place, ncclAllGather, ncclBroadcast and a one-element all-reduce for Barrier, on the
+// communicator's own stream after the device's queued work (so ordered with the backend's
+// ops without the backend exposing its stream, at one host round trip per collective).
+// TensorParallelModel takes the communicators it is given and needs no change.
 //
 // Determinism. The in-process all-reduce adds the ranks' values in rank order
 // (((rank 0 + rank 1) + rank 2) + ...) in float32: every rank gets the same bits, run after
