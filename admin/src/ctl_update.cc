@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -206,6 +207,12 @@ std::optional<int> UpdateCommand::Run(
     if (json_) return print_json(*history) ? 0 : 1;
     std::cout << UpdateHistoryTable(*history);
     return 0;
+  }
+  // From here to the end the update must not be cut short: Ctrl-C, a closed SSH session or a
+  // TERM would leave packages half-installed, or a good update marked interrupted. dpkg and rpm
+  // inherit the ignored signals.
+  for (const int signal_number : {SIGINT, SIGHUP, SIGTERM, SIGQUIT, SIGPIPE}) {
+    std::signal(signal_number, SIG_IGN);
   }
   auto record = *apply_ ? updater.Apply(bundle_) : updater.Rollback();
   if (!record.ok()) {

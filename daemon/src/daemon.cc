@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -275,11 +276,19 @@ Status RunningDaemon::OpenModelStore(const std::filesystem::path& state_dir) {
 }
 
 std::vector<uint64_t> RunningDaemon::GpuMemory() const {
+  // Indexed by the GPU's NVML index (its "gpu" label), not by the order of the series: a GPU
+  // that reports no memory (lost) counts as 0 bytes rather than shifting the ones after it.
   std::vector<uint64_t> memory;
   for (const auto& family : gpu_collector_->Collect()) {
     if (family.name != "inferbox_gpu_memory_total_bytes") continue;
-    for (const auto& metric : family.metric)
-      memory.push_back(static_cast<uint64_t>(metric.gauge.value));
+    for (const auto& metric : family.metric) {
+      for (const auto& label : metric.label) {
+        if (label.name != "gpu") continue;
+        const auto index = static_cast<size_t>(std::stoul(label.value));
+        if (index >= memory.size()) memory.resize(index + 1, 0);
+        memory[index] = static_cast<uint64_t>(metric.gauge.value);
+      }
+    }
   }
   return memory;
 }
@@ -300,13 +309,25 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
   options.log_level = spdlog::level::to_string_view(config_.log_level).data();
   // The config file's models, then those loaded at run time before (config wins on a clash).
   // Models that list no GPUs go on the GPUs the others leave free, by their profile.
-  auto placed = PlaceModels(
-      model_manager_->ModelsToServe(config_.models), GpuMemory(),
-      [&](const ModelServeConfig& model) {
+  std::vector<ModelServeConfig> configured;
+  std::vector<ModelServeConfig> loaded;
+  for (ModelServeConfig& model : model_manager_->ModelsToServe(config_.models)) {
+    const bool in_config = std::any_of(config_.models.begin(), config_.models.end(),
+                                       [&](const auto& entry) { return entry.name == model.name; });
+    (in_config ? configured : loaded).push_back(std::move(model));
+  }
+  auto placed =
+      PlaceForStart(std::move(configured), loaded, GpuMemory(), [&](const ModelServeConfig& model) {
         return ReadModelFootprint(model.path.is_absolute() ? model.path : state_dir / model.path);
       });
   if (!placed.ok()) return placed.status();
-  const std::vector<ModelServeConfig> served = std::move(placed).value();
+  for (const auto& [name, why] : placed->dropped) {
+    LogEvent(spdlog::level::err, message_ids::kModelNotRestored,
+             fmt::format("model {}, loaded at run time before, is not served: {}. Free its GPUs "
+                         "and load it again (inferboxctl models load {}), or unload it",
+                         name, why.message(), name));
+  }
+  const std::vector<ModelServeConfig> served = std::move(placed->served);
   for (const auto& model : served) {
     if (model.device == "cuda")
       spdlog::info("model {}: {} replica(s) of tensor parallel {} on GPUs [{}]", model.name,
@@ -323,8 +344,10 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
       std::make_shared<EconomicsCollector>(config_.economics, serving_metrics_, *gpu_collector_);
   board_.SetEconomicsSource([this] { return economics_collector_->Snapshot(); });
   board_.SetEngineSource([this] { return supervisor_->Engines(); });
-  canary_period_ =
-      config_.engines.canary_interval + config_.engines.canary_timeout + std::chrono::seconds(1);
+  // A busy engine's canary may wait out its timeout and the health and stats calls that follow
+  // it in the same loop: the margin keeps a working model from flapping out of readiness.
+  canary_period_ = config_.engines.canary_interval + config_.engines.canary_timeout +
+                   2 * config_.engines.health_timeout + std::chrono::seconds(1);
   board_.SetHealthSource([this] { return HealthReport(); });
   return Status::Ok();
 }

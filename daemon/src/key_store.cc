@@ -438,11 +438,12 @@ Result<inferbox::v1::KeyInfo> KeyStore::Update(const inferbox::v1::UpdateKeyRequ
     auto read = ReadKeyInfo(select.get(), *db_);
     if (!read.ok()) return read.status();
     info = std::move(read).value();
-  }
-  std::unique_lock lock(cache_mutex_);
-  if (auto found = cache_.find(request.id()); found != cache_.end()) {
-    found->second.role = info.role();
-    found->second.SetLimits(info.limits());
+    // Still under db_mutex_: two updates reach the cache in the order they reached the file.
+    std::unique_lock cache_lock(cache_mutex_);
+    if (auto found = cache_.find(request.id()); found != cache_.end()) {
+      found->second.role = info.role();
+      found->second.SetLimits(info.limits());
+    }
   }
   return info;
 }

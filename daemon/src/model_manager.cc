@@ -361,12 +361,15 @@ Result<api::LoadModelResponse> ModelManager::Load(const api::LoadModelRequest& r
 Status ModelManager::Unload(const api::UnloadModelRequest& request) {
   if (supervisor_ == nullptr) return UnavailableError("the daemon is still starting");
   std::lock_guard change(change_mutex_);
-  if (Status removed = supervisor_->RemoveModel(
-          request.id(), SecondsOr(request.drain_timeout_seconds(), kDefaultDrain));
-      !removed.ok()) {
-    return removed;
-  }
+  const Status removed = supervisor_->RemoveModel(
+      request.id(), SecondsOr(request.drain_timeout_seconds(), kDefaultDrain));
   std::lock_guard lock(state_mutex_);
+  // A model loaded at run time that was not served after a start (it no longer fitted:
+  // daemon.cc) is not the supervisor's, but unloading it still forgets it.
+  const bool remembered = std::any_of(loaded_.begin(), loaded_.end(), [&](const auto& model) {
+    return model.name == request.id();
+  });
+  if (!removed.ok() && !(removed.code() == StatusCode::kNotFound && remembered)) return removed;
   served_digest_.erase(request.id());
   const size_t erased =
       std::erase_if(loaded_, [&](const auto& model) { return model.name == request.id(); });

@@ -177,4 +177,25 @@ Result<std::vector<ModelServeConfig>> PlaceModels(
   return models;
 }
 
+Result<StartPlacement> PlaceForStart(
+    std::vector<ModelServeConfig> configured, const std::vector<ModelServeConfig>& loaded,
+    std::span<const uint64_t> gpu_memory_bytes,
+    const std::function<Result<ModelFootprint>(const ModelServeConfig&)>& footprint) {
+  auto placed = PlaceModels(std::move(configured), gpu_memory_bytes, footprint);
+  if (!placed.ok()) return placed.status();
+  StartPlacement start{.served = std::move(placed).value(), .dropped = {}};
+  for (const ModelServeConfig& model : loaded) {
+    // Those placed so far list their GPUs now: placing again only checks them.
+    std::vector<ModelServeConfig> with = start.served;
+    with.push_back(model);
+    auto again = PlaceModels(std::move(with), gpu_memory_bytes, footprint);
+    if (!again.ok()) {
+      start.dropped.emplace_back(model.name, again.status());
+      continue;
+    }
+    start.served = std::move(again).value();
+  }
+  return start;
+}
+
 }  // namespace inferbox::daemon

@@ -724,7 +724,12 @@ void Supervisor::Watch(Watcher& watcher) {
   // asked to stop meanwhile.
   auto wait_for_healthy_gpus = [&] {
     const std::optional<std::string> fault = GpuFault(replica);
-    if (!fault) return true;
+    if (!fault) {
+      // Healed by the time the faulted engine stopped: nothing to wait for, nothing to show.
+      std::lock_guard lock(replica.mutex_);
+      replica.gpu_fault_.clear();
+      return true;
+    }
     {
       std::lock_guard lock(replica.mutex_);
       replica.gpu_fault_ = *fault;

@@ -3,7 +3,8 @@
 # /var/lib/inferbox and the inferbox user; a modified inferbox.toml is kept as .rpmsave.
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
-    if [ "$1" -ge 1 ]; then
+    # Not when `inferboxctl update` installs: it restarts the service and waits for it itself.
+    if [ "$1" -ge 1 ] && [ -z "${INFERBOX_UPDATER_RESTARTS:-}" ]; then
         systemctl try-restart inferbox.service >/dev/null 2>&1 || :
     fi
 fi

@@ -10,9 +10,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -244,7 +246,10 @@ class DebPackageManager final : public PackageManager {
   }
 
   Status Install(const std::vector<std::filesystem::path>& files) override {
-    std::vector<std::string> argv = {"dpkg", "--force-confdef", "--force-confold", "-i"};
+    // The updater restarts the service itself, within its deadline: the postinst's own
+    // try-restart (synchronous, bound only by the unit's start timeout) stands aside.
+    std::vector<std::string> argv = {
+        "env", "INFERBOX_UPDATER_RESTARTS=1", "dpkg", "--force-confdef", "--force-confold", "-i"};
     for (const auto& file : files) argv.push_back(file.string());
     return Check(argv).status();
   }
@@ -309,7 +314,8 @@ class RpmPackageManager final : public PackageManager {
   }
 
   Status Install(const std::vector<std::filesystem::path>& files) override {
-    std::vector<std::string> argv = {"rpm", "-U", "--oldpackage", "--replacepkgs"};
+    std::vector<std::string> argv = {
+        "env", "INFERBOX_UPDATER_RESTARTS=1", "rpm", "-U", "--oldpackage", "--replacepkgs"};
     for (const auto& file : files) argv.push_back(file.string());
     return Check(argv).status();
   }
@@ -477,9 +483,23 @@ class HttpReadinessProbe final : public ReadinessProbe {
     if (!address.ok()) return address.status();
     auto ready = HttpGet("http://" + *address + "/health/ready");
     if (!ready.ok()) return ready.status();
-    if (ready->code != 200) {
-      return UnavailableError(
-          fmt::format("/health/ready answers {}: {}", ready->code, Tail(ready->body, 300)));
+    if (baseline_known_ && baseline_ready_.empty()) {
+      auto live = HttpGet("http://" + *address + "/health/live");
+      if (!live.ok()) return live.status();
+      if (live->code != 200)
+        return UnavailableError(fmt::format("/health/live answers {}", live->code));
+    } else {
+      if (ready->code != 200) {
+        return UnavailableError(
+            fmt::format("/health/ready answers {}: {}", ready->code, Tail(ready->body, 300)));
+      }
+      const std::set<std::string> now = ReadyModels(ready->body);
+      for (const std::string& model : baseline_ready_) {
+        if (!now.contains(model)) {
+          return UnavailableError(fmt::format("model {}, ready before the update, is not ready: {}",
+                                              model, Tail(ready->body, 300)));
+        }
+      }
     }
     auto version = RunningVersion();
     if (!version.ok()) return version.status();
@@ -490,7 +510,40 @@ class HttpReadinessProbe final : public ReadinessProbe {
     return Status::Ok();
   }
 
+  void NoteBaseline() override {
+    baseline_known_ = false;
+    baseline_ready_.clear();
+    auto address = MetricsAddress();
+    if (!address.ok()) return;  // No daemon runs: the new one must be fully ready.
+    auto ready = HttpGet("http://" + *address + "/health/ready");
+    if (!ready.ok()) return;
+    baseline_known_ = true;
+    baseline_ready_ = ReadyModels(ready->body);
+  }
+
+  // The models /health/ready's body lists as ready; none when it is not that JSON.
+  static std::set<std::string> ReadyModels(const std::string& body) {
+    std::set<std::string> ready;
+    boost::system::error_code error;
+    const boost::json::value parsed = boost::json::parse(body, error);
+    if (error || !parsed.is_object()) return ready;
+    const auto* models = parsed.as_object().if_contains("models");
+    if (models == nullptr || !models->is_array()) return ready;
+    for (const auto& model : models->as_array()) {
+      if (!model.is_object()) continue;
+      const auto* name = model.as_object().if_contains("name");
+      const auto* is_ready = model.as_object().if_contains("ready");
+      if (name != nullptr && name->is_string() && is_ready != nullptr && is_ready->is_bool() &&
+          is_ready->as_bool()) {
+        ready.emplace(name->as_string());
+      }
+    }
+    return ready;
+  }
+
   const std::filesystem::path listeners_file_;
+  bool baseline_known_ = false;
+  std::set<std::string> baseline_ready_;
 };
 
 }  // namespace

@@ -46,6 +46,21 @@ std::string OneLineJson(const google::protobuf::Message& message) {
   return json;
 }
 
+// Every stored package file of `dir` on disk, and `dir` in its parent: a power cut after
+// the update starts must find the copy a rollback needs whole.
+Status SyncStoredPackages(const std::filesystem::path& dir) {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
+    if (!entry.is_regular_file(error)) continue;
+    UniqueFd fd(::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return ErrnoStatus("cannot open", entry.path(), errno);
+    if (::fsync(fd.get()) != 0) return ErrnoStatus("cannot sync", entry.path(), errno);
+  }
+  if (error) return ErrnoStatus("cannot list", dir, error.value());
+  if (Status synced = SyncDirectory(dir); !synced.ok()) return synced;
+  return SyncDirectory(dir.parent_path());
+}
+
 // The version of the package "inferbox" in `packages`; "" when it is not there.
 std::string MainVersion(const google::protobuf::RepeatedPtrField<PackageVersion>& packages) {
   for (const PackageVersion& package : packages) {
@@ -127,9 +142,17 @@ Result<PackageVersion> Updater::KeepInstalled(const std::string& name) {
     return InternalError(fmt::format("the rebuilt package {} is {} {}, not {} {}",
                                      rebuilt->string(), info->name, info->version, name, *version));
   }
-  if (Status synced = SyncDirectory(dir); !synced.ok()) return synced;
+  if (Status synced = SyncStoredPackages(dir); !synced.ok()) return synced;
   kept.set_file(rebuilt->string());
   return kept;
+}
+
+bool Updater::IsInstalled(const google::protobuf::RepeatedPtrField<PackageVersion>& packages) {
+  for (const PackageVersion& package : packages) {
+    auto installed = system_.packages.InstalledVersion(package.name());
+    if (!installed.ok() || *installed != package.version()) return false;
+  }
+  return true;
 }
 
 Status Updater::Switch(const google::protobuf::RepeatedPtrField<PackageVersion>& to) {
@@ -157,9 +180,12 @@ Status Updater::Switch(const google::protobuf::RepeatedPtrField<PackageVersion>&
 
 // Installs `to`, restarts the service and waits for its daemon.
 Status Updater::SwitchAndWait(const google::protobuf::RepeatedPtrField<PackageVersion>& to,
-                              std::chrono::milliseconds deadline) {
+                              std::chrono::milliseconds deadline, bool* install_failed) {
   spdlog::info("update: installing {}", MainVersion(to));
-  if (Status switched = Switch(to); !switched.ok()) return switched;
+  if (Status switched = Switch(to); !switched.ok()) {
+    if (install_failed != nullptr) *install_failed = true;
+    return switched;
+  }
   const auto restarted_at = system_.now();
   spdlog::info("update: restarting inferboxd");
   if (Status restarted = system_.service.Restart(); !restarted.ok()) return restarted;
@@ -176,13 +202,24 @@ Result<UpdateRecord> Updater::Run(Transition& transition) {
   record.set_id(fmt::format("{:%Y%m%dT%H%M%SZ}-{}",
                             fmt::gmtime(std::chrono::system_clock::to_time_t(system_.now())),
                             record.to_version()));
+  system_.readiness.NoteBaseline();
   // Durable before the first package changes: a crash from here on is found as interrupted.
   if (Status journaled = WriteFileAtomically(options_.state_dir / kPendingName, ToJson(record));
       !journaled.ok()) {
     return journaled;
   }
 
-  const Status done = SwitchAndWait(record.target(), options_.ready_deadline);
+  bool install_failed = false;
+  const Status done = SwitchAndWait(record.target(), options_.ready_deadline, &install_failed);
+  if (!done.ok() && install_failed && IsInstalled(record.previous())) {
+    // The install failed before it changed a package (dpkg's lock held by another run, say):
+    // a refusal, not a rollback. Nothing was restarted.
+    std::error_code error;
+    std::filesystem::remove(options_.state_dir / kPendingName, error);
+    if (Status synced = SyncDirectory(options_.state_dir); !synced.ok()) return synced;
+    return FailedPreconditionError(fmt::format("{} (no package was changed; the box still runs {})",
+                                               done.message(), record.from_version()));
+  }
   if (done.ok()) {
     record.set_outcome(v1::UPDATE_OUTCOME_COMMITTED);
     LogEvent(spdlog::level::info, message_ids::kUpdateCommitted,
@@ -214,19 +251,29 @@ Result<UpdateRecord> Updater::Run(Transition& transition) {
     record.set_reason(reason);
   }
   *record.mutable_finished_at() = ToTimestamp(system_.now());
-  if (Status appended = AppendHistory(record); !appended.ok()) {
+  const Status appended = AppendHistory(record);
+  if (!appended.ok()) {
     spdlog::error("update {}: cannot record the outcome in the history: {}", record.id(),
                   appended.ToString());
   }
   const std::filesystem::path pending = options_.state_dir / kPendingName;
+  // Packages have changed by now: what fails below is reported with the record (an error
+  // status would read as a refusal that changed nothing).
   if (record.outcome() == v1::UPDATE_OUTCOME_ROLLBACK_FAILED) {
     // Stays for `update status` and `update rollback`.
-    if (Status kept = WriteFileAtomically(pending, ToJson(record)); !kept.ok()) return kept;
+    if (Status kept = WriteFileAtomically(pending, ToJson(record)); !kept.ok()) {
+      spdlog::error("update {}: cannot keep {}: {}", record.id(), pending.string(),
+                    kept.ToString());
+    }
   } else {
     std::error_code error;
     std::filesystem::remove(pending, error);
-    if (Status synced = SyncDirectory(options_.state_dir); !synced.ok()) return synced;
-    PruneStoredPackages();
+    if (Status synced = SyncDirectory(options_.state_dir); !synced.ok()) {
+      spdlog::error("update {}: {}", record.id(), synced.ToString());
+    }
+    // Pruning reads the history to know what to keep: without this record it could delete
+    // the version a rollback needs.
+    if (appended.ok()) PruneStoredPackages();
   }
   return record;
 }
@@ -235,10 +282,16 @@ Status Updater::AppendHistory(const UpdateRecord& record) {
   const std::filesystem::path path = options_.state_dir / kHistoryName;
   std::error_code error;
   const bool existed = std::filesystem::exists(path, error);
-  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
   if (!fd.valid()) return ErrnoStatus("cannot open", path, errno);
-  if (!WriteAll(fd.get(), OneLineJson(record) + "\n"))
-    return ErrnoStatus("cannot write", path, errno);
+  // A line torn by a crash gets its end, so that this record starts a line of its own.
+  bool torn = false;
+  if (const off_t size = ::lseek(fd.get(), 0, SEEK_END); size > 0) {
+    char last = '\n';
+    torn = ::pread(fd.get(), &last, 1, size - 1) == 1 && last != '\n';
+  }
+  const std::string line = std::string(torn ? "\n" : "") + OneLineJson(record) + "\n";
+  if (!WriteAll(fd.get(), line)) return ErrnoStatus("cannot write", path, errno);
   if (::fsync(fd.get()) != 0) return ErrnoStatus("cannot sync", path, errno);
   if (fd.Close() != 0) return ErrnoStatus("cannot close", path, errno);
   return existed ? Status::Ok() : SyncDirectory(options_.state_dir);
@@ -359,7 +412,8 @@ Result<UpdateRecord> Updater::Apply(const std::filesystem::path& bundle) {
     target.set_version(manifest.packages(i).version());
     target.set_file(stored.string());
   }
-  if (Status synced = SyncDirectory(target_dir); !synced.ok()) return synced;
+  if (Status synced = SyncStoredPackages(target_dir); !synced.ok()) return synced;
+  if (Status synced = SyncDirectory(options_.state_dir); !synced.ok()) return synced;
   transition.can_revert = true;
   return Run(transition);
 }

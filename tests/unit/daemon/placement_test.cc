@@ -169,5 +169,29 @@ TEST(PlaceModels, ListedGpusFirstThenProfilesOnWhatIsLeft) {
   EXPECT_THAT(shared.status().message(), HasSubstr("GPU 0 is already used by model a"));
 }
 
+TEST(PlaceForStart, ARunTimeModelThatNoLongerFitsIsLeftOutNotTheBox) {
+  const std::vector<uint64_t> three_80g(3, 80 * kGiB);
+  // The config file now pins GPU 1, which a model loaded at run time before also lists.
+  auto start = PlaceForStart(
+      {Cuda("configured", {0, 1}, 1)},
+      {Cuda("stale", {1}, 1), Cuda("auto", {}, 0), Cuda("gone", {7}, 1)}, three_80g,
+      [](const ModelServeConfig&) { return Result<ModelFootprint>(ModelFootprint{16 * kGiB}); });
+  ASSERT_TRUE(start.ok()) << start.status().message();
+  ASSERT_EQ(start->served.size(), 2u);
+  EXPECT_EQ(start->served[0].name, "configured");
+  EXPECT_EQ(start->served[1].name, "auto");
+  EXPECT_EQ(start->served[1].gpus, (std::vector<uint32_t>{2})) << "placed on the GPU left free";
+  ASSERT_EQ(start->dropped.size(), 2u);
+  EXPECT_EQ(start->dropped[0].first, "stale");
+  EXPECT_THAT(start->dropped[0].second.message(), HasSubstr("GPU 1 is already used"));
+  EXPECT_EQ(start->dropped[1].first, "gone");
+  EXPECT_THAT(start->dropped[1].second.message(), HasSubstr("lists GPU 7"));
+
+  // A conflict inside the config file itself still stops the start, naming it.
+  auto broken = PlaceForStart({Cuda("a", {0}, 1), Cuda("b", {0}, 1)}, {}, three_80g, nullptr);
+  ASSERT_FALSE(broken.ok());
+  EXPECT_THAT(broken.status().message(), HasSubstr("GPU 0 is already used by model a"));
+}
+
 }  // namespace
 }  // namespace inferbox::daemon

@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -71,11 +72,15 @@ class FakePackageManager final : public PackageManager {
         return FailedPreconditionError("dpkg: error processing " + file.string());
       }
     }
+    bool half_failed = false;
     for (const auto& file : files) {
       auto info = Inspect(file);
       installed[info->name] = info->version;
       installs.push_back(info->name + "=" + info->version);
+      half_failed = half_failed || half_failing_versions.contains(info->version);
     }
+    // As dpkg does when a maintainer script fails after the files were unpacked.
+    if (half_failed) return FailedPreconditionError("dpkg: error processing (postinst)");
     return Status::Ok();
   }
   Status Remove(const std::vector<std::string>& names) override {
@@ -84,7 +89,9 @@ class FakePackageManager final : public PackageManager {
   }
 
   std::map<std::string, std::string> installed;
+  // Refused before anything changes (dpkg's lock held), or failing once installed.
   std::set<std::string> failing_versions;
+  std::set<std::string> half_failing_versions;
   std::vector<std::string> installs;
   int num_rebuilds = 0;
 };
@@ -318,12 +325,43 @@ TEST_F(UpdaterTest, NotReadyRollsBackAndTheOldVersionServes) {
 }
 
 TEST_F(UpdaterTest, InstallFailureRollsBack) {
-  packages_.failing_versions = {"0.2.0-1"};
+  packages_.half_failing_versions = {"0.2.0-1"};
   auto record = MakeUpdater().Apply(MakeBundle("0.2.0-1"));
   ASSERT_TRUE(record.ok());
   EXPECT_EQ(record->outcome(), v1::UPDATE_OUTCOME_ROLLED_BACK);
   EXPECT_THAT(record->reason(), HasSubstr("dpkg: error"));
   EXPECT_EQ(packages_.installed["inferbox"], "0.1.0-1");
+}
+
+TEST_F(UpdaterTest, AnInstallThatChangedNothingIsARefusalNotARollback) {
+  packages_.failing_versions = {"0.2.0-1"};
+  Updater updater = MakeUpdater();
+  auto refused = updater.Apply(MakeBundle("0.2.0-1"));
+  ASSERT_FALSE(refused.ok()) << "nothing was installed, so nothing is rolled back";
+  EXPECT_THAT(refused.status().message(), HasSubstr("no package was changed"));
+  EXPECT_EQ(packages_.installed["inferbox"], "0.1.0-1");
+  EXPECT_EQ(box_.num_restarts, 0);
+  EXPECT_FALSE(Pending()) << "a refusal leaves no unfinished update behind";
+  packages_.failing_versions.clear();
+  auto record = updater.Apply(MakeBundle("0.2.0-1"));
+  ASSERT_TRUE(record.ok()) << "the next try is not blocked: " << record.status().ToString();
+  EXPECT_EQ(record->outcome(), v1::UPDATE_OUTCOME_COMMITTED);
+}
+
+TEST_F(UpdaterTest, AHistoryLineTornByACrashDoesNotSwallowTheNextRecord) {
+  ASSERT_TRUE(MakeUpdater().Apply(MakeBundle("0.2.0-1")).ok());
+  {
+    std::ofstream torn(state_dir_ / "history.jsonl", std::ios::app);
+    torn << "{\"id\": \"torn";
+  }
+  auto record = MakeUpdater().Apply(MakeBundle("0.3.0-1"));
+  ASSERT_TRUE(record.ok()) << record.status().ToString();
+  auto history = MakeUpdater().History();
+  ASSERT_TRUE(history.ok()) << history.status().ToString();
+  ASSERT_EQ(history->records_size(), 2) << "the torn line is skipped, the records around it kept";
+  EXPECT_EQ(history->records(1).to_version(), "0.3.0-1");
+  EXPECT_TRUE(fs::exists(state_dir_ / "packages/0.2.0-1"))
+      << "the version 0.3.0-1 replaced stays for a rollback";
 }
 
 TEST_F(UpdaterTest, FailingRollbackIsRecordedAndBlocksFurtherUpdates) {
@@ -504,6 +542,30 @@ TEST(HttpReadinessProbeTest, OnlyANewReadyDaemonOfTheExpectedVersionPasses) {
   auto running = probe->RunningVersion();
   ASSERT_TRUE(running.ok()) << running.status().ToString();
   EXPECT_EQ(*running, "0.2.0");
+
+  // The models ready before the update must all be ready again: a new version that serves
+  // one of two is not ready, even though /health/ready answers 200 for a box that serves any.
+  const std::string both = R"({"status":"ready","models":[{"name":"a","ready":true},)"
+                           R"({"name":"b","ready":true}]})";
+  WriteFile(site / "health" / "ready", both);
+  probe->NoteBaseline();
+  WriteFile(site / "health" / "ready",
+            R"({"status":"degraded","models":[{"name":"a","ready":true},)"
+            R"({"name":"b","ready":false}]})");
+  seen = probe->WaitReady("0.2.0", restarted_at, deadline);
+  EXPECT_THAT(seen.message(), HasSubstr("model b, ready before the update, is not ready"));
+  WriteFile(site / "health" / "ready", both);
+  EXPECT_TRUE(probe->WaitReady("0.2.0", restarted_at, deadline).ok());
+
+  // A box that had no model ready (none installed yet) needs only a live new daemon.
+  WriteFile(site / "health" / "ready", R"({"status":"not_ready","models":[]})");
+  probe->NoteBaseline();
+  seen = probe->WaitReady("0.2.0", restarted_at, deadline);
+  EXPECT_THAT(seen.message(), HasSubstr("/health/live answers 404"));
+  WriteFile(site / "health" / "live", "{}");
+  EXPECT_TRUE(probe->WaitReady("0.2.0", restarted_at, deadline).ok());
+  seen = probe->WaitReady("0.3.0", restarted_at, deadline);
+  EXPECT_THAT(seen.message(), HasSubstr("not 0.3.0")) << "the version still counts";
 }
 
 }  // namespace

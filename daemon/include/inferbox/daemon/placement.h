@@ -68,4 +68,18 @@ Result<std::vector<ModelServeConfig>> PlaceModels(
     std::vector<ModelServeConfig> models, std::span<const uint64_t> gpu_memory_bytes,
     const std::function<Result<ModelFootprint>(const ModelServeConfig&)>& footprint);
 
+// What a daemon starts with: the config file's models, placed as PlaceModels does (an error
+// there stops the start: the operator's file is wrong), then each model loaded at run time
+// before, in order, where it still fits beside those already placed. One that does not (the
+// config file took its GPUs since, or the box has fewer GPUs now) is left out and listed in
+// `dropped` with the reason: it must not keep the whole box from starting.
+struct StartPlacement {
+  std::vector<ModelServeConfig> served;
+  std::vector<std::pair<std::string, Status>> dropped;
+};
+Result<StartPlacement> PlaceForStart(
+    std::vector<ModelServeConfig> configured, const std::vector<ModelServeConfig>& loaded,
+    std::span<const uint64_t> gpu_memory_bytes,
+    const std::function<Result<ModelFootprint>(const ModelServeConfig&)>& footprint);
+
 }  // namespace inferbox::daemon

@@ -65,6 +65,10 @@ class ReadinessProbe {
                            std::chrono::milliseconds deadline) = 0;
   // The version the running daemon reports now.
   virtual Result<std::string> RunningVersion() = 0;
+  // Called before packages change: remembers what the running daemon serves, which WaitReady
+  // then requires of the new one (the models ready now must be ready again; a box that has
+  // no model ready, say before its first model is installed, needs only to be live).
+  virtual void NoteBaseline() {}
 };
 
 // The package manager of this host: dpkg where dpkg-query is installed, else rpm.
@@ -78,9 +82,10 @@ std::unique_ptr<PackageManager> MakeRpmPackageManager();
 std::unique_ptr<ServiceControl> MakeServiceControl(std::string restart_command);
 
 // Probes the daemon through the listeners it writes to `runtime_dir`/listeners.toml: a new
-// daemon is one whose listeners.toml was written after the restart; it is ready when
-// /health/ready on its metrics listener answers 200 and its /metrics has
-// inferbox_build_info{version="<expected>"}.
+// daemon is one whose listeners.toml was written after the restart; it is ready when its
+// /metrics has inferbox_build_info{version="<expected>"} and /health/ready on its metrics
+// listener answers 200 with every model that was ready at NoteBaseline ready again (or, when
+// none was, /health/live answers 200).
 std::unique_ptr<ReadinessProbe> MakeHttpReadinessProbe(std::filesystem::path runtime_dir);
 
 // Runs a program (argv[0] searched in PATH) with stdin from /dev/null and waits for it.

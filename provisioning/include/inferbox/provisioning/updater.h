@@ -98,9 +98,13 @@ class Updater {
   // The installed version of `name` as a stored package file (rebuilt when there is none).
   Result<v1::PackageVersion> KeepInstalled(const std::string& name);
   Result<UpdateRecord> Run(Transition& transition);
+  // Whether every package is installed at exactly its version ("": not installed).
+  bool IsInstalled(const google::protobuf::RepeatedPtrField<v1::PackageVersion>& packages);
   inferbox::Status Switch(const google::protobuf::RepeatedPtrField<v1::PackageVersion>& to);
+  // `install_failed` (when given) is set when the package manager failed, before any restart.
   inferbox::Status SwitchAndWait(const google::protobuf::RepeatedPtrField<v1::PackageVersion>& to,
-                                 std::chrono::milliseconds deadline);
+                                 std::chrono::milliseconds deadline,
+                                 bool* install_failed = nullptr);
   inferbox::Status AppendHistory(const UpdateRecord& record);
   void PruneStoredPackages();
   std::filesystem::path PackagesDir(std::string_view version) const;
