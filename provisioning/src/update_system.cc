@@ -20,6 +20,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 #include <toml++/toml.h>
 
 #include "file_ops.h"
@@ -73,6 +74,15 @@ std::string ControlField(std::string_view control, std::string_view field) {
 }
 
 // Copies one installed path into the rebuild tree, keeping its type, mode and owner.
+// Where Debian's minimal images exclude files (dpkg path-exclude): documentation only.
+bool IsExcludableDocumentation(std::string_view path) {
+  for (const std::string_view prefix :
+       {"/usr/share/doc/", "/usr/share/man/", "/usr/share/info/", "/usr/share/locale/"}) {
+    if (path.starts_with(prefix)) return true;
+  }
+  return false;
+}
+
 Status CopyInstalled(const std::filesystem::path& source, const std::filesystem::path& target) {
   struct stat info {};
   if (::lstat(source.c_str(), &info) != 0) return ErrnoStatus("cannot read", source, errno);
@@ -183,6 +193,16 @@ class DebPackageManager final : public PackageManager {
       for (std::string path; std::getline(lines, path);) {
         // Diversion notes ("diverted by ...") are not paths.
         if (!path.starts_with('/') || path == "/.") continue;
+        // Minimal images drop documentation with dpkg's path-exclude, and dpkg still lists
+        // it: a missing file there is left out; anywhere else it is an error.
+        if (std::error_code missing;
+            !std::filesystem::exists(std::filesystem::symlink_status(path, missing)) &&
+            IsExcludableDocumentation(path)) {
+          spdlog::warn(
+              "update: {} is not on disk (dpkg path-exclude?); the rebuilt {} leaves it out", path,
+              name);
+          continue;
+        }
         if (Status copied = CopyInstalled(path, tree / path.substr(1)); !copied.ok()) {
           return copied.WithContext(fmt::format("rebuilding {} {}", name, version));
         }
@@ -272,10 +292,23 @@ class RpmPackageManager final : public PackageManager {
   }
 
   Result<std::string> InstalledVersion(const std::string& name) override {
-    auto result = RunProgram({"rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}", name});
+    auto result = RunProgram({"rpm", "-q", "--qf", "%{VERSION}-%{RELEASE}\\n", name});
     if (!result.ok()) return result.status();
-    if (result->exit_code != 0) return std::string();
-    return Trim(result->output);
+    const std::string text = Trim(result->output);
+    if (result->exit_code != 0) {
+      // Anything but "not installed" (a locked database, say) is an error, never "absent":
+      // a rollback would remove a package recorded as absent.
+      if (text.find("is not installed") != std::string::npos) return std::string();
+      return FailedPreconditionError(
+          fmt::format("rpm -q {} exited {}: {}", name, result->exit_code, Tail(text)));
+    }
+    if (text.find('\n') != std::string::npos) {
+      return FailedPreconditionError(
+          fmt::format("package {} is installed in several versions ({}): an earlier rpm run was "
+                      "interrupted; finish or clean it up first",
+                      name, text));
+    }
+    return text;
   }
 
   Result<int> CompareVersions(const std::string& a, const std::string& b) override {

@@ -334,6 +334,14 @@ Result<UpdateRecord> Updater::Apply(const std::filesystem::path& bundle) {
   }
   if (system_.keys == nullptr) return FailedPreconditionError("no trusted update keys");
   if (Status usable = system_.service.CheckUsable(); !usable.ok()) return usable;
+  // The update is judged by the running daemon: one that cannot be reached now (stopped, or
+  // another runtime folder) would turn any update into a rollback.
+  if (auto running = system_.readiness.RunningVersion(); !running.ok()) {
+    return FailedPreconditionError(fmt::format(
+        "cannot reach the running inferboxd, by which the update is judged ({}): start it "
+        "(systemctl start inferbox) or name its runtime folder (--runtime-dir)",
+        running.status().message()));
+  }
   auto architecture = system_.packages.Architecture();
   if (!architecture.ok()) return architecture.status();
   // Removed on every way out: a refused bundle leaves nothing, an installed one is stored.

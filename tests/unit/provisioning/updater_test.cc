@@ -121,9 +121,13 @@ class FakeBox final : public ServiceControl, public ReadinessProbe {
     }
     return Status::Ok();
   }
-  Result<std::string> RunningVersion() override { return running; }
+  Result<std::string> RunningVersion() override {
+    if (!reachable.ok()) return reachable;
+    return running;
+  }
 
   Status usable;
+  Status reachable;
   std::string running;
   std::set<std::string> broken_versions;
   std::function<void()> on_restart;
@@ -454,6 +458,12 @@ TEST_F(UpdaterTest, RefusalsChangeNothing) {
   EXPECT_EQ(updater.Apply(MakeBundle("0.2.0-1")).status().code(), StatusCode::kFailedPrecondition)
       << "no way to restart: refused before anything";
   box_.usable = Status::Ok();
+  box_.reachable = UnavailableError("no daemon is running");
+  auto unreachable = updater.Apply(MakeBundle("0.2.0-1"));
+  EXPECT_EQ(unreachable.status().code(), StatusCode::kFailedPrecondition)
+      << "no daemon to judge the update by: refused before anything";
+  EXPECT_THAT(unreachable.status().message(), HasSubstr("cannot reach the running inferboxd"));
+  box_.reachable = Status::Ok();
   EXPECT_EQ(updater.Apply(foreign).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(updater.Apply(temp_.path() / "missing.ibu").status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(packages_.installs.empty()) << "nothing may be installed for a refused bundle";
