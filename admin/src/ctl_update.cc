@@ -65,8 +65,10 @@ std::string UpdateReport(const pv::v1::UpdateRecord& record) {
 
 std::string UpdateStatusReport(const pv::v1::UpdateStatus& status) {
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"installed", status.installed_version().empty() ? "(not installed)"
-                                                                  : status.installed_version()});
+  rows.push_back({"installed", !status.installed_error().empty()
+                                   ? "(unknown: " + status.installed_error() + ")"
+                               : status.installed_version().empty() ? "(not installed)"
+                                                                    : status.installed_version()});
   rows.push_back({"running", status.running_version().empty()
                                  ? "(unknown: " + status.running_error() + ")"
                                  : status.running_version()});

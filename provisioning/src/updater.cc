@@ -490,9 +490,14 @@ Result<UpdateRecord> Updater::Rollback() {
 
 Result<UpdateStatus> Updater::ReadStatus() {
   UpdateStatus status;
+  // After an interrupted update the package manager may answer with an error: that is when
+  // status matters most, so it is shown, not returned.
   auto installed = system_.packages.InstalledVersion(std::string(kMainPackage));
-  if (!installed.ok()) return installed.status();
-  status.set_installed_version(*installed);
+  if (installed.ok()) {
+    status.set_installed_version(*installed);
+  } else {
+    status.set_installed_error(installed.status().message());
+  }
   auto running = system_.readiness.RunningVersion();
   if (running.ok()) {
     status.set_running_version(*running);

@@ -400,7 +400,8 @@ TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
           << "the first one runs: " << readers[0]->Finish().error_message();
     }
   }
-  for (int i = 0; i < 100 && EngineStats().num_requests_waiting() < 1; ++i)
+  // Polled for up to 10 s: on a loaded machine the second request may take a while to queue.
+  for (int i = 0; i < 500 && EngineStats().num_requests_waiting() < 1; ++i)
     std::this_thread::sleep_for(20ms);
   ASSERT_EQ(EngineStats().num_requests_waiting(), 1u);
 

@@ -44,6 +44,7 @@ class FakePackageManager final : public PackageManager {
   std::string format() const override { return "deb"; }
   Result<std::string> Architecture() override { return std::string("amd64"); }
   Result<std::string> InstalledVersion(const std::string& name) override {
+    if (!database.ok()) return database;
     const auto found = installed.find(name);
     return found == installed.end() ? std::string() : found->second;
   }
@@ -89,6 +90,7 @@ class FakePackageManager final : public PackageManager {
   }
 
   std::map<std::string, std::string> installed;
+  Status database;  // Not OK: every InstalledVersion fails so (dpkg half-installed, say).
   // Refused before anything changes (dpkg's lock held), or failing once installed.
   std::set<std::string> failing_versions;
   std::set<std::string> half_failing_versions;
@@ -421,6 +423,14 @@ TEST_F(UpdaterTest, InterruptedUpdateIsFoundAndRolledBack) {
   EXPECT_TRUE(status->has_pending());
   EXPECT_FALSE(status->pending_active()) << "no updater holds the lock: interrupted";
   EXPECT_EQ(updater.Apply(MakeBundle("0.3.0-1")).status().code(), StatusCode::kFailedPrecondition);
+
+  // A crash inside dpkg leaves a package half-installed: status still shows the update.
+  packages_.database = FailedPreconditionError("package inferbox is half-installed");
+  status = updater.ReadStatus();
+  ASSERT_TRUE(status.ok()) << status.status().ToString();
+  EXPECT_TRUE(status->has_pending());
+  EXPECT_THAT(status->installed_error(), HasSubstr("half-installed"));
+  packages_.database = Status::Ok();
 
   auto rollback = updater.Rollback();
   ASSERT_TRUE(rollback.ok()) << rollback.status().ToString();
