@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <google/protobuf/util/time_util.h>
 
+#include "bundle_archive.h"
 #include "file_ops.h"
 #include "inferbox/common/atomic_file.h"
 #include "inferbox/common/posix_file.h"
@@ -35,12 +36,6 @@ constexpr size_t kMaxNameChars = 200;
 
 struct ArchiveReadFree {
   void operator()(archive* handle) const { archive_read_free(handle); }
-};
-struct ArchiveWriteFree {
-  void operator()(archive* handle) const { archive_write_free(handle); }
-};
-struct EntryFree {
-  void operator()(archive_entry* entry) const { archive_entry_free(entry); }
 };
 
 bool IsPackageName(std::string_view name) {
@@ -256,30 +251,6 @@ Result<VerifiedUpdate> ReadAndUnpack(const std::filesystem::path& path, const Tr
   return update;
 }
 
-Status AddMember(archive* handle, const std::string& name, uint64_t size, int64_t mtime) {
-  std::unique_ptr<archive_entry, EntryFree> entry(archive_entry_new());
-  INFERBOX_CHECK(entry != nullptr);
-  archive_entry_set_pathname(entry.get(), name.c_str());
-  archive_entry_set_filetype(entry.get(), AE_IFREG);
-  archive_entry_set_perm(entry.get(), 0644);
-  archive_entry_set_size(entry.get(), static_cast<la_int64_t>(size));
-  archive_entry_set_mtime(entry.get(), mtime, 0);
-  if (archive_write_header(handle, entry.get()) != ARCHIVE_OK) {
-    return FailedPreconditionError(
-        fmt::format("cannot add {} to the update bundle: {}", name, archive_error_string(handle)));
-  }
-  return Status::Ok();
-}
-
-Status WriteData(archive* handle, std::string_view bytes) {
-  if (archive_write_data(handle, bytes.data(), bytes.size()) !=
-      static_cast<la_ssize_t>(bytes.size())) {
-    return FailedPreconditionError(
-        fmt::format("cannot write the update bundle: {}", archive_error_string(handle)));
-  }
-  return Status::Ok();
-}
-
 }  // namespace
 
 bool IsPackageVersion(std::string_view version) {
@@ -450,32 +421,28 @@ Result<UpdateManifest> WriteUpdateBundle(const std::vector<UpdateBundleInput>& p
   auto written = [&]() -> Status {
     if (::fchmod(fd.get(), 0644) != 0)
       return ErrnoStatus("cannot set the mode of", temp_path, errno);
-    std::unique_ptr<archive, ArchiveWriteFree> writer(archive_write_new());
-    INFERBOX_CHECK(writer != nullptr);
-    if (archive_write_set_format_pax_restricted(writer.get()) != ARCHIVE_OK ||
-        archive_write_open_fd(writer.get(), fd.get()) != ARCHIVE_OK) {
-      return FailedPreconditionError(fmt::format("cannot start the update bundle {}: {}",
-                                                 out.string(), archive_error_string(writer.get())));
+    BundleArchive bundle(out, fd.get(), now);
+    if (Status opened = bundle.Open(BundleCompression::kNone); !opened.ok()) return opened;
+    if (Status added = bundle.AddMember(std::string(kUpdateManifestName), manifest_json);
+        !added.ok()) {
+      return added;
     }
-    for (const auto& [name, text] :
-         {std::pair{std::string(kUpdateManifestName), std::string_view(manifest_json)},
-          std::pair{std::string(kUpdateSignatureName), std::string_view(signature_line)}}) {
-      if (Status added = AddMember(writer.get(), name, text.size(), now); !added.ok()) return added;
-      if (Status data = WriteData(writer.get(), text); !data.ok()) return data;
+    if (Status added = bundle.AddMember(std::string(kUpdateSignatureName), signature_line);
+        !added.ok()) {
+      return added;
     }
     for (size_t i = 0; i < packages.size(); ++i) {
       const UpdatePackage& package = manifest.packages(static_cast<int>(i));
-      if (Status added =
-              AddMember(writer.get(), std::string(kUpdatePackagePrefix) + package.file_name(),
-                        package.size_bytes(), now);
-          !added.ok()) {
-        return added;
+      if (Status begun = bundle.BeginMember(std::string(kUpdatePackagePrefix) + package.file_name(),
+                                            package.size_bytes());
+          !begun.ok()) {
+        return begun;
       }
       uint64_t size = 0;
       auto sha256 = ReadChunks(packages[i].file, [&](std::string_view chunk) {
         size += chunk.size();
         if (size > package.size_bytes()) return Status::Ok();
-        return WriteData(writer.get(), chunk);
+        return bundle.Write(chunk);
       });
       if (!sha256.ok()) return sha256.status();
       if (size != package.size_bytes() || *sha256 != package.sha256()) {
@@ -483,10 +450,7 @@ Result<UpdateManifest> WriteUpdateBundle(const std::vector<UpdateBundleInput>& p
             fmt::format("{} changed while the bundle was written", packages[i].file.string()));
       }
     }
-    if (archive_write_close(writer.get()) != ARCHIVE_OK) {
-      return FailedPreconditionError(fmt::format("cannot finish the update bundle {}: {}",
-                                                 out.string(), archive_error_string(writer.get())));
-    }
+    if (Status closed = bundle.Close(); !closed.ok()) return closed;
     if (::fsync(fd.get()) != 0) return ErrnoStatus("cannot sync", temp_path, errno);
     if (fd.Close() != 0) return ErrnoStatus("cannot close", temp_path, errno);
     if (::rename(temp_path.c_str(), out.c_str()) != 0) {
