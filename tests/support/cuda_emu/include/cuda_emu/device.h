@@ -1,0 +1,202 @@
+// The kernel side of the CUDA emulator (tests/support/cuda_emu): what a .cu file of the CUDA
+// backend needs to compile as C++ and run on the CPU. rewrite_launches.py turns each
+// `kernel<<<grid, block, shared, stream>>>(args)` into `::cuda_emu::Launcher(...)(args)` and
+// includes this header first.
+//
+// Semantics kept: every CUDA thread of a block is a fiber with its own stack and registers;
+// __syncthreads waits for every live thread of the block; a warp shuffle waits for its
+// warp's lanes and fails the run (a clear message, then abort, like a device fault) when a
+// lane named by the mask has exited, does not exist or waits at a different barrier;
+// __shared__ variables are one per block (blocks run one at a time per host thread).
+// Not kept: timing, memory coherence between blocks beyond atomics, and launch bounds.
+#pragma once
+
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+
+#include <cuda_runtime.h>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+
+namespace cuda_emu {
+
+// The built-in index variables of the running fiber (set by the executor before it resumes
+// one).
+extern thread_local uint3 current_thread_idx;
+extern thread_local uint3 current_block_idx;
+extern thread_local dim3 current_block_dim;
+extern thread_local dim3 current_grid_dim;
+
+// Runs `body` once per thread of every block of `grid` (blocks of `block` threads) and
+// returns when all have finished; an invalid configuration sets the last error instead, as
+// CUDA's launch does.
+void RunKernel(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+               const std::function<void()>& body);
+
+// __syncthreads of the running fiber.
+void SyncThreads();
+
+// The running thread's lane in its warp (from its linear index in the block).
+int LaneId();
+
+// Warp exchange: publishes `mine` for this lane, waits for the lanes of `mask` and returns
+// the value lane `source` published (its own when source is out of range).
+uint64_t WarpExchange(uint64_t mine, unsigned mask, int source, const char* what);
+
+template <typename Kernel>
+class Launcher {
+ public:
+  Launcher(Kernel* kernel, const char* name, dim3 grid, dim3 block, size_t shared_bytes = 0,
+           cudaStream_t stream = nullptr)
+      : kernel_(kernel),
+        name_(name),
+        grid_(grid),
+        block_(block),
+        shared_bytes_(shared_bytes),
+        stream_(stream) {}
+  template <typename... Args>
+  void operator()(Args&&... args) const {
+    // Each thread gets its own copies of the arguments, as kernel parameters are.
+    auto call = [kernel = kernel_, ... copies = std::decay_t<Args>(args)]() { kernel(copies...); };
+    RunKernel(name_, grid_, block_, shared_bytes_, stream_, call);
+  }
+
+ private:
+  Kernel* kernel_;
+  const char* name_;
+  dim3 grid_;
+  dim3 block_;
+  size_t shared_bytes_;
+  cudaStream_t stream_;
+};
+
+template <typename T>
+uint64_t ToBits(T value) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  return bits;
+}
+template <typename T>
+T FromBits(uint64_t bits) {
+  T value;
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+}  // namespace cuda_emu
+
+#define threadIdx (::cuda_emu::current_thread_idx)
+#define blockIdx (::cuda_emu::current_block_idx)
+#define blockDim (::cuda_emu::current_block_dim)
+#define gridDim (::cuda_emu::current_grid_dim)
+
+inline void __syncthreads() {
+  ::cuda_emu::SyncThreads();
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  const int segment = lane & ~(width - 1);
+  const int source = segment | ((lane ^ lane_mask) & (width - 1));
+  return ::cuda_emu::FromBits<T>(
+      ::cuda_emu::WarpExchange(::cuda_emu::ToBits(value), mask, source, "__shfl_xor_sync"));
+}
+
+template <typename T>
+T __shfl_up_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  const int in_segment = lane & (width - 1);
+  const int source = in_segment >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane;
+  return ::cuda_emu::FromBits<T>(
+      ::cuda_emu::WarpExchange(::cuda_emu::ToBits(value), mask, source, "__shfl_up_sync"));
+}
+
+template <typename T>
+T __shfl_down_sync(unsigned mask, T value, unsigned delta, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  const int in_segment = lane & (width - 1);
+  const int source =
+      in_segment + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
+  return ::cuda_emu::FromBits<T>(
+      ::cuda_emu::WarpExchange(::cuda_emu::ToBits(value), mask, source, "__shfl_down_sync"));
+}
+
+template <typename T>
+T __shfl_sync(unsigned mask, T value, int source_lane, int width = 32) {
+  const int lane = ::cuda_emu::LaneId();
+  const int source = (lane & ~(width - 1)) | (source_lane & (width - 1));
+  return ::cuda_emu::FromBits<T>(
+      ::cuda_emu::WarpExchange(::cuda_emu::ToBits(value), mask, source, "__shfl_sync"));
+}
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  ::cuda_emu::WarpExchange(0, mask, -1, "__syncwarp");
+}
+
+inline float __uint_as_float(unsigned int bits) {
+  return std::bit_cast<float>(bits);
+}
+inline unsigned int __float_as_uint(float value) {
+  return std::bit_cast<unsigned int>(value);
+}
+inline long long __double_as_longlong(double value) {
+  return std::bit_cast<long long>(value);
+}
+inline double __longlong_as_double(long long bits) {
+  return std::bit_cast<double>(bits);
+}
+inline float rsqrtf(float x) {
+  return 1.0f / std::sqrt(x);
+}
+inline float __expf(float x) {
+  return std::exp(x);
+}
+inline float __logf(float x) {
+  return std::log(x);
+}
+inline float __fdividef(float x, float y) {
+  return x / y;
+}
+
+// Atomics: real ones, as blocks may run on several host threads.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  return std::atomic_ref<T>(*address).fetch_add(value);
+}
+template <typename T>
+T atomicMin(T* address, T value) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load();
+  while (value < old && !ref.compare_exchange_weak(old, value)) {
+  }
+  return old;
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load();
+  while (value > old && !ref.compare_exchange_weak(old, value)) {
+  }
+  return old;
+}
+template <typename T>
+T atomicExch(T* address, T value) {
+  return std::atomic_ref<T>(*address).exchange(value);
+}
+template <typename T>
+T atomicCAS(T* address, T compare, T value) {
+  std::atomic_ref<T>(*address).compare_exchange_strong(compare, value);
+  return compare;
+}
