@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -23,17 +24,27 @@ namespace wire = ::inferbox::engine::v1;
 namespace api = ::inferbox::v1;
 using namespace std::chrono_literals;
 
+// Which engine executable runs, in what environment.
+struct EngineBinary {
+  std::string path = INFERBOX_ENGINE_PATH;
+  std::vector<std::string> env;
+  bool fixed_kv_cache = true;  // --kv-cache-gib 0.25 rather than sized from device memory.
+};
+
 class EngineProcess {
  public:
   EngineProcess(const std::filesystem::path& model, const std::filesystem::path& dir,
-                std::vector<std::string> extra_args = {})
+                std::vector<std::string> extra_args = {}, const EngineBinary& binary = {})
       : socket_(dir / "engine.sock") {
-    std::vector<std::string> argv = {
-        INFERBOX_ENGINE_PATH, "--model", model.string(), "--socket", socket_.string(),
-        "--kv-cache-gib",     "0.25",    "--model-id",   "tiny"};
+    std::vector<std::string> argv = {binary.path,      "--model",    model.string(), "--socket",
+                                     socket_.string(), "--model-id", "tiny"};
+    if (binary.fixed_kv_cache) argv.insert(argv.end(), {"--kv-cache-gib", "0.25"});
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
-    process_ = std::make_unique<Subprocess>(SubprocessOptions{
-        argv, {}, {"JOURNAL_STREAM", "NOTIFY_SOCKET"}, dir / "engine.out", dir / "engine.err"});
+    process_ = std::make_unique<Subprocess>(SubprocessOptions{argv,
+                                                              binary.env,
+                                                              {"JOURNAL_STREAM", "NOTIFY_SOCKET"},
+                                                              dir / "engine.out",
+                                                              dir / "engine.err"});
   }
 
   // Waits until Health says READY.
@@ -428,6 +439,58 @@ TEST_F(EngineProcessTest, AModelThatCannotLoadExitsWithItsReason) {
     EXPECT_NE(engine.process().ReadStderr().find("config.json"), std::string::npos)
         << engine.process().ReadStderr();
   }
+}
+
+// --device cuda on the CPU emulation of CUDA (tests/support/cuda_emu), whose device memory
+// INFERBOX_CUDA_EMU_MEMORY_MIB sets: without --kv-cache-gib the KV cache takes what the
+// weights and a warm-up step left, within --gpu-memory-fraction (more memory, more blocks); a
+// --kv-cache-gib that does not fit is refused; greedy tokens are the CPU engine's.
+TEST_F(EngineProcessTest, OnACudaDeviceTheKvCacheTakesTheMemoryLeftAfterTheWeights) {
+  auto emulated = [](int mib) {
+    return EngineBinary{INFERBOX_ENGINE_CUDA_EMU_PATH,
+                        {"INFERBOX_CUDA_EMU_MEMORY_MIB=" + std::to_string(mib)},
+                        false};
+  };
+  // The tiny model's weights, the emulated cuBLASLt workspace and the warm-up step (logits of
+  // 256 rows of a 151,669-token vocabulary) take about 220 MiB; 256 sequences of 512 tokens
+  // would take 64 MiB of cache, more than 272 or 304 MiB of device memory leave.
+  const std::vector<std::string> args = {"--device", "cuda", "--max-running", "256"};
+  const wire::GenerateRequest request =
+      Completion("The capital of France is Paris, and the capital of Spain is", 16);
+
+  Streamed on_cpu;
+  {
+    EngineProcess cpu(model(), dir_.path());
+    ASSERT_TRUE(cpu.WaitReady());
+    on_cpu = Generate(cpu.stub(), request);
+    ASSERT_TRUE(on_cpu.status.ok()) << on_cpu.status.error_message();
+  }
+  std::map<int, uint64_t> blocks;
+  for (const int mib : {272, 304}) {
+    TempDir dir;
+    EngineProcess engine(model(), dir.path(), args, emulated(mib));
+    ASSERT_TRUE(engine.WaitReady()) << mib << " MiB";
+    const std::string log = engine.process().ReadStderr();
+    EXPECT_NE(log.find("free after weights and a"), std::string::npos) << log;
+    EXPECT_NE(log.find("KV cache on cuda:"), std::string::npos) << log;
+    blocks[mib] = engine.Stats().num_kv_blocks_total();
+    const Streamed on_device = Generate(engine.stub(), request);
+    ASSERT_TRUE(on_device.status.ok()) << on_device.status.error_message();
+    EXPECT_EQ(on_device.tokens, on_cpu.tokens) << mib << " MiB";
+    EXPECT_EQ(on_device.text, on_cpu.text) << mib << " MiB";
+  }
+  // 32 MiB more device memory, 90 % of it for the cache: thousands more blocks of 16 tokens
+  // (8 KiB each for the tiny model).
+  EXPECT_GT(blocks[272], 0u);
+  EXPECT_GT(blocks[304], blocks[272] + 2000) << blocks[272] << " then " << blocks[304];
+
+  TempDir dir;
+  std::vector<std::string> too_much = args;
+  too_much.insert(too_much.end(), {"--kv-cache-gib", "1"});
+  EngineProcess engine(model(), dir.path(), too_much, emulated(304));
+  EXPECT_EQ(engine.process().WaitForExit(60s), std::optional<int>(78));
+  EXPECT_NE(engine.process().ReadStderr().find("--kv-cache-gib 1 does not fit"), std::string::npos)
+      << engine.process().ReadStderr();
 }
 
 }  // namespace
