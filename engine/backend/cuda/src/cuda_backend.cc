@@ -166,6 +166,8 @@ class CudaStepInputs final : public StepInputs {
  public:
   CudaStepInputs(const StepLayout& layout, cudaStream_t stream) {
     num_tokens_ = static_cast<int64_t>(layout.token_ids.size());
+    for (const int64_t position : layout.positions)
+      max_position_ = std::max(max_position_, position);
     num_logit_rows_ = static_cast<int64_t>(layout.logit_rows.size());
     half_ = layout.rope == nullptr ? 0 : static_cast<int64_t>(layout.rope->inv_freq.size());
 
@@ -227,6 +229,7 @@ class CudaStepInputs final : public StepInputs {
   int64_t num_tokens() const override { return num_tokens_; }
   int64_t num_logit_rows() const override { return num_logit_rows_; }
   int64_t half() const { return half_; }
+  int64_t max_position() const { return max_position_; }
 
   const int32_t* token_ids = nullptr;
   const int64_t* positions = nullptr;
@@ -243,6 +246,7 @@ class CudaStepInputs final : public StepInputs {
   int64_t num_tokens_ = 0;
   int64_t num_logit_rows_ = 0;
   int64_t half_ = 0;
+  int64_t max_position_ = 0;
 };
 
 // out[m, n] (float32) = x[m, k] (BF16) · w[n, k]ᵀ (BF16), float32 accumulation. cuBLASLt is
@@ -338,6 +342,9 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device) {
     Use();
     INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    cudaDeviceProp properties{};
+    INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device_));
+    num_multiprocessors_ = properties.multiProcessorCount;
     // Memory freed in stream order stays in the pool for the next step instead of going
     // back to the driver at every synchronisation.
     cudaMemPool_t pool = nullptr;
@@ -565,6 +572,11 @@ class CudaBackend final : public Backend {
     params.head_dim = cache.shape().head_dim;
     params.block_size = cache.shape().block_size;
     params.scale = scale;
+    params.max_position = inputs.max_position();
+    params.num_multiprocessors = num_multiprocessors_;
+    // Split partial results: stream-ordered scratch, back in the pool after the launch.
+    DeviceAllocation workspace(PagedAttentionWorkspaceFloats(params) * 4, stream_);
+    params.workspace = workspace.as<float>();
     LaunchPagedAttention(params, stream_);
   }
 
@@ -709,6 +721,7 @@ class CudaBackend final : public Backend {
   }
 
   int device_;
+  int num_multiprocessors_ = 1;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<LtGemm> gemm_;
   std::vector<DeviceAllocation> weights_;

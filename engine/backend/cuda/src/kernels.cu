@@ -258,6 +258,170 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   }
 }
 
+// --- Grouped, split attention (flash-decoding) ---
+//
+// One block per (token, KV head, split) of kAttentionWarps warps. Split s of S covers key
+// positions [s·chunk, (s + 1)·chunk) ∩ [0, position], chunk = ⌈(position + 1) / S⌉. Each
+// warp takes every kAttentionWarps-th key of the split and keeps, for each of the G query
+// heads sharing the KV head, an online softmax (lanes splitting head_dim); a key and its
+// value are read once for all G heads. The warps are merged in shared memory; with one split
+// the block writes the output, else its partial result: max, sum and the unnormalised
+// weighted values, [token][head][split] of (head_dim + 2) floats, for the combine kernel.
+constexpr int kMinKeysPerSplit = 64;
+constexpr int kMaxSplits = 32;
+
+int AttentionSplits(const PagedAttentionParams& p) {
+  const int64_t pairs = p.num_tokens * p.num_kv_heads;
+  const int64_t wanted = 2 * static_cast<int64_t>(p.num_multiprocessors);
+  if (pairs >= wanted) return 1;
+  const int64_t by_device = (wanted + pairs - 1) / pairs;
+  const int64_t by_length = (p.max_position + 1 + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  const int64_t splits = by_device < by_length ? by_device : by_length;
+  return static_cast<int>(splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits));
+}
+
+bool GroupedAttention(const PagedAttentionParams& p) {
+  return p.num_heads / p.num_kv_heads <= kMaxAttentionGroup;
+}
+
+template <int G>
+__global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
+    GroupedAttentionKernel(PagedAttentionParams p, int splits) {
+  const int64_t t = blockIdx.x;
+  const int64_t kv_head = blockIdx.y;
+  const int split = static_cast<int>(blockIdx.z);
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int64_t d = p.head_dim;
+  const int64_t position = p.positions[t];
+  const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
+  const int64_t kv_row = p.num_kv_heads * d;
+  const int64_t chunk = (position + splits) / splits;  // ⌈(position + 1) / splits⌉
+  const int64_t begin = split * chunk;
+  const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
+
+  float query[G][kAttentionLaneElements];
+  float accumulator[G][kAttentionLaneElements];
+  float running_max[G];
+  float running_sum[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float* q = p.q + (t * p.num_heads + kv_head * G + g) * d;
+#pragma unroll
+    for (int j = 0; j < kAttentionLaneElements; ++j) {
+      const int64_t c = lane + j * kWarpSize;
+      query[g][j] = c < d ? q[c] : 0.0f;
+      accumulator[g][j] = 0.0f;
+    }
+    running_max[g] = -INFINITY;
+    running_sum[g] = 0.0f;
+  }
+  for (int64_t key_position = begin + warp; key_position < end; key_position += kAttentionWarps) {
+    const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+                         key_position % p.block_size;
+    const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
+    const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
+    float k[kAttentionLaneElements];
+    float v[kAttentionLaneElements];
+#pragma unroll
+    for (int j = 0; j < kAttentionLaneElements; ++j) {
+      const int64_t c = lane + j * kWarpSize;
+      k[j] = c < d ? Bf16BitsToFloat(key[c]) : 0.0f;
+      v[j] = c < d ? Bf16BitsToFloat(value[c]) : 0.0f;
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float partial = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kAttentionLaneElements; ++j) partial += query[g][j] * k[j];
+      const float score = WarpSum(partial) * p.scale;
+      const float new_max = fmaxf(running_max[g], score);
+      const float correction = expf(running_max[g] - new_max);
+      const float weight = expf(score - new_max);
+      running_sum[g] = running_sum[g] * correction + weight;
+#pragma unroll
+      for (int j = 0; j < kAttentionLaneElements; ++j)
+        accumulator[g][j] = accumulator[g][j] * correction + weight * v[j];
+      running_max[g] = new_max;
+    }
+  }
+
+  __shared__ float warp_max[G][kAttentionWarps];
+  __shared__ float warp_sum[G][kAttentionWarps];
+  __shared__ float warp_accumulator[kAttentionWarps][G][kMaxHeadDim];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      warp_max[g][warp] = running_max[g];
+      warp_sum[g][warp] = running_sum[g];
+    }
+#pragma unroll
+    for (int j = 0; j < kAttentionLaneElements; ++j) {
+      const int64_t c = lane + j * kWarpSize;
+      if (c < d) warp_accumulator[warp][g][c] = accumulator[g][j];
+    }
+  }
+  __syncthreads();
+  for (int g = 0; g < G; ++g) {
+    const int64_t head = kv_head * G + g;
+    float block_max = -INFINITY;
+    for (int w = 0; w < kAttentionWarps; ++w) block_max = fmaxf(block_max, warp_max[g][w]);
+    float total = 0.0f;
+    float scales[kAttentionWarps];
+    for (int w = 0; w < kAttentionWarps; ++w) {
+      // A warp that saw no key has max -inf and sum 0: its scale is 0.
+      scales[w] = warp_sum[g][w] > 0.0f ? expf(warp_max[g][w] - block_max) : 0.0f;
+      total += warp_sum[g][w] * scales[w];
+    }
+    if (splits == 1) {
+      float* out = p.out + (t * p.num_heads + head) * d;
+      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
+        out[c] = sum / total;
+      }
+    } else {
+      float* partial = p.workspace + ((t * p.num_heads + head) * splits + split) * (d + 2);
+      if (threadIdx.x == 0) {
+        partial[0] = block_max;
+        partial[1] = total;  // 0 for a split without keys.
+      }
+      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
+        partial[2 + c] = sum;
+      }
+    }
+  }
+}
+
+// One block per (token, head): the splits' partial results merged.
+__global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits) {
+  const int64_t t = blockIdx.x;
+  const int64_t head = blockIdx.y;
+  const int64_t d = p.head_dim;
+  const float* partials = p.workspace + (t * p.num_heads + head) * splits * (d + 2);
+  float global_max = -INFINITY;
+  for (int s = 0; s < splits; ++s) {
+    const float* partial = partials + s * (d + 2);
+    if (partial[1] > 0.0f) global_max = fmaxf(global_max, partial[0]);
+  }
+  float total = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float* partial = partials + s * (d + 2);
+    if (partial[1] > 0.0f) total += partial[1] * expf(partial[0] - global_max);
+  }
+  float* out = p.out + (t * p.num_heads + head) * d;
+  for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+    float sum = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float* partial = partials + s * (d + 2);
+      if (partial[1] > 0.0f) sum += partial[2 + c] * expf(partial[0] - global_max);
+    }
+    out[c] = sum / total;
+  }
+}
+
 __global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -734,16 +898,66 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream) {
   CheckLaunch("RopeWriteKvKernel");
 }
 
+int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params) {
+  if (params.num_tokens == 0 || !GroupedAttention(params)) return 0;
+  const int splits = AttentionSplits(params);
+  return splits == 1 ? 0 : params.num_tokens * params.num_heads * splits * (params.head_dim + 2);
+}
+
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream) {
   if (params.num_tokens == 0) return;
   if (params.head_dim > kMaxHeadDim || params.num_heads % params.num_kv_heads != 0) {
     FatalCudaError("LaunchPagedAttention", "head_dim above 256 or heads not a multiple of KV heads",
                    __FILE__, __LINE__);
   }
+  if (!GroupedAttention(params)) {
+    const dim3 grid(static_cast<unsigned>(params.num_tokens),
+                    static_cast<unsigned>(params.num_heads));
+    PagedAttentionKernel<<<grid, kAttentionWarps * kWarpSize, 0, stream>>>(params);
+    CheckLaunch("PagedAttentionKernel");
+    return;
+  }
+  const int splits = AttentionSplits(params);
+  if (splits > 1 && params.workspace == nullptr) {
+    FatalCudaError("LaunchPagedAttention", "split attention without its workspace", __FILE__,
+                   __LINE__);
+  }
   const dim3 grid(static_cast<unsigned>(params.num_tokens),
-                  static_cast<unsigned>(params.num_heads));
-  PagedAttentionKernel<<<grid, kAttentionWarps * kWarpSize, 0, stream>>>(params);
-  CheckLaunch("PagedAttentionKernel");
+                  static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
+  constexpr int kAttentionThreads = kAttentionWarps * kWarpSize;
+  switch (params.num_heads / params.num_kv_heads) {
+    case 1:
+      GroupedAttentionKernel<1><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+    case 2:
+      GroupedAttentionKernel<2><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+    case 3:
+      GroupedAttentionKernel<3><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+    case 4:
+      GroupedAttentionKernel<4><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+    case 5:
+      GroupedAttentionKernel<5><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+    case 6:
+      GroupedAttentionKernel<6><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+    case 7:
+      GroupedAttentionKernel<7><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+    default:
+      GroupedAttentionKernel<8><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
+      break;
+  }
+  CheckLaunch("GroupedAttentionKernel");
+  if (splits == 1) return;
+  const dim3 combine_grid(static_cast<unsigned>(params.num_tokens),
+                          static_cast<unsigned>(params.num_heads));
+  CombineAttentionSplitsKernel<<<combine_grid, RowThreads(params.head_dim), 0, stream>>>(params,
+                                                                                         splits);
+  CheckLaunch("CombineAttentionSplitsKernel");
 }
 
 void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {

@@ -58,7 +58,15 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);
 // Causal attention over the paged cache: token t (of sequence token_sequence[t], at
 // positions[t]) attends to positions 0..positions[t] of its sequence, whose block table is
 // block_tables[table_offsets[s] ...]. head_dim at most kMaxHeadDim.
+//
+// Where each KV head serves at most kMaxAttentionGroup query heads, one block per (token, KV
+// head, split) loads each key and value once for its group of query heads, and when there
+// are too few (token, KV head) pairs to fill the device (decode of a few long sequences) the
+// key positions are split among blocks whose partial results (running max, sum, weighted
+// values) are merged by a second kernel (flash-decoding). Otherwise one block per (token,
+// query head).
 inline constexpr int64_t kMaxHeadDim = 256;
+inline constexpr int64_t kMaxAttentionGroup = 8;
 struct PagedAttentionParams {
   const float* q = nullptr;
   float* out = nullptr;
@@ -74,7 +82,14 @@ struct PagedAttentionParams {
   int64_t head_dim = 0;
   int64_t block_size = 0;
   float scale = 1.0f;
+  // For choosing the split: the largest of positions[] and the device's multiprocessors.
+  int64_t max_position = 0;
+  int num_multiprocessors = 1;
+  // Scratch of PagedAttentionWorkspaceFloats(params) floats for split partial results.
+  float* workspace = nullptr;
 };
+// Floats of workspace LaunchPagedAttention needs for `params` (0: none).
+int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params);
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
 
 // out = silu(gate) ⊙ up over n values (out may alias gate).

@@ -646,9 +646,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int device) {
   *properties = {};
   std::snprintf(properties->name, sizeof(properties->name), "inferbox CUDA emulator (CPU)");
   properties->totalGlobalMem = cuda_emu::TotalBytes();
+  // An H100's shape, so that launch heuristics choose as they would there.
   properties->major = 9;
   properties->minor = 0;
-  properties->multiProcessorCount = 1;
+  properties->multiProcessorCount = 132;
   properties->warpSize = 32;
   properties->maxThreadsPerBlock = 1024;
   return cudaSuccess;

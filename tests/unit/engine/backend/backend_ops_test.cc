@@ -480,6 +480,14 @@ std::vector<OpCase> AllCases() {
   }
   cases.push_back(PagedAttentionCase("mixed", mixed, 4, 2, 64, 4));
   cases.push_back(PagedAttentionCase("long_prefill", {{0, 300}, {1000, 1}}, 8, 2, 128, 16));
+  // Decodes of a few long sequences: the CUDA backend splits their keys among blocks
+  // (flash-decoding) and merges the parts; group sizes 4, 8 and 16 (beyond its grouped
+  // kernel), an odd length, and one sequence shorter than the split count.
+  const std::vector<AttentionSpec> long_decodes = {{2047, 1}, {700, 1}, {4, 1}};
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16));
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 8, 1, 256, 16));
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 16, 1, 64, 16));
+  cases.push_back(PagedAttentionCase("long_decodes", {{1500, 1}}, 7, 1, 80, 4));
   for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
   cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));
