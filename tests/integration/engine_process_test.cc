@@ -493,5 +493,33 @@ TEST_F(EngineProcessTest, OnACudaDeviceTheKvCacheTakesTheMemoryLeftAfterTheWeigh
       << engine.process().ReadStderr();
 }
 
+// A device fault (injected into the CUDA emulation once the engine serves: the next kernel
+// fails and the context is lost, as after an illegal address on a GPU): the engine stops at
+// once with the failing call and CUDA's reason, for its supervisor to restart it, and the
+// request in flight ends with an error rather than hanging or streaming garbage.
+TEST_F(EngineProcessTest, ADeviceFaultStopsTheEngineWithTheCudaReason) {
+  const std::filesystem::path fault = dir_.path() / "fault";
+  EngineProcess engine(model(), dir_.path(), {"--device", "cuda", "--max-running", "16"},
+                       EngineBinary{INFERBOX_ENGINE_CUDA_EMU_PATH,
+                                    {"INFERBOX_CUDA_EMU_MEMORY_MIB=256",
+                                     "INFERBOX_CUDA_EMU_FAULT_FILE=" + fault.string()},
+                                    false});
+  ASSERT_TRUE(engine.WaitReady());
+  { std::ofstream(fault) << "now"; }
+  const Streamed streamed =
+      Generate(engine.stub(), Completion("The capital of France is", 16), 60s);
+  EXPECT_FALSE(streamed.status.ok());
+  EXPECT_NE(streamed.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << "the request hung instead of failing";
+  EXPECT_TRUE(streamed.tokens.empty()) << "tokens streamed from a faulted device";
+  const std::optional<int> exit = engine.process().WaitForExit(30s);
+  ASSERT_TRUE(exit.has_value()) << "the engine still runs after a device fault";
+  EXPECT_NE(*exit, 0);
+  const std::string err = engine.process().ReadStderr();
+  EXPECT_NE(err.find("fatal CUDA error"), std::string::npos) << err;
+  EXPECT_NE(err.find("unspecified launch failure"), std::string::npos) << err;
+  EXPECT_NE(err.find("supervisor restarts it"), std::string::npos) << err;
+}
+
 }  // namespace
 }  // namespace inferbox::testing

@@ -114,6 +114,16 @@ cudaError_t Fail(cudaError_t error) {
   return error;
 }
 
+// An injected device fault (INFERBOX_CUDA_EMU_FAULT_FILE names a file; once it exists, the
+// next kernel "faults"): as on a GPU, the launch itself returns, and from then on every call
+// of the process returns cudaErrorLaunchFailure (the context is lost).
+std::atomic<bool> faulted{false};
+
+bool InjectFault() {
+  static const char* file = std::getenv("INFERBOX_CUDA_EMU_FAULT_FILE");
+  return file != nullptr && access(file, F_OK) == 0;
+}
+
 // --- Device memory ---
 
 struct Memory {
@@ -551,6 +561,10 @@ void RunKernel(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cud
     Fail(cudaErrorInvalidResourceHandle);
     return;
   }
+  if (faulted || InjectFault()) {
+    faulted = true;
+    return;
+  }
   Launch launch;
   launch.name = name;
   launch.grid = grid;
@@ -635,12 +649,14 @@ cudaError_t cudaPeekAtLastError() {
 }
 
 cudaError_t cudaGetDeviceCount(int* count) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (count == nullptr) return Fail(cudaErrorInvalidValue);
   *count = cuda_emu::DeviceCount();
   return *count == 0 ? Fail(cudaErrorNoDevice) : cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int device) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (properties == nullptr) return Fail(cudaErrorInvalidValue);
   if (device < 0 || device >= cuda_emu::DeviceCount()) return Fail(cudaErrorInvalidDevice);
   *properties = {};
@@ -656,19 +672,23 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int device) {
 }
 
 cudaError_t cudaSetDevice(int device) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (device < 0 || device >= cuda_emu::DeviceCount()) return Fail(cudaErrorInvalidDevice);
   return cudaSuccess;
 }
 cudaError_t cudaGetDevice(int* device) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (device == nullptr) return Fail(cudaErrorInvalidValue);
   *device = 0;
   return cudaSuccess;
 }
 cudaError_t cudaDeviceSynchronize() {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (free_bytes == nullptr || total_bytes == nullptr) return Fail(cudaErrorInvalidValue);
   auto& memory = cuda_emu::DeviceMemory();
   std::lock_guard lock(memory.mutex);
@@ -678,20 +698,25 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 }
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return cuda_emu::Allocate(pointer, bytes);
 }
 cudaError_t cudaFree(void* pointer) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return cuda_emu::Release(pointer);
 }
 cudaError_t cudaMallocAsync(void** pointer, size_t bytes, cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
   return cuda_emu::Allocate(pointer, bytes);
 }
 cudaError_t cudaFreeAsync(void* pointer, cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
   return cuda_emu::Release(pointer);
 }
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (pool == nullptr || device < 0 || device >= cuda_emu::DeviceCount()) {
     return Fail(cudaErrorInvalidValue);
   }
@@ -700,17 +725,21 @@ cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
   return cudaSuccess;
 }
 cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr, void* value) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return pool == nullptr || value == nullptr ? Fail(cudaErrorInvalidValue) : cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return Copy(dst, src, bytes, kind, nullptr);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return Copy(dst, src, bytes, kind, stream);
 }
 cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
   if (!cuda_emu::IsDeviceRange(pointer, bytes)) return Fail(cudaErrorInvalidValue);
@@ -718,13 +747,16 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
   return cudaSuccess;
 }
 cudaError_t cudaMemset(void* pointer, int value, size_t bytes) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return cudaMemsetAsync(pointer, value, bytes, nullptr);
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (stream == nullptr) return Fail(cudaErrorInvalidValue);
   auto& handles = cuda_emu::LiveHandles();
   std::lock_guard lock(handles.mutex);
@@ -734,6 +766,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   auto& handles = cuda_emu::LiveHandles();
   std::lock_guard lock(handles.mutex);
   if (handles.streams.erase(stream) == 0) return Fail(cudaErrorInvalidResourceHandle);
@@ -741,10 +774,12 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return cuda_emu::IsStream(stream) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
 }
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (event == nullptr) return Fail(cudaErrorInvalidValue);
   auto& handles = cuda_emu::LiveHandles();
   std::lock_guard lock(handles.mutex);
@@ -754,6 +789,7 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) {
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   auto& handles = cuda_emu::LiveHandles();
   std::lock_guard lock(handles.mutex);
   if (handles.events.erase(event) == 0) return Fail(cudaErrorInvalidResourceHandle);
@@ -761,6 +797,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (event == nullptr || !cuda_emu::IsStream(stream)) {
     return Fail(cudaErrorInvalidResourceHandle);
   }
@@ -770,9 +807,11 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   return event == nullptr ? Fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t stop) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (milliseconds == nullptr || start == nullptr || stop == nullptr) {
     return Fail(cudaErrorInvalidValue);
   }
