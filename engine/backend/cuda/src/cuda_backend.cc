@@ -177,6 +177,8 @@ class CudaStepInputs final : public StepInputs {
     host_token_sequence.reserve(static_cast<size_t>(num_tokens_));
     for (size_t s = 0; s < layout.sequences.size(); ++s) {
       const AttentionSequence& sequence = layout.sequences[s];
+      sequence_tokens_.emplace_back(static_cast<int32_t>(host_token_sequence.size()),
+                                    static_cast<int32_t>(sequence.num_query_tokens));
       host_table_offsets.push_back(static_cast<int64_t>(host_block_tables.size()));
       host_block_tables.insert(host_block_tables.end(), sequence.block_table.begin(),
                                sequence.block_table.end());
@@ -231,6 +233,45 @@ class CudaStepInputs final : public StepInputs {
   int64_t half() const { return half_; }
   int64_t max_position() const { return max_position_; }
 
+  // The step's tokens for attention with `group` query heads per KV head: prefill chunks of
+  // at least kTiledMinTokens tokens in tiles, the other tokens listed for the per-token
+  // kernels. Made and uploaded once per step (every layer has the same).
+  struct AttentionLists {
+    DeviceAllocation memory;
+    const int32_t* tiles = nullptr;
+    int64_t num_tiles = 0;
+    const int32_t* token_list = nullptr;
+    int64_t num_listed = 0;
+  };
+  const AttentionLists& ListsFor(int64_t group, cudaStream_t stream) const {
+    if (auto found = lists_.find(group); found != lists_.end()) return found->second;
+    std::vector<int32_t> tiles;
+    std::vector<int32_t> listed;
+    const auto tile_tokens = static_cast<int32_t>(TiledAttentionTileTokens(group));
+    for (const auto& [first, count] : sequence_tokens_) {
+      if (count >= kTiledMinTokens) {
+        for (int32_t start = 0; start < count; start += tile_tokens) {
+          tiles.push_back(first + start);
+          tiles.push_back(std::min(tile_tokens, count - start));
+        }
+      } else {
+        for (int32_t i = 0; i < count; ++i) listed.push_back(first + i);
+      }
+    }
+    AttentionLists lists;
+    lists.num_tiles = static_cast<int64_t>(tiles.size() / 2);
+    lists.num_listed = static_cast<int64_t>(listed.size());
+    tiles.insert(tiles.end(), listed.begin(), listed.end());
+    tiles.push_back(0);  // Never empty: a null token list would mean every token.
+    lists.memory = DeviceAllocation(static_cast<int64_t>(tiles.size() * sizeof(int32_t)), stream);
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(lists.memory.as<void>(), tiles.data(),
+                                        tiles.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                        stream));
+    lists.tiles = lists.memory.as<int32_t>();
+    lists.token_list = lists.tiles + 2 * lists.num_tiles;
+    return lists_.emplace(group, std::move(lists)).first->second;
+  }
+
   const int32_t* token_ids = nullptr;
   const int64_t* positions = nullptr;
   const int64_t* slots = nullptr;
@@ -247,6 +288,8 @@ class CudaStepInputs final : public StepInputs {
   int64_t num_logit_rows_ = 0;
   int64_t half_ = 0;
   int64_t max_position_ = 0;
+  std::vector<std::pair<int32_t, int32_t>> sequence_tokens_;  // First token, token count.
+  mutable std::map<int64_t, AttentionLists> lists_;
 };
 
 // out[m, n] (float32) = x[m, k] (BF16) · w[n, k]ᵀ (BF16), float32 accumulation. cuBLASLt is
@@ -574,6 +617,13 @@ class CudaBackend final : public Backend {
     params.scale = scale;
     params.max_position = inputs.max_position();
     params.num_multiprocessors = num_multiprocessors_;
+    if (TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
+      const auto& lists = inputs.ListsFor(num_heads / params.num_kv_heads, stream_);
+      params.tiles = lists.tiles;
+      params.num_tiles = lists.num_tiles;
+      params.token_list = lists.token_list;
+      params.num_listed_tokens = lists.num_listed;
+    }
     // Split partial results: stream-ordered scratch, back in the pool after the launch.
     DeviceAllocation workspace(PagedAttentionWorkspaceFloats(params) * 4, stream_);
     params.workspace = workspace.as<float>();

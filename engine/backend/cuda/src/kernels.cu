@@ -270,8 +270,13 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
 constexpr int kMinKeysPerSplit = 64;
 constexpr int kMaxSplits = 32;
 
+// Tokens the per-token kernels take.
+int64_t PerTokenCount(const PagedAttentionParams& p) {
+  return p.token_list != nullptr ? p.num_listed_tokens : p.num_tokens;
+}
+
 int AttentionSplits(const PagedAttentionParams& p) {
-  const int64_t pairs = p.num_tokens * p.num_kv_heads;
+  const int64_t pairs = PerTokenCount(p) * p.num_kv_heads;
   const int64_t wanted = 2 * static_cast<int64_t>(p.num_multiprocessors);
   if (pairs >= wanted) return 1;
   const int64_t by_device = (wanted + pairs - 1) / pairs;
@@ -287,7 +292,8 @@ bool GroupedAttention(const PagedAttentionParams& p) {
 template <int G>
 __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     GroupedAttentionKernel(PagedAttentionParams p, int splits) {
-  const int64_t t = blockIdx.x;
+  const int64_t listed = blockIdx.x;  // Index into token_list, and into the workspace.
+  const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
   const int64_t kv_head = blockIdx.y;
   const int split = static_cast<int>(blockIdx.z);
   const int lane = threadIdx.x % kWarpSize;
@@ -381,7 +387,7 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
         out[c] = sum / total;
       }
     } else {
-      float* partial = p.workspace + ((t * p.num_heads + head) * splits + split) * (d + 2);
+      float* partial = p.workspace + ((listed * p.num_heads + head) * splits + split) * (d + 2);
       if (threadIdx.x == 0) {
         partial[0] = block_max;
         partial[1] = total;  // 0 for a split without keys.
@@ -397,10 +403,11 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
 
 // One block per (token, head): the splits' partial results merged.
 __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits) {
-  const int64_t t = blockIdx.x;
+  const int64_t listed = blockIdx.x;
+  const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
   const int64_t head = blockIdx.y;
   const int64_t d = p.head_dim;
-  const float* partials = p.workspace + (t * p.num_heads + head) * splits * (d + 2);
+  const float* partials = p.workspace + (listed * p.num_heads + head) * splits * (d + 2);
   float global_max = -INFINITY;
   for (int s = 0; s < splits; ++s) {
     const float* partial = partials + s * (d + 2);
@@ -419,6 +426,121 @@ __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits)
       if (partial[1] > 0.0f) sum += partial[2 + c] * expf(partial[0] - global_max);
     }
     out[c] = sum / total;
+  }
+}
+
+// --- Tiled prefill attention ---
+//
+// One block per (tile, KV head): a tile is up to kTileRows (token, query head) rows, the
+// tile's tokens consecutive tokens of one sequence and the heads the KV head's group. The
+// block walks the keys up to the tile's last position kTileKeys at a time, loading each key
+// and value tile into shared memory once for all its rows (instead of once per token and
+// head), computing the tile of scores, an online softmax per row, and the rows' weighted
+// values. Used for prefill chunks of at least kTiledMinTokens tokens and head_dim up to
+// kTiledMaxHeadDim.
+constexpr int kTileRows = 32;
+constexpr int kTileKeys = 32;
+constexpr int kTiledThreads = 128;
+constexpr int kTiledOutputs = kTileRows * kTiledMaxHeadDim / kTiledThreads;
+
+__global__ void __launch_bounds__(kTiledThreads)
+    TiledPrefillAttentionKernel(PagedAttentionParams p, int group) {
+  const int32_t first = p.tiles[2 * blockIdx.x];
+  const int32_t count = p.tiles[2 * blockIdx.x + 1];
+  const int64_t kv_head = blockIdx.y;
+  const int64_t d = p.head_dim;
+  const int rows = count * group;
+  const int64_t kv_row = p.num_kv_heads * d;
+  const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[first]];
+  const int64_t last_position = p.positions[first + count - 1];
+
+  __shared__ float q_tile[kTileRows][kTiledMaxHeadDim];
+  __shared__ uint16_t k_tile[kTileKeys][kTiledMaxHeadDim + 2];  // +2: no bank conflicts.
+  __shared__ uint16_t v_tile[kTileKeys][kTiledMaxHeadDim];
+  __shared__ float scores[kTileRows][kTileKeys + 1];
+  __shared__ float row_max[kTileRows];
+  __shared__ float row_sum[kTileRows];
+  __shared__ float row_scale[kTileRows];
+  __shared__ int64_t row_position[kTileRows];
+
+  // Row r: token first + r / group, query head kv_head · group + r % group.
+  for (int64_t i = threadIdx.x; i < rows * d; i += blockDim.x) {
+    const int64_t r = i / d;
+    const int64_t head = kv_head * group + r % group;
+    q_tile[r][i % d] = p.q[((first + r / group) * p.num_heads + head) * d + i % d];
+  }
+  if (threadIdx.x < kTileRows) {
+    row_max[threadIdx.x] = -INFINITY;
+    row_sum[threadIdx.x] = 0.0f;
+    row_position[threadIdx.x] =
+        static_cast<int>(threadIdx.x) < rows ? p.positions[first + threadIdx.x / group] : -1;
+  }
+  float accumulator[kTiledOutputs];
+#pragma unroll
+  for (int i = 0; i < kTiledOutputs; ++i) accumulator[i] = 0.0f;
+
+  for (int64_t key_start = 0; key_start <= last_position; key_start += kTileKeys) {
+    const int64_t num_keys =
+        last_position + 1 - key_start < kTileKeys ? last_position + 1 - key_start : kTileKeys;
+    __syncthreads();  // The previous tile's keys, values and scores are used up.
+    for (int64_t i = threadIdx.x; i < num_keys * d; i += blockDim.x) {
+      const int64_t j = i / d;
+      const int64_t c = i % d;
+      const int64_t key_position = key_start + j;
+      const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+                           key_position % p.block_size;
+      k_tile[j][c] = p.key_cache[slot * kv_row + kv_head * d + c];
+      v_tile[j][c] = p.value_cache[slot * kv_row + kv_head * d + c];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < kTileRows * kTileKeys; i += blockDim.x) {
+      const int r = i / kTileKeys;
+      const int j = i % kTileKeys;
+      float score = -INFINITY;
+      if (r < rows && j < num_keys && key_start + j <= row_position[r]) {
+        float dot = 0.0f;
+        for (int64_t c = 0; c < d; ++c) dot += q_tile[r][c] * Bf16BitsToFloat(k_tile[j][c]);
+        score = dot * p.scale;
+      }
+      scores[r][j] = score;
+    }
+    __syncthreads();
+    if (threadIdx.x < kTileRows && static_cast<int>(threadIdx.x) < rows) {
+      const int r = threadIdx.x;
+      float tile_max = -INFINITY;
+      for (int j = 0; j < num_keys; ++j) tile_max = fmaxf(tile_max, scores[r][j]);
+      const float new_max = fmaxf(row_max[r], tile_max);
+      // Key 0 is in every row's past, so new_max is finite from the first tile on.
+      const float scale = expf(row_max[r] - new_max);
+      float sum = 0.0f;
+      for (int j = 0; j < num_keys; ++j) {
+        const float weight = expf(scores[r][j] - new_max);  // 0 for masked keys.
+        scores[r][j] = weight;
+        sum += weight;
+      }
+      row_sum[r] = row_sum[r] * scale + sum;
+      row_max[r] = new_max;
+      row_scale[r] = scale;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kTiledOutputs; ++i) {
+      const int64_t o = threadIdx.x + static_cast<int64_t>(i) * kTiledThreads;
+      const int64_t r = o / d;
+      if (r >= rows) continue;
+      const int64_t c = o % d;
+      float sum = accumulator[i] * row_scale[r];
+      for (int j = 0; j < num_keys; ++j) sum += scores[r][j] * Bf16BitsToFloat(v_tile[j][c]);
+      accumulator[i] = sum;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kTiledOutputs; ++i) {
+    const int64_t o = threadIdx.x + static_cast<int64_t>(i) * kTiledThreads;
+    const int64_t r = o / d;
+    if (r >= rows) continue;
+    const int64_t head = kv_head * group + r % group;
+    p.out[((first + r / group) * p.num_heads + head) * d + o % d] = accumulator[i] / row_sum[r];
   }
 }
 
@@ -899,9 +1021,10 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream) {
 }
 
 int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params) {
-  if (params.num_tokens == 0 || !GroupedAttention(params)) return 0;
+  if (PerTokenCount(params) == 0 || !GroupedAttention(params)) return 0;
   const int splits = AttentionSplits(params);
-  return splits == 1 ? 0 : params.num_tokens * params.num_heads * splits * (params.head_dim + 2);
+  return splits == 1 ? 0
+                     : PerTokenCount(params) * params.num_heads * splits * (params.head_dim + 2);
 }
 
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream) {
@@ -917,15 +1040,27 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     CheckLaunch("PagedAttentionKernel");
     return;
   }
+  const int group = static_cast<int>(params.num_heads / params.num_kv_heads);
+  if (params.num_tiles > 0) {
+    if (params.head_dim > kTiledMaxHeadDim || params.tiles == nullptr) {
+      FatalCudaError("LaunchPagedAttention", "prefill tiles for a head_dim above 128", __FILE__,
+                     __LINE__);
+    }
+    const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
+                         static_cast<unsigned>(params.num_kv_heads));
+    TiledPrefillAttentionKernel<<<tile_grid, kTiledThreads, 0, stream>>>(params, group);
+    CheckLaunch("TiledPrefillAttentionKernel");
+  }
+  if (PerTokenCount(params) == 0) return;
   const int splits = AttentionSplits(params);
   if (splits > 1 && params.workspace == nullptr) {
     FatalCudaError("LaunchPagedAttention", "split attention without its workspace", __FILE__,
                    __LINE__);
   }
-  const dim3 grid(static_cast<unsigned>(params.num_tokens),
+  const dim3 grid(static_cast<unsigned>(PerTokenCount(params)),
                   static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
   constexpr int kAttentionThreads = kAttentionWarps * kWarpSize;
-  switch (params.num_heads / params.num_kv_heads) {
+  switch (group) {
     case 1:
       GroupedAttentionKernel<1><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
       break;
@@ -953,7 +1088,7 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   }
   CheckLaunch("GroupedAttentionKernel");
   if (splits == 1) return;
-  const dim3 combine_grid(static_cast<unsigned>(params.num_tokens),
+  const dim3 combine_grid(static_cast<unsigned>(PerTokenCount(params)),
                           static_cast<unsigned>(params.num_heads));
   CombineAttentionSplitsKernel<<<combine_grid, RowThreads(params.head_dim), 0, stream>>>(params,
                                                                                          splits);

@@ -65,8 +65,23 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);
 // key positions are split among blocks whose partial results (running max, sum, weighted
 // values) are merged by a second kernel (flash-decoding). Otherwise one block per (token,
 // query head).
+//
+// Prefill chunks of at least kTiledMinTokens tokens go to a tiled kernel instead (where the
+// group is at most kMaxAttentionGroup and head_dim at most kTiledMaxHeadDim): a block per
+// tile of up to 32 (token, query head) rows of one KV head loads each key and value tile
+// into shared memory once for all its rows. The caller lists the tiles and the tokens left
+// for the per-token kernels (TiledAttentionApplies says when).
 inline constexpr int64_t kMaxHeadDim = 256;
 inline constexpr int64_t kMaxAttentionGroup = 8;
+inline constexpr int64_t kTiledMaxHeadDim = 128;
+inline constexpr int64_t kTiledMinTokens = 16;
+// Tokens of one sequence per tile for a group of `group` query heads per KV head.
+inline int64_t TiledAttentionTileTokens(int64_t group) {
+  return 32 / group;
+}
+inline bool TiledAttentionApplies(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim) {
+  return num_heads / num_kv_heads <= kMaxAttentionGroup && head_dim <= kTiledMaxHeadDim;
+}
 struct PagedAttentionParams {
   const float* q = nullptr;
   float* out = nullptr;
@@ -87,6 +102,12 @@ struct PagedAttentionParams {
   int num_multiprocessors = 1;
   // Scratch of PagedAttentionWorkspaceFloats(params) floats for split partial results.
   float* workspace = nullptr;
+  // Prefill tiles (num_tiles pairs of first token, token count), and the tokens left for the
+  // per-token kernels (num_listed_tokens of them); token_list null: every token, no tiles.
+  const int32_t* tiles = nullptr;
+  int64_t num_tiles = 0;
+  const int32_t* token_list = nullptr;
+  int64_t num_listed_tokens = 0;
 };
 // Floats of workspace LaunchPagedAttention needs for `params` (0: none).
 int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params);

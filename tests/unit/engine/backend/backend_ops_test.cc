@@ -488,6 +488,9 @@ std::vector<OpCase> AllCases() {
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 8, 1, 256, 16));
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 16, 1, 64, 16));
   cases.push_back(PagedAttentionCase("long_decodes", {{1500, 1}}, 7, 1, 80, 4));
+  // Prefill chunks in tiles (CUDA): after a cached prefix spanning several key tiles, exactly
+  // the tiling threshold (16 tokens), a group of 3 (tiles of 10 tokens), an odd head_dim.
+  cases.push_back(PagedAttentionCase("tiled_prefill", {{130, 37}, {0, 16}, {5, 15}}, 6, 2, 72, 16));
   for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
   cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));
