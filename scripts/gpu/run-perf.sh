@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# Issue #11's speed measurements in one go, on a machine with an NVIDIA GPU, from the
+# repository root, with .gpu/bundle.tar.xz made by scripts/gpu/prepare.sh (it carries
+# inferbox-bench, the daemon, its engine and inferboxctl). Through the workplace's device tool:
+#
+#   run(command="bash scripts/gpu/run-perf.sh", carry=[".gpu"], timeout_s=600)
+#
+# On a random-weight Llama-3.1-8B-shaped model (made here, kept in $PERF_MODEL_CACHE for the
+# next run on the same machine), in this order, each step under a time limit so that the
+# whole run ends within $PERF_BUDGET_S seconds (540) and what did not fit says so:
+#   ours, in-process (inferbox-bench --device cuda): one stream 128 in / 256 out beside the
+#     bandwidth floor; TTFT and prefill MFU at 1k, 4k and 8k prompt tokens; offline
+#     throughput at 128/128 and 1000/1000 with 256 requests in flight;
+#   ours, through the daemon (inferboxd with API keys required, inferbox-bench --url): the
+#     128/128 workload and one stream, to compare with in-process;
+#   the peer (scripts/gpu/hf_peer_bench.py: Hugging Face transformers, same GPU and folder):
+#     one stream eager, TTFT, batched generate at 128/128, one stream with a static cache and
+#     torch.compile, batched generate at 1000/1000;
+#   ours, in-process, with what is left: 2048/128 with 256 requests in flight.
+# Then scripts/gpu/perf_report.py prints ours, the peer, ours/peer and the targets. Logs go to
+# $OUT (else .gpu/out) as perf-logs.tar.gz, with perf-records.jsonl (every JSON record) and
+# perf-table.txt.
+#
+# Knobs (environment): PERF_DEVICE (cuda; cpu for a dry run of the script with a tiny model),
+# PERF_MODEL (an existing model folder instead of the 8B one), PERF_MODEL_CACHE
+# (/tmp/inferbox-perf), PERF_BUDGET_S, PERF_PEAK_TFLOPS (else from the GPU's name),
+# PERF_TOKEN_BUDGET (8192: tokens per engine step, in-process and in the daemon alike),
+# PERF_ONE_STREAM ("128 256"), PERF_TTFT ("1024,4096,8192"), PERF_THROUGHPUT (IN:OUT:CONCURRENCY:
+# REQUESTS, space-separated; "128:128:256:512 1000:1000:256:256"), PERF_THROUGHPUT_LAST (the
+# same, run last; "2048:128:256:256"), PERF_DAEMON (the same form; "128:128:256:512"),
+# PERF_PEER_BATCH (IN:OUT:BATCH; "128:128:256 1000:1000:64": transformers holds every
+# sequence's whole cache, and 1000/1000 at 256 does not fit 80 GB), PERF_SKIP_PEER=1,
+# PERF_RESERVE_DAEMON_S (90) and PERF_RESERVE_PEER_S (200): the seconds kept for those phases
+# while the ones before run.
+#
+# A dry run of the script itself on a machine without a GPU (docs/performance.md):
+#   PERF_DEVICE=cpu PERF_MODEL=/tmp/tiny PERF_SKIP_PEER=1 PERF_ONE_STREAM="32 16" \
+#   PERF_TTFT=64,256 PERF_THROUGHPUT="32:16:8:16" PERF_THROUGHPUT_LAST= \
+#   PERF_DAEMON="32:16:8:16" bash scripts/gpu/run-perf.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+source scripts/gpu/bundle.sh
+started=$SECONDS
+bundle_open
+bundle_wrappers
+results=$out
+out=$work/logs
+mkdir -p "$out"
+bin=$work/run
+
+device=${PERF_DEVICE:-cuda}
+budget=${PERF_BUDGET_S:-540}
+deadline=$((started + budget))
+token_budget=${PERF_TOKEN_BUDGET:-8192}
+one_stream=(${PERF_ONE_STREAM:-128 256})
+ttft_lengths=${PERF_TTFT:-1024,4096,8192}
+throughput=(${PERF_THROUGHPUT-128:128:256:512 1000:1000:256:256})
+throughput_last=(${PERF_THROUGHPUT_LAST-2048:128:256:256})
+daemon_workloads=(${PERF_DAEMON-128:128:256:512})
+peer_batches=(${PERF_PEER_BATCH-128:128:256 1000:1000:64})
+# Seconds kept back for the phases after ours: the daemon, then the peer.
+reserve_daemon=${PERF_RESERVE_DAEMON_S:-90}
+reserve_peer=${PERF_RESERVE_PEER_S:-200}
+
+if [ "$device" = cuda ]; then
+  gpu=$(nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -1)
+else
+  gpu="none (--device $device)"
+fi
+case "$gpu" in
+  *"H100 PCIe"*) peak=756 ;;  # Dense BF16, NVIDIA's data sheets.
+  *H100* | *H200* | *GH200*) peak=989 ;;
+  *A100*) peak=312 ;;
+  *) peak=989 ;;
+esac
+peak=${PERF_PEAK_TFLOPS:-$peak}
+echo "GPU: $gpu; peak for MFU: $peak TFLOP/s; budget ${budget}s"
+
+save_logs() {
+  tar -C "$out" -czf "$results/perf-logs.tar.gz" . 2>/dev/null
+}
+
+# capped RESERVE CAP NAME LOG COMMAND...: a step under `timeout`, limited to CAP seconds and
+# to what the budget leaves after RESERVE seconds for later phases; skipped when under 15 s
+# would be left.
+capped() {
+  local reserve=$1 cap=$2 name=$3 log=$4
+  shift 4
+  local left=$((deadline - SECONDS - reserve))
+  local limit=$((cap < left ? cap : left))
+  if [ "$limit" -lt 15 ]; then
+    echo "skipped: the budget of ${budget}s was spent" >"$out/$log"
+    summary+=("$(printf '%-36s %-7s' "$name" "SKIPPED (out of time)")")
+    return 124
+  fi
+  step "$name" "$log" timeout -k 10 "$limit" "$@"
+  local code=$?
+  [ $code -eq 124 ] && echo "timed out after ${limit}s" >>"$out/$log"
+  save_logs
+  return $code
+}
+
+if [ -n "${PERF_MODEL:-}" ]; then
+  model=$PERF_MODEL
+else
+  model=${PERF_MODEL_CACHE:-/tmp/inferbox-perf}/llama-3.1-8b
+  step "make Llama-3.1-8B (random)" make-model.log make_llama_8b "$model"
+fi
+bench=("$bin/inferbox-bench" --device "$device" --model "$model" --token-budget "$token_budget")
+ours_reserve=$((reserve_daemon + reserve_peer))
+
+# --- ours, in-process ---
+capped $ours_reserve 60 "ours: 1 stream ${one_stream[0]}/${one_stream[1]}" ours-one-stream.log \
+  "${bench[@]}" --input-len "${one_stream[0]}" --output-len "${one_stream[1]}" --concurrency 1 \
+  --num-requests 3 --warmup 1 --seed 1 --json
+capped $ours_reserve 60 "ours: TTFT $ttft_lengths" ours-ttft.log \
+  "${bench[@]}" --ttft "$ttft_lengths" --ttft-repeats 3 --warmup 1 --peak-tflops "$peak" --seed 2 \
+  --json
+# Each workload has its own seed (the daemon runs it with the same one): no run's prompts
+# can hit the prefix cache another run of the same daemon left.
+seed_of() { cksum <<<"$1" | cut -d' ' -f1; }
+# throughput RESERVE WORKLOAD...: offline runs. Long outputs get no warm-up requests (one would
+# cost as many decode steps as the run); the one-time costs it would absorb (kernel loading,
+# GEMM algorithm choice) are a small part of such a run.
+throughput() {
+  local reserve=$1 workload in_len out_len concurrency requests warmup
+  shift
+  for workload in "$@"; do
+    IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+    warmup=$((out_len > 256 ? 0 : 4))
+    capped "$reserve" 120 "ours: ${in_len}/${out_len} at ${concurrency}" "ours-${in_len}x${out_len}.log" \
+      "${bench[@]}" --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+      --num-requests "$requests" --warmup "$warmup" --seed "$(seed_of "$workload")" --json
+  done
+}
+throughput $ours_reserve "${throughput[@]}"
+
+# --- ours, through the daemon ---
+run_daemon_phase() {
+  local dir=$work/daemon
+  mkdir -p "$dir"
+  write_config() {  # write_config REQUIRE_KEYS
+    local placement=""
+    [ "$device" = cuda ] && placement='gpus = [0]'
+    cat >"$dir/inferbox.toml" <<TOML
+[server]
+grpc_listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+http_listen = "127.0.0.1:0"
+shutdown_timeout_seconds = 10
+[log]
+level = "info"
+[auth]
+require_keys = $1
+[engines]
+executable = "$bin/inferbox-engine"
+[[models]]
+name = "perf"
+path = "$model"
+device = "$device"
+$placement
+max_running = 256
+token_budget = $token_budget
+max_model_len = $max_model_len
+TOML
+  }
+  http_status() {  # http_status URL [KEY]: the status code, 0 when none came
+    python3 - "$@" <<'PY'
+import sys, urllib.request, urllib.error
+request = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2:
+    request.add_header("Authorization", "Bearer " + sys.argv[2])
+try:
+    print(urllib.request.urlopen(request, timeout=5).status)
+except urllib.error.HTTPError as error:
+    print(error.code)
+except Exception:
+    print(0)
+PY
+  }
+  wait_for() {  # wait_for SECONDS COMMAND...: until COMMAND succeeds (not once the model failed)
+    local until=$((SECONDS + $1))
+    shift
+    while [ $SECONDS -lt $until ]; do
+      "$@" && return 0
+      kill -0 "$daemon_pid" 2>/dev/null || return 1
+      grep -q 'is degraded' "$out/daemon.log" && return 1
+      sleep 1
+    done
+    return 1
+  }
+  # The context the daemon's runs need: its KV cache is sized for max_running sequences of it.
+  local max_model_len=$((one_stream[0] + one_stream[1])) workload in_len out_len concurrency requests
+  for workload in "${daemon_workloads[@]}"; do
+    IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+    [ $((in_len + out_len)) -gt "$max_model_len" ] && max_model_len=$((in_len + out_len))
+  done
+  write_config false
+  "$bin/inferboxd" --config "$dir/inferbox.toml" --state-dir "$dir/state" --runtime-dir "$dir/run" \
+    >"$out/daemon.log" 2>&1 &
+  daemon_pid=$!
+  local http="" grpc=""
+  if wait_for 30 test -f "$dir/run/listeners.toml"; then
+    http=$(sed -n 's/^http = "\(.*\)"$/\1/p' "$dir/run/listeners.toml")
+    grpc=$(sed -n 's/^grpc = "\(.*\)"$/\1/p' "$dir/run/listeners.toml")
+  fi
+  local ready=1
+  if [ -z "$http" ] || ! wait_for 240 test "$(http_status "http://$http/health")" = 200; then
+    echo "the daemon did not become ready; its log: daemon.log" | tee -a "$out/daemon.log"
+    ready=0
+  fi
+  local key=""
+  if [ $ready = 1 ]; then
+    # The first key is made on the keyless loopback box, then keys become required (reload).
+    key=$("$bin/inferboxctl" --address "$grpc" keys create --name perf --role inference --json |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
+    write_config true
+    kill -HUP "$daemon_pid"
+    if [ -z "$key" ] || ! wait_for 60 test "$(http_status "http://$http/v1/models")" = 401 ||
+      ! wait_for 120 test "$(http_status "http://$http/health")" = 200; then
+      echo "keys could not be turned on; its log: daemon.log" | tee -a "$out/daemon.log"
+      ready=0
+    fi
+  fi
+  if [ $ready = 1 ]; then
+    for workload in "${daemon_workloads[@]}"; do
+      IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+      INFERBOX_API_KEY=$key capped $reserve_peer 120 "daemon: ${in_len}/${out_len} at ${concurrency}" \
+        "daemon-${in_len}x${out_len}.log" "$bin/inferbox-bench" --model "$model" --url "http://$http" \
+        --served-model perf --num-gpus 1 --input-len "$in_len" --output-len "$out_len" \
+        --concurrency "$concurrency" --num-requests "$requests" --warmup 4 \
+        --seed "$(seed_of "$workload")" --json
+    done
+    INFERBOX_API_KEY=$key capped $reserve_peer 60 "daemon: 1 stream ${one_stream[0]}/${one_stream[1]}" \
+      daemon-one-stream.log "$bin/inferbox-bench" --model "$model" --url "http://$http" \
+      --served-model perf --num-gpus 1 --input-len "${one_stream[0]}" --output-len "${one_stream[1]}" \
+      --concurrency 1 --num-requests 3 --warmup 1 --seed 1 --json
+  else
+    summary+=("$(printf '%-36s %-7s' "daemon" "FAIL (see daemon.log)")")
+  fi
+  kill -TERM "$daemon_pid" 2>/dev/null
+  local waited=0
+  while kill -0 "$daemon_pid" 2>/dev/null && [ $waited -lt 30 ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  kill -KILL "$daemon_pid" 2>/dev/null
+  wait "$daemon_pid" 2>/dev/null
+  save_logs
+}
+run_daemon_phase
+
+# --- the peer ---
+if [ "${PERF_SKIP_PEER:-0}" != 1 ]; then
+  peer_args=(--model "$model" --device "$device" --one-stream "${one_stream[0]},${one_stream[1]}"
+    --ttft "$ttft_lengths" --peak-tflops "$peak")
+  for batch in "${peer_batches[@]}"; do peer_args+=(--batch "${batch//:/,}"); done
+  capped 15 100000 "peer: transformers" peer.log python3 scripts/gpu/hf_peer_bench.py "${peer_args[@]}"
+fi
+
+# --- ours, what is left ---
+throughput 5 "${throughput_last[@]}"
+
+echo
+echo "== steps ($gpu), $((SECONDS - started))s"
+printf '%s\n' "${summary[@]}"
+echo
+cat "$out"/*.log | grep '^{"bench"' >"$results/perf-records.jsonl"
+python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
+  "$out"/ours-*.log "$out"/daemon-*.log "$out"/peer.log | tee "$results/perf-table.txt"
+save_logs
+bundle_close

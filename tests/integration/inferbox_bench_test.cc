@@ -1,0 +1,178 @@
+// inferbox-bench as people run it, on the CPU with a tiny model: the offline run (throughput,
+// per-stream decode rate beside the bandwidth floor), time to first token with prefill MFU,
+// and the daemon's HTTP path against a real inferboxd with API keys required. Sizes are kept
+// small: these check the tool's output, not any speed.
+#include <signal.h>
+
+#include <fstream>
+
+#include <gmock/gmock.h>
+#include <google/protobuf/util/json_util.h>
+#include <gtest/gtest.h>
+#include <boost/json.hpp>
+
+#include "daemon_fixture.h"
+#include "inferbox/v1/admin.pb.h"
+#include "tiny_model.h"
+
+namespace inferbox::testing {
+namespace {
+
+namespace json = boost::json;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+class InferboxBenchTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new TempDir();
+    MakeTinyModel(model(), "qwen3", {"--arch", "qwen3", "--seed", "3"}, scratch_->path());
+  }
+  static void TearDownTestSuite() { delete scratch_; }
+  static std::filesystem::path model() { return scratch_->path() / "tiny"; }
+
+  CommandResult Bench(std::vector<std::string> arguments,
+                      const std::vector<std::string>& set_env = {}) {
+    arguments.insert(arguments.begin(), {INFERBOX_BENCH_PATH, "--model", model().string()});
+    return RunCommand(arguments, dir_.path(), 120s, set_env);
+  }
+  // The one JSON object --json prints.
+  static json::object ParseJson(const CommandResult& result) {
+    boost::system::error_code ec;
+    json::value value = json::parse(result.out, ec);
+    EXPECT_FALSE(ec) << "--json printed no JSON: " << result.out << result.err;
+    return value.is_object() ? value.get_object() : json::object();
+  }
+  static double Number(const json::value& value) { return value.to_number<double>(); }
+
+  static TempDir* scratch_;
+  TempDir dir_;
+};
+
+TempDir* InferboxBenchTest::scratch_ = nullptr;
+
+TEST_F(InferboxBenchTest, OfflineRunPrintsThroughputAndTheBandwidthFloor) {
+  const CommandResult result = Bench({"--num-requests", "4", "--input-len", "24", "--output-len",
+                                      "6", "--concurrency", "2", "--json"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const json::object out = ParseJson(result);
+  EXPECT_EQ(out.at("bench"), "offline");
+  EXPECT_EQ(out.at("path"), "in-process");
+  EXPECT_EQ(out.at("output_tokens"), 24) << "4 requests of 6 tokens";
+  EXPECT_GT(Number(out.at("output_tokens_per_second")), 0);
+  EXPECT_EQ(out.at("num_gpus"), 0) << "the CPU backend has no GPU";
+  EXPECT_TRUE(out.at("output_tokens_per_second_per_gpu").is_null());
+  EXPECT_GT(Number(out.at("time_to_first_token_ms").at("p50")), 0);
+  EXPECT_GT(Number(out.at("time_per_output_token_ms").at("mean")), 0);
+  EXPECT_GT(Number(out.at("stream_tokens_per_second")), 0);
+  const json::value& floor = out.at("bandwidth_ceiling");
+  EXPECT_GT(Number(floor.at("weight_bytes_per_decode_step")), 0);
+  EXPECT_GT(Number(floor.at("copy_bandwidth_bytes_per_second")), 0);
+  EXPECT_GT(Number(floor.at("decode_step_ms")), 0);
+  EXPECT_GT(Number(floor.at("stream_percent_of_floor")), 0);
+  EXPECT_EQ(out.at("steps").at("generated_tokens"), 24);
+}
+
+TEST_F(InferboxBenchTest, OneStreamTableShowsMsPerStepBesideTheFloor) {
+  const CommandResult result = Bench({"--num-requests", "1", "--warmup", "0", "--input-len", "16",
+                                      "--output-len", "8", "--concurrency", "1"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_THAT(result.out, HasSubstr("decode step at least"));
+  EXPECT_THAT(result.out, HasSubstr("1 stream measured"));
+  EXPECT_THAT(result.out, HasSubstr("ms/step"));
+  EXPECT_THAT(result.out, HasSubstr("% of the floor"));
+  EXPECT_THAT(result.out, HasSubstr("output tokens/s per GPU"));
+}
+
+TEST_F(InferboxBenchTest, TimeToFirstTokenForEachLengthWithMfuAgainstThePeakGiven) {
+  const CommandResult result =
+      Bench({"--ttft", "16,96", "--ttft-repeats", "2", "--peak-tflops", "2.5", "--json"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const json::object out = ParseJson(result);
+  EXPECT_EQ(out.at("bench"), "ttft");
+  EXPECT_EQ(Number(out.at("peak_tflops")), 2.5);
+  const json::array& prompts = out.at("prompts").as_array();
+  ASSERT_EQ(prompts.size(), 2u);
+  EXPECT_EQ(prompts[0].at("input_len"), 16);
+  EXPECT_EQ(prompts[1].at("input_len"), 96);
+  for (const json::value& prompt : prompts) {
+    EXPECT_EQ(prompt.at("repeats"), 2);
+    EXPECT_GT(Number(prompt.at("time_to_first_token_ms").at("p50")), 0);
+    EXPECT_GT(Number(prompt.at("forward_ms")), 0);
+    EXPECT_GT(Number(prompt.at("prefill_flops")), 0);
+    EXPECT_GT(Number(prompt.at("mfu_percent")), 0);
+    EXPECT_NEAR(Number(prompt.at("mfu_percent")),
+                100.0 * Number(prompt.at("achieved_tflops")) / 2.5, 1e-9);
+  }
+  EXPECT_GT(Number(prompts[1].at("prefill_flops")), Number(prompts[0].at("prefill_flops")));
+
+  const CommandResult table = Bench({"--ttft", "16", "--ttft-repeats", "1"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("peak used: 989.0 TFLOP/s (--peak-tflops)"));
+  EXPECT_THAT(table.out, HasSubstr("MFU"));
+}
+
+TEST_F(InferboxBenchTest, RefusesWhatCannotRun) {
+  EXPECT_EQ(Bench({"--ttft", "0"}).exit_code, 2);
+  const CommandResult too_long = Bench({"--ttft", "16,4096"});
+  EXPECT_EQ(too_long.exit_code, 2);
+  EXPECT_THAT(too_long.err, HasSubstr("do not fit the model's context"));
+  EXPECT_EQ(Bench({"--input-len", "500", "--output-len", "100"}).exit_code, 2);
+  EXPECT_EQ(Bench({"--peak-tflops", "0"}).exit_code, 2);
+}
+
+TEST_F(InferboxBenchTest, DrivesTheDaemonsOpenAiStreamWithAnApiKey) {
+  const auto config = [](bool require_keys) {
+    return TestConfig() + "[auth]\nrequire_keys = " + (require_keys ? "true" : "false") +
+           "\n[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+           "\"\n[[models]]\nname = \"tiny\"\n"
+           "path = \"" +
+           model().string() + "\"\nkv_cache_gib = 0.2\nmax_running = 16\n";
+  };
+  // The first key is made on the keyless loopback box, then keys become required.
+  DaemonProcess daemon(dir_, {.config_text = config(false)});
+  ASSERT_TRUE(daemon.WaitReady());
+  const CommandResult created =
+      RunCommand({INFERBOXCTL_PATH, "--address", daemon.grpc_address(), "keys", "create", "--name",
+                  "bench", "--role", "inference", "--json"},
+                 dir_.path());
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  inferbox::v1::CreateKeyResponse key;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(created.out, &key).ok()) << created.out;
+  std::ofstream(daemon.config_path()) << config(true);
+  daemon.process().Signal(SIGHUP);
+  ASSERT_TRUE(daemon.notify().WaitFor("RELOADING=1", 10s).has_value()) << daemon.Logs();
+  ASSERT_TRUE(daemon.notify().WaitFor("READY=1", 10s).has_value()) << daemon.Logs();
+  ASSERT_TRUE(daemon.WaitInferenceServing());
+
+  const std::string url = "http://" + daemon.http_address();
+  const CommandResult result =
+      Bench({"--url", url, "--served-model", "tiny", "--num-requests", "6", "--input-len", "20",
+             "--output-len", "5", "--concurrency", "3", "--num-gpus", "1", "--json"},
+            {"INFERBOX_API_KEY=" + key.secret()});
+  ASSERT_EQ(result.exit_code, 0) << result.err << "\ndaemon log:\n" << daemon.Logs();
+  const json::object out = ParseJson(result);
+  EXPECT_EQ(out.at("path"), "http");
+  EXPECT_EQ(out.at("output_tokens"), 30) << "6 requests of 5 tokens, by the usage";
+  EXPECT_GT(Number(out.at("output_tokens_per_second")), 0);
+  EXPECT_EQ(Number(out.at("output_tokens_per_second_per_gpu")),
+            Number(out.at("output_tokens_per_second")));
+  EXPECT_GT(Number(out.at("time_to_first_token_ms").at("p50")), 0);
+  EXPECT_GT(Number(out.at("time_per_output_token_ms").at("mean")), 0);
+  EXPECT_FALSE(out.contains("bandwidth_ceiling")) << "no backend in the bench process";
+
+  const CommandResult ttft = Bench({"--url", url, "--served-model", "tiny", "--api-key",
+                                    key.secret(), "--ttft", "32", "--ttft-repeats", "2"});
+  ASSERT_EQ(ttft.exit_code, 0) << ttft.err;
+  EXPECT_THAT(ttft.out, HasSubstr("over HTTP to " + url));
+  EXPECT_THAT(ttft.out, HasSubstr("peak used: 989.0 TFLOP/s"));
+
+  const CommandResult keyless =
+      Bench({"--url", url, "--served-model", "tiny", "--num-requests", "1", "--warmup", "0"},
+            {"INFERBOX_API_KEY="});
+  EXPECT_EQ(keyless.exit_code, 1);
+  EXPECT_THAT(keyless.err, HasSubstr("HTTP 401"));
+}
+
+}  // namespace
+}  // namespace inferbox::testing

@@ -1,0 +1,43 @@
+// inferbox-bench's command line (tools/bench/inferbox_bench.cc parses it).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace inferbox::engine::bench {
+
+struct Options {
+  std::filesystem::path model;
+  std::string device = "cpu";
+  int32_t tensor_parallel = 1;
+  int64_t num_requests = 64;
+  int64_t input_len = 128;
+  int64_t output_len = 64;
+  int64_t concurrency = 1;
+  int32_t block_size = 16;
+  int32_t num_blocks = 0;          // From the workload (and the GPU's free memory) unless given.
+  bool num_blocks_capped = false;  // The default was cut to what the GPU's memory holds.
+  int64_t max_running = 0;         // The concurrency unless given.
+  int64_t token_budget = 512;
+  uint32_t seed = 0;
+  int64_t warmup = 1;
+  bool json = false;
+  // Time to first token instead of the offline run: these prompt lengths, each run
+  // `ttft_repeats` times on its own (after `warmup` requests of the same length).
+  std::vector<int64_t> ttft_lengths;
+  int64_t ttft_repeats = 3;
+  double peak_tflops = 989.0;  // H100 SXM, dense BF16.
+  // The daemon path: requests go to this OpenAI-compatible server instead of an engine loop
+  // in this process (the model folder is then read for its config only).
+  std::string url;
+  std::string api_key;
+  std::string served_model;  // The model's name on the server.
+  int32_t num_gpus = 0;      // GPUs the server's model runs on, for per-GPU numbers (0: unknown).
+
+  bool over_http() const { return !url.empty(); }
+  bool ttft() const { return !ttft_lengths.empty(); }
+};
+
+}  // namespace inferbox::engine::bench
