@@ -362,8 +362,12 @@ class Executor {
           uint3{linear % block.x, linear / block.x % block.y, linear / (block.x * block.y)};
     }
     const int num_warps = (num_threads_ + kWarpSize - 1) / kWarpSize;
+    // Odd blocks run their warps, and the lanes of each warp, last first: a missing
+    // __syncthreads (or __syncwarp) lets a read overtake a write in one of the two orders,
+    // so it shows as a difference from the reference instead of passing by luck.
+    reversed_ = (block_index.x + block_index.y + block_index.z) % 2 == 1;
     while (true) {
-      for (int warp = 0; warp < num_warps; ++warp) RunWarp(warp);
+      for (int i = 0; i < num_warps; ++i) RunWarp(reversed_ ? num_warps - 1 - i : i);
       // Every thread waits at __syncthreads or has ended.
       bool waiting = false;
       for (int t = 0; t < num_threads_; ++t) {
@@ -382,7 +386,8 @@ class Executor {
     const int first = warp * kWarpSize;
     const int end = std::min(first + kWarpSize, num_threads_);
     while (true) {
-      for (int t = first; t < end; ++t) {
+      for (int i = 0; i < end - first; ++i) {
+        const int t = reversed_ ? end - 1 - i : first + i;
         const FiberState state = fibers_[static_cast<size_t>(t)].state;
         if (state == FiberState::kNotStarted || state == FiberState::kRunnable) Resume(t);
       }
@@ -475,6 +480,7 @@ class Executor {
   int num_threads_ = 0;
   int current_ = -1;
   bool running_ = false;
+  bool reversed_ = false;
 };
 
 Executor& ThreadExecutor() {
