@@ -233,7 +233,7 @@ class CudaStepInputs final : public StepInputs {
   int64_t half() const { return half_; }
   int64_t max_position() const { return max_position_; }
 
-  // The step's tokens for attention with `group` query heads per KV head: prefill chunks of
+  // The step's tokens for attention in tiles of `tile_tokens_wide` tokens: prefill chunks of
   // at least kTiledMinTokens tokens in tiles, the other tokens listed for the per-token
   // kernels. Made and uploaded once per step (every layer has the same).
   struct AttentionLists {
@@ -243,11 +243,11 @@ class CudaStepInputs final : public StepInputs {
     const int32_t* token_list = nullptr;
     int64_t num_listed = 0;
   };
-  const AttentionLists& ListsFor(int64_t group, cudaStream_t stream) const {
-    if (auto found = lists_.find(group); found != lists_.end()) return found->second;
+  const AttentionLists& ListsFor(int64_t tile_tokens_wide, cudaStream_t stream) const {
+    if (auto found = lists_.find(tile_tokens_wide); found != lists_.end()) return found->second;
     std::vector<int32_t> tiles;
     std::vector<int32_t> listed;
-    const auto tile_tokens = static_cast<int32_t>(TiledAttentionTileTokens(group));
+    const auto tile_tokens = static_cast<int32_t>(tile_tokens_wide);
     for (const auto& [first, count] : sequence_tokens_) {
       if (count >= kTiledMinTokens) {
         for (int32_t start = 0; start < count; start += tile_tokens) {
@@ -269,7 +269,7 @@ class CudaStepInputs final : public StepInputs {
                                         stream));
     lists.tiles = lists.memory.as<int32_t>();
     lists.token_list = lists.tiles + 2 * lists.num_tiles;
-    return lists_.emplace(group, std::move(lists)).first->second;
+    return lists_.emplace(tile_tokens_wide, std::move(lists)).first->second;
   }
 
   const int32_t* token_ids = nullptr;
@@ -618,7 +618,8 @@ class CudaBackend final : public Backend {
     params.max_position = inputs.max_position();
     params.num_multiprocessors = num_multiprocessors_;
     if (TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
-      const auto& lists = inputs.ListsFor(num_heads / params.num_kv_heads, stream_);
+      const auto& lists = inputs.ListsFor(
+          TiledAttentionTileTokens(num_heads / params.num_kv_heads, params.head_dim), stream_);
       params.tiles = lists.tiles;
       params.num_tiles = lists.num_tiles;
       params.token_list = lists.token_list;

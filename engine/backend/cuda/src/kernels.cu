@@ -6,6 +6,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 
 #include "kernels.h"
 
@@ -544,6 +545,200 @@ __global__ void __launch_bounds__(kTiledThreads)
   }
 }
 
+// --- Tensor-core prefill attention ---
+//
+// The tiled prefill above on tensor cores (wmma, BF16 operands, float accumulation), for
+// head_dim a multiple of 16: a block of 4 warps takes a tile of up to 64 (token, query head)
+// rows, 16 per warp. Two passes over the key tiles keep the output in accumulator fragments
+// (whose element layout is the hardware's, so it cannot be rescaled row by row): the first
+// finds each row's max and sum of exp over its keys, the second adds exp(s − max) / sum times
+// the values. Scores are computed twice; the values once.
+constexpr int kTcRows = 64;
+constexpr int kTcKeys = 32;
+constexpr int kTcThreads = 128;
+constexpr int kTcLd = static_cast<int>(kTiledMaxHeadDim) + 8;  // BF16 row stride, padded.
+constexpr int kTcProbLd = kTcKeys + 8;
+constexpr int kTcQBytes = kTcRows * kTcLd * 2;
+constexpr int kTcKvBytes = kTcKeys * kTcLd * 2;
+constexpr int kTcScoreBytes = kTcRows * kTcKeys * 4;
+constexpr int kTcSharedBytes = kTcQBytes + 2 * kTcKvBytes + kTcScoreBytes;
+static_assert(kTcRows * kTcProbLd * 2 <= kTcKvBytes, "probabilities replace the keys");
+static_assert(kTcRows * kTiledMaxHeadDim * 4 <= kTcQBytes + 2 * kTcKvBytes,
+              "the output staging replaces queries, keys and values");
+
+bool TensorCoreAttention(int64_t head_dim) {
+  return head_dim % 16 == 0;
+}
+
+// Loads key (and value) rows key_start .. key_start + kTcKeys of one KV head as BF16, zeros
+// past num_keys.
+__device__ void LoadKeyTile(const PagedAttentionParams& p, const int32_t* table, int64_t kv_head,
+                            int64_t key_start, int64_t num_keys, const uint16_t* cache,
+                            uint16_t* tile) {
+  const int64_t d = p.head_dim;
+  const int64_t kv_row = p.num_kv_heads * d;
+  for (int64_t i = threadIdx.x; i < kTcKeys * d; i += blockDim.x) {
+    const int64_t j = i / d;
+    const int64_t c = i % d;
+    uint16_t bits = 0;
+    if (j < num_keys) {
+      const int64_t key_position = key_start + j;
+      const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+                           key_position % p.block_size;
+      bits = cache[slot * kv_row + kv_head * d + c];
+    }
+    tile[j * kTcLd + c] = bits;
+  }
+}
+
+// The warp's 16 rows × kTcKeys scores (unscaled) into scores (row stride kTcKeys).
+__device__ void TileScores(const __nv_bfloat16* q_rows, const __nv_bfloat16* keys, int64_t d,
+                           float* scores) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTcKeys / 16];
+#pragma unroll
+  for (int n = 0; n < kTcKeys / 16; ++n) wmma::fill_fragment(acc[n], 0.0f);
+  for (int64_t kc = 0; kc < d / 16; ++kc) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+    wmma::load_matrix_sync(a, q_rows + kc * 16, kTcLd);
+#pragma unroll
+    for (int n = 0; n < kTcKeys / 16; ++n) {
+      // Kᵀ: element (k, key) at keys[key · kTcLd + k], column-major.
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
+      wmma::load_matrix_sync(b, keys + n * 16 * kTcLd + kc * 16, kTcLd);
+      wmma::mma_sync(acc[n], a, b, acc[n]);
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < kTcKeys / 16; ++n)
+    wmma::store_matrix_sync(scores + n * 16, acc[n], kTcKeys, wmma::mem_row_major);
+}
+
+__global__ void __launch_bounds__(kTcThreads)
+    TensorCorePrefillAttentionKernel(PagedAttentionParams p, int group) {
+  using namespace nvcuda;
+  __shared__ __align__(32) unsigned char shared[kTcSharedBytes];
+  __shared__ float row_max[kTcRows];
+  __shared__ float row_sum[kTcRows];
+  __shared__ int64_t row_position[kTcRows];
+  auto* q_tile = reinterpret_cast<__nv_bfloat16*>(shared);
+  auto* k_tile = reinterpret_cast<__nv_bfloat16*>(shared + kTcQBytes);
+  auto* v_tile = reinterpret_cast<__nv_bfloat16*>(shared + kTcQBytes + kTcKvBytes);
+  auto* scores = reinterpret_cast<float*>(shared + kTcQBytes + 2 * kTcKvBytes);
+  auto* probabilities = k_tile;                     // Once every warp has its scores.
+  auto* staged = reinterpret_cast<float*>(shared);  // At the end.
+
+  const int32_t first = p.tiles[2 * blockIdx.x];
+  const int32_t count = p.tiles[2 * blockIdx.x + 1];
+  const int64_t kv_head = blockIdx.y;
+  const int64_t d = p.head_dim;
+  const int rows = count * group;
+  const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[first]];
+  const int64_t last_position = p.positions[first + count - 1];
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const __nv_bfloat16* q_rows = q_tile + warp * 16 * kTcLd;
+  float* warp_scores = scores + warp * 16 * kTcKeys;
+
+  // Row r: token first + r / group, query head kv_head · group + r % group; rows past
+  // `rows` are zeros that see no key.
+  for (int64_t i = threadIdx.x; i < kTcRows * d; i += blockDim.x) {
+    const int64_t r = i / d;
+    const int64_t c = i % d;
+    const float value =
+        r < rows ? p.q[((first + r / group) * p.num_heads + kv_head * group + r % group) * d + c]
+                 : 0.0f;
+    q_tile[r * kTcLd + c] = __float2bfloat16(value);
+  }
+  if (threadIdx.x < kTcRows) {
+    const int r = threadIdx.x;
+    row_max[r] = -INFINITY;
+    row_sum[r] = 0.0f;
+    row_position[r] = r < rows ? p.positions[first + r / group] : -1;
+  }
+
+  // Pass 1: each row's max and sum of exp(score − max) over its keys.
+  for (int64_t key_start = 0; key_start <= last_position; key_start += kTcKeys) {
+    const int64_t num_keys =
+        last_position + 1 - key_start < kTcKeys ? last_position + 1 - key_start : kTcKeys;
+    __syncthreads();  // Queries written, the previous keys used.
+    LoadKeyTile(p, table, kv_head, key_start, num_keys, p.key_cache,
+                reinterpret_cast<uint16_t*>(k_tile));
+    __syncthreads();
+    TileScores(q_rows, k_tile, d, warp_scores);
+    __syncwarp();
+    if (lane < 16) {
+      const int r = warp * 16 + lane;
+      const int64_t position = row_position[r];
+      float new_max = row_max[r];
+      for (int j = 0; j < num_keys && key_start + j <= position; ++j)
+        new_max = fmaxf(new_max, warp_scores[lane * kTcKeys + j] * p.scale);
+      if (new_max != -INFINITY) {  // Rows with no key yet (or padding) stay empty.
+        float sum = row_sum[r] * expf(row_max[r] - new_max);
+        for (int j = 0; j < num_keys && key_start + j <= position; ++j)
+          sum += expf(warp_scores[lane * kTcKeys + j] * p.scale - new_max);
+        row_max[r] = new_max;
+        row_sum[r] = sum;
+      }
+    }
+  }
+
+  // Pass 2: the output, exp(score − max) / sum times the values, in accumulators.
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> out[kTiledMaxHeadDim / 16];
+#pragma unroll
+  for (int c = 0; c < kTiledMaxHeadDim / 16; ++c) wmma::fill_fragment(out[c], 0.0f);
+  for (int64_t key_start = 0; key_start <= last_position; key_start += kTcKeys) {
+    const int64_t num_keys =
+        last_position + 1 - key_start < kTcKeys ? last_position + 1 - key_start : kTcKeys;
+    __syncthreads();  // The previous tile's probabilities (over the keys) and values used.
+    LoadKeyTile(p, table, kv_head, key_start, num_keys, p.key_cache,
+                reinterpret_cast<uint16_t*>(k_tile));
+    LoadKeyTile(p, table, kv_head, key_start, num_keys, p.value_cache,
+                reinterpret_cast<uint16_t*>(v_tile));
+    __syncthreads();
+    TileScores(q_rows, k_tile, d, warp_scores);
+    __syncthreads();  // Every warp has its scores: the keys may be overwritten.
+    if (lane < 16) {
+      const int r = warp * 16 + lane;
+      const int64_t position = row_position[r];
+      for (int j = 0; j < kTcKeys; ++j) {
+        const bool seen = j < num_keys && key_start + j <= position && row_sum[r] > 0.0f;
+        const float probability =
+            seen ? expf(warp_scores[lane * kTcKeys + j] * p.scale - row_max[r]) / row_sum[r] : 0.0f;
+        probabilities[r * kTcProbLd + j] = __float2bfloat16(probability);
+      }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int c = 0; c < kTiledMaxHeadDim / 16; ++c) {
+      if (c >= d / 16) break;
+#pragma unroll
+      for (int n = 0; n < kTcKeys / 16; ++n) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::load_matrix_sync(a, probabilities + warp * 16 * kTcProbLd + n * 16, kTcProbLd);
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+        wmma::load_matrix_sync(b, v_tile + n * 16 * kTcLd + c * 16, kTcLd);
+        wmma::mma_sync(out[c], a, b, out[c]);
+      }
+    }
+  }
+  __syncthreads();  // Queries, keys and values used: the output is staged over them.
+  float* warp_staged = staged + warp * 16 * kTiledMaxHeadDim;
+#pragma unroll
+  for (int c = 0; c < kTiledMaxHeadDim / 16; ++c) {
+    if (c >= d / 16) break;
+    wmma::store_matrix_sync(warp_staged + c * 16, out[c], kTiledMaxHeadDim, wmma::mem_row_major);
+  }
+  __syncwarp();
+  for (int64_t i = lane; i < 16 * d; i += kWarpSize) {
+    const int64_t r = warp * 16 + i / d;
+    if (r >= rows) continue;
+    const int64_t c = i % d;
+    p.out[((first + r / group) * p.num_heads + kv_head * group + r % group) * d + c] =
+        warp_staged[(i / d) * kTiledMaxHeadDim + c];
+  }
+}
+
 __global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -1048,8 +1243,13 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     }
     const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
                          static_cast<unsigned>(params.num_kv_heads));
-    TiledPrefillAttentionKernel<<<tile_grid, kTiledThreads, 0, stream>>>(params, group);
-    CheckLaunch("TiledPrefillAttentionKernel");
+    if (TensorCoreAttention(params.head_dim)) {
+      TensorCorePrefillAttentionKernel<<<tile_grid, kTcThreads, 0, stream>>>(params, group);
+      CheckLaunch("TensorCorePrefillAttentionKernel");
+    } else {
+      TiledPrefillAttentionKernel<<<tile_grid, kTiledThreads, 0, stream>>>(params, group);
+      CheckLaunch("TiledPrefillAttentionKernel");
+    }
   }
   if (PerTokenCount(params) == 0) return;
   const int splits = AttentionSplits(params);

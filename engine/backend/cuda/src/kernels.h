@@ -75,9 +75,10 @@ inline constexpr int64_t kMaxHeadDim = 256;
 inline constexpr int64_t kMaxAttentionGroup = 8;
 inline constexpr int64_t kTiledMaxHeadDim = 128;
 inline constexpr int64_t kTiledMinTokens = 16;
-// Tokens of one sequence per tile for a group of `group` query heads per KV head.
-inline int64_t TiledAttentionTileTokens(int64_t group) {
-  return 32 / group;
+// Tokens of one sequence per tile for a group of `group` query heads per KV head: tiles of
+// 64 (token, head) rows on tensor cores (head_dim a multiple of 16), else 32.
+inline int64_t TiledAttentionTileTokens(int64_t group, int64_t head_dim) {
+  return (head_dim % 16 == 0 ? 64 : 32) / group;
 }
 inline bool TiledAttentionApplies(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim) {
   return num_heads / num_kv_heads <= kMaxAttentionGroup && head_dim <= kTiledMaxHeadDim;

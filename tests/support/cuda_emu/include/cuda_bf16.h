@@ -14,6 +14,9 @@ inline __nv_bfloat16 __float2bfloat16_rn(float value) {
   if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return {0x7FFF};
   return {static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16)};
 }
+inline __nv_bfloat16 __float2bfloat16(float value) {
+  return __float2bfloat16_rn(value);
+}
 inline float __bfloat162float(__nv_bfloat16 value) {
   return std::bit_cast<float>(static_cast<uint32_t>(value.x) << 16);
 }
