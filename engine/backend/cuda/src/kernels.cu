@@ -290,7 +290,9 @@ bool GroupedAttention(const PagedAttentionParams& p) {
   return p.num_heads / p.num_kv_heads <= kMaxAttentionGroup;
 }
 
-template <int G>
+// E: head_dim elements per lane (head_dim ≤ 32·E): 4 up to 128, else 8, so that common
+// head sizes keep half the registers.
+template <int G, int E>
 __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     GroupedAttentionKernel(PagedAttentionParams p, int splits) {
   const int64_t listed = blockIdx.x;  // Index into token_list, and into the workspace.
@@ -307,15 +309,15 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   const int64_t begin = split * chunk;
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
 
-  float query[G][kAttentionLaneElements];
-  float accumulator[G][kAttentionLaneElements];
+  float query[G][E];
+  float accumulator[G][E];
   float running_max[G];
   float running_sum[G];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     const float* q = p.q + (t * p.num_heads + kv_head * G + g) * d;
 #pragma unroll
-    for (int j = 0; j < kAttentionLaneElements; ++j) {
+    for (int j = 0; j < E; ++j) {
       const int64_t c = lane + j * kWarpSize;
       query[g][j] = c < d ? q[c] : 0.0f;
       accumulator[g][j] = 0.0f;
@@ -328,10 +330,10 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
                          key_position % p.block_size;
     const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
     const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
-    float k[kAttentionLaneElements];
-    float v[kAttentionLaneElements];
+    float k[E];
+    float v[E];
 #pragma unroll
-    for (int j = 0; j < kAttentionLaneElements; ++j) {
+    for (int j = 0; j < E; ++j) {
       const int64_t c = lane + j * kWarpSize;
       k[j] = c < d ? Bf16BitsToFloat(key[c]) : 0.0f;
       v[j] = c < d ? Bf16BitsToFloat(value[c]) : 0.0f;
@@ -340,14 +342,14 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     for (int g = 0; g < G; ++g) {
       float partial = 0.0f;
 #pragma unroll
-      for (int j = 0; j < kAttentionLaneElements; ++j) partial += query[g][j] * k[j];
+      for (int j = 0; j < E; ++j) partial += query[g][j] * k[j];
       const float score = WarpSum(partial) * p.scale;
       const float new_max = fmaxf(running_max[g], score);
       const float correction = expf(running_max[g] - new_max);
       const float weight = expf(score - new_max);
       running_sum[g] = running_sum[g] * correction + weight;
 #pragma unroll
-      for (int j = 0; j < kAttentionLaneElements; ++j)
+      for (int j = 0; j < E; ++j)
         accumulator[g][j] = accumulator[g][j] * correction + weight * v[j];
       running_max[g] = new_max;
     }
@@ -363,7 +365,7 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
       warp_sum[g][warp] = running_sum[g];
     }
 #pragma unroll
-    for (int j = 0; j < kAttentionLaneElements; ++j) {
+    for (int j = 0; j < E; ++j) {
       const int64_t c = lane + j * kWarpSize;
       if (c < d) warp_accumulator[warp][g][c] = accumulator[g][j];
     }
@@ -427,6 +429,38 @@ __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits)
       if (partial[1] > 0.0f) sum += partial[2 + c] * expf(partial[0] - global_max);
     }
     out[c] = sum / total;
+  }
+}
+
+template <int E>
+void LaunchGroupedAttention(int group, dim3 grid, const PagedAttentionParams& params, int splits,
+                            cudaStream_t stream) {
+  constexpr int kThreadsPerBlock = kAttentionWarps * kWarpSize;
+  switch (group) {
+    case 1:
+      GroupedAttentionKernel<1, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 2:
+      GroupedAttentionKernel<2, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 3:
+      GroupedAttentionKernel<3, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 4:
+      GroupedAttentionKernel<4, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 5:
+      GroupedAttentionKernel<5, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 6:
+      GroupedAttentionKernel<6, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 7:
+      GroupedAttentionKernel<7, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    default:
+      GroupedAttentionKernel<8, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
   }
 }
 
@@ -1259,32 +1293,10 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   }
   const dim3 grid(static_cast<unsigned>(PerTokenCount(params)),
                   static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
-  constexpr int kAttentionThreads = kAttentionWarps * kWarpSize;
-  switch (group) {
-    case 1:
-      GroupedAttentionKernel<1><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
-    case 2:
-      GroupedAttentionKernel<2><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
-    case 3:
-      GroupedAttentionKernel<3><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
-    case 4:
-      GroupedAttentionKernel<4><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
-    case 5:
-      GroupedAttentionKernel<5><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
-    case 6:
-      GroupedAttentionKernel<6><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
-    case 7:
-      GroupedAttentionKernel<7><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
-    default:
-      GroupedAttentionKernel<8><<<grid, kAttentionThreads, 0, stream>>>(params, splits);
-      break;
+  if (params.head_dim <= 4 * kWarpSize) {
+    LaunchGroupedAttention<4>(group, grid, params, splits, stream);
+  } else {
+    LaunchGroupedAttention<8>(group, grid, params, splits, stream);
   }
   CheckLaunch("GroupedAttentionKernel");
   if (splits == 1) return;
