@@ -10,8 +10,9 @@
 # (CUDA vs the CPU reference, every op and shape); the tiny models end to end (logits and
 # batched greedy tokens, CUDA vs CPU); tensor parallelism over NCCL (the collectives on
 # every GPU, a tiny model at TP 1 vs the CPU); the device's copy bandwidth and a random-weight
-# Llama-3.1-8B-shaped model loading and generating (SKIP_8B=1 leaves it out). A summary
-# table is printed last.
+# Llama-3.1-8B-shaped model loading and generating (SKIP_8B=1 leaves it out); where the
+# machine has compute-sanitizer, its racecheck and synccheck over the attention op cases. A
+# summary table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu/bundle.sh
@@ -19,6 +20,19 @@ bundle_open
 bundle_wrappers
 
 correctness_checks
+# Races and barrier misuse in the attention kernels, which the CPU emulation cannot see
+# (compute-sanitizer ships with the CUDA toolkit, not with torch: skipped when absent).
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$sanitizer" ]; then
+  for tool in racecheck synccheck; do
+    step "compute-sanitizer $tool: attention" "sanitizer-$tool.log" timeout -k 5 240 \
+      "$sanitizer" --tool "$tool" --target-processes all --error-exitcode 1 \
+      "$work/run/backend_ops_cuda_test" \
+      --gtest_filter='*PagedAttention*'
+  done
+else
+  summary+=("$(printf '%-30s %-7s' "compute-sanitizer" "SKIPPED (not installed)")")
+fi
 if [ "${SKIP_8B:-0}" != 1 ]; then
   model=$(model_cache)/llama-3.1-8b  # Kept for run-perf.sh on the same machine.
   step "make Llama-3.1-8B (random)" make-8b.log make_llama_8b "$model"
