@@ -32,6 +32,7 @@ constexpr std::string_view kPendingName = "current.json";
 constexpr std::string_view kHistoryName = "history.jsonl";
 constexpr std::string_view kPackagesName = "packages";
 constexpr std::string_view kStagingName = "staging";
+constexpr uint64_t kFreeSpaceMargin = uint64_t{64} << 20;
 
 google::protobuf::Timestamp ToTimestamp(std::chrono::system_clock::time_point time) {
   return google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
@@ -354,6 +355,23 @@ Result<UpdateRecord> Updater::Apply(const std::filesystem::path& bundle) {
   } cleanup{options_.state_dir / kStagingName};
   std::error_code error;
   std::filesystem::remove_all(cleanup.path, error);
+  // Room for the unpacked packages, the installed ones kept for a rollback (about the same
+  // size) and a margin, checked before unpacking: a disk that fills half-way through would
+  // fail later and with less said.
+  if (const uintmax_t bundle_bytes = std::filesystem::file_size(bundle, error); !error) {
+    const uint64_t needed = 2 * static_cast<uint64_t>(bundle_bytes) + kFreeSpaceMargin;
+    auto free = options_.free_space ? options_.free_space(options_.state_dir)
+                                    : FreeBytes(options_.state_dir);
+    if (!free.ok()) return free.status();
+    if (*free < needed) {
+      return Status(
+          StatusCode::kResourceExhausted,
+          fmt::format("not enough disk space in {}: the update needs {} (its packages "
+                      "unpacked, the installed ones kept for a rollback, and a margin), "
+                      "{} is free; nothing was changed",
+                      options_.state_dir.string(), FormatBytes(needed), FormatBytes(*free)));
+    }
+  }
   auto update = ReadUpdateBundle(bundle, *system_.keys,
                                  UpdateTarget{system_.packages.format(), *architecture},
                                  cleanup.path / fmt::format("{}", ::getpid()));

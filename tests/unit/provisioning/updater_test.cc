@@ -9,6 +9,7 @@
 
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -170,6 +171,7 @@ class UpdaterTest : public ::testing::Test {
   Updater MakeUpdater(bool allow_downgrade = false) {
     UpdaterOptions options;
     options.allow_downgrade = allow_downgrade;
+    if (free_bytes_) options.free_space = [this](const fs::path&) { return *free_bytes_; };
     options.state_dir = state_dir_;
     options.ready_deadline = std::chrono::seconds(30);
     return Updater(
@@ -186,6 +188,7 @@ class UpdaterTest : public ::testing::Test {
   std::unique_ptr<TrustedKeys> keys_;
   FakePackageManager packages_;
   FakeBox box_;
+  std::optional<uint64_t> free_bytes_;  // Unset: the real disk's.
 };
 
 TEST(UpdateVersionTest, UpstreamVersionDropsEpochAndRevision) {
@@ -481,6 +484,29 @@ TEST_F(UpdaterTest, RefusalsChangeNothing) {
   EXPECT_EQ(packages_.num_rebuilds, 0);
   EXPECT_FALSE(fs::exists(state_dir_ / "history.jsonl"));
   EXPECT_FALSE(fs::exists(state_dir_ / "packages"));
+}
+
+TEST_F(UpdaterTest, ABundleThatDoesNotFitOnTheDiskIsRefusedBeforeUnpacking) {
+  const fs::path bundle = MakeBundle("0.2.0-1");
+  const uint64_t needed = 2 * fs::file_size(bundle) + (uint64_t{64} << 20);
+  free_bytes_ = needed - 1;
+  Updater updater = MakeUpdater();
+  auto refused = updater.Apply(bundle);
+  ASSERT_EQ(refused.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_THAT(refused.status().message(), HasSubstr("not enough disk space"));
+  EXPECT_THAT(refused.status().message(), HasSubstr("nothing was changed"));
+  EXPECT_TRUE(packages_.installs.empty());
+  EXPECT_EQ(box_.num_restarts, 0);
+  EXPECT_EQ(packages_.num_rebuilds, 0);
+  EXPECT_FALSE(Pending());
+  EXPECT_FALSE(fs::exists(state_dir_ / "history.jsonl"));
+  EXPECT_FALSE(fs::exists(state_dir_ / "packages"));
+  EXPECT_FALSE(fs::exists(state_dir_ / "staging")) << "nothing unpacked";
+
+  free_bytes_ = needed;  // Just enough: the same bundle goes through.
+  auto applied = MakeUpdater().Apply(bundle);
+  ASSERT_TRUE(applied.ok()) << applied.status().ToString();
+  EXPECT_EQ(applied->outcome(), v1::UPDATE_OUTCOME_COMMITTED);
 }
 
 TEST_F(UpdaterTest, AnOlderBundleIsRefusedUnlessADowngradeIsAskedFor) {

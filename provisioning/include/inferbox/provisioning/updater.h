@@ -2,8 +2,9 @@
 // hosts). Apply():
 //
 //   1. takes the update lock; refuses while an earlier update is unfinished (current.json);
-//   2. checks the bundle (signature, manifest, digests, architecture, a new version) and that
-//      the service can be restarted, before anything is written outside the staging folder;
+//   2. checks the bundle (signature, manifest, digests, architecture, a new version), that the
+//      service can be restarted and that the state folder's disk has room for the unpacked
+//      packages and the rollback copy, before anything is written outside the staging folder;
 //   3. keeps the installed packages for a rollback (packages/<version>/; rebuilt from the
 //      package database when the version was installed by hand);
 //   4. records the update in current.json (fsynced), installs, restarts the service and waits
@@ -56,6 +57,9 @@ struct UpdaterOptions {
   // A bundle older than the installed version is refused unless this is set: an old signed
   // bundle replayed must not take the box back to a version with known flaws.
   bool allow_downgrade = false;
+  // Free bytes where `state_dir` is (tests); unset: statvfs. Apply() refuses a bundle whose
+  // unpacking and the rollback copy of the installed packages would not fit there.
+  std::function<Result<uint64_t>(const std::filesystem::path&)> free_space;
 };
 
 // What the updater acts on; borrowed, and must outlive it. `keys` may be null for
