@@ -193,6 +193,30 @@ grpc::Status RunCanary(wire::Engine::Stub& stub, std::chrono::milliseconds timeo
   return status;
 }
 
+// Asks the engine to finish its requests within `drain` (none when 0), then stops it:
+// SIGTERM, and SIGKILL when it is still there kStopGrace later.
+void DrainAndStop(const std::string& name, wire::Engine::Stub& stub, EngineProcess& process,
+                  std::chrono::milliseconds drain) {
+  if (drain.count() > 0) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + drain + 2s);
+    wire::DrainRequest request;
+    request.set_timeout_seconds(static_cast<double>(drain.count()) / 1000.0);
+    wire::DrainResponse response;
+    if (stub.Drain(&context, request, &response).ok() && response.num_requests_aborted() > 0) {
+      spdlog::warn("engine {}: drain timeout, {} requests aborted", name,
+                   response.num_requests_aborted());
+    }
+  }
+  process.Signal(SIGTERM);
+  if (!process.WaitExit(kStopGrace)) {
+    spdlog::warn("engine {}: still running {} s after SIGTERM; killing it", name,
+                 std::chrono::duration_cast<std::chrono::seconds>(kStopGrace).count());
+    process.Signal(SIGKILL);
+    process.WaitExit(kStopGrace);
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<wire::Engine::Stub> EngineReplica::stub() const {
@@ -947,23 +971,8 @@ void Supervisor::Watch(Watcher& watcher) {
                       "then stopping it until the GPU is healthy again",
                       replica.name(), *gpu_fault,
                       std::chrono::duration_cast<std::chrono::seconds>(kGpuFaultDrain).count()));
-      if (ready && !process.WaitExit(0ms)) {
-        grpc::ClientContext context;
-        context.set_deadline(std::chrono::system_clock::now() + kGpuFaultDrain + 2s);
-        wire::DrainRequest request;
-        request.set_timeout_seconds(
-            std::chrono::duration_cast<std::chrono::duration<double>>(kGpuFaultDrain).count());
-        wire::DrainResponse response;
-        if (stub->Drain(&context, request, &response).ok() && response.num_requests_aborted() > 0) {
-          spdlog::warn("engine {}: drain timeout, {} requests aborted", replica.name(),
-                       response.num_requests_aborted());
-        }
-      }
-      process.Signal(SIGTERM);
-      if (!process.WaitExit(kStopGrace)) {
-        process.Signal(SIGKILL);
-        process.WaitExit(kStopGrace);
-      }
+      DrainAndStop(replica.name(), *stub, process,
+                   ready && !process.WaitExit(0ms) ? kGpuFaultDrain : 0ms);
       {
         std::lock_guard lock(watcher.process_mutex);
         watcher.process.reset();
@@ -979,24 +988,7 @@ void Supervisor::Watch(Watcher& watcher) {
 
     if (stop_requested) {
       SetState(replica, api::ENGINE_STATE_DRAINING);
-      if (ready && drain->count() > 0) {
-        grpc::ClientContext context;
-        context.set_deadline(std::chrono::system_clock::now() + *drain + 2s);
-        wire::DrainRequest request;
-        request.set_timeout_seconds(static_cast<double>(drain->count()) / 1000.0);
-        wire::DrainResponse response;
-        if (stub->Drain(&context, request, &response).ok() && response.num_requests_aborted() > 0) {
-          spdlog::warn("engine {}: drain timeout, {} requests aborted", replica.name(),
-                       response.num_requests_aborted());
-        }
-      }
-      process.Signal(SIGTERM);
-      if (!process.WaitExit(kStopGrace)) {
-        spdlog::warn("engine {}: still running {} s after SIGTERM; killing it", replica.name(),
-                     std::chrono::duration_cast<std::chrono::seconds>(kStopGrace).count());
-        process.Signal(SIGKILL);
-        process.WaitExit(kStopGrace);
-      }
+      DrainAndStop(replica.name(), *stub, process, ready ? *drain : 0ms);
       spdlog::info("engine {}: stopped", replica.name());
       std::lock_guard lock(replica.mutex_);
       replica.pid_ = 0;

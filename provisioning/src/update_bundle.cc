@@ -3,7 +3,6 @@
 #include "inferbox/provisioning/update_bundle.h"
 
 #include <archive.h>
-#include <archive_entry.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -28,15 +27,10 @@
 namespace inferbox::provisioning {
 namespace {
 
-constexpr size_t kReadChunkBytes = 1 << 20;
 constexpr uint64_t kMaxManifestBytes = 1 << 20;
 constexpr uint64_t kMaxSignatureBytes = 1024;
 constexpr int kMaxPackages = 64;
 constexpr size_t kMaxNameChars = 200;
-
-struct ArchiveReadFree {
-  void operator()(archive* handle) const { archive_read_free(handle); }
-};
 
 bool IsPackageName(std::string_view name) {
   if (name.empty() || name.size() > kMaxNameChars) return false;
@@ -55,109 +49,33 @@ bool IsPlainFileName(std::string_view name) {
   });
 }
 
-// The archive reader of one bundle; members are read front to back.
-class UpdateBundleReader {
- public:
-  explicit UpdateBundleReader(const std::filesystem::path& path)
-      : path_(path), archive_(archive_read_new()) {
-    INFERBOX_CHECK(archive_ != nullptr);
+// Unpacks the archive's current member into `out`, checking its size and SHA-256 against the
+// signed manifest.
+Status UnpackPackage(BundleArchiveReader& reader, const std::filesystem::path& bundle,
+                     const UpdatePackage& package, const std::filesystem::path& out) {
+  if (reader.member_size() != package.size_bytes()) {
+    return InvalidArgumentError(fmt::format(
+        "update bundle {}: {} is {} bytes, its signed manifest says {}: the bundle was changed",
+        bundle.string(), package.file_name(), reader.member_size(), package.size_bytes()));
   }
-
-  Status Open() {
-    archive_read_support_format_tar(archive_.get());
-    archive_read_support_filter_zstd(archive_.get());
-    if (archive_read_open_filename(archive_.get(), path_.c_str(), kReadChunkBytes) != ARCHIVE_OK) {
-      return Damaged("cannot open it");
-    }
-    return Status::Ok();
+  auto writer = HashingFileWriter::Create(out);
+  if (!writer.ok()) return writer.status();
+  if (Status read = reader.Read(package.file_name(),
+                                [&](std::string_view bytes) { return writer->Append(bytes); });
+      !read.ok()) {
+    return read;
   }
-
-  // The next regular member's name, nullopt at the end; anything else is refused.
-  Result<std::optional<std::string>> Next() {
-    for (;;) {
-      archive_entry* entry = nullptr;
-      const int read = archive_read_next_header(archive_.get(), &entry);
-      if (read == ARCHIVE_EOF) return std::optional<std::string>();
-      if (read < ARCHIVE_WARN) return Damaged("cannot read the next member");
-      const char* name = archive_entry_pathname(entry);
-      if (name == nullptr) return Damaged("a member has no readable name");
-      std::string member = name;
-      if (member.starts_with("./")) member.erase(0, 2);
-      const auto type = archive_entry_filetype(entry);
-      if (type == AE_IFDIR) continue;
-      if (type != AE_IFREG || archive_entry_hardlink(entry) != nullptr ||
-          !archive_entry_size_is_set(entry) || archive_entry_size(entry) < 0) {
-        return InvalidArgumentError(
-            fmt::format("update bundle {}: member \"{}\" is not a regular file", path_.string(),
-                        member.substr(0, 120)));
-      }
-      size_ = static_cast<uint64_t>(archive_entry_size(entry));
-      return std::optional<std::string>(std::move(member));
-    }
+  const uint64_t size = writer->size();
+  auto sha256 = writer->Finish();
+  if (!sha256.ok()) return sha256.status();
+  if (size != package.size_bytes() || *sha256 != package.sha256()) {
+    return InvalidArgumentError(fmt::format(
+        "update bundle {}: {} has SHA-256 {}, its signed manifest says {}: the bundle was "
+        "changed or damaged",
+        bundle.string(), package.file_name(), *sha256, package.sha256()));
   }
-
-  uint64_t size() const { return size_; }
-
-  Result<std::string> ReadSmall(uint64_t max_bytes) {
-    if (size_ > max_bytes) {
-      return InvalidArgumentError(
-          fmt::format("update bundle {}: a member is {} bytes, more than {}", path_.string(), size_,
-                      max_bytes));
-    }
-    std::string text(size_, '\0');
-    size_t done = 0;
-    while (done < text.size()) {
-      const la_ssize_t n =
-          archive_read_data(archive_.get(), text.data() + done, text.size() - done);
-      if (n <= 0) return Damaged("a member ends early");
-      done += static_cast<size_t>(n);
-    }
-    return text;
-  }
-
-  // Unpacks the current member into `out`, checking its size and SHA-256.
-  Status Unpack(const UpdatePackage& package, const std::filesystem::path& out) {
-    if (size_ != package.size_bytes()) {
-      return InvalidArgumentError(fmt::format(
-          "update bundle {}: {} is {} bytes, its signed manifest says {}: the bundle was changed",
-          path_.string(), package.file_name(), size_, package.size_bytes()));
-    }
-    auto writer = HashingFileWriter::Create(out);
-    if (!writer.ok()) return writer.status();
-    std::string buffer(kReadChunkBytes, '\0');
-    for (;;) {
-      const la_ssize_t n = archive_read_data(archive_.get(), buffer.data(), buffer.size());
-      if (n < 0) return Damaged(fmt::format("cannot unpack {}", package.file_name()));
-      if (n == 0) break;
-      if (Status written = writer->Append(std::string_view(buffer.data(), static_cast<size_t>(n)));
-          !written.ok()) {
-        return written;
-      }
-    }
-    const uint64_t size = writer->size();
-    auto sha256 = writer->Finish();
-    if (!sha256.ok()) return sha256.status();
-    if (size != package.size_bytes() || *sha256 != package.sha256()) {
-      return InvalidArgumentError(fmt::format(
-          "update bundle {}: {} has SHA-256 {}, its signed manifest says {}: the bundle was "
-          "changed or damaged",
-          path_.string(), package.file_name(), *sha256, package.sha256()));
-    }
-    return Status::Ok();
-  }
-
- private:
-  Status Damaged(std::string_view what) const {
-    const char* detail = archive_error_string(archive_.get());
-    return InvalidArgumentError(
-        fmt::format("update bundle {} is damaged or not a tar archive: {}: {}", path_.string(),
-                    what, detail != nullptr ? detail : "unknown error"));
-  }
-
-  const std::filesystem::path path_;
-  std::unique_ptr<archive, ArchiveReadFree> archive_;
-  uint64_t size_ = 0;
-};
+  return Status::Ok();
+}
 
 Result<VerifiedUpdate> ReadAndUnpack(const std::filesystem::path& path, const TrustedKeys& keys,
                                      const UpdateTarget& target,
@@ -166,8 +84,8 @@ Result<VerifiedUpdate> ReadAndUnpack(const std::filesystem::path& path, const Tr
   if (!std::filesystem::is_regular_file(path, error)) {
     return NotFoundError(fmt::format("no update bundle at {}", path.string()));
   }
-  UpdateBundleReader reader(path);
-  if (Status opened = reader.Open(); !opened.ok()) return opened;
+  BundleArchiveReader reader("update bundle " + path.string());
+  if (Status opened = reader.Open(path); !opened.ok()) return opened;
   auto first = reader.Next();
   if (!first.ok()) return first.status();
   if (*first != kUpdateManifestName) {
@@ -234,7 +152,7 @@ Result<VerifiedUpdate> ReadAndUnpack(const std::filesystem::path& path, const Tr
           fmt::format("update bundle {}: member {} appears twice", path.string(), name));
     }
     const std::filesystem::path out = staging_dir / found->first;
-    if (Status unpacked = reader.Unpack(update.manifest.packages(found->second), out);
+    if (Status unpacked = UnpackPackage(reader, path, update.manifest.packages(found->second), out);
         !unpacked.ok()) {
       return unpacked;
     }
