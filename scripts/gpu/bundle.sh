@@ -43,9 +43,34 @@ bundle_open() {
       -name 'libnccl.so.2*' 2>/dev/null | head -1)
   fi
   echo "cuBLASLt: ${cublas:-not found}; driver: ${driver:-not found}; NCCL: ${nccl:-not found}"
+  # The bundle's C library only where this machine's is older than it: a newer one runs the
+  # bundle's binaries too, and this machine's own libraries (NCCL) may need it.
+  loader=$work/lib/ld-linux-x86-64.so.2
+  local ours theirs
+  ours=$("$loader" "$work/lib/libc.so.6" 2>/dev/null | sed -n '1s/.* version \([0-9][0-9.]*[0-9]\).*/\1/p')
+  theirs=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}')
+  if [ -n "$ours" ] && [ -n "$theirs" ] && [ -x /lib64/ld-linux-x86-64.so.2 ] &&
+    [ "$(printf '%s\n%s\n' "$ours" "$theirs" | sort -V | head -1)" = "$ours" ]; then
+    (cd "$work/lib" && rm -f ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2 \
+      librt.so.1 libresolv.so.2 libutil.so.1)
+    loader=/lib64/ld-linux-x86-64.so.2
+  fi
+  # Likewise the C++ library, by the newest GLIBCXX version each provides.
+  local system_cxx
+  system_cxx=$(bundle_find_library libstdc++.so.6)
+  if [ -n "$system_cxx" ] && [ -f "$work/lib/libstdc++.so.6" ]; then
+    cxx_version() { grep -ao 'GLIBCXX_3\.4\.[0-9]*' "$1" | sort -V | tail -1; }
+    if [ "$(printf '%s\n%s\n' "$(cxx_version "$work/lib/libstdc++.so.6")" "$(cxx_version "$system_cxx")" |
+      sort -V | tail -1)" = "$(cxx_version "$system_cxx")" ]; then
+      rm -f "$work/lib/libstdc++.so.6" "$work/lib/libgcc_s.so.1"
+      echo "C++ library: this machine's $(cxx_version "$system_cxx")"
+    fi
+  fi
+  echo "C library: bundle's ${ours:-?}, this machine's ${theirs:-?}; loader $loader"
   library_path="$work/lib:$(dirname "${cublas:-/nonexistent/x}"):$(dirname "${driver:-/nonexistent/x}"):$(dirname "${nccl:-/nonexistent/x}")"
   export INFERBOX_TEST_SOURCE_DIR=$root INFERBOX_TEST_REFERENCE_DIR=$work/reference
-  export INFERBOX_TEST_PYTHON=${INFERBOX_TEST_PYTHON:-python3}
+  # The tests start it by path, not through PATH.
+  export INFERBOX_TEST_PYTHON=${INFERBOX_TEST_PYTHON:-$(command -v python3)}
   summary=()
 }
 
@@ -58,7 +83,7 @@ bundle_find_library() {
 }
 
 run_bundled() {
-  "$work/lib/ld-linux-x86-64.so.2" --library-path "$library_path" "$work/bin/$1" "${@:2}"
+  "$loader" --library-path "$library_path" "$work/bin/$1" "${@:2}"
 }
 
 bundle_wrappers() {
@@ -67,7 +92,7 @@ bundle_wrappers() {
   for binary in "$work"/bin/*; do
     name=$(basename "$binary")
     printf '#!/bin/sh\nexec "%s" --library-path "%s" "%s" "$@"\n' \
-      "$work/lib/ld-linux-x86-64.so.2" "$library_path" "$binary" >"$work/run/$name"
+      "$loader" "$library_path" "$binary" >"$work/run/$name"
     chmod +x "$work/run/$name"
   done
 }
