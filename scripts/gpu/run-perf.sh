@@ -34,6 +34,10 @@
 # same, run last; "2048:128:256:256"), PERF_DAEMON (the same form; "128:128:256:512"),
 # PERF_PEER_BATCH (IN:OUT:BATCH; "128:128:256 1000:1000:64": transformers holds every
 # sequence's whole cache, and 1000/1000 at 256 does not fit 80 GB), PERF_SKIP_PEER=1,
+# PERF_SKIP_DAEMON=1, PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
+# INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
+# PERF_SANITIZE=1 (after everything, in what the budget leaves: compute-sanitizer's racecheck
+# and synccheck over the small attention op cases, which the CPU emulation cannot judge),
 # PERF_RESERVE_DAEMON_S (90) and PERF_RESERVE_PEER_S (200): the seconds kept for those phases
 # while the ones before run.
 #
@@ -66,6 +70,7 @@ peer_batches=(${PERF_PEER_BATCH-128:128:256 1000:1000:64})
 reserve_daemon=${PERF_RESERVE_DAEMON_S:-90}
 reserve_peer=${PERF_RESERVE_PEER_S:-200}
 [ "${PERF_SKIP_PEER:-0}" = 1 ] && reserve_peer=0
+[ "${PERF_SKIP_DAEMON:-0}" = 1 ] && reserve_daemon=0
 
 if [ "$device" = cuda ]; then
   gpu=$(nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -1)
@@ -118,11 +123,29 @@ report() {
   bundle_close
 }
 
+# compute-sanitizer's racecheck and synccheck over the small attention op cases (PERF_SANITIZE=1),
+# in what the budget leaves.
+sanitize() {
+  [ "${PERF_SANITIZE:-0}" = 1 ] && [ "$device" = cuda ] || return 0
+  local sanitizer tool
+  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [ -z "$sanitizer" ]; then
+    summary+=("$(printf '%-36s %-7s' "compute-sanitizer" "SKIPPED (not installed)")")
+    return 0
+  fi
+  for tool in racecheck synccheck; do
+    capped 0 60 "compute-sanitizer $tool: attention" "sanitizer-$tool.log" "$sanitizer" \
+      --tool "$tool" --target-processes all --error-exitcode 1 "$bin/backend_ops_cuda_test" \
+      --gtest_filter='*PagedAttention_mixed*:*PagedAttention_tiled*'
+  done
+}
+
 if [ "$device" = cuda ] && [ "${PERF_SKIP_CHECKS:-0}" != 1 ]; then
   CHECK_TIMEOUT_S=120 correctness_checks
   if [ $? -ne 0 ] && [ "${PERF_IGNORE_CHECKS:-0}" != 1 ]; then
     echo "the CUDA backend failed its correctness tests: no speed runs (see ops.log, forward.log)"
     summary+=("$(printf '%-36s %-7s' "speed runs" "SKIPPED (correctness failed)")")
+    sanitize
     report
     exit 1
   fi
@@ -284,7 +307,7 @@ PY
   wait "$daemon_pid" 2>/dev/null
   save_logs
 }
-run_daemon_phase
+[ "${PERF_SKIP_DAEMON:-0}" = 1 ] || run_daemon_phase
 
 # --- the peer ---
 if [ "${PERF_SKIP_PEER:-0}" != 1 ]; then
@@ -296,5 +319,16 @@ fi
 
 # --- ours, what is left ---
 throughput 5 "${throughput_last[@]}"
+
+# --- where the GPU time goes ---
+for workload in ${PERF_OP_TIMES:-}; do
+  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+  INFERBOX_CUDA_OP_TIMES=1 capped 5 90 "op times: ${in_len}/${out_len} at ${concurrency}" \
+    "ops-${in_len}x${out_len}.log" "${bench[@]}" --input-len "$in_len" --output-len "$out_len" \
+    --concurrency "$concurrency" --num-requests "$requests" --warmup 0 --seed 7 --json
+done
+
+# --- races and barrier misuse in the attention kernels ---
+sanitize
 
 report

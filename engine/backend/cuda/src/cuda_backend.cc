@@ -1,9 +1,14 @@
 #include "inferbox/engine/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <string>
+#include <string_view>
 #include <tuple>
+#include <vector>
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -232,6 +237,12 @@ class CudaStepInputs final : public StepInputs {
   int64_t num_logit_rows() const override { return num_logit_rows_; }
   int64_t half() const { return half_; }
   int64_t max_position() const { return max_position_; }
+  // The most query tokens of one sequence in the step (1 when it only decodes).
+  int32_t longest_chunk() const {
+    int32_t longest = 0;
+    for (const auto& [first, count] : sequence_tokens_) longest = std::max(longest, count);
+    return longest;
+  }
 
   // The step's tokens for attention in tiles of `tile_tokens_wide` tokens: prefill chunks of
   // at least kTiledMinTokens tokens in tiles, the other tokens listed for the per-token
@@ -370,6 +381,126 @@ class LtGemm {
   std::map<std::tuple<int64_t, int64_t, int64_t>, Plan> plans_;
 };
 
+// INFERBOX_CUDA_OP_TIMES=1 (benchmarks): the GPU time of every op, from a pair of events
+// recorded around its launches in the stream, summed per op (a Linear per weight shape) and
+// printed to stderr when the backend is destroyed, with the time the GPU sat idle between
+// ops while the host prepared the next (the span from the first op after each
+// synchronisation to the last before the next, less the ops). Off, it costs a branch per op.
+class OpTimes {
+ public:
+  OpTimes() {
+    const char* value = std::getenv("INFERBOX_CUDA_OP_TIMES");
+    enabled_ = value != nullptr && *value != '\0' && std::string_view(value) != "0";
+  }
+  ~OpTimes() {
+    if (!enabled_) return;
+    Print();
+    for (cudaEvent_t event : free_) cudaEventDestroy(event);
+    for (const Pending& op : pending_) {
+      cudaEventDestroy(op.start);
+      cudaEventDestroy(op.stop);
+    }
+  }
+  OpTimes(const OpTimes&) = delete;
+  OpTimes& operator=(const OpTimes&) = delete;
+
+  bool enabled() const { return enabled_; }
+  void Begin(cudaStream_t stream) {
+    pending_.push_back({Event(), Event(), {}});
+    INFERBOX_CUDA_CHECK(cudaEventRecord(pending_.back().start, stream));
+  }
+  void End(cudaStream_t stream, std::string name) {
+    pending_.back().name = std::move(name);
+    INFERBOX_CUDA_CHECK(cudaEventRecord(pending_.back().stop, stream));
+  }
+  // Once the stream was synchronised, so that every pending event has completed.
+  void Collect() {
+    if (pending_.empty()) return;
+    float span = 0.0f;
+    INFERBOX_CUDA_CHECK(cudaEventElapsedTime(&span, pending_.front().start, pending_.back().stop));
+    span_ms_ += span;
+    ++syncs_;
+    for (Pending& op : pending_) {
+      float milliseconds = 0.0f;
+      INFERBOX_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, op.start, op.stop));
+      Total& total = totals_[op.name];
+      total.milliseconds += milliseconds;
+      ++total.calls;
+      free_.push_back(op.start);
+      free_.push_back(op.stop);
+    }
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {
+    cudaEvent_t start;
+    cudaEvent_t stop;
+    std::string name;
+  };
+  struct Total {
+    double milliseconds = 0.0;
+    int64_t calls = 0;
+  };
+  cudaEvent_t Event() {
+    if (!free_.empty()) {
+      cudaEvent_t event = free_.back();
+      free_.pop_back();
+      return event;
+    }
+    cudaEvent_t event = nullptr;
+    INFERBOX_CUDA_CHECK(cudaEventCreate(&event));
+    return event;
+  }
+  void Print() const {
+    std::vector<std::pair<std::string, Total>> rows(totals_.begin(), totals_.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+      return a.second.milliseconds > b.second.milliseconds;
+    });
+    double ops_ms = 0.0;
+    for (const auto& [name, total] : rows) ops_ms += total.milliseconds;
+    std::string text = fmt::format(
+        "GPU time per op (INFERBOX_CUDA_OP_TIMES): {} synchronisations; {:.1f} ms from the first "
+        "op after each to the last before the next: {:.1f} ms in ops, {:.1f} ms idle\n"
+        "{:<40} {:>8} {:>11} {:>10} {:>7}\n",
+        syncs_, span_ms_, ops_ms, span_ms_ - ops_ms, "op", "calls", "total ms", "mean us", "share");
+    for (const auto& [name, total] : rows) {
+      text += fmt::format("{:<40} {:>8} {:>11.1f} {:>10.1f} {:>6.1f}%\n", name, total.calls,
+                          total.milliseconds,
+                          1e3 * total.milliseconds / static_cast<double>(total.calls),
+                          100.0 * total.milliseconds / std::max(ops_ms, 1e-9));
+    }
+    std::fputs(text.c_str(), stderr);
+  }
+
+  bool enabled_ = false;
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> free_;
+  std::map<std::string, Total> totals_;
+  double span_ms_ = 0.0;
+  int64_t syncs_ = 0;
+};
+
+// Times the launches made in its scope when OpTimes is enabled; `name` is called only then.
+template <typename Name>
+class OpScope {
+ public:
+  OpScope(OpTimes& times, cudaStream_t stream, Name name)
+      : times_(times), stream_(stream), name_(std::move(name)) {
+    if (times_.enabled()) times_.Begin(stream_);
+  }
+  ~OpScope() {
+    if (times_.enabled()) times_.End(stream_, name_());
+  }
+  OpScope(const OpScope&) = delete;
+  OpScope& operator=(const OpScope&) = delete;
+
+ private:
+  OpTimes& times_;
+  cudaStream_t stream_;
+  Name name_;
+};
+
 SourceType SourceTypeOf(DType dtype) {
   switch (dtype) {
     case DType::kF32: return SourceType::kF32;
@@ -497,6 +628,7 @@ class CudaBackend final : public Backend {
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(scratch.data(), data.data(), data.size_bytes(),
                                         cudaMemcpyDeviceToHost, stream_));
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (times_.enabled()) times_.Collect();
     return scratch;
   }
 
@@ -536,6 +668,7 @@ class CudaBackend final : public Backend {
   // every step starts by selecting ours (cheap when it already is).
   std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) override {
     Use();
+    OpScope scope(times_, stream_, [] { return std::string("PrepareStep (upload, rope tables)"); });
     return std::make_unique<CudaStepInputs>(layout, stream_);
   }
 
@@ -544,6 +677,7 @@ class CudaBackend final : public Backend {
     if (w.dtype != DType::kBF16) {
       FatalCudaError("Linear", "the weight was not loaded by this backend", __FILE__, __LINE__);
     }
+    OpScope scope(times_, stream_, [&w] { return fmt::format("Linear {}x{}", w.rows, w.cols); });
     uint16_t* input = GemmInput(m * w.cols);
     LaunchConvertToBf16(x.data(), SourceType::kF32, input, m * w.cols, stream_);
     gemm_->Run(input, static_cast<const uint16_t*>(w.data), out.data(), m, w.rows, w.cols, stream_);
@@ -553,6 +687,7 @@ class CudaBackend final : public Backend {
   }
 
   void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) override {
+    OpScope scope(times_, stream_, [] { return std::string("Embedding"); });
     const auto& inputs = static_cast<const CudaStepInputs&>(step);
     LaunchEmbedding(inputs.token_ids, inputs.num_tokens(), static_cast<const uint16_t*>(table.data),
                     table.cols, out.data(), stream_);
@@ -560,11 +695,13 @@ class CudaBackend final : public Backend {
 
   void AddRmsNorm(std::span<float> residual, std::span<const float> delta, int64_t m,
                   const Weight& weight, float eps, std::span<float> out) override {
+    OpScope scope(times_, stream_, [] { return std::string("AddRmsNorm"); });
     LaunchAddRmsNorm(residual.data(), delta.empty() ? nullptr : delta.data(), m, weight.cols,
                      static_cast<const float*>(weight.data), eps, out.data(), stream_);
   }
 
   void RmsNormGroups(std::span<float> x, const Weight& weight, float eps) override {
+    OpScope scope(times_, stream_, [] { return std::string("RmsNormGroups"); });
     LaunchRmsNormGroups(x.data(), static_cast<int64_t>(x.size()) / weight.cols, weight.cols,
                         static_cast<const float*>(weight.data), eps, stream_);
   }
@@ -572,6 +709,7 @@ class CudaBackend final : public Backend {
   void RopeWriteKv(const StepInputs& step, std::span<float> q, std::span<float> k,
                    std::span<const float> v, int64_t num_heads, KvCache& cache,
                    int64_t layer) override {
+    OpScope scope(times_, stream_, [] { return std::string("RopeWriteKv"); });
     const auto& inputs = static_cast<const CudaStepInputs&>(step);
     const auto& kv = static_cast<CudaKvCache&>(cache);
     RopeWriteKvParams params;
@@ -600,6 +738,12 @@ class CudaBackend final : public Backend {
                       std::span<float> out) override {
     const auto& inputs = static_cast<const CudaStepInputs&>(step);
     const auto& kv = static_cast<const CudaKvCache&>(cache);
+    // Steps with prefill chunks apart from decode-only ones (other kernels run).
+    OpScope scope(times_, stream_, [&inputs] {
+      return std::string(inputs.longest_chunk() >= kTiledMinTokens
+                             ? "PagedAttention (with prefill chunks)"
+                             : "PagedAttention (decode)");
+    });
     PagedAttentionParams params;
     params.q = q.data();
     params.out = out.data();
@@ -633,11 +777,13 @@ class CudaBackend final : public Backend {
 
   void SiluMul(std::span<const float> gate, std::span<const float> up,
                std::span<float> out) override {
+    OpScope scope(times_, stream_, [] { return std::string("SiluMul"); });
     LaunchSiluMul(gate.data(), up.data(), out.data(), static_cast<int64_t>(out.size()), stream_);
   }
 
   void GatherRows(const StepInputs& step, std::span<const float> x, int64_t cols,
                   std::span<float> out) override {
+    OpScope scope(times_, stream_, [] { return std::string("GatherRows"); });
     const auto& inputs = static_cast<const CudaStepInputs&>(step);
     LaunchGatherRows(x.data(), inputs.logit_rows, inputs.num_logit_rows(), cols, out.data(),
                      stream_);
@@ -712,11 +858,15 @@ class CudaBackend final : public Backend {
     launch.logprobs = reinterpret_cast<float*>(base + logprobs_at);
     launch.top_tokens = reinterpret_cast<int32_t*>(base + top_tokens_at);
     launch.top_logprobs = reinterpret_cast<float*>(base + top_logprobs_at);
-    LaunchSampleRows(launch, stream_);
+    {
+      OpScope scope(times_, stream_, [] { return std::string("SampleRows"); });
+      LaunchSampleRows(launch, stream_);
+    }
     std::vector<std::byte> results(image.size() - tokens_at);
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(results.data(), base + tokens_at, results.size(),
                                         cudaMemcpyDeviceToHost, stream_));
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (times_.enabled()) times_.Collect();
     auto read = [&](size_t at, size_t index, auto* value) {
       std::memcpy(value, results.data() + (at - tokens_at) + index * sizeof(*value),
                   sizeof(*value));
@@ -746,7 +896,10 @@ class CudaBackend final : public Backend {
     }
     auto* device_tokens = greedy_.as<int32_t>();
     auto* device_logprobs = reinterpret_cast<float*>(device_tokens + rows);
-    LaunchGreedyRows(logits.data(), rows, cols, device_tokens, device_logprobs, stream_);
+    {
+      OpScope scope(times_, stream_, [] { return std::string("GreedyRows"); });
+      LaunchGreedyRows(logits.data(), rows, cols, device_tokens, device_logprobs, stream_);
+    }
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), device_tokens,
                                         static_cast<size_t>(rows) * sizeof(int32_t),
                                         cudaMemcpyDeviceToHost, stream_));
@@ -756,6 +909,7 @@ class CudaBackend final : public Backend {
                                           cudaMemcpyDeviceToHost, stream_));
     }
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (times_.enabled()) times_.Collect();
   }
 
  private:
@@ -774,6 +928,7 @@ class CudaBackend final : public Backend {
   int device_;
   int num_multiprocessors_ = 1;
   cudaStream_t stream_ = nullptr;
+  OpTimes times_;
   std::unique_ptr<LtGemm> gemm_;
   std::vector<DeviceAllocation> weights_;
   DeviceAllocation gemm_input_;

@@ -290,6 +290,50 @@ bool GroupedAttention(const PagedAttentionParams& p) {
   return p.num_heads / p.num_kv_heads <= kMaxAttentionGroup;
 }
 
+// The end of the grouped kernels: each warp has written its per-head max, sum and weighted
+// values; the warps are merged and the block writes the output (one split) or its partial
+// result for CombineAttentionSplitsKernel.
+template <int G>
+__device__ void MergeGroupedWarps(const PagedAttentionParams& p, int64_t t, int64_t listed,
+                                  int64_t kv_head, int split, int splits,
+                                  float (*warp_max)[kAttentionWarps],
+                                  float (*warp_sum)[kAttentionWarps],
+                                  float (*warp_accumulator)[G][kMaxHeadDim]) {
+  const int64_t d = p.head_dim;
+  __syncthreads();
+  for (int g = 0; g < G; ++g) {
+    const int64_t head = kv_head * G + g;
+    float block_max = -INFINITY;
+    for (int w = 0; w < kAttentionWarps; ++w) block_max = fmaxf(block_max, warp_max[g][w]);
+    float total = 0.0f;
+    float scales[kAttentionWarps];
+    for (int w = 0; w < kAttentionWarps; ++w) {
+      // A warp that saw no key has max -inf and sum 0: its scale is 0.
+      scales[w] = warp_sum[g][w] > 0.0f ? expf(warp_max[g][w] - block_max) : 0.0f;
+      total += warp_sum[g][w] * scales[w];
+    }
+    if (splits == 1) {
+      float* out = p.out + (t * p.num_heads + head) * d;
+      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
+        out[c] = sum / total;
+      }
+    } else {
+      float* partial = p.workspace + ((listed * p.num_heads + head) * splits + split) * (d + 2);
+      if (threadIdx.x == 0) {
+        partial[0] = block_max;
+        partial[1] = total;  // 0 for a split without keys.
+      }
+      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
+        partial[2 + c] = sum;
+      }
+    }
+  }
+}
+
 // E: head_dim elements per lane (head_dim ≤ 32·E): 4 up to 128, else 8, so that common
 // head sizes keep half the registers.
 template <int G, int E>
@@ -370,38 +414,133 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
       if (c < d) warp_accumulator[warp][g][c] = accumulator[g][j];
     }
   }
-  __syncthreads();
+  MergeGroupedWarps<G>(p, t, listed, kv_head, split, splits, warp_max, warp_sum, warp_accumulator);
+}
+
+// The grouped kernel for head_dim a multiple of 8 up to 128, two keys at a time per warp:
+// each half-warp takes one key, each of its lanes 8 consecutive elements (one 16-byte load
+// of the key and one of the value), reduces the G scores over its 16 lanes and keeps its
+// own online softmax. The next key's loads are issued before the current key is used, so a
+// warp has two keys in flight. The halves are merged at the end, then the warps as in
+// GroupedAttentionKernel.
+template <int G>
+__global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
+    PairedGroupedAttentionKernel(PagedAttentionParams p, int splits) {
+  const int64_t listed = blockIdx.x;
+  const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
+  const int64_t kv_head = blockIdx.y;
+  const int split = static_cast<int>(blockIdx.z);
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int half = lane / 16;
+  const int sub = lane % 16;
+  const int64_t d = p.head_dim;
+  const bool active = sub * 8 < d;  // Lanes past head_dim hold zeros.
+  const int64_t position = p.positions[t];
+  const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
+  const int64_t kv_row = p.num_kv_heads * d;
+  const int64_t chunk = (position + splits) / splits;  // ⌈(position + 1) / splits⌉
+  const int64_t begin = split * chunk;
+  const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
+
+  float query[G][8];
+  float accumulator[G][8];
+  float running_max[G];
+  float running_sum[G];
+#pragma unroll
   for (int g = 0; g < G; ++g) {
-    const int64_t head = kv_head * G + g;
-    float block_max = -INFINITY;
-    for (int w = 0; w < kAttentionWarps; ++w) block_max = fmaxf(block_max, warp_max[g][w]);
-    float total = 0.0f;
-    float scales[kAttentionWarps];
-    for (int w = 0; w < kAttentionWarps; ++w) {
-      // A warp that saw no key has max -inf and sum 0: its scale is 0.
-      scales[w] = warp_sum[g][w] > 0.0f ? expf(warp_max[g][w] - block_max) : 0.0f;
-      total += warp_sum[g][w] * scales[w];
+    const float* q = p.q + (t * p.num_heads + kv_head * G + g) * d + sub * 8;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      query[g][j] = active ? q[j] : 0.0f;
+      accumulator[g][j] = 0.0f;
     }
-    if (splits == 1) {
-      float* out = p.out + (t * p.num_heads + head) * d;
-      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-        float sum = 0.0f;
-        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
-        out[c] = sum / total;
-      }
-    } else {
-      float* partial = p.workspace + ((listed * p.num_heads + head) * splits + split) * (d + 2);
-      if (threadIdx.x == 0) {
-        partial[0] = block_max;
-        partial[1] = total;  // 0 for a split without keys.
-      }
-      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-        float sum = 0.0f;
-        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
-        partial[2 + c] = sum;
+    running_max[g] = -INFINITY;
+    running_sum[g] = 0.0f;
+  }
+  const auto load = [&](int64_t key_position, uint4& key, uint4& value) {
+    const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+                         key_position % p.block_size;
+    const int64_t offset = slot * kv_row + kv_head * d + sub * 8;
+    key = *reinterpret_cast<const uint4*>(p.key_cache + offset);
+    value = *reinterpret_cast<const uint4*>(p.value_cache + offset);
+  };
+  const auto unpack = [](const uint4& bits, float* out) {
+    const unsigned words[4] = {bits.x, bits.y, bits.z, bits.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = Bf16BitsToFloat(static_cast<uint16_t>(words[i] & 0xffffu));
+      out[2 * i + 1] = Bf16BitsToFloat(static_cast<uint16_t>(words[i] >> 16));
+    }
+  };
+  // Warp w takes the key pairs begin + 2·w, + 2·(w + kAttentionWarps), ...; the loop runs
+  // while the pair's first key exists, the same for both halves (the shuffles need them).
+  constexpr int kStride = 2 * kAttentionWarps;
+  uint4 next_key = {0, 0, 0, 0};
+  uint4 next_value = {0, 0, 0, 0};
+  if (begin + 2 * warp + half < end && active) load(begin + 2 * warp + half, next_key, next_value);
+  for (int64_t pair = begin + 2 * warp; pair < end; pair += kStride) {
+    const bool valid = pair + half < end;
+    const uint4 key_bits = next_key;
+    const uint4 value_bits = next_value;
+    if (pair + half + kStride < end && active) load(pair + half + kStride, next_key, next_value);
+    float k[8];
+    float v[8];
+    unpack(key_bits, k);
+    unpack(value_bits, v);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float partial = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) partial += query[g][j] * k[j];
+#pragma unroll
+      for (int offset = 8; offset > 0; offset /= 2)
+        partial += __shfl_xor_sync(0xffffffffu, partial, offset);
+      if (valid) {
+        const float score = partial * p.scale;
+        const float new_max = fmaxf(running_max[g], score);
+        const float correction = expf(running_max[g] - new_max);
+        const float weight = expf(score - new_max);
+        running_sum[g] = running_sum[g] * correction + weight;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          accumulator[g][j] = accumulator[g][j] * correction + weight * v[j];
+        running_max[g] = new_max;
       }
     }
   }
+  // The two halves' softmax states merged (a half without keys has sum 0 and weighs 0).
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float other_max = __shfl_xor_sync(0xffffffffu, running_max[g], 16);
+    const float other_sum = __shfl_xor_sync(0xffffffffu, running_sum[g], 16);
+    const float merged_max = fmaxf(running_max[g], other_max);
+    const float mine = running_sum[g] > 0.0f ? expf(running_max[g] - merged_max) : 0.0f;
+    const float theirs = other_sum > 0.0f ? expf(other_max - merged_max) : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float other = __shfl_xor_sync(0xffffffffu, accumulator[g][j], 16);
+      accumulator[g][j] = accumulator[g][j] * mine + other * theirs;
+    }
+    running_sum[g] = running_sum[g] * mine + other_sum * theirs;
+    running_max[g] = merged_max;
+  }
+
+  __shared__ float warp_max[G][kAttentionWarps];
+  __shared__ float warp_sum[G][kAttentionWarps];
+  __shared__ float warp_accumulator[kAttentionWarps][G][kMaxHeadDim];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      warp_max[g][warp] = running_max[g];
+      warp_sum[g][warp] = running_sum[g];
+    }
+    if (half == 0 && active) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) warp_accumulator[warp][g][sub * 8 + j] = accumulator[g][j];
+    }
+  }
+  MergeGroupedWarps<G>(p, t, listed, kv_head, split, splits, warp_max, warp_sum, warp_accumulator);
 }
 
 // One block per (token, head): the splits' partial results merged.
@@ -432,35 +571,30 @@ __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits)
   }
 }
 
+// E: GroupedAttentionKernel's elements per lane; 0 for PairedGroupedAttentionKernel.
+template <int G, int E>
+void LaunchGroupedKernel(dim3 grid, const PagedAttentionParams& params, int splits,
+                         cudaStream_t stream) {
+  constexpr int kThreadsPerBlock = kAttentionWarps * kWarpSize;
+  if constexpr (E == 0) {
+    PairedGroupedAttentionKernel<G><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+  } else {
+    GroupedAttentionKernel<G, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+  }
+}
+
 template <int E>
 void LaunchGroupedAttention(int group, dim3 grid, const PagedAttentionParams& params, int splits,
                             cudaStream_t stream) {
-  constexpr int kThreadsPerBlock = kAttentionWarps * kWarpSize;
   switch (group) {
-    case 1:
-      GroupedAttentionKernel<1, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
-    case 2:
-      GroupedAttentionKernel<2, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
-    case 3:
-      GroupedAttentionKernel<3, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
-    case 4:
-      GroupedAttentionKernel<4, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
-    case 5:
-      GroupedAttentionKernel<5, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
-    case 6:
-      GroupedAttentionKernel<6, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
-    case 7:
-      GroupedAttentionKernel<7, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
-    default:
-      GroupedAttentionKernel<8, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-      break;
+    case 1: LaunchGroupedKernel<1, E>(grid, params, splits, stream); break;
+    case 2: LaunchGroupedKernel<2, E>(grid, params, splits, stream); break;
+    case 3: LaunchGroupedKernel<3, E>(grid, params, splits, stream); break;
+    case 4: LaunchGroupedKernel<4, E>(grid, params, splits, stream); break;
+    case 5: LaunchGroupedKernel<5, E>(grid, params, splits, stream); break;
+    case 6: LaunchGroupedKernel<6, E>(grid, params, splits, stream); break;
+    case 7: LaunchGroupedKernel<7, E>(grid, params, splits, stream); break;
+    default: LaunchGroupedKernel<8, E>(grid, params, splits, stream); break;
   }
 }
 
@@ -592,9 +726,12 @@ constexpr int kTcKeys = 32;
 constexpr int kTcThreads = 128;
 constexpr int kTcLd = static_cast<int>(kTiledMaxHeadDim) + 8;  // BF16 row stride, padded.
 constexpr int kTcProbLd = kTcKeys + 8;
+// Float row stride of the scores: padded so that the 16 lanes reading one column of 16 rows
+// hit 2 banks each rather than 1 (wmma wants a multiple of 4).
+constexpr int kTcScoreLd = kTcKeys + 4;
 constexpr int kTcQBytes = kTcRows * kTcLd * 2;
 constexpr int kTcKvBytes = kTcKeys * kTcLd * 2;
-constexpr int kTcScoreBytes = kTcRows * kTcKeys * 4;
+constexpr int kTcScoreBytes = kTcRows * kTcScoreLd * 4;
 constexpr int kTcSharedBytes = kTcQBytes + 2 * kTcKvBytes + kTcScoreBytes;
 static_assert(kTcRows * kTcProbLd * 2 <= kTcKvBytes, "probabilities replace the keys");
 static_assert(kTcRows * kTiledMaxHeadDim * 4 <= kTcQBytes + 2 * kTcKvBytes,
@@ -604,28 +741,40 @@ bool TensorCoreAttention(int64_t head_dim) {
   return head_dim % 16 == 0;
 }
 
-// Loads key (and value) rows key_start .. key_start + kTcKeys of one KV head as BF16, zeros
-// past num_keys.
-__device__ void LoadKeyTile(const PagedAttentionParams& p, const int32_t* table, int64_t kv_head,
-                            int64_t key_start, int64_t num_keys, const uint16_t* cache,
-                            uint16_t* tile) {
-  const int64_t d = p.head_dim;
-  const int64_t kv_row = p.num_kv_heads * d;
-  for (int64_t i = threadIdx.x; i < kTcKeys * d; i += blockDim.x) {
-    const int64_t j = i / d;
-    const int64_t c = i % d;
-    uint16_t bits = 0;
-    if (j < num_keys) {
-      const int64_t key_position = key_start + j;
-      const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-                           key_position % p.block_size;
-      bits = cache[slot * kv_row + kv_head * d + c];
-    }
-    tile[j * kTcLd + c] = bits;
+// The cache slots of key positions key_start .. key_start + kTcKeys (−1 past num_keys), one
+// per thread of the first kTcKeys: the block table is read once per key, not per element.
+__device__ void KeyTileSlots(const PagedAttentionParams& p, const int32_t* table, int64_t key_start,
+                             int64_t num_keys, int64_t* slots) {
+  if (threadIdx.x < kTcKeys) {
+    const int64_t j = threadIdx.x;
+    const int64_t key_position = key_start + j;
+    slots[j] = j < num_keys
+                   ? static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+                         key_position % p.block_size
+                   : -1;
   }
 }
 
-// The warp's 16 rows × kTcKeys scores (unscaled) into scores (row stride kTcKeys).
+// Loads the key (or value) rows at `slots` of one KV head into `tile`, zeros for slot −1, 16
+// bytes (8 BF16 values) per load: head_dim is a multiple of 16, so every row starts 16-byte
+// aligned in the cache and in the tile.
+__device__ void LoadKeyTile(const PagedAttentionParams& p, const int64_t* slots, int64_t kv_head,
+                            const uint16_t* cache, uint16_t* tile) {
+  const int chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per row.
+  const int64_t kv_row = p.num_kv_heads * p.head_dim;
+  for (int i = threadIdx.x; i < kTcKeys * chunks; i += blockDim.x) {
+    const int j = i / chunks;
+    const int c = (i % chunks) * 8;
+    const int64_t slot = slots[j];
+    uint4 bits = {0, 0, 0, 0};
+    if (slot >= 0) {
+      bits = *reinterpret_cast<const uint4*>(cache + slot * kv_row + kv_head * p.head_dim + c);
+    }
+    *reinterpret_cast<uint4*>(tile + j * kTcLd + c) = bits;
+  }
+}
+
+// The warp's 16 rows × kTcKeys scores (unscaled) into scores (row stride kTcScoreLd).
 __device__ void TileScores(const __nv_bfloat16* q_rows, const __nv_bfloat16* keys, int64_t d,
                            float* scores) {
   using namespace nvcuda;
@@ -645,7 +794,7 @@ __device__ void TileScores(const __nv_bfloat16* q_rows, const __nv_bfloat16* key
   }
 #pragma unroll
   for (int n = 0; n < kTcKeys / 16; ++n)
-    wmma::store_matrix_sync(scores + n * 16, acc[n], kTcKeys, wmma::mem_row_major);
+    wmma::store_matrix_sync(scores + n * 16, acc[n], kTcScoreLd, wmma::mem_row_major);
 }
 
 __global__ void __launch_bounds__(kTcThreads)
@@ -655,6 +804,7 @@ __global__ void __launch_bounds__(kTcThreads)
   __shared__ float row_max[kTcRows];
   __shared__ float row_sum[kTcRows];
   __shared__ int64_t row_position[kTcRows];
+  __shared__ int64_t key_slots[kTcKeys];
   auto* q_tile = reinterpret_cast<__nv_bfloat16*>(shared);
   auto* k_tile = reinterpret_cast<__nv_bfloat16*>(shared + kTcQBytes);
   auto* v_tile = reinterpret_cast<__nv_bfloat16*>(shared + kTcQBytes + kTcKvBytes);
@@ -672,13 +822,13 @@ __global__ void __launch_bounds__(kTcThreads)
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const __nv_bfloat16* q_rows = q_tile + warp * 16 * kTcLd;
-  float* warp_scores = scores + warp * 16 * kTcKeys;
+  float* warp_scores = scores + warp * 16 * kTcScoreLd;
 
   // Row r: token first + r / group, query head kv_head · group + r % group; rows past
   // `rows` are zeros that see no key.
-  for (int64_t i = threadIdx.x; i < kTcRows * d; i += blockDim.x) {
-    const int64_t r = i / d;
-    const int64_t c = i % d;
+  for (int i = threadIdx.x; i < kTcRows * static_cast<int>(d); i += blockDim.x) {
+    const int r = i / static_cast<int>(d);
+    const int c = i % static_cast<int>(d);
     const float value =
         r < rows ? p.q[((first + r / group) * p.num_heads + kv_head * group + r % group) * d + c]
                  : 0.0f;
@@ -691,30 +841,41 @@ __global__ void __launch_bounds__(kTcThreads)
     row_position[r] = r < rows ? p.positions[first + r / group] : -1;
   }
 
-  // Pass 1: each row's max and sum of exp(score − max) over its keys.
+  // Pass 1: each row's max and sum of exp(score − max) over its keys. Two lanes per row (lane
+  // and lane + 16), each taking half the tile's keys, merged by a shuffle.
+  const int lane_row = warp * 16 + lane % 16;
+  const int lane_keys = (lane / 16) * (kTcKeys / 2);
   for (int64_t key_start = 0; key_start <= last_position; key_start += kTcKeys) {
     const int64_t num_keys =
         last_position + 1 - key_start < kTcKeys ? last_position + 1 - key_start : kTcKeys;
-    __syncthreads();  // Queries written, the previous keys used.
-    LoadKeyTile(p, table, kv_head, key_start, num_keys, p.key_cache,
-                reinterpret_cast<uint16_t*>(k_tile));
+    __syncthreads();  // Queries written, the previous keys and their slots used.
+    KeyTileSlots(p, table, key_start, num_keys, key_slots);
+    __syncthreads();
+    LoadKeyTile(p, key_slots, kv_head, p.key_cache, reinterpret_cast<uint16_t*>(k_tile));
     __syncthreads();
     TileScores(q_rows, k_tile, d, warp_scores);
     __syncwarp();
-    if (lane < 16) {
-      const int r = warp * 16 + lane;
-      const int64_t position = row_position[r];
-      float new_max = row_max[r];
-      for (int j = 0; j < num_keys && key_start + j <= position; ++j)
-        new_max = fmaxf(new_max, warp_scores[lane * kTcKeys + j] * p.scale);
-      if (new_max != -INFINITY) {  // Rows with no key yet (or padding) stay empty.
-        float sum = row_sum[r] * expf(row_max[r] - new_max);
-        for (int j = 0; j < num_keys && key_start + j <= position; ++j)
-          sum += expf(warp_scores[lane * kTcKeys + j] * p.scale - new_max);
-        row_max[r] = new_max;
-        row_sum[r] = sum;
-      }
+    // Keys this lane's row sees in this tile: up to its position, within the tile.
+    const int64_t seen = row_position[lane_row] + 1 - key_start;
+    const int visible = static_cast<int>(seen < num_keys ? (seen > 0 ? seen : 0) : num_keys);
+    const float* row_scores = warp_scores + (lane % 16) * kTcScoreLd;
+    float tile_max = -INFINITY;
+    for (int j = lane_keys; j < lane_keys + kTcKeys / 2 && j < visible; ++j)
+      tile_max = fmaxf(tile_max, row_scores[j] * p.scale);
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
+    const float old_max = row_max[lane_row];
+    const float new_max = fmaxf(old_max, tile_max);
+    float tile_sum = 0.0f;
+    if (new_max != -INFINITY) {  // Rows with no key yet (or padding) stay empty.
+      for (int j = lane_keys; j < lane_keys + kTcKeys / 2 && j < visible; ++j)
+        tile_sum += expf(row_scores[j] * p.scale - new_max);
     }
+    tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, 16);
+    if (lane < 16 && new_max != -INFINITY) {
+      row_sum[lane_row] = row_sum[lane_row] * expf(old_max - new_max) + tile_sum;
+      row_max[lane_row] = new_max;
+    }
+    __syncwarp();
   }
 
   // Pass 2: the output, exp(score − max) / sum times the values, in accumulators.
@@ -724,22 +885,25 @@ __global__ void __launch_bounds__(kTcThreads)
   for (int64_t key_start = 0; key_start <= last_position; key_start += kTcKeys) {
     const int64_t num_keys =
         last_position + 1 - key_start < kTcKeys ? last_position + 1 - key_start : kTcKeys;
-    __syncthreads();  // The previous tile's probabilities (over the keys) and values used.
-    LoadKeyTile(p, table, kv_head, key_start, num_keys, p.key_cache,
-                reinterpret_cast<uint16_t*>(k_tile));
-    LoadKeyTile(p, table, kv_head, key_start, num_keys, p.value_cache,
-                reinterpret_cast<uint16_t*>(v_tile));
+    __syncthreads();  // The previous tile's probabilities (over the keys), values, slots used.
+    KeyTileSlots(p, table, key_start, num_keys, key_slots);
+    __syncthreads();
+    LoadKeyTile(p, key_slots, kv_head, p.key_cache, reinterpret_cast<uint16_t*>(k_tile));
+    LoadKeyTile(p, key_slots, kv_head, p.value_cache, reinterpret_cast<uint16_t*>(v_tile));
     __syncthreads();
     TileScores(q_rows, k_tile, d, warp_scores);
     __syncthreads();  // Every warp has its scores: the keys may be overwritten.
-    if (lane < 16) {
-      const int r = warp * 16 + lane;
-      const int64_t position = row_position[r];
-      for (int j = 0; j < kTcKeys; ++j) {
-        const bool seen = j < num_keys && key_start + j <= position && row_sum[r] > 0.0f;
-        const float probability =
-            seen ? expf(warp_scores[lane * kTcKeys + j] * p.scale - row_max[r]) / row_sum[r] : 0.0f;
-        probabilities[r * kTcProbLd + j] = __float2bfloat16(probability);
+    {
+      const int64_t seen = row_position[lane_row] + 1 - key_start;
+      const int visible = static_cast<int>(seen < num_keys ? (seen > 0 ? seen : 0) : num_keys);
+      const float* row_scores = warp_scores + (lane % 16) * kTcScoreLd;
+      const float max = row_max[lane_row];
+      const float inverse_sum = row_sum[lane_row] > 0.0f ? 1.0f / row_sum[lane_row] : 0.0f;
+      for (int j = lane_keys; j < lane_keys + kTcKeys / 2; ++j) {
+        const float probability = j < visible && inverse_sum > 0.0f
+                                      ? expf(row_scores[j] * p.scale - max) * inverse_sum
+                                      : 0.0f;
+        probabilities[lane_row * kTcProbLd + j] = __float2bfloat16(probability);
       }
     }
     __syncwarp();
@@ -1293,7 +1457,9 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   }
   const dim3 grid(static_cast<unsigned>(PerTokenCount(params)),
                   static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
-  if (params.head_dim <= 4 * kWarpSize) {
+  if (params.head_dim % 8 == 0 && params.head_dim <= 128) {
+    LaunchGroupedAttention<0>(group, grid, params, splits, stream);
+  } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);
   } else {
     LaunchGroupedAttention<8>(group, grid, params, splits, stream);

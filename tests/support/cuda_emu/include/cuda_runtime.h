@@ -13,6 +13,10 @@
 struct uint3 {
   unsigned int x, y, z;
 };
+// A 16-byte vector, for one load or store of 8 BF16 values (alignment as CUDA's).
+struct alignas(16) uint4 {
+  unsigned int x, y, z, w;
+};
 struct dim3 {
   unsigned int x = 1, y = 1, z = 1;
   constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1)

@@ -499,12 +499,15 @@ std::vector<OpCase> AllCases() {
   cases.push_back(PagedAttentionCase("long_prefill", {{0, 300}, {1000, 1}}, 8, 2, 128, 16));
   // Decodes of a few long sequences: the CUDA backend splits their keys among blocks
   // (flash-decoding) and merges the parts; group sizes 4, 8 and 16 (beyond its grouped
-  // kernel), an odd length, and one sequence shorter than the split count.
+  // kernel), an odd length (its paired kernel takes two keys at a time), and one sequence
+  // shorter than the split count.
   const std::vector<AttentionSpec> long_decodes = {{2047, 1}, {700, 1}, {4, 1}};
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16));
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 8, 1, 256, 16));
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 16, 1, 64, 16));
   cases.push_back(PagedAttentionCase("long_decodes", {{1500, 1}}, 7, 1, 80, 4));
+  // A head_dim that is not a multiple of 8 (no 16-byte loads of a key: one element per lane).
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 4, 2, 100, 16));
   // Prefill chunks in tiles (CUDA): after a cached prefix spanning several key tiles, exactly
   // the tiling threshold (16 tokens), a group of 3 (tiles of 10 tokens), an odd head_dim.
   cases.push_back(PagedAttentionCase("tiled_prefill", {{130, 37}, {0, 16}, {5, 15}}, 6, 2, 72, 16));
