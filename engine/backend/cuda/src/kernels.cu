@@ -871,6 +871,9 @@ __global__ void __launch_bounds__(kTcThreads)
         tile_sum += expf(row_scores[j] * p.scale - new_max);
     }
     tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, 16);
+    // Both lanes of the row have read its old max and sum before one of them writes them
+    // (compute-sanitizer's racecheck does not count the shuffle as a barrier).
+    __syncwarp();
     if (lane < 16 && new_max != -INFINITY) {
       row_sum[lane_row] = row_sum[lane_row] * expf(old_max - new_max) + tile_sum;
       row_max[lane_row] = new_max;
