@@ -2,7 +2,10 @@
 // every configuration of the filters and penalties, over rows of a real vocabulary's width,
 // flat and peaked, with ties. The chosen ids must be equal (the draws are the same numbers
 // and both sum in double); log-probabilities within float rounding.
+#include <cmath>
+#include <cstdlib>
 #include <random>
+#include <regex>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -109,6 +112,49 @@ TEST(CudaSampling, MatchesTheHostSamplerGivenTheSameDraws) {
       }
     }
   }
+}
+
+// INFERBOX_CUDA_OP_TIMES=1: the backend prints, when destroyed, the GPU time of each op it
+// ran (a Linear per weight shape), with how often it ran; off, it prints nothing.
+TEST(CudaOpTimes, ThePerOpTableListsEveryOpThatRan) {
+  std::string why_none;
+  auto devices = cuda::QueryCudaDevices(&why_none);
+  ASSERT_TRUE(devices.ok());
+  if (devices->empty()) GTEST_SKIP() << "no CUDA device (" << why_none << "): not run";
+  auto run_ops = [] {
+    auto backend = cuda::MakeCudaBackend(0);
+    ASSERT_TRUE(backend.ok()) << backend.status().ToString();
+    std::vector<float> host_weight(24, 0.5f);
+    auto weight = (*backend)->LoadWeight({DType::kF32, host_weight.data(), 6, 4});
+    ASSERT_TRUE(weight.ok()) << weight.status().ToString();
+    auto x = (*backend)->Allocate(3 * 4);
+    auto out = (*backend)->Allocate(3 * 6);
+    (*backend)->Upload(std::vector<float>(12, 1.0f), x->data());
+    for (int i = 0; i < 2; ++i) (*backend)->Linear(x->data(), 3, *weight, nullptr, out->data());
+    (*backend)->SiluMul(out->data(), out->data(), out->data());
+    std::vector<float> scratch;
+    const auto result = (*backend)->ReadBack(out->data(), scratch);
+    EXPECT_FLOAT_EQ(result[0], 2.0f / (1.0f + std::exp(-2.0f)) * 2.0f);
+  };
+
+  ASSERT_EQ(setenv("INFERBOX_CUDA_OP_TIMES", "1", 1), 0);
+  testing::internal::CaptureStderr();
+  run_ops();
+  const std::string table = testing::internal::GetCapturedStderr();
+  unsetenv("INFERBOX_CUDA_OP_TIMES");
+  EXPECT_NE(table.find("GPU time per op (INFERBOX_CUDA_OP_TIMES): 1 synchronisations"),
+            std::string::npos)
+      << table;
+  // Name, then calls, total ms, mean µs, share.
+  EXPECT_TRUE(
+      std::regex_search(table, std::regex(R"(\nLinear 6x4 +2 +[0-9.]+ +[0-9.]+ +[0-9.]+%)")))
+      << table;
+  EXPECT_TRUE(std::regex_search(table, std::regex(R"(\nSiluMul +1 +[0-9.]+ +[0-9.]+ +[0-9.]+%)")))
+      << table;
+
+  testing::internal::CaptureStderr();
+  run_ops();
+  EXPECT_EQ(testing::internal::GetCapturedStderr().find("GPU time per op"), std::string::npos);
 }
 
 }  // namespace
