@@ -6,7 +6,6 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 
 #include "kernels.h"
 
@@ -715,37 +714,52 @@ __global__ void __launch_bounds__(kTiledThreads)
 
 // --- Tensor-core prefill attention ---
 //
-// The tiled prefill above on tensor cores (wmma, BF16 operands, float accumulation), for
-// head_dim a multiple of 16: a block of 4 warps takes a tile of up to 64 (token, query head)
-// rows, 16 per warp. Two passes over the key tiles keep the output in accumulator fragments
-// (whose element layout is the hardware's, so it cannot be rescaled row by row): the first
-// finds each row's max and sum of exp over its keys, the second adds exp(s − max) / sum times
-// the values. Scores are computed twice; the values once.
-constexpr int kTcRows = 64;
-constexpr int kTcKeys = 32;
-constexpr int kTcThreads = 128;
-constexpr int kTcLd = static_cast<int>(kTiledMaxHeadDim) + 8;  // BF16 row stride, padded.
-constexpr int kTcProbLd = kTcKeys + 8;
-// Float row stride of the scores: padded so that the 16 lanes reading one column of 16 rows
-// hit 2 banks each rather than 1 (wmma wants a multiple of 4).
-constexpr int kTcScoreLd = kTcKeys + 4;
-constexpr int kTcQBytes = kTcRows * kTcLd * 2;
-constexpr int kTcKvBytes = kTcKeys * kTcLd * 2;
-constexpr int kTcScoreBytes = kTcRows * kTcScoreLd * 4;
-constexpr int kTcSharedBytes = kTcQBytes + 2 * kTcKvBytes + kTcScoreBytes;
-static_assert(kTcRows * kTcProbLd * 2 <= kTcKvBytes, "probabilities replace the keys");
-static_assert(kTcRows * kTiledMaxHeadDim * 4 <= kTcQBytes + 2 * kTcKvBytes,
-              "the output staging replaces queries, keys and values");
+// The tiled prefill above on tensor cores, FlashAttention-2 style, for head_dim a multiple
+// of 16 up to 128: a block of 4 warps takes a tile of up to 64 (token, query head) rows, 16
+// per warp, and walks the keys kFaKeys at a time in one pass. Each warp keeps its rows'
+// queries as BF16 A fragments and its output as float accumulators in registers, in the
+// layouts PTX documents for mma.m16n8k16, so that a lane knows which rows (g = lane / 4 and
+// g + 8) its values belong to: per key tile it computes the scores S = Q·Kᵀ (mma), takes
+// each row's max over the 4 lanes that share the row, rescales its output and running sum
+// by exp(old max − new max), turns exp(S − max) into BF16 A fragments in registers (the
+// layout of S's accumulators is that of A's operand) and adds P·V (mma). Key and value
+// tiles go through shared memory, 16 bytes per load, the block table read once per key.
+constexpr int kFaRows = 64;
+constexpr int kFaKeys = 64;
+constexpr int kFaThreads = 128;
+constexpr int kFaLd = static_cast<int>(kTiledMaxHeadDim) + 8;       // BF16 row stride, padded.
+constexpr int kFaChunks = static_cast<int>(kTiledMaxHeadDim) / 16;  // Of the head, in k.
+static_assert(kFaRows == 16 * (kFaThreads / kWarpSize), "16 rows per warp");
 
 bool TensorCoreAttention(int64_t head_dim) {
   return head_dim % 16 == 0;
 }
 
-// The cache slots of key positions key_start .. key_start + kTcKeys (−1 past num_keys), one
-// per thread of the first kTcKeys: the block table is read once per key, not per element.
+// d += a·b: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (sm_80 and later).
+__device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4],
+                                        const uint32_t (&b)[2]) {
+#ifdef INFERBOX_CUDA_EMULATED
+  ::cuda_emu::MmaM16n8k16Bf16(d, a, b);  // Inline PTX cannot run on the CPU emulation.
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// Two floats as BF16 (round to nearest even) in one register, the first in the lower half.
+__device__ __forceinline__ uint32_t PackBf16(float low, float high) {
+  return static_cast<uint32_t>(FloatToBf16Bits(low)) | static_cast<uint32_t>(FloatToBf16Bits(high))
+                                                           << 16;
+}
+
+// The cache slots of key positions key_start .. key_start + kFaKeys (−1 past num_keys), one
+// per thread of the first kFaKeys.
 __device__ void KeyTileSlots(const PagedAttentionParams& p, const int32_t* table, int64_t key_start,
                              int64_t num_keys, int64_t* slots) {
-  if (threadIdx.x < kTcKeys) {
+  if (threadIdx.x < kFaKeys) {
     const int64_t j = threadIdx.x;
     const int64_t key_position = key_start + j;
     slots[j] = j < num_keys
@@ -762,7 +776,7 @@ __device__ void LoadKeyTile(const PagedAttentionParams& p, const int64_t* slots,
                             const uint16_t* cache, uint16_t* tile) {
   const int chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per row.
   const int64_t kv_row = p.num_kv_heads * p.head_dim;
-  for (int i = threadIdx.x; i < kTcKeys * chunks; i += blockDim.x) {
+  for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
     const int c = (i % chunks) * 8;
     const int64_t slot = slots[j];
@@ -770,173 +784,171 @@ __device__ void LoadKeyTile(const PagedAttentionParams& p, const int64_t* slots,
     if (slot >= 0) {
       bits = *reinterpret_cast<const uint4*>(cache + slot * kv_row + kv_head * p.head_dim + c);
     }
-    *reinterpret_cast<uint4*>(tile + j * kTcLd + c) = bits;
+    *reinterpret_cast<uint4*>(tile + j * kFaLd + c) = bits;
   }
 }
 
-// The warp's 16 rows × kTcKeys scores (unscaled) into scores (row stride kTcScoreLd).
-__device__ void TileScores(const __nv_bfloat16* q_rows, const __nv_bfloat16* keys, int64_t d,
-                           float* scores) {
-  using namespace nvcuda;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTcKeys / 16];
-#pragma unroll
-  for (int n = 0; n < kTcKeys / 16; ++n) wmma::fill_fragment(acc[n], 0.0f);
-  for (int64_t kc = 0; kc < d / 16; ++kc) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-    wmma::load_matrix_sync(a, q_rows + kc * 16, kTcLd);
-#pragma unroll
-    for (int n = 0; n < kTcKeys / 16; ++n) {
-      // Kᵀ: element (k, key) at keys[key · kTcLd + k], column-major.
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> b;
-      wmma::load_matrix_sync(b, keys + n * 16 * kTcLd + kc * 16, kTcLd);
-      wmma::mma_sync(acc[n], a, b, acc[n]);
-    }
-  }
-#pragma unroll
-  for (int n = 0; n < kTcKeys / 16; ++n)
-    wmma::store_matrix_sync(scores + n * 16, acc[n], kTcScoreLd, wmma::mem_row_major);
-}
-
-__global__ void __launch_bounds__(kTcThreads)
+__global__ void __launch_bounds__(kFaThreads)
     TensorCorePrefillAttentionKernel(PagedAttentionParams p, int group) {
-  using namespace nvcuda;
-  __shared__ __align__(32) unsigned char shared[kTcSharedBytes];
-  __shared__ float row_max[kTcRows];
-  __shared__ float row_sum[kTcRows];
-  __shared__ int64_t row_position[kTcRows];
-  __shared__ int64_t key_slots[kTcKeys];
-  auto* q_tile = reinterpret_cast<__nv_bfloat16*>(shared);
-  auto* k_tile = reinterpret_cast<__nv_bfloat16*>(shared + kTcQBytes);
-  auto* v_tile = reinterpret_cast<__nv_bfloat16*>(shared + kTcQBytes + kTcKvBytes);
-  auto* scores = reinterpret_cast<float*>(shared + kTcQBytes + 2 * kTcKvBytes);
-  auto* probabilities = k_tile;                     // Once every warp has its scores.
-  auto* staged = reinterpret_cast<float*>(shared);  // At the end.
+  __shared__ __align__(16) uint16_t k_tile[kFaKeys * kFaLd];
+  __shared__ __align__(16) uint16_t v_tile[kFaKeys * kFaLd];
+  __shared__ int64_t key_slots[kFaKeys];
 
   const int32_t first = p.tiles[2 * blockIdx.x];
   const int32_t count = p.tiles[2 * blockIdx.x + 1];
   const int64_t kv_head = blockIdx.y;
-  const int64_t d = p.head_dim;
+  const int d = static_cast<int>(p.head_dim);
+  const int chunks = d / 16;
   const int rows = count * group;
   const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[first]];
   const int64_t last_position = p.positions[first + count - 1];
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const __nv_bfloat16* q_rows = q_tile + warp * 16 * kTcLd;
-  float* warp_scores = scores + warp * 16 * kTcScoreLd;
-
-  // Row r: token first + r / group, query head kv_head · group + r % group; rows past
-  // `rows` are zeros that see no key.
-  for (int i = threadIdx.x; i < kTcRows * static_cast<int>(d); i += blockDim.x) {
-    const int r = i / static_cast<int>(d);
-    const int c = i % static_cast<int>(d);
-    const float value =
-        r < rows ? p.q[((first + r / group) * p.num_heads + kv_head * group + r % group) * d + c]
-                 : 0.0f;
-    q_tile[r * kTcLd + c] = __float2bfloat16(value);
+  const int g = lane / 4;
+  const int t = lane % 4;
+  // This lane's two rows (warp·16 + g and + 8): token first + row / group, query head
+  // kv_head · group + row % group; rows past `rows` are padding that sees no key.
+  int64_t position[2];
+  const float* q_row[2];
+  for (int i = 0; i < 2; ++i) {
+    const int row = warp * 16 + g + 8 * i;
+    const bool real = row < rows;
+    position[i] = real ? p.positions[first + row / group] : -1;
+    q_row[i] = real
+                   ? p.q + ((first + row / group) * p.num_heads + kv_head * group + row % group) * d
+                   : nullptr;
   }
-  if (threadIdx.x < kTcRows) {
-    const int r = threadIdx.x;
-    row_max[r] = -INFINITY;
-    row_sum[r] = 0.0f;
-    row_position[r] = r < rows ? p.positions[first + r / group] : -1;
+  // The queries as A fragments, one per 16 elements of the head.
+  uint32_t q[kFaChunks][4];
+#pragma unroll
+  for (int c = 0; c < kFaChunks; ++c) {
+    if (c >= chunks) break;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float* source = q_row[r % 2];  // a[0], a[2]: row g; a[1], a[3]: row g + 8.
+      const int column = c * 16 + 2 * t + (r >= 2 ? 8 : 0);
+      q[c][r] = source != nullptr ? PackBf16(source[column], source[column + 1]) : 0u;
+    }
   }
+  // Scores in log2 units, so that exp2f does the exponentials.
+  const float scale = p.scale * 1.4426950408889634f;
+  float running_max[2] = {-INFINITY, -INFINITY};
+  float running_sum[2] = {0.0f, 0.0f};  // This lane's columns only; the 4 lanes summed at the end.
+  float out[kFaChunks * 2][4];
+#pragma unroll
+  for (int j = 0; j < kFaChunks * 2; ++j) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
 
-  // Pass 1: each row's max and sum of exp(score − max) over its keys. Two lanes per row (lane
-  // and lane + 16), each taking half the tile's keys, merged by a shuffle.
-  const int lane_row = warp * 16 + lane % 16;
-  const int lane_keys = (lane / 16) * (kTcKeys / 2);
-  for (int64_t key_start = 0; key_start <= last_position; key_start += kTcKeys) {
+  for (int64_t key_start = 0; key_start <= last_position; key_start += kFaKeys) {
     const int64_t num_keys =
-        last_position + 1 - key_start < kTcKeys ? last_position + 1 - key_start : kTcKeys;
-    __syncthreads();  // Queries written, the previous keys and their slots used.
+        last_position + 1 - key_start < kFaKeys ? last_position + 1 - key_start : kFaKeys;
+    __syncthreads();  // The previous tile's keys, values and slots used.
     KeyTileSlots(p, table, key_start, num_keys, key_slots);
     __syncthreads();
-    LoadKeyTile(p, key_slots, kv_head, p.key_cache, reinterpret_cast<uint16_t*>(k_tile));
+    LoadKeyTile(p, key_slots, kv_head, p.key_cache, k_tile);
+    LoadKeyTile(p, key_slots, kv_head, p.value_cache, v_tile);
     __syncthreads();
-    TileScores(q_rows, k_tile, d, warp_scores);
-    __syncwarp();
-    // Keys this lane's row sees in this tile: up to its position, within the tile.
-    const int64_t seen = row_position[lane_row] + 1 - key_start;
-    const int visible = static_cast<int>(seen < num_keys ? (seen > 0 ? seen : 0) : num_keys);
-    const float* row_scores = warp_scores + (lane % 16) * kTcScoreLd;
-    float tile_max = -INFINITY;
-    for (int j = lane_keys; j < lane_keys + kTcKeys / 2 && j < visible; ++j)
-      tile_max = fmaxf(tile_max, row_scores[j] * p.scale);
-    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
-    const float old_max = row_max[lane_row];
-    const float new_max = fmaxf(old_max, tile_max);
-    float tile_sum = 0.0f;
-    if (new_max != -INFINITY) {  // Rows with no key yet (or padding) stay empty.
-      for (int j = lane_keys; j < lane_keys + kTcKeys / 2 && j < visible; ++j)
-        tile_sum += expf(row_scores[j] * p.scale - new_max);
-    }
-    tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, 16);
-    // Both lanes of the row have read its old max and sum before one of them writes them
-    // (compute-sanitizer's racecheck does not count the shuffle as a barrier).
-    __syncwarp();
-    if (lane < 16 && new_max != -INFINITY) {
-      row_sum[lane_row] = row_sum[lane_row] * expf(old_max - new_max) + tile_sum;
-      row_max[lane_row] = new_max;
-    }
-    __syncwarp();
-  }
 
-  // Pass 2: the output, exp(score − max) / sum times the values, in accumulators.
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> out[kTiledMaxHeadDim / 16];
+    // S = Q·Kᵀ, 8 keys per accumulator: s[n] holds keys n·8 + 2t, + 1 of rows g and g + 8.
+    float s[kFaKeys / 8][4];
 #pragma unroll
-  for (int c = 0; c < kTiledMaxHeadDim / 16; ++c) wmma::fill_fragment(out[c], 0.0f);
-  for (int64_t key_start = 0; key_start <= last_position; key_start += kTcKeys) {
-    const int64_t num_keys =
-        last_position + 1 - key_start < kTcKeys ? last_position + 1 - key_start : kTcKeys;
-    __syncthreads();  // The previous tile's probabilities (over the keys), values, slots used.
-    KeyTileSlots(p, table, key_start, num_keys, key_slots);
-    __syncthreads();
-    LoadKeyTile(p, key_slots, kv_head, p.key_cache, reinterpret_cast<uint16_t*>(k_tile));
-    LoadKeyTile(p, key_slots, kv_head, p.value_cache, reinterpret_cast<uint16_t*>(v_tile));
-    __syncthreads();
-    TileScores(q_rows, k_tile, d, warp_scores);
-    __syncthreads();  // Every warp has its scores: the keys may be overwritten.
-    {
-      const int64_t seen = row_position[lane_row] + 1 - key_start;
-      const int visible = static_cast<int>(seen < num_keys ? (seen > 0 ? seen : 0) : num_keys);
-      const float* row_scores = warp_scores + (lane % 16) * kTcScoreLd;
-      const float max = row_max[lane_row];
-      const float inverse_sum = row_sum[lane_row] > 0.0f ? 1.0f / row_sum[lane_row] : 0.0f;
-      for (int j = lane_keys; j < lane_keys + kTcKeys / 2; ++j) {
-        const float probability = j < visible && inverse_sum > 0.0f
-                                      ? expf(row_scores[j] * p.scale - max) * inverse_sum
-                                      : 0.0f;
-        probabilities[lane_row * kTcProbLd + j] = __float2bfloat16(probability);
+    for (int n = 0; n < kFaKeys / 8; ++n) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kFaChunks; ++c) {
+        if (c >= chunks) break;
+        // Kᵀ as B: b[0] = K[key n·8 + g][c·16 + 2t, + 1], b[1] the same 8 elements on.
+        const uint16_t* key = k_tile + (n * 8 + g) * kFaLd + c * 16 + 2 * t;
+        const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(key),
+                               *reinterpret_cast<const uint32_t*>(key + 8)};
+        MmaBf16(s[n], q[c], b);
       }
     }
-    __syncwarp();
+    // Causal mask (and keys past the tile's end) and the rows' new max over their 4 lanes.
+    float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-    for (int c = 0; c < kTiledMaxHeadDim / 16; ++c) {
-      if (c >= d / 16) break;
+    for (int n = 0; n < kFaKeys / 8; ++n) {
 #pragma unroll
-      for (int n = 0; n < kTcKeys / 16; ++n) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-        wmma::load_matrix_sync(a, probabilities + warp * 16 * kTcProbLd + n * 16, kTcProbLd);
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
-        wmma::load_matrix_sync(b, v_tile + n * 16 * kTcLd + c * 16, kTcLd);
-        wmma::mma_sync(out[c], a, b, out[c]);
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key_position = key_start + n * 8 + 2 * t + e % 2;
+        const int i = e / 2;
+        s[n][e] = key_position <= position[i] ? s[n][e] * scale : -INFINITY;
+        tile_max[i] = fmaxf(tile_max[i], s[n][e]);
+      }
+    }
+    float base[2];
+    float correction[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+      const float new_max = fmaxf(running_max[i], tile_max[i]);
+      // A row that has seen no key yet keeps max −inf, sum and output 0 (base 0 avoids
+      // −inf − −inf).
+      base[i] = new_max == -INFINITY ? 0.0f : new_max;
+      correction[i] = exp2f(running_max[i] - base[i]);
+      running_max[i] = new_max;
+      running_sum[i] *= correction[i];
+    }
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      out[j][0] *= correction[0];
+      out[j][1] *= correction[0];
+      out[j][2] *= correction[1];
+      out[j][3] *= correction[1];
+    }
+    // P = exp2(S − max) as A fragments over 16 keys each: s[2k] and s[2k + 1] are exactly
+    // the halves of A's layout.
+    uint32_t probabilities[kFaKeys / 16][4];
+#pragma unroll
+    for (int k = 0; k < kFaKeys / 16; ++k) {
+      float e[2][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int x = 0; x < 4; ++x) {
+          e[h][x] = exp2f(s[2 * k + h][x] - base[x / 2]);
+          running_sum[x / 2] += e[h][x];
+        }
+      }
+      probabilities[k][0] = PackBf16(e[0][0], e[0][1]);
+      probabilities[k][1] = PackBf16(e[0][2], e[0][3]);
+      probabilities[k][2] = PackBf16(e[1][0], e[1][1]);
+      probabilities[k][3] = PackBf16(e[1][2], e[1][3]);
+    }
+    // O += P·V, 8 head elements per accumulator: V as B, b[0] = V[keys k·16 + 2t, + 1][n·8 + g],
+    // b[1] the same 8 keys on.
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      if (j >= 2 * chunks) break;
+#pragma unroll
+      for (int k = 0; k < kFaKeys / 16; ++k) {
+        const uint16_t* value = v_tile + (k * 16 + 2 * t) * kFaLd + j * 8 + g;
+        const uint32_t b[2] = {
+            static_cast<uint32_t>(value[0]) | static_cast<uint32_t>(value[kFaLd]) << 16,
+            static_cast<uint32_t>(value[8 * kFaLd]) | static_cast<uint32_t>(value[9 * kFaLd])
+                                                          << 16};
+        MmaBf16(out[j], probabilities[k], b);
       }
     }
   }
-  __syncthreads();  // Queries, keys and values used: the output is staged over them.
-  float* warp_staged = staged + warp * 16 * kTiledMaxHeadDim;
+  // Each row's sum over its 4 lanes; the output divided by it (a padding row writes nothing).
 #pragma unroll
-  for (int c = 0; c < kTiledMaxHeadDim / 16; ++c) {
-    if (c >= d / 16) break;
-    wmma::store_matrix_sync(warp_staged + c * 16, out[c], kTiledMaxHeadDim, wmma::mem_row_major);
+  for (int i = 0; i < 2; ++i) {
+    running_sum[i] += __shfl_xor_sync(0xffffffffu, running_sum[i], 1);
+    running_sum[i] += __shfl_xor_sync(0xffffffffu, running_sum[i], 2);
   }
-  __syncwarp();
-  for (int64_t i = lane; i < 16 * d; i += kWarpSize) {
-    const int64_t r = warp * 16 + i / d;
-    if (r >= rows) continue;
-    const int64_t c = i % d;
-    p.out[((first + r / group) * p.num_heads + kv_head * group + r % group) * d + c] =
-        warp_staged[(i / d) * kTiledMaxHeadDim + c];
+  for (int i = 0; i < 2; ++i) {
+    const int row = warp * 16 + g + 8 * i;
+    if (row >= rows) continue;
+    float* target =
+        p.out + ((first + row / group) * p.num_heads + kv_head * group + row % group) * d + 2 * t;
+    const float inverse = 1.0f / running_sum[i];
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      if (j >= 2 * chunks) break;
+      target[j * 8] = out[j][2 * i] * inverse;
+      target[j * 8 + 1] = out[j][2 * i + 1] * inverse;
+    }
   }
 }
 
@@ -1445,7 +1457,7 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
                          static_cast<unsigned>(params.num_kv_heads));
     if (TensorCoreAttention(params.head_dim)) {
-      TensorCorePrefillAttentionKernel<<<tile_grid, kTcThreads, 0, stream>>>(params, group);
+      TensorCorePrefillAttentionKernel<<<tile_grid, kFaThreads, 0, stream>>>(params, group);
       CheckLaunch("TensorCorePrefillAttentionKernel");
     } else {
       TiledPrefillAttentionKernel<<<tile_grid, kTiledThreads, 0, stream>>>(params, group);

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -292,6 +293,19 @@ class Executor {
     const uint64_t result = source >= 0 && source < kWarpSize ? slots[source] : mine;
     ++fiber.warp_barriers;
     return result;
+  }
+
+  void WarpAllGather(uint64_t mine, uint64_t* all, const char* what) {
+    Fiber& fiber = Current();
+    const int lane = current_ % kWarpSize;
+    uint64_t* slots = WarpSlots(current_ / kWarpSize, fiber.warp_barriers);
+    slots[lane] = mine;
+    fiber.state = FiberState::kAtWarpBarrier;
+    fiber.warp_what = what;
+    fiber.warp_mask = 0xffffffffu;
+    SwitchToScheduler(fiber);
+    std::copy(slots, slots + kWarpSize, all);
+    ++fiber.warp_barriers;
   }
 
   int LaneId() const { return current_ % kWarpSize; }
@@ -598,6 +612,42 @@ int LaneId() {
 
 uint64_t WarpExchange(uint64_t mine, unsigned mask, int source, const char* what) {
   return ThreadExecutor().WarpExchange(mine, mask, source, what);
+}
+
+void WarpAllGather(uint64_t mine, uint64_t* all, const char* what) {
+  ThreadExecutor().WarpAllGather(mine, all, what);
+}
+
+void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b) {
+  // Each lane's fragments, gathered: A's four registers as two 64-bit values, B's as one.
+  uint64_t a01[kWarpSize], a23[kWarpSize], b01[kWarpSize];
+  WarpAllGather(a[0] | static_cast<uint64_t>(a[1]) << 32, a01, "mma.sync");
+  WarpAllGather(a[2] | static_cast<uint64_t>(a[3]) << 32, a23, "mma.sync");
+  WarpAllGather(b[0] | static_cast<uint64_t>(b[1]) << 32, b01, "mma.sync");
+  const auto bf16 = [](uint64_t word, int index) {  // index 0..3: the 16-bit halves, low first
+    const auto bits = static_cast<uint32_t>((word >> (16 * index)) & 0xffffu);
+    return std::bit_cast<float>(bits << 16);
+  };
+  // A[row][k]: lane (row % 8)·4 + (k % 8) / 2; register (row ≥ 8) + 2·(k ≥ 8); half k % 2.
+  const auto a_at = [&](int row, int k) {
+    const int lane = (row % 8) * 4 + (k % 8) / 2;
+    const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+    return bf16(reg < 2 ? a01[lane] : a23[lane], (reg % 2) * 2 + k % 2);
+  };
+  // B[k][n]: lane n·4 + (k % 8) / 2; register (k ≥ 8); half k % 2.
+  const auto b_at = [&](int k, int n) {
+    return bf16(b01[n * 4 + (k % 8) / 2], (k >= 8 ? 2 : 0) + k % 2);
+  };
+  const int lane = LaneId();
+  const int g = lane / 4;
+  const int t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i >= 2 ? 8 : 0);
+    const int col = 2 * t + i % 2;
+    float sum = d[i];
+    for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+    d[i] = sum;
+  }
 }
 
 }  // namespace cuda_emu

@@ -54,6 +54,19 @@ int LaneId();
 // the value lane `source` published (its own when source is out of range).
 uint64_t WarpExchange(uint64_t mine, unsigned mask, int source, const char* what);
 
+// Warp all-gather: publishes `mine` for this lane, waits for every lane of the warp and
+// copies what each published into all[0 .. 31].
+void WarpAllGather(uint64_t mine, uint64_t* all, const char* what);
+
+// PTX's mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, which inline assembly cannot
+// give the CPU: d += A·B for the warp's 16×16 BF16 A and 16×8 BF16 B fragments, each lane
+// holding a[4] and b[2] (two BF16 values per register, the lower half first) and d[4], in
+// the lane layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k16"): with g = lane / 4
+// and t = lane % 4, a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, 2t+1], a[2] = A[g][2t+8, 2t+9],
+// a[3] = A[g+8][2t+8, 2t+9]; b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]; d[0..1] =
+// D[g][2t, 2t+1], d[2..3] = D[g+8][2t, 2t+1]. Every lane must call it (a warp barrier).
+void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b);
+
 template <typename Kernel>
 class Launcher {
  public:
