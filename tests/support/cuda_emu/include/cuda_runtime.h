@@ -13,9 +13,15 @@
 struct uint3 {
   unsigned int x, y, z;
 };
-// A 16-byte vector, for one load or store of 8 BF16 values (alignment as CUDA's).
+// Vector types for wide loads and stores (alignment as CUDA's).
 struct alignas(16) uint4 {
   unsigned int x, y, z, w;
+};
+struct alignas(8) uint2 {
+  unsigned int x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
 };
 struct dim3 {
   unsigned int x = 1, y = 1, z = 1;
