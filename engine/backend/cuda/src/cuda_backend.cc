@@ -530,6 +530,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     Use();
     cudaStreamSynchronize(stream_);
+    if (times_.enabled()) times_.Collect();  // Ops since the last read-back count too.
     gemm_.reset();
     weights_.clear();
     gemm_input_ = DeviceAllocation();

@@ -288,13 +288,24 @@ constexpr int kMinKeysPerSplit = 64;
 constexpr int kMaxSplits = 32;
 
 // Tokens the per-token kernels take.
-int64_t PerTokenCount(const PagedAttentionParams& p) {
+__host__ __device__ int64_t PerTokenCount(const PagedAttentionParams& p) {
   return p.token_list != nullptr ? p.num_listed_tokens : p.num_tokens;
 }
 
+// Whether the per-token tokens go to TensorCoreDecodeAttentionKernel (a warp per token, KV
+// head and split) rather than the grouped kernels (a block each).
+bool TensorCoreDecode(const PagedAttentionParams& p) {
+  return p.head_dim % 16 == 0 && p.head_dim <= kTiledMaxHeadDim &&
+         p.num_heads / p.num_kv_heads <= 8;
+}
+
+// Splits of each (token, KV head)'s keys: enough work items for two blocks per
+// multiprocessor (of 4 warps: 8 warps of the tensor-core kernel), at least kMinKeysPerSplit
+// keys each, at most kMaxSplits.
 int AttentionSplits(const PagedAttentionParams& p) {
   const int64_t pairs = PerTokenCount(p) * p.num_kv_heads;
-  const int64_t wanted = 2 * static_cast<int64_t>(p.num_multiprocessors);
+  const int64_t wanted =
+      (TensorCoreDecode(p) ? 8 : 2) * static_cast<int64_t>(p.num_multiprocessors);
   if (pairs >= wanted) return 1;
   const int64_t by_device = (wanted + pairs - 1) / pairs;
   const int64_t by_length = (p.max_position + 1 + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
@@ -969,6 +980,200 @@ __global__ void __launch_bounds__(kFaThreads)
   }
 }
 
+// --- Tensor-core decode attention ---
+//
+// The per-token attention (decodes, short chunks) on tensor cores, for head_dim a multiple of
+// 16 up to 128 and up to 8 query heads per KV head: one warp per (token, KV head, split), its
+// group's query heads the rows of mma.m16n8k16 fragments (rows past the group are zeros).
+// Keys come 16 at a time into the warp's own shared-memory tiles (16-byte loads, the block
+// table read once per key); scores, online softmax and P·V as in the prefill kernel above.
+// To keep decode as exact as the float32 kernels, each BF16 operand that is not BF16 already
+// (the float32 query, the probabilities) goes in as a high and a low BF16 part, two mma
+// each: the products are then exact to about 2⁻¹⁶ instead of 2⁻⁸ (the keys and values are
+// BF16 in the cache).
+constexpr int kDecodeKeys = 16;
+constexpr int kDecodeWarps = 4;
+
+// value = high + low, both BF16 (the rest, below 2⁻¹⁶ relative, is dropped).
+__device__ __forceinline__ void SplitBf16(float value, uint16_t& high, uint16_t& low) {
+  high = FloatToBf16Bits(value);
+  low = FloatToBf16Bits(value - Bf16BitsToFloat(high));
+}
+
+// Two values' high parts in one register and their low parts in another.
+__device__ __forceinline__ void PackSplit(float first, float second, uint32_t& high,
+                                          uint32_t& low) {
+  uint16_t h0, l0, h1, l1;
+  SplitBf16(first, h0, l0);
+  SplitBf16(second, h1, l1);
+  high = static_cast<uint32_t>(h0) | static_cast<uint32_t>(h1) << 16;
+  low = static_cast<uint32_t>(l0) | static_cast<uint32_t>(l1) << 16;
+}
+
+__global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
+    TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
+  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][2][kDecodeKeys * kFaLd];
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
+  if (item >= PerTokenCount(p) * p.num_kv_heads * splits) return;  // The whole warp.
+  const int split = static_cast<int>(item % splits);
+  const int64_t kv_head = (item / splits) % p.num_kv_heads;
+  const int64_t listed = item / (splits * p.num_kv_heads);
+  const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
+  uint16_t* k_tile = tiles[warp][0];
+  uint16_t* v_tile = tiles[warp][1];
+  const int d = static_cast<int>(p.head_dim);
+  const int chunks = d / 16;
+  const int g = lane / 4;
+  const int quad = lane % 4;
+  const int64_t position = p.positions[t];
+  const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
+  const int64_t kv_row = p.num_kv_heads * p.head_dim;
+  const int64_t chunk = (position + splits) / splits;  // ⌈(position + 1) / splits⌉
+  const int64_t begin = split * chunk;
+  const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
+
+  // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
+  const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
+  uint32_t q_high[kFaChunks][4];
+  uint32_t q_low[kFaChunks][4];
+#pragma unroll
+  for (int c = 0; c < kFaChunks; ++c) {
+    if (c >= chunks) break;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      q_high[c][r] = q_low[c][r] = 0u;
+      if (r % 2 == 0 && q_row != nullptr) {
+        const int column = c * 16 + 2 * quad + (r == 2 ? 8 : 0);
+        PackSplit(q_row[column], q_row[column + 1], q_high[c][r], q_low[c][r]);
+      }
+    }
+  }
+  const float scale = p.scale * 1.4426950408889634f;  // Scores in log2 units.
+  float running_max = -INFINITY;
+  float running_sum = 0.0f;  // This lane's columns; the 4 lanes of the row summed at the end.
+  float out[kFaChunks * 2][4];
+#pragma unroll
+  for (int j = 0; j < kFaChunks * 2; ++j) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
+
+  const int row_chunks = d / 8;  // 16-byte chunks per key row; 16 keys of them fill whole warps.
+  for (int64_t key_start = begin; key_start < end; key_start += kDecodeKeys) {
+    const int num_keys =
+        static_cast<int>(end - key_start < kDecodeKeys ? end - key_start : kDecodeKeys);
+    int64_t slot = -1;  // Of key key_start + lane, for lanes below num_keys.
+    if (lane < num_keys) {
+      const int64_t key_position = key_start + lane;
+      slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+             key_position % p.block_size;
+    }
+    __syncwarp();  // The previous tile read.
+    for (int i = lane; i < kDecodeKeys * row_chunks; i += kWarpSize) {
+      const int j = i / row_chunks;
+      const int c = (i % row_chunks) * 8;
+      const int64_t key_slot = __shfl_sync(0xffffffffu, slot, j);
+      uint4 key_bits = {0, 0, 0, 0};
+      uint4 value_bits = {0, 0, 0, 0};
+      if (key_slot >= 0) {
+        const int64_t offset = key_slot * kv_row + kv_head * d + c;
+        key_bits = *reinterpret_cast<const uint4*>(p.key_cache + offset);
+        value_bits = *reinterpret_cast<const uint4*>(p.value_cache + offset);
+      }
+      *reinterpret_cast<uint4*>(k_tile + j * kFaLd + c) = key_bits;
+      *reinterpret_cast<uint4*>(v_tile + j * kFaLd + c) = value_bits;
+    }
+    __syncwarp();
+
+    // Scores of row g for keys n·8 + 2·quad, + 1 (s[n][0..1]; [2..3] are the zero rows').
+    float s[2][4];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kFaChunks; ++c) {
+        if (c >= chunks) break;
+        const uint16_t* key = k_tile + (n * 8 + g) * kFaLd + c * 16 + 2 * quad;
+        const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(key),
+                               *reinterpret_cast<const uint32_t*>(key + 8)};
+        MmaBf16(s[n], q_high[c], b);
+        MmaBf16(s[n], q_low[c], b);
+      }
+    }
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[n][e] = n * 8 + 2 * quad + e < num_keys ? s[n][e] * scale : -INFINITY;
+        tile_max = fmaxf(tile_max, s[n][e]);
+      }
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float new_max = fmaxf(running_max, tile_max);
+    const float base = new_max == -INFINITY ? 0.0f : new_max;
+    const float correction = exp2f(running_max - base);
+    running_max = new_max;
+    running_sum *= correction;
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      out[j][0] *= correction;
+      out[j][1] *= correction;
+    }
+    float e[2][2];
+#pragma unroll
+    for (int n = 0; n < 2; ++n) {
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        e[n][x] = exp2f(s[n][x] - base);
+        running_sum += e[n][x];
+      }
+    }
+    uint32_t p_high[4] = {0u, 0u, 0u, 0u};
+    uint32_t p_low[4] = {0u, 0u, 0u, 0u};
+    PackSplit(e[0][0], e[0][1], p_high[0], p_low[0]);
+    PackSplit(e[1][0], e[1][1], p_high[2], p_low[2]);
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      if (j >= 2 * chunks) break;
+      const uint16_t* value = v_tile + 2 * quad * kFaLd + j * 8 + g;
+      const uint32_t b[2] = {
+          static_cast<uint32_t>(value[0]) | static_cast<uint32_t>(value[kFaLd]) << 16,
+          static_cast<uint32_t>(value[8 * kFaLd]) | static_cast<uint32_t>(value[9 * kFaLd]) << 16};
+      MmaBf16(out[j], p_high, b);
+      MmaBf16(out[j], p_low, b);
+    }
+  }
+  running_sum += __shfl_xor_sync(0xffffffffu, running_sum, 1);
+  running_sum += __shfl_xor_sync(0xffffffffu, running_sum, 2);
+  if (g >= group) return;
+  const int64_t head = kv_head * group + g;
+  if (splits == 1) {
+    float* target = p.out + (t * p.num_heads + head) * d + 2 * quad;
+    const float inverse = 1.0f / running_sum;
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      if (j >= 2 * chunks) break;
+      target[j * 8] = out[j][0] * inverse;
+      target[j * 8 + 1] = out[j][1] * inverse;
+    }
+    return;
+  }
+  // The split's max (in natural-log units, as the combine kernel takes it), sum and
+  // unnormalised weighted values; a split without keys has sum 0 and is skipped there.
+  float* partial = p.workspace + ((listed * p.num_heads + head) * splits + split) * (d + 2);
+  if (quad == 0) {
+    partial[0] = running_max * 0.6931471805599453f;
+    partial[1] = running_sum;
+  }
+#pragma unroll
+  for (int j = 0; j < kFaChunks * 2; ++j) {
+    if (j >= 2 * chunks) break;
+    partial[2 + j * 8 + 2 * quad] = out[j][0];
+    partial[2 + j * 8 + 2 * quad + 1] = out[j][1];
+  }
+}
+
 __device__ __forceinline__ float SiluMulOne(float gate, float up) {
   return gate / (1.0f + expf(-gate)) * up;
 }
@@ -1516,7 +1721,12 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   }
   const dim3 grid(static_cast<unsigned>(PerTokenCount(params)),
                   static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
-  if (params.head_dim % 8 == 0 && params.head_dim <= 128) {
+  if (TensorCoreDecode(params)) {
+    const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
+    const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
+    TensorCoreDecodeAttentionKernel<<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group,
+                                                                                     splits);
+  } else if (params.head_dim % 8 == 0 && params.head_dim <= 128) {
     LaunchGroupedAttention<0>(group, grid, params, splits, stream);
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);

@@ -362,7 +362,14 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     const auto m = static_cast<int64_t>(positions.size());
     const std::vector<int32_t> ids(positions.size(), 0);
     auto step = backend.PrepareStep({ids, positions, slots, sequences, {}, nullptr});
-    const auto q = t.Input("q", RandomBf16Exact(static_cast<size_t>(m * heads * head_dim), 17));
+    // Queries are float32 after the rotation, not BF16: a backend that rounds them (tensor
+    // cores) must keep decode as exact as float32 (the CUDA decode kernel splits them into two
+    // BF16 parts).
+    std::vector<float> q_values(static_cast<size_t>(m * heads * head_dim));
+    std::mt19937 q_rng(17);
+    std::uniform_real_distribution<float> q_uniform(-1.0f, 1.0f);
+    for (float& value : q_values) value = q_uniform(q_rng);
+    const auto q = t.Input("q", q_values);
     const auto out = t.Output("out", static_cast<size_t>(m * heads * head_dim));
     backend.PagedAttention(*step, *cache, 0, q, heads,
                            1.0f / std::sqrt(static_cast<float>(head_dim)), out);
@@ -496,6 +503,11 @@ std::vector<OpCase> AllCases() {
     cases.push_back(PagedAttentionCase("mixed", mixed, heads, kv_heads, d, 16));
   }
   cases.push_back(PagedAttentionCase("mixed", mixed, 4, 2, 64, 4));
+  // Tensor-core shapes beyond the common ones: a group of 3 with head_dim 96 in blocks of 4, a
+  // group of 5 with head_dim 48, head_dim 16.
+  cases.push_back(PagedAttentionCase("mixed", mixed, 6, 2, 96, 4));
+  cases.push_back(PagedAttentionCase("mixed", mixed, 10, 2, 48, 16));
+  cases.push_back(PagedAttentionCase("mixed", mixed, 2, 2, 16, 16));
   cases.push_back(PagedAttentionCase("long_prefill", {{0, 300}, {1000, 1}}, 8, 2, 128, 16));
   // Decodes of a few long sequences: the CUDA backend splits their keys among blocks
   // (flash-decoding) and merges the parts; group sizes 4, 8 and 16 (beyond its grouped
