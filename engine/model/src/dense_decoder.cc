@@ -429,9 +429,10 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
     backend.AddRmsNorm(residual,
                        layer == 0 ? std::span<const float>() : std::span<const float>(delta), m,
                        l.input_norm, eps, normed);
-    backend.Linear(normed, m, l.q_proj, c.attention_bias ? &l.q_bias : nullptr, q);
-    backend.Linear(normed, m, l.k_proj, c.attention_bias ? &l.k_bias : nullptr, k);
-    backend.Linear(normed, m, l.v_proj, c.attention_bias ? &l.v_bias : nullptr, v);
+    const Backend::LinearOutput qkv[] = {{&l.q_proj, c.attention_bias ? &l.q_bias : nullptr, q},
+                                         {&l.k_proj, c.attention_bias ? &l.k_bias : nullptr, k},
+                                         {&l.v_proj, c.attention_bias ? &l.v_bias : nullptr, v}};
+    backend.Linears(normed, m, qkv);
     if (c.qk_norm) {  // Qwen3: RMSNorm per head before RoPE.
       backend.RmsNormGroups(q, l.q_norm, eps);
       backend.RmsNormGroups(k, l.k_norm, eps);
@@ -441,8 +442,9 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
     backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
     impl_->AllReduce(delta);  // Row-parallel: each rank holds a partial sum.
     backend.AddRmsNorm(residual, delta, m, l.post_attention_norm, eps, normed);
-    backend.Linear(normed, m, l.gate_proj, nullptr, gate);
-    backend.Linear(normed, m, l.up_proj, nullptr, up);
+    const Backend::LinearOutput gate_up[] = {{&l.gate_proj, nullptr, gate},
+                                             {&l.up_proj, nullptr, up}};
+    backend.Linears(normed, m, gate_up);
     backend.SiluMul(gate, up, gate);
     backend.Linear(gate, m, l.down_proj, nullptr, delta);
     impl_->AllReduce(delta);

@@ -687,6 +687,35 @@ class CudaBackend final : public Backend {
     }
   }
 
+  void Linears(std::span<const float> x, int64_t m,
+               std::span<const LinearOutput> outputs) override {
+    if (outputs.empty()) return;
+    const int64_t cols = outputs.front().weight->cols;
+    for (const LinearOutput& output : outputs) {
+      if (output.weight->dtype != DType::kBF16 || output.weight->cols != cols) {
+        FatalCudaError("Linears", "weights not loaded by this backend or of different widths",
+                       __FILE__, __LINE__);
+      }
+    }
+    OpScope scope(times_, stream_, [&outputs] {
+      std::string name = "Linears";
+      for (const LinearOutput& output : outputs)
+        name += fmt::format(" {}x{}", output.weight->rows, output.weight->cols);
+      return name;
+    });
+    uint16_t* input = GemmInput(m * cols);
+    LaunchConvertToBf16(x.data(), SourceType::kF32, input, m * cols, stream_);
+    for (const LinearOutput& output : outputs) {
+      const Weight& w = *output.weight;
+      gemm_->Run(input, static_cast<const uint16_t*>(w.data), output.out.data(), m, w.rows, w.cols,
+                 stream_);
+      if (output.bias != nullptr) {
+        LaunchAddBias(output.out.data(), static_cast<const float*>(output.bias->data), m, w.rows,
+                      stream_);
+      }
+    }
+  }
+
   void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) override {
     OpScope scope(times_, stream_, [] { return std::string("Embedding"); });
     const auto& inputs = static_cast<const CudaStepInputs&>(step);

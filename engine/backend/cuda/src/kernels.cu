@@ -444,132 +444,6 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   MergeGroupedWarps<G>(p, t, listed, kv_head, split, splits, warp_max, warp_sum, warp_accumulator);
 }
 
-// The grouped kernel for head_dim a multiple of 8 up to 128, two keys at a time per warp:
-// each half-warp takes one key, each of its lanes 8 consecutive elements (one 16-byte load
-// of the key and one of the value), reduces the G scores over its 16 lanes and keeps its
-// own online softmax. The next key's loads are issued before the current key is used, so a
-// warp has two keys in flight. The halves are merged at the end, then the warps as in
-// GroupedAttentionKernel.
-template <int G>
-__global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
-    PairedGroupedAttentionKernel(PagedAttentionParams p, int splits) {
-  const int64_t listed = blockIdx.x;
-  const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
-  const int64_t kv_head = blockIdx.y;
-  const int split = static_cast<int>(blockIdx.z);
-  const int lane = threadIdx.x % kWarpSize;
-  const int warp = threadIdx.x / kWarpSize;
-  const int half = lane / 16;
-  const int sub = lane % 16;
-  const int64_t d = p.head_dim;
-  const bool active = sub * 8 < d;  // Lanes past head_dim hold zeros.
-  const int64_t position = p.positions[t];
-  const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
-  const int64_t kv_row = p.num_kv_heads * d;
-  const int64_t chunk = (position + splits) / splits;  // ⌈(position + 1) / splits⌉
-  const int64_t begin = split * chunk;
-  const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
-
-  float query[G][8];
-  float accumulator[G][8];
-  float running_max[G];
-  float running_sum[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const float* q = p.q + (t * p.num_heads + kv_head * G + g) * d + sub * 8;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      query[g][j] = active ? q[j] : 0.0f;
-      accumulator[g][j] = 0.0f;
-    }
-    running_max[g] = -INFINITY;
-    running_sum[g] = 0.0f;
-  }
-  const auto load = [&](int64_t key_position, uint4& key, uint4& value) {
-    const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-                         key_position % p.block_size;
-    const int64_t offset = slot * kv_row + kv_head * d + sub * 8;
-    key = *reinterpret_cast<const uint4*>(p.key_cache + offset);
-    value = *reinterpret_cast<const uint4*>(p.value_cache + offset);
-  };
-  const auto unpack = [](const uint4& bits, float* out) {
-    const unsigned words[4] = {bits.x, bits.y, bits.z, bits.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      out[2 * i] = Bf16BitsToFloat(static_cast<uint16_t>(words[i] & 0xffffu));
-      out[2 * i + 1] = Bf16BitsToFloat(static_cast<uint16_t>(words[i] >> 16));
-    }
-  };
-  // Warp w takes the key pairs begin + 2·w, + 2·(w + kAttentionWarps), ...; the loop runs
-  // while the pair's first key exists, the same for both halves (the shuffles need them).
-  constexpr int kStride = 2 * kAttentionWarps;
-  uint4 next_key = {0, 0, 0, 0};
-  uint4 next_value = {0, 0, 0, 0};
-  if (begin + 2 * warp + half < end && active) load(begin + 2 * warp + half, next_key, next_value);
-  for (int64_t pair = begin + 2 * warp; pair < end; pair += kStride) {
-    const bool valid = pair + half < end;
-    const uint4 key_bits = next_key;
-    const uint4 value_bits = next_value;
-    if (pair + half + kStride < end && active) load(pair + half + kStride, next_key, next_value);
-    float k[8];
-    float v[8];
-    unpack(key_bits, k);
-    unpack(value_bits, v);
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float partial = 0.0f;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) partial += query[g][j] * k[j];
-#pragma unroll
-      for (int offset = 8; offset > 0; offset /= 2)
-        partial += __shfl_xor_sync(0xffffffffu, partial, offset);
-      if (valid) {
-        const float score = partial * p.scale;
-        const float new_max = fmaxf(running_max[g], score);
-        const float correction = expf(running_max[g] - new_max);
-        const float weight = expf(score - new_max);
-        running_sum[g] = running_sum[g] * correction + weight;
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          accumulator[g][j] = accumulator[g][j] * correction + weight * v[j];
-        running_max[g] = new_max;
-      }
-    }
-  }
-  // The two halves' softmax states merged (a half without keys has sum 0 and weighs 0).
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const float other_max = __shfl_xor_sync(0xffffffffu, running_max[g], 16);
-    const float other_sum = __shfl_xor_sync(0xffffffffu, running_sum[g], 16);
-    const float merged_max = fmaxf(running_max[g], other_max);
-    const float mine = running_sum[g] > 0.0f ? expf(running_max[g] - merged_max) : 0.0f;
-    const float theirs = other_sum > 0.0f ? expf(other_max - merged_max) : 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float other = __shfl_xor_sync(0xffffffffu, accumulator[g][j], 16);
-      accumulator[g][j] = accumulator[g][j] * mine + other * theirs;
-    }
-    running_sum[g] = running_sum[g] * mine + other_sum * theirs;
-    running_max[g] = merged_max;
-  }
-
-  __shared__ float warp_max[G][kAttentionWarps];
-  __shared__ float warp_sum[G][kAttentionWarps];
-  __shared__ float warp_accumulator[kAttentionWarps][G][kMaxHeadDim];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) {
-      warp_max[g][warp] = running_max[g];
-      warp_sum[g][warp] = running_sum[g];
-    }
-    if (half == 0 && active) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) warp_accumulator[warp][g][sub * 8 + j] = accumulator[g][j];
-    }
-  }
-  MergeGroupedWarps<G>(p, t, listed, kv_head, split, splits, warp_max, warp_sum, warp_accumulator);
-}
-
 // One block per (token, head): the splits' partial results merged.
 __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits) {
   const int64_t listed = blockIdx.x;
@@ -598,16 +472,10 @@ __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits)
   }
 }
 
-// E: GroupedAttentionKernel's elements per lane; 0 for PairedGroupedAttentionKernel.
 template <int G, int E>
 void LaunchGroupedKernel(dim3 grid, const PagedAttentionParams& params, int splits,
                          cudaStream_t stream) {
-  constexpr int kThreadsPerBlock = kAttentionWarps * kWarpSize;
-  if constexpr (E == 0) {
-    PairedGroupedAttentionKernel<G><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-  } else {
-    GroupedAttentionKernel<G, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
-  }
+  GroupedAttentionKernel<G, E><<<grid, kAttentionWarps * kWarpSize, 0, stream>>>(params, splits);
 }
 
 template <int E>
@@ -1726,8 +1594,6 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
     TensorCoreDecodeAttentionKernel<<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group,
                                                                                      splits);
-  } else if (params.head_dim % 8 == 0 && params.head_dim <= 128) {
-    LaunchGroupedAttention<0>(group, grid, params, splits, stream);
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);
   } else {

@@ -27,6 +27,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -282,30 +283,16 @@ class Executor {
   }
 
   uint64_t WarpExchange(uint64_t mine, unsigned mask, int source, const char* what) {
-    Fiber& fiber = Current();
-    const int lane = current_ % kWarpSize;
-    uint64_t* slots = WarpSlots(current_ / kWarpSize, fiber.warp_barriers);
-    slots[lane] = mine;
-    fiber.state = FiberState::kAtWarpBarrier;
-    fiber.warp_what = what;
-    fiber.warp_mask = mask;
-    SwitchToScheduler(fiber);
-    const uint64_t result = source >= 0 && source < kWarpSize ? slots[source] : mine;
-    ++fiber.warp_barriers;
-    return result;
+    return AtWarpBarrier(mine, mask, what, [&](const uint64_t* slots) {
+      return source >= 0 && source < kWarpSize ? slots[source] : mine;
+    });
   }
 
   void WarpAllGather(uint64_t mine, uint64_t* all, const char* what) {
-    Fiber& fiber = Current();
-    const int lane = current_ % kWarpSize;
-    uint64_t* slots = WarpSlots(current_ / kWarpSize, fiber.warp_barriers);
-    slots[lane] = mine;
-    fiber.state = FiberState::kAtWarpBarrier;
-    fiber.warp_what = what;
-    fiber.warp_mask = 0xffffffffu;
-    SwitchToScheduler(fiber);
-    std::copy(slots, slots + kWarpSize, all);
-    ++fiber.warp_barriers;
+    AtWarpBarrier(mine, 0xffffffffu, what, [&](const uint64_t* slots) {
+      std::copy(slots, slots + kWarpSize, all);
+      return 0;
+    });
   }
 
   int LaneId() const { return current_ % kWarpSize; }
@@ -321,6 +308,23 @@ class Executor {
   Fiber& Current() {
     if (current_ < 0) Fault("a device function was called outside a kernel");
     return fibers_[static_cast<size_t>(current_)];
+  }
+
+  // Publishes `mine` for this lane, waits until the lanes of `mask` have published theirs,
+  // and returns what `read` makes of the warp's slots.
+  template <typename Read>
+  std::invoke_result_t<Read, const uint64_t*> AtWarpBarrier(uint64_t mine, unsigned mask,
+                                                            const char* what, Read read) {
+    Fiber& fiber = Current();
+    uint64_t* slots = WarpSlots(current_ / kWarpSize, fiber.warp_barriers);
+    slots[current_ % kWarpSize] = mine;
+    fiber.state = FiberState::kAtWarpBarrier;
+    fiber.warp_what = what;
+    fiber.warp_mask = mask;
+    SwitchToScheduler(fiber);
+    const auto result = read(slots);
+    ++fiber.warp_barriers;
+    return result;
   }
 
   uint64_t* WarpSlots(int warp, uint64_t generation) {

@@ -185,6 +185,46 @@ OpCase LinearCase(int64_t m, int64_t n, int64_t k, DType dtype, bool bias, bool 
   return c;
 }
 
+// Linears: one input through several weights (q, k, v with biases), each output as Linear's.
+OpCase LinearsCase(int64_t m, int64_t k, bool round_x) {
+  OpCase c;
+  c.name = fmt::format("Linears_m{}_k{}{}", m, k, round_x ? "_inexact_x" : "");
+  c.tolerance = round_x ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
+  c.run = [=](Backend& backend) {
+    const std::vector<int64_t> rows = {96, 32, 40};
+    std::vector<HostWeight> weights, biases;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      weights.emplace_back(RandomBf16Exact(static_cast<size_t>(rows[i] * k), 30 + i), rows[i], k,
+                           DType::kBF16);
+      biases.emplace_back(RandomBf16Exact(static_cast<size_t>(rows[i]), 40 + i), 1, rows[i],
+                          DType::kBF16);
+    }
+    std::vector<Weight> loaded, loaded_biases;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      loaded.push_back(weights[i].LoadInto(backend));
+      loaded_biases.push_back(biases[i].LoadInto(backend));
+    }
+    Tensors t(backend);
+    const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 33)
+                                        : RandomBf16Exact(static_cast<size_t>(m * k), 33));
+    std::vector<Backend::LinearOutput> outputs;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const std::string name = "out" + std::to_string(i);
+      // The middle one without a bias.
+      outputs.push_back({&loaded[i], i == 1 ? nullptr : &loaded_biases[i],
+                         t.Output(name, static_cast<size_t>(m * rows[i]))});
+    }
+    backend.Linears(x, m, outputs);
+    Outputs result;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const std::string name = "out" + std::to_string(i);
+      result.emplace(name, t.Read(name));
+    }
+    return result;
+  };
+  return c;
+}
+
 OpCase EmbeddingCase(int64_t hidden, DType dtype) {
   OpCase c;
   c.name = fmt::format("Embedding_h{}_{}", hidden, DTypeName(dtype));
@@ -479,6 +519,8 @@ std::vector<OpCase> AllCases() {
   cases.push_back(LinearCase(512, 768, 256, DType::kBF16, false));  // A prefill-sized GEMM.
   cases.push_back(LinearCase(7, 300, 512, DType::kBF16, false, true));
   cases.push_back(LinearCase(300, 64, 1024, DType::kF32, true, true));
+  cases.push_back(LinearsCase(1, 64, false));
+  cases.push_back(LinearsCase(33, 128, true));
   for (const auto& [m, n] :
        std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {5, 100}, {33, 4096}}) {
     for (const bool delta : {false, true}) {

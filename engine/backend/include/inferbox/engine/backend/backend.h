@@ -165,6 +165,17 @@ class Backend {
   // out[m, w.rows] = x[m, w.cols] · wᵀ (+ bias, a [1, w.rows] weight, when given).
   virtual void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
                       std::span<float> out) = 0;
+  // Linear of one input through several weights, as Linear one after another (q, k and v;
+  // gate and up): a backend may share the work on x (the CUDA backend rounds it to BF16 once).
+  struct LinearOutput {
+    const Weight* weight = nullptr;
+    const Weight* bias = nullptr;  // Optional.
+    std::span<float> out;
+  };
+  virtual void Linears(std::span<const float> x, int64_t m, std::span<const LinearOutput> outputs) {
+    for (const LinearOutput& output : outputs)
+      Linear(x, m, *output.weight, output.bias, output.out);
+  }
   // out[i, :] = table[token_ids[i], :].
   virtual void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) = 0;
   // residual[m, n] += delta (skipped when delta is empty); out = RMSNorm(residual) ⊙ weight.
