@@ -445,8 +445,7 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
     const Backend::LinearOutput gate_up[] = {{&l.gate_proj, nullptr, gate},
                                              {&l.up_proj, nullptr, up}};
     backend.Linears(normed, m, gate_up);
-    backend.SiluMul(gate, up, gate);
-    backend.Linear(gate, m, l.down_proj, nullptr, delta);
+    backend.SiluMulLinear(gate, up, m, l.down_proj, delta);
     impl_->AllReduce(delta);
   }
   backend.AddRmsNorm(residual, delta, m, impl_->final_norm, eps, normed);

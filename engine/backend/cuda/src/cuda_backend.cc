@@ -716,6 +716,19 @@ class CudaBackend final : public Backend {
     }
   }
 
+  void SiluMulLinear(std::span<float> gate, std::span<const float> up, int64_t m, const Weight& w,
+                     std::span<float> out) override {
+    if (w.dtype != DType::kBF16) {
+      FatalCudaError("SiluMulLinear", "the weight was not loaded by this backend", __FILE__,
+                     __LINE__);
+    }
+    OpScope scope(times_, stream_,
+                  [&w] { return fmt::format("SiluMulLinear {}x{}", w.rows, w.cols); });
+    uint16_t* input = GemmInput(m * w.cols);
+    LaunchSiluMulToBf16(gate.data(), up.data(), input, m * w.cols, stream_);
+    gemm_->Run(input, static_cast<const uint16_t*>(w.data), out.data(), m, w.rows, w.cols, stream_);
+  }
+
   void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) override {
     OpScope scope(times_, stream_, [] { return std::string("Embedding"); });
     const auto& inputs = static_cast<const CudaStepInputs&>(step);

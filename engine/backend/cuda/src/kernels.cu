@@ -1053,6 +1053,26 @@ __global__ void SiluMulKernel(const float* gate, const float* up, float* out, in
   }
 }
 
+__global__ void SiluMulToBf16Kernel(const float* gate, const float* up, uint16_t* out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = FloatToBf16Bits(SiluMulOne(gate[i], up[i]));
+  }
+}
+
+// Four values per thread: 16-byte loads, one 8-byte store (gate and up 16-byte aligned, out 8).
+__global__ void SiluMul4ToBf16Kernel(const float4* gate, const float4* up, uint2* out, int64_t n4) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float4 g = gate[i];
+    const float4 u = up[i];
+    out[i] = {static_cast<unsigned>(FloatToBf16Bits(SiluMulOne(g.x, u.x))) |
+                  static_cast<unsigned>(FloatToBf16Bits(SiluMulOne(g.y, u.y))) << 16,
+              static_cast<unsigned>(FloatToBf16Bits(SiluMulOne(g.z, u.z))) |
+                  static_cast<unsigned>(FloatToBf16Bits(SiluMulOne(g.w, u.w))) << 16};
+  }
+}
+
 // The same four values per thread (16-byte loads and stores; every pointer 16-byte aligned).
 __global__ void SiluMul4Kernel(const float4* gate, const float4* up, float4* out, int64_t n4) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
@@ -1623,6 +1643,25 @@ void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cu
     SiluMulKernel<<<GridFor(n - done, kThreads), kThreads, 0, stream>>>(gate + done, up + done,
                                                                         out + done, n - done);
     CheckLaunch("SiluMulKernel");
+  }
+}
+
+void LaunchSiluMulToBf16(const float* gate, const float* up, uint16_t* out, int64_t n,
+                         cudaStream_t stream) {
+  if (n == 0) return;
+  int64_t done = 0;
+  if (Aligned(gate, 16) && Aligned(up, 16) && Aligned(out, 8) && n >= 4) {
+    const int64_t n4 = n / 4;
+    SiluMul4ToBf16Kernel<<<GridFor(n4, kThreads), kThreads, 0, stream>>>(
+        reinterpret_cast<const float4*>(gate), reinterpret_cast<const float4*>(up),
+        reinterpret_cast<uint2*>(out), n4);
+    CheckLaunch("SiluMul4ToBf16Kernel");
+    done = 4 * n4;
+  }
+  if (done < n) {
+    SiluMulToBf16Kernel<<<GridFor(n - done, kThreads), kThreads, 0, stream>>>(
+        gate + done, up + done, out + done, n - done);
+    CheckLaunch("SiluMulToBf16Kernel");
   }
 }
 

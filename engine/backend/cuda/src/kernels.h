@@ -116,6 +116,9 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
 
 // out = silu(gate) ⊙ up over n values (out may alias gate).
 void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
+// The same rounded to BF16 (round to nearest even) into out.
+void LaunchSiluMulToBf16(const float* gate, const float* up, uint16_t* out, int64_t n,
+                         cudaStream_t stream);
 
 // out[i, :] = x[rows[i], :].
 void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int64_t cols,

@@ -225,6 +225,25 @@ OpCase LinearsCase(int64_t m, int64_t k, bool round_x) {
   return c;
 }
 
+// The MLP's down projection of silu(gate) ⊙ up. The product is not BF16-exact, so CUDA's
+// rounding of it (as of any GEMM input) is within the inexact-input tolerance.
+OpCase SiluMulLinearCase(int64_t m, int64_t n, int64_t k) {
+  OpCase c;
+  c.name = fmt::format("SiluMulLinear_m{}_n{}_k{}", m, n, k);
+  c.tolerance = 2.5e-3;
+  c.run = [=](Backend& backend) {
+    const HostWeight w(RandomBf16Exact(static_cast<size_t>(n * k), 50), n, k, DType::kBF16);
+    const Weight loaded = w.LoadInto(backend);
+    Tensors t(backend);
+    const auto gate = t.Input("gate", RandomFloats(static_cast<size_t>(m * k), 51));
+    const auto up = t.Input("up", RandomFloats(static_cast<size_t>(m * k), 52));
+    const auto out = t.Output("out", static_cast<size_t>(m * n));
+    backend.SiluMulLinear(gate, up, m, loaded, out);
+    return Outputs{{"out", t.Read("out")}};
+  };
+  return c;
+}
+
 OpCase EmbeddingCase(int64_t hidden, DType dtype) {
   OpCase c;
   c.name = fmt::format("Embedding_h{}_{}", hidden, DTypeName(dtype));
@@ -521,6 +540,8 @@ std::vector<OpCase> AllCases() {
   cases.push_back(LinearCase(300, 64, 1024, DType::kF32, true, true));
   cases.push_back(LinearsCase(1, 64, false));
   cases.push_back(LinearsCase(33, 128, true));
+  cases.push_back(SiluMulLinearCase(1, 64, 256));
+  cases.push_back(SiluMulLinearCase(9, 48, 131));  // An odd width: the scalar tail.
   for (const auto& [m, n] :
        std::vector<std::pair<int64_t, int64_t>>{{1, 16}, {5, 100}, {33, 4096}}) {
     for (const bool delta : {false, true}) {

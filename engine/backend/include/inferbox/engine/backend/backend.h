@@ -176,6 +176,14 @@ class Backend {
     for (const LinearOutput& output : outputs)
       Linear(x, m, *output.weight, output.bias, output.out);
   }
+  // out = (silu(gate) ⊙ up) · wᵀ for gate and up [m, w.cols]: the MLP's down projection.
+  // gate's values are not kept (here the product is made in place; the CUDA backend rounds
+  // it to BF16 straight into the GEMM's input instead).
+  virtual void SiluMulLinear(std::span<float> gate, std::span<const float> up, int64_t m,
+                             const Weight& w, std::span<float> out) {
+    SiluMul(gate, up, gate);
+    Linear(gate, m, w, nullptr, out);
+  }
   // out[i, :] = table[token_ids[i], :].
   virtual void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) = 0;
   // residual[m, n] += delta (skipped when delta is empty); out = RMSNorm(residual) ⊙ weight.
