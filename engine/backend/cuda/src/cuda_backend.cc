@@ -326,7 +326,11 @@ class LtGemm {
 
   void Run(const uint16_t* x, const uint16_t* w, float* out, int64_t m, int64_t n, int64_t k,
            cudaStream_t stream) {
-    const Plan& plan = PlanFor(m, n, k);
+    // The output may be a part of a larger buffer (the vocabulary-parallel LM head's slice of
+    // the all-gather): its alignment is part of the plan (the inputs are whole allocations).
+    uint32_t out_alignment = 256;
+    while (reinterpret_cast<uintptr_t>(out) % out_alignment != 0) out_alignment /= 2;
+    const Plan& plan = PlanFor(m, n, k, out_alignment);
     const float alpha = 1.0f;
     const float beta = 0.0f;
     INFERBOX_CUBLAS_CHECK(Lt().Matmul(handle_, plan.op, &alpha, w, plan.a, x, plan.b, &beta, out,
@@ -342,8 +346,8 @@ class LtGemm {
     cublasLtMatmulAlgo_t algo{};
   };
 
-  const Plan& PlanFor(int64_t m, int64_t n, int64_t k) {
-    const auto key = std::make_tuple(m, n, k);
+  const Plan& PlanFor(int64_t m, int64_t n, int64_t k, uint32_t out_alignment) {
+    const auto key = std::make_tuple(m, n, k, out_alignment);
     if (auto found = plans_.find(key); found != plans_.end()) return found->second;
     Plan plan;
     INFERBOX_CUBLAS_CHECK(Lt().MatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -362,6 +366,11 @@ class LtGemm {
     const uint64_t workspace = kWorkspaceBytes;
     INFERBOX_CUBLAS_CHECK(Lt().MatmulPreferenceSetAttribute(
         preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+    for (const auto attribute :
+         {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+      INFERBOX_CUBLAS_CHECK(Lt().MatmulPreferenceSetAttribute(preference, attribute, &out_alignment,
+                                                              sizeof(out_alignment)));
+    }
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     INFERBOX_CUBLAS_CHECK(Lt().MatmulAlgoGetHeuristic(handle_, plan.op, plan.a, plan.b, plan.c,
@@ -378,7 +387,7 @@ class LtGemm {
 
   cublasLtHandle_t handle_ = nullptr;
   DeviceAllocation workspace_;
-  std::map<std::tuple<int64_t, int64_t, int64_t>, Plan> plans_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, uint32_t>, Plan> plans_;
 };
 
 // INFERBOX_CUDA_OP_TIMES=1 (benchmarks): the GPU time of every op, from a pair of events

@@ -34,6 +34,9 @@ struct cublasLtMatrixLayoutOpaque_t {
 };
 struct cublasLtMatmulPreferenceOpaque_t {
   uint64_t max_workspace = 0;
+  // The pointers' least alignment the chosen algorithm may assume (A, B, C, D): 256 bytes
+  // unless the preference says less, as in cuBLASLt.
+  uint32_t min_alignment[4] = {256, 256, 256, 256};
 };
 
 namespace {
@@ -172,6 +175,13 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
                                                     cublasLtMatmulPreferenceAttributes_t attribute,
                                                     const void* value, size_t size) {
   if (preference == nullptr || value == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  if (attribute >= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES &&
+      attribute <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES) {
+    if (size != sizeof(uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    std::memcpy(&preference->min_alignment[attribute - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES],
+                value, sizeof(uint32_t));
+    return CUBLAS_STATUS_SUCCESS;
+  }
   if (attribute != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (size != sizeof(uint64_t)) return CUBLAS_STATUS_INVALID_VALUE;
   std::memcpy(&preference->max_workspace, value, sizeof(uint64_t));
@@ -192,7 +202,10 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
     return status;
   }
   results[0] = {};
-  results[0].algo.data[0] = 0x656d75;  // "emu": the one algorithm.
+  results[0].algo.data[0] = 0x656d75;  // "emu": the one algorithm,
+  for (int i = 0; i < 4; ++i) {        // for pointers aligned as the preference said.
+    results[0].algo.data[1 + i] = preference->min_alignment[i];
+  }
   results[0].state = CUBLAS_STATUS_SUCCESS;
   results[0].wavesCount = 1.0f;
   *returned = 1;
@@ -214,6 +227,17 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     return status;
   }
   if (algo != nullptr && algo->data[0] != 0x656d75) return CUBLAS_STATUS_INVALID_VALUE;
+  // An algorithm chosen for aligned pointers may fault or misread on others (cuBLASLt assumes
+  // 256 bytes unless the preference says less): refused here, so that the tests see it.
+  if (algo != nullptr) {
+    const void* pointers[4] = {a, b, c, d};
+    for (int i = 0; i < 4; ++i) {
+      if (pointers[i] != nullptr &&
+          reinterpret_cast<uintptr_t>(pointers[i]) % algo->data[1 + i] != 0) {
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+      }
+    }
+  }
   float scale_a = 0.0f, scale_c = 0.0f;
   std::memcpy(&scale_a, alpha, sizeof(float));
   std::memcpy(&scale_c, beta, sizeof(float));

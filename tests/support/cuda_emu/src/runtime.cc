@@ -170,8 +170,12 @@ cudaError_t Allocate(void** pointer, size_t bytes) {
   Memory& memory = DeviceMemory();
   std::lock_guard lock(memory.mutex);
   if (memory.used + bytes > TotalBytes()) return Fail(cudaErrorMemoryAllocation);
-  void* data = std::malloc(std::max<size_t>(bytes, 1));
-  if (data == nullptr) return Fail(cudaErrorMemoryAllocation);
+  // 256-byte aligned, as cudaMalloc's are (cuBLASLt's algorithms assume it by default); the
+  // exact size, so that AddressSanitizer sees a kernel reaching past it.
+  void* data = nullptr;
+  if (posix_memalign(&data, 256, std::max<size_t>(bytes, 1)) != 0) {
+    return Fail(cudaErrorMemoryAllocation);
+  }
   std::memset(data, 0xFF, bytes);
   memory.allocations.emplace(reinterpret_cast<uintptr_t>(data), bytes);
   memory.used += bytes;

@@ -186,6 +186,27 @@ OpCase LinearCase(int64_t m, int64_t n, int64_t k, DType dtype, bool bias, bool 
 }
 
 // Linears: one input through several weights (q, k, v with biases), each output as Linear's.
+// Linear into a part of a larger buffer that starts 16 bytes past a 256-byte boundary, as
+// the vocabulary-parallel LM head writes its slice of the all-gather (cuBLASLt's algorithms
+// assume 256-byte aligned pointers unless told otherwise).
+OpCase LinearIntoPartCase(int64_t m, int64_t n, int64_t k) {
+  OpCase c;
+  c.name = fmt::format("Linear_m{}_n{}_k{}_into_part", m, n, k);
+  c.tolerance = 1e-5 * std::sqrt(static_cast<double>(k));
+  c.run = [=](Backend& backend) {
+    const HostWeight w(RandomBf16Exact(static_cast<size_t>(n * k), 60), n, k, DType::kBF16);
+    const Weight loaded = w.LoadInto(backend);
+    Tensors t(backend);
+    const auto x = t.Input("x", RandomBf16Exact(static_cast<size_t>(m * k), 61));
+    constexpr size_t kOffset = 4;  // Floats: 16 bytes.
+    const auto whole = t.Output("whole", static_cast<size_t>(m * n) + kOffset);
+    backend.Linear(x, m, loaded, nullptr, whole.subspan(kOffset));
+    std::vector<float> all = t.Read("whole");
+    return Outputs{{"out", std::vector<float>(all.begin() + kOffset, all.end())}};
+  };
+  return c;
+}
+
 OpCase LinearsCase(int64_t m, int64_t k, bool round_x) {
   OpCase c;
   c.name = fmt::format("Linears_m{}_k{}{}", m, k, round_x ? "_inexact_x" : "");
@@ -538,6 +559,7 @@ std::vector<OpCase> AllCases() {
   cases.push_back(LinearCase(512, 768, 256, DType::kBF16, false));  // A prefill-sized GEMM.
   cases.push_back(LinearCase(7, 300, 512, DType::kBF16, false, true));
   cases.push_back(LinearCase(300, 64, 1024, DType::kF32, true, true));
+  cases.push_back(LinearIntoPartCase(3, 40, 64));
   cases.push_back(LinearsCase(1, 64, false));
   cases.push_back(LinearsCase(33, 128, true));
   cases.push_back(SiluMulLinearCase(1, 64, 256));
