@@ -1614,12 +1614,14 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
     TensorCoreDecodeAttentionKernel<<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group,
                                                                                      splits);
+    CheckLaunch("TensorCoreDecodeAttentionKernel");
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);
+    CheckLaunch("GroupedAttentionKernel");
   } else {
     LaunchGroupedAttention<8>(group, grid, params, splits, stream);
+    CheckLaunch("GroupedAttentionKernel");
   }
-  CheckLaunch("GroupedAttentionKernel");
   if (splits == 1) return;
   const dim3 combine_grid(static_cast<unsigned>(PerTokenCount(params)),
                           static_cast<unsigned>(params.num_heads));

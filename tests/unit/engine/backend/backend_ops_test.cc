@@ -596,7 +596,7 @@ std::vector<OpCase> AllCases() {
   cases.push_back(PagedAttentionCase("long_prefill", {{0, 300}, {1000, 1}}, 8, 2, 128, 16));
   // Decodes of a few long sequences: the CUDA backend splits their keys among blocks
   // (flash-decoding) and merges the parts; group sizes 4, 8 and 16 (beyond its grouped
-  // kernel), an odd length (its paired kernel takes two keys at a time), and one sequence
+  // kernel), an odd length (the tensor-core kernel takes 16 keys at a time), and one sequence
   // shorter than the split count.
   const std::vector<AttentionSpec> long_decodes = {{2047, 1}, {700, 1}, {4, 1}};
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16));
