@@ -422,7 +422,8 @@ class OpTimes {
     pending_.back().name = std::move(name);
     INFERBOX_CUDA_CHECK(cudaEventRecord(pending_.back().stop, stream));
   }
-  // Once the stream was synchronised, so that every pending event has completed.
+  // Once the stream was synchronised, so that every pending event has completed (nothing is
+  // pending when disabled).
   void Collect() {
     if (pending_.empty()) return;
     float span = 0.0f;
@@ -539,7 +540,7 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     Use();
     cudaStreamSynchronize(stream_);
-    if (times_.enabled()) times_.Collect();  // Ops since the last read-back count too.
+    times_.Collect();  // Ops since the last read-back count too.
     gemm_.reset();
     weights_.clear();
     gemm_input_ = DeviceAllocation();
@@ -638,7 +639,7 @@ class CudaBackend final : public Backend {
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(scratch.data(), data.data(), data.size_bytes(),
                                         cudaMemcpyDeviceToHost, stream_));
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (times_.enabled()) times_.Collect();
+    times_.Collect();
     return scratch;
   }
 
@@ -684,16 +685,8 @@ class CudaBackend final : public Backend {
 
   void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
               std::span<float> out) override {
-    if (w.dtype != DType::kBF16) {
-      FatalCudaError("Linear", "the weight was not loaded by this backend", __FILE__, __LINE__);
-    }
-    OpScope scope(times_, stream_, [&w] { return fmt::format("Linear {}x{}", w.rows, w.cols); });
-    uint16_t* input = GemmInput(m * w.cols);
-    LaunchConvertToBf16(x.data(), SourceType::kF32, input, m * w.cols, stream_);
-    gemm_->Run(input, static_cast<const uint16_t*>(w.data), out.data(), m, w.rows, w.cols, stream_);
-    if (bias != nullptr) {
-      LaunchAddBias(out.data(), static_cast<const float*>(bias->data), m, w.rows, stream_);
-    }
+    const LinearOutput one[] = {{&w, bias, out}};
+    Linears(x, m, one);
   }
 
   void Linears(std::span<const float> x, int64_t m,
@@ -707,7 +700,7 @@ class CudaBackend final : public Backend {
       }
     }
     OpScope scope(times_, stream_, [&outputs] {
-      std::string name = "Linears";
+      std::string name = outputs.size() == 1 ? "Linear" : "Linears";
       for (const LinearOutput& output : outputs)
         name += fmt::format(" {}x{}", output.weight->rows, output.weight->cols);
       return name;
@@ -918,7 +911,7 @@ class CudaBackend final : public Backend {
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(results.data(), base + tokens_at, results.size(),
                                         cudaMemcpyDeviceToHost, stream_));
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (times_.enabled()) times_.Collect();
+    times_.Collect();
     auto read = [&](size_t at, size_t index, auto* value) {
       std::memcpy(value, results.data() + (at - tokens_at) + index * sizeof(*value),
                   sizeof(*value));
@@ -961,7 +954,7 @@ class CudaBackend final : public Backend {
                                           cudaMemcpyDeviceToHost, stream_));
     }
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (times_.enabled()) times_.Collect();
+    times_.Collect();
   }
 
  private:

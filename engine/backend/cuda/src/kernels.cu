@@ -317,50 +317,6 @@ bool GroupedAttention(const PagedAttentionParams& p) {
   return p.num_heads / p.num_kv_heads <= kMaxAttentionGroup;
 }
 
-// The end of the grouped kernels: each warp has written its per-head max, sum and weighted
-// values; the warps are merged and the block writes the output (one split) or its partial
-// result for CombineAttentionSplitsKernel.
-template <int G>
-__device__ void MergeGroupedWarps(const PagedAttentionParams& p, int64_t t, int64_t listed,
-                                  int64_t kv_head, int split, int splits,
-                                  float (*warp_max)[kAttentionWarps],
-                                  float (*warp_sum)[kAttentionWarps],
-                                  float (*warp_accumulator)[G][kMaxHeadDim]) {
-  const int64_t d = p.head_dim;
-  __syncthreads();
-  for (int g = 0; g < G; ++g) {
-    const int64_t head = kv_head * G + g;
-    float block_max = -INFINITY;
-    for (int w = 0; w < kAttentionWarps; ++w) block_max = fmaxf(block_max, warp_max[g][w]);
-    float total = 0.0f;
-    float scales[kAttentionWarps];
-    for (int w = 0; w < kAttentionWarps; ++w) {
-      // A warp that saw no key has max -inf and sum 0: its scale is 0.
-      scales[w] = warp_sum[g][w] > 0.0f ? expf(warp_max[g][w] - block_max) : 0.0f;
-      total += warp_sum[g][w] * scales[w];
-    }
-    if (splits == 1) {
-      float* out = p.out + (t * p.num_heads + head) * d;
-      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-        float sum = 0.0f;
-        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
-        out[c] = sum / total;
-      }
-    } else {
-      float* partial = p.workspace + ((listed * p.num_heads + head) * splits + split) * (d + 2);
-      if (threadIdx.x == 0) {
-        partial[0] = block_max;
-        partial[1] = total;  // 0 for a split without keys.
-      }
-      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
-        float sum = 0.0f;
-        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
-        partial[2 + c] = sum;
-      }
-    }
-  }
-}
-
 // E: head_dim elements per lane (head_dim ≤ 32·E): 4 up to 128, else 8, so that common
 // head sizes keep half the registers.
 template <int G, int E>
@@ -441,7 +397,38 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
       if (c < d) warp_accumulator[warp][g][c] = accumulator[g][j];
     }
   }
-  MergeGroupedWarps<G>(p, t, listed, kv_head, split, splits, warp_max, warp_sum, warp_accumulator);
+  __syncthreads();
+  for (int g = 0; g < G; ++g) {
+    const int64_t head = kv_head * G + g;
+    float block_max = -INFINITY;
+    for (int w = 0; w < kAttentionWarps; ++w) block_max = fmaxf(block_max, warp_max[g][w]);
+    float total = 0.0f;
+    float scales[kAttentionWarps];
+    for (int w = 0; w < kAttentionWarps; ++w) {
+      // A warp that saw no key has max -inf and sum 0: its scale is 0.
+      scales[w] = warp_sum[g][w] > 0.0f ? expf(warp_max[g][w] - block_max) : 0.0f;
+      total += warp_sum[g][w] * scales[w];
+    }
+    if (splits == 1) {
+      float* out = p.out + (t * p.num_heads + head) * d;
+      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
+        out[c] = sum / total;
+      }
+    } else {
+      float* partial = p.workspace + ((listed * p.num_heads + head) * splits + split) * (d + 2);
+      if (threadIdx.x == 0) {
+        partial[0] = block_max;
+        partial[1] = total;  // 0 for a split without keys.
+      }
+      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
+        partial[2 + c] = sum;
+      }
+    }
+  }
 }
 
 // One block per (token, head): the splits' partial results merged.
@@ -472,24 +459,35 @@ __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits)
   }
 }
 
-template <int G, int E>
-void LaunchGroupedKernel(dim3 grid, const PagedAttentionParams& params, int splits,
-                         cudaStream_t stream) {
-  GroupedAttentionKernel<G, E><<<grid, kAttentionWarps * kWarpSize, 0, stream>>>(params, splits);
-}
-
 template <int E>
 void LaunchGroupedAttention(int group, dim3 grid, const PagedAttentionParams& params, int splits,
                             cudaStream_t stream) {
+  constexpr int kThreadsPerBlock = kAttentionWarps * kWarpSize;
   switch (group) {
-    case 1: LaunchGroupedKernel<1, E>(grid, params, splits, stream); break;
-    case 2: LaunchGroupedKernel<2, E>(grid, params, splits, stream); break;
-    case 3: LaunchGroupedKernel<3, E>(grid, params, splits, stream); break;
-    case 4: LaunchGroupedKernel<4, E>(grid, params, splits, stream); break;
-    case 5: LaunchGroupedKernel<5, E>(grid, params, splits, stream); break;
-    case 6: LaunchGroupedKernel<6, E>(grid, params, splits, stream); break;
-    case 7: LaunchGroupedKernel<7, E>(grid, params, splits, stream); break;
-    default: LaunchGroupedKernel<8, E>(grid, params, splits, stream); break;
+    case 1:
+      GroupedAttentionKernel<1, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 2:
+      GroupedAttentionKernel<2, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 3:
+      GroupedAttentionKernel<3, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 4:
+      GroupedAttentionKernel<4, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 5:
+      GroupedAttentionKernel<5, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 6:
+      GroupedAttentionKernel<6, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    case 7:
+      GroupedAttentionKernel<7, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
+    default:
+      GroupedAttentionKernel<8, E><<<grid, kThreadsPerBlock, 0, stream>>>(params, splits);
+      break;
   }
 }
 
@@ -651,6 +649,24 @@ __device__ __forceinline__ uint32_t PackBf16(float low, float high) {
                                                            << 16;
 }
 
+// B fragments of mma.m16n8k16 from BF16 tiles in shared memory (a key or value per row, row
+// stride kFaLd) for the lane with g = lane / 4, t = lane % 4. Kᵀ: keys first_key .. + 8 are
+// B's columns, head elements first .. + 16 its k.
+__device__ __forceinline__ void KeyFragment(const uint16_t* tile, int first_key, int first, int g,
+                                            int t, uint32_t (&b)[2]) {
+  const uint16_t* key = tile + (first_key + g) * kFaLd + first + 2 * t;
+  b[0] = *reinterpret_cast<const uint32_t*>(key);
+  b[1] = *reinterpret_cast<const uint32_t*>(key + 8);
+}
+
+// V: keys first_key .. + 16 are B's k, head elements first .. + 8 its columns.
+__device__ __forceinline__ void ValueFragment(const uint16_t* tile, int first_key, int first, int g,
+                                              int t, uint32_t (&b)[2]) {
+  const uint16_t* value = tile + (first_key + 2 * t) * kFaLd + first + g;
+  b[0] = static_cast<uint32_t>(value[0]) | static_cast<uint32_t>(value[kFaLd]) << 16;
+  b[1] = static_cast<uint32_t>(value[8 * kFaLd]) | static_cast<uint32_t>(value[9 * kFaLd]) << 16;
+}
+
 // The cache slots of key positions key_start .. key_start + kFaKeys (−1 past num_keys), one
 // per thread of the first kFaKeys.
 __device__ void KeyTileSlots(const PagedAttentionParams& p, const int32_t* table, int64_t key_start,
@@ -752,10 +768,8 @@ __global__ void __launch_bounds__(kFaThreads)
 #pragma unroll
       for (int c = 0; c < kFaChunks; ++c) {
         if (c >= chunks) break;
-        // Kᵀ as B: b[0] = K[key n·8 + g][c·16 + 2t, + 1], b[1] the same 8 elements on.
-        const uint16_t* key = k_tile + (n * 8 + g) * kFaLd + c * 16 + 2 * t;
-        const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(key),
-                               *reinterpret_cast<const uint32_t*>(key + 8)};
+        uint32_t b[2];
+        KeyFragment(k_tile, n * 8, c * 16, g, t, b);
         MmaBf16(s[n], q[c], b);
       }
     }
@@ -811,18 +825,14 @@ __global__ void __launch_bounds__(kFaThreads)
       probabilities[k][2] = PackBf16(e[1][0], e[1][1]);
       probabilities[k][3] = PackBf16(e[1][2], e[1][3]);
     }
-    // O += P·V, 8 head elements per accumulator: V as B, b[0] = V[keys k·16 + 2t, + 1][n·8 + g],
-    // b[1] the same 8 keys on.
+    // O += P·V, 8 head elements per accumulator.
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
       if (j >= 2 * chunks) break;
 #pragma unroll
       for (int k = 0; k < kFaKeys / 16; ++k) {
-        const uint16_t* value = v_tile + (k * 16 + 2 * t) * kFaLd + j * 8 + g;
-        const uint32_t b[2] = {
-            static_cast<uint32_t>(value[0]) | static_cast<uint32_t>(value[kFaLd]) << 16,
-            static_cast<uint32_t>(value[8 * kFaLd]) | static_cast<uint32_t>(value[9 * kFaLd])
-                                                          << 16};
+        uint32_t b[2];
+        ValueFragment(v_tile, k * 16, j * 8, g, t, b);
         MmaBf16(out[j], probabilities[k], b);
       }
     }
@@ -960,9 +970,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 #pragma unroll
       for (int c = 0; c < kFaChunks; ++c) {
         if (c >= chunks) break;
-        const uint16_t* key = k_tile + (n * 8 + g) * kFaLd + c * 16 + 2 * quad;
-        const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(key),
-                               *reinterpret_cast<const uint32_t*>(key + 8)};
+        uint32_t b[2];
+        KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
         MmaBf16(s[n], q_high[c], b);
         MmaBf16(s[n], q_low[c], b);
       }
@@ -1004,10 +1013,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
       if (j >= 2 * chunks) break;
-      const uint16_t* value = v_tile + 2 * quad * kFaLd + j * 8 + g;
-      const uint32_t b[2] = {
-          static_cast<uint32_t>(value[0]) | static_cast<uint32_t>(value[kFaLd]) << 16,
-          static_cast<uint32_t>(value[8 * kFaLd]) | static_cast<uint32_t>(value[9 * kFaLd]) << 16};
+      uint32_t b[2];
+      ValueFragment(v_tile, 0, j * 8, g, quad, b);
       MmaBf16(out[j], p_high, b);
       MmaBf16(out[j], p_low, b);
     }
@@ -1499,24 +1506,32 @@ void FatalCudaError(const char* what, const char* reason, const char* file, int 
   std::abort();
 }
 
+// Elementwise work over n values: the first 4·⌊n/4⌋ by `fours` (given their count / 4)
+// where the pointers allow 16-byte accesses, the rest by `rest` (given the first index and
+// the count).
+template <typename Fours, typename Rest>
+void InFours(int64_t n, bool aligned, Fours fours, Rest rest) {
+  const int64_t done = aligned ? n / 4 * 4 : 0;
+  if (done > 0) fours(done / 4);
+  if (done < n) rest(done, n - done);
+}
+
 void LaunchConvertToBf16(const void* src, SourceType type, uint16_t* dst, int64_t n,
                          cudaStream_t stream) {
-  if (n == 0) return;
-  int64_t done = 0;
-  if (type == SourceType::kF32 && Aligned(src, 16) && Aligned(dst, 8) && n >= 4) {
-    const int64_t n4 = n / 4;
-    Float4ToBf16Kernel<<<GridFor(n4, kThreads), kThreads, 0, stream>>>(
-        static_cast<const float4*>(src), reinterpret_cast<uint2*>(dst), n4);
-    CheckLaunch("Float4ToBf16Kernel");
-    done = 4 * n4;
-  }
-  if (done < n) {
-    // Past the float32 values done above (done is 0 for other types).
-    const void* rest = done == 0 ? src : static_cast<const float*>(src) + done;
-    ConvertToBf16Kernel<<<GridFor(n - done, kThreads), kThreads, 0, stream>>>(rest, type,
-                                                                              dst + done, n - done);
-    CheckLaunch("ConvertToBf16Kernel");
-  }
+  InFours(
+      n, type == SourceType::kF32 && Aligned(src, 16) && Aligned(dst, 8),
+      [&](int64_t n4) {
+        Float4ToBf16Kernel<<<GridFor(n4, kThreads), kThreads, 0, stream>>>(
+            static_cast<const float4*>(src), reinterpret_cast<uint2*>(dst), n4);
+        CheckLaunch("Float4ToBf16Kernel");
+      },
+      [&](int64_t first, int64_t count) {
+        // Past the float32 values done above (first is 0 for other types).
+        const void* rest = first == 0 ? src : static_cast<const float*>(src) + first;
+        ConvertToBf16Kernel<<<GridFor(count, kThreads), kThreads, 0, stream>>>(rest, type,
+                                                                               dst + first, count);
+        CheckLaunch("ConvertToBf16Kernel");
+      });
 }
 
 void LaunchConvertToF32(const void* src, SourceType type, float* dst, int64_t n,
@@ -1631,40 +1646,36 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
 }
 
 void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
-  if (n == 0) return;
-  int64_t done = 0;
-  if (Aligned(gate, 16) && Aligned(up, 16) && Aligned(out, 16) && n >= 4) {
-    const int64_t n4 = n / 4;
-    SiluMul4Kernel<<<GridFor(n4, kThreads), kThreads, 0, stream>>>(
-        reinterpret_cast<const float4*>(gate), reinterpret_cast<const float4*>(up),
-        reinterpret_cast<float4*>(out), n4);
-    CheckLaunch("SiluMul4Kernel");
-    done = 4 * n4;
-  }
-  if (done < n) {
-    SiluMulKernel<<<GridFor(n - done, kThreads), kThreads, 0, stream>>>(gate + done, up + done,
-                                                                        out + done, n - done);
-    CheckLaunch("SiluMulKernel");
-  }
+  InFours(
+      n, Aligned(gate, 16) && Aligned(up, 16) && Aligned(out, 16),
+      [&](int64_t n4) {
+        SiluMul4Kernel<<<GridFor(n4, kThreads), kThreads, 0, stream>>>(
+            reinterpret_cast<const float4*>(gate), reinterpret_cast<const float4*>(up),
+            reinterpret_cast<float4*>(out), n4);
+        CheckLaunch("SiluMul4Kernel");
+      },
+      [&](int64_t first, int64_t count) {
+        SiluMulKernel<<<GridFor(count, kThreads), kThreads, 0, stream>>>(gate + first, up + first,
+                                                                         out + first, count);
+        CheckLaunch("SiluMulKernel");
+      });
 }
 
 void LaunchSiluMulToBf16(const float* gate, const float* up, uint16_t* out, int64_t n,
                          cudaStream_t stream) {
-  if (n == 0) return;
-  int64_t done = 0;
-  if (Aligned(gate, 16) && Aligned(up, 16) && Aligned(out, 8) && n >= 4) {
-    const int64_t n4 = n / 4;
-    SiluMul4ToBf16Kernel<<<GridFor(n4, kThreads), kThreads, 0, stream>>>(
-        reinterpret_cast<const float4*>(gate), reinterpret_cast<const float4*>(up),
-        reinterpret_cast<uint2*>(out), n4);
-    CheckLaunch("SiluMul4ToBf16Kernel");
-    done = 4 * n4;
-  }
-  if (done < n) {
-    SiluMulToBf16Kernel<<<GridFor(n - done, kThreads), kThreads, 0, stream>>>(
-        gate + done, up + done, out + done, n - done);
-    CheckLaunch("SiluMulToBf16Kernel");
-  }
+  InFours(
+      n, Aligned(gate, 16) && Aligned(up, 16) && Aligned(out, 8),
+      [&](int64_t n4) {
+        SiluMul4ToBf16Kernel<<<GridFor(n4, kThreads), kThreads, 0, stream>>>(
+            reinterpret_cast<const float4*>(gate), reinterpret_cast<const float4*>(up),
+            reinterpret_cast<uint2*>(out), n4);
+        CheckLaunch("SiluMul4ToBf16Kernel");
+      },
+      [&](int64_t first, int64_t count) {
+        SiluMulToBf16Kernel<<<GridFor(count, kThreads), kThreads, 0, stream>>>(
+            gate + first, up + first, out + first, count);
+        CheckLaunch("SiluMulToBf16Kernel");
+      });
 }
 
 void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int64_t cols,
