@@ -8,7 +8,9 @@
 # First the GPU correctness tests (scripts/gpu/bundle.sh correctness_checks: device, NVML,
 # the op suite and the tiny models against the CPU, NCCL); when the ops or the tiny models
 # fail, the speed runs are left out (numbers from wrong kernels mean nothing; PERF_IGNORE_CHECKS=1
-# runs them anyway, PERF_SKIP_CHECKS=1 leaves the tests out). Then, on a random-weight
+# runs them anyway, PERF_SKIP_CHECKS=1 leaves the tests out). Then the decode attention
+# kernels alone (inferbox-attention-bench, beside the memory floor) and PyTorch's SDPA on the
+# same shapes (scripts/gpu/attention_peer.py). Then, on a random-weight
 # Llama-3.1-8B-shaped model (made here, kept in $PERF_MODEL_CACHE for the next run on the same
 # machine), in this order, each step under a time limit so that the whole run ends within
 # $PERF_BUDGET_S seconds (540) and what did not fit says so:
@@ -36,6 +38,7 @@
 # sequence's whole cache, and 1000/1000 at 256 does not fit 80 GB), PERF_SKIP_PEER=1,
 # PERF_SKIP_DAEMON=1, PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
 # INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
+# PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
 # PERF_SANITIZE=1 (after everything, in what the budget leaves: compute-sanitizer's racecheck
 # and synccheck over the small attention op cases, which the CPU emulation cannot judge),
 # PERF_RESERVE_DAEMON_S (90) and PERF_RESERVE_PEER_S (200): the seconds kept for those phases
@@ -117,6 +120,12 @@ report() {
   printf '%s\n' "${summary[@]}"
   echo
   cat "$out"/*.log | grep '^{"bench"' >"$results/perf-records.jsonl"
+  local log
+  for log in "$out"/attention-*.log; do
+    echo "== $(basename "$log")"
+    grep -v '^Running\|^$' "$log"
+  done
+  echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
     "$out"/ours-*.log "$out"/daemon-*.log "$out"/peer.log | tee "$results/perf-table.txt"
   save_logs
@@ -149,6 +158,20 @@ if [ "$device" = cuda ] && [ "${PERF_SKIP_CHECKS:-0}" != 1 ]; then
     report
     exit 1
   fi
+fi
+
+# --- the decode attention kernels alone, and PyTorch's on the same shapes ---
+# PERF_ATTENTION: BATCH:CONTEXT,CONTEXT... cases, space-separated ("" leaves them out).
+attention_cases=(${PERF_ATTENTION-256:512,1024,2048 1:256,4096})
+if [ "$device" = cuda ]; then
+  for case in "${attention_cases[@]}"; do
+    IFS=: read -r batch contexts <<<"$case"
+    capped $((reserve_daemon + reserve_peer)) 60 "attention kernels: batch $batch" \
+      "attention-$batch.log" "$bin/inferbox-attention-bench" --batch "$batch" --context "$contexts"
+    capped $((reserve_daemon + reserve_peer)) 60 "attention peer (torch): batch $batch" \
+      "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
+      --context "$contexts"
+  done
 fi
 
 if [ -n "${PERF_MODEL:-}" ]; then

@@ -3,6 +3,7 @@
 // accumulate in float32; BF16 is only a storage type (weights, KV cache).
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -292,20 +293,24 @@ __host__ __device__ int64_t PerTokenCount(const PagedAttentionParams& p) {
   return p.token_list != nullptr ? p.num_listed_tokens : p.num_tokens;
 }
 
-// Whether the per-token tokens go to TensorCoreDecodeAttentionKernel (a warp per token, KV
-// head and split) rather than the grouped kernels (a block each).
-bool TensorCoreDecode(const PagedAttentionParams& p) {
+// Whether TensorCoreDecodeAttentionKernel (a warp per token, KV head and split) can take the
+// per-token tokens, and whether it does (rather than the grouped kernels, a block each).
+bool TensorCoreDecodeApplies(const PagedAttentionParams& p) {
   return p.head_dim % 16 == 0 && p.head_dim <= kTiledMaxHeadDim &&
          p.num_heads / p.num_kv_heads <= 8;
 }
+bool TensorCoreDecode(const PagedAttentionParams& p) {
+  return p.decode_kernel != DecodeAttentionKernel::kGrouped && TensorCoreDecodeApplies(p);
+}
 
-// Splits of each (token, KV head)'s keys: enough work items for two blocks per
-// multiprocessor (of 4 warps: 8 warps of the tensor-core kernel), at least kMinKeysPerSplit
-// keys each, at most kMaxSplits.
+// Splits of each (token, KV head)'s keys: for the grouped kernels, enough blocks for two
+// per multiprocessor; for the tensor-core kernel, four waves of warps (12 fit a
+// multiprocessor), so that the last, partly filled wave costs little. At least
+// kMinKeysPerSplit keys each, at most kMaxSplits.
 int AttentionSplits(const PagedAttentionParams& p) {
   const int64_t pairs = PerTokenCount(p) * p.num_kv_heads;
   const int64_t wanted =
-      (TensorCoreDecode(p) ? 8 : 2) * static_cast<int64_t>(p.num_multiprocessors);
+      (TensorCoreDecode(p) ? 48 : 2) * static_cast<int64_t>(p.num_multiprocessors);
   if (pairs >= wanted) return 1;
   const int64_t by_device = (wanted + pairs - 1) / pairs;
   const int64_t by_length = (p.max_position + 1 + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
@@ -863,14 +868,42 @@ __global__ void __launch_bounds__(kFaThreads)
 // The per-token attention (decodes, short chunks) on tensor cores, for head_dim a multiple of
 // 16 up to 128 and up to 8 query heads per KV head: one warp per (token, KV head, split), its
 // group's query heads the rows of mma.m16n8k16 fragments (rows past the group are zeros).
-// Keys come 16 at a time into the warp's own shared-memory tiles (16-byte loads, the block
-// table read once per key); scores, online softmax and P·V as in the prefill kernel above.
-// To keep decode as exact as the float32 kernels, each BF16 operand that is not BF16 already
-// (the float32 query, the probabilities) goes in as a high and a low BF16 part, two mma
-// each: the products are then exact to about 2⁻¹⁶ instead of 2⁻⁸ (the keys and values are
-// BF16 in the cache).
+// Decode reads every key and value once and does little arithmetic with each, so its speed is
+// how many bytes each warp keeps in flight: keys and values come kDecodeKeys at a time into
+// the warp's own shared-memory tiles with cp.async (16 bytes per copy, no registers held),
+// two tiles per warp, the next one in flight while the current one is computed, and the
+// block-table entries of the tile after that read ahead into a register. Scores, online
+// softmax and P·V as in the prefill kernel above. To keep decode as exact as the float32
+// kernels, each BF16 operand that is not BF16 already (the float32 query, the probabilities)
+// goes in as a high and a low BF16 part, two mma each: the products are then exact to about
+// 2⁻¹⁶ instead of 2⁻⁸ (the keys and values are BF16 in the cache).
 constexpr int kDecodeKeys = 16;
-constexpr int kDecodeWarps = 4;
+constexpr int kDecodeWarps = 2;   // Per block: 6 blocks (12 warps) fit a multiprocessor.
+constexpr int kDecodeStages = 2;  // Tiles per warp: the one computed and the one in flight.
+
+// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80
+// and later), in the thread's current group of copies; CopyAsyncCommit closes the group and
+// CopyAsyncWait<n> waits until at most n of the thread's closed groups are still in flight.
+// Another lane sees the copied bytes after CopyAsyncWait and a __syncwarp.
+__device__ __forceinline__ void CopyAsync16(void* shared, const void* global) {
+#ifdef INFERBOX_CUDA_EMULATED
+  std::memcpy(shared, global, 16);  // At once: the emulation has no copies in flight.
+#else
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+#endif
+}
+__device__ __forceinline__ void CopyAsyncCommit() {
+#ifndef INFERBOX_CUDA_EMULATED
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void CopyAsyncWait() {
+#ifndef INFERBOX_CUDA_EMULATED
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
 
 // value = high + low, both BF16 (the rest, below 2⁻¹⁶ relative, is dropped).
 __device__ __forceinline__ void SplitBf16(float value, uint16_t& high, uint16_t& low) {
@@ -888,9 +921,47 @@ __device__ __forceinline__ void PackSplit(float first, float second, uint32_t& h
   low = static_cast<uint32_t>(l0) | static_cast<uint32_t>(l1) << 16;
 }
 
+// The cache slot of key position key_start + lane for lanes below kDecodeKeys (−1 at or past
+// end and for the other lanes).
+__device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
+                                                 const int32_t* table, int64_t key_start,
+                                                 int64_t end, int lane) {
+  const int64_t key_position = key_start + lane;
+  if (lane >= kDecodeKeys || key_position >= end) return -1;
+  return static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+         key_position % p.block_size;
+}
+
+// Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
+// into k_tile and v_tile, as one group; rows of keys past the end are zeroed (a zero value
+// times a zero probability adds nothing; garbage could be a NaN).
+__device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int64_t kv_head,
+                                                int64_t slot, int lane, uint16_t* k_tile,
+                                                uint16_t* v_tile) {
+  const int row_chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per key row.
+  const int64_t kv_row = p.num_kv_heads * p.head_dim;
+  for (int i = lane; i < kDecodeKeys * row_chunks; i += kWarpSize) {
+    const int j = i / row_chunks;
+    const int c = (i % row_chunks) * 8;
+    const int64_t key_slot = __shfl_sync(0xffffffffu, slot, j);
+    uint16_t* k_target = k_tile + j * kFaLd + c;
+    uint16_t* v_target = v_tile + j * kFaLd + c;
+    if (key_slot >= 0) {
+      const int64_t offset = key_slot * kv_row + kv_head * p.head_dim + c;
+      CopyAsync16(k_target, p.key_cache + offset);
+      CopyAsync16(v_target, p.value_cache + offset);
+    } else {
+      *reinterpret_cast<uint4*>(k_target) = uint4{0, 0, 0, 0};
+      *reinterpret_cast<uint4*>(v_target) = uint4{0, 0, 0, 0};
+    }
+  }
+  CopyAsyncCommit();
+}
+
 __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
-  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][2][kDecodeKeys * kFaLd];
+  // [warp][stage][keys, values]
+  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFaLd];
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
@@ -899,18 +970,22 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   const int64_t kv_head = (item / splits) % p.num_kv_heads;
   const int64_t listed = item / (splits * p.num_kv_heads);
   const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
-  uint16_t* k_tile = tiles[warp][0];
-  uint16_t* v_tile = tiles[warp][1];
   const int d = static_cast<int>(p.head_dim);
   const int chunks = d / 16;
   const int g = lane / 4;
   const int quad = lane % 4;
   const int64_t position = p.positions[t];
   const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
-  const int64_t kv_row = p.num_kv_heads * p.head_dim;
   const int64_t chunk = (position + splits) / splits;  // ⌈(position + 1) / splits⌉
   const int64_t begin = split * chunk;
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
+
+  // The first tile in flight before anything else; the second tile's slots read ahead.
+  if (begin < end) {
+    IssueDecodeTile(p, kv_head, DecodeKeySlot(p, table, begin, end, lane), lane, tiles[warp][0][0],
+                    tiles[warp][0][1]);
+  }
+  int64_t next_slot = DecodeKeySlot(p, table, begin + kDecodeKeys, end, lane);
 
   // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
@@ -935,32 +1010,27 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 #pragma unroll
   for (int j = 0; j < kFaChunks * 2; ++j) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
 
-  const int row_chunks = d / 8;  // 16-byte chunks per key row; 16 keys of them fill whole warps.
-  for (int64_t key_start = begin; key_start < end; key_start += kDecodeKeys) {
+  int stage = 0;
+  for (int64_t key_start = begin; key_start < end;
+       key_start += kDecodeKeys, stage = (stage + 1) % kDecodeStages) {
     const int num_keys =
         static_cast<int>(end - key_start < kDecodeKeys ? end - key_start : kDecodeKeys);
-    int64_t slot = -1;  // Of key key_start + lane, for lanes below num_keys.
-    if (lane < num_keys) {
-      const int64_t key_position = key_start + lane;
-      slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-             key_position % p.block_size;
-    }
-    __syncwarp();  // The previous tile read.
-    for (int i = lane; i < kDecodeKeys * row_chunks; i += kWarpSize) {
-      const int j = i / row_chunks;
-      const int c = (i % row_chunks) * 8;
-      const int64_t key_slot = __shfl_sync(0xffffffffu, slot, j);
-      uint4 key_bits = {0, 0, 0, 0};
-      uint4 value_bits = {0, 0, 0, 0};
-      if (key_slot >= 0) {
-        const int64_t offset = key_slot * kv_row + kv_head * d + c;
-        key_bits = *reinterpret_cast<const uint4*>(p.key_cache + offset);
-        value_bits = *reinterpret_cast<const uint4*>(p.value_cache + offset);
-      }
-      *reinterpret_cast<uint4*>(k_tile + j * kFaLd + c) = key_bits;
-      *reinterpret_cast<uint4*>(v_tile + j * kFaLd + c) = value_bits;
-    }
+    // The next tile into the other stage (every lane is done reading it: the previous
+    // iteration's computation), then the slots of the one after it.
+    const int64_t next_start = key_start + kDecodeKeys;
     __syncwarp();
+    if (next_start < end) {
+      const int next_stage = (stage + 1) % kDecodeStages;
+      IssueDecodeTile(p, kv_head, next_slot, lane, tiles[warp][next_stage][0],
+                      tiles[warp][next_stage][1]);
+      next_slot = DecodeKeySlot(p, table, next_start + kDecodeKeys, end, lane);
+    } else {
+      CopyAsyncCommit();  // An empty group: the wait below always leaves one in flight.
+    }
+    CopyAsyncWait<kDecodeStages - 1>();  // This lane's copies of the current tile.
+    __syncwarp();                        // Every lane's.
+    const uint16_t* k_tile = tiles[warp][stage][0];
+    const uint16_t* v_tile = tiles[warp][stage][1];
 
     // Scores of row g for keys n·8 + 2·quad, + 1 (s[n][0..1]; [2..3] are the zero rows').
     float s[2][4];
@@ -1019,6 +1089,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       MmaBf16(out[j], p_low, b);
     }
   }
+  CopyAsyncWait<0>();  // Nothing of this warp's left in flight when it exits.
   running_sum += __shfl_xor_sync(0xffffffffu, running_sum, 1);
   running_sum += __shfl_xor_sync(0xffffffffu, running_sum, 2);
   if (g >= group) return;
@@ -1617,6 +1688,13 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     }
   }
   if (PerTokenCount(params) == 0) return;
+  if (params.decode_kernel == DecodeAttentionKernel::kTensorCore &&
+      !TensorCoreDecodeApplies(params)) {
+    FatalCudaError("LaunchPagedAttention",
+                   "the tensor-core decode kernel takes head_dim a multiple of 16 up to 128 and "
+                   "up to 8 query heads per KV head",
+                   __FILE__, __LINE__);
+  }
   const int splits = AttentionSplits(params);
   if (splits > 1 && params.workspace == nullptr) {
     FatalCudaError("LaunchPagedAttention", "split attention without its workspace", __FILE__,
@@ -1627,6 +1705,15 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   if (TensorCoreDecode(params)) {
     const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
     const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
+    // Six blocks' tiles per multiprocessor: ask for the largest shared-memory carveout (once
+    // per thread; an engine's thread keeps to its device).
+    thread_local const bool carveout_set = [] {
+      INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel,
+                                               cudaFuncAttributePreferredSharedMemoryCarveout,
+                                               cudaSharedmemCarveoutMaxShared));
+      return true;
+    }();
+    (void)carveout_set;
     TensorCoreDecodeAttentionKernel<<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group,
                                                                                      splits);
     CheckLaunch("TensorCoreDecodeAttentionKernel");

@@ -83,6 +83,10 @@ inline int64_t TiledAttentionTileTokens(int64_t group, int64_t head_dim) {
 inline bool TiledAttentionApplies(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim) {
   return num_heads / num_kv_heads <= kMaxAttentionGroup && head_dim <= kTiledMaxHeadDim;
 }
+// The kernel that takes the per-token tokens (decodes, short chunks): chosen by shape, or
+// named, for inferbox-attention-bench to compare them (a kernel that cannot take the shape
+// is a fatal error).
+enum class DecodeAttentionKernel { kAuto, kTensorCore, kGrouped };
 struct PagedAttentionParams {
   const float* q = nullptr;
   float* out = nullptr;
@@ -109,6 +113,7 @@ struct PagedAttentionParams {
   int64_t num_tiles = 0;
   const int32_t* token_list = nullptr;
   int64_t num_listed_tokens = 0;
+  DecodeAttentionKernel decode_kernel = DecodeAttentionKernel::kAuto;
 };
 // Floats of workspace LaunchPagedAttention needs for `params` (0: none).
 int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params);

@@ -60,6 +60,16 @@ enum cudaMemPoolAttr {
   cudaMemPoolAttrReleaseThreshold = 4,
 };
 
+enum cudaFuncAttribute {
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+  cudaFuncAttributePreferredSharedMemoryCarveout = 9,
+};
+enum cudaSharedCarveout {
+  cudaSharedmemCarveoutDefault = -1,
+  cudaSharedmemCarveoutMaxShared = 100,
+  cudaSharedmemCarveoutMaxL1 = 0,
+};
+
 inline constexpr unsigned int cudaStreamDefault = 0x0;
 inline constexpr unsigned int cudaStreamNonBlocking = 0x1;
 
@@ -111,4 +121,14 @@ cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
 cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t stop);
+}
+
+// A kernel's attributes are hints about on-chip memory the emulation does not have: checked
+// for a sane value and otherwise ignored.
+template <typename Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel* /*kernel*/, cudaFuncAttribute attribute, int value) {
+  if (attribute == cudaFuncAttributePreferredSharedMemoryCarveout && (value < -1 || value > 100)) {
+    return cudaErrorInvalidValue;
+  }
+  return value < -1 ? cudaErrorInvalidValue : cudaSuccess;
 }

@@ -1,0 +1,285 @@
+// inferbox-attention-bench: the CUDA backend's decode attention on its own, beside the memory
+// floor. Decode reads every cached key and value of every sequence once per step and does
+// little arithmetic with them, so its floor is the bytes of the cache read over the device's
+// copy bandwidth (measured here with a device-to-device copy, read + write).
+//
+//   inferbox-attention-bench [--batch 256] [--context 512,1024,2048] [--heads 32]
+//       [--kv-heads 8] [--head-dim 128] [--block-size 16] [--iterations 20]
+//       [--kernel auto,tensor-core,grouped]
+//
+// Per batch size and context length: `batch` sequences of `context` cached tokens each
+// (random BF16 keys and values in blocks scattered over the cache, as the engine's allocator
+// leaves them), one decode token each, attention launched --iterations times per kernel; it
+// prints microseconds per launch, the cache bytes read per second and that as a share of the
+// copy bandwidth. Every kernel's output is compared with the first one's: it exits 1 when
+// they differ by more than 1e-3 (a benchmark of a wrong kernel means nothing), 2 on bad
+// arguments. Needs a CUDA device (or the CUDA emulator, which makes it a correctness check).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "kernels.h"
+
+namespace {
+
+using namespace inferbox::engine::cuda;
+
+// Agreement required between the kernels (outputs are weighted averages of values in
+// [-1, 1]; the kernels keep float32 accuracy, about 1e-5).
+constexpr double kMaxDifference = 1e-3;
+
+// A device buffer freed on scope exit.
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t count) : count_(count) {
+    if (count_ > 0) INFERBOX_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), Bytes()));
+  }
+  ~DeviceBuffer() {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() const { return data_; }
+  size_t Bytes() const { return count_ * sizeof(T); }
+  void Upload(const std::vector<T>& host) {
+    INFERBOX_CUDA_CHECK(
+        cudaMemcpy(data_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> Download() const {
+    std::vector<T> host(count_);
+    INFERBOX_CUDA_CHECK(cudaMemcpy(host.data(), data_, Bytes(), cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+ private:
+  size_t count_;
+  T* data_ = nullptr;
+};
+
+uint16_t Bf16Bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// Fills a BF16 buffer with random values in [-1, 1]: a random pattern of up to 8 MiB
+// uploaded once and copied over the rest on the device.
+void FillRandomBf16(DeviceBuffer<uint16_t>& buffer, std::mt19937& rng) {
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  const size_t count = buffer.Bytes() / sizeof(uint16_t);
+  const size_t pattern = std::min<size_t>(count, size_t{4} << 20);
+  std::vector<uint16_t> host(pattern);
+  for (auto& value : host) value = Bf16Bits(uniform(rng));
+  INFERBOX_CUDA_CHECK(
+      cudaMemcpy(buffer.get(), host.data(), pattern * sizeof(uint16_t), cudaMemcpyHostToDevice));
+  for (size_t done = pattern; done < count;) {
+    const size_t n = std::min(done, count - done);
+    INFERBOX_CUDA_CHECK(cudaMemcpy(buffer.get() + done, buffer.get(), n * sizeof(uint16_t),
+                                   cudaMemcpyDeviceToDevice));
+    done += n;
+  }
+}
+
+// Seconds per call of `launch`, over `iterations` calls after one warm-up.
+template <typename Launch>
+double SecondsPerCall(int iterations, Launch&& launch) {
+  launch();
+  cudaEvent_t start, stop;
+  INFERBOX_CUDA_CHECK(cudaEventCreate(&start));
+  INFERBOX_CUDA_CHECK(cudaEventCreate(&stop));
+  INFERBOX_CUDA_CHECK(cudaEventRecord(start, nullptr));
+  for (int i = 0; i < iterations; ++i) launch();
+  INFERBOX_CUDA_CHECK(cudaEventRecord(stop, nullptr));
+  INFERBOX_CUDA_CHECK(cudaEventSynchronize(stop));
+  float milliseconds = 0.0f;
+  INFERBOX_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
+  INFERBOX_CUDA_CHECK(cudaEventDestroy(start));
+  INFERBOX_CUDA_CHECK(cudaEventDestroy(stop));
+  return milliseconds / 1e3 / iterations;
+}
+
+// Bytes per second of a device-to-device copy (read and write counted) of 1 GiB, or of
+// `bytes` when smaller.
+double CopyBandwidth(size_t bytes, int iterations) {
+  const size_t size = std::min<size_t>(bytes, size_t{1} << 30);
+  DeviceBuffer<uint8_t> source(size);
+  DeviceBuffer<uint8_t> target(size);
+  INFERBOX_CUDA_CHECK(cudaMemset(source.get(), 1, size));
+  const double seconds = SecondsPerCall(iterations, [&] {
+    INFERBOX_CUDA_CHECK(
+        cudaMemcpyAsync(target.get(), source.get(), size, cudaMemcpyDeviceToDevice, nullptr));
+  });
+  return 2.0 * static_cast<double>(size) / seconds;
+}
+
+struct Options {
+  std::vector<int64_t> batches{256};
+  std::vector<int64_t> contexts{512, 1024, 2048};
+  int64_t heads = 32;
+  int64_t kv_heads = 8;
+  int64_t head_dim = 128;
+  int64_t block_size = 16;
+  int iterations = 20;
+  std::vector<std::string> kernels{"auto", "tensor-core", "grouped"};
+};
+
+DecodeAttentionKernel KernelNamed(const std::string& name) {
+  if (name == "tensor-core") return DecodeAttentionKernel::kTensorCore;
+  if (name == "grouped") return DecodeAttentionKernel::kGrouped;
+  return DecodeAttentionKernel::kAuto;
+}
+
+// One (batch, context) case; false when a kernel's output differs from the first's.
+bool RunCase(const Options& options, int64_t batch, int64_t context, int multiprocessors,
+             double copy_bandwidth, std::mt19937& rng) {
+  const int64_t d = options.head_dim;
+  const int64_t blocks_per_sequence = (context + options.block_size - 1) / options.block_size;
+  const int64_t num_blocks = batch * blocks_per_sequence;
+  const int64_t kv_row = options.kv_heads * d;
+  DeviceBuffer<uint16_t> keys(static_cast<size_t>(num_blocks * options.block_size * kv_row));
+  DeviceBuffer<uint16_t> values(keys.Bytes() / sizeof(uint16_t));
+  FillRandomBf16(keys, rng);
+  FillRandomBf16(values, rng);
+
+  // Each sequence's blocks anywhere in the cache.
+  std::vector<int32_t> tables(static_cast<size_t>(num_blocks));
+  std::iota(tables.begin(), tables.end(), 0);
+  std::shuffle(tables.begin(), tables.end(), rng);
+  std::vector<int64_t> offsets(static_cast<size_t>(batch));
+  std::vector<int32_t> sequence_of(static_cast<size_t>(batch));
+  std::vector<int64_t> positions(static_cast<size_t>(batch), context - 1);
+  for (int64_t s = 0; s < batch; ++s) {
+    offsets[s] = s * blocks_per_sequence;
+    sequence_of[s] = static_cast<int32_t>(s);
+  }
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  std::vector<float> q(static_cast<size_t>(batch * options.heads * d));
+  for (auto& value : q) value = uniform(rng);
+
+  DeviceBuffer<int32_t> device_tables(tables.size());
+  DeviceBuffer<int64_t> device_offsets(offsets.size());
+  DeviceBuffer<int32_t> device_sequence_of(sequence_of.size());
+  DeviceBuffer<int64_t> device_positions(positions.size());
+  DeviceBuffer<float> device_q(q.size());
+  DeviceBuffer<float> out(q.size());
+  device_tables.Upload(tables);
+  device_offsets.Upload(offsets);
+  device_sequence_of.Upload(sequence_of);
+  device_positions.Upload(positions);
+  device_q.Upload(q);
+
+  PagedAttentionParams params;
+  params.q = device_q.get();
+  params.out = out.get();
+  params.key_cache = keys.get();
+  params.value_cache = values.get();
+  params.positions = device_positions.get();
+  params.token_sequence = device_sequence_of.get();
+  params.table_offsets = device_offsets.get();
+  params.block_tables = device_tables.get();
+  params.num_tokens = batch;
+  params.num_heads = options.heads;
+  params.num_kv_heads = options.kv_heads;
+  params.head_dim = d;
+  params.block_size = options.block_size;
+  params.scale = 1.0f / std::sqrt(static_cast<float>(d));
+  params.max_position = context - 1;
+  params.num_multiprocessors = multiprocessors;
+
+  const double cache_bytes = 2.0 * static_cast<double>(batch * context * kv_row) * 2.0;
+  const double floor_us = cache_bytes / copy_bandwidth * 1e6;
+  std::vector<float> first_output;
+  bool agree = true;
+  for (const std::string& name : options.kernels) {
+    params.decode_kernel = KernelNamed(name);
+    DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(params)));
+    params.workspace = workspace.get();
+    INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
+    const double seconds =
+        SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
+    const std::vector<float> output = out.Download();
+    double difference = 0.0;
+    if (first_output.empty()) {
+      first_output = output;
+    } else {
+      for (size_t i = 0; i < output.size(); ++i) {
+        const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
+        difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
+      }
+    }
+    const bool ok =
+        difference <= kMaxDifference &&
+        std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
+    agree = agree && ok;
+    fmt::print("{:>6} {:>8} {:<12} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n", batch,
+               context, name, seconds * 1e6, floor_us, cache_bytes / seconds / 1e9,
+               100.0 * floor_us / (seconds * 1e6), difference,
+               ok ? "" : "  DIFFERS from the first kernel");
+  }
+  return agree;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  CLI::App app{"The CUDA backend's decode attention beside the memory floor"};
+  app.add_option("--batch", options.batches, "Sequences decoding (one token each)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  app.add_option("--context", options.contexts, "Cached tokens per sequence")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
+  app.add_option("--heads", options.heads, "Query heads")->check(CLI::PositiveNumber);
+  app.add_option("--kv-heads", options.kv_heads, "KV heads")->check(CLI::PositiveNumber);
+  app.add_option("--head-dim", options.head_dim, "Head size")->check(CLI::Range(1, 256));
+  app.add_option("--block-size", options.block_size, "Tokens per KV-cache block")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--iterations", options.iterations, "Timed launches per kernel")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--kernel", options.kernels, "Kernels to run: auto, tensor-core, grouped")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"auto", "tensor-core", "grouped"}));
+  CLI11_PARSE(app, argc, argv);
+  if (options.heads % options.kv_heads != 0 || options.heads / options.kv_heads > 8) {
+    fmt::print(stderr, "--heads must be a multiple of --kv-heads, at most 8 times it\n");
+    return 2;
+  }
+
+  int device = 0;
+  INFERBOX_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp properties{};
+  INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  int64_t largest = 0;
+  for (int64_t batch : options.batches) {
+    for (int64_t context : options.contexts) largest = std::max(largest, batch * context);
+  }
+  const double copy_bandwidth = CopyBandwidth(
+      static_cast<size_t>(largest * options.kv_heads * options.head_dim * 2), options.iterations);
+  fmt::print("device: {} ({} multiprocessors); copy bandwidth {:.1f} GB/s (read + write)\n",
+             properties.name, properties.multiProcessorCount, copy_bandwidth / 1e9);
+  fmt::print("heads {}, KV heads {}, head_dim {}, block {}; BF16 cache; decode, 1 token/sequence\n",
+             options.heads, options.kv_heads, options.head_dim, options.block_size);
+  fmt::print("{:>6} {:>8} {:<12} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch", "context", "kernel",
+             "us/call", "floor us", "GB/s", "floor", "max diff");
+  std::mt19937 rng(1);
+  bool agree = true;
+  for (int64_t batch : options.batches) {
+    for (int64_t context : options.contexts) {
+      agree =
+          RunCase(options, batch, context, properties.multiProcessorCount, copy_bandwidth, rng) &&
+          agree;
+    }
+  }
+  return agree ? 0 : 1;
+}
