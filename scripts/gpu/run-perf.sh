@@ -39,6 +39,7 @@
 # PERF_SKIP_DAEMON=1, PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
 # INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
+# PERF_KERNELS_ONLY=1 (the checks, the attention bench and PERF_SANITIZE only: no model),
 # PERF_SANITIZE=1 (after everything, in what the budget leaves: compute-sanitizer's racecheck
 # and synccheck over the small attention op cases, which the CPU emulation cannot judge),
 # PERF_RESERVE_DAEMON_S (90) and PERF_RESERVE_PEER_S (200): the seconds kept for those phases
@@ -172,6 +173,11 @@ if [ "$device" = cuda ]; then
       "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
       --context "$contexts"
   done
+fi
+if [ "${PERF_KERNELS_ONLY:-0}" = 1 ]; then  # No model: the checks and kernels above only.
+  sanitize
+  report
+  exit 0
 fi
 
 if [ -n "${PERF_MODEL:-}" ]; then
