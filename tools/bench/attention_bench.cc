@@ -5,13 +5,14 @@
 //
 //   inferbox-attention-bench [--batch 256] [--context 512,1024,2048] [--heads 32]
 //       [--kv-heads 8] [--head-dim 128] [--block-size 16] [--iterations 20]
-//       [--kernel auto,tensor-core,grouped]
+//       [--kernel auto,tensor-core,tensor-core-deep,grouped] [--splits 0]
 //
 // Per batch size and context length: `batch` sequences of `context` cached tokens each
 // (random BF16 keys and values in blocks scattered over the cache, as the engine's allocator
-// leaves them), one decode token each, attention launched --iterations times per kernel; it
-// prints microseconds per launch, the cache bytes read per second and that as a share of the
-// copy bandwidth. Every kernel's output is compared with the first one's: it exits 1 when
+// leaves them), one decode token each, attention launched --iterations times per kernel and
+// split count (0: the one the backend chooses; others forced); it prints the splits,
+// microseconds per launch, the cache bytes read per second and that as a share of the copy
+// bandwidth. Every kernel's output is compared with the first one's: it exits 1 when
 // they differ by more than 1e-3 (a benchmark of a wrong kernel means nothing), 2 on bad
 // arguments. Needs a CUDA device (or the CUDA emulator, which makes it a correctness check).
 #include <algorithm>
@@ -130,11 +131,13 @@ struct Options {
   int64_t head_dim = 128;
   int64_t block_size = 16;
   int iterations = 20;
-  std::vector<std::string> kernels{"auto", "tensor-core", "grouped"};
+  std::vector<std::string> kernels{"auto", "tensor-core", "tensor-core-deep", "grouped"};
+  std::vector<int> splits{0};
 };
 
 DecodeAttentionKernel KernelNamed(const std::string& name) {
   if (name == "tensor-core") return DecodeAttentionKernel::kTensorCore;
+  if (name == "tensor-core-deep") return DecodeAttentionKernel::kTensorCoreDeep;
   if (name == "grouped") return DecodeAttentionKernel::kGrouped;
   return DecodeAttentionKernel::kAuto;
 }
@@ -201,30 +204,33 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, int multipr
   std::vector<float> first_output;
   bool agree = true;
   for (const std::string& name : options.kernels) {
-    params.decode_kernel = KernelNamed(name);
-    DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(params)));
-    params.workspace = workspace.get();
-    INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
-    const double seconds =
-        SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
-    const std::vector<float> output = out.Download();
-    double difference = 0.0;
-    if (first_output.empty()) {
-      first_output = output;
-    } else {
-      for (size_t i = 0; i < output.size(); ++i) {
-        const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
-        difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
+    for (int forced : options.splits) {
+      params.decode_kernel = KernelNamed(name);
+      params.splits = forced;
+      DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(params)));
+      params.workspace = workspace.get();
+      INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
+      const double seconds =
+          SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
+      const std::vector<float> output = out.Download();
+      double difference = 0.0;
+      if (first_output.empty()) {
+        first_output = output;
+      } else {
+        for (size_t i = 0; i < output.size(); ++i) {
+          const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
+          difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
+        }
       }
+      const bool ok =
+          difference <= kMaxDifference &&
+          std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
+      agree = agree && ok;
+      fmt::print("{:>6} {:>8} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
+                 batch, context, name, PagedAttentionSplits(params), seconds * 1e6, floor_us,
+                 cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
+                 ok ? "" : "  DIFFERS from the first kernel");
     }
-    const bool ok =
-        difference <= kMaxDifference &&
-        std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
-    agree = agree && ok;
-    fmt::print("{:>6} {:>8} {:<12} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n", batch,
-               context, name, seconds * 1e6, floor_us, cache_bytes / seconds / 1e9,
-               100.0 * floor_us / (seconds * 1e6), difference,
-               ok ? "" : "  DIFFERS from the first kernel");
   }
   return agree;
 }
@@ -247,9 +253,13 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--iterations", options.iterations, "Timed launches per kernel")
       ->check(CLI::PositiveNumber);
-  app.add_option("--kernel", options.kernels, "Kernels to run: auto, tensor-core, grouped")
+  app.add_option("--kernel", options.kernels,
+                 "Kernels to run: auto, tensor-core, tensor-core-deep, grouped")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "tensor-core", "grouped"}));
+      ->check(CLI::IsMember({"auto", "tensor-core", "tensor-core-deep", "grouped"}));
+  app.add_option("--splits", options.splits, "Splits per (token, KV head): 0 chosen, else 1-32")
+      ->delimiter(',')
+      ->check(CLI::Range(0, 32));
   CLI11_PARSE(app, argc, argv);
   if (options.heads % options.kv_heads != 0 || options.heads / options.kv_heads > 8) {
     fmt::print(stderr, "--heads must be a multiple of --kv-heads, at most 8 times it\n");
@@ -270,8 +280,8 @@ int main(int argc, char** argv) {
              properties.name, properties.multiProcessorCount, copy_bandwidth / 1e9);
   fmt::print("heads {}, KV heads {}, head_dim {}, block {}; BF16 cache; decode, 1 token/sequence\n",
              options.heads, options.kv_heads, options.head_dim, options.block_size);
-  fmt::print("{:>6} {:>8} {:<12} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch", "context", "kernel",
-             "us/call", "floor us", "GB/s", "floor", "max diff");
+  fmt::print("{:>6} {:>8} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch", "context",
+             "kernel", "splits", "us/call", "floor us", "GB/s", "floor", "max diff");
   std::mt19937 rng(1);
   bool agree = true;
   for (int64_t batch : options.batches) {

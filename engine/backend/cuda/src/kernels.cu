@@ -302,20 +302,50 @@ bool TensorCoreDecodeApplies(const PagedAttentionParams& p) {
 bool TensorCoreDecode(const PagedAttentionParams& p) {
   return p.decode_kernel != DecodeAttentionKernel::kGrouped && TensorCoreDecodeApplies(p);
 }
+bool DeepTensorCoreDecode(const PagedAttentionParams& p) {
+  return p.decode_kernel == DecodeAttentionKernel::kTensorCoreDeep;
+}
 
-// Splits of each (token, KV head)'s keys: for the grouped kernels, enough blocks for two
-// per multiprocessor; for the tensor-core kernel, four waves of warps (12 fit a
-// multiprocessor), so that the last, partly filled wave costs little. At least
-// kMinKeysPerSplit keys each, at most kMaxSplits.
-int AttentionSplits(const PagedAttentionParams& p) {
+// Splits of each (token, KV head)'s keys for the grouped kernels: enough blocks for two per
+// multiprocessor, at least kMinKeysPerSplit keys each, at most kMaxSplits.
+int GroupedAttentionSplits(const PagedAttentionParams& p) {
   const int64_t pairs = PerTokenCount(p) * p.num_kv_heads;
-  const int64_t wanted =
-      (TensorCoreDecode(p) ? 48 : 2) * static_cast<int64_t>(p.num_multiprocessors);
+  const int64_t wanted = 2 * static_cast<int64_t>(p.num_multiprocessors);
   if (pairs >= wanted) return 1;
   const int64_t by_device = (wanted + pairs - 1) / pairs;
   const int64_t by_length = (p.max_position + 1 + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
   const int64_t splits = by_device < by_length ? by_device : by_length;
   return static_cast<int>(splits < 1 ? 1 : (splits > kMaxSplits ? kMaxSplits : splits));
+}
+
+// Keys per tile of the tensor-core decode kernel (below).
+constexpr int kDecodeKeys = 16;
+
+// Tiles of latency a warp of the tensor-core decode kernel pays beyond its own tiles (the
+// pipeline filling, the partial result written, the combine): a split costs that much.
+constexpr int64_t kDecodeOverheadTiles = 2;
+
+// Splits for the tensor-core decode kernel, whose work items (token, KV head, split) all take
+// about as long: with W warps resident on the device, S splits cost ⌈items / W⌉ rounds of
+// (tiles per split + overhead); the cheapest S (the fewest of equals) at least
+// kMinKeysPerSplit keys each, at most kMaxSplits.
+int TensorCoreDecodeSplits(const PagedAttentionParams& p, int64_t resident_warps) {
+  const int64_t pairs = PerTokenCount(p) * p.num_kv_heads;
+  const int64_t keys = p.max_position + 1;
+  const int64_t by_length = (keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  const int64_t most = by_length < kMaxSplits ? by_length : kMaxSplits;
+  int best = 1;
+  int64_t best_cost = -1;
+  for (int64_t splits = 1; splits <= most; ++splits) {
+    const int64_t rounds = (pairs * splits + resident_warps - 1) / resident_warps;
+    const int64_t tiles = ((keys + splits - 1) / splits + kDecodeKeys - 1) / kDecodeKeys;
+    const int64_t cost = rounds * (tiles + kDecodeOverheadTiles);
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best = static_cast<int>(splits);
+    }
+  }
+  return best;
 }
 
 bool GroupedAttention(const PagedAttentionParams& p) {
@@ -877,10 +907,6 @@ __global__ void __launch_bounds__(kFaThreads)
 // kernels, each BF16 operand that is not BF16 already (the float32 query, the probabilities)
 // goes in as a high and a low BF16 part, two mma each: the products are then exact to about
 // 2⁻¹⁶ instead of 2⁻⁸ (the keys and values are BF16 in the cache).
-constexpr int kDecodeKeys = 16;
-constexpr int kDecodeWarps = 2;   // Per block: 6 blocks (12 warps) fit a multiprocessor.
-constexpr int kDecodeStages = 2;  // Tiles per warp: the one computed and the one in flight.
-
 // 16 bytes from global to shared memory without passing through registers (cp.async, sm_80
 // and later), in the thread's current group of copies; CopyAsyncCommit closes the group and
 // CopyAsyncWait<n> waits until at most n of the thread's closed groups are still in flight.
@@ -932,6 +958,14 @@ __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
          key_position % p.block_size;
 }
 
+// Warps per block and tiles per warp (the one computed and Stages − 1 in flight) of the
+// kernel's two forms: 2 warps of 2 stages (6 blocks, 12 warps fit a multiprocessor), and one
+// warp of 4 stages (more bytes in flight per warp, fewer warps).
+constexpr int kDecodeWarps = 2;
+constexpr int kDecodeStages = 2;
+constexpr int kDeepDecodeWarps = 1;
+constexpr int kDeepDecodeStages = 4;
+
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
 // into k_tile and v_tile, as one group; rows of keys past the end are zeroed (a zero value
 // times a zero probability adds nothing; garbage could be a NaN).
@@ -958,13 +992,14 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
   CopyAsyncCommit();
 }
 
-__global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
+template <int Warps, int Stages>
+__global__ void __launch_bounds__(Warps* kWarpSize)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
   // [warp][stage][keys, values]
-  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFaLd];
+  __shared__ __align__(16) uint16_t tiles[Warps][Stages][2][kDecodeKeys * kFaLd];
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * Warps + warp;
   if (item >= PerTokenCount(p) * p.num_kv_heads * splits) return;  // The whole warp.
   const int split = static_cast<int>(item % splits);
   const int64_t kv_head = (item / splits) % p.num_kv_heads;
@@ -980,12 +1015,25 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   const int64_t begin = split * chunk;
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
 
-  // The first tile in flight before anything else; the second tile's slots read ahead.
-  if (begin < end) {
-    IssueDecodeTile(p, kv_head, DecodeKeySlot(p, table, begin, end, lane), lane, tiles[warp][0][0],
-                    tiles[warp][0][1]);
+  // The first Stages − 1 tiles in flight before anything else (an empty group for each past
+  // the end, so that every iteration's wait counts alike), the next tile's slots read ahead.
+  {
+    int64_t first_slots[Stages - 1];
+#pragma unroll
+    for (int stage = 0; stage < Stages - 1; ++stage) {
+      first_slots[stage] = DecodeKeySlot(p, table, begin + stage * kDecodeKeys, end, lane);
+    }
+#pragma unroll
+    for (int stage = 0; stage < Stages - 1; ++stage) {
+      if (begin + stage * kDecodeKeys < end) {
+        IssueDecodeTile(p, kv_head, first_slots[stage], lane, tiles[warp][stage][0],
+                        tiles[warp][stage][1]);
+      } else {
+        CopyAsyncCommit();
+      }
+    }
   }
-  int64_t next_slot = DecodeKeySlot(p, table, begin + kDecodeKeys, end, lane);
+  int64_t next_slot = DecodeKeySlot(p, table, begin + (Stages - 1) * kDecodeKeys, end, lane);
 
   // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
@@ -1012,23 +1060,23 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 
   int stage = 0;
   for (int64_t key_start = begin; key_start < end;
-       key_start += kDecodeKeys, stage = (stage + 1) % kDecodeStages) {
+       key_start += kDecodeKeys, stage = (stage + 1) % Stages) {
     const int num_keys =
         static_cast<int>(end - key_start < kDecodeKeys ? end - key_start : kDecodeKeys);
-    // The next tile into the other stage (every lane is done reading it: the previous
-    // iteration's computation), then the slots of the one after it.
-    const int64_t next_start = key_start + kDecodeKeys;
+    // The tile Stages − 1 ahead into the stage the previous iteration computed (every lane
+    // is done reading it), then the slots of the one after it.
+    const int64_t ahead = key_start + (Stages - 1) * kDecodeKeys;
     __syncwarp();
-    if (next_start < end) {
-      const int next_stage = (stage + 1) % kDecodeStages;
-      IssueDecodeTile(p, kv_head, next_slot, lane, tiles[warp][next_stage][0],
-                      tiles[warp][next_stage][1]);
-      next_slot = DecodeKeySlot(p, table, next_start + kDecodeKeys, end, lane);
+    if (ahead < end) {
+      const int ahead_stage = (stage + Stages - 1) % Stages;
+      IssueDecodeTile(p, kv_head, next_slot, lane, tiles[warp][ahead_stage][0],
+                      tiles[warp][ahead_stage][1]);
+      next_slot = DecodeKeySlot(p, table, ahead + kDecodeKeys, end, lane);
     } else {
-      CopyAsyncCommit();  // An empty group: the wait below always leaves one in flight.
+      CopyAsyncCommit();  // An empty group: the wait below always leaves Stages − 1 behind.
     }
-    CopyAsyncWait<kDecodeStages - 1>();  // This lane's copies of the current tile.
-    __syncwarp();                        // Every lane's.
+    CopyAsyncWait<Stages - 1>();  // This lane's copies of the current tile.
+    __syncwarp();                 // Every lane's.
     const uint16_t* k_tile = tiles[warp][stage][0];
     const uint16_t* v_tile = tiles[warp][stage][1];
 
@@ -1651,6 +1699,48 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream) {
   CheckLaunch("RopeWriteKvKernel");
 }
 
+// Warps of TensorCoreDecodeAttentionKernel<Warps, Stages> resident on the device at once
+// (the largest shared-memory carveout asked for first), found once per thread: an engine's
+// thread keeps to its device.
+template <int Warps, int Stages>
+int64_t ResidentDecodeWarps(int multiprocessors) {
+  thread_local const int blocks = [] {
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel<Warps, Stages>,
+                                             cudaFuncAttributePreferredSharedMemoryCarveout,
+                                             cudaSharedmemCarveoutMaxShared));
+    int count = 0;
+    INFERBOX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &count, TensorCoreDecodeAttentionKernel<Warps, Stages>, Warps * kWarpSize, 0));
+    return count < 1 ? 1 : count;
+  }();
+  return static_cast<int64_t>(blocks) * Warps * multiprocessors;
+}
+
+int AttentionSplits(const PagedAttentionParams& p) {
+  if (p.splits > 0) return p.splits < kMaxSplits ? p.splits : kMaxSplits;
+  if (!TensorCoreDecode(p)) return GroupedAttentionSplits(p);
+  const int64_t resident =
+      DeepTensorCoreDecode(p)
+          ? ResidentDecodeWarps<kDeepDecodeWarps, kDeepDecodeStages>(p.num_multiprocessors)
+          : ResidentDecodeWarps<kDecodeWarps, kDecodeStages>(p.num_multiprocessors);
+  return TensorCoreDecodeSplits(p, resident);
+}
+
+template <int Warps, int Stages>
+void LaunchTensorCoreDecode(const PagedAttentionParams& params, int group, int splits,
+                            cudaStream_t stream) {
+  ResidentDecodeWarps<Warps, Stages>(params.num_multiprocessors);  // The carveout asked for.
+  const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
+  const auto blocks = static_cast<unsigned>((items + Warps - 1) / Warps);
+  TensorCoreDecodeAttentionKernel<Warps, Stages>
+      <<<blocks, Warps * kWarpSize, 0, stream>>>(params, group, splits);
+  CheckLaunch("TensorCoreDecodeAttentionKernel");
+}
+
+int PagedAttentionSplits(const PagedAttentionParams& params) {
+  return PerTokenCount(params) == 0 || !GroupedAttention(params) ? 1 : AttentionSplits(params);
+}
+
 int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params) {
   if (PerTokenCount(params) == 0 || !GroupedAttention(params)) return 0;
   const int splits = AttentionSplits(params);
@@ -1688,7 +1778,8 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     }
   }
   if (PerTokenCount(params) == 0) return;
-  if (params.decode_kernel == DecodeAttentionKernel::kTensorCore &&
+  if ((params.decode_kernel == DecodeAttentionKernel::kTensorCore ||
+       DeepTensorCoreDecode(params)) &&
       !TensorCoreDecodeApplies(params)) {
     FatalCudaError("LaunchPagedAttention",
                    "the tensor-core decode kernel takes head_dim a multiple of 16 up to 128 and "
@@ -1702,21 +1793,10 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   }
   const dim3 grid(static_cast<unsigned>(PerTokenCount(params)),
                   static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
-  if (TensorCoreDecode(params)) {
-    const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
-    const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
-    // Six blocks' tiles per multiprocessor: ask for the largest shared-memory carveout (once
-    // per thread; an engine's thread keeps to its device).
-    thread_local const bool carveout_set = [] {
-      INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel,
-                                               cudaFuncAttributePreferredSharedMemoryCarveout,
-                                               cudaSharedmemCarveoutMaxShared));
-      return true;
-    }();
-    (void)carveout_set;
-    TensorCoreDecodeAttentionKernel<<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group,
-                                                                                     splits);
-    CheckLaunch("TensorCoreDecodeAttentionKernel");
+  if (DeepTensorCoreDecode(params)) {
+    LaunchTensorCoreDecode<kDeepDecodeWarps, kDeepDecodeStages>(params, group, splits, stream);
+  } else if (TensorCoreDecode(params)) {
+    LaunchTensorCoreDecode<kDecodeWarps, kDecodeStages>(params, group, splits, stream);
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);
     CheckLaunch("GroupedAttentionKernel");

@@ -5,6 +5,8 @@
 // code compares them; nothing here is NVIDIA's code.
 #pragma once
 
+#include <algorithm>
+
 #include <cstddef>
 #include <cstdint>
 
@@ -131,4 +133,15 @@ cudaError_t cudaFuncSetAttribute(Kernel* /*kernel*/, cudaFuncAttribute attribute
     return cudaErrorInvalidValue;
   }
   return value < -1 ? cudaErrorInvalidValue : cudaSuccess;
+}
+
+// Blocks of `block_size` threads resident per multiprocessor: the emulation has no registers
+// or shared memory to run out of, only the thread (2048) and block (32) limits of sm_90.
+template <typename Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel* /*kernel*/,
+                                                          int block_size,
+                                                          size_t /*dynamic_shared_bytes*/) {
+  if (block_size <= 0) return cudaErrorInvalidValue;
+  *blocks = std::min(32, 2048 / block_size);
+  return cudaSuccess;
 }
