@@ -5,7 +5,7 @@
 //
 //   inferbox-attention-bench [--batch 256] [--context 512,1024,2048] [--heads 32]
 //       [--kv-heads 8] [--head-dim 128] [--block-size 16] [--iterations 20]
-//       [--kernel auto,tensor-core,tensor-core-deep,grouped] [--splits 0]
+//       [--kernel auto,tensor-core,grouped] [--splits 0]
 //
 // Per batch size and context length: `batch` sequences of `context` cached tokens each
 // (random BF16 keys and values in blocks scattered over the cache, as the engine's allocator
@@ -131,13 +131,12 @@ struct Options {
   int64_t head_dim = 128;
   int64_t block_size = 16;
   int iterations = 20;
-  std::vector<std::string> kernels{"auto", "tensor-core", "tensor-core-deep", "grouped"};
+  std::vector<std::string> kernels{"auto", "tensor-core", "grouped"};
   std::vector<int> splits{0};
 };
 
 DecodeAttentionKernel KernelNamed(const std::string& name) {
   if (name == "tensor-core") return DecodeAttentionKernel::kTensorCore;
-  if (name == "tensor-core-deep") return DecodeAttentionKernel::kTensorCoreDeep;
   if (name == "grouped") return DecodeAttentionKernel::kGrouped;
   return DecodeAttentionKernel::kAuto;
 }
@@ -253,13 +252,12 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--iterations", options.iterations, "Timed launches per kernel")
       ->check(CLI::PositiveNumber);
-  app.add_option("--kernel", options.kernels,
-                 "Kernels to run: auto, tensor-core, tensor-core-deep, grouped")
+  app.add_option("--kernel", options.kernels, "Kernels to run: auto, tensor-core, grouped")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "tensor-core", "tensor-core-deep", "grouped"}));
-  app.add_option("--splits", options.splits, "Splits per (token, KV head): 0 chosen, else 1-32")
+      ->check(CLI::IsMember({"auto", "tensor-core", "grouped"}));
+  app.add_option("--splits", options.splits, "Splits per (token, KV head): 0 chosen, else 1-64")
       ->delimiter(',')
-      ->check(CLI::Range(0, 32));
+      ->check(CLI::Range(0, 64));
   CLI11_PARSE(app, argc, argv);
   if (options.heads % options.kv_heads != 0 || options.heads / options.kv_heads > 8) {
     fmt::print(stderr, "--heads must be a multiple of --kv-heads, at most 8 times it\n");

@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
 // the block writes the output, else its partial result: max, sum and the unnormalised
 // weighted values, [token][head][split] of (head_dim + 2) floats, for the combine kernel.
 constexpr int kMinKeysPerSplit = 64;
-constexpr int kMaxSplits = 32;
+constexpr int kMaxSplits = 64;
 
 // Tokens the per-token kernels take.
 __host__ __device__ int64_t PerTokenCount(const PagedAttentionParams& p) {
@@ -301,9 +301,6 @@ bool TensorCoreDecodeApplies(const PagedAttentionParams& p) {
 }
 bool TensorCoreDecode(const PagedAttentionParams& p) {
   return p.decode_kernel != DecodeAttentionKernel::kGrouped && TensorCoreDecodeApplies(p);
-}
-bool DeepTensorCoreDecode(const PagedAttentionParams& p) {
-  return p.decode_kernel == DecodeAttentionKernel::kTensorCoreDeep;
 }
 
 // Splits of each (token, KV head)'s keys for the grouped kernels: enough blocks for two per
@@ -327,12 +324,14 @@ constexpr int64_t kDecodeOverheadTiles = 2;
 
 // Splits for the tensor-core decode kernel, whose work items (token, KV head, split) all take
 // about as long: with W warps resident on the device, S splits cost ⌈items / W⌉ rounds of
-// (tiles per split + overhead); the cheapest S (the fewest of equals) at least
-// kMinKeysPerSplit keys each, at most kMaxSplits.
+// (tiles per split + overhead); the cheapest S (the fewest of equals) of at least two tiles
+// each, at most kMaxSplits. On an H200 it chose, among the counts tried, the fastest or
+// within 1% of it for 256 sequences of 1k and 2k tokens, 64 of 1k and 4k, and 16 of 2k.
 int TensorCoreDecodeSplits(const PagedAttentionParams& p, int64_t resident_warps) {
+  constexpr int64_t kMinKeys = 2 * kDecodeKeys;
   const int64_t pairs = PerTokenCount(p) * p.num_kv_heads;
   const int64_t keys = p.max_position + 1;
-  const int64_t by_length = (keys + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
+  const int64_t by_length = (keys + kMinKeys - 1) / kMinKeys;
   const int64_t most = by_length < kMaxSplits ? by_length : kMaxSplits;
   int best = 1;
   int64_t best_cost = -1;
@@ -958,13 +957,11 @@ __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
          key_position % p.block_size;
 }
 
-// Warps per block and tiles per warp (the one computed and Stages − 1 in flight) of the
-// kernel's two forms: 2 warps of 2 stages (6 blocks, 12 warps fit a multiprocessor), and one
-// warp of 4 stages (more bytes in flight per warp, fewer warps).
+// Warps per block, and tiles per warp: the one computed and kDecodeStages − 1 in flight. Six
+// blocks (12 warps) fit a multiprocessor. (On an H200, one warp of 4 stages per block read
+// the cache at 45% of the copy bandwidth where this form reads it at 76%.)
 constexpr int kDecodeWarps = 2;
 constexpr int kDecodeStages = 2;
-constexpr int kDeepDecodeWarps = 1;
-constexpr int kDeepDecodeStages = 4;
 
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
 // into k_tile and v_tile, as one group; rows of keys past the end are zeroed (a zero value
@@ -992,14 +989,14 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
   CopyAsyncCommit();
 }
 
-template <int Warps, int Stages>
-__global__ void __launch_bounds__(Warps* kWarpSize)
+__global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
+  constexpr int Stages = kDecodeStages;
   // [warp][stage][keys, values]
-  __shared__ __align__(16) uint16_t tiles[Warps][Stages][2][kDecodeKeys * kFaLd];
+  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][Stages][2][kDecodeKeys * kFaLd];
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * Warps + warp;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
   if (item >= PerTokenCount(p) * p.num_kv_heads * splits) return;  // The whole warp.
   const int split = static_cast<int>(item % splits);
   const int64_t kv_head = (item / splits) % p.num_kv_heads;
@@ -1699,42 +1696,26 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream) {
   CheckLaunch("RopeWriteKvKernel");
 }
 
-// Warps of TensorCoreDecodeAttentionKernel<Warps, Stages> resident on the device at once
-// (the largest shared-memory carveout asked for first), found once per thread: an engine's
-// thread keeps to its device.
-template <int Warps, int Stages>
+// Warps of TensorCoreDecodeAttentionKernel resident on the device at once (the largest
+// shared-memory carveout asked for first), found once per thread: an engine's thread keeps to
+// its device.
 int64_t ResidentDecodeWarps(int multiprocessors) {
   thread_local const int blocks = [] {
-    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel<Warps, Stages>,
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel,
                                              cudaFuncAttributePreferredSharedMemoryCarveout,
                                              cudaSharedmemCarveoutMaxShared));
     int count = 0;
     INFERBOX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &count, TensorCoreDecodeAttentionKernel<Warps, Stages>, Warps * kWarpSize, 0));
+        &count, TensorCoreDecodeAttentionKernel, kDecodeWarps * kWarpSize, 0));
     return count < 1 ? 1 : count;
   }();
-  return static_cast<int64_t>(blocks) * Warps * multiprocessors;
+  return static_cast<int64_t>(blocks) * kDecodeWarps * multiprocessors;
 }
 
 int AttentionSplits(const PagedAttentionParams& p) {
   if (p.splits > 0) return p.splits < kMaxSplits ? p.splits : kMaxSplits;
   if (!TensorCoreDecode(p)) return GroupedAttentionSplits(p);
-  const int64_t resident =
-      DeepTensorCoreDecode(p)
-          ? ResidentDecodeWarps<kDeepDecodeWarps, kDeepDecodeStages>(p.num_multiprocessors)
-          : ResidentDecodeWarps<kDecodeWarps, kDecodeStages>(p.num_multiprocessors);
-  return TensorCoreDecodeSplits(p, resident);
-}
-
-template <int Warps, int Stages>
-void LaunchTensorCoreDecode(const PagedAttentionParams& params, int group, int splits,
-                            cudaStream_t stream) {
-  ResidentDecodeWarps<Warps, Stages>(params.num_multiprocessors);  // The carveout asked for.
-  const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
-  const auto blocks = static_cast<unsigned>((items + Warps - 1) / Warps);
-  TensorCoreDecodeAttentionKernel<Warps, Stages>
-      <<<blocks, Warps * kWarpSize, 0, stream>>>(params, group, splits);
-  CheckLaunch("TensorCoreDecodeAttentionKernel");
+  return TensorCoreDecodeSplits(p, ResidentDecodeWarps(p.num_multiprocessors));
 }
 
 int PagedAttentionSplits(const PagedAttentionParams& params) {
@@ -1778,8 +1759,7 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     }
   }
   if (PerTokenCount(params) == 0) return;
-  if ((params.decode_kernel == DecodeAttentionKernel::kTensorCore ||
-       DeepTensorCoreDecode(params)) &&
+  if (params.decode_kernel == DecodeAttentionKernel::kTensorCore &&
       !TensorCoreDecodeApplies(params)) {
     FatalCudaError("LaunchPagedAttention",
                    "the tensor-core decode kernel takes head_dim a multiple of 16 up to 128 and "
@@ -1793,10 +1773,13 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   }
   const dim3 grid(static_cast<unsigned>(PerTokenCount(params)),
                   static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
-  if (DeepTensorCoreDecode(params)) {
-    LaunchTensorCoreDecode<kDeepDecodeWarps, kDeepDecodeStages>(params, group, splits, stream);
-  } else if (TensorCoreDecode(params)) {
-    LaunchTensorCoreDecode<kDecodeWarps, kDecodeStages>(params, group, splits, stream);
+  if (TensorCoreDecode(params)) {
+    ResidentDecodeWarps(params.num_multiprocessors);  // The carveout asked for.
+    const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
+    const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
+    TensorCoreDecodeAttentionKernel<<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group,
+                                                                                     splits);
+    CheckLaunch("TensorCoreDecodeAttentionKernel");
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);
     CheckLaunch("GroupedAttentionKernel");

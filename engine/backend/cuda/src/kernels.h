@@ -85,9 +85,8 @@ inline bool TiledAttentionApplies(int64_t num_heads, int64_t num_kv_heads, int64
 }
 // The kernel that takes the per-token tokens (decodes, short chunks): chosen by shape, or
 // named, for inferbox-attention-bench to compare them (a kernel that cannot take the shape
-// is a fatal error): the tensor-core one (2 warps per block, 2 tiles per warp), its deep
-// form (1 warp per block, 4 tiles per warp), the grouped one.
-enum class DecodeAttentionKernel { kAuto, kTensorCore, kTensorCoreDeep, kGrouped };
+// is a fatal error).
+enum class DecodeAttentionKernel { kAuto, kTensorCore, kGrouped };
 struct PagedAttentionParams {
   const float* q = nullptr;
   float* out = nullptr;
@@ -116,7 +115,7 @@ struct PagedAttentionParams {
   int64_t num_listed_tokens = 0;
   DecodeAttentionKernel decode_kernel = DecodeAttentionKernel::kAuto;
   // Splits of each (token, KV head)'s keys among the per-token kernel's work items: chosen
-  // by shape and device (0), or forced (1 to 32), for inferbox-attention-bench.
+  // by shape and device (0), or forced (1 to 64), for inferbox-attention-bench.
   int splits = 0;
 };
 // The splits LaunchPagedAttention makes of each (token, KV head)'s keys for the per-token
