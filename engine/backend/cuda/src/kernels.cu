@@ -677,6 +677,30 @@ __device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4],
 #endif
 }
 
+// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80
+// and later), in the thread's current group of copies; CopyAsyncCommit closes the group and
+// CopyAsyncWait<n> waits until at most n of the thread's closed groups are still in flight.
+// Another lane sees the copied bytes after CopyAsyncWait and a __syncwarp.
+__device__ __forceinline__ void CopyAsync16(void* shared, const void* global) {
+#ifdef INFERBOX_CUDA_EMULATED
+  std::memcpy(shared, global, 16);  // At once: the emulation has no copies in flight.
+#else
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
+#endif
+}
+__device__ __forceinline__ void CopyAsyncCommit() {
+#ifndef INFERBOX_CUDA_EMULATED
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+__device__ __forceinline__ void CopyAsyncWait() {
+#ifndef INFERBOX_CUDA_EMULATED
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
 // Two floats as BF16 (round to nearest even) in one register, the first in the lower half.
 __device__ __forceinline__ uint32_t PackBf16(float low, float high) {
   return static_cast<uint32_t>(FloatToBf16Bits(low)) | static_cast<uint32_t>(FloatToBf16Bits(high))
@@ -701,44 +725,65 @@ __device__ __forceinline__ void ValueFragment(const uint16_t* tile, int first_ke
   b[1] = static_cast<uint32_t>(value[8 * kFaLd]) | static_cast<uint32_t>(value[9 * kFaLd]) << 16;
 }
 
-// The cache slots of key positions key_start .. key_start + kFaKeys (−1 past num_keys), one
-// per thread of the first kFaKeys.
-__device__ void KeyTileSlots(const PagedAttentionParams& p, const int32_t* table, int64_t key_start,
-                             int64_t num_keys, int64_t* slots) {
-  if (threadIdx.x < kFaKeys) {
-    const int64_t j = threadIdx.x;
-    const int64_t key_position = key_start + j;
-    slots[j] = j < num_keys
-                   ? static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-                         key_position % p.block_size
-                   : -1;
-  }
+// The cache slot of key position key_start + threadIdx.x for the first kFaKeys threads (−1
+// past last_position, and for the other threads).
+__device__ __forceinline__ int64_t KeyTileSlot(const PagedAttentionParams& p, const int32_t* table,
+                                               int64_t key_start, int64_t last_position) {
+  const int64_t key_position = key_start + threadIdx.x;
+  if (threadIdx.x >= kFaKeys || key_position > last_position) return -1;
+  return static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+         key_position % p.block_size;
 }
 
-// Loads the key (or value) rows at `slots` of one KV head into `tile`, zeros for slot −1, 16
-// bytes (8 BF16 values) per load: head_dim is a multiple of 16, so every row starts 16-byte
-// aligned in the cache and in the tile.
-__device__ void LoadKeyTile(const PagedAttentionParams& p, const int64_t* slots, int64_t kv_head,
-                            const uint16_t* cache, uint16_t* tile) {
+// Starts the copies of the key and value rows at `slots` of one KV head into k_tile and
+// v_tile, 16 bytes (8 BF16 values) per cp.async, as one group of each thread's copies; rows
+// of slot −1 are zeroed. head_dim is a multiple of 16, so every row starts 16-byte aligned
+// in the cache and in the tiles.
+__device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* slots, int64_t kv_head,
+                             uint16_t* k_tile, uint16_t* v_tile) {
   const int chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per row.
   const int64_t kv_row = p.num_kv_heads * p.head_dim;
   for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
     const int c = (i % chunks) * 8;
     const int64_t slot = slots[j];
-    uint4 bits = {0, 0, 0, 0};
     if (slot >= 0) {
-      bits = *reinterpret_cast<const uint4*>(cache + slot * kv_row + kv_head * p.head_dim + c);
+      const int64_t offset = slot * kv_row + kv_head * p.head_dim + c;
+      CopyAsync16(k_tile + j * kFaLd + c, p.key_cache + offset);
+      CopyAsync16(v_tile + j * kFaLd + c, p.value_cache + offset);
+    } else {
+      *reinterpret_cast<uint4*>(k_tile + j * kFaLd + c) = uint4{0, 0, 0, 0};
+      *reinterpret_cast<uint4*>(v_tile + j * kFaLd + c) = uint4{0, 0, 0, 0};
     }
-    *reinterpret_cast<uint4*>(tile + j * kFaLd + c) = bits;
   }
+  CopyAsyncCommit();
 }
 
-__global__ void __launch_bounds__(kFaThreads)
+// TensorCorePrefillAttentionKernel's shared memory: kFaStages key and value tiles (the one
+// computed, the next one copying) and their slots, 70 KB: more than a kernel may declare
+// statically (48 KB), so dynamic shared memory on the GPU. The CPU emulation has no such
+// limit and no dynamic shared memory: a static one there.
+constexpr int kFaStages = 2;
+struct PrefillSharedMemory {
+  uint16_t keys[kFaStages][kFaKeys * kFaLd];
+  uint16_t values[kFaStages][kFaKeys * kFaLd];
+  int64_t slots[kFaStages][kFaKeys];
+};
+#ifdef INFERBOX_CUDA_EMULATED
+constexpr size_t kPrefillDynamicSharedBytes = 0;
+#else
+constexpr size_t kPrefillDynamicSharedBytes = sizeof(PrefillSharedMemory);
+#endif
+
+// Three blocks per multiprocessor: at most 168 registers a thread.
+__global__ void __launch_bounds__(kFaThreads, 3)
     TensorCorePrefillAttentionKernel(PagedAttentionParams p, int group) {
-  __shared__ __align__(16) uint16_t k_tile[kFaKeys * kFaLd];
-  __shared__ __align__(16) uint16_t v_tile[kFaKeys * kFaLd];
-  __shared__ int64_t key_slots[kFaKeys];
+#ifdef INFERBOX_CUDA_EMULATED
+  __shared__ __align__(16) PrefillSharedMemory smem;
+#else
+  extern __shared__ __align__(16) uint8_t dynamic_shared[];
+  PrefillSharedMemory& smem = *reinterpret_cast<PrefillSharedMemory*>(dynamic_shared);
+#endif
 
   const int32_t first = p.tiles[2 * blockIdx.x];
   const int32_t count = p.tiles[2 * blockIdx.x + 1];
@@ -784,15 +829,37 @@ __global__ void __launch_bounds__(kFaThreads)
 #pragma unroll
   for (int j = 0; j < kFaChunks * 2; ++j) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
 
-  for (int64_t key_start = 0; key_start <= last_position; key_start += kFaKeys) {
-    const int64_t num_keys =
-        last_position + 1 - key_start < kFaKeys ? last_position + 1 - key_start : kFaKeys;
-    __syncthreads();  // The previous tile's keys, values and slots used.
-    KeyTileSlots(p, table, key_start, num_keys, key_slots);
+  // A pipeline of key tiles: tile n + 1 copies (cp.async) while tile n is computed. The
+  // first kFaKeys threads write the slots of tile n + 2 while tile n + 1 copies, from a
+  // register loaded an iteration earlier, so that no block-table read stalls the block.
+  const int64_t num_tiles = last_position / kFaKeys + 1;
+  if (threadIdx.x < kFaKeys) {
+    smem.slots[0][threadIdx.x] = KeyTileSlot(p, table, 0, last_position);
+    smem.slots[1][threadIdx.x] = KeyTileSlot(p, table, kFaKeys, last_position);
+  }
+  int64_t ahead_slot = KeyTileSlot(p, table, 2 * kFaKeys, last_position);
+  __syncthreads();
+  IssueKeyTile(p, smem.slots[0], kv_head, smem.keys[0], smem.values[0]);
+
+  for (int64_t tile = 0; tile < num_tiles; ++tile) {
+    const int stage = static_cast<int>(tile % kFaStages);
+    const int other = 1 - stage;
+    const int64_t key_start = tile * kFaKeys;
+    // Every thread is done with the other stage (the previous tile) and its slots, and the
+    // next tile's slots are visible: the next tile into it.
     __syncthreads();
-    LoadKeyTile(p, key_slots, kv_head, p.key_cache, k_tile);
-    LoadKeyTile(p, key_slots, kv_head, p.value_cache, v_tile);
-    __syncthreads();
+    if (tile + 1 < num_tiles) {
+      IssueKeyTile(p, smem.slots[other], kv_head, smem.keys[other], smem.values[other]);
+    } else {
+      CopyAsyncCommit();  // An empty group: the wait below always leaves one behind.
+    }
+    // This tile's slots were read when it was issued: the slots of the tile after next.
+    if (threadIdx.x < kFaKeys) smem.slots[stage][threadIdx.x] = ahead_slot;
+    ahead_slot = KeyTileSlot(p, table, (tile + 3) * kFaKeys, last_position);
+    CopyAsyncWait<1>();  // This thread's copies of this tile,
+    __syncthreads();     // and every thread's.
+    const uint16_t* k_tile = smem.keys[stage];
+    const uint16_t* v_tile = smem.values[stage];
 
     // S = Q·Kᵀ, 8 keys per accumulator: s[n] holds keys n·8 + 2t, + 1 of rows g and g + 8.
     float s[kFaKeys / 8][4];
@@ -906,30 +973,6 @@ __global__ void __launch_bounds__(kFaThreads)
 // kernels, each BF16 operand that is not BF16 already (the float32 query, the probabilities)
 // goes in as a high and a low BF16 part, two mma each: the products are then exact to about
 // 2⁻¹⁶ instead of 2⁻⁸ (the keys and values are BF16 in the cache).
-// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80
-// and later), in the thread's current group of copies; CopyAsyncCommit closes the group and
-// CopyAsyncWait<n> waits until at most n of the thread's closed groups are still in flight.
-// Another lane sees the copied bytes after CopyAsyncWait and a __syncwarp.
-__device__ __forceinline__ void CopyAsync16(void* shared, const void* global) {
-#ifdef INFERBOX_CUDA_EMULATED
-  std::memcpy(shared, global, 16);  // At once: the emulation has no copies in flight.
-#else
-  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(address), "l"(global));
-#endif
-}
-__device__ __forceinline__ void CopyAsyncCommit() {
-#ifndef INFERBOX_CUDA_EMULATED
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void CopyAsyncWait() {
-#ifndef INFERBOX_CUDA_EMULATED
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
 // value = high + low, both BF16 (the rest, below 2⁻¹⁶ relative, is dropped).
 __device__ __forceinline__ void SplitBf16(float value, uint16_t& high, uint16_t& low) {
   high = FloatToBf16Bits(value);
@@ -1751,7 +1794,20 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
                          static_cast<unsigned>(params.num_kv_heads));
     if (TensorCoreAttention(params.head_dim)) {
-      TensorCorePrefillAttentionKernel<<<tile_grid, kFaThreads, 0, stream>>>(params, group);
+      // Its 70 KB of dynamic shared memory allowed (and three blocks' per multiprocessor
+      // asked for), once per thread: an engine's thread keeps to its device.
+      thread_local const bool attributes_set = [] {
+        INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(sizeof(PrefillSharedMemory))));
+        INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel,
+                                                 cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                 cudaSharedmemCarveoutMaxShared));
+        return true;
+      }();
+      (void)attributes_set;
+      TensorCorePrefillAttentionKernel<<<tile_grid, kFaThreads, kPrefillDynamicSharedBytes,
+                                         stream>>>(params, group);
       CheckLaunch("TensorCorePrefillAttentionKernel");
     } else {
       TiledPrefillAttentionKernel<<<tile_grid, kTiledThreads, 0, stream>>>(params, group);
