@@ -973,6 +973,7 @@ __global__ void __launch_bounds__(kFaThreads, 3)
 // kernels, each BF16 operand that is not BF16 already (the float32 query, the probabilities)
 // goes in as a high and a low BF16 part, two mma each: the products are then exact to about
 // 2⁻¹⁶ instead of 2⁻⁸ (the keys and values are BF16 in the cache).
+
 // value = high + low, both BF16 (the rest, below 2⁻¹⁶ relative, is dropped).
 __device__ __forceinline__ void SplitBf16(float value, uint16_t& high, uint16_t& low) {
   high = FloatToBf16Bits(value);
@@ -1002,7 +1003,7 @@ __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
 
 // Warps per block, and tiles per warp: the one computed and kDecodeStages − 1 in flight. Six
 // blocks (12 warps) fit a multiprocessor. (On an H200, one warp of 4 stages per block read
-// the cache at 45% of the copy bandwidth where this form reads it at 76%.)
+// the cache at 38–47% of the copy bandwidth where this form reads it at 62–79%.)
 constexpr int kDecodeWarps = 2;
 constexpr int kDecodeStages = 2;
 
@@ -1034,9 +1035,8 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
 
 __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
-  constexpr int Stages = kDecodeStages;
   // [warp][stage][keys, values]
-  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][Stages][2][kDecodeKeys * kFaLd];
+  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFaLd];
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
@@ -1055,16 +1055,17 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   const int64_t begin = split * chunk;
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
 
-  // The first Stages − 1 tiles in flight before anything else (an empty group for each past
-  // the end, so that every iteration's wait counts alike), the next tile's slots read ahead.
+  // The first kDecodeStages − 1 tiles in flight before anything else (an empty group for
+  // each past the end, so that every iteration's wait counts alike), the next tile's slots
+  // read ahead.
   {
-    int64_t first_slots[Stages - 1];
+    int64_t first_slots[kDecodeStages - 1];
 #pragma unroll
-    for (int stage = 0; stage < Stages - 1; ++stage) {
+    for (int stage = 0; stage < kDecodeStages - 1; ++stage) {
       first_slots[stage] = DecodeKeySlot(p, table, begin + stage * kDecodeKeys, end, lane);
     }
 #pragma unroll
-    for (int stage = 0; stage < Stages - 1; ++stage) {
+    for (int stage = 0; stage < kDecodeStages - 1; ++stage) {
       if (begin + stage * kDecodeKeys < end) {
         IssueDecodeTile(p, kv_head, first_slots[stage], lane, tiles[warp][stage][0],
                         tiles[warp][stage][1]);
@@ -1073,7 +1074,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       }
     }
   }
-  int64_t next_slot = DecodeKeySlot(p, table, begin + (Stages - 1) * kDecodeKeys, end, lane);
+  int64_t next_slot = DecodeKeySlot(p, table, begin + (kDecodeStages - 1) * kDecodeKeys, end, lane);
 
   // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
@@ -1100,23 +1101,23 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 
   int stage = 0;
   for (int64_t key_start = begin; key_start < end;
-       key_start += kDecodeKeys, stage = (stage + 1) % Stages) {
+       key_start += kDecodeKeys, stage = (stage + 1) % kDecodeStages) {
     const int num_keys =
         static_cast<int>(end - key_start < kDecodeKeys ? end - key_start : kDecodeKeys);
-    // The tile Stages − 1 ahead into the stage the previous iteration computed (every lane
-    // is done reading it), then the slots of the one after it.
-    const int64_t ahead = key_start + (Stages - 1) * kDecodeKeys;
+    // The tile kDecodeStages − 1 ahead into the stage the previous iteration computed
+    // (every lane is done reading it), then the slots of the one after it.
+    const int64_t ahead = key_start + (kDecodeStages - 1) * kDecodeKeys;
     __syncwarp();
     if (ahead < end) {
-      const int ahead_stage = (stage + Stages - 1) % Stages;
+      const int ahead_stage = (stage + kDecodeStages - 1) % kDecodeStages;
       IssueDecodeTile(p, kv_head, next_slot, lane, tiles[warp][ahead_stage][0],
                       tiles[warp][ahead_stage][1]);
       next_slot = DecodeKeySlot(p, table, ahead + kDecodeKeys, end, lane);
     } else {
-      CopyAsyncCommit();  // An empty group: the wait below always leaves Stages − 1 behind.
+      CopyAsyncCommit();  // An empty group: the wait below leaves kDecodeStages − 1 behind.
     }
-    CopyAsyncWait<Stages - 1>();  // This lane's copies of the current tile.
-    __syncwarp();                 // Every lane's.
+    CopyAsyncWait<kDecodeStages - 1>();  // This lane's copies of the current tile.
+    __syncwarp();                        // Every lane's.
     const uint16_t* k_tile = tiles[warp][stage][0];
     const uint16_t* v_tile = tiles[warp][stage][1];
 
