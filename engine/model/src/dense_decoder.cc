@@ -106,7 +106,18 @@ struct Model::Impl {
   // a backend that keeps its own copy lets them go at once.
   std::vector<std::vector<std::byte>> owned_slices;
 
+  // A tensor of the model file, this rank's part of it (a column slice copied into `copy`).
+  Result<Weight> HostView(const std::string& name, const std::vector<int64_t>& shape, Split split,
+                          std::vector<std::byte>& copy);
+  // A tensor loaded by the backend.
   Result<Weight> Get(const std::string& name, const std::vector<int64_t>& shape, Split split = {});
+  // Tensors one Linears call takes together, loaded by the backend as one group.
+  struct TensorPart {
+    std::string name;
+    std::vector<int64_t> shape;
+    Split split;
+  };
+  Result<std::vector<Weight>> GetTogether(std::span<const TensorPart> parts);
   Status SplitForShard();
   Status LoadWeights();
   // Sums the ranks' partial outputs of a row-parallel projection (nothing on one rank).
@@ -115,14 +126,13 @@ struct Model::Impl {
   }
 };
 
-Result<Weight> Model::Impl::Get(const std::string& name, const std::vector<int64_t>& shape,
-                                Split split) {
+Result<Weight> Model::Impl::HostView(const std::string& name, const std::vector<int64_t>& shape,
+                                     Split split, std::vector<std::byte>& copy) {
   auto view = store->GetFloat(name, shape);
   if (!view.ok()) return view.status();
   Weight host = Weight::FromView(**view);
   const auto element = static_cast<int64_t>(DTypeSize(host.dtype));
   const auto* bytes = static_cast<const std::byte*>(host.data);
-  std::vector<std::byte> copy;
   if (split.kind == Split::kRows && shape.size() == 1) {  // A bias: its elements.
     host.data = bytes + split.begin * element;
     host.cols = split.count;
@@ -139,9 +149,34 @@ Result<Weight> Model::Impl::Get(const std::string& name, const std::vector<int64
     host.data = copy.data();
     host.cols = split.count;
   }
-  auto loaded = backend->LoadWeight(host);
+  return host;
+}
+
+Result<Weight> Model::Impl::Get(const std::string& name, const std::vector<int64_t>& shape,
+                                Split split) {
+  std::vector<std::byte> copy;
+  auto host = HostView(name, shape, split, copy);
+  if (!host.ok()) return host.status();
+  auto loaded = backend->LoadWeight(*host);
   if (!loaded.ok()) return loaded.status();
   if (!copy.empty() && loaded->data == copy.data()) owned_slices.push_back(std::move(copy));
+  return loaded;
+}
+
+Result<std::vector<Weight>> Model::Impl::GetTogether(std::span<const TensorPart> parts) {
+  std::vector<std::vector<std::byte>> copies(parts.size());
+  std::vector<Weight> hosts;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    auto host = HostView(parts[i].name, parts[i].shape, parts[i].split, copies[i]);
+    if (!host.ok()) return host.status();
+    hosts.push_back(*host);
+  }
+  auto loaded = backend->LoadWeights(hosts);
+  if (!loaded.ok()) return loaded.status();
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (!copies[i].empty() && (*loaded)[i].data == copies[i].data())
+      owned_slices.push_back(std::move(copies[i]));
+  }
   return loaded;
 }
 
@@ -214,26 +249,44 @@ Status Model::Impl::LoadWeights() {
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights& l = layers[static_cast<size_t>(i)];
     const std::string p = fmt::format("model.layers.{}.", i);
-    struct Required {
-      Weight* slot;
-      std::string name;
-      std::vector<int64_t> shape;
-      Split split;
+    // In the file's order; q, k, v and gate, up each one Linears call, loaded together.
+    const auto part = [&](const std::string& name, std::vector<int64_t> shape, Split split) {
+      return TensorPart{p + name, std::move(shape), whole ? Split{} : split};
     };
-    const Required required[] = {
-        {&l.input_norm, "input_layernorm.weight", {c.hidden_size}, {}},
-        {&l.post_attention_norm, "post_attention_layernorm.weight", {c.hidden_size}, {}},
-        {&l.q_proj, "self_attn.q_proj.weight", {q_size, c.hidden_size}, q_rows},
-        {&l.k_proj, "self_attn.k_proj.weight", {kv_size, c.hidden_size}, kv_rows},
-        {&l.v_proj, "self_attn.v_proj.weight", {kv_size, c.hidden_size}, kv_rows},
-        {&l.o_proj, "self_attn.o_proj.weight", {c.hidden_size, q_size}, o_columns},
-        {&l.gate_proj, "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows},
-        {&l.up_proj, "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows},
-        {&l.down_proj, "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}, down_columns},
+    const auto take_together = [&](std::span<Weight* const> slots,
+                                   std::span<const TensorPart> parts) -> Status {
+      auto loaded = GetTogether(parts);
+      if (!loaded.ok()) return loaded.status();
+      for (size_t j = 0; j < slots.size(); ++j) *slots[j] = (*loaded)[j];
+      return Status::Ok();
     };
-    for (const Required& r : required) {
-      if (Status s = take(*r.slot, p + r.name, r.shape, r.split); !s.ok()) return s;
-    }
+    if (Status s = take(l.input_norm, p + "input_layernorm.weight", {c.hidden_size}); !s.ok())
+      return s;
+    if (Status s =
+            take(l.post_attention_norm, p + "post_attention_layernorm.weight", {c.hidden_size});
+        !s.ok())
+      return s;
+    Weight* const qkv_slots[] = {&l.q_proj, &l.k_proj, &l.v_proj};
+    const TensorPart qkv_parts[] = {
+        part("self_attn.q_proj.weight", {q_size, c.hidden_size}, q_rows),
+        part("self_attn.k_proj.weight", {kv_size, c.hidden_size}, kv_rows),
+        part("self_attn.v_proj.weight", {kv_size, c.hidden_size}, kv_rows),
+    };
+    if (Status s = take_together(qkv_slots, qkv_parts); !s.ok()) return s;
+    if (Status s =
+            take(l.o_proj, p + "self_attn.o_proj.weight", {c.hidden_size, q_size}, o_columns);
+        !s.ok())
+      return s;
+    Weight* const gate_up_slots[] = {&l.gate_proj, &l.up_proj};
+    const TensorPart gate_up_parts[] = {
+        part("mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows),
+        part("mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows),
+    };
+    if (Status s = take_together(gate_up_slots, gate_up_parts); !s.ok()) return s;
+    if (Status s = take(l.down_proj, p + "mlp.down_proj.weight",
+                        {c.hidden_size, c.intermediate_size}, down_columns);
+        !s.ok())
+      return s;
     if (c.attention_bias) {
       if (Status s = take(l.q_bias, p + "self_attn.q_proj.bias", {q_size}, q_rows); !s.ok())
         return s;

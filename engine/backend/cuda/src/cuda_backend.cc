@@ -29,6 +29,15 @@
 namespace inferbox::engine::cuda {
 namespace {
 
+// Linears of up to kMaxStackedLinears weights loaded together run as one GEMM for batches of
+// up to kStackedLinearMaxRows rows: there the GEMM reads weights rather than computes, and one
+// launch reading them all beats one per weight (for one stream of an 8B model on an H200,
+// q, k and v as three GEMMs read their weights at a third of the bandwidth). Larger batches
+// keep one GEMM per weight: the stacked output's copy into the outputs would cost more than
+// the launches.
+constexpr size_t kMaxStackedLinears = kMaxColumnSlices;
+constexpr int64_t kStackedLinearMaxRows = 64;
+
 // cuBLASLt, loaded at run time (dlopen) rather than linked: the engine binary then starts on
 // a box without NVIDIA's CUDA libraries and serves --device cpu there; --device cuda says
 // what is missing. The CUDA runtime is linked statically for the same reason.
@@ -544,6 +553,7 @@ class CudaBackend final : public Backend {
     gemm_.reset();
     weights_.clear();
     gemm_input_ = DeviceAllocation();
+    stacked_output_ = DeviceAllocation();
     greedy_ = DeviceAllocation();
     sample_work_ = DeviceAllocation();
     cudaStreamDestroy(stream_);
@@ -599,37 +609,40 @@ class CudaBackend final : public Backend {
 
   Result<Weight> LoadWeight(const Weight& host) override {
     Use();
-    const int64_t count = host.rows * host.cols;
-    // Matrices are kept in BF16 (what the GEMMs take); vectors (norms, biases) in float32.
-    const bool matrix = host.rows > 1;
-    const int64_t bytes = count * (matrix ? 2 : 4);
-    size_t free_bytes = 0;
-    size_t total_bytes = 0;
-    INFERBOX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    if (static_cast<size_t>(bytes) + host.num_bytes() > free_bytes) {
-      return FailedPreconditionError(fmt::format(
-          "GPU {} has {:.2f} GiB free, too little for the next weight of {:.2f} GiB", device_,
-          static_cast<double>(free_bytes) / (1 << 30), static_cast<double>(bytes) / (1 << 30)));
-    }
-    DeviceAllocation staging(host.num_bytes(), nullptr);
-    INFERBOX_CUDA_CHECK(cudaMemcpy(staging.as<void>(), host.data,
-                                   static_cast<size_t>(host.num_bytes()), cudaMemcpyHostToDevice));
+    const int64_t bytes = StoredBytes(host);
+    // The stored copy and the staging one.
+    if (Status room = CheckRoom(bytes + host.num_bytes()); !room.ok()) return room;
     DeviceAllocation stored(bytes, nullptr);
-    if (matrix) {
-      LaunchConvertToBf16(staging.as<void>(), SourceTypeOf(host.dtype), stored.as<uint16_t>(),
-                          count, nullptr);
-    } else {
-      LaunchConvertToF32(staging.as<void>(), SourceTypeOf(host.dtype), stored.as<float>(), count,
-                         nullptr);
-    }
-    INFERBOX_CUDA_CHECK(cudaDeviceSynchronize());
-    Weight weight;
-    weight.dtype = matrix ? DType::kBF16 : DType::kF32;
-    weight.data = stored.as<void>();
-    weight.rows = host.rows;
-    weight.cols = host.cols;
+    Weight weight = Store(host, stored.as<void>());
     weights_.push_back(std::move(stored));
     return weight;
+  }
+
+  // Matrices of one width whose byte sizes keep every one 256-byte aligned (every real
+  // model's) go into one allocation, one after another, so that Linears can run them as one
+  // GEMM (StackedOutputs); anything else as LoadWeight each.
+  Result<std::vector<Weight>> LoadWeights(std::span<const Weight> hosts) override {
+    Use();
+    bool stackable = hosts.size() > 1 && hosts.size() <= kMaxStackedLinears;
+    int64_t bytes = 0;
+    int64_t largest_host = 0;
+    for (const Weight& host : hosts) {
+      stackable = stackable && host.rows > 1 && host.cols == hosts.front().cols &&
+                  StoredBytes(host) % 256 == 0;
+      bytes += StoredBytes(host);
+      largest_host = std::max(largest_host, host.num_bytes());
+    }
+    if (!stackable) return Backend::LoadWeights(hosts);
+    if (Status room = CheckRoom(bytes + largest_host); !room.ok()) return room;
+    DeviceAllocation stored(bytes, nullptr);
+    std::vector<Weight> loaded;
+    auto* next = stored.as<std::byte>();
+    for (const Weight& host : hosts) {
+      loaded.push_back(Store(host, next));
+      next += StoredBytes(host);
+    }
+    weights_.push_back(std::move(stored));
+    return loaded;
   }
 
   std::span<const float> ReadBack(std::span<const float> data,
@@ -707,6 +720,24 @@ class CudaBackend final : public Backend {
     });
     uint16_t* input = GemmInput(m * cols);
     LaunchConvertToBf16(x.data(), SourceType::kF32, input, m * cols, stream_);
+    if (const int64_t rows = StackedRows(m, outputs); rows > 0) {
+      float* stacked = StackedOutput(m * rows);
+      gemm_->Run(input, static_cast<const uint16_t*>(outputs.front().weight->data), stacked, m,
+                 rows, cols, stream_);
+      ColumnSlices slices;
+      slices.count = static_cast<int>(outputs.size());
+      int64_t begin = 0;
+      for (size_t i = 0; i < outputs.size(); ++i) {
+        slices.out[i] = outputs[i].out.data();
+        slices.bias[i] =
+            outputs[i].bias != nullptr ? static_cast<const float*>(outputs[i].bias->data) : nullptr;
+        slices.begin[i] = begin;
+        begin += outputs[i].weight->rows;
+      }
+      slices.begin[outputs.size()] = begin;
+      LaunchScatterColumns(stacked, m, rows, slices, stream_);
+      return;
+    }
     for (const LinearOutput& output : outputs) {
       const Weight& w = *output.weight;
       gemm_->Run(input, static_cast<const uint16_t*>(w.data), output.out.data(), m, w.rows, w.cols,
@@ -962,6 +993,73 @@ class CudaBackend final : public Backend {
 
   // BF16 copy of a GEMM's activations, grown as needed; reuse is safe because every op runs
   // in the one stream's order.
+  // Matrices are kept in BF16 (what the GEMMs take); vectors (norms, biases) in float32.
+  static int64_t StoredBytes(const Weight& host) {
+    return host.rows * host.cols * (host.rows > 1 ? 2 : 4);
+  }
+
+  // Whether `bytes` more fit in the GPU's free memory.
+  Status CheckRoom(int64_t bytes) const {
+    size_t free_bytes = 0;
+    size_t total_bytes = 0;
+    INFERBOX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (static_cast<size_t>(bytes) > free_bytes) {
+      return FailedPreconditionError(fmt::format(
+          "GPU {} has {:.2f} GiB free, too little for the next weight of {:.2f} GiB", device_,
+          static_cast<double>(free_bytes) / (1 << 30), static_cast<double>(bytes) / (1 << 30)));
+    }
+    return Status::Ok();
+  }
+
+  // Uploads `host` and converts it into `target` (StoredBytes(host) of device memory); the
+  // weight that views it.
+  Weight Store(const Weight& host, void* target) {
+    const int64_t count = host.rows * host.cols;
+    const bool matrix = host.rows > 1;
+    DeviceAllocation staging(host.num_bytes(), nullptr);
+    INFERBOX_CUDA_CHECK(cudaMemcpy(staging.as<void>(), host.data,
+                                   static_cast<size_t>(host.num_bytes()), cudaMemcpyHostToDevice));
+    if (matrix) {
+      LaunchConvertToBf16(staging.as<void>(), SourceTypeOf(host.dtype),
+                          static_cast<uint16_t*>(target), count, nullptr);
+    } else {
+      LaunchConvertToF32(staging.as<void>(), SourceTypeOf(host.dtype), static_cast<float*>(target),
+                         count, nullptr);
+    }
+    INFERBOX_CUDA_CHECK(cudaDeviceSynchronize());
+    Weight weight;
+    weight.dtype = matrix ? DType::kBF16 : DType::kF32;
+    weight.data = target;
+    weight.rows = host.rows;
+    weight.cols = host.cols;
+    return weight;
+  }
+
+  // Where `outputs` can be one GEMM: their weights one after another in one allocation
+  // (LoadWeights) and the batch small enough (m ≤ kStackedLinearMaxRows) that the GEMM reads
+  // weights rather than computes, so one launch reading them all beats one per weight; the
+  // total rows then.
+  static int64_t StackedRows(int64_t m, std::span<const LinearOutput> outputs) {
+    if (outputs.size() < 2 || outputs.size() > kMaxStackedLinears || m > kStackedLinearMaxRows)
+      return 0;
+    int64_t rows = 0;
+    const auto* next = static_cast<const uint16_t*>(outputs.front().weight->data);
+    for (const LinearOutput& output : outputs) {
+      if (output.weight->data != next) return 0;
+      rows += output.weight->rows;
+      next += output.weight->rows * output.weight->cols;
+    }
+    return rows;
+  }
+
+  float* StackedOutput(int64_t count) {
+    if (count > stacked_output_count_) {
+      stacked_output_ = DeviceAllocation(count * 4, stream_);
+      stacked_output_count_ = count;
+    }
+    return stacked_output_.as<float>();
+  }
+
   uint16_t* GemmInput(int64_t count) {
     if (count > gemm_input_count_) {
       gemm_input_ = DeviceAllocation(count * 2, stream_);
@@ -978,6 +1076,8 @@ class CudaBackend final : public Backend {
   std::vector<DeviceAllocation> weights_;
   DeviceAllocation gemm_input_;
   int64_t gemm_input_count_ = 0;
+  DeviceAllocation stacked_output_;  // [m, total rows] of a stacked Linears.
+  int64_t stacked_output_count_ = 0;
   DeviceAllocation greedy_;  // Tokens then log-probabilities of GreedyRows.
   int64_t greedy_capacity_ = 0;
   DeviceAllocation sample_work_;  // SampleRows' processed logits.

@@ -1639,6 +1639,20 @@ __global__ void __launch_bounds__(kSampleThreads) SampleRowsKernel(SampleRowsPar
   }
 }
 
+__global__ void ScatterColumnsKernel(const float* in, int64_t m, int64_t total,
+                                     ColumnSlices slices) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (index >= m * total) return;
+  const int64_t row = index / total;
+  const int64_t column = index % total;
+  int i = 0;
+  while (i + 1 < slices.count && column >= slices.begin[i + 1]) ++i;
+  const int64_t width = slices.begin[i + 1] - slices.begin[i];
+  const int64_t j = column - slices.begin[i];
+  const float bias = slices.bias[i] != nullptr ? slices.bias[i][j] : 0.0f;
+  slices.out[i][row * width + j] = in[index] + bias;
+}
+
 __global__ void AddBiasKernel(float* out, const float* bias, int64_t m, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < m * n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -1905,6 +1919,18 @@ void LaunchSampleRows(const SampleRowsParams& params, cudaStream_t stream) {
   if (params.rows == 0) return;
   SampleRowsKernel<<<static_cast<unsigned>(params.rows), kSampleThreads, 0, stream>>>(params);
   CheckLaunch("SampleRowsKernel");
+}
+
+void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const ColumnSlices& slices,
+                          cudaStream_t stream) {
+  if (m * total == 0) return;
+  if (slices.count < 1 || slices.count > kMaxColumnSlices || slices.begin[0] != 0 ||
+      slices.begin[slices.count] != total) {
+    FatalCudaError("LaunchScatterColumns", "slices that do not cover the columns", __FILE__,
+                   __LINE__);
+  }
+  ScatterColumnsKernel<<<GridFor(m * total, kThreads), kThreads, 0, stream>>>(in, m, total, slices);
+  CheckLaunch("ScatterColumnsKernel");
 }
 
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream) {

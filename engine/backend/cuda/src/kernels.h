@@ -174,6 +174,19 @@ struct SampleRowsParams {
 };
 void LaunchSampleRows(const SampleRowsParams& params, cudaStream_t stream);
 
+// Column slices of a [m, total] float32 matrix copied out: slice i, columns begin[i] ..
+// begin[i + 1], into out[i] ([m, begin[i + 1] − begin[i]]) plus bias[i] when not null (one
+// launch for all: a stacked GEMM's output split into q, k and v).
+inline constexpr int kMaxColumnSlices = 4;
+struct ColumnSlices {
+  float* out[kMaxColumnSlices] = {};
+  const float* bias[kMaxColumnSlices] = {};
+  int64_t begin[kMaxColumnSlices + 1] = {};
+  int count = 0;
+};
+void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const ColumnSlices& slices,
+                          cudaStream_t stream);
+
 // out[i, j] += bias[j] for a [m, n] out.
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
 

@@ -92,13 +92,16 @@ class HostWeight {
       }
     }
   }
-  Weight LoadInto(Backend& backend) const {
+  Weight Host() const {
     Weight host;
     host.dtype = dtype_;
     host.data = bytes_.data();
     host.rows = rows_;
     host.cols = cols_;
-    auto loaded = backend.LoadWeight(host);
+    return host;
+  }
+  Weight LoadInto(Backend& backend) const {
+    auto loaded = backend.LoadWeight(Host());
     EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
     return loaded.ok() ? *loaded : Weight{};
   }
@@ -207,9 +210,13 @@ OpCase LinearIntoPartCase(int64_t m, int64_t n, int64_t k) {
   return c;
 }
 
-OpCase LinearsCase(int64_t m, int64_t k, bool round_x) {
+// With `together`, the weights are loaded as one group (LoadWeights, as the model loads q, k,
+// v and gate, up): the CUDA backend keeps them in one allocation where their sizes allow and
+// runs batches of up to 64 rows as one GEMM whose output it splits.
+OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false) {
   OpCase c;
-  c.name = fmt::format("Linears_m{}_k{}{}", m, k, round_x ? "_inexact_x" : "");
+  c.name = fmt::format("Linears_m{}_k{}{}{}", m, k, round_x ? "_inexact_x" : "",
+                       together ? "_loaded_together" : "");
   c.tolerance = round_x ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
   c.run = [=](Backend& backend) {
     const std::vector<int64_t> rows = {96, 32, 40};
@@ -221,10 +228,16 @@ OpCase LinearsCase(int64_t m, int64_t k, bool round_x) {
                           DType::kBF16);
     }
     std::vector<Weight> loaded, loaded_biases;
-    for (size_t i = 0; i < rows.size(); ++i) {
-      loaded.push_back(weights[i].LoadInto(backend));
-      loaded_biases.push_back(biases[i].LoadInto(backend));
+    if (together) {
+      std::vector<Weight> hosts;
+      for (const HostWeight& weight : weights) hosts.push_back(weight.Host());
+      auto group = backend.LoadWeights(hosts);
+      EXPECT_TRUE(group.ok()) << group.status().ToString();
+      if (group.ok()) loaded = *group;
+    } else {
+      for (const HostWeight& weight : weights) loaded.push_back(weight.LoadInto(backend));
     }
+    for (const HostWeight& bias : biases) loaded_biases.push_back(bias.LoadInto(backend));
     Tensors t(backend);
     const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 33)
                                         : RandomBf16Exact(static_cast<size_t>(m * k), 33));
@@ -562,6 +575,13 @@ std::vector<OpCase> AllCases() {
   cases.push_back(LinearIntoPartCase(3, 40, 64));
   cases.push_back(LinearsCase(1, 64, false));
   cases.push_back(LinearsCase(33, 128, true));
+  // Loaded together: one GEMM (m ≤ 64), one per weight from the one allocation (m = 70), and
+  // k = 20, where the third weight's size (40 × 20 BF16) would leave the next unaligned, so
+  // they are loaded one by one.
+  cases.push_back(LinearsCase(1, 64, false, true));
+  cases.push_back(LinearsCase(33, 128, true, true));
+  cases.push_back(LinearsCase(70, 64, false, true));
+  cases.push_back(LinearsCase(2, 20, false, true));
   cases.push_back(SiluMulLinearCase(1, 64, 256));
   cases.push_back(SiluMulLinearCase(9, 48, 131));  // An odd width: the scalar tail.
   for (const auto& [m, n] :

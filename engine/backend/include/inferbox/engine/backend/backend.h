@@ -148,6 +148,18 @@ class Backend {
   virtual std::unique_ptr<Buffer> Allocate(int64_t num_floats) = 0;
   // Makes a weight read from the model file usable by the ops; the backend owns any copy.
   virtual Result<Weight> LoadWeight(const Weight& host) = 0;
+  // The weights one Linears call takes together (q, k and v; gate and up), as LoadWeight
+  // each; a backend may keep them in one piece (the CUDA backend does, so that a small batch
+  // runs them as one GEMM).
+  virtual Result<std::vector<Weight>> LoadWeights(std::span<const Weight> hosts) {
+    std::vector<Weight> loaded;
+    for (const Weight& host : hosts) {
+      auto weight = LoadWeight(host);
+      if (!weight.ok()) return weight.status();
+      loaded.push_back(*weight);
+    }
+    return loaded;
+  }
   // A host view of `data`: the data itself where it is host memory, else a copy in `scratch`.
   // Waits for the ops that write it.
   virtual std::span<const float> ReadBack(std::span<const float> data,
