@@ -263,6 +263,14 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "--heads must be a multiple of --kv-heads, at most 8 times it\n");
     return 2;
   }
+  const bool tensor_core_named = std::find(options.kernels.begin(), options.kernels.end(),
+                                           "tensor-core") != options.kernels.end();
+  if (tensor_core_named && (options.head_dim % 16 != 0 || options.head_dim > 128)) {
+    fmt::print(stderr,
+               "the tensor-core kernel takes a --head-dim that is a multiple of 16 up to "
+               "128 (auto picks the grouped kernel for others)\n");
+    return 2;
+  }
 
   int device = 0;
   INFERBOX_CUDA_CHECK(cudaGetDevice(&device));

@@ -641,6 +641,7 @@ class CudaBackend final : public Backend {
       loaded.push_back(Store(host, next));
       next += StoredBytes(host);
     }
+    stacked_groups_.emplace(loaded.front().data, bytes);
     weights_.push_back(std::move(stored));
     return loaded;
   }
@@ -991,8 +992,6 @@ class CudaBackend final : public Backend {
  private:
   void Use() const { INFERBOX_CUDA_CHECK(cudaSetDevice(device_)); }
 
-  // BF16 copy of a GEMM's activations, grown as needed; reuse is safe because every op runs
-  // in the one stream's order.
   // Matrices are kept in BF16 (what the GEMMs take); vectors (norms, biases) in float32.
   static int64_t StoredBytes(const Weight& host) {
     return host.rows * host.cols * (host.rows > 1 ? 2 : 4);
@@ -1005,8 +1004,10 @@ class CudaBackend final : public Backend {
     INFERBOX_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     if (static_cast<size_t>(bytes) > free_bytes) {
       return FailedPreconditionError(fmt::format(
-          "GPU {} has {:.2f} GiB free, too little for the next weight of {:.2f} GiB", device_,
-          static_cast<double>(free_bytes) / (1 << 30), static_cast<double>(bytes) / (1 << 30)));
+          "GPU {} has {:.2f} GiB free, too little for the next weights ({:.2f} GiB with the "
+          "copy they are converted from)",
+          device_, static_cast<double>(free_bytes) / (1 << 30),
+          static_cast<double>(bytes) / (1 << 30)));
     }
     return Status::Ok();
   }
@@ -1039,9 +1040,11 @@ class CudaBackend final : public Backend {
   // (LoadWeights) and the batch small enough (m ≤ kStackedLinearMaxRows) that the GEMM reads
   // weights rather than computes, so one launch reading them all beats one per weight; the
   // total rows then.
-  static int64_t StackedRows(int64_t m, std::span<const LinearOutput> outputs) {
+  int64_t StackedRows(int64_t m, std::span<const LinearOutput> outputs) const {
     if (outputs.size() < 2 || outputs.size() > kMaxStackedLinears || m > kStackedLinearMaxRows)
       return 0;
+    const auto group = stacked_groups_.find(outputs.front().weight->data);
+    if (group == stacked_groups_.end()) return 0;
     int64_t rows = 0;
     const auto* next = static_cast<const uint16_t*>(outputs.front().weight->data);
     for (const LinearOutput& output : outputs) {
@@ -1049,7 +1052,9 @@ class CudaBackend final : public Backend {
       rows += output.weight->rows;
       next += output.weight->rows * output.weight->cols;
     }
-    return rows;
+    // All of one group (LoadWeights), not neighbours that happen to touch.
+    const int64_t bytes = rows * outputs.front().weight->cols * 2;
+    return bytes == group->second ? rows : 0;
   }
 
   float* StackedOutput(int64_t count) {
@@ -1060,6 +1065,8 @@ class CudaBackend final : public Backend {
     return stacked_output_.as<float>();
   }
 
+  // BF16 copy of a GEMM's activations, grown as needed; reuse is safe because every op runs
+  // in the one stream's order.
   uint16_t* GemmInput(int64_t count) {
     if (count > gemm_input_count_) {
       gemm_input_ = DeviceAllocation(count * 2, stream_);
@@ -1076,6 +1083,8 @@ class CudaBackend final : public Backend {
   std::vector<DeviceAllocation> weights_;
   DeviceAllocation gemm_input_;
   int64_t gemm_input_count_ = 0;
+  // The first weight of each group LoadWeights stored in one allocation, and its bytes.
+  std::map<const void*, int64_t> stacked_groups_;
   DeviceAllocation stacked_output_;  // [m, total rows] of a stacked Linears.
   int64_t stacked_output_count_ = 0;
   DeviceAllocation greedy_;  // Tokens then log-probabilities of GreedyRows.

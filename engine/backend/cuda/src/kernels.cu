@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -1641,16 +1643,18 @@ __global__ void __launch_bounds__(kSampleThreads) SampleRowsKernel(SampleRowsPar
 
 __global__ void ScatterColumnsKernel(const float* in, int64_t m, int64_t total,
                                      ColumnSlices slices) {
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (index >= m * total) return;
-  const int64_t row = index / total;
-  const int64_t column = index % total;
-  int i = 0;
-  while (i + 1 < slices.count && column >= slices.begin[i + 1]) ++i;
-  const int64_t width = slices.begin[i + 1] - slices.begin[i];
-  const int64_t j = column - slices.begin[i];
-  const float bias = slices.bias[i] != nullptr ? slices.bias[i][j] : 0.0f;
-  slices.out[i][row * width + j] = in[index] + bias;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t index = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       index < m * total; index += stride) {
+    const int64_t row = index / total;
+    const int64_t column = index % total;
+    int i = 0;
+    while (i + 1 < slices.count && column >= slices.begin[i + 1]) ++i;
+    const int64_t width = slices.begin[i + 1] - slices.begin[i];
+    const int64_t j = column - slices.begin[i];
+    const float bias = slices.bias[i] != nullptr ? slices.bias[i][j] : 0.0f;
+    slices.out[i][row * width + j] = in[index] + bias;
+  }
 }
 
 __global__ void AddBiasKernel(float* out, const float* bias, int64_t m, int64_t n) {
@@ -1754,19 +1758,37 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream) {
   CheckLaunch("RopeWriteKvKernel");
 }
 
-// Warps of TensorCoreDecodeAttentionKernel resident on the device at once (the largest
-// shared-memory carveout asked for first), found once per thread: an engine's thread keeps to
-// its device.
+// Per-device, once per process: function attributes are a device's, and an occupancy query
+// costs more than a launch. `compute` runs under the lock, on the current device.
+template <typename Compute>
+int OncePerDevice(std::mutex& mutex, std::map<int, int>& values, Compute compute) {
+  int device = 0;
+  INFERBOX_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard lock(mutex);
+  const auto found = values.find(device);
+  if (found != values.end()) return found->second;
+  return values[device] = compute();
+}
+
+// Warps of TensorCoreDecodeAttentionKernel resident on the current device at once (the
+// largest shared-memory carveout asked for first). A kernel that cannot be resident at all
+// is a fatal error here rather than at its launch.
 int64_t ResidentDecodeWarps(int multiprocessors) {
-  thread_local const int blocks = [] {
+  static std::mutex mutex;
+  static std::map<int, int> blocks_of;
+  const int blocks = OncePerDevice(mutex, blocks_of, [] {
     INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel,
                                              cudaFuncAttributePreferredSharedMemoryCarveout,
                                              cudaSharedmemCarveoutMaxShared));
     int count = 0;
     INFERBOX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &count, TensorCoreDecodeAttentionKernel, kDecodeWarps * kWarpSize, 0));
-    return count < 1 ? 1 : count;
-  }();
+    if (count < 1) {
+      FatalCudaError("ResidentDecodeWarps", "the decode attention kernel fits no multiprocessor",
+                     __FILE__, __LINE__);
+    }
+    return count;
+  });
   return static_cast<int64_t>(blocks) * kDecodeWarps * multiprocessors;
 }
 
@@ -1810,17 +1832,18 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
                          static_cast<unsigned>(params.num_kv_heads));
     if (TensorCoreAttention(params.head_dim)) {
       // Its 70 KB of dynamic shared memory allowed (and three blocks' per multiprocessor
-      // asked for), once per thread: an engine's thread keeps to its device.
-      thread_local const bool attributes_set = [] {
+      // asked for), once per device.
+      static std::mutex mutex;
+      static std::map<int, int> set_on;
+      OncePerDevice(mutex, set_on, [] {
         INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel,
                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(sizeof(PrefillSharedMemory))));
         INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel,
                                                  cudaFuncAttributePreferredSharedMemoryCarveout,
                                                  cudaSharedmemCarveoutMaxShared));
-        return true;
-      }();
-      (void)attributes_set;
+        return 1;
+      });
       TensorCorePrefillAttentionKernel<<<tile_grid, kFaThreads, kPrefillDynamicSharedBytes,
                                          stream>>>(params, group);
       CheckLaunch("TensorCorePrefillAttentionKernel");
