@@ -19,7 +19,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -67,22 +66,19 @@ class DeviceBuffer {
   T* data_ = nullptr;
 };
 
-uint16_t Bf16Bits(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof(bits));
-  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
-// Fills a BF16 buffer with random values in [-1, 1]: a random pattern of up to 8 MiB
-// uploaded once and copied over the rest on the device.
+// Fills a BF16 buffer with random values in [-1, 1]: a random pattern of up to 8 MiB made
+// once (rounded to BF16 by the backend's own conversion) and copied over the rest on the
+// device.
 void FillRandomBf16(DeviceBuffer<uint16_t>& buffer, std::mt19937& rng) {
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
   const size_t count = buffer.Bytes() / sizeof(uint16_t);
   const size_t pattern = std::min<size_t>(count, size_t{4} << 20);
-  std::vector<uint16_t> host(pattern);
-  for (auto& value : host) value = Bf16Bits(uniform(rng));
-  INFERBOX_CUDA_CHECK(
-      cudaMemcpy(buffer.get(), host.data(), pattern * sizeof(uint16_t), cudaMemcpyHostToDevice));
+  std::vector<float> host(pattern);
+  for (auto& value : host) value = uniform(rng);
+  DeviceBuffer<float> floats(pattern);
+  floats.Upload(host);
+  LaunchConvertToBf16(floats.get(), SourceType::kF32, buffer.get(), static_cast<int64_t>(pattern),
+                      nullptr);
   for (size_t done = pattern; done < count;) {
     const size_t n = std::min(done, count - done);
     INFERBOX_CUDA_CHECK(cudaMemcpy(buffer.get() + done, buffer.get(), n * sizeof(uint16_t),

@@ -111,13 +111,15 @@ struct Model::Impl {
                           std::vector<std::byte>& copy);
   // A tensor loaded by the backend.
   Result<Weight> Get(const std::string& name, const std::vector<int64_t>& shape, Split split = {});
-  // Tensors one Linears call takes together, loaded by the backend as one group.
+  // Tensors one Linears call takes together, loaded by the backend as one group into their
+  // slots.
   struct TensorPart {
+    Weight* slot;
     std::string name;
     std::vector<int64_t> shape;
     Split split;
   };
-  Result<std::vector<Weight>> GetTogether(std::span<const TensorPart> parts);
+  Status LoadTogether(std::span<const TensorPart> parts);
   Status SplitForShard();
   Status LoadWeights();
   // Sums the ranks' partial outputs of a row-parallel projection (nothing on one rank).
@@ -163,7 +165,7 @@ Result<Weight> Model::Impl::Get(const std::string& name, const std::vector<int64
   return loaded;
 }
 
-Result<std::vector<Weight>> Model::Impl::GetTogether(std::span<const TensorPart> parts) {
+Status Model::Impl::LoadTogether(std::span<const TensorPart> parts) {
   std::vector<std::vector<std::byte>> copies(parts.size());
   std::vector<Weight> hosts;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -174,10 +176,11 @@ Result<std::vector<Weight>> Model::Impl::GetTogether(std::span<const TensorPart>
   auto loaded = backend->LoadWeights(hosts);
   if (!loaded.ok()) return loaded.status();
   for (size_t i = 0; i < parts.size(); ++i) {
+    *parts[i].slot = (*loaded)[i];
     if (!copies[i].empty() && (*loaded)[i].data == copies[i].data())
       owned_slices.push_back(std::move(copies[i]));
   }
-  return loaded;
+  return Status::Ok();
 }
 
 Status Model::Impl::SplitForShard() {
@@ -249,44 +252,27 @@ Status Model::Impl::LoadWeights() {
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     LayerWeights& l = layers[static_cast<size_t>(i)];
     const std::string p = fmt::format("model.layers.{}.", i);
-    // In the file's order; q, k, v and gate, up each one Linears call, loaded together.
-    const auto part = [&](const std::string& name, std::vector<int64_t> shape, Split split) {
-      return TensorPart{p + name, std::move(shape), whole ? Split{} : split};
+    // In the file's order, in groups: q, k, v and gate, up are each one Linears call, loaded
+    // together (a group of one is LoadWeight's).
+    const auto part = [&](Weight& slot, const std::string& name, std::vector<int64_t> shape,
+                          Split split) {
+      return TensorPart{&slot, p + name, std::move(shape), whole ? Split{} : split};
     };
-    const auto take_together = [&](std::span<Weight* const> slots,
-                                   std::span<const TensorPart> parts) -> Status {
-      auto loaded = GetTogether(parts);
-      if (!loaded.ok()) return loaded.status();
-      for (size_t j = 0; j < slots.size(); ++j) *slots[j] = (*loaded)[j];
-      return Status::Ok();
+    const std::vector<TensorPart> groups[] = {
+        {part(l.input_norm, "input_layernorm.weight", {c.hidden_size}, {})},
+        {part(l.post_attention_norm, "post_attention_layernorm.weight", {c.hidden_size}, {})},
+        {part(l.q_proj, "self_attn.q_proj.weight", {q_size, c.hidden_size}, q_rows),
+         part(l.k_proj, "self_attn.k_proj.weight", {kv_size, c.hidden_size}, kv_rows),
+         part(l.v_proj, "self_attn.v_proj.weight", {kv_size, c.hidden_size}, kv_rows)},
+        {part(l.o_proj, "self_attn.o_proj.weight", {c.hidden_size, q_size}, o_columns)},
+        {part(l.gate_proj, "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows),
+         part(l.up_proj, "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows)},
+        {part(l.down_proj, "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size},
+              down_columns)},
     };
-    if (Status s = take(l.input_norm, p + "input_layernorm.weight", {c.hidden_size}); !s.ok())
-      return s;
-    if (Status s =
-            take(l.post_attention_norm, p + "post_attention_layernorm.weight", {c.hidden_size});
-        !s.ok())
-      return s;
-    Weight* const qkv_slots[] = {&l.q_proj, &l.k_proj, &l.v_proj};
-    const TensorPart qkv_parts[] = {
-        part("self_attn.q_proj.weight", {q_size, c.hidden_size}, q_rows),
-        part("self_attn.k_proj.weight", {kv_size, c.hidden_size}, kv_rows),
-        part("self_attn.v_proj.weight", {kv_size, c.hidden_size}, kv_rows),
-    };
-    if (Status s = take_together(qkv_slots, qkv_parts); !s.ok()) return s;
-    if (Status s =
-            take(l.o_proj, p + "self_attn.o_proj.weight", {c.hidden_size, q_size}, o_columns);
-        !s.ok())
-      return s;
-    Weight* const gate_up_slots[] = {&l.gate_proj, &l.up_proj};
-    const TensorPart gate_up_parts[] = {
-        part("mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows),
-        part("mlp.up_proj.weight", {c.intermediate_size, c.hidden_size}, mlp_rows),
-    };
-    if (Status s = take_together(gate_up_slots, gate_up_parts); !s.ok()) return s;
-    if (Status s = take(l.down_proj, p + "mlp.down_proj.weight",
-                        {c.hidden_size, c.intermediate_size}, down_columns);
-        !s.ok())
-      return s;
+    for (const std::vector<TensorPart>& group : groups) {
+      if (Status s = LoadTogether(group); !s.ok()) return s;
+    }
     if (c.attention_bias) {
       if (Status s = take(l.q_bias, p + "self_attn.q_proj.bias", {q_size}, q_rows); !s.ok())
         return s;

@@ -194,6 +194,13 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     value_slot[c] = FloatToBf16Bits(p.v[t * kv_row + c]);
 }
 
+// The cache slot of a sequence's key position, from its block table.
+__device__ __forceinline__ int64_t CacheSlot(const PagedAttentionParams& p, const int32_t* table,
+                                             int64_t key_position) {
+  return static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
+         key_position % p.block_size;
+}
+
 constexpr int kAttentionWarps = 4;
 constexpr int kAttentionLaneElements = kMaxHeadDim / kWarpSize;
 
@@ -224,8 +231,7 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   float running_max = -INFINITY;
   float running_sum = 0.0f;
   for (int64_t key_position = warp; key_position <= position; key_position += kAttentionWarps) {
-    const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-                         key_position % p.block_size;
+    const int64_t slot = CacheSlot(p, table, key_position);
     const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
     const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
     float partial = 0.0f;
@@ -389,8 +395,7 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     running_sum[g] = 0.0f;
   }
   for (int64_t key_position = begin + warp; key_position < end; key_position += kAttentionWarps) {
-    const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-                         key_position % p.block_size;
+    const int64_t slot = CacheSlot(p, table, key_position);
     const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
     const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
     float k[E];
@@ -585,8 +590,7 @@ __global__ void __launch_bounds__(kTiledThreads)
       const int64_t j = i / d;
       const int64_t c = i % d;
       const int64_t key_position = key_start + j;
-      const int64_t slot = static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-                           key_position % p.block_size;
+      const int64_t slot = CacheSlot(p, table, key_position);
       k_tile[j][c] = p.key_cache[slot * kv_row + kv_head * d + c];
       v_tile[j][c] = p.value_cache[slot * kv_row + kv_head * d + c];
     }
@@ -732,31 +736,37 @@ __device__ __forceinline__ void ValueFragment(const uint16_t* tile, int first_ke
 __device__ __forceinline__ int64_t KeyTileSlot(const PagedAttentionParams& p, const int32_t* table,
                                                int64_t key_start, int64_t last_position) {
   const int64_t key_position = key_start + threadIdx.x;
-  if (threadIdx.x >= kFaKeys || key_position > last_position) return -1;
-  return static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-         key_position % p.block_size;
+  return threadIdx.x < kFaKeys && key_position <= last_position ? CacheSlot(p, table, key_position)
+                                                                : -1;
+}
+
+// Starts the copies of 16 bytes (head elements c .. c + 7) of the key and the value at `slot`
+// of one KV head into k_target and v_target, in the thread's current group; zeros there for
+// slot −1 (a key past the end: a zero value times a zero probability adds nothing, garbage
+// could be a NaN).
+__device__ __forceinline__ void CopyKeyValueChunk(const PagedAttentionParams& p, int64_t slot,
+                                                  int64_t kv_head, int c, uint16_t* k_target,
+                                                  uint16_t* v_target) {
+  if (slot >= 0) {
+    const int64_t offset = (slot * p.num_kv_heads + kv_head) * p.head_dim + c;
+    CopyAsync16(k_target, p.key_cache + offset);
+    CopyAsync16(v_target, p.value_cache + offset);
+  } else {
+    *reinterpret_cast<uint4*>(k_target) = uint4{0, 0, 0, 0};
+    *reinterpret_cast<uint4*>(v_target) = uint4{0, 0, 0, 0};
+  }
 }
 
 // Starts the copies of the key and value rows at `slots` of one KV head into k_tile and
-// v_tile, 16 bytes (8 BF16 values) per cp.async, as one group of each thread's copies; rows
-// of slot −1 are zeroed. head_dim is a multiple of 16, so every row starts 16-byte aligned
-// in the cache and in the tiles.
+// v_tile, as one group of each thread's copies. head_dim is a multiple of 16, so every row
+// starts 16-byte aligned in the cache and in the tiles.
 __device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* slots, int64_t kv_head,
                              uint16_t* k_tile, uint16_t* v_tile) {
   const int chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per row.
-  const int64_t kv_row = p.num_kv_heads * p.head_dim;
   for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
     const int c = (i % chunks) * 8;
-    const int64_t slot = slots[j];
-    if (slot >= 0) {
-      const int64_t offset = slot * kv_row + kv_head * p.head_dim + c;
-      CopyAsync16(k_tile + j * kFaLd + c, p.key_cache + offset);
-      CopyAsync16(v_tile + j * kFaLd + c, p.value_cache + offset);
-    } else {
-      *reinterpret_cast<uint4*>(k_tile + j * kFaLd + c) = uint4{0, 0, 0, 0};
-      *reinterpret_cast<uint4*>(v_tile + j * kFaLd + c) = uint4{0, 0, 0, 0};
-    }
+    CopyKeyValueChunk(p, slots[j], kv_head, c, k_tile + j * kFaLd + c, v_tile + j * kFaLd + c);
   }
   CopyAsyncCommit();
 }
@@ -998,9 +1008,7 @@ __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
                                                  const int32_t* table, int64_t key_start,
                                                  int64_t end, int lane) {
   const int64_t key_position = key_start + lane;
-  if (lane >= kDecodeKeys || key_position >= end) return -1;
-  return static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-         key_position % p.block_size;
+  return lane < kDecodeKeys && key_position < end ? CacheSlot(p, table, key_position) : -1;
 }
 
 // Warps per block, and tiles per warp: the one computed and kDecodeStages − 1 in flight. Six
@@ -1010,27 +1018,16 @@ constexpr int kDecodeWarps = 2;
 constexpr int kDecodeStages = 2;
 
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
-// into k_tile and v_tile, as one group; rows of keys past the end are zeroed (a zero value
-// times a zero probability adds nothing; garbage could be a NaN).
+// into k_tile and v_tile, as one group.
 __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int64_t kv_head,
                                                 int64_t slot, int lane, uint16_t* k_tile,
                                                 uint16_t* v_tile) {
   const int row_chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per key row.
-  const int64_t kv_row = p.num_kv_heads * p.head_dim;
   for (int i = lane; i < kDecodeKeys * row_chunks; i += kWarpSize) {
     const int j = i / row_chunks;
     const int c = (i % row_chunks) * 8;
     const int64_t key_slot = __shfl_sync(0xffffffffu, slot, j);
-    uint16_t* k_target = k_tile + j * kFaLd + c;
-    uint16_t* v_target = v_tile + j * kFaLd + c;
-    if (key_slot >= 0) {
-      const int64_t offset = key_slot * kv_row + kv_head * p.head_dim + c;
-      CopyAsync16(k_target, p.key_cache + offset);
-      CopyAsync16(v_target, p.value_cache + offset);
-    } else {
-      *reinterpret_cast<uint4*>(k_target) = uint4{0, 0, 0, 0};
-      *reinterpret_cast<uint4*>(v_target) = uint4{0, 0, 0, 0};
-    }
+    CopyKeyValueChunk(p, key_slot, kv_head, c, k_tile + j * kFaLd + c, v_tile + j * kFaLd + c);
   }
   CopyAsyncCommit();
 }
