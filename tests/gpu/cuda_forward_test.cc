@@ -11,6 +11,9 @@
 //   as they continue different texts; at least half of the requests must match in full.
 //   Both of the backend's sampling paths run: the full sampler (with top log-probabilities)
 //   and the plain-greedy argmax.
+// - decode steps replayed as CUDA graphs (padded to the recorded batch sizes) give the logits
+//   of the same steps run op by op, as the batch shrinks and grows, contexts cross a bucket,
+//   and a longer prefill moves the model's buffers.
 // Skips, saying why, where no CUDA device is visible.
 #include <algorithm>
 #include <cmath>
@@ -18,6 +21,10 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+
+#ifdef INFERBOX_CUDA_EMULATED
+#include <cuda_runtime.h>  // The emulator's, with its count of graph launches.
+#endif
 
 #include "inferbox/engine/cuda/cuda_backend.h"
 #include "inferbox/engine/cuda/device_query.h"
@@ -234,6 +241,108 @@ TEST_P(CudaForwardTest, BatchedGreedyTokensMatchTheCpu) {
     const int wanted = static_cast<int>(want.size()) / 2;
     EXPECT_GE(identical, wanted) << label << ": too many requests diverged, even if at near ties";
   }
+}
+
+// The same ops on the same data: on the emulation, whose GEMM computes each row alike
+// whatever the batch size, the same bits. On a GPU, cuBLASLt may choose another algorithm
+// (another order of summation) for the padded batch size, whose BF16 roundings then differ.
+#ifdef INFERBOX_CUDA_EMULATED
+constexpr double kRecordedTolerance = 0.0;
+#else
+constexpr double kRecordedTolerance = kLogitTolerance;
+#endif
+
+TEST_P(CudaForwardTest, RecordedDecodeStepsGiveTheLogitsOfStepsRunOpByOp) {
+  cuda::CudaBackendOptions op_by_op;
+  op_by_op.cuda_graphs = false;
+  auto made = cuda::MakeCudaBackend(0, op_by_op);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  const std::unique_ptr<Backend> eager_backend = std::move(made).value();
+  auto loaded = Model::Load(model_dir_, *eager_backend);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const std::unique_ptr<Model> eager = std::move(loaded).value();
+  ASSERT_EQ(eager_backend->RecordedBatchSize(5), 0);
+  ASSERT_EQ(cuda_->RecordedBatchSize(5), 8) << "the test expects 5 sequences padded to 8";
+
+  const auto vocab = static_cast<int32_t>(eager->config().vocab_size);
+  constexpr int64_t kBlockSize = 4;
+  constexpr int32_t kBlocksEach = 24;  // 96 positions.
+  constexpr int32_t kSequences = 6;
+  // Every block belongs to a sequence (block 0 too, where a padding token's write would land
+  // if it were not skipped), handed out from the top down.
+  auto eager_cache = eager->AllocateKvCache(kSequences * kBlocksEach, kBlockSize);
+  auto recorded_cache = cuda_model_->AllocateKvCache(kSequences * kBlocksEach, kBlockSize);
+  struct Sequence {
+    std::vector<int32_t> tokens;
+    int64_t cached = 0;  // Positions whose KV is in the cache.
+    std::vector<int32_t> table;
+  };
+  std::vector<Sequence> sequences;
+  int32_t next_block = kSequences * kBlocksEach;
+  auto add = [&](size_t length) {
+    Sequence sequence;
+    sequence.tokens = PromptOf(length, static_cast<int32_t>(sequences.size() + 1), vocab);
+    for (int32_t b = 0; b < kBlocksEach; ++b) sequence.table.push_back(--next_block);
+    sequences.push_back(std::move(sequence));
+  };
+  // One step over `which` (each sequence's uncached tokens) on both models; the logits must
+  // agree, and each sequence continues with the op-by-op run's argmax.
+  double worst = 0.0;
+  int steps = 0;
+  auto step = [&](const std::vector<size_t>& which) {
+    std::vector<ForwardSequence> batch;
+    for (const size_t i : which) {
+      const Sequence& s = sequences[i];
+      batch.push_back({std::span<const int32_t>(s.tokens).subspan(static_cast<size_t>(s.cached)),
+                       s.cached, s.table});
+    }
+    auto want = eager->Forward(batch, *eager_cache, false);
+    ASSERT_TRUE(want.ok()) << want.status().ToString();
+    const std::vector<float> expected(want->begin(), want->end());
+    auto got = cuda_model_->Forward(batch, *recorded_cache, false);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_EQ(got->size(), expected.size()) << "step " << steps;
+    for (size_t row = 0; row < which.size(); ++row) {
+      const auto begin = static_cast<std::ptrdiff_t>(row * static_cast<size_t>(vocab));
+      const auto first = expected.begin() + begin;
+      double scale = 1.0;
+      double error = 0.0;
+      for (int32_t v = 0; v < vocab; ++v) {
+        scale = std::max(scale, std::fabs(static_cast<double>(first[v])));
+        error = std::max(error, std::fabs(static_cast<double>((*got)[begin + v]) - first[v]));
+      }
+      worst = std::max(worst, error / scale);
+      EXPECT_LE(error / scale, kRecordedTolerance)
+          << "step " << steps << ", sequence " << which[row];
+      Sequence& s = sequences[which[row]];
+      s.cached = static_cast<int64_t>(s.tokens.size());
+      s.tokens.push_back(static_cast<int32_t>(std::max_element(first, first + vocab) - first));
+    }
+    ++steps;
+  };
+#ifdef INFERBOX_CUDA_EMULATED
+  const long long launches_before = cuda_emu_graph_launches();
+#endif
+  for (const size_t length : {3, 9, 17, 30, 58}) {  // Prefilled one by one.
+    add(length);
+    ASSERT_NO_FATAL_FAILURE(step({sequences.size() - 1}));
+  }
+  // Five sequences (padded to 8); the longest crosses 64 positions, the first context bucket.
+  for (int i = 0; i < 8; ++i) ASSERT_NO_FATAL_FAILURE(step({0, 1, 2, 3, 4}));
+  for (int i = 0; i < 4; ++i) ASSERT_NO_FATAL_FAILURE(step({0, 2, 4}));  // Three, padded to 4.
+  // A prefill longer than any before moves the model's buffers, then four sequences decode.
+  add(80);
+  ASSERT_NO_FATAL_FAILURE(step({5}));
+  for (int i = 0; i < 6; ++i) ASSERT_NO_FATAL_FAILURE(step({0, 2, 4, 5}));
+  for (int i = 0; i < 4; ++i) ASSERT_NO_FATAL_FAILURE(step({5}));  // One.
+  RecordProperty("max_relative_error", std::to_string(worst));
+#ifdef INFERBOX_CUDA_EMULATED
+  // 22 decode steps in 4 shapes (batch size, context bucket: 8 and 64, 8 and 128, 4 and 128,
+  // 1 and 128): each shape runs op by op the first time, is recorded (and launched) the next,
+  // and replayed after; when buffers move (a new shape's larger attention workspace, the
+  // longer prefill), the recordings are dropped and made again, not run op by op.
+  EXPECT_EQ(cuda_emu_graph_launches() - launches_before, 22 - 4);
+#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, CudaForwardTest,

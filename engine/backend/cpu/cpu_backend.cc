@@ -315,6 +315,7 @@ class CpuBackend final : public Backend {
     auto& cpu = static_cast<CpuKvCache&>(cache);
     const auto row = static_cast<size_t>(num_kv_heads * head_dim);
     for (size_t t = 0; t < inputs.slots.size(); ++t) {
+      if (inputs.slots[t] < 0) continue;  // Padding.
       std::memcpy(cpu.Key(layer, inputs.slots[t]), k.data() + t * row, row * sizeof(float));
       std::memcpy(cpu.Value(layer, inputs.slots[t]), v.data() + t * row, row * sizeof(float));
     }

@@ -73,13 +73,17 @@ class Workspace {
     if (buffer == nullptr || static_cast<int64_t>(buffer->data().size()) < num_floats) {
       buffer.reset();  // Free first: device memory may not hold both.
       buffer = backend_.Allocate(std::max<int64_t>(num_floats, 1));
+      ++version_;
     }
     return buffer->data().first(static_cast<size_t>(num_floats));
   }
+  // Changes whenever a buffer moves (Backend::RunRecorded's buffers_version).
+  int64_t version() const { return version_; }
 
  private:
   Backend& backend_;
   std::vector<std::unique_ptr<Buffer>> buffers_;
+  int64_t version_ = 0;
 };
 
 struct Model::Impl {
@@ -435,8 +439,22 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
     if (!all_positions) logit_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
     attention.push_back({sequence.start_position, count, sequence.block_table});
   }
-  const std::unique_ptr<StepInputs> step =
-      backend.PrepareStep({ids, positions, slots, attention, logit_rows, &impl_->rope});
+  // A decode step (one token per sequence) that the backend records is padded to the batch
+  // size of its recordings (Backend::RecordedBatchSize): tokens at position 0 that write no
+  // KV and read one key of the first sequence's first block; their logits are not returned.
+  const auto num_sequences = static_cast<int64_t>(batch.size());
+  const bool decode_only = !all_positions && static_cast<int64_t>(ids.size()) == num_sequences;
+  const int64_t padded =
+      decode_only && impl_->shard.world_size == 1 ? backend.RecordedBatchSize(num_sequences) : 0;
+  for (int64_t i = num_sequences; i < padded; ++i) {
+    logit_rows.push_back(static_cast<int64_t>(ids.size()));
+    ids.push_back(0);
+    positions.push_back(0);
+    slots.push_back(-1);
+    attention.push_back({0, 1, batch.front().block_table.first(1)});
+  }
+  const std::unique_ptr<StepInputs> step = backend.PrepareStep(
+      {ids, positions, slots, attention, logit_rows, &impl_->rope, /*recorded=*/padded > 0});
 
   const auto m = static_cast<int64_t>(ids.size());
   const auto num_rows = static_cast<int64_t>(logit_rows.size());
@@ -461,38 +479,44 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
-  backend.Embedding(*step, impl_->embed_tokens, residual);
-  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
-    const LayerWeights& l = impl_->layers[static_cast<size_t>(layer)];
-    // The first layer normalises the embeddings; later ones add the previous MLP output.
-    backend.AddRmsNorm(residual,
-                       layer == 0 ? std::span<const float>() : std::span<const float>(delta), m,
-                       l.input_norm, eps, normed);
-    const Backend::LinearOutput qkv[] = {{&l.q_proj, c.attention_bias ? &l.q_bias : nullptr, q},
-                                         {&l.k_proj, c.attention_bias ? &l.k_bias : nullptr, k},
-                                         {&l.v_proj, c.attention_bias ? &l.v_bias : nullptr, v}};
-    backend.Linears(normed, m, qkv);
-    if (c.qk_norm) {  // Qwen3: RMSNorm per head before RoPE.
-      backend.RmsNormGroups(q, l.q_norm, eps);
-      backend.RmsNormGroups(k, l.k_norm, eps);
+  // Every op of the step up to the logits (the vocabulary-parallel LM head's all-gather aside).
+  const auto issue = [&] {
+    backend.Embedding(*step, impl_->embed_tokens, residual);
+    for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+      const LayerWeights& l = impl_->layers[static_cast<size_t>(layer)];
+      // The first layer normalises the embeddings; later ones add the previous MLP output.
+      backend.AddRmsNorm(residual,
+                         layer == 0 ? std::span<const float>() : std::span<const float>(delta), m,
+                         l.input_norm, eps, normed);
+      const Backend::LinearOutput qkv[] = {{&l.q_proj, c.attention_bias ? &l.q_bias : nullptr, q},
+                                           {&l.k_proj, c.attention_bias ? &l.k_bias : nullptr, k},
+                                           {&l.v_proj, c.attention_bias ? &l.v_bias : nullptr, v}};
+      backend.Linears(normed, m, qkv);
+      if (c.qk_norm) {  // Qwen3: RMSNorm per head before RoPE.
+        backend.RmsNormGroups(q, l.q_norm, eps);
+        backend.RmsNormGroups(k, l.k_norm, eps);
+      }
+      backend.RopeWriteKv(*step, q, k, v, num_heads, cache, layer);
+      backend.PagedAttention(*step, cache, layer, q, num_heads, scale, attention_out);
+      backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
+      impl_->AllReduce(delta);  // Row-parallel: each rank holds a partial sum.
+      backend.AddRmsNorm(residual, delta, m, l.post_attention_norm, eps, normed);
+      const Backend::LinearOutput gate_up[] = {{&l.gate_proj, nullptr, gate},
+                                               {&l.up_proj, nullptr, up}};
+      backend.Linears(normed, m, gate_up);
+      backend.SiluMulLinear(gate, up, m, l.down_proj, delta);
+      impl_->AllReduce(delta);
     }
-    backend.RopeWriteKv(*step, q, k, v, num_heads, cache, layer);
-    backend.PagedAttention(*step, cache, layer, q, num_heads, scale, attention_out);
-    backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
-    impl_->AllReduce(delta);  // Row-parallel: each rank holds a partial sum.
-    backend.AddRmsNorm(residual, delta, m, l.post_attention_norm, eps, normed);
-    const Backend::LinearOutput gate_up[] = {{&l.gate_proj, nullptr, gate},
-                                             {&l.up_proj, nullptr, up}};
-    backend.Linears(normed, m, gate_up);
-    backend.SiluMulLinear(gate, up, m, l.down_proj, delta);
-    impl_->AllReduce(delta);
+    backend.AddRmsNorm(residual, delta, m, impl_->final_norm, eps, normed);
+    backend.GatherRows(*step, normed, hidden, rows);
+    if (!impl_->vocab_parallel) backend.Linear(rows, num_rows, impl_->lm_head, nullptr, logits);
+  };
+  if (padded > 0) {
+    backend.RunRecorded(*step, cache, w.version(), issue);
+    return std::span<const float>(logits).first(static_cast<size_t>(num_sequences * c.vocab_size));
   }
-  backend.AddRmsNorm(residual, delta, m, impl_->final_norm, eps, normed);
-  backend.GatherRows(*step, normed, hidden, rows);
-  if (!impl_->vocab_parallel) {
-    backend.Linear(rows, num_rows, impl_->lm_head, nullptr, logits);
-    return std::span<const float>(logits);
-  }
+  issue();
+  if (!impl_->vocab_parallel) return std::span<const float>(logits);
   // Vocabulary-parallel LM head: this rank's slice of every row's logits, written in place
   // into its part of the all-gather ([rank, row, slice]), then the rows reordered to
   // [row, rank, slice], which is [row, vocab].

@@ -1,10 +1,12 @@
 #include "inferbox/engine/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -37,6 +39,13 @@ namespace {
 // the launches.
 constexpr size_t kMaxStackedLinears = kMaxColumnSlices;
 constexpr int64_t kStackedLinearMaxRows = 64;
+
+// Decode steps of up to kMaxRecordedBatch sequences run as CUDA graphs (RunRecorded), one per
+// padded batch size (RecordedBatchSize) and power-of-two bucket of the longest context (at
+// least kRecordedMinContext positions). Larger batches spend far longer computing than
+// launching.
+constexpr int64_t kMaxRecordedBatch = 256;
+constexpr int64_t kRecordedMinContext = 64;
 
 // cuBLASLt, loaded at run time (dlopen) rather than linked: the engine binary then starts on
 // a box without NVIDIA's CUDA libraries and serves --device cpu there; --device cuda says
@@ -175,13 +184,30 @@ class CudaKvCache final : public KvCache {
   DeviceAllocation memory_;
 };
 
-// The step's layout on the device, packed into one allocation copied in one transfer.
+// Where recorded steps keep their inputs: one allocation for all of them, so that a
+// recording's addresses stay valid from step to step (it grows only, and moving it drops the
+// recordings).
+struct RecordedInputs {
+  DeviceAllocation memory;
+  int64_t bytes = 0;
+  bool moved = false;  // Since the recordings were last dropped.
+};
+
+// The step's layout on the device, packed into one allocation copied in one transfer (two for
+// a recorded step): its own, or for a recorded step (StepLayout::recorded) `recorded`'s.
 class CudaStepInputs final : public StepInputs {
  public:
-  CudaStepInputs(const StepLayout& layout, cudaStream_t stream) {
+  CudaStepInputs(const StepLayout& layout, cudaStream_t stream, RecordedInputs& recorded) {
     num_tokens_ = static_cast<int64_t>(layout.token_ids.size());
+    recorded_ = layout.recorded;
     for (const int64_t position : layout.positions)
       max_position_ = std::max(max_position_, position);
+    // The attention's split of keys among work items is chosen for the end of the longest
+    // context's power-of-two bucket (at least kRecordedMinContext positions), so that one
+    // recording serves every step of its batch size in the bucket, and a step gives the same
+    // bits recorded or not.
+    const auto keys = static_cast<uint64_t>(std::max(max_position_ + 1, kRecordedMinContext));
+    max_position_ = static_cast<int64_t>(std::bit_ceil(keys)) - 1;
     num_logit_rows_ = static_cast<int64_t>(layout.logit_rows.size());
     half_ = layout.rope == nullptr ? 0 : static_cast<int64_t>(layout.rope->inv_freq.size());
 
@@ -201,7 +227,8 @@ class CudaStepInputs final : public StepInputs {
                                  static_cast<int32_t>(s));
     }
 
-    // Host image of the device block: each array at a 256-byte aligned offset.
+    // Host image of the device block: each array at a 256-byte aligned offset, the block
+    // tables (the only part whose size changes between steps of one batch size) last.
     std::vector<std::byte> image;
     auto place = [&image](const void* data, size_t bytes) {
       const size_t offset = (image.size() + 255) / 256 * 256;
@@ -215,19 +242,32 @@ class CudaStepInputs final : public StepInputs {
     const size_t slots_at = place_span(layout.slots);
     const size_t sequence_at = place_span(std::span<const int32_t>(host_token_sequence));
     const size_t offsets_at = place_span(std::span<const int64_t>(host_table_offsets));
-    const size_t tables_at = place_span(std::span<const int32_t>(host_block_tables));
     const size_t rows_at = place_span(layout.logit_rows);
     const size_t inv_freq_at =
         half_ == 0 ? place(nullptr, 0) : place_span(std::span<const float>(layout.rope->inv_freq));
     const size_t rope_bytes = static_cast<size_t>(num_tokens_ * half_) * sizeof(float);
     const size_t cos_at = place(nullptr, rope_bytes);
     const size_t sin_at = place(nullptr, rope_bytes);
+    const size_t tables_at = place_span(std::span<const int32_t>(host_block_tables));
 
-    memory_ = DeviceAllocation(static_cast<int64_t>(image.size()), stream);
-    std::byte* base = memory_.as<std::byte>();
-    // Pageable source: the copy has left `image` when the call returns.
+    std::byte* base = nullptr;
+    if (recorded_) {
+      if (static_cast<int64_t>(image.size()) > recorded.bytes) {
+        recorded.bytes = std::max<int64_t>(2 * recorded.bytes, static_cast<int64_t>(image.size()));
+        recorded.memory = DeviceAllocation(recorded.bytes, stream);
+        recorded.moved = true;
+      }
+      base = recorded.memory.as<std::byte>();
+    } else {
+      memory_ = DeviceAllocation(static_cast<int64_t>(image.size()), stream);
+      base = memory_.as<std::byte>();
+    }
+    // Pageable source: the copy has left `image` when the call returns. The rotary tables
+    // between are computed below.
     INFERBOX_CUDA_CHECK(
         cudaMemcpyAsync(base, image.data(), cos_at, cudaMemcpyHostToDevice, stream));
+    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(base + tables_at, image.data() + tables_at,
+                                        image.size() - tables_at, cudaMemcpyHostToDevice, stream));
     token_ids = reinterpret_cast<const int32_t*>(base + ids_at);
     positions = reinterpret_cast<const int64_t*>(base + positions_at);
     slots = reinterpret_cast<const int64_t*>(base + slots_at);
@@ -245,7 +285,9 @@ class CudaStepInputs final : public StepInputs {
   int64_t num_tokens() const override { return num_tokens_; }
   int64_t num_logit_rows() const override { return num_logit_rows_; }
   int64_t half() const { return half_; }
+  // The end of the bucket of the step's largest position.
   int64_t max_position() const { return max_position_; }
+  bool recorded() const { return recorded_; }
   // The most query tokens of one sequence in the step (1 when it only decodes).
   int32_t longest_chunk() const {
     int32_t longest = 0;
@@ -308,6 +350,7 @@ class CudaStepInputs final : public StepInputs {
   int64_t num_logit_rows_ = 0;
   int64_t half_ = 0;
   int64_t max_position_ = 0;
+  bool recorded_ = false;
   std::vector<std::pair<int32_t, int32_t>> sequence_tokens_;  // First token, token count.
   mutable std::map<int64_t, AttentionLists> lists_;
 };
@@ -532,7 +575,8 @@ SourceType SourceTypeOf(DType dtype) {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, const CudaBackendOptions& options)
+      : device_(device), record_steps_(options.cuda_graphs) {
     Use();
     INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cudaDeviceProp properties{};
@@ -550,10 +594,13 @@ class CudaBackend final : public Backend {
     Use();
     cudaStreamSynchronize(stream_);
     times_.Collect();  // Ops since the last read-back count too.
+    recordings_.clear();
     gemm_.reset();
     weights_.clear();
     gemm_input_ = DeviceAllocation();
     stacked_output_ = DeviceAllocation();
+    attention_workspace_ = DeviceAllocation();
+    recorded_inputs_.memory = DeviceAllocation();
     greedy_ = DeviceAllocation();
     sample_work_ = DeviceAllocation();
     cudaStreamDestroy(stream_);
@@ -694,7 +741,70 @@ class CudaBackend final : public Backend {
   std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) override {
     Use();
     OpScope scope(times_, stream_, [] { return std::string("PrepareStep (upload, rope tables)"); });
-    return std::make_unique<CudaStepInputs>(layout, stream_);
+    if (layout.recorded && RecordedBatchSize(static_cast<int64_t>(layout.token_ids.size())) !=
+                               static_cast<int64_t>(layout.token_ids.size())) {
+      FatalCudaError("PrepareStep", "a recorded step not at a recorded batch size", __FILE__,
+                     __LINE__);
+    }
+    return std::make_unique<CudaStepInputs>(layout, stream_, recorded_inputs_);
+  }
+
+  // 1, 2, 4, 8, then multiples of 8 up to 64, then of 16 up to kMaxRecordedBatch: at most
+  // 24 batch sizes, padding at most 20% of a step past 8 sequences. Not while per-op times
+  // are taken (their events are not recorded).
+  int64_t RecordedBatchSize(int64_t num_sequences) const override {
+    if (!record_steps_ || times_.enabled() || num_sequences < 1 ||
+        num_sequences > kMaxRecordedBatch) {
+      return 0;
+    }
+    if (num_sequences <= 8)
+      return static_cast<int64_t>(std::bit_ceil(static_cast<uint64_t>(num_sequences)));
+    const int64_t multiple = num_sequences <= 64 ? 8 : 16;
+    return (num_sequences + multiple - 1) / multiple * multiple;
+  }
+
+  void RunRecorded(const StepInputs& step, const KvCache& cache, int64_t buffers_version,
+                   const std::function<void()>& issue) override {
+    const auto& inputs = static_cast<const CudaStepInputs&>(step);
+    if (!inputs.recorded()) {
+      issue();
+      return;
+    }
+    Use();
+    // Recordings hold the addresses of every buffer they use: the cache's layers (from its
+    // base and size), the caller's buffers, and the backend's own (GEMM input, stacked output,
+    // attention workspace, recorded inputs).
+    const auto& kv = static_cast<const CudaKvCache&>(cache);
+    const std::pair<const void*, int64_t> cache_layout{kv.keys(0), kv.shape().num_slots()};
+    if (buffers_version != recorded_version_ || cache_layout != recorded_cache_ || buffers_moved_ ||
+        recorded_inputs_.moved) {
+      DropRecordings();
+      recorded_version_ = buffers_version;
+      recorded_cache_ = cache_layout;
+    }
+    const std::pair<int64_t, int64_t> shape{inputs.num_tokens(), inputs.max_position()};
+    if (const auto found = recordings_.find(shape); found != recordings_.end()) {
+      INFERBOX_CUDA_CHECK(cudaGraphLaunch(found->second.exec, stream_));
+      return;
+    }
+    // The first step of a shape runs as it comes: it sizes the buffers and chooses the GEMM
+    // algorithms, so that recording the next allocates nothing.
+    if (seen_shapes_.insert(shape).second) {
+      issue();
+      return;
+    }
+    INFERBOX_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    recording_ = true;
+    issue();
+    recording_ = false;
+    cudaGraph_t graph = nullptr;
+    INFERBOX_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    Recording recording;
+    INFERBOX_CUDA_CHECK(cudaGraphInstantiate(&recording.exec, graph, 0));
+    INFERBOX_CUDA_CHECK(cudaGraphDestroy(graph));
+    // Recording ran nothing: the step runs now.
+    INFERBOX_CUDA_CHECK(cudaGraphLaunch(recording.exec, stream_));
+    recordings_.emplace(shape, std::move(recording));
   }
 
   void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
@@ -838,7 +948,9 @@ class CudaBackend final : public Backend {
     params.scale = scale;
     params.max_position = inputs.max_position();
     params.num_multiprocessors = num_multiprocessors_;
-    if (TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
+    // Without prefill chunks every token goes to the per-token kernels (a null token list).
+    if (inputs.longest_chunk() >= kTiledMinTokens &&
+        TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
       const auto& lists = inputs.ListsFor(
           TiledAttentionTileTokens(num_heads / params.num_kv_heads, params.head_dim), stream_);
       params.tiles = lists.tiles;
@@ -846,9 +958,9 @@ class CudaBackend final : public Backend {
       params.token_list = lists.token_list;
       params.num_listed_tokens = lists.num_listed;
     }
-    // Split partial results: stream-ordered scratch, back in the pool after the launch.
-    DeviceAllocation workspace(PagedAttentionWorkspaceFloats(params) * 4, stream_);
-    params.workspace = workspace.as<float>();
+    params.workspace = Grown(attention_workspace_, attention_workspace_floats_,
+                             PagedAttentionWorkspaceFloats(params), 4)
+                           .as<float>();
     LaunchPagedAttention(params, stream_);
   }
 
@@ -1057,25 +1169,51 @@ class CudaBackend final : public Backend {
     return bytes == group->second ? rows : 0;
   }
 
-  float* StackedOutput(int64_t count) {
-    if (count > stacked_output_count_) {
-      stacked_output_ = DeviceAllocation(count * 4, stream_);
-      stacked_output_count_ = count;
+  // `buffer` with room for `count` elements of `element_bytes`, grown (never shrunk) as
+  // needed; reuse is safe because every op runs in the one stream's order. Growing moves it,
+  // which drops the recorded steps (RunRecorded).
+  const DeviceAllocation& Grown(DeviceAllocation& buffer, int64_t& capacity, int64_t count,
+                                int64_t element_bytes) {
+    if (count > capacity) {
+      if (recording_) {
+        FatalCudaError("RunRecorded", "a buffer grew while a step was recorded", __FILE__,
+                       __LINE__);
+      }
+      buffer = DeviceAllocation(count * element_bytes, stream_);
+      capacity = count;
+      buffers_moved_ = true;
     }
-    return stacked_output_.as<float>();
+    return buffer;
+  }
+  float* StackedOutput(int64_t count) {
+    return Grown(stacked_output_, stacked_output_count_, count, 4).as<float>();
+  }
+  // BF16 copy of a GEMM's activations.
+  uint16_t* GemmInput(int64_t count) {
+    return Grown(gemm_input_, gemm_input_count_, count, 2).as<uint16_t>();
   }
 
-  // BF16 copy of a GEMM's activations, grown as needed; reuse is safe because every op runs
-  // in the one stream's order.
-  uint16_t* GemmInput(int64_t count) {
-    if (count > gemm_input_count_) {
-      gemm_input_ = DeviceAllocation(count * 2, stream_);
-      gemm_input_count_ = count;
+  // An instantiated CUDA graph of one step shape.
+  struct Recording {
+    cudaGraphExec_t exec = nullptr;
+    Recording() = default;
+    Recording(Recording&& other) noexcept : exec(std::exchange(other.exec, nullptr)) {}
+    Recording& operator=(Recording&&) = delete;
+    ~Recording() {
+      if (exec != nullptr) cudaGraphExecDestroy(exec);
     }
-    return gemm_input_.as<uint16_t>();
+  };
+  // Destroying a graph that may still run is undefined: the stream is drained first. The
+  // shapes seen stay seen: buffers only grow, so recording one of them allocates nothing.
+  void DropRecordings() {
+    if (!recordings_.empty()) INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    recordings_.clear();
+    buffers_moved_ = false;
+    recorded_inputs_.moved = false;
   }
 
   int device_;
+  bool record_steps_ = true;
   int num_multiprocessors_ = 1;
   cudaStream_t stream_ = nullptr;
   OpTimes times_;
@@ -1087,6 +1225,16 @@ class CudaBackend final : public Backend {
   std::map<const void*, int64_t> stacked_groups_;
   DeviceAllocation stacked_output_;  // [m, total rows] of a stacked Linears.
   int64_t stacked_output_count_ = 0;
+  DeviceAllocation attention_workspace_;  // Split partial results of PagedAttention.
+  int64_t attention_workspace_floats_ = 0;
+  // Recorded decode steps by (batch size, largest position of the context bucket).
+  RecordedInputs recorded_inputs_;
+  std::map<std::pair<int64_t, int64_t>, Recording> recordings_;
+  std::set<std::pair<int64_t, int64_t>> seen_shapes_;  // Run once, to be recorded next.
+  int64_t recorded_version_ = -1;  // The caller's buffers_version of the recordings,
+  std::pair<const void*, int64_t> recorded_cache_{nullptr, 0};  // and their cache's layout.
+  bool buffers_moved_ = false;  // A buffer of ours moved since the recordings were made.
+  bool recording_ = false;
   DeviceAllocation greedy_;  // Tokens then log-probabilities of GreedyRows.
   int64_t greedy_capacity_ = 0;
   DeviceAllocation sample_work_;  // SampleRows' processed logits.
@@ -1095,7 +1243,7 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
-Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index) {
+Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index, CudaBackendOptions options) {
   if (const auto& lt = LoadCublasLt(); !lt.ok()) return lt.status();
   int count = 0;
   if (const cudaError_t error = cudaGetDeviceCount(&count); error != cudaSuccess) {
@@ -1107,7 +1255,11 @@ Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index) {
     return FailedPreconditionError(
         fmt::format("CUDA device {} does not exist ({} visible)", device_index, count));
   }
-  return std::unique_ptr<Backend>(new CudaBackend(device_index));
+  if (const char* graphs = std::getenv("INFERBOX_CUDA_GRAPHS");
+      graphs != nullptr && std::string_view(graphs) == "0") {
+    options.cuda_graphs = false;
+  }
+  return std::unique_ptr<Backend>(new CudaBackend(device_index, options));
 }
 
 }  // namespace inferbox::engine::cuda

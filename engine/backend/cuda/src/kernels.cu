@@ -170,9 +170,10 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     x[j + p.half] = x2 * cos[j] + x1 * sin[j];
   }
   const int64_t kv_row = p.num_kv_heads * head_dim;
-  uint16_t* key_slot = p.key_cache + p.slots[t] * kv_row;
-  uint16_t* value_slot = p.value_cache + p.slots[t] * kv_row;
-  if (p.half == 0) {  // No rotation: keys are stored as they come.
+  const bool write = p.slots[t] >= 0;  // A padding token's slot is negative.
+  uint16_t* key_slot = p.key_cache + (write ? p.slots[t] : 0) * kv_row;
+  uint16_t* value_slot = p.value_cache + (write ? p.slots[t] : 0) * kv_row;
+  if (p.half == 0 && write) {  // No rotation: keys are stored as they come.
     for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
       key_slot[c] = FloatToBf16Bits(p.k[t * kv_row + c]);
   }
@@ -187,9 +188,12 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     const float r2 = x2 * cos[j] + x1 * sin[j];
     x[j] = r1;
     x[j + p.half] = r2;
-    key_slot[head * head_dim + j] = FloatToBf16Bits(r1);
-    key_slot[head * head_dim + j + p.half] = FloatToBf16Bits(r2);
+    if (write) {
+      key_slot[head * head_dim + j] = FloatToBf16Bits(r1);
+      key_slot[head * head_dim + j + p.half] = FloatToBf16Bits(r2);
+    }
   }
+  if (!write) return;
   for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
     value_slot[c] = FloatToBf16Bits(p.v[t * kv_row + c]);
 }

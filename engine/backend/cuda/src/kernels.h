@@ -37,7 +37,7 @@ void LaunchRopeTables(const int64_t* positions, int64_t m, const float* inv_freq
 
 // Rotates q [m, num_heads, head_dim] and k [m, num_kv_heads, head_dim] in place
 // ("rotate_half" over `half` = head_dim / 2 pairs; half 0: no rotation), then writes k and v
-// of token t into slot slots[t] of the layer's key and value caches.
+// of token t into slot slots[t] of the layer's key and value caches (nowhere when negative).
 struct RopeWriteKvParams {
   float* q = nullptr;
   float* k = nullptr;

@@ -41,9 +41,13 @@ enum cudaError {
   cudaErrorNoDevice = 100,
   cudaErrorInvalidDevice = 101,
   cudaErrorInvalidResourceHandle = 400,
+  cudaErrorIllegalState = 401,
   cudaErrorLaunchFailure = 719,
   cudaErrorSystemDriverMismatch = 803,
   cudaErrorCompatNotSupportedOnDevice = 804,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureWrongThread = 908,
 };
 using cudaError_t = cudaError;
 
@@ -72,12 +76,20 @@ enum cudaSharedCarveout {
   cudaSharedmemCarveoutMaxL1 = 0,
 };
 
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2,
+};
+
 inline constexpr unsigned int cudaStreamDefault = 0x0;
 inline constexpr unsigned int cudaStreamNonBlocking = 0x1;
 
 using cudaStream_t = struct CUstream_st*;
 using cudaEvent_t = struct CUevent_st*;
 using cudaMemPool_t = struct CUmemPoolHandle_st*;
+using cudaGraph_t = struct CUgraph_st*;
+using cudaGraphExec_t = struct CUgraphExec_st*;
 
 struct cudaDeviceProp {
   char name[256];
@@ -123,6 +135,24 @@ cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
 cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t stop);
+
+// Stream capture into graphs (cudaStreamCaptureModeThreadLocal only), and their replay.
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+
+// The emulator's own, not CUDA's:
+// Runs run(context) in `stream`'s order (recorded while the stream is captured), then
+// release(context) once nothing can run it any more: how the emulated cuBLASLt (a library of
+// its own) puts its work into streams and graphs. The executables export it.
+cudaError_t cuda_emu_enqueue(cudaStream_t stream, void (*run)(void*), void (*release)(void*),
+                             void* context);
+// Graphs launched so far by the process (tests check that replays happened).
+long long cuda_emu_graph_launches(void);
 }
 
 // A kernel's attributes are hints about on-chip memory the emulation does not have: checked

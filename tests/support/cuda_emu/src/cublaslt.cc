@@ -90,6 +90,69 @@ cublasStatus_t Check(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublas
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// One GEMM as cublasLtMatmul was called: what it computes when its stream gets there.
+struct Product {
+  cublasLtMatmulDescOpaque_t desc;
+  cublasLtMatrixLayoutOpaque_t a_layout, b_layout, c_layout, d_layout;
+  const void* a;
+  const void* b;
+  const void* c;
+  void* d;
+  float scale_a = 0.0f;
+  float scale_c = 0.0f;
+};
+
+void Compute(const Product& g) {
+  uint64_t m = 0, k = 0, k_b = 0, n = 0;
+  OpShape(g.a_layout, g.desc.transa, &m, &k);
+  OpShape(g.b_layout, g.desc.transb, &k_b, &n);
+  const auto lda = static_cast<uint64_t>(g.a_layout.ld);
+  const auto ldb = static_cast<uint64_t>(g.b_layout.ld);
+  const auto ldc = static_cast<uint64_t>(g.c_layout.ld);
+  const auto ldd = static_cast<uint64_t>(g.d_layout.ld);
+  // op(B) widened once (column j: k values); each row of op(A) widened where it is used.
+  // The result goes to a scratch matrix: D may be C.
+  std::vector<float> op_b(k * n);
+  for (uint64_t j = 0; j < n; ++j) {
+    for (uint64_t p = 0; p < k; ++p) {
+      op_b[j * k + p] =
+          Load(g.b, g.b_layout.type, g.desc.transb == CUBLAS_OP_N ? p + j * ldb : j + p * ldb);
+    }
+  }
+  std::vector<float> result(m * n);
+  // Threads only where the work pays for waking them (the test's host threads are few).
+#pragma omp parallel if (m * n * k > (uint64_t{1} << 22))
+  {
+    std::vector<float> row(k);
+#pragma omp for schedule(static)
+    for (int64_t signed_i = 0; signed_i < static_cast<int64_t>(m); ++signed_i) {
+      const auto i = static_cast<uint64_t>(signed_i);
+      if (g.desc.transa == CUBLAS_OP_T && g.a_layout.type == CUDA_R_16BF) {  // The usual case.
+        const auto* bits = static_cast<const uint16_t*>(g.a) + i * lda;
+        for (uint64_t p = 0; p < k; ++p) {
+          row[p] = std::bit_cast<float>(static_cast<uint32_t>(bits[p]) << 16);
+        }
+      } else {
+        for (uint64_t p = 0; p < k; ++p) {
+          row[p] =
+              Load(g.a, g.a_layout.type, g.desc.transa == CUBLAS_OP_N ? i + p * lda : p + i * lda);
+        }
+      }
+      for (uint64_t j = 0; j < n; ++j) {
+        const float* column = op_b.data() + j * k;
+        float sum = 0.0f;
+        for (uint64_t p = 0; p < k; ++p) sum += row[p] * column[p];
+        float value = g.scale_a * sum;
+        if (g.scale_c != 0.0f) value += g.scale_c * Load(g.c, g.c_layout.type, i + j * ldc);
+        result[i + j * m] = value;
+      }
+    }
+  }
+  for (uint64_t j = 0; j < n; ++j) {
+    for (uint64_t i = 0; i < m; ++i) Store(g.d, g.d_layout.type, i + j * ldd, result[i + j * m]);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -217,7 +280,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               cublasLtMatrixLayout_t b_layout, const void* beta, const void* c,
                               cublasLtMatrixLayout_t c_layout, void* d,
                               cublasLtMatrixLayout_t d_layout, const cublasLtMatmulAlgo_t* algo,
-                              void*, size_t, cudaStream_t) {
+                              void*, size_t, cudaStream_t stream) {
   if (handle == nullptr || alpha == nullptr || beta == nullptr || a == nullptr || b == nullptr ||
       d == nullptr) {
     return CUBLAS_STATUS_INVALID_VALUE;
@@ -238,58 +301,18 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
       }
     }
   }
-  float scale_a = 0.0f, scale_c = 0.0f;
-  std::memcpy(&scale_a, alpha, sizeof(float));
-  std::memcpy(&scale_c, beta, sizeof(float));
-  if (scale_c != 0.0f && c == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
-  uint64_t m = 0, k = 0, k_b = 0, n = 0;
-  OpShape(*a_layout, desc->transa, &m, &k);
-  OpShape(*b_layout, desc->transb, &k_b, &n);
-  const auto lda = static_cast<uint64_t>(a_layout->ld);
-  const auto ldb = static_cast<uint64_t>(b_layout->ld);
-  const auto ldc = static_cast<uint64_t>(c_layout->ld);
-  const auto ldd = static_cast<uint64_t>(d_layout->ld);
-  // op(B) widened once (column j: k values); each row of op(A) widened where it is used.
-  // The result goes to a scratch matrix: D may be C.
-  std::vector<float> op_b(k * n);
-  for (uint64_t j = 0; j < n; ++j) {
-    for (uint64_t p = 0; p < k; ++p) {
-      op_b[j * k + p] =
-          Load(b, b_layout->type, desc->transb == CUBLAS_OP_N ? p + j * ldb : j + p * ldb);
-    }
+  // The scales are read now (host pointers), the matrices when the stream gets there.
+  auto* product = new Product{*desc, *a_layout, *b_layout, *c_layout, *d_layout, a, b, c, d};
+  std::memcpy(&product->scale_a, alpha, sizeof(float));
+  std::memcpy(&product->scale_c, beta, sizeof(float));
+  if (product->scale_c != 0.0f && c == nullptr) {
+    delete product;
+    return CUBLAS_STATUS_INVALID_VALUE;
   }
-  std::vector<float> result(m * n);
-  // Threads only where the work pays for waking them (the test's host threads are few).
-#pragma omp parallel if (m * n * k > (uint64_t{1} << 22))
-  {
-    std::vector<float> row(k);
-#pragma omp for schedule(static)
-    for (int64_t signed_i = 0; signed_i < static_cast<int64_t>(m); ++signed_i) {
-      const auto i = static_cast<uint64_t>(signed_i);
-      if (desc->transa == CUBLAS_OP_T && a_layout->type == CUDA_R_16BF) {  // The usual case.
-        const auto* bits = static_cast<const uint16_t*>(a) + i * lda;
-        for (uint64_t p = 0; p < k; ++p) {
-          row[p] = std::bit_cast<float>(static_cast<uint32_t>(bits[p]) << 16);
-        }
-      } else {
-        for (uint64_t p = 0; p < k; ++p) {
-          row[p] = Load(a, a_layout->type, desc->transa == CUBLAS_OP_N ? i + p * lda : p + i * lda);
-        }
-      }
-      for (uint64_t j = 0; j < n; ++j) {
-        const float* column = op_b.data() + j * k;
-        float sum = 0.0f;
-        for (uint64_t p = 0; p < k; ++p) sum += row[p] * column[p];
-        float value = scale_a * sum;
-        if (scale_c != 0.0f) value += scale_c * Load(c, c_layout->type, i + j * ldc);
-        result[i + j * m] = value;
-      }
-    }
-  }
-  for (uint64_t j = 0; j < n; ++j) {
-    for (uint64_t i = 0; i < m; ++i) Store(d, d_layout->type, i + j * ldd, result[i + j * m]);
-  }
-  return CUBLAS_STATUS_SUCCESS;
+  const cudaError_t queued = cuda_emu_enqueue(
+      stream, [](void* p) { Compute(*static_cast<const Product*>(p)); },
+      [](void* p) { delete static_cast<Product*>(p); }, product);
+  return queued == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 }  // extern "C"

@@ -214,6 +214,65 @@ bool IsStream(cudaStream_t stream) {
   return handles.streams.contains(stream);
 }
 
+// --- Stream capture (CUDA graphs) ---
+
+// Work recorded while a stream is captured; a graph replays its nodes in the order they were
+// recorded (one valid order of the graph that capturing one stream makes).
+using Node = std::shared_ptr<const std::function<void()>>;
+struct Capture {
+  std::vector<Node> nodes;
+  std::thread::id thread;    // The thread that began it (cudaStreamCaptureModeThreadLocal).
+  bool invalidated = false;  // Something that cannot be captured was attempted.
+};
+struct Captures {
+  std::mutex mutex;
+  std::map<const void*, Capture> of_stream;
+};
+Captures& LiveCaptures() {
+  static Captures captures;
+  return captures;
+}
+
+// Records `work` if `stream` is being captured (true); else the caller runs it now (false).
+bool Record(cudaStream_t stream, std::function<void()> work) {
+  Captures& captures = LiveCaptures();
+  std::lock_guard lock(captures.mutex);
+  const auto found = captures.of_stream.find(stream);
+  if (found == captures.of_stream.end()) return false;
+  found->second.nodes.push_back(std::make_shared<const std::function<void()>>(std::move(work)));
+  return true;
+}
+
+// Fails, as CUDA does, what cannot be captured, and invalidates the captures concerned (their
+// cudaStreamEndCapture fails too): work on a captured stream that the emulation does not
+// record (copies from or to host memory, which CUDA refuses for pageable memory; stream-ordered
+// allocation; events), and calls that may synchronise (cudaMalloc, cudaFree, synchronous
+// copies, synchronisations) made by a thread while it captures (cudaStreamCaptureModeThread
+// Local's "unsafe" calls). cudaSuccess where none applies.
+template <typename Concerned>
+cudaError_t RefuseIf(Concerned concerned) {
+  Captures& captures = LiveCaptures();
+  std::lock_guard lock(captures.mutex);
+  bool refused = false;
+  for (auto& [stream, capture] : captures.of_stream) {
+    if (concerned(stream, capture)) {
+      capture.invalidated = true;
+      refused = true;
+    }
+  }
+  return refused ? Fail(cudaErrorStreamCaptureUnsupported) : cudaSuccess;
+}
+cudaError_t RefuseOnCapturedStream(cudaStream_t stream) {
+  return RefuseIf([stream](const void* captured, const Capture&) { return captured == stream; });
+}
+cudaError_t RefuseWhileThisThreadCaptures() {
+  return RefuseIf([](const void*, const Capture& capture) {
+    return capture.thread == std::this_thread::get_id();
+  });
+}
+
+std::atomic<int64_t> graph_launches{0};
+
 }  // namespace
 
 // --- Kernel executor ---
@@ -575,24 +634,15 @@ class BlockPool {
 
 }  // namespace
 
-void RunKernel(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-               const std::function<void()>& body) {
-  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
-  if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
-      grid.x == 0 || grid.x > 0x7FFFFFFFu || grid.y == 0 || grid.y > 65535 || grid.z == 0 ||
-      grid.z > 65535) {
-    Fail(cudaErrorInvalidConfiguration);
-    return;
-  }
-  if (shared_bytes != 0) Fault(std::string(name) + ": dynamic shared memory is not emulated");
-  if (!IsStream(stream)) {
-    Fail(cudaErrorInvalidResourceHandle);
-    return;
-  }
+namespace {
+
+// Runs every block of a launch whose configuration was checked.
+void Execute(const char* name, dim3 grid, dim3 block, const std::function<void()>& body) {
   if (faulted || InjectFault()) {
     faulted = true;
     return;
   }
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   Launch launch;
   launch.name = name;
   launch.grid = grid;
@@ -608,6 +658,28 @@ void RunKernel(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cud
   static std::mutex one_launch_at_a_time;
   std::lock_guard lock(one_launch_at_a_time);
   pool.Run(launch);
+}
+
+}  // namespace
+
+void RunKernel(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+               const std::function<void()>& body) {
+  const uint64_t threads = uint64_t{block.x} * block.y * block.z;
+  if (threads == 0 || threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
+      grid.x == 0 || grid.x > 0x7FFFFFFFu || grid.y == 0 || grid.y > 65535 || grid.z == 0 ||
+      grid.z > 65535) {
+    Fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (shared_bytes != 0) Fault(std::string(name) + ": dynamic shared memory is not emulated");
+  if (!IsStream(stream)) {
+    Fail(cudaErrorInvalidResourceHandle);
+    return;
+  }
+  // On a captured stream the launch is recorded with its arguments as they are now (a
+  // kernel's parameters are copied at its launch) and runs at each replay of the graph.
+  if (Record(stream, [name, grid, block, body] { Execute(name, grid, block, body); })) return;
+  Execute(name, grid, block, body);
 }
 
 void SyncThreads() {
@@ -663,6 +735,8 @@ void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b) {
 // --- The runtime API ---
 
 using cuda_emu::Fail;
+using cuda_emu::RefuseOnCapturedStream;
+using cuda_emu::RefuseWhileThisThreadCaptures;
 
 namespace {
 
@@ -701,6 +775,14 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorIllegalState:
+      return "the operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureWrongThread:
+      return "attempt to terminate a thread-local capture sequence from another thread";
     default: return "unknown error";
   }
 }
@@ -748,7 +830,7 @@ cudaError_t cudaGetDevice(int* device) {
 }
 cudaError_t cudaDeviceSynchronize() {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
-  return cudaSuccess;
+  return RefuseWhileThisThreadCaptures();
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
@@ -763,20 +845,25 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 
 cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (const cudaError_t refused = RefuseWhileThisThreadCaptures()) return refused;
   return cuda_emu::Allocate(pointer, bytes);
 }
 cudaError_t cudaFree(void* pointer) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (const cudaError_t refused = RefuseWhileThisThreadCaptures()) return refused;
   return cuda_emu::Release(pointer);
 }
+// Stream-ordered allocation inside a capture (graph memory nodes) is not emulated.
 cudaError_t cudaMallocAsync(void** pointer, size_t bytes, cudaStream_t stream) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
+  if (const cudaError_t refused = RefuseOnCapturedStream(stream)) return refused;
   return cuda_emu::Allocate(pointer, bytes);
 }
 cudaError_t cudaFreeAsync(void* pointer, cudaStream_t stream) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
+  if (const cudaError_t refused = RefuseOnCapturedStream(stream)) return refused;
   return cuda_emu::Release(pointer);
 }
 cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
@@ -795,11 +882,18 @@ cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr, void* v
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (const cudaError_t refused = RefuseWhileThisThreadCaptures()) return refused;
   return Copy(dst, src, bytes, kind, nullptr);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (kind != cudaMemcpyDeviceToDevice) {
+    if (const cudaError_t refused = RefuseOnCapturedStream(stream)) return refused;
+  } else if (cuda_emu::IsDeviceRange(dst, bytes) && cuda_emu::IsDeviceRange(src, bytes) &&
+             cuda_emu::Record(stream, [=] { Copy(dst, src, bytes, kind, nullptr); })) {
+    return cudaSuccess;
+  }
   return Copy(dst, src, bytes, kind, stream);
 }
 cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t stream) {
@@ -807,11 +901,13 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
   if (!cuda_emu::IsDeviceRange(pointer, bytes)) return Fail(cudaErrorInvalidValue);
+  if (cuda_emu::Record(stream, [=] { std::memset(pointer, value, bytes); })) return cudaSuccess;
   std::memset(pointer, value, bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMemset(void* pointer, int value, size_t bytes) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (const cudaError_t refused = RefuseWhileThisThreadCaptures()) return refused;
   return cudaMemsetAsync(pointer, value, bytes, nullptr);
 }
 
@@ -839,7 +935,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
-  return cuda_emu::IsStream(stream) ? cudaSuccess : Fail(cudaErrorInvalidResourceHandle);
+  if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
+  if (const cudaError_t refused = RefuseOnCapturedStream(stream)) return refused;
+  return RefuseWhileThisThreadCaptures();
 }
 
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
@@ -865,6 +963,8 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (event == nullptr || !cuda_emu::IsStream(stream)) {
     return Fail(cudaErrorInvalidResourceHandle);
   }
+  // Event nodes are not emulated.
+  if (const cudaError_t refused = RefuseOnCapturedStream(stream)) return refused;
   auto* recorded = reinterpret_cast<Event*>(event);
   recorded->time = std::chrono::steady_clock::now();
   recorded->recorded = true;
@@ -872,7 +972,8 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
-  return event == nullptr ? Fail(cudaErrorInvalidResourceHandle) : cudaSuccess;
+  if (event == nullptr) return Fail(cudaErrorInvalidResourceHandle);
+  return RefuseWhileThisThreadCaptures();
 }
 cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEvent_t stop) {
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
@@ -884,6 +985,89 @@ cudaError_t cudaEventElapsedTime(float* milliseconds, cudaEvent_t start, cudaEve
   if (!from->recorded || !to->recorded) return Fail(cudaErrorInvalidResourceHandle);
   *milliseconds = std::chrono::duration<float, std::milli>(to->time - from->time).count();
   return cudaSuccess;
+}
+
+// A captured graph and its executable form: the recorded work, replayed in order.
+struct CUgraph_st {
+  std::vector<cuda_emu::Node> nodes;
+};
+struct CUgraphExec_st {
+  std::vector<cuda_emu::Node> nodes;
+};
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
+  // The legacy default stream cannot be captured; only the thread-local mode is emulated.
+  if (stream == nullptr || mode != cudaStreamCaptureModeThreadLocal) {
+    return Fail(cudaErrorStreamCaptureUnsupported);
+  }
+  auto& captures = cuda_emu::LiveCaptures();
+  std::lock_guard lock(captures.mutex);
+  if (captures.of_stream.contains(stream)) return Fail(cudaErrorIllegalState);
+  captures.of_stream[stream].thread = std::this_thread::get_id();
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (graph == nullptr) return Fail(cudaErrorInvalidValue);
+  auto& captures = cuda_emu::LiveCaptures();
+  std::lock_guard lock(captures.mutex);
+  const auto found = captures.of_stream.find(stream);
+  if (found == captures.of_stream.end()) return Fail(cudaErrorIllegalState);
+  if (found->second.thread != std::this_thread::get_id()) {
+    return Fail(cudaErrorStreamCaptureWrongThread);
+  }
+  cuda_emu::Capture capture = std::move(found->second);
+  captures.of_stream.erase(found);
+  *graph = nullptr;
+  if (capture.invalidated) return Fail(cudaErrorStreamCaptureInvalidated);
+  *graph = new CUgraph_st{std::move(capture.nodes)};
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (exec == nullptr || graph == nullptr || flags != 0) return Fail(cudaErrorInvalidValue);
+  *exec = new CUgraphExec_st{graph->nodes};
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (exec == nullptr) return Fail(cudaErrorInvalidValue);
+  if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
+  // A graph launched into a capture (a child graph) is not emulated.
+  if (const cudaError_t refused = RefuseOnCapturedStream(stream)) return refused;
+  ++cuda_emu::graph_launches;
+  for (const cuda_emu::Node& node : exec->nodes) (*node)();
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}
+
+cudaError_t cuda_emu_enqueue(cudaStream_t stream, void (*run)(void*), void (*release)(void*),
+                             void* context) {
+  std::shared_ptr<void> owned(context, release);
+  if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
+  if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
+  if (cuda_emu::Record(stream, [run, owned] { run(owned.get()); })) return cudaSuccess;
+  run(context);
+  return cudaSuccess;
+}
+
+long long cuda_emu_graph_launches(void) {
+  return cuda_emu::graph_launches.load();
 }
 
 }  // extern "C"

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -87,10 +88,12 @@ struct RopeTable {
 struct StepLayout {
   std::span<const int32_t> token_ids;  // [m]
   std::span<const int64_t> positions;  // [m]
-  std::span<const int64_t> slots;      // [m] KV slot of each token.
+  std::span<const int64_t> slots;      // [m] KV slot of each token (negative: written nowhere).
   std::span<const AttentionSequence> sequences;
   std::span<const int64_t> logit_rows;  // Tokens whose logits are wanted, ascending.
   const RopeTable* rope = nullptr;
+  // A decode step padded to a Backend::RecordedBatchSize, for Backend::RunRecorded.
+  bool recorded = false;
 };
 
 // A step's layout as the backend keeps it (uploaded to the device for CUDA), with the rotary
@@ -172,6 +175,25 @@ class Backend {
                       std::span<float> value) = 0;
 
   virtual std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) = 0;
+
+  // --- recorded steps ---
+  // A decode step's ops recorded once and replayed (CUDA graphs: one launch instead of
+  // hundreds, no host work between the ops). Recordings are per batch size, so the model pads
+  // a decode step of `num_sequences` sequences (one new token each) to RecordedBatchSize of
+  // them, the padding tokens at position 0 with slot −1 (written nowhere) and their logit rows
+  // left unread, and lays it out with StepLayout::recorded. 0: this backend does not record
+  // steps of that size (the CPU backend never does).
+  virtual int64_t RecordedBatchSize(int64_t /*num_sequences*/) const { return 0; }
+  // Runs the ops `issue` enqueues for `step` (laid out with StepLayout::recorded) over
+  // `cache`. A recording backend calls `issue` the first time a shape comes, records what it
+  // enqueues the next time, and from then on replays that instead of calling it: `issue` must
+  // enqueue the same ops on the same buffers each time. Another cache, or a new
+  // `buffers_version` (the caller's buffers moved), drops every recording: they hold the old
+  // addresses.
+  virtual void RunRecorded(const StepInputs& /*step*/, const KvCache& /*cache*/,
+                           int64_t /*buffers_version*/, const std::function<void()>& issue) {
+    issue();
+  }
 
   // --- ops ---
   // out[m, w.rows] = x[m, w.cols] · wᵀ (+ bias, a [1, w.rows] weight, when given).

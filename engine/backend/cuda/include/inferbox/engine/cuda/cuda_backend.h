@@ -12,9 +12,15 @@
 
 namespace inferbox::engine::cuda {
 
+struct CudaBackendOptions {
+  // Decode steps of up to 256 sequences replayed as CUDA graphs (Backend::RunRecorded);
+  // INFERBOX_CUDA_GRAPHS=0 in the environment turns them off (to measure what they save).
+  bool cuda_graphs = true;
+};
+
 // A backend on CUDA device `device_index` (as numbered in CUDA_VISIBLE_DEVICES).
 // FAILED_PRECONDITION when there is no such device or the driver is missing: restarting the
 // engine will not change that.
-Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index);
+Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index, CudaBackendOptions options = {});
 
 }  // namespace inferbox::engine::cuda
