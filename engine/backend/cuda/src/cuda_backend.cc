@@ -798,10 +798,25 @@ class CudaBackend final : public Backend {
     issue();
     recording_ = false;
     cudaGraph_t graph = nullptr;
-    INFERBOX_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
     Recording recording;
-    INFERBOX_CUDA_CHECK(cudaGraphInstantiate(&recording.exec, graph, 0));
-    INFERBOX_CUDA_CHECK(cudaGraphDestroy(graph));
+    cudaError_t made = cudaStreamEndCapture(stream_, &graph);
+    if (made == cudaSuccess) {
+      made = cudaGraphInstantiate(&recording.exec, graph, 0);
+      INFERBOX_CUDA_CHECK(cudaGraphDestroy(graph));
+    }
+    if (made != cudaSuccess) {
+      // Nothing was enqueued (a capture runs nothing): the step runs op by op, and so do the
+      // ones after. A slower engine rather than one that fails every step the same way.
+      cudaGetLastError();
+      record_steps_ = false;
+      std::fputs(fmt::format("inferbox-engine: recording a decode step as a CUDA graph failed "
+                             "({}); decode steps run op by op from now on\n",
+                             cudaGetErrorString(made))
+                     .c_str(),
+                 stderr);
+      issue();
+      return;
+    }
     // Recording ran nothing: the step runs now.
     INFERBOX_CUDA_CHECK(cudaGraphLaunch(recording.exec, stream_));
     recordings_.emplace(shape, std::move(recording));

@@ -32,6 +32,9 @@
 #include "inferbox/engine/cuda/cuda_backend.h"
 #include "inferbox/engine/cuda/device_query.h"
 #endif
+#ifdef INFERBOX_CUDA_EMULATED
+#include <cuda_runtime.h>  // The emulator's: a call refused while a stream is captured.
+#endif
 
 namespace inferbox::engine {
 namespace {
@@ -381,6 +384,103 @@ OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_
   return c;
 }
 
+// Padding tokens (slot −1, as recorded decode steps pad their batch) are rotated like the
+// others and written nowhere: every slot of both layers is read back.
+OpCase RopeWriteKvPaddingCase() {
+  OpCase c;
+  c.name = "RopeWriteKv_padding";
+  c.tolerance = 2e-6;
+  c.tolerances = {{"cache_keys", 1.0 / 256}, {"cache_values", 1.0 / 256}};
+  c.run = [](Backend& backend) {
+    constexpr int64_t kHeads = 4, kKvHeads = 2, kHeadDim = 16;
+    const KvCacheShape shape{2, 2, 4, kKvHeads, kHeadDim};
+    auto cache = backend.AllocateKvCache(shape);
+    const std::vector<int64_t> positions = {3, 0, 9, 0};
+    const std::vector<int64_t> slots = {5, -1, 0, -1};
+    const std::vector<int32_t> ids(4, 0);
+    const RopeTable rope = RealRope(kHeadDim);
+    auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope});
+    Tensors t(backend);
+    const auto q = t.Input("q", RandomBf16Exact(4 * kHeads * kHeadDim, 14));
+    const auto k = t.Input("k", RandomBf16Exact(4 * kKvHeads * kHeadDim, 15));
+    const auto v = t.Input("v", RandomBf16Exact(4 * kKvHeads * kHeadDim, 16));
+    for (const int64_t layer : {0, 1}) backend.RopeWriteKv(*step, q, k, v, kHeads, *cache, layer);
+    Outputs outputs{{"q", t.Read("q")}, {"k", t.Read("k")}};
+    std::vector<float> key(kKvHeads * kHeadDim), value(kKvHeads * kHeadDim);
+    for (const int64_t layer : {0, 1}) {
+      for (int64_t slot = 0; slot < shape.num_slots(); ++slot) {
+        backend.ReadKv(*cache, layer, slot, key, value);
+        outputs["cache_keys"].insert(outputs["cache_keys"].end(), key.begin(), key.end());
+        outputs["cache_values"].insert(outputs["cache_values"].end(), value.begin(), value.end());
+      }
+    }
+    return outputs;
+  };
+  return c;
+}
+
+// Backend::RunRecorded over nine steps of one shape (a recording backend runs the first op by
+// op, records the second and replays the rest): each step's own inputs (positions, slots,
+// and q, k, v uploaded into the same buffers) are used; new buffers (a new buffers_version,
+// step 5) and another cache (step 7) are written, not the old ones the recording held.
+OpCase RecordedStepsCase() {
+  OpCase c;
+  c.name = "RunRecorded_RopeWriteKv";
+  c.tolerance = 2e-6;
+  c.tolerances = {{"cache_keys", 1.0 / 256}, {"cache_values", 1.0 / 256}};
+  c.run = [](Backend& backend) {
+    constexpr int64_t kTokens = 4, kHeads = 4, kKvHeads = 2, kHeadDim = 16;
+    const KvCacheShape shape{1, 4, 4, kKvHeads, kHeadDim};
+    const bool recorded = backend.RecordedBatchSize(kTokens) == kTokens;
+    std::vector<std::unique_ptr<KvCache>> caches;
+    caches.push_back(backend.AllocateKvCache(shape));
+    const RopeTable rope = RealRope(kHeadDim);
+    const std::vector<int32_t> ids(kTokens, 0);
+    Tensors t(backend);
+    std::span<float> q, k, v;
+    int64_t version = 0;
+    Outputs outputs;
+    for (int step_index = 0; step_index < 9; ++step_index) {
+      const auto seed = static_cast<uint32_t>(100 + 3 * step_index);
+      const std::vector<float> q_values = RandomBf16Exact(kTokens * kHeads * kHeadDim, seed);
+      const std::vector<float> k_values = RandomBf16Exact(kTokens * kKvHeads * kHeadDim, seed + 1);
+      const std::vector<float> v_values = RandomBf16Exact(kTokens * kKvHeads * kHeadDim, seed + 2);
+      if (step_index == 0 || step_index == 5) {
+        const std::string suffix = std::to_string(step_index);
+        q = t.Input("q" + suffix, q_values);
+        k = t.Input("k" + suffix, k_values);
+        v = t.Input("v" + suffix, v_values);
+        ++version;
+      } else {
+        backend.Upload(q_values, q);
+        backend.Upload(k_values, k);
+        backend.Upload(v_values, v);
+      }
+      if (step_index == 7) caches.push_back(backend.AllocateKvCache(shape));
+      std::vector<int64_t> positions, slots;
+      for (int64_t i = 0; i < kTokens; ++i) {
+        positions.push_back((step_index * 13 + i * 5) % 60);  // One context bucket.
+        slots.push_back((step_index + i * 4) % shape.num_slots());
+      }
+      auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope, recorded});
+      KvCache& cache = *caches.back();
+      backend.RunRecorded(*step, cache, version,
+                          [&] { backend.RopeWriteKv(*step, q, k, v, kHeads, cache, 0); });
+      std::vector<float> scratch;
+      const std::span<const float> rotated = backend.ReadBack(q, scratch);
+      outputs["q"].insert(outputs["q"].end(), rotated.begin(), rotated.end());
+      std::vector<float> key(kKvHeads * kHeadDim), value(kKvHeads * kHeadDim);
+      for (const int64_t slot : slots) {
+        backend.ReadKv(cache, 0, slot, key, value);
+        outputs["cache_keys"].insert(outputs["cache_keys"].end(), key.begin(), key.end());
+        outputs["cache_values"].insert(outputs["cache_values"].end(), value.begin(), value.end());
+      }
+    }
+    return outputs;
+  };
+  return c;
+}
+
 struct AttentionSpec {
   int64_t start;
   int64_t num_query_tokens;
@@ -600,6 +700,8 @@ std::vector<OpCase> AllCases() {
            {1, 4, 2, 16}, {7, 8, 1, 64}, {40, 6, 6, 128}, {3, 32, 8, 128}}) {
     cases.push_back(RopeWriteKvCase(m, heads, kv_heads, d));
   }
+  cases.push_back(RopeWriteKvPaddingCase());
+  cases.push_back(RecordedStepsCase());
   // Decodes at positions 0, 15, 16 (a block boundary at 16) and deep in the sequence; a
   // prefill chunk from 0; a chunk after a cached prefix that ends mid-block.
   const std::vector<AttentionSpec> mixed = {{0, 1}, {15, 1}, {16, 1}, {100, 1}, {0, 17}, {37, 9}};
@@ -731,6 +833,53 @@ Backend* CudaUnderTest(std::string* why_not) {
   *why_not = reason;
   return backend;
 }
+
+#ifdef INFERBOX_CUDA_EMULATED
+// A step whose ops cannot be recorded (here: a cudaMalloc, refused while capturing, which
+// invalidates the capture) runs op by op, and the backend stops recording, saying so.
+TEST(CudaRecordedSteps, AStepThatCannotBeRecordedRunsOpByOpAndRecordingStops) {
+  auto made = cuda::MakeCudaBackend(0);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  Backend& backend = **made;
+  constexpr int64_t kTokens = 4, kHeads = 2, kKvHeads = 1, kHeadDim = 16;
+  ASSERT_EQ(backend.RecordedBatchSize(kTokens), kTokens);
+  auto cache = backend.AllocateKvCache({1, 2, 4, kKvHeads, kHeadDim});
+  const RopeTable rope = RealRope(kHeadDim);
+  const std::vector<int32_t> ids(kTokens, 0);
+  const std::vector<int64_t> positions = {0, 1, 2, 3};
+  Tensors t(backend);
+  const auto q = t.Input("q", RandomBf16Exact(kTokens * kHeads * kHeadDim, 1));
+  const auto k = t.Input("k", RandomBf16Exact(kTokens * kKvHeads * kHeadDim, 2));
+  const auto v = t.Input("v", RandomBf16Exact(kTokens * kKvHeads * kHeadDim, 3));
+  int issued = 0;
+  const long long launches = cuda_emu_graph_launches();
+  ::testing::internal::CaptureStderr();
+  for (int64_t step_index = 0; step_index < 3; ++step_index) {
+    const std::vector<int64_t> slots = {4 * step_index % 8, 1, 2, 3};
+    // Laid out for recording while the backend records (as the model does).
+    const bool recorded = backend.RecordedBatchSize(kTokens) == kTokens;
+    auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope, recorded});
+    backend.RunRecorded(*step, *cache, 1, [&] {
+      backend.RopeWriteKv(*step, q, k, v, kHeads, *cache, 0);
+      ++issued;
+      void* memory = nullptr;
+      if (cudaMalloc(&memory, 16) == cudaSuccess) cudaFree(memory);
+    });
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  // Op by op; recorded, failed, op by op; op by op.
+  EXPECT_EQ(issued, 4);
+  EXPECT_EQ(cuda_emu_graph_launches(), launches);
+  EXPECT_EQ(backend.RecordedBatchSize(kTokens), 0);
+  EXPECT_NE(said.find("decode steps run op by op from now on"), std::string::npos) << said;
+  // The steps' writes landed: the value of token 0 in slot 4 (step 1) is v's first row.
+  std::vector<float> key(kKvHeads * kHeadDim), value(kKvHeads * kHeadDim);
+  backend.ReadKv(*cache, 0, 4, key, value);
+  std::vector<float> scratch;
+  const std::span<const float> v_host = backend.ReadBack(v, scratch);
+  for (int64_t i = 0; i < kKvHeads * kHeadDim; ++i) EXPECT_EQ(value[i], v_host[i]) << i;
+}
+#endif
 
 TEST_P(BackendOpsTest, CudaMatchesReference) {
   std::string why_not;
