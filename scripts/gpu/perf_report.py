@@ -4,8 +4,9 @@
 
     python3 scripts/gpu/perf_report.py --gpu NAME --commit SHA LOG...
 
-A log named ours-* holds in-process records, daemon-* records over HTTP, peer* the peer's;
-a record is a line that starts with {"bench". Missing logs and runs count as not measured.
+A log named ours-* holds in-process records, daemon-* records over HTTP, peer* the peer's,
+eager-* in-process records with CUDA graphs off (INFERBOX_CUDA_GRAPHS=0); a record is a line
+that starts with {"bench". Missing logs and runs count as not measured.
 """
 import argparse
 import json
@@ -18,11 +19,11 @@ DAEMON_MAX_LOSS = 3.0  # Percent below in-process.
 
 
 def read_records(paths):
-    records = {"ours": [], "daemon": [], "peer": []}
+    records = {"ours": [], "daemon": [], "peer": [], "eager": []}
     for path in map(pathlib.Path, paths):
         if not path.is_file():
             continue
-        side = "peer" if path.name.startswith("peer") else "daemon" if path.name.startswith("daemon") else "ours"
+        side = next((s for s in ("peer", "daemon", "eager") if path.name.startswith(s)), "ours")
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith('{"bench"'):
                 try:
@@ -173,6 +174,16 @@ def main():
                        else f"missed by {PREFILL_MFU_TARGET[1] - a['mfu_percent']:.1f} points")
         row("", f"prefill MFU (peak {fmt(peak, 0)} TFLOP/s)", fmt(a["mfu_percent"] if a else None) + "%",
             fmt(b["mfu_percent"] if b else None) + "%", "", target, verdict)
+
+    # What the CUDA graphs of decode steps save: the same workload with them off.
+    for r in [r for r in records["eager"] if r.get("bench") == "offline"]:
+        in_len, out_len, concurrency = workload(r)
+        mine = offline(ours, in_len, out_len, concurrency)
+        key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
+        a = mine[0].get(key) if mine else None
+        b = r.get(key)
+        row(f"{in_len}/{out_len}, {concurrency} in flight", "tokens/s, CUDA graphs vs op by op", fmt(a),
+            fmt(b) + " (op by op)", "", "", f"graphs {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
 
     # The daemon's HTTP path against in-process, same workload.
     for r in [r for r in daemon if r.get("bench") == "offline"]:

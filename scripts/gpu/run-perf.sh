@@ -28,7 +28,8 @@
 # perf-table.txt.
 #
 # Knobs (environment): PERF_DEVICE (cuda; cpu for a dry run of the script with a tiny model),
-# PERF_MODEL (an existing model folder instead of the 8B one), PERF_MODEL_CACHE
+# PERF_SHAPE (the random model's shape: llama-3.1-8b, or qwen2.5-7b or qwen3-8b),
+# PERF_MODEL (an existing model folder instead of the random one), PERF_MODEL_CACHE
 # (/tmp/inferbox-perf), PERF_BUDGET_S, PERF_PEAK_TFLOPS (else from the GPU's name),
 # PERF_TOKEN_BUDGET (8192: tokens per engine step, in-process and in the daemon alike),
 # PERF_ONE_STREAM ("128 256"), PERF_TTFT ("1024,4096,8192"), PERF_THROUGHPUT (IN:OUT:CONCURRENCY:
@@ -36,7 +37,9 @@
 # same, run last; "2048:128:256:256"), PERF_DAEMON (the same form; "128:128:256:512"),
 # PERF_PEER_BATCH (IN:OUT:BATCH; "128:128:256 1000:1000:64": transformers holds every
 # sequence's whole cache, and 1000/1000 at 256 does not fit 80 GB), PERF_SKIP_PEER=1,
-# PERF_SKIP_DAEMON=1, PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
+# PERF_SKIP_DAEMON=1, PERF_OP_BY_OP (workloads in PERF_THROUGHPUT's form run again with CUDA
+# graphs off, INFERBOX_CUDA_GRAPHS=0, to show what they save; "128:256:1:3", one stream),
+# PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
 # INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
 # PERF_KERNELS_ONLY=1 (the checks, the attention bench and PERF_SANITIZE only: no model),
@@ -128,7 +131,7 @@ report() {
   done
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
-    "$out"/ours-*.log "$out"/daemon-*.log "$out"/peer.log | tee "$results/perf-table.txt"
+    "$out"/ours-*.log "$out"/eager-*.log "$out"/daemon-*.log "$out"/peer.log | tee "$results/perf-table.txt"
   save_logs
   bundle_close
 }
@@ -183,10 +186,11 @@ fi
 if [ -n "${PERF_MODEL:-}" ]; then
   model=$PERF_MODEL
 else
-  model=$(model_cache)/llama-3.1-8b
+  shape=${PERF_SHAPE:-llama-3.1-8b}
+  model=$(model_cache)/$shape
   # Within what the budget leaves after the phases that follow.
   MAKE_MODEL_TIMEOUT_S=$((deadline - SECONDS - reserve_daemon - reserve_peer - 60)) \
-    step "make Llama-3.1-8B (random)" make-model.log make_llama_8b "$model"
+    step "make $shape (random)" make-model.log make_shape_model "$shape" "$model"
 fi
 bench=("$bin/inferbox-bench" --device "$device" --model "$model" --token-budget "$token_budget")
 ours_reserve=$((reserve_daemon + reserve_peer))
@@ -216,6 +220,15 @@ throughput() {
   done
 }
 throughput $ours_reserve "${throughput[@]}"
+
+# --- ours, op by op: what the CUDA graphs of decode steps save ---
+for workload in ${PERF_OP_BY_OP-128:256:1:3}; do
+  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+  INFERBOX_CUDA_GRAPHS=0 capped $ours_reserve 90 "op by op: ${in_len}/${out_len} at ${concurrency}" \
+    "eager-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --input-len "$in_len" \
+    --output-len "$out_len" --concurrency "$concurrency" --num-requests "$requests" --warmup 1 \
+    --seed "$(seed_of "$workload")" --json
+done
 
 # --- ours, through the daemon ---
 run_daemon_phase() {
