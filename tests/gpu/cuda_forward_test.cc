@@ -293,8 +293,11 @@ TEST_P(CudaForwardTest, RecordedDecodeStepsGiveTheLogitsOfStepsRunOpByOp) {
     std::vector<ForwardSequence> batch;
     for (const size_t i : which) {
       const Sequence& s = sequences[i];
+      // The blocks the sequence needs, as the engine passes them: tables grow every 4 steps,
+      // and with them the recorded steps' inputs (which moves them now and then).
+      const auto blocks = (s.tokens.size() + kBlockSize - 1) / kBlockSize;
       batch.push_back({std::span<const int32_t>(s.tokens).subspan(static_cast<size_t>(s.cached)),
-                       s.cached, s.table});
+                       s.cached, std::span<const int32_t>(s.table).first(blocks)});
     }
     auto want = eager->Forward(batch, *eager_cache, false);
     ASSERT_TRUE(want.ok()) << want.status().ToString();
@@ -336,6 +339,7 @@ TEST_P(CudaForwardTest, RecordedDecodeStepsGiveTheLogitsOfStepsRunOpByOp) {
   for (int i = 0; i < 6; ++i) ASSERT_NO_FATAL_FAILURE(step({0, 2, 4, 5}));
   for (int i = 0; i < 4; ++i) ASSERT_NO_FATAL_FAILURE(step({5}));  // One.
   RecordProperty("max_relative_error", std::to_string(worst));
+  EXPECT_EQ(cuda_->RecordedBatchSize(5), 8) << "recording stopped (a capture failed)";
 #ifdef INFERBOX_CUDA_EMULATED
   // 22 decode steps in 4 shapes (batch size, context bucket: 8 and 64, 8 and 128, 4 and 128,
   // 1 and 128): each shape runs op by op the first time, is recorded (and launched) the next,

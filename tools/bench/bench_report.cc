@@ -1,8 +1,10 @@
 #include "bench/bench_report.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <boost/json.hpp>
@@ -64,6 +66,11 @@ json::object ConfigJson(const Options& options) {
     config["token_budget"] = options.token_budget;
     config["block_size"] = options.block_size;
     config["num_blocks"] = options.num_blocks;
+    // The CUDA backend's decode steps as graphs, unless the environment turned them off.
+    if (options.device != "cpu") {
+      const char* graphs = std::getenv("INFERBOX_CUDA_GRAPHS");
+      config["cuda_graphs"] = graphs == nullptr || std::string_view(graphs) != "0";
+    }
   }
   return config;
 }

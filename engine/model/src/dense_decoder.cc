@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <numbers>
@@ -73,17 +74,19 @@ class Workspace {
     if (buffer == nullptr || static_cast<int64_t>(buffer->data().size()) < num_floats) {
       buffer.reset();  // Free first: device memory may not hold both.
       buffer = backend_.Allocate(std::max<int64_t>(num_floats, 1));
-      ++version_;
+      version_ = ++last_version_;
     }
     return buffer->data().first(static_cast<size_t>(num_floats));
   }
-  // Changes whenever a buffer moves (Backend::RunRecorded's buffers_version).
+  // Changes whenever a buffer moves, and no two workspaces share one (Backend::RunRecorded's
+  // buffers_version: a backend may serve more than one model).
   int64_t version() const { return version_; }
 
  private:
   Backend& backend_;
   std::vector<std::unique_ptr<Buffer>> buffers_;
   int64_t version_ = 0;
+  static inline std::atomic<int64_t> last_version_{0};
 };
 
 struct Model::Impl {

@@ -1,6 +1,7 @@
 #include "inferbox/engine/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstdio>
 #include <cstdlib>
@@ -19,10 +20,13 @@
 #include "inferbox/common/shared_library.h"
 #include "kernels.h"
 
+// (A failure while a step is recorded is kept instead: ToleratedLaunchFailures.)
 #define INFERBOX_CUBLAS_CHECK(call)                                                 \
   do {                                                                              \
     const cublasStatus_t inferbox_cublas_status = (call);                           \
-    if (inferbox_cublas_status != CUBLAS_STATUS_SUCCESS) {                          \
+    if (inferbox_cublas_status != CUBLAS_STATUS_SUCCESS &&                          \
+        !::inferbox::engine::cuda::ToleratedLaunchFailures::Note(                   \
+            #call, Lt().GetStatusString(inferbox_cublas_status))) {                 \
       ::inferbox::engine::cuda::FatalCudaError(                                     \
           #call, Lt().GetStatusString(inferbox_cublas_status), __FILE__, __LINE__); \
     }                                                                               \
@@ -163,11 +167,13 @@ class CudaKvCache final : public KvCache {
  public:
   // Zeroed in `stream`'s order, so no op queued after it can be overwritten.
   CudaKvCache(const KvCacheShape& shape, cudaStream_t stream)
-      : shape_(shape), memory_(TotalBytes(shape), nullptr) {
+      : shape_(shape), memory_(TotalBytes(shape), nullptr), serial_(++last_serial_) {
     INFERBOX_CUDA_CHECK(
         cudaMemsetAsync(memory_.as<void>(), 0, static_cast<size_t>(TotalBytes(shape)), stream));
   }
   const KvCacheShape& shape() const override { return shape_; }
+  // Unique in the process: which cache a recorded step was made with.
+  int64_t serial() const { return serial_; }
 
   static int64_t TotalBytes(const KvCacheShape& shape) {
     return 2 * shape.num_layers * shape.num_slots() * shape.num_kv_heads * shape.head_dim *
@@ -182,6 +188,8 @@ class CudaKvCache final : public KvCache {
   int64_t LayerSize() const { return shape_.num_slots() * shape_.num_kv_heads * shape_.head_dim; }
   KvCacheShape shape_;
   DeviceAllocation memory_;
+  int64_t serial_;
+  static inline std::atomic<int64_t> last_serial_{0};
 };
 
 // Where recorded steps keep their inputs: one allocation for all of them, so that a
@@ -771,16 +779,15 @@ class CudaBackend final : public Backend {
       return;
     }
     Use();
-    // Recordings hold the addresses of every buffer they use: the cache's layers (from its
-    // base and size), the caller's buffers, and the backend's own (GEMM input, stacked output,
-    // attention workspace, recorded inputs).
-    const auto& kv = static_cast<const CudaKvCache&>(cache);
-    const std::pair<const void*, int64_t> cache_layout{kv.keys(0), kv.shape().num_slots()};
-    if (buffers_version != recorded_version_ || cache_layout != recorded_cache_ || buffers_moved_ ||
+    // Recordings hold the addresses of every buffer they use: the cache's, the caller's
+    // buffers, and the backend's own (GEMM input, stacked output, attention workspace,
+    // recorded inputs).
+    const int64_t cache_serial = static_cast<const CudaKvCache&>(cache).serial();
+    if (buffers_version != recorded_version_ || cache_serial != recorded_cache_ || buffers_moved_ ||
         recorded_inputs_.moved) {
       DropRecordings();
       recorded_version_ = buffers_version;
-      recorded_cache_ = cache_layout;
+      recorded_cache_ = cache_serial;
     }
     const std::pair<int64_t, int64_t> shape{inputs.num_tokens(), inputs.max_position()};
     if (const auto found = recordings_.find(shape); found != recordings_.end()) {
@@ -794,24 +801,36 @@ class CudaBackend final : public Backend {
       return;
     }
     INFERBOX_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    std::string failure;
     recording_ = true;
-    issue();
+    {
+      const ToleratedLaunchFailures tolerated;  // CUDA fails launches into a spoilt capture.
+      issue();
+      failure = tolerated.first();
+    }
     recording_ = false;
     cudaGraph_t graph = nullptr;
     Recording recording;
-    cudaError_t made = cudaStreamEndCapture(stream_, &graph);
-    if (made == cudaSuccess) {
-      made = cudaGraphInstantiate(&recording.exec, graph, 0);
+    const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
+    if (ended != cudaSuccess && failure.empty()) failure = cudaGetErrorString(ended);
+    if (graph != nullptr) {
+      if (failure.empty()) {
+        if (const cudaError_t made = cudaGraphInstantiate(&recording.exec, graph, 0);
+            made != cudaSuccess) {
+          recording.exec = nullptr;
+          failure = cudaGetErrorString(made);
+        }
+      }
       INFERBOX_CUDA_CHECK(cudaGraphDestroy(graph));
     }
-    if (made != cudaSuccess) {
+    if (!failure.empty()) {
       // Nothing was enqueued (a capture runs nothing): the step runs op by op, and so do the
       // ones after. A slower engine rather than one that fails every step the same way.
       cudaGetLastError();
       record_steps_ = false;
       std::fputs(fmt::format("inferbox-engine: recording a decode step as a CUDA graph failed "
                              "({}); decode steps run op by op from now on\n",
-                             cudaGetErrorString(made))
+                             failure)
                      .c_str(),
                  stderr);
       issue();
@@ -1247,8 +1266,8 @@ class CudaBackend final : public Backend {
   std::map<std::pair<int64_t, int64_t>, Recording> recordings_;
   std::set<std::pair<int64_t, int64_t>> seen_shapes_;  // Run once, to be recorded next.
   int64_t recorded_version_ = -1;  // The caller's buffers_version of the recordings,
-  std::pair<const void*, int64_t> recorded_cache_{nullptr, 0};  // and their cache's layout.
-  bool buffers_moved_ = false;  // A buffer of ours moved since the recordings were made.
+  int64_t recorded_cache_ = 0;     // and their cache's serial.
+  bool buffers_moved_ = false;     // A buffer of ours moved since the recordings were made.
   bool recording_ = false;
   DeviceAllocation greedy_;  // Tokens then log-probabilities of GreedyRows.
   int64_t greedy_capacity_ = 0;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include <cuda_runtime.h>
 
@@ -190,6 +191,21 @@ void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const Colum
 // out[i, j] += bias[j] for a [m, n] out.
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
 
+// While it lives, a failed launch (CheckLaunch) or cuBLAS call on this thread does not end
+// the process but is kept (the first one): CUDA fails every launch into a stream capture it
+// has invalidated (after a call it refuses during capture), and the caller then discards
+// the capture instead (CudaBackend::RunRecorded). Launches outside a capture never fail so.
+class ToleratedLaunchFailures {
+ public:
+  ToleratedLaunchFailures();
+  ~ToleratedLaunchFailures();
+  ToleratedLaunchFailures(const ToleratedLaunchFailures&) = delete;
+  ToleratedLaunchFailures& operator=(const ToleratedLaunchFailures&) = delete;
+  // The first failure kept ("what: reason"), empty when none.
+  const std::string& first() const;
+  // Keeps the failure and returns true while one is alive on this thread; else false.
+  static bool Note(const char* what, const char* reason);
+};
 // Stops the process with the failing call, its location and CUDA's reason: the device
 // state cannot be trusted after a fault, and the supervisor restarts the engine.
 [[noreturn]] void FatalCudaError(const char* what, const char* reason, const char* file, int line);

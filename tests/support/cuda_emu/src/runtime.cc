@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -233,14 +234,16 @@ Captures& LiveCaptures() {
   return captures;
 }
 
-// Records `work` if `stream` is being captured (true); else the caller runs it now (false).
-bool Record(cudaStream_t stream, std::function<void()> work) {
+// Records `work` if `stream` is being captured (cudaSuccess), or fails it as CUDA fails work
+// given to a capture it invalidated; nullopt: the stream is not captured, the caller runs it.
+std::optional<cudaError_t> Record(cudaStream_t stream, std::function<void()> work) {
   Captures& captures = LiveCaptures();
   std::lock_guard lock(captures.mutex);
   const auto found = captures.of_stream.find(stream);
-  if (found == captures.of_stream.end()) return false;
+  if (found == captures.of_stream.end()) return std::nullopt;
+  if (found->second.invalidated) return Fail(cudaErrorStreamCaptureInvalidated);
   found->second.nodes.push_back(std::make_shared<const std::function<void()>>(std::move(work)));
-  return true;
+  return cudaSuccess;
 }
 
 // Fails, as CUDA does, what cannot be captured, and invalidates the captures concerned (their
@@ -890,9 +893,11 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (kind != cudaMemcpyDeviceToDevice) {
     if (const cudaError_t refused = RefuseOnCapturedStream(stream)) return refused;
-  } else if (cuda_emu::IsDeviceRange(dst, bytes) && cuda_emu::IsDeviceRange(src, bytes) &&
-             cuda_emu::Record(stream, [=] { Copy(dst, src, bytes, kind, nullptr); })) {
-    return cudaSuccess;
+  } else if (cuda_emu::IsDeviceRange(dst, bytes) && cuda_emu::IsDeviceRange(src, bytes)) {
+    if (const auto recorded =
+            cuda_emu::Record(stream, [=] { Copy(dst, src, bytes, kind, nullptr); })) {
+      return *recorded;
+    }
   }
   return Copy(dst, src, bytes, kind, stream);
 }
@@ -901,7 +906,9 @@ cudaError_t cudaMemsetAsync(void* pointer, int value, size_t bytes, cudaStream_t
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
   if (bytes == 0) return cudaSuccess;
   if (!cuda_emu::IsDeviceRange(pointer, bytes)) return Fail(cudaErrorInvalidValue);
-  if (cuda_emu::Record(stream, [=] { std::memset(pointer, value, bytes); })) return cudaSuccess;
+  if (const auto recorded = cuda_emu::Record(stream, [=] { std::memset(pointer, value, bytes); })) {
+    return *recorded;
+  }
   std::memset(pointer, value, bytes);
   return cudaSuccess;
 }
@@ -1061,7 +1068,9 @@ cudaError_t cuda_emu_enqueue(cudaStream_t stream, void (*run)(void*), void (*rel
   std::shared_ptr<void> owned(context, release);
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (!cuda_emu::IsStream(stream)) return Fail(cudaErrorInvalidResourceHandle);
-  if (cuda_emu::Record(stream, [run, owned] { run(owned.get()); })) return cudaSuccess;
+  if (const auto recorded = cuda_emu::Record(stream, [run, owned] { run(owned.get()); })) {
+    return *recorded;
+  }
   run(context);
   return cudaSuccess;
 }

@@ -836,7 +836,8 @@ Backend* CudaUnderTest(std::string* why_not) {
 
 #ifdef INFERBOX_CUDA_EMULATED
 // A step whose ops cannot be recorded (here: a cudaMalloc, refused while capturing, which
-// invalidates the capture) runs op by op, and the backend stops recording, saying so.
+// invalidates the capture, so that the launch after it fails too) runs op by op, and the
+// backend stops recording, saying so; the engine goes on.
 TEST(CudaRecordedSteps, AStepThatCannotBeRecordedRunsOpByOpAndRecordingStops) {
   auto made = cuda::MakeCudaBackend(0);
   ASSERT_TRUE(made.ok()) << made.status().ToString();
@@ -860,10 +861,11 @@ TEST(CudaRecordedSteps, AStepThatCannotBeRecordedRunsOpByOpAndRecordingStops) {
     const bool recorded = backend.RecordedBatchSize(kTokens) == kTokens;
     auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope, recorded});
     backend.RunRecorded(*step, *cache, 1, [&] {
-      backend.RopeWriteKv(*step, q, k, v, kHeads, *cache, 0);
       ++issued;
       void* memory = nullptr;
       if (cudaMalloc(&memory, 16) == cudaSuccess) cudaFree(memory);
+      // While recording, CUDA fails this launch: the capture is invalid from the cudaMalloc.
+      backend.RopeWriteKv(*step, q, k, v, kHeads, *cache, 0);
     });
   }
   const std::string said = ::testing::internal::GetCapturedStderr();
