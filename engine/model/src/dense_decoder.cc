@@ -488,13 +488,12 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
     for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
       const LayerWeights& l = impl_->layers[static_cast<size_t>(layer)];
       // The first layer normalises the embeddings; later ones add the previous MLP output.
-      backend.AddRmsNorm(residual,
-                         layer == 0 ? std::span<const float>() : std::span<const float>(delta), m,
-                         l.input_norm, eps, normed);
       const Backend::LinearOutput qkv[] = {{&l.q_proj, c.attention_bias ? &l.q_bias : nullptr, q},
                                            {&l.k_proj, c.attention_bias ? &l.k_bias : nullptr, k},
                                            {&l.v_proj, c.attention_bias ? &l.v_bias : nullptr, v}};
-      backend.Linears(normed, m, qkv);
+      backend.AddRmsNormLinears(
+          residual, layer == 0 ? std::span<const float>() : std::span<const float>(delta), m,
+          l.input_norm, eps, normed, qkv);
       if (c.qk_norm) {  // Qwen3: RMSNorm per head before RoPE.
         backend.RmsNormGroups(q, l.q_norm, eps);
         backend.RmsNormGroups(k, l.k_norm, eps);
@@ -503,10 +502,9 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
       backend.PagedAttention(*step, cache, layer, q, num_heads, scale, attention_out);
       backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
       impl_->AllReduce(delta);  // Row-parallel: each rank holds a partial sum.
-      backend.AddRmsNorm(residual, delta, m, l.post_attention_norm, eps, normed);
       const Backend::LinearOutput gate_up[] = {{&l.gate_proj, nullptr, gate},
                                                {&l.up_proj, nullptr, up}};
-      backend.Linears(normed, m, gate_up);
+      backend.AddRmsNormLinears(residual, delta, m, l.post_attention_norm, eps, normed, gate_up);
       backend.SiluMulLinear(gate, up, m, l.down_proj, delta);
       impl_->AllReduce(delta);
     }

@@ -850,48 +850,31 @@ class CudaBackend final : public Backend {
   void Linears(std::span<const float> x, int64_t m,
                std::span<const LinearOutput> outputs) override {
     if (outputs.empty()) return;
-    const int64_t cols = outputs.front().weight->cols;
-    for (const LinearOutput& output : outputs) {
-      if (output.weight->dtype != DType::kBF16 || output.weight->cols != cols) {
-        FatalCudaError("Linears", "weights not loaded by this backend or of different widths",
-                       __FILE__, __LINE__);
-      }
-    }
-    OpScope scope(times_, stream_, [&outputs] {
-      std::string name = outputs.size() == 1 ? "Linear" : "Linears";
-      for (const LinearOutput& output : outputs)
-        name += fmt::format(" {}x{}", output.weight->rows, output.weight->cols);
-      return name;
-    });
+    const int64_t cols = CheckedWidth(outputs);
+    OpScope scope(times_, stream_, [&outputs] { return LinearsName(outputs); });
     uint16_t* input = GemmInput(m * cols);
     LaunchConvertToBf16(x.data(), SourceType::kF32, input, m * cols, stream_);
-    if (const int64_t rows = StackedRows(m, outputs); rows > 0) {
-      float* stacked = StackedOutput(m * rows);
-      gemm_->Run(input, static_cast<const uint16_t*>(outputs.front().weight->data), stacked, m,
-                 rows, cols, stream_);
-      ColumnSlices slices;
-      slices.count = static_cast<int>(outputs.size());
-      int64_t begin = 0;
-      for (size_t i = 0; i < outputs.size(); ++i) {
-        slices.out[i] = outputs[i].out.data();
-        slices.bias[i] =
-            outputs[i].bias != nullptr ? static_cast<const float*>(outputs[i].bias->data) : nullptr;
-        slices.begin[i] = begin;
-        begin += outputs[i].weight->rows;
-      }
-      slices.begin[outputs.size()] = begin;
-      LaunchScatterColumns(stacked, m, rows, slices, stream_);
-      return;
+    LinearsOfBf16(input, m, cols, outputs);
+  }
+
+  // The norm rounds its rows straight into the GEMMs' input; `normed` is not written.
+  void AddRmsNormLinears(std::span<float> residual, std::span<const float> delta, int64_t m,
+                         const Weight& norm, float eps, std::span<float> /*normed*/,
+                         std::span<const LinearOutput> outputs) override {
+    if (outputs.empty()) return;
+    const int64_t cols = CheckedWidth(outputs);
+    if (norm.cols != cols) {
+      FatalCudaError("AddRmsNormLinears", "the norm's width is not the weights'", __FILE__,
+                     __LINE__);
     }
-    for (const LinearOutput& output : outputs) {
-      const Weight& w = *output.weight;
-      gemm_->Run(input, static_cast<const uint16_t*>(w.data), output.out.data(), m, w.rows, w.cols,
-                 stream_);
-      if (output.bias != nullptr) {
-        LaunchAddBias(output.out.data(), static_cast<const float*>(output.bias->data), m, w.rows,
-                      stream_);
-      }
+    uint16_t* input = GemmInput(m * cols);
+    {
+      OpScope scope(times_, stream_, [] { return std::string("AddRmsNorm (into BF16)"); });
+      LaunchAddRmsNormToBf16(residual.data(), delta.empty() ? nullptr : delta.data(), m, cols,
+                             static_cast<const float*>(norm.data), eps, input, stream_);
     }
+    OpScope scope(times_, stream_, [&outputs] { return LinearsName(outputs) + " (BF16 input)"; });
+    LinearsOfBf16(input, m, cols, outputs);
   }
 
   void SiluMulLinear(std::span<float> gate, std::span<const float> up, int64_t m, const Weight& w,
@@ -1180,6 +1163,58 @@ class CudaBackend final : public Backend {
     weight.rows = host.rows;
     weight.cols = host.cols;
     return weight;
+  }
+
+  // The width every weight of `outputs` shares (a fatal error when they differ or were not
+  // loaded here).
+  static int64_t CheckedWidth(std::span<const LinearOutput> outputs) {
+    const int64_t cols = outputs.front().weight->cols;
+    for (const LinearOutput& output : outputs) {
+      if (output.weight->dtype != DType::kBF16 || output.weight->cols != cols) {
+        FatalCudaError("Linears", "weights not loaded by this backend or of different widths",
+                       __FILE__, __LINE__);
+      }
+    }
+    return cols;
+  }
+  static std::string LinearsName(std::span<const LinearOutput> outputs) {
+    std::string name = outputs.size() == 1 ? "Linear" : "Linears";
+    for (const LinearOutput& output : outputs)
+      name += fmt::format(" {}x{}", output.weight->rows, output.weight->cols);
+    return name;
+  }
+
+  // The GEMMs of Linears from their BF16 input [m, cols]: one over a stacked group
+  // (StackedRows) split into the outputs, else one per weight; biases added.
+  void LinearsOfBf16(const uint16_t* input, int64_t m, int64_t cols,
+                     std::span<const LinearOutput> outputs) {
+    if (const int64_t rows = StackedRows(m, outputs); rows > 0) {
+      float* stacked = StackedOutput(m * rows);
+      gemm_->Run(input, static_cast<const uint16_t*>(outputs.front().weight->data), stacked, m,
+                 rows, cols, stream_);
+      ColumnSlices slices;
+      slices.count = static_cast<int>(outputs.size());
+      int64_t begin = 0;
+      for (size_t i = 0; i < outputs.size(); ++i) {
+        slices.out[i] = outputs[i].out.data();
+        slices.bias[i] =
+            outputs[i].bias != nullptr ? static_cast<const float*>(outputs[i].bias->data) : nullptr;
+        slices.begin[i] = begin;
+        begin += outputs[i].weight->rows;
+      }
+      slices.begin[outputs.size()] = begin;
+      LaunchScatterColumns(stacked, m, rows, slices, stream_);
+      return;
+    }
+    for (const LinearOutput& output : outputs) {
+      const Weight& w = *output.weight;
+      gemm_->Run(input, static_cast<const uint16_t*>(w.data), output.out.data(), m, w.rows, w.cols,
+                 stream_);
+      if (output.bias != nullptr) {
+        LaunchAddBias(output.out.data(), static_cast<const float*>(output.bias->data), m, w.rows,
+                      stream_);
+      }
+    }
   }
 
   // Where `outputs` can be one GEMM: their weights one after another in one allocation

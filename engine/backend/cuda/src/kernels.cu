@@ -113,8 +113,17 @@ __global__ void EmbeddingKernel(const int32_t* ids, const uint16_t* table, int64
     out[row * hidden + c] = Bf16BitsToFloat(source[c]);
 }
 
+__device__ __forceinline__ void StoreAs(float* out, float value) {
+  *out = value;
+}
+__device__ __forceinline__ void StoreAs(uint16_t* out, float value) {
+  *out = FloatToBf16Bits(value);
+}
+
+// Out: float, or uint16_t for BF16 (rounded to nearest even, as LaunchConvertToBf16 rounds).
+template <typename Out>
 __global__ void AddRmsNormKernel(float* residual, const float* delta, int64_t n, const float* gamma,
-                                 float eps, float* out) {
+                                 float eps, Out* out) {
   const int64_t row = blockIdx.x;
   float* r = residual + row * n;
   float sum_squares = 0.0f;
@@ -128,7 +137,7 @@ __global__ void AddRmsNormKernel(float* residual, const float* delta, int64_t n,
   }
   const float inv_rms = rsqrtf(BlockSum(sum_squares) / static_cast<float>(n) + eps);
   for (int64_t c = threadIdx.x; c < n; c += blockDim.x)
-    out[row * n + c] = r[c] * inv_rms * gamma[c];
+    StoreAs(&out[row * n + c], r[c] * inv_rms * gamma[c]);
 }
 
 // One warp per group.
@@ -1754,9 +1763,17 @@ void LaunchEmbedding(const int32_t* ids, int64_t m, const uint16_t* table, int64
 void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n, const float* gamma,
                       float eps, float* out, cudaStream_t stream) {
   if (m == 0) return;
-  AddRmsNormKernel<<<static_cast<unsigned>(m), RowThreads(n), 0, stream>>>(residual, delta, n,
-                                                                           gamma, eps, out);
+  AddRmsNormKernel<float>
+      <<<static_cast<unsigned>(m), RowThreads(n), 0, stream>>>(residual, delta, n, gamma, eps, out);
   CheckLaunch("AddRmsNormKernel");
+}
+
+void LaunchAddRmsNormToBf16(float* residual, const float* delta, int64_t m, int64_t n,
+                            const float* gamma, float eps, uint16_t* out, cudaStream_t stream) {
+  if (m == 0) return;
+  AddRmsNormKernel<uint16_t>
+      <<<static_cast<unsigned>(m), RowThreads(n), 0, stream>>>(residual, delta, n, gamma, eps, out);
+  CheckLaunch("AddRmsNormKernel (BF16 out)");
 }
 
 void LaunchRmsNormGroups(float* x, int64_t num_groups, int64_t n, const float* gamma, float eps,

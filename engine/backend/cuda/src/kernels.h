@@ -27,6 +27,9 @@ void LaunchEmbedding(const int32_t* ids, int64_t m, const uint16_t* table, int64
 // residual[m, n] += delta (when delta is not null); out = RMSNorm(residual) ⊙ gamma.
 void LaunchAddRmsNorm(float* residual, const float* delta, int64_t m, int64_t n, const float* gamma,
                       float eps, float* out, cudaStream_t stream);
+// The same with `out` rounded to BF16 (the GEMM input of the Linears that follow a norm).
+void LaunchAddRmsNormToBf16(float* residual, const float* delta, int64_t m, int64_t n,
+                            const float* gamma, float eps, uint16_t* out, cudaStream_t stream);
 
 // RMSNorm in place over each of num_groups consecutive groups of n values.
 void LaunchRmsNormGroups(float* x, int64_t num_groups, int64_t n, const float* gamma, float eps,

@@ -213,24 +213,18 @@ OpCase LinearIntoPartCase(int64_t m, int64_t n, int64_t k) {
   return c;
 }
 
-// With `together`, the weights are loaded as one group (LoadWeights, as the model loads q, k,
-// v and gate, up): the CUDA backend keeps them in one allocation where their sizes allow and
-// runs batches of up to 64 rows as one GEMM whose output it splits.
-OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false) {
-  OpCase c;
-  c.name = fmt::format("Linears_m{}_k{}{}{}", m, k, round_x ? "_inexact_x" : "",
-                       together ? "_loaded_together" : "");
-  c.tolerance = round_x ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
-  c.run = [=](Backend& backend) {
-    const std::vector<int64_t> rows = {96, 32, 40};
-    std::vector<HostWeight> weights, biases;
+// Three weights (96, 32 and 40 rows of k) with biases, as q, k and v: with `together`, loaded
+// as one group (LoadWeights, as the model loads q, k, v and gate, up): the CUDA backend keeps
+// them in one allocation where their sizes allow and runs batches of up to 64 rows as one
+// GEMM whose output it splits.
+struct ThreeLinears {
+  ThreeLinears(Backend& backend, int64_t k, bool together) {
     for (size_t i = 0; i < rows.size(); ++i) {
       weights.emplace_back(RandomBf16Exact(static_cast<size_t>(rows[i] * k), 30 + i), rows[i], k,
                            DType::kBF16);
       biases.emplace_back(RandomBf16Exact(static_cast<size_t>(rows[i]), 40 + i), 1, rows[i],
                           DType::kBF16);
     }
-    std::vector<Weight> loaded, loaded_biases;
     if (together) {
       std::vector<Weight> hosts;
       for (const HostWeight& weight : weights) hosts.push_back(weight.Host());
@@ -241,22 +235,69 @@ OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false) {
       for (const HostWeight& weight : weights) loaded.push_back(weight.LoadInto(backend));
     }
     for (const HostWeight& bias : biases) loaded_biases.push_back(bias.LoadInto(backend));
-    Tensors t(backend);
-    const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 33)
-                                        : RandomBf16Exact(static_cast<size_t>(m * k), 33));
+  }
+  // Outputs "out0" to "out2" of m rows in `t`, the middle one without a bias.
+  std::vector<Backend::LinearOutput> Outputs(Tensors& t, int64_t m) const {
     std::vector<Backend::LinearOutput> outputs;
     for (size_t i = 0; i < rows.size(); ++i) {
-      const std::string name = "out" + std::to_string(i);
-      // The middle one without a bias.
       outputs.push_back({&loaded[i], i == 1 ? nullptr : &loaded_biases[i],
-                         t.Output(name, static_cast<size_t>(m * rows[i]))});
+                         t.Output("out" + std::to_string(i), static_cast<size_t>(m * rows[i]))});
     }
-    backend.Linears(x, m, outputs);
-    Outputs result;
+    return outputs;
+  }
+  void Read(Tensors& t, ::inferbox::engine::Outputs& result) const {
     for (size_t i = 0; i < rows.size(); ++i) {
       const std::string name = "out" + std::to_string(i);
       result.emplace(name, t.Read(name));
     }
+  }
+
+  const std::vector<int64_t> rows = {96, 32, 40};
+  std::vector<HostWeight> weights, biases;
+  std::vector<Weight> loaded, loaded_biases;
+};
+
+OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false) {
+  OpCase c;
+  c.name = fmt::format("Linears_m{}_k{}{}{}", m, k, round_x ? "_inexact_x" : "",
+                       together ? "_loaded_together" : "");
+  c.tolerance = round_x ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
+  c.run = [=](Backend& backend) {
+    const ThreeLinears linears(backend, k, together);
+    Tensors t(backend);
+    const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 33)
+                                        : RandomBf16Exact(static_cast<size_t>(m * k), 33));
+    backend.Linears(x, m, linears.Outputs(t, m));
+    Outputs result;
+    linears.Read(t, result);
+    return result;
+  };
+  return c;
+}
+
+// A norm and the Linears of its output (the CUDA backend rounds the norm straight into the
+// GEMMs' BF16 input): the residual as AddRmsNorm's, the outputs within the inexact-input
+// tolerance (normalised values are not BF16-exact). `normed` is not compared: a backend may
+// leave it unwritten.
+OpCase AddRmsNormLinearsCase(int64_t m, int64_t k, bool with_delta, bool together) {
+  OpCase c;
+  c.name = fmt::format("AddRmsNormLinears_m{}_k{}{}{}", m, k, with_delta ? "_delta" : "",
+                       together ? "_loaded_together" : "");
+  c.tolerance = 2.5e-3;
+  c.tolerances = {{"residual", 1e-6}};
+  c.run = [=](Backend& backend) {
+    const ThreeLinears linears(backend, k, together);
+    const HostWeight gamma(RandomBf16Exact(static_cast<size_t>(k), 34, 2.0f), 1, k, DType::kBF16);
+    const Weight norm = gamma.LoadInto(backend);
+    Tensors t(backend);
+    const auto residual = t.Input("residual", RandomBf16Exact(static_cast<size_t>(m * k), 35, 3));
+    const auto delta = t.Input("delta", RandomBf16Exact(static_cast<size_t>(m * k), 36));
+    const auto normed = t.Output("normed", static_cast<size_t>(m * k));
+    backend.AddRmsNormLinears(residual,
+                              with_delta ? std::span<const float>(delta) : std::span<float>(), m,
+                              norm, 1e-6f, normed, linears.Outputs(t, m));
+    Outputs result{{"residual", t.Read("residual")}};
+    linears.Read(t, result);
     return result;
   };
   return c;
@@ -682,6 +723,11 @@ std::vector<OpCase> AllCases() {
   cases.push_back(LinearsCase(33, 128, true, true));
   cases.push_back(LinearsCase(70, 64, false, true));
   cases.push_back(LinearsCase(2, 20, false, true));
+  // The stacked GEMM (m ≤ 64), one per weight (m = 70), weights loaded one by one.
+  cases.push_back(AddRmsNormLinearsCase(1, 64, true, true));
+  cases.push_back(AddRmsNormLinearsCase(33, 128, false, true));
+  cases.push_back(AddRmsNormLinearsCase(70, 64, true, true));
+  cases.push_back(AddRmsNormLinearsCase(5, 64, true, false));
   cases.push_back(SiluMulLinearCase(1, 64, 256));
   cases.push_back(SiluMulLinearCase(9, 48, 131));  // An odd width: the scalar tail.
   for (const auto& [m, n] :

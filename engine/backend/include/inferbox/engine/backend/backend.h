@@ -210,6 +210,16 @@ class Backend {
     for (const LinearOutput& output : outputs)
       Linear(x, m, *output.weight, output.bias, output.out);
   }
+  // AddRmsNorm into `normed`, then Linears of it (q/k/v and gate/up each follow a norm). A
+  // backend may leave `normed` unwritten: the CUDA backend rounds the normalised rows straight
+  // into the GEMMs' BF16 input (one kernel and one pass over memory fewer), so its contents
+  // are unspecified afterwards.
+  virtual void AddRmsNormLinears(std::span<float> residual, std::span<const float> delta, int64_t m,
+                                 const Weight& norm, float eps, std::span<float> normed,
+                                 std::span<const LinearOutput> outputs) {
+    AddRmsNorm(residual, delta, m, norm, eps, normed);
+    Linears(normed, m, outputs);
+  }
   // out = (silu(gate) ⊙ up) · wᵀ for gate and up [m, w.cols]: the MLP's down projection.
   // gate's values are not kept (here the product is made in place; the CUDA backend rounds
   // it to BF16 straight into the GEMM's input instead).
