@@ -230,6 +230,12 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
     if (!backend.ok()) return backend.status();
     engine->backend = std::move(backend).value();
     device_before = engine->backend->device_memory();
+    if (device_before) {
+      spdlog::info("decode steps as CUDA graphs: {}",
+                   engine->backend->RecordedBatchSize(1) > 0
+                       ? "on (up to 256 sequences; INFERBOX_CUDA_GRAPHS=0 turns them off)"
+                       : "off (INFERBOX_CUDA_GRAPHS=0, or INFERBOX_CUDA_OP_TIMES set)");
+    }
   }
   auto tokenizer = Tokenizer::LoadFromDirectory(options.model);
   if (!tokenizer.ok()) return tokenizer.status();
