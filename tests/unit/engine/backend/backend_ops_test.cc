@@ -522,6 +522,46 @@ OpCase RecordedStepsCase() {
   return c;
 }
 
+// Backend::RunRecorded over four steps of a norm and three GEMMs (weights loaded together):
+// at 8 rows one stacked GEMM and the kernel that splits it, at 72 one GEMM per weight and
+// their bias kernels, each step with new inputs in the same buffers (a recording backend
+// replays the last two).
+OpCase RecordedLinearsCase(int64_t m) {
+  OpCase c;
+  c.name = fmt::format("RunRecorded_AddRmsNormLinears_m{}", m);
+  c.tolerance = 2.5e-3;
+  c.tolerances = {{"residual", 1e-6}};
+  c.run = [=](Backend& backend) {
+    constexpr int64_t kWidth = 64;
+    const ThreeLinears linears(backend, kWidth, true);
+    const HostWeight gamma(RandomBf16Exact(kWidth, 70, 2.0f), 1, kWidth, DType::kBF16);
+    const Weight norm = gamma.LoadInto(backend);
+    auto cache = backend.AllocateKvCache({1, 1, 4, 1, 16});
+    const bool recorded = backend.RecordedBatchSize(m) == m;
+    const std::vector<int32_t> ids(static_cast<size_t>(m), 0);
+    const std::vector<int64_t> positions(static_cast<size_t>(m), 0), slots(positions);
+    Tensors t(backend);
+    const auto residual = t.Input("residual", RandomBf16Exact(static_cast<size_t>(m * kWidth), 71));
+    const auto delta = t.Input("delta", RandomBf16Exact(static_cast<size_t>(m * kWidth), 72));
+    const auto normed = t.Output("normed", static_cast<size_t>(m * kWidth));
+    const std::vector<Backend::LinearOutput> outputs = linears.Outputs(t, m);
+    Outputs result;
+    for (uint32_t step_index = 0; step_index < 4; ++step_index) {
+      backend.Upload(RandomBf16Exact(static_cast<size_t>(m * kWidth), 73 + step_index), delta);
+      auto step = backend.PrepareStep({ids, positions, slots, {}, {}, nullptr, recorded});
+      backend.RunRecorded(*step, *cache, 1, [&] {
+        backend.AddRmsNormLinears(residual, delta, m, norm, 1e-6f, normed, outputs);
+      });
+      Outputs one{{"residual", t.Read("residual")}};
+      linears.Read(t, one);
+      for (auto& [name, values] : one)
+        result[name].insert(result[name].end(), values.begin(), values.end());
+    }
+    return result;
+  };
+  return c;
+}
+
 struct AttentionSpec {
   int64_t start;
   int64_t num_query_tokens;
@@ -748,6 +788,8 @@ std::vector<OpCase> AllCases() {
   }
   cases.push_back(RopeWriteKvPaddingCase());
   cases.push_back(RecordedStepsCase());
+  cases.push_back(RecordedLinearsCase(8));
+  cases.push_back(RecordedLinearsCase(72));
   // Decodes at positions 0, 15, 16 (a block boundary at 16) and deep in the sequence; a
   // prefill chunk from 0; a chunk after a cached prefix that ends mid-block.
   const std::vector<AttentionSpec> mixed = {{0, 1}, {15, 1}, {16, 1}, {100, 1}, {0, 17}, {37, 9}};
@@ -878,6 +920,24 @@ Backend* CudaUnderTest(std::string* why_not) {
   }
   *why_not = reason;
   return backend;
+}
+
+// The recorded batch sizes: 1, 2, 4, 8, then multiples of 8 up to 256; none past it or with
+// CUDA graphs turned off.
+TEST(CudaRecordedSteps, BatchSizesArePowersOfTwoToEightThenMultiplesOfEightTo256) {
+  std::string why_not;
+  Backend* cuda = CudaUnderTest(&why_not);
+  if (cuda == nullptr) GTEST_SKIP() << "no CUDA device (" << why_not << ")";
+  const std::vector<std::pair<int64_t, int64_t>> expected = {
+      {1, 1},   {2, 2},   {3, 4},     {5, 8},     {8, 8},   {9, 16},
+      {17, 24}, {65, 72}, {249, 256}, {256, 256}, {257, 0}, {0, 0}};
+  for (const auto& [sequences, padded] : expected)
+    EXPECT_EQ(cuda->RecordedBatchSize(sequences), padded) << sequences << " sequences";
+  cuda::CudaBackendOptions off;
+  off.cuda_graphs = false;
+  auto made = cuda::MakeCudaBackend(0, off);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  EXPECT_EQ((*made)->RecordedBatchSize(5), 0);
 }
 
 #ifdef INFERBOX_CUDA_EMULATED
