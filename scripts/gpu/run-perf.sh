@@ -44,7 +44,8 @@
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
 # PERF_KERNELS_ONLY=1 (the checks, the attention bench and PERF_SANITIZE only: no model),
 # PERF_SANITIZE=1 (after everything, in what the budget leaves: compute-sanitizer's racecheck
-# and synccheck over the small attention op cases, which the CPU emulation cannot judge),
+# and synccheck over the small attention op cases, which the CPU emulation cannot judge, and
+# memcheck over the recorded-step cases),
 # PERF_RESERVE_DAEMON_S (90) and PERF_RESERVE_PEER_S (200): the seconds kept for those phases
 # while the ones before run.
 #
@@ -151,6 +152,10 @@ sanitize() {
       --tool "$tool" --target-processes all --error-exitcode 1 "$bin/backend_ops_cuda_test" \
       --gtest_filter='*PagedAttention_mixed*:*PagedAttention_tiled*'
   done
+  # Out-of-bounds and uninitialised accesses in recorded (graph) steps and their padding.
+  capped 0 60 "compute-sanitizer memcheck: recorded steps" "sanitizer-memcheck.log" "$sanitizer" \
+    --tool memcheck --target-processes all --error-exitcode 1 "$bin/backend_ops_cuda_test" \
+    --gtest_filter='*RunRecorded*:*RopeWriteKv_padding*:CudaRecordedSteps.*'
 }
 
 if [ "$device" = cuda ] && [ "${PERF_SKIP_CHECKS:-0}" != 1 ]; then
