@@ -857,11 +857,12 @@ class CudaBackend final : public Backend {
     LinearsOfBf16(input, m, cols, outputs);
   }
 
-  // The norm rounds its rows straight into the GEMMs' input; `normed` is not written.
+  // The norm rounds its rows straight into the GEMMs' input; `normed` is not written (unless
+  // there are no GEMMs).
   void AddRmsNormLinears(std::span<float> residual, std::span<const float> delta, int64_t m,
-                         const Weight& norm, float eps, std::span<float> /*normed*/,
+                         const Weight& norm, float eps, std::span<float> normed,
                          std::span<const LinearOutput> outputs) override {
-    if (outputs.empty()) return;
+    if (outputs.empty()) return AddRmsNorm(residual, delta, m, norm, eps, normed);
     const int64_t cols = CheckedWidth(outputs);
     if (norm.cols != cols) {
       FatalCudaError("AddRmsNormLinears", "the norm's width is not the weights'", __FILE__,
