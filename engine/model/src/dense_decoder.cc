@@ -499,8 +499,8 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
         backend.RmsNormGroups(k, l.k_norm, eps);
       }
       backend.RopeWriteKv(*step, q, k, v, num_heads, cache, layer);
-      backend.PagedAttention(*step, cache, layer, q, num_heads, scale, attention_out);
-      backend.Linear(attention_out, m, l.o_proj, nullptr, delta);
+      backend.PagedAttentionLinear(*step, cache, layer, q, num_heads, scale, attention_out,
+                                   l.o_proj, delta);
       impl_->AllReduce(delta);  // Row-parallel: each rank holds a partial sum.
       const Backend::LinearOutput gate_up[] = {{&l.gate_proj, nullptr, gate},
                                                {&l.up_proj, nullptr, up}};

@@ -941,45 +941,25 @@ class CudaBackend final : public Backend {
   void PagedAttention(const StepInputs& step, const KvCache& cache, int64_t layer,
                       std::span<const float> q, int64_t num_heads, float scale,
                       std::span<float> out) override {
-    const auto& inputs = static_cast<const CudaStepInputs&>(step);
-    const auto& kv = static_cast<const CudaKvCache&>(cache);
-    // Steps with prefill chunks apart from decode-only ones (other kernels run).
-    OpScope scope(times_, stream_, [&inputs] {
-      return std::string(inputs.longest_chunk() >= kTiledMinTokens
-                             ? "PagedAttention (with prefill chunks)"
-                             : "PagedAttention (decode)");
-    });
-    PagedAttentionParams params;
-    params.q = q.data();
-    params.out = out.data();
-    params.key_cache = kv.keys(layer);
-    params.value_cache = kv.values(layer);
-    params.positions = inputs.positions;
-    params.token_sequence = inputs.token_sequence;
-    params.table_offsets = inputs.table_offsets;
-    params.block_tables = inputs.block_tables;
-    params.num_tokens = inputs.num_tokens();
-    params.num_heads = num_heads;
-    params.num_kv_heads = cache.shape().num_kv_heads;
-    params.head_dim = cache.shape().head_dim;
-    params.block_size = cache.shape().block_size;
-    params.scale = scale;
-    params.max_position = inputs.max_position();
-    params.num_multiprocessors = num_multiprocessors_;
-    // Without prefill chunks every token goes to the per-token kernels (a null token list).
-    if (inputs.longest_chunk() >= kTiledMinTokens &&
-        TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
-      const auto& lists = inputs.ListsFor(
-          TiledAttentionTileTokens(num_heads / params.num_kv_heads, params.head_dim), stream_);
-      params.tiles = lists.tiles;
-      params.num_tiles = lists.num_tiles;
-      params.token_list = lists.token_list;
-      params.num_listed_tokens = lists.num_listed;
+    LaunchAttention(step, cache, layer, q, num_heads, scale, out.data(), nullptr);
+  }
+
+  // The attention writes the o projection's BF16 input; `attention_out` is not written.
+  void PagedAttentionLinear(const StepInputs& step, const KvCache& cache, int64_t layer,
+                            std::span<const float> q, int64_t num_heads, float scale,
+                            std::span<float> /*attention_out*/, const Weight& w,
+                            std::span<float> out) override {
+    const LinearOutput o[] = {{&w, nullptr, out}};
+    const int64_t cols = CheckedWidth(o);
+    const int64_t m = step.num_tokens();
+    if (num_heads * cache.shape().head_dim != cols) {
+      FatalCudaError("PagedAttentionLinear", "the weight's width is not the attention's", __FILE__,
+                     __LINE__);
     }
-    params.workspace = Grown(attention_workspace_, attention_workspace_floats_,
-                             PagedAttentionWorkspaceFloats(params), 4)
-                           .as<float>();
-    LaunchPagedAttention(params, stream_);
+    uint16_t* input = GemmInput(m * cols);
+    LaunchAttention(step, cache, layer, q, num_heads, scale, nullptr, input);
+    OpScope scope(times_, stream_, [&o] { return LinearsName(o) + " (BF16 input)"; });
+    LinearsOfBf16(input, m, cols, o);
   }
 
   void SiluMul(std::span<const float> gate, std::span<const float> up,
@@ -1164,6 +1144,52 @@ class CudaBackend final : public Backend {
     weight.rows = host.rows;
     weight.cols = host.cols;
     return weight;
+  }
+
+  // PagedAttention's launch, its output to `out` (float32) or `out_bf16`.
+  void LaunchAttention(const StepInputs& step, const KvCache& cache, int64_t layer,
+                       std::span<const float> q, int64_t num_heads, float scale, float* out,
+                       uint16_t* out_bf16) {
+    const auto& inputs = static_cast<const CudaStepInputs&>(step);
+    const auto& kv = static_cast<const CudaKvCache&>(cache);
+    // Steps with prefill chunks apart from decode-only ones (other kernels run).
+    OpScope scope(times_, stream_, [&inputs] {
+      return std::string(inputs.longest_chunk() >= kTiledMinTokens
+                             ? "PagedAttention (with prefill chunks)"
+                             : "PagedAttention (decode)");
+    });
+    PagedAttentionParams params;
+    params.q = q.data();
+    params.out = out;
+    params.out_bf16 = out_bf16;
+    params.key_cache = kv.keys(layer);
+    params.value_cache = kv.values(layer);
+    params.positions = inputs.positions;
+    params.token_sequence = inputs.token_sequence;
+    params.table_offsets = inputs.table_offsets;
+    params.block_tables = inputs.block_tables;
+    params.num_tokens = inputs.num_tokens();
+    params.num_heads = num_heads;
+    params.num_kv_heads = cache.shape().num_kv_heads;
+    params.head_dim = cache.shape().head_dim;
+    params.block_size = cache.shape().block_size;
+    params.scale = scale;
+    params.max_position = inputs.max_position();
+    params.num_multiprocessors = num_multiprocessors_;
+    // Without prefill chunks every token goes to the per-token kernels (a null token list).
+    if (inputs.longest_chunk() >= kTiledMinTokens &&
+        TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
+      const auto& lists = inputs.ListsFor(
+          TiledAttentionTileTokens(num_heads / params.num_kv_heads, params.head_dim), stream_);
+      params.tiles = lists.tiles;
+      params.num_tiles = lists.num_tiles;
+      params.token_list = lists.token_list;
+      params.num_listed_tokens = lists.num_listed;
+    }
+    params.workspace = Grown(attention_workspace_, attention_workspace_floats_,
+                             PagedAttentionWorkspaceFloats(params), 4)
+                           .as<float>();
+    LaunchPagedAttention(params, stream_);
   }
 
   // The width every weight of `outputs` shares (a fatal error when they differ or were not

@@ -209,6 +209,17 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     value_slot[c] = FloatToBf16Bits(p.v[t * kv_row + c]);
 }
 
+// Element `index` of the attention's output [tokens, heads, head_dim]: float32, or BF16 where
+// the caller asked for the o projection's GEMM input.
+__device__ __forceinline__ void StoreOutput(const PagedAttentionParams& p, int64_t index,
+                                            float value) {
+  if (p.out_bf16 != nullptr) {
+    p.out_bf16[index] = FloatToBf16Bits(value);
+  } else {
+    p.out[index] = value;
+  }
+}
+
 // The cache slot of a sequence's key position, from its block table.
 __device__ __forceinline__ int64_t CacheSlot(const PagedAttentionParams& p, const int32_t* table,
                                              int64_t key_position) {
@@ -291,11 +302,11 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     scales[w] = warp_sum[w] > 0.0f ? expf(warp_max[w] - global_max) : 0.0f;
     total += warp_sum[w] * scales[w];
   }
-  float* out = p.out + (t * p.num_heads + head) * d;
+  const int64_t out = (t * p.num_heads + head) * d;
   for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
     float sum = 0.0f;
     for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][c] * scales[w];
-    out[c] = sum / total;
+    StoreOutput(p, out + c, sum / total);
   }
 }
 
@@ -466,11 +477,11 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
       total += warp_sum[g][w] * scales[w];
     }
     if (splits == 1) {
-      float* out = p.out + (t * p.num_heads + head) * d;
+      const int64_t out = (t * p.num_heads + head) * d;
       for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
         float sum = 0.0f;
         for (int w = 0; w < kAttentionWarps; ++w) sum += warp_accumulator[w][g][c] * scales[w];
-        out[c] = sum / total;
+        StoreOutput(p, out + c, sum / total);
       }
     } else {
       float* partial = p.workspace + ((listed * p.num_heads + head) * splits + split) * (d + 2);
@@ -504,14 +515,14 @@ __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits)
     const float* partial = partials + s * (d + 2);
     if (partial[1] > 0.0f) total += partial[1] * expf(partial[0] - global_max);
   }
-  float* out = p.out + (t * p.num_heads + head) * d;
+  const int64_t out = (t * p.num_heads + head) * d;
   for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
     float sum = 0.0f;
     for (int s = 0; s < splits; ++s) {
       const float* partial = partials + s * (d + 2);
       if (partial[1] > 0.0f) sum += partial[2 + c] * expf(partial[0] - global_max);
     }
-    out[c] = sum / total;
+    StoreOutput(p, out + c, sum / total);
   }
 }
 
@@ -657,7 +668,8 @@ __global__ void __launch_bounds__(kTiledThreads)
     const int64_t r = o / d;
     if (r >= rows) continue;
     const int64_t head = kv_head * group + r % group;
-    p.out[((first + r / group) * p.num_heads + head) * d + o % d] = accumulator[i] / row_sum[r];
+    StoreOutput(p, ((first + r / group) * p.num_heads + head) * d + o % d,
+                accumulator[i] / row_sum[r]);
   }
 }
 
@@ -974,14 +986,14 @@ __global__ void __launch_bounds__(kFaThreads, 3)
   for (int i = 0; i < 2; ++i) {
     const int row = warp * 16 + g + 8 * i;
     if (row >= rows) continue;
-    float* target =
-        p.out + ((first + row / group) * p.num_heads + kv_head * group + row % group) * d + 2 * t;
+    const int64_t target =
+        ((first + row / group) * p.num_heads + kv_head * group + row % group) * d + 2 * t;
     const float inverse = 1.0f / running_sum[i];
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
       if (j >= 2 * chunks) break;
-      target[j * 8] = out[j][2 * i] * inverse;
-      target[j * 8 + 1] = out[j][2 * i + 1] * inverse;
+      StoreOutput(p, target + j * 8, out[j][2 * i] * inverse);
+      StoreOutput(p, target + j * 8 + 1, out[j][2 * i + 1] * inverse);
     }
   }
 }
@@ -1198,13 +1210,13 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   if (g >= group) return;
   const int64_t head = kv_head * group + g;
   if (splits == 1) {
-    float* target = p.out + (t * p.num_heads + head) * d + 2 * quad;
+    const int64_t target = (t * p.num_heads + head) * d + 2 * quad;
     const float inverse = 1.0f / running_sum;
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
       if (j >= 2 * chunks) break;
-      target[j * 8] = out[j][0] * inverse;
-      target[j * 8 + 1] = out[j][1] * inverse;
+      StoreOutput(p, target + j * 8, out[j][0] * inverse);
+      StoreOutput(p, target + j * 8 + 1, out[j][1] * inverse);
     }
     return;
   }

@@ -94,6 +94,9 @@ enum class DecodeAttentionKernel { kAuto, kTensorCore, kGrouped };
 struct PagedAttentionParams {
   const float* q = nullptr;
   float* out = nullptr;
+  // When set, the output goes here instead, rounded to BF16 (nearest even): the input of the
+  // o projection's GEMM.
+  uint16_t* out_bf16 = nullptr;
   const uint16_t* key_cache = nullptr;
   const uint16_t* value_cache = nullptr;
   const int64_t* positions = nullptr;

@@ -568,17 +568,23 @@ struct AttentionSpec {
 };
 
 // Causal paged attention for a batch mixing decodes (at block boundaries too) and prefill
-// chunks over a cached prefix, through shuffled block tables.
+// chunks over a cached prefix, through shuffled block tables. With `o_proj`, through
+// PagedAttentionLinear into a 48-row o projection (CUDA writes the attention's output as the
+// GEMM's BF16 input): its outputs within the inexact-input tolerance (5e-3 here: the
+// attention's outputs are rounded) beside the attention's; on the emulation also bit for bit
+// those of PagedAttention and then Linear.
 OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs, int64_t heads,
-                          int64_t kv_heads, int64_t head_dim, int64_t block_size) {
+                          int64_t kv_heads, int64_t head_dim, int64_t block_size,
+                          bool o_proj = false) {
   OpCase c;
-  c.name = fmt::format("PagedAttention_{}_h{}_kv{}_d{}_b{}", label, heads, kv_heads, head_dim,
-                       block_size);
-  c.tolerance = 2e-5;
+  c.name = fmt::format("PagedAttention{}_{}_h{}_kv{}_d{}_b{}", o_proj ? "Linear" : "", label, heads,
+                       kv_heads, head_dim, block_size);
+  c.tolerance = o_proj ? 5e-3 : 2e-5;
   // Prefill chunks of 16 tokens or more may run on tensor cores (CUDA, head_dim a multiple of
   // 16), with the softmax weights rounded to BF16 (2⁻⁹ relative) before they multiply the
   // values: their rows are compared apart, within 4e-3 of the largest output.
-  c.tolerances = {{"out_prefill", head_dim % 16 == 0 ? 4e-3 : 2e-5}};
+  c.tolerances = {{"out_prefill", head_dim % 16 == 0 ? 4e-3 + (o_proj ? 5e-3 : 0.0) : c.tolerance}};
+  c.exact = {"fused_minus_unfused"};
   c.run = [=](Backend& backend) {
     int64_t blocks_needed = 0;
     for (const auto& spec : specs)
@@ -644,12 +650,29 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     std::uniform_real_distribution<float> q_uniform(-1.0f, 1.0f);
     for (float& value : q_values) value = q_uniform(q_rng);
     const auto q = t.Input("q", q_values);
-    const auto out = t.Output("out", static_cast<size_t>(m * heads * head_dim));
-    backend.PagedAttention(*step, *cache, 0, q, heads,
-                           1.0f / std::sqrt(static_cast<float>(head_dim)), out);
-    const std::vector<float> all = t.Read("out");
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    const auto attention = t.Output("attention", static_cast<size_t>(m * heads * head_dim));
+    constexpr int64_t kOutRows = 48;
+    std::vector<float> fused_minus_unfused;
+    if (o_proj) {
+      const HostWeight w(RandomBf16Exact(static_cast<size_t>(kOutRows * heads * head_dim), 18),
+                         kOutRows, heads * head_dim, DType::kBF16);
+      const Weight loaded = w.LoadInto(backend);
+      const auto out = t.Output("out", static_cast<size_t>(m * kOutRows));
+      backend.PagedAttentionLinear(*step, *cache, 0, q, heads, scale, attention, loaded, out);
+#ifdef INFERBOX_CUDA_EMULATED
+      const auto unfused = t.Output("unfused", static_cast<size_t>(m * kOutRows));
+      backend.PagedAttention(*step, *cache, 0, q, heads, scale, attention);
+      backend.Linear(attention, m, loaded, nullptr, unfused);
+      const std::vector<float> a = t.Read("out"), b = t.Read("unfused");
+      for (size_t i = 0; i < a.size(); ++i) fused_minus_unfused.push_back(a[i] - b[i]);
+#endif
+    } else {
+      backend.PagedAttention(*step, *cache, 0, q, heads, scale, attention);
+    }
+    const std::vector<float> all = t.Read(o_proj ? "out" : "attention");
     std::vector<float> other, prefill;
-    const auto row = static_cast<size_t>(heads * head_dim);
+    const auto row = static_cast<size_t>(o_proj ? kOutRows : heads * head_dim);
     size_t token = 0;
     for (const auto& spec : specs) {
       auto& part = spec.num_query_tokens >= 16 ? prefill : other;
@@ -660,6 +683,8 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     Outputs outputs;
     if (!other.empty()) outputs.emplace("out", std::move(other));
     if (!prefill.empty()) outputs.emplace("out_prefill", std::move(prefill));
+    if (!fused_minus_unfused.empty())
+      outputs.emplace("fused_minus_unfused", std::move(fused_minus_unfused));
     return outputs;
   };
   return c;
@@ -818,6 +843,15 @@ std::vector<OpCase> AllCases() {
   // Prefill chunks in tiles (CUDA): after a cached prefix spanning several key tiles, exactly
   // the tiling threshold (16 tokens), a group of 3 (tiles of 10 tokens), an odd head_dim.
   cases.push_back(PagedAttentionCase("tiled_prefill", {{130, 37}, {0, 16}, {5, 15}}, 6, 2, 72, 16));
+  // Through the o projection: every kernel that writes the attention's output (tensor-core
+  // and grouped decode with and without splits and their combine, tensor-core and tiled
+  // prefill, a block per query head past 8 per KV head).
+  cases.push_back(PagedAttentionCase("mixed", mixed, 8, 2, 64, 16, true));
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, true));
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 4, 2, 100, 16, true));
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 16, 1, 64, 16, true));
+  cases.push_back(
+      PagedAttentionCase("tiled_prefill", {{130, 37}, {0, 16}, {5, 15}}, 6, 2, 72, 16, true));
   for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
   cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));

@@ -247,6 +247,16 @@ class Backend {
   virtual void PagedAttention(const StepInputs& step, const KvCache& cache, int64_t layer,
                               std::span<const float> q, int64_t num_heads, float scale,
                               std::span<float> out) = 0;
+  // PagedAttention into `attention_out`, then out = attention_out · wᵀ (the o projection). A
+  // backend may leave `attention_out` unwritten: the CUDA backend's attention kernels write
+  // the GEMM's BF16 input instead (one kernel and one pass over memory fewer).
+  virtual void PagedAttentionLinear(const StepInputs& step, const KvCache& cache, int64_t layer,
+                                    std::span<const float> q, int64_t num_heads, float scale,
+                                    std::span<float> attention_out, const Weight& w,
+                                    std::span<float> out) {
+    PagedAttention(step, cache, layer, q, num_heads, scale, attention_out);
+    Linear(attention_out, step.num_tokens(), w, nullptr, out);
+  }
   // out = silu(gate) ⊙ up.
   virtual void SiluMul(std::span<const float> gate, std::span<const float> up,
                        std::span<float> out) = 0;
