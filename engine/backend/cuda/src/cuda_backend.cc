@@ -584,7 +584,9 @@ SourceType SourceTypeOf(DType dtype) {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& options)
-      : device_(device), record_steps_(options.cuda_graphs) {
+      : device_(device),
+        record_steps_(options.cuda_graphs),
+        max_recordings_(std::max<int64_t>(options.max_recordings, 1)) {
     Use();
     INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cudaDeviceProp properties{};
@@ -791,6 +793,7 @@ class CudaBackend final : public Backend {
     }
     const std::pair<int64_t, int64_t> shape{inputs.num_tokens(), inputs.max_position()};
     if (const auto found = recordings_.find(shape); found != recordings_.end()) {
+      found->second.last_used = ++recorded_steps_;
       INFERBOX_CUDA_CHECK(cudaGraphLaunch(found->second.exec, stream_));
       return;
     }
@@ -838,6 +841,16 @@ class CudaBackend final : public Backend {
     }
     // Recording ran nothing: the step runs now.
     INFERBOX_CUDA_CHECK(cudaGraphLaunch(recording.exec, stream_));
+    recording.last_used = ++recorded_steps_;
+    if (static_cast<int64_t>(recordings_.size()) >= max_recordings_) {
+      // The least recently used goes (its device memory with it), once nothing can run it.
+      auto oldest = recordings_.begin();
+      for (auto it = recordings_.begin(); it != recordings_.end(); ++it) {
+        if (it->second.last_used < oldest->second.last_used) oldest = it;
+      }
+      INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      recordings_.erase(oldest);
+    }
     recordings_.emplace(shape, std::move(recording));
   }
 
@@ -1292,8 +1305,10 @@ class CudaBackend final : public Backend {
   // An instantiated CUDA graph of one step shape.
   struct Recording {
     cudaGraphExec_t exec = nullptr;
+    int64_t last_used = 0;  // recorded_steps_ when it last ran.
     Recording() = default;
-    Recording(Recording&& other) noexcept : exec(std::exchange(other.exec, nullptr)) {}
+    Recording(Recording&& other) noexcept
+        : exec(std::exchange(other.exec, nullptr)), last_used(other.last_used) {}
     Recording& operator=(Recording&&) = delete;
     ~Recording() {
       if (exec != nullptr) cudaGraphExecDestroy(exec);
@@ -1326,6 +1341,8 @@ class CudaBackend final : public Backend {
   // Recorded decode steps by (batch size, largest position of the context bucket).
   RecordedInputs recorded_inputs_;
   std::map<std::pair<int64_t, int64_t>, Recording> recordings_;
+  int64_t max_recordings_ = 64;  // CudaBackendOptions::max_recordings.
+  int64_t recorded_steps_ = 0;   // Recorded steps run, as a clock for last_used.
   std::set<std::pair<int64_t, int64_t>> seen_shapes_;  // Run once, to be recorded next.
   int64_t recorded_version_ = -1;  // The caller's buffers_version of the recordings,
   int64_t recorded_cache_ = 0;     // and their cache's serial.

@@ -151,8 +151,10 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph);
 // its own) puts its work into streams and graphs. The executables export it.
 cudaError_t cuda_emu_enqueue(cudaStream_t stream, void (*run)(void*), void (*release)(void*),
                              void* context);
-// Graphs launched so far by the process (tests check that replays happened).
+// Graphs launched so far by the process (tests check that replays happened), and executable
+// graphs instantiated and not yet destroyed.
 long long cuda_emu_graph_launches(void);
+long long cuda_emu_live_graph_execs(void);
 }
 
 // A kernel's attributes are hints about on-chip memory the emulation does not have: checked

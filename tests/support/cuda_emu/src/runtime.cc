@@ -275,6 +275,7 @@ cudaError_t RefuseWhileThisThreadCaptures() {
 }
 
 std::atomic<int64_t> graph_launches{0};
+std::atomic<int64_t> live_graph_execs{0};
 
 }  // namespace
 
@@ -1039,6 +1040,7 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
   if (cuda_emu::faulted) return Fail(cudaErrorLaunchFailure);
   if (exec == nullptr || graph == nullptr || flags != 0) return Fail(cudaErrorInvalidValue);
   *exec = new CUgraphExec_st{graph->nodes};
+  ++cuda_emu::live_graph_execs;
   return cudaSuccess;
 }
 
@@ -1054,6 +1056,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  if (exec != nullptr) --cuda_emu::live_graph_execs;
   delete exec;
   return cudaSuccess;
 }
@@ -1077,6 +1080,10 @@ cudaError_t cuda_emu_enqueue(cudaStream_t stream, void (*run)(void*), void (*rel
 
 long long cuda_emu_graph_launches(void) {
   return cuda_emu::graph_launches.load();
+}
+
+long long cuda_emu_live_graph_execs(void) {
+  return cuda_emu::live_graph_execs.load();
 }
 
 }  // extern "C"

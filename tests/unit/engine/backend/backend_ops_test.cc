@@ -127,6 +127,7 @@ class Tensors {
   std::span<float> Output(const std::string& name, size_t size) {
     return Input(name, std::vector<float>(size, kPoison));
   }
+  std::span<float> Span(const std::string& name) { return buffers_.at(name)->data(); }
   std::vector<float> Read(const std::string& name) {
     std::vector<float> scratch;
     const std::span<const float> host = backend_.ReadBack(buffers_.at(name)->data(), scratch);
@@ -975,6 +976,79 @@ TEST(CudaRecordedSteps, BatchSizesArePowersOfTwoToEightThenMultiplesOfEightTo256
 }
 
 #ifdef INFERBOX_CUDA_EMULATED
+// Three step shapes (4, 8 and 16 tokens) in turn for five rounds with room for two
+// recordings: each new one evicts the least recently used, no more than two stay, and every
+// step (op by op, recorded, or re-recorded after eviction) gives the CPU's results.
+TEST(CudaRecordedSteps, PastTheMostRecordingsTheLeastRecentlyUsedGoes) {
+  cuda::CudaBackendOptions options;
+  options.max_recordings = 2;
+  auto made = cuda::MakeCudaBackend(0, options);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  const std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  constexpr int64_t kHeads = 2, kKvHeads = 1, kHeadDim = 16;
+  const KvCacheShape shape{1, 8, 4, kKvHeads, kHeadDim};
+  const RopeTable rope = RealRope(kHeadDim);
+  // Per backend: its cache and, per shape, the q, k and v buffers every round uses (as
+  // RunRecorded asks: the same buffers each time).
+  struct Side {
+    Backend* backend;
+    std::unique_ptr<KvCache> cache;
+    std::unique_ptr<Tensors> tensors;
+  };
+  std::vector<Side> sides;
+  for (Backend* backend : {made->get(), cpu.get()}) {
+    sides.push_back(
+        {backend, backend->AllocateKvCache(shape), std::make_unique<Tensors>(*backend)});
+  }
+  const long long live_before = cuda_emu_live_graph_execs();
+  const long long launches_before = cuda_emu_graph_launches();
+  for (uint32_t round = 0; round < 5; ++round) {
+    for (const int64_t tokens : {4, 8, 16}) {
+      const std::string name = std::to_string(tokens);
+      const auto q_values = RandomBf16Exact(static_cast<size_t>(tokens * kHeads * kHeadDim),
+                                            round * 100 + static_cast<uint32_t>(tokens));
+      const auto kv_values = RandomBf16Exact(static_cast<size_t>(tokens * kKvHeads * kHeadDim),
+                                             round * 100 + 50 + static_cast<uint32_t>(tokens));
+      std::vector<int64_t> positions, slots;
+      for (int64_t i = 0; i < tokens; ++i) {
+        positions.push_back((round * 7 + i) % 60);  // One context bucket.
+        slots.push_back((round + i) % shape.num_slots());
+      }
+      const std::vector<int32_t> ids(static_cast<size_t>(tokens), 0);
+      std::vector<std::vector<float>> rotated;
+      for (Side& side : sides) {
+        Backend& backend = *side.backend;
+        Tensors& t = *side.tensors;
+        if (round == 0) {
+          t.Input("q" + name, q_values);
+          t.Input("k" + name, kv_values);
+          t.Input("v" + name, kv_values);
+        }
+        const std::span<float> q = t.Span("q" + name), k = t.Span("k" + name),
+                               v = t.Span("v" + name);
+        backend.Upload(q_values, q);
+        backend.Upload(kv_values, k);
+        backend.Upload(kv_values, v);
+        const bool recorded = backend.RecordedBatchSize(tokens) == tokens;
+        auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope, recorded});
+        KvCache& cache = *side.cache;
+        backend.RunRecorded(*step, cache, 1,
+                            [&] { backend.RopeWriteKv(*step, q, k, v, kHeads, cache, 0); });
+        rotated.push_back(t.Read("q" + name));
+      }
+      ASSERT_EQ(rotated[0].size(), rotated[1].size());
+      for (size_t i = 0; i < rotated[0].size(); ++i) {
+        ASSERT_NEAR(rotated[0][i], rotated[1][i], 1e-5)
+            << "round " << round << ", " << tokens << " tokens, element " << i;
+      }
+    }
+  }
+  // Rounds 1 to 4 record every step again (a shape's recording was evicted before it came
+  // back) and launch it: 12 graphs, never more than two alive.
+  EXPECT_EQ(cuda_emu_graph_launches() - launches_before, 12);
+  EXPECT_LE(cuda_emu_live_graph_execs() - live_before, 2);
+}
+
 // A step whose ops cannot be recorded (here: a cudaMalloc, refused while capturing, which
 // invalidates the capture, so that the launch after it fails too) runs op by op, and the
 // backend stops recording, saying so; the engine goes on.

@@ -16,6 +16,10 @@ struct CudaBackendOptions {
   // Decode steps of up to 256 sequences replayed as CUDA graphs (Backend::RunRecorded);
   // INFERBOX_CUDA_GRAPHS=0 in the environment turns them off (to measure what they save).
   bool cuda_graphs = true;
+  // Recordings kept at most (one per batch size and context bucket); past it the least
+  // recently used goes. Each holds a few hundred kernel launches' worth of host and device
+  // memory.
+  int64_t max_recordings = 64;
 };
 
 // A backend on CUDA device `device_index` (as numbered in CUDA_VISIBLE_DEVICES).
