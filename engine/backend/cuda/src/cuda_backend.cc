@@ -198,7 +198,6 @@ class CudaKvCache final : public KvCache {
 struct RecordedInputs {
   DeviceAllocation memory;
   int64_t bytes = 0;
-  bool moved = false;  // Since the recordings were last dropped.
 };
 
 // The step's layout on the device, packed into one allocation copied in one transfer (two for
@@ -263,7 +262,6 @@ class CudaStepInputs final : public StepInputs {
       if (static_cast<int64_t>(image.size()) > recorded.bytes) {
         recorded.bytes = std::max<int64_t>(2 * recorded.bytes, static_cast<int64_t>(image.size()));
         recorded.memory = DeviceAllocation(recorded.bytes, stream);
-        recorded.moved = true;
       }
       base = recorded.memory.as<std::byte>();
     } else {
@@ -756,7 +754,10 @@ class CudaBackend final : public Backend {
       FatalCudaError("PrepareStep", "a recorded step not at a recorded batch size", __FILE__,
                      __LINE__);
     }
-    return std::make_unique<CudaStepInputs>(layout, stream_, recorded_inputs_);
+    const void* recorded_before = recorded_inputs_.memory.as<void>();
+    auto inputs = std::make_unique<CudaStepInputs>(layout, stream_, recorded_inputs_);
+    buffers_moved_ = buffers_moved_ || recorded_inputs_.memory.as<void>() != recorded_before;
+    return inputs;
   }
 
   // 1, 2, 4, 8, then multiples of 8 up to kMaxRecordedBatch: at most 35 batch sizes and 7
@@ -785,8 +786,7 @@ class CudaBackend final : public Backend {
     // buffers, and the backend's own (GEMM input, stacked output, attention workspace,
     // recorded inputs).
     const int64_t cache_serial = static_cast<const CudaKvCache&>(cache).serial();
-    if (buffers_version != recorded_version_ || cache_serial != recorded_cache_ || buffers_moved_ ||
-        recorded_inputs_.moved) {
+    if (buffers_version != recorded_version_ || cache_serial != recorded_cache_ || buffers_moved_) {
       DropRecordings();
       recorded_version_ = buffers_version;
       recorded_cache_ = cache_serial;
@@ -1320,7 +1320,6 @@ class CudaBackend final : public Backend {
     if (!recordings_.empty()) INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
     recordings_.clear();
     buffers_moved_ = false;
-    recorded_inputs_.moved = false;
   }
 
   int device_;

@@ -141,6 +141,16 @@ class Tensors {
 
 using Outputs = std::map<std::string, std::vector<float>>;
 
+// The key and value of `layer` at `slot`, appended to outputs "cache_keys" and "cache_values".
+void AppendCacheSlot(Backend& backend, const KvCache& cache, int64_t layer, int64_t slot,
+                     Outputs& outputs) {
+  const auto row = static_cast<size_t>(cache.shape().num_kv_heads * cache.shape().head_dim);
+  std::vector<float> key(row), value(row);
+  backend.ReadKv(cache, layer, slot, key, value);
+  outputs["cache_keys"].insert(outputs["cache_keys"].end(), key.begin(), key.end());
+  outputs["cache_values"].insert(outputs["cache_values"].end(), value.begin(), value.end());
+}
+
 struct OpCase {
   std::string name;
   // Absolute tolerance as a fraction of the largest reference magnitude of each output
@@ -238,7 +248,7 @@ struct ThreeLinears {
     for (const HostWeight& bias : biases) loaded_biases.push_back(bias.LoadInto(backend));
   }
   // Outputs "out0" to "out2" of m rows in `t`, the middle one without a bias.
-  std::vector<Backend::LinearOutput> Outputs(Tensors& t, int64_t m) const {
+  std::vector<Backend::LinearOutput> Targets(Tensors& t, int64_t m) const {
     std::vector<Backend::LinearOutput> outputs;
     for (size_t i = 0; i < rows.size(); ++i) {
       outputs.push_back({&loaded[i], i == 1 ? nullptr : &loaded_biases[i],
@@ -246,7 +256,7 @@ struct ThreeLinears {
     }
     return outputs;
   }
-  void Read(Tensors& t, ::inferbox::engine::Outputs& result) const {
+  void Read(Tensors& t, Outputs& result) const {
     for (size_t i = 0; i < rows.size(); ++i) {
       const std::string name = "out" + std::to_string(i);
       result.emplace(name, t.Read(name));
@@ -268,7 +278,7 @@ OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false) {
     Tensors t(backend);
     const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 33)
                                         : RandomBf16Exact(static_cast<size_t>(m * k), 33));
-    backend.Linears(x, m, linears.Outputs(t, m));
+    backend.Linears(x, m, linears.Targets(t, m));
     Outputs result;
     linears.Read(t, result);
     return result;
@@ -296,7 +306,7 @@ OpCase AddRmsNormLinearsCase(int64_t m, int64_t k, bool with_delta, bool togethe
     const auto normed = t.Output("normed", static_cast<size_t>(m * k));
     backend.AddRmsNormLinears(residual,
                               with_delta ? std::span<const float>(delta) : std::span<float>(), m,
-                              norm, 1e-6f, normed, linears.Outputs(t, m));
+                              norm, 1e-6f, normed, linears.Targets(t, m));
     Outputs result{{"residual", t.Read("residual")}};
     linears.Read(t, result);
     return result;
@@ -414,13 +424,7 @@ OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_
     const auto v = t.Input("v", RandomBf16Exact(static_cast<size_t>(m * kv_heads * head_dim), 13));
     backend.RopeWriteKv(*step, q, k, v, heads, *cache, 1);
     Outputs outputs{{"q", t.Read("q")}, {"k", t.Read("k")}};
-    const auto row = static_cast<size_t>(kv_heads * head_dim);
-    std::vector<float> key(row), value(row);
-    for (const int64_t slot : slots) {
-      backend.ReadKv(*cache, 1, slot, key, value);
-      outputs["cache_keys"].insert(outputs["cache_keys"].end(), key.begin(), key.end());
-      outputs["cache_values"].insert(outputs["cache_values"].end(), value.begin(), value.end());
-    }
+    for (const int64_t slot : slots) AppendCacheSlot(backend, *cache, 1, slot, outputs);
     return outputs;
   };
   return c;
@@ -448,13 +452,9 @@ OpCase RopeWriteKvPaddingCase() {
     const auto v = t.Input("v", RandomBf16Exact(4 * kKvHeads * kHeadDim, 16));
     for (const int64_t layer : {0, 1}) backend.RopeWriteKv(*step, q, k, v, kHeads, *cache, layer);
     Outputs outputs{{"q", t.Read("q")}, {"k", t.Read("k")}};
-    std::vector<float> key(kKvHeads * kHeadDim), value(kKvHeads * kHeadDim);
     for (const int64_t layer : {0, 1}) {
-      for (int64_t slot = 0; slot < shape.num_slots(); ++slot) {
-        backend.ReadKv(*cache, layer, slot, key, value);
-        outputs["cache_keys"].insert(outputs["cache_keys"].end(), key.begin(), key.end());
-        outputs["cache_values"].insert(outputs["cache_values"].end(), value.begin(), value.end());
-      }
+      for (int64_t slot = 0; slot < shape.num_slots(); ++slot)
+        AppendCacheSlot(backend, *cache, layer, slot, outputs);
     }
     return outputs;
   };
@@ -511,12 +511,7 @@ OpCase RecordedStepsCase() {
       std::vector<float> scratch;
       const std::span<const float> rotated = backend.ReadBack(q, scratch);
       outputs["q"].insert(outputs["q"].end(), rotated.begin(), rotated.end());
-      std::vector<float> key(kKvHeads * kHeadDim), value(kKvHeads * kHeadDim);
-      for (const int64_t slot : slots) {
-        backend.ReadKv(cache, 0, slot, key, value);
-        outputs["cache_keys"].insert(outputs["cache_keys"].end(), key.begin(), key.end());
-        outputs["cache_values"].insert(outputs["cache_values"].end(), value.begin(), value.end());
-      }
+      for (const int64_t slot : slots) AppendCacheSlot(backend, cache, 0, slot, outputs);
     }
     return outputs;
   };
@@ -545,7 +540,7 @@ OpCase RecordedLinearsCase(int64_t m) {
     const auto residual = t.Input("residual", RandomBf16Exact(static_cast<size_t>(m * kWidth), 71));
     const auto delta = t.Input("delta", RandomBf16Exact(static_cast<size_t>(m * kWidth), 72));
     const auto normed = t.Output("normed", static_cast<size_t>(m * kWidth));
-    const std::vector<Backend::LinearOutput> outputs = linears.Outputs(t, m);
+    const std::vector<Backend::LinearOutput> outputs = linears.Targets(t, m);
     Outputs result;
     for (uint32_t step_index = 0; step_index < 4; ++step_index) {
       backend.Upload(RandomBf16Exact(static_cast<size_t>(m * kWidth), 73 + step_index), delta);
