@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include "inferbox/engine/backend/backend.h"
+#include "inferbox/engine/backend/fp8.h"
 
 namespace inferbox::engine {
 
@@ -82,6 +83,11 @@ void WidenRow(const Weight& w, int64_t row, float* out) {
     case DType::kF16: {
       const auto* bits = static_cast<const uint16_t*>(w.data) + offset;
       for (int64_t i = 0; i < w.cols; ++i) out[i] = F16ToFloat(bits[i]);
+      return;
+    }
+    case DType::kF8E4M3: {  // LoadFp8Weights.
+      const auto* codes = static_cast<const uint8_t*>(w.data) + offset;
+      for (int64_t i = 0; i < w.cols; ++i) out[i] = Fp8E4M3ToFloat(codes[i]) * *w.scale;
       return;
     }
     default: std::abort();  // The loader admits only float weights (WeightStore::GetFloat).
@@ -198,6 +204,30 @@ class CpuBackend final : public Backend {
   }
   // The mapped file is the weight: nothing to copy.
   Result<Weight> LoadWeight(const Weight& host) override { return host; }
+  Result<std::vector<Weight>> LoadFp8Weights(std::span<const Weight> hosts) override {
+    if (!Fp8Quantizable(hosts)) return LoadWeights(hosts);
+    std::vector<std::vector<float>> rounded;
+    float amax = 0.0f;
+    for (const Weight& host : hosts) {
+      std::vector<float>& values = rounded.emplace_back(static_cast<size_t>(host.rows * host.cols));
+      for (int64_t row = 0; row < host.rows; ++row) WidenRow(host, row, &values[row * host.cols]);
+      for (float& value : values) {
+        value = RoundToBf16(value);
+        amax = std::max(amax, std::fabs(value));
+      }
+    }
+    auto& group = fp8_weights_.emplace_back(std::make_unique<Fp8Group>());
+    group->scale = Fp8Scale(amax);
+    std::vector<Weight> loaded;
+    for (size_t i = 0; i < hosts.size(); ++i) {
+      std::vector<uint8_t>& codes = group->codes.emplace_back(rounded[i].size());
+      for (size_t j = 0; j < codes.size(); ++j)
+        codes[j] = FloatToFp8E4M3(rounded[i][j] / group->scale);
+      loaded.push_back(
+          Weight{DType::kF8E4M3, codes.data(), hosts[i].rows, hosts[i].cols, &group->scale});
+    }
+    return loaded;
+  }
   std::span<const float> ReadBack(std::span<const float> data, std::vector<float>&) override {
     return data;
   }
@@ -218,6 +248,11 @@ class CpuBackend final : public Backend {
   void Linear(std::span<const float> x, int64_t m, const Weight& w, const Weight* bias,
               std::span<float> out) override {
     const int64_t n = w.rows;
+    std::vector<float> quantized;
+    if (w.dtype == DType::kF8E4M3) {  // The input as the FP8 GEMM sees it (LoadFp8Weights).
+      quantized = Fp8RoundTrip(x.first(static_cast<size_t>(m * w.cols)));
+      x = quantized;
+    }
     if (m >= kMinBlasRows) {
       LinearBlas(x, m, w, out);
     } else {
@@ -420,6 +455,26 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  // x rounded to BF16, then to E4M3 with one scale for all of it, and back to floats.
+  static std::vector<float> Fp8RoundTrip(std::span<const float> x) {
+    std::vector<float> values(x.size());
+    float amax = 0.0f;
+    for (size_t i = 0; i < x.size(); ++i) {
+      values[i] = RoundToBf16(x[i]);
+      amax = std::max(amax, std::fabs(values[i]));
+    }
+    const float scale = Fp8Scale(amax);
+    for (float& value : values) value = Fp8E4M3ToFloat(FloatToFp8E4M3(value / scale)) * scale;
+    return values;
+  }
+
+  // FP8 weights (LoadFp8Weights) of one group and their scale.
+  struct Fp8Group {
+    std::vector<std::vector<uint8_t>> codes;
+    float scale = 1.0f;
+  };
+  std::vector<std::unique_ptr<Fp8Group>> fp8_weights_;
+
   // out = x · wᵀ through OpenBLAS, widening w a tile of rows at a time (float32 weights are
   // used in place).
   static void LinearBlas(std::span<const float> x, int64_t m, const Weight& w,

@@ -102,6 +102,7 @@ struct Model::Impl {
   std::vector<LayerWeights> layers;
   RopeTable rope;
   TensorParallelShard shard;
+  Quantization quantization = Quantization::kNone;
   int64_t num_heads = 0;          // This rank's query heads,
   int64_t num_kv_heads = 0;       // KV heads,
   int64_t first_kv_head = 0;      // the first of those in the whole model,
@@ -119,14 +120,14 @@ struct Model::Impl {
   // A tensor loaded by the backend.
   Result<Weight> Get(const std::string& name, const std::vector<int64_t>& shape, Split split = {});
   // Tensors one Linears call takes together, loaded by the backend as one group into their
-  // slots.
+  // slots (in FP8 when the model is quantised and they are linear layers' weights).
   struct TensorPart {
     Weight* slot;
     std::string name;
     std::vector<int64_t> shape;
     Split split;
   };
-  Status LoadTogether(std::span<const TensorPart> parts);
+  Status LoadTogether(std::span<const TensorPart> parts, bool linear);
   Status SplitForShard();
   Status LoadWeights();
   // Sums the ranks' partial outputs of a row-parallel projection (nothing on one rank).
@@ -172,7 +173,7 @@ Result<Weight> Model::Impl::Get(const std::string& name, const std::vector<int64
   return loaded;
 }
 
-Status Model::Impl::LoadTogether(std::span<const TensorPart> parts) {
+Status Model::Impl::LoadTogether(std::span<const TensorPart> parts, bool linear) {
   std::vector<std::vector<std::byte>> copies(parts.size());
   std::vector<Weight> hosts;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -180,7 +181,8 @@ Status Model::Impl::LoadTogether(std::span<const TensorPart> parts) {
     if (!host.ok()) return host.status();
     hosts.push_back(*host);
   }
-  auto loaded = backend->LoadWeights(hosts);
+  auto loaded = linear && quantization == Quantization::kFp8 ? backend->LoadFp8Weights(hosts)
+                                                             : backend->LoadWeights(hosts);
   if (!loaded.ok()) return loaded.status();
   for (size_t i = 0; i < parts.size(); ++i) {
     *parts[i].slot = (*loaded)[i];
@@ -278,7 +280,8 @@ Status Model::Impl::LoadWeights() {
               down_columns)},
     };
     for (const std::vector<TensorPart>& group : groups) {
-      if (Status s = LoadTogether(group); !s.ok()) return s;
+      const bool linear = group.front().shape.size() == 2;  // Not a norm.
+      if (Status s = LoadTogether(group, linear); !s.ok()) return s;
     }
     if (c.attention_bias) {
       if (Status s = take(l.q_bias, p + "self_attn.q_proj.bias", {q_size}, q_rows); !s.ok())
@@ -297,7 +300,8 @@ Status Model::Impl::LoadWeights() {
 }
 
 Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Backend& backend,
-                                           const TensorParallelShard& shard) {
+                                           const TensorParallelShard& shard,
+                                           Quantization quantization) {
   auto text = ReadFile(dir / "config.json");
   if (!text.ok()) return text.status();
   auto config = ParseModelConfig(*text);
@@ -319,6 +323,7 @@ Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Bac
   impl->store = std::move(store).value();
   impl->rope = MakeRopeTable(impl->config);
   impl->shard = shard;
+  impl->quantization = quantization;
   if (Status status = impl->SplitForShard(); !status.ok()) return status.WithContext(dir.string());
   if (Status status = impl->LoadWeights(); !status.ok()) return status.WithContext(dir.string());
   return std::unique_ptr<Model>(new Model(std::move(impl)));

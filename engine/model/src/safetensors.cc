@@ -24,9 +24,9 @@ namespace {
 constexpr uint64_t kMaxHeaderBytes = 100 * 1024 * 1024;
 
 constexpr std::pair<std::string_view, DType> kDTypes[] = {
-    {"F32", DType::kF32}, {"F16", DType::kF16},   {"BF16", DType::kBF16}, {"F64", DType::kF64},
-    {"I64", DType::kI64}, {"I32", DType::kI32},   {"I16", DType::kI16},   {"I8", DType::kI8},
-    {"U8", DType::kU8},   {"BOOL", DType::kBool},
+    {"F32", DType::kF32}, {"F16", DType::kF16},   {"BF16", DType::kBF16},      {"F64", DType::kF64},
+    {"I64", DType::kI64}, {"I32", DType::kI32},   {"I16", DType::kI16},        {"I8", DType::kI8},
+    {"U8", DType::kU8},   {"BOOL", DType::kBool}, {"F8_E4M3", DType::kF8E4M3},
 };
 
 Status FileError(const std::filesystem::path& path, std::string_view message) {
@@ -53,7 +53,8 @@ size_t DTypeSize(DType dtype) {
     case DType::kI16: return 2;
     case DType::kI8:
     case DType::kU8:
-    case DType::kBool: return 1;
+    case DType::kBool:
+    case DType::kF8E4M3: return 1;
   }
   return 1;
 }

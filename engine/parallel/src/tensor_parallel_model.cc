@@ -142,7 +142,8 @@ Result<std::unique_ptr<TensorParallelModel>> TensorParallelModel::Load(
         return;
       }
       auto shard =
-          Model::Load(dir, *rank_state->backend, {r, world_size, rank_state->communicator.get()});
+          Model::Load(dir, *rank_state->backend, {r, world_size, rank_state->communicator.get()},
+                      options.quantization);
       if (!shard.ok()) {
         *status = shard.status();
         return;

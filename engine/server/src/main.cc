@@ -3,7 +3,7 @@
 // network port). The socket answers Health (LOADING) while the weights load.
 //
 //   inferbox-engine --model DIR --socket PATH [--device cpu|cuda[:N]] [--kv-cache-gib G]
-//       [--tensor-parallel N] ...
+//       [--tensor-parallel N] [--quantization none|fp8] ...
 //
 // Exit status: 0 after SIGTERM/SIGINT and a drain; 2 bad arguments; 78 (EX_CONFIG) a model
 // folder or setting that cannot work, so restarting will not help; 1 the socket could not
@@ -52,6 +52,7 @@ struct Options {
   std::filesystem::path socket;
   std::string device = "cpu";
   int32_t tensor_parallel = 1;
+  Quantization quantization = Quantization::kNone;
   std::string model_id;
   // 0: 1 GiB on the CPU; on a GPU, what the memory fraction leaves after weights.
   double kv_cache_gib = 0.0;
@@ -143,7 +144,10 @@ Result<std::unique_ptr<TensorParallelModel>> LoadTensorParallel(const Options& o
         "{}) or --device cpu",
         options.tensor_parallel, options.device, options.tensor_parallel - 1));
   }
-  auto model = TensorParallelModel::Load(options.model, std::move(communicators), make_backend);
+  TensorParallelOptions parallel_options;
+  parallel_options.quantization = options.quantization;
+  auto model = TensorParallelModel::Load(options.model, std::move(communicators), make_backend,
+                                         parallel_options);
   if (!model.ok()) return model.status();
   spdlog::info("tensor parallel: {} ranks on {}, {} OpenMP threads each", options.tensor_parallel,
                options.device, (*model)->threads_per_rank());
@@ -241,7 +245,7 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   if (!tokenizer.ok()) return tokenizer.status();
   engine->tokenizer = std::move(tokenizer).value();
   if (options.tensor_parallel == 1) {
-    auto model = Model::Load(options.model, *engine->backend);
+    auto model = Model::Load(options.model, *engine->backend, {}, options.quantization);
     if (!model.ok()) return model.status();
     engine->model = std::move(model).value();
   } else {
@@ -250,6 +254,15 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
     engine->parallel_model = std::move(model).value();
   }
   const ModelConfig& config = engine->front_model().config();
+  if (options.quantization == Quantization::kFp8) {
+    spdlog::info(
+        "linear layers in FP8 E4M3 (--quantization fp8): {:.2f} GiB of weights read per "
+        "decode step",
+        static_cast<double>(engine->parallel_model
+                                ? engine->parallel_model->WeightBytesPerDecodeStep()
+                                : engine->model->WeightBytesPerDecodeStep()) /
+            (1 << 30));
+  }
 
   std::optional<ChatFormat> chat;
   if (auto format = ChatFormat::LoadFromDirectory(options.model, *engine->tokenizer); format.ok()) {
@@ -454,6 +467,15 @@ int main(int argc, char** argv) {
                  "visible GPU r (NCCL, libnccl.so.2)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  app.add_option("--quantization", options.quantization,
+                 "The linear layers' weights: none (as the model file has them; BF16 on a GPU) "
+                 "or fp8 (FP8 E4M3 with one scale per weight group, quantised at load; half the "
+                 "bytes per decode step; a GPU needs compute capability 8.9 or later)")
+      ->transform(
+          CLI::CheckedTransformer(std::map<std::string, Quantization>{{"none", Quantization::kNone},
+                                                                      {"fp8", Quantization::kFp8}},
+                                  CLI::ignore_case))
+      ->default_str("none");
   app.add_option("--model-id", options.model_id,
                  "Model id reported to clients (default: folder name)");
   app.add_option("--kv-cache-gib", options.kv_cache_gib,

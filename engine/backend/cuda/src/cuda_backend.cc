@@ -362,8 +362,9 @@ class CudaStepInputs final : public StepInputs {
 };
 
 // out[m, n] (float32) = x[m, k] (BF16) · w[n, k]ᵀ (BF16), float32 accumulation. cuBLASLt is
-// column-major, so it computes outᵀ[n, m] = w · xᵀ with w transposed. The chosen algorithm
-// is kept per shape.
+// column-major, so it computes outᵀ[n, m] = w · xᵀ with w transposed (the "TN" form FP8
+// GEMMs require). The chosen algorithm is kept per shape. RunFp8: the same of FP8 E4M3 x and
+// w, the product multiplied by both scales (device floats).
 class LtGemm {
  public:
   LtGemm() {
@@ -384,11 +385,30 @@ class LtGemm {
 
   void Run(const uint16_t* x, const uint16_t* w, float* out, int64_t m, int64_t n, int64_t k,
            cudaStream_t stream) {
-    // The output may be a part of a larger buffer (the vocabulary-parallel LM head's slice of
-    // the all-gather): its alignment is part of the plan (the inputs are whole allocations).
-    uint32_t out_alignment = 256;
-    while (reinterpret_cast<uintptr_t>(out) % out_alignment != 0) out_alignment /= 2;
-    const Plan& plan = PlanFor(m, n, k, out_alignment);
+    Launch(PlanFor(m, n, k, OutAlignment(out), /*fp8=*/false), x, w, out, stream);
+  }
+  void RunFp8(const uint8_t* x, const float* x_scale, const uint8_t* w, const float* w_scale,
+              float* out, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
+    const Plan& plan = PlanFor(m, n, k, OutAlignment(out), /*fp8=*/true);
+    // A is w, B is x (outᵀ = w · xᵀ).
+    INFERBOX_CUBLAS_CHECK(Lt().MatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                                                      &w_scale, sizeof(w_scale)));
+    INFERBOX_CUBLAS_CHECK(Lt().MatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                                                      &x_scale, sizeof(x_scale)));
+    Launch(plan, x, w, out, stream);
+  }
+
+ private:
+  // The output may be a part of a larger buffer (the vocabulary-parallel LM head's slice of
+  // the all-gather): its alignment is part of the plan (the inputs are whole allocations).
+  static uint32_t OutAlignment(const float* out) {
+    uint32_t alignment = 256;
+    while (reinterpret_cast<uintptr_t>(out) % alignment != 0) alignment /= 2;
+    return alignment;
+  }
+
+  struct Plan;
+  void Launch(const Plan& plan, const void* x, const void* w, float* out, cudaStream_t stream) {
     const float alpha = 1.0f;
     const float beta = 0.0f;
     INFERBOX_CUBLAS_CHECK(Lt().Matmul(handle_, plan.op, &alpha, w, plan.a, x, plan.b, &beta, out,
@@ -396,7 +416,6 @@ class LtGemm {
                                       kWorkspaceBytes, stream));
   }
 
- private:
   static constexpr int64_t kWorkspaceBytes = 32 << 20;
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
@@ -404,8 +423,8 @@ class LtGemm {
     cublasLtMatmulAlgo_t algo{};
   };
 
-  const Plan& PlanFor(int64_t m, int64_t n, int64_t k, uint32_t out_alignment) {
-    const auto key = std::make_tuple(m, n, k, out_alignment);
+  const Plan& PlanFor(int64_t m, int64_t n, int64_t k, uint32_t out_alignment, bool fp8) {
+    const auto key = std::make_tuple(m, n, k, out_alignment, fp8);
     if (auto found = plans_.find(key); found != plans_.end()) return found->second;
     Plan plan;
     INFERBOX_CUBLAS_CHECK(Lt().MatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -416,8 +435,9 @@ class LtGemm {
     INFERBOX_CUBLAS_CHECK(
         Lt().MatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &keep, sizeof(keep)));
     const auto u = [](int64_t value) { return static_cast<uint64_t>(value); };
-    INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.a, CUDA_R_16BF, u(k), u(n), k));
-    INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.b, CUDA_R_16BF, u(k), u(m), k));
+    const cudaDataType_t operands = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.a, operands, u(k), u(n), k));
+    INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.b, operands, u(k), u(m), k));
     INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.c, CUDA_R_32F, u(n), u(m), n));
     cublasLtMatmulPreference_t preference = nullptr;
     INFERBOX_CUBLAS_CHECK(Lt().MatmulPreferenceCreate(&preference));
@@ -435,9 +455,11 @@ class LtGemm {
                                                       plan.c, preference, 1, &result, &found));
     Lt().MatmulPreferenceDestroy(preference);
     if (found == 0) {
-      FatalCudaError("cublasLtMatmulAlgoGetHeuristic",
-                     fmt::format("no algorithm for a {}x{}x{} BF16 GEMM", m, n, k).c_str(),
-                     __FILE__, __LINE__);
+      FatalCudaError(
+          "cublasLtMatmulAlgoGetHeuristic",
+          fmt::format("no algorithm for a {}x{}x{} {} GEMM", m, n, k, fp8 ? "FP8 E4M3" : "BF16")
+              .c_str(),
+          __FILE__, __LINE__);
     }
     plan.algo = result.algo;
     return plans_.emplace(key, plan).first->second;
@@ -445,7 +467,7 @@ class LtGemm {
 
   cublasLtHandle_t handle_ = nullptr;
   DeviceAllocation workspace_;
-  std::map<std::tuple<int64_t, int64_t, int64_t, uint32_t>, Plan> plans_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, uint32_t, bool>, Plan> plans_;
 };
 
 // INFERBOX_CUDA_OP_TIMES=1 (benchmarks): the GPU time of every op, from a pair of events
@@ -590,6 +612,7 @@ class CudaBackend final : public Backend {
     cudaDeviceProp properties{};
     INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device_));
     num_multiprocessors_ = properties.multiProcessorCount;
+    compute_capability_ = properties.major * 10 + properties.minor;
     // Memory freed in stream order stays in the pool for the next step instead of going
     // back to the driver at every synchronisation.
     cudaMemPool_t pool = nullptr;
@@ -597,6 +620,7 @@ class CudaBackend final : public Backend {
     uint64_t keep_all = UINT64_MAX;
     INFERBOX_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
     gemm_ = std::make_unique<LtGemm>();
+    fp8_work_ = DeviceAllocation(2 * sizeof(float), nullptr);
   }
   ~CudaBackend() override {
     Use();
@@ -606,6 +630,8 @@ class CudaBackend final : public Backend {
     gemm_.reset();
     weights_.clear();
     gemm_input_ = DeviceAllocation();
+    fp8_input_ = DeviceAllocation();
+    fp8_work_ = DeviceAllocation();
     stacked_output_ = DeviceAllocation();
     attention_workspace_ = DeviceAllocation();
     recorded_inputs_.memory = DeviceAllocation();
@@ -697,6 +723,43 @@ class CudaBackend final : public Backend {
       next += StoredBytes(host);
     }
     stacked_groups_.emplace(loaded.front().data, bytes);
+    weights_.push_back(std::move(stored));
+    return loaded;
+  }
+
+  // Rounded to BF16 as LoadWeights stores them, then quantised on the GPU with one scale,
+  // which sits after the codes in their allocation (with the largest magnitude before it).
+  Result<std::vector<Weight>> LoadFp8Weights(std::span<const Weight> hosts) override {
+    Use();
+    if (compute_capability_ < 89) {
+      return FailedPreconditionError(fmt::format(
+          "FP8 weights need FP8 tensor cores (compute capability 8.9 or later); GPU {} is {}.{}",
+          device_, compute_capability_ / 10, compute_capability_ % 10));
+    }
+    if (!Fp8Quantizable(hosts)) return LoadWeights(hosts);
+    int64_t count = 0;
+    for (const Weight& host : hosts) count += host.rows * host.cols;
+    const int64_t codes_bytes = (count + 255) / 256 * 256;
+    if (Status room = CheckRoom(codes_bytes + 2 * count); !room.ok()) return room;
+    DeviceAllocation bf16(2 * count, nullptr);
+    int64_t offset = 0;
+    for (const Weight& host : hosts) {
+      if (Status room = CheckRoom(host.num_bytes()); !room.ok()) return room;
+      Store(host, bf16.as<uint16_t>() + offset);
+      offset += host.rows * host.cols;
+    }
+    DeviceAllocation stored(codes_bytes + 2 * sizeof(float), nullptr);
+    auto* work = reinterpret_cast<float*>(stored.as<std::byte>() + codes_bytes);
+    LaunchQuantizeToFp8(bf16.as<uint16_t>(), count, work, stored.as<uint8_t>(), nullptr);
+    INFERBOX_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<Weight> loaded;
+    offset = 0;
+    for (const Weight& host : hosts) {
+      loaded.push_back(
+          Weight{DType::kF8E4M3, stored.as<uint8_t>() + offset, host.rows, host.cols, work + 1});
+      offset += host.rows * host.cols;
+    }
+    if (hosts.size() > 1) stacked_groups_.emplace(loaded.front().data, count);
     weights_.push_back(std::move(stored));
     return loaded;
   }
@@ -893,15 +956,15 @@ class CudaBackend final : public Backend {
 
   void SiluMulLinear(std::span<float> gate, std::span<const float> up, int64_t m, const Weight& w,
                      std::span<float> out) override {
-    if (w.dtype != DType::kBF16) {
-      FatalCudaError("SiluMulLinear", "the weight was not loaded by this backend", __FILE__,
-                     __LINE__);
-    }
-    OpScope scope(times_, stream_,
-                  [&w] { return fmt::format("SiluMulLinear {}x{}", w.rows, w.cols); });
-    uint16_t* input = GemmInput(m * w.cols);
-    LaunchSiluMulToBf16(gate.data(), up.data(), input, m * w.cols, stream_);
-    gemm_->Run(input, static_cast<const uint16_t*>(w.data), out.data(), m, w.rows, w.cols, stream_);
+    const LinearOutput down[] = {{&w, nullptr, out}};
+    const int64_t cols = CheckedWidth(down);
+    OpScope scope(times_, stream_, [&w] {
+      return fmt::format("SiluMulLinear {}x{}{}", w.rows, w.cols,
+                         w.dtype == DType::kF8E4M3 ? " FP8" : "");
+    });
+    uint16_t* input = GemmInput(m * cols);
+    LaunchSiluMulToBf16(gate.data(), up.data(), input, m * cols, stream_);
+    LinearsOfBf16(input, m, cols, down);
   }
 
   void Embedding(const StepInputs& step, const Weight& table, std::span<float> out) override {
@@ -1209,9 +1272,12 @@ class CudaBackend final : public Backend {
   // loaded here).
   static int64_t CheckedWidth(std::span<const LinearOutput> outputs) {
     const int64_t cols = outputs.front().weight->cols;
+    const DType dtype = outputs.front().weight->dtype;
     for (const LinearOutput& output : outputs) {
-      if (output.weight->dtype != DType::kBF16 || output.weight->cols != cols) {
-        FatalCudaError("Linears", "weights not loaded by this backend or of different widths",
+      if ((dtype != DType::kBF16 && dtype != DType::kF8E4M3) || output.weight->dtype != dtype ||
+          output.weight->cols != cols) {
+        FatalCudaError("Linears",
+                       "weights not loaded by this backend, of different widths or precisions",
                        __FILE__, __LINE__);
       }
     }
@@ -1221,6 +1287,7 @@ class CudaBackend final : public Backend {
     std::string name = outputs.size() == 1 ? "Linear" : "Linears";
     for (const LinearOutput& output : outputs)
       name += fmt::format(" {}x{}", output.weight->rows, output.weight->cols);
+    if (outputs.front().weight->dtype == DType::kF8E4M3) name += " FP8";
     return name;
   }
 
@@ -1228,10 +1295,26 @@ class CudaBackend final : public Backend {
   // (StackedRows) split into the outputs, else one per weight; biases added.
   void LinearsOfBf16(const uint16_t* input, int64_t m, int64_t cols,
                      std::span<const LinearOutput> outputs) {
+    // FP8 weights (LoadFp8Weights, a group all or none): the input quantised once for all.
+    const uint8_t* input_fp8 = nullptr;
+    const float* input_scale = nullptr;
+    if (outputs.front().weight->dtype == DType::kF8E4M3) {
+      auto* codes = Grown(fp8_input_, fp8_input_count_, m * cols, 1).as<uint8_t>();
+      LaunchQuantizeToFp8(input, m * cols, fp8_work_.as<float>(), codes, stream_);
+      input_fp8 = codes;
+      input_scale = fp8_work_.as<float>() + 1;
+    }
+    const auto gemm = [&](const Weight& w, int64_t rows, float* out) {
+      if (input_fp8 != nullptr) {
+        gemm_->RunFp8(input_fp8, input_scale, static_cast<const uint8_t*>(w.data), w.scale, out, m,
+                      rows, cols, stream_);
+      } else {
+        gemm_->Run(input, static_cast<const uint16_t*>(w.data), out, m, rows, cols, stream_);
+      }
+    };
     if (const int64_t rows = StackedRows(m, outputs); rows > 0) {
       float* stacked = StackedOutput(m * rows);
-      gemm_->Run(input, static_cast<const uint16_t*>(outputs.front().weight->data), stacked, m,
-                 rows, cols, stream_);
+      gemm(*outputs.front().weight, rows, stacked);
       ColumnSlices slices;
       slices.count = static_cast<int>(outputs.size());
       int64_t begin = 0;
@@ -1248,8 +1331,7 @@ class CudaBackend final : public Backend {
     }
     for (const LinearOutput& output : outputs) {
       const Weight& w = *output.weight;
-      gemm_->Run(input, static_cast<const uint16_t*>(w.data), output.out.data(), m, w.rows, w.cols,
-                 stream_);
+      gemm(w, w.rows, output.out.data());
       if (output.bias != nullptr) {
         LaunchAddBias(output.out.data(), static_cast<const float*>(output.bias->data), m, w.rows,
                       stream_);
@@ -1267,14 +1349,15 @@ class CudaBackend final : public Backend {
     const auto group = stacked_groups_.find(outputs.front().weight->data);
     if (group == stacked_groups_.end()) return 0;
     int64_t rows = 0;
-    const auto* next = static_cast<const uint16_t*>(outputs.front().weight->data);
+    const auto element = static_cast<int64_t>(DTypeSize(outputs.front().weight->dtype));
+    const auto* next = static_cast<const std::byte*>(outputs.front().weight->data);
     for (const LinearOutput& output : outputs) {
       if (output.weight->data != next) return 0;
       rows += output.weight->rows;
-      next += output.weight->rows * output.weight->cols;
+      next += output.weight->rows * output.weight->cols * element;
     }
     // All of one group (LoadWeights), not neighbours that happen to touch.
-    const int64_t bytes = rows * outputs.front().weight->cols * 2;
+    const int64_t bytes = rows * outputs.front().weight->cols * element;
     return bytes == group->second ? rows : 0;
   }
 
@@ -1331,6 +1414,11 @@ class CudaBackend final : public Backend {
   std::vector<DeviceAllocation> weights_;
   DeviceAllocation gemm_input_;
   int64_t gemm_input_count_ = 0;
+  DeviceAllocation fp8_input_;  // The GEMM input quantised for FP8 weights.
+  int64_t fp8_input_count_ = 0;
+  // Its largest magnitude and scale (LaunchQuantizeToFp8): fixed, so recordings may hold it.
+  DeviceAllocation fp8_work_;
+  int compute_capability_ = 0;  // 10 · major + minor.
   // The first weight of each group LoadWeights stored in one allocation, and its bytes.
   std::map<const void*, int64_t> stacked_groups_;
   DeviceAllocation stacked_output_;  // [m, total rows] of a stacked Linears.

@@ -9,6 +9,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "kernels.h"
 
@@ -95,6 +96,32 @@ __global__ void Float4ToBf16Kernel(const float4* src, uint2* dst, int64_t n4) {
                   static_cast<unsigned>(FloatToBf16Bits(v.y)) << 16,
               static_cast<unsigned>(FloatToBf16Bits(v.z)) |
                   static_cast<unsigned>(FloatToBf16Bits(v.w)) << 16};
+  }
+}
+
+// work[0] = max(work[0], |x[i]|) over the grid; work[0] starts at 0. Non-negative floats
+// order as their bit patterns do, so the maximum is an unsigned atomic. fmaxf drops NaN, as
+// the CPU reference's std::max does.
+__global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, float* work) {
+  float largest = 0.0f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    largest = fmaxf(largest, fabsf(Bf16BitsToFloat(x[i])));
+  }
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+  if (threadIdx.x % kWarpSize == 0) {
+    atomicMax(reinterpret_cast<unsigned int*>(work), __float_as_uint(largest));
+  }
+}
+
+__global__ void QuantizeFp8Kernel(const uint16_t* x, int64_t n, float* work, uint8_t* out) {
+  const float amax = work[0];
+  const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;  // Fp8Scale.
+  if (blockIdx.x == 0 && threadIdx.x == 0) work[1] = scale;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __nv_cvt_float_to_fp8(Bf16BitsToFloat(x[i]) / scale, __NV_SATFINITE, __NV_E4M3);
   }
 }
 
@@ -1755,6 +1782,22 @@ void LaunchConvertToBf16(const void* src, SourceType type, uint16_t* dst, int64_
                                                                                dst + first, count);
         CheckLaunch("ConvertToBf16Kernel");
       });
+}
+
+void LaunchQuantizeToFp8(const uint16_t* x, int64_t n, float* work, uint8_t* out,
+                         cudaStream_t stream) {
+  if (const cudaError_t error = cudaMemsetAsync(work, 0, sizeof(float), stream);
+      error != cudaSuccess &&
+      !ToleratedLaunchFailures::Note("QuantizeToFp8", cudaGetErrorString(error))) {
+    FatalCudaError("cudaMemsetAsync", cudaGetErrorString(error), __FILE__, __LINE__);
+  }
+  if (n == 0) return;
+  // Enough blocks to fill the GPU, few enough that the atomics stay cheap.
+  const int blocks = GridFor(n, kThreads) < 1024 ? GridFor(n, kThreads) : 1024;
+  AbsMaxBf16Kernel<<<blocks, kThreads, 0, stream>>>(x, n, work);
+  CheckLaunch("AbsMaxBf16Kernel");
+  QuantizeFp8Kernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(x, n, work, out);
+  CheckLaunch("QuantizeFp8Kernel");
 }
 
 void LaunchConvertToF32(const void* src, SourceType type, float* dst, int64_t n,

@@ -7,10 +7,15 @@
 //   op(B) k×n, C and D m×n, and the layouts must agree (else CUBLAS_STATUS_INVALID_VALUE);
 // - C is not read when beta is 0 (uninitialised C must not leak into D);
 // - compute in float32 (CUBLAS_COMPUTE_32F) with float32 scale; A and B F32, F16 or BF16,
-//   C and D F32 or BF16.
+//   C and D F32 or BF16;
+// - FP8: A and B both E4M3, only as cuBLASLt takes them ("TN": A transposed, B not; op(A)'s
+//   rows, k and the leading dimensions multiples of 16), each multiplied by the float32 its
+//   scale pointer (A_SCALE_POINTER, B_SCALE_POINTER: device memory, read when the GEMM runs)
+//   holds; scale pointers on other types are refused, as cuBLASLt refuses them.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <bit>
 #include <cstring>
@@ -25,6 +30,8 @@ struct cublasLtMatmulDescOpaque_t {
   cudaDataType_t scale;
   cublasOperation_t transa = CUBLAS_OP_N;
   cublasOperation_t transb = CUBLAS_OP_N;
+  const float* a_scale = nullptr;
+  const float* b_scale = nullptr;
 };
 struct cublasLtMatrixLayoutOpaque_t {
   cudaDataType type;
@@ -46,6 +53,12 @@ float Load(const void* data, cudaDataType type, uint64_t index) {
     case CUDA_R_32F: return static_cast<const float*>(data)[index];
     case CUDA_R_16F: return __half2float(static_cast<const __half*>(data)[index]);
     case CUDA_R_16BF: return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[index]);
+    case CUDA_R_8F_E4M3: {
+      const uint8_t code = static_cast<const uint8_t*>(data)[index];
+      if ((code & 0x7F) == 0x7F) return std::nanf("");
+      const float magnitude = cuda_emu::E4M3Value(code & 0x7Fu);
+      return (code & 0x80) != 0 ? -magnitude : magnitude;
+    }
   }
   return 0.0f;
 }
@@ -59,7 +72,7 @@ void Store(void* data, cudaDataType type, uint64_t index, float value) {
 }
 
 bool Operand(cudaDataType type) {
-  return type == CUDA_R_32F || type == CUDA_R_16F || type == CUDA_R_16BF;
+  return type == CUDA_R_32F || type == CUDA_R_16F || type == CUDA_R_16BF || type == CUDA_R_8F_E4M3;
 }
 
 // op(X) dimensions of a layout.
@@ -85,6 +98,14 @@ cublasStatus_t Check(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a, cublas
   OpShape(*a, desc->transa, &m, &k);
   OpShape(*b, desc->transb, &k_b, &n);
   if (k != k_b || c->rows != m || c->cols != n || d->rows != m || d->cols != n) {
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  if (a->type == CUDA_R_8F_E4M3) {
+    if (desc->transa != CUBLAS_OP_T || desc->transb != CUBLAS_OP_N || m % 16 != 0 || k % 16 != 0 ||
+        a->ld % 16 != 0 || b->ld % 16 != 0) {
+      return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+  } else if (desc->a_scale != nullptr || desc->b_scale != nullptr) {
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   return CUBLAS_STATUS_SUCCESS;
@@ -143,6 +164,8 @@ void Compute(const Product& g) {
         float sum = 0.0f;
         for (uint64_t p = 0; p < k; ++p) sum += row[p] * column[p];
         float value = g.scale_a * sum;
+        if (g.desc.a_scale != nullptr) value *= *g.desc.a_scale;
+        if (g.desc.b_scale != nullptr) value *= *g.desc.b_scale;
         if (g.scale_c != 0.0f) value += g.scale_c * Load(g.c, g.c_layout.type, i + j * ldc);
         result[i + j * m] = value;
       }
@@ -204,6 +227,13 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
     if (op != CUBLAS_OP_N && op != CUBLAS_OP_T) return CUBLAS_STATUS_NOT_SUPPORTED;
     (attribute == CUBLASLT_MATMUL_DESC_TRANSA ? desc->transa : desc->transb) =
         static_cast<cublasOperation_t>(op);
+    return CUBLAS_STATUS_SUCCESS;
+  }
+  if (attribute == CUBLASLT_MATMUL_DESC_A_SCALE_POINTER ||
+      attribute == CUBLASLT_MATMUL_DESC_B_SCALE_POINTER) {
+    if (size != sizeof(const float*)) return CUBLAS_STATUS_INVALID_VALUE;
+    std::memcpy(attribute == CUBLASLT_MATMUL_DESC_A_SCALE_POINTER ? &desc->a_scale : &desc->b_scale,
+                value, sizeof(const float*));
     return CUBLAS_STATUS_SUCCESS;
   }
   return CUBLAS_STATUS_NOT_SUPPORTED;

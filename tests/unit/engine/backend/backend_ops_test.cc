@@ -108,6 +108,15 @@ class HostWeight {
     EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
     return loaded.ok() ? *loaded : Weight{};
   }
+  // Quantised to FP8 (LoadFp8Weights, a group of one).
+  Weight LoadFp8Into(Backend& backend) const {
+    const Weight host = Host();
+    auto loaded = backend.LoadFp8Weights({&host, 1});
+    EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+    if (!loaded.ok()) return Weight{};
+    EXPECT_EQ(loaded->front().dtype, DType::kF8E4M3);
+    return loaded->front();
+  }
 
  private:
   DType dtype_;
@@ -181,16 +190,20 @@ std::vector<float> RandomFloats(size_t n, uint32_t seed) {
 // or float32 BLAS in the reference). With `round_x`, x is not BF16-exact: CUDA rounds it to
 // BF16 (half an ulp is at most 2⁻⁸ relative): about 1e-3 of the largest output at worst for these
 // sizes, within the looser tolerance; a truncating conversion errs about twice as much, and
-// systematically, so it should not pass.
-OpCase LinearCase(int64_t m, int64_t n, int64_t k, DType dtype, bool bias, bool round_x = false) {
+// systematically, so it should not pass. With `fp8`, the weight quantised to FP8
+// (LoadFp8Weights): x and the weight are quantised alike by both backends (the same BF16
+// values, the same scales, so the same codes), so only the summation order differs, even for
+// an x that is not BF16-exact.
+OpCase LinearCase(int64_t m, int64_t n, int64_t k, DType dtype, bool bias, bool round_x = false,
+                  bool fp8 = false) {
   OpCase c;
-  c.name = fmt::format("Linear_m{}_n{}_k{}_{}{}{}", m, n, k, DTypeName(dtype), bias ? "_bias" : "",
-                       round_x ? "_inexact_x" : "");
-  c.tolerance = round_x ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
+  c.name = fmt::format("Linear_m{}_n{}_k{}_{}{}{}", m, n, k, fp8 ? "FP8" : DTypeName(dtype),
+                       bias ? "_bias" : "", round_x ? "_inexact_x" : "");
+  c.tolerance = round_x && !fp8 ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
   c.run = [=](Backend& backend) {
     const HostWeight w(RandomBf16Exact(static_cast<size_t>(n * k), 1), n, k, dtype);
     const HostWeight b(RandomBf16Exact(static_cast<size_t>(n), 2), 1, n, dtype);
-    const Weight loaded = w.LoadInto(backend);
+    const Weight loaded = fp8 ? w.LoadFp8Into(backend) : w.LoadInto(backend);
     const Weight loaded_bias = b.LoadInto(backend);
     Tensors t(backend);
     const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 3)
@@ -224,24 +237,64 @@ OpCase LinearIntoPartCase(int64_t m, int64_t n, int64_t k) {
   return c;
 }
 
+// Every BF16 value in [-448, 448] (E4M3's range; 448 itself makes the scale exactly 1) as a
+// weight's or, with `as_input`, as x's values, the other operand 64 one-hot rows (their
+// codes all 448, times a scale of 1/448): each output is one code's value times the same
+// constant, so one code rounded differently from the CPU reference's (ties to even,
+// subnormals, saturation) is at least 2⁻⁹ off where the tolerance is 448 · 1e-6.
+OpCase Fp8CodesCase(bool as_input) {
+  OpCase c;
+  c.name = as_input ? "Fp8_every_BF16_input_rounds_as_the_reference"
+                    : "Fp8_every_BF16_weight_rounds_as_the_reference";
+  c.tolerance = 1e-6;
+  c.run = [=](Backend& backend) {
+    constexpr int64_t kWidth = 64;
+    std::vector<float> values;
+    for (uint32_t bits = 0; bits <= 0x43E0; ++bits) {  // 0 to 448.
+      values.push_back(FromBf16Bits(static_cast<uint16_t>(bits)));
+      if (bits != 0) values.push_back(-values.back());
+    }
+    const int64_t rows =
+        (static_cast<int64_t>(values.size()) + 16 * kWidth - 1) / (16 * kWidth) * 16;
+    values.resize(static_cast<size_t>(rows * kWidth), 0.0f);
+    std::vector<float> one_hot(kWidth * kWidth, 0.0f);
+    for (int64_t i = 0; i < kWidth; ++i) one_hot[static_cast<size_t>(i * kWidth + i)] = 1.0f;
+    const HostWeight w(as_input ? one_hot : values, as_input ? kWidth : rows, kWidth, DType::kBF16);
+    const Weight loaded = w.LoadFp8Into(backend);
+    Tensors t(backend);
+    const int64_t m = as_input ? rows : kWidth;
+    const auto x = t.Input("x", as_input ? values : one_hot);
+    const auto out = t.Output("out", static_cast<size_t>(m * loaded.rows));
+    backend.Linear(x, m, loaded, nullptr, out);
+    return Outputs{{"out", t.Read("out")}};
+  };
+  return c;
+}
+
 // Three weights (96, 32 and 40 rows of k) with biases, as q, k and v: with `together`, loaded
 // as one group (LoadWeights, as the model loads q, k, v and gate, up): the CUDA backend keeps
 // them in one allocation where their sizes allow and runs batches of up to 64 rows as one
 // GEMM whose output it splits.
+// With `fp8` (together then), 96, 32 and 32 rows (FP8 takes multiples of 16) quantised to FP8
+// (LoadFp8Weights).
 struct ThreeLinears {
-  ThreeLinears(Backend& backend, int64_t k, bool together) {
+  ThreeLinears(Backend& backend, int64_t k, bool together, bool fp8 = false) {
+    if (fp8) rows = {96, 32, 32};
     for (size_t i = 0; i < rows.size(); ++i) {
       weights.emplace_back(RandomBf16Exact(static_cast<size_t>(rows[i] * k), 30 + i), rows[i], k,
                            DType::kBF16);
       biases.emplace_back(RandomBf16Exact(static_cast<size_t>(rows[i]), 40 + i), 1, rows[i],
                           DType::kBF16);
     }
-    if (together) {
+    if (together || fp8) {
       std::vector<Weight> hosts;
       for (const HostWeight& weight : weights) hosts.push_back(weight.Host());
-      auto group = backend.LoadWeights(hosts);
+      auto group = fp8 ? backend.LoadFp8Weights(hosts) : backend.LoadWeights(hosts);
       EXPECT_TRUE(group.ok()) << group.status().ToString();
       if (group.ok()) loaded = *group;
+      if (fp8) {
+        for (const Weight& weight : loaded) EXPECT_EQ(weight.dtype, DType::kF8E4M3);
+      }
     } else {
       for (const HostWeight& weight : weights) loaded.push_back(weight.LoadInto(backend));
     }
@@ -263,18 +316,19 @@ struct ThreeLinears {
     }
   }
 
-  const std::vector<int64_t> rows = {96, 32, 40};
+  std::vector<int64_t> rows = {96, 32, 40};
   std::vector<HostWeight> weights, biases;
   std::vector<Weight> loaded, loaded_biases;
 };
 
-OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false) {
+// With `fp8` (loaded together): as tight with an inexact x as with an exact one (Fp8LinearCase).
+OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false, bool fp8 = false) {
   OpCase c;
-  c.name = fmt::format("Linears_m{}_k{}{}{}", m, k, round_x ? "_inexact_x" : "",
-                       together ? "_loaded_together" : "");
-  c.tolerance = round_x ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
+  c.name = fmt::format("Linears_m{}_k{}{}{}{}", m, k, round_x ? "_inexact_x" : "",
+                       together ? "_loaded_together" : "", fp8 ? "_FP8" : "");
+  c.tolerance = round_x && !fp8 ? 2.5e-3 : 1e-5 * std::sqrt(static_cast<double>(k));
   c.run = [=](Backend& backend) {
-    const ThreeLinears linears(backend, k, together);
+    const ThreeLinears linears(backend, k, together, fp8);
     Tensors t(backend);
     const auto x = t.Input("x", round_x ? RandomFloats(static_cast<size_t>(m * k), 33)
                                         : RandomBf16Exact(static_cast<size_t>(m * k), 33));
@@ -290,14 +344,15 @@ OpCase LinearsCase(int64_t m, int64_t k, bool round_x, bool together = false) {
 // GEMMs' BF16 input): the residual as AddRmsNorm's, the outputs within the inexact-input
 // tolerance (normalised values are not BF16-exact). `normed` is not compared: a backend may
 // leave it unwritten.
-OpCase AddRmsNormLinearsCase(int64_t m, int64_t k, bool with_delta, bool together) {
+OpCase AddRmsNormLinearsCase(int64_t m, int64_t k, bool with_delta, bool together,
+                             bool fp8 = false) {
   OpCase c;
-  c.name = fmt::format("AddRmsNormLinears_m{}_k{}{}{}", m, k, with_delta ? "_delta" : "",
-                       together ? "_loaded_together" : "");
+  c.name = fmt::format("AddRmsNormLinears_m{}_k{}{}{}{}", m, k, with_delta ? "_delta" : "",
+                       together ? "_loaded_together" : "", fp8 ? "_FP8" : "");
   c.tolerance = 2.5e-3;
   c.tolerances = {{"residual", 1e-6}};
   c.run = [=](Backend& backend) {
-    const ThreeLinears linears(backend, k, together);
+    const ThreeLinears linears(backend, k, together, fp8);
     const HostWeight gamma(RandomBf16Exact(static_cast<size_t>(k), 34, 2.0f), 1, k, DType::kBF16);
     const Weight norm = gamma.LoadInto(backend);
     Tensors t(backend);
@@ -316,13 +371,13 @@ OpCase AddRmsNormLinearsCase(int64_t m, int64_t k, bool with_delta, bool togethe
 
 // The MLP's down projection of silu(gate) ⊙ up. The product is not BF16-exact, so CUDA's
 // rounding of it (as of any GEMM input) is within the inexact-input tolerance.
-OpCase SiluMulLinearCase(int64_t m, int64_t n, int64_t k) {
+OpCase SiluMulLinearCase(int64_t m, int64_t n, int64_t k, bool fp8 = false) {
   OpCase c;
-  c.name = fmt::format("SiluMulLinear_m{}_n{}_k{}", m, n, k);
+  c.name = fmt::format("SiluMulLinear_m{}_n{}_k{}{}", m, n, k, fp8 ? "_FP8" : "");
   c.tolerance = 2.5e-3;
   c.run = [=](Backend& backend) {
     const HostWeight w(RandomBf16Exact(static_cast<size_t>(n * k), 50), n, k, DType::kBF16);
-    const Weight loaded = w.LoadInto(backend);
+    const Weight loaded = fp8 ? w.LoadFp8Into(backend) : w.LoadInto(backend);
     Tensors t(backend);
     const auto gate = t.Input("gate", RandomFloats(static_cast<size_t>(m * k), 51));
     const auto up = t.Input("up", RandomFloats(static_cast<size_t>(m * k), 52));
@@ -522,14 +577,14 @@ OpCase RecordedStepsCase() {
 // at 8 rows one stacked GEMM and the kernel that splits it, at 72 one GEMM per weight and
 // their bias kernels, each step with new inputs in the same buffers (a recording backend
 // replays the last two).
-OpCase RecordedLinearsCase(int64_t m) {
+OpCase RecordedLinearsCase(int64_t m, bool fp8 = false) {
   OpCase c;
-  c.name = fmt::format("RunRecorded_AddRmsNormLinears_m{}", m);
+  c.name = fmt::format("RunRecorded_AddRmsNormLinears_m{}{}", m, fp8 ? "_FP8" : "");
   c.tolerance = 2.5e-3;
   c.tolerances = {{"residual", 1e-6}};
   c.run = [=](Backend& backend) {
     constexpr int64_t kWidth = 64;
-    const ThreeLinears linears(backend, kWidth, true);
+    const ThreeLinears linears(backend, kWidth, true, fp8);
     const HostWeight gamma(RandomBf16Exact(kWidth, 70, 2.0f), 1, kWidth, DType::kBF16);
     const Weight norm = gamma.LoadInto(backend);
     auto cache = backend.AllocateKvCache({1, 1, 4, 1, 16});
@@ -571,10 +626,10 @@ struct AttentionSpec {
 // those of PagedAttention and then Linear.
 OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs, int64_t heads,
                           int64_t kv_heads, int64_t head_dim, int64_t block_size,
-                          bool o_proj = false) {
+                          bool o_proj = false, bool fp8 = false) {
   OpCase c;
-  c.name = fmt::format("PagedAttention{}_{}_h{}_kv{}_d{}_b{}", o_proj ? "Linear" : "", label, heads,
-                       kv_heads, head_dim, block_size);
+  c.name = fmt::format("PagedAttention{}_{}_h{}_kv{}_d{}_b{}{}", o_proj ? "Linear" : "", label,
+                       heads, kv_heads, head_dim, block_size, fp8 ? "_FP8" : "");
   c.tolerance = o_proj ? 5e-3 : 2e-5;
   // Prefill chunks of 16 tokens or more may run on tensor cores (CUDA, head_dim a multiple of
   // 16), with the softmax weights rounded to BF16 (2⁻⁹ relative) before they multiply the
@@ -653,7 +708,7 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     if (o_proj) {
       const HostWeight w(RandomBf16Exact(static_cast<size_t>(kOutRows * heads * head_dim), 18),
                          kOutRows, heads * head_dim, DType::kBF16);
-      const Weight loaded = w.LoadInto(backend);
+      const Weight loaded = fp8 ? w.LoadFp8Into(backend) : w.LoadInto(backend);
       const auto out = t.Output("out", static_cast<size_t>(m * kOutRows));
       backend.PagedAttentionLinear(*step, *cache, 0, q, heads, scale, attention, loaded, out);
 #ifdef INFERBOX_CUDA_EMULATED
@@ -789,6 +844,21 @@ std::vector<OpCase> AllCases() {
   cases.push_back(AddRmsNormLinearsCase(33, 128, false, true));
   cases.push_back(AddRmsNormLinearsCase(70, 64, true, true));
   cases.push_back(AddRmsNormLinearsCase(5, 64, true, false));
+  // FP8 weights: the stacked GEMM (m ≤ 64), one per weight, an x that is not BF16-exact, every
+  // input producer (norm, SiLU·mul, attention), a recorded step; every code as the reference's.
+  cases.push_back(LinearCase(1, 64, 128, DType::kBF16, false, false, true));
+  cases.push_back(LinearCase(70, 96, 256, DType::kBF16, true, true, true));
+  cases.push_back(LinearsCase(1, 64, false, true, true));
+  cases.push_back(LinearsCase(33, 128, true, true, true));
+  cases.push_back(LinearsCase(70, 64, true, true, true));
+  cases.push_back(AddRmsNormLinearsCase(1, 64, true, true, true));
+  cases.push_back(AddRmsNormLinearsCase(70, 64, true, true, true));
+  cases.push_back(SiluMulLinearCase(9, 48, 128, true));
+  cases.push_back(
+      PagedAttentionCase("mixed", {{0, 1}, {15, 1}, {100, 1}, {0, 17}}, 8, 2, 64, 16, true, true));
+  cases.push_back(RecordedLinearsCase(8, true));
+  cases.push_back(Fp8CodesCase(false));
+  cases.push_back(Fp8CodesCase(true));
   cases.push_back(SiluMulLinearCase(1, 64, 256));
   cases.push_back(SiluMulLinearCase(9, 48, 131));  // An odd width: the scalar tail.
   for (const auto& [m, n] :

@@ -36,6 +36,8 @@ struct Weight {
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
+  // kF8E4M3 (LoadFp8Weights): the float32 each code is multiplied by, in the backend's memory.
+  const float* scale = nullptr;
 
   // A view of a tensor as stored in the model file (host memory).
   static Weight FromView(const TensorView& view);
@@ -162,6 +164,25 @@ class Backend {
       loaded.push_back(*weight);
     }
     return loaded;
+  }
+  // The weights of one Linears call (as LoadWeights) quantised to FP8 E4M3 with one scale for
+  // the group (fp8.h): each value rounded to BF16, then to E4M3 of value / scale, scale =
+  // the group's largest magnitude / 448. Linear and the ops built on it then quantise their
+  // input the same way per call (one scale for the whole [m, cols] input) and multiply the
+  // codes (on the GPU's FP8 tensor cores), so a step reads half the weight bytes of BF16.
+  // A group that is not Fp8Quantizable is loaded as LoadWeights does, on every backend (the
+  // GPU's FP8 GEMMs take no other shapes); FAILED_PRECONDITION where the backend has no FP8
+  // path at all (a GPU without FP8 tensor cores).
+  virtual Result<std::vector<Weight>> LoadFp8Weights(std::span<const Weight> hosts) = 0;
+  // Whether LoadFp8Weights quantises `hosts`: matrices of one width, that width and each one's
+  // rows multiples of 16 (every real model's linear layers).
+  static bool Fp8Quantizable(std::span<const Weight> hosts) {
+    for (const Weight& host : hosts) {
+      if (host.rows < 16 || host.rows % 16 != 0 || host.cols % 16 != 0 ||
+          host.cols != hosts.front().cols)
+        return false;
+    }
+    return !hosts.empty();
   }
   // A host view of `data`: the data itself where it is host memory, else a copy in `scratch`.
   // Waits for the ops that write it.

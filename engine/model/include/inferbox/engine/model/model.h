@@ -18,6 +18,13 @@ namespace inferbox::engine {
 
 class Communicator;
 
+// How the linear layers' weights (q, k, v, o, gate, up, down) are kept; the embedding, norms
+// and LM head stay as the file has them.
+enum class Quantization {
+  kNone,  // As the backend keeps the file's weights (BF16 on CUDA).
+  kFp8,   // FP8 E4M3, one scale per Linears group (Backend::LoadFp8Weights).
+};
+
 // Which rank of a tensor-parallel group a Model is (the Megatron split). The rank holds
 // num_attention_heads / world_size query heads with their q/k/v rows (and biases), the KV
 // heads those use (a share of them, or one KV head that other ranks hold too when there are
@@ -40,7 +47,8 @@ class Model final : public ModelRunner {
   // INVALID_ARGUMENT, naming the sizes, when the model does not split into `shard.world_size`
   // ranks (heads, KV heads or MLP columns).
   static Result<std::unique_ptr<Model>> Load(const std::filesystem::path& dir, Backend& backend,
-                                             const TensorParallelShard& shard = {});
+                                             const TensorParallelShard& shard = {},
+                                             Quantization quantization = Quantization::kNone);
   ~Model() override;
 
   const ModelConfig& config() const override;

@@ -19,7 +19,7 @@
 
 namespace inferbox::engine {
 
-enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU8, kBool };
+enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU8, kBool, kF8E4M3 };
 
 std::string_view DTypeName(DType dtype);  // As safetensors spells it: "F32", "BF16", ...
 size_t DTypeSize(DType dtype);            // Bytes per element.

@@ -35,6 +35,7 @@ struct TensorParallelOptions {
   // OpenMP threads of each rank's ops. 0: the process's share, omp_get_max_threads() (the
   // cores, or OMP_NUM_THREADS) over the number of ranks, at least 1.
   int32_t threads_per_rank = 0;
+  Quantization quantization = Quantization::kNone;  // Every rank's (Model::Load).
 };
 
 class TensorParallelModel final : public ModelRunner {
