@@ -250,6 +250,11 @@ class CudaStepInputs final : public StepInputs {
     const size_t sequence_at = place_span(std::span<const int32_t>(host_token_sequence));
     const size_t offsets_at = place_span(std::span<const int64_t>(host_table_offsets));
     const size_t rows_at = place_span(layout.logit_rows);
+    // The tokens before the padding of a recorded step (slot −1 at the end).
+    auto real_tokens = static_cast<int32_t>(num_tokens_);
+    while (recorded_ && real_tokens > 0 && layout.slots[static_cast<size_t>(real_tokens - 1)] < 0)
+      --real_tokens;
+    const size_t real_tokens_at = place(&real_tokens, sizeof(real_tokens));
     const size_t inv_freq_at =
         half_ == 0 ? place(nullptr, 0) : place_span(std::span<const float>(layout.rope->inv_freq));
     const size_t rope_bytes = static_cast<size_t>(num_tokens_ * half_) * sizeof(float);
@@ -281,6 +286,7 @@ class CudaStepInputs final : public StepInputs {
     table_offsets = reinterpret_cast<const int64_t*>(base + offsets_at);
     block_tables = reinterpret_cast<const int32_t*>(base + tables_at);
     logit_rows = reinterpret_cast<const int64_t*>(base + rows_at);
+    real_rows = reinterpret_cast<const int32_t*>(base + real_tokens_at);
     cos = reinterpret_cast<float*>(base + cos_at);
     sin = reinterpret_cast<float*>(base + sin_at);
     if (half_ > 0) {
@@ -347,6 +353,8 @@ class CudaStepInputs final : public StepInputs {
   const int64_t* table_offsets = nullptr;
   const int32_t* block_tables = nullptr;
   const int64_t* logit_rows = nullptr;
+  // How many rows come before the padding (all of them but in a recorded step).
+  const int32_t* real_rows = nullptr;
   float* cos = nullptr;
   float* sin = nullptr;
 
@@ -750,7 +758,8 @@ class CudaBackend final : public Backend {
     }
     DeviceAllocation stored(codes_bytes + 2 * sizeof(float), nullptr);
     auto* work = reinterpret_cast<float*>(stored.as<std::byte>() + codes_bytes);
-    LaunchQuantizeToFp8(bf16.as<uint16_t>(), count, work, stored.as<uint8_t>(), nullptr);
+    LaunchQuantizeToFp8(bf16.as<uint16_t>(), count, 1, nullptr, work, stored.as<uint8_t>(),
+                        nullptr);
     INFERBOX_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<Weight> loaded;
     offset = 0;
@@ -845,6 +854,15 @@ class CudaBackend final : public Backend {
       return;
     }
     Use();
+    // While its ops are issued, the step's padding rows take no part in the scales of FP8
+    // GEMM inputs (LinearsOfBf16): a step gives the same bits padded or not.
+    struct PaddedStep {
+      const CudaStepInputs*& current;
+      PaddedStep(const CudaStepInputs*& slot, const CudaStepInputs& step) : current(slot) {
+        current = &step;
+      }
+      ~PaddedStep() { current = nullptr; }
+    } padded(padded_step_, inputs);
     // Recordings hold the addresses of every buffer they use: the cache's, the caller's
     // buffers, and the backend's own (GEMM input, stacked output, attention workspace,
     // recorded inputs).
@@ -1300,7 +1318,10 @@ class CudaBackend final : public Backend {
     const float* input_scale = nullptr;
     if (outputs.front().weight->dtype == DType::kF8E4M3) {
       auto* codes = Grown(fp8_input_, fp8_input_count_, m * cols, 1).as<uint8_t>();
-      LaunchQuantizeToFp8(input, m * cols, fp8_work_.as<float>(), codes, stream_);
+      const int32_t* real_rows = padded_step_ != nullptr && padded_step_->num_tokens() == m
+                                     ? padded_step_->real_rows
+                                     : nullptr;
+      LaunchQuantizeToFp8(input, m, cols, real_rows, fp8_work_.as<float>(), codes, stream_);
       input_fp8 = codes;
       input_scale = fp8_work_.as<float>() + 1;
     }
@@ -1435,7 +1456,8 @@ class CudaBackend final : public Backend {
   int64_t recorded_cache_ = 0;     // and their cache's serial.
   bool buffers_moved_ = false;     // A buffer of ours moved since the recordings were made.
   bool recording_ = false;
-  DeviceAllocation greedy_;  // Tokens then log-probabilities of GreedyRows.
+  const CudaStepInputs* padded_step_ = nullptr;  // The recorded step being issued (RunRecorded).
+  DeviceAllocation greedy_;                      // Tokens then log-probabilities of GreedyRows.
   int64_t greedy_capacity_ = 0;
   DeviceAllocation sample_work_;  // SampleRows' processed logits.
   int64_t sample_work_count_ = 0;

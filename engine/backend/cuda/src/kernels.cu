@@ -102,7 +102,9 @@ __global__ void Float4ToBf16Kernel(const float4* src, uint2* dst, int64_t n4) {
 // work[0] = max(work[0], |x[i]|) over the grid; work[0] starts at 0. Non-negative floats
 // order as their bit patterns do, so the maximum is an unsigned atomic. fmaxf drops NaN, as
 // the CPU reference's std::max does.
-__global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, float* work) {
+__global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, int64_t cols,
+                                 const int32_t* real_rows, float* work) {
+  if (real_rows != nullptr && static_cast<int64_t>(*real_rows) * cols < n) n = *real_rows * cols;
   float largest = 0.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -1784,8 +1786,9 @@ void LaunchConvertToBf16(const void* src, SourceType type, uint16_t* dst, int64_
       });
 }
 
-void LaunchQuantizeToFp8(const uint16_t* x, int64_t n, float* work, uint8_t* out,
-                         cudaStream_t stream) {
+void LaunchQuantizeToFp8(const uint16_t* x, int64_t rows, int64_t cols, const int32_t* real_rows,
+                         float* work, uint8_t* out, cudaStream_t stream) {
+  const int64_t n = rows * cols;
   if (const cudaError_t error = cudaMemsetAsync(work, 0, sizeof(float), stream);
       error != cudaSuccess &&
       !ToleratedLaunchFailures::Note("QuantizeToFp8", cudaGetErrorString(error))) {
@@ -1794,7 +1797,7 @@ void LaunchQuantizeToFp8(const uint16_t* x, int64_t n, float* work, uint8_t* out
   if (n == 0) return;
   // Enough blocks to fill the GPU, few enough that the atomics stay cheap.
   const int blocks = GridFor(n, kThreads) < 1024 ? GridFor(n, kThreads) : 1024;
-  AbsMaxBf16Kernel<<<blocks, kThreads, 0, stream>>>(x, n, work);
+  AbsMaxBf16Kernel<<<blocks, kThreads, 0, stream>>>(x, n, cols, real_rows, work);
   CheckLaunch("AbsMaxBf16Kernel");
   QuantizeFp8Kernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(x, n, work, out);
   CheckLaunch("QuantizeFp8Kernel");

@@ -20,12 +20,14 @@ void LaunchConvertToBf16(const void* src, SourceType type, uint16_t* dst, int64_
 void LaunchConvertToF32(const void* src, SourceType type, float* dst, int64_t n,
                         cudaStream_t stream);
 
-// FP8 E4M3 of n BF16 values with one scale, as the CPU reference computes it
+// FP8 E4M3 of x [rows, cols] (BF16) with one scale, as the CPU reference computes it
 // (engine/backend/include/inferbox/engine/backend/fp8.h): work[0] = the largest magnitude,
 // work[1] = its scale, out[i] = E4M3(x[i] / work[1]) rounded to nearest even, saturated.
-// `work` is 2 floats of device memory; work[1] is what the FP8 GEMM multiplies by.
-void LaunchQuantizeToFp8(const uint16_t* x, int64_t n, float* work, uint8_t* out,
-                         cudaStream_t stream);
+// `work` is 2 floats of device memory; work[1] is what the FP8 GEMM multiplies by. With
+// `real_rows` (device memory), only that many first rows count towards the scale (the others
+// are a recorded step's padding); all are quantised.
+void LaunchQuantizeToFp8(const uint16_t* x, int64_t rows, int64_t cols, const int32_t* real_rows,
+                         float* work, uint8_t* out, cudaStream_t stream);
 
 // out[i, :] = table[ids[i], :] widened; table [vocab, hidden] BF16.
 void LaunchEmbedding(const int32_t* ids, int64_t m, const uint16_t* table, int64_t hidden,
