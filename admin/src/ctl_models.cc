@@ -212,6 +212,10 @@ ModelsCommand::ModelsCommand(CLI::App& app) {
   load_->add_option("--tensor-parallel", tensor_parallel_,
                     "GPUs (cuda) or CPU ranks of each engine (default: 1, or the profile's)");
   load_->add_option("--kv-cache-gib", kv_cache_gib_, "KV cache per engine, GiB");
+  load_->add_option("--quantization", quantization_,
+                    "The linear layers' weights: none (default) or fp8 (FP8 E4M3, quantised at "
+                    "load; GPUs of compute capability 8.9 or later)")
+      ->transform(CLI::IsMember({"none", "fp8"}));
   load_->add_option("--max-model-len", max_model_len_, "Longest sequence (default: the model's)");
   load_->add_option("--ready-timeout", ready_timeout_,
                     "Swap: seconds the new engines have to become ready (default 600)");
@@ -293,6 +297,7 @@ std::optional<int> ModelsCommand::Run(const AdminCalls& calls) const {
     options->set_tensor_parallel(tensor_parallel_);
     options->set_kv_cache_gib(kv_cache_gib_);
     options->set_max_model_len(max_model_len_);
+    options->set_quantization(quantization_);
     request.set_ready_timeout_seconds(ready_timeout_);
     request.set_drain_timeout_seconds(drain_timeout_);
     api::LoadModelResponse response;

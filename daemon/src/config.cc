@@ -505,6 +505,15 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              model.max_waiting = *value;
              return Status::Ok();
            }},
+          {"quantization",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetString(site, node, key);
+             if (!value.ok()) return value.status();
+             if (*value != "none" && *value != "fp8")
+               return site.At(node, key, "\"" + *value + "\" is not \"none\" or \"fp8\"");
+             model.quantization = *value;
+             return Status::Ok();
+           }},
       });
   if (!status.ok()) return status;
   if (model.name.empty()) return site.At(table, section + ".name", "is required");

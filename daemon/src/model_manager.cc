@@ -70,6 +70,7 @@ ModelServeConfig ServeConfigFor(const api::LoadModelRequest& request) {
   if (options.token_budget() > 0) config.token_budget = options.token_budget();
   if (options.max_model_len() > 0) config.max_model_len = options.max_model_len();
   if (options.max_waiting() > 0) config.max_waiting = options.max_waiting();
+  if (!options.quantization().empty()) config.quantization = options.quantization();
   return config;
 }
 
@@ -77,6 +78,10 @@ ModelServeConfig ServeConfigFor(const api::LoadModelRequest& request) {
 Status CheckServeOptions(const ModelServeConfig& config) {
   if (config.device != "cpu" && config.device != "cuda")
     return InvalidArgumentError("options.device: \"" + config.device + "\" is not cpu or cuda");
+  if (config.quantization != "none" && config.quantization != "fp8") {
+    return InvalidArgumentError("options.quantization: \"" + config.quantization +
+                                "\" is not none or fp8");
+  }
   if (auto error = CheckGpuSettings(config, Placed::kNotYet))
     return InvalidArgumentError("options." + error->key + ": " + error->message);
   if (config.kv_cache_gib > 4096) return InvalidArgumentError("options.kv_cache_gib: at most 4096");

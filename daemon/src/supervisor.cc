@@ -722,6 +722,10 @@ void Supervisor::Watch(Watcher& watcher) {
     argv.push_back("--max-model-len");
     argv.push_back(std::to_string(model.max_model_len));
   }
+  if (model.quantization != "none") {
+    argv.push_back("--quantization");
+    argv.push_back(model.quantization);
+  }
   const std::vector<std::string> env = EngineEnvironment(model, replica.gpus_);
   // Every canary's outcome, for status and /metrics; a failure is logged (the caller kills
   // the engine).

@@ -157,6 +157,17 @@ TEST_F(DaemonEngineTest, ServesChatTokenizeAndModelsThroughTheEngine) {
   EXPECT_EQ(RunChat(bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+// quantization = "fp8" reaches the engine (--quantization fp8: the CPU reference's FP8 linear
+// layers), which serves as before.
+TEST_F(DaemonEngineTest, ServesAModelWithFp8LinearLayers) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "quantization = \"fp8\"\n")));
+  ASSERT_TRUE(WaitServing()) << daemon_->Logs();
+  const Streamed chat = RunChat(Chat(12));
+  ASSERT_TRUE(chat.status.ok()) << chat.status.error_message();
+  EXPECT_EQ(chat.tokens, 12u);
+  EXPECT_THAT(daemon_->Logs(), HasSubstr("linear layers in FP8 E4M3 (--quantization fp8)"));
+}
+
 TEST_F(DaemonEngineTest, ClientCancelReachesTheEngine) {
   ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
   ASSERT_TRUE(WaitServing());

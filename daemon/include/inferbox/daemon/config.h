@@ -63,6 +63,9 @@ struct ModelServeConfig {
   int64_t token_budget = 512;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings.
   int64_t max_waiting = 1024;
+  // The linear layers' weights: "none" (as the model file has them) or "fp8" (FP8 E4M3,
+  // quantised by the engine at load; a GPU needs compute capability 8.9 or later).
+  std::string quantization = "none";
 
   bool operator==(const ModelServeConfig&) const = default;
 };
