@@ -212,9 +212,10 @@ ModelsCommand::ModelsCommand(CLI::App& app) {
   load_->add_option("--tensor-parallel", tensor_parallel_,
                     "GPUs (cuda) or CPU ranks of each engine (default: 1, or the profile's)");
   load_->add_option("--kv-cache-gib", kv_cache_gib_, "KV cache per engine, GiB");
-  load_->add_option("--quantization", quantization_,
-                    "The linear layers' weights: none (default) or fp8 (FP8 E4M3, quantised at "
-                    "load; GPUs of compute capability 8.9 or later)")
+  load_
+      ->add_option("--quantization", quantization_,
+                   "The linear layers' weights: none (default) or fp8 (FP8 E4M3, quantised at "
+                   "load; GPUs of compute capability 8.9 or later)")
       ->transform(CLI::IsMember({"none", "fp8"}));
   load_->add_option("--max-model-len", max_model_len_, "Longest sequence (default: the model's)");
   load_->add_option("--ready-timeout", ready_timeout_,

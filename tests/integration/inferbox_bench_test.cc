@@ -73,6 +73,40 @@ TEST_F(InferboxBenchTest, OfflineRunPrintsThroughputAndTheBandwidthFloor) {
   EXPECT_EQ(out.at("steps").at("generated_tokens"), 24);
 }
 
+// --quantization fp8: the linear layers' weights (q, k, v, o, gate, up, down of every layer)
+// take one byte per parameter instead of the tiny model's four; the floor's bytes per decode
+// step say so to the byte (the embedding row, norms and LM head are not quantised).
+TEST_F(InferboxBenchTest, Fp8LinearLayersTakeOneBytePerParameterOfTheFloor) {
+  const std::vector<std::string> run = {"--num-requests", "2", "--input-len", "8",
+                                        "--output-len",   "4", "--json"};
+  const CommandResult unquantised = Bench(run);
+  std::vector<std::string> fp8_run = run;
+  fp8_run.insert(fp8_run.end(), {"--quantization", "fp8"});
+  const CommandResult fp8 = Bench(fp8_run);
+  ASSERT_EQ(unquantised.exit_code, 0) << unquantised.err;
+  ASSERT_EQ(fp8.exit_code, 0) << fp8.err;
+  const json::object plain = ParseJson(unquantised), quantised = ParseJson(fp8);
+  EXPECT_EQ(plain.at("config").at("quantization"), "none");
+  EXPECT_EQ(quantised.at("config").at("quantization"), "fp8");
+  EXPECT_EQ(quantised.at("output_tokens"), 8);
+
+  std::ifstream file(model() / "config.json");
+  const std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  const json::object config = json::parse(text).as_object();
+  const auto get = [&config](const char* key) { return config.at(key).to_number<double>(); };
+  const double q = get("num_attention_heads") * get("head_dim");
+  const double kv = get("num_key_value_heads") * get("head_dim");
+  const double hidden = get("hidden_size");
+  const double linear_parameters =
+      get("num_hidden_layers") *
+      (hidden * (2 * q + 2 * kv) + 3 * hidden * get("intermediate_size"));
+  const auto bytes = [](const json::object& out) {
+    return out.at("bandwidth_ceiling").at("weight_bytes_per_decode_step").to_number<double>();
+  };
+  EXPECT_EQ(bytes(plain) - bytes(quantised), 3 * linear_parameters);
+  EXPECT_EQ(Bench({"--quantization", "int8"}).exit_code, 2);
+}
+
 TEST_F(InferboxBenchTest, OneStreamTableShowsMsPerStepBesideTheFloor) {
   const CommandResult result = Bench({"--num-requests", "1", "--warmup", "0", "--input-len", "16",
                                       "--output-len", "8", "--concurrency", "1"});

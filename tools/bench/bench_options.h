@@ -12,6 +12,7 @@ struct Options {
   std::filesystem::path model;
   std::string device = "cpu";
   int32_t tensor_parallel = 1;
+  bool fp8 = false;  // --quantization fp8: the linear layers in FP8 E4M3.
   int64_t num_requests = 64;
   int64_t input_len = 128;
   int64_t output_len = 64;

@@ -62,6 +62,7 @@ json::object ConfigJson(const Options& options) {
   } else {
     config["device"] = options.device;
     config["tensor_parallel"] = options.tensor_parallel;
+    config["quantization"] = options.fp8 ? "fp8" : "none";
     config["max_running"] = options.max_running;
     config["token_budget"] = options.token_budget;
     config["block_size"] = options.block_size;

@@ -47,7 +47,7 @@ RequestOptions GreedyRequest(std::vector<int32_t> prompt, int64_t output_len) {
 }  // namespace
 
 Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::string& device,
-                              int32_t tensor_parallel) {
+                              int32_t tensor_parallel, Quantization quantization) {
   LoadedModel loaded;
   if (tensor_parallel > 1) {
     if (device != "cpu") {
@@ -55,8 +55,11 @@ Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::strin
           "--tensor-parallel {} needs --device cpu (inferbox-bench does not open NCCL yet)",
           tensor_parallel));
     }
-    auto model = TensorParallelModel::Load(dir, MakeLocalCommunicators(tensor_parallel),
-                                           [&device](int32_t) { return MakeBackend(device); });
+    TensorParallelOptions options;
+    options.quantization = quantization;
+    auto model = TensorParallelModel::Load(
+        dir, MakeLocalCommunicators(tensor_parallel),
+        [&device](int32_t) { return MakeBackend(device); }, options);
     if (!model.ok()) return model.status();
     loaded.parallel_model = std::move(model).value();
     return loaded;
@@ -64,7 +67,7 @@ Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::strin
   auto backend = MakeBackend(device);
   if (!backend.ok()) return InvalidArgumentError(backend.status().message());
   loaded.backend = std::move(backend).value();
-  auto model = Model::Load(dir, *loaded.backend);
+  auto model = Model::Load(dir, *loaded.backend, {}, quantization);
   if (!model.ok()) return model.status();
   loaded.model = std::move(model).value();
   return loaded;

@@ -37,7 +37,7 @@ struct LoadedModel {
 // Loads `dir` on `device` (cpu, cuda, cuda:N), over `tensor_parallel` ranks past one (CPU
 // only). INVALID_ARGUMENT for a device or split that cannot be; the loader's error otherwise.
 Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::string& device,
-                              int32_t tensor_parallel);
+                              int32_t tensor_parallel, Quantization quantization);
 
 // Runs requests through `runtime` (see RequestRunner). Token arrival times are taken in the
 // delta callback, on the engine thread: latencies include the loop's own overhead and

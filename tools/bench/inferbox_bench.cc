@@ -214,7 +214,8 @@ int RunOverHttpPath(const Options& options) {
 }
 
 int RunInProcessPath(Options options, bool num_blocks_given) {
-  auto loaded = LoadModel(options.model, options.device, options.tensor_parallel);
+  auto loaded = LoadModel(options.model, options.device, options.tensor_parallel,
+                          options.fp8 ? Quantization::kFp8 : Quantization::kNone);
   if (!loaded.ok()) {
     fmt::print(stderr, "inferbox-bench: {}\n", loaded.status().ToString());
     return loaded.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
@@ -317,6 +318,12 @@ int main(int argc, char** argv) {
                  "Ranks the model is split over (CPU: threads, each with its share of the cores)")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  app.add_option("--quantization", options.fp8,
+                 "The linear layers' weights: none (as the model file has them) or fp8 (FP8 "
+                 "E4M3, as inferbox-engine --quantization fp8)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, bool>{{"none", false}, {"fp8", true}}, CLI::ignore_case))
+      ->default_str("none");
   app.add_option("--num-requests", options.num_requests, "Measured requests")
       ->check(AtLeast(1))
       ->capture_default_str();
