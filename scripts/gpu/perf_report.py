@@ -5,7 +5,8 @@
     python3 scripts/gpu/perf_report.py --gpu NAME --commit SHA LOG...
 
 A log named ours-* holds in-process records, daemon-* records over HTTP, peer* the peer's,
-eager-* in-process records with CUDA graphs off (INFERBOX_CUDA_GRAPHS=0); a record is a line
+eager-* in-process records with CUDA graphs off (INFERBOX_CUDA_GRAPHS=0), fp8-* in-process
+records with the linear layers in FP8 (--quantization fp8); a record is a line
 that starts with {"bench". Missing logs and runs count as not measured.
 """
 import argparse
@@ -19,11 +20,11 @@ DAEMON_MAX_LOSS = 3.0  # Percent below in-process.
 
 
 def read_records(paths):
-    records = {"ours": [], "daemon": [], "peer": [], "eager": []}
+    records = {"ours": [], "daemon": [], "peer": [], "eager": [], "fp8": []}
     for path in map(pathlib.Path, paths):
         if not path.is_file():
             continue
-        side = next((s for s in ("peer", "daemon", "eager") if path.name.startswith(s)), "ours")
+        side = next((s for s in ("peer", "daemon", "eager", "fp8") if path.name.startswith(s)), "ours")
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith('{"bench"'):
                 try:
@@ -184,6 +185,23 @@ def main():
         b = r.get(key)
         row(f"{in_len}/{out_len}, {concurrency} in flight", "tokens/s, CUDA graphs vs op by op", fmt(a),
             fmt(b) + " (op by op)", "", "", f"graphs {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+
+    # The linear layers in FP8 against unquantised (BF16 on a GPU), same workload; one stream also against its own
+    # floor (the FP8 weights' bytes).
+    for r in [r for r in records["fp8"] if r.get("bench") == "offline"]:
+        in_len, out_len, concurrency = workload(r)
+        mine = offline(ours, in_len, out_len, concurrency)
+        key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
+        a = r.get(key)
+        b = mine[0].get(key) if mine else None
+        row(f"FP8 {in_len}/{out_len}, {concurrency} in flight", "tokens/s, FP8 vs unquantised (BF16)", fmt(a),
+            fmt(b) + " (unquantised)", "", "", f"FP8 {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+        floor = r.get("bandwidth_ceiling") or {}
+        if concurrency == 1 and floor.get("stream_percent_of_floor") is not None:
+            share = floor["stream_percent_of_floor"]
+            row("", f"% of the FP8 floor ({fmt(floor.get('decode_step_ms'), 2)} ms/step)", fmt(share) + "%",
+                "", "", f">= {ONE_STREAM_FLOOR_SHARE:.0f}% of floor",
+                "met" if share >= ONE_STREAM_FLOOR_SHARE else f"missed by {ONE_STREAM_FLOOR_SHARE - share:.1f} points")
 
     # The daemon's HTTP path against in-process, same workload.
     for r in [r for r in daemon if r.get("bench") == "offline"]:

@@ -39,6 +39,9 @@
 # sequence's whole cache, and 1000/1000 at 256 does not fit 80 GB), PERF_SKIP_PEER=1,
 # PERF_SKIP_DAEMON=1, PERF_OP_BY_OP (workloads in PERF_THROUGHPUT's form run again with CUDA
 # graphs off, INFERBOX_CUDA_GRAPHS=0, to show what they save; "128:256:1:3", one stream),
+# PERF_FP8 (workloads in PERF_THROUGHPUT's form run again with --quantization fp8, the
+# linear layers in FP8 E4M3, after the op-by-op ones; a concurrency of 1 is compared with the
+# FP8 bandwidth floor, the weights' bytes then half; ""),
 # PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
 # INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
@@ -132,7 +135,8 @@ report() {
   done
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
-    "$out"/ours-*.log "$out"/eager-*.log "$out"/daemon-*.log "$out"/peer.log | tee "$results/perf-table.txt"
+    "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/daemon-*.log "$out"/peer.log |
+    tee "$results/perf-table.txt"
   save_logs
   bundle_close
 }
@@ -232,6 +236,16 @@ for workload in ${PERF_OP_BY_OP-128:256:1:3}; do
   INFERBOX_CUDA_GRAPHS=0 capped $ours_reserve 90 "op by op: ${in_len}/${out_len} at ${concurrency}" \
     "eager-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --input-len "$in_len" \
     --output-len "$out_len" --concurrency "$concurrency" --num-requests "$requests" --warmup 1 \
+    --seed "$(seed_of "$workload")" --json
+done
+
+# --- ours, with the linear layers in FP8 ---
+for workload in ${PERF_FP8:-}; do
+  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+  capped $ours_reserve 120 "fp8: ${in_len}/${out_len} at ${concurrency}" \
+    "fp8-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --quantization fp8 \
+    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
     --seed "$(seed_of "$workload")" --json
 done
 
