@@ -186,8 +186,8 @@ def main():
         row(f"{in_len}/{out_len}, {concurrency} in flight", "tokens/s, CUDA graphs vs op by op", fmt(a),
             fmt(b) + " (op by op)", "", "", f"graphs {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
 
-    # The linear layers in FP8 against unquantised (BF16 on a GPU), same workload; one stream also against its own
-    # floor (the FP8 weights' bytes).
+    # The linear layers in FP8 against unquantised (BF16 on a GPU), same workload; one stream
+    # also against its own floor (the FP8 weights' bytes).
     for r in [r for r in records["fp8"] if r.get("bench") == "offline"]:
         in_len, out_len, concurrency = workload(r)
         mine = offline(ours, in_len, out_len, concurrency)

@@ -812,9 +812,13 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int device) {
   *properties = {};
   std::snprintf(properties->name, sizeof(properties->name), "inferbox CUDA emulator (CPU)");
   properties->totalGlobalMem = cuda_emu::TotalBytes();
-  // An H100's shape, so that launch heuristics choose as they would there.
+  // An H100's shape, so that launch heuristics choose as they would there; another compute
+  // capability with INFERBOX_CUDA_EMU_COMPUTE_CAPABILITY=MAJOR.MINOR (what older GPUs lack).
   properties->major = 9;
   properties->minor = 0;
+  if (const char* capability = std::getenv("INFERBOX_CUDA_EMU_COMPUTE_CAPABILITY")) {
+    std::sscanf(capability, "%d.%d", &properties->major, &properties->minor);
+  }
   properties->multiProcessorCount = 132;
   properties->warpSize = 32;
   properties->maxThreadsPerBlock = 1024;

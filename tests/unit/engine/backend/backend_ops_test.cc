@@ -25,6 +25,7 @@
 #include <string>
 
 #include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "inferbox/engine/backend/backend.h"
@@ -1159,6 +1160,23 @@ TEST(CudaRecordedSteps, AStepThatCannotBeRecordedRunsOpByOpAndRecordingStops) {
   std::vector<float> scratch;
   const std::span<const float> v_host = backend.ReadBack(v, scratch);
   for (int64_t i = 0; i < kKvHeads * kHeadDim; ++i) EXPECT_EQ(value[i], v_host[i]) << i;
+}
+#endif
+
+#ifdef INFERBOX_CUDA_EMULATED
+// FP8 weights on a GPU without FP8 tensor cores (an A100's 8.0): refused, saying why.
+TEST(CudaFp8, AGpuWithoutFp8TensorCoresRefusesFp8Weights) {
+  setenv("INFERBOX_CUDA_EMU_COMPUTE_CAPABILITY", "8.0", 1);
+  auto made = cuda::MakeCudaBackend(0);
+  unsetenv("INFERBOX_CUDA_EMU_COMPUTE_CAPABILITY");
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  const HostWeight w(RandomBf16Exact(64 * 64, 1), 64, 64, DType::kBF16);
+  const Weight host = w.Host();
+  auto loaded = (*made)->LoadFp8Weights({&host, 1});
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_THAT(loaded.status().message(), ::testing::HasSubstr("compute capability 8.9"));
+  EXPECT_THAT(loaded.status().message(), ::testing::HasSubstr("is 8.0"));
 }
 #endif
 
