@@ -33,6 +33,7 @@ toml::table ToToml(const ModelServeConfig& model) {
   table.insert("token_budget", model.token_budget);
   table.insert("max_model_len", model.max_model_len);
   table.insert("max_waiting", model.max_waiting);
+  if (model.quantization != defaults.quantization) table.insert("quantization", model.quantization);
   return table;
 }
 

@@ -209,6 +209,8 @@ TEST_P(CudaForwardTest, Fp8LogitsAreAsFarFromTheUnquantisedModelAsTheCpuFp8Ones)
   auto cpu_fp8 = Model::Load(model_dir_, *cpu_, {}, Quantization::kFp8);
   ASSERT_TRUE(cpu_fp8.ok()) << cpu_fp8.status().ToString();
   auto cuda_fp8 = Model::Load(model_dir_, *cuda_, {}, Quantization::kFp8);
+  if (cuda_fp8.status().code() == StatusCode::kFailedPrecondition)
+    GTEST_SKIP() << "no FP8 on this GPU: " << cuda_fp8.status().ToString();
   ASSERT_TRUE(cuda_fp8.ok()) << cuda_fp8.status().ToString();
   EXPECT_LT((*cuda_fp8)->WeightBytesPerDecodeStep(), cuda_model_->WeightBytesPerDecodeStep())
       << "the linear layers were not stored in FP8";
@@ -319,6 +321,8 @@ void CudaForwardTest::CheckRecordedSteps(Quantization quantization) {
   ASSERT_TRUE(made.ok()) << made.status().ToString();
   const std::unique_ptr<Backend> eager_backend = std::move(made).value();
   auto loaded = Model::Load(model_dir_, *eager_backend, {}, quantization);
+  if (loaded.status().code() == StatusCode::kFailedPrecondition)
+    GTEST_SKIP() << "not on this GPU: " << loaded.status().ToString();
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   const std::unique_ptr<Model> eager = std::move(loaded).value();
   std::unique_ptr<Model> quantized;

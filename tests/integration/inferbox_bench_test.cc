@@ -105,6 +105,10 @@ TEST_F(InferboxBenchTest, Fp8LinearLayersTakeOneBytePerParameterOfTheFloor) {
   };
   EXPECT_EQ(bytes(plain) - bytes(quantised), 3 * linear_parameters);
   EXPECT_EQ(Bench({"--quantization", "int8"}).exit_code, 2);
+  const CommandResult over_http =
+      Bench({"--quantization", "fp8", "--url", "http://127.0.0.1:1", "--num-requests", "1"});
+  EXPECT_EQ(over_http.exit_code, 2);
+  EXPECT_THAT(over_http.err, HasSubstr("the server's model config sets it"));
 }
 
 TEST_F(InferboxBenchTest, OneStreamTableShowsMsPerStepBesideTheFloor) {

@@ -387,6 +387,12 @@ int main(int argc, char** argv) {
   }
 
   if (options.over_http()) {
+    if (options.fp8) {
+      fmt::print(stderr,
+                 "inferbox-bench: --quantization is the engine's: over --url, the server's model "
+                 "config sets it (quantization = \"fp8\")\n");
+      return 2;
+    }
     if (options.served_model.empty()) options.served_model = options.model.filename().string();
     return RunOverHttpPath(options);
   }

@@ -104,7 +104,8 @@ TEST(ServedModelsFile, RoundTripsAndMergesWithTheConfigWinning) {
                      .replicas = 2,
                      .tensor_parallel = 2,
                      .kv_cache_gib = 4.5,
-                     .max_model_len = 8192};
+                     .max_model_len = 8192,
+                     .quantization = "fp8"};
   served.models = {a, b};
   ASSERT_TRUE(WriteServedModels(file, served).ok());
   auto read = ReadServedModels(file);

@@ -378,6 +378,7 @@ class LtGemm {
   LtGemm() {
     INFERBOX_CUBLAS_CHECK(Lt().Create(&handle_));
     workspace_ = DeviceAllocation(kWorkspaceBytes, nullptr);
+    scale_placeholder_ = DeviceAllocation(256, nullptr);
   }
   ~LtGemm() {
     for (auto& [shape, plan] : plans_) {
@@ -447,6 +448,16 @@ class LtGemm {
     INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.a, operands, u(k), u(n), k));
     INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.b, operands, u(k), u(m), k));
     INFERBOX_CUBLAS_CHECK(Lt().MatrixLayoutCreate(&plan.c, CUDA_R_32F, u(n), u(m), n));
+    if (fp8) {
+      // The algorithm is chosen with scale pointers set, as NVIDIA's FP8 samples do; each
+      // RunFp8 sets the real ones.
+      const float* placeholder = scale_placeholder_.as<float>();
+      for (const auto attribute :
+           {CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER}) {
+        INFERBOX_CUBLAS_CHECK(
+            Lt().MatmulDescSetAttribute(plan.op, attribute, &placeholder, sizeof(placeholder)));
+      }
+    }
     cublasLtMatmulPreference_t preference = nullptr;
     INFERBOX_CUBLAS_CHECK(Lt().MatmulPreferenceCreate(&preference));
     const uint64_t workspace = kWorkspaceBytes;
@@ -475,6 +486,7 @@ class LtGemm {
 
   cublasLtHandle_t handle_ = nullptr;
   DeviceAllocation workspace_;
+  DeviceAllocation scale_placeholder_;  // Device floats for FP8 plans' scale pointers.
   std::map<std::tuple<int64_t, int64_t, int64_t, uint32_t, bool>, Plan> plans_;
 };
 

@@ -11,7 +11,8 @@
 // - FP8: A and B both E4M3, only as cuBLASLt takes them ("TN": A transposed, B not; op(A)'s
 //   rows, k and the leading dimensions multiples of 16), each multiplied by the float32 its
 //   scale pointer (A_SCALE_POINTER, B_SCALE_POINTER: device memory, read when the GEMM runs)
-//   holds; scale pointers on other types are refused, as cuBLASLt refuses them.
+//   holds; A, B and D 16-byte aligned; scale pointers on other types are refused, as
+//   cuBLASLt refuses them.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -329,6 +330,12 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
           reinterpret_cast<uintptr_t>(pointers[i]) % algo->data[1 + i] != 0) {
         return CUBLAS_STATUS_NOT_SUPPORTED;
       }
+    }
+  }
+  // FP8 GEMMs take 16-byte aligned matrices only, whatever the algorithm.
+  if (a_layout->type == CUDA_R_8F_E4M3) {
+    for (const void* pointer : {a, b, static_cast<const void*>(d)}) {
+      if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) return CUBLAS_STATUS_NOT_SUPPORTED;
     }
   }
   // The scales are read now (host pointers), the matrices when the stream gets there.
