@@ -35,31 +35,51 @@ __device__ __forceinline__ float LoadAsFloat(const void* src, SourceType type, i
   return 0.0f;
 }
 
-__device__ __forceinline__ float WarpSum(float value) {
+struct Plus {
+  static constexpr float kIdentity = 0.0f;
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+// fmaxf: NaN drops out, as in the CPU reference's std::max over magnitudes.
+struct Max {
+  static constexpr float kIdentity = 0.0f;  // Of magnitudes.
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <typename Combine>
+__device__ __forceinline__ float WarpReduce(float value, Combine combine) {
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    value += __shfl_xor_sync(0xffffffffu, value, offset);
+    value = combine(value, __shfl_xor_sync(0xffffffffu, value, offset));
   return value;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-__device__ float BlockSum(float value) {
+__device__ __forceinline__ float WarpSum(float value) {
+  return WarpReduce(value, Plus());
+}
+
+// Over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+template <typename Combine>
+__device__ float BlockReduce(float value, Combine combine) {
   __shared__ float partial[kWarpSize];
   __shared__ float total;
   const int lane = threadIdx.x % kWarpSize;
   const int warp = threadIdx.x / kWarpSize;
-  value = WarpSum(value);
+  value = WarpReduce(value, combine);
   if (lane == 0) partial[warp] = value;
   __syncthreads();
   if (warp == 0) {
     const int num_warps = blockDim.x / kWarpSize;
-    float sum = lane < num_warps ? partial[lane] : 0.0f;
-    sum = WarpSum(sum);
-    if (lane == 0) total = sum;
+    float reduced = lane < num_warps ? partial[lane] : Combine::kIdentity;
+    reduced = WarpReduce(reduced, combine);
+    if (lane == 0) total = reduced;
   }
   __syncthreads();
   const float result = total;
   __syncthreads();  // `total` and `partial` may be reused by a later call.
   return result;
+}
+
+__device__ float BlockSum(float value) {
+  return BlockReduce(value, Plus());
 }
 
 int GridFor(int64_t n, int threads) {
@@ -99,32 +119,58 @@ __global__ void Float4ToBf16Kernel(const float4* src, uint2* dst, int64_t n4) {
   }
 }
 
-// work[0] = max(work[0], |x[i]|) over the grid; work[0] starts at 0. Non-negative floats
-// order as their bit patterns do, so the maximum is an unsigned atomic. fmaxf drops NaN, as
-// the CPU reference's std::max does.
-__global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, int64_t cols,
-                                 const int32_t* real_rows, float* work) {
+// This thread's largest magnitude among the first n of x (but the padding rows after
+// *real_rows rows of `cols`), over the grid.
+__device__ float LargestMagnitude(const uint16_t* x, int64_t n, int64_t cols,
+                                  const int32_t* real_rows) {
   if (real_rows != nullptr && static_cast<int64_t>(*real_rows) * cols < n) n = *real_rows * cols;
   float largest = 0.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     largest = fmaxf(largest, fabsf(Bf16BitsToFloat(x[i])));
   }
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-    largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+  return largest;
+}
+
+__device__ __forceinline__ float Fp8ScaleOf(float amax) {
+  return amax > 0.0f ? amax / 448.0f : 1.0f;  // Fp8Scale.
+}
+
+__device__ void QuantizeFp8(const uint16_t* x, int64_t n, float scale, uint8_t* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __nv_cvt_float_to_fp8(Bf16BitsToFloat(x[i]) / scale, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
+// work[0] = max(work[0], |x[i]|) over the grid; work[0] starts at 0. Non-negative floats
+// order as their bit patterns do, so the maximum is an unsigned atomic.
+__global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, int64_t cols,
+                                 const int32_t* real_rows, float* work) {
+  const float largest = WarpReduce(LargestMagnitude(x, n, cols, real_rows), Max());
   if (threadIdx.x % kWarpSize == 0) {
     atomicMax(reinterpret_cast<unsigned int*>(work), __float_as_uint(largest));
   }
 }
 
 __global__ void QuantizeFp8Kernel(const uint16_t* x, int64_t n, float* work, uint8_t* out) {
-  const float amax = work[0];
-  const float scale = amax > 0.0f ? amax / 448.0f : 1.0f;  // Fp8Scale.
+  const float scale = Fp8ScaleOf(work[0]);
   if (blockIdx.x == 0 && threadIdx.x == 0) work[1] = scale;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = __nv_cvt_float_to_fp8(Bf16BitsToFloat(x[i]) / scale, __NV_SATFINITE, __NV_E4M3);
+  QuantizeFp8(x, n, scale, out);
+}
+
+// Both in one block, for the small inputs of decode steps: one launch instead of a memset
+// and two kernels.
+__global__ void __launch_bounds__(1024)
+    QuantizeFp8OneBlockKernel(const uint16_t* x, int64_t n, int64_t cols, const int32_t* real_rows,
+                              float* work, uint8_t* out) {
+  const float amax = BlockReduce(LargestMagnitude(x, n, cols, real_rows), Max());
+  const float scale = Fp8ScaleOf(amax);
+  if (threadIdx.x == 0) {
+    work[0] = amax;
+    work[1] = scale;
   }
+  QuantizeFp8(x, n, scale, out);
 }
 
 __global__ void ConvertToF32Kernel(const void* src, SourceType type, float* dst, int64_t n) {
@@ -1725,6 +1771,9 @@ int RowThreads(int64_t n) {
 }
 
 constexpr int kThreads = 256;
+// Elements up to which LaunchQuantizeToFp8 runs in one block (a decode step's GEMM inputs up
+// to 16 rows of 4096, 4 of 14336): 128 KB read twice by one multiprocessor, ~2 µs.
+constexpr int64_t kQuantizeOneBlockMax = 1 << 16;
 
 }  // namespace
 
@@ -1789,6 +1838,11 @@ void LaunchConvertToBf16(const void* src, SourceType type, uint16_t* dst, int64_
 void LaunchQuantizeToFp8(const uint16_t* x, int64_t rows, int64_t cols, const int32_t* real_rows,
                          float* work, uint8_t* out, cudaStream_t stream) {
   const int64_t n = rows * cols;
+  if (n > 0 && n <= kQuantizeOneBlockMax) {
+    QuantizeFp8OneBlockKernel<<<1, 1024, 0, stream>>>(x, n, cols, real_rows, work, out);
+    CheckLaunch("QuantizeFp8OneBlockKernel");
+    return;
+  }
   if (const cudaError_t error = cudaMemsetAsync(work, 0, sizeof(float), stream);
       error != cudaSuccess &&
       !ToleratedLaunchFailures::Note("QuantizeToFp8", cudaGetErrorString(error))) {

@@ -255,7 +255,8 @@ OpCase LinearIntoPartCase(int64_t m, int64_t n, int64_t k) {
 }
 
 // Every BF16 value in [-448, 448] (E4M3's range; 448 itself makes the scale exactly 1) as a
-// weight's or, with `as_input`, as x's values, the other operand 64 one-hot rows (their
+// weight's or, with `as_input`, as x's values (twice over: more than CUDA quantises in one
+// block, so the other path), the other operand 64 one-hot rows (their
 // codes all 448, times a scale of 1/448): each output is one code's value times the same
 // constant, so one code rounded differently from the CPU reference's (ties to even,
 // subnormals, saturation) is at least 2⁻⁹ off where the tolerance is 448 · 1e-6.
@@ -271,6 +272,10 @@ OpCase Fp8CodesCase(bool as_input) {
     for (uint32_t bits = 0; bits <= 0x43E0; ++bits) {  // 0 to 448.
       values.push_back(FromBf16Bits(static_cast<uint16_t>(bits)));
       if (bits != 0) values.push_back(-values.back());
+    }
+    if (as_input) {
+      const std::vector<float> once = values;
+      values.insert(values.end(), once.begin(), once.end());
     }
     const int64_t rows =
         (static_cast<int64_t>(values.size()) + 16 * kWidth - 1) / (16 * kWidth) * 16;
@@ -873,6 +878,7 @@ std::vector<OpCase> AllCases() {
   // input producer (norm, SiLU·mul, attention), a recorded step; every code as the reference's.
   cases.push_back(LinearCase(1, 64, 128, DType::kBF16, false, false, true));
   cases.push_back(LinearCase(70, 96, 256, DType::kBF16, true, true, true));
+  cases.push_back(LinearCase(300, 64, 256, DType::kBF16, false, true, true));  // Two kernels.
   cases.push_back(LinearsCase(1, 64, false, true, true));
   cases.push_back(LinearsCase(33, 128, true, true, true));
   cases.push_back(LinearsCase(70, 64, true, true, true));
