@@ -240,9 +240,9 @@ api::EngineInfo EngineReplica::Info() const {
   info.set_model(model_);
   info.set_replica(replica_);
   info.set_generation(generation_);
-  info.set_state(state_.load());
   for (const uint32_t gpu : gpus_) info.add_gpus(gpu);
   std::lock_guard lock(mutex_);
+  info.set_state(state_.load());
   info.set_pid(pid_);
   info.set_restarts(restarts_);
   info.set_last_exit(last_exit_);
@@ -1008,10 +1008,17 @@ void Supervisor::Watch(Watcher& watcher) {
       std::lock_guard lock(watcher.process_mutex);
       watcher.process.reset();
     }
+    // Why it exited, then not READY, then no process (Info reads the state under the lock
+    // that guards the pid): a status never shows a READY engine without a process, nor one
+    // restarting for no stated reason.
+    {
+      std::lock_guard lock(replica.mutex_);
+      replica.last_exit_ = exit;
+    }
+    SetState(replica, api::ENGINE_STATE_RESTARTING);
     {
       std::lock_guard lock(replica.mutex_);
       replica.pid_ = 0;
-      replica.last_exit_ = exit;
     }
     const auto now = Clock::now();
     exits.push_back(now);
