@@ -318,7 +318,8 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
   }
   auto placed =
       PlaceForStart(std::move(configured), loaded, GpuMemory(), [&](const ModelServeConfig& model) {
-        return ReadModelFootprint(model.path.is_absolute() ? model.path : state_dir / model.path);
+        return ReadModelFootprint(model.path.is_absolute() ? model.path : state_dir / model.path,
+                                  model.quantization);
       });
   if (!placed.ok()) return placed.status();
   for (const auto& [name, why] : placed->dropped) {

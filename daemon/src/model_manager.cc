@@ -407,6 +407,10 @@ Result<ModelServeConfig> ModelManager::PlaceOnFreeGpus(ModelServeConfig model,
                                                        const prov::ModelManifest& manifest) const {
   ModelFootprint footprint;
   footprint.weight_bytes = WeightBytes(manifest);
+  if (auto shape = ReadModelShape(store_->ModelPath(model.name) / "config.json", manifest.dtype());
+      shape.ok()) {
+    footprint.weight_bytes = shape->LoadedWeightBytes(footprint.weight_bytes, model.quantization);
+  }
   // The GPUs of every other served model are taken; its own (a swap) are free to reuse.
   std::vector<uint32_t> claimed;
   for (const ModelServeConfig& served : supervisor_->models()) {

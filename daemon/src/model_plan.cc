@@ -58,6 +58,7 @@ Result<ModelShape> ReadModelShape(const std::filesystem::path& config_json,
   auto heads = ShapeKey(config, "num_attention_heads", config_json);
   if (!heads.ok()) return heads.status();
   shape.num_layers = *layers;
+  shape.num_heads = *heads;
   shape.num_kv_heads = *heads;
   if (config.contains("num_key_value_heads")) {
     auto kv_heads = ShapeKey(config, "num_key_value_heads", config_json);
@@ -72,6 +73,13 @@ Result<ModelShape> ReadModelShape(const std::filesystem::path& config_json,
     auto hidden = ShapeKey(config, "hidden_size", config_json);
     if (!hidden.ok()) return hidden.status();
     shape.head_dim = *hidden / *heads;
+  }
+  for (const auto& [key, field] : {std::pair{"hidden_size", &shape.hidden_size},
+                                   std::pair{"intermediate_size", &shape.intermediate_size}}) {
+    if (!config.contains(key)) continue;
+    auto value = ShapeKey(config, key, config_json);
+    if (!value.ok()) return value.status();
+    *field = *value;
   }
   std::string torch_dtype;
   if (const auto* value = config.if_contains("torch_dtype"); value && value->is_string())

@@ -16,9 +16,27 @@ namespace inferbox::daemon {
 // What the KV cache of one token costs, from config.json.
 struct ModelShape {
   uint64_t num_layers = 0;
+  uint64_t num_heads = 0;
   uint64_t num_kv_heads = 0;
   uint64_t head_dim = 0;
   uint32_t dtype_bytes = 2;
+  uint64_t hidden_size = 0;        // 0: config.json does not say.
+  uint64_t intermediate_size = 0;  // 0: config.json does not say.
+
+  // Parameters of the linear layers (q, k, v, o, gate, up, down of every layer), which
+  // quantization = "fp8" keeps in one byte each; 0 when the config lacks a size.
+  uint64_t linear_parameters() const {
+    const uint64_t q = num_heads * head_dim;
+    const uint64_t kv = num_kv_heads * head_dim;
+    return num_layers * (hidden_size * (2 * q + 2 * kv) + 3 * hidden_size * intermediate_size);
+  }
+  // Bytes of weights `file_bytes` of this model take once loaded with `quantization`: the
+  // linear layers one byte per parameter with "fp8" (never more than the files).
+  uint64_t LoadedWeightBytes(uint64_t file_bytes, std::string_view quantization) const {
+    if (quantization != "fp8" || intermediate_size == 0 || dtype_bytes <= 1) return file_bytes;
+    const uint64_t saved = linear_parameters() * (dtype_bytes - 1);
+    return saved < file_bytes ? file_bytes - saved : file_bytes;
+  }
 
   // 2 (K and V) x layers x kv_heads x head_dim x dtype bytes.
   uint64_t kv_bytes_per_token() const {

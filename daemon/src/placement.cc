@@ -80,7 +80,8 @@ Status CheckGpusFree(const ModelServeConfig& model, std::span<const ModelServeCo
   return Status::Ok();
 }
 
-Result<ModelFootprint> ReadModelFootprint(const std::filesystem::path& dir) {
+Result<ModelFootprint> ReadModelFootprint(const std::filesystem::path& dir,
+                                          std::string_view quantization) {
   ModelFootprint footprint;
   std::error_code error;
   for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
@@ -92,6 +93,9 @@ Result<ModelFootprint> ReadModelFootprint(const std::filesystem::path& dir) {
         fmt::format("cannot read the model folder {}: {}", dir.string(), error.message()));
   if (footprint.weight_bytes == 0)
     return NotFoundError(fmt::format("the model folder {} has no *.safetensors", dir.string()));
+  // Without a readable config.json the files' size stands (the engine will say what is wrong).
+  if (auto shape = ReadModelShape(dir / "config.json", ""); shape.ok())
+    footprint.weight_bytes = shape->LoadedWeightBytes(footprint.weight_bytes, quantization);
   return footprint;
 }
 

@@ -3,8 +3,12 @@
 // the weights with KV headroom, then as many replicas as the free GPUs allow).
 #include "inferbox/daemon/placement.h"
 
+#include <fstream>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include "temp_dir.h"
 
 namespace inferbox::daemon {
 namespace {
@@ -96,6 +100,39 @@ TEST(PlaceByProfile, SmallestTensorParallelThatFitsThenAsManyReplicasAsGpusAllow
   ASSERT_TRUE(placed.ok()) << placed.status().message();
   EXPECT_EQ(placed->tensor_parallel, 4u);
   EXPECT_EQ(placed->replicas, 1u);
+}
+
+// quantization = "fp8": the footprint is the files' bytes less what the linear layers save
+// at one byte per parameter (config.json's sizes), so Llama-3.1-70B in BF16 (141 GB of
+// files) takes one 141 GB GPU per replica where BF16 takes two.
+TEST(PlaceByProfile, AnFp8ModelIsSizedByItsFp8Weights) {
+  inferbox::testing::TempDir dir;
+  std::ofstream(dir.path() / "config.json") << R"({"num_hidden_layers": 80, "hidden_size": 8192,
+      "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128,
+      "intermediate_size": 28672, "torch_dtype": "bfloat16"})";
+  constexpr uint64_t kFileBytes = 141'107'412'992;  // Sparse: no disk is used.
+  std::ofstream(dir.path() / "model.safetensors").close();
+  std::filesystem::resize_file(dir.path() / "model.safetensors", kFileBytes);
+  const uint64_t linear_parameters =
+      80 * (8192 * (2 * 64 * 128 + 2 * 8 * 128) + uint64_t{3} * 8192 * 28672);
+  ASSERT_EQ(linear_parameters, 68'451'041'280u);
+
+  auto bf16 = ReadModelFootprint(dir.path());
+  auto fp8 = ReadModelFootprint(dir.path(), "fp8");
+  ASSERT_TRUE(bf16.ok() && fp8.ok());
+  EXPECT_EQ(bf16->weight_bytes, kFileBytes);
+  EXPECT_EQ(fp8->weight_bytes, kFileBytes - linear_parameters);
+
+  const std::vector<uint64_t> two_141g(2, 141 * kGiB);
+  auto placed = PlaceByProfile(Cuda("llama-70b"), *bf16, two_141g, {});
+  ASSERT_TRUE(placed.ok()) << placed.status().message();
+  EXPECT_EQ(placed->tensor_parallel, 2u);
+  ModelServeConfig fp8_model = Cuda("llama-70b-fp8");
+  fp8_model.quantization = "fp8";
+  placed = PlaceByProfile(fp8_model, *fp8, two_141g, {});
+  ASSERT_TRUE(placed.ok()) << placed.status().message();
+  EXPECT_EQ(placed->tensor_parallel, 1u);
+  EXPECT_EQ(placed->replicas, 2u);
 }
 
 TEST(PlaceByProfile, UsesOnlyFreeGpusAndHonoursGivenReplicasAndTensorParallel) {

@@ -43,11 +43,15 @@ Status CheckGpusFree(const ModelServeConfig& model, std::span<const ModelServeCo
 
 // What placement by profile needs to know of a model.
 struct ModelFootprint {
-  uint64_t weight_bytes = 0;  // The *.safetensors files together.
+  // The *.safetensors files together; with quantization = "fp8", less the bytes the linear
+  // layers' weights save at one byte per parameter (from config.json's sizes).
+  uint64_t weight_bytes = 0;
 };
 
-// Reads the footprint of the model folder `dir`. NOT_FOUND when it has no weights.
-Result<ModelFootprint> ReadModelFootprint(const std::filesystem::path& dir);
+// Reads the footprint of the model folder `dir` as `quantization` ("none", "fp8") loads it.
+// NOT_FOUND when it has no weights.
+Result<ModelFootprint> ReadModelFootprint(const std::filesystem::path& dir,
+                                          std::string_view quantization = "none");
 
 // Places a cuda model that lists no GPUs on GPUs that none of `claimed` is: its tensor
 // parallel degree is its tensor_parallel when set, else the profile's (model_plan.h: the
