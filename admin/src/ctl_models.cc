@@ -142,7 +142,9 @@ std::string PlanReport(const api::PlanModelResponse& plan) {
     text += fmt::format("{:<22}{}\n", name, value);
   };
   row("model", plan.id());
-  row("weights", FormatBytes(plan.weight_bytes()));
+  row("weights", plan.options().quantization() == "fp8"
+                     ? FormatBytes(plan.weight_bytes()) + " (linear layers in FP8)"
+                     : FormatBytes(plan.weight_bytes()));
   row("gpus found", plan.gpus_found() == 0 ? std::string("none (CPU plan)")
                                            : fmt::format("{} x {}", plan.gpus_found(),
                                                          FormatBytes(plan.gpu_memory_bytes())));
@@ -241,6 +243,11 @@ ModelsCommand::ModelsCommand(CLI::App& app) {
   plan_ = models_->add_subcommand(
       "plan", "How a model would run on the GPUs found: TP degree, replicas, KV budget");
   add_id(plan_, "The model's id");
+  plan_
+      ->add_option("--quantization", quantization_,
+                   "The weights as models load --quantization would load them: none (default) "
+                   "or fp8")
+      ->transform(CLI::IsMember({"none", "fp8"}));
   plan_->add_option("--context-length", context_length_,
                     "Tokens per sequence for the concurrency prediction (default 4096)");
   add_json(plan_);
@@ -342,6 +349,7 @@ std::optional<int> ModelsCommand::Run(const AdminCalls& calls) const {
     api::PlanModelRequest request;
     request.set_id(id_);
     request.set_context_length(context_length_);
+    request.set_quantization(quantization_);
     api::PlanModelResponse response;
     if (auto failed = Call(calls, "models plan", &api::Admin::Stub::PlanModel, request, &response))
       return *failed;

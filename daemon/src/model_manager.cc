@@ -423,6 +423,10 @@ Result<ModelServeConfig> ModelManager::PlaceOnFreeGpus(ModelServeConfig model,
 }
 
 Result<api::PlanModelResponse> ModelManager::Plan(const api::PlanModelRequest& request) const {
+  const std::string quantization = request.quantization().empty() ? "none" : request.quantization();
+  if (quantization != "none" && quantization != "fp8") {
+    return InvalidArgumentError("quantization: \"" + quantization + "\" is not none or fp8");
+  }
   auto manifest = store_->Get(request.id());
   if (!manifest.ok()) return manifest.status();
   auto shape = ReadModelShape(store_->ModelPath(request.id()) / "config.json", manifest->dtype());
@@ -431,7 +435,8 @@ Result<api::PlanModelResponse> ModelManager::Plan(const api::PlanModelRequest& r
   inputs.id = request.id();
   inputs.shape = *shape;
   inputs.context_length = request.context_length();
-  inputs.weight_bytes = WeightBytes(*manifest);
+  inputs.weight_bytes = shape->LoadedWeightBytes(WeightBytes(*manifest), quantization);
+  inputs.quantization = quantization;
   if (options_.gpu_memory) inputs.gpu_memory_bytes = options_.gpu_memory();
   return PlanModel(inputs);
 }

@@ -91,6 +91,7 @@ Result<ModelShape> ReadModelShape(const std::filesystem::path& config_json,
 inferbox::v1::PlanModelResponse PlanModel(const PlanInputs& inputs) {
   inferbox::v1::PlanModelResponse plan;
   plan.set_id(inputs.id);
+  if (inputs.quantization != "none") plan.mutable_options()->set_quantization(inputs.quantization);
   plan.set_weight_bytes(inputs.weight_bytes);
   plan.set_gpus_found(static_cast<uint32_t>(inputs.gpu_memory_bytes.size()));
   const uint32_t context =

@@ -61,6 +61,8 @@ struct PlanInputs {
   double gpu_memory_fraction = 0.9;
   // The CPU engine's KV cache when kv_cache_gib is unset.
   uint64_t cpu_kv_cache_bytes = uint64_t{1} << 30;
+  // ModelServeConfig::quantization; weight_bytes are already as it loads them.
+  std::string quantization = "none";
 };
 
 inline constexpr uint32_t kDefaultPlanContextLength = 4096;

@@ -300,6 +300,32 @@ TEST_F(ModelAdminTest, PlansTheTinyModelOnTheCpu) {
   EXPECT_EQ(plan.kv_cache_bytes_per_replica(), uint64_t{1} << 30);
   EXPECT_EQ(plan.kv_cache_tokens_per_replica(), (uint64_t{1} << 30) / per_token);
   EXPECT_EQ(plan.concurrent_sequences(), plan.kv_cache_tokens_per_replica() / 256);
+  EXPECT_EQ(plan.options().quantization(), "");
+
+  // As quantization = "fp8" loads it: the linear layers one byte per parameter, and the
+  // options LoadModel would take say so.
+  const uint64_t dtype_bytes = per_token / (2 * layers * kv_heads * head_dim);
+  const auto hidden = config.at("hidden_size").to_number<uint64_t>();
+  const auto intermediate = config.at("intermediate_size").to_number<uint64_t>();
+  const uint64_t linear_parameters =
+      layers *
+      (hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * intermediate);
+  auto plan_as = [&](const std::string& quantization, api::PlanModelResponse* response) {
+    grpc::ClientContext fp8_context;
+    Prepare(fp8_context);
+    api::PlanModelRequest fp8_request = request;
+    fp8_request.set_quantization(quantization);
+    return admin_->PlanModel(&fp8_context, fp8_request, response);
+  };
+  api::PlanModelResponse fp8_plan;
+  const grpc::Status fp8_status = plan_as("fp8", &fp8_plan);
+  ASSERT_TRUE(fp8_status.ok()) << fp8_status.error_message();
+  EXPECT_EQ(plan.weight_bytes() - fp8_plan.weight_bytes(), linear_parameters * (dtype_bytes - 1));
+  EXPECT_EQ(fp8_plan.options().quantization(), "fp8");
+  api::PlanModelResponse ignored;
+  const grpc::Status int4 = plan_as("int4", &ignored);
+  EXPECT_EQ(int4.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(int4.error_message(), HasSubstr("quantization"));
 }
 
 TEST_F(ModelAdminTest, LoadPlacesACudaModelWithoutGpusOnTheFreeOnesAndRefusesATakenGpu) {
