@@ -63,6 +63,14 @@ Result<std::string> GetString(const ErrorSite& site, const toml::node& node, std
   return site.WrongType(node, key, expected);
 }
 
+// A string that is `first` or `second`.
+Result<std::string> GetEither(const ErrorSite& site, const toml::node& node, std::string_view key,
+                              std::string_view first, std::string_view second) {
+  auto value = GetString(site, node, key);
+  if (!value.ok() || *value == first || *value == second) return value;
+  return site.At(node, key, fmt::format("\"{}\" is not \"{}\" or \"{}\"", *value, first, second));
+}
+
 Result<bool> GetBool(const ErrorSite& site, const toml::node& node, std::string_view key) {
   if (const auto* value = node.as_boolean()) return value->get();
   return site.WrongType(node, key, "a boolean (true or false)");
@@ -429,10 +437,8 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
            }},
           {"device",
            [&](const toml::node& node, const std::string& key) {
-             auto device = GetString(site, node, key);
+             auto device = GetEither(site, node, key, "cpu", "cuda");
              if (!device.ok()) return device.status();
-             if (*device != "cpu" && *device != "cuda")
-               return site.At(node, key, "\"" + *device + "\" is not \"cpu\" or \"cuda\"");
              model.device = *device;
              return Status::Ok();
            }},
@@ -507,10 +513,8 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
            }},
           {"quantization",
            [&](const toml::node& node, const std::string& key) {
-             auto value = GetString(site, node, key);
+             auto value = GetEither(site, node, key, "none", "fp8");
              if (!value.ok()) return value.status();
-             if (*value != "none" && *value != "fp8")
-               return site.At(node, key, "\"" + *value + "\" is not \"none\" or \"fp8\"");
              model.quantization = *value;
              return Status::Ok();
            }},

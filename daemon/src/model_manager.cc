@@ -78,7 +78,7 @@ ModelServeConfig ServeConfigFor(const api::LoadModelRequest& request) {
 Status CheckServeOptions(const ModelServeConfig& config) {
   if (config.device != "cpu" && config.device != "cuda")
     return InvalidArgumentError("options.device: \"" + config.device + "\" is not cpu or cuda");
-  if (config.quantization != "none" && config.quantization != "fp8") {
+  if (!IsQuantization(config.quantization)) {
     return InvalidArgumentError("options.quantization: \"" + config.quantization +
                                 "\" is not none or fp8");
   }
@@ -424,7 +424,7 @@ Result<ModelServeConfig> ModelManager::PlaceOnFreeGpus(ModelServeConfig model,
 
 Result<api::PlanModelResponse> ModelManager::Plan(const api::PlanModelRequest& request) const {
   const std::string quantization = request.quantization().empty() ? "none" : request.quantization();
-  if (quantization != "none" && quantization != "fp8") {
+  if (!IsQuantization(quantization)) {
     return InvalidArgumentError("quantization: \"" + quantization + "\" is not none or fp8");
   }
   auto manifest = store_->Get(request.id());

@@ -211,10 +211,7 @@ class CpuBackend final : public Backend {
     for (const Weight& host : hosts) {
       std::vector<float>& values = rounded.emplace_back(static_cast<size_t>(host.rows * host.cols));
       for (int64_t row = 0; row < host.rows; ++row) WidenRow(host, row, &values[row * host.cols]);
-      for (float& value : values) {
-        value = RoundToBf16(value);
-        amax = std::max(amax, std::fabs(value));
-      }
+      amax = std::max(amax, RoundToBf16InPlace(values));
     }
     auto& group = fp8_weights_.emplace_back(std::make_unique<Fp8Group>());
     group->scale = Fp8Scale(amax);
@@ -457,15 +454,20 @@ class CpuBackend final : public Backend {
  private:
   // x rounded to BF16, then to E4M3 with one scale for all of it, and back to floats.
   static std::vector<float> Fp8RoundTrip(std::span<const float> x) {
-    std::vector<float> values(x.size());
-    float amax = 0.0f;
-    for (size_t i = 0; i < x.size(); ++i) {
-      values[i] = RoundToBf16(x[i]);
-      amax = std::max(amax, std::fabs(values[i]));
-    }
-    const float scale = Fp8Scale(amax);
+    std::vector<float> values(x.begin(), x.end());
+    const float scale = Fp8Scale(RoundToBf16InPlace(values));
     for (float& value : values) value = Fp8E4M3ToFloat(FloatToFp8E4M3(value / scale)) * scale;
     return values;
+  }
+
+  // Rounds `values` to BF16 (as the GPU's FP8 path sees them); their largest magnitude.
+  static float RoundToBf16InPlace(std::span<float> values) {
+    float amax = 0.0f;
+    for (float& value : values) {
+      value = RoundToBf16(value);
+      amax = std::max(amax, std::fabs(value));
+    }
+    return amax;
   }
 
   // FP8 weights (LoadFp8Weights) of one group and their scale.

@@ -120,14 +120,14 @@ struct Model::Impl {
   // A tensor loaded by the backend.
   Result<Weight> Get(const std::string& name, const std::vector<int64_t>& shape, Split split = {});
   // Tensors one Linears call takes together, loaded by the backend as one group into their
-  // slots (in FP8 when the model is quantised and they are linear layers' weights).
+  // slots (in FP8 when the model is quantised and they are linear layers' weights, not norms).
   struct TensorPart {
     Weight* slot;
     std::string name;
     std::vector<int64_t> shape;
     Split split;
   };
-  Status LoadTogether(std::span<const TensorPart> parts, bool linear);
+  Status LoadTogether(std::span<const TensorPart> parts);
   Status SplitForShard();
   Status LoadWeights();
   // Sums the ranks' partial outputs of a row-parallel projection (nothing on one rank).
@@ -173,7 +173,8 @@ Result<Weight> Model::Impl::Get(const std::string& name, const std::vector<int64
   return loaded;
 }
 
-Status Model::Impl::LoadTogether(std::span<const TensorPart> parts, bool linear) {
+Status Model::Impl::LoadTogether(std::span<const TensorPart> parts) {
+  const bool linear = parts.front().shape.size() == 2;
   std::vector<std::vector<std::byte>> copies(parts.size());
   std::vector<Weight> hosts;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -280,8 +281,7 @@ Status Model::Impl::LoadWeights() {
               down_columns)},
     };
     for (const std::vector<TensorPart>& group : groups) {
-      const bool linear = group.front().shape.size() == 2;  // Not a norm.
-      if (Status s = LoadTogether(group, linear); !s.ok()) return s;
+      if (Status s = LoadTogether(group); !s.ok()) return s;
     }
     if (c.attention_bias) {
       if (Status s = take(l.q_bias, p + "self_attn.q_proj.bias", {q_size}, q_rows); !s.ok())

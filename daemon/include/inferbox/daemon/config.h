@@ -38,6 +38,11 @@ struct ListenAddress {
 // address must not depend on DNS.
 Result<ListenAddress> ParseListenAddress(std::string_view text);
 
+// The values ModelServeConfig::quantization takes.
+inline bool IsQuantization(std::string_view value) {
+  return value == "none" || value == "fp8";
+}
+
 // One [[models]] entry: a model the box serves, and how its engines run.
 struct ModelServeConfig {
   // Id clients put in `model`: a model id (inferbox/common/model_id.h).
