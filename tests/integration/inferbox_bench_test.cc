@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <fstream>
+#include <sstream>
 
 #include <gmock/gmock.h>
 #include <google/protobuf/util/json_util.h>
@@ -148,6 +149,44 @@ TEST_F(InferboxBenchTest, TimeToFirstTokenForEachLengthWithMfuAgainstThePeakGive
   ASSERT_EQ(table.exit_code, 0) << table.err;
   EXPECT_THAT(table.out, HasSubstr("peak used: 989.0 TFLOP/s (--peak-tflops)"));
   EXPECT_THAT(table.out, HasSubstr("MFU"));
+}
+
+// inferbox-loop-bench: the engine loop with a model step of fixed time, its output taken by
+// callbacks and by a handler thread per stream; every stream must get all its tokens (exit 0)
+// and neither way can beat the floor of streams / step time.
+TEST_F(InferboxBenchTest, LoopBenchPrintsBothWaysOfTakingOutputBesideTheFloor) {
+  const CommandResult result =
+      RunCommand({INFERBOX_LOOP_BENCH_PATH, "--model", model().string(), "--streams", "4",
+                  "--output-len", "12", "--step-ms", "2"},
+                 dir_.path(), 120s);
+  ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("| floor: no host time | 2000 | 100% |"))
+      << "4 streams, one token each per 2 ms step";
+  int ways = 0;
+  std::istringstream lines(result.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("| callbacks only", 0) != 0 && line.rfind("| a handler thread", 0) != 0)
+      continue;
+    ++ways;
+    // | way | tok/s | share% | ...
+    std::vector<std::string> cells;
+    std::istringstream row(line);
+    for (std::string cell; std::getline(row, cell, '|');) cells.push_back(cell);
+    ASSERT_GE(cells.size(), 4u) << line;
+    const double share = std::stod(cells[3]);
+    EXPECT_GT(share, 0.0) << line;
+    EXPECT_LE(share, 100.0) << line;
+  }
+  EXPECT_EQ(ways, 2) << result.out;
+
+  EXPECT_EQ(RunCommand({INFERBOX_LOOP_BENCH_PATH, "--model", model().string(), "--streams", "0"},
+                       dir_.path(), 60s)
+                .exit_code,
+            2);
+  EXPECT_EQ(RunCommand({INFERBOX_LOOP_BENCH_PATH, "--model", (dir_.path() / "none").string()},
+                       dir_.path(), 60s)
+                .exit_code,
+            2);
 }
 
 TEST_F(InferboxBenchTest, RefusesWhatCannotRun) {

@@ -33,7 +33,7 @@ struct Runtime::Active {
   explicit Active(StopStringMatcher stop_matcher) : matcher(std::move(stop_matcher)) {}
 
   RequestOptions options;
-  DeltaCallback callback;
+  std::shared_ptr<DeltaCallback> callback;
   std::optional<IncrementalDecoder> decoder;
   StopStringMatcher matcher;
   Clock::time_point accepted;
@@ -52,6 +52,7 @@ Runtime::Runtime(ModelRunner& model, const Tokenizer* tokenizer, RuntimeOptions 
       options_(options),
       core_(model, options.num_blocks, options.block_size, options.limits) {
   PublishStats();
+  delivery_thread_ = std::thread([this] { DeliveryLoop(); });
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -67,6 +68,13 @@ Runtime::~Runtime() {
   }
   wake_.notify_all();
   thread_.join();
+  // The loop's last deltas (every request still in flight ends) go out before this returns.
+  {
+    std::lock_guard lock(delivery_mutex_);
+    delivery_stopping_ = true;
+  }
+  delivery_wake_.notify_one();
+  delivery_thread_.join();
 }
 
 Result<int64_t> Runtime::Submit(RequestOptions request, DeltaCallback callback) {
@@ -117,7 +125,7 @@ bool Runtime::WaitIdle(Clock::time_point deadline) {
 RuntimeStats Runtime::stats() const {
   std::lock_guard lock(mutex_);
   RuntimeStats stats = stats_;
-  stats.num_waiting += static_cast<int64_t>(inbox_.size());
+  stats.num_waiting += static_cast<int64_t>(inbox_.size()) + admitting_;
   stats.requests_in_flight = in_flight_;
   return stats;
 }
@@ -125,6 +133,7 @@ RuntimeStats Runtime::stats() const {
 void Runtime::Loop() {
   bool failed = false;
   for (;;) {
+    Post();
     std::vector<Pending> inbox;
     std::vector<std::pair<int64_t, Status>> cancels;
     std::optional<Status> cancel_all;
@@ -142,6 +151,7 @@ void Runtime::Loop() {
       if (stopping_) break;
       loop_idle_ = false;
       inbox.swap(inbox_);
+      admitting_ = static_cast<int64_t>(inbox.size());
       cancels.swap(cancels_);
       cancel_all.swap(cancel_all_);
     }
@@ -205,18 +215,57 @@ void Runtime::Loop() {
   }
   for (Pending& pending : inbox) Reject(pending, UnavailableError("the engine stopped"));
   FinishAll(UnavailableError("the engine stopped"));
+  Post();
   std::lock_guard lock(mutex_);
   loop_idle_ = true;
   idle_.notify_all();
+}
+
+void Runtime::Post() {
+  if (outbox_.empty()) return;
+  {
+    std::lock_guard lock(delivery_mutex_);
+    if (deliveries_.empty()) {
+      deliveries_.swap(outbox_);
+    } else {
+      std::move(outbox_.begin(), outbox_.end(), std::back_inserter(deliveries_));
+      outbox_.clear();
+    }
+  }
+  delivery_wake_.notify_one();
+}
+
+void Runtime::DeliveryLoop() {
+  std::vector<Delivery> batch;
+  for (;;) {
+    {
+      std::unique_lock lock(delivery_mutex_);
+      delivery_wake_.wait(lock, [this] { return !deliveries_.empty() || delivery_stopping_; });
+      if (deliveries_.empty()) return;  // Stopping, and everything went out.
+      batch.swap(deliveries_);
+    }
+    int64_t finals = 0;
+    for (Delivery& delivery : batch) {
+      finals += delivery.delta.finished ? 1 : 0;
+      (*delivery.callback)(std::move(delivery.delta));
+    }
+    batch.clear();
+    if (finals > 0) {
+      // A request stops counting as in flight once its final delta is delivered: WaitIdle
+      // (and a drain) returns only when every client has its answer.
+      std::lock_guard lock(mutex_);
+      in_flight_ -= finals;
+      idle_.notify_all();
+    }
+  }
 }
 
 void Runtime::Reject(Pending& pending, Status error) {
   Delta delta;
   delta.finished = true;
   delta.error = std::move(error);
-  pending.callback(std::move(delta));
-  std::lock_guard lock(mutex_);
-  --in_flight_;
+  outbox_.push_back(
+      {std::make_shared<DeltaCallback>(std::move(pending.callback)), std::move(delta)});
 }
 
 void Runtime::FinishAll(const Status& error) {
@@ -236,7 +285,7 @@ void Runtime::Admit(Pending&& pending) {
   auto active = std::make_unique<Active>(
       StopStringMatcher(pending.options.stop_strings, pending.options.include_stop_string));
   active->options = std::move(pending.options);
-  active->callback = std::move(pending.callback);
+  active->callback = std::make_shared<DeltaCallback>(std::move(pending.callback));
   active->accepted = pending.accepted;
   active->usage.prompt_tokens = static_cast<int64_t>(pending.request.prompt.size());
   if (tokenizer_ != nullptr)
@@ -304,7 +353,7 @@ void Runtime::HandleStep(const StepOutput& output) {
       }
     }
     if (finish == FinishReason::kNone) {
-      active.callback(std::move(delta));
+      outbox_.push_back({active.callback, std::move(delta)});
       continue;
     }
     delta.finish = finish;
@@ -326,22 +375,17 @@ void Runtime::Finish(int64_t id, Delta&& delta) {
     delta.timings.decode = active.first_token ? Seconds(first_token, active.last_token) : 0.0;
     delta.timings.first_token = active.first_token ? Seconds(active.accepted, first_token) : 0.0;
     delta.timings.total = Seconds(active.accepted, now);
-    active.callback(std::move(delta));
-    // A sequence the core still holds stays known until the core drops it.
-    if (active.done) {
-      active.callback = [](Delta&&) {};
-    } else {
-      active_.erase(it);
-    }
+    outbox_.push_back({std::move(active.callback), std::move(delta)});
+    // A sequence the core still holds stays known (done) until the core drops it.
+    if (!active.done) active_.erase(it);
   }
-  std::lock_guard lock(mutex_);
-  --in_flight_;
 }
 
 void Runtime::PublishStats() {
   const BlockManager& blocks = core_.blocks();
   const Scheduler& scheduler = core_.scheduler();
   std::lock_guard lock(mutex_);
+  admitting_ = 0;  // Those are in the scheduler's numbers now.
   stats_.num_running = scheduler.num_running();
   stats_.num_waiting = scheduler.num_waiting();
   stats_.num_waiting_tokens = scheduler.num_waiting_tokens();

@@ -1,10 +1,9 @@
 #include "inferbox/engine/server/engine_service.h"
 
-#include <condition_variable>
-
 #include <spdlog/spdlog.h>
 
 #include "inferbox/common/grpc_status.h"
+#include "inferbox/engine/runtime/delta_queue.h"
 #include "inferbox/engine/tokenizer/utf8.h"
 
 namespace inferbox::engine {
@@ -16,36 +15,6 @@ using namespace std::chrono_literals;
 
 // How often a waiting Generate handler looks at its client (disconnect, deadline).
 constexpr auto kClientPollInterval = 50ms;
-
-// A request's deltas between the engine thread (producer) and its gRPC handler thread
-// (consumer); deltas that arrive while the handler writes are merged into one chunk.
-class DeltaQueue {
- public:
-  DeltaCallback Callback(std::shared_ptr<DeltaQueue> self) {
-    return [self](Delta&& delta) {
-      std::lock_guard lock(self->mutex_);
-      if (self->pending_) {
-        self->pending_->Merge(std::move(delta));
-      } else {
-        self->pending_ = std::move(delta);
-      }
-      self->changed_.notify_one();
-    };
-  }
-
-  std::optional<Delta> Take(std::chrono::milliseconds timeout) {
-    std::unique_lock lock(mutex_);
-    changed_.wait_for(lock, timeout, [this] { return pending_.has_value(); });
-    std::optional<Delta> taken;
-    taken.swap(pending_);
-    return taken;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::optional<Delta> pending_;
-};
 
 api::FinishReason ToProto(FinishReason reason) {
   switch (reason) {
@@ -132,7 +101,8 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
 
   const auto prompt_tokens = static_cast<uint32_t>(options->prompt.size());
   auto queue = std::make_shared<DeltaQueue>();
-  const Result<int64_t> id = runtime.Submit(std::move(options).value(), queue->Callback(queue));
+  const Result<int64_t> id =
+      runtime.Submit(std::move(options).value(), DeltaQueue::Callback(queue));
   if (!id.ok()) return ToGrpcStatus(id.status());
   spdlog::debug("request {} ({}) accepted", request_id, *id);
 

@@ -54,25 +54,17 @@ Result<std::unique_ptr<TensorParallelModel>> LoadParallel(const std::filesystem:
 
 // Passes every step through and keeps a host copy of its logits; for a tensor-parallel
 // model also counts the steps where a rank's logits differ from rank 0's in any bit.
-class RecordingRunner final : public ModelRunner {
+class RecordingRunner final : public ForwardingModelRunner {
  public:
   RecordingRunner(ModelRunner& inner, const TensorParallelModel* parallel)
-      : inner_(inner), parallel_(parallel) {}
+      : ForwardingModelRunner(inner), parallel_(parallel) {}
 
-  const ModelConfig& config() const override { return inner_.config(); }
-  Backend& logits_backend() override { return inner_.logits_backend(); }
-  int64_t KvCacheBytesPerBlock(int64_t block_size) const override {
-    return inner_.KvCacheBytesPerBlock(block_size);
-  }
-  std::unique_ptr<KvCache> AllocateKvCache(int64_t num_blocks, int64_t block_size) override {
-    return inner_.AllocateKvCache(num_blocks, block_size);
-  }
   Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch,
                                                   KvCache& cache, bool all_positions) override {
-    auto logits = inner_.ForwardOnBackend(batch, cache, all_positions);
+    auto logits = inner().ForwardOnBackend(batch, cache, all_positions);
     if (!logits.ok()) return logits;
     std::vector<float> scratch;
-    const std::span<const float> host = inner_.logits_backend().ReadBack(*logits, scratch);
+    const std::span<const float> host = inner().logits_backend().ReadBack(*logits, scratch);
     steps.emplace_back(host.begin(), host.end());
     if (parallel_ != nullptr) {
       for (int32_t r = 1; r < parallel_->world_size(); ++r) {
@@ -89,7 +81,6 @@ class RecordingRunner final : public ModelRunner {
   int num_rank_mismatches = 0;
 
  private:
-  ModelRunner& inner_;
   const TensorParallelModel* parallel_;
 };
 

@@ -58,6 +58,64 @@ struct Collected {
   }
 };
 
+// Holds up a callback (the delivery of a delta) until opened.
+struct Gate {
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool entered = false;
+  bool open = false;
+
+  void Pass() {
+    std::unique_lock lock(mutex);
+    entered = true;
+    changed.notify_all();
+    changed.wait(lock, [this] { return open; });
+  }
+  bool WaitEntered() {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, 120s, [this] { return entered; });
+  }
+  void Open() {
+    std::lock_guard lock(mutex);
+    open = true;
+    changed.notify_all();
+  }
+};
+
+// The model with each forward step held until allowed.
+class SteppedModel final : public ForwardingModelRunner {
+ public:
+  explicit SteppedModel(Model& inner) : ForwardingModelRunner(inner) {}
+  Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch,
+                                                  KvCache& cache, bool all_positions) override {
+    {
+      std::unique_lock lock(mutex_);
+      ++entered_;
+      changed_.notify_all();
+      changed_.wait(lock, [this] { return allowed_ > 0; });
+      --allowed_;
+    }
+    return inner().ForwardOnBackend(batch, cache, all_positions);
+  }
+
+  void Allow(int steps) {
+    std::lock_guard lock(mutex_);
+    allowed_ += steps;
+    changed_.notify_all();
+  }
+  // Until `steps` steps have started.
+  bool WaitEntered(int steps) {
+    std::unique_lock lock(mutex_);
+    return changed_.wait_for(lock, 120s, [&] { return entered_ >= steps; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int entered_ = 0;
+  int allowed_ = 0;
+};
+
 class RuntimeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -322,6 +380,91 @@ TEST_F(RuntimeTest, StoppingEndsEveryRequestInFlight) {
     EXPECT_EQ(request.num_finals, 1);
     EXPECT_EQ(request.final_delta.error.code(), StatusCode::kUnavailable);
   }
+}
+
+TEST_F(RuntimeTest, AClientSlowToTakeItsDeltasDoesNotHoldUpTheSteps) {
+  // The engine server's handler threads take deltas; one that is slow (a stuck client) must
+  // not stop the engine: deltas are delivered off the engine thread.
+  const RequestOptions other_request = Greedy(Prompt(900, 6), 48);
+  const std::vector<int32_t> other_alone = Alone(other_request);
+  Gate gate;
+  Collected slow;
+  Collected other;
+  Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
+  ASSERT_TRUE(runtime
+                  .Submit(Greedy(Prompt(901, 6), 8),
+                          [&gate, inner = slow.Callback()](Delta&& delta) {
+                            gate.Pass();
+                            inner(std::move(delta));
+                          })
+                  .ok());
+  ASSERT_TRUE(gate.WaitEntered());
+  ASSERT_TRUE(runtime.Submit(other_request, other.Callback()).ok());
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (runtime.stats().generation_tokens_total < 8 + 48 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(runtime.stats().generation_tokens_total, 8 + 48)
+      << "the engine stopped generating while one callback was blocked";
+  gate.Open();
+  ASSERT_TRUE(other.WaitFinal());
+  EXPECT_EQ(other.tokens, other_alone);
+  EXPECT_EQ(other.num_finals, 1);
+  ASSERT_TRUE(slow.WaitFinal());
+  EXPECT_EQ(slow.tokens.size(), 8u);
+  EXPECT_EQ(slow.num_finals, 1);
+}
+
+TEST_F(RuntimeTest, WaitIdleWaitsUntilTheFinalDeltaIsDelivered) {
+  // What a drain relies on: idle means every client has its answer, not just that the
+  // engine has finished the request.
+  Gate gate;
+  Collected collected;
+  Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
+  ASSERT_TRUE(runtime
+                  .Submit(Greedy(Prompt(902, 6), 4),
+                          [&gate, inner = collected.Callback()](Delta&& delta) {
+                            if (delta.finished) gate.Pass();
+                            inner(std::move(delta));
+                          })
+                  .ok());
+  ASSERT_TRUE(gate.WaitEntered());
+  EXPECT_FALSE(runtime.WaitIdle(std::chrono::steady_clock::now() + 300ms));
+  EXPECT_EQ(runtime.stats().requests_in_flight, 1);
+  gate.Open();
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(runtime.stats().requests_in_flight, 0);
+  EXPECT_EQ(collected.num_finals, 1);
+  EXPECT_EQ(collected.tokens.size(), 4u);
+}
+
+TEST_F(RuntimeTest, EveryRequestInFlightCountsAsRunningOrWaiting) {
+  // The engine's Stats (the daemon's queue metrics, its tests) read these numbers; they are
+  // those of the last step's end, and a request the loop has taken from its inbox since
+  // counts as waiting, never nowhere.
+  SteppedModel model(*model_);
+  Runtime runtime(model, tokenizer_, Options(256, 1));
+  Collected first;
+  Collected second;
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(910, 6), 20), first.Callback()).ok());
+  ASSERT_TRUE(model.WaitEntered(1));
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(911, 6), 20), second.Callback()).ok());
+  RuntimeStats stats = runtime.stats();
+  EXPECT_EQ(stats.requests_in_flight, 2);
+  EXPECT_EQ(stats.num_running + stats.num_waiting, 2);
+  model.Allow(1);
+  // The second step runs the first request; the loop took the second from its inbox before it.
+  ASSERT_TRUE(model.WaitEntered(2));
+  stats = runtime.stats();
+  EXPECT_EQ(stats.requests_in_flight, 2);
+  EXPECT_EQ(stats.num_running, 1);
+  EXPECT_EQ(stats.num_waiting, 1) << "the queued request vanished from the stats";
+  runtime.CancelAll(Status(StatusCode::kCancelled, "done"));
+  model.Allow(1000);
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(first.num_finals, 1);
+  EXPECT_EQ(second.num_finals, 1);
 }
 
 }  // namespace

@@ -46,4 +46,30 @@ class ModelRunner {
                                                           KvCache& cache, bool all_positions) = 0;
 };
 
+// Passes everything to another runner: the base of wrappers that change one part (tests
+// that hold or record steps, a benchmark that replaces the forward pass).
+class ForwardingModelRunner : public ModelRunner {
+ public:
+  explicit ForwardingModelRunner(ModelRunner& inner) : inner_(inner) {}
+
+  const ModelConfig& config() const override { return inner_.config(); }
+  Backend& logits_backend() override { return inner_.logits_backend(); }
+  int64_t KvCacheBytesPerBlock(int64_t block_size) const override {
+    return inner_.KvCacheBytesPerBlock(block_size);
+  }
+  std::unique_ptr<KvCache> AllocateKvCache(int64_t num_blocks, int64_t block_size) override {
+    return inner_.AllocateKvCache(num_blocks, block_size);
+  }
+  Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch,
+                                                  KvCache& cache, bool all_positions) override {
+    return inner_.ForwardOnBackend(batch, cache, all_positions);
+  }
+
+ protected:
+  ModelRunner& inner() { return inner_; }
+
+ private:
+  ModelRunner& inner_;
+};
+
 }  // namespace inferbox::engine

@@ -4,6 +4,11 @@
 // with the finish reason, usage and timings, or with the error that ended it. Every
 // accepted request gets exactly one final delta, whatever happens (finish, cancel, abort,
 // a failed step, Stop). Used by the engine server and by inferbox-bench.
+//
+// The engine thread detokenizes and matches stop strings, then hands each step's deltas to
+// a second thread that calls the callbacks while the next step runs: waking a waiting
+// handler costs a system call, and at 256 streams those wakes took ~1.4 ms of the engine
+// thread per step (measured with a model that takes no time) that the GPU spent idle.
 #pragma once
 
 #include <atomic>
@@ -88,7 +93,8 @@ struct Delta {
   void Merge(Delta&& next);
 };
 
-// Called on the engine thread; must return quickly and must not call back into Runtime.
+// Called on the runtime's delivery thread (one for all requests; each request's deltas in
+// order), holding none of the runtime's locks; must return quickly.
 using DeltaCallback = std::function<void(Delta&&)>;
 
 struct RuntimeStats {
@@ -148,6 +154,10 @@ class Runtime {
     std::chrono::steady_clock::time_point accepted;
   };
   struct Active;
+  struct Delivery {
+    std::shared_ptr<DeltaCallback> callback;
+    Delta delta;
+  };
 
   void Loop();
   void Admit(Pending&& pending);
@@ -159,6 +169,9 @@ class Runtime {
   // Ends a request the core never saw.
   void Reject(Pending& pending, Status error);
   void PublishStats();
+  // Hands the deltas the engine thread made to the delivery thread.
+  void Post();
+  void DeliveryLoop();
 
   const Tokenizer* tokenizer_;
   const RuntimeOptions options_;
@@ -172,7 +185,10 @@ class Runtime {
   std::optional<Status> cancel_all_;
   bool stopping_ = false;
   int64_t next_id_ = 1;
-  int64_t in_flight_ = 0;
+  // Taken from the inbox by the loop, not yet in the published scheduler numbers (stats count
+  // them as waiting: a request is never missing from the stats).
+  int64_t admitting_ = 0;
+  int64_t in_flight_ = 0;   // Accepted, final delta not yet delivered.
   bool loop_idle_ = false;  // The loop waits with nothing to do; stats_ are current.
   RuntimeStats stats_;
 
@@ -182,7 +198,14 @@ class Runtime {
   int64_t generation_tokens_total_ = 0;
   int64_t steps_total_ = 0;
   StepTimings step_seconds_total_;
+  std::vector<Delivery> outbox_;  // This step's deltas, not yet posted.
 
+  std::mutex delivery_mutex_;  // Guards the two below.
+  std::condition_variable delivery_wake_;
+  std::vector<Delivery> deliveries_;  // Posted, in order; the delivery thread calls them.
+  bool delivery_stopping_ = false;
+
+  std::thread delivery_thread_;
   std::thread thread_;
 };
 

@@ -1,0 +1,236 @@
+// inferbox-loop-bench: what the engine loop costs on the host, beside the floor of a model
+// step that takes a fixed time. On a GPU the step is the device's; everything the engine
+// thread does outside it (scheduling, sampling, detokenizing, handing out deltas) leaves the
+// GPU idle, and at many streams that is where a daemon loses to in-process.
+//
+//   inferbox-loop-bench --model DIR [--streams 256] [--output-len 256] [--step-ms 19]
+//
+// The model folder gives the tokenizer (the server detokenizes every token) and the shapes
+// of a KV cache; its forward pass is replaced by a wait of --step-ms (sleeping: the host's
+// cores are free meanwhile, as while a GPU runs the step) and logits that pick varied
+// tokens. Each stream is one greedy request of 8 prompt tokens and --output-len new ones.
+// Two ways of taking the output are run, one after the other:
+//   - callbacks only: the callback records the tokens (inferbox-bench in-process);
+//   - a handler woken per delta: one thread per stream waits on a DeltaQueue, as the engine
+//     server's gRPC handlers do before they write each chunk.
+// Per way: output tokens/s, that as a share of the floor (streams / step time: no host time
+// at all), the engine thread's milliseconds per step outside the model, and steps. Exits 1
+// when a stream did not receive all its tokens, 2 on bad arguments.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "inferbox/engine/model/model.h"
+#include "inferbox/engine/runtime/delta_queue.h"
+#include "inferbox/engine/runtime/runtime.h"
+
+namespace {
+
+using namespace inferbox;
+using namespace inferbox::engine;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+// The tokens the logits pick (and the prompts use): ordinary ids of any real vocabulary.
+constexpr int64_t kFirstToken = 300;
+constexpr int64_t kTokenRange = 500;
+constexpr int64_t kPromptLength = 8;
+
+// A model whose step takes `step` and picks token kFirstToken + (a mix of position and row).
+class FixedTimeModel final : public ForwardingModelRunner {
+ public:
+  FixedTimeModel(Model& shapes, Clock::duration step) : ForwardingModelRunner(shapes), step_(step) {
+    config_ = shapes.config();
+    config_.vocab_size = kFirstToken + kTokenRange;
+  }
+  const ModelConfig& config() const override { return config_; }
+  Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch, KvCache&,
+                                                  bool) override {
+    const auto end = Clock::now() + step_;
+    const auto vocab = static_cast<size_t>(config_.vocab_size);
+    logits_.assign(batch.size() * vocab, 0.0f);
+    for (size_t row = 0; row < batch.size(); ++row) {
+      const int64_t position =
+          batch[row].start_position + static_cast<int64_t>(batch[row].tokens.size());
+      const int64_t token =
+          kFirstToken + (position * 7 + static_cast<int64_t>(row) * 13) % kTokenRange;
+      logits_[row * vocab + static_cast<size_t>(token)] = 1.0f;
+    }
+    std::this_thread::sleep_until(end);
+    return std::span<const float>(logits_);
+  }
+
+ private:
+  const Clock::duration step_;
+  ModelConfig config_;
+  std::vector<float> logits_;
+};
+
+struct Options {
+  std::string model;
+  int64_t streams = 256;
+  int64_t output_len = 256;
+  double step_ms = 19.0;
+};
+
+struct WayResult {
+  double tokens_per_second = 0;
+  double host_ms_per_step = 0;
+  // Its parts: the step's own (EngineCore) and the loop's (detokenizing, handing out deltas).
+  double schedule_ms_per_step = 0;
+  double sample_ms_per_step = 0;
+  double commit_ms_per_step = 0;
+  double loop_ms_per_step = 0;
+  int64_t steps = 0;
+  bool complete = false;
+};
+
+// Runs every stream to its end and returns what it measured.
+WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& options,
+                 bool handlers) {
+  RuntimeOptions runtime_options;
+  runtime_options.block_size = 16;
+  const int64_t max_len = kPromptLength + options.output_len;
+  runtime_options.num_blocks = static_cast<int32_t>(options.streams * (max_len / 16 + 2));
+  runtime_options.limits = {options.streams, std::max<int64_t>(2048, options.streams), max_len};
+  runtime_options.max_waiting = options.streams;
+  Runtime runtime(model, &tokenizer, runtime_options);
+  const RuntimeStats before = runtime.stats();
+
+  std::atomic<int64_t> received{0};
+  std::atomic<int64_t> finished{0};
+  std::vector<std::thread> threads;
+  std::vector<std::shared_ptr<DeltaQueue>> queues;
+  const Clock::time_point start = Clock::now();
+  for (int64_t stream = 0; stream < options.streams; ++stream) {
+    RequestOptions request;
+    for (int64_t t = 0; t < kPromptLength; ++t)
+      request.prompt.push_back(static_cast<int32_t>(kFirstToken + (stream * 31 + t) % kTokenRange));
+    request.sampling.temperature = 0.0f;
+    request.stop.max_tokens = options.output_len;
+    request.stop.ignore_eos = true;
+    DeltaCallback callback;
+    if (handlers) {
+      queues.push_back(std::make_shared<DeltaQueue>());
+      callback = DeltaQueue::Callback(queues.back());
+    } else {
+      callback = [&](Delta&& delta) {
+        received += static_cast<int64_t>(delta.token_ids.size());
+        if (delta.finished) ++finished;
+      };
+    }
+    if (Result<int64_t> id = runtime.Submit(std::move(request), std::move(callback)); !id.ok()) {
+      std::fprintf(stderr, "inferbox-loop-bench: %s\n", id.status().ToString().c_str());
+      break;
+    }
+    if (handlers) {
+      threads.emplace_back([&received, &finished, queue = queues.back()] {
+        for (;;) {
+          std::optional<Delta> delta = queue->Take(50ms);
+          if (!delta) continue;
+          received += static_cast<int64_t>(delta->token_ids.size());
+          if (delta->finished) {
+            ++finished;
+            return;
+          }
+        }
+      });
+    }
+  }
+  for (std::thread& thread : threads) thread.join();
+  runtime.WaitIdle(Clock::now() + 600s);
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  const RuntimeStats after = runtime.stats();
+
+  WayResult result;
+  result.steps = after.steps_total - before.steps_total;
+  const double forward = after.step_seconds_total.forward - before.step_seconds_total.forward;
+  result.tokens_per_second = static_cast<double>(received.load()) / wall;
+  if (result.steps > 0) {
+    const double per_step = 1e3 / static_cast<double>(result.steps);
+    const StepTimings& a = after.step_seconds_total;
+    const StepTimings& b = before.step_seconds_total;
+    result.host_ms_per_step = per_step * (wall - forward);
+    result.schedule_ms_per_step = per_step * (a.schedule - b.schedule);
+    result.sample_ms_per_step = per_step * (a.sample - b.sample);
+    result.commit_ms_per_step = per_step * (a.commit - b.commit);
+    result.loop_ms_per_step = result.host_ms_per_step - result.schedule_ms_per_step -
+                              result.sample_ms_per_step - result.commit_ms_per_step;
+  }
+  result.complete =
+      finished.load() == options.streams && received.load() == options.streams * options.output_len;
+  return result;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  CLI::App app{"The engine loop's host time per step beside a model step of fixed time"};
+  app.add_option("--model", options.model, "A model folder (its tokenizer and KV shapes)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--streams", options.streams, "Requests in flight")->check(CLI::Range(1, 4096));
+  app.add_option("--output-len", options.output_len, "New tokens per request")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--step-ms", options.step_ms, "The model step's time, milliseconds")
+      ->check(CLI::Range(0.0, 10000.0));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  std::unique_ptr<Backend> backend = MakeCpuBackend();
+  auto shapes = Model::Load(options.model, *backend);
+  if (!shapes.ok()) {
+    std::fprintf(stderr, "inferbox-loop-bench: %s\n", shapes.status().ToString().c_str());
+    return 2;
+  }
+  auto tokenizer = Tokenizer::LoadFromDirectory(options.model);
+  if (!tokenizer.ok()) {
+    std::fprintf(stderr, "inferbox-loop-bench: %s\n", tokenizer.status().ToString().c_str());
+    return 2;
+  }
+  FixedTimeModel model(**shapes, std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double, std::milli>(options.step_ms)));
+
+  const double floor =
+      options.step_ms > 0 ? static_cast<double>(options.streams) / (options.step_ms / 1e3) : 0.0;
+  fmt::print(
+      "inferbox-loop-bench: {} streams x {} output tokens, a model step of {:.2f} ms "
+      "(slept: the host is free meanwhile); {} hardware threads\n\n",
+      options.streams, options.output_len, options.step_ms, std::thread::hardware_concurrency());
+  fmt::print(
+      "| output taken by | output tok/s | of the floor | engine thread outside the "
+      "model, ms/step | schedule | sample | commit | loop (text, deltas) | steps "
+      "|\n|---|---|---|---|---|---|---|---|---|\n");
+  fmt::print("| floor: no host time | {:.0f} | 100% | 0 | | | | | {} |\n", floor,
+             options.output_len);
+  bool complete = true;
+  for (const bool handlers : {false, true}) {
+    const WayResult result = RunWay(model, **tokenizer, options, handlers);
+    complete = complete && result.complete;
+    const std::string share =
+        floor > 0 ? fmt::format("{:.1f}%", 100.0 * result.tokens_per_second / floor) : "-";
+    fmt::print("| {} | {:.0f} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} |\n",
+               handlers ? "a handler thread woken per delta (engine server)"
+                        : "callbacks only (in-process)",
+               result.tokens_per_second, share, result.host_ms_per_step,
+               result.schedule_ms_per_step, result.sample_ms_per_step, result.commit_ms_per_step,
+               result.loop_ms_per_step, result.steps);
+  }
+  if (!complete) {
+    std::fprintf(stderr, "inferbox-loop-bench: a stream did not receive all its tokens\n");
+    return 1;
+  }
+  return 0;
+}
