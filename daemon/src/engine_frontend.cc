@@ -20,6 +20,9 @@ using namespace std::chrono_literals;
 
 // Budget assumed for a request that leaves max_tokens to the context, for routing only.
 constexpr int64_t kDefaultOutputEstimate = 512;
+// How long a stream whose last chunk came is given for its status before it is cancelled
+// (the engine sends them together; this is for a status that is late anyway).
+constexpr auto kFinishedStatusWait = 2s;
 
 // Relays one engine Generate call. Owns its completion queue; one reader thread at a time.
 class EngineStream final : public GenerationStream {
@@ -47,10 +50,19 @@ class EngineStream final : public GenerationStream {
 
   ~EngineStream() override {
     if (phase_ != Phase::kEnded) {
-      context_.TryCancel();
+      // Given up by its reader. One whose last chunk came (the client has its whole answer;
+      // the HTTP gateway stops reading there) is let end by itself: cancelled, it would end
+      // CANCELLED and count as a failure when its status had not arrived yet.
+      const auto give_up = std::chrono::steady_clock::now() + kFinishedStatusWait;
+      if (record_.finish_reason.empty()) context_.TryCancel();
       while (phase_ != Phase::kEnded) {
+        if (!record_.finish_reason.empty() && !cancelled_after_finish_ &&
+            std::chrono::steady_clock::now() >= give_up) {
+          cancelled_after_finish_ = true;
+          context_.TryCancel();
+        }
         inferbox::v1::GenerateChunk ignored;
-        Read(&ignored, 1000ms);
+        Read(&ignored, 100ms);
       }
     }
     queue_.Shutdown();
@@ -195,7 +207,7 @@ class EngineStream final : public GenerationStream {
   void RecordEnd() {
     record_.e2e_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-    if (status_.ok() && !record_.finish_reason.empty()) {
+    if (!record_.finish_reason.empty() && (status_.ok() || cancelled_after_finish_)) {
       if (metrics_ != nullptr) metrics_->Record(record_);
       return;
     }
@@ -228,6 +240,8 @@ class EngineStream final : public GenerationStream {
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_token_;
   monitoring::RequestRecord record_;
+  // Its status was late after the last chunk and waited for no longer.
+  bool cancelled_after_finish_ = false;
   grpc::ClientContext context_;
   grpc::CompletionQueue queue_;
   std::unique_ptr<grpc::ClientAsyncReader<wire::GenerateChunk>> reader_;

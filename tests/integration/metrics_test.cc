@@ -25,6 +25,7 @@
 #include "http_client.h"
 #include "inferbox/v1/admin.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
+#include "openai_client.h"
 #include "tiny_model.h"
 
 namespace inferbox::testing {
@@ -572,6 +573,53 @@ TEST(HealthProbeTest, EveryLayerIsShownAndAGpuFaultStopsOnlyItsEngines) {
                             std::istreambuf_iterator<char>());
   EXPECT_THAT(devices, ::testing::HasSubstr("0 PCI_BUS_ID\n"));
   EXPECT_THAT(devices, ::testing::HasSubstr("1 PCI_BUS_ID\n"));
+}
+
+// The OpenAI gateway stops reading an engine stream at its finishing chunk (the client has
+// its answer). Even when the engine's OK status comes half a second after that chunk (fault
+// injection; normally they travel together), the request is a success in the metrics, not a
+// cancelled failure.
+TEST(MetricsLateStatus, AFinishedHttpRequestIsASuccessWhenItsStatusComesLate) {
+  TempDir dir;
+  MakeTinyModel(dir.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"}, dir.path());
+  const std::string config = TestConfig() +
+                             "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+                             "\"\n[[models]]\nname = \"tiny\"\npath = \"" +
+                             (dir.path() / "model").string() + "\"\nkv_cache_gib = 0.1\n";
+  DaemonProcess daemon(dir, DaemonOptions{.config_text = config,
+                                          .extra_env = {"INFERBOX_TEST_FAULT_LATE_STATUS_MS=500"}});
+  ASSERT_TRUE(daemon.WaitReady());
+  ASSERT_TRUE(daemon.WaitInferenceServing());
+
+  daemon::openai_test::Client client;
+  const std::string url = "http://" + daemon.http_address() + "/v1/completions";
+  for (const bool stream : {true, false}) {
+    const std::string body =
+        fmt::format(R"({{"model":"tiny","prompt":"Count to three","max_tokens":4,"temperature":0,)"
+                    R"("ignore_eos":true,"stream":{}}})",
+                    stream ? "true" : "false");
+    const daemon::openai_test::Reply reply = client.Request("POST", url, &body, {});
+    ASSERT_EQ(reply.status, 200) << reply.error << reply.body;
+    if (stream) {
+      const auto events = daemon::openai_test::ParseSse(reply.body);
+      ASSERT_FALSE(events.data.empty());
+      EXPECT_EQ(events.data.back(), "[DONE]");
+    }
+  }
+  const std::map<std::string, std::string> success = {{"model", "tiny"},
+                                                      {"finish_reason", "length"}};
+  Scrape scrape;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  do {
+    scrape = Parse(HttpGet("http://" + daemon.metrics_address() + "/metrics").body);
+    if (scrape.Value("inferbox_request_success_total", success) >= 2) break;
+    std::this_thread::sleep_for(50ms);
+  } while (std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(scrape.Value("inferbox_request_success_total", success), 2) << daemon.Logs();
+  EXPECT_LT(
+      scrape.Value("inferbox_request_failures_total", {{"model", "tiny"}, {"reason", "cancelled"}}),
+      1)
+      << "a finished request counted as cancelled";
 }
 
 // A canary that fails (the engine's loop stalls after 3 steps: the startup canary passes, a

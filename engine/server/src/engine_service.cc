@@ -1,5 +1,7 @@
 #include "inferbox/engine/server/engine_service.h"
 
+#include <thread>
+
 #include <spdlog/spdlog.h>
 
 #include "inferbox/common/grpc_status.h"
@@ -109,14 +111,18 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
   wire::GenerateChunk chunk;
   bool first = true;
   for (;;) {
-    if (context->IsCancelled()) {
-      // Client gone or deadline passed: free the request's KV at the next step.
-      runtime.Cancel(*id);
-      spdlog::debug("request {} cancelled by its client", request_id);
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
-    }
     std::optional<Delta> delta = queue->Take(kClientPollInterval);
-    if (!delta) continue;
+    if (!delta) {
+      // Nothing to write for a while: is the client still there? (While chunks flow, a
+      // write to a client gone or past its deadline fails.)
+      if (context->IsCancelled()) {
+        // Free the request's KV at the next step.
+        runtime.Cancel(*id);
+        spdlog::debug("request {} cancelled by its client", request_id);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+      }
+      continue;
+    }
     if (delta->finished && !delta->error.ok() && delta->token_ids.empty()) {
       return ToGrpcStatus(delta->error);
     }
@@ -155,10 +161,15 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
       timings.set_prefill_seconds(delta->timings.prefill);
       timings.set_decode_seconds(delta->timings.decode);
     }
-    if (!writer->Write(chunk)) {
+    // The last chunk and the OK status leave together (one write, not two).
+    grpc::WriteOptions write_options;
+    if (last && late_status_.count() == 0) write_options.set_last_message();
+    const bool written = writer->Write(chunk, write_options);
+    if (!written) {
       if (!delta->finished) runtime.Cancel(*id);
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
+    if (last && late_status_.count() > 0) std::this_thread::sleep_for(late_status_);
     if (delta->finished) return last ? grpc::Status::OK : ToGrpcStatus(delta->error);
   }
 }

@@ -391,6 +391,11 @@ int Run(const Options& options) {
     return kExitConfig;
   }
   EngineService service(model_id);
+  if (const char* late = std::getenv("INFERBOX_TEST_FAULT_LATE_STATUS_MS");
+      late != nullptr && *late != '\0') {
+    service.SetLateStatusForTests(std::chrono::milliseconds(std::atoll(late)));
+    spdlog::warn("INFERBOX_TEST_FAULT_LATE_STATUS_MS={}: fault injection is on", late);
+  }
   service.SetLoadingMessage("loading the model");
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix:" + socket.string(), grpc::InsecureServerCredentials());

@@ -1,7 +1,8 @@
 // The inferbox.engine.v1.Engine service: what an inferbox-engine process serves to inferboxd
 // on its unix socket. Generate streams a request's deltas as chunks (coalescing whatever
-// piled up while the previous write was in flight); a client that disconnects or whose
-// deadline passes has its request cancelled at the next engine step. Health answers from
+// piled up while the previous write was in flight; the last one goes out with the call's
+// status); a client that disconnects or whose deadline passes has its request cancelled at
+// the next engine step. Health answers from
 // the engine loop's published state, so a wedged loop shows as steps_completed standing
 // still, never as a hung call.
 #pragma once
@@ -31,6 +32,9 @@ class EngineService final : public inferbox::engine::v1::Engine::Service {
   // Stops taking requests, waits up to `timeout` for those in flight, then aborts the rest
   // with UNAVAILABLE. Returns the number aborted.
   int64_t DrainRequests(std::chrono::milliseconds timeout);
+  // Fault injection for the daemon's tests (INFERBOX_TEST_FAULT_LATE_STATUS_MS): a finished
+  // request's OK status follows its last chunk after `delay` instead of with it.
+  void SetLateStatusForTests(std::chrono::milliseconds delay) { late_status_ = delay; }
 
   grpc::Status Generate(grpc::ServerContext* context,
                         const inferbox::engine::v1::GenerateRequest* request,
@@ -57,6 +61,7 @@ class EngineService final : public inferbox::engine::v1::Engine::Service {
   mutable std::mutex message_mutex_;
   std::string message_;
   std::mutex drain_mutex_;  // One drain at a time.
+  std::chrono::milliseconds late_status_{0};
 };
 
 }  // namespace inferbox::engine
