@@ -11,11 +11,12 @@
 namespace inferbox::engine::bench {
 namespace {
 
-// Indices of finished requests, handed from the engine thread to the submitting thread.
+// Indices of finished requests, handed from the runtime's delivery thread to the submitting
+// thread.
 class Completions {
  public:
   // Notifies under the lock: once Pop has returned the last index, the waiting thread may
-  // destroy this object, and must not find the engine thread still inside it.
+  // destroy this object, and must not find the delivery thread still inside it.
   void Push(size_t index) {
     std::lock_guard lock(mutex_);
     finished_.push_back(index);

@@ -14,7 +14,9 @@
 //   - a handler woken per delta: one thread per stream waits on a DeltaQueue, as the engine
 //     server's gRPC handlers do before they write each chunk.
 // Per way: output tokens/s, that as a share of the floor (streams / step time: no host time
-// at all), the engine thread's milliseconds per step outside the model, and steps. Exits 1
+// at all), the engine thread's milliseconds per step outside the model, and steps; timed
+// from the first request's submission to the last one's end, so the first steps' ramp-up
+// (requests still being submitted) is in it, as in a real run's. Exits 1
 // when a stream did not receive all its tokens, 2 on bad arguments.
 #include <algorithm>
 #include <atomic>
@@ -102,11 +104,12 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
   runtime_options.num_blocks = static_cast<int32_t>(options.streams * (max_len / 16 + 2));
   runtime_options.limits = {options.streams, std::max<int64_t>(2048, options.streams), max_len};
   runtime_options.max_waiting = options.streams;
+  // The callbacks' counters outlive the runtime.
+  std::atomic<int64_t> received{0};
+  std::atomic<int64_t> finished{0};
   Runtime runtime(model, &tokenizer, runtime_options);
   const RuntimeStats before = runtime.stats();
 
-  std::atomic<int64_t> received{0};
-  std::atomic<int64_t> finished{0};
   std::vector<std::thread> threads;
   std::vector<std::shared_ptr<DeltaQueue>> queues;
   const Clock::time_point start = Clock::now();
@@ -146,7 +149,7 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
     }
   }
   for (std::thread& thread : threads) thread.join();
-  runtime.WaitIdle(Clock::now() + 600s);
+  const bool idle = runtime.WaitIdle(Clock::now() + 600s);
   const double wall = std::chrono::duration<double>(Clock::now() - start).count();
   const RuntimeStats after = runtime.stats();
 
@@ -165,8 +168,8 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
     result.loop_ms_per_step = result.host_ms_per_step - result.schedule_ms_per_step -
                               result.sample_ms_per_step - result.commit_ms_per_step;
   }
-  result.complete =
-      finished.load() == options.streams && received.load() == options.streams * options.output_len;
+  result.complete = idle && finished.load() == options.streams &&
+                    received.load() == options.streams * options.output_len;
   return result;
 }
 

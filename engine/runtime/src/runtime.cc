@@ -87,7 +87,7 @@ Result<int64_t> Runtime::Submit(RequestOptions request, DeltaCallback callback) 
   if (stats_.failed) return UnavailableError("the engine failed: " + stats_.failure);
   // Accepted and not running (the running count is the last step's, so this errs towards
   // refusing).
-  if (in_flight_ - stats_.num_running >= options_.max_waiting) {
+  if (unfinished_ - stats_.num_running >= options_.max_waiting) {
     return Status(StatusCode::kResourceExhausted,
                   fmt::format("{} requests are already waiting", options_.max_waiting));
   }
@@ -96,6 +96,7 @@ Result<int64_t> Runtime::Submit(RequestOptions request, DeltaCallback callback) 
   inbox_.push_back(
       {id, std::move(generation), std::move(request), std::move(callback), Clock::now()});
   ++in_flight_;
+  ++unfinished_;
   loop_idle_ = false;
   wake_.notify_one();
   return id;
@@ -191,6 +192,7 @@ void Runtime::Loop() {
         std::lock_guard lock(mutex_);
         stats_.failed = true;
         stats_.failure = failure;
+        admitting_ = 0;  // Nothing is on its way into the scheduler any more.
       }
       // The process is lost for serving (its supervisor restarts it): a retryable error.
       FinishAll(UnavailableError("the engine failed (" + failure + "); it is being restarted"));
@@ -266,6 +268,8 @@ void Runtime::Reject(Pending& pending, Status error) {
   delta.error = std::move(error);
   outbox_.push_back(
       {std::make_shared<DeltaCallback>(std::move(pending.callback)), std::move(delta)});
+  std::lock_guard lock(mutex_);
+  --unfinished_;
 }
 
 void Runtime::FinishAll(const Status& error) {
@@ -363,7 +367,8 @@ void Runtime::HandleStep(const StepOutput& output) {
 
 void Runtime::Finish(int64_t id, Delta&& delta) {
   auto it = active_.find(id);
-  if (it != active_.end()) {
+  if (it == active_.end() || it->second->callback == nullptr) return;  // Already finished.
+  {
     Active& active = *it->second;
     const Clock::time_point now = Clock::now();
     delta.finished = true;
@@ -379,6 +384,8 @@ void Runtime::Finish(int64_t id, Delta&& delta) {
     // A sequence the core still holds stays known (done) until the core drops it.
     if (!active.done) active_.erase(it);
   }
+  std::lock_guard lock(mutex_);
+  --unfinished_;
 }
 
 void Runtime::PublishStats() {

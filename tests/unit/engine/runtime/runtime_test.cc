@@ -116,6 +116,19 @@ class SteppedModel final : public ForwardingModelRunner {
   int allowed_ = 0;
 };
 
+// Opens a gate when the scope ends: declared after the runtime, a failed assertion cannot
+// leave the runtime's delivery thread held (its destructor would wait forever).
+struct GateOpener {
+  Gate& gate;
+  ~GateOpener() { gate.Open(); }
+};
+
+// The same for a SteppedModel's steps.
+struct StepsAllowed {
+  SteppedModel& model;
+  ~StepsAllowed() { model.Allow(1 << 20); }
+};
+
 class RuntimeTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -383,14 +396,15 @@ TEST_F(RuntimeTest, StoppingEndsEveryRequestInFlight) {
 }
 
 TEST_F(RuntimeTest, AClientSlowToTakeItsDeltasDoesNotHoldUpTheSteps) {
-  // The engine server's handler threads take deltas; one that is slow (a stuck client) must
-  // not stop the engine: deltas are delivered off the engine thread.
+  // Callbacks run off the engine thread: a callback that takes its time (in the engine
+  // server, each wakes a handler thread) takes none from the steps.
   const RequestOptions other_request = Greedy(Prompt(900, 6), 48);
   const std::vector<int32_t> other_alone = Alone(other_request);
   Gate gate;
   Collected slow;
   Collected other;
   Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
+  GateOpener opener{gate};  // Before the runtime stops, whatever an assertion left.
   ASSERT_TRUE(runtime
                   .Submit(Greedy(Prompt(901, 6), 8),
                           [&gate, inner = slow.Callback()](Delta&& delta) {
@@ -422,6 +436,7 @@ TEST_F(RuntimeTest, WaitIdleWaitsUntilTheFinalDeltaIsDelivered) {
   Gate gate;
   Collected collected;
   Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
+  GateOpener opener{gate};
   ASSERT_TRUE(runtime
                   .Submit(Greedy(Prompt(902, 6), 4),
                           [&gate, inner = collected.Callback()](Delta&& delta) {
@@ -445,6 +460,7 @@ TEST_F(RuntimeTest, EveryRequestInFlightCountsAsRunningOrWaiting) {
   // counts as waiting, never nowhere.
   SteppedModel model(*model_);
   Runtime runtime(model, tokenizer_, Options(256, 1));
+  StepsAllowed allowed{model};  // Before the runtime stops, whatever an assertion left.
   Collected first;
   Collected second;
   ASSERT_TRUE(runtime.Submit(Greedy(Prompt(910, 6), 20), first.Callback()).ok());
@@ -465,6 +481,44 @@ TEST_F(RuntimeTest, EveryRequestInFlightCountsAsRunningOrWaiting) {
   EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
   EXPECT_EQ(first.num_finals, 1);
   EXPECT_EQ(second.num_finals, 1);
+}
+
+TEST_F(RuntimeTest, AFinishedRequestWhoseFinalIsStillOnItsWayIsNotWaiting) {
+  // The queue limit counts requests waiting to run; one that has finished is not, even
+  // while its final delta waits for the delivery thread.
+  Gate gate;
+  Collected first;
+  Collected running;
+  Collected next;
+  RuntimeOptions options = Options(256, 2);
+  options.max_waiting = 1;
+  Runtime runtime(*model_, *backend_, tokenizer_, options);
+  GateOpener opener{gate};
+  ASSERT_TRUE(runtime
+                  .Submit(Greedy(Prompt(920, 6), 3),
+                          [&gate, inner = first.Callback()](Delta&& delta) {
+                            if (delta.finished) gate.Pass();
+                            inner(std::move(delta));
+                          })
+                  .ok());
+  ASSERT_TRUE(first.WaitTokens(1));
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(921, 6), 400), running.Callback()).ok());
+  ASSERT_TRUE(gate.WaitEntered());
+  // The first has finished (its final is being delivered); wait for the second to run.
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (runtime.stats().num_running != 1 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(1ms);
+  ASSERT_EQ(runtime.stats().num_running, 1);
+  // One runs, one has finished: nothing waits, so one more may.
+  const Result<int64_t> accepted = runtime.Submit(Greedy(Prompt(922, 6), 2), next.Callback());
+  EXPECT_TRUE(accepted.ok()) << accepted.status().ToString();
+  gate.Open();
+  runtime.CancelAll(Status(StatusCode::kCancelled, "done"));
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(first.num_finals, 1);
+  EXPECT_EQ(first.tokens.size(), 3u);
+  EXPECT_EQ(running.num_finals, 1);
+  EXPECT_EQ(next.num_finals, accepted.ok() ? 1 : 0);
 }
 
 }  // namespace
