@@ -2,7 +2,11 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
+#include <atomic>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include <fmt/format.h>
 #include <boost/json.hpp>
@@ -11,6 +15,9 @@ namespace inferbox::engine::bench {
 namespace {
 
 namespace json = boost::json;
+
+// Client threads sharing the requests in flight (fewer when fewer are in flight).
+constexpr int64_t kClientThreads = 4;
 
 // A server that sends no byte (not even its 10-second keep-alive comment) for this long is
 // taken for gone.
@@ -228,11 +235,14 @@ std::string CompletionRequestBody(const std::string& model, const std::vector<in
                                       {"stream_options", {{"include_usage", true}}}});
 }
 
-Status RunOverHttp(const OpenAiEndpoint& endpoint, const std::vector<std::vector<int32_t>>& prompts,
-                   int64_t output_len, int64_t concurrency, std::vector<RequestRecord>& records) {
-  const CurlGlobal curl;
-  const std::string url = CompletionsUrl(endpoint.base_url);
-  records.assign(prompts.size(), RequestRecord{});
+namespace {
+
+// One client thread's share: up to `concurrency` requests in flight through its own multi
+// handle, taking the next request from `next` while `stop` is not set.
+Status RunShare(const OpenAiEndpoint& endpoint, const std::string& url,
+                const std::vector<std::vector<int32_t>>& prompts, int64_t output_len,
+                int64_t concurrency, std::atomic<size_t>& next, const std::atomic<bool>& stop,
+                std::vector<RequestRecord>& records) {
   std::unique_ptr<CURLM, MultiDeleter> multi(curl_multi_init());
   if (multi == nullptr) return InternalError("curl_multi_init failed");
   // Keep every connection for the next request rather than opening new ones.
@@ -248,28 +258,33 @@ Status RunOverHttp(const OpenAiEndpoint& endpoint, const std::vector<std::vector
     }
     return error;
   };
-  size_t next = 0;
   int64_t in_flight = 0;
+  bool drained = false;  // `next` has run past the last request.
   Status failure;
-  while (next < prompts.size() || in_flight > 0) {
-    while (failure.ok() && next < prompts.size() && in_flight < concurrency) {
-      auto transfer =
-          std::make_unique<Transfer>(next, records[next], url, endpoint, prompts[next], output_len);
+  while (!drained || in_flight > 0) {
+    while (failure.ok() && !drained && !stop.load() && in_flight < concurrency) {
+      const size_t index = next.fetch_add(1);
+      if (index >= prompts.size()) {
+        drained = true;
+        break;
+      }
+      auto transfer = std::make_unique<Transfer>(index, records[index], url, endpoint,
+                                                 prompts[index], output_len);
       if (transfer->easy() == nullptr) {
         failure = InternalError("curl_easy_init failed");
         break;
       }
-      records[next].submitted = Clock::now();
+      records[index].submitted = Clock::now();
       if (const CURLMcode added = curl_multi_add_handle(multi.get(), transfer->easy());
           added != CURLM_OK) {
         failure =
             InternalError(fmt::format("curl_multi_add_handle: {}", curl_multi_strerror(added)));
         break;
       }
-      transfers[next] = std::move(transfer);
-      ++next;
+      transfers[index] = std::move(transfer);
       ++in_flight;
     }
+    if (stop.load()) drained = true;
     if (in_flight == 0) break;
 
     int running = 0;
@@ -300,6 +315,35 @@ Status RunOverHttp(const OpenAiEndpoint& endpoint, const std::vector<std::vector
       }
     }
   }
+  return failure;
+}
+
+}  // namespace
+
+Status RunOverHttp(const OpenAiEndpoint& endpoint, const std::vector<std::vector<int32_t>>& prompts,
+                   int64_t output_len, int64_t concurrency, std::vector<RequestRecord>& records) {
+  const CurlGlobal curl;
+  const std::string url = CompletionsUrl(endpoint.base_url);
+  records.assign(prompts.size(), RequestRecord{});
+  // Several client threads: one thread reading every stream's events (one per token) fell
+  // behind at 256 streams, delaying the arrival times and the next requests it measures.
+  const int64_t threads = std::clamp<int64_t>(concurrency, 1, kClientThreads);
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex failure_mutex;
+  Status failure;
+  std::vector<std::thread> workers;
+  for (int64_t t = 0; t < threads; ++t) {
+    const int64_t share = concurrency / threads + (t < concurrency % threads ? 1 : 0);
+    workers.emplace_back([&, share] {
+      Status status = RunShare(endpoint, url, prompts, output_len, share, next, stop, records);
+      if (status.ok()) return;
+      stop.store(true);
+      std::lock_guard lock(failure_mutex);
+      if (failure.ok()) failure = std::move(status);
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
   return failure;
 }
 

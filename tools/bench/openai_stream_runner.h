@@ -3,8 +3,9 @@
 // compared. Each request is POST {base}/v1/completions with the prompt as token ids (exact
 // lengths, no tokenizer involved), temperature 0, ignore_eos, max_tokens = the output length,
 // stream = true and stream_options.include_usage = true; the generated token count is the
-// usage's completion_tokens. All requests run on the calling thread through one libcurl
-// multi handle (connections are kept and reused).
+// usage's completion_tokens. Requests run on up to 4 client threads, each with its own
+// libcurl multi handle and an equal share of the concurrency (connections are kept and
+// reused).
 #pragma once
 
 #include <cstdint>
