@@ -41,7 +41,15 @@ std::shared_ptr<grpc::Channel> Connect(const GlobalOptions& options) {
   // Keepalive as documented in docs/operations.md; matches the server's ping policy.
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  return grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), arguments);
+  auto channel =
+      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), arguments);
+  // A connection refused once (a daemon restarting, a busy machine) is tried again within
+  // --timeout before the command fails; a daemon that stays unreachable is reported by the
+  // command's RPC with gRPC's own reason.
+  channel->WaitForConnected(
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(static_cast<long long>(options.timeout_seconds * 1000)));
+  return channel;
 }
 
 // Deadline and credentials for one RPC.
