@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <span>
 
 #include <cblas.h>
 
@@ -32,6 +33,49 @@ constexpr double kMinParallelWork = 1 << 20;
 constexpr int64_t kMinBlasRows = 4;
 // Weight rows widened to float32 per BLAS call: 256 × 4096 floats = 4 MiB.
 constexpr int64_t kBlasTileElements = 1 << 20;
+
+// The first index of a row's largest value, as std::max_element gives it (a NaN never wins;
+// a row that starts with NaN gives 0), four lanes at a time (16 bytes: the x86-64 baseline's
+// width). Each lane keeps its largest value and where it first saw it; the lanes are merged
+// by value, then lowest index. std::max_element's one compare chain ran at ~3 ns a value,
+// 30 ms for 64 rows of a 151,669-token vocabulary: more than the tiny model's forward pass.
+int64_t ArgmaxRow(std::span<const float> row) {
+  using Floats = float __attribute__((vector_size(16)));
+  using Ints = int32_t __attribute__((vector_size(16)));
+  constexpr size_t kLanes = 4;
+  const size_t n = row.size();
+  if (n == 0 || std::isnan(row[0])) return 0;
+  float best = row[0];
+  int64_t best_index = 0;
+  size_t i = 0;
+  if (n >= 8 * kLanes) {
+    Floats lane_max = {best, best, best, best};
+    Ints lane_index = {0, 0, 0, 0};
+    Ints at = {0, 1, 2, 3};
+    const Ints step = {kLanes, kLanes, kLanes, kLanes};
+    for (; i + kLanes <= n; i += kLanes) {
+      Floats values;
+      std::memcpy(&values, row.data() + i, sizeof(values));
+      const Ints greater = values > lane_max;
+      lane_max = greater ? values : lane_max;
+      lane_index = greater ? at : lane_index;
+      at += step;
+    }
+    for (size_t lane = 0; lane < kLanes; ++lane) {
+      if (lane_max[lane] > best || (lane_max[lane] == best && lane_index[lane] < best_index)) {
+        best = lane_max[lane];
+        best_index = lane_index[lane];
+      }
+    }
+  }
+  for (; i < n; ++i) {
+    if (row[i] > best) {
+      best = row[i];
+      best_index = static_cast<int64_t>(i);
+    }
+  }
+  return best_index;
+}
 
 inline float Bf16ToFloat(uint16_t bits) {
   const uint32_t widened = static_cast<uint32_t>(bits) << 16;
@@ -434,11 +478,12 @@ class CpuBackend final : public Backend {
     for (int64_t r = 0; r < rows; ++r) {
       const std::span<const float> row =
           logits.subspan(static_cast<size_t>(r * cols), static_cast<size_t>(cols));
-      const auto best = std::max_element(row.begin(), row.end());
-      tokens[static_cast<size_t>(r)] = static_cast<int32_t>(best - row.begin());
+      const int64_t best = ArgmaxRow(row);
+      tokens[static_cast<size_t>(r)] = static_cast<int32_t>(best);
       if (logprobs.empty()) continue;
+      const float largest = row[static_cast<size_t>(best)];
       double total = 0.0;
-      for (const float logit : row) total += std::exp(static_cast<double>(logit - *best));
+      for (const float logit : row) total += std::exp(static_cast<double>(logit - largest));
       logprobs[static_cast<size_t>(r)] = static_cast<float>(-std::log(total));
     }
   }
