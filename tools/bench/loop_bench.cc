@@ -30,6 +30,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "bench/bench_report.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/runtime/delta_queue.h"
 #include "inferbox/engine/runtime/runtime.h"
@@ -84,14 +85,9 @@ struct Options {
 };
 
 struct WayResult {
-  double tokens_per_second = 0;
-  double host_ms_per_step = 0;
-  // Its parts: the step's own (EngineCore) and the loop's (detokenizing, handing out deltas).
-  double schedule_ms_per_step = 0;
-  double sample_ms_per_step = 0;
-  double commit_ms_per_step = 0;
-  double loop_ms_per_step = 0;
-  int64_t steps = 0;
+  double wall_seconds = 0;
+  int64_t tokens = 0;
+  bench::EngineSummary engine;  // Steps and the step's phases over the run.
   bool complete = false;
 };
 
@@ -111,7 +107,6 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
   const RuntimeStats before = runtime.stats();
 
   std::vector<std::thread> threads;
-  std::vector<std::shared_ptr<DeltaQueue>> queues;
   const Clock::time_point start = Clock::now();
   for (int64_t stream = 0; stream < options.streams; ++stream) {
     RequestOptions request;
@@ -120,10 +115,10 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
     request.sampling.temperature = 0.0f;
     request.stop.max_tokens = options.output_len;
     request.stop.ignore_eos = true;
+    auto queue = handlers ? std::make_shared<DeltaQueue>() : nullptr;
     DeltaCallback callback;
     if (handlers) {
-      queues.push_back(std::make_shared<DeltaQueue>());
-      callback = DeltaQueue::Callback(queues.back());
+      callback = DeltaQueue::Callback(queue);
     } else {
       callback = [&](Delta&& delta) {
         received += static_cast<int64_t>(delta.token_ids.size());
@@ -135,7 +130,7 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
       break;
     }
     if (handlers) {
-      threads.emplace_back([&received, &finished, queue = queues.back()] {
+      threads.emplace_back([&received, &finished, queue] {
         for (;;) {
           std::optional<Delta> delta = queue->Take(50ms);
           if (!delta) continue;
@@ -150,26 +145,12 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
   }
   for (std::thread& thread : threads) thread.join();
   const bool idle = runtime.WaitIdle(Clock::now() + 600s);
-  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
-  const RuntimeStats after = runtime.stats();
-
   WayResult result;
-  result.steps = after.steps_total - before.steps_total;
-  const double forward = after.step_seconds_total.forward - before.step_seconds_total.forward;
-  result.tokens_per_second = static_cast<double>(received.load()) / wall;
-  if (result.steps > 0) {
-    const double per_step = 1e3 / static_cast<double>(result.steps);
-    const StepTimings& a = after.step_seconds_total;
-    const StepTimings& b = before.step_seconds_total;
-    result.host_ms_per_step = per_step * (wall - forward);
-    result.schedule_ms_per_step = per_step * (a.schedule - b.schedule);
-    result.sample_ms_per_step = per_step * (a.sample - b.sample);
-    result.commit_ms_per_step = per_step * (a.commit - b.commit);
-    result.loop_ms_per_step = result.host_ms_per_step - result.schedule_ms_per_step -
-                              result.sample_ms_per_step - result.commit_ms_per_step;
-  }
+  result.wall_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.engine = bench::DiffStats(before, runtime.stats());
+  result.tokens = received.load();
   result.complete = idle && finished.load() == options.streams &&
-                    received.load() == options.streams * options.output_len;
+                    result.tokens == options.streams * options.output_len;
   return result;
 }
 
@@ -222,14 +203,22 @@ int main(int argc, char** argv) {
   for (const bool handlers : {false, true}) {
     const WayResult result = RunWay(model, **tokenizer, options, handlers);
     complete = complete && result.complete;
+    const double tokens_per_second = static_cast<double>(result.tokens) / result.wall_seconds;
     const std::string share =
-        floor > 0 ? fmt::format("{:.1f}%", 100.0 * result.tokens_per_second / floor) : "-";
+        floor > 0 ? fmt::format("{:.1f}%", 100.0 * tokens_per_second / floor) : "-";
+    // Per step: outside the model, then its parts: the step's own (EngineCore) and the
+    // loop's (detokenizing, handing out deltas).
+    const StepTimings& step = result.engine.step_seconds;
+    const double per_step =
+        1e3 / static_cast<double>(std::max<int64_t>(result.engine.num_steps, 1));
+    const double host = result.wall_seconds - step.forward;
+    const double loop = host - step.schedule - step.sample - step.commit;
     fmt::print("| {} | {:.0f} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} |\n",
                handlers ? "a handler thread woken per delta (engine server)"
                         : "callbacks only (in-process)",
-               result.tokens_per_second, share, result.host_ms_per_step,
-               result.schedule_ms_per_step, result.sample_ms_per_step, result.commit_ms_per_step,
-               result.loop_ms_per_step, result.steps);
+               tokens_per_second, share, per_step * host, per_step * step.schedule,
+               per_step * step.sample, per_step * step.commit, per_step * loop,
+               result.engine.num_steps);
   }
   if (!complete) {
     std::fprintf(stderr, "inferbox-loop-bench: a stream did not receive all its tokens\n");

@@ -368,22 +368,20 @@ void Runtime::HandleStep(const StepOutput& output) {
 void Runtime::Finish(int64_t id, Delta&& delta) {
   auto it = active_.find(id);
   if (it == active_.end() || it->second->callback == nullptr) return;  // Already finished.
-  {
-    Active& active = *it->second;
-    const Clock::time_point now = Clock::now();
-    delta.finished = true;
-    delta.usage = active.usage;
-    const Clock::time_point scheduled = active.scheduled.value_or(now);
-    const Clock::time_point first_token = active.first_token.value_or(now);
-    delta.timings.queue = Seconds(active.accepted, scheduled);
-    delta.timings.prefill = active.first_token ? Seconds(scheduled, first_token) : 0.0;
-    delta.timings.decode = active.first_token ? Seconds(first_token, active.last_token) : 0.0;
-    delta.timings.first_token = active.first_token ? Seconds(active.accepted, first_token) : 0.0;
-    delta.timings.total = Seconds(active.accepted, now);
-    outbox_.push_back({std::move(active.callback), std::move(delta)});
-    // A sequence the core still holds stays known (done) until the core drops it.
-    if (!active.done) active_.erase(it);
-  }
+  Active& active = *it->second;
+  const Clock::time_point now = Clock::now();
+  delta.finished = true;
+  delta.usage = active.usage;
+  const Clock::time_point scheduled = active.scheduled.value_or(now);
+  const Clock::time_point first_token = active.first_token.value_or(now);
+  delta.timings.queue = Seconds(active.accepted, scheduled);
+  delta.timings.prefill = active.first_token ? Seconds(scheduled, first_token) : 0.0;
+  delta.timings.decode = active.first_token ? Seconds(first_token, active.last_token) : 0.0;
+  delta.timings.first_token = active.first_token ? Seconds(active.accepted, first_token) : 0.0;
+  delta.timings.total = Seconds(active.accepted, now);
+  outbox_.push_back({std::move(active.callback), std::move(delta)});
+  // A sequence the core still holds stays known (done) until the core drops it.
+  if (!active.done) active_.erase(it);
   std::lock_guard lock(mutex_);
   --unfinished_;
 }

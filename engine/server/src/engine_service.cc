@@ -164,8 +164,7 @@ grpc::Status EngineService::Generate(grpc::ServerContext* context,
     // The last chunk and the OK status leave together (one write, not two).
     grpc::WriteOptions write_options;
     if (last && late_status_.count() == 0) write_options.set_last_message();
-    const bool written = writer->Write(chunk, write_options);
-    if (!written) {
+    if (!writer->Write(chunk, write_options)) {
       if (!delta->finished) runtime.Cancel(*id);
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }

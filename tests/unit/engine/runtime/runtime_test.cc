@@ -80,6 +80,13 @@ struct Gate {
     open = true;
     changed.notify_all();
   }
+  // `inner`, with each delta (or only the final one) held here first.
+  DeltaCallback Holding(DeltaCallback inner, bool final_only) {
+    return [this, inner = std::move(inner), final_only](Delta&& delta) {
+      if (!final_only || delta.finished) Pass();
+      inner(std::move(delta));
+    };
+  }
 };
 
 // The model with each forward step held until allowed.
@@ -405,13 +412,7 @@ TEST_F(RuntimeTest, AClientSlowToTakeItsDeltasDoesNotHoldUpTheSteps) {
   Collected other;
   Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
   GateOpener opener{gate};  // Before the runtime stops, whatever an assertion left.
-  ASSERT_TRUE(runtime
-                  .Submit(Greedy(Prompt(901, 6), 8),
-                          [&gate, inner = slow.Callback()](Delta&& delta) {
-                            gate.Pass();
-                            inner(std::move(delta));
-                          })
-                  .ok());
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(901, 6), 8), gate.Holding(slow.Callback(), false)).ok());
   ASSERT_TRUE(gate.WaitEntered());
   ASSERT_TRUE(runtime.Submit(other_request, other.Callback()).ok());
   const auto deadline = std::chrono::steady_clock::now() + 60s;
@@ -437,13 +438,8 @@ TEST_F(RuntimeTest, WaitIdleWaitsUntilTheFinalDeltaIsDelivered) {
   Collected collected;
   Runtime runtime(*model_, *backend_, tokenizer_, Options(256, 2));
   GateOpener opener{gate};
-  ASSERT_TRUE(runtime
-                  .Submit(Greedy(Prompt(902, 6), 4),
-                          [&gate, inner = collected.Callback()](Delta&& delta) {
-                            if (delta.finished) gate.Pass();
-                            inner(std::move(delta));
-                          })
-                  .ok());
+  ASSERT_TRUE(
+      runtime.Submit(Greedy(Prompt(902, 6), 4), gate.Holding(collected.Callback(), true)).ok());
   ASSERT_TRUE(gate.WaitEntered());
   EXPECT_FALSE(runtime.WaitIdle(std::chrono::steady_clock::now() + 300ms));
   EXPECT_EQ(runtime.stats().requests_in_flight, 1);
@@ -494,13 +490,7 @@ TEST_F(RuntimeTest, AFinishedRequestWhoseFinalIsStillOnItsWayIsNotWaiting) {
   options.max_waiting = 1;
   Runtime runtime(*model_, *backend_, tokenizer_, options);
   GateOpener opener{gate};
-  ASSERT_TRUE(runtime
-                  .Submit(Greedy(Prompt(920, 6), 3),
-                          [&gate, inner = first.Callback()](Delta&& delta) {
-                            if (delta.finished) gate.Pass();
-                            inner(std::move(delta));
-                          })
-                  .ok());
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(920, 6), 3), gate.Holding(first.Callback(), true)).ok());
   ASSERT_TRUE(first.WaitTokens(1));
   ASSERT_TRUE(runtime.Submit(Greedy(Prompt(921, 6), 400), running.Callback()).ok());
   ASSERT_TRUE(gate.WaitEntered());

@@ -2,9 +2,8 @@
 // on its unix socket. Generate streams a request's deltas as chunks (coalescing whatever
 // piled up while the previous write was in flight; the last one goes out with the call's
 // status); a client that disconnects or whose deadline passes has its request cancelled at
-// the next engine step. Health answers from
-// the engine loop's published state, so a wedged loop shows as steps_completed standing
-// still, never as a hung call.
+// the next engine step. Health answers from the engine loop's published state, so a wedged
+// loop shows as steps_completed standing still, never as a hung call.
 #pragma once
 
 #include <atomic>
