@@ -156,7 +156,9 @@ std::string PlanReport(const api::PlanModelResponse& plan) {
   row("device", plan.device());
   row("tensor parallel", std::to_string(plan.tensor_parallel()));
   row("replicas", std::to_string(plan.replicas()));
-  row("KV bytes per token", std::to_string(plan.kv_bytes_per_token()));
+  row("KV bytes per token", plan.options().kv_cache_dtype() == "fp8"
+                                ? fmt::format("{} (FP8 KV cache)", plan.kv_bytes_per_token())
+                                : std::to_string(plan.kv_bytes_per_token()));
   row("KV cache per replica",
       fmt::format("{} ({} tokens)", FormatBytes(plan.kv_cache_bytes_per_replica()),
                   plan.kv_cache_tokens_per_replica()));
@@ -219,6 +221,11 @@ ModelsCommand::ModelsCommand(CLI::App& app) {
                    "The linear layers' weights: none (default) or fp8 (FP8 E4M3, quantised at "
                    "load; GPUs of compute capability 8.9 or later)")
       ->transform(CLI::IsMember({"none", "fp8"}));
+  load_
+      ->add_option("--kv-cache-dtype", kv_cache_dtype_,
+                   "The KV cache: auto (default: BF16 on a GPU, float32 on the CPU) or fp8 (E4M3 "
+                   "with a scale per token and KV head: twice the tokens in the same memory)")
+      ->transform(CLI::IsMember({"auto", "fp8"}));
   load_->add_option("--max-model-len", max_model_len_, "Longest sequence (default: the model's)");
   load_->add_option("--ready-timeout", ready_timeout_,
                     "Swap: seconds the new engines have to become ready (default 600)");
@@ -248,6 +255,11 @@ ModelsCommand::ModelsCommand(CLI::App& app) {
                    "The weights as models load --quantization would load them: none (default) "
                    "or fp8")
       ->transform(CLI::IsMember({"none", "fp8"}));
+  plan_
+      ->add_option("--kv-cache-dtype", kv_cache_dtype_,
+                   "The KV cache as models load --kv-cache-dtype would keep it: auto (default) "
+                   "or fp8")
+      ->transform(CLI::IsMember({"auto", "fp8"}));
   plan_->add_option("--context-length", context_length_,
                     "Tokens per sequence for the concurrency prediction (default 4096)");
   add_json(plan_);
@@ -306,6 +318,7 @@ std::optional<int> ModelsCommand::Run(const AdminCalls& calls) const {
     options->set_kv_cache_gib(kv_cache_gib_);
     options->set_max_model_len(max_model_len_);
     options->set_quantization(quantization_);
+    options->set_kv_cache_dtype(kv_cache_dtype_);
     request.set_ready_timeout_seconds(ready_timeout_);
     request.set_drain_timeout_seconds(drain_timeout_);
     api::LoadModelResponse response;
@@ -350,6 +363,7 @@ std::optional<int> ModelsCommand::Run(const AdminCalls& calls) const {
     request.set_id(id_);
     request.set_context_length(context_length_);
     request.set_quantization(quantization_);
+    request.set_kv_cache_dtype(kv_cache_dtype_);
     api::PlanModelResponse response;
     if (auto failed = Call(calls, "models plan", &api::Admin::Stub::PlanModel, request, &response))
       return *failed;

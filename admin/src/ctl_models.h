@@ -58,7 +58,8 @@ class ModelsCommand {
   uint32_t replicas_ = 0;
   uint32_t tensor_parallel_ = 0;
   double kv_cache_gib_ = 0;
-  std::string quantization_;  // Empty: the daemon's default (none).
+  std::string quantization_;    // Empty: the daemon's default (none).
+  std::string kv_cache_dtype_;  // Empty: the daemon's default (auto).
   int64_t max_model_len_ = 0;
   uint32_t ready_timeout_ = 0;
   uint32_t drain_timeout_ = 0;

@@ -518,6 +518,13 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              model.quantization = *value;
              return Status::Ok();
            }},
+          {"kv_cache_dtype",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetEither(site, node, key, "auto", "fp8");
+             if (!value.ok()) return value.status();
+             model.kv_cache_dtype = *value;
+             return Status::Ok();
+           }},
       });
   if (!status.ok()) return status;
   if (model.name.empty()) return site.At(table, section + ".name", "is required");

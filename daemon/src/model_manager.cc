@@ -71,6 +71,7 @@ ModelServeConfig ServeConfigFor(const api::LoadModelRequest& request) {
   if (options.max_model_len() > 0) config.max_model_len = options.max_model_len();
   if (options.max_waiting() > 0) config.max_waiting = options.max_waiting();
   if (!options.quantization().empty()) config.quantization = options.quantization();
+  if (!options.kv_cache_dtype().empty()) config.kv_cache_dtype = options.kv_cache_dtype();
   return config;
 }
 
@@ -81,6 +82,10 @@ Status CheckServeOptions(const ModelServeConfig& config) {
   if (!IsQuantization(config.quantization)) {
     return InvalidArgumentError("options.quantization: \"" + config.quantization +
                                 "\" is not none or fp8");
+  }
+  if (!IsKvCacheDType(config.kv_cache_dtype)) {
+    return InvalidArgumentError("options.kv_cache_dtype: \"" + config.kv_cache_dtype +
+                                "\" is not auto or fp8");
   }
   if (auto error = CheckGpuSettings(config, Placed::kNotYet))
     return InvalidArgumentError("options." + error->key + ": " + error->message);
@@ -427,6 +432,11 @@ Result<api::PlanModelResponse> ModelManager::Plan(const api::PlanModelRequest& r
   if (!IsQuantization(quantization)) {
     return InvalidArgumentError("quantization: \"" + quantization + "\" is not none or fp8");
   }
+  const std::string kv_cache_dtype =
+      request.kv_cache_dtype().empty() ? "auto" : request.kv_cache_dtype();
+  if (!IsKvCacheDType(kv_cache_dtype)) {
+    return InvalidArgumentError("kv_cache_dtype: \"" + kv_cache_dtype + "\" is not auto or fp8");
+  }
   auto manifest = store_->Get(request.id());
   if (!manifest.ok()) return manifest.status();
   auto shape = ReadModelShape(store_->ModelPath(request.id()) / "config.json", manifest->dtype());
@@ -437,6 +447,7 @@ Result<api::PlanModelResponse> ModelManager::Plan(const api::PlanModelRequest& r
   inputs.context_length = request.context_length();
   inputs.weight_bytes = shape->LoadedWeightBytes(WeightBytes(*manifest), quantization);
   inputs.quantization = quantization;
+  inputs.kv_cache_dtype = kv_cache_dtype;
   if (options_.gpu_memory) inputs.gpu_memory_bytes = options_.gpu_memory();
   return PlanModel(inputs);
 }

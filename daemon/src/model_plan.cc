@@ -92,13 +92,16 @@ inferbox::v1::PlanModelResponse PlanModel(const PlanInputs& inputs) {
   inferbox::v1::PlanModelResponse plan;
   plan.set_id(inputs.id);
   if (inputs.quantization != "none") plan.mutable_options()->set_quantization(inputs.quantization);
+  if (inputs.kv_cache_dtype != "auto")
+    plan.mutable_options()->set_kv_cache_dtype(inputs.kv_cache_dtype);
   plan.set_weight_bytes(inputs.weight_bytes);
   plan.set_gpus_found(static_cast<uint32_t>(inputs.gpu_memory_bytes.size()));
   const uint32_t context =
       inputs.context_length == 0 ? kDefaultPlanContextLength : inputs.context_length;
   plan.set_context_length(context);
-  const uint64_t per_token = std::max<uint64_t>(1, inputs.shape.kv_bytes_per_token());
-  plan.set_kv_bytes_per_token(inputs.shape.kv_bytes_per_token());
+  const uint64_t bytes_per_token = inputs.shape.kv_bytes_per_token(inputs.kv_cache_dtype);
+  const uint64_t per_token = std::max<uint64_t>(1, bytes_per_token);
+  plan.set_kv_bytes_per_token(bytes_per_token);
 
   auto fill_kv = [&](uint64_t kv_bytes, uint32_t replicas) {
     plan.set_kv_cache_bytes_per_replica(kv_bytes);

@@ -38,8 +38,10 @@ struct ModelShape {
     return saved < file_bytes ? file_bytes - saved : file_bytes;
   }
 
-  // 2 (K and V) x layers x kv_heads x head_dim x dtype bytes.
-  uint64_t kv_bytes_per_token() const {
+  // 2 (K and V) x layers x kv_heads x head_dim x dtype bytes; with kv_cache_dtype "fp8",
+  // a byte per value and a 4-byte scale per KV head.
+  uint64_t kv_bytes_per_token(std::string_view kv_cache_dtype = "auto") const {
+    if (kv_cache_dtype == "fp8") return 2 * num_layers * num_kv_heads * (head_dim + 4);
     return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes;
   }
 };
@@ -63,6 +65,8 @@ struct PlanInputs {
   uint64_t cpu_kv_cache_bytes = uint64_t{1} << 30;
   // ModelServeConfig::quantization; weight_bytes are already as it loads them.
   std::string quantization = "none";
+  // ModelServeConfig::kv_cache_dtype.
+  std::string kv_cache_dtype = "auto";
 };
 
 inline constexpr uint32_t kDefaultPlanContextLength = 4096;

@@ -34,6 +34,8 @@ toml::table ToToml(const ModelServeConfig& model) {
   table.insert("max_model_len", model.max_model_len);
   table.insert("max_waiting", model.max_waiting);
   if (model.quantization != defaults.quantization) table.insert("quantization", model.quantization);
+  if (model.kv_cache_dtype != defaults.kv_cache_dtype)
+    table.insert("kv_cache_dtype", model.kv_cache_dtype);
   return table;
 }
 

@@ -726,6 +726,10 @@ void Supervisor::Watch(Watcher& watcher) {
     argv.push_back("--quantization");
     argv.push_back(model.quantization);
   }
+  if (model.kv_cache_dtype != "auto") {
+    argv.push_back("--kv-cache-dtype");
+    argv.push_back(model.kv_cache_dtype);
+  }
   const std::vector<std::string> env = EngineEnvironment(model, replica.gpus_);
   // Every canary's outcome, for status and /metrics; a failure is logged (the caller kills
   // the engine).

@@ -6,7 +6,8 @@
 
 A log named ours-* holds in-process records, daemon-* records over HTTP, peer* the peer's,
 eager-* in-process records with CUDA graphs off (INFERBOX_CUDA_GRAPHS=0), fp8-* in-process
-records with the linear layers in FP8 (--quantization fp8); a record is a line
+records with the linear layers in FP8 (--quantization fp8), kvfp8-* in-process records with
+the KV cache in FP8 (--kv-cache-dtype fp8); a record is a line
 that starts with {"bench". Missing logs and runs count as not measured.
 """
 import argparse
@@ -20,11 +21,12 @@ DAEMON_MAX_LOSS = 3.0  # Percent below in-process.
 
 
 def read_records(paths):
-    records = {"ours": [], "daemon": [], "peer": [], "eager": [], "fp8": []}
+    records = {"ours": [], "daemon": [], "peer": [], "eager": [], "kvfp8": [], "fp8": []}
     for path in map(pathlib.Path, paths):
         if not path.is_file():
             continue
-        side = next((s for s in ("peer", "daemon", "eager", "fp8") if path.name.startswith(s)), "ours")
+        side = next((s for s in ("peer", "daemon", "eager", "kvfp8", "fp8") if path.name.startswith(s)),
+                    "ours")
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith('{"bench"'):
                 try:
@@ -202,6 +204,16 @@ def main():
             row("", f"% of the FP8 floor ({fmt(floor.get('decode_step_ms'), 2)} ms/step)", fmt(share) + "%",
                 "", "", f">= {ONE_STREAM_FLOOR_SHARE:.0f}% of floor",
                 "met" if share >= ONE_STREAM_FLOOR_SHARE else f"missed by {ONE_STREAM_FLOOR_SHARE - share:.1f} points")
+
+    # The KV cache in FP8 against the BF16 cache, same workload.
+    for r in [r for r in records["kvfp8"] if r.get("bench") == "offline"]:
+        in_len, out_len, concurrency = workload(r)
+        mine = offline(ours, in_len, out_len, concurrency)
+        key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
+        a = r.get(key)
+        b = mine[0].get(key) if mine else None
+        row(f"FP8 KV {in_len}/{out_len}, {concurrency} in flight", "tokens/s, FP8 KV cache vs BF16", fmt(a),
+            fmt(b) + " (BF16 cache)", "", "", f"FP8 KV {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
 
     # The daemon's HTTP path against in-process, same workload.
     for r in [r for r in daemon if r.get("bench") == "offline"]:

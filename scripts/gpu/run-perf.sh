@@ -42,9 +42,12 @@
 # PERF_FP8 (workloads in PERF_THROUGHPUT's form run again with --quantization fp8, the
 # linear layers in FP8 E4M3, after the op-by-op ones; a concurrency of 1 is compared with the
 # FP8 bandwidth floor, the weights' bytes then half; ""),
+# PERF_KV_FP8 (workloads in PERF_THROUGHPUT's form run again with --kv-cache-dtype fp8, the
+# KV cache in FP8 E4M3, after the FP8 ones; ""),
 # PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
 # INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
+# PERF_ATTENTION_KV (the caches they run over: "bf16,fp8"),
 # PERF_LOOP (inferbox-loop-bench cases, STREAMS:OUTPUT:STEP_MS: the engine loop's host time
 # per step beside a model step of fixed time, before the model runs; "256:128:19", run 4's
 # step at 128/128),
@@ -138,7 +141,8 @@ report() {
   done
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
-    "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/daemon-*.log "$out"/peer.log |
+    "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/kvfp8-*.log \
+    "$out"/daemon-*.log "$out"/peer.log |
     tee "$results/perf-table.txt"
   save_logs
   bundle_close
@@ -157,7 +161,7 @@ sanitize() {
   for tool in racecheck synccheck; do
     capped 0 60 "compute-sanitizer $tool: attention" "sanitizer-$tool.log" "$sanitizer" \
       --tool "$tool" --target-processes all --error-exitcode 1 "$bin/backend_ops_cuda_test" \
-      --gtest_filter='*PagedAttention_mixed*:*PagedAttention_tiled*'
+      --gtest_filter='*PagedAttention_mixed*:*PagedAttention_tiled*:*long_prefill*kvfp8*:*long_decodes_h32*kvfp8*'
   done
   # Out-of-bounds and uninitialised accesses in recorded (graph) steps and their padding.
   capped 0 60 "compute-sanitizer memcheck: recorded steps" "sanitizer-memcheck.log" "$sanitizer" \
@@ -183,7 +187,8 @@ if [ "$device" = cuda ]; then
   for case in "${attention_cases[@]}"; do
     IFS=: read -r batch contexts <<<"$case"
     capped $((reserve_daemon + reserve_peer)) 60 "attention kernels: batch $batch" \
-      "attention-$batch.log" "$bin/inferbox-attention-bench" --batch "$batch" --context "$contexts"
+      "attention-$batch.log" "$bin/inferbox-attention-bench" --batch "$batch" --context "$contexts" \
+      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}"
     capped $((reserve_daemon + reserve_peer)) 60 "attention peer (torch): batch $batch" \
       "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
       --context "$contexts"
@@ -264,6 +269,16 @@ for workload in ${PERF_FP8:-}; do
   IFS=: read -r in_len out_len concurrency requests <<<"$workload"
   capped $ours_reserve 120 "fp8: ${in_len}/${out_len} at ${concurrency}" \
     "fp8-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --quantization fp8 \
+    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
+    --seed "$(seed_of "$workload")" --json
+done
+
+# --- ours, with the KV cache in FP8 ---
+for workload in ${PERF_KV_FP8:-}; do
+  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+  capped $ours_reserve 120 "kv fp8: ${in_len}/${out_len} at ${concurrency}" \
+    "kvfp8-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --kv-cache-dtype fp8 \
     --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
     --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
     --seed "$(seed_of "$workload")" --json

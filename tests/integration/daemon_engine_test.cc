@@ -168,6 +168,17 @@ TEST_F(DaemonEngineTest, ServesAModelWithFp8LinearLayers) {
   EXPECT_THAT(daemon_->Logs(), HasSubstr("linear layers in FP8 E4M3 (--quantization fp8)"));
 }
 
+// kv_cache_dtype = "fp8" reaches the engine (--kv-cache-dtype fp8: the CPU reference's FP8
+// KV cache), which serves as before.
+TEST_F(DaemonEngineTest, ServesAModelWithAnFp8KvCache) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "kv_cache_dtype = \"fp8\"\n")));
+  ASSERT_TRUE(WaitServing()) << daemon_->Logs();
+  const Streamed chat = RunChat(Chat(12));
+  ASSERT_TRUE(chat.status.ok()) << chat.status.error_message();
+  EXPECT_EQ(chat.tokens, 12u);
+  EXPECT_THAT(daemon_->Logs(), HasSubstr("MiB, FP8 E4M3 with a scale per token and KV head)"));
+}
+
 TEST_F(DaemonEngineTest, ClientCancelReachesTheEngine) {
   ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
   ASSERT_TRUE(WaitServing());

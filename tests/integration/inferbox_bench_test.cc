@@ -109,7 +109,43 @@ TEST_F(InferboxBenchTest, Fp8LinearLayersTakeOneBytePerParameterOfTheFloor) {
   const CommandResult over_http =
       Bench({"--quantization", "fp8", "--url", "http://127.0.0.1:1", "--num-requests", "1"});
   EXPECT_EQ(over_http.exit_code, 2);
-  EXPECT_THAT(over_http.err, HasSubstr("the server's model config sets it"));
+  EXPECT_THAT(over_http.err, HasSubstr("the server's model config sets them"));
+}
+
+// --kv-cache-dtype fp8: the engine's KV cache in FP8 (a byte per value and a scale per token
+// and KV head instead of the CPU's four bytes per value); every request still completes with
+// all its tokens, and the report says which cache ran.
+TEST_F(InferboxBenchTest, Fp8KvCacheRunsEveryRequestToTheEnd) {
+  const std::vector<std::string> run = {"--num-requests", "2", "--input-len", "40",
+                                        "--output-len",   "6", "--json"};
+  std::vector<std::string> fp8_run = run;
+  fp8_run.insert(fp8_run.end(), {"--kv-cache-dtype", "fp8"});
+  const CommandResult plain = Bench(run);
+  const CommandResult fp8 = Bench(fp8_run);
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  ASSERT_EQ(fp8.exit_code, 0) << fp8.err;
+  const json::object unquantised = ParseJson(plain), quantised = ParseJson(fp8);
+  EXPECT_EQ(unquantised.at("config").at("kv_cache_dtype"), "auto");
+  EXPECT_EQ(quantised.at("config").at("kv_cache_dtype"), "fp8");
+  EXPECT_EQ(quantised.at("output_tokens"), 12);
+  EXPECT_EQ(Bench({"--kv-cache-dtype", "int4"}).exit_code, 2);
+  const CommandResult over_http =
+      Bench({"--kv-cache-dtype", "fp8", "--url", "http://127.0.0.1:1", "--num-requests", "1"});
+  EXPECT_EQ(over_http.exit_code, 2);
+  EXPECT_THAT(over_http.err, HasSubstr("kv_cache_dtype = \"fp8\""));
+}
+
+// --temperature: every request sampled (on the CPU by the host's Sampler) still runs to its
+// length; the report says at which temperature.
+TEST_F(InferboxBenchTest, SampledRequestsRunToTheirLength) {
+  const CommandResult sampled =
+      Bench({"--num-requests", "3", "--input-len", "8", "--output-len", "5", "--concurrency", "3",
+             "--temperature", "0.8", "--json"});
+  ASSERT_EQ(sampled.exit_code, 0) << sampled.err;
+  const json::object out = ParseJson(sampled);
+  EXPECT_NEAR(out.at("config").at("temperature").to_number<double>(), 0.8, 1e-6);
+  EXPECT_EQ(out.at("output_tokens"), 15);
+  EXPECT_EQ(Bench({"--temperature", "-1"}).exit_code, 2);
 }
 
 TEST_F(InferboxBenchTest, OneStreamTableShowsMsPerStepBesideTheFloor) {

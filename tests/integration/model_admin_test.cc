@@ -310,12 +310,18 @@ TEST_F(ModelAdminTest, PlansTheTinyModelOnTheCpu) {
   const uint64_t linear_parameters =
       layers *
       (hidden * (2 * heads * head_dim + 2 * kv_heads * head_dim) + 3 * hidden * intermediate);
+  // The plan of `request` with `quantization` and `kv_cache_dtype` set.
+  auto plan_with = [&](const std::string& quantization, const std::string& kv_cache_dtype,
+                       api::PlanModelResponse* response) {
+    grpc::ClientContext other_context;
+    Prepare(other_context);
+    api::PlanModelRequest other = request;
+    other.set_quantization(quantization);
+    other.set_kv_cache_dtype(kv_cache_dtype);
+    return admin_->PlanModel(&other_context, other, response);
+  };
   auto plan_as = [&](const std::string& quantization, api::PlanModelResponse* response) {
-    grpc::ClientContext fp8_context;
-    Prepare(fp8_context);
-    api::PlanModelRequest fp8_request = request;
-    fp8_request.set_quantization(quantization);
-    return admin_->PlanModel(&fp8_context, fp8_request, response);
+    return plan_with(quantization, "", response);
   };
   api::PlanModelResponse fp8_plan;
   const grpc::Status fp8_status = plan_as("fp8", &fp8_plan);
@@ -326,6 +332,16 @@ TEST_F(ModelAdminTest, PlansTheTinyModelOnTheCpu) {
   const grpc::Status int4 = plan_as("int4", &ignored);
   EXPECT_EQ(int4.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(int4.error_message(), HasSubstr("quantization"));
+
+  // As kv_cache_dtype = "fp8" keeps it: a byte per value and a 4-byte scale per KV head, so
+  // the same budget holds more tokens.
+  api::PlanModelResponse kv_plan;
+  const grpc::Status kv_status = plan_with("", "fp8", &kv_plan);
+  ASSERT_TRUE(kv_status.ok()) << kv_status.error_message();
+  EXPECT_EQ(kv_plan.kv_bytes_per_token(), 2 * layers * kv_heads * (head_dim + 4));
+  EXPECT_GT(kv_plan.kv_cache_tokens_per_replica(), plan.kv_cache_tokens_per_replica());
+  EXPECT_EQ(kv_plan.options().kv_cache_dtype(), "fp8");
+  EXPECT_EQ(plan_with("", "bf16", &ignored).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ModelAdminTest, LoadPlacesACudaModelWithoutGpusOnTheFreeOnesAndRefusesATakenGpu) {

@@ -5,16 +5,17 @@
 //
 //   inferbox-attention-bench [--batch 256] [--context 512,1024,2048] [--heads 32]
 //       [--kv-heads 8] [--head-dim 128] [--block-size 16] [--iterations 20]
-//       [--kernel auto,tensor-core,grouped] [--splits 0]
+//       [--kernel auto,tensor-core,grouped] [--splits 0] [--kv-cache-dtype bf16,fp8]
 //
 // Per batch size and context length: `batch` sequences of `context` cached tokens each
-// (random BF16 keys and values in blocks scattered over the cache, as the engine's allocator
-// leaves them), one decode token each, attention launched --iterations times per kernel and
-// split count (0: the one the backend chooses; others forced); it prints the splits,
-// microseconds per launch, the cache bytes read per second and that as a share of the copy
-// bandwidth. Every kernel's output is compared with the first one's: it exits 1 when
-// they differ by more than 1e-3 (a benchmark of a wrong kernel means nothing), 2 on bad
-// arguments. Needs a CUDA device (or the CUDA emulator, which makes it a correctness check).
+// (random BF16 keys and values, or random FP8 E4M3 codes with a scale per key and value, in
+// blocks scattered over the cache, as the engine's allocator leaves them), one decode token each,
+// attention launched --iterations times per kernel and split count (0: the one the backend chooses;
+// others forced); it prints the splits, microseconds per launch, the cache bytes read per second
+// and that as a share of the copy bandwidth. Every kernel's output is compared with the first
+// one's: it exits 1 when they differ by more than 1e-3 (a benchmark of a wrong kernel means
+// nothing), 2 on bad arguments. Needs a CUDA device (or the CUDA emulator, which makes it a
+// correctness check).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -66,25 +67,42 @@ class DeviceBuffer {
   T* data_ = nullptr;
 };
 
-// Fills a BF16 buffer with random values in [-1, 1]: a random pattern of up to 8 MiB made
-// once (rounded to BF16 by the backend's own conversion) and copied over the rest on the
-// device.
+// The first `pattern` elements of `buffer` copied over the rest of it on the device.
+template <typename T>
+void RepeatOnDevice(DeviceBuffer<T>& buffer, size_t pattern) {
+  const size_t count = buffer.Bytes() / sizeof(T);
+  for (size_t done = pattern; done < count;) {
+    const size_t n = std::min(done, count - done);
+    INFERBOX_CUDA_CHECK(
+        cudaMemcpy(buffer.get() + done, buffer.get(), n * sizeof(T), cudaMemcpyDeviceToDevice));
+    done += n;
+  }
+}
+
+// Elements of the random pattern the fills make once (up to 8 MiB of BF16).
+constexpr size_t kPatternElements = size_t{4} << 20;
+
+// Fills a BF16 buffer with random values in [-1, 1]: a random pattern made once (rounded to
+// BF16 by the backend's own conversion) and copied over the rest on the device.
 void FillRandomBf16(DeviceBuffer<uint16_t>& buffer, std::mt19937& rng) {
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
-  const size_t count = buffer.Bytes() / sizeof(uint16_t);
-  const size_t pattern = std::min<size_t>(count, size_t{4} << 20);
+  const size_t pattern = std::min(buffer.Bytes() / sizeof(uint16_t), kPatternElements);
   std::vector<float> host(pattern);
   for (auto& value : host) value = uniform(rng);
   DeviceBuffer<float> floats(pattern);
   floats.Upload(host);
   LaunchConvertToBf16(floats.get(), SourceType::kF32, buffer.get(), static_cast<int64_t>(pattern),
                       nullptr);
-  for (size_t done = pattern; done < count;) {
-    const size_t n = std::min(done, count - done);
-    INFERBOX_CUDA_CHECK(cudaMemcpy(buffer.get() + done, buffer.get(), n * sizeof(uint16_t),
-                                   cudaMemcpyDeviceToDevice));
-    done += n;
-  }
+  RepeatOnDevice(buffer, pattern);
+}
+
+// Fills a buffer with `random()`'s values: a pattern made once, copied over the rest.
+template <typename T, typename Random>
+void FillRandom(DeviceBuffer<T>& buffer, Random&& random) {
+  std::vector<T> host(std::min(buffer.Bytes() / sizeof(T), kPatternElements));
+  for (auto& value : host) value = random();
+  buffer.Upload(host);
+  RepeatOnDevice(buffer, host.size());
 }
 
 // Seconds per call of `launch`, over `iterations` calls after one warm-up.
@@ -129,6 +147,7 @@ struct Options {
   int iterations = 20;
   std::vector<std::string> kernels{"auto", "tensor-core", "grouped"};
   std::vector<int> splits{0};
+  std::vector<std::string> dtypes{"bf16"};
 };
 
 DecodeAttentionKernel KernelNamed(const std::string& name) {
@@ -137,17 +156,37 @@ DecodeAttentionKernel KernelNamed(const std::string& name) {
   return DecodeAttentionKernel::kAuto;
 }
 
-// One (batch, context) case; false when a kernel's output differs from the first's.
-bool RunCase(const Options& options, int64_t batch, int64_t context, int multiprocessors,
+// One (batch, context) case over a BF16 or an FP8 cache; false when a kernel's output
+// differs from the first's.
+bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, int multiprocessors,
              double copy_bandwidth, std::mt19937& rng) {
   const int64_t d = options.head_dim;
   const int64_t blocks_per_sequence = (context + options.block_size - 1) / options.block_size;
   const int64_t num_blocks = batch * blocks_per_sequence;
   const int64_t kv_row = options.kv_heads * d;
-  DeviceBuffer<uint16_t> keys(static_cast<size_t>(num_blocks * options.block_size * kv_row));
-  DeviceBuffer<uint16_t> values(keys.Bytes() / sizeof(uint16_t));
-  FillRandomBf16(keys, rng);
-  FillRandomBf16(values, rng);
+  const auto cached = static_cast<size_t>(num_blocks * options.block_size * kv_row);
+  DeviceBuffer<uint16_t> keys(fp8 ? 0 : cached);
+  DeviceBuffer<uint16_t> values(fp8 ? 0 : cached);
+  DeviceBuffer<uint8_t> key_codes(fp8 ? cached : 0);
+  DeviceBuffer<uint8_t> value_codes(fp8 ? cached : 0);
+  DeviceBuffer<float> key_scales(fp8 ? cached / static_cast<size_t>(d) : 0);
+  DeviceBuffer<float> value_scales(fp8 ? cached / static_cast<size_t>(d) : 0);
+  if (fp8) {
+    // Codes of every finite E4M3 value; scales that make them about [-1, 1].
+    std::uniform_int_distribution<int> code(0, 0xFD);
+    auto finite_code = [&] {
+      const int c = code(rng);
+      return static_cast<uint8_t>(c >= 0x7F ? c + 1 : c);  // 0x7F and 0xFF are NaN.
+    };
+    std::uniform_real_distribution<float> scale(0.5f / 448.0f, 1.0f / 448.0f);
+    FillRandom(key_codes, finite_code);
+    FillRandom(value_codes, finite_code);
+    FillRandom(key_scales, [&] { return scale(rng); });
+    FillRandom(value_scales, [&] { return scale(rng); });
+  } else {
+    FillRandomBf16(keys, rng);
+    FillRandomBf16(values, rng);
+  }
 
   // Each sequence's blocks anywhere in the cache.
   std::vector<int32_t> tables(static_cast<size_t>(num_blocks));
@@ -179,8 +218,12 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, int multipr
   PagedAttentionParams params;
   params.q = device_q.get();
   params.out = out.get();
-  params.key_cache = keys.get();
-  params.value_cache = values.get();
+  params.cache.keys = keys.get();
+  params.cache.values = values.get();
+  params.cache.key_codes = key_codes.get();
+  params.cache.value_codes = value_codes.get();
+  params.cache.key_scales = key_scales.get();
+  params.cache.value_scales = value_scales.get();
   params.positions = device_positions.get();
   params.token_sequence = device_sequence_of.get();
   params.table_offsets = device_offsets.get();
@@ -194,7 +237,10 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, int multipr
   params.max_position = context - 1;
   params.num_multiprocessors = multiprocessors;
 
-  const double cache_bytes = 2.0 * static_cast<double>(batch * context * kv_row) * 2.0;
+  // Keys and values of every cached token: 2 bytes an element, or 1 and a 4-byte scale per
+  // KV head.
+  const double cache_bytes = 2.0 * static_cast<double>(batch * context * options.kv_heads) *
+                             (fp8 ? static_cast<double>(d + 4) : 2.0 * static_cast<double>(d));
   const double floor_us = cache_bytes / copy_bandwidth * 1e6;
   std::vector<float> first_output;
   bool agree = true;
@@ -221,10 +267,11 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, int multipr
           difference <= kMaxDifference &&
           std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
       agree = agree && ok;
-      fmt::print("{:>6} {:>8} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
-                 batch, context, name, PagedAttentionSplits(params), seconds * 1e6, floor_us,
-                 cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
-                 ok ? "" : "  DIFFERS from the first kernel");
+      fmt::print(
+          "{:>6} {:>8} {:<4} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
+          batch, context, fp8 ? "fp8" : "bf16", name, PagedAttentionSplits(params), seconds * 1e6,
+          floor_us, cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
+          ok ? "" : "  DIFFERS from the first kernel");
     }
   }
   return agree;
@@ -254,6 +301,10 @@ int main(int argc, char** argv) {
   app.add_option("--splits", options.splits, "Splits per (token, KV head): 0 chosen, else 1-64")
       ->delimiter(',')
       ->check(CLI::Range(0, 64));
+  app.add_option("--kv-cache-dtype", options.dtypes,
+                 "Caches to run: bf16 and/or fp8 (E4M3 codes with a scale per key and value)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"bf16", "fp8"}));
   CLI11_PARSE(app, argc, argv);
   if (options.heads % options.kv_heads != 0 || options.heads / options.kv_heads > 8) {
     fmt::print(stderr, "--heads must be a multiple of --kv-heads, at most 8 times it\n");
@@ -280,17 +331,20 @@ int main(int argc, char** argv) {
       static_cast<size_t>(largest * options.kv_heads * options.head_dim * 2), options.iterations);
   fmt::print("device: {} ({} multiprocessors); copy bandwidth {:.1f} GB/s (read + write)\n",
              properties.name, properties.multiProcessorCount, copy_bandwidth / 1e9);
-  fmt::print("heads {}, KV heads {}, head_dim {}, block {}; BF16 cache; decode, 1 token/sequence\n",
+  fmt::print("heads {}, KV heads {}, head_dim {}, block {}; decode, 1 token/sequence\n",
              options.heads, options.kv_heads, options.head_dim, options.block_size);
-  fmt::print("{:>6} {:>8} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch", "context",
-             "kernel", "splits", "us/call", "floor us", "GB/s", "floor", "max diff");
+  fmt::print("{:>6} {:>8} {:<4} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
+             "context", "kv", "kernel", "splits", "us/call", "floor us", "GB/s", "floor",
+             "max diff");
   std::mt19937 rng(1);
   bool agree = true;
   for (int64_t batch : options.batches) {
     for (int64_t context : options.contexts) {
-      agree =
-          RunCase(options, batch, context, properties.multiProcessorCount, copy_bandwidth, rng) &&
-          agree;
+      for (const std::string& dtype : options.dtypes) {
+        agree = RunCase(options, batch, context, dtype == "fp8", properties.multiProcessorCount,
+                        copy_bandwidth, rng) &&
+                agree;
+      }
     }
   }
   return agree ? 0 : 1;

@@ -12,11 +12,13 @@ struct Options {
   std::filesystem::path model;
   std::string device = "cpu";
   int32_t tensor_parallel = 1;
-  bool fp8 = false;  // --quantization fp8: the linear layers in FP8 E4M3.
+  bool fp8 = false;     // --quantization fp8: the linear layers in FP8 E4M3.
+  bool kv_fp8 = false;  // --kv-cache-dtype fp8.
   int64_t num_requests = 64;
   int64_t input_len = 128;
   int64_t output_len = 64;
   int64_t concurrency = 1;
+  float temperature = 0.0f;  // 0: greedy; else every request sampled at it.
   int32_t block_size = 16;
   int32_t num_blocks = 0;          // From the workload (and the GPU's free memory) unless given.
   bool num_blocks_capped = false;  // The default was cut to what the GPU's memory holds.

@@ -55,7 +55,8 @@ json::object ModelJson(const Options& options, const ModelConfig& config) {
 json::object ConfigJson(const Options& options) {
   json::object config{{"num_requests", options.num_requests}, {"warmup", options.warmup},
                       {"input_len", options.input_len},       {"output_len", options.output_len},
-                      {"concurrency", options.concurrency},   {"seed", options.seed}};
+                      {"concurrency", options.concurrency},   {"seed", options.seed},
+                      {"temperature", options.temperature}};
   if (options.over_http()) {
     config["url"] = options.url;
     config["served_model"] = options.served_model;
@@ -63,6 +64,7 @@ json::object ConfigJson(const Options& options) {
     config["device"] = options.device;
     config["tensor_parallel"] = options.tensor_parallel;
     config["quantization"] = options.fp8 ? "fp8" : "none";
+    config["kv_cache_dtype"] = options.kv_fp8 ? "fp8" : "auto";
     config["max_running"] = options.max_running;
     config["token_budget"] = options.token_budget;
     config["block_size"] = options.block_size;

@@ -36,10 +36,12 @@ class Completions {
   std::deque<size_t> finished_;
 };
 
-RequestOptions GreedyRequest(std::vector<int32_t> prompt, int64_t output_len) {
+RequestOptions BenchRequest(std::vector<int32_t> prompt, int64_t output_len, float temperature,
+                            uint64_t seed) {
   RequestOptions request;
   request.prompt = std::move(prompt);
-  request.sampling.temperature = 0.0f;
+  request.sampling.temperature = temperature;
+  request.sampling.seed = seed;
   request.stop.max_tokens = output_len;
   request.stop.ignore_eos = true;
   return request;
@@ -48,7 +50,8 @@ RequestOptions GreedyRequest(std::vector<int32_t> prompt, int64_t output_len) {
 }  // namespace
 
 Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::string& device,
-                              int32_t tensor_parallel, Quantization quantization) {
+                              int32_t tensor_parallel, Quantization quantization,
+                              KvCacheDType kv_cache_dtype) {
   LoadedModel loaded;
   if (tensor_parallel > 1) {
     if (device != "cpu") {
@@ -58,6 +61,7 @@ Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::strin
     }
     TensorParallelOptions options;
     options.quantization = quantization;
+    options.kv_cache_dtype = kv_cache_dtype;
     auto model = TensorParallelModel::Load(
         dir, MakeLocalCommunicators(tensor_parallel),
         [&device](int32_t) { return MakeBackend(device); }, options);
@@ -68,14 +72,15 @@ Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::strin
   auto backend = MakeBackend(device);
   if (!backend.ok()) return InvalidArgumentError(backend.status().message());
   loaded.backend = std::move(backend).value();
-  auto model = Model::Load(dir, *loaded.backend, {}, quantization);
+  auto model = Model::Load(dir, *loaded.backend, {}, quantization, kv_cache_dtype);
   if (!model.ok()) return model.status();
   loaded.model = std::move(model).value();
   return loaded;
 }
 
 Status RunInProcess(Runtime& runtime, const std::vector<std::vector<int32_t>>& prompts,
-                    int64_t output_len, int64_t concurrency, std::vector<RequestRecord>& records) {
+                    int64_t output_len, int64_t concurrency, std::vector<RequestRecord>& records,
+                    float temperature) {
   records.assign(prompts.size(), RequestRecord{});
   Completions completions;
   size_t next = 0;
@@ -96,7 +101,8 @@ Status RunInProcess(Runtime& runtime, const std::vector<std::vector<int32_t>>& p
         completions.Push(index);
       };
       record.submitted = Clock::now();
-      Result<int64_t> id = runtime.Submit(GreedyRequest(prompts[next], output_len), callback);
+      Result<int64_t> id =
+          runtime.Submit(BenchRequest(prompts[next], output_len, temperature, next), callback);
       if (!id.ok()) {
         failure = id.status();
         break;

@@ -35,14 +35,18 @@ struct LoadedModel {
 };
 
 // Loads `dir` on `device` (cpu, cuda, cuda:N), over `tensor_parallel` ranks past one (CPU
-// only). INVALID_ARGUMENT for a device or split that cannot be; the loader's error otherwise.
+// only), its weights as `quantization` and its KV cache as `kv_cache_dtype` say.
+// INVALID_ARGUMENT for a device or split that cannot be; the loader's error otherwise.
 Result<LoadedModel> LoadModel(const std::filesystem::path& dir, const std::string& device,
-                              int32_t tensor_parallel, Quantization quantization);
+                              int32_t tensor_parallel, Quantization quantization,
+                              KvCacheDType kv_cache_dtype = KvCacheDType::kAuto);
 
 // Runs requests through `runtime` (see RequestRunner). Token arrival times are taken in the
 // delta callback, on the engine thread: latencies include the loop's own overhead and
 // nothing outside it (no network, no detokenizing).
+// Greedy, or sampled at `temperature` (each request seeded with its index).
 Status RunInProcess(Runtime& runtime, const std::vector<std::vector<int32_t>>& prompts,
-                    int64_t output_len, int64_t concurrency, std::vector<RequestRecord>& records);
+                    int64_t output_len, int64_t concurrency, std::vector<RequestRecord>& records,
+                    float temperature = 0.0f);
 
 }  // namespace inferbox::engine::bench

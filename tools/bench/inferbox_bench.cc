@@ -7,11 +7,11 @@
 //   inferbox-bench --model DIR --ttft 1024,4096,8192 [--peak-tflops 989]   (time to first token)
 //   inferbox-bench --model DIR --url http://127.0.0.1:8080 [--served-model NAME] ...
 //
-// Every request is a prompt of random token ids decoded greedily for exactly --output-len
-// tokens (EOS ignored). At most --concurrency requests are in flight: a new one is submitted
-// as soon as one finishes. With --ttft, each prompt length runs on its own, one request at a
-// time, for one output token, and the prefill's model FLOPs over its time give the MFU. A
-// benchmark, not a test: it exits 1 only when loading fails or a request fails or comes back
+// Every request is a prompt of random token ids decoded for exactly --output-len tokens (EOS
+// ignored): greedily, or sampled at --temperature. At most --concurrency requests are in flight: a
+// new one is submitted as soon as one finishes. With --ttft, each prompt length runs on its own,
+// one request at a time, for one output token, and the prefill's model FLOPs over its time give the
+// MFU. A benchmark, not a test: it exits 1 only when loading fails or a request fails or comes back
 // short, 2 on bad arguments. docs/performance.md says what each number means.
 #include <algorithm>
 #include <charconv>
@@ -201,7 +201,8 @@ int RunOverHttpPath(const Options& options) {
     return 1;
   }
   if (const int bad = CheckLengths(options, *config); bad != 0) return bad;
-  const OpenAiEndpoint endpoint{options.url, options.api_key, options.served_model};
+  const OpenAiEndpoint endpoint{options.url, options.api_key, options.served_model,
+                                options.temperature};
   RequestPath path{[&endpoint](const std::vector<std::vector<int32_t>>& prompts, int64_t output_len,
                                int64_t concurrency, std::vector<RequestRecord>& records) {
                      return RunOverHttp(endpoint, prompts, output_len, concurrency, records);
@@ -215,7 +216,8 @@ int RunOverHttpPath(const Options& options) {
 
 int RunInProcessPath(Options options, bool num_blocks_given) {
   auto loaded = LoadModel(options.model, options.device, options.tensor_parallel,
-                          options.fp8 ? Quantization::kFp8 : Quantization::kNone);
+                          options.fp8 ? Quantization::kFp8 : Quantization::kNone,
+                          options.kv_fp8 ? KvCacheDType::kFp8E4M3 : KvCacheDType::kAuto);
   if (!loaded.ok()) {
     fmt::print(stderr, "inferbox-bench: {}\n", loaded.status().ToString());
     return loaded.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
@@ -255,15 +257,16 @@ int RunInProcessPath(Options options, bool num_blocks_given) {
   std::optional<Result<TtftResult>> ttft;
   {
     Runtime runtime(runner, nullptr, runtime_options);
-    RequestPath path{
-        [&runtime](const std::vector<std::vector<int32_t>>& prompts, int64_t output_len,
-                   int64_t concurrency, std::vector<RequestRecord>& records) {
-          return RunInProcess(runtime, prompts, output_len, concurrency, records);
-        },
-        [&runtime] {
-          runtime.WaitIdle(Clock::now() + kIdleTimeout);
-          return std::optional<RuntimeStats>(runtime.stats());
-        }};
+    RequestPath path{[&runtime, temperature = options.temperature](
+                         const std::vector<std::vector<int32_t>>& prompts, int64_t output_len,
+                         int64_t concurrency, std::vector<RequestRecord>& records) {
+                       return RunInProcess(runtime, prompts, output_len, concurrency, records,
+                                           temperature);
+                     },
+                     [&runtime] {
+                       runtime.WaitIdle(Clock::now() + kIdleTimeout);
+                       return std::optional<RuntimeStats>(runtime.stats());
+                     }};
     if (options.ttft()) {
       ttft = MeasureTtft(options, config, path);
     } else {
@@ -324,6 +327,12 @@ int main(int argc, char** argv) {
       ->transform(CLI::CheckedTransformer(
           std::map<std::string, bool>{{"none", false}, {"fp8", true}}, CLI::ignore_case))
       ->default_str("none");
+  app.add_option("--kv-cache-dtype", options.kv_fp8,
+                 "The KV cache: auto (the backend's precision) or fp8 (E4M3 with a scale per "
+                 "token and KV head, as inferbox-engine --kv-cache-dtype fp8)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, bool>{{"auto", false}, {"fp8", true}}, CLI::ignore_case))
+      ->default_str("auto");
   app.add_option("--num-requests", options.num_requests, "Measured requests")
       ->check(AtLeast(1))
       ->capture_default_str();
@@ -335,6 +344,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--concurrency", options.concurrency, "Requests in flight at once, at most")
       ->check(AtLeast(1))
+      ->capture_default_str();
+  app.add_option("--temperature", options.temperature,
+                 "0: greedy (default); else every request sampled at this temperature (seeded "
+                 "by its index), as clients that leave it unset are (the model's default)")
+      ->check(CLI::Range(0.0, 100.0))
       ->capture_default_str();
   app.add_option("--block-size", options.block_size, "KV cache block size, in tokens")
       ->check(AtLeast(1))
@@ -387,10 +401,11 @@ int main(int argc, char** argv) {
   }
 
   if (options.over_http()) {
-    if (options.fp8) {
+    if (options.fp8 || options.kv_fp8) {
       fmt::print(stderr,
-                 "inferbox-bench: --quantization is the engine's: over --url, the server's model "
-                 "config sets it (quantization = \"fp8\")\n");
+                 "inferbox-bench: --quantization and --kv-cache-dtype are the engine's: over "
+                 "--url, the server's model config sets them (quantization = \"fp8\", "
+                 "kv_cache_dtype = \"fp8\")\n");
       return 2;
     }
     if (options.served_model.empty()) options.served_model = options.model.filename().string();

@@ -64,7 +64,8 @@ class Transfer {
       : index_(index),
         record_(record),
         easy_(curl_easy_init()),
-        body_(CompletionRequestBody(endpoint.model, prompt, output_len)) {
+        body_(CompletionRequestBody(endpoint.model, prompt, output_len, endpoint.temperature,
+                                    index)) {
     curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
     headers = curl_slist_append(headers, "Accept: text/event-stream");
     // No "Expect: 100-continue" for a long prompt's body: it would add a round trip (or
@@ -222,17 +223,19 @@ std::string CompletionsUrl(std::string_view base_url) {
 }
 
 std::string CompletionRequestBody(const std::string& model, const std::vector<int32_t>& prompt,
-                                  int64_t output_len) {
+                                  int64_t output_len, float temperature, uint64_t seed) {
   json::array ids;
   ids.reserve(prompt.size());
   for (const int32_t id : prompt) ids.push_back(id);
-  return json::serialize(json::object{{"model", model},
-                                      {"prompt", std::move(ids)},
-                                      {"max_tokens", output_len},
-                                      {"temperature", 0},
-                                      {"ignore_eos", true},
-                                      {"stream", true},
-                                      {"stream_options", {{"include_usage", true}}}});
+  json::object body{{"model", model},
+                    {"prompt", std::move(ids)},
+                    {"max_tokens", output_len},
+                    {"temperature", temperature},
+                    {"ignore_eos", true},
+                    {"stream", true},
+                    {"stream_options", {{"include_usage", true}}}};
+  if (temperature > 0.0f) body["seed"] = seed;
+  return json::serialize(body);
 }
 
 namespace {

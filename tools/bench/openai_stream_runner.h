@@ -20,9 +20,10 @@
 namespace inferbox::engine::bench {
 
 struct OpenAiEndpoint {
-  std::string base_url;  // http://host:port; a trailing "/" or "/v1" is dropped.
-  std::string api_key;   // Sent as "Authorization: Bearer <key>" when not empty.
-  std::string model;     // The served model's name.
+  std::string base_url;      // http://host:port; a trailing "/" or "/v1" is dropped.
+  std::string api_key;       // Sent as "Authorization: Bearer <key>" when not empty.
+  std::string model;         // The served model's name.
+  float temperature = 0.0f;  // Every request's (0: greedy), each seeded with its index.
 };
 
 // Server-sent events as their bytes arrive in pieces: hands over each event's data (its
@@ -41,9 +42,10 @@ class SseParser {
 // The completions URL for `base_url` (see OpenAiEndpoint).
 std::string CompletionsUrl(std::string_view base_url);
 
-// The JSON body of one streamed greedy completion of exactly `output_len` tokens.
+// The JSON body of one streamed completion of exactly `output_len` tokens: greedy, or
+// sampled at `temperature` with `seed`.
 std::string CompletionRequestBody(const std::string& model, const std::vector<int32_t>& prompt,
-                                  int64_t output_len);
+                                  int64_t output_len, float temperature = 0.0f, uint64_t seed = 0);
 
 // Runs requests against `endpoint` (see RequestRunner). Arrival times are taken as each
 // event's bytes reach this process. A request fails (its record's error) on a transport

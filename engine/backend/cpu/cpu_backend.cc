@@ -2,6 +2,7 @@
 // over cores with OpenMP. It is the reference for every other backend, so it favours
 // plain, obviously-correct loops over cleverness; speed comes from the row parallelism.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -138,31 +139,84 @@ void WidenRow(const Weight& w, int64_t row, float* out) {
   }
 }
 
+// Keys and values of every layer, [layer][slot][kv_head][head_dim]: float32, or FP8 codes
+// with a scale per [layer][slot][kv_head] (KvCacheDType::kFp8E4M3).
 class CpuKvCache final : public KvCache {
  public:
-  explicit CpuKvCache(const KvCacheShape& shape)
-      : shape_(shape),
-        keys_(static_cast<size_t>(shape.num_layers * shape.num_slots() * shape.num_kv_heads *
-                                  shape.head_dim)),
-        values_(keys_.size()) {}
+  explicit CpuKvCache(const KvCacheShape& shape) : shape_(shape) {
+    const auto heads =
+        static_cast<size_t>(shape.num_layers * shape.num_slots() * shape.num_kv_heads);
+    const size_t values = heads * static_cast<size_t>(shape.head_dim);
+    if (shape.fp8()) {
+      key_codes_.resize(values);
+      value_codes_.resize(values);
+      key_scales_.resize(heads);
+      value_scales_.resize(heads);
+    } else {
+      keys_.resize(values);
+      values_.resize(values);
+    }
+  }
   const KvCacheShape& shape() const override { return shape_; }
+  static int64_t Bytes(const KvCacheShape& shape) {
+    const int64_t heads = shape.num_layers * shape.num_slots() * shape.num_kv_heads;
+    return 2 * heads *
+           (shape.fp8() ? shape.head_dim + static_cast<int64_t>(sizeof(float))
+                        : shape.head_dim * static_cast<int64_t>(sizeof(float)));
+  }
 
-  // Start of (layer, slot) in the key or value store: [num_kv_heads, head_dim] floats.
-  float* Key(int64_t layer, int64_t slot) { return keys_.data() + Offset(layer, slot); }
-  float* Value(int64_t layer, int64_t slot) { return values_.data() + Offset(layer, slot); }
-  const float* Key(int64_t layer, int64_t slot) const { return keys_.data() + Offset(layer, slot); }
-  const float* Value(int64_t layer, int64_t slot) const {
-    return values_.data() + Offset(layer, slot);
+  // Stores the keys and values ([num_kv_heads, head_dim] each) of (layer, slot).
+  void Write(int64_t layer, int64_t slot, const float* key, const float* value) {
+    const int64_t d = shape_.head_dim;
+    const size_t head = Head(layer, slot, 0);
+    if (!shape_.fp8()) {
+      std::copy_n(key, shape_.num_kv_heads * d, keys_.data() + head * static_cast<size_t>(d));
+      std::copy_n(value, shape_.num_kv_heads * d, values_.data() + head * static_cast<size_t>(d));
+      return;
+    }
+    for (int64_t h = 0; h < shape_.num_kv_heads; ++h) {
+      const size_t at = (head + static_cast<size_t>(h)) * static_cast<size_t>(d);
+      key_scales_[head + static_cast<size_t>(h)] =
+          QuantizeFp8Head(key + h * d, d, key_codes_.data() + at);
+      value_scales_[head + static_cast<size_t>(h)] =
+          QuantizeFp8Head(value + h * d, d, value_codes_.data() + at);
+    }
+  }
+  // The key or value of `kv_head` at (layer, slot), head_dim floats: the store itself, or the
+  // FP8 codes times their scale written into `scratch` (head_dim floats).
+  const float* Key(int64_t layer, int64_t slot, int64_t kv_head, float* scratch) const {
+    return Read(keys_, key_codes_, key_scales_, Head(layer, slot, kv_head), scratch);
+  }
+  const float* Value(int64_t layer, int64_t slot, int64_t kv_head, float* scratch) const {
+    return Read(values_, value_codes_, value_scales_, Head(layer, slot, kv_head), scratch);
   }
 
  private:
-  size_t Offset(int64_t layer, int64_t slot) const {
-    return static_cast<size_t>((layer * shape_.num_slots() + slot) * shape_.num_kv_heads *
-                               shape_.head_dim);
+  size_t Head(int64_t layer, int64_t slot, int64_t kv_head) const {
+    return static_cast<size_t>((layer * shape_.num_slots() + slot) * shape_.num_kv_heads + kv_head);
+  }
+  const float* Read(const std::vector<float>& floats, const std::vector<uint8_t>& codes,
+                    const std::vector<float>& scales, size_t head, float* scratch) const {
+    const auto d = static_cast<size_t>(shape_.head_dim);
+    if (!shape_.fp8()) return floats.data() + head * d;
+    static const std::array<float, 256> kValues = [] {
+      std::array<float, 256> values{};
+      for (size_t code = 0; code < values.size(); ++code)
+        values[code] = Fp8E4M3ToFloat(static_cast<uint8_t>(code));
+      return values;
+    }();
+    const uint8_t* row = codes.data() + head * d;
+    const float scale = scales[head];
+    for (size_t c = 0; c < d; ++c) scratch[c] = kValues[row[c]] * scale;
+    return scratch;
   }
   KvCacheShape shape_;
   std::vector<float> keys_;
   std::vector<float> values_;
+  std::vector<uint8_t> key_codes_;
+  std::vector<uint8_t> value_codes_;
+  std::vector<float> key_scales_;
+  std::vector<float> value_scales_;
 };
 
 class CpuBuffer final : public Buffer {
@@ -237,8 +291,7 @@ class CpuBackend final : public Backend {
   }
 
   int64_t KvCacheBytes(const KvCacheShape& shape) const override {
-    return 2 * shape.num_layers * shape.num_slots() * shape.num_kv_heads * shape.head_dim *
-           static_cast<int64_t>(sizeof(float));
+    return CpuKvCache::Bytes(shape);
   }
   std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
     return std::make_unique<CpuKvCache>(shape);
@@ -278,9 +331,13 @@ class CpuBackend final : public Backend {
   void ReadKv(const KvCache& cache, int64_t layer, int64_t slot, std::span<float> key,
               std::span<float> value) override {
     const auto& cpu = static_cast<const CpuKvCache&>(cache);
-    const int64_t row = cache.shape().num_kv_heads * cache.shape().head_dim;
-    std::copy_n(cpu.Key(layer, slot), row, key.begin());
-    std::copy_n(cpu.Value(layer, slot), row, value.begin());
+    const int64_t d = cache.shape().head_dim;
+    for (int64_t h = 0; h < cache.shape().num_kv_heads; ++h) {
+      float* key_head = key.data() + h * d;
+      float* value_head = value.data() + h * d;
+      std::copy_n(cpu.Key(layer, slot, h, key_head), d, key_head);
+      std::copy_n(cpu.Value(layer, slot, h, value_head), d, value_head);
+    }
   }
   std::unique_ptr<StepInputs> PrepareStep(const StepLayout& layout) override {
     return std::make_unique<CpuStepInputs>(layout);
@@ -392,8 +449,7 @@ class CpuBackend final : public Backend {
     const auto row = static_cast<size_t>(num_kv_heads * head_dim);
     for (size_t t = 0; t < inputs.slots.size(); ++t) {
       if (inputs.slots[t] < 0) continue;  // Padding.
-      std::memcpy(cpu.Key(layer, inputs.slots[t]), k.data() + t * row, row * sizeof(float));
-      std::memcpy(cpu.Value(layer, inputs.slots[t]), v.data() + t * row, row * sizeof(float));
+      cpu.Write(layer, inputs.slots[t], k.data() + t * row, v.data() + t * row);
     }
   }
 
@@ -414,6 +470,8 @@ class CpuBackend final : public Backend {
 #pragma omp parallel if (work >= kMinParallelWork)
       {
         std::vector<float> scores;
+        std::vector<float> key_scratch(static_cast<size_t>(d));
+        std::vector<float> value_scratch(static_cast<size_t>(d));
 #pragma omp for collapse(2) schedule(static)
         for (int64_t t = 0; t < tokens; ++t) {
           for (int64_t h = 0; h < num_heads; ++h) {
@@ -426,7 +484,7 @@ class CpuBackend final : public Backend {
               const int64_t slot = sequence.block_table[static_cast<size_t>(p / shape.block_size)] *
                                        shape.block_size +
                                    p % shape.block_size;
-              const float* key = cpu.Key(layer, slot) + kv_head * d;
+              const float* key = cpu.Key(layer, slot, kv_head, key_scratch.data());
               double dot = 0.0;
               for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(query[c]) * key[c];
               scores[static_cast<size_t>(p)] = static_cast<float>(dot) * scale;
@@ -443,7 +501,7 @@ class CpuBackend final : public Backend {
               const int64_t slot = sequence.block_table[static_cast<size_t>(p / shape.block_size)] *
                                        shape.block_size +
                                    p % shape.block_size;
-              const float* value = cpu.Value(layer, slot) + kv_head * d;
+              const float* value = cpu.Value(layer, slot, kv_head, value_scratch.data());
               const double weight = scores[static_cast<size_t>(p)] / total;
               for (int64_t c = 0; c < d; ++c)
                 accumulator[static_cast<size_t>(c)] += weight * value[c];

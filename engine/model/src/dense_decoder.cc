@@ -103,6 +103,7 @@ struct Model::Impl {
   RopeTable rope;
   TensorParallelShard shard;
   Quantization quantization = Quantization::kNone;
+  KvCacheDType kv_cache_dtype = KvCacheDType::kAuto;
   int64_t num_heads = 0;          // This rank's query heads,
   int64_t num_kv_heads = 0;       // KV heads,
   int64_t first_kv_head = 0;      // the first of those in the whole model,
@@ -301,7 +302,7 @@ Status Model::Impl::LoadWeights() {
 
 Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Backend& backend,
                                            const TensorParallelShard& shard,
-                                           Quantization quantization) {
+                                           Quantization quantization, KvCacheDType kv_cache_dtype) {
   auto text = ReadFile(dir / "config.json");
   if (!text.ok()) return text.status();
   auto config = ParseModelConfig(*text);
@@ -324,6 +325,7 @@ Result<std::unique_ptr<Model>> Model::Load(const std::filesystem::path& dir, Bac
   impl->rope = MakeRopeTable(impl->config);
   impl->shard = shard;
   impl->quantization = quantization;
+  impl->kv_cache_dtype = kv_cache_dtype;
   if (Status status = impl->SplitForShard(); !status.ok()) return status.WithContext(dir.string());
   if (Status status = impl->LoadWeights(); !status.ok()) return status.WithContext(dir.string());
   return std::unique_ptr<Model>(new Model(std::move(impl)));
@@ -371,7 +373,8 @@ int64_t Model::WeightBytesPerDecodeStep() const {
 
 KvCacheShape Model::KvShape(int64_t num_blocks, int64_t block_size) const {
   const ModelConfig& c = impl_->config;
-  return {c.num_hidden_layers, num_blocks, block_size, impl_->num_kv_heads, c.head_dim};
+  return {c.num_hidden_layers, num_blocks, block_size,
+          impl_->num_kv_heads, c.head_dim, impl_->kv_cache_dtype};
 }
 
 Backend& Model::logits_backend() {
@@ -401,12 +404,13 @@ Result<std::span<const float>> Model::ForwardOnBackend(std::span<const ForwardSe
 
   const KvCacheShape expected = KvShape(kv.num_blocks, kv.block_size);
   if (kv.num_layers != expected.num_layers || kv.num_kv_heads != expected.num_kv_heads ||
-      kv.head_dim != expected.head_dim) {
+      kv.head_dim != expected.head_dim || kv.dtype != expected.dtype) {
     return InvalidArgumentError(
-        fmt::format("the KV cache ({} layers, {} KV heads of {}) was not made for this model "
-                    "({} layers, {} KV heads of {})",
-                    kv.num_layers, kv.num_kv_heads, kv.head_dim, expected.num_layers,
-                    expected.num_kv_heads, expected.head_dim));
+        fmt::format("the KV cache ({} layers, {} KV heads of {}, {}) was not made for this "
+                    "model ({} layers, {} KV heads of {}, {})",
+                    kv.num_layers, kv.num_kv_heads, kv.head_dim, KvCacheDTypeName(kv.dtype),
+                    expected.num_layers, expected.num_kv_heads, expected.head_dim,
+                    KvCacheDTypeName(expected.dtype)));
   }
   // Flatten the batch: token ids, positions and KV slots, validated before any op runs.
   std::vector<int32_t> ids;

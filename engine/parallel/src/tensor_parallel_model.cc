@@ -143,7 +143,7 @@ Result<std::unique_ptr<TensorParallelModel>> TensorParallelModel::Load(
       }
       auto shard =
           Model::Load(dir, *rank_state->backend, {r, world_size, rank_state->communicator.get()},
-                      options.quantization);
+                      options.quantization, options.kv_cache_dtype);
       if (!shard.ok()) {
         *status = shard.status();
         return;
@@ -191,8 +191,8 @@ std::unique_ptr<KvCache> TensorParallelModel::AllocateKvCache(int64_t num_blocks
                                                               int64_t block_size) {
   const ModelConfig& c = config();
   auto cache = std::make_unique<ShardedKvCache>(
-      *this,
-      KvCacheShape{c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim});
+      *this, KvCacheShape{c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads,
+                          c.head_dim, ranks_.front()->model->KvShape(1, block_size).dtype});
   cache->parts.resize(ranks_.size());
   std::vector<std::future<void>> allocated;
   for (size_t r = 0; r < ranks_.size(); ++r) {

@@ -3,7 +3,7 @@
 // network port). The socket answers Health (LOADING) while the weights load.
 //
 //   inferbox-engine --model DIR --socket PATH [--device cpu|cuda[:N]] [--kv-cache-gib G]
-//       [--tensor-parallel N] [--quantization none|fp8] ...
+//       [--tensor-parallel N] [--quantization none|fp8] [--kv-cache-dtype auto|fp8] ...
 //
 // Exit status: 0 after SIGTERM/SIGINT and a drain; 2 bad arguments; 78 (EX_CONFIG) a model
 // folder or setting that cannot work, so restarting will not help; 1 the socket could not
@@ -53,6 +53,7 @@ struct Options {
   std::string device = "cpu";
   int32_t tensor_parallel = 1;
   Quantization quantization = Quantization::kNone;
+  KvCacheDType kv_cache_dtype = KvCacheDType::kAuto;
   std::string model_id;
   // 0: 1 GiB on the CPU; on a GPU, what the memory fraction leaves after weights.
   double kv_cache_gib = 0.0;
@@ -146,6 +147,7 @@ Result<std::unique_ptr<TensorParallelModel>> LoadTensorParallel(const Options& o
   }
   TensorParallelOptions parallel_options;
   parallel_options.quantization = options.quantization;
+  parallel_options.kv_cache_dtype = options.kv_cache_dtype;
   auto model = TensorParallelModel::Load(options.model, std::move(communicators), make_backend,
                                          parallel_options);
   if (!model.ok()) return model.status();
@@ -245,7 +247,8 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   if (!tokenizer.ok()) return tokenizer.status();
   engine->tokenizer = std::move(tokenizer).value();
   if (options.tensor_parallel == 1) {
-    auto model = Model::Load(options.model, *engine->backend, {}, options.quantization);
+    auto model = Model::Load(options.model, *engine->backend, {}, options.quantization,
+                             options.kv_cache_dtype);
     if (!model.ok()) return model.status();
     engine->model = std::move(model).value();
   } else {
@@ -330,11 +333,14 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options) {
   }
   runtime.num_blocks = static_cast<int32_t>(std::min<int64_t>(num_blocks, INT32_MAX));
   spdlog::info(
-      "KV cache on {}: {} blocks of {} tokens = {} tokens ({:.1f} MiB), context {} tokens, {} "
+      "KV cache on {}: {} blocks of {} tokens = {} tokens ({:.1f} MiB{}), context {} tokens, {} "
       "sequences at once",
       engine->runner().logits_backend().name(), runtime.num_blocks, options.block_size,
       static_cast<int64_t>(runtime.num_blocks) * options.block_size,
       static_cast<double>(runtime.num_blocks * bytes_per_block) / (1024.0 * 1024.0),
+      options.kv_cache_dtype == KvCacheDType::kFp8E4M3
+          ? ", FP8 E4M3 with a scale per token and KV head"
+          : "",
       runtime.limits.max_model_len, options.max_running);
 
   std::vector<int32_t> eos = engine->front_model().EosTokenIds();
@@ -481,6 +487,15 @@ int main(int argc, char** argv) {
                                                                       {"fp8", Quantization::kFp8}},
                                   CLI::ignore_case))
       ->default_str("none");
+  app.add_option("--kv-cache-dtype", options.kv_cache_dtype,
+                 "The KV cache: auto (the backend's precision: BF16 on a GPU, float32 on the "
+                 "CPU) or fp8 (E4M3 with a scale per token and KV head, quantised as written: "
+                 "about half of BF16's bytes, so twice the tokens in the same memory)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, KvCacheDType>{{"auto", KvCacheDType::kAuto},
+                                              {"fp8", KvCacheDType::kFp8E4M3}},
+          CLI::ignore_case))
+      ->default_str("auto");
   app.add_option("--model-id", options.model_id,
                  "Model id reported to clients (default: folder name)");
   app.add_option("--kv-cache-gib", options.kv_cache_gib,

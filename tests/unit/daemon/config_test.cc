@@ -191,6 +191,7 @@ replicas = 2
 kv_cache_gib = 20
 max_model_len = 32768
 quantization = "fp8"
+kv_cache_dtype = "fp8"
 [[models]]
 name = "demo"
 path = "models/demo"
@@ -210,6 +211,8 @@ path = "models/demo"
   EXPECT_EQ(config->models[0].max_model_len, 32768);
   EXPECT_EQ(config->models[0].quantization, "fp8");
   EXPECT_EQ(config->models[1].quantization, "none");
+  EXPECT_EQ(config->models[0].kv_cache_dtype, "fp8");
+  EXPECT_EQ(config->models[1].kv_cache_dtype, "auto");
   EXPECT_EQ(config->models[1].device, "cpu");
   EXPECT_EQ(config->models[1].path, std::filesystem::path("models/demo"));
   EXPECT_EQ(config->models[1].replicas, 1u);
@@ -233,6 +236,8 @@ TEST(ModelsConfig, RefusesModelsThatCannotRunNamingTheKey) {
               HasSubstr("unknown key"));
   EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nquantization = \"int4\"\n"),
               HasSubstr("models[0].quantization: \"int4\" is not \"none\" or \"fp8\""));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nkv_cache_dtype = \"bf16\"\n"),
+              HasSubstr("models[0].kv_cache_dtype: \"bf16\" is not \"auto\" or \"fp8\""));
   EXPECT_THAT(ErrorOf("[auth]\nrequire_keys = \"yes\"\n"), HasSubstr("auth.require_keys"));
   EXPECT_THAT(ErrorOf("[engines]\nhealth_timeout_seconds = 0\n"),
               HasSubstr("engines.health_timeout_seconds"));

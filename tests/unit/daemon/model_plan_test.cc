@@ -75,6 +75,8 @@ TEST(ModelPlan, ReadsTheShapeFromConfigJson) {
   auto shape = ReadModelShape(dir / "config.json", "F32");
   ASSERT_TRUE(shape.ok()) << shape.status().ToString();
   EXPECT_EQ(shape->kv_bytes_per_token(), 2u * 28 * 8 * 128 * 4);
+  // kv_cache_dtype = "fp8": a byte per value and a 4-byte scale per KV head.
+  EXPECT_EQ(shape->kv_bytes_per_token("fp8"), 2u * 28 * 8 * (128 + 4));
 
   std::ofstream(dir / "config.json") << R"({"num_hidden_layers": 2, "num_attention_heads": 4,
       "hidden_size": 64, "torch_dtype": "bfloat16"})";

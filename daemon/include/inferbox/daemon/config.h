@@ -42,6 +42,10 @@ Result<ListenAddress> ParseListenAddress(std::string_view text);
 inline bool IsQuantization(std::string_view value) {
   return value == "none" || value == "fp8";
 }
+// The values ModelServeConfig::kv_cache_dtype takes.
+inline bool IsKvCacheDType(std::string_view value) {
+  return value == "auto" || value == "fp8";
+}
 
 // One [[models]] entry: a model the box serves, and how its engines run.
 struct ModelServeConfig {
@@ -71,6 +75,9 @@ struct ModelServeConfig {
   // The linear layers' weights: "none" (as the model file has them) or "fp8" (FP8 E4M3,
   // quantised by the engine at load; a GPU needs compute capability 8.9 or later).
   std::string quantization = "none";
+  // The KV cache: "auto" (the engine's precision: BF16 on a GPU, float32 on the CPU) or "fp8"
+  // (FP8 E4M3 with a scale per token and KV head: twice the tokens in the same memory).
+  std::string kv_cache_dtype = "auto";
 
   bool operator==(const ModelServeConfig&) const = default;
 };

@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "inferbox/common/shared_library.h"
+#include "inferbox/engine/backend/fp8.h"
 #include "kernels.h"
 
 // (A failure while a step is recorded is kept instead: ToleratedLaunchFailures.)
@@ -162,7 +163,11 @@ class CudaBuffer final : public Buffer {
   std::span<float> data_;
 };
 
-// Keys then values of every layer: [layer][key|value][slot][kv_head][head_dim], BF16.
+// Keys then values of every layer: [layer][key|value][slot][kv_head][head_dim], BF16; or
+// (KvCacheDType::kFp8E4M3) per layer key codes, value codes (that shape, a byte each), key
+// scales and value scales ([slot][kv_head] floats), each part starting at a multiple of 256
+// bytes: the allocation is the payload (KvCacheBytes, what a block costs) and at most
+// 4 × 255 bytes a layer.
 class CudaKvCache final : public KvCache {
  public:
   // Zeroed in `stream`'s order, so no op queued after it can be overwritten.
@@ -176,16 +181,41 @@ class CudaKvCache final : public KvCache {
   int64_t serial() const { return serial_; }
 
   static int64_t TotalBytes(const KvCacheShape& shape) {
-    return 2 * shape.num_layers * shape.num_slots() * shape.num_kv_heads * shape.head_dim *
-           static_cast<int64_t>(sizeof(uint16_t));
+    return shape.num_layers * LayerBytes(shape);
   }
-  uint16_t* keys(int64_t layer) const { return memory_.as<uint16_t>() + (2 * layer) * LayerSize(); }
-  uint16_t* values(int64_t layer) const {
-    return memory_.as<uint16_t>() + (2 * layer + 1) * LayerSize();
+  // The bytes of the values and scales themselves, without the parts' alignment.
+  static int64_t PayloadBytes(const KvCacheShape& shape) {
+    if (!shape.fp8()) return TotalBytes(shape);
+    return shape.num_layers * 2 * (Values(shape) + Scales(shape));
+  }
+  KvCacheLayer layer(int64_t index) const {
+    auto* base = memory_.as<uint8_t>() + index * LayerBytes(shape_);
+    KvCacheLayer layer;
+    if (!shape_.fp8()) {
+      layer.keys = reinterpret_cast<uint16_t*>(base);
+      layer.values = layer.keys + Values(shape_);
+      return layer;
+    }
+    const int64_t codes = Aligned(Values(shape_));
+    layer.key_codes = base;
+    layer.value_codes = base + codes;
+    layer.key_scales = reinterpret_cast<float*>(base + 2 * codes);
+    layer.value_scales = reinterpret_cast<float*>(base + 2 * codes + Aligned(Scales(shape_)));
+    return layer;
   }
 
  private:
-  int64_t LayerSize() const { return shape_.num_slots() * shape_.num_kv_heads * shape_.head_dim; }
+  static int64_t Values(const KvCacheShape& shape) {
+    return shape.num_slots() * shape.num_kv_heads * shape.head_dim;
+  }
+  static int64_t Scales(const KvCacheShape& shape) {
+    return shape.num_slots() * shape.num_kv_heads * static_cast<int64_t>(sizeof(float));
+  }
+  static int64_t Aligned(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+  static int64_t LayerBytes(const KvCacheShape& shape) {
+    if (!shape.fp8()) return 2 * Values(shape) * static_cast<int64_t>(sizeof(uint16_t));
+    return 2 * Aligned(Values(shape)) + 2 * Aligned(Scales(shape));
+  }
   KvCacheShape shape_;
   DeviceAllocation memory_;
   int64_t serial_;
@@ -697,7 +727,7 @@ class CudaBackend final : public Backend {
   }
 
   int64_t KvCacheBytes(const KvCacheShape& shape) const override {
-    return CudaKvCache::TotalBytes(shape);
+    return CudaKvCache::PayloadBytes(shape);
   }
   std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
     Use();
@@ -806,15 +836,33 @@ class CudaBackend final : public Backend {
   void ReadKv(const KvCache& cache, int64_t layer, int64_t slot, std::span<float> key,
               std::span<float> value) override {
     Use();
-    const auto& cuda = static_cast<const CudaKvCache&>(cache);
-    const int64_t row = cache.shape().num_kv_heads * cache.shape().head_dim;
+    const KvCacheLayer kv = static_cast<const CudaKvCache&>(cache).layer(layer);
+    const int64_t heads = cache.shape().num_kv_heads;
+    const int64_t row = heads * cache.shape().head_dim;
+    auto copy = [this](void* to, const void* from, int64_t bytes) {
+      INFERBOX_CUDA_CHECK(
+          cudaMemcpyAsync(to, from, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, stream_));
+    };
+    if (cache.shape().fp8()) {
+      std::vector<uint8_t> codes(static_cast<size_t>(2 * row));
+      std::vector<float> scales(static_cast<size_t>(2 * heads));
+      copy(codes.data(), kv.key_codes + slot * row, row);
+      copy(codes.data() + row, kv.value_codes + slot * row, row);
+      copy(scales.data(), kv.key_scales + slot * heads, heads * 4);
+      copy(scales.data() + heads, kv.value_scales + slot * heads, heads * 4);
+      INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      const int64_t d = cache.shape().head_dim;
+      for (int64_t i = 0; i < row; ++i) {
+        key[static_cast<size_t>(i)] =
+            Fp8E4M3ToFloat(codes[static_cast<size_t>(i)]) * scales[static_cast<size_t>(i / d)];
+        value[static_cast<size_t>(i)] = Fp8E4M3ToFloat(codes[static_cast<size_t>(row + i)]) *
+                                        scales[static_cast<size_t>(heads + i / d)];
+      }
+      return;
+    }
     std::vector<uint16_t> bits(static_cast<size_t>(2 * row));
-    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(bits.data(), cuda.keys(layer) + slot * row,
-                                        static_cast<size_t>(row) * 2, cudaMemcpyDeviceToHost,
-                                        stream_));
-    INFERBOX_CUDA_CHECK(cudaMemcpyAsync(bits.data() + row, cuda.values(layer) + slot * row,
-                                        static_cast<size_t>(row) * 2, cudaMemcpyDeviceToHost,
-                                        stream_));
+    copy(bits.data(), kv.keys + slot * row, row * 2);
+    copy(bits.data() + row, kv.values + slot * row, row * 2);
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
     auto widen = [](uint16_t b) {
       const uint32_t w = static_cast<uint32_t>(b) << 16;
@@ -1030,8 +1078,7 @@ class CudaBackend final : public Backend {
     params.cos = inputs.cos;
     params.sin = inputs.sin;
     params.slots = inputs.slots;
-    params.key_cache = kv.keys(layer);
-    params.value_cache = kv.values(layer);
+    params.cache = kv.layer(layer);
     params.num_tokens = inputs.num_tokens();
     params.num_heads = num_heads;
     params.num_kv_heads = cache.shape().num_kv_heads;
@@ -1268,8 +1315,7 @@ class CudaBackend final : public Backend {
     params.q = q.data();
     params.out = out;
     params.out_bf16 = out_bf16;
-    params.key_cache = kv.keys(layer);
-    params.value_cache = kv.values(layer);
+    params.cache = kv.layer(layer);
     params.positions = inputs.positions;
     params.token_sequence = inputs.token_sequence;
     params.table_offsets = inputs.table_offsets;

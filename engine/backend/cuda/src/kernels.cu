@@ -136,6 +136,29 @@ __device__ __forceinline__ float Fp8ScaleOf(float amax) {
   return amax > 0.0f ? amax / 448.0f : 1.0f;  // Fp8Scale.
 }
 
+// The value of FP8 E4M3 code `code`, as fp8.h's Fp8E4M3ToFloat (the NaN codes, which the
+// quantiser writes only for a NaN, a NaN): the 7 bits below the sign placed as a float's
+// exponent and top mantissa bits make the value times 2⁻¹²⁰, subnormal codes included (a
+// float subnormal, which needs these kernels built without flush-to-zero: below), and the
+// power of two is exact.
+#ifdef __USE_FAST_MATH__
+#error \
+    "the kernels need IEEE float32 (no --use_fast_math): FP8 decoding goes through float subnormals and the quantisers' divisions must round as the CPU reference's"
+#endif
+__device__ __forceinline__ float Fp8E4M3BitsToFloat(uint32_t code) {
+  const float value = __uint_as_float(((code & 0x80u) << 24) | ((code & 0x7Fu) << 20)) * 0x1p120f;
+  return (code & 0x7Fu) == 0x7Fu ? __uint_as_float(0x7FC00000u) : value;
+}
+// A code as BF16 bits: exact (every E4M3 value is a BF16 value).
+__device__ __forceinline__ uint16_t Fp8ToBf16Bits(uint32_t code) {
+  return static_cast<uint16_t>(__float_as_uint(Fp8E4M3BitsToFloat(code)) >> 16);
+}
+// Two codes as BF16 in one register, the first in the lower half.
+__device__ __forceinline__ uint32_t Fp8PairToBf16(uint32_t first, uint32_t second) {
+  return (__float_as_uint(Fp8E4M3BitsToFloat(first)) >> 16) |
+         (__float_as_uint(Fp8E4M3BitsToFloat(second)) & 0xFFFF0000u);
+}
+
 __device__ void QuantizeFp8(const uint16_t* x, int64_t n, float scale, uint8_t* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -238,8 +261,21 @@ __global__ void RopeTablesKernel(const int64_t* positions, int64_t m, const floa
   }
 }
 
+// One KV head's n values of token t quantised into the FP8 cache by one warp (fp8.h's
+// QuantizeFp8Head): codes at `head` · n, the scale at `head`.
+__device__ void QuantizeKvHead(const float* x, int64_t n, int64_t head, uint8_t* codes,
+                               float* scales) {
+  const int lane = threadIdx.x % kWarpSize;
+  float amax = 0.0f;
+  for (int64_t c = lane; c < n; c += kWarpSize) amax = fmaxf(amax, fabsf(x[c]));
+  const float scale = Fp8ScaleOf(WarpReduce(amax, Max()));
+  for (int64_t c = lane; c < n; c += kWarpSize)
+    codes[head * n + c] = __nv_cvt_float_to_fp8(x[c] / scale, __NV_SATFINITE, __NV_E4M3);
+  if (lane == 0) scales[head] = scale;
+}
+
 // One block per token; threads walk the (head, pair) grid of q, then of k (also writing k
-// and v to the cache).
+// and v to a BF16 cache; an FP8 cache's heads are quantised a warp each once k is rotated).
 __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
   const int64_t t = blockIdx.x;
   const int64_t head_dim = p.head_dim;
@@ -256,9 +292,10 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     x[j + p.half] = x2 * cos[j] + x1 * sin[j];
   }
   const int64_t kv_row = p.num_kv_heads * head_dim;
-  const bool write = p.slots[t] >= 0;  // A padding token's slot is negative.
-  uint16_t* key_slot = p.key_cache + (write ? p.slots[t] : 0) * kv_row;
-  uint16_t* value_slot = p.value_cache + (write ? p.slots[t] : 0) * kv_row;
+  const bool fp8 = p.cache.key_codes != nullptr;
+  const bool write = p.slots[t] >= 0 && !fp8;  // A padding token's slot is negative.
+  uint16_t* key_slot = p.cache.keys + (write ? p.slots[t] : 0) * kv_row;
+  uint16_t* value_slot = p.cache.values + (write ? p.slots[t] : 0) * kv_row;
   if (p.half == 0 && write) {  // No rotation: keys are stored as they come.
     for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
       key_slot[c] = FloatToBf16Bits(p.k[t * kv_row + c]);
@@ -278,6 +315,19 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
       key_slot[head * head_dim + j] = FloatToBf16Bits(r1);
       key_slot[head * head_dim + j + p.half] = FloatToBf16Bits(r2);
     }
+  }
+  if (fp8 && p.slots[t] >= 0) {
+    __syncthreads();  // Every rotated key written (the block's own writes, now visible).
+    const int warps = static_cast<int>(blockDim.x) / kWarpSize;
+    for (int64_t i = threadIdx.x / kWarpSize; i < 2 * p.num_kv_heads; i += warps) {
+      const bool key = i < p.num_kv_heads;
+      const int64_t head = i % p.num_kv_heads;
+      const float* x = (key ? p.k : p.v) + (t * p.num_kv_heads + head) * head_dim;
+      QuantizeKvHead(x, head_dim, p.slots[t] * p.num_kv_heads + head,
+                     key ? p.cache.key_codes : p.cache.value_codes,
+                     key ? p.cache.key_scales : p.cache.value_scales);
+    }
+    return;
   }
   if (!write) return;
   for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
@@ -302,6 +352,32 @@ __device__ __forceinline__ int64_t CacheSlot(const PagedAttentionParams& p, cons
          key_position % p.block_size;
 }
 
+// The key or value of one KV head at one slot, element by element: BF16, or an FP8 code
+// times its scale.
+struct KvHead {
+  const uint16_t* bf16;
+  const uint8_t* codes;
+  float scale;
+  __device__ __forceinline__ float operator[](int64_t c) const {
+    return codes != nullptr ? Fp8E4M3BitsToFloat(codes[c]) * scale : Bf16BitsToFloat(bf16[c]);
+  }
+};
+__device__ __forceinline__ KvHead CachedHead(const uint16_t* bf16, const uint8_t* codes,
+                                             const float* scales, int64_t head, int64_t d) {
+  if (codes != nullptr) return {nullptr, codes + head * d, scales[head]};
+  return {bf16 + head * d, nullptr, 1.0f};
+}
+__device__ __forceinline__ KvHead KeyHead(const PagedAttentionParams& p, int64_t slot,
+                                          int64_t kv_head) {
+  return CachedHead(p.cache.keys, p.cache.key_codes, p.cache.key_scales,
+                    slot * p.num_kv_heads + kv_head, p.head_dim);
+}
+__device__ __forceinline__ KvHead ValueHead(const PagedAttentionParams& p, int64_t slot,
+                                            int64_t kv_head) {
+  return CachedHead(p.cache.values, p.cache.value_codes, p.cache.value_scales,
+                    slot * p.num_kv_heads + kv_head, p.head_dim);
+}
+
 constexpr int kAttentionWarps = 4;
 constexpr int kAttentionLaneElements = kMaxHeadDim / kWarpSize;
 
@@ -318,7 +394,6 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   const int64_t kv_head = head / (p.num_heads / p.num_kv_heads);
   const int64_t position = p.positions[t];
   const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
-  const int64_t kv_row = p.num_kv_heads * d;
 
   float query[kAttentionLaneElements];
   float accumulator[kAttentionLaneElements];
@@ -333,13 +408,13 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   float running_sum = 0.0f;
   for (int64_t key_position = warp; key_position <= position; key_position += kAttentionWarps) {
     const int64_t slot = CacheSlot(p, table, key_position);
-    const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
-    const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
+    const KvHead key = KeyHead(p, slot, kv_head);
+    const KvHead value = ValueHead(p, slot, kv_head);
     float partial = 0.0f;
 #pragma unroll
     for (int j = 0; j < kAttentionLaneElements; ++j) {
       const int64_t c = lane + j * kWarpSize;
-      if (c < d) partial += query[j] * Bf16BitsToFloat(key[c]);
+      if (c < d) partial += query[j] * key[c];
     }
     const float score = WarpSum(partial) * p.scale;
     const float new_max = fmaxf(running_max, score);
@@ -349,7 +424,7 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
 #pragma unroll
     for (int j = 0; j < kAttentionLaneElements; ++j) {
       const int64_t c = lane + j * kWarpSize;
-      const float v = c < d ? Bf16BitsToFloat(value[c]) : 0.0f;
+      const float v = c < d ? value[c] : 0.0f;
       accumulator[j] = accumulator[j] * correction + weight * v;
     }
     running_max = new_max;
@@ -474,7 +549,6 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   const int64_t d = p.head_dim;
   const int64_t position = p.positions[t];
   const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
-  const int64_t kv_row = p.num_kv_heads * d;
   const int64_t chunk = (position + splits) / splits;  // ⌈(position + 1) / splits⌉
   const int64_t begin = split * chunk;
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
@@ -497,15 +571,15 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   }
   for (int64_t key_position = begin + warp; key_position < end; key_position += kAttentionWarps) {
     const int64_t slot = CacheSlot(p, table, key_position);
-    const uint16_t* key = p.key_cache + slot * kv_row + kv_head * d;
-    const uint16_t* value = p.value_cache + slot * kv_row + kv_head * d;
+    const KvHead key = KeyHead(p, slot, kv_head);
+    const KvHead value = ValueHead(p, slot, kv_head);
     float k[E];
     float v[E];
 #pragma unroll
     for (int j = 0; j < E; ++j) {
       const int64_t c = lane + j * kWarpSize;
-      k[j] = c < d ? Bf16BitsToFloat(key[c]) : 0.0f;
-      v[j] = c < d ? Bf16BitsToFloat(value[c]) : 0.0f;
+      k[j] = c < d ? key[c] : 0.0f;
+      v[j] = c < d ? value[c] : 0.0f;
     }
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -641,7 +715,8 @@ void LaunchGroupedAttention(int group, dim3 grid, const PagedAttentionParams& pa
 // and value tile into shared memory once for all its rows (instead of once per token and
 // head), computing the tile of scores, an online softmax per row, and the rows' weighted
 // values. Used for prefill chunks of at least kTiledMinTokens tokens and head_dim up to
-// kTiledMaxHeadDim.
+// kTiledMaxHeadDim. An FP8 cache's codes go into the BF16 tiles as they are (exactly), their
+// scales multiplying the scores and the weights of the values.
 constexpr int kTileRows = 32;
 constexpr int kTileKeys = 32;
 constexpr int kTiledThreads = 128;
@@ -654,13 +729,15 @@ __global__ void __launch_bounds__(kTiledThreads)
   const int64_t kv_head = blockIdx.y;
   const int64_t d = p.head_dim;
   const int rows = count * group;
-  const int64_t kv_row = p.num_kv_heads * d;
   const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[first]];
   const int64_t last_position = p.positions[first + count - 1];
+  const bool fp8 = p.cache.key_codes != nullptr;
 
   __shared__ float q_tile[kTileRows][kTiledMaxHeadDim];
   __shared__ uint16_t k_tile[kTileKeys][kTiledMaxHeadDim + 2];  // +2: no bank conflicts.
   __shared__ uint16_t v_tile[kTileKeys][kTiledMaxHeadDim];
+  __shared__ float key_scale[kTileKeys];
+  __shared__ float value_scale[kTileKeys];
   __shared__ float scores[kTileRows][kTileKeys + 1];
   __shared__ float row_max[kTileRows];
   __shared__ float row_sum[kTileRows];
@@ -691,9 +768,19 @@ __global__ void __launch_bounds__(kTiledThreads)
       const int64_t j = i / d;
       const int64_t c = i % d;
       const int64_t key_position = key_start + j;
-      const int64_t slot = CacheSlot(p, table, key_position);
-      k_tile[j][c] = p.key_cache[slot * kv_row + kv_head * d + c];
-      v_tile[j][c] = p.value_cache[slot * kv_row + kv_head * d + c];
+      const int64_t head = CacheSlot(p, table, key_position) * p.num_kv_heads + kv_head;
+      if (fp8) {
+        k_tile[j][c] = Fp8ToBf16Bits(p.cache.key_codes[head * d + c]);
+        v_tile[j][c] = Fp8ToBf16Bits(p.cache.value_codes[head * d + c]);
+        if (c == 0) {
+          key_scale[j] = p.cache.key_scales[head];
+          value_scale[j] = p.cache.value_scales[head];
+        }
+      } else {
+        k_tile[j][c] = p.cache.keys[head * d + c];
+        v_tile[j][c] = p.cache.values[head * d + c];
+        if (c == 0) key_scale[j] = value_scale[j] = 1.0f;
+      }
     }
     __syncthreads();
     for (int i = threadIdx.x; i < kTileRows * kTileKeys; i += blockDim.x) {
@@ -703,7 +790,7 @@ __global__ void __launch_bounds__(kTiledThreads)
       if (r < rows && j < num_keys && key_start + j <= row_position[r]) {
         float dot = 0.0f;
         for (int64_t c = 0; c < d; ++c) dot += q_tile[r][c] * Bf16BitsToFloat(k_tile[j][c]);
-        score = dot * p.scale;
+        score = dot * key_scale[j] * p.scale;
       }
       scores[r][j] = score;
     }
@@ -733,7 +820,8 @@ __global__ void __launch_bounds__(kTiledThreads)
       if (r >= rows) continue;
       const int64_t c = o % d;
       float sum = accumulator[i] * row_scale[r];
-      for (int j = 0; j < num_keys; ++j) sum += scores[r][j] * Bf16BitsToFloat(v_tile[j][c]);
+      for (int j = 0; j < num_keys; ++j)
+        sum += scores[r][j] * value_scale[j] * Bf16BitsToFloat(v_tile[j][c]);
       accumulator[i] = sum;
     }
   }
@@ -802,6 +890,15 @@ __device__ __forceinline__ void CopyAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
+// 4 bytes (cp.async.ca: the 16-byte form only bypasses L1), as CopyAsync16.
+__device__ __forceinline__ void CopyAsync4(void* shared, const void* global) {
+#ifdef INFERBOX_CUDA_EMULATED
+  std::memcpy(shared, global, 4);
+#else
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(address), "l"(global));
+#endif
+}
 template <int N>
 __device__ __forceinline__ void CopyAsyncWait() {
 #ifndef INFERBOX_CUDA_EMULATED
@@ -851,8 +948,8 @@ __device__ __forceinline__ void CopyKeyValueChunk(const PagedAttentionParams& p,
                                                   uint16_t* v_target) {
   if (slot >= 0) {
     const int64_t offset = (slot * p.num_kv_heads + kv_head) * p.head_dim + c;
-    CopyAsync16(k_target, p.key_cache + offset);
-    CopyAsync16(v_target, p.value_cache + offset);
+    CopyAsync16(k_target, p.cache.keys + offset);
+    CopyAsync16(v_target, p.cache.values + offset);
   } else {
     *reinterpret_cast<uint4*>(k_target) = uint4{0, 0, 0, 0};
     *reinterpret_cast<uint4*>(v_target) = uint4{0, 0, 0, 0};
@@ -873,30 +970,111 @@ __device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* slots
   CopyAsyncCommit();
 }
 
+// --- FP8 cache tiles (KvCacheDType::kFp8E4M3) ---
+// Codes come into shared memory 16 (a 16-byte copy) at a time, rows kFp8Ld bytes apart, with
+// each key's two scales; the kernels turn codes into BF16 exactly (Fp8PairToBf16) and apply
+// the scales to the scores (keys) and to the softmax weights (values), so that the tensor
+// cores multiply the same numbers as for a BF16 cache.
+constexpr int kFp8Ld = static_cast<int>(kTiledMaxHeadDim) + 16;  // Bytes, padded.
+
+// CopyKeyValueChunk's FP8 form: 16 codes (head elements c .. c + 15) of the key and the value
+// at `slot`, zeros for slot −1.
+__device__ __forceinline__ void CopyFp8Chunk(const PagedAttentionParams& p, int64_t slot,
+                                             int64_t kv_head, int c, uint8_t* k_target,
+                                             uint8_t* v_target) {
+  if (slot >= 0) {
+    const int64_t offset = (slot * p.num_kv_heads + kv_head) * p.head_dim + c;
+    CopyAsync16(k_target, p.cache.key_codes + offset);
+    CopyAsync16(v_target, p.cache.value_codes + offset);
+  } else {
+    *reinterpret_cast<uint4*>(k_target) = uint4{0, 0, 0, 0};
+    *reinterpret_cast<uint4*>(v_target) = uint4{0, 0, 0, 0};
+  }
+}
+// The key's and the value's scale at `slot` (zeros for slot −1).
+__device__ __forceinline__ void CopyFp8Scales(const PagedAttentionParams& p, int64_t slot,
+                                              int64_t kv_head, float* k_target, float* v_target) {
+  if (slot >= 0) {
+    const int64_t head = slot * p.num_kv_heads + kv_head;
+    CopyAsync4(k_target, p.cache.key_scales + head);
+    CopyAsync4(v_target, p.cache.value_scales + head);
+  } else {
+    *k_target = *v_target = 0.0f;
+  }
+}
+
 // TensorCorePrefillAttentionKernel's shared memory: kFaStages key and value tiles (the one
-// computed, the next one copying) and their slots, 70 KB: more than a kernel may declare
+// computed, the next one copying) and their slots, 70 KB (an FP8 cache: the stages' codes
+// and scales and one BF16 tile of the current codes, 72 KB): more than a kernel may declare
 // statically (48 KB), so dynamic shared memory on the GPU. The CPU emulation has no such
 // limit and no dynamic shared memory: a static one there.
 constexpr int kFaStages = 2;
+template <bool kFp8>
 struct PrefillSharedMemory {
   uint16_t keys[kFaStages][kFaKeys * kFaLd];
   uint16_t values[kFaStages][kFaKeys * kFaLd];
   int64_t slots[kFaStages][kFaKeys];
 };
+template <>
+struct PrefillSharedMemory<true> {
+  uint8_t key_codes[kFaStages][kFaKeys * kFp8Ld];
+  uint8_t value_codes[kFaStages][kFaKeys * kFp8Ld];
+  uint16_t keys[1][kFaKeys * kFaLd];
+  uint16_t values[1][kFaKeys * kFaLd];
+  float key_scales[kFaStages][kFaKeys];
+  float value_scales[kFaStages][kFaKeys];
+  int64_t slots[kFaStages][kFaKeys];
+};
+template <bool kFp8>
+constexpr size_t PrefillDynamicSharedBytes() {
 #ifdef INFERBOX_CUDA_EMULATED
-constexpr size_t kPrefillDynamicSharedBytes = 0;
+  return 0;
 #else
-constexpr size_t kPrefillDynamicSharedBytes = sizeof(PrefillSharedMemory);
+  return sizeof(PrefillSharedMemory<kFp8>);
 #endif
+}
+
+// IssueKeyTile's FP8 form: stage `stage` of the shared memory.
+__device__ void IssueFp8KeyTile(const PagedAttentionParams& p, const int64_t* slots,
+                                int64_t kv_head, PrefillSharedMemory<true>& smem, int stage) {
+  const int chunks = static_cast<int>(p.head_dim / 16);  // 16-byte chunks per row.
+  for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
+    const int j = i / chunks;
+    const int c = (i % chunks) * 16;
+    CopyFp8Chunk(p, slots[j], kv_head, c, smem.key_codes[stage] + j * kFp8Ld + c,
+                 smem.value_codes[stage] + j * kFp8Ld + c);
+  }
+  for (int j = threadIdx.x; j < kFaKeys; j += blockDim.x) {
+    CopyFp8Scales(p, slots[j], kv_head, &smem.key_scales[stage][j], &smem.value_scales[stage][j]);
+  }
+  CopyAsyncCommit();
+}
+
+// Four codes (a 32-bit word, the first in the lowest byte) as BF16 into `target`.
+__device__ __forceinline__ void Fp8QuadToBf16(uint32_t codes, uint16_t* target) {
+  *reinterpret_cast<uint2*>(target) = uint2{Fp8PairToBf16(codes & 0xFFu, (codes >> 8) & 0xFFu),
+                                            Fp8PairToBf16((codes >> 16) & 0xFFu, codes >> 24)};
+}
+
+template <bool kFp8>
+__device__ __forceinline__ void IssuePrefillTile(const PagedAttentionParams& p, int64_t kv_head,
+                                                 PrefillSharedMemory<kFp8>& smem, int stage) {
+  if constexpr (kFp8) {
+    IssueFp8KeyTile(p, smem.slots[stage], kv_head, smem, stage);
+  } else {
+    IssueKeyTile(p, smem.slots[stage], kv_head, smem.keys[stage], smem.values[stage]);
+  }
+}
 
 // Three blocks per multiprocessor: at most 168 registers a thread.
+template <bool kFp8>
 __global__ void __launch_bounds__(kFaThreads, 3)
     TensorCorePrefillAttentionKernel(PagedAttentionParams p, int group) {
 #ifdef INFERBOX_CUDA_EMULATED
-  __shared__ __align__(16) PrefillSharedMemory smem;
+  __shared__ __align__(16) PrefillSharedMemory<kFp8> smem;
 #else
   extern __shared__ __align__(16) uint8_t dynamic_shared[];
-  PrefillSharedMemory& smem = *reinterpret_cast<PrefillSharedMemory*>(dynamic_shared);
+  PrefillSharedMemory<kFp8>& smem = *reinterpret_cast<PrefillSharedMemory<kFp8>*>(dynamic_shared);
 #endif
 
   const int32_t first = p.tiles[2 * blockIdx.x];
@@ -953,7 +1131,7 @@ __global__ void __launch_bounds__(kFaThreads, 3)
   }
   int64_t ahead_slot = KeyTileSlot(p, table, 2 * kFaKeys, last_position);
   __syncthreads();
-  IssueKeyTile(p, smem.slots[0], kv_head, smem.keys[0], smem.values[0]);
+  IssuePrefillTile<kFp8>(p, kv_head, smem, 0);
 
   for (int64_t tile = 0; tile < num_tiles; ++tile) {
     const int stage = static_cast<int>(tile % kFaStages);
@@ -963,7 +1141,7 @@ __global__ void __launch_bounds__(kFaThreads, 3)
     // next tile's slots are visible: the next tile into it.
     __syncthreads();
     if (tile + 1 < num_tiles) {
-      IssueKeyTile(p, smem.slots[other], kv_head, smem.keys[other], smem.values[other]);
+      IssuePrefillTile<kFp8>(p, kv_head, smem, other);
     } else {
       CopyAsyncCommit();  // An empty group: the wait below always leaves one behind.
     }
@@ -972,8 +1150,21 @@ __global__ void __launch_bounds__(kFaThreads, 3)
     ahead_slot = KeyTileSlot(p, table, (tile + 3) * kFaKeys, last_position);
     CopyAsyncWait<1>();  // This thread's copies of this tile,
     __syncthreads();     // and every thread's.
-    const uint16_t* k_tile = smem.keys[stage];
-    const uint16_t* v_tile = smem.values[stage];
+    if constexpr (kFp8) {
+      // The codes into the one BF16 tile (every thread is past the previous tile's use of it).
+      const int quads = d / 4;
+      for (int i = threadIdx.x; i < kFaKeys * quads; i += blockDim.x) {
+        const int j = i / quads;
+        const int c = (i % quads) * 4;
+        Fp8QuadToBf16(*reinterpret_cast<const uint32_t*>(smem.key_codes[stage] + j * kFp8Ld + c),
+                      smem.keys[0] + j * kFaLd + c);
+        Fp8QuadToBf16(*reinterpret_cast<const uint32_t*>(smem.value_codes[stage] + j * kFp8Ld + c),
+                      smem.values[0] + j * kFaLd + c);
+      }
+      __syncthreads();
+    }
+    const uint16_t* k_tile = smem.keys[kFp8 ? 0 : stage];
+    const uint16_t* v_tile = smem.values[kFp8 ? 0 : stage];
 
     // S = Q·Kᵀ, 8 keys per accumulator: s[n] holds keys n·8 + 2t, + 1 of rows g and g + 8.
     float s[kFaKeys / 8][4];
@@ -994,9 +1185,11 @@ __global__ void __launch_bounds__(kFaThreads, 3)
     for (int n = 0; n < kFaKeys / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t key_position = key_start + n * 8 + 2 * t + e % 2;
+        const int key = n * 8 + 2 * t + e % 2;
         const int i = e / 2;
-        s[n][e] = key_position <= position[i] ? s[n][e] * scale : -INFINITY;
+        float score = s[n][e] * scale;
+        if constexpr (kFp8) score *= smem.key_scales[stage][key];
+        s[n][e] = key_start + key <= position[i] ? score : -INFINITY;
         tile_max[i] = fmaxf(tile_max[i], s[n][e]);
       }
     }
@@ -1033,6 +1226,7 @@ __global__ void __launch_bounds__(kFaThreads, 3)
         for (int x = 0; x < 4; ++x) {
           e[h][x] = exp2f(s[2 * k + h][x] - base[x / 2]);
           running_sum[x / 2] += e[h][x];
+          if constexpr (kFp8) e[h][x] *= smem.value_scales[stage][(2 * k + h) * 8 + 2 * t + x % 2];
         }
       }
       probabilities[k][0] = PackBf16(e[0][0], e[0][1]);
@@ -1119,25 +1313,69 @@ __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
 constexpr int kDecodeWarps = 2;
 constexpr int kDecodeStages = 2;
 
+// The decode kernel's tiles, [warp][stage][keys, values]: BF16, or FP8 codes with each key's
+// scales.
+template <bool kFp8>
+struct DecodeTiles {
+  uint16_t kv[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFaLd];
+};
+template <>
+struct DecodeTiles<true> {
+  uint8_t kv[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFp8Ld];
+  float scales[kDecodeWarps][kDecodeStages][2][kDecodeKeys];
+};
+
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
-// into k_tile and v_tile, as one group.
+// into the warp's tiles of `stage`, as one group.
+template <bool kFp8>
 __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int64_t kv_head,
-                                                int64_t slot, int lane, uint16_t* k_tile,
-                                                uint16_t* v_tile) {
-  const int row_chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per key row.
-  for (int i = lane; i < kDecodeKeys * row_chunks; i += kWarpSize) {
-    const int j = i / row_chunks;
-    const int c = (i % row_chunks) * 8;
+                                                int64_t slot, int lane, DecodeTiles<kFp8>& tiles,
+                                                int warp, int stage) {
+  // Chunks of 16 bytes per key row; every lane takes part in each round's shuffle.
+  const int row_chunks = static_cast<int>(p.head_dim / (kFp8 ? 16 : 8));
+  const int chunks = kDecodeKeys * row_chunks;
+  for (int round = 0; round < chunks; round += kWarpSize) {
+    const int i = round + lane;
+    const int j = (i < chunks ? i : chunks - 1) / row_chunks;
     const int64_t key_slot = __shfl_sync(0xffffffffu, slot, j);
-    CopyKeyValueChunk(p, key_slot, kv_head, c, k_tile + j * kFaLd + c, v_tile + j * kFaLd + c);
+    if (i >= chunks) continue;
+    if constexpr (kFp8) {
+      const int c = (i % row_chunks) * 16;
+      CopyFp8Chunk(p, key_slot, kv_head, c, tiles.kv[warp][stage][0] + j * kFp8Ld + c,
+                   tiles.kv[warp][stage][1] + j * kFp8Ld + c);
+    } else {
+      const int c = (i % row_chunks) * 8;
+      CopyKeyValueChunk(p, key_slot, kv_head, c, tiles.kv[warp][stage][0] + j * kFaLd + c,
+                        tiles.kv[warp][stage][1] + j * kFaLd + c);
+    }
+  }
+  if constexpr (kFp8) {
+    if (lane < kDecodeKeys) {
+      CopyFp8Scales(p, slot, kv_head, &tiles.scales[warp][stage][0][lane],
+                    &tiles.scales[warp][stage][1][lane]);
+    }
   }
   CopyAsyncCommit();
 }
 
+// KeyFragment and ValueFragment from FP8 codes (rows kFp8Ld bytes apart), as BF16.
+__device__ __forceinline__ void Fp8KeyFragment(const uint8_t* tile, int first_key, int first, int g,
+                                               int t, uint32_t (&b)[2]) {
+  const uint8_t* key = tile + (first_key + g) * kFp8Ld + first + 2 * t;
+  b[0] = Fp8PairToBf16(key[0], key[1]);
+  b[1] = Fp8PairToBf16(key[8], key[9]);
+}
+__device__ __forceinline__ void Fp8ValueFragment(const uint8_t* tile, int first_key, int first,
+                                                 int g, int t, uint32_t (&b)[2]) {
+  const uint8_t* value = tile + (first_key + 2 * t) * kFp8Ld + first + g;
+  b[0] = Fp8PairToBf16(value[0], value[kFp8Ld]);
+  b[1] = Fp8PairToBf16(value[8 * kFp8Ld], value[9 * kFp8Ld]);
+}
+
+template <bool kFp8>
 __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
-  // [warp][stage][keys, values]
-  __shared__ __align__(16) uint16_t tiles[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFaLd];
+  __shared__ __align__(16) DecodeTiles<kFp8> tiles;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
@@ -1168,8 +1406,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 #pragma unroll
     for (int stage = 0; stage < kDecodeStages - 1; ++stage) {
       if (begin + stage * kDecodeKeys < end) {
-        IssueDecodeTile(p, kv_head, first_slots[stage], lane, tiles[warp][stage][0],
-                        tiles[warp][stage][1]);
+        IssueDecodeTile<kFp8>(p, kv_head, first_slots[stage], lane, tiles, warp, stage);
       } else {
         CopyAsyncCommit();
       }
@@ -1211,16 +1448,15 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     __syncwarp();
     if (ahead < end) {
       const int ahead_stage = (stage + kDecodeStages - 1) % kDecodeStages;
-      IssueDecodeTile(p, kv_head, next_slot, lane, tiles[warp][ahead_stage][0],
-                      tiles[warp][ahead_stage][1]);
+      IssueDecodeTile<kFp8>(p, kv_head, next_slot, lane, tiles, warp, ahead_stage);
       next_slot = DecodeKeySlot(p, table, ahead + kDecodeKeys, end, lane);
     } else {
       CopyAsyncCommit();  // An empty group: the wait below leaves kDecodeStages − 1 behind.
     }
     CopyAsyncWait<kDecodeStages - 1>();  // This lane's copies of the current tile.
     __syncwarp();                        // Every lane's.
-    const uint16_t* k_tile = tiles[warp][stage][0];
-    const uint16_t* v_tile = tiles[warp][stage][1];
+    const auto* k_tile = tiles.kv[warp][stage][0];
+    const auto* v_tile = tiles.kv[warp][stage][1];
 
     // Scores of row g for keys n·8 + 2·quad, + 1 (s[n][0..1]; [2..3] are the zero rows').
     float s[2][4];
@@ -1231,7 +1467,11 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       for (int c = 0; c < kFaChunks; ++c) {
         if (c >= chunks) break;
         uint32_t b[2];
-        KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
+        if constexpr (kFp8) {
+          Fp8KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
+        } else {
+          KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
+        }
         MmaBf16(s[n], q_high[c], b);
         MmaBf16(s[n], q_low[c], b);
       }
@@ -1241,7 +1481,10 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     for (int n = 0; n < 2; ++n) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        s[n][e] = n * 8 + 2 * quad + e < num_keys ? s[n][e] * scale : -INFINITY;
+        const int key = n * 8 + 2 * quad + e;
+        float score = s[n][e] * scale;
+        if constexpr (kFp8) score *= tiles.scales[warp][stage][0][key];
+        s[n][e] = key < num_keys ? score : -INFINITY;
         tile_max = fmaxf(tile_max, s[n][e]);
       }
     }
@@ -1264,6 +1507,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       for (int x = 0; x < 2; ++x) {
         e[n][x] = exp2f(s[n][x] - base);
         running_sum += e[n][x];
+        if constexpr (kFp8) e[n][x] *= tiles.scales[warp][stage][1][n * 8 + 2 * quad + x];
       }
     }
     uint32_t p_high[4] = {0u, 0u, 0u, 0u};
@@ -1274,7 +1518,11 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     for (int j = 0; j < kFaChunks * 2; ++j) {
       if (j >= 2 * chunks) break;
       uint32_t b[2];
-      ValueFragment(v_tile, 0, j * 8, g, quad, b);
+      if constexpr (kFp8) {
+        Fp8ValueFragment(v_tile, 0, j * 8, g, quad, b);
+      } else {
+        ValueFragment(v_tile, 0, j * 8, g, quad, b);
+      }
       MmaBf16(out[j], p_high, b);
       MmaBf16(out[j], p_low, b);
     }
@@ -1923,19 +2171,20 @@ int OncePerDevice(std::mutex& mutex, std::map<int, int>& values, Compute compute
   return values[device] = compute();
 }
 
-// Warps of TensorCoreDecodeAttentionKernel resident on the current device at once (the
+// Warps of TensorCoreDecodeAttentionKernel<kFp8> resident on the current device at once (the
 // largest shared-memory carveout asked for first). A kernel that cannot be resident at all
 // is a fatal error here rather than at its launch.
+template <bool kFp8>
 int64_t ResidentDecodeWarps(int multiprocessors) {
   static std::mutex mutex;
   static std::map<int, int> blocks_of;
   const int blocks = OncePerDevice(mutex, blocks_of, [] {
-    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel,
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel<kFp8>,
                                              cudaFuncAttributePreferredSharedMemoryCarveout,
                                              cudaSharedmemCarveoutMaxShared));
     int count = 0;
     INFERBOX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &count, TensorCoreDecodeAttentionKernel, kDecodeWarps * kWarpSize, 0));
+        &count, TensorCoreDecodeAttentionKernel<kFp8>, kDecodeWarps * kWarpSize, 0));
     if (count < 1) {
       FatalCudaError("ResidentDecodeWarps", "the decode attention kernel fits no multiprocessor",
                      __FILE__, __LINE__);
@@ -1948,7 +2197,9 @@ int64_t ResidentDecodeWarps(int multiprocessors) {
 int AttentionSplits(const PagedAttentionParams& p) {
   if (p.splits > 0) return p.splits < kMaxSplits ? p.splits : kMaxSplits;
   if (!TensorCoreDecode(p)) return GroupedAttentionSplits(p);
-  return TensorCoreDecodeSplits(p, ResidentDecodeWarps(p.num_multiprocessors));
+  return TensorCoreDecodeSplits(p, p.cache.key_codes != nullptr
+                                       ? ResidentDecodeWarps<true>(p.num_multiprocessors)
+                                       : ResidentDecodeWarps<false>(p.num_multiprocessors));
 }
 
 int PagedAttentionSplits(const PagedAttentionParams& params) {
@@ -1960,6 +2211,27 @@ int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params) {
   const int splits = AttentionSplits(params);
   return splits == 1 ? 0
                      : PerTokenCount(params) * params.num_heads * splits * (params.head_dim + 2);
+}
+
+// TensorCorePrefillAttentionKernel<kFp8> with its dynamic shared memory allowed (and three
+// blocks' per multiprocessor asked for), once per device.
+template <bool kFp8>
+void LaunchTensorCorePrefill(dim3 grid, const PagedAttentionParams& params, int group,
+                             cudaStream_t stream) {
+  static std::mutex mutex;
+  static std::map<int, int> set_on;
+  OncePerDevice(mutex, set_on, [] {
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel<kFp8>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(sizeof(PrefillSharedMemory<kFp8>))));
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel<kFp8>,
+                                             cudaFuncAttributePreferredSharedMemoryCarveout,
+                                             cudaSharedmemCarveoutMaxShared));
+    return 1;
+  });
+  TensorCorePrefillAttentionKernel<kFp8>
+      <<<grid, kFaThreads, PrefillDynamicSharedBytes<kFp8>(), stream>>>(params, group);
+  CheckLaunch("TensorCorePrefillAttentionKernel");
 }
 
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream) {
@@ -1984,22 +2256,11 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
                          static_cast<unsigned>(params.num_kv_heads));
     if (TensorCoreAttention(params.head_dim)) {
-      // Its 70 KB of dynamic shared memory allowed (and three blocks' per multiprocessor
-      // asked for), once per device.
-      static std::mutex mutex;
-      static std::map<int, int> set_on;
-      OncePerDevice(mutex, set_on, [] {
-        INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(sizeof(PrefillSharedMemory))));
-        INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel,
-                                                 cudaFuncAttributePreferredSharedMemoryCarveout,
-                                                 cudaSharedmemCarveoutMaxShared));
-        return 1;
-      });
-      TensorCorePrefillAttentionKernel<<<tile_grid, kFaThreads, kPrefillDynamicSharedBytes,
-                                         stream>>>(params, group);
-      CheckLaunch("TensorCorePrefillAttentionKernel");
+      if (params.cache.key_codes != nullptr) {
+        LaunchTensorCorePrefill<true>(tile_grid, params, group, stream);
+      } else {
+        LaunchTensorCorePrefill<false>(tile_grid, params, group, stream);
+      }
     } else {
       TiledPrefillAttentionKernel<<<tile_grid, kTiledThreads, 0, stream>>>(params, group);
       CheckLaunch("TiledPrefillAttentionKernel");
@@ -2021,11 +2282,17 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   const dim3 grid(static_cast<unsigned>(PerTokenCount(params)),
                   static_cast<unsigned>(params.num_kv_heads), static_cast<unsigned>(splits));
   if (TensorCoreDecode(params)) {
-    ResidentDecodeWarps(params.num_multiprocessors);  // The carveout asked for.
     const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
     const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
-    TensorCoreDecodeAttentionKernel<<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group,
-                                                                                     splits);
+    if (params.cache.key_codes != nullptr) {
+      ResidentDecodeWarps<true>(params.num_multiprocessors);  // The carveout asked for.
+      TensorCoreDecodeAttentionKernel<true>
+          <<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group, splits);
+    } else {
+      ResidentDecodeWarps<false>(params.num_multiprocessors);
+      TensorCoreDecodeAttentionKernel<false>
+          <<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group, splits);
+    }
     CheckLaunch("TensorCoreDecodeAttentionKernel");
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);

@@ -2,7 +2,11 @@
 // cuBLASLt). Plain C++ signatures so host code compiled by g++ can call them; BF16 data is
 // passed as uint16_t bit patterns. Every launcher enqueues on `stream` and checks the
 // launch; none synchronises. Shapes follow backend.h: activations float32 row-major; the
-// KV cache of one layer is keys [num_slots, num_kv_heads, head_dim] and values alike, BF16.
+// KV cache of one layer is keys [num_slots, num_kv_heads, head_dim] and values alike, BF16,
+// or (KvCacheDType::kFp8E4M3) FP8 E4M3 codes in that shape with a float32 scale per
+// [num_slots, num_kv_heads] for the keys and one for the values (each row's 16-byte
+// alignment as the BF16 cache's: the rows of the tensor-core kernels' shapes start at
+// multiples of 16 bytes).
 #pragma once
 
 #include <cstdint>
@@ -50,7 +54,19 @@ void LaunchRopeTables(const int64_t* positions, int64_t m, const float* inv_freq
 
 // Rotates q [m, num_heads, head_dim] and k [m, num_kv_heads, head_dim] in place
 // ("rotate_half" over `half` = head_dim / 2 pairs; half 0: no rotation), then writes k and v
-// of token t into slot slots[t] of the layer's key and value caches (nowhere when negative).
+// of token t into slot slots[t] of the layer's key and value caches (nowhere when negative):
+// BF16, or with key_codes set FP8 codes and scales (each KV head's keys and values quantised
+// as fp8.h's QuantizeFp8Head does).
+struct KvCacheLayer {
+  // BF16.
+  uint16_t* keys = nullptr;
+  uint16_t* values = nullptr;
+  // FP8 E4M3 (instead of keys and values when set).
+  uint8_t* key_codes = nullptr;
+  uint8_t* value_codes = nullptr;
+  float* key_scales = nullptr;
+  float* value_scales = nullptr;
+};
 struct RopeWriteKvParams {
   float* q = nullptr;
   float* k = nullptr;
@@ -58,8 +74,7 @@ struct RopeWriteKvParams {
   const float* cos = nullptr;
   const float* sin = nullptr;
   const int64_t* slots = nullptr;
-  uint16_t* key_cache = nullptr;
-  uint16_t* value_cache = nullptr;
+  KvCacheLayer cache;
   int64_t num_tokens = 0;
   int64_t num_heads = 0;
   int64_t num_kv_heads = 0;
@@ -106,8 +121,7 @@ struct PagedAttentionParams {
   // When set, the output goes here instead, rounded to BF16 (nearest even): the input of the
   // o projection's GEMM.
   uint16_t* out_bf16 = nullptr;
-  const uint16_t* key_cache = nullptr;
-  const uint16_t* value_cache = nullptr;
+  KvCacheLayer cache;  // Read only.
   const int64_t* positions = nullptr;
   const int32_t* token_sequence = nullptr;
   const int64_t* table_offsets = nullptr;

@@ -29,6 +29,7 @@
 #include <gtest/gtest.h>
 
 #include "inferbox/engine/backend/backend.h"
+#include "inferbox/engine/backend/fp8.h"
 #ifdef INFERBOX_TEST_CUDA
 #include "inferbox/engine/cuda/cuda_backend.h"
 #include "inferbox/engine/cuda/device_query.h"
@@ -479,17 +480,30 @@ RopeTable RealRope(int64_t head_dim) {  // theta 1e6 as Qwen uses.
   return table;
 }
 
+// The tolerance of a cache read back beside the reference's when the values written differ
+// in their last float bits (the rotation's sin/cos): a BF16 cache rounds each value to 8
+// significant bits, |x − bf16(x)| ≤ 2⁻⁸|x|; an FP8 one may give a value on a rounding
+// boundary the next code, at most one step of the largest binade (32 of 448: 1/14 of the
+// head's largest magnitude).
+double CacheTolerance(KvCacheDType kv) {
+  return kv == KvCacheDType::kFp8E4M3 ? 1.0 / 14 : 1.0 / 256;
+}
+
 // Rotation of q and k, and the rotated k and v stored in the cache (read back slot by slot).
-OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_dim) {
+// With `identity` the rotation is by angle 0 (k unchanged on every backend), so an FP8
+// cache must hold the same codes and scales as the reference's: read back exactly.
+OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                       KvCacheDType kv = KvCacheDType::kAuto, bool identity = false) {
   OpCase c;
-  c.name = fmt::format("RopeWriteKv_m{}_h{}_kv{}_d{}", m, heads, kv_heads, head_dim);
-  // q and k stay float32: only sin/cos rounding differs. The cache stores BF16:
-  // |x − bf16(x)| ≤ 2⁻⁸|x| (8 significant bits, rounded to nearest), so ≤ 2⁻⁸ of the
-  // largest magnitude.
+  c.name = fmt::format("RopeWriteKv_m{}_h{}_kv{}_d{}{}{}", m, heads, kv_heads, head_dim,
+                       identity ? "_identity" : "", kv == KvCacheDType::kFp8E4M3 ? "_kvfp8" : "");
+  // q and k stay float32: only sin/cos rounding differs.
   c.tolerance = 2e-6;
-  c.tolerances = {{"cache_keys", 1.0 / 256}, {"cache_values", 1.0 / 256}};
+  c.tolerances = {{"cache_keys", CacheTolerance(kv)}, {"cache_values", CacheTolerance(kv)}};
+  if (identity && kv == KvCacheDType::kFp8E4M3) c.exact = {"cache_keys", "cache_values"};
   c.run = [=](Backend& backend) {
-    const KvCacheShape shape{2, 8, 16, kv_heads, head_dim};
+    KvCacheShape shape{2, 8, 16, kv_heads, head_dim};
+    shape.dtype = kv;
     auto cache = backend.AllocateKvCache(shape);
     std::vector<int64_t> positions(static_cast<size_t>(m));
     std::vector<int64_t> slots(static_cast<size_t>(m));
@@ -499,12 +513,23 @@ OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_
       slots[static_cast<size_t>(i)] = (i * 37 + 5) % shape.num_slots();
     }
     const std::vector<int32_t> ids(static_cast<size_t>(m), 0);
-    const RopeTable rope = RealRope(head_dim);
+    RopeTable rope = RealRope(head_dim);
+    if (identity) rope.inv_freq.assign(rope.inv_freq.size(), 0.0f);
     auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope});
     Tensors t(backend);
     const auto q = t.Input("q", RandomBf16Exact(static_cast<size_t>(m * heads * head_dim), 11));
-    const auto k = t.Input("k", RandomBf16Exact(static_cast<size_t>(m * kv_heads * head_dim), 12));
-    const auto v = t.Input("v", RandomBf16Exact(static_cast<size_t>(m * kv_heads * head_dim), 13));
+    std::vector<float> k_values = RandomBf16Exact(static_cast<size_t>(m * kv_heads * head_dim), 12);
+    std::vector<float> v_values = RandomBf16Exact(static_cast<size_t>(m * kv_heads * head_dim), 13);
+    if (identity) {
+      // Every third value far below its head's largest: FP8's subnormal codes (a flush to
+      // zero on the device would show).
+      for (size_t i = 0; i < k_values.size(); i += 3) {
+        k_values[i] *= 0x1p-15f;
+        v_values[i] *= 0x1p-15f;
+      }
+    }
+    const auto k = t.Input("k", k_values);
+    const auto v = t.Input("v", v_values);
     backend.RopeWriteKv(*step, q, k, v, heads, *cache, 1);
     Outputs outputs{{"q", t.Read("q")}, {"k", t.Read("k")}};
     for (const int64_t slot : slots) AppendCacheSlot(backend, *cache, 1, slot, outputs);
@@ -515,14 +540,15 @@ OpCase RopeWriteKvCase(int64_t m, int64_t heads, int64_t kv_heads, int64_t head_
 
 // Padding tokens (slot −1, as recorded decode steps pad their batch) are rotated like the
 // others and written nowhere: every slot of both layers is read back.
-OpCase RopeWriteKvPaddingCase() {
+OpCase RopeWriteKvPaddingCase(KvCacheDType kv = KvCacheDType::kAuto) {
   OpCase c;
-  c.name = "RopeWriteKv_padding";
+  c.name = kv == KvCacheDType::kFp8E4M3 ? "RopeWriteKv_padding_kvfp8" : "RopeWriteKv_padding";
   c.tolerance = 2e-6;
-  c.tolerances = {{"cache_keys", 1.0 / 256}, {"cache_values", 1.0 / 256}};
-  c.run = [](Backend& backend) {
+  c.tolerances = {{"cache_keys", CacheTolerance(kv)}, {"cache_values", CacheTolerance(kv)}};
+  c.run = [=](Backend& backend) {
     constexpr int64_t kHeads = 4, kKvHeads = 2, kHeadDim = 16;
-    const KvCacheShape shape{2, 2, 4, kKvHeads, kHeadDim};
+    KvCacheShape shape{2, 2, 4, kKvHeads, kHeadDim};
+    shape.dtype = kv;
     auto cache = backend.AllocateKvCache(shape);
     const std::vector<int64_t> positions = {3, 0, 9, 0};
     const std::vector<int64_t> slots = {5, -1, 0, -1};
@@ -652,13 +678,17 @@ struct AttentionSpec {
 // PagedAttentionLinear into a 48-row o projection (CUDA writes the attention's output as the
 // GEMM's BF16 input): its outputs within the inexact-input tolerance (5e-3 here: the
 // attention's outputs are rounded) beside the attention's; on the emulation also bit for bit
-// those of PagedAttention and then Linear.
+// those of PagedAttention and then Linear. With an FP8 cache (`kv`) both backends hold the
+// same codes and scales (the fill rotates by zero), so the same tolerances hold: the CUDA
+// kernels multiply the codes exactly and apply the scales to the scores and the weights.
 OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs, int64_t heads,
                           int64_t kv_heads, int64_t head_dim, int64_t block_size,
-                          bool o_proj = false, bool fp8 = false) {
+                          bool o_proj = false, bool fp8 = false,
+                          KvCacheDType kv = KvCacheDType::kAuto) {
   OpCase c;
-  c.name = fmt::format("PagedAttention{}_{}_h{}_kv{}_d{}_b{}{}", o_proj ? "Linear" : "", label,
-                       heads, kv_heads, head_dim, block_size, fp8 ? "_FP8" : "");
+  c.name = fmt::format("PagedAttention{}_{}_h{}_kv{}_d{}_b{}{}{}", o_proj ? "Linear" : "", label,
+                       heads, kv_heads, head_dim, block_size, fp8 ? "_FP8" : "",
+                       kv == KvCacheDType::kFp8E4M3 ? "_kvfp8" : "");
   c.needs_fp8 = fp8;
   c.tolerance = o_proj ? 5e-3 : 2e-5;
   // Prefill chunks of 16 tokens or more may run on tensor cores (CUDA, head_dim a multiple of
@@ -670,7 +700,8 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     int64_t blocks_needed = 0;
     for (const auto& spec : specs)
       blocks_needed += (spec.start + spec.num_query_tokens + block_size - 1) / block_size;
-    const KvCacheShape shape{1, blocks_needed + 3, block_size, kv_heads, head_dim};
+    KvCacheShape shape{1, blocks_needed + 3, block_size, kv_heads, head_dim};
+    shape.dtype = kv;
     auto cache = backend.AllocateKvCache(shape);
     std::vector<int32_t> all_blocks(static_cast<size_t>(shape.num_blocks));
     std::iota(all_blocks.begin(), all_blocks.end(), 0);
@@ -949,6 +980,35 @@ std::vector<OpCase> AllCases() {
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 16, 1, 64, 16, true));
   cases.push_back(
       PagedAttentionCase("tiled_prefill", {{130, 37}, {0, 16}, {5, 15}}, 6, 2, 72, 16, true));
+  // An FP8 KV cache: its writes (exact beside the reference's with an identity rotation,
+  // padding written nowhere) and every attention kernel reading it (tensor-core decode and
+  // prefill, blocks of 4, split decodes and their combine, the grouped kernel for a head_dim
+  // that is not a multiple of 16, a block per query head past 8 per KV head, the scalar
+  // tiled prefill, through the o projection).
+  constexpr KvCacheDType kFp8Kv = KvCacheDType::kFp8E4M3;
+  cases.push_back(RopeWriteKvCase(3, 32, 8, 128, kFp8Kv));
+  cases.push_back(RopeWriteKvCase(7, 8, 1, 64, kFp8Kv, true));
+  cases.push_back(RopeWriteKvCase(40, 6, 6, 128, kFp8Kv, true));
+  cases.push_back(RopeWriteKvPaddingCase(kFp8Kv));
+  for (const auto& [heads, kv_heads, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {4, 4, 32}, {8, 2, 64}, {8, 1, 128}, {2, 1, 80}, {28, 4, 128}}) {
+    cases.push_back(
+        PagedAttentionCase("mixed", mixed, heads, kv_heads, d, 16, false, false, kFp8Kv));
+  }
+  cases.push_back(PagedAttentionCase("mixed", mixed, 6, 2, 96, 4, false, false, kFp8Kv));
+  cases.push_back(PagedAttentionCase("long_prefill", {{0, 300}, {1000, 1}}, 8, 2, 128, 16, false,
+                                     false, kFp8Kv));
+  cases.push_back(
+      PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, false, false, kFp8Kv));
+  cases.push_back(
+      PagedAttentionCase("long_decodes", long_decodes, 16, 1, 64, 16, false, false, kFp8Kv));
+  cases.push_back(
+      PagedAttentionCase("long_decodes", long_decodes, 4, 2, 100, 16, false, false, kFp8Kv));
+  cases.push_back(PagedAttentionCase("tiled_prefill", {{130, 37}, {0, 16}, {5, 15}}, 6, 2, 72, 16,
+                                     false, false, kFp8Kv));
+  cases.push_back(PagedAttentionCase("mixed", mixed, 8, 2, 64, 16, true, false, kFp8Kv));
+  cases.push_back(
+      PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, true, false, kFp8Kv));
   for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
   cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));
@@ -1016,6 +1076,77 @@ TEST_P(BackendOpsTest, ReferenceWritesEveryOutput) {
       ASSERT_TRUE(std::isfinite(values[i])) << name << "[" << i << "] = " << values[i];
   }
   ExpectClose(first, GetParam().run(*reference_), 0.0);
+}
+
+// KvCacheDType::kFp8E4M3 on the reference: each KV head's keys and values kept as
+// QuantizeFp8Head's codes and scale (read back as code · scale, exactly), a head of a slot
+// taking head_dim + 4 bytes instead of 4 · head_dim, each head scaled on its own (a head of
+// small values next to one of large ones keeps its precision).
+TEST(CpuFp8KvCache, KeepsEachHeadAsItsCodesTimesItsOwnScale) {
+  auto backend = MakeCpuBackend();
+  constexpr int64_t kHeads = 2, kKvHeads = 2, kHeadDim = 16;
+  KvCacheShape shape{1, 2, 4, kKvHeads, kHeadDim};
+  const int64_t float_bytes = backend->KvCacheBytes(shape);
+  shape.dtype = KvCacheDType::kFp8E4M3;
+  EXPECT_EQ(backend->KvCacheBytes(shape), 2 * shape.num_slots() * kKvHeads * (kHeadDim + 4));
+  EXPECT_EQ(float_bytes, 2 * shape.num_slots() * kKvHeads * kHeadDim * 4);
+  auto cache = backend->AllocateKvCache(shape);
+  // Token 0: head 0 about 1e-3, head 1 about 100 (keys), the values the other way round.
+  std::vector<float> k = RandomBf16Exact(kKvHeads * kHeadDim, 3);
+  std::vector<float> v = RandomBf16Exact(kKvHeads * kHeadDim, 4);
+  for (int64_t i = 0; i < kHeadDim; ++i) {
+    k[static_cast<size_t>(i)] *= 1e-3f;
+    k[static_cast<size_t>(kHeadDim + i)] *= 100.0f;
+    v[static_cast<size_t>(i)] *= 100.0f;
+    v[static_cast<size_t>(kHeadDim + i)] *= 1e-3f;
+  }
+  std::vector<float> q(kHeads * kHeadDim, 0.0f);
+  const std::vector<int64_t> positions = {0};
+  const std::vector<int64_t> slots = {5};
+  const std::vector<int32_t> ids = {0};
+  RopeTable identity;
+  identity.inv_freq.assign(kHeadDim / 2, 0.0f);
+  auto step = backend->PrepareStep({ids, positions, slots, {}, {}, &identity});
+  backend->RopeWriteKv(*step, q, k, v, kHeads, *cache, 0);
+  std::vector<float> key(kKvHeads * kHeadDim), value(kKvHeads * kHeadDim);
+  backend->ReadKv(*cache, 0, 5, key, value);
+  for (int64_t h = 0; h < kKvHeads; ++h) {
+    for (const auto& [written, read] : {std::pair{&k, &key}, std::pair{&v, &value}}) {
+      const float* head = written->data() + h * kHeadDim;
+      std::vector<uint8_t> codes(kHeadDim);
+      const float scale = QuantizeFp8Head(head, kHeadDim, codes.data());
+      float amax = 0.0f;
+      for (int64_t i = 0; i < kHeadDim; ++i) amax = std::max(amax, std::fabs(head[i]));
+      for (int64_t i = 0; i < kHeadDim; ++i) {
+        const float got = (*read)[static_cast<size_t>(h * kHeadDim + i)];
+        EXPECT_EQ(got, Fp8E4M3ToFloat(codes[static_cast<size_t>(i)]) * scale);
+        // Within half a step of E4M3's largest binade (16 of 448) of the head's own largest.
+        EXPECT_LE(std::fabs(got - head[i]), amax / 28) << "head " << h << " element " << i;
+      }
+    }
+  }
+  // Slots never written read as zeros.
+  backend->ReadKv(*cache, 0, 4, key, value);
+  EXPECT_EQ(key, std::vector<float>(key.size(), 0.0f));
+  EXPECT_EQ(value, std::vector<float>(value.size(), 0.0f));
+}
+
+// Attention over an FP8 cache stays close to attention over the float32 one: the same
+// decodes and prefill chunks (PagedAttentionCase's), every output within 6% of the largest
+// (3.5-4.7% measured: a value is within half a step of its code, up to 16/448 of its head's
+// largest, and the keys' errors move the softmax weights a little).
+TEST(CpuFp8KvCache, AttentionStaysCloseToTheFloatCache) {
+  auto backend = MakeCpuBackend();
+  const std::vector<AttentionSpec> specs = {{0, 1}, {15, 1}, {100, 1}, {0, 17}, {37, 9}};
+  for (const auto& [heads, kv_heads, d] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{8, 2, 64}, {32, 8, 128}}) {
+    const Outputs plain = PagedAttentionCase("mixed", specs, heads, kv_heads, d, 16).run(*backend);
+    const Outputs fp8 = PagedAttentionCase("mixed", specs, heads, kv_heads, d, 16, false, false,
+                                           KvCacheDType::kFp8E4M3)
+                            .run(*backend);
+    ExpectClose(plain, fp8, 0.06);
+    EXPECT_NE(plain, fp8) << "the FP8 cache kept the values unquantised";
+  }
 }
 
 // Greedy ties go to the lowest id, as the host sampler and Hugging Face's argmax do.

@@ -45,6 +45,20 @@ struct Weight {
   int64_t num_bytes() const { return rows * cols * static_cast<int64_t>(DTypeSize(dtype)); }
 };
 
+// How the KV cache keeps keys and values.
+enum class KvCacheDType {
+  kAuto,  // The backend's own precision: float32 on the CPU, BF16 on CUDA.
+  // FP8 E4M3 with one float32 scale per (token, KV head) for its keys and one for its values
+  // (fp8.h's rule over that head's head_dim values: scale = their largest magnitude / 448),
+  // quantised as RopeWriteKv writes them: a key or value reads back as code · scale. Half
+  // the bytes of BF16 (plus 4 per head_dim values), no calibration, no value out of range.
+  kFp8E4M3,
+};
+// "auto" or "fp8", as the engine's --kv-cache-dtype and the daemon's kv_cache_dtype spell it.
+inline std::string_view KvCacheDTypeName(KvCacheDType dtype) {
+  return dtype == KvCacheDType::kFp8E4M3 ? "fp8" : "auto";
+}
+
 // Paged KV cache: `num_blocks` blocks of `block_size` token slots per layer. A sequence's
 // block table lists its blocks in order; token position p lives in slot
 // block_table[p / block_size] * block_size + p % block_size.
@@ -54,8 +68,10 @@ struct KvCacheShape {
   int64_t block_size = 16;
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
+  KvCacheDType dtype = KvCacheDType::kAuto;
 
   int64_t num_slots() const { return num_blocks * block_size; }
+  bool fp8() const { return dtype == KvCacheDType::kFp8E4M3; }
 };
 
 class KvCache {
@@ -147,7 +163,8 @@ class Backend {
   virtual double MeasureCopyBandwidth() = 0;
 
   // --- memory ---
-  // Bytes a cache of `shape` takes (keys and values of every layer).
+  // Bytes a cache of `shape` takes (keys and values of every layer; a backend may align its
+  // parts at up to a KiB a layer more).
   virtual int64_t KvCacheBytes(const KvCacheShape& shape) const = 0;
   virtual std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) = 0;
   virtual std::unique_ptr<Buffer> Allocate(int64_t num_floats) = 0;

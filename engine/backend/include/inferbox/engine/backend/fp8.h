@@ -57,4 +57,14 @@ inline uint8_t FloatToFp8E4M3(float value) {
   return sign | static_cast<uint8_t>((exponent << 3) | mantissa);
 }
 
+// One KV head's `n` values as KvCacheDType::kFp8E4M3 keeps them: their codes into `codes`,
+// and the scale returned.
+inline float QuantizeFp8Head(const float* values, int64_t n, uint8_t* codes) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(values[i]));  // NaN drops out.
+  const float scale = Fp8Scale(amax);
+  for (int64_t i = 0; i < n; ++i) codes[i] = FloatToFp8E4M3(values[i] / scale);
+  return scale;
+}
+
 }  // namespace inferbox::engine

@@ -48,7 +48,8 @@ class Model final : public ModelRunner {
   // ranks (heads, KV heads or MLP columns).
   static Result<std::unique_ptr<Model>> Load(const std::filesystem::path& dir, Backend& backend,
                                              const TensorParallelShard& shard = {},
-                                             Quantization quantization = Quantization::kNone);
+                                             Quantization quantization = Quantization::kNone,
+                                             KvCacheDType kv_cache_dtype = KvCacheDType::kAuto);
   ~Model() override;
 
   const ModelConfig& config() const override;

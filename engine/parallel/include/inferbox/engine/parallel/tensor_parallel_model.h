@@ -36,6 +36,7 @@ struct TensorParallelOptions {
   // cores, or OMP_NUM_THREADS) over the number of ranks, at least 1.
   int32_t threads_per_rank = 0;
   Quantization quantization = Quantization::kNone;  // Every rank's (Model::Load).
+  KvCacheDType kv_cache_dtype = KvCacheDType::kAuto;
 };
 
 class TensorParallelModel final : public ModelRunner {
