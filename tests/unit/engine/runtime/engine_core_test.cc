@@ -34,18 +34,22 @@ class EngineCoreTest : public ::testing::Test {
   struct Spec {
     std::vector<int32_t> prompt;
     int64_t max_tokens;
+    uint64_t seed = 0;
   };
 
-  // Runs the requests together; returns each one's tokens.
+  // Runs the requests together, greedy or sampled at `temperature` (each with its spec's
+  // seed); returns each one's tokens.
   std::map<int64_t, std::vector<int32_t>> RunAll(const std::vector<Spec>& specs, int32_t num_blocks,
                                                  SchedulerLimits limits,
-                                                 EngineCore** core_out = nullptr) {
+                                                 EngineCore** core_out = nullptr,
+                                                 float temperature = 0.0f) {
     core_ = std::make_unique<EngineCore>(*model_, *backend_, num_blocks, 4, limits);
     for (size_t i = 0; i < specs.size(); ++i) {
       GenerationRequest request;
       request.id = static_cast<int64_t>(i);
       request.prompt = specs[i].prompt;
-      request.sampling.temperature = 0.0f;
+      request.sampling.temperature = temperature;
+      request.sampling.seed = specs[i].seed;
       request.stop.max_tokens = specs[i].max_tokens;
       request.stop.ignore_eos = true;
       EXPECT_TRUE(core_->Add(request).ok());
@@ -62,7 +66,9 @@ class EngineCoreTest : public ::testing::Test {
     return outputs;
   }
 
-  std::vector<int32_t> Alone(const Spec& spec) { return RunAll({spec}, 256, {1, 4096, 512})[0]; }
+  std::vector<int32_t> Alone(const Spec& spec, float temperature = 0.0f) {
+    return RunAll({spec}, 256, {1, 4096, 512}, nullptr, temperature)[0];
+  }
 
   static std::vector<Spec> Specs(int count, int seed, std::vector<int32_t> prefix = {}) {
     std::mt19937 rng(static_cast<uint32_t>(seed));
@@ -72,15 +78,16 @@ class EngineCoreTest : public ::testing::Test {
       std::vector<int32_t> prompt = prefix;
       const int length = 2 + (i * 7) % 29;
       for (int t = 0; t < length; ++t) prompt.push_back(token(rng));
-      specs.push_back({prompt, 3 + i % 6});
+      specs.push_back({prompt, 3 + i % 6, static_cast<uint64_t>(1000 + i)});
     }
     return specs;
   }
 
   void ExpectSameAsAlone(const std::vector<Spec>& specs,
-                         const std::map<int64_t, std::vector<int32_t>>& together) {
+                         const std::map<int64_t, std::vector<int32_t>>& together,
+                         float temperature = 0.0f) {
     for (size_t i = 0; i < specs.size(); ++i) {
-      EXPECT_EQ(together.at(static_cast<int64_t>(i)), Alone(specs[i]))
+      EXPECT_EQ(together.at(static_cast<int64_t>(i)), Alone(specs[i], temperature))
           << "request " << i << " differs from alone";
     }
   }
@@ -102,6 +109,18 @@ TEST_F(EngineCoreTest, BatchedAndChunkedRequestsGiveTheirTokensAlone) {
   const int32_t free_blocks = core->blocks().num_free_blocks();
   EXPECT_EQ(free_blocks, 512);
   ExpectSameAsAlone(specs, together);
+}
+
+// Sampled rows are drawn on the host (the CPU backend), in parallel: each request's tokens
+// are those its seed gives it alone, whatever shares its steps, and seeds matter.
+TEST_F(EngineCoreTest, SampledRequestsGiveTheirTokensAloneWhateverTheBatch) {
+  const auto specs = Specs(16, 5);
+  const auto together = RunAll(specs, 512, {16, 256, 512}, nullptr, 1.0f);
+  ExpectSameAsAlone(specs, together, 1.0f);
+  auto reseeded = specs;
+  for (auto& spec : reseeded) spec.seed += 1;
+  EXPECT_NE(RunAll(reseeded, 512, {16, 256, 512}, nullptr, 1.0f), together)
+      << "other seeds drew the same tokens: was anything sampled?";
 }
 
 TEST_F(EngineCoreTest, PreemptionKeepsOutputsExact) {

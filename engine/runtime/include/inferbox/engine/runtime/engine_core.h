@@ -11,6 +11,7 @@
 
 #include "inferbox/common/status.h"
 #include "inferbox/engine/model/model.h"
+#include "inferbox/engine/runtime/worker_pool.h"
 #include "inferbox/engine/sampling/sampler.h"
 #include "inferbox/engine/sampling/stop.h"
 #include "inferbox/engine/scheduler/scheduler.h"
@@ -90,6 +91,9 @@ class EngineCore {
   Scheduler scheduler_;
   std::unordered_map<int64_t, RequestState> requests_;
   std::vector<float> host_logits_;  // Where the backend's logits must be read on the host.
+  // Samples the rows of a step on the host in parallel (made at the first such step: a
+  // backend that samples where its logits are never needs it).
+  std::unique_ptr<WorkerPool> host_sampling_;
 };
 
 }  // namespace inferbox::engine
