@@ -267,8 +267,14 @@ __device__ void QuantizeKvHead(const float* x, int64_t n, int64_t head, uint8_t*
                                float* scales) {
   const int lane = threadIdx.x % kWarpSize;
   float amax = 0.0f;
-  for (int64_t c = lane; c < n; c += kWarpSize) amax = fmaxf(amax, fabsf(x[c]));
-  const float scale = Fp8ScaleOf(WarpReduce(amax, Max()));
+  float nan = 0.0f;  // 1 where a value is a NaN.
+  for (int64_t c = lane; c < n; c += kWarpSize) {
+    amax = fmaxf(amax, fabsf(x[c]));
+    if (x[c] != x[c]) nan = 1.0f;  // NaN.
+  }
+  // A head holding a NaN gets a NaN scale (fp8.h's QuantizeFp8Head).
+  const float scale = WarpReduce(nan, Max()) > 0.0f ? __uint_as_float(0x7FC00000u)
+                                                    : Fp8ScaleOf(WarpReduce(amax, Max()));
   for (int64_t c = lane; c < n; c += kWarpSize)
     codes[head * n + c] = __nv_cvt_float_to_fp8(x[c] / scale, __NV_SATFINITE, __NV_E4M3);
   if (lane == 0) scales[head] = scale;
@@ -873,6 +879,20 @@ __device__ __forceinline__ void MmaBf16(float (&d)[4], const uint32_t (&a)[4],
 #endif
 }
 
+// The same with FP16 operands: mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32.
+__device__ __forceinline__ void MmaF16(float (&d)[4], const uint32_t (&a)[4],
+                                       const uint32_t (&b)[2]) {
+#ifdef INFERBOX_CUDA_EMULATED
+  ::cuda_emu::MmaM16n8k16F16(d, a, b);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
 // 16 bytes from global to shared memory without passing through registers (cp.async, sm_80
 // and later), in the thread's current group of copies; CopyAsyncCommit closes the group and
 // CopyAsyncWait<n> waits until at most n of the thread's closed groups are still in flight.
@@ -972,9 +992,9 @@ __device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* slots
 
 // --- FP8 cache tiles (KvCacheDType::kFp8E4M3) ---
 // Codes come into shared memory 16 (a 16-byte copy) at a time, rows kFp8Ld bytes apart, with
-// each key's two scales; the kernels turn codes into BF16 exactly (Fp8PairToBf16) and apply
-// the scales to the scores (keys) and to the softmax weights (values), so that the tensor
-// cores multiply the same numbers as for a BF16 cache.
+// each key's two scales; the kernels turn codes into BF16 (prefill, Fp8PairToBf16) or FP16
+// (decode, Fp8PairToF16) exactly and apply the scales to the scores (keys) and to the softmax
+// weights (values), so that the tensor cores multiply the codes' own values.
 constexpr int kFp8Ld = static_cast<int>(kTiledMaxHeadDim) + 16;  // Bytes, padded.
 
 // CopyKeyValueChunk's FP8 form: 16 codes (head elements c .. c + 15) of the key and the value
@@ -1298,6 +1318,20 @@ __device__ __forceinline__ void PackSplit(float first, float second, uint32_t& h
   low = static_cast<uint32_t>(l0) | static_cast<uint32_t>(l1) << 16;
 }
 
+// PackSplit in FP16 (11 significant bits a part: about 2⁻²² together for values near 1, the
+// range the FP8 path scales its operands into).
+__device__ __forceinline__ void PackSplitF16(float first, float second, uint32_t& high,
+                                             uint32_t& low) {
+  const __half h0 = __float2half_rn(first);
+  const __half h1 = __float2half_rn(second);
+  const __half l0 = __float2half_rn(first - __half2float(h0));
+  const __half l1 = __float2half_rn(second - __half2float(h1));
+  high = static_cast<uint32_t>(__half_as_ushort(h0)) | static_cast<uint32_t>(__half_as_ushort(h1))
+                                                           << 16;
+  low = static_cast<uint32_t>(__half_as_ushort(l0)) | static_cast<uint32_t>(__half_as_ushort(l1))
+                                                          << 16;
+}
+
 // The cache slot of key position key_start + lane for lanes below kDecodeKeys (−1 at or past
 // end and for the other lanes).
 __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
@@ -1358,18 +1392,30 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
   CopyAsyncCommit();
 }
 
-// KeyFragment and ValueFragment from FP8 codes (rows kFp8Ld bytes apart), as BF16.
+// Two FP8 E4M3 codes (the first in the lowest byte of `pair`) as FP16 in one register, the
+// first in the lower half, each exactly 2⁻⁸ times its code's value: E4M3's exponent and
+// mantissa bits placed as FP16's (bias 15 against 7), subnormal codes landing on FP16
+// subnormals. A handful of integer operations a pair (one PRMT and a few LOP3 and shifts on
+// the GPU) where widening through float takes about 7 a value. (A NaN code reads as 1.875;
+// the quantiser gives a head holding a NaN a NaN scale, which carries it instead.)
+__device__ __forceinline__ uint32_t Fp8PairToF16(uint32_t pair) {
+  const uint32_t spread = (pair & 0xFFu) | ((pair & 0xFF00u) << 8);
+  return ((spread & 0x007F007Fu) << 7) | ((spread & 0x00800080u) << 8);
+}
+
+// KeyFragment and ValueFragment from FP8 codes (rows kFp8Ld bytes apart), as FP16 (2⁻⁸ of
+// the codes' values).
 __device__ __forceinline__ void Fp8KeyFragment(const uint8_t* tile, int first_key, int first, int g,
                                                int t, uint32_t (&b)[2]) {
   const uint8_t* key = tile + (first_key + g) * kFp8Ld + first + 2 * t;
-  b[0] = Fp8PairToBf16(key[0], key[1]);
-  b[1] = Fp8PairToBf16(key[8], key[9]);
+  b[0] = Fp8PairToF16(*reinterpret_cast<const uint16_t*>(key));
+  b[1] = Fp8PairToF16(*reinterpret_cast<const uint16_t*>(key + 8));
 }
 __device__ __forceinline__ void Fp8ValueFragment(const uint8_t* tile, int first_key, int first,
                                                  int g, int t, uint32_t (&b)[2]) {
   const uint8_t* value = tile + (first_key + 2 * t) * kFp8Ld + first + g;
-  b[0] = Fp8PairToBf16(value[0], value[kFp8Ld]);
-  b[1] = Fp8PairToBf16(value[8 * kFp8Ld], value[9 * kFp8Ld]);
+  b[0] = Fp8PairToF16(value[0] | static_cast<uint32_t>(value[kFp8Ld]) << 8);
+  b[1] = Fp8PairToF16(value[8 * kFp8Ld] | static_cast<uint32_t>(value[9 * kFp8Ld]) << 8);
 }
 
 template <bool kFp8>
@@ -1416,6 +1462,24 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 
   // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
+  // An FP8 cache's tiles go into FP16 mma (Fp8PairToF16), and so do the queries and the
+  // weights, each scaled into [-1, 1] where FP16's narrow range cannot hurt: the queries by
+  // their row's largest magnitude (q_max, 4 lanes share a row), the weights of a tile by its
+  // largest value scale (below); the scores and the output take the factors back in float32.
+  float q_max = 0.0f;
+  if constexpr (kFp8) {
+    if (q_row != nullptr) {
+      for (int c = 0; c < chunks; ++c) {
+        for (int part = 0; part < 2; ++part) {
+          const int column = c * 16 + 2 * quad + 8 * part;
+          q_max = fmaxf(q_max, fmaxf(fabsf(q_row[column]), fabsf(q_row[column + 1])));
+        }
+      }
+    }
+    q_max = fmaxf(q_max, __shfl_xor_sync(0xffffffffu, q_max, 1));
+    q_max = fmaxf(q_max, __shfl_xor_sync(0xffffffffu, q_max, 2));
+  }
+  const float q_inverse = q_max > 0.0f ? 1.0f / q_max : 1.0f;
   uint32_t q_high[kFaChunks][4];
   uint32_t q_low[kFaChunks][4];
 #pragma unroll
@@ -1426,11 +1490,19 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       q_high[c][r] = q_low[c][r] = 0u;
       if (r % 2 == 0 && q_row != nullptr) {
         const int column = c * 16 + 2 * quad + (r == 2 ? 8 : 0);
-        PackSplit(q_row[column], q_row[column + 1], q_high[c][r], q_low[c][r]);
+        if constexpr (kFp8) {
+          PackSplitF16(q_row[column] * q_inverse, q_row[column + 1] * q_inverse, q_high[c][r],
+                       q_low[c][r]);
+        } else {
+          PackSplit(q_row[column], q_row[column + 1], q_high[c][r], q_low[c][r]);
+        }
       }
     }
   }
   const float scale = p.scale * 1.4426950408889634f;  // Scores in log2 units.
+  // kFp8: a score is (q / q_max) · (code value · 2⁻⁸) times these and its key's scale.
+  const float key_factor = scale * q_max * 256.0f;
+  float value_unit = 0.0f;  // kFp8: out holds the weighted values divided by this.
   float running_max = -INFINITY;
   float running_sum = 0.0f;  // This lane's columns; the 4 lanes of the row summed at the end.
   float out[kFaChunks * 2][4];
@@ -1469,11 +1541,13 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
         uint32_t b[2];
         if constexpr (kFp8) {
           Fp8KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
+          MmaF16(s[n], q_high[c], b);
+          MmaF16(s[n], q_low[c], b);
         } else {
           KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
+          MmaBf16(s[n], q_high[c], b);
+          MmaBf16(s[n], q_low[c], b);
         }
-        MmaBf16(s[n], q_high[c], b);
-        MmaBf16(s[n], q_low[c], b);
       }
     }
     float tile_max = -INFINITY;
@@ -1483,7 +1557,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       for (int e = 0; e < 2; ++e) {
         const int key = n * 8 + 2 * quad + e;
         float score = s[n][e] * scale;
-        if constexpr (kFp8) score *= tiles.scales[warp][stage][0][key];
+        if constexpr (kFp8) score = s[n][e] * key_factor * tiles.scales[warp][stage][0][key];
         s[n][e] = key < num_keys ? score : -INFINITY;
         tile_max = fmaxf(tile_max, s[n][e]);
       }
@@ -1495,10 +1569,34 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     const float correction = exp2f(running_max - base);
     running_max = new_max;
     running_sum *= correction;
+    // kFp8: this tile's value scales (keys n·8 + 2·quad + x), their largest over the tile
+    // (the 4 lanes of a row hold all 16 keys'), and out moved to that unit.
+    float value_scale[2][2] = {{1.0f, 1.0f}, {1.0f, 1.0f}};
+    float out_factor = correction;
+    float weight_factor = 1.0f;
+    if constexpr (kFp8) {
+      float tile_unit = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+          value_scale[n][x] = tiles.scales[warp][stage][1][n * 8 + 2 * quad + x];
+          tile_unit = fmaxf(tile_unit, value_scale[n][x]);
+        }
+      }
+      tile_unit = fmaxf(tile_unit, __shfl_xor_sync(0xffffffffu, tile_unit, 1));
+      tile_unit = fmaxf(tile_unit, __shfl_xor_sync(0xffffffffu, tile_unit, 2));
+      weight_factor = 0.0f;  // A tile of zero scales adds nothing.
+      if (tile_unit > 0.0f) {
+        out_factor = correction * (value_unit / tile_unit);  // 0 before any value: out is 0.
+        value_unit = tile_unit;
+        weight_factor = 1.0f / tile_unit;
+      }
+    }
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
-      out[j][0] *= correction;
-      out[j][1] *= correction;
+      out[j][0] *= out_factor;
+      out[j][1] *= out_factor;
     }
     float e[2][2];
 #pragma unroll
@@ -1507,24 +1605,31 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       for (int x = 0; x < 2; ++x) {
         e[n][x] = exp2f(s[n][x] - base);
         running_sum += e[n][x];
-        if constexpr (kFp8) e[n][x] *= tiles.scales[warp][stage][1][n * 8 + 2 * quad + x];
+        if constexpr (kFp8) e[n][x] *= value_scale[n][x] * weight_factor;
       }
     }
     uint32_t p_high[4] = {0u, 0u, 0u, 0u};
     uint32_t p_low[4] = {0u, 0u, 0u, 0u};
-    PackSplit(e[0][0], e[0][1], p_high[0], p_low[0]);
-    PackSplit(e[1][0], e[1][1], p_high[2], p_low[2]);
+    if constexpr (kFp8) {
+      PackSplitF16(e[0][0], e[0][1], p_high[0], p_low[0]);
+      PackSplitF16(e[1][0], e[1][1], p_high[2], p_low[2]);
+    } else {
+      PackSplit(e[0][0], e[0][1], p_high[0], p_low[0]);
+      PackSplit(e[1][0], e[1][1], p_high[2], p_low[2]);
+    }
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
       if (j >= 2 * chunks) break;
       uint32_t b[2];
       if constexpr (kFp8) {
         Fp8ValueFragment(v_tile, 0, j * 8, g, quad, b);
+        MmaF16(out[j], p_high, b);
+        MmaF16(out[j], p_low, b);
       } else {
         ValueFragment(v_tile, 0, j * 8, g, quad, b);
+        MmaBf16(out[j], p_high, b);
+        MmaBf16(out[j], p_low, b);
       }
-      MmaBf16(out[j], p_high, b);
-      MmaBf16(out[j], p_low, b);
     }
   }
   CopyAsyncWait<0>();  // Nothing of this warp's left in flight when it exits.
@@ -1532,6 +1637,13 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   running_sum += __shfl_xor_sync(0xffffffffu, running_sum, 2);
   if (g >= group) return;
   const int64_t head = kv_head * group + g;
+  // kFp8: the values' unit and the codes' 2⁻⁸ back in.
+  const float unit = kFp8 ? value_unit * 256.0f : 1.0f;
+#pragma unroll
+  for (int j = 0; j < kFaChunks * 2; ++j) {
+    out[j][0] *= unit;
+    out[j][1] *= unit;
+  }
   if (splits == 1) {
     const int64_t target = (t * p.num_heads + head) * d + 2 * quad;
     const float inverse = 1.0f / running_sum;

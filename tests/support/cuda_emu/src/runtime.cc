@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "cuda_emu/device.h"
+#include "cuda_fp16.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -702,25 +703,28 @@ void WarpAllGather(uint64_t mine, uint64_t* all, const char* what) {
   ThreadExecutor().WarpAllGather(mine, all, what);
 }
 
-void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b) {
+namespace {
+
+// d += a·b over fragments whose 16-bit halves `widen` turns into floats.
+template <typename Widen>
+void MmaM16n8k16(float* d, const uint32_t* a, const uint32_t* b, Widen widen) {
   // Each lane's fragments, gathered: A's four registers as two 64-bit values, B's as one.
   uint64_t a01[kWarpSize], a23[kWarpSize], b01[kWarpSize];
   WarpAllGather(a[0] | static_cast<uint64_t>(a[1]) << 32, a01, "mma.sync");
   WarpAllGather(a[2] | static_cast<uint64_t>(a[3]) << 32, a23, "mma.sync");
   WarpAllGather(b[0] | static_cast<uint64_t>(b[1]) << 32, b01, "mma.sync");
-  const auto bf16 = [](uint64_t word, int index) {  // index 0..3: the 16-bit halves, low first
-    const auto bits = static_cast<uint32_t>((word >> (16 * index)) & 0xffffu);
-    return std::bit_cast<float>(bits << 16);
+  const auto half = [&widen](uint64_t word, int index) {  // index 0..3: the halves, low first
+    return widen(static_cast<uint16_t>((word >> (16 * index)) & 0xffffu));
   };
   // A[row][k]: lane (row % 8)·4 + (k % 8) / 2; register (row ≥ 8) + 2·(k ≥ 8); half k % 2.
   const auto a_at = [&](int row, int k) {
     const int lane = (row % 8) * 4 + (k % 8) / 2;
     const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-    return bf16(reg < 2 ? a01[lane] : a23[lane], (reg % 2) * 2 + k % 2);
+    return half(reg < 2 ? a01[lane] : a23[lane], (reg % 2) * 2 + k % 2);
   };
   // B[k][n]: lane n·4 + (k % 8) / 2; register (k ≥ 8); half k % 2.
   const auto b_at = [&](int k, int n) {
-    return bf16(b01[n * 4 + (k % 8) / 2], (k >= 8 ? 2 : 0) + k % 2);
+    return half(b01[n * 4 + (k % 8) / 2], (k >= 8 ? 2 : 0) + k % 2);
   };
   const int lane = LaneId();
   const int g = lane / 4;
@@ -732,6 +736,18 @@ void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b) {
     for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
     d[i] = sum;
   }
+}
+
+}  // namespace
+
+void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b) {
+  MmaM16n8k16(d, a, b, [](uint16_t bits) {
+    return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
+  });
+}
+
+void MmaM16n8k16F16(float* d, const uint32_t* a, const uint32_t* b) {
+  MmaM16n8k16(d, a, b, [](uint16_t bits) { return __half2float(__half{bits}); });
 }
 
 }  // namespace cuda_emu

@@ -681,14 +681,22 @@ struct AttentionSpec {
 // those of PagedAttention and then Linear. With an FP8 cache (`kv`) both backends hold the
 // same codes and scales (the fill rotates by zero), so the same tolerances hold: the CUDA
 // kernels multiply the codes exactly and apply the scales to the scores and the weights.
+// `q_exponent` and `v_exponent` scale the queries and the values by powers of two (exactly):
+// magnitudes far from 1, which FP16 operands (the FP8 cache's decode) must be kept from
+// overflowing or flushing.
 OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs, int64_t heads,
                           int64_t kv_heads, int64_t head_dim, int64_t block_size,
                           bool o_proj = false, bool fp8 = false,
-                          KvCacheDType kv = KvCacheDType::kAuto) {
+                          KvCacheDType kv = KvCacheDType::kAuto, int q_exponent = 0,
+                          int v_exponent = 0) {
   OpCase c;
-  c.name = fmt::format("PagedAttention{}_{}_h{}_kv{}_d{}_b{}{}{}", o_proj ? "Linear" : "", label,
-                       heads, kv_heads, head_dim, block_size, fp8 ? "_FP8" : "",
-                       kv == KvCacheDType::kFp8E4M3 ? "_kvfp8" : "");
+  c.name = fmt::format(
+      "PagedAttention{}_{}_h{}_kv{}_d{}_b{}{}{}{}", o_proj ? "Linear" : "", label, heads, kv_heads,
+      head_dim, block_size, fp8 ? "_FP8" : "", kv == KvCacheDType::kFp8E4M3 ? "_kvfp8" : "",
+      q_exponent != 0 || v_exponent != 0
+          ? fmt::format("_q2e{}{}_v2e{}{}", q_exponent < 0 ? "m" : "", std::abs(q_exponent),
+                        v_exponent < 0 ? "m" : "", std::abs(v_exponent))
+          : "");
   c.needs_fp8 = fp8;
   c.tolerance = o_proj ? 5e-3 : 2e-5;
   // Prefill chunks of 16 tokens or more may run on tensor cores (CUDA, head_dim a multiple of
@@ -738,7 +746,9 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
         "fill_q", std::vector<float>(
                       kv_size / static_cast<size_t>(kv_heads) * static_cast<size_t>(heads), 0.0f));
     const auto fill_k = t.Input("fill_k", RandomBf16Exact(kv_size, 15, 2.0f));
-    const auto fill_v = t.Input("fill_v", RandomBf16Exact(kv_size, 16));
+    std::vector<float> v_values = RandomBf16Exact(kv_size, 16);
+    for (float& value : v_values) value = std::ldexp(value, v_exponent);
+    const auto fill_v = t.Input("fill_v", v_values);
     backend.RopeWriteKv(*fill, fill_q, fill_k, fill_v, heads, *cache, 0);
 
     // The attention step: the query tokens only.
@@ -760,7 +770,7 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     std::vector<float> q_values(static_cast<size_t>(m * heads * head_dim));
     std::mt19937 q_rng(17);
     std::uniform_real_distribution<float> q_uniform(-1.0f, 1.0f);
-    for (float& value : q_values) value = q_uniform(q_rng);
+    for (float& value : q_values) value = std::ldexp(q_uniform(q_rng), q_exponent);
     const auto q = t.Input("q", q_values);
     const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
     const auto attention = t.Output("attention", static_cast<size_t>(m * heads * head_dim));
@@ -1009,6 +1019,12 @@ std::vector<OpCase> AllCases() {
   cases.push_back(PagedAttentionCase("mixed", mixed, 8, 2, 64, 16, true, false, kFp8Kv));
   cases.push_back(
       PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, true, false, kFp8Kv));
+  // Queries and values far from 1 (FP16 spans 6e-8 to 65504): tiny values with large
+  // queries, huge values with tiny queries.
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, false, false,
+                                     kFp8Kv, 18, -30));
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, false, false,
+                                     kFp8Kv, -20, 40));
   for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
   cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));
@@ -1129,6 +1145,17 @@ TEST(CpuFp8KvCache, KeepsEachHeadAsItsCodesTimesItsOwnScale) {
   backend->ReadKv(*cache, 0, 4, key, value);
   EXPECT_EQ(key, std::vector<float>(key.size(), 0.0f));
   EXPECT_EQ(value, std::vector<float>(value.size(), 0.0f));
+  // A NaN makes its head's scale a NaN: the whole head reads as NaNs (attention over it is
+  // NaN, as over a BF16 cache holding the NaN), the other head as before.
+  k[3] = std::nanf("");
+  const std::vector<int64_t> nan_slot = {6};
+  auto nan_step = backend->PrepareStep({ids, positions, nan_slot, {}, {}, &identity});
+  backend->RopeWriteKv(*nan_step, q, k, v, kHeads, *cache, 0);
+  backend->ReadKv(*cache, 0, 6, key, value);
+  for (int64_t i = 0; i < kHeadDim; ++i) {
+    EXPECT_TRUE(std::isnan(key[static_cast<size_t>(i)])) << i;
+    EXPECT_FALSE(std::isnan(key[static_cast<size_t>(kHeadDim + i)])) << i;
+  }
 }
 
 // Attention over an FP8 cache stays close to attention over the float32 one: the same

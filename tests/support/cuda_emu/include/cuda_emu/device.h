@@ -66,6 +66,8 @@ void WarpAllGather(uint64_t mine, uint64_t* all, const char* what);
 // a[3] = A[g+8][2t+8, 2t+9]; b[0] = B[2t, 2t+1][g], b[1] = B[2t+8, 2t+9][g]; d[0..1] =
 // D[g][2t, 2t+1], d[2..3] = D[g+8][2t, 2t+1]. Every lane must call it (a warp barrier).
 void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b);
+// The same with FP16 operands (mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32).
+void MmaM16n8k16F16(float* d, const uint32_t* a, const uint32_t* b);
 
 template <typename Kernel>
 class Launcher {

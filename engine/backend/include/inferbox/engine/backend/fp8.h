@@ -58,11 +58,16 @@ inline uint8_t FloatToFp8E4M3(float value) {
 }
 
 // One KV head's `n` values as KvCacheDType::kFp8E4M3 keeps them: their codes into `codes`,
-// and the scale returned.
+// and the scale returned. A head holding a NaN gets a NaN scale, so that it reads back as NaNs
+// (and poisons the attention that reads it, as a NaN in a BF16 cache does).
 inline float QuantizeFp8Head(const float* values, int64_t n, uint8_t* codes) {
   float amax = 0.0f;
-  for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(values[i]));  // NaN drops out.
-  const float scale = Fp8Scale(amax);
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan = nan || std::isnan(values[i]);
+    amax = std::fmax(amax, std::fabs(values[i]));
+  }
+  const float scale = nan ? std::nanf("") : Fp8Scale(amax);
   for (int64_t i = 0; i < n; ++i) codes[i] = FloatToFp8E4M3(values[i] / scale);
   return scale;
 }
