@@ -133,7 +133,8 @@ class CudaForwardTest : public ::testing::TestWithParam<Case> {
     return results;
   }
 
-  void CheckRecordedSteps(Quantization quantization);
+  void CheckRecordedSteps(Quantization quantization,
+                          KvCacheDType kv_cache_dtype = KvCacheDType::kAuto);
   void ExpectAsFarFromUnquantised(Model& cpu_model, Model& cuda_model, double least);
 
   inferbox::testing::TempDir scratch_;
@@ -344,22 +345,22 @@ constexpr double kRecordedTolerance = 0.0;
 constexpr double kRecordedTolerance = kLogitTolerance;
 #endif
 
-// Decode steps of a model loaded with `quantization`, recorded on cuda_ and op by op on a
-// backend that does not record.
-void CudaForwardTest::CheckRecordedSteps(Quantization quantization) {
+// Decode steps of a model loaded with `quantization` and `kv_cache_dtype`, recorded on cuda_
+// and op by op on a backend that does not record.
+void CudaForwardTest::CheckRecordedSteps(Quantization quantization, KvCacheDType kv_cache_dtype) {
   cuda::CudaBackendOptions op_by_op;
   op_by_op.cuda_graphs = false;
   auto made = cuda::MakeCudaBackend(0, op_by_op);
   ASSERT_TRUE(made.ok()) << made.status().ToString();
   const std::unique_ptr<Backend> eager_backend = std::move(made).value();
-  auto loaded = Model::Load(model_dir_, *eager_backend, {}, quantization);
+  auto loaded = Model::Load(model_dir_, *eager_backend, {}, quantization, kv_cache_dtype);
   if (loaded.status().code() == StatusCode::kFailedPrecondition)
     GTEST_SKIP() << "not on this GPU: " << loaded.status().ToString();
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   const std::unique_ptr<Model> eager = std::move(loaded).value();
   std::unique_ptr<Model> quantized;
-  if (quantization != Quantization::kNone) {
-    auto model = Model::Load(model_dir_, *cuda_, {}, quantization);
+  if (quantization != Quantization::kNone || kv_cache_dtype != KvCacheDType::kAuto) {
+    auto model = Model::Load(model_dir_, *cuda_, {}, quantization, kv_cache_dtype);
     ASSERT_TRUE(model.ok()) << model.status().ToString();
     quantized = std::move(model).value();
   }
@@ -459,6 +460,10 @@ TEST_P(CudaForwardTest, RecordedDecodeStepsGiveTheLogitsOfStepsRunOpByOp) {
 // The FP8 path's quantisation (a memset and two kernels before each GEMM) recorded too.
 TEST_P(CudaForwardTest, RecordedFp8DecodeStepsGiveTheLogitsOfStepsRunOpByOp) {
   CheckRecordedSteps(Quantization::kFp8);
+}
+
+TEST_P(CudaForwardTest, RecordedDecodeStepsOverAnFp8KvCacheGiveTheLogitsOfStepsRunOpByOp) {
+  CheckRecordedSteps(Quantization::kNone, KvCacheDType::kFp8E4M3);
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, CudaForwardTest,

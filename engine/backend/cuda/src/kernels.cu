@@ -272,11 +272,16 @@ __device__ void QuantizeKvHead(const float* x, int64_t n, int64_t head, uint8_t*
     amax = fmaxf(amax, fabsf(x[c]));
     if (x[c] != x[c]) nan = 1.0f;  // NaN.
   }
-  // A head holding a NaN gets a NaN scale (fp8.h's QuantizeFp8Head).
-  const float scale = WarpReduce(nan, Max()) > 0.0f ? __uint_as_float(0x7FC00000u)
-                                                    : Fp8ScaleOf(WarpReduce(amax, Max()));
-  for (int64_t c = lane; c < n; c += kWarpSize)
-    codes[head * n + c] = __nv_cvt_float_to_fp8(x[c] / scale, __NV_SATFINITE, __NV_E4M3);
+  // A head holding a NaN gets a NaN scale, a head of zeros 0 and codes 0 (fp8.h's
+  // QuantizeFp8Head).
+  amax = WarpReduce(amax, Max());
+  const bool has_nan = WarpReduce(nan, Max()) > 0.0f;
+  const float scale = has_nan ? __uint_as_float(0x7FC00000u) : amax / 448.0f;
+  for (int64_t c = lane; c < n; c += kWarpSize) {
+    codes[head * n + c] = has_nan || amax > 0.0f
+                              ? __nv_cvt_float_to_fp8(x[c] / scale, __NV_SATFINITE, __NV_E4M3)
+                              : __nv_fp8_storage_t{0};
+  }
   if (lane == 0) scales[head] = scale;
 }
 
@@ -653,7 +658,8 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   }
 }
 
-// One block per (token, head): the splits' partial results merged.
+// One block per (token, head): the splits' partial results merged (a split without keys, sum
+// 0, left out; a NaN sum, from a NaN key, kept: the output is NaN as without splits).
 __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits) {
   const int64_t listed = blockIdx.x;
   const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
@@ -663,19 +669,19 @@ __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits)
   float global_max = -INFINITY;
   for (int s = 0; s < splits; ++s) {
     const float* partial = partials + s * (d + 2);
-    if (partial[1] > 0.0f) global_max = fmaxf(global_max, partial[0]);
+    if (partial[1] != 0.0f) global_max = fmaxf(global_max, partial[0]);
   }
   float total = 0.0f;
   for (int s = 0; s < splits; ++s) {
     const float* partial = partials + s * (d + 2);
-    if (partial[1] > 0.0f) total += partial[1] * expf(partial[0] - global_max);
+    if (partial[1] != 0.0f) total += partial[1] * expf(partial[0] - global_max);
   }
   const int64_t out = (t * p.num_heads + head) * d;
   for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
     float sum = 0.0f;
     for (int s = 0; s < splits; ++s) {
       const float* partial = partials + s * (d + 2);
-      if (partial[1] > 0.0f) sum += partial[2 + c] * expf(partial[0] - global_max);
+      if (partial[1] != 0.0f) sum += partial[2 + c] * expf(partial[0] - global_max);
     }
     StoreOutput(p, out + c, sum / total);
   }
@@ -1479,7 +1485,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     q_max = fmaxf(q_max, __shfl_xor_sync(0xffffffffu, q_max, 1));
     q_max = fmaxf(q_max, __shfl_xor_sync(0xffffffffu, q_max, 2));
   }
-  const float q_inverse = q_max > 0.0f ? 1.0f / q_max : 1.0f;
+  const float q_unit = q_max > 1e-30f ? q_max : 1.0f;  // 1 / q_unit stays finite.
+  const float q_inverse = 1.0f / q_unit;
   uint32_t q_high[kFaChunks][4];
   uint32_t q_low[kFaChunks][4];
 #pragma unroll
@@ -1501,7 +1508,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   }
   const float scale = p.scale * 1.4426950408889634f;  // Scores in log2 units.
   // kFp8: a score is (q / q_max) · (code value · 2⁻⁸) times these and its key's scale.
-  const float key_factor = scale * q_max * 256.0f;
+  const float key_factor = scale * q_unit * 256.0f;
   float value_unit = 0.0f;  // kFp8: out holds the weighted values divided by this.
   float running_max = -INFINITY;
   float running_sum = 0.0f;  // This lane's columns; the 4 lanes of the row summed at the end.
@@ -1569,35 +1576,6 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
     const float correction = exp2f(running_max - base);
     running_max = new_max;
     running_sum *= correction;
-    // kFp8: this tile's value scales (keys n·8 + 2·quad + x), their largest over the tile
-    // (the 4 lanes of a row hold all 16 keys'), and out moved to that unit.
-    float value_scale[2][2] = {{1.0f, 1.0f}, {1.0f, 1.0f}};
-    float out_factor = correction;
-    float weight_factor = 1.0f;
-    if constexpr (kFp8) {
-      float tile_unit = 0.0f;
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int x = 0; x < 2; ++x) {
-          value_scale[n][x] = tiles.scales[warp][stage][1][n * 8 + 2 * quad + x];
-          tile_unit = fmaxf(tile_unit, value_scale[n][x]);
-        }
-      }
-      tile_unit = fmaxf(tile_unit, __shfl_xor_sync(0xffffffffu, tile_unit, 1));
-      tile_unit = fmaxf(tile_unit, __shfl_xor_sync(0xffffffffu, tile_unit, 2));
-      weight_factor = 0.0f;  // A tile of zero scales adds nothing.
-      if (tile_unit > 0.0f) {
-        out_factor = correction * (value_unit / tile_unit);  // 0 before any value: out is 0.
-        value_unit = tile_unit;
-        weight_factor = 1.0f / tile_unit;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kFaChunks * 2; ++j) {
-      out[j][0] *= out_factor;
-      out[j][1] *= out_factor;
-    }
     float e[2][2];
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
@@ -1605,8 +1583,41 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
       for (int x = 0; x < 2; ++x) {
         e[n][x] = exp2f(s[n][x] - base);
         running_sum += e[n][x];
-        if constexpr (kFp8) e[n][x] *= value_scale[n][x] * weight_factor;
       }
+    }
+    // kFp8: each weight times its value's scale (keys n·8 + 2·quad + x), divided by the
+    // largest of the row's (its 4 lanes hold all 16 keys'), so that FP16 keeps every weight
+    // that matters to ~2⁻²²; out moves to that unit along with the softmax's correction.
+    float out_factor = correction;
+    if constexpr (kFp8) {
+      float tile_unit = 0.0f;
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+          e[n][x] *= tiles.scales[warp][stage][1][n * 8 + 2 * quad + x];
+          tile_unit = fmaxf(tile_unit, e[n][x]);
+        }
+      }
+      tile_unit = fmaxf(tile_unit, __shfl_xor_sync(0xffffffffu, tile_unit, 1));
+      tile_unit = fmaxf(tile_unit, __shfl_xor_sync(0xffffffffu, tile_unit, 2));
+      float weight_factor = 0.0f;  // Nothing of weight in this tile: it adds nothing.
+      if (tile_unit > 0.0f) {
+        const float inverse = 1.0f / tile_unit;
+        out_factor = correction * value_unit * inverse;  // 0 before any value: out is 0.
+        value_unit = tile_unit;
+        weight_factor = inverse;
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int x = 0; x < 2; ++x) e[n][x] *= weight_factor;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      out[j][0] *= out_factor;
+      out[j][1] *= out_factor;
     }
     uint32_t p_high[4] = {0u, 0u, 0u, 0u};
     uint32_t p_low[4] = {0u, 0u, 0u, 0u};

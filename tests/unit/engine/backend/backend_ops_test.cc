@@ -688,15 +688,17 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
                           int64_t kv_heads, int64_t head_dim, int64_t block_size,
                           bool o_proj = false, bool fp8 = false,
                           KvCacheDType kv = KvCacheDType::kAuto, int q_exponent = 0,
-                          int v_exponent = 0) {
+                          int v_exponent = 0, bool uneven_values = false) {
   OpCase c;
   c.name = fmt::format(
-      "PagedAttention{}_{}_h{}_kv{}_d{}_b{}{}{}{}", o_proj ? "Linear" : "", label, heads, kv_heads,
-      head_dim, block_size, fp8 ? "_FP8" : "", kv == KvCacheDType::kFp8E4M3 ? "_kvfp8" : "",
+      "PagedAttention{}_{}_h{}_kv{}_d{}_b{}{}{}{}{}", o_proj ? "Linear" : "", label, heads,
+      kv_heads, head_dim, block_size, fp8 ? "_FP8" : "",
+      kv == KvCacheDType::kFp8E4M3 ? "_kvfp8" : "",
       q_exponent != 0 || v_exponent != 0
           ? fmt::format("_q2e{}{}_v2e{}{}", q_exponent < 0 ? "m" : "", std::abs(q_exponent),
                         v_exponent < 0 ? "m" : "", std::abs(v_exponent))
-          : "");
+          : "",
+      uneven_values ? "_uneven" : "");
   c.needs_fp8 = fp8;
   c.tolerance = o_proj ? 5e-3 : 2e-5;
   // Prefill chunks of 16 tokens or more may run on tensor cores (CUDA, head_dim a multiple of
@@ -748,6 +750,19 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
     const auto fill_k = t.Input("fill_k", RandomBf16Exact(kv_size, 15, 2.0f));
     std::vector<float> v_values = RandomBf16Exact(kv_size, 16);
     for (float& value : v_values) value = std::ldexp(value, v_exponent);
+    if (uneven_values) {
+      // Each token's values 2⁻¹²..2¹² (so a tile's value scales differ by up to 2²⁴), and KV
+      // head 0 of every 7th token all zeros.
+      const auto token_size = static_cast<size_t>(kv_heads * head_dim);
+      for (size_t f = 0; f < v_values.size() / token_size; ++f) {
+        for (size_t i = 0; i < token_size; ++i) {
+          float& value = v_values[f * token_size + i];
+          value = f % 7 == 3 && i < static_cast<size_t>(head_dim)
+                      ? 0.0f
+                      : std::ldexp(value, static_cast<int>((f * 5) % 25) - 12);
+        }
+      }
+    }
     const auto fill_v = t.Input("fill_v", v_values);
     backend.RopeWriteKv(*fill, fill_q, fill_k, fill_v, heads, *cache, 0);
 
@@ -793,18 +808,18 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
       backend.PagedAttention(*step, *cache, 0, q, heads, scale, attention);
     }
     const std::vector<float> all = t.Read(o_proj ? "out" : "attention");
-    std::vector<float> other, prefill;
+    // Decode rows per sequence (each within the tolerance of its own largest output: a long
+    // sequence's averages are small beside a short one's), prefill rows together.
+    Outputs outputs;
     const auto row = static_cast<size_t>(o_proj ? kOutRows : heads * head_dim);
     size_t token = 0;
-    for (const auto& spec : specs) {
-      auto& part = spec.num_query_tokens >= 16 ? prefill : other;
-      for (int64_t i = 0; i < spec.num_query_tokens; ++i, ++token)
+    for (size_t s = 0; s < specs.size(); ++s) {
+      auto& part = outputs[specs[s].num_query_tokens >= 16 ? std::string("out_prefill")
+                                                           : fmt::format("out_seq{}", s)];
+      for (int64_t i = 0; i < specs[s].num_query_tokens; ++i, ++token)
         part.insert(part.end(), all.begin() + static_cast<ptrdiff_t>(token * row),
                     all.begin() + static_cast<ptrdiff_t>((token + 1) * row));
     }
-    Outputs outputs;
-    if (!other.empty()) outputs.emplace("out", std::move(other));
-    if (!prefill.empty()) outputs.emplace("out_prefill", std::move(prefill));
     if (!fused_minus_unfused.empty())
       outputs.emplace("fused_minus_unfused", std::move(fused_minus_unfused));
     return outputs;
@@ -1025,6 +1040,11 @@ std::vector<OpCase> AllCases() {
                                      kFp8Kv, 18, -30));
   cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, false, false,
                                      kFp8Kv, -20, 40));
+  // Values whose scales differ by up to 2²⁴ within a tile, and heads of zeros (scale 0).
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, false, false,
+                                     kFp8Kv, 0, 0, true));
+  cases.push_back(PagedAttentionCase("long_decodes", long_decodes, 32, 8, 128, 16, false, false,
+                                     KvCacheDType::kAuto, 0, 0, true));
   for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
   cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));

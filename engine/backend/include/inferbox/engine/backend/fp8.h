@@ -7,6 +7,7 @@
 // and the tests use these; the CUDA kernels use the intrinsic, which must give the same bits.
 #pragma once
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -58,8 +59,9 @@ inline uint8_t FloatToFp8E4M3(float value) {
 }
 
 // One KV head's `n` values as KvCacheDType::kFp8E4M3 keeps them: their codes into `codes`,
-// and the scale returned. A head holding a NaN gets a NaN scale, so that it reads back as NaNs
-// (and poisons the attention that reads it, as a NaN in a BF16 cache does).
+// and the scale returned: amax / 448, or 0 (codes 0) for a head of zeros, so that it weighs
+// nothing where scales are compared. A head holding a NaN gets a NaN scale, so that it reads
+// back as NaNs (and poisons the attention that reads it, as a NaN in a BF16 cache does).
 inline float QuantizeFp8Head(const float* values, int64_t n, uint8_t* codes) {
   float amax = 0.0f;
   bool nan = false;
@@ -67,7 +69,11 @@ inline float QuantizeFp8Head(const float* values, int64_t n, uint8_t* codes) {
     nan = nan || std::isnan(values[i]);
     amax = std::fmax(amax, std::fabs(values[i]));
   }
-  const float scale = nan ? std::nanf("") : Fp8Scale(amax);
+  if (!nan && amax == 0.0f) {
+    std::fill(codes, codes + n, uint8_t{0});
+    return 0.0f;
+  }
+  const float scale = nan ? std::nanf("") : amax / kFp8E4M3Max;
   for (int64_t i = 0; i < n; ++i) codes[i] = FloatToFp8E4M3(values[i] / scale);
   return scale;
 }
