@@ -230,11 +230,14 @@ std::string CompletionRequestBody(const std::string& model, const std::vector<in
   json::object body{{"model", model},
                     {"prompt", std::move(ids)},
                     {"max_tokens", output_len},
-                    {"temperature", temperature},
+                    {"temperature", 0},
                     {"ignore_eos", true},
                     {"stream", true},
                     {"stream_options", {{"include_usage", true}}}};
-  if (temperature > 0.0f) body["seed"] = seed;
+  if (temperature > 0.0f) {
+    body["temperature"] = static_cast<double>(temperature);
+    body["seed"] = seed;
+  }
   return json::serialize(body);
 }
 

@@ -129,6 +129,12 @@ TEST(OpenAiStreamRunner, RequestsAGreedyStreamOfExactlyTheOutputLength) {
   EXPECT_EQ(body.at("ignore_eos"), true);
   EXPECT_EQ(body.at("stream"), true);
   EXPECT_EQ(body.at("stream_options").at("include_usage"), true);
+  EXPECT_FALSE(body.as_object().contains("seed"));
+  // --temperature: sampled, seeded.
+  const boost::json::value sampled =
+      boost::json::parse(CompletionRequestBody("m", {5}, 9, 0.5f, 42));
+  EXPECT_EQ(sampled.at("temperature"), 0.5);
+  EXPECT_EQ(sampled.at("seed"), 42);
 }
 
 TEST(OpenAiStreamRunner, RecordsEventsWithTextAndTheUsageCount) {
