@@ -136,6 +136,11 @@ __device__ __forceinline__ float Fp8ScaleOf(float amax) {
   return amax > 0.0f ? amax / 448.0f : 1.0f;  // Fp8Scale.
 }
 
+// Whether a layer of the KV cache is FP8 codes and scales (else BF16).
+__host__ __device__ __forceinline__ bool IsFp8(const KvCacheLayer& cache) {
+  return cache.key_codes != nullptr;
+}
+
 // The value of FP8 E4M3 code `code`, as fp8.h's Fp8E4M3ToFloat (the NaN codes, which the
 // quantiser writes only for a NaN, a NaN): the 7 bits below the sign placed as a float's
 // exponent and top mantissa bits make the value times 2⁻¹²⁰, subnormal codes included (a
@@ -303,7 +308,7 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     x[j + p.half] = x2 * cos[j] + x1 * sin[j];
   }
   const int64_t kv_row = p.num_kv_heads * head_dim;
-  const bool fp8 = p.cache.key_codes != nullptr;
+  const bool fp8 = IsFp8(p.cache);
   const bool write = p.slots[t] >= 0 && !fp8;  // A padding token's slot is negative.
   uint16_t* key_slot = p.cache.keys + (write ? p.slots[t] : 0) * kv_row;
   uint16_t* value_slot = p.cache.values + (write ? p.slots[t] : 0) * kv_row;
@@ -743,7 +748,7 @@ __global__ void __launch_bounds__(kTiledThreads)
   const int rows = count * group;
   const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[first]];
   const int64_t last_position = p.positions[first + count - 1];
-  const bool fp8 = p.cache.key_codes != nullptr;
+  const bool fp8 = IsFp8(p.cache);
 
   __shared__ float q_tile[kTileRows][kTiledMaxHeadDim];
   __shared__ uint16_t k_tile[kTileKeys][kTiledMaxHeadDim + 2];  // +2: no bank conflicts.
@@ -965,17 +970,19 @@ __device__ __forceinline__ int64_t KeyTileSlot(const PagedAttentionParams& p, co
                                                                 : -1;
 }
 
-// Starts the copies of 16 bytes (head elements c .. c + 7) of the key and the value at `slot`
-// of one KV head into k_target and v_target, in the thread's current group; zeros there for
-// slot −1 (a key past the end: a zero value times a zero probability adds nothing, garbage
-// could be a NaN).
-__device__ __forceinline__ void CopyKeyValueChunk(const PagedAttentionParams& p, int64_t slot,
-                                                  int64_t kv_head, int c, uint16_t* k_target,
-                                                  uint16_t* v_target) {
+// Starts the copies of 16 bytes (head elements c onwards: 8 BF16 values, or 16 FP8 codes) of
+// the key and the value at `slot` of one KV head, from `keys` and `values` (the layer's BF16
+// cache or its codes), into k_target and v_target, in the thread's current group; zeros there
+// for slot −1 (a key past the end: a zero value times a zero probability adds nothing,
+// garbage could be a NaN).
+template <typename T>
+__device__ __forceinline__ void CopyKeyValueChunk(const PagedAttentionParams& p, const T* keys,
+                                                  const T* values, int64_t slot, int64_t kv_head,
+                                                  int c, T* k_target, T* v_target) {
   if (slot >= 0) {
     const int64_t offset = (slot * p.num_kv_heads + kv_head) * p.head_dim + c;
-    CopyAsync16(k_target, p.cache.keys + offset);
-    CopyAsync16(v_target, p.cache.values + offset);
+    CopyAsync16(k_target, keys + offset);
+    CopyAsync16(v_target, values + offset);
   } else {
     *reinterpret_cast<uint4*>(k_target) = uint4{0, 0, 0, 0};
     *reinterpret_cast<uint4*>(v_target) = uint4{0, 0, 0, 0};
@@ -991,32 +998,20 @@ __device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* slots
   for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
     const int c = (i % chunks) * 8;
-    CopyKeyValueChunk(p, slots[j], kv_head, c, k_tile + j * kFaLd + c, v_tile + j * kFaLd + c);
+    CopyKeyValueChunk(p, p.cache.keys, p.cache.values, slots[j], kv_head, c, k_tile + j * kFaLd + c,
+                      v_tile + j * kFaLd + c);
   }
   CopyAsyncCommit();
 }
 
 // --- FP8 cache tiles (KvCacheDType::kFp8E4M3) ---
 // Codes come into shared memory 16 (a 16-byte copy) at a time, rows kFp8Ld bytes apart, with
-// each key's two scales; the kernels turn codes into BF16 (prefill, Fp8PairToBf16) or FP16
-// (decode, Fp8PairToF16) exactly and apply the scales to the scores (keys) and to the softmax
-// weights (values), so that the tensor cores multiply the codes' own values.
+// each key's two scales (CopyKeyValueChunk, CopyFp8Scales); the kernels turn codes into BF16
+// (prefill, Fp8PairToBf16) or FP16 (decode, Fp8PairToF16) exactly and apply the scales to the
+// scores (keys) and to the softmax weights (values), so that the tensor cores multiply the codes'
+// own values.
 constexpr int kFp8Ld = static_cast<int>(kTiledMaxHeadDim) + 16;  // Bytes, padded.
 
-// CopyKeyValueChunk's FP8 form: 16 codes (head elements c .. c + 15) of the key and the value
-// at `slot`, zeros for slot −1.
-__device__ __forceinline__ void CopyFp8Chunk(const PagedAttentionParams& p, int64_t slot,
-                                             int64_t kv_head, int c, uint8_t* k_target,
-                                             uint8_t* v_target) {
-  if (slot >= 0) {
-    const int64_t offset = (slot * p.num_kv_heads + kv_head) * p.head_dim + c;
-    CopyAsync16(k_target, p.cache.key_codes + offset);
-    CopyAsync16(v_target, p.cache.value_codes + offset);
-  } else {
-    *reinterpret_cast<uint4*>(k_target) = uint4{0, 0, 0, 0};
-    *reinterpret_cast<uint4*>(v_target) = uint4{0, 0, 0, 0};
-  }
-}
 // The key's and the value's scale at `slot` (zeros for slot −1).
 __device__ __forceinline__ void CopyFp8Scales(const PagedAttentionParams& p, int64_t slot,
                                               int64_t kv_head, float* k_target, float* v_target) {
@@ -1067,8 +1062,9 @@ __device__ void IssueFp8KeyTile(const PagedAttentionParams& p, const int64_t* sl
   for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
     const int c = (i % chunks) * 16;
-    CopyFp8Chunk(p, slots[j], kv_head, c, smem.key_codes[stage] + j * kFp8Ld + c,
-                 smem.value_codes[stage] + j * kFp8Ld + c);
+    CopyKeyValueChunk(p, p.cache.key_codes, p.cache.value_codes, slots[j], kv_head, c,
+                      smem.key_codes[stage] + j * kFp8Ld + c,
+                      smem.value_codes[stage] + j * kFp8Ld + c);
   }
   for (int j = threadIdx.x; j < kFaKeys; j += blockDim.x) {
     CopyFp8Scales(p, slots[j], kv_head, &smem.key_scales[stage][j], &smem.value_scales[stage][j]);
@@ -1381,11 +1377,13 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
     if (i >= chunks) continue;
     if constexpr (kFp8) {
       const int c = (i % row_chunks) * 16;
-      CopyFp8Chunk(p, key_slot, kv_head, c, tiles.kv[warp][stage][0] + j * kFp8Ld + c,
-                   tiles.kv[warp][stage][1] + j * kFp8Ld + c);
+      CopyKeyValueChunk(p, p.cache.key_codes, p.cache.value_codes, key_slot, kv_head, c,
+                        tiles.kv[warp][stage][0] + j * kFp8Ld + c,
+                        tiles.kv[warp][stage][1] + j * kFp8Ld + c);
     } else {
       const int c = (i % row_chunks) * 8;
-      CopyKeyValueChunk(p, key_slot, kv_head, c, tiles.kv[warp][stage][0] + j * kFaLd + c,
+      CopyKeyValueChunk(p, p.cache.keys, p.cache.values, key_slot, kv_head, c,
+                        tiles.kv[warp][stage][0] + j * kFaLd + c,
                         tiles.kv[warp][stage][1] + j * kFaLd + c);
     }
   }
@@ -1470,8 +1468,9 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
   // An FP8 cache's tiles go into FP16 mma (Fp8PairToF16), and so do the queries and the
   // weights, each scaled into [-1, 1] where FP16's narrow range cannot hurt: the queries by
-  // their row's largest magnitude (q_max, 4 lanes share a row), the weights of a tile by its
-  // largest value scale (below); the scores and the output take the factors back in float32.
+  // their row's largest magnitude (q_max, 4 lanes share a row), a tile's weights times their
+  // values' scales by the row's largest of those (below); the scores and the output take the
+  // factors back in float32.
   float q_max = 0.0f;
   if constexpr (kFp8) {
     if (q_row != nullptr) {
@@ -1563,8 +1562,12 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int key = n * 8 + 2 * quad + e;
-        float score = s[n][e] * scale;
-        if constexpr (kFp8) score = s[n][e] * key_factor * tiles.scales[warp][stage][0][key];
+        float score;
+        if constexpr (kFp8) {
+          score = s[n][e] * key_factor * tiles.scales[warp][stage][0][key];
+        } else {
+          score = s[n][e] * scale;
+        }
         s[n][e] = key < num_keys ? score : -INFINITY;
         tile_max = fmaxf(tile_max, s[n][e]);
       }
@@ -1648,12 +1651,13 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
   running_sum += __shfl_xor_sync(0xffffffffu, running_sum, 2);
   if (g >= group) return;
   const int64_t head = kv_head * group + g;
-  // kFp8: the values' unit and the codes' 2⁻⁸ back in.
-  const float unit = kFp8 ? value_unit * 256.0f : 1.0f;
+  if constexpr (kFp8) {  // The values' unit and the codes' 2⁻⁸ back in.
+    const float unit = value_unit * 256.0f;
 #pragma unroll
-  for (int j = 0; j < kFaChunks * 2; ++j) {
-    out[j][0] *= unit;
-    out[j][1] *= unit;
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      out[j][0] *= unit;
+      out[j][1] *= unit;
+    }
   }
   if (splits == 1) {
     const int64_t target = (t * p.num_heads + head) * d + 2 * quad;
@@ -2320,7 +2324,7 @@ int64_t ResidentDecodeWarps(int multiprocessors) {
 int AttentionSplits(const PagedAttentionParams& p) {
   if (p.splits > 0) return p.splits < kMaxSplits ? p.splits : kMaxSplits;
   if (!TensorCoreDecode(p)) return GroupedAttentionSplits(p);
-  return TensorCoreDecodeSplits(p, p.cache.key_codes != nullptr
+  return TensorCoreDecodeSplits(p, IsFp8(p.cache)
                                        ? ResidentDecodeWarps<true>(p.num_multiprocessors)
                                        : ResidentDecodeWarps<false>(p.num_multiprocessors));
 }
@@ -2379,7 +2383,7 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
                          static_cast<unsigned>(params.num_kv_heads));
     if (TensorCoreAttention(params.head_dim)) {
-      if (params.cache.key_codes != nullptr) {
+      if (IsFp8(params.cache)) {
         LaunchTensorCorePrefill<true>(tile_grid, params, group, stream);
       } else {
         LaunchTensorCorePrefill<false>(tile_grid, params, group, stream);
@@ -2407,7 +2411,7 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   if (TensorCoreDecode(params)) {
     const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
     const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
-    if (params.cache.key_codes != nullptr) {
+    if (IsFp8(params.cache)) {
       ResidentDecodeWarps<true>(params.num_multiprocessors);  // The carveout asked for.
       TensorCoreDecodeAttentionKernel<true>
           <<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group, splits);
