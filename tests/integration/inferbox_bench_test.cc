@@ -45,6 +45,13 @@ class InferboxBenchTest : public ::testing::Test {
     return value.is_object() ? value.get_object() : json::object();
   }
   static double Number(const json::value& value) { return value.to_number<double>(); }
+  // A Markdown table row's cells ("| a | b |" gives "", " a ", " b ").
+  static std::vector<std::string> Cells(const std::string& line) {
+    std::vector<std::string> cells;
+    std::istringstream row(line);
+    for (std::string cell; std::getline(row, cell, '|');) cells.push_back(cell);
+    return cells;
+  }
 
   static TempDir* scratch_;
   TempDir dir_;
@@ -205,9 +212,7 @@ TEST_F(InferboxBenchTest, LoopBenchPrintsBothWaysOfTakingOutputBesideTheFloor) {
       continue;
     ++ways;
     // | way | tok/s | share% | ...
-    std::vector<std::string> cells;
-    std::istringstream row(line);
-    for (std::string cell; std::getline(row, cell, '|');) cells.push_back(cell);
+    const std::vector<std::string> cells = Cells(line);
     ASSERT_GE(cells.size(), 4u) << line;
     EXPECT_GT(std::stod(cells[3]), 0.0) << line;
   }
@@ -218,6 +223,72 @@ TEST_F(InferboxBenchTest, LoopBenchPrintsBothWaysOfTakingOutputBesideTheFloor) {
                 .exit_code,
             2);
   EXPECT_EQ(RunCommand({INFERBOX_LOOP_BENCH_PATH, "--model", (dir_.path() / "none").string()},
+                       dir_.path(), 60s)
+                .exit_code,
+            2);
+}
+
+// --fixed-step-ms: the model's step becomes a wait (a fixed part and a part per token in the
+// step) that picks known tokens; every request still runs to its length, and no gap between
+// tokens is shorter than the wait.
+TEST_F(InferboxBenchTest, FixedStepReplacesTheModelsStepByAWaitOfThatLength) {
+  const CommandResult fixed =
+      Bench({"--num-requests", "3", "--input-len", "8", "--output-len", "10", "--concurrency", "3",
+             "--fixed-step-ms", "20", "--json"});
+  ASSERT_EQ(fixed.exit_code, 0) << fixed.err;
+  json::object out = ParseJson(fixed);
+  EXPECT_EQ(out.at("output_tokens"), 30);
+  EXPECT_EQ(Number(out.at("config").at("fixed_step_ms")), 20);
+  EXPECT_GE(Number(out.at("inter_token_ms").at("p50")), 19.9) << "a token per 20 ms step";
+  EXPECT_LT(Number(out.at("output_tokens_per_second")), 3 * 50.0 * 1.01)
+      << "3 streams, a token each per 20 ms step at most";
+  EXPECT_FALSE(out.contains("bandwidth_ceiling")) << "no model ran";
+
+  // 5 ms a token: a step of three decode rows waits 15 ms, the first prompt's 8 tokens 40.
+  const CommandResult per_token =
+      Bench({"--num-requests", "3", "--input-len", "8", "--output-len", "6", "--concurrency", "3",
+             "--fixed-step-ms", "0", "--fixed-step-ms-per-token", "5", "--json"});
+  ASSERT_EQ(per_token.exit_code, 0) << per_token.err;
+  out = ParseJson(per_token);
+  EXPECT_EQ(out.at("output_tokens"), 18);
+  EXPECT_GE(Number(out.at("time_to_first_token_ms").at("p50")), 39.9);
+  EXPECT_GE(Number(out.at("inter_token_ms").at("p50")), 14.9);
+
+  EXPECT_EQ(Bench({"--url", "http://127.0.0.1:9", "--fixed-step-ms", "5"}).exit_code, 2)
+      << "in-process only";
+}
+
+// tools/bench/daemon-path-bench: one workload in-process and through a real daemon whose
+// engine is inferbox-engine-fixed-step, each beside the decode floor (neither can pass it:
+// every step waits), with the CPU each process spent.
+TEST_F(InferboxBenchTest, DaemonPathBenchRunsTheWorkloadBothWaysBelowTheFloor) {
+  const CommandResult result =
+      RunCommand({INFERBOX_SOURCE_DIR "/tools/bench/daemon-path-bench", "--build-dir",
+                  INFERBOX_BUILD_DIR, "--model", model().string(), "--input-len", "8",
+                  "--output-len", "12", "--concurrency", "4", "--num-requests", "8", "--step-ms",
+                  "10", "--step-ms-per-token", "0", "--token-budget", "512"},
+                 dir_.path(), 180s);
+  ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("| decode floor (4 rows a step of 10 ms) | 400 | 100% |"));
+  EXPECT_THAT(result.out, HasSubstr("the daemon path: "));
+  int paths = 0;
+  std::istringstream lines(result.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("| in-process", 0) != 0 && line.rfind("| daemon", 0) != 0) continue;
+    ++paths;
+    const std::vector<std::string> cells = Cells(line);
+    ASSERT_GE(cells.size(), 9u) << line;
+    EXPECT_GT(std::stod(cells[2]), 0.0) << line;
+    EXPECT_LE(std::stod(cells[2]), 400.0) << "faster than the floor: the wait did not apply\n"
+                                          << line;
+    if (line.rfind("| daemon", 0) == 0) {
+      for (const size_t cpu : {6u, 7u, 8u}) EXPECT_GT(std::stod(cells[cpu]), 0.0) << line;
+    }
+  }
+  EXPECT_EQ(paths, 2) << result.out;
+
+  EXPECT_EQ(RunCommand({INFERBOX_SOURCE_DIR "/tools/bench/daemon-path-bench", "--build-dir",
+                        INFERBOX_BUILD_DIR, "--model", model().string(), "--concurrency", "0"},
                        dir_.path(), 60s)
                 .exit_code,
             2);

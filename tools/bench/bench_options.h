@@ -25,6 +25,12 @@ struct Options {
   int64_t max_running = 0;         // The concurrency unless given.
   int64_t token_budget = 512;
   uint32_t seed = 0;
+  // In-process, the model's step replaced by a wait of fixed_step_ms plus
+  // fixed_step_ms_per_token per token in the step (FixedTimeModel; negative: off).
+  double fixed_step_ms = -1.0;
+  double fixed_step_ms_per_token = 0.0;
+  // Prompt token ids are drawn below this (0: the model's vocabulary size).
+  int64_t prompt_vocab = 0;
   int64_t warmup = 1;
   bool json = false;
   // Time to first token instead of the offline run: these prompt lengths, each run
@@ -41,6 +47,7 @@ struct Options {
 
   bool over_http() const { return !url.empty(); }
   bool ttft() const { return !ttft_lengths.empty(); }
+  bool fixed_step() const { return fixed_step_ms >= 0.0; }
 };
 
 }  // namespace inferbox::engine::bench

@@ -69,6 +69,11 @@ json::object ConfigJson(const Options& options) {
     config["token_budget"] = options.token_budget;
     config["block_size"] = options.block_size;
     config["num_blocks"] = options.num_blocks;
+    // The model's step replaced by a wait (no model ran).
+    if (options.fixed_step()) {
+      config["fixed_step_ms"] = options.fixed_step_ms;
+      config["fixed_step_ms_per_token"] = options.fixed_step_ms_per_token;
+    }
     // The CUDA backend's decode steps as graphs, unless the environment turned them off.
     if (options.device != "cpu") {
       const char* graphs = std::getenv("INFERBOX_CUDA_GRAPHS");

@@ -29,6 +29,7 @@
 
 #include "bench/bench_options.h"
 #include "bench/bench_report.h"
+#include "bench/fixed_time_model.h"
 #include "bench/in_process_runner.h"
 #include "bench/openai_stream_runner.h"
 #include "bench/prefill_flops.h"
@@ -78,12 +79,18 @@ Status RunChecked(RequestPath& path, const std::vector<std::vector<int32_t>>& pr
   return status;
 }
 
+// The ids random prompts are drawn below.
+int64_t PromptVocab(const Options& options, const ModelConfig& config) {
+  return options.prompt_vocab > 0 ? std::min(options.prompt_vocab, config.vocab_size)
+                                  : config.vocab_size;
+}
+
 Result<OfflineResult> MeasureOffline(const Options& options, const ModelConfig& config,
                                      RequestPath& path) {
   std::mt19937 rng(options.seed);
-  const auto prompts =
-      RandomPrompts(rng, options.num_requests, options.input_len, config.vocab_size);
-  const auto warmup = RandomPrompts(rng, options.warmup, options.input_len, config.vocab_size);
+  const int64_t vocab = PromptVocab(options, config);
+  const auto prompts = RandomPrompts(rng, options.num_requests, options.input_len, vocab);
+  const auto warmup = RandomPrompts(rng, options.warmup, options.input_len, vocab);
   std::vector<RequestRecord> records;
   if (Status status = RunChecked(path, warmup, options.output_len, options.concurrency, records);
       !status.ok()) {
@@ -105,13 +112,14 @@ Result<OfflineResult> MeasureOffline(const Options& options, const ModelConfig& 
 Result<TtftResult> MeasureTtft(const Options& options, const ModelConfig& config,
                                RequestPath& path) {
   std::mt19937 rng(options.seed);
+  const int64_t vocab = PromptVocab(options, config);
   TtftResult result;
   for (const int64_t length : options.ttft_lengths) {
     std::vector<RequestRecord> records;
-    const auto warmup = RandomPrompts(rng, options.warmup, length, config.vocab_size);
+    const auto warmup = RandomPrompts(rng, options.warmup, length, vocab);
     if (Status status = RunChecked(path, warmup, 1, 1, records); !status.ok()) return status;
     const std::optional<RuntimeStats> before = path.idle_stats();
-    const auto prompts = RandomPrompts(rng, options.ttft_repeats, length, config.vocab_size);
+    const auto prompts = RandomPrompts(rng, options.ttft_repeats, length, vocab);
     if (Status status = RunChecked(path, prompts, 1, 1, records); !status.ok()) return status;
     const std::optional<RuntimeStats> after = path.idle_stats();
 
@@ -222,7 +230,12 @@ int RunInProcessPath(Options options, bool num_blocks_given) {
     fmt::print(stderr, "inferbox-bench: {}\n", loaded.status().ToString());
     return loaded.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
-  ModelRunner& runner = loaded->runner();
+  std::optional<FixedTimeModel> fixed;
+  if (options.fixed_step()) {
+    fixed.emplace(loaded->runner(), Milliseconds(options.fixed_step_ms),
+                  Milliseconds(options.fixed_step_ms_per_token));
+  }
+  ModelRunner& runner = fixed ? static_cast<ModelRunner&>(*fixed) : loaded->runner();
   const ModelConfig& config = runner.config();
   if (const int bad = CheckLengths(options, config); bad != 0) return bad;
 
@@ -275,7 +288,7 @@ int RunInProcessPath(Options options, bool num_blocks_given) {
     runtime.WaitIdle(Clock::now() + kIdleTimeout);
   }
   if (ttft) return PrintOrFail(options, config, *ttft);
-  if (offline->ok()) {
+  if (offline->ok() && !fixed) {
     OfflineResult& result = **offline;
     // Measured after the run, once the KV cache is freed, so that its buffers fit and it does
     // not disturb the run.
@@ -364,6 +377,10 @@ int main(int argc, char** argv) {
       ->check(AtLeast(1))
       ->capture_default_str();
   app.add_option("--seed", options.seed, "Seed of the random prompts")->capture_default_str();
+  app.add_option("--prompt-vocab", options.prompt_vocab,
+                 "Draw the prompts' token ids below this (default: the model's vocabulary; "
+                 "inferbox-engine-fixed-step's vocabulary ends at 800)")
+      ->check(AtLeast(1));
   app.add_option("--warmup", options.warmup,
                  "Requests run first and not measured (with --ttft: before each length)")
       ->check(AtLeast(0))
@@ -392,6 +409,14 @@ int main(int argc, char** argv) {
                  "GPUs the model runs on, for output tokens/s per GPU (default: in-process, the "
                  "backend's; over --url, unknown)")
       ->check(AtLeast(1));
+  app.add_option("--fixed-step-ms", options.fixed_step_ms,
+                 "In-process, replace the model's step by a wait of this many milliseconds (plus "
+                 "--fixed-step-ms-per-token per token in the step) that picks known tokens: the "
+                 "host's own costs at a GPU's step time (tools/bench/daemon-path-bench)")
+      ->check(CLI::Range(0.0, 10000.0));
+  app.add_option("--fixed-step-ms-per-token", options.fixed_step_ms_per_token,
+                 "With --fixed-step-ms: the wait's part per token in the step")
+      ->check(CLI::Range(0.0, 1000.0));
   app.add_flag("--json", options.json, "Print one JSON object instead of the table");
   try {
     app.parse(argc, argv);
@@ -401,6 +426,12 @@ int main(int argc, char** argv) {
   }
 
   if (options.over_http()) {
+    if (options.fixed_step()) {
+      fmt::print(stderr,
+                 "inferbox-bench: --fixed-step-ms is in-process only: over --url, start the "
+                 "server's engine as inferbox-engine-fixed-step\n");
+      return 2;
+    }
     if (options.fp8 || options.kv_fp8) {
       fmt::print(stderr,
                  "inferbox-bench: --quantization and --kv-cache-dtype are the engine's: over "

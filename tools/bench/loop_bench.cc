@@ -31,6 +31,7 @@
 #include <CLI/CLI.hpp>
 
 #include "bench/bench_report.h"
+#include "bench/fixed_time_model.h"
 #include "inferbox/engine/model/model.h"
 #include "inferbox/engine/runtime/delta_queue.h"
 #include "inferbox/engine/runtime/runtime.h"
@@ -42,46 +43,18 @@ using namespace inferbox::engine;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-// The tokens the logits pick (and the prompts use): ordinary ids of any real vocabulary.
-constexpr int64_t kFirstToken = 300;
-constexpr int64_t kTokenRange = 500;
+// The prompts use the tokens the model picks: ordinary ids of any real vocabulary.
+constexpr int64_t kFirstToken = bench::FixedTimeModel::kFirstToken;
+constexpr int64_t kTokenRange = bench::FixedTimeModel::kTokenRange;
 constexpr int64_t kPromptLength = 8;
-
-// A model whose step takes `step` and picks token kFirstToken + (a mix of position and row).
-class FixedTimeModel final : public ForwardingModelRunner {
- public:
-  FixedTimeModel(Model& shapes, Clock::duration step) : ForwardingModelRunner(shapes), step_(step) {
-    config_ = shapes.config();
-    config_.vocab_size = kFirstToken + kTokenRange;
-  }
-  const ModelConfig& config() const override { return config_; }
-  Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch, KvCache&,
-                                                  bool) override {
-    const auto end = Clock::now() + step_;
-    const auto vocab = static_cast<size_t>(config_.vocab_size);
-    logits_.assign(batch.size() * vocab, 0.0f);
-    for (size_t row = 0; row < batch.size(); ++row) {
-      const int64_t position =
-          batch[row].start_position + static_cast<int64_t>(batch[row].tokens.size());
-      const int64_t token =
-          kFirstToken + (position * 7 + static_cast<int64_t>(row) * 13) % kTokenRange;
-      logits_[row * vocab + static_cast<size_t>(token)] = 1.0f;
-    }
-    std::this_thread::sleep_until(end);
-    return std::span<const float>(logits_);
-  }
-
- private:
-  const Clock::duration step_;
-  ModelConfig config_;
-  std::vector<float> logits_;
-};
+using bench::FixedTimeModel;
 
 struct Options {
   std::string model;
   int64_t streams = 256;
   int64_t output_len = 256;
   double step_ms = 19.0;
+  bool callbacks_only = false;
 };
 
 struct WayResult {
@@ -167,6 +140,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--step-ms", options.step_ms, "The model step's time, milliseconds")
       ->check(CLI::Range(0.0, 10000.0));
+  app.add_flag("--callbacks-only", options.callbacks_only,
+               "Run the callbacks' way alone (tools/bench/daemon-path-bench: its CPU time is "
+               "then that way's)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -184,8 +160,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "inferbox-loop-bench: %s\n", tokenizer.status().ToString().c_str());
     return 2;
   }
-  FixedTimeModel model(**shapes, std::chrono::duration_cast<Clock::duration>(
-                                     std::chrono::duration<double, std::milli>(options.step_ms)));
+  FixedTimeModel model(**shapes, bench::Milliseconds(options.step_ms));
 
   const double floor =
       options.step_ms > 0 ? static_cast<double>(options.streams) / (options.step_ms / 1e3) : 0.0;
@@ -201,6 +176,7 @@ int main(int argc, char** argv) {
              options.output_len);
   bool complete = true;
   for (const bool handlers : {false, true}) {
+    if (handlers && options.callbacks_only) break;
     const WayResult result = RunWay(model, **tokenizer, options, handlers);
     complete = complete && result.complete;
     const double tokens_per_second = static_cast<double>(result.tokens) / result.wall_seconds;
