@@ -346,6 +346,111 @@ TEST_F(EngineProcessTest, ClientCancelAndDeadlineFreeTheRequest) {
   EXPECT_TRUE(engine.WaitEmpty()) << "a request past its deadline must free its KV blocks";
 }
 
+// Many streams at once, some cancelled by their clients mid-stream and some past their
+// deadline: each one left alone gets its whole answer (every token once, in order: the same
+// as the prompt alone gives), each cancelled one ends CANCELLED or DEADLINE_EXCEEDED, and the
+// engine is left empty and serving. Generate is a reactor written from the runtime's delivery
+// thread, its deltas merged while a write is in flight: a lost, doubled or reordered delta,
+// or a call finished twice, shows here.
+TEST_F(EngineProcessTest, ManyStreamsAtOnceEachGetTheirWholeAnswerWhileOthersAreCancelled) {
+  EngineProcess engine(model(), dir_.path(), {"--max-running", "64"});
+  ASSERT_TRUE(engine.WaitReady());
+  constexpr int kStreams = 36;
+  constexpr uint32_t kTokens = 40;
+  const auto prompt = [](int stream) { return "stream " + std::to_string(stream % 4) + " says"; };
+  // Each prompt's answer alone.
+  std::vector<std::vector<uint32_t>> alone;
+  for (int p = 0; p < 4; ++p) {
+    const Streamed answer = Generate(engine.stub(), Completion(prompt(p), kTokens));
+    ASSERT_TRUE(answer.status.ok()) << answer.status.error_message();
+    ASSERT_EQ(answer.tokens.size(), kTokens);
+    alone.push_back(answer.tokens);
+  }
+
+  {
+    // A client that reads only once its whole answer (chunks of 20 alternatives each, ~100 KB)
+    // was generated gets every token and its logprobs once. (Whether deltas pile up during a
+    // write, and go out merged, depends on timing: gRPC completes writes before the client
+    // reads. Unloaded, this run merges about a quarter of them.)
+    wire::GenerateRequest request = Completion(prompt(0), 300);
+    request.mutable_completion()->mutable_logprobs()->set_enabled(true);
+    request.mutable_completion()->mutable_logprobs()->set_top_logprobs(20);
+    const uint64_t before = engine.Stats().generation_tokens_total();
+    grpc::ClientContext context;
+    auto reader = engine.stub().Generate(&context, request);
+    // Reads only once the engine has generated all of it.
+    for (int wait = 0; wait < 1200 && engine.Stats().generation_tokens_total() < before + 300;
+         ++wait) {
+      std::this_thread::sleep_for(50ms);
+    }
+    Streamed late;
+    wire::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+      late.tokens.insert(late.tokens.end(), chunk.chunk().token_ids().begin(),
+                         chunk.chunk().token_ids().end());
+      late.chunks.push_back(chunk.chunk());
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    ASSERT_EQ(late.tokens.size(), 300u) << "every token once";
+    EXPECT_TRUE(std::equal(alone[0].begin(), alone[0].end(), late.tokens.begin())) << "in order";
+    size_t logprobs = 0;
+    for (const api::GenerateChunk& merged : late.chunks) {
+      EXPECT_EQ(merged.logprobs_size(), merged.token_ids_size());
+      logprobs += static_cast<size_t>(merged.logprobs_size());
+    }
+    EXPECT_EQ(logprobs, 300u);
+  }
+
+  std::vector<Streamed> results(kStreams);
+  std::vector<std::thread> clients;
+  for (int stream = 0; stream < kStreams; ++stream) {
+    clients.emplace_back([&, stream] {
+      const wire::GenerateRequest request = Completion(prompt(stream), kTokens);
+      if (stream % 3 == 1) {
+        // Cancelled by its client after two chunks.
+        grpc::ClientContext context;
+        auto reader = engine.stub().Generate(&context, request);
+        wire::GenerateChunk chunk;
+        for (int read = 0; read < 2 && reader->Read(&chunk); ++read) {
+        }
+        context.TryCancel();
+        while (reader->Read(&chunk)) {
+        }
+        results[static_cast<size_t>(stream)].status = reader->Finish();
+      } else if (stream % 3 == 2 && stream % 2 == 0) {
+        // Past its deadline long before its last token.
+        results[static_cast<size_t>(stream)] = Generate(engine.stub(), request, 30ms);
+      } else {
+        results[static_cast<size_t>(stream)] = Generate(engine.stub(), request);
+      }
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  int whole = 0;
+  for (int stream = 0; stream < kStreams; ++stream) {
+    const Streamed& result = results[static_cast<size_t>(stream)];
+    if (stream % 3 == 1) {
+      EXPECT_EQ(result.status.error_code(), grpc::StatusCode::CANCELLED) << "stream " << stream;
+    } else if (stream % 3 == 2 && stream % 2 == 0) {
+      EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+          << "stream " << stream;
+    } else {
+      ++whole;
+      ASSERT_TRUE(result.status.ok())
+          << "stream " << stream << ": " << result.status.error_message();
+      EXPECT_EQ(result.tokens, alone[static_cast<size_t>(stream % 4)]) << "stream " << stream;
+      EXPECT_EQ(result.last().usage().completion_tokens(), kTokens) << "stream " << stream;
+      EXPECT_EQ(result.chunks.front().request_id(), "engine-test");
+    }
+  }
+  EXPECT_GE(whole, kStreams / 2);
+  EXPECT_TRUE(engine.WaitEmpty()) << "cancelled requests must free their KV blocks";
+  const Streamed after = Generate(engine.stub(), Completion(prompt(0), kTokens));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens, alone[0]);
+  EXPECT_FALSE(engine.process().WaitForExit(0ms).has_value()) << "the engine must still run";
+}
+
 TEST_F(EngineProcessTest, DrainFinishesInFlightWorkThenRefusesNewWork) {
   EngineProcess engine(model(), dir_.path());
   ASSERT_TRUE(engine.WaitReady());

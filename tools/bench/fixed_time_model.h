@@ -38,8 +38,8 @@ class FixedTimeModel final : public ForwardingModelRunner {
     config_.vocab_size = kFirstToken + kTokenRange;
   }
   const ModelConfig& config() const override { return config_; }
-  Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch,
-                                                  KvCache&, bool) override {
+  Result<std::span<const float>> ForwardOnBackend(std::span<const ForwardSequence> batch, KvCache&,
+                                                  bool) override {
     int64_t tokens = 0;
     for (const ForwardSequence& sequence : batch) tokens += std::ssize(sequence.tokens);
     const auto end = Clock::now() + step_ + tokens * per_token_;

@@ -12,7 +12,9 @@
 // Two ways of taking the output are run, one after the other:
 //   - callbacks only: the callback records the tokens (inferbox-bench in-process);
 //   - a handler woken per delta: one thread per stream waits on a DeltaQueue, as the engine
-//     server's gRPC handlers do before they write each chunk.
+//     server's synchronous gRPC handlers did before they wrote each chunk (its Generate is
+//     a callback reactor now, written from the delivery thread: the whole engine server is
+//     measured by tools/bench/daemon-path-bench).
 // Per way: output tokens/s, that as a share of the floor (streams / step time: no host time
 // at all), the engine thread's milliseconds per step outside the model, and steps; timed
 // from the first request's submission to the last one's end, so the first steps' ramp-up
@@ -31,9 +33,9 @@
 #include <CLI/CLI.hpp>
 
 #include "bench/bench_report.h"
+#include "bench/delta_queue.h"
 #include "bench/fixed_time_model.h"
 #include "inferbox/engine/model/model.h"
-#include "inferbox/engine/runtime/delta_queue.h"
 #include "inferbox/engine/runtime/runtime.h"
 
 namespace {
@@ -88,10 +90,10 @@ WayResult RunWay(ModelRunner& model, const Tokenizer& tokenizer, const Options& 
     request.sampling.temperature = 0.0f;
     request.stop.max_tokens = options.output_len;
     request.stop.ignore_eos = true;
-    auto queue = handlers ? std::make_shared<DeltaQueue>() : nullptr;
+    auto queue = handlers ? std::make_shared<bench::DeltaQueue>() : nullptr;
     DeltaCallback callback;
     if (handlers) {
-      callback = DeltaQueue::Callback(queue);
+      callback = bench::DeltaQueue::Callback(queue);
     } else {
       callback = [&](Delta&& delta) {
         received += static_cast<int64_t>(delta.token_ids.size());
@@ -190,7 +192,7 @@ int main(int argc, char** argv) {
     const double host = result.wall_seconds - step.forward;
     const double loop = host - step.schedule - step.sample - step.commit;
     fmt::print("| {} | {:.0f} | {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {} |\n",
-               handlers ? "a handler thread woken per delta (engine server)"
+               handlers ? "a handler thread woken per delta (a thread per stream)"
                         : "callbacks only (in-process)",
                tokens_per_second, share, per_step * host, per_step * step.schedule,
                per_step * step.sample, per_step * step.commit, per_step * loop,

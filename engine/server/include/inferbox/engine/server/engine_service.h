@@ -1,5 +1,6 @@
 // The inferbox.engine.v1.Engine service: what an inferbox-engine process serves to inferboxd
-// on its unix socket. Generate streams a request's deltas as chunks (coalescing whatever
+// on its unix socket. Generate streams a request's deltas as chunks (a callback reactor
+// written from the runtime's delivery thread, no thread per stream; coalescing whatever
 // piled up while the previous write was in flight; the last one goes out with the call's
 // status); a client that disconnects or whose deadline passes has its request cancelled at
 // the next engine step. Health answers from the engine loop's published state, so a wedged
@@ -17,7 +18,10 @@
 
 namespace inferbox::engine {
 
-class EngineService final : public inferbox::engine::v1::Engine::Service {
+// Generate is served through gRPC's callback API (a reactor per call, no thread per
+// stream); the other methods are synchronous.
+class EngineService final : public inferbox::engine::v1::Engine::WithCallbackMethod_Generate<
+                                inferbox::engine::v1::Engine::Service> {
  public:
   explicit EngineService(std::string model_id);
 
@@ -35,9 +39,9 @@ class EngineService final : public inferbox::engine::v1::Engine::Service {
   // request's OK status follows its last chunk after `delay` instead of with it.
   void SetLateStatusForTests(std::chrono::milliseconds delay) { late_status_ = delay; }
 
-  grpc::Status Generate(grpc::ServerContext* context,
-                        const inferbox::engine::v1::GenerateRequest* request,
-                        grpc::ServerWriter<inferbox::engine::v1::GenerateChunk>* writer) override;
+  grpc::ServerWriteReactor<inferbox::engine::v1::GenerateChunk>* Generate(
+      grpc::CallbackServerContext* context,
+      const inferbox::engine::v1::GenerateRequest* request) override;
   grpc::Status Health(grpc::ServerContext* context,
                       const inferbox::engine::v1::HealthRequest* request,
                       inferbox::engine::v1::HealthResponse* response) override;

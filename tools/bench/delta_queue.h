@@ -1,6 +1,8 @@
 // A request's deltas between the runtime's delivery thread (producer: the DeltaCallback) and
-// the thread that sends them on (consumer: the engine server's gRPC handler); deltas that
-// arrive while the consumer is busy are merged into one.
+// a thread of its own that takes them (consumer); deltas that arrive while the consumer is
+// busy are merged into one. inferbox-loop-bench's second way: a thread per stream, as the
+// engine server's synchronous gRPC handlers were before Generate became a callback reactor
+// (engine_service.cc), to show what such wakes cost.
 #pragma once
 
 #include <chrono>
@@ -11,7 +13,7 @@
 
 #include "inferbox/engine/runtime/runtime.h"
 
-namespace inferbox::engine {
+namespace inferbox::engine::bench {
 
 class DeltaQueue {
  public:
@@ -47,4 +49,4 @@ class DeltaQueue {
   std::optional<Delta> pending_;
 };
 
-}  // namespace inferbox::engine
+}  // namespace inferbox::engine::bench
