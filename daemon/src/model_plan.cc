@@ -99,7 +99,8 @@ inferbox::v1::PlanModelResponse PlanModel(const PlanInputs& inputs) {
   const uint32_t context =
       inputs.context_length == 0 ? kDefaultPlanContextLength : inputs.context_length;
   plan.set_context_length(context);
-  const uint64_t bytes_per_token = inputs.shape.kv_bytes_per_token(inputs.kv_cache_dtype);
+  const std::string_view device = inputs.gpu_memory_bytes.empty() ? "cpu" : "cuda";
+  const uint64_t bytes_per_token = inputs.shape.kv_bytes_per_token(inputs.kv_cache_dtype, device);
   const uint64_t per_token = std::max<uint64_t>(1, bytes_per_token);
   plan.set_kv_bytes_per_token(bytes_per_token);
 

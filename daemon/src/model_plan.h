@@ -38,11 +38,13 @@ struct ModelShape {
     return saved < file_bytes ? file_bytes - saved : file_bytes;
   }
 
-  // 2 (K and V) x layers x kv_heads x head_dim x dtype bytes; with kv_cache_dtype "fp8",
-  // a byte per value and a 4-byte scale per KV head.
-  uint64_t kv_bytes_per_token(std::string_view kv_cache_dtype = "auto") const {
+  // Bytes a token's keys and values take in an engine's KV cache on `device` ("cpu" or
+  // "cuda"): 2 (K and V) x layers x kv_heads x head_dim values, each in the backend's
+  // precision with kv_cache_dtype "auto" whatever the weights' dtype (float32 on the CPU,
+  // BF16 on a GPU), or with "fp8" a byte per value and a 4-byte scale per KV head.
+  uint64_t kv_bytes_per_token(std::string_view kv_cache_dtype, std::string_view device) const {
     if (kv_cache_dtype == "fp8") return 2 * num_layers * num_kv_heads * (head_dim + 4);
-    return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes;
+    return 2 * num_layers * num_kv_heads * head_dim * (device == "cpu" ? 4 : 2);
   }
 };
 

@@ -295,8 +295,8 @@ TEST_F(ModelAdminTest, PlansTheTinyModelOnTheCpu) {
   EXPECT_EQ(plan.tensor_parallel(), 1u);
   EXPECT_EQ(plan.replicas(), 1u);
   const uint64_t per_token = plan.kv_bytes_per_token();
-  EXPECT_EQ(per_token % (2 * layers * kv_heads * head_dim), 0u)
-      << "KV bytes per token must be 2 x layers x kv_heads x head_dim x dtype bytes";
+  EXPECT_EQ(per_token, 2 * layers * kv_heads * head_dim * 4)
+      << "a CPU engine keeps keys and values in float32, whatever the weights' dtype";
   EXPECT_EQ(plan.kv_cache_bytes_per_replica(), uint64_t{1} << 30);
   EXPECT_EQ(plan.kv_cache_tokens_per_replica(), (uint64_t{1} << 30) / per_token);
   EXPECT_EQ(plan.concurrent_sequences(), plan.kv_cache_tokens_per_replica() / 256);
@@ -304,7 +304,9 @@ TEST_F(ModelAdminTest, PlansTheTinyModelOnTheCpu) {
 
   // As quantization = "fp8" loads it: the linear layers one byte per parameter, and the
   // options LoadModel would take say so.
-  const uint64_t dtype_bytes = per_token / (2 * layers * kv_heads * head_dim);
+  const std::string torch_dtype =
+      config.contains("torch_dtype") ? std::string(config.at("torch_dtype").as_string()) : "";
+  const uint64_t dtype_bytes = torch_dtype == "float32" ? 4 : 2;
   const auto hidden = config.at("hidden_size").to_number<uint64_t>();
   const auto intermediate = config.at("intermediate_size").to_number<uint64_t>();
   const uint64_t linear_parameters =

@@ -27,9 +27,10 @@ TEST(ModelPlan, CpuPlanUsesOneEngineAndTheCpuKvBudget) {
   EXPECT_EQ(plan.device(), "cpu");
   EXPECT_EQ(plan.tensor_parallel(), 1u);
   EXPECT_EQ(plan.replicas(), 1u);
-  EXPECT_EQ(plan.kv_bytes_per_token(), 2u * 32 * 8 * 128 * 2);
-  EXPECT_EQ(plan.kv_cache_tokens_per_replica(), kGiB / (128 * 1024));
-  EXPECT_EQ(plan.concurrent_sequences(), 8192u / 4096);
+  // The CPU backend keeps keys and values in float32 whatever the weights' dtype (BF16 here).
+  EXPECT_EQ(plan.kv_bytes_per_token(), 2u * 32 * 8 * 128 * 4);
+  EXPECT_EQ(plan.kv_cache_tokens_per_replica(), kGiB / (256 * 1024));
+  EXPECT_EQ(plan.concurrent_sequences(), 4096u / 4096);
 }
 
 TEST(ModelPlan, ChoosesTheSmallestPowerOfTwoWithKvHeadroom) {
@@ -74,15 +75,19 @@ TEST(ModelPlan, ReadsTheShapeFromConfigJson) {
       "num_key_value_heads": 8, "hidden_size": 2048, "head_dim": 128})";
   auto shape = ReadModelShape(dir / "config.json", "F32");
   ASSERT_TRUE(shape.ok()) << shape.status().ToString();
-  EXPECT_EQ(shape->kv_bytes_per_token(), 2u * 28 * 8 * 128 * 4);
-  // kv_cache_dtype = "fp8": a byte per value and a 4-byte scale per KV head.
-  EXPECT_EQ(shape->kv_bytes_per_token("fp8"), 2u * 28 * 8 * (128 + 4));
+  // The cache's precision is the backend's, not the weights' (F32 here).
+  EXPECT_EQ(shape->kv_bytes_per_token("auto", "cuda"), 2u * 28 * 8 * 128 * 2);
+  EXPECT_EQ(shape->kv_bytes_per_token("auto", "cpu"), 2u * 28 * 8 * 128 * 4);
+  // kv_cache_dtype = "fp8": a byte per value and a 4-byte scale per KV head, on both.
+  EXPECT_EQ(shape->kv_bytes_per_token("fp8", "cuda"), 2u * 28 * 8 * (128 + 4));
+  EXPECT_EQ(shape->kv_bytes_per_token("fp8", "cpu"), 2u * 28 * 8 * (128 + 4));
 
   std::ofstream(dir / "config.json") << R"({"num_hidden_layers": 2, "num_attention_heads": 4,
       "hidden_size": 64, "torch_dtype": "bfloat16"})";
   shape = ReadModelShape(dir / "config.json", "");
   ASSERT_TRUE(shape.ok()) << shape.status().ToString();
-  EXPECT_EQ(shape->kv_bytes_per_token(), 2u * 2 * 4 * 16 * 2) << "defaults: kv heads = heads";
+  EXPECT_EQ(shape->kv_bytes_per_token("auto", "cuda"), 2u * 2 * 4 * 16 * 2)
+      << "defaults: kv heads = heads";
 
   std::ofstream(dir / "config.json") << R"({"num_hidden_layers": -1})";
   EXPECT_THAT(ReadModelShape(dir / "config.json", "").status().message(),
