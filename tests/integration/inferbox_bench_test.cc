@@ -265,11 +265,11 @@ TEST_F(InferboxBenchTest, DaemonPathBenchRunsTheWorkloadBothWaysBelowTheFloor) {
   const CommandResult result =
       RunCommand({INFERBOX_SOURCE_DIR "/tools/bench/daemon-path-bench", "--build-dir",
                   INFERBOX_BUILD_DIR, "--model", model().string(), "--input-len", "8",
-                  "--output-len", "12", "--concurrency", "4", "--num-requests", "8", "--step-ms",
+                  "--output-len", "64", "--concurrency", "8", "--num-requests", "16", "--step-ms",
                   "10", "--step-ms-per-token", "0", "--token-budget", "512"},
                  dir_.path(), 180s);
   ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
-  EXPECT_THAT(result.out, HasSubstr("| decode floor (4 rows a step of 10 ms) | 400 | 100% |"));
+  EXPECT_THAT(result.out, HasSubstr("| decode floor (8 rows a step of 10 ms) | 800 | 100% |"));
   EXPECT_THAT(result.out, HasSubstr("the daemon path: "));
   int paths = 0;
   std::istringstream lines(result.out);
@@ -279,8 +279,9 @@ TEST_F(InferboxBenchTest, DaemonPathBenchRunsTheWorkloadBothWaysBelowTheFloor) {
     const std::vector<std::string> cells = Cells(line);
     ASSERT_GE(cells.size(), 9u) << line;
     EXPECT_GT(std::stod(cells[2]), 0.0) << line;
-    EXPECT_LE(std::stod(cells[2]), 400.0) << "faster than the floor: the wait did not apply\n"
+    EXPECT_LE(std::stod(cells[2]), 800.0) << "faster than the floor: the wait did not apply\n"
                                           << line;
+    // The daemon's and the engine's CPU time come in 10 ms ticks: 1,024 tokens take several.
     if (line.rfind("| daemon", 0) == 0) {
       for (const size_t cpu : {6u, 7u, 8u}) EXPECT_GT(std::stod(cells[cpu]), 0.0) << line;
     }
@@ -301,6 +302,8 @@ TEST_F(InferboxBenchTest, RefusesWhatCannotRun) {
   EXPECT_THAT(too_long.err, HasSubstr("do not fit the model's context"));
   EXPECT_EQ(Bench({"--input-len", "500", "--output-len", "100"}).exit_code, 2);
   EXPECT_EQ(Bench({"--peak-tflops", "0"}).exit_code, 2);
+  EXPECT_EQ(Bench({"--fixed-step-ms-per-token", "5"}).exit_code, 2) << "needs --fixed-step-ms";
+  EXPECT_EQ(Bench({"--fixed-step-ms", "5", "--ttft", "16"}).exit_code, 2) << "no prefill to time";
 }
 
 TEST_F(InferboxBenchTest, DrivesTheDaemonsOpenAiStreamWithAnApiKey) {

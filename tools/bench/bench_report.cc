@@ -57,6 +57,7 @@ json::object ConfigJson(const Options& options) {
                       {"input_len", options.input_len},       {"output_len", options.output_len},
                       {"concurrency", options.concurrency},   {"seed", options.seed},
                       {"temperature", options.temperature}};
+  if (options.prompt_vocab > 0) config["prompt_vocab"] = options.prompt_vocab;
   if (options.over_http()) {
     config["url"] = options.url;
     config["served_model"] = options.served_model;

@@ -409,14 +409,17 @@ int main(int argc, char** argv) {
                  "GPUs the model runs on, for output tokens/s per GPU (default: in-process, the "
                  "backend's; over --url, unknown)")
       ->check(AtLeast(1));
-  app.add_option("--fixed-step-ms", options.fixed_step_ms,
-                 "In-process, replace the model's step by a wait of this many milliseconds (plus "
-                 "--fixed-step-ms-per-token per token in the step) that picks known tokens: the "
-                 "host's own costs at a GPU's step time (tools/bench/daemon-path-bench)")
-      ->check(CLI::Range(0.0, 10000.0));
+  CLI::Option* fixed_step =
+      app.add_option(
+             "--fixed-step-ms", options.fixed_step_ms,
+             "In-process, replace the model's step by a wait of this many milliseconds (plus "
+             "--fixed-step-ms-per-token per token in the step) that picks known tokens: the "
+             "host's own costs at a GPU's step time (tools/bench/daemon-path-bench)")
+          ->check(CLI::Range(0.0, 10000.0));
   app.add_option("--fixed-step-ms-per-token", options.fixed_step_ms_per_token,
                  "With --fixed-step-ms: the wait's part per token in the step")
-      ->check(CLI::Range(0.0, 1000.0));
+      ->check(CLI::Range(0.0, 1000.0))
+      ->needs(fixed_step);
   app.add_flag("--json", options.json, "Print one JSON object instead of the table");
   try {
     app.parse(argc, argv);
@@ -425,6 +428,12 @@ int main(int argc, char** argv) {
     return app.exit(error) == 0 ? 0 : 2;
   }
 
+  if (options.fixed_step() && (options.ttft() || options.device != "cpu")) {
+    fmt::print(stderr,
+               "inferbox-bench: --fixed-step-ms runs the offline workload on the CPU only (no "
+               "model runs: no prefill MFU to measure, and its logits are host memory)\n");
+    return 2;
+  }
   if (options.over_http()) {
     if (options.fixed_step()) {
       fmt::print(stderr,

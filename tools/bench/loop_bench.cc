@@ -56,7 +56,6 @@ struct Options {
   int64_t streams = 256;
   int64_t output_len = 256;
   double step_ms = 19.0;
-  bool callbacks_only = false;
 };
 
 struct WayResult {
@@ -142,9 +141,6 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   app.add_option("--step-ms", options.step_ms, "The model step's time, milliseconds")
       ->check(CLI::Range(0.0, 10000.0));
-  app.add_flag("--callbacks-only", options.callbacks_only,
-               "Run the callbacks' way alone (tools/bench/daemon-path-bench: its CPU time is "
-               "then that way's)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -178,7 +174,6 @@ int main(int argc, char** argv) {
              options.output_len);
   bool complete = true;
   for (const bool handlers : {false, true}) {
-    if (handlers && options.callbacks_only) break;
     const WayResult result = RunWay(model, **tokenizer, options, handlers);
     complete = complete && result.complete;
     const double tokens_per_second = static_cast<double>(result.tokens) / result.wall_seconds;

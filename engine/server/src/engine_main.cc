@@ -259,7 +259,11 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options, const EngineM
     if (!model.ok()) return model.status();
     engine->parallel_model = std::move(model).value();
   }
-  if (hooks.wrap_runner) engine->wrapped = hooks.wrap_runner(engine->runner());
+  if (hooks.wrap_runner) {
+    auto wrapped = hooks.wrap_runner(engine->runner());
+    if (!wrapped.ok()) return wrapped.status();
+    engine->wrapped = std::move(wrapped).value();
+  }
   const ModelConfig& config = engine->front_model().config();
   if (options.quantization == Quantization::kFp8) {
     spdlog::info(
@@ -348,9 +352,10 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options, const EngineM
       runtime.limits.max_model_len, options.max_running);
 
   std::vector<int32_t> eos = engine->front_model().EosTokenIds();
-  engine->builder = std::make_unique<RequestBuilder>(*engine->tokenizer, std::move(chat), config,
-                                                     engine->front_model().generation_config(), eos,
-                                                     runtime.limits.max_model_len);
+  // The runner's config: a wrapper's vocabulary (EngineMainHooks) is the one prompts must fit.
+  engine->builder = std::make_unique<RequestBuilder>(
+      *engine->tokenizer, std::move(chat), engine->runner().config(),
+      engine->front_model().generation_config(), eos, runtime.limits.max_model_len);
   // Fault injection for the supervision tests (tests/integration/daemon_engine_test.cc).
   for (const auto& [variable, field] :
        {std::pair{"INFERBOX_TEST_FAULT_STALL_AFTER_STEPS", &runtime.fault_stall_after_steps},

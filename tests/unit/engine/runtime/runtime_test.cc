@@ -404,7 +404,7 @@ TEST_F(RuntimeTest, StoppingEndsEveryRequestInFlight) {
 
 TEST_F(RuntimeTest, AClientSlowToTakeItsDeltasDoesNotHoldUpTheSteps) {
   // Callbacks run off the engine thread: a callback that takes its time (in the engine
-  // server, each wakes a handler thread) takes none from the steps.
+  // server, each starts a gRPC write) takes none from the steps.
   const RequestOptions other_request = Greedy(Prompt(900, 6), 48);
   const std::vector<int32_t> other_alone = Alone(other_request);
   Gate gate;

@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "inferbox/common/status.h"
 #include "inferbox/engine/model/model_runner.h"
 
 namespace inferbox::engine {
@@ -16,8 +17,9 @@ struct EngineMainHooks {
   // Adds options to the command line (before it is parsed).
   std::function<void(CLI::App&)> add_options;
   // Given the loaded model, returns the runner the engine loop runs instead (it may forward
-  // to the model, which outlives it); unset: the model.
-  std::function<std::unique_ptr<ModelRunner>(ModelRunner& model)> wrap_runner;
+  // to the model, which outlives it), or the reason it cannot (loading fails with it);
+  // unset: the model.
+  std::function<Result<std::unique_ptr<ModelRunner>>(ModelRunner& model)> wrap_runner;
 };
 
 // Parses the command line and runs the engine; returns the exit status (engine_main.cc).
