@@ -92,7 +92,7 @@ class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk
       if (!ok && !cancelled_) {
         cancelled_ = true;
         cancel_message_ = "the client went away";
-        if (!request_finished_) cancel = id_;
+        cancel = id_;  // The runtime ignores a request that already finished.
       }
     }
     if (cancel) runtime_.Cancel(*cancel);
@@ -105,7 +105,7 @@ class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk
       std::lock_guard lock(link_->mutex);
       if (!cancelled_) {
         cancelled_ = true;
-        if (!request_finished_) cancel = id_;
+        cancel = id_;  // The runtime ignores a request that already finished.
       }
     }
     // Free the request's KV at the next step.
@@ -137,7 +137,6 @@ class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk
       std::lock_guard lock(link->mutex);
       GenerateWriter* writer = link->writer;
       if (writer == nullptr) return;
-      if (delta.finished) writer->request_finished_ = true;
       if (writer->pending_) {
         writer->pending_->Merge(std::move(delta));
       } else {
@@ -260,12 +259,11 @@ class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk
   bool first_ = true;          // Used by the operation's holder only.
 
   // Guarded by link_->mutex.
-  std::optional<int64_t> id_;      // Once Submit accepted the request.
-  std::optional<Delta> pending_;   // Deltas not written yet, merged.
-  bool request_finished_ = false;  // The runtime delivered its last delta.
-  bool busy_ = false;              // An operation is in flight (see Pump).
-  bool done_ = false;              // Finish has been (or is being) called.
-  bool cancelled_ = false;         // The client went away or cancelled.
+  std::optional<int64_t> id_;     // Once Submit accepted the request.
+  std::optional<Delta> pending_;  // Deltas not written yet, merged.
+  bool busy_ = false;             // An operation is in flight (see Pump).
+  bool done_ = false;             // Finish has been (or is being) called.
+  bool cancelled_ = false;        // The client went away or cancelled.
   std::string cancel_message_ = "the client cancelled the request";
   std::optional<grpc::Status> finish_status_;  // To send once no operation is in flight.
   bool late_ = false;                          // finish_status_ follows late (a test fault).
