@@ -670,7 +670,7 @@ class CudaBackend final : public Backend {
     uint64_t keep_all = UINT64_MAX;
     INFERBOX_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all));
     gemm_ = std::make_unique<LtGemm>();
-    fp8_work_ = DeviceAllocation(2 * sizeof(float), nullptr);
+    fp8_work_ = DeviceAllocation(kFp8WorkFloats * sizeof(float), nullptr);
   }
   ~CudaBackend() override {
     Use();
@@ -778,7 +778,8 @@ class CudaBackend final : public Backend {
   }
 
   // Rounded to BF16 as LoadWeights stores them, then quantised on the GPU with one scale,
-  // which sits after the codes in their allocation (with the largest magnitude before it).
+  // which sits after the codes in their allocation (LaunchQuantizeToFp8's work: the largest
+  // magnitude, then the scale 16 bytes in).
   Result<std::vector<Weight>> LoadFp8Weights(std::span<const Weight> hosts) override {
     Use();
     if (compute_capability_ < 89) {
@@ -798,7 +799,7 @@ class CudaBackend final : public Backend {
       Store(host, bf16.as<uint16_t>() + offset);
       offset += host.rows * host.cols;
     }
-    DeviceAllocation stored(codes_bytes + 2 * sizeof(float), nullptr);
+    DeviceAllocation stored(codes_bytes + kFp8WorkFloats * sizeof(float), nullptr);
     auto* work = reinterpret_cast<float*>(stored.as<std::byte>() + codes_bytes);
     LaunchQuantizeToFp8(bf16.as<uint16_t>(), count, 1, nullptr, work, stored.as<uint8_t>(),
                         nullptr);
@@ -806,8 +807,8 @@ class CudaBackend final : public Backend {
     std::vector<Weight> loaded;
     offset = 0;
     for (const Weight& host : hosts) {
-      loaded.push_back(
-          Weight{DType::kF8E4M3, stored.as<uint8_t>() + offset, host.rows, host.cols, work + 1});
+      loaded.push_back(Weight{DType::kF8E4M3, stored.as<uint8_t>() + offset, host.rows, host.cols,
+                              work + kFp8ScaleSlot});
       offset += host.rows * host.cols;
     }
     if (hosts.size() > 1) stacked_groups_.emplace(loaded.front().data, count);
@@ -947,6 +948,7 @@ class CudaBackend final : public Backend {
     INFERBOX_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     std::string failure;
     recording_ = true;
+    grew_while_recording_ = false;
     {
       const ToleratedLaunchFailures tolerated;  // CUDA fails launches into a spoilt capture.
       issue();
@@ -958,7 +960,7 @@ class CudaBackend final : public Backend {
     const cudaError_t ended = cudaStreamEndCapture(stream_, &graph);
     if (ended != cudaSuccess && failure.empty()) failure = cudaGetErrorString(ended);
     if (graph != nullptr) {
-      if (failure.empty()) {
+      if (failure.empty() && !grew_while_recording_) {
         if (const cudaError_t made = cudaGraphInstantiate(&recording.exec, graph, 0);
             made != cudaSuccess) {
           recording.exec = nullptr;
@@ -966,6 +968,12 @@ class CudaBackend final : public Backend {
         }
       }
       INFERBOX_CUDA_CHECK(cudaGraphDestroy(graph));
+    }
+    if (grew_while_recording_ && failure.empty()) {
+      // Captured with a buffer too small, never to run: op by op now (growing it, which drops
+      // the recordings), recorded the next time the shape comes.
+      issue();
+      return;
     }
     if (!failure.empty()) {
       // Nothing was enqueued (a capture runs nothing): the step runs op by op, and so do the
@@ -1381,7 +1389,7 @@ class CudaBackend final : public Backend {
                                      : nullptr;
       LaunchQuantizeToFp8(input, m, cols, real_rows, fp8_work_.as<float>(), codes, stream_);
       input_fp8 = codes;
-      input_scale = fp8_work_.as<float>() + 1;
+      input_scale = fp8_work_.as<float>() + kFp8ScaleSlot;
     }
     const auto gemm = [&](const Weight& w, int64_t rows, float* out) {
       if (input_fp8 != nullptr) {
@@ -1447,8 +1455,11 @@ class CudaBackend final : public Backend {
                                 int64_t element_bytes) {
     if (count > capacity) {
       if (recording_) {
-        FatalCudaError("RunRecorded", "a buffer grew while a step was recorded", __FILE__,
-                       __LINE__);
+        // A step of a shape seen before needs more room than it did (its ops differ: the op
+        // suite's cases share a backend). Nothing captured runs: RunRecorded drops the
+        // capture and issues the step op by op, which grows the buffer.
+        grew_while_recording_ = true;
+        return buffer;
       }
       buffer = DeviceAllocation(count * element_bytes, stream_);
       capacity = count;
@@ -1477,7 +1488,8 @@ class CudaBackend final : public Backend {
     }
   };
   // Destroying a graph that may still run is undefined: the stream is drained first. The
-  // shapes seen stay seen: buffers only grow, so recording one of them allocates nothing.
+  // shapes seen stay seen: buffers only grow, so recording one of them allocates nothing
+  // (but where its ops differ from the first time's: Grown).
   void DropRecordings() {
     if (!recordings_.empty()) INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
     recordings_.clear();
@@ -1514,6 +1526,7 @@ class CudaBackend final : public Backend {
   int64_t recorded_cache_ = 0;     // and their cache's serial.
   bool buffers_moved_ = false;     // A buffer of ours moved since the recordings were made.
   bool recording_ = false;
+  bool grew_while_recording_ = false;            // Grown refused to grow a buffer while recording.
   const CudaStepInputs* padded_step_ = nullptr;  // The recorded step being issued (RunRecorded).
   DeviceAllocation greedy_;                      // Tokens then log-probabilities of GreedyRows.
   int64_t greedy_capacity_ = 0;

@@ -183,7 +183,7 @@ __global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, int64_t cols,
 
 __global__ void QuantizeFp8Kernel(const uint16_t* x, int64_t n, float* work, uint8_t* out) {
   const float scale = Fp8ScaleOf(work[0]);
-  if (blockIdx.x == 0 && threadIdx.x == 0) work[1] = scale;
+  if (blockIdx.x == 0 && threadIdx.x == 0) work[kFp8ScaleSlot] = scale;
   QuantizeFp8(x, n, scale, out);
 }
 
@@ -196,7 +196,7 @@ __global__ void __launch_bounds__(1024)
   const float scale = Fp8ScaleOf(amax);
   if (threadIdx.x == 0) {
     work[0] = amax;
-    work[1] = scale;
+    work[kFp8ScaleSlot] = scale;
   }
   QuantizeFp8(x, n, scale, out);
 }
@@ -1344,10 +1344,14 @@ __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
 }
 
 // Warps per block, and tiles per warp: the one computed and kDecodeStages − 1 in flight. Six
-// blocks (12 warps) fit a multiprocessor. (On an H200, one warp of 4 stages per block read
-// the cache at 38–47% of the copy bandwidth where this form reads it at 62–79%.)
+// blocks (12 warps) fit a multiprocessor, held there by the kernel's launch bounds (at most
+// 168 registers a thread): its speed is the bytes its warps keep in flight, and when the FP8
+// cache's branches took the BF16 form to 179 registers, 5 blocks fit and it read the cache
+// 20% slower at 256 sequences (H200, 2026-11-27). (On an H200, one warp of 4 stages per
+// block read the cache at 38–47% of the copy bandwidth where this form reads it at 62–79%.)
 constexpr int kDecodeWarps = 2;
 constexpr int kDecodeStages = 2;
+constexpr int kDecodeBlocksPerMultiprocessor = 6;
 
 // The decode kernel's tiles, [warp][stage][keys, values]: BF16, or FP8 codes with each key's
 // scales.
@@ -1423,7 +1427,7 @@ __device__ __forceinline__ void Fp8ValueFragment(const uint8_t* tile, int first_
 }
 
 template <bool kFp8>
-__global__ void __launch_bounds__(kDecodeWarps* kWarpSize)
+__global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMultiprocessor)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
   __shared__ __align__(16) DecodeTiles<kFp8> tiles;
   const int warp = threadIdx.x / kWarpSize;

@@ -26,10 +26,14 @@ void LaunchConvertToF32(const void* src, SourceType type, float* dst, int64_t n,
 
 // FP8 E4M3 of x [rows, cols] (BF16) with one scale, as the CPU reference computes it
 // (engine/backend/include/inferbox/engine/backend/fp8.h): work[0] = the largest magnitude,
-// work[1] = its scale, out[i] = E4M3(x[i] / work[1]) rounded to nearest even, saturated.
-// `work` is 2 floats of device memory; work[1] is what the FP8 GEMM multiplies by. With
+// work[kFp8ScaleSlot] = its scale, out[i] = E4M3(x[i] / scale) rounded to nearest even,
+// saturated. `work` is kFp8WorkFloats floats of device memory, 16-byte aligned; the scale is
+// what the FP8 GEMM multiplies by, 16 bytes in because cuBLASLt refuses (NOT_SUPPORTED, at
+// the GEMM, not when choosing its algorithm) scale pointers on a smaller alignment. With
 // `real_rows` (device memory), only that many first rows count towards the scale (the others
 // are a recorded step's padding); all are quantised.
+inline constexpr int kFp8ScaleSlot = 4;
+inline constexpr int kFp8WorkFloats = 8;
 void LaunchQuantizeToFp8(const uint16_t* x, int64_t rows, int64_t cols, const int32_t* real_rows,
                          float* work, uint8_t* out, cudaStream_t stream);
 

@@ -11,8 +11,8 @@
 // - FP8: A and B both E4M3, only as cuBLASLt takes them ("TN": A transposed, B not; op(A)'s
 //   rows, k and the leading dimensions multiples of 16), each multiplied by the float32 its
 //   scale pointer (A_SCALE_POINTER, B_SCALE_POINTER: device memory, read when the GEMM runs)
-//   holds; A, B and D 16-byte aligned; scale pointers on other types are refused, as
-//   cuBLASLt refuses them.
+//   holds; A, B, D and the scale pointers 16-byte aligned; scale pointers on other types are
+//   refused, as cuBLASLt refuses them.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -332,9 +332,13 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
       }
     }
   }
-  // FP8 GEMMs take 16-byte aligned matrices only, whatever the algorithm.
+  // FP8 GEMMs take 16-byte aligned matrices and scale pointers only, whatever the algorithm
+  // (cuBLASLt 13.1 on an H200 refuses a scale 4 bytes off at the GEMM, after its heuristic
+  // offered algorithms for the same descriptor).
   if (a_layout->type == CUDA_R_8F_E4M3) {
-    for (const void* pointer : {a, b, static_cast<const void*>(d)}) {
+    for (const void* pointer :
+         {a, b, static_cast<const void*>(d), static_cast<const void*>(desc->a_scale),
+          static_cast<const void*>(desc->b_scale)}) {
       if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) return CUBLAS_STATUS_NOT_SUPPORTED;
     }
   }

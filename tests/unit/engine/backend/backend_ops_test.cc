@@ -1369,6 +1369,67 @@ TEST(CudaRecordedSteps, AStepThatCannotBeRecordedRunsOpByOpAndRecordingStops) {
   const std::span<const float> v_host = backend.ReadBack(v, scratch);
   for (int64_t i = 0; i < kKvHeads * kHeadDim; ++i) EXPECT_EQ(value[i], v_host[i]) << i;
 }
+
+// A step of a shape seen before whose ops need more room than the first step of that shape
+// did (a wider Linear: its BF16 input grows) is not recorded with a buffer too small: it
+// runs op by op (growing the buffer) and recording goes on, the next such step recorded and
+// launched; every step gives the CPU's product. (It ended the engine before: the op suite's
+// recorded cases in a process of their own, on an H200 under compute-sanitizer.)
+TEST(CudaRecordedSteps, AStepNeedingMoreRoomThanItsShapeDidRunsOpByOpAndTheNextIsRecorded) {
+  auto made = cuda::MakeCudaBackend(0);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  Backend& backend = **made;
+  const std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  constexpr int64_t kTokens = 4, kRows = 16, kHeadDim = 16;
+  ASSERT_EQ(backend.RecordedBatchSize(kTokens), kTokens);
+  auto cache = backend.AllocateKvCache({1, 2, 4, 1, kHeadDim});
+  const RopeTable rope = RealRope(kHeadDim);
+  const std::vector<int32_t> ids(kTokens, 0);
+  const std::vector<int64_t> positions = {0, 1, 2, 3}, slots = {0, 1, 2, 3};
+  // Narrow (16 columns), then wide (64 columns: four times the BF16 input).
+  const HostWeight narrow(RandomBf16Exact(kRows * 16, 1), kRows, 16, DType::kBF16);
+  const HostWeight wide(RandomBf16Exact(kRows * 64, 2), kRows, 64, DType::kBF16);
+  const Weight narrow_cuda = narrow.LoadInto(backend), wide_cuda = wide.LoadInto(backend);
+  const Weight narrow_cpu = narrow.LoadInto(*cpu), wide_cpu = wide.LoadInto(*cpu);
+  Tensors t(backend), expected(*cpu);
+  for (Tensors* side : {&t, &expected}) {
+    side->Input("x16", RandomBf16Exact(kTokens * 16, 3));
+    side->Input("x64", RandomBf16Exact(kTokens * 64, 4));
+    side->Output("out", kTokens * kRows);
+  }
+  cpu->Linear(expected.Span("x64"), kTokens, wide_cpu, nullptr, expected.Span("out"));
+  const std::vector<float> wide_product = expected.Read("out");
+  cpu->Linear(expected.Span("x16"), kTokens, narrow_cpu, nullptr, expected.Span("out"));
+  const std::vector<float> narrow_product = expected.Read("out");
+
+  const long long launches = cuda_emu_graph_launches();
+  int issued = 0;
+  ::testing::internal::CaptureStderr();
+  // Narrow (op by op: the shape's first), wide (recorded? no: its input would grow), wide
+  // (recorded and launched), wide (launched again).
+  for (const bool is_wide : {false, true, true, true}) {
+    auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope, true});
+    backend.Upload(std::vector<float>(kTokens * kRows, kPoison), t.Span("out"));
+    backend.RunRecorded(*step, *cache, 1, [&] {
+      ++issued;
+      backend.Linear(t.Span(is_wide ? "x64" : "x16"), kTokens, is_wide ? wide_cuda : narrow_cuda,
+                     nullptr, t.Span("out"));
+    });
+    const std::vector<float> out = t.Read("out");
+    const std::vector<float>& want = is_wide ? wide_product : narrow_product;
+    for (size_t i = 0; i < out.size(); ++i) {
+      ASSERT_NEAR(out[i], want[i], 1e-4 * (1.0 + std::abs(want[i])))
+          << "step " << issued << ", element " << i;
+    }
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  // Issued: narrow; wide into the capture, then op by op; wide recorded. The third wide ran
+  // its recording.
+  EXPECT_EQ(issued, 4);
+  EXPECT_EQ(cuda_emu_graph_launches() - launches, 2);
+  EXPECT_EQ(backend.RecordedBatchSize(kTokens), kTokens) << "recording stopped";
+  EXPECT_EQ(said.find("op by op from now on"), std::string::npos) << said;
+}
 #endif
 
 #ifdef INFERBOX_CUDA_EMULATED
