@@ -1238,15 +1238,19 @@ class CudaBackend final : public Backend {
   void GreedyRows(std::span<const float> logits, int64_t rows, int64_t cols,
                   std::span<int32_t> tokens, std::span<float> logprobs) override {
     Use();
-    if (rows > greedy_capacity_) {
-      greedy_ = DeviceAllocation(rows * 8, stream_);
-      greedy_capacity_ = rows;
+    // Tokens, then log-probabilities, then (8-byte aligned) the kernel's work.
+    const int64_t results_bytes = (rows * 8 + 15) / 16 * 16;
+    const int64_t bytes = results_bytes + GreedyRowsWorkBytes(rows, cols);
+    if (bytes > greedy_capacity_) {
+      greedy_ = DeviceAllocation(bytes, stream_);
+      greedy_capacity_ = bytes;
     }
     auto* device_tokens = greedy_.as<int32_t>();
     auto* device_logprobs = reinterpret_cast<float*>(device_tokens + rows);
     {
       OpScope scope(times_, stream_, [] { return std::string("GreedyRows"); });
-      LaunchGreedyRows(logits.data(), rows, cols, device_tokens, device_logprobs, stream_);
+      LaunchGreedyRows(logits.data(), rows, cols, device_tokens, device_logprobs,
+                       greedy_.as<std::byte>() + results_bytes, stream_);
     }
     INFERBOX_CUDA_CHECK(cudaMemcpyAsync(tokens.data(), device_tokens,
                                         static_cast<size_t>(rows) * sizeof(int32_t),
@@ -1528,9 +1532,9 @@ class CudaBackend final : public Backend {
   bool recording_ = false;
   bool grew_while_recording_ = false;            // Grown refused to grow a buffer while recording.
   const CudaStepInputs* padded_step_ = nullptr;  // The recorded step being issued (RunRecorded).
-  DeviceAllocation greedy_;                      // Tokens then log-probabilities of GreedyRows.
-  int64_t greedy_capacity_ = 0;
-  DeviceAllocation sample_work_;  // SampleRows' processed logits.
+  DeviceAllocation greedy_;                      // GreedyRows' tokens, log-probabilities and work.
+  int64_t greedy_capacity_ = 0;                  // Bytes.
+  DeviceAllocation sample_work_;                 // SampleRows' processed logits.
   int64_t sample_work_count_ = 0;
 };
 

@@ -1747,22 +1747,14 @@ __global__ void GatherRowsKernel(const float* x, const int64_t* rows, int64_t co
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = source[c];
 }
 
-// One block per row: the (value, column) maximum with the lowest column on ties, then the
-// sum of exp(x − max) for the log-softmax.
+// Per row and part of its columns (blockIdx.y, blockIdx.x): the (value, column) maximum with
+// the lowest column on ties, then the sum of exp(x − max) for the log-softmax. A row in one
+// part writes its token and log-probability; in several, each part writes a GreedyPart and
+// GreedyCombineKernel finishes the row. Few rows (one stream's decode) read their 128K logits
+// with many multiprocessors instead of one (75 µs a step on an H200 with one block a row).
 constexpr int kGreedyThreads = 1024;
-__global__ void __launch_bounds__(kGreedyThreads)
-    GreedyRowsKernel(const float* logits, int64_t cols, int32_t* tokens, float* logprobs) {
-  const float* row = logits + blockIdx.x * cols;
-  float best = -INFINITY;
-  int64_t best_column = 0;  // A row of NaN or -inf answers column 0, as the CPU does.
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float value = row[c];
-    if (value > best) {  // Strictly: this thread's columns ascend, so the first is kept.
-      best = value;
-      best_column = c;
-    }
-  }
-  // Warp, then block reduction of (value, column).
+// The warp's largest (value, column), the lowest column on ties, in every lane.
+__device__ __forceinline__ void WarpArgMax(float& best, int64_t& best_column) {
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
     const float other = __shfl_xor_sync(0xffffffffu, best, offset);
     const int64_t other_column = __shfl_xor_sync(0xffffffffu, best_column, offset);
@@ -1771,6 +1763,29 @@ __global__ void __launch_bounds__(kGreedyThreads)
       best_column = other_column;
     }
   }
+}
+struct GreedyPart {
+  float best;
+  float sum;  // Of exp(x − best) over the part; 0 for a part holding nothing above -inf.
+  int64_t column;
+};
+__global__ void __launch_bounds__(kGreedyThreads)
+    GreedyRowsKernel(const float* logits, int64_t cols, int64_t part_cols, int32_t* tokens,
+                     float* logprobs, GreedyPart* parts) {
+  const float* row = logits + blockIdx.y * cols;
+  const int64_t begin = blockIdx.x * part_cols;
+  const int64_t end = begin + part_cols < cols ? begin + part_cols : cols;
+  float best = -INFINITY;
+  int64_t best_column = begin;  // A row of NaN or -inf answers column 0, as the CPU does.
+  for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) {
+    const float value = row[c];
+    if (value > best) {  // Strictly: this thread's columns ascend, so the first is kept.
+      best = value;
+      best_column = c;
+    }
+  }
+  // Warp, then block reduction of (value, column).
+  WarpArgMax(best, best_column);
   __shared__ float warp_best[kGreedyThreads / kWarpSize];
   __shared__ int64_t warp_column[kGreedyThreads / kWarpSize];
   const int lane = threadIdx.x % kWarpSize;
@@ -1794,10 +1809,40 @@ __global__ void __launch_bounds__(kGreedyThreads)
   }
   __syncthreads();
   float total = 0.0f;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) total += expf(row[c] - row_best);
+  for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) total += expf(row[c] - row_best);
   total = BlockSum(total);
-  if (threadIdx.x == 0) {
-    tokens[blockIdx.x] = static_cast<int32_t>(row_column);
+  if (threadIdx.x != 0) return;
+  if (gridDim.x == 1) {
+    tokens[blockIdx.y] = static_cast<int32_t>(row_column);
+    logprobs[blockIdx.y] = -logf(total);
+    return;
+  }
+  parts[blockIdx.y * gridDim.x + blockIdx.x] =
+      GreedyPart{row_best, row_best == -INFINITY ? 0.0f : total, row_column};
+}
+
+// One warp per row: the parts' largest value (the lowest column on ties, the parts' columns
+// ascending) and the log-softmax from their sums, each rescaled to that value.
+__global__ void GreedyCombineKernel(const GreedyPart* parts, int num_parts, int32_t* tokens,
+                                    float* logprobs) {
+  const GreedyPart* row = parts + static_cast<int64_t>(blockIdx.x) * num_parts;
+  const int lane = threadIdx.x;
+  float best = -INFINITY;
+  int64_t best_column = INT64_MAX;
+  for (int i = lane; i < num_parts; i += kWarpSize) {
+    if (row[i].best > best || (row[i].best == best && row[i].column < best_column)) {
+      best = row[i].best;
+      best_column = row[i].column;
+    }
+  }
+  WarpArgMax(best, best_column);
+  float total = 0.0f;
+  for (int i = lane; i < num_parts; i += kWarpSize) {
+    if (row[i].sum != 0.0f) total += row[i].sum * expf(row[i].best - best);
+  }
+  total = WarpReduce(total, Plus());
+  if (lane == 0) {
+    tokens[blockIdx.x] = static_cast<int32_t>(best_column);
     logprobs[blockIdx.x] = -logf(total);
   }
 }
@@ -2491,12 +2536,38 @@ void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int
   CheckLaunch("GatherRowsKernel");
 }
 
+namespace {
+// Parts of at most kGreedyPartCols columns, up to kGreedyBlocks blocks in all (about one
+// wave of 1024-thread blocks, two a multiprocessor, on an H100's 132): a row of Llama-3's
+// 128,256 logits in 32 parts alone, 256 rows in one part each.
+constexpr int64_t kGreedyPartCols = 4096;
+constexpr int64_t kGreedyBlocks = 256;
+int64_t GreedyParts(int64_t rows, int64_t cols) {
+  const int64_t by_width = (cols + kGreedyPartCols - 1) / kGreedyPartCols;
+  const int64_t by_blocks = rows > 0 ? kGreedyBlocks / rows : 1;
+  return std::max<int64_t>(1, std::min(by_width, by_blocks));
+}
+}  // namespace
+
+int64_t GreedyRowsWorkBytes(int64_t rows, int64_t cols) {
+  const int64_t parts = GreedyParts(rows, cols);
+  return parts > 1 ? rows * parts * static_cast<int64_t>(sizeof(GreedyPart)) : 0;
+}
+
 void LaunchGreedyRows(const float* logits, int64_t rows, int64_t cols, int32_t* tokens,
-                      float* logprobs, cudaStream_t stream) {
+                      float* logprobs, void* work, cudaStream_t stream) {
   if (rows == 0) return;
-  GreedyRowsKernel<<<static_cast<unsigned>(rows), kGreedyThreads, 0, stream>>>(logits, cols, tokens,
-                                                                               logprobs);
+  const int64_t parts = GreedyParts(rows, cols);
+  const int64_t part_cols = (cols + parts - 1) / parts;
+  auto* partials = static_cast<GreedyPart*>(work);
+  GreedyRowsKernel<<<dim3(static_cast<unsigned>(parts), static_cast<unsigned>(rows)),
+                     kGreedyThreads, 0, stream>>>(logits, cols, part_cols, tokens, logprobs,
+                                                  partials);
   CheckLaunch("GreedyRowsKernel");
+  if (parts == 1) return;
+  GreedyCombineKernel<<<static_cast<unsigned>(rows), kWarpSize, 0, stream>>>(
+      partials, static_cast<int>(parts), tokens, logprobs);
+  CheckLaunch("GreedyCombineKernel");
 }
 
 void LaunchSampleRows(const SampleRowsParams& params, cudaStream_t stream) {

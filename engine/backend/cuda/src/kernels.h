@@ -170,9 +170,12 @@ void LaunchGatherRows(const float* x, const int64_t* rows, int64_t num_rows, int
                       float* out, cudaStream_t stream);
 
 // Per row of logits [rows, cols]: the largest value's column (the lowest on ties) into
-// tokens[row] and its log-softmax into logprobs[row].
+// tokens[row] and its log-softmax into logprobs[row] (device memory). `work`: device memory of
+// GreedyRowsWorkBytes(rows, cols) bytes, 8-byte aligned (none for rows read whole by one
+// block).
+int64_t GreedyRowsWorkBytes(int64_t rows, int64_t cols);
 void LaunchGreedyRows(const float* logits, int64_t rows, int64_t cols, int32_t* tokens,
-                      float* logprobs, cudaStream_t stream);
+                      float* logprobs, void* work, cudaStream_t stream);
 
 // Sampling of one row, as the host Sampler does it (engine/sampling/src/sampler.cc): the
 // penalty lists are slices of the launch's arrays.

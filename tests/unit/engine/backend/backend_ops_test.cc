@@ -866,6 +866,11 @@ OpCase GatherRowsCase(int64_t cols) {
 }
 
 // Greedy choice per row, with exact ties (the lowest id must win) and a large vocabulary.
+// Rows of 100,000 columns or more are read in parts by several blocks on CUDA when there are
+// few of them (parts of at most 4,096 columns, more of them than a warp has lanes for a row of
+// 151,669): there the maximum is in the last part (column cols − 7), tied on odd rows with
+// every 4,099th column from 5099 (past the first part; one or two in each later part), of
+// which 5099 must win.
 OpCase GreedyRowsCase(int64_t rows, int64_t cols) {
   OpCase c;
   c.name = fmt::format("GreedyRows_r{}_c{}", rows, cols);
@@ -878,10 +883,13 @@ OpCase GreedyRowsCase(int64_t rows, int64_t cols) {
       // Above every random value; `second` ties with it on odd rows. In wide rows the lower
       // column (1000) is the one a later thread of a 1024-thread block reads first (column
       // 1029 is thread 5's second), so a tie broken by thread order would be caught.
-      const int64_t first = cols > 1029 ? 1029 : (r * 7 + 3) % cols;
-      const int64_t second = cols > 1029 ? 1000 : (first + cols / 2 + 1) % cols;
+      const bool parts = cols >= 100000 && rows < 4;
+      const int64_t first = parts ? cols - 7 : cols > 1029 ? 1029 : (r * 7 + 3) % cols;
+      const int64_t second = parts ? 5099 : cols > 1029 ? 1000 : (first + cols / 2 + 1) % cols;
       row[first] = 9.0f;
       if (r % 2 == 1) row[second] = 9.0f;
+      for (int64_t column = second; parts && r % 2 == 1 && column < cols; column += 4099)
+        row[column] = 9.0f;
     }
     Tensors t(backend);
     const auto device_logits = t.Input("logits", logits);
@@ -1048,8 +1056,8 @@ std::vector<OpCase> AllCases() {
   for (const int64_t n : {1, 1000, 100003}) cases.push_back(SiluMulCase(n, false));
   cases.push_back(SiluMulCase(4099, true));
   for (const int64_t cols : {5, 2048}) cases.push_back(GatherRowsCase(cols));
-  for (const auto& [rows, cols] :
-       std::vector<std::pair<int64_t, int64_t>>{{1, 5}, {3, 1000}, {7, 151669}}) {
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 5}, {3, 1000}, {7, 151669}, {2, 128256}, {2, 151669}}) {
     cases.push_back(GreedyRowsCase(rows, cols));
   }
   return cases;
