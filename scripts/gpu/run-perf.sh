@@ -45,7 +45,9 @@
 # PERF_KV_FP8 (workloads in PERF_THROUGHPUT's form run again with --kv-cache-dtype fp8, the
 # KV cache in FP8 E4M3, after the FP8 ones; ""),
 # PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
-# INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; ""),
+# INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; a fifth field fp8 or
+# kvfp8 runs the workload with the linear layers or the KV cache in FP8, as PERF_FP8 and
+# PERF_KV_FP8 do, into ops-fp8-*.log or ops-kvfp8-*.log: "128:256:1:3:fp8"; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
 # PERF_ATTENTION_KV (the caches they run over: "bf16,fp8"),
 # PERF_LOOP (inferbox-loop-bench cases, STREAMS:OUTPUT:STEP_MS: the engine loop's host time
@@ -418,10 +420,20 @@ throughput 5 "${throughput_last[@]}"
 
 # --- where the GPU time goes ---
 for workload in ${PERF_OP_TIMES:-}; do
-  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
-  INFERBOX_CUDA_OP_TIMES=1 capped 5 90 "op times: ${in_len}/${out_len} at ${concurrency}" \
-    "ops-${in_len}x${out_len}.log" "${bench[@]}" --input-len "$in_len" --output-len "$out_len" \
-    --concurrency "$concurrency" --num-requests "$requests" --warmup 0 --seed 7 --json
+  IFS=: read -r in_len out_len concurrency requests variant <<<"$workload"
+  case ${variant:-} in
+    "") variant_flags=() ;;
+    fp8) variant_flags=(--quantization fp8) ;;
+    kvfp8) variant_flags=(--kv-cache-dtype fp8) ;;
+    *)
+      summary+=("$(printf '%-36s %-7s' "op times: $workload" "SKIPPED (its variant is not fp8 or kvfp8)")")
+      continue
+      ;;
+  esac
+  INFERBOX_CUDA_OP_TIMES=1 capped 5 90 "op times: ${in_len}/${out_len} at ${concurrency}${variant:+ $variant}" \
+    "ops-${variant:+$variant-}${in_len}x${out_len}.log" "${bench[@]}" "${variant_flags[@]}" \
+    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+    --num-requests "$requests" --warmup 0 --seed 7 --json
 done
 
 # --- races and barrier misuse in the attention kernels ---
