@@ -333,6 +333,14 @@ int main(int argc, char** argv) {
              properties.name, properties.multiProcessorCount, copy_bandwidth / 1e9);
   fmt::print("heads {}, KV heads {}, head_dim {}, block {}; decode, 1 token/sequence\n",
              options.heads, options.kv_heads, options.head_dim, options.block_size);
+  for (const std::string& dtype : options.dtypes) {
+    const DecodeKernelResources kernel = TensorCoreDecodeKernelResources(dtype == "fp8");
+    fmt::print(
+        "tensor-core decode kernel, {} cache: {} registers a thread, {} bytes spilled, {} blocks "
+        "of {} warps a multiprocessor\n",
+        dtype, kernel.registers, kernel.spill_bytes, kernel.blocks_per_multiprocessor,
+        kernel.warps_per_block);
+  }
   fmt::print("{:>6} {:>8} {:<4} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
              "context", "kv", "kernel", "splits", "us/call", "floor us", "GB/s", "floor",
              "max diff");

@@ -2380,6 +2380,19 @@ int64_t ResidentDecodeWarps(int multiprocessors) {
   return static_cast<int64_t>(blocks) * kDecodeWarps * multiprocessors;
 }
 
+template <bool kFp8>
+DecodeKernelResources DecodeResources() {
+  cudaFuncAttributes attributes{};
+  INFERBOX_CUDA_CHECK(cudaFuncGetAttributes(&attributes, TensorCoreDecodeAttentionKernel<kFp8>));
+  DecodeKernelResources resources;
+  resources.registers = attributes.numRegs;
+  resources.spill_bytes = static_cast<int64_t>(attributes.localSizeBytes);
+  resources.blocks_per_multiprocessor =
+      static_cast<int>(ResidentDecodeWarps<kFp8>(1) / kDecodeWarps);
+  resources.warps_per_block = kDecodeWarps;
+  return resources;
+}
+
 int AttentionSplits(const PagedAttentionParams& p) {
   if (p.splits > 0) return p.splits < kMaxSplits ? p.splits : kMaxSplits;
   if (!TensorCoreDecode(p)) return GroupedAttentionSplits(p);
@@ -2390,6 +2403,10 @@ int AttentionSplits(const PagedAttentionParams& p) {
 
 int PagedAttentionSplits(const PagedAttentionParams& params) {
   return PerTokenCount(params) == 0 || !GroupedAttention(params) ? 1 : AttentionSplits(params);
+}
+
+DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache) {
+  return fp8_cache ? DecodeResources<true>() : DecodeResources<false>();
 }
 
 int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params) {

@@ -157,6 +157,16 @@ struct PagedAttentionParams {
 int PagedAttentionSplits(const PagedAttentionParams& params);
 // Floats of workspace LaunchPagedAttention needs for `params` (0: none).
 int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params);
+// The tensor-core decode kernel as compiled for and resident on the current device, for
+// benchmarks to print: its speed is the bytes its resident warps keep in flight, and a
+// change that costs it registers or spills shows here before it shows as time.
+struct DecodeKernelResources {
+  int registers = 0;                  // A thread's.
+  int64_t spill_bytes = 0;            // A thread's local memory: spilled registers.
+  int blocks_per_multiprocessor = 0;  // Of kDecodeWarps warps each.
+  int warps_per_block = 0;
+};
+DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache);
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
 
 // out = silu(gate) ⊙ up over n values (out may alias gate).

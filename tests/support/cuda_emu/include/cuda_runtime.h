@@ -167,6 +167,21 @@ cudaError_t cudaFuncSetAttribute(Kernel* /*kernel*/, cudaFuncAttribute attribute
   return value < -1 ? cudaErrorInvalidValue : cudaSuccess;
 }
 
+// What a kernel was compiled to: the emulation compiles none (every field 0).
+struct cudaFuncAttributes {
+  size_t sharedSizeBytes;
+  size_t constSizeBytes;
+  size_t localSizeBytes;
+  int maxThreadsPerBlock;
+  int numRegs;
+};
+template <typename Kernel>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, Kernel* /*kernel*/) {
+  if (attributes == nullptr) return cudaErrorInvalidValue;
+  *attributes = cudaFuncAttributes{};
+  return cudaSuccess;
+}
+
 // Blocks of `block_size` threads resident per multiprocessor: the emulation has no registers
 // or shared memory to run out of, only the thread (2048) and block (32) limits of sm_90.
 template <typename Kernel>
