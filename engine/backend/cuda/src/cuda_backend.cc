@@ -969,9 +969,12 @@ class CudaBackend final : public Backend {
       }
       INFERBOX_CUDA_CHECK(cudaGraphDestroy(graph));
     }
-    if (grew_while_recording_ && failure.empty()) {
-      // Captured with a buffer too small, never to run: op by op now (growing it, which drops
-      // the recordings), recorded the next time the shape comes.
+    if (grew_while_recording_) {
+      // Captured with a buffer too small (or not yet made: a null pointer, which a library
+      // call may have refused, failing the capture), never to run: op by op now (growing it,
+      // which drops the recordings), recorded the next time the shape comes. A failure of its
+      // own would come again then, and stop recording there.
+      cudaGetLastError();
       issue();
       return;
     }

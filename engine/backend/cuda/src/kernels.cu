@@ -1747,7 +1747,7 @@ __global__ void GatherRowsKernel(const float* x, const int64_t* rows, int64_t co
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[i * cols + c] = source[c];
 }
 
-// Per row and part of its columns (blockIdx.y, blockIdx.x): the (value, column) maximum with
+// Per row and part of its columns (blockIdx.x, blockIdx.y): the (value, column) maximum with
 // the lowest column on ties, then the sum of exp(x − max) for the log-softmax. A row in one
 // part writes its token and log-probability; in several, each part writes a GreedyPart and
 // GreedyCombineKernel finishes the row. Few rows (one stream's decode) read their 128K logits
@@ -1766,14 +1766,14 @@ __device__ __forceinline__ void WarpArgMax(float& best, int64_t& best_column) {
 }
 struct GreedyPart {
   float best;
-  float sum;  // Of exp(x − best) over the part; 0 for a part holding nothing above -inf.
+  float sum;  // Of exp(x − best) over the part (NaN where best is -inf, as the CPU's would be).
   int64_t column;
 };
 __global__ void __launch_bounds__(kGreedyThreads)
     GreedyRowsKernel(const float* logits, int64_t cols, int64_t part_cols, int32_t* tokens,
                      float* logprobs, GreedyPart* parts) {
-  const float* row = logits + blockIdx.y * cols;
-  const int64_t begin = blockIdx.x * part_cols;
+  const float* row = logits + blockIdx.x * cols;
+  const int64_t begin = blockIdx.y * part_cols;
   const int64_t end = begin + part_cols < cols ? begin + part_cols : cols;
   float best = -INFINITY;
   int64_t best_column = begin;  // A row of NaN or -inf answers column 0, as the CPU does.
@@ -1812,17 +1812,18 @@ __global__ void __launch_bounds__(kGreedyThreads)
   for (int64_t c = begin + threadIdx.x; c < end; c += blockDim.x) total += expf(row[c] - row_best);
   total = BlockSum(total);
   if (threadIdx.x != 0) return;
-  if (gridDim.x == 1) {
-    tokens[blockIdx.y] = static_cast<int32_t>(row_column);
-    logprobs[blockIdx.y] = -logf(total);
+  if (gridDim.y == 1) {
+    tokens[blockIdx.x] = static_cast<int32_t>(row_column);
+    logprobs[blockIdx.x] = -logf(total);
     return;
   }
-  parts[blockIdx.y * gridDim.x + blockIdx.x] =
-      GreedyPart{row_best, row_best == -INFINITY ? 0.0f : total, row_column};
+  parts[blockIdx.x * gridDim.y + blockIdx.y] = GreedyPart{row_best, total, row_column};
 }
 
 // One warp per row: the parts' largest value (the lowest column on ties, the parts' columns
-// ascending) and the log-softmax from their sums, each rescaled to that value.
+// ascending) and the log-softmax from their sums, each rescaled to that value; parts of
+// nothing above -inf add nothing, and a row of nothing above -inf (or of NaN) has a NaN
+// log-probability, as on the CPU and in one part.
 __global__ void GreedyCombineKernel(const GreedyPart* parts, int num_parts, int32_t* tokens,
                                     float* logprobs) {
   const GreedyPart* row = parts + static_cast<int64_t>(blockIdx.x) * num_parts;
@@ -1838,9 +1839,10 @@ __global__ void GreedyCombineKernel(const GreedyPart* parts, int num_parts, int3
   WarpArgMax(best, best_column);
   float total = 0.0f;
   for (int i = lane; i < num_parts; i += kWarpSize) {
-    if (row[i].sum != 0.0f) total += row[i].sum * expf(row[i].best - best);
+    if (row[i].best != -INFINITY) total += row[i].sum * expf(row[i].best - best);
   }
   total = WarpReduce(total, Plus());
+  if (best == -INFINITY) total = NAN;
   if (lane == 0) {
     tokens[blockIdx.x] = static_cast<int32_t>(best_column);
     logprobs[blockIdx.x] = -logf(total);
@@ -2577,7 +2579,8 @@ void LaunchGreedyRows(const float* logits, int64_t rows, int64_t cols, int32_t* 
   const int64_t parts = GreedyParts(rows, cols);
   const int64_t part_cols = (cols + parts - 1) / parts;
   auto* partials = static_cast<GreedyPart*>(work);
-  GreedyRowsKernel<<<dim3(static_cast<unsigned>(parts), static_cast<unsigned>(rows)),
+  // Rows on x (up to 2³¹ − 1), parts on y (at most kGreedyBlocks).
+  GreedyRowsKernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(parts)),
                      kGreedyThreads, 0, stream>>>(logits, cols, part_cols, tokens, logprobs,
                                                   partials);
   CheckLaunch("GreedyRowsKernel");

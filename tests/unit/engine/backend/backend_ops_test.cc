@@ -869,8 +869,8 @@ OpCase GatherRowsCase(int64_t cols) {
 // Rows of 100,000 columns or more are read in parts by several blocks on CUDA when there are
 // few of them (parts of at most 4,096 columns, more of them than a warp has lanes for a row of
 // 151,669): there the maximum is in the last part (column cols − 7), tied on odd rows with
-// every 4,099th column from 5099 (past the first part; one or two in each later part), of
-// which 5099 must win.
+// every 4,099th column from 5099 (past the first part; one in most later parts), of which
+// 5099 must win.
 OpCase GreedyRowsCase(int64_t rows, int64_t cols) {
   OpCase c;
   c.name = fmt::format("GreedyRows_r{}_c{}", rows, cols);
@@ -1437,6 +1437,65 @@ TEST(CudaRecordedSteps, AStepNeedingMoreRoomThanItsShapeDidRunsOpByOpAndTheNextI
   EXPECT_EQ(cuda_emu_graph_launches() - launches, 2);
   EXPECT_EQ(backend.RecordedBatchSize(kTokens), kTokens) << "recording stopped";
   EXPECT_EQ(said.find("op by op from now on"), std::string::npos) << said;
+}
+
+// A step of a shape seen before whose ops need a buffer the backend has not made yet (the
+// stacked GEMM's output, for weights loaded together, after a first step of a single Linear):
+// while recording, the buffer's null pointer makes cuBLASLt refuse the GEMM and fails the
+// capture. That is not a step that cannot be recorded (recording went off for good for it,
+// found in review): it runs op by op, and the next such step is recorded and launched, with
+// the op-by-op step's outputs bit for bit.
+TEST(CudaRecordedSteps, AStepNeedingABufferNotYetMadeRunsOpByOpAndRecordingGoesOn) {
+  auto made = cuda::MakeCudaBackend(0);
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  Backend& backend = **made;
+  constexpr int64_t kTokens = 4, kCols = 64;
+  ASSERT_EQ(backend.RecordedBatchSize(kTokens), kTokens);
+  auto cache = backend.AllocateKvCache({1, 2, 4, 1, 16});
+  const RopeTable rope = RealRope(16);
+  const std::vector<int32_t> ids(kTokens, 0);
+  const std::vector<int64_t> positions = {0, 1, 2, 3}, slots = {0, 1, 2, 3};
+  const ThreeLinears stacked(backend, kCols, /*together=*/true);
+  const HostWeight single(RandomBf16Exact(16 * kCols, 5), 16, kCols, DType::kBF16);
+  const Weight single_loaded = single.LoadInto(backend);
+  Tensors t(backend);
+  const auto x = t.Input("x", RandomBf16Exact(kTokens * kCols, 6));
+  const auto single_out = t.Output("single", kTokens * 16);
+  const std::vector<Backend::LinearOutput> outputs = stacked.Targets(t, kTokens);
+
+  const long long launches = cuda_emu_graph_launches();
+  int issued = 0;
+  std::vector<Outputs> results;
+  ::testing::internal::CaptureStderr();
+  // The single Linear (op by op: the shape's first); the stacked ones: op by op after the
+  // failed capture, recorded and launched, launched again.
+  for (const bool is_stacked : {false, true, true, true}) {
+    for (const Backend::LinearOutput& output : outputs) {
+      backend.Upload(std::vector<float>(output.out.size(), kPoison), output.out);
+    }
+    auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope, true});
+    backend.RunRecorded(*step, *cache, 1, [&] {
+      ++issued;
+      if (is_stacked) {
+        backend.Linears(x, kTokens, outputs);
+      } else {
+        backend.Linear(x, kTokens, single_loaded, nullptr, single_out);
+      }
+    });
+    if (is_stacked) stacked.Read(t, results.emplace_back());
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(issued, 4);
+  EXPECT_EQ(cuda_emu_graph_launches() - launches, 2);
+  EXPECT_EQ(backend.RecordedBatchSize(kTokens), kTokens) << "recording stopped: " << said;
+  EXPECT_EQ(said.find("op by op from now on"), std::string::npos) << said;
+  ASSERT_EQ(results.size(), 3u);
+  for (const auto& [name, values] : results[0]) {
+    for (const float value : values) ASSERT_FALSE(std::isnan(value)) << name << " not written";
+    for (size_t step = 1; step < results.size(); ++step) {
+      EXPECT_EQ(results[step].at(name), values) << name << ", stacked step " << step;
+    }
+  }
 }
 #endif
 
