@@ -53,7 +53,11 @@
 # PERF_LOOP (inferbox-loop-bench cases, STREAMS:OUTPUT:STEP_MS: the engine loop's host time
 # per step beside a model step of fixed time, before the model runs; "256:128:19", run 4's
 # step at 128/128),
-# PERF_KERNELS_ONLY=1 (the checks, the attention bench and PERF_SANITIZE only: no model),
+# PERF_NCU (BATCH:CONTEXT cases of the tensor-core decode kernel profiled by Nsight Compute
+# after the attention bench, both caches: "256:1024"; "", the default, leaves it out; skipped
+# where ncu is not installed),
+# PERF_KERNELS_ONLY=1 (the checks, the attention bench, PERF_NCU and PERF_SANITIZE only: no
+# model),
 # PERF_SANITIZE=1 (after everything, in what the budget leaves: compute-sanitizer's racecheck
 # and synccheck over the small attention op cases, which the CPU emulation cannot judge, and
 # memcheck over the recorded-step cases),
@@ -152,6 +156,34 @@ report() {
 
 # compute-sanitizer's racecheck and synccheck over the small attention op cases (PERF_SANITIZE=1),
 # in what the budget leaves.
+# PERF_NCU: BATCH:CONTEXT cases of the tensor-core decode kernel profiled by Nsight Compute,
+# one launch per cache (bf16, fp8), into ncu-BATCHxCONTEXT-CACHE.log: where its time goes
+# (throughput against the peaks, occupancy, the warps' stall reasons, the source lines that
+# stall most), which the kernels' timings alone cannot say.
+profile_attention() {
+  local cases=(${PERF_NCU:-}) ncu case batch context cache
+  [ ${#cases[@]} -gt 0 ] || return 0
+  ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -z "$ncu" ]; then
+    summary+=("$(printf '%-36s %-7s' "Nsight Compute (ncu)" "SKIPPED (not installed)")")
+    return 0
+  fi
+  for case in "${cases[@]}"; do
+    IFS=: read -r batch context <<<"$case"
+    for cache in bf16 fp8; do
+      # The first launch warms up; the second is profiled (replayed once per section pass).
+      capped $((reserve_daemon + reserve_peer)) 90 "ncu: decode kernel ${batch}x${context} $cache" \
+        "ncu-${batch}x${context}-${cache}.log" "$ncu" --target-processes all \
+        --kernel-name regex:TensorCoreDecodeAttention --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+        --section SourceCounters --print-summary none \
+        "$bin/inferbox-attention-bench" --batch "$batch" --context "$context" \
+        --kernel tensor-core --kv-cache-dtype "$cache" --iterations 2
+    done
+  done
+}
+
 sanitize() {
   [ "${PERF_SANITIZE:-0}" = 1 ] && [ "$device" = cuda ] || return 0
   local sanitizer tool
@@ -195,6 +227,7 @@ if [ "$device" = cuda ]; then
       "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
       --context "$contexts"
   done
+  profile_attention
 fi
 if [ "${PERF_KERNELS_ONLY:-0}" = 1 ]; then  # No model: the checks and kernels above only.
   sanitize
