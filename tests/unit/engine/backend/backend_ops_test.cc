@@ -1516,6 +1516,43 @@ TEST(CudaFp8, AGpuWithoutFp8TensorCoresRefusesFp8Weights) {
 }
 #endif
 
+// Rows a broken model could give, read whole by one block (1,000 columns) and in parts by
+// several (128,256, one row): token and log-probability as the CPU's. A row of -inf or of
+// NaN answers column 0 with a NaN log-probability; -inf but for one value answers that value
+// with log-probability 0; a NaN past the first column is passed over for the largest value,
+// and the log-probability is NaN. (A row whose first value is NaN is left out: the CPU
+// answers column 0 there, CUDA the largest value.)
+TEST(CudaGreedyRows, RowsOfMinusInfinityOrNaNAnswerAsTheCpuDoes) {
+  std::string why_not;
+  Backend* cuda = CudaUnderTest(&why_not);
+  if (cuda == nullptr) GTEST_SKIP() << "no CUDA device (" << why_not << ")";
+  const std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+  for (const int64_t cols : {int64_t{1000}, int64_t{128256}}) {
+    std::vector<std::pair<std::string, std::vector<float>>> rows;
+    rows.emplace_back("all -inf", std::vector<float>(static_cast<size_t>(cols), -kInf));
+    rows.emplace_back("all NaN", std::vector<float>(static_cast<size_t>(cols), kNaN));
+    rows.emplace_back("-inf but the last", std::vector<float>(static_cast<size_t>(cols), -kInf));
+    rows.back().second.back() = 2.5f;
+    rows.emplace_back("a NaN past the first", RandomBf16Exact(static_cast<size_t>(cols), 9));
+    rows.back().second[static_cast<size_t>(cols / 2 + 3)] = kNaN;
+    for (const auto& [name, row] : rows) {
+      std::vector<int32_t> cpu_token(1, -1), cuda_token(1, -1);
+      std::vector<float> cpu_logprob(1, 1.0f), cuda_logprob(1, 1.0f);
+      cpu->GreedyRows(row, 1, cols, cpu_token, cpu_logprob);
+      Tensors t(*cuda);
+      cuda->GreedyRows(t.Input("row", row), 1, cols, cuda_token, cuda_logprob);
+      const std::string what = fmt::format("{} columns, {}", cols, name);
+      EXPECT_EQ(cuda_token[0], cpu_token[0]) << what;
+      EXPECT_EQ(std::isnan(cuda_logprob[0]), std::isnan(cpu_logprob[0])) << what;
+      if (!std::isnan(cpu_logprob[0])) {
+        EXPECT_NEAR(cuda_logprob[0], cpu_logprob[0], 1e-6) << what;
+      }
+    }
+  }
+}
+
 // Whether `cuda` takes FP8 weights (compute capability 8.9 or later), else why not.
 bool TakesFp8(Backend& cuda, std::string* why_not) {
   const std::vector<float> zeros(16 * 16, 0.0f);
