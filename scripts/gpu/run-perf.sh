@@ -50,6 +50,8 @@
 # PERF_KV_FP8 do, into ops-fp8-*.log or ops-kvfp8-*.log: "128:256:1:3:fp8"; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
 # PERF_ATTENTION_KV (the caches they run over: "bf16,fp8"),
+# PERF_ATTENTION_STAGES (the tensor-core decode kernel's tiles per warp to run: "0", its
+# default; "0,3,4" for each of those),
 # PERF_LOOP (inferbox-loop-bench cases, STREAMS:OUTPUT:STEP_MS: the engine loop's host time
 # per step beside a model step of fixed time, before the model runs; "256:128:19", run 4's
 # step at 128/128),
@@ -222,7 +224,7 @@ if [ "$device" = cuda ]; then
     IFS=: read -r batch contexts <<<"$case"
     capped $((reserve_daemon + reserve_peer)) 60 "attention kernels: batch $batch" \
       "attention-$batch.log" "$bin/inferbox-attention-bench" --batch "$batch" --context "$contexts" \
-      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}"
+      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}" --decode-stages "${PERF_ATTENTION_STAGES:-0}"
     capped $((reserve_daemon + reserve_peer)) 60 "attention peer (torch): batch $batch" \
       "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
       --context "$contexts"

@@ -148,6 +148,7 @@ struct Options {
   std::vector<std::string> kernels{"auto", "tensor-core", "grouped"};
   std::vector<int> splits{0};
   std::vector<std::string> dtypes{"bf16"};
+  std::vector<int> decode_stages{0};  // The tensor-core decode kernel's; 0: its default.
 };
 
 DecodeAttentionKernel KernelNamed(const std::string& name) {
@@ -246,32 +247,40 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, i
   bool agree = true;
   for (const std::string& name : options.kernels) {
     for (int forced : options.splits) {
-      params.decode_kernel = KernelNamed(name);
-      params.splits = forced;
-      DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(params)));
-      params.workspace = workspace.get();
-      INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
-      const double seconds =
-          SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
-      const std::vector<float> output = out.Download();
-      double difference = 0.0;
-      if (first_output.empty()) {
-        first_output = output;
-      } else {
-        for (size_t i = 0; i < output.size(); ++i) {
-          const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
-          difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
+      for (int stages : options.decode_stages) {
+        // The grouped kernel has no stages: run once.
+        if (name == "grouped" && stages != options.decode_stages.front()) continue;
+        params.decode_kernel = KernelNamed(name);
+        params.splits = forced;
+        params.decode_stages = name == "grouped" ? 0 : stages;
+        const std::string label =
+            stages == 0 || name == "grouped" ? name : fmt::format("{}/s{}", name, stages);
+        DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(params)));
+        params.workspace = workspace.get();
+        INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
+        const double seconds =
+            SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
+        const std::vector<float> output = out.Download();
+        double difference = 0.0;
+        if (first_output.empty()) {
+          first_output = output;
+        } else {
+          for (size_t i = 0; i < output.size(); ++i) {
+            const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
+            difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
+          }
         }
+        const bool ok =
+            difference <= kMaxDifference &&
+            std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
+        agree = agree && ok;
+        fmt::print(
+            "{:>6} {:>8} {:<4} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
+            batch, context, fp8 ? "fp8" : "bf16", label, PagedAttentionSplits(params),
+            seconds * 1e6, floor_us, cache_bytes / seconds / 1e9,
+            100.0 * floor_us / (seconds * 1e6), difference,
+            ok ? "" : "  DIFFERS from the first kernel");
       }
-      const bool ok =
-          difference <= kMaxDifference &&
-          std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
-      agree = agree && ok;
-      fmt::print(
-          "{:>6} {:>8} {:<4} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
-          batch, context, fp8 ? "fp8" : "bf16", name, PagedAttentionSplits(params), seconds * 1e6,
-          floor_us, cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
-          ok ? "" : "  DIFFERS from the first kernel");
     }
   }
   return agree;
@@ -301,6 +310,11 @@ int main(int argc, char** argv) {
   app.add_option("--splits", options.splits, "Splits per (token, KV head): 0 chosen, else 1-64")
       ->delimiter(',')
       ->check(CLI::Range(0, 64));
+  app.add_option("--decode-stages", options.decode_stages,
+                 "Tiles each warp of the tensor-core decode kernel holds: 0 its default (2), "
+                 "else 2-4 (runs each)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({0, 2, 3, 4}));
   app.add_option("--kv-cache-dtype", options.dtypes,
                  "Caches to run: bf16 and/or fp8 (E4M3 codes with a scale per key and value)")
       ->delimiter(',')
@@ -334,12 +348,14 @@ int main(int argc, char** argv) {
   fmt::print("heads {}, KV heads {}, head_dim {}, block {}; decode, 1 token/sequence\n",
              options.heads, options.kv_heads, options.head_dim, options.block_size);
   for (const std::string& dtype : options.dtypes) {
-    const DecodeKernelResources kernel = TensorCoreDecodeKernelResources(dtype == "fp8");
-    fmt::print(
-        "tensor-core decode kernel, {} cache: {} registers a thread, {} bytes spilled, {} blocks "
-        "of {} warps a multiprocessor\n",
-        dtype, kernel.registers, kernel.spill_bytes, kernel.blocks_per_multiprocessor,
-        kernel.warps_per_block);
+    for (const int stages : options.decode_stages) {
+      const DecodeKernelResources kernel = TensorCoreDecodeKernelResources(dtype == "fp8", stages);
+      fmt::print(
+          "tensor-core decode kernel, {} cache, {} stages: {} registers a thread, {} bytes "
+          "spilled, {} bytes of tiles a block, {} blocks of {} warps a multiprocessor\n",
+          dtype, kernel.stages, kernel.registers, kernel.spill_bytes, kernel.shared_bytes,
+          kernel.blocks_per_multiprocessor, kernel.warps_per_block);
+    }
   }
   fmt::print("{:>6} {:>8} {:<4} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
              "context", "kv", "kernel", "splits", "us/call", "floor us", "GB/s", "floor",

@@ -1343,34 +1343,47 @@ __device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
   return lane < kDecodeKeys && key_position < end ? CacheSlot(p, table, key_position) : -1;
 }
 
-// Warps per block, and tiles per warp: the one computed and kDecodeStages − 1 in flight. Six
-// blocks (12 warps) fit a multiprocessor, held there by the kernel's launch bounds (at most
-// 168 registers a thread): its speed is the bytes its warps keep in flight, and when the FP8
-// cache's branches took the BF16 form to 179 registers, 5 blocks fit and it read the cache
-// 20% slower at 256 sequences (H200, 2026-11-27). (On an H200, one warp of 4 stages per
-// block read the cache at 38–47% of the copy bandwidth where this form reads it at 62–79%.)
+// Warps per block, and tiles per warp (stages): the one computed and the rest in flight. With
+// two stages six blocks (12 warps) fit a multiprocessor, held there by the kernel's launch
+// bounds (at most 168 registers a thread): its speed is the bytes its warps keep in flight,
+// and when the FP8 cache's branches took the BF16 form to 179 registers, 5 blocks fit and it
+// read the cache 20% slower at 256 sequences (H200, 2026-11-27). (On an H200, one warp of 4
+// stages per block read the cache at 38–47% of the copy bandwidth where this form reads it at
+// 62–79%.) Three or four stages (inferbox-attention-bench's --decode-stages) are there to be
+// measured: both caches took ~4.8 µs a 16-key tile and warp in run 6, FP8 with half the
+// bytes, which points at round trips rather than bytes; more stages mean more shared memory
+// and fewer blocks (BF16: 4 blocks with 3 stages, 3 with 4).
 constexpr int kDecodeWarps = 2;
-constexpr int kDecodeStages = 2;
+constexpr int kDecodeStages = 2;  // The default, as measured.
 constexpr int kDecodeBlocksPerMultiprocessor = 6;
 
 // The decode kernel's tiles, [warp][stage][keys, values]: BF16, or FP8 codes with each key's
-// scales.
-template <bool kFp8>
+// scales. In dynamic shared memory (three BF16 stages pass the 48 KB of a static array).
+template <bool kFp8, int kStages>
 struct DecodeTiles {
-  uint16_t kv[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFaLd];
+  uint16_t kv[kDecodeWarps][kStages][2][kDecodeKeys * kFaLd];
 };
-template <>
-struct DecodeTiles<true> {
-  uint8_t kv[kDecodeWarps][kDecodeStages][2][kDecodeKeys * kFp8Ld];
-  float scales[kDecodeWarps][kDecodeStages][2][kDecodeKeys];
+template <int kStages>
+struct DecodeTiles<true, kStages> {
+  uint8_t kv[kDecodeWarps][kStages][2][kDecodeKeys * kFp8Ld];
+  float scales[kDecodeWarps][kStages][2][kDecodeKeys];
 };
+template <bool kFp8, int kStages>
+constexpr size_t DecodeDynamicSharedBytes() {
+#ifdef INFERBOX_CUDA_EMULATED
+  return 0;
+#else
+  return sizeof(DecodeTiles<kFp8, kStages>);
+#endif
+}
 
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
 // into the warp's tiles of `stage`, as one group.
-template <bool kFp8>
+template <bool kFp8, int kStages>
 __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int64_t kv_head,
-                                                int64_t slot, int lane, DecodeTiles<kFp8>& tiles,
-                                                int warp, int stage) {
+                                                int64_t slot, int lane,
+                                                DecodeTiles<kFp8, kStages>& tiles, int warp,
+                                                int stage) {
   // Chunks of 16 bytes per key row; every lane takes part in each shuffle.
   if constexpr (kFp8) {
     // head_dim / 16 chunks a row: kDecodeKeys rows may not fill whole rounds of the warp.
@@ -1436,10 +1449,15 @@ __device__ __forceinline__ void Fp8ValueFragment(const uint8_t* tile, int first_
   b[1] = Fp8PairToF16(value[8 * kFp8Ld] | static_cast<uint32_t>(value[9 * kFp8Ld]) << 8);
 }
 
-template <bool kFp8>
+template <bool kFp8, int kStages>
 __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMultiprocessor)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
-  __shared__ __align__(16) DecodeTiles<kFp8> tiles;
+#ifdef INFERBOX_CUDA_EMULATED
+  __shared__ __align__(16) DecodeTiles<kFp8, kStages> tiles;
+#else
+  extern __shared__ __align__(16) uint8_t decode_shared[];
+  DecodeTiles<kFp8, kStages>& tiles = *reinterpret_cast<DecodeTiles<kFp8, kStages>*>(decode_shared);
+#endif
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
@@ -1458,25 +1476,25 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
   const int64_t begin = split * chunk;
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
 
-  // The first kDecodeStages − 1 tiles in flight before anything else (an empty group for
+  // The first kStages − 1 tiles in flight before anything else (an empty group for
   // each past the end, so that every iteration's wait counts alike), the next tile's slots
   // read ahead.
   {
-    int64_t first_slots[kDecodeStages - 1];
+    int64_t first_slots[kStages - 1];
 #pragma unroll
-    for (int stage = 0; stage < kDecodeStages - 1; ++stage) {
+    for (int stage = 0; stage < kStages - 1; ++stage) {
       first_slots[stage] = DecodeKeySlot(p, table, begin + stage * kDecodeKeys, end, lane);
     }
 #pragma unroll
-    for (int stage = 0; stage < kDecodeStages - 1; ++stage) {
+    for (int stage = 0; stage < kStages - 1; ++stage) {
       if (begin + stage * kDecodeKeys < end) {
-        IssueDecodeTile<kFp8>(p, kv_head, first_slots[stage], lane, tiles, warp, stage);
+        IssueDecodeTile<kFp8, kStages>(p, kv_head, first_slots[stage], lane, tiles, warp, stage);
       } else {
         CopyAsyncCommit();
       }
     }
   }
-  int64_t next_slot = DecodeKeySlot(p, table, begin + (kDecodeStages - 1) * kDecodeKeys, end, lane);
+  int64_t next_slot = DecodeKeySlot(p, table, begin + (kStages - 1) * kDecodeKeys, end, lane);
 
   // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
@@ -1531,22 +1549,22 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
 
   int stage = 0;
   for (int64_t key_start = begin; key_start < end;
-       key_start += kDecodeKeys, stage = (stage + 1) % kDecodeStages) {
+       key_start += kDecodeKeys, stage = (stage + 1) % kStages) {
     const int num_keys =
         static_cast<int>(end - key_start < kDecodeKeys ? end - key_start : kDecodeKeys);
-    // The tile kDecodeStages − 1 ahead into the stage the previous iteration computed
+    // The tile kStages − 1 ahead into the stage the previous iteration computed
     // (every lane is done reading it), then the slots of the one after it.
-    const int64_t ahead = key_start + (kDecodeStages - 1) * kDecodeKeys;
+    const int64_t ahead = key_start + (kStages - 1) * kDecodeKeys;
     __syncwarp();
     if (ahead < end) {
-      const int ahead_stage = (stage + kDecodeStages - 1) % kDecodeStages;
-      IssueDecodeTile<kFp8>(p, kv_head, next_slot, lane, tiles, warp, ahead_stage);
+      const int ahead_stage = (stage + kStages - 1) % kStages;
+      IssueDecodeTile<kFp8, kStages>(p, kv_head, next_slot, lane, tiles, warp, ahead_stage);
       next_slot = DecodeKeySlot(p, table, ahead + kDecodeKeys, end, lane);
     } else {
-      CopyAsyncCommit();  // An empty group: the wait below leaves kDecodeStages − 1 behind.
+      CopyAsyncCommit();  // An empty group: the wait below leaves kStages − 1 behind.
     }
-    CopyAsyncWait<kDecodeStages - 1>();  // This lane's copies of the current tile.
-    __syncwarp();                        // Every lane's.
+    CopyAsyncWait<kStages - 1>();  // This lane's copies of the current tile.
+    __syncwarp();                  // Every lane's.
     const auto* k_tile = tiles.kv[warp][stage][0];
     const auto* v_tile = tiles.kv[warp][stage][1];
 
@@ -2359,20 +2377,24 @@ int OncePerDevice(std::mutex& mutex, std::map<int, int>& values, Compute compute
   return values[device] = compute();
 }
 
-// Warps of TensorCoreDecodeAttentionKernel<kFp8> resident on the current device at once (the
-// largest shared-memory carveout asked for first). A kernel that cannot be resident at all
-// is a fatal error here rather than at its launch.
-template <bool kFp8>
+// Warps of TensorCoreDecodeAttentionKernel<kFp8, kStages> resident on the current device at
+// once (its dynamic shared memory allowed and the largest carveout asked for first). A kernel
+// that cannot be resident at all is a fatal error here rather than at its launch.
+template <bool kFp8, int kStages>
 int64_t ResidentDecodeWarps(int multiprocessors) {
   static std::mutex mutex;
   static std::map<int, int> blocks_of;
   const int blocks = OncePerDevice(mutex, blocks_of, [] {
-    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel<kFp8>,
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(
+        TensorCoreDecodeAttentionKernel<kFp8, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(DecodeDynamicSharedBytes<kFp8, kStages>())));
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel<kFp8, kStages>,
                                              cudaFuncAttributePreferredSharedMemoryCarveout,
                                              cudaSharedmemCarveoutMaxShared));
     int count = 0;
     INFERBOX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &count, TensorCoreDecodeAttentionKernel<kFp8>, kDecodeWarps * kWarpSize, 0));
+        &count, TensorCoreDecodeAttentionKernel<kFp8, kStages>, kDecodeWarps * kWarpSize,
+        DecodeDynamicSharedBytes<kFp8, kStages>()));
     if (count < 1) {
       FatalCudaError("ResidentDecodeWarps", "the decode attention kernel fits no multiprocessor",
                      __FILE__, __LINE__);
@@ -2382,33 +2404,50 @@ int64_t ResidentDecodeWarps(int multiprocessors) {
   return static_cast<int64_t>(blocks) * kDecodeWarps * multiprocessors;
 }
 
-template <bool kFp8>
-DecodeKernelResources DecodeResources() {
-  cudaFuncAttributes attributes{};
-  INFERBOX_CUDA_CHECK(cudaFuncGetAttributes(&attributes, TensorCoreDecodeAttentionKernel<kFp8>));
-  DecodeKernelResources resources;
-  resources.registers = attributes.numRegs;
-  resources.spill_bytes = static_cast<int64_t>(attributes.localSizeBytes);
-  resources.blocks_per_multiprocessor =
-      static_cast<int>(ResidentDecodeWarps<kFp8>(1) / kDecodeWarps);
-  resources.warps_per_block = kDecodeWarps;
-  return resources;
+// fn.template operator()<kFp8, kStages>() for the params' cache and the stages they ask for
+// (0: kDecodeStages; other than 2 to 4: a fatal error).
+template <typename Fn>
+auto WithDecodeForm(bool fp8, int stages, Fn&& fn) {
+  switch (stages == 0 ? kDecodeStages : stages) {
+    case 2: return fp8 ? fn.template operator()<true, 2>() : fn.template operator()<false, 2>();
+    case 3: return fp8 ? fn.template operator()<true, 3>() : fn.template operator()<false, 3>();
+    case 4: return fp8 ? fn.template operator()<true, 4>() : fn.template operator()<false, 4>();
+    default:
+      FatalCudaError("TensorCoreDecodeAttentionKernel", "decode stages not 2, 3 or 4", __FILE__,
+                     __LINE__);
+  }
 }
 
 int AttentionSplits(const PagedAttentionParams& p) {
   if (p.splits > 0) return p.splits < kMaxSplits ? p.splits : kMaxSplits;
   if (!TensorCoreDecode(p)) return GroupedAttentionSplits(p);
-  return TensorCoreDecodeSplits(p, IsFp8(p.cache)
-                                       ? ResidentDecodeWarps<true>(p.num_multiprocessors)
-                                       : ResidentDecodeWarps<false>(p.num_multiprocessors));
+  return TensorCoreDecodeSplits(
+      p, WithDecodeForm(IsFp8(p.cache), p.decode_stages, [&]<bool kFp8, int kStages>() {
+        return ResidentDecodeWarps<kFp8, kStages>(p.num_multiprocessors);
+      }));
 }
 
 int PagedAttentionSplits(const PagedAttentionParams& params) {
   return PerTokenCount(params) == 0 || !GroupedAttention(params) ? 1 : AttentionSplits(params);
 }
 
-DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache) {
-  return fp8_cache ? DecodeResources<true>() : DecodeResources<false>();
+DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache, int stages) {
+  // [&]: a lambda without captures would have a conversion to a function pointer, which nvcc
+  // cannot declare for a template of non-type parameters only.
+  return WithDecodeForm(fp8_cache, stages, [&]<bool kFp8, int kStages>() {
+    cudaFuncAttributes attributes{};
+    INFERBOX_CUDA_CHECK(
+        cudaFuncGetAttributes(&attributes, TensorCoreDecodeAttentionKernel<kFp8, kStages>));
+    DecodeKernelResources resources;
+    resources.registers = attributes.numRegs;
+    resources.spill_bytes = static_cast<int64_t>(attributes.localSizeBytes);
+    resources.blocks_per_multiprocessor =
+        static_cast<int>(ResidentDecodeWarps<kFp8, kStages>(1) / kDecodeWarps);
+    resources.warps_per_block = kDecodeWarps;
+    resources.stages = kStages;
+    resources.shared_bytes = static_cast<int64_t>(sizeof(DecodeTiles<kFp8, kStages>));
+    return resources;
+  });
 }
 
 int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params) {
@@ -2489,15 +2528,13 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   if (TensorCoreDecode(params)) {
     const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
     const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
-    if (IsFp8(params.cache)) {
-      ResidentDecodeWarps<true>(params.num_multiprocessors);  // The carveout asked for.
-      TensorCoreDecodeAttentionKernel<true>
-          <<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group, splits);
-    } else {
-      ResidentDecodeWarps<false>(params.num_multiprocessors);
-      TensorCoreDecodeAttentionKernel<false>
-          <<<blocks, kDecodeWarps * kWarpSize, 0, stream>>>(params, group, splits);
-    }
+    WithDecodeForm(IsFp8(params.cache), params.decode_stages, [&]<bool kFp8, int kStages>() {
+      ResidentDecodeWarps<kFp8, kStages>(params.num_multiprocessors);  // Its attributes set.
+      TensorCoreDecodeAttentionKernel<kFp8, kStages>
+          <<<blocks, kDecodeWarps * kWarpSize, DecodeDynamicSharedBytes<kFp8, kStages>(), stream>>>(
+              params, group, splits);
+      return 0;
+    });
     CheckLaunch("TensorCoreDecodeAttentionKernel");
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);

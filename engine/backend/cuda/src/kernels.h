@@ -151,6 +151,9 @@ struct PagedAttentionParams {
   // Splits of each (token, KV head)'s keys among the per-token kernel's work items: chosen
   // by shape and device (0), or forced (1 to 64), for inferbox-attention-bench.
   int splits = 0;
+  // Tiles of 16 keys each warp of the tensor-core decode kernel holds (the one computed and
+  // the rest in flight): 0 for the default (2), or 2 to 4, for inferbox-attention-bench.
+  int decode_stages = 0;
 };
 // The splits LaunchPagedAttention makes of each (token, KV head)'s keys for the per-token
 // tokens.
@@ -161,12 +164,15 @@ int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params);
 // benchmarks to print: its speed is the bytes its resident warps keep in flight, and a
 // change that costs it registers or spills shows here before it shows as time.
 struct DecodeKernelResources {
-  int registers = 0;                  // A thread's.
-  int64_t spill_bytes = 0;            // A thread's local memory: spilled registers.
-  int blocks_per_multiprocessor = 0;  // Of kDecodeWarps warps each.
+  int registers = 0;        // A thread's.
+  int64_t spill_bytes = 0;  // A thread's local memory: spilled registers.
+  int blocks_per_multiprocessor = 0;
   int warps_per_block = 0;
+  int stages = 0;            // Tiles a warp holds.
+  int64_t shared_bytes = 0;  // A block's tiles.
 };
-DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache);
+// `stages` as PagedAttentionParams::decode_stages (0: the default).
+DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache, int stages = 0);
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
 
 // out = silu(gate) ⊙ up over n values (out may alias gate).
