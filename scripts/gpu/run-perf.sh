@@ -156,8 +156,14 @@ report() {
   bundle_close
 }
 
-# compute-sanitizer's racecheck and synccheck over the small attention op cases (PERF_SANITIZE=1),
-# in what the budget leaves.
+# A CUDA tool's path: on PATH, in a CUDA toolkit, or at one of the extra places given; empty
+# where none has it.
+cuda_tool() {  # cuda_tool NAME [GLOB...]
+  local name=$1
+  shift
+  command -v "$name" || ls /usr/local/cuda*/bin/"$name" "$@" 2>/dev/null | head -1
+}
+
 # PERF_NCU: BATCH:CONTEXT cases of the tensor-core decode kernel profiled by Nsight Compute,
 # one launch per cache (bf16, fp8), into ncu-BATCHxCONTEXT-CACHE.log: where its time goes
 # (throughput against the peaks, occupancy, the warps' stall reasons, the source lines that
@@ -165,7 +171,7 @@ report() {
 profile_attention() {
   local cases=(${PERF_NCU:-}) ncu case batch context cache
   [ ${#cases[@]} -gt 0 ] || return 0
-  ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  ncu=$(cuda_tool ncu /opt/nvidia/nsight-compute/*/ncu)
   if [ -z "$ncu" ]; then
     summary+=("$(printf '%-36s %-7s' "Nsight Compute (ncu)" "SKIPPED (not installed)")")
     return 0
@@ -186,10 +192,12 @@ profile_attention() {
   done
 }
 
+# compute-sanitizer's racecheck and synccheck over the small attention op cases (PERF_SANITIZE=1),
+# in what the budget leaves.
 sanitize() {
   [ "${PERF_SANITIZE:-0}" = 1 ] && [ "$device" = cuda ] || return 0
   local sanitizer tool
-  sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  sanitizer=$(cuda_tool compute-sanitizer)
   if [ -z "$sanitizer" ]; then
     summary+=("$(printf '%-36s %-7s' "compute-sanitizer" "SKIPPED (not installed)")")
     return 0

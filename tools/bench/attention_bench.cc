@@ -245,41 +245,45 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, i
   const double floor_us = cache_bytes / copy_bandwidth * 1e6;
   std::vector<float> first_output;
   bool agree = true;
+  // One kernel (splits and stages as the params say), timed and compared with the first.
+  const auto run = [&](const std::string& label) {
+    DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(params)));
+    params.workspace = workspace.get();
+    INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
+    const double seconds =
+        SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
+    const std::vector<float> output = out.Download();
+    double difference = 0.0;
+    if (first_output.empty()) {
+      first_output = output;
+    } else {
+      for (size_t i = 0; i < output.size(); ++i) {
+        const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
+        difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
+      }
+    }
+    const bool ok =
+        difference <= kMaxDifference &&
+        std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
+    agree = agree && ok;
+    fmt::print(
+        "{:>6} {:>8} {:<4} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
+        batch, context, fp8 ? "fp8" : "bf16", label, PagedAttentionSplits(params), seconds * 1e6,
+        floor_us, cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
+        ok ? "" : "  DIFFERS from the first kernel");
+  };
   for (const std::string& name : options.kernels) {
+    params.decode_kernel = KernelNamed(name);
     for (int forced : options.splits) {
+      params.splits = forced;
+      if (name == "grouped") {  // It has no stages: run once.
+        params.decode_stages = 0;
+        run(name);
+        continue;
+      }
       for (int stages : options.decode_stages) {
-        // The grouped kernel has no stages: run once.
-        if (name == "grouped" && stages != options.decode_stages.front()) continue;
-        params.decode_kernel = KernelNamed(name);
-        params.splits = forced;
-        params.decode_stages = name == "grouped" ? 0 : stages;
-        const std::string label =
-            stages == 0 || name == "grouped" ? name : fmt::format("{}/s{}", name, stages);
-        DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(params)));
-        params.workspace = workspace.get();
-        INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
-        const double seconds =
-            SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
-        const std::vector<float> output = out.Download();
-        double difference = 0.0;
-        if (first_output.empty()) {
-          first_output = output;
-        } else {
-          for (size_t i = 0; i < output.size(); ++i) {
-            const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
-            difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
-          }
-        }
-        const bool ok =
-            difference <= kMaxDifference &&
-            std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
-        agree = agree && ok;
-        fmt::print(
-            "{:>6} {:>8} {:<4} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
-            batch, context, fp8 ? "fp8" : "bf16", label, PagedAttentionSplits(params),
-            seconds * 1e6, floor_us, cache_bytes / seconds / 1e9,
-            100.0 * floor_us / (seconds * 1e6), difference,
-            ok ? "" : "  DIFFERS from the first kernel");
+        params.decode_stages = stages;
+        run(stages == 0 ? name : fmt::format("{}/s{}", name, stages));
       }
     }
   }

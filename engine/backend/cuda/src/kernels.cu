@@ -1046,12 +1046,14 @@ struct PrefillSharedMemory<true> {
   float value_scales[kFaStages][kFaKeys];
   int64_t slots[kFaStages][kFaKeys];
 };
-template <bool kFp8>
-constexpr size_t PrefillDynamicSharedBytes() {
+// The dynamic shared memory a launch asks for to hold `Shared` (the emulation's kernels
+// declare theirs statically: none).
+template <typename Shared>
+constexpr size_t DynamicSharedBytes() {
 #ifdef INFERBOX_CUDA_EMULATED
   return 0;
 #else
-  return sizeof(PrefillSharedMemory<kFp8>);
+  return sizeof(Shared);
 #endif
 }
 
@@ -1368,14 +1370,6 @@ struct DecodeTiles<true, kStages> {
   uint8_t kv[kDecodeWarps][kStages][2][kDecodeKeys * kFp8Ld];
   float scales[kDecodeWarps][kStages][2][kDecodeKeys];
 };
-template <bool kFp8, int kStages>
-constexpr size_t DecodeDynamicSharedBytes() {
-#ifdef INFERBOX_CUDA_EMULATED
-  return 0;
-#else
-  return sizeof(DecodeTiles<kFp8, kStages>);
-#endif
-}
 
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
 // into the warp's tiles of `stage`, as one group.
@@ -1771,12 +1765,17 @@ __global__ void GatherRowsKernel(const float* x, const int64_t* rows, int64_t co
 // GreedyCombineKernel finishes the row. Few rows (one stream's decode) read their 128K logits
 // with many multiprocessors instead of one (75 µs a step on an H200 with one block a row).
 constexpr int kGreedyThreads = 1024;
+// Whether (value, column) goes before (best, best_column): larger, or as large and to the left.
+__device__ __forceinline__ bool Precedes(float value, int64_t column, float best,
+                                         int64_t best_column) {
+  return value > best || (value == best && column < best_column);
+}
 // The warp's largest (value, column), the lowest column on ties, in every lane.
 __device__ __forceinline__ void WarpArgMax(float& best, int64_t& best_column) {
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
     const float other = __shfl_xor_sync(0xffffffffu, best, offset);
     const int64_t other_column = __shfl_xor_sync(0xffffffffu, best_column, offset);
-    if (other > best || (other == best && other_column < best_column)) {
+    if (Precedes(other, other_column, best, best_column)) {
       best = other;
       best_column = other_column;
     }
@@ -1819,7 +1818,7 @@ __global__ void __launch_bounds__(kGreedyThreads)
     row_best = warp_best[0];
     row_column = warp_column[0];
     for (int w = 1; w < static_cast<int>(blockDim.x / kWarpSize); ++w) {
-      if (warp_best[w] > row_best || (warp_best[w] == row_best && warp_column[w] < row_column)) {
+      if (Precedes(warp_best[w], warp_column[w], row_best, row_column)) {
         row_best = warp_best[w];
         row_column = warp_column[w];
       }
@@ -1849,7 +1848,7 @@ __global__ void GreedyCombineKernel(const GreedyPart* parts, int num_parts, int3
   float best = -INFINITY;
   int64_t best_column = INT64_MAX;
   for (int i = lane; i < num_parts; i += kWarpSize) {
-    if (row[i].best > best || (row[i].best == best && row[i].column < best_column)) {
+    if (Precedes(row[i].best, row[i].column, best, best_column)) {
       best = row[i].best;
       best_column = row[i].column;
     }
@@ -2387,14 +2386,14 @@ int64_t ResidentDecodeWarps(int multiprocessors) {
   const int blocks = OncePerDevice(mutex, blocks_of, [] {
     INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(
         TensorCoreDecodeAttentionKernel<kFp8, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(DecodeDynamicSharedBytes<kFp8, kStages>())));
+        static_cast<int>(DynamicSharedBytes<DecodeTiles<kFp8, kStages>>())));
     INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel<kFp8, kStages>,
                                              cudaFuncAttributePreferredSharedMemoryCarveout,
                                              cudaSharedmemCarveoutMaxShared));
     int count = 0;
     INFERBOX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &count, TensorCoreDecodeAttentionKernel<kFp8, kStages>, kDecodeWarps * kWarpSize,
-        DecodeDynamicSharedBytes<kFp8, kStages>()));
+        DynamicSharedBytes<DecodeTiles<kFp8, kStages>>()));
     if (count < 1) {
       FatalCudaError("ResidentDecodeWarps", "the decode attention kernel fits no multiprocessor",
                      __FILE__, __LINE__);
@@ -2474,7 +2473,8 @@ void LaunchTensorCorePrefill(dim3 grid, const PagedAttentionParams& params, int 
     return 1;
   });
   TensorCorePrefillAttentionKernel<kFp8>
-      <<<grid, kFaThreads, PrefillDynamicSharedBytes<kFp8>(), stream>>>(params, group);
+      <<<grid, kFaThreads, DynamicSharedBytes<PrefillSharedMemory<kFp8>>(), stream>>>(params,
+                                                                                      group);
   CheckLaunch("TensorCorePrefillAttentionKernel");
 }
 
@@ -2531,8 +2531,8 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
     WithDecodeForm(IsFp8(params.cache), params.decode_stages, [&]<bool kFp8, int kStages>() {
       ResidentDecodeWarps<kFp8, kStages>(params.num_multiprocessors);  // Its attributes set.
       TensorCoreDecodeAttentionKernel<kFp8, kStages>
-          <<<blocks, kDecodeWarps * kWarpSize, DecodeDynamicSharedBytes<kFp8, kStages>(), stream>>>(
-              params, group, splits);
+          <<<blocks, kDecodeWarps * kWarpSize, DynamicSharedBytes<DecodeTiles<kFp8, kStages>>(),
+             stream>>>(params, group, splits);
       return 0;
     });
     CheckLaunch("TensorCoreDecodeAttentionKernel");
