@@ -7,7 +7,9 @@
 A log named ours-* holds in-process records, daemon-* records over HTTP, peer* the peer's,
 eager-* in-process records with CUDA graphs off (INFERBOX_CUDA_GRAPHS=0), fp8-* in-process
 records with the linear layers in FP8 (--quantization fp8), kvfp8-* in-process records with
-the KV cache in FP8 (--kv-cache-dtype fp8); a record is a line
+the KV cache in FP8 (--kv-cache-dtype fp8), cublas-* in-process records with decode steps of up
+to 8 sequences on cuBLASLt instead of the small-batch linear kernel (INFERBOX_CUDA_GEMV=0;
+cublas-fp8-* with --quantization fp8); a record is a line
 that starts with {"bench". Missing logs and runs count as not measured.
 """
 import argparse
@@ -21,12 +23,13 @@ DAEMON_MAX_LOSS = 3.0  # Percent below in-process.
 
 
 def read_records(paths):
-    records = {"ours": [], "daemon": [], "peer": [], "eager": [], "kvfp8": [], "fp8": []}
+    records = {"ours": [], "daemon": [], "peer": [], "eager": [], "kvfp8": [], "fp8": [], "cublas": [],
+               "cublasfp8": []}
     for path in map(pathlib.Path, paths):
         if not path.is_file():
             continue
-        side = next((s for s in ("peer", "daemon", "eager", "kvfp8", "fp8") if path.name.startswith(s)),
-                    "ours")
+        side = next((s for s in ("peer", "daemon", "eager", "kvfp8", "fp8", "cublas-fp8", "cublas")
+                     if path.name.startswith(s)), "ours").replace("-", "")
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith('{"bench"'):
                 try:
@@ -187,6 +190,19 @@ def main():
         b = r.get(key)
         row(f"{in_len}/{out_len}, {concurrency} in flight", "tokens/s, CUDA graphs vs op by op", fmt(a),
             fmt(b) + " (op by op)", "", "", f"graphs {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+
+    # What the small-batch linear kernel saves: the same workload with small batches' linear
+    # layers on cuBLASLt, BF16 against in-process, FP8 against the FP8 run.
+    for side, base, label in (("cublas", ours, ""), ("cublasfp8", records["fp8"], "FP8 ")):
+        for r in [r for r in records[side] if r.get("bench") == "offline"]:
+            in_len, out_len, concurrency = workload(r)
+            mine = offline(base, in_len, out_len, concurrency)
+            key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
+            a = mine[0].get(key) if mine else None
+            b = r.get(key)
+            row(f"{label}{in_len}/{out_len}, {concurrency} in flight",
+                "tokens/s, small-batch kernel vs cuBLASLt", fmt(a), fmt(b) + " (cuBLASLt)", "", "",
+                f"kernel {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
 
     # The linear layers in FP8 against unquantised (BF16 on a GPU), same workload; one stream
     # also against its own floor (the FP8 weights' bytes).

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=.gpu
 targets=(backend_ops_cuda_test cuda_forward_test cuda_device_test monitoring_test inferbox-bench
-  inferbox-attention-bench inferbox-loop-bench inferbox-run nccl_tensor_parallel_test inferboxd inferbox-engine inferboxctl)
+  inferbox-attention-bench inferbox-linear-bench inferbox-loop-bench inferbox-run nccl_tensor_parallel_test inferboxd inferbox-engine inferboxctl)
 cmake --build "$build" --target "${targets[@]}" -j "$(nproc)"
 
 rm -rf "$out/stage" && mkdir -p "$out/stage/bin" "$out/stage/lib" "$out/stage/reference"
@@ -29,6 +29,7 @@ binaries=(
   "$build/tests/monitoring_test"
   "$build/tools/inferbox-bench"
   "$build/tools/inferbox-attention-bench"
+  "$build/tools/inferbox-linear-bench"
   "$build/tools/inferbox-loop-bench"
   "$build/tools/inferbox-run"
   # The daemon's HTTP path for run-perf.sh: the daemon, its engine, and inferboxctl for a key.

@@ -39,6 +39,10 @@
 # sequence's whole cache, and 1000/1000 at 256 does not fit 80 GB), PERF_SKIP_PEER=1,
 # PERF_SKIP_DAEMON=1, PERF_OP_BY_OP (workloads in PERF_THROUGHPUT's form run again with CUDA
 # graphs off, INFERBOX_CUDA_GRAPHS=0, to show what they save; "128:256:1:3", one stream),
+# PERF_GEMV_OFF (workloads in PERF_THROUGHPUT's form run again with the small-batch linear
+# kernel off, INFERBOX_CUDA_GEMV=0: decode steps of up to 8 sequences on cuBLASLt GEMMs as
+# before, to show what the kernel saves; a fifth field fp8 runs it with --quantization fp8,
+# compared with PERF_FP8's run of the workload; "128:256:1:3", one stream),
 # PERF_FP8 (workloads in PERF_THROUGHPUT's form run again with --quantization fp8, the
 # linear layers in FP8 E4M3, after the op-by-op ones; a concurrency of 1 is compared with the
 # FP8 bandwidth floor, the weights' bytes then half; ""),
@@ -52,6 +56,9 @@
 # PERF_ATTENTION_KV (the caches they run over: "bf16,fp8"),
 # PERF_ATTENTION_STAGES (the tensor-core decode kernel's tiles per warp to run: "0", its
 # default; "0,3,4" for each of those),
+# PERF_LINEAR (the models whose linear layers inferbox-linear-bench runs at 1, 2, 4 and 8
+# rows, BF16 and FP8, the small-batch kernel beside cuBLASLt and the memory floor:
+# "llama3.1-8b"; "llama3.1-8b qwen2.5-7b" for both; "" leaves it out),
 # PERF_LOOP (inferbox-loop-bench cases, STREAMS:OUTPUT:STEP_MS: the engine loop's host time
 # per step beside a model step of fixed time, before the model runs; "256:128:19", run 4's
 # step at 128/128),
@@ -143,13 +150,13 @@ report() {
   echo
   cat "$out"/*.log | grep '^{"bench"' >"$results/perf-records.jsonl"
   local log
-  for log in "$out"/attention-*.log; do
+  for log in "$out"/attention-*.log "$out"/linear-*.log; do
     echo "== $(basename "$log")"
     grep -v '^Running\|^$' "$log"
   done
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
-    "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/kvfp8-*.log \
+    "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/kvfp8-*.log "$out"/cublas-*.log \
     "$out"/daemon-*.log "$out"/peer.log |
     tee "$results/perf-table.txt"
   save_logs
@@ -238,6 +245,11 @@ if [ "$device" = cuda ]; then
       --context "$contexts"
   done
   profile_attention
+  # The linear layers of decode steps of a few sequences: the small-batch kernel, cuBLASLt.
+  for linear_model in ${PERF_LINEAR-llama3.1-8b}; do
+    capped $((reserve_daemon + reserve_peer)) 90 "linear layers: $linear_model" \
+      "linear-$linear_model.log" "$bin/inferbox-linear-bench" --model "$linear_model"
+  done
 fi
 if [ "${PERF_KERNELS_ONLY:-0}" = 1 ]; then  # No model: the checks and kernels above only.
   sanitize
@@ -306,6 +318,19 @@ for workload in ${PERF_OP_BY_OP-128:256:1:3}; do
   INFERBOX_CUDA_GRAPHS=0 capped $ours_reserve 90 "op by op: ${in_len}/${out_len} at ${concurrency}" \
     "eager-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --input-len "$in_len" \
     --output-len "$out_len" --concurrency "$concurrency" --num-requests "$requests" --warmup 1 \
+    --seed "$(seed_of "$workload")" --json
+done
+
+# --- ours, with small batches' linear layers on cuBLASLt: what the small-batch kernel saves ---
+for workload in ${PERF_GEMV_OFF-128:256:1:3}; do
+  IFS=: read -r in_len out_len concurrency requests kind <<<"$workload"
+  linear_flags=()
+  prefix=cublas
+  [ "${kind:-}" = fp8 ] && linear_flags=(--quantization fp8) && prefix=cublas-fp8
+  INFERBOX_CUDA_GEMV=0 capped $ours_reserve 90 "cuBLASLt small batches: ${in_len}/${out_len} at ${concurrency}${kind:+ $kind}" \
+    "${prefix}-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" "${linear_flags[@]}" \
+    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
     --seed "$(seed_of "$workload")" --json
 done
 

@@ -457,7 +457,9 @@ TEST_P(CudaForwardTest, RecordedDecodeStepsGiveTheLogitsOfStepsRunOpByOp) {
   CheckRecordedSteps(Quantization::kNone);
 }
 
-// The FP8 path's quantisation (a memset and two kernels before each GEMM) recorded too.
+// The FP8 path's quantisation recorded too (for these steps' few rows, inside the
+// small-batch kernel; else a kernel of its own before each GEMM), the padding rows taking no
+// part in the scales.
 TEST_P(CudaForwardTest, RecordedFp8DecodeStepsGiveTheLogitsOfStepsRunOpByOp) {
   CheckRecordedSteps(Quantization::kFp8);
 }

@@ -28,114 +28,17 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "cuda_bench.h"
 #include "kernels.h"
 
 namespace {
 
 using namespace inferbox::engine::cuda;
+using namespace inferbox::tools::bench;
 
 // Agreement required between the kernels (outputs are weighted averages of values in
 // [-1, 1]; the kernels keep float32 accuracy, about 1e-5).
 constexpr double kMaxDifference = 1e-3;
-
-// A device buffer freed on scope exit.
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t count) : count_(count) {
-    if (count_ > 0) INFERBOX_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), Bytes()));
-  }
-  ~DeviceBuffer() {
-    if (data_ != nullptr) cudaFree(data_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return data_; }
-  size_t Bytes() const { return count_ * sizeof(T); }
-  void Upload(const std::vector<T>& host) {
-    INFERBOX_CUDA_CHECK(
-        cudaMemcpy(data_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> Download() const {
-    std::vector<T> host(count_);
-    INFERBOX_CUDA_CHECK(cudaMemcpy(host.data(), data_, Bytes(), cudaMemcpyDeviceToHost));
-    return host;
-  }
-
- private:
-  size_t count_;
-  T* data_ = nullptr;
-};
-
-// The first `pattern` elements of `buffer` copied over the rest of it on the device.
-template <typename T>
-void RepeatOnDevice(DeviceBuffer<T>& buffer, size_t pattern) {
-  const size_t count = buffer.Bytes() / sizeof(T);
-  for (size_t done = pattern; done < count;) {
-    const size_t n = std::min(done, count - done);
-    INFERBOX_CUDA_CHECK(
-        cudaMemcpy(buffer.get() + done, buffer.get(), n * sizeof(T), cudaMemcpyDeviceToDevice));
-    done += n;
-  }
-}
-
-// Elements of the random pattern the fills make once (up to 8 MiB of BF16).
-constexpr size_t kPatternElements = size_t{4} << 20;
-
-// Fills a BF16 buffer with random values in [-1, 1]: a random pattern made once (rounded to
-// BF16 by the backend's own conversion) and copied over the rest on the device.
-void FillRandomBf16(DeviceBuffer<uint16_t>& buffer, std::mt19937& rng) {
-  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
-  const size_t pattern = std::min(buffer.Bytes() / sizeof(uint16_t), kPatternElements);
-  std::vector<float> host(pattern);
-  for (auto& value : host) value = uniform(rng);
-  DeviceBuffer<float> floats(pattern);
-  floats.Upload(host);
-  LaunchConvertToBf16(floats.get(), SourceType::kF32, buffer.get(), static_cast<int64_t>(pattern),
-                      nullptr);
-  RepeatOnDevice(buffer, pattern);
-}
-
-// Fills a buffer with `random()`'s values: a pattern made once, copied over the rest.
-template <typename T, typename Random>
-void FillRandom(DeviceBuffer<T>& buffer, Random&& random) {
-  std::vector<T> host(std::min(buffer.Bytes() / sizeof(T), kPatternElements));
-  for (auto& value : host) value = random();
-  buffer.Upload(host);
-  RepeatOnDevice(buffer, host.size());
-}
-
-// Seconds per call of `launch`, over `iterations` calls after one warm-up.
-template <typename Launch>
-double SecondsPerCall(int iterations, Launch&& launch) {
-  launch();
-  cudaEvent_t start, stop;
-  INFERBOX_CUDA_CHECK(cudaEventCreate(&start));
-  INFERBOX_CUDA_CHECK(cudaEventCreate(&stop));
-  INFERBOX_CUDA_CHECK(cudaEventRecord(start, nullptr));
-  for (int i = 0; i < iterations; ++i) launch();
-  INFERBOX_CUDA_CHECK(cudaEventRecord(stop, nullptr));
-  INFERBOX_CUDA_CHECK(cudaEventSynchronize(stop));
-  float milliseconds = 0.0f;
-  INFERBOX_CUDA_CHECK(cudaEventElapsedTime(&milliseconds, start, stop));
-  INFERBOX_CUDA_CHECK(cudaEventDestroy(start));
-  INFERBOX_CUDA_CHECK(cudaEventDestroy(stop));
-  return milliseconds / 1e3 / iterations;
-}
-
-// Bytes per second of a device-to-device copy (read and write counted) of 1 GiB, or of
-// `bytes` when smaller.
-double CopyBandwidth(size_t bytes, int iterations) {
-  const size_t size = std::min<size_t>(bytes, size_t{1} << 30);
-  DeviceBuffer<uint8_t> source(size);
-  DeviceBuffer<uint8_t> target(size);
-  INFERBOX_CUDA_CHECK(cudaMemset(source.get(), 1, size));
-  const double seconds = SecondsPerCall(iterations, [&] {
-    INFERBOX_CUDA_CHECK(
-        cudaMemcpyAsync(target.get(), source.get(), size, cudaMemcpyDeviceToDevice, nullptr));
-  });
-  return 2.0 * static_cast<double>(size) / seconds;
-}
 
 struct Options {
   std::vector<int64_t> batches{256};

@@ -1,6 +1,7 @@
 // The CUDA backend's own kernels. Written for correctness first and checked op by op against
 // the CPU reference (tests/backend/backend_ops_test.cc); speed is issue #11's. Reductions
 // accumulate in float32; BF16 is only a storage type (weights, KV cache).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -122,14 +123,19 @@ __global__ void Float4ToBf16Kernel(const float4* src, uint2* dst, int64_t n4) {
 // This thread's largest magnitude among the first n of x (but the padding rows after
 // *real_rows rows of `cols`), over the grid.
 __device__ float LargestMagnitude(const uint16_t* x, int64_t n, int64_t cols,
-                                  const int32_t* real_rows) {
+                                  const int32_t* real_rows, int64_t first, int64_t stride) {
   if (real_rows != nullptr && static_cast<int64_t>(*real_rows) * cols < n) n = *real_rows * cols;
   float largest = 0.0f;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t i = first; i < n; i += stride)
     largest = fmaxf(largest, fabsf(Bf16BitsToFloat(x[i])));
-  }
   return largest;
+}
+// Over the grid.
+__device__ float LargestMagnitude(const uint16_t* x, int64_t n, int64_t cols,
+                                  const int32_t* real_rows) {
+  return LargestMagnitude(x, n, cols, real_rows,
+                          blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                          static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
 __device__ __forceinline__ float Fp8ScaleOf(float amax) {
@@ -164,10 +170,15 @@ __device__ __forceinline__ uint32_t Fp8PairToBf16(uint32_t first, uint32_t secon
          (__float_as_uint(Fp8E4M3BitsToFloat(second)) & 0xFFFF0000u);
 }
 
+// The E4M3 code of a BF16 value at `scale` (fp8.h's rule).
+__device__ __forceinline__ uint8_t Fp8Code(uint16_t bf16, float scale) {
+  return __nv_cvt_float_to_fp8(Bf16BitsToFloat(bf16) / scale, __NV_SATFINITE, __NV_E4M3);
+}
+
 __device__ void QuantizeFp8(const uint16_t* x, int64_t n, float scale, uint8_t* out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = __nv_cvt_float_to_fp8(Bf16BitsToFloat(x[i]) / scale, __NV_SATFINITE, __NV_E4M3);
+    out[i] = Fp8Code(x[i], scale);
   }
 }
 
@@ -2216,6 +2227,181 @@ __global__ void AddBiasKernel(float* out, const float* bias, int64_t m, int64_t 
   }
 }
 
+// d += a·b: mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (sm_89 and later; FP8
+// weights are refused below, LoadFp8Weights).
+__device__ __forceinline__ void MmaE4m3(float (&d)[4], const uint32_t (&a)[4],
+                                        const uint32_t (&b)[2]) {
+#ifdef INFERBOX_CUDA_EMULATED
+  ::cuda_emu::MmaM16n8k32E4m3(d, a, b);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+  __trap();
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// 16 bytes of global memory read once (weights: no room taken in L1 from what is read again),
+// and 16 bytes read by many blocks (through the read-only cache).
+__device__ __forceinline__ uint4 LoadOnce16(const void* global) {
+#ifdef INFERBOX_CUDA_EMULATED
+  uint4 value;
+  std::memcpy(&value, global, 16);
+  return value;
+#else
+  uint4 value;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
+      : "l"(global));
+  return value;
+#endif
+}
+__device__ __forceinline__ uint4 LoadShared16(const void* global) {
+#ifdef INFERBOX_CUDA_EMULATED
+  return LoadOnce16(global);
+#else
+  return __ldg(static_cast<const uint4*>(global));
+#endif
+}
+
+// SmallBatchLinearKernel: a block computes 16 output rows of one weight (a tile: mma's 16 A
+// rows) for every input row (B's 8 columns, zeros past m), its warps (kSmallBatchWarps, or
+// one per chunk where rows have fewer) taking turns over the weight rows' 128-byte chunks and
+// adding their results in shared memory at the end. Lane (g = lane / 4, t = lane % 4) loads the
+// 16-byte pieces t and t + 4 of a chunk from weight rows g and g + 8 and from input row g. The
+// mma's k order is its own, but a dot product's sum does not depend on the order of its terms as
+// long as A and B agree, and they do: for every t, A's and B's registers come from the same chunk
+// offsets. Each piece of 16 bytes makes two mma (8 BF16 or 16 FP8 values of k each, 2 registers of
+// A's row).
+constexpr int kSmallBatchWarps = 8;
+constexpr int kSmallBatchChunk = 128;  // Bytes of a weight row a warp's step reads.
+constexpr int kSmallBatchUnroll = 4;   // Chunks a warp loads before it multiplies.
+
+template <bool kFp8>
+__device__ __forceinline__ void MmaPiece(float (&d)[4], const uint4& row, const uint4& row8,
+                                         const uint4& x) {
+  const uint32_t first[4] = {row.x, row8.x, row.y, row8.y};
+  const uint32_t second[4] = {row.z, row8.z, row.w, row8.w};
+  const uint32_t b_first[2] = {x.x, x.y};
+  const uint32_t b_second[2] = {x.z, x.w};
+  if constexpr (kFp8) {
+    MmaE4m3(d, first, b_first);
+    MmaE4m3(d, second, b_second);
+  } else {
+    MmaBf16(d, first, b_first);
+    MmaBf16(d, second, b_second);
+  }
+}
+
+// The input's 16 bytes at `at`: from global memory through the read-only cache, or from the
+// block's own codes in shared memory.
+template <bool kShared>
+__device__ __forceinline__ uint4 LoadInput16(const uint8_t* at) {
+  if constexpr (kShared) {
+    return *reinterpret_cast<const uint4*>(at);
+  } else {
+    return LoadShared16(at);
+  }
+}
+
+// kQuantize (FP8 weights, an input of at most kSmallBatchQuantizeMax values): every block
+// makes the BF16 input's codes itself, as LaunchQuantizeToFp8 makes them (the largest
+// magnitude of the real rows, the same scale, the same rounding), into shared memory: the
+// same codes, without a kernel of their own before this one. Blocks take tiles in turn
+// (gridDim.x ≤ tiles), so that the codes are made once for several tiles.
+template <bool kFp8, bool kQuantize>
+__global__ void __launch_bounds__(kSmallBatchWarps* kWarpSize, 2)
+    SmallBatchLinearKernel(SmallBatchLinearParams p, int64_t tiles) {
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  const int warps = blockDim.x / kWarpSize;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int64_t row_bytes = p.cols * (kFp8 ? 1 : 2);
+  __shared__ __align__(16) uint8_t codes[kQuantize ? kSmallBatchQuantizeMax : 16];
+  const auto* input = static_cast<const uint8_t*>(p.x);
+  float x_scale = 1.0f;
+  if constexpr (kQuantize) {
+    const auto* bf16 = static_cast<const uint16_t*>(p.x);
+    const int64_t n = p.m * p.cols;
+    x_scale = Fp8ScaleOf(BlockReduce(
+        LargestMagnitude(bf16, n, p.cols, p.real_rows, threadIdx.x, blockDim.x), Max()));
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) codes[i] = Fp8Code(bf16[i], x_scale);
+    __syncthreads();
+    input = codes;
+  } else if constexpr (kFp8) {
+    x_scale = *p.x_scale;
+  }
+  __shared__ float partial[kSmallBatchWarps][16][8];
+  for (int64_t next = blockIdx.x; next < tiles; next += gridDim.x) {
+    // The weight (slice) and tile.
+    int64_t tile = next;
+    int slice = 0;
+    while (slice + 1 < p.count && tile >= (p.rows[slice] + 15) / 16) {
+      tile -= (p.rows[slice] + 15) / 16;
+      ++slice;
+    }
+    const int64_t rows = p.rows[slice];
+    const auto* weight = static_cast<const uint8_t*>(p.weight[slice]);
+    // Rows past the weight's or the input's read row 0 instead (every load then happens
+    // unconditionally, which lets the compiler issue a step's loads together): they make only
+    // results that are not stored (an mma's D[r][c] sums A's row r times B's column c).
+    const int64_t row = tile * 16 + g;
+    const uint8_t* w0 = weight + (row < rows ? row : 0) * row_bytes;
+    const uint8_t* w8 = weight + (row + 8 < rows ? row + 8 : 0) * row_bytes;
+    const uint8_t* x = input + (g < p.m ? g : 0) * row_bytes;
+    const uint4 zero{0, 0, 0, 0};
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const int64_t chunks = (row_bytes + kSmallBatchChunk - 1) / kSmallBatchChunk;
+    for (int64_t first = warp; first < chunks; first += warps * kSmallBatchUnroll) {
+      uint4 a[kSmallBatchUnroll][2], a8[kSmallBatchUnroll][2], b[kSmallBatchUnroll][2];
+#pragma unroll
+      for (int u = 0; u < kSmallBatchUnroll; ++u) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          // Pieces past the row (whole ones: row_bytes % 16 == 0) read its first and count as
+          // zeros, on both sides (zero times an infinity would be a NaN in a stored result).
+          const int64_t offset = (first + u * warps) * kSmallBatchChunk + h * 64 + 16 * t;
+          const bool in_row = offset < row_bytes;
+          const int64_t at = in_row ? offset : 0;
+          a[u][h] = LoadOnce16(w0 + at);
+          a8[u][h] = LoadOnce16(w8 + at);
+          b[u][h] = LoadInput16<kQuantize>(x + at);
+          if (!in_row) a[u][h] = a8[u][h] = b[u][h] = zero;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kSmallBatchUnroll; ++u) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) MmaPiece<kFp8>(d, a[u][h], a8[u][h], b[u][h]);
+      }
+    }
+    // d: rows g and g + 8 of the tile, input rows 2t and 2t + 1. The warps' sums in a fixed
+    // order, so that a row's value does not depend on anything but its inputs.
+    partial[warp][g][2 * t] = d[0];
+    partial[warp][g][2 * t + 1] = d[1];
+    partial[warp][g + 8][2 * t] = d[2];
+    partial[warp][g + 8][2 * t + 1] = d[3];
+    __syncthreads();
+    for (int index = threadIdx.x; index < 16 * 8; index += blockDim.x) {
+      const int r = index % 16;
+      const int i = index / 16;
+      const int64_t out_row = tile * 16 + r;
+      if (i < p.m && out_row < rows) {
+        float sum = 0.0f;
+        for (int w = 0; w < warps; ++w) sum += partial[w][r][i];
+        if constexpr (kFp8) sum = sum * (*p.weight_scale[slice] * x_scale);
+        if (p.bias[slice] != nullptr) sum += p.bias[slice][out_row];
+        p.out[slice][i * rows + out_row] = sum;
+      }
+    }
+    __syncthreads();  // `partial` is the next tile's.
+  }
+}
+
 // Threads per row for row-wise kernels: enough to cover the row, a multiple of 32, <= 1024.
 int RowThreads(int64_t n) {
   int64_t threads = ((n + kWarpSize - 1) / kWarpSize) * kWarpSize;
@@ -2643,6 +2829,41 @@ void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const Colum
   }
   ScatterColumnsKernel<<<GridFor(m * total, kThreads), kThreads, 0, stream>>>(in, m, total, slices);
   CheckLaunch("ScatterColumnsKernel");
+}
+
+bool SmallBatchLinearFits(const SmallBatchLinearParams& p) {
+  const int64_t row_bytes = p.cols * (p.fp8 ? 1 : 2);
+  if (p.m < 1 || p.m > kSmallBatchMaxRows || p.count < 1 || p.count > kMaxColumnSlices ||
+      row_bytes <= 0 || row_bytes % 16 != 0 || !Aligned(p.x, 16) ||
+      (p.quantize && (!p.fp8 || p.m * p.cols > kSmallBatchQuantizeMax))) {
+    return false;
+  }
+  for (int i = 0; i < p.count; ++i) {
+    if (!Aligned(p.weight[i], 16) || p.rows[i] < 1) return false;
+  }
+  return true;
+}
+
+void LaunchSmallBatchLinear(const SmallBatchLinearParams& p, cudaStream_t stream) {
+  if (!SmallBatchLinearFits(p)) {
+    FatalCudaError("LaunchSmallBatchLinear", "a call SmallBatchLinearFits refuses", __FILE__,
+                   __LINE__);
+  }
+  int64_t tiles = 0;
+  for (int i = 0; i < p.count; ++i) tiles += (p.rows[i] + 15) / 16;
+  const int64_t chunks = (p.cols * (p.fp8 ? 1 : 2) + kSmallBatchChunk - 1) / kSmallBatchChunk;
+  const auto threads =
+      static_cast<unsigned>(std::min<int64_t>(kSmallBatchWarps, chunks) * kWarpSize);
+  const auto blocks =
+      static_cast<unsigned>(p.max_blocks > 0 ? std::min(tiles, p.max_blocks) : tiles);
+  if (p.quantize) {
+    SmallBatchLinearKernel<true, true><<<blocks, threads, 0, stream>>>(p, tiles);
+  } else if (p.fp8) {
+    SmallBatchLinearKernel<true, false><<<blocks, threads, 0, stream>>>(p, tiles);
+  } else {
+    SmallBatchLinearKernel<false, false><<<blocks, threads, 0, stream>>>(p, tiles);
+  }
+  CheckLaunch("SmallBatchLinearKernel");
 }
 
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream) {

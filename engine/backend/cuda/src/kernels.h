@@ -240,6 +240,40 @@ struct ColumnSlices {
 void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const ColumnSlices& slices,
                           cudaStream_t stream);
 
+// Linears of at most kSmallBatchMaxRows input rows (decode steps of a few sequences) in one
+// launch without cuBLAS: out[i] [m, rows[i]] = x [m, cols] · weight[i]ᵀ (+ bias[i]), float32
+// accumulation on the tensor cores (mma.sync, the input rows as the 8 columns of B), every
+// weight read once with 16-byte loads. With `fp8`, x and the weights are E4M3 codes and the
+// products are multiplied by *x_scale and *weight_scale[i] (as cuBLASLt's FP8 GEMM does);
+// else both are BF16. An output row's value does not depend on m (padding rows change no
+// bits). With `quantize` (FP8 weights), x is BF16 and the kernel quantises it itself, as
+// LaunchQuantizeToFp8 does (the same codes and scale; rows from *real_rows on, where given,
+// are a recorded step's padding and do not count towards the scale), for inputs of at most
+// kSmallBatchQuantizeMax values. At most `max_blocks` blocks (0: one per 16 rows of the
+// weights) take the rows' tiles in turn. SmallBatchLinearFits says whether a call can run
+// so: 1 ≤ m ≤ kSmallBatchMaxRows, rows of a whole number of 16-byte pieces, x and every
+// weight 16-byte aligned.
+inline constexpr int64_t kSmallBatchMaxRows = 8;
+inline constexpr int64_t kSmallBatchQuantizeMax = 32 << 10;
+struct SmallBatchLinearParams {
+  const void* x = nullptr;
+  const float* x_scale = nullptr;
+  bool fp8 = false;
+  bool quantize = false;
+  const int32_t* real_rows = nullptr;
+  int64_t max_blocks = 0;
+  int64_t m = 0;
+  int64_t cols = 0;
+  int count = 0;
+  const void* weight[kMaxColumnSlices] = {};  // [rows[i], cols]
+  const float* weight_scale[kMaxColumnSlices] = {};
+  int64_t rows[kMaxColumnSlices] = {};
+  float* out[kMaxColumnSlices] = {};
+  const float* bias[kMaxColumnSlices] = {};
+};
+bool SmallBatchLinearFits(const SmallBatchLinearParams& params);
+void LaunchSmallBatchLinear(const SmallBatchLinearParams& params, cudaStream_t stream);
+
 // out[i, j] += bias[j] for a [m, n] out.
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
 

@@ -21,6 +21,12 @@ inline float E4M3Value(unsigned code) {
              ? std::ldexp(static_cast<float>(mantissa), -9)
              : std::ldexp(static_cast<float>(8 + mantissa), static_cast<int>(exponent) - 10);
 }
+// The value of any E4M3 code (0x7F and 0xFF are NaN).
+inline float E4M3Decode(unsigned code) {
+  if ((code & 0x7Fu) == 0x7Fu) return std::nanf("");
+  const float magnitude = E4M3Value(code & 0x7Fu);
+  return (code & 0x80u) != 0 ? -magnitude : magnitude;
+}
 }  // namespace cuda_emu
 
 // Only E4M3 with saturation is emulated (what the backend uses); anything else is a NaN.

@@ -54,12 +54,7 @@ float Load(const void* data, cudaDataType type, uint64_t index) {
     case CUDA_R_32F: return static_cast<const float*>(data)[index];
     case CUDA_R_16F: return __half2float(static_cast<const __half*>(data)[index]);
     case CUDA_R_16BF: return __bfloat162float(static_cast<const __nv_bfloat16*>(data)[index]);
-    case CUDA_R_8F_E4M3: {
-      const uint8_t code = static_cast<const uint8_t*>(data)[index];
-      if ((code & 0x7F) == 0x7F) return std::nanf("");
-      const float magnitude = cuda_emu::E4M3Value(code & 0x7Fu);
-      return (code & 0x80) != 0 ? -magnitude : magnitude;
-    }
+    case CUDA_R_8F_E4M3: return cuda_emu::E4M3Decode(static_cast<const uint8_t*>(data)[index]);
   }
   return 0.0f;
 }

@@ -34,6 +34,7 @@
 
 #include "cuda_emu/device.h"
 #include "cuda_fp16.h"
+#include "cuda_fp8.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -705,26 +706,32 @@ void WarpAllGather(uint64_t mine, uint64_t* all, const char* what) {
 
 namespace {
 
-// d += a·b over fragments whose 16-bit halves `widen` turns into floats.
-template <typename Widen>
-void MmaM16n8k16(float* d, const uint32_t* a, const uint32_t* b, Widen widen) {
+// d += a·b for mma.m16n8k`kK` over fragments of `kBits`-bit elements (the lowest first in
+// each register) that `widen` turns into floats. Each lane holds A's four registers (rows g
+// and g + 8, the first and second half of k), B's two (column g) and D's four.
+template <int kK, int kBits, typename Widen>
+void Mma(float* d, const uint32_t* a, const uint32_t* b, Widen widen) {
+  constexpr int kPerRegister = 32 / kBits;
+  constexpr int kHalf = kK / 2;
   // Each lane's fragments, gathered: A's four registers as two 64-bit values, B's as one.
   uint64_t a01[kWarpSize], a23[kWarpSize], b01[kWarpSize];
   WarpAllGather(a[0] | static_cast<uint64_t>(a[1]) << 32, a01, "mma.sync");
   WarpAllGather(a[2] | static_cast<uint64_t>(a[3]) << 32, a23, "mma.sync");
   WarpAllGather(b[0] | static_cast<uint64_t>(b[1]) << 32, b01, "mma.sync");
-  const auto half = [&widen](uint64_t word, int index) {  // index 0..3: the halves, low first
-    return widen(static_cast<uint16_t>((word >> (16 * index)) & 0xffffu));
+  const auto element = [&widen](uint64_t word, int index) {  // index: the elements, low first
+    return widen(static_cast<uint32_t>((word >> (kBits * index)) & ((uint64_t{1} << kBits) - 1)));
   };
-  // A[row][k]: lane (row % 8)·4 + (k % 8) / 2; register (row ≥ 8) + 2·(k ≥ 8); half k % 2.
+  // A[row][k]: lane (row % 8)·4 + (k % kHalf) / kPerRegister; register (row ≥ 8) + 2·(k ≥
+  // kHalf); element k % kPerRegister.
   const auto a_at = [&](int row, int k) {
-    const int lane = (row % 8) * 4 + (k % 8) / 2;
-    const int reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-    return half(reg < 2 ? a01[lane] : a23[lane], (reg % 2) * 2 + k % 2);
+    const int lane = (row % 8) * 4 + (k % kHalf) / kPerRegister;
+    const int reg = (row >= 8 ? 1 : 0) + (k >= kHalf ? 2 : 0);
+    return element(reg < 2 ? a01[lane] : a23[lane], (reg % 2) * kPerRegister + k % kPerRegister);
   };
-  // B[k][n]: lane n·4 + (k % 8) / 2; register (k ≥ 8); half k % 2.
+  // B[k][n]: lane n·4 + (k % kHalf) / kPerRegister; register (k ≥ kHalf).
   const auto b_at = [&](int k, int n) {
-    return half(b01[n * 4 + (k % 8) / 2], (k >= 8 ? 2 : 0) + k % 2);
+    return element(b01[n * 4 + (k % kHalf) / kPerRegister],
+                   (k >= kHalf ? kPerRegister : 0) + k % kPerRegister);
   };
   const int lane = LaneId();
   const int g = lane / 4;
@@ -733,7 +740,7 @@ void MmaM16n8k16(float* d, const uint32_t* a, const uint32_t* b, Widen widen) {
     const int row = g + (i >= 2 ? 8 : 0);
     const int col = 2 * t + i % 2;
     float sum = d[i];
-    for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+    for (int k = 0; k < kK; ++k) sum += a_at(row, k) * b_at(k, col);
     d[i] = sum;
   }
 }
@@ -741,13 +748,16 @@ void MmaM16n8k16(float* d, const uint32_t* a, const uint32_t* b, Widen widen) {
 }  // namespace
 
 void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b) {
-  MmaM16n8k16(d, a, b, [](uint16_t bits) {
-    return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
-  });
+  Mma<16, 16>(d, a, b, [](uint32_t bits) { return std::bit_cast<float>(bits << 16); });
 }
 
 void MmaM16n8k16F16(float* d, const uint32_t* a, const uint32_t* b) {
-  MmaM16n8k16(d, a, b, [](uint16_t bits) { return __half2float(__half{bits}); });
+  Mma<16, 16>(d, a, b,
+              [](uint32_t bits) { return __half2float(__half{static_cast<uint16_t>(bits)}); });
+}
+
+void MmaM16n8k32E4m3(float* d, const uint32_t* a, const uint32_t* b) {
+  Mma<32, 8>(d, a, b, [](uint32_t code) { return E4M3Decode(code); });
 }
 
 }  // namespace cuda_emu

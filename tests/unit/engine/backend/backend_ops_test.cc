@@ -628,9 +628,9 @@ OpCase RecordedStepsCase() {
 }
 
 // Backend::RunRecorded over four steps of a norm and three GEMMs (weights loaded together):
-// at 8 rows one stacked GEMM and the kernel that splits it, at 72 one GEMM per weight and
-// their bias kernels, each step with new inputs in the same buffers (a recording backend
-// replays the last two).
+// at 8 rows one small-batch kernel for all three, at 16 one stacked GEMM and the kernel that
+// splits it, at 72 one GEMM per weight and their bias kernels, each step with new inputs in the
+// same buffers (a recording backend replays the last two).
 OpCase RecordedLinearsCase(int64_t m, bool fp8 = false) {
   OpCase c;
   c.name = fmt::format("RunRecorded_AddRmsNormLinears_m{}{}", m, fp8 ? "_FP8" : "");
@@ -677,12 +677,12 @@ struct AttentionSpec {
 // chunks over a cached prefix, through shuffled block tables. With `o_proj`, through
 // PagedAttentionLinear into a 48-row o projection (CUDA writes the attention's output as the
 // GEMM's BF16 input): its outputs within the inexact-input tolerance (5e-3 here: the
-// attention's outputs are rounded) beside the attention's; on the emulation also bit for bit
-// those of PagedAttention and then Linear. With an FP8 cache (`kv`) both backends hold the
-// same codes and scales (the fill rotates by zero), so the same tolerances hold: the CUDA
-// kernels multiply the codes exactly and apply the scales to the scores and the weights.
-// `q_exponent` and `v_exponent` scale the queries and the values by powers of two (exactly):
-// magnitudes far from 1, which FP16 operands (the FP8 cache's decode) must be kept from
+// attention's outputs are rounded) beside the attention's; on the emulation also those of
+// PagedAttention and then Linear, bit for bit where both run the same GEMM. With an FP8 cache
+// (`kv`) both backends hold the same codes and scales (the fill rotates by zero), so the same
+// tolerances hold: the CUDA kernels multiply the codes exactly and apply the scales to the scores
+// and the weights. `q_exponent` and `v_exponent` scale the queries and the values by powers of two
+// (exactly): magnitudes far from 1, which FP16 operands (the FP8 cache's decode) must be kept from
 // overflowing or flushing.
 OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> specs, int64_t heads,
                           int64_t kv_heads, int64_t head_dim, int64_t block_size,
@@ -801,8 +801,18 @@ OpCase PagedAttentionCase(const std::string& label, std::vector<AttentionSpec> s
       const auto unfused = t.Output("unfused", static_cast<size_t>(m * kOutRows));
       backend.PagedAttention(*step, *cache, 0, q, heads, scale, attention);
       backend.Linear(attention, m, loaded, nullptr, unfused);
+      // Decode steps of a few sequences run a layer's Linears (PagedAttentionLinear) on the
+      // small-batch kernel and a plain Linear on cuBLASLt: the same products of the same BF16
+      // input, summed in another order, about 1e-7 of the largest output apart. Differences
+      // within 1e-5 of it count as none; an input element rounded differently (2⁻⁹ of it)
+      // moves an output by about 1e-4 of the largest here.
       const std::vector<float> a = t.Read("out"), b = t.Read("unfused");
-      for (size_t i = 0; i < a.size(); ++i) fused_minus_unfused.push_back(a[i] - b[i]);
+      float largest = 0.0f;
+      for (const float value : b) largest = std::max(largest, std::fabs(value));
+      for (size_t i = 0; i < a.size(); ++i) {
+        const float difference = a[i] - b[i];
+        fused_minus_unfused.push_back(std::fabs(difference) <= 1e-5f * largest ? 0.0f : difference);
+      }
 #endif
     } else {
       backend.PagedAttention(*step, *cache, 0, q, heads, scale, attention);
@@ -938,6 +948,15 @@ std::vector<OpCase> AllCases() {
   cases.push_back(AddRmsNormLinearsCase(33, 128, false, true));
   cases.push_back(AddRmsNormLinearsCase(70, 64, true, true));
   cases.push_back(AddRmsNormLinearsCase(5, 64, true, false));
+  // The CUDA backend's small-batch kernel (a layer's Linears of m ≤ 8 rows): its most rows,
+  // weights of rows not a multiple of its 16-row tiles (96, 32, 40), rows ending in a part of
+  // its 128-byte chunks (1000 BF16 values: 15 chunks and 80 bytes), more chunks than its warps
+  // take in a step (4096 and 14336 values); in FP8 (1008 codes: 7 chunks and 112 bytes).
+  cases.push_back(AddRmsNormLinearsCase(8, 1000, true, true));
+  cases.push_back(AddRmsNormLinearsCase(3, 4096, false, false));
+  cases.push_back(AddRmsNormLinearsCase(8, 1008, true, true, true));
+  cases.push_back(SiluMulLinearCase(6, 50, 14336));
+  cases.push_back(SiluMulLinearCase(2, 48, 4096, true));
   // FP8 weights: the stacked GEMM (m ≤ 64), one per weight, an x that is not BF16-exact, every
   // input producer (norm, SiLU·mul, attention), a recorded step; every code as the reference's.
   cases.push_back(LinearCase(1, 64, 128, DType::kBF16, false, false, true));
@@ -975,6 +994,7 @@ std::vector<OpCase> AllCases() {
   cases.push_back(RopeWriteKvPaddingCase());
   cases.push_back(RecordedStepsCase());
   cases.push_back(RecordedLinearsCase(8));
+  cases.push_back(RecordedLinearsCase(16));
   cases.push_back(RecordedLinearsCase(72));
   // Decodes at positions 0, 15, 16 (a block boundary at 16) and deep in the sequence; a
   // prefill chunk from 0; a chunk after a cached prefix that ends mid-block.
@@ -1437,6 +1457,67 @@ TEST(CudaRecordedSteps, AStepNeedingMoreRoomThanItsShapeDidRunsOpByOpAndTheNextI
   EXPECT_EQ(cuda_emu_graph_launches() - launches, 2);
   EXPECT_EQ(backend.RecordedBatchSize(kTokens), kTokens) << "recording stopped";
   EXPECT_EQ(said.find("op by op from now on"), std::string::npos) << said;
+}
+
+// FP8 GEMM inputs are quantised with one scale per call, from their largest magnitude; a
+// recorded step's padding rows must take no part in it, or a request's outputs would depend on
+// how its step was padded. Five real rows, padded to a recorded step of 8 whose padding rows
+// hold a spike (after the norm about four times any real row's largest value): the real
+// rows' outputs bit for bit those of the five rows run alone, for the step run op by op as
+// its shape's first, recorded, and replayed; with the small-batch kernel (which quantises
+// such inputs itself) and without it (a quantising kernel before the GEMM).
+TEST(CudaRecordedSteps, PaddingRowsTakeNoPartInTheScalesOfFp8Inputs) {
+  constexpr int64_t kReal = 5, kPadded = 8, kWidth = 64;
+  for (const bool small_batch : {true, false}) {
+    SCOPED_TRACE(small_batch ? "small-batch kernel" : "cuBLASLt");
+    cuda::CudaBackendOptions options;
+    options.small_batch_linears = small_batch;
+    auto made = cuda::MakeCudaBackend(0, options);
+    ASSERT_TRUE(made.ok()) << made.status().ToString();
+    Backend& backend = **made;
+    ASSERT_EQ(backend.RecordedBatchSize(kReal), kPadded);
+    if (!backend.LoadFp8Weights({}).ok()) GTEST_SKIP() << "no FP8 tensor cores here";
+    const ThreeLinears linears(backend, kWidth, true, /*fp8=*/true);
+    const HostWeight gamma(RandomBf16Exact(kWidth, 80, 2.0f), 1, kWidth, DType::kBF16);
+    const Weight norm = gamma.LoadInto(backend);
+    auto cache = backend.AllocateKvCache({1, 2, 4, 1, 16});
+    std::vector<float> rows = RandomBf16Exact(kPadded * kWidth, 81);
+    for (int64_t r = kReal; r < kPadded; ++r) {
+      std::fill_n(rows.begin() + r * kWidth, kWidth, 1e-3f);
+      rows[static_cast<size_t>(r * kWidth + r)] = 100.0f;
+    }
+    Tensors alone(backend), padded(backend);
+    const auto residual_alone =
+        alone.Input("residual", std::vector<float>(rows.begin(), rows.begin() + kReal * kWidth));
+    const auto normed_alone = alone.Output("normed", kReal * kWidth);
+    backend.AddRmsNormLinears(residual_alone, {}, kReal, norm, 1e-6f, normed_alone,
+                              linears.Targets(alone, kReal));
+    Outputs want;
+    linears.Read(alone, want);
+
+    const auto residual = padded.Input("residual", rows);
+    const auto normed = padded.Output("normed", kPadded * kWidth);
+    const std::vector<Backend::LinearOutput> outputs = linears.Targets(padded, kPadded);
+    const std::vector<int32_t> ids(kPadded, 0);
+    const std::vector<int64_t> positions = {0, 1, 2, 3, 4, 5, 6, 7};
+    const std::vector<int64_t> slots = {0, 1, 2, 3, 4, -1, -1, -1};
+    const RopeTable rope = RealRope(16);
+    for (int step_index = 0; step_index < 3; ++step_index) {
+      auto step = backend.PrepareStep({ids, positions, slots, {}, {}, &rope, true});
+      backend.RunRecorded(*step, *cache, 1, [&] {
+        backend.AddRmsNormLinears(residual, {}, kPadded, norm, 1e-6f, normed, outputs);
+      });
+      Outputs got;
+      linears.Read(padded, got);
+      for (const auto& [name, values] : want) {
+        const std::vector<float>& all = got.at(name);
+        EXPECT_EQ(
+            std::vector<float>(all.begin(), all.begin() + static_cast<ptrdiff_t>(values.size())),
+            values)
+            << name << ", step " << step_index;
+      }
+    }
+  }
 }
 
 // A step of a shape seen before whose ops need a buffer the backend has not made yet (the

@@ -68,6 +68,12 @@ void WarpAllGather(uint64_t mine, uint64_t* all, const char* what);
 void MmaM16n8k16Bf16(float* d, const uint32_t* a, const uint32_t* b);
 // The same with FP16 operands (mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32).
 void MmaM16n8k16F16(float* d, const uint32_t* a, const uint32_t* b);
+// mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (sm_89 and later): the same shape
+// with 32 k and FP8 E4M3 operands, four a register (the lowest byte first), in the layouts of
+// the PTX ISA ("Matrix Fragments for mma.m16n8k32"): a[0] = A[g][4t .. 4t+3], a[1] =
+// A[g+8][4t ..], a[2] = A[g][4t+16 ..], a[3] = A[g+8][4t+16 ..]; b[0] = B[4t .. 4t+3][g],
+// b[1] = B[4t+16 ..][g]; d as above.
+void MmaM16n8k32E4m3(float* d, const uint32_t* a, const uint32_t* b);
 
 template <typename Kernel>
 class Launcher {

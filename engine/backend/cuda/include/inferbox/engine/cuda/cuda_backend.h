@@ -20,6 +20,11 @@ struct CudaBackendOptions {
   // recently used goes. Each holds a few hundred kernel launches' worth of host and device
   // memory.
   int64_t max_recordings = 64;
+  // A transformer layer's Linears of at most 8 rows (decode steps of a few sequences) on the
+  // backend's own kernel (LaunchSmallBatchLinear: every weight read once, outputs and biases
+  // written where they go) instead of a cuBLASLt GEMM and a kernel that splits its output;
+  // INFERBOX_CUDA_GEMV=0 in the environment turns it off (to measure what it saves).
+  bool small_batch_linears = true;
 };
 
 // A backend on CUDA device `device_index` (as numbered in CUDA_VISIBLE_DEVICES).
