@@ -106,9 +106,10 @@ double DeviceSeconds(cudaStream_t stream, Issue&& issue) {
 template <typename Launch>
 double SecondsPerCall(int iterations, Launch&& launch) {
   launch();
-  return DeviceSeconds(nullptr, [&] {
-           for (int i = 0; i < iterations; ++i) launch();
-         }) /
+  return DeviceSeconds(nullptr,
+                       [&] {
+                         for (int i = 0; i < iterations; ++i) launch();
+                       }) /
          iterations;
 }
 

@@ -1229,10 +1229,10 @@ class CudaBackend final : public Backend {
     SmallBatchLinearParams params;
     params.x = input;
     params.fp8 = outputs.front().weight->dtype == DType::kF8E4M3;
-    params.quantize = params.fp8 && m * cols <= kSmallBatchQuantizeMax;
+    params.quantize = params.fp8 && SmallBatchQuantizes(m, cols);
     params.real_rows = RealRows(m);
     // Two blocks a multiprocessor fit (launch bounds): each makes the input's codes once.
-    params.max_blocks = 2 * static_cast<int64_t>(num_multiprocessors_);
+    if (params.quantize) params.max_blocks = 2 * static_cast<int64_t>(num_multiprocessors_);
     params.m = m;
     params.cols = cols;
     params.count = static_cast<int>(outputs.size());

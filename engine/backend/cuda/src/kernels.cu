@@ -2307,11 +2307,38 @@ __device__ __forceinline__ uint4 LoadInput16(const uint8_t* at) {
   }
 }
 
-// kQuantize (FP8 weights, an input of at most kSmallBatchQuantizeMax values): every block
-// makes the BF16 input's codes itself, as LaunchQuantizeToFp8 makes them (the largest
-// magnitude of the real rows, the same scale, the same rounding), into shared memory: the
-// same codes, without a kernel of their own before this one. Blocks take tiles in turn
-// (gridDim.x ≤ tiles), so that the codes are made once for several tiles.
+// kQuantize (FP8 weights, an input SmallBatchQuantizes takes): every block makes the BF16
+// input's codes itself, as LaunchQuantizeToFp8 makes them (the largest magnitude of the real
+// rows, the same scale, the same division and rounding), into shared memory: the same codes,
+// without a kernel of their own before this one. Each thread loads its at most
+// kSmallBatchQuantizeVectors 16-byte pieces of the input at once (one round trip), keeps them
+// for the codes, and the block agrees on the largest magnitude.
+constexpr int kSmallBatchQuantizeVectors = 8;
+
+// The largest magnitude of 8 BF16 values (fmaxf: a NaN drops out, as in LargestMagnitude).
+__device__ __forceinline__ float LargestOf8(const uint4& v) {
+  float largest = 0.0f;
+  for (const uint32_t pair : {v.x, v.y, v.z, v.w}) {
+    largest = fmaxf(largest, fabsf(Bf16BitsToFloat(static_cast<uint16_t>(pair & 0xFFFFu))));
+    largest = fmaxf(largest, fabsf(Bf16BitsToFloat(static_cast<uint16_t>(pair >> 16))));
+  }
+  return largest;
+}
+
+// The codes of 8 BF16 values, the first in the lowest byte.
+__device__ __forceinline__ uint2 CodesOf8(const uint4& v, float scale) {
+  uint32_t words[2] = {0, 0};
+  const uint32_t pairs[4] = {v.x, v.y, v.z, v.w};
+  for (int i = 0; i < 8; ++i) {
+    const auto bf16 =
+        static_cast<uint16_t>(i % 2 == 0 ? pairs[i / 2] & 0xFFFFu : pairs[i / 2] >> 16);
+    words[i / 4] |= static_cast<uint32_t>(Fp8Code(bf16, scale)) << (8 * (i % 4));
+  }
+  return uint2{words[0], words[1]};
+}
+
+// Blocks take tiles in turn (gridDim.x ≤ tiles), so that a quantising block makes the codes
+// once for several tiles.
 template <bool kFp8, bool kQuantize>
 __global__ void __launch_bounds__(kSmallBatchWarps* kWarpSize, 2)
     SmallBatchLinearKernel(SmallBatchLinearParams p, int64_t tiles) {
@@ -2325,11 +2352,28 @@ __global__ void __launch_bounds__(kSmallBatchWarps* kWarpSize, 2)
   const auto* input = static_cast<const uint8_t*>(p.x);
   float x_scale = 1.0f;
   if constexpr (kQuantize) {
-    const auto* bf16 = static_cast<const uint16_t*>(p.x);
-    const int64_t n = p.m * p.cols;
-    x_scale = Fp8ScaleOf(BlockReduce(
-        LargestMagnitude(bf16, n, p.cols, p.real_rows, threadIdx.x, blockDim.x), Max()));
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) codes[i] = Fp8Code(bf16[i], x_scale);
+    const auto* pieces = static_cast<const uint4*>(p.x);
+    const int64_t count = p.m * p.cols / 8;  // cols is a multiple of 16 (FP8 rows).
+    const int64_t real = p.real_rows != nullptr && *p.real_rows < p.m ? *p.real_rows : p.m;
+    const int64_t real_count = real * p.cols / 8;
+    uint4 held[kSmallBatchQuantizeVectors];
+    float largest = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kSmallBatchQuantizeVectors; ++v) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(v) * blockDim.x;
+      held[v] = i < count ? pieces[i] : uint4{0, 0, 0, 0};
+    }
+#pragma unroll
+    for (int v = 0; v < kSmallBatchQuantizeVectors; ++v) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(v) * blockDim.x;
+      if (i < real_count) largest = fmaxf(largest, LargestOf8(held[v]));
+    }
+    x_scale = Fp8ScaleOf(BlockReduce(largest, Max()));
+#pragma unroll
+    for (int v = 0; v < kSmallBatchQuantizeVectors; ++v) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(v) * blockDim.x;
+      if (i < count) reinterpret_cast<uint2*>(codes)[i] = CodesOf8(held[v], x_scale);
+    }
     __syncthreads();
     input = codes;
   } else if constexpr (kFp8) {
@@ -2831,11 +2875,23 @@ void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const Colum
   CheckLaunch("ScatterColumnsKernel");
 }
 
+// Threads of a block: a warp per 128-byte chunk of a row, at most kSmallBatchWarps.
+static int64_t SmallBatchThreads(int64_t cols, bool fp8) {
+  const int64_t chunks = (cols * (fp8 ? 1 : 2) + kSmallBatchChunk - 1) / kSmallBatchChunk;
+  return std::min<int64_t>(kSmallBatchWarps, chunks) * kWarpSize;
+}
+
+bool SmallBatchQuantizes(int64_t m, int64_t cols) {
+  const int64_t values = m * cols;
+  return cols % 16 == 0 && values <= kSmallBatchQuantizeMax &&
+         values <= 8 * kSmallBatchQuantizeVectors * SmallBatchThreads(cols, true);
+}
+
 bool SmallBatchLinearFits(const SmallBatchLinearParams& p) {
   const int64_t row_bytes = p.cols * (p.fp8 ? 1 : 2);
   if (p.m < 1 || p.m > kSmallBatchMaxRows || p.count < 1 || p.count > kMaxColumnSlices ||
       row_bytes <= 0 || row_bytes % 16 != 0 || !Aligned(p.x, 16) ||
-      (p.quantize && (!p.fp8 || p.m * p.cols > kSmallBatchQuantizeMax))) {
+      (p.quantize && (!p.fp8 || !SmallBatchQuantizes(p.m, p.cols)))) {
     return false;
   }
   for (int i = 0; i < p.count; ++i) {
@@ -2851,9 +2907,7 @@ void LaunchSmallBatchLinear(const SmallBatchLinearParams& p, cudaStream_t stream
   }
   int64_t tiles = 0;
   for (int i = 0; i < p.count; ++i) tiles += (p.rows[i] + 15) / 16;
-  const int64_t chunks = (p.cols * (p.fp8 ? 1 : 2) + kSmallBatchChunk - 1) / kSmallBatchChunk;
-  const auto threads =
-      static_cast<unsigned>(std::min<int64_t>(kSmallBatchWarps, chunks) * kWarpSize);
+  const auto threads = static_cast<unsigned>(SmallBatchThreads(p.cols, p.fp8));
   const auto blocks =
       static_cast<unsigned>(p.max_blocks > 0 ? std::min(tiles, p.max_blocks) : tiles);
   if (p.quantize) {

@@ -246,15 +246,16 @@ void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const Colum
 // weight read once with 16-byte loads. With `fp8`, x and the weights are E4M3 codes and the
 // products are multiplied by *x_scale and *weight_scale[i] (as cuBLASLt's FP8 GEMM does);
 // else both are BF16. An output row's value does not depend on m (padding rows change no
-// bits). With `quantize` (FP8 weights), x is BF16 and the kernel quantises it itself, as
+// bits). With `quantize` (FP8 weights, an input SmallBatchQuantizes takes: at most
+// kSmallBatchQuantizeMax values), x is BF16 and the kernel quantises it itself, as
 // LaunchQuantizeToFp8 does (the same codes and scale; rows from *real_rows on, where given,
-// are a recorded step's padding and do not count towards the scale), for inputs of at most
-// kSmallBatchQuantizeMax values. At most `max_blocks` blocks (0: one per 16 rows of the
-// weights) take the rows' tiles in turn. SmallBatchLinearFits says whether a call can run
-// so: 1 ≤ m ≤ kSmallBatchMaxRows, rows of a whole number of 16-byte pieces, x and every
-// weight 16-byte aligned.
+// are a recorded step's padding and do not count towards the scale). At most `max_blocks`
+// blocks (0: one per 16 rows of the weights) take the rows' tiles in turn.
+// SmallBatchLinearFits says whether a call can run so: 1 ≤ m ≤ kSmallBatchMaxRows, rows of a
+// whole number of 16-byte pieces, x and every weight 16-byte aligned.
 inline constexpr int64_t kSmallBatchMaxRows = 8;
-inline constexpr int64_t kSmallBatchQuantizeMax = 32 << 10;
+inline constexpr int64_t kSmallBatchQuantizeMax = 16 << 10;
+bool SmallBatchQuantizes(int64_t m, int64_t cols);
 struct SmallBatchLinearParams {
   const void* x = nullptr;
   const float* x_scale = nullptr;

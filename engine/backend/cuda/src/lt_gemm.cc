@@ -56,7 +56,8 @@ LtGemm::~LtGemm() {
   Lt().Destroy(handle_);
 }
 
-const LtGemm::Plan& LtGemm::PlanFor(int64_t m, int64_t n, int64_t k, uint32_t out_alignment, bool fp8) {
+const LtGemm::Plan& LtGemm::PlanFor(int64_t m, int64_t n, int64_t k, uint32_t out_alignment,
+                                    bool fp8) {
   const auto key = std::make_tuple(m, n, k, out_alignment, fp8);
   if (auto found = plans_.find(key); found != plans_.end()) return found->second;
   Plan plan;
