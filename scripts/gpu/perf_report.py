@@ -181,39 +181,34 @@ def main():
         row("", f"prefill MFU (peak {fmt(peak, 0)} TFLOP/s)", fmt(a["mfu_percent"] if a else None) + "%",
             fmt(b["mfu_percent"] if b else None) + "%", "", target, verdict)
 
+    def versus(variant, base, label, measure, old, word, variant_is_new=True, after=None):
+        """A row per offline run of `variant` beside the same workload's run in `base`: the new
+        way's tokens/s, the old way's (named `old`), and what the new way gains (`word` +x%);
+        `after(record, concurrency)` adds rows of its own."""
+        for r in [r for r in variant if r.get("bench") == "offline"]:
+            in_len, out_len, concurrency = workload(r)
+            mine = offline(base, in_len, out_len, concurrency)
+            key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
+            theirs = mine[0].get(key) if mine else None
+            a, b = (r.get(key), theirs) if variant_is_new else (theirs, r.get(key))
+            row(f"{label}{in_len}/{out_len}, {concurrency} in flight", measure, fmt(a), fmt(b) + f" ({old})",
+                "", "", f"{word} {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+            if after:
+                after(r, concurrency)
+
     # What the CUDA graphs of decode steps save: the same workload with them off.
-    for r in [r for r in records["eager"] if r.get("bench") == "offline"]:
-        in_len, out_len, concurrency = workload(r)
-        mine = offline(ours, in_len, out_len, concurrency)
-        key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
-        a = mine[0].get(key) if mine else None
-        b = r.get(key)
-        row(f"{in_len}/{out_len}, {concurrency} in flight", "tokens/s, CUDA graphs vs op by op", fmt(a),
-            fmt(b) + " (op by op)", "", "", f"graphs {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+    versus(records["eager"], ours, "", "tokens/s, CUDA graphs vs op by op", "op by op", "graphs",
+           variant_is_new=False)
 
     # What the small-batch linear kernel saves: the same workload with small batches' linear
     # layers on cuBLASLt, BF16 against in-process, FP8 against the FP8 run.
     for side, base, label in (("cublas", ours, ""), ("cublasfp8", records["fp8"], "FP8 ")):
-        for r in [r for r in records[side] if r.get("bench") == "offline"]:
-            in_len, out_len, concurrency = workload(r)
-            mine = offline(base, in_len, out_len, concurrency)
-            key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
-            a = mine[0].get(key) if mine else None
-            b = r.get(key)
-            row(f"{label}{in_len}/{out_len}, {concurrency} in flight",
-                "tokens/s, small-batch kernel vs cuBLASLt", fmt(a), fmt(b) + " (cuBLASLt)", "", "",
-                f"kernel {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+        versus(records[side], base, label, "tokens/s, small-batch kernel vs cuBLASLt", "cuBLASLt", "kernel",
+               variant_is_new=False)
 
     # The linear layers in FP8 against unquantised (BF16 on a GPU), same workload; one stream
     # also against its own floor (the FP8 weights' bytes).
-    for r in [r for r in records["fp8"] if r.get("bench") == "offline"]:
-        in_len, out_len, concurrency = workload(r)
-        mine = offline(ours, in_len, out_len, concurrency)
-        key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
-        a = r.get(key)
-        b = mine[0].get(key) if mine else None
-        row(f"FP8 {in_len}/{out_len}, {concurrency} in flight", "tokens/s, FP8 vs unquantised (BF16)", fmt(a),
-            fmt(b) + " (unquantised)", "", "", f"FP8 {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+    def fp8_floor(r, concurrency):
         floor = r.get("bandwidth_ceiling") or {}
         if concurrency == 1 and floor.get("stream_percent_of_floor") is not None:
             share = floor["stream_percent_of_floor"]
@@ -221,15 +216,11 @@ def main():
                 "", "", f">= {ONE_STREAM_FLOOR_SHARE:.0f}% of floor",
                 "met" if share >= ONE_STREAM_FLOOR_SHARE else f"missed by {ONE_STREAM_FLOOR_SHARE - share:.1f} points")
 
+    versus(records["fp8"], ours, "FP8 ", "tokens/s, FP8 vs unquantised (BF16)", "unquantised", "FP8",
+           after=fp8_floor)
+
     # The KV cache in FP8 against the BF16 cache, same workload.
-    for r in [r for r in records["kvfp8"] if r.get("bench") == "offline"]:
-        in_len, out_len, concurrency = workload(r)
-        mine = offline(ours, in_len, out_len, concurrency)
-        key = "stream_tokens_per_second" if concurrency == 1 else "output_tokens_per_second"
-        a = r.get(key)
-        b = mine[0].get(key) if mine else None
-        row(f"FP8 KV {in_len}/{out_len}, {concurrency} in flight", "tokens/s, FP8 KV cache vs BF16", fmt(a),
-            fmt(b) + " (BF16 cache)", "", "", f"FP8 KV {100 * (a / b - 1):+.1f}%" if a and b else "not measured")
+    versus(records["kvfp8"], ours, "FP8 KV ", "tokens/s, FP8 KV cache vs BF16", "BF16 cache", "FP8 KV")
 
     # The daemon's HTTP path against in-process, same workload.
     for r in [r for r in daemon if r.get("bench") == "offline"]:

@@ -156,15 +156,8 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, i
     const double seconds =
         SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
     const std::vector<float> output = out.Download();
-    double difference = 0.0;
-    if (first_output.empty()) {
-      first_output = output;
-    } else {
-      for (size_t i = 0; i < output.size(); ++i) {
-        const double delta = std::fabs(static_cast<double>(output[i]) - first_output[i]);
-        difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
-      }
-    }
+    const double difference = first_output.empty() ? 0.0 : LargestDifference(output, first_output);
+    if (first_output.empty()) first_output = output;
     const bool ok =
         difference <= kMaxDifference &&
         std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });

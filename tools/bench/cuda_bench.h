@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <random>
@@ -82,6 +83,17 @@ void FillRandom(DeviceBuffer<T>& buffer, Random&& random) {
   for (auto& value : host) value = random();
   buffer.Upload(host);
   RepeatOnDevice(buffer, host.size());
+}
+
+// The largest |a[i] − b[i]| (infinite where one is a NaN): how far one kernel's output is
+// from another's.
+inline double LargestDifference(const std::vector<float>& a, const std::vector<float>& b) {
+  double largest = 0.0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    const double delta = std::fabs(static_cast<double>(a[i]) - b[i]);
+    largest = std::isnan(delta) ? INFINITY : std::max(largest, delta);
+  }
+  return largest;
 }
 
 // Seconds the work `issue` puts into `stream` takes on the device, between two events.

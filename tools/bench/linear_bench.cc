@@ -176,8 +176,9 @@ bool RunCase(const Options& options, const Layer& layer, int64_t m, bool fp8, in
   const auto quantise = [&](cudaStream_t s) {
     if (fp8) LaunchQuantizeToFp8(x.get(), m, cols, nullptr, x_work.get(), x_codes.get(), s);
   };
-  // The next call's copy of the weights (bytes from the first): both ways take the same turns.
-  const auto next_copy = [&](size_t& call) { return (call++ % copies) * weight_values * element; };
+  // Where the next call's copy of the weights starts (values from the first): both ways take
+  // the same turns.
+  const auto next_copy = [&](size_t& call) { return (call++ % copies) * weight_values; };
   size_t cublaslt_calls = 0, our_calls = 0;
   const auto cublaslt = [&](cudaStream_t s) {
     const size_t at = next_copy(cublaslt_calls);
@@ -186,7 +187,7 @@ bool RunCase(const Options& options, const Layer& layer, int64_t m, bool fp8, in
       gemm.RunFp8(x_codes.get(), x_scale, codes.get() + at, weight_scale, stacked.get(), m,
                   total_rows, cols, s);
     } else {
-      gemm.Run(x.get(), weights.get() + at / 2, stacked.get(), m, total_rows, cols, s);
+      gemm.Run(x.get(), weights.get() + at, stacked.get(), m, total_rows, cols, s);
     }
     if (split) LaunchScatterColumns(stacked.get(), m, total_rows, slices, s);
   };
@@ -194,7 +195,7 @@ bool RunCase(const Options& options, const Layer& layer, int64_t m, bool fp8, in
     const size_t at = next_copy(our_calls);
     SmallBatchLinearParams call = params;
     for (int i = 0; i < call.count; ++i)
-      call.weight[i] = static_cast<const uint8_t*>(call.weight[i]) + at;
+      call.weight[i] = static_cast<const uint8_t*>(call.weight[i]) + at * element;
     if (!call.quantize) quantise(s);
     LaunchSmallBatchLinear(call, s);
   };
@@ -206,11 +207,7 @@ bool RunCase(const Options& options, const Layer& layer, int64_t m, bool fp8, in
 
   double largest = 0.0;
   for (const float value : expected) largest = std::max(largest, std::fabs(double{value}));
-  double difference = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double delta = std::fabs(double{got[i]} - expected[i]);
-    difference = std::isnan(delta) ? INFINITY : std::max(difference, delta);
-  }
+  const double difference = LargestDifference(got, expected);
   const double relative = largest > 0.0 ? difference / largest : difference;
   const bool ok = relative <= (fp8 ? kMaxFp8Difference : kMaxBf16Difference);
 

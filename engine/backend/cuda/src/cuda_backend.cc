@@ -1167,8 +1167,9 @@ class CudaBackend final : public Backend {
     const uint8_t* input_fp8 = nullptr;
     const float* input_scale = nullptr;
     if (outputs.front().weight->dtype == DType::kF8E4M3) {
-      input_fp8 = QuantizedInput(input, m, cols);
-      input_scale = fp8_work_.as<float>() + kFp8ScaleSlot;
+      const Fp8Input quantized = QuantizedInput(input, m, cols);
+      input_fp8 = quantized.codes;
+      input_scale = quantized.scale;
     }
     const auto gemm = [&](const Weight& w, int64_t rows, float* out) {
       if (input_fp8 != nullptr) {
@@ -1205,12 +1206,16 @@ class CudaBackend final : public Backend {
     }
   }
 
-  // The FP8 codes of the BF16 GEMM input [m, cols] (LaunchQuantizeToFp8; its scale at
-  // fp8_work_ + kFp8ScaleSlot). A recorded step's padding rows take no part in the scale.
-  const uint8_t* QuantizedInput(const uint16_t* input, int64_t m, int64_t cols) {
+  // The FP8 codes of the BF16 GEMM input [m, cols] and their scale (LaunchQuantizeToFp8).
+  // A recorded step's padding rows take no part in the scale.
+  struct Fp8Input {
+    const uint8_t* codes;
+    const float* scale;  // Device memory.
+  };
+  Fp8Input QuantizedInput(const uint16_t* input, int64_t m, int64_t cols) {
     auto* codes = Grown(fp8_input_, fp8_input_count_, m * cols, 1).as<uint8_t>();
     LaunchQuantizeToFp8(input, m, cols, RealRows(m), fp8_work_.as<float>(), codes, stream_);
-    return codes;
+    return {codes, fp8_work_.as<float>() + kFp8ScaleSlot};
   }
   // The real rows of a recorded step's ops of m rows (device memory), or null (all are).
   const int32_t* RealRows(int64_t m) const {
@@ -1245,13 +1250,12 @@ class CudaBackend final : public Backend {
       params.bias[i] =
           outputs[i].bias != nullptr ? static_cast<const float*>(outputs[i].bias->data) : nullptr;
     }
+    // (The codes, for an input quantised first, are an allocation as the input is: aligned.)
+    if (!SmallBatchLinearFits(params)) return false;
     if (params.fp8 && !params.quantize) {
-      params.x = Grown(fp8_input_, fp8_input_count_, m * cols, 1).as<uint8_t>();
-      params.x_scale = fp8_work_.as<float>() + kFp8ScaleSlot;
-      if (!SmallBatchLinearFits(params)) return false;
-      QuantizedInput(input, m, cols);
-    } else if (!SmallBatchLinearFits(params)) {
-      return false;
+      const Fp8Input quantized = QuantizedInput(input, m, cols);
+      params.x = quantized.codes;
+      params.x_scale = quantized.scale;
     }
     LaunchSmallBatchLinear(params, stream_);
     return true;

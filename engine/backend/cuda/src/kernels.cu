@@ -123,19 +123,14 @@ __global__ void Float4ToBf16Kernel(const float4* src, uint2* dst, int64_t n4) {
 // This thread's largest magnitude among the first n of x (but the padding rows after
 // *real_rows rows of `cols`), over the grid.
 __device__ float LargestMagnitude(const uint16_t* x, int64_t n, int64_t cols,
-                                  const int32_t* real_rows, int64_t first, int64_t stride) {
+                                  const int32_t* real_rows) {
   if (real_rows != nullptr && static_cast<int64_t>(*real_rows) * cols < n) n = *real_rows * cols;
   float largest = 0.0f;
-  for (int64_t i = first; i < n; i += stride)
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     largest = fmaxf(largest, fabsf(Bf16BitsToFloat(x[i])));
+  }
   return largest;
-}
-// Over the grid.
-__device__ float LargestMagnitude(const uint16_t* x, int64_t n, int64_t cols,
-                                  const int32_t* real_rows) {
-  return LargestMagnitude(x, n, cols, real_rows,
-                          blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
-                          static_cast<int64_t>(gridDim.x) * blockDim.x);
 }
 
 __device__ __forceinline__ float Fp8ScaleOf(float amax) {
@@ -2280,6 +2275,11 @@ constexpr int kSmallBatchWarps = 8;
 constexpr int kSmallBatchChunk = 128;  // Bytes of a weight row a warp's step reads.
 constexpr int kSmallBatchUnroll = 4;   // Chunks a warp loads before it multiplies.
 
+// The 16-row tiles of a weight of `rows` rows.
+__host__ __device__ __forceinline__ int64_t SmallBatchTiles(int64_t rows) {
+  return (rows + 15) / 16;
+}
+
 template <bool kFp8>
 __device__ __forceinline__ void MmaPiece(float (&d)[4], const uint4& row, const uint4& row8,
                                          const uint4& x) {
@@ -2384,8 +2384,8 @@ __global__ void __launch_bounds__(kSmallBatchWarps* kWarpSize, 2)
     // The weight (slice) and tile.
     int64_t tile = next;
     int slice = 0;
-    while (slice + 1 < p.count && tile >= (p.rows[slice] + 15) / 16) {
-      tile -= (p.rows[slice] + 15) / 16;
+    while (slice + 1 < p.count && tile >= SmallBatchTiles(p.rows[slice])) {
+      tile -= SmallBatchTiles(p.rows[slice]);
       ++slice;
     }
     const int64_t rows = p.rows[slice];
@@ -2906,7 +2906,7 @@ void LaunchSmallBatchLinear(const SmallBatchLinearParams& p, cudaStream_t stream
                    __LINE__);
   }
   int64_t tiles = 0;
-  for (int i = 0; i < p.count; ++i) tiles += (p.rows[i] + 15) / 16;
+  for (int i = 0; i < p.count; ++i) tiles += SmallBatchTiles(p.rows[i]);
   const auto threads = static_cast<unsigned>(SmallBatchThreads(p.cols, p.fp8));
   const auto blocks =
       static_cast<unsigned>(p.max_blocks > 0 ? std::min(tiles, p.max_blocks) : tiles);
