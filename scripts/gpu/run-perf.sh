@@ -56,6 +56,9 @@
 # PERF_ATTENTION_KV (the caches they run over: "bf16,fp8"),
 # PERF_ATTENTION_STAGES (the tensor-core decode kernel's tiles per warp to run: "0", its
 # default; "0,3,4" for each of those),
+# PERF_ATTENTION_PREFILL (prompt lengths for the prefill kernel alone, one causal prompt each,
+# over the PERF_ATTENTION_KV caches, and PyTorch's SDPA on the same: "1024,4096,8192"; ""
+# leaves it out),
 # PERF_LINEAR (the models whose linear layers inferbox-linear-bench runs at 1, 2, 4 and 8
 # rows, BF16 and FP8, the small-batch kernel beside cuBLASLt and the memory floor:
 # "llama3.1-8b"; "llama3.1-8b qwen2.5-7b" for both; "" leaves it out),
@@ -244,6 +247,16 @@ if [ "$device" = cuda ]; then
       "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
       --context "$contexts"
   done
+  # The prefill kernel alone (TFLOP/s beside PyTorch's flash attention on the same shapes).
+  prefill_prompts=${PERF_ATTENTION_PREFILL-1024,4096,8192}
+  if [ -n "$prefill_prompts" ]; then
+    capped $((reserve_daemon + reserve_peer)) 60 "attention prefill kernel" \
+      "attention-prefill.log" "$bin/inferbox-attention-bench" --prefill "$prefill_prompts" \
+      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}" --iterations 5
+    capped $((reserve_daemon + reserve_peer)) 60 "attention prefill peer (torch)" \
+      "attention-peer-prefill.log" python3 scripts/gpu/attention_peer.py \
+      --prefill "$prefill_prompts" --iterations 5
+  fi
   profile_attention
   # The linear layers of decode steps of a few sequences: the small-batch kernel, cuBLASLt.
   for linear_model in ${PERF_LINEAR-llama3.1-8b}; do

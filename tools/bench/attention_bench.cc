@@ -6,6 +6,11 @@
 //   inferbox-attention-bench [--batch 256] [--context 512,1024,2048] [--heads 32]
 //       [--kv-heads 8] [--head-dim 128] [--block-size 16] [--iterations 20]
 //       [--kernel auto,tensor-core,grouped] [--splits 0] [--kv-cache-dtype bf16,fp8]
+//       [--decode-stages 0] [--prefill 1024,4096,8192]
+//
+// With --prefill, prefill instead: one prompt of each length from position 0 through the
+// tensor-core prefill kernel in the engine's tiles, microseconds per launch and TFLOP/s (the
+// FLOPs prefill MFU counts), its output on 65 tokens checked against the per-token kernels'.
 //
 // Per batch size and context length: `batch` sequences of `context` cached tokens each
 // (random BF16 keys and values, or random FP8 E4M3 codes with a scale per key and value, in
@@ -39,6 +44,10 @@ using namespace inferbox::tools::bench;
 // Agreement required between the kernels (outputs are weighted averages of values in
 // [-1, 1]; the kernels keep float32 accuracy, about 1e-5).
 constexpr double kMaxDifference = 1e-3;
+// The prefill kernel's with the per-token kernels: it multiplies BF16 queries and
+// probabilities (2⁻⁹ relative each; up to 3e-3 seen on the CPU emulation over 300 keys),
+// where a wrong kernel is off by tenths.
+constexpr double kMaxPrefillDifference = 1e-2;
 
 struct Options {
   std::vector<int64_t> batches{256};
@@ -52,6 +61,7 @@ struct Options {
   std::vector<int> splits{0};
   std::vector<std::string> dtypes{"bf16"};
   std::vector<int> decode_stages{0};  // The tensor-core decode kernel's; 0: its default.
+  std::vector<int64_t> prefills;      // Prompts for the prefill kernel, instead of decodes.
 };
 
 DecodeAttentionKernel KernelNamed(const std::string& name) {
@@ -60,86 +70,141 @@ DecodeAttentionKernel KernelNamed(const std::string& name) {
   return DecodeAttentionKernel::kAuto;
 }
 
+// A paged cache of `sequences` sequences of `tokens` cached tokens each: random BF16 keys and
+// values, or random FP8 E4M3 codes with a scale per key and value, in blocks scattered over
+// the cache as the engine's allocator leaves them, with the block tables; Point() sets a
+// launch's cache and tables to it.
+class PagedCache {
+ public:
+  PagedCache(const Options& options, int64_t sequences, int64_t tokens, bool fp8, std::mt19937& rng)
+      : blocks_per_sequence_((tokens + options.block_size - 1) / options.block_size),
+        cached_(static_cast<size_t>(sequences * blocks_per_sequence_ * options.block_size *
+                                    options.kv_heads * options.head_dim)),
+        keys_(fp8 ? 0 : cached_),
+        values_(fp8 ? 0 : cached_),
+        key_codes_(fp8 ? cached_ : 0),
+        value_codes_(fp8 ? cached_ : 0),
+        key_scales_(fp8 ? cached_ / static_cast<size_t>(options.head_dim) : 0),
+        value_scales_(fp8 ? cached_ / static_cast<size_t>(options.head_dim) : 0),
+        tables_(static_cast<size_t>(sequences * blocks_per_sequence_)),
+        offsets_(static_cast<size_t>(sequences)) {
+    if (fp8) {
+      // Codes of every finite E4M3 value; scales that make them about [-1, 1].
+      std::uniform_int_distribution<int> code(0, 0xFD);
+      auto finite_code = [&] {
+        const int c = code(rng);
+        return static_cast<uint8_t>(c >= 0x7F ? c + 1 : c);  // 0x7F and 0xFF are NaN.
+      };
+      std::uniform_real_distribution<float> scale(0.5f / 448.0f, 1.0f / 448.0f);
+      FillRandom(key_codes_, finite_code);
+      FillRandom(value_codes_, finite_code);
+      FillRandom(key_scales_, [&] { return scale(rng); });
+      FillRandom(value_scales_, [&] { return scale(rng); });
+    } else {
+      FillRandomBf16(keys_, rng);
+      FillRandomBf16(values_, rng);
+    }
+    // Each sequence's blocks anywhere in the cache.
+    std::vector<int32_t> tables(static_cast<size_t>(sequences * blocks_per_sequence_));
+    std::iota(tables.begin(), tables.end(), 0);
+    std::shuffle(tables.begin(), tables.end(), rng);
+    std::vector<int64_t> offsets(static_cast<size_t>(sequences));
+    for (int64_t s = 0; s < sequences; ++s) offsets[s] = s * blocks_per_sequence_;
+    tables_.Upload(tables);
+    offsets_.Upload(offsets);
+  }
+
+  void Point(const Options& options, PagedAttentionParams& params) const {
+    params.cache.keys = keys_.get();
+    params.cache.values = values_.get();
+    params.cache.key_codes = key_codes_.get();
+    params.cache.value_codes = value_codes_.get();
+    params.cache.key_scales = key_scales_.get();
+    params.cache.value_scales = value_scales_.get();
+    params.table_offsets = offsets_.get();
+    params.block_tables = tables_.get();
+    params.num_heads = options.heads;
+    params.num_kv_heads = options.kv_heads;
+    params.head_dim = options.head_dim;
+    params.block_size = options.block_size;
+    params.scale = 1.0f / std::sqrt(static_cast<float>(options.head_dim));
+  }
+
+ private:
+  int64_t blocks_per_sequence_;
+  size_t cached_;
+  DeviceBuffer<uint16_t> keys_;
+  DeviceBuffer<uint16_t> values_;
+  DeviceBuffer<uint8_t> key_codes_;
+  DeviceBuffer<uint8_t> value_codes_;
+  DeviceBuffer<float> key_scales_;
+  DeviceBuffer<float> value_scales_;
+  DeviceBuffer<int32_t> tables_;
+  DeviceBuffer<int64_t> offsets_;
+};
+
+// Random queries in [-amplitude, amplitude] for `tokens` tokens' heads.
+std::vector<float> RandomQueries(const Options& options, int64_t tokens, std::mt19937& rng,
+                                 float amplitude = 1.0f) {
+  std::uniform_real_distribution<float> uniform(-amplitude, amplitude);
+  std::vector<float> q(static_cast<size_t>(tokens * options.heads * options.head_dim));
+  for (auto& value : q) value = uniform(rng);
+  return q;
+}
+
+// A launch's tokens on the device (their positions, sequences and queries) and its output,
+// and the launch's parameters over them and `cache`.
+class AttentionTokens {
+ public:
+  AttentionTokens(const std::vector<int64_t>& positions, const std::vector<int32_t>& sequence_of,
+                  const std::vector<float>& q)
+      : positions_(positions.size()),
+        sequence_of_(sequence_of.size()),
+        q_(q.size()),
+        out_(q.size()),
+        num_tokens_(static_cast<int64_t>(positions.size())),
+        max_position_(*std::max_element(positions.begin(), positions.end())) {
+    positions_.Upload(positions);
+    sequence_of_.Upload(sequence_of);
+    q_.Upload(q);
+  }
+
+  PagedAttentionParams Params(const Options& options, const PagedCache& cache,
+                              int multiprocessors) const {
+    PagedAttentionParams params;
+    cache.Point(options, params);
+    params.q = q_.get();
+    params.out = out_.get();
+    params.positions = positions_.get();
+    params.token_sequence = sequence_of_.get();
+    params.num_tokens = num_tokens_;
+    params.max_position = max_position_;
+    params.num_multiprocessors = multiprocessors;
+    return params;
+  }
+  const DeviceBuffer<float>& out() const { return out_; }
+
+ private:
+  DeviceBuffer<int64_t> positions_;
+  DeviceBuffer<int32_t> sequence_of_;
+  DeviceBuffer<float> q_;
+  DeviceBuffer<float> out_;
+  int64_t num_tokens_;
+  int64_t max_position_;
+};
+
 // One (batch, context) case over a BF16 or an FP8 cache; false when a kernel's output
 // differs from the first's.
 bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, int multiprocessors,
              double copy_bandwidth, std::mt19937& rng) {
   const int64_t d = options.head_dim;
-  const int64_t blocks_per_sequence = (context + options.block_size - 1) / options.block_size;
-  const int64_t num_blocks = batch * blocks_per_sequence;
-  const int64_t kv_row = options.kv_heads * d;
-  const auto cached = static_cast<size_t>(num_blocks * options.block_size * kv_row);
-  DeviceBuffer<uint16_t> keys(fp8 ? 0 : cached);
-  DeviceBuffer<uint16_t> values(fp8 ? 0 : cached);
-  DeviceBuffer<uint8_t> key_codes(fp8 ? cached : 0);
-  DeviceBuffer<uint8_t> value_codes(fp8 ? cached : 0);
-  DeviceBuffer<float> key_scales(fp8 ? cached / static_cast<size_t>(d) : 0);
-  DeviceBuffer<float> value_scales(fp8 ? cached / static_cast<size_t>(d) : 0);
-  if (fp8) {
-    // Codes of every finite E4M3 value; scales that make them about [-1, 1].
-    std::uniform_int_distribution<int> code(0, 0xFD);
-    auto finite_code = [&] {
-      const int c = code(rng);
-      return static_cast<uint8_t>(c >= 0x7F ? c + 1 : c);  // 0x7F and 0xFF are NaN.
-    };
-    std::uniform_real_distribution<float> scale(0.5f / 448.0f, 1.0f / 448.0f);
-    FillRandom(key_codes, finite_code);
-    FillRandom(value_codes, finite_code);
-    FillRandom(key_scales, [&] { return scale(rng); });
-    FillRandom(value_scales, [&] { return scale(rng); });
-  } else {
-    FillRandomBf16(keys, rng);
-    FillRandomBf16(values, rng);
-  }
-
-  // Each sequence's blocks anywhere in the cache.
-  std::vector<int32_t> tables(static_cast<size_t>(num_blocks));
-  std::iota(tables.begin(), tables.end(), 0);
-  std::shuffle(tables.begin(), tables.end(), rng);
-  std::vector<int64_t> offsets(static_cast<size_t>(batch));
+  const PagedCache cache(options, batch, context, fp8, rng);
   std::vector<int32_t> sequence_of(static_cast<size_t>(batch));
-  std::vector<int64_t> positions(static_cast<size_t>(batch), context - 1);
-  for (int64_t s = 0; s < batch; ++s) {
-    offsets[s] = s * blocks_per_sequence;
-    sequence_of[s] = static_cast<int32_t>(s);
-  }
-  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
-  std::vector<float> q(static_cast<size_t>(batch * options.heads * d));
-  for (auto& value : q) value = uniform(rng);
-
-  DeviceBuffer<int32_t> device_tables(tables.size());
-  DeviceBuffer<int64_t> device_offsets(offsets.size());
-  DeviceBuffer<int32_t> device_sequence_of(sequence_of.size());
-  DeviceBuffer<int64_t> device_positions(positions.size());
-  DeviceBuffer<float> device_q(q.size());
-  DeviceBuffer<float> out(q.size());
-  device_tables.Upload(tables);
-  device_offsets.Upload(offsets);
-  device_sequence_of.Upload(sequence_of);
-  device_positions.Upload(positions);
-  device_q.Upload(q);
-
-  PagedAttentionParams params;
-  params.q = device_q.get();
-  params.out = out.get();
-  params.cache.keys = keys.get();
-  params.cache.values = values.get();
-  params.cache.key_codes = key_codes.get();
-  params.cache.value_codes = value_codes.get();
-  params.cache.key_scales = key_scales.get();
-  params.cache.value_scales = value_scales.get();
-  params.positions = device_positions.get();
-  params.token_sequence = device_sequence_of.get();
-  params.table_offsets = device_offsets.get();
-  params.block_tables = device_tables.get();
-  params.num_tokens = batch;
-  params.num_heads = options.heads;
-  params.num_kv_heads = options.kv_heads;
-  params.head_dim = d;
-  params.block_size = options.block_size;
-  params.scale = 1.0f / std::sqrt(static_cast<float>(d));
-  params.max_position = context - 1;
-  params.num_multiprocessors = multiprocessors;
+  std::iota(sequence_of.begin(), sequence_of.end(), 0);
+  const AttentionTokens launch(std::vector<int64_t>(static_cast<size_t>(batch), context - 1),
+                               sequence_of, RandomQueries(options, batch, rng));
+  PagedAttentionParams params = launch.Params(options, cache, multiprocessors);
+  const DeviceBuffer<float>& out = launch.out();
 
   // Keys and values of every cached token: 2 bytes an element, or 1 and a 4-byte scale per
   // KV head.
@@ -186,6 +251,69 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, i
   return agree;
 }
 
+// One prompt of `tokens` tokens from position 0, causal, through the prefill kernel in tiles as
+// the engine launches a prefill chunk: microseconds per launch and TFLOP/s, counted as prefill
+// MFU counts attention (QKᵀ and P·V over the N(N + 1) / 2 (query, key) pairs: 2 · heads ·
+// head_dim · N(N + 1)). Its output is compared with the per-token kernels' (float32-exact) for
+// every token: false when they differ by more than kMaxPrefillDifference or an output is not
+// finite.
+bool RunPrefillCase(const Options& options, int64_t tokens, bool fp8, int multiprocessors,
+                    std::mt19937& rng) {
+  const int64_t d = options.head_dim;
+  const PagedCache cache(options, 1, tokens, fp8, rng);
+  std::vector<int64_t> positions(static_cast<size_t>(tokens));
+  std::iota(positions.begin(), positions.end(), 0);
+  const std::vector<int32_t> sequence_of(static_cast<size_t>(tokens), 0);
+  const int64_t tile_rows = TiledAttentionRows(d);
+  const int64_t tile_tokens = TiledAttentionTileTokens(options.heads / options.kv_heads, tile_rows);
+  std::vector<int32_t> lists;  // The tiles (first token, count), then every token for the check.
+  for (int64_t start = 0; start < tokens; start += tile_tokens) {
+    lists.push_back(static_cast<int32_t>(start));
+    lists.push_back(static_cast<int32_t>(std::min(tile_tokens, tokens - start)));
+  }
+  const auto num_tiles = static_cast<int64_t>(lists.size() / 2);
+  for (int64_t token = 0; token < tokens; ++token) lists.push_back(static_cast<int32_t>(token));
+  // Queries of 4 times the keys' range: scores spread over a few units, so that the softmax
+  // picks out keys and an output that misses one shows.
+  const AttentionTokens launch(positions, sequence_of, RandomQueries(options, tokens, rng, 4.0f));
+  DeviceBuffer<int32_t> device_lists(lists.size());
+  device_lists.Upload(lists);
+  DeviceBuffer<float> reference(launch.out().Bytes() / sizeof(float));
+
+  PagedAttentionParams params = launch.Params(options, cache, multiprocessors);
+  const DeviceBuffer<float>& out = launch.out();
+  params.tiles = device_lists.get();
+  params.num_tiles = num_tiles;
+  params.tile_rows = tile_rows;
+  params.token_list = device_lists.get() + 2 * num_tiles;
+  params.num_listed_tokens = 0;                                   // Every token in tiles.
+  INFERBOX_CUDA_CHECK(cudaMemset(out.get(), 0xff, out.Bytes()));  // NaNs: nothing left over.
+  const double seconds =
+      SecondsPerCall(options.iterations, [&] { LaunchPagedAttention(params, nullptr); });
+  const std::vector<float> output = out.Download();
+
+  // Every token through the per-token kernels, into `reference`.
+  PagedAttentionParams check = params;
+  check.out = reference.get();
+  check.num_tiles = 0;
+  check.num_listed_tokens = tokens;
+  DeviceBuffer<float> workspace(static_cast<size_t>(PagedAttentionWorkspaceFloats(check)));
+  check.workspace = workspace.get();
+  LaunchPagedAttention(check, nullptr);
+  INFERBOX_CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<float> expected = reference.Download();
+  const double difference = LargestDifference(output, expected);
+  const bool ok =
+      difference <= kMaxPrefillDifference &&
+      std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
+  const double flops = 2.0 * static_cast<double>(options.heads * d) * static_cast<double>(tokens) *
+                       static_cast<double>(tokens + 1);
+  fmt::print("{:>8} {:<4} {:>8} {:>12.1f} {:>10.1f} {:>10.2e}{}\n", tokens, fp8 ? "fp8" : "bf16",
+             num_tiles * options.kv_heads, seconds * 1e6, flops / seconds / 1e12, difference,
+             ok ? "" : "  DIFFERS from the per-token kernels");
+  return ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -219,6 +347,11 @@ int main(int argc, char** argv) {
                  "Caches to run: bf16 and/or fp8 (E4M3 codes with a scale per key and value)")
       ->delimiter(',')
       ->check(CLI::IsMember({"bf16", "fp8"}));
+  app.add_option("--prefill", options.prefills,
+                 "Prompt lengths to run through the prefill kernel (one sequence from position "
+                 "0, causal) instead of the decode cases")
+      ->delimiter(',')
+      ->check(CLI::Range(int64_t{16}, int64_t{1} << 20));
   CLI11_PARSE(app, argc, argv);
   if (options.heads % options.kv_heads != 0 || options.heads / options.kv_heads > 8) {
     fmt::print(stderr, "--heads must be a multiple of --kv-heads, at most 8 times it\n");
@@ -237,6 +370,32 @@ int main(int argc, char** argv) {
   INFERBOX_CUDA_CHECK(cudaGetDevice(&device));
   cudaDeviceProp properties{};
   INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  std::mt19937 rng(1);
+  if (!options.prefills.empty()) {
+    if (options.head_dim % 16 != 0 || options.head_dim > 128) {
+      fmt::print(stderr,
+                 "the prefill kernel takes a --head-dim that is a multiple of 16 up to 128\n");
+      return 2;
+    }
+    fmt::print("device: {} ({} multiprocessors)\n", properties.name,
+               properties.multiProcessorCount);
+    fmt::print(
+        "heads {}, KV heads {}, head_dim {}, block {}; prefill of one prompt, causal, tiles of {} "
+        "rows\n",
+        options.heads, options.kv_heads, options.head_dim, options.block_size,
+        TiledAttentionRows(options.head_dim));
+    fmt::print("{:>8} {:<4} {:>8} {:>12} {:>10} {:>10}\n", "tokens", "kv", "blocks", "us/call",
+               "TFLOP/s", "max diff");
+    bool agree = true;
+    for (int64_t tokens : options.prefills) {
+      for (const std::string& dtype : options.dtypes) {
+        agree =
+            RunPrefillCase(options, tokens, dtype == "fp8", properties.multiProcessorCount, rng) &&
+            agree;
+      }
+    }
+    return agree ? 0 : 1;
+  }
   int64_t largest = 0;
   for (int64_t batch : options.batches) {
     for (int64_t context : options.contexts) largest = std::max(largest, batch * context);
@@ -260,7 +419,6 @@ int main(int argc, char** argv) {
   fmt::print("{:>6} {:>8} {:<4} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
              "context", "kv", "kernel", "splits", "us/call", "floor us", "GB/s", "floor",
              "max diff");
-  std::mt19937 rng(1);
   bool agree = true;
   for (int64_t batch : options.batches) {
     for (int64_t context : options.contexts) {

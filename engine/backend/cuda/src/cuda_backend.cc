@@ -1117,8 +1117,9 @@ class CudaBackend final : public Backend {
     // Without prefill chunks every token goes to the per-token kernels (a null token list).
     if (inputs.longest_chunk() >= kTiledMinTokens &&
         TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
+      params.tile_rows = TiledAttentionRows(params.head_dim);
       const auto& lists = inputs.ListsFor(
-          TiledAttentionTileTokens(num_heads / params.num_kv_heads, params.head_dim), stream_);
+          TiledAttentionTileTokens(num_heads / params.num_kv_heads, params.tile_rows), stream_);
       params.tiles = lists.tiles;
       params.num_tiles = lists.num_tiles;
       params.token_list = lists.token_list;

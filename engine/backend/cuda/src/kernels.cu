@@ -862,21 +862,39 @@ __global__ void __launch_bounds__(kTiledThreads)
 // --- Tensor-core prefill attention ---
 //
 // The tiled prefill above on tensor cores, FlashAttention-2 style, for head_dim a multiple
-// of 16 up to 128: a block of 4 warps takes a tile of up to 64 (token, query head) rows, 16
-// per warp, and walks the keys kFaKeys at a time in one pass. Each warp keeps its rows'
-// queries as BF16 A fragments and its output as float accumulators in registers, in the
-// layouts PTX documents for mma.m16n8k16, so that a lane knows which rows (g = lane / 4 and
-// g + 8) its values belong to: per key tile it computes the scores S = Q·Kᵀ (mma), takes
-// each row's max over the 4 lanes that share the row, rescales its output and running sum
-// by exp(old max − new max), turns exp(S − max) into BF16 A fragments in registers (the
-// layout of S's accumulators is that of A's operand) and adds P·V (mma). Key and value
-// tiles go through shared memory, 16 bytes per load, the block table read once per key.
-constexpr int kFaRows = 64;
+// of 16 up to 128: a block of 4 warps takes a tile of up to 128 (token, query head) rows, 32
+// per warp as two 16-row A operands of mma.m16n8k16 (kHalves = 2; on GPUs whose
+// multiprocessors cannot hold two such blocks, 64 rows, one half a warp), and walks the keys
+// kFaKeys at a time in one pass. The rows' queries (as BF16) and each key and value tile sit in
+// shared memory and come into registers with ldmatrix, in the fragment layouts PTX documents for
+// mma.m16n8k16, so that a lane knows which rows (g = lane / 4 and g + 8 of each half) its
+// values belong to; the output stays in float accumulators in registers. Per key tile a warp
+// computes the scores S = Q·Kᵀ (mma), takes each row's max over the 4 lanes that share the
+// row, rescales its output and running sum by exp(old max − new max), turns exp(S − max) into
+// BF16 A fragments in registers (the layout of S's accumulators is that of A's operand) and
+// adds P·V (mma). Key and value tiles are copied with cp.async, the next while the current
+// one is computed, the block table read once per key.
+//
+// Why 32 rows a warp and ldmatrix: each key or value fragment a warp reads from shared memory
+// serves both of its halves, two mma instead of one, and ldmatrix reads a value fragment's
+// transpose in one instruction where 16-bit loads took four. Counted per 64 rows and key tile
+// (4 warps), the 16-row form read 192 KB of shared memory for 512 mma (1,536 wavefronts of
+// 128 bytes, 1,024 of them for the values' 16-bit loads) where the tensor cores need ~770
+// cycles for the mma: by that count shared memory, not the tensor cores, bounded it (run 4's
+// profile put 8k tokens' attention at ~120 TFLOP/s; run 6: 41.7% MFU at 8k). This form reads
+// 640 wavefronts (queries included) and writes 128 per 64 rows for the same 512 mma; the
+// 64-row form (one half a warp) reads 1,152.
 constexpr int kFaKeys = 64;
 constexpr int kFaThreads = 128;
 constexpr int kFaLd = static_cast<int>(kTiledMaxHeadDim) + 8;       // BF16 row stride, padded.
 constexpr int kFaChunks = static_cast<int>(kTiledMaxHeadDim) / 16;  // Of the head, in k.
-static_assert(kFaRows == 16 * (kFaThreads / kWarpSize), "16 rows per warp");
+// Rows of a tile whose warps take `halves` 16-row halves each.
+__host__ __device__ constexpr int FaRows(int halves) {
+  return 16 * halves * (kFaThreads / kWarpSize);
+}
+// ldmatrix takes 16-byte rows at 16-byte boundaries; kFaLd's 272 bytes also put the 8 rows of
+// a matrix on 8 different 16-byte bank groups (no conflicts).
+static_assert(kFaLd * 2 % 16 == 0 && kFaLd * 2 / 16 % 2 == 1);
 
 bool TensorCoreAttention(int64_t head_dim) {
   return head_dim % 16 == 0;
@@ -941,6 +959,44 @@ __device__ __forceinline__ void CopyAsyncWait() {
 #ifndef INFERBOX_CUDA_EMULATED
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
+}
+
+// Four 8×8 matrices of 16-bit elements from shared memory (ldmatrix.sync.aligned.m8n8.x4,
+// .trans with kTranspose), lane l giving the address of row l % 8 of matrix l / 8 (16 bytes,
+// 16-byte aligned). With g = lane / 4 and t = lane % 4, r[i] receives matrix i's [g][2t, 2t+1]
+// (the lower half first), or transposed its [2t][g] and [2t+1][g]: an A or B fragment's
+// register of mma.m16n8k16 each.
+template <bool kTranspose>
+__device__ __forceinline__ void LoadMatrices(uint32_t (&r)[4], const void* row) {
+#ifdef INFERBOX_CUDA_EMULATED
+  ::cuda_emu::LoadMatricesX4(r, row, kTranspose);
+#else
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  if constexpr (kTranspose) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+  }
+#endif
+}
+
+// The row of a BF16 tile in shared memory (rows kFaLd apart) that this lane gives ldmatrix
+// for the four 8×8 matrices at rows first_row + (0 or 8) and columns first_column + (0 or 8):
+// matrix i at rows + 8·(i % 2) and columns + 8·(i / 2) with `rows_first` (A's order: r = a[0..3]
+// of rows first_row .. + 16, k first_column .. + 16; for values, transposed, b[0..1] of head
+// elements first_column .. + 8 and then b[0..1] of the next 8), else at rows + 8·(i / 2) and
+// columns + 8·(i % 2) (keys: b[0..1] of keys first_row .. + 8, then of the next 8).
+template <bool kRowsFirst>
+__device__ __forceinline__ const uint16_t* MatrixRow(const uint16_t* tile, int first_row,
+                                                     int first_column, int lane) {
+  const int matrix = lane / 8;
+  const int row = first_row + lane % 8 + 8 * (kRowsFirst ? matrix % 2 : matrix / 2);
+  const int column = first_column + 8 * (kRowsFirst ? matrix / 2 : matrix % 2);
+  return tile + row * kFaLd + column;
 }
 
 // Two floats as BF16 (round to nearest even) in one register, the first in the lower half.
@@ -1030,20 +1086,23 @@ __device__ __forceinline__ void CopyFp8Scales(const PagedAttentionParams& p, int
   }
 }
 
-// TensorCorePrefillAttentionKernel's shared memory: kFaStages key and value tiles (the one
-// computed, the next one copying) and their slots, 70 KB (an FP8 cache: the stages' codes
-// and scales and one BF16 tile of the current codes, 72 KB): more than a kernel may declare
-// statically (48 KB), so dynamic shared memory on the GPU. The CPU emulation has no such
-// limit and no dynamic shared memory: a static one there.
+// TensorCorePrefillAttentionKernel's shared memory: the rows' queries as BF16, kFaStages key
+// and value tiles (the one computed, the next one copying) and their slots, 103 KB (an FP8
+// cache: the stages' codes and scales and one BF16 tile of the current codes, 106 KB; two
+// blocks fit a multiprocessor): more than a kernel may declare statically (48 KB), so dynamic
+// shared memory on the GPU. The CPU emulation has no such limit and no dynamic shared memory:
+// a static one there.
 constexpr int kFaStages = 2;
-template <bool kFp8>
+template <bool kFp8, int kHalves>
 struct PrefillSharedMemory {
+  uint16_t queries[FaRows(kHalves) * kFaLd];
   uint16_t keys[kFaStages][kFaKeys * kFaLd];
   uint16_t values[kFaStages][kFaKeys * kFaLd];
   int64_t slots[kFaStages][kFaKeys];
 };
-template <>
-struct PrefillSharedMemory<true> {
+template <int kHalves>
+struct PrefillSharedMemory<true, kHalves> {
+  uint16_t queries[FaRows(kHalves) * kFaLd];
   uint8_t key_codes[kFaStages][kFaKeys * kFp8Ld];
   uint8_t value_codes[kFaStages][kFaKeys * kFp8Ld];
   uint16_t keys[1][kFaKeys * kFaLd];
@@ -1064,8 +1123,10 @@ constexpr size_t DynamicSharedBytes() {
 }
 
 // IssueKeyTile's FP8 form: stage `stage` of the shared memory.
+template <int kHalves>
 __device__ void IssueFp8KeyTile(const PagedAttentionParams& p, const int64_t* slots,
-                                int64_t kv_head, PrefillSharedMemory<true>& smem, int stage) {
+                                int64_t kv_head, PrefillSharedMemory<true, kHalves>& smem,
+                                int stage) {
   const int chunks = static_cast<int>(p.head_dim / 16);  // 16-byte chunks per row.
   for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
@@ -1086,9 +1147,10 @@ __device__ __forceinline__ void Fp8QuadToBf16(uint32_t codes, uint16_t* target) 
                                             Fp8PairToBf16((codes >> 16) & 0xFFu, codes >> 24)};
 }
 
-template <bool kFp8>
+template <bool kFp8, int kHalves>
 __device__ __forceinline__ void IssuePrefillTile(const PagedAttentionParams& p, int64_t kv_head,
-                                                 PrefillSharedMemory<kFp8>& smem, int stage) {
+                                                 PrefillSharedMemory<kFp8, kHalves>& smem,
+                                                 int stage) {
   if constexpr (kFp8) {
     IssueFp8KeyTile(p, smem.slots[stage], kv_head, smem, stage);
   } else {
@@ -1096,20 +1158,26 @@ __device__ __forceinline__ void IssuePrefillTile(const PagedAttentionParams& p, 
   }
 }
 
-// Three blocks per multiprocessor: at most 168 registers a thread.
-template <bool kFp8>
-__global__ void __launch_bounds__(kFaThreads, 3)
+// Two blocks per multiprocessor (shared memory allows two of the 128-row form on Hopper): at
+// most 255 registers a thread, of which the output's accumulators take 128 and a key tile's
+// scores 64 (with two halves).
+template <bool kFp8, int kHalves>
+__global__ void __launch_bounds__(kFaThreads, 2)
     TensorCorePrefillAttentionKernel(PagedAttentionParams p, int group) {
+  using Shared = PrefillSharedMemory<kFp8, kHalves>;
 #ifdef INFERBOX_CUDA_EMULATED
-  __shared__ __align__(16) PrefillSharedMemory<kFp8> smem;
+  __shared__ __align__(16) Shared smem;
 #else
   extern __shared__ __align__(16) uint8_t dynamic_shared[];
-  PrefillSharedMemory<kFp8>& smem = *reinterpret_cast<PrefillSharedMemory<kFp8>*>(dynamic_shared);
+  Shared& smem = *reinterpret_cast<Shared*>(dynamic_shared);
 #endif
 
-  const int32_t first = p.tiles[2 * blockIdx.x];
-  const int32_t count = p.tiles[2 * blockIdx.x + 1];
-  const int64_t kv_head = blockIdx.y;
+  // The last tiles first, every KV head's (blocks start in order, x first): a sequence's later
+  // tiles see more keys, and the short ones fill the end of the launch.
+  const unsigned tile_index = gridDim.y - 1 - blockIdx.y;
+  const int32_t first = p.tiles[2 * tile_index];
+  const int32_t count = p.tiles[2 * tile_index + 1];
+  const int64_t kv_head = blockIdx.x;
   const int d = static_cast<int>(p.head_dim);
   const int chunks = d / 16;
   const int rows = count * group;
@@ -1119,67 +1187,85 @@ __global__ void __launch_bounds__(kFaThreads, 3)
   const int lane = threadIdx.x % kWarpSize;
   const int g = lane / 4;
   const int t = lane % 4;
-  // This lane's two rows (warp·16 + g and + 8): token first + row / group, query head
-  // kv_head · group + row % group; rows past `rows` are padding that sees no key.
-  int64_t position[2];
-  const float* q_row[2];
-  for (int i = 0; i < 2; ++i) {
-    const int row = warp * 16 + g + 8 * i;
-    const bool real = row < rows;
-    position[i] = real ? p.positions[first + row / group] : -1;
-    q_row[i] = real
-                   ? p.q + ((first + row / group) * p.num_heads + kv_head * group + row % group) * d
-                   : nullptr;
+
+  // The queries of row r (token first + r / group, query head kv_head · group + r % group) as
+  // BF16 in shared memory, zeros for the padding rows past `rows`.
+  for (int i = threadIdx.x; i < FaRows(kHalves) * d / 2; i += blockDim.x) {
+    const int row = i / (d / 2);
+    const int column = 2 * (i % (d / 2));
+    uint32_t pair = 0u;
+    if (row < rows) {
+      const float* source =
+          p.q + ((first + row / group) * p.num_heads + kv_head * group + row % group) * d + column;
+      pair = PackBf16(source[0], source[1]);
+    }
+    *reinterpret_cast<uint32_t*>(smem.queries + row * kFaLd + column) = pair;
   }
-  // The queries as A fragments, one per 16 elements of the head.
-  uint32_t q[kFaChunks][4];
+  // This lane's rows: warp·16·kHalves + h·16 + g + 8·i for the halves h and i = 0, 1; a
+  // padding row sees no key (position −1). Positions fit 32 bits (no cache holds 2³¹ tokens).
+  const int warp_row = warp * 16 * kHalves;
+  int32_t position[kHalves][2];
 #pragma unroll
-  for (int c = 0; c < kFaChunks; ++c) {
-    if (c >= chunks) break;
+  for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float* source = q_row[r % 2];  // a[0], a[2]: row g; a[1], a[3]: row g + 8.
-      const int column = c * 16 + 2 * t + (r >= 2 ? 8 : 0);
-      q[c][r] = source != nullptr ? PackBf16(source[column], source[column + 1]) : 0u;
+    for (int i = 0; i < 2; ++i) {
+      const int row = warp_row + h * 16 + g + 8 * i;
+      position[h][i] = row < rows ? static_cast<int32_t>(p.positions[first + row / group]) : -1;
     }
   }
+  // A warp whose rows are all padding copies its share of the tiles and computes nothing; nor
+  // does one whose rows' positions are all before a key tile (rows go in token order).
+  const bool computes = warp_row < rows;
+  const int last_row = (warp_row + 16 * kHalves < rows ? warp_row + 16 * kHalves : rows) - 1;
+  const int32_t warp_last_position =
+      computes ? static_cast<int32_t>(p.positions[first + last_row / group]) : -1;
   // Scores in log2 units, so that exp2f does the exponentials.
   const float scale = p.scale * 1.4426950408889634f;
-  float running_max[2] = {-INFINITY, -INFINITY};
-  float running_sum[2] = {0.0f, 0.0f};  // This lane's columns only; the 4 lanes summed at the end.
-  float out[kFaChunks * 2][4];
+  float running_max[kHalves][2];
+  float running_sum[kHalves][2];  // This lane's columns only; the 4 lanes summed at the end.
+  float out[kHalves][kFaChunks * 2][4];
 #pragma unroll
-  for (int j = 0; j < kFaChunks * 2; ++j) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
+  for (int h = 0; h < kHalves; ++h) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      running_max[h][i] = -INFINITY;
+      running_sum[h][i] = 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; ++j) {
+      out[h][j][0] = out[h][j][1] = out[h][j][2] = out[h][j][3] = 0.0f;
+    }
+  }
 
   // A pipeline of key tiles: tile n + 1 copies (cp.async) while tile n is computed. The
   // first kFaKeys threads write the slots of tile n + 2 while tile n + 1 copies, from a
   // register loaded an iteration earlier, so that no block-table read stalls the block.
-  const int64_t num_tiles = last_position / kFaKeys + 1;
+  const int num_tiles = static_cast<int>(last_position / kFaKeys + 1);
   if (threadIdx.x < kFaKeys) {
     smem.slots[0][threadIdx.x] = KeyTileSlot(p, table, 0, last_position);
     smem.slots[1][threadIdx.x] = KeyTileSlot(p, table, kFaKeys, last_position);
   }
   int64_t ahead_slot = KeyTileSlot(p, table, 2 * kFaKeys, last_position);
   __syncthreads();
-  IssuePrefillTile<kFp8>(p, kv_head, smem, 0);
+  IssuePrefillTile<kFp8, kHalves>(p, kv_head, smem, 0);
 
-  for (int64_t tile = 0; tile < num_tiles; ++tile) {
-    const int stage = static_cast<int>(tile % kFaStages);
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile % kFaStages;
     const int other = 1 - stage;
-    const int64_t key_start = tile * kFaKeys;
+    const int key_start = tile * kFaKeys;
     // Every thread is done with the other stage (the previous tile) and its slots, and the
     // next tile's slots are visible: the next tile into it.
     __syncthreads();
     if (tile + 1 < num_tiles) {
-      IssuePrefillTile<kFp8>(p, kv_head, smem, other);
+      IssuePrefillTile<kFp8, kHalves>(p, kv_head, smem, other);
     } else {
       CopyAsyncCommit();  // An empty group: the wait below always leaves one behind.
     }
     // This tile's slots were read when it was issued: the slots of the tile after next.
     if (threadIdx.x < kFaKeys) smem.slots[stage][threadIdx.x] = ahead_slot;
-    ahead_slot = KeyTileSlot(p, table, (tile + 3) * kFaKeys, last_position);
+    ahead_slot = KeyTileSlot(p, table, static_cast<int64_t>(tile + 3) * kFaKeys, last_position);
     CopyAsyncWait<1>();  // This thread's copies of this tile,
-    __syncthreads();     // and every thread's.
+    __syncthreads();     // and every thread's (and the queries, the first time).
     if constexpr (kFp8) {
       // The codes into the one BF16 tile (every thread is past the previous tile's use of it).
       const int quads = d / 4;
@@ -1193,106 +1279,135 @@ __global__ void __launch_bounds__(kFaThreads, 3)
       }
       __syncthreads();
     }
+    if (key_start > warp_last_position) continue;
     const uint16_t* k_tile = smem.keys[kFp8 ? 0 : stage];
     const uint16_t* v_tile = smem.values[kFp8 ? 0 : stage];
 
-    // S = Q·Kᵀ, 8 keys per accumulator: s[n] holds keys n·8 + 2t, + 1 of rows g and g + 8.
-    float s[kFaKeys / 8][4];
+    // S = Q·Kᵀ, 8 keys per accumulator: s[h][n] holds keys n·8 + 2t, + 1 of rows g and g + 8
+    // of half h. Each chunk of 16 head elements: both halves' queries, then keys 16 at a time.
+    float s[kHalves][kFaKeys / 8][4];
 #pragma unroll
-    for (int n = 0; n < kFaKeys / 8; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
-      for (int c = 0; c < kFaChunks; ++c) {
-        if (c >= chunks) break;
-        uint32_t b[2];
-        KeyFragment(k_tile, n * 8, c * 16, g, t, b);
-        MmaBf16(s[n], q[c], b);
+      for (int n = 0; n < kFaKeys / 8; ++n)
+        s[h][n][0] = s[h][n][1] = s[h][n][2] = s[h][n][3] = 0.0f;
+    }
+#pragma unroll
+    for (int c = 0; c < kFaChunks; ++c) {
+      if (c >= chunks) break;
+      uint32_t a[kHalves][4];
+#pragma unroll
+      for (int h = 0; h < kHalves; ++h) {
+        LoadMatrices<false>(a[h], MatrixRow<true>(smem.queries, warp_row + h * 16, c * 16, lane));
+      }
+#pragma unroll
+      for (int n = 0; n < kFaKeys / 8; n += 2) {
+        uint32_t b[4];  // Keys n·8 .. + 8, then the next 8.
+        LoadMatrices<false>(b, MatrixRow<false>(k_tile, n * 8, c * 16, lane));
+        const uint32_t b_first[2] = {b[0], b[1]};
+        const uint32_t b_second[2] = {b[2], b[3]};
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {
+          MmaBf16(s[h][n], a[h], b_first);
+          MmaBf16(s[h][n + 1], a[h], b_second);
+        }
       }
     }
     // Causal mask (and keys past the tile's end) and the rows' new max over their 4 lanes.
-    float tile_max[2] = {-INFINITY, -INFINITY};
+    uint32_t probabilities[kHalves][kFaKeys / 16][4];
 #pragma unroll
-    for (int n = 0; n < kFaKeys / 8; ++n) {
+    for (int h = 0; h < kHalves; ++h) {
+      float tile_max[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = n * 8 + 2 * t + e % 2;
-        const int i = e / 2;
-        float score = s[n][e] * scale;
-        if constexpr (kFp8) score *= smem.key_scales[stage][key];
-        s[n][e] = key_start + key <= position[i] ? score : -INFINITY;
-        tile_max[i] = fmaxf(tile_max[i], s[n][e]);
-      }
-    }
-    float base[2];
-    float correction[2];
+      for (int n = 0; n < kFaKeys / 8; ++n) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
-      tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
-      const float new_max = fmaxf(running_max[i], tile_max[i]);
-      // A row that has seen no key yet keeps max −inf, sum and output 0 (base 0 avoids
-      // −inf − −inf).
-      base[i] = new_max == -INFINITY ? 0.0f : new_max;
-      correction[i] = exp2f(running_max[i] - base[i]);
-      running_max[i] = new_max;
-      running_sum[i] *= correction[i];
-    }
-#pragma unroll
-    for (int j = 0; j < kFaChunks * 2; ++j) {
-      out[j][0] *= correction[0];
-      out[j][1] *= correction[0];
-      out[j][2] *= correction[1];
-      out[j][3] *= correction[1];
-    }
-    // P = exp2(S − max) as A fragments over 16 keys each: s[2k] and s[2k + 1] are exactly
-    // the halves of A's layout.
-    uint32_t probabilities[kFaKeys / 16][4];
-#pragma unroll
-    for (int k = 0; k < kFaKeys / 16; ++k) {
-      float e[2][4];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-#pragma unroll
-        for (int x = 0; x < 4; ++x) {
-          e[h][x] = exp2f(s[2 * k + h][x] - base[x / 2]);
-          running_sum[x / 2] += e[h][x];
-          if constexpr (kFp8) e[h][x] *= smem.value_scales[stage][(2 * k + h) * 8 + 2 * t + x % 2];
+        for (int e = 0; e < 4; ++e) {
+          const int key = n * 8 + 2 * t + e % 2;
+          const int i = e / 2;
+          float score = s[h][n][e] * scale;
+          if constexpr (kFp8) score *= smem.key_scales[stage][key];
+          s[h][n][e] = key_start + key <= position[h][i] ? score : -INFINITY;
+          tile_max[i] = fmaxf(tile_max[i], s[h][n][e]);
         }
       }
-      probabilities[k][0] = PackBf16(e[0][0], e[0][1]);
-      probabilities[k][1] = PackBf16(e[0][2], e[0][3]);
-      probabilities[k][2] = PackBf16(e[1][0], e[1][1]);
-      probabilities[k][3] = PackBf16(e[1][2], e[1][3]);
-    }
-    // O += P·V, 8 head elements per accumulator.
+      float base[2];
 #pragma unroll
-    for (int j = 0; j < kFaChunks * 2; ++j) {
+      for (int i = 0; i < 2; ++i) {
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 1));
+        tile_max[i] = fmaxf(tile_max[i], __shfl_xor_sync(0xffffffffu, tile_max[i], 2));
+        const float new_max = fmaxf(running_max[h][i], tile_max[i]);
+        // A row that has seen no key yet keeps max −inf, sum and output 0 (base 0 avoids
+        // −inf − −inf).
+        base[i] = new_max == -INFINITY ? 0.0f : new_max;
+        const float correction = exp2f(running_max[h][i] - base[i]);
+        running_max[h][i] = new_max;
+        running_sum[h][i] *= correction;
+#pragma unroll
+        for (int j = 0; j < kFaChunks * 2; ++j) {
+          out[h][j][2 * i] *= correction;
+          out[h][j][2 * i + 1] *= correction;
+        }
+      }
+      // P = exp2(S − max) as A fragments over 16 keys each: s[h][2k] and s[h][2k + 1] are
+      // exactly the halves of A's layout.
+#pragma unroll
+      for (int k = 0; k < kFaKeys / 16; ++k) {
+        float e[2][4];
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+#pragma unroll
+          for (int y = 0; y < 4; ++y) {
+            e[x][y] = exp2f(s[h][2 * k + x][y] - base[y / 2]);
+            running_sum[h][y / 2] += e[x][y];
+            if constexpr (kFp8) {
+              e[x][y] *= smem.value_scales[stage][(2 * k + x) * 8 + 2 * t + y % 2];
+            }
+          }
+        }
+        probabilities[h][k][0] = PackBf16(e[0][0], e[0][1]);
+        probabilities[h][k][1] = PackBf16(e[0][2], e[0][3]);
+        probabilities[h][k][2] = PackBf16(e[1][0], e[1][1]);
+        probabilities[h][k][3] = PackBf16(e[1][2], e[1][3]);
+      }
+    }
+    // O += P·V, 8 head elements per accumulator, 16 at a time from one transposed load.
+#pragma unroll
+    for (int j = 0; j < kFaChunks * 2; j += 2) {
       if (j >= 2 * chunks) break;
 #pragma unroll
       for (int k = 0; k < kFaKeys / 16; ++k) {
-        uint32_t b[2];
-        ValueFragment(v_tile, k * 16, j * 8, g, t, b);
-        MmaBf16(out[j], probabilities[k], b);
+        uint32_t b[4];  // Head elements j·8 .. + 8, then the next 8.
+        LoadMatrices<true>(b, MatrixRow<true>(v_tile, k * 16, j * 8, lane));
+        const uint32_t b_first[2] = {b[0], b[1]};
+        const uint32_t b_second[2] = {b[2], b[3]};
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {
+          MmaBf16(out[h][j], probabilities[h][k], b_first);
+          MmaBf16(out[h][j + 1], probabilities[h][k], b_second);
+        }
       }
     }
   }
-  // Each row's sum over its 4 lanes; the output divided by it (a padding row writes nothing).
+  if (!computes) return;
+    // Each row's sum over its 4 lanes; the output divided by it (a padding row writes nothing).
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    running_sum[i] += __shfl_xor_sync(0xffffffffu, running_sum[i], 1);
-    running_sum[i] += __shfl_xor_sync(0xffffffffu, running_sum[i], 2);
-  }
-  for (int i = 0; i < 2; ++i) {
-    const int row = warp * 16 + g + 8 * i;
-    if (row >= rows) continue;
-    const int64_t target =
-        ((first + row / group) * p.num_heads + kv_head * group + row % group) * d + 2 * t;
-    const float inverse = 1.0f / running_sum[i];
+  for (int h = 0; h < kHalves; ++h) {
 #pragma unroll
-    for (int j = 0; j < kFaChunks * 2; ++j) {
-      if (j >= 2 * chunks) break;
-      StoreOutput(p, target + j * 8, out[j][2 * i] * inverse);
-      StoreOutput(p, target + j * 8 + 1, out[j][2 * i + 1] * inverse);
+    for (int i = 0; i < 2; ++i) {
+      float sum = running_sum[h][i];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int row = warp_row + h * 16 + g + 8 * i;
+      if (row >= rows) continue;
+      const int64_t target =
+          ((first + row / group) * p.num_heads + kv_head * group + row % group) * d + 2 * t;
+      const float inverse = 1.0f / sum;
+#pragma unroll
+      for (int j = 0; j < kFaChunks * 2; ++j) {
+        if (j >= 2 * chunks) break;
+        StoreOutput(p, target + j * 8, out[h][j][2 * i] * inverse);
+        StoreOutput(p, target + j * 8 + 1, out[h][j][2 * i + 1] * inverse);
+      }
     }
   }
 }
@@ -2686,27 +2801,48 @@ int64_t PagedAttentionWorkspaceFloats(const PagedAttentionParams& params) {
                      : PerTokenCount(params) * params.num_heads * splits * (params.head_dim + 2);
 }
 
-// TensorCorePrefillAttentionKernel<kFp8> with its dynamic shared memory allowed (and three
-// blocks' per multiprocessor asked for), once per device.
-template <bool kFp8>
+// TensorCorePrefillAttentionKernel<kFp8, kHalves> with its dynamic shared memory allowed (and
+// the largest carveout asked for), once per device.
+template <bool kFp8, int kHalves>
 void LaunchTensorCorePrefill(dim3 grid, const PagedAttentionParams& params, int group,
                              cudaStream_t stream) {
+  using Shared = PrefillSharedMemory<kFp8, kHalves>;
   static std::mutex mutex;
   static std::map<int, int> set_on;
   OncePerDevice(mutex, set_on, [] {
-    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel<kFp8>,
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel<kFp8, kHalves>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(sizeof(PrefillSharedMemory<kFp8>))));
-    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel<kFp8>,
+                                             static_cast<int>(sizeof(Shared))));
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCorePrefillAttentionKernel<kFp8, kHalves>,
                                              cudaFuncAttributePreferredSharedMemoryCarveout,
                                              cudaSharedmemCarveoutMaxShared));
     return 1;
   });
-  TensorCorePrefillAttentionKernel<kFp8>
-      <<<grid, kFaThreads, DynamicSharedBytes<PrefillSharedMemory<kFp8>>(), stream>>>(params,
-                                                                                      group);
+  TensorCorePrefillAttentionKernel<kFp8, kHalves>
+      <<<grid, kFaThreads, DynamicSharedBytes<Shared>(), stream>>>(params, group);
   CheckLaunch("TensorCorePrefillAttentionKernel");
 }
+
+int64_t TiledAttentionRows(int64_t head_dim) {
+  if (head_dim % 16 != 0) return 32;
+  // Two blocks of the 128-row form (106 KB of shared memory each over an FP8 cache) fit the
+  // 228 KB of a Hopper or datacenter Blackwell multiprocessor; an A100's 164 KB holds one and
+  // an L40S's 100 KB none: the 64-row form (90 KB) there.
+  static std::mutex mutex;
+  static std::map<int, int> rows_on;
+  return OncePerDevice(mutex, rows_on, [] {
+    int device = 0;
+    INFERBOX_CUDA_CHECK(cudaGetDevice(&device));
+    cudaDeviceProp properties{};
+    INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+    static_assert(2 * (sizeof(PrefillSharedMemory<true, 2>) + 1024) <= 228 * 1024);
+    static_assert(sizeof(PrefillSharedMemory<true, 1>) <= 99 * 1024);
+    return properties.major == 9 || properties.major == 10 ? FaRows(2) : FaRows(1);
+  });
+}
+
+// A grid's largest y.
+constexpr int64_t kMaxGridY = 65535;
 
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream) {
   if (params.num_tokens == 0) return;
@@ -2727,15 +2863,26 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
       FatalCudaError("LaunchPagedAttention", "prefill tiles for a head_dim above 128", __FILE__,
                      __LINE__);
     }
-    const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
-                         static_cast<unsigned>(params.num_kv_heads));
+    if (params.tile_rows != TiledAttentionRows(params.head_dim) || params.num_tiles > kMaxGridY) {
+      FatalCudaError("LaunchPagedAttention",
+                     "prefill tiles not of TiledAttentionRows' rows, or more than 65,535 of them",
+                     __FILE__, __LINE__);
+    }
     if (TensorCoreAttention(params.head_dim)) {
-      if (IsFp8(params.cache)) {
-        LaunchTensorCorePrefill<true>(tile_grid, params, group, stream);
+      // KV heads on x: blocks start x first, so that every KV head's last tiles start first.
+      const dim3 grid(static_cast<unsigned>(params.num_kv_heads),
+                      static_cast<unsigned>(params.num_tiles));
+      const bool fp8 = IsFp8(params.cache);
+      if (params.tile_rows == FaRows(2)) {
+        fp8 ? LaunchTensorCorePrefill<true, 2>(grid, params, group, stream)
+            : LaunchTensorCorePrefill<false, 2>(grid, params, group, stream);
       } else {
-        LaunchTensorCorePrefill<false>(tile_grid, params, group, stream);
+        fp8 ? LaunchTensorCorePrefill<true, 1>(grid, params, group, stream)
+            : LaunchTensorCorePrefill<false, 1>(grid, params, group, stream);
       }
     } else {
+      const dim3 tile_grid(static_cast<unsigned>(params.num_tiles),
+                           static_cast<unsigned>(params.num_kv_heads));
       TiledPrefillAttentionKernel<<<tile_grid, kTiledThreads, 0, stream>>>(params, group);
       CheckLaunch("TiledPrefillAttentionKernel");
     }

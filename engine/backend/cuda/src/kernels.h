@@ -100,17 +100,21 @@ void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);
 //
 // Prefill chunks of at least kTiledMinTokens tokens go to a tiled kernel instead (where the
 // group is at most kMaxAttentionGroup and head_dim at most kTiledMaxHeadDim): a block per
-// tile of up to 32 (token, query head) rows of one KV head loads each key and value tile
-// into shared memory once for all its rows. The caller lists the tiles and the tokens left
-// for the per-token kernels (TiledAttentionApplies says when).
+// tile of up to TiledAttentionRows (token, query head) rows of one KV head loads each key and
+// value tile into shared memory once for all its rows. The caller lists the tiles and the
+// tokens left for the per-token kernels (TiledAttentionApplies says when).
 inline constexpr int64_t kMaxHeadDim = 256;
 inline constexpr int64_t kMaxAttentionGroup = 8;
 inline constexpr int64_t kTiledMaxHeadDim = 128;
 inline constexpr int64_t kTiledMinTokens = 16;
-// Tokens of one sequence per tile for a group of `group` query heads per KV head: tiles of
-// 64 (token, head) rows on tensor cores (head_dim a multiple of 16), else 32.
-inline int64_t TiledAttentionTileTokens(int64_t group, int64_t head_dim) {
-  return (head_dim % 16 == 0 ? 64 : 32) / group;
+// Rows of a prefill tile on the current device: on tensor cores (head_dim a multiple of 16)
+// 128 where two blocks of that form fit a multiprocessor (Hopper, datacenter Blackwell), else
+// 64; 32 on CUDA cores.
+int64_t TiledAttentionRows(int64_t head_dim);
+// Tokens of one sequence per tile of `rows` rows for a group of `group` query heads per KV
+// head.
+inline int64_t TiledAttentionTileTokens(int64_t group, int64_t rows) {
+  return rows / group;
 }
 inline bool TiledAttentionApplies(int64_t num_heads, int64_t num_kv_heads, int64_t head_dim) {
   return num_heads / num_kv_heads <= kMaxAttentionGroup && head_dim <= kTiledMaxHeadDim;
@@ -145,6 +149,7 @@ struct PagedAttentionParams {
   // per-token kernels (num_listed_tokens of them); token_list null: every token, no tiles.
   const int32_t* tiles = nullptr;
   int64_t num_tiles = 0;
+  int64_t tile_rows = 0;  // What the tiles were made for: TiledAttentionRows(head_dim).
   const int32_t* token_list = nullptr;
   int64_t num_listed_tokens = 0;
   DecodeAttentionKernel decode_kernel = DecodeAttentionKernel::kAuto;

@@ -760,6 +760,26 @@ void MmaM16n8k32E4m3(float* d, const uint32_t* a, const uint32_t* b) {
   Mma<32, 8>(d, a, b, [](uint32_t code) { return E4M3Decode(code); });
 }
 
+void LoadMatricesX4(uint32_t* r, const void* row, bool transpose) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+    Fault("ldmatrix: a row address that is not 16-byte aligned");
+  }
+  uint64_t rows[kWarpSize];
+  WarpAllGather(reinterpret_cast<uintptr_t>(row), rows, "ldmatrix");
+  const int lane = LaneId();
+  const int g = lane / 4;
+  const int t = lane % 4;
+  // Matrix i's row r starts at the address lane 8i + r gave.
+  const auto at = [&rows](int matrix, int matrix_row, int column) {
+    return static_cast<uint32_t>(
+        reinterpret_cast<const uint16_t*>(rows[8 * matrix + matrix_row])[column]);
+  };
+  for (int i = 0; i < 4; ++i) {
+    r[i] = transpose ? at(i, 2 * t, g) | at(i, 2 * t + 1, g) << 16
+                     : at(i, g, 2 * t) | at(i, g, 2 * t + 1) << 16;
+  }
+}
+
 }  // namespace cuda_emu
 
 // --- The runtime API ---

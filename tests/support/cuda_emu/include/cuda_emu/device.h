@@ -74,6 +74,12 @@ void MmaM16n8k16F16(float* d, const uint32_t* a, const uint32_t* b);
 // A[g+8][4t ..], a[2] = A[g][4t+16 ..], a[3] = A[g+8][4t+16 ..]; b[0] = B[4t .. 4t+3][g],
 // b[1] = B[4t+16 ..][g]; d as above.
 void MmaM16n8k32E4m3(float* d, const uint32_t* a, const uint32_t* b);
+// PTX's ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: four 8×8 matrices of 16-bit
+// elements, lane l giving the address of row l % 8 of matrix l / 8 (16 bytes, 16-byte
+// aligned); with g = lane / 4 and t = lane % 4, r[i] = matrix i's [g][2t, 2t+1] (the lower
+// half first), or with `transpose` its [2t][g] and [2t+1][g]: the layouts of mma.m16n8k16's
+// fragments. Every lane must call it (a warp barrier).
+void LoadMatricesX4(uint32_t* r, const void* row, bool transpose);
 
 template <typename Kernel>
 class Launcher {
