@@ -48,12 +48,15 @@
 # FP8 bandwidth floor, the weights' bytes then half; ""),
 # PERF_KV_FP8 (workloads in PERF_THROUGHPUT's form run again with --kv-cache-dtype fp8, the
 # KV cache in FP8 E4M3, after the FP8 ones; ""),
+# PERF_KV_BLOCK (workloads in PERF_THROUGHPUT's form run again over a block-major KV cache,
+# INFERBOX_CUDA_KV_BLOCK_MAJOR=1, into kvblock-*.log; ""),
 # PERF_OP_TIMES (workloads in PERF_THROUGHPUT's form, run last with
 # INFERBOX_CUDA_OP_TIMES=1: the GPU time per op, printed in ops-*.log; a fifth field fp8 or
 # kvfp8 runs the workload with the linear layers or the KV cache in FP8, as PERF_FP8 and
 # PERF_KV_FP8 do, into ops-fp8-*.log or ops-kvfp8-*.log: "128:256:1:3:fp8"; ""),
 # PERF_ATTENTION (the attention-bench cases, BATCH:CONTEXT,...; "256:512,1024,2048 1:256,4096"),
 # PERF_ATTENTION_KV (the caches they run over: "bf16,fp8"),
+# PERF_ATTENTION_LAYOUT (their caches' layouts: "slot,block", slot- and block-major),
 # PERF_ATTENTION_STAGES (the tensor-core decode kernel's tiles per warp to run: "0", its
 # default; "0,3,4" for each of those),
 # PERF_ATTENTION_PREFILL (prompt lengths for the prefill kernel alone, one causal prompt each,
@@ -160,6 +163,7 @@ report() {
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
     "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/kvfp8-*.log "$out"/cublas-*.log \
+    "$out"/kvblock-*.log \
     "$out"/daemon-*.log "$out"/peer.log |
     tee "$results/perf-table.txt"
   save_logs
@@ -242,7 +246,8 @@ if [ "$device" = cuda ]; then
     IFS=: read -r batch contexts <<<"$case"
     capped $((reserve_daemon + reserve_peer)) 60 "attention kernels: batch $batch" \
       "attention-$batch.log" "$bin/inferbox-attention-bench" --batch "$batch" --context "$contexts" \
-      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}" --decode-stages "${PERF_ATTENTION_STAGES:-0}"
+      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}" --decode-stages "${PERF_ATTENTION_STAGES:-0}" \
+      --kv-layout "${PERF_ATTENTION_LAYOUT:-slot,block}"
     capped $((reserve_daemon + reserve_peer)) 60 "attention peer (torch): batch $batch" \
       "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
       --context "$contexts"
@@ -252,7 +257,8 @@ if [ "$device" = cuda ]; then
   if [ -n "$prefill_prompts" ]; then
     capped $((reserve_daemon + reserve_peer)) 60 "attention prefill kernel" \
       "attention-prefill.log" "$bin/inferbox-attention-bench" --prefill "$prefill_prompts" \
-      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}" --iterations 5
+      --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}" --iterations 5 \
+      --kv-layout "${PERF_ATTENTION_LAYOUT:-slot,block}"
     capped $((reserve_daemon + reserve_peer)) 60 "attention prefill peer (torch)" \
       "attention-peer-prefill.log" python3 scripts/gpu/attention_peer.py \
       --prefill "$prefill_prompts" --iterations 5
@@ -362,6 +368,16 @@ for workload in ${PERF_KV_FP8:-}; do
   IFS=: read -r in_len out_len concurrency requests <<<"$workload"
   capped $ours_reserve 120 "kv fp8: ${in_len}/${out_len} at ${concurrency}" \
     "kvfp8-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --kv-cache-dtype fp8 \
+    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
+    --seed "$(seed_of "$workload")" --json
+done
+
+# --- ours, over a block-major KV cache ---
+for workload in ${PERF_KV_BLOCK:-}; do
+  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+  INFERBOX_CUDA_KV_BLOCK_MAJOR=1 capped $ours_reserve 120 "kv block-major: ${in_len}/${out_len} at ${concurrency}" \
+    "kvblock-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" \
     --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
     --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
     --seed "$(seed_of "$workload")" --json

@@ -6,7 +6,10 @@
 //   inferbox-attention-bench [--batch 256] [--context 512,1024,2048] [--heads 32]
 //       [--kv-heads 8] [--head-dim 128] [--block-size 16] [--iterations 20]
 //       [--kernel auto,tensor-core,grouped] [--splits 0] [--kv-cache-dtype bf16,fp8]
-//       [--decode-stages 0] [--prefill 1024,4096,8192]
+//       [--decode-stages 0] [--prefill 1024,4096,8192] [--kv-layout slot,block]
+//
+// --kv-layout block runs each case again over a block-major cache (KvCacheLayer::block_major:
+// a block's keys of one KV head in one run of memory), its column "kv" marked "/blk".
 //
 // With --prefill, prefill instead: one prompt of each length from position 0 through the
 // tensor-core prefill kernel in the engine's tiles, microseconds per launch and TFLOP/s (the
@@ -60,8 +63,9 @@ struct Options {
   std::vector<std::string> kernels{"auto", "tensor-core", "grouped"};
   std::vector<int> splits{0};
   std::vector<std::string> dtypes{"bf16"};
-  std::vector<int> decode_stages{0};  // The tensor-core decode kernel's; 0: its default.
-  std::vector<int64_t> prefills;      // Prompts for the prefill kernel, instead of decodes.
+  std::vector<std::string> layouts{"slot"};  // "slot", "block": KvCacheLayer::block_major.
+  std::vector<int> decode_stages{0};         // The tensor-core decode kernel's; 0: its default.
+  std::vector<int64_t> prefills;             // Prompts for the prefill kernel, instead of decodes.
 };
 
 DecodeAttentionKernel KernelNamed(const std::string& name) {
@@ -76,8 +80,10 @@ DecodeAttentionKernel KernelNamed(const std::string& name) {
 // launch's cache and tables to it.
 class PagedCache {
  public:
-  PagedCache(const Options& options, int64_t sequences, int64_t tokens, bool fp8, std::mt19937& rng)
-      : blocks_per_sequence_((tokens + options.block_size - 1) / options.block_size),
+  PagedCache(const Options& options, int64_t sequences, int64_t tokens, bool fp8, bool block_major,
+             std::mt19937& rng)
+      : block_major_(block_major),
+        blocks_per_sequence_((tokens + options.block_size - 1) / options.block_size),
         cached_(static_cast<size_t>(sequences * blocks_per_sequence_ * options.block_size *
                                     options.kv_heads * options.head_dim)),
         keys_(fp8 ? 0 : cached_),
@@ -121,6 +127,7 @@ class PagedCache {
     params.cache.value_codes = value_codes_.get();
     params.cache.key_scales = key_scales_.get();
     params.cache.value_scales = value_scales_.get();
+    params.cache.block_major = block_major_;
     params.table_offsets = offsets_.get();
     params.block_tables = tables_.get();
     params.num_heads = options.heads;
@@ -131,6 +138,7 @@ class PagedCache {
   }
 
  private:
+  bool block_major_;
   int64_t blocks_per_sequence_;
   size_t cached_;
   DeviceBuffer<uint16_t> keys_;
@@ -142,6 +150,11 @@ class PagedCache {
   DeviceBuffer<int32_t> tables_;
   DeviceBuffer<int64_t> offsets_;
 };
+
+// The "kv" column: the cache's element type, "/blk" for a block-major one.
+std::string CacheLabel(bool fp8, bool block_major) {
+  return fmt::format("{}{}", fp8 ? "fp8" : "bf16", block_major ? "/blk" : "");
+}
 
 // Random queries in [-amplitude, amplitude] for `tokens` tokens' heads.
 std::vector<float> RandomQueries(const Options& options, int64_t tokens, std::mt19937& rng,
@@ -195,10 +208,11 @@ class AttentionTokens {
 
 // One (batch, context) case over a BF16 or an FP8 cache; false when a kernel's output
 // differs from the first's.
-bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, int multiprocessors,
-             double copy_bandwidth, std::mt19937& rng) {
+bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, bool block_major,
+             int multiprocessors, double copy_bandwidth, std::mt19937& rng) {
   const int64_t d = options.head_dim;
-  const PagedCache cache(options, batch, context, fp8, rng);
+  const PagedCache cache(options, batch, context, fp8, block_major, rng);
+  const std::string kv = CacheLabel(fp8, block_major);
   std::vector<int32_t> sequence_of(static_cast<size_t>(batch));
   std::iota(sequence_of.begin(), sequence_of.end(), 0);
   const AttentionTokens launch(std::vector<int64_t>(static_cast<size_t>(batch), context - 1),
@@ -228,9 +242,9 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, i
         std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
     agree = agree && ok;
     fmt::print(
-        "{:>6} {:>8} {:<4} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
-        batch, context, fp8 ? "fp8" : "bf16", label, PagedAttentionSplits(params), seconds * 1e6,
-        floor_us, cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
+        "{:>6} {:>8} {:<8} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
+        batch, context, kv, label, PagedAttentionSplits(params), seconds * 1e6, floor_us,
+        cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
         ok ? "" : "  DIFFERS from the first kernel");
   };
   for (const std::string& name : options.kernels) {
@@ -257,10 +271,10 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, i
 // head_dim · N(N + 1)). Its output is compared with the per-token kernels' (float32-exact) for
 // every token: false when they differ by more than kMaxPrefillDifference or an output is not
 // finite.
-bool RunPrefillCase(const Options& options, int64_t tokens, bool fp8, int multiprocessors,
-                    std::mt19937& rng) {
+bool RunPrefillCase(const Options& options, int64_t tokens, bool fp8, bool block_major,
+                    int multiprocessors, std::mt19937& rng) {
   const int64_t d = options.head_dim;
-  const PagedCache cache(options, 1, tokens, fp8, rng);
+  const PagedCache cache(options, 1, tokens, fp8, block_major, rng);
   std::vector<int64_t> positions(static_cast<size_t>(tokens));
   std::iota(positions.begin(), positions.end(), 0);
   const std::vector<int32_t> sequence_of(static_cast<size_t>(tokens), 0);
@@ -308,9 +322,9 @@ bool RunPrefillCase(const Options& options, int64_t tokens, bool fp8, int multip
       std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
   const double flops = 2.0 * static_cast<double>(options.heads * d) * static_cast<double>(tokens) *
                        static_cast<double>(tokens + 1);
-  fmt::print("{:>8} {:<4} {:>8} {:>12.1f} {:>10.1f} {:>10.2e}{}\n", tokens, fp8 ? "fp8" : "bf16",
-             num_tiles * options.kv_heads, seconds * 1e6, flops / seconds / 1e12, difference,
-             ok ? "" : "  DIFFERS from the per-token kernels");
+  fmt::print("{:>8} {:<8} {:>8} {:>12.1f} {:>10.1f} {:>10.2e}{}\n", tokens,
+             CacheLabel(fp8, block_major), num_tiles * options.kv_heads, seconds * 1e6,
+             flops / seconds / 1e12, difference, ok ? "" : "  DIFFERS from the per-token kernels");
   return ok;
 }
 
@@ -347,6 +361,11 @@ int main(int argc, char** argv) {
                  "Caches to run: bf16 and/or fp8 (E4M3 codes with a scale per key and value)")
       ->delimiter(',')
       ->check(CLI::IsMember({"bf16", "fp8"}));
+  app.add_option("--kv-layout", options.layouts,
+                 "Cache layouts to run: slot (a slot's KV heads side by side) and/or block (a "
+                 "block's keys of one KV head side by side)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"slot", "block"}));
   app.add_option("--prefill", options.prefills,
                  "Prompt lengths to run through the prefill kernel (one sequence from position "
                  "0, causal) instead of the decode cases")
@@ -384,14 +403,16 @@ int main(int argc, char** argv) {
         "rows\n",
         options.heads, options.kv_heads, options.head_dim, options.block_size,
         TiledAttentionRows(options.head_dim));
-    fmt::print("{:>8} {:<4} {:>8} {:>12} {:>10} {:>10}\n", "tokens", "kv", "blocks", "us/call",
+    fmt::print("{:>8} {:<8} {:>8} {:>12} {:>10} {:>10}\n", "tokens", "kv", "blocks", "us/call",
                "TFLOP/s", "max diff");
     bool agree = true;
     for (int64_t tokens : options.prefills) {
       for (const std::string& dtype : options.dtypes) {
-        agree =
-            RunPrefillCase(options, tokens, dtype == "fp8", properties.multiProcessorCount, rng) &&
-            agree;
+        for (const std::string& layout : options.layouts) {
+          agree = RunPrefillCase(options, tokens, dtype == "fp8", layout == "block",
+                                 properties.multiProcessorCount, rng) &&
+                  agree;
+        }
       }
     }
     return agree ? 0 : 1;
@@ -416,16 +437,18 @@ int main(int argc, char** argv) {
           kernel.blocks_per_multiprocessor, kernel.warps_per_block);
     }
   }
-  fmt::print("{:>6} {:>8} {:<4} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
+  fmt::print("{:>6} {:>8} {:<8} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
              "context", "kv", "kernel", "splits", "us/call", "floor us", "GB/s", "floor",
              "max diff");
   bool agree = true;
   for (int64_t batch : options.batches) {
     for (int64_t context : options.contexts) {
       for (const std::string& dtype : options.dtypes) {
-        agree = RunCase(options, batch, context, dtype == "fp8", properties.multiProcessorCount,
-                        copy_bandwidth, rng) &&
-                agree;
+        for (const std::string& layout : options.layouts) {
+          agree = RunCase(options, batch, context, dtype == "fp8", layout == "block",
+                          properties.multiProcessorCount, copy_bandwidth, rng) &&
+                  agree;
+        }
       }
     }
   }

@@ -54,16 +54,26 @@ class CudaBuffer final : public Buffer {
   std::span<float> data_;
 };
 
-// Keys then values of every layer: [layer][key|value][slot][kv_head][head_dim], BF16; or
+// Keys then values of every layer: [layer][key|value][slot][kv_head][head_dim], BF16, or
+// with block_major [layer][key|value][block][kv_head][slot in block][head_dim] (CacheRow); or
 // (KvCacheDType::kFp8E4M3) per layer key codes, value codes (that shape, a byte each), key
-// scales and value scales ([slot][kv_head] floats), each part starting at a multiple of 256
-// bytes: the allocation is the payload (KvCacheBytes, what a block costs) and at most
-// 4 × 255 bytes a layer.
+// scales and value scales (a float per row), each part starting at a multiple of 256 bytes:
+// the allocation is the payload (KvCacheBytes, what a block costs) and at most 4 × 255 bytes
+// a layer.
 class CudaKvCache final : public KvCache {
  public:
   // Zeroed in `stream`'s order, so no op queued after it can be overwritten.
-  CudaKvCache(const KvCacheShape& shape, cudaStream_t stream)
-      : shape_(shape), memory_(TotalBytes(shape), nullptr), serial_(++last_serial_) {
+  CudaKvCache(const KvCacheShape& shape, bool block_major, cudaStream_t stream)
+      : shape_(shape),
+        block_major_(block_major),
+        memory_(TotalBytes(shape), nullptr),
+        serial_(++last_serial_) {
+    // The attention kernels hold a row index (CacheRow) in 31 bits; no device has the memory
+    // for more rows (2³¹ rows of head_dim 64 are 256 GiB a layer in FP8).
+    if (shape.num_slots() * shape.num_kv_heads >= (int64_t{1} << 31)) {
+      FatalCudaError("CudaKvCache", "2^31 or more cache rows (slots times KV heads)", __FILE__,
+                     __LINE__);
+    }
     INFERBOX_CUDA_CHECK(
         cudaMemsetAsync(memory_.as<void>(), 0, static_cast<size_t>(TotalBytes(shape)), stream));
   }
@@ -82,6 +92,7 @@ class CudaKvCache final : public KvCache {
   KvCacheLayer layer(int64_t index) const {
     auto* base = memory_.as<uint8_t>() + index * LayerBytes(shape_);
     KvCacheLayer layer;
+    layer.block_major = block_major_;
     if (!shape_.fp8()) {
       layer.keys = reinterpret_cast<uint16_t*>(base);
       layer.values = layer.keys + Values(shape_);
@@ -108,6 +119,7 @@ class CudaKvCache final : public KvCache {
     return 2 * Aligned(Values(shape)) + 2 * Aligned(Scales(shape));
   }
   KvCacheShape shape_;
+  bool block_major_;
   DeviceAllocation memory_;
   int64_t serial_;
   static inline std::atomic<int64_t> last_serial_{0};
@@ -427,6 +439,7 @@ class CudaBackend final : public Backend {
       : device_(device),
         record_steps_(options.cuda_graphs),
         small_batch_linears_(options.small_batch_linears),
+        block_major_kv_(options.block_major_kv),
         max_recordings_(std::max<int64_t>(options.max_recordings, 1)) {
     Use();
     INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -502,7 +515,7 @@ class CudaBackend final : public Backend {
   }
   std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
     Use();
-    return std::make_unique<CudaKvCache>(shape, stream_);
+    return std::make_unique<CudaKvCache>(shape, block_major_kv_, stream_);
   }
   std::unique_ptr<Buffer> Allocate(int64_t num_floats) override {
     Use();
@@ -610,20 +623,27 @@ class CudaBackend final : public Backend {
     Use();
     const KvCacheLayer kv = static_cast<const CudaKvCache&>(cache).layer(layer);
     const int64_t heads = cache.shape().num_kv_heads;
-    const int64_t row = heads * cache.shape().head_dim;
-    auto copy = [this](void* to, const void* from, int64_t bytes) {
-      INFERBOX_CUDA_CHECK(
-          cudaMemcpyAsync(to, from, static_cast<size_t>(bytes), cudaMemcpyDeviceToHost, stream_));
+    const int64_t d = cache.shape().head_dim;
+    const int64_t row = heads * d;
+    // Each KV head's row (CacheRow), its keys then its values, a head after another.
+    auto copy_heads = [&](void* to, const void* keys, const void* values, int64_t bytes) {
+      auto* target = static_cast<uint8_t*>(to);
+      for (int64_t part = 0; part < 2; ++part) {
+        const auto* source = static_cast<const uint8_t*>(part == 0 ? keys : values);
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t at = CacheRow(kv, slot, h, heads, cache.shape().block_size);
+          INFERBOX_CUDA_CHECK(cudaMemcpyAsync(target + (part * heads + h) * bytes,
+                                              source + at * bytes, static_cast<size_t>(bytes),
+                                              cudaMemcpyDeviceToHost, stream_));
+        }
+      }
     };
     if (cache.shape().fp8()) {
       std::vector<uint8_t> codes(static_cast<size_t>(2 * row));
       std::vector<float> scales(static_cast<size_t>(2 * heads));
-      copy(codes.data(), kv.key_codes + slot * row, row);
-      copy(codes.data() + row, kv.value_codes + slot * row, row);
-      copy(scales.data(), kv.key_scales + slot * heads, heads * 4);
-      copy(scales.data() + heads, kv.value_scales + slot * heads, heads * 4);
+      copy_heads(codes.data(), kv.key_codes, kv.value_codes, d);
+      copy_heads(scales.data(), kv.key_scales, kv.value_scales, 4);
       INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      const int64_t d = cache.shape().head_dim;
       for (int64_t i = 0; i < row; ++i) {
         key[static_cast<size_t>(i)] =
             Fp8E4M3ToFloat(codes[static_cast<size_t>(i)]) * scales[static_cast<size_t>(i / d)];
@@ -633,8 +653,7 @@ class CudaBackend final : public Backend {
       return;
     }
     std::vector<uint16_t> bits(static_cast<size_t>(2 * row));
-    copy(bits.data(), kv.keys + slot * row, row * 2);
-    copy(bits.data() + row, kv.values + slot * row, row * 2);
+    copy_heads(bits.data(), kv.keys, kv.values, d * 2);
     INFERBOX_CUDA_CHECK(cudaStreamSynchronize(stream_));
     auto widen = [](uint16_t b) {
       const uint32_t w = static_cast<uint32_t>(b) << 16;
@@ -866,6 +885,7 @@ class CudaBackend final : public Backend {
     params.num_kv_heads = cache.shape().num_kv_heads;
     params.half = inputs.half();
     params.head_dim = cache.shape().head_dim;
+    params.block_size = cache.shape().block_size;
     if (params.half != 0 && 2 * params.half != params.head_dim) {
       FatalCudaError("RopeWriteKv", "the step's rotary table does not match the cache's head_dim",
                      __FILE__, __LINE__);
@@ -1335,6 +1355,7 @@ class CudaBackend final : public Backend {
   int device_;
   bool record_steps_ = true;
   bool small_batch_linears_ = true;  // CudaBackendOptions::small_batch_linears.
+  bool block_major_kv_ = false;      // CudaBackendOptions::block_major_kv.
   int num_multiprocessors_ = 1;
   cudaStream_t stream_ = nullptr;
   OpTimes times_;
@@ -1391,6 +1412,9 @@ Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index, CudaBackendOp
   };
   if (off("INFERBOX_CUDA_GRAPHS")) options.cuda_graphs = false;
   if (off("INFERBOX_CUDA_GEMV")) options.small_batch_linears = false;
+  if (const char* value = std::getenv("INFERBOX_CUDA_KV_BLOCK_MAJOR")) {
+    options.block_major_kv = std::string_view(value) == "1";
+  }
   return std::unique_ptr<Backend>(new CudaBackend(device_index, options));
 }
 

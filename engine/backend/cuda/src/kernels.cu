@@ -316,11 +316,16 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
   const int64_t kv_row = p.num_kv_heads * head_dim;
   const bool fp8 = IsFp8(p.cache);
   const bool write = p.slots[t] >= 0 && !fp8;  // A padding token's slot is negative.
-  uint16_t* key_slot = p.cache.keys + (write ? p.slots[t] : 0) * kv_row;
-  uint16_t* value_slot = p.cache.values + (write ? p.slots[t] : 0) * kv_row;
+  // KV head h's row of this token's slot: first + h · stride (CacheRow).
+  const int64_t slot = p.slots[t] >= 0 ? p.slots[t] : 0;
+  const int64_t first = CacheRow(p.cache, slot, 0, p.num_kv_heads, p.block_size);
+  const int64_t stride = CacheRow(p.cache, slot, 1, p.num_kv_heads, p.block_size) - first;
+  const auto element = [&](int64_t head, int64_t c) {
+    return (first + head * stride) * head_dim + c;
+  };
   if (p.half == 0 && write) {  // No rotation: keys are stored as they come.
     for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
-      key_slot[c] = FloatToBf16Bits(p.k[t * kv_row + c]);
+      p.cache.keys[element(c / head_dim, c % head_dim)] = FloatToBf16Bits(p.k[t * kv_row + c]);
   }
   const int64_t k_pairs = p.num_kv_heads * p.half;
   for (int64_t i = threadIdx.x; i < k_pairs; i += blockDim.x) {
@@ -334,8 +339,8 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     x[j] = r1;
     x[j + p.half] = r2;
     if (write) {
-      key_slot[head * head_dim + j] = FloatToBf16Bits(r1);
-      key_slot[head * head_dim + j + p.half] = FloatToBf16Bits(r2);
+      p.cache.keys[element(head, j)] = FloatToBf16Bits(r1);
+      p.cache.keys[element(head, j + p.half)] = FloatToBf16Bits(r2);
     }
   }
   if (fp8 && p.slots[t] >= 0) {
@@ -345,7 +350,7 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
       const bool key = i < p.num_kv_heads;
       const int64_t head = i % p.num_kv_heads;
       const float* x = (key ? p.k : p.v) + (t * p.num_kv_heads + head) * head_dim;
-      QuantizeKvHead(x, head_dim, p.slots[t] * p.num_kv_heads + head,
+      QuantizeKvHead(x, head_dim, first + head * stride,
                      key ? p.cache.key_codes : p.cache.value_codes,
                      key ? p.cache.key_scales : p.cache.value_scales);
     }
@@ -353,7 +358,7 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
   }
   if (!write) return;
   for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
-    value_slot[c] = FloatToBf16Bits(p.v[t * kv_row + c]);
+    p.cache.values[element(c / head_dim, c % head_dim)] = FloatToBf16Bits(p.v[t * kv_row + c]);
 }
 
 // Element `index` of the attention's output [tokens, heads, head_dim]: float32, or BF16 where
@@ -367,15 +372,20 @@ __device__ __forceinline__ void StoreOutput(const PagedAttentionParams& p, int64
   }
 }
 
-// The cache slot of a sequence's key position, from its block table.
-__device__ __forceinline__ int64_t CacheSlot(const PagedAttentionParams& p, const int32_t* table,
-                                             int64_t key_position) {
-  return static_cast<int64_t>(table[key_position / p.block_size]) * p.block_size +
-         key_position % p.block_size;
+// The cache row (CacheRow) of a sequence's key position for one KV head, from its block table.
+__device__ __forceinline__ int64_t CacheRowAt(const PagedAttentionParams& p, const int32_t* table,
+                                              int64_t key_position, int64_t kv_head) {
+  // Either order puts a block's rows together: block · block_size · num_kv_heads, then the
+  // slot's and the KV head's steps (CacheRow).
+  const int64_t block = table[key_position / p.block_size];
+  const int64_t offset = key_position % p.block_size;
+  const bool block_major = p.cache.block_major;
+  return block * p.block_size * p.num_kv_heads + offset * (block_major ? 1 : p.num_kv_heads) +
+         kv_head * (block_major ? p.block_size : 1);
 }
 
-// The key or value of one KV head at one slot, element by element: BF16, or an FP8 code
-// times its scale.
+// The key or value of one cache row, element by element: BF16, or an FP8 code times its
+// scale.
 struct KvHead {
   const uint16_t* bf16;
   const uint8_t* codes;
@@ -389,15 +399,11 @@ __device__ __forceinline__ KvHead CachedHead(const uint16_t* bf16, const uint8_t
   if (codes != nullptr) return {nullptr, codes + head * d, scales[head]};
   return {bf16 + head * d, nullptr, 1.0f};
 }
-__device__ __forceinline__ KvHead KeyHead(const PagedAttentionParams& p, int64_t slot,
-                                          int64_t kv_head) {
-  return CachedHead(p.cache.keys, p.cache.key_codes, p.cache.key_scales,
-                    slot * p.num_kv_heads + kv_head, p.head_dim);
+__device__ __forceinline__ KvHead KeyHead(const PagedAttentionParams& p, int64_t row) {
+  return CachedHead(p.cache.keys, p.cache.key_codes, p.cache.key_scales, row, p.head_dim);
 }
-__device__ __forceinline__ KvHead ValueHead(const PagedAttentionParams& p, int64_t slot,
-                                            int64_t kv_head) {
-  return CachedHead(p.cache.values, p.cache.value_codes, p.cache.value_scales,
-                    slot * p.num_kv_heads + kv_head, p.head_dim);
+__device__ __forceinline__ KvHead ValueHead(const PagedAttentionParams& p, int64_t row) {
+  return CachedHead(p.cache.values, p.cache.value_codes, p.cache.value_scales, row, p.head_dim);
 }
 
 constexpr int kAttentionWarps = 4;
@@ -429,9 +435,9 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
   float running_max = -INFINITY;
   float running_sum = 0.0f;
   for (int64_t key_position = warp; key_position <= position; key_position += kAttentionWarps) {
-    const int64_t slot = CacheSlot(p, table, key_position);
-    const KvHead key = KeyHead(p, slot, kv_head);
-    const KvHead value = ValueHead(p, slot, kv_head);
+    const int64_t row = CacheRowAt(p, table, key_position, kv_head);
+    const KvHead key = KeyHead(p, row);
+    const KvHead value = ValueHead(p, row);
     float partial = 0.0f;
 #pragma unroll
     for (int j = 0; j < kAttentionLaneElements; ++j) {
@@ -592,9 +598,9 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     running_sum[g] = 0.0f;
   }
   for (int64_t key_position = begin + warp; key_position < end; key_position += kAttentionWarps) {
-    const int64_t slot = CacheSlot(p, table, key_position);
-    const KvHead key = KeyHead(p, slot, kv_head);
-    const KvHead value = ValueHead(p, slot, kv_head);
+    const int64_t row = CacheRowAt(p, table, key_position, kv_head);
+    const KvHead key = KeyHead(p, row);
+    const KvHead value = ValueHead(p, row);
     float k[E];
     float v[E];
 #pragma unroll
@@ -791,7 +797,7 @@ __global__ void __launch_bounds__(kTiledThreads)
       const int64_t j = i / d;
       const int64_t c = i % d;
       const int64_t key_position = key_start + j;
-      const int64_t head = CacheSlot(p, table, key_position) * p.num_kv_heads + kv_head;
+      const int64_t head = CacheRowAt(p, table, key_position, kv_head);
       if (fp8) {
         k_tile[j][c] = Fp8ToBf16Bits(p.cache.key_codes[head * d + c]);
         v_tile[j][c] = Fp8ToBf16Bits(p.cache.value_codes[head * d + c]);
@@ -1023,26 +1029,28 @@ __device__ __forceinline__ void ValueFragment(const uint16_t* tile, int first_ke
   b[1] = static_cast<uint32_t>(value[8 * kFaLd]) | static_cast<uint32_t>(value[9 * kFaLd]) << 16;
 }
 
-// The cache slot of key position key_start + threadIdx.x for the first kFaKeys threads (−1
+// The cache row of key position key_start + threadIdx.x for the first kFaKeys threads (−1
 // past last_position, and for the other threads).
-__device__ __forceinline__ int64_t KeyTileSlot(const PagedAttentionParams& p, const int32_t* table,
-                                               int64_t key_start, int64_t last_position) {
+__device__ __forceinline__ int64_t KeyTileRow(const PagedAttentionParams& p, const int32_t* table,
+                                              int64_t key_start, int64_t last_position,
+                                              int64_t kv_head) {
   const int64_t key_position = key_start + threadIdx.x;
-  return threadIdx.x < kFaKeys && key_position <= last_position ? CacheSlot(p, table, key_position)
-                                                                : -1;
+  return threadIdx.x < kFaKeys && key_position <= last_position
+             ? CacheRowAt(p, table, key_position, kv_head)
+             : -1;
 }
 
 // Starts the copies of 16 bytes (head elements c onwards: 8 BF16 values, or 16 FP8 codes) of
-// the key and the value at `slot` of one KV head, from `keys` and `values` (the layer's BF16
-// cache or its codes), into k_target and v_target, in the thread's current group; zeros there
-// for slot −1 (a key past the end: a zero value times a zero probability adds nothing,
-// garbage could be a NaN).
+// the key and the value in cache row `row`, from `keys` and `values` (the layer's BF16 cache
+// or its codes), into k_target and v_target, in the thread's current group; zeros there for
+// row −1 (a key past the end: a zero value times a zero probability adds nothing, garbage
+// could be a NaN).
 template <typename T>
 __device__ __forceinline__ void CopyKeyValueChunk(const PagedAttentionParams& p, const T* keys,
-                                                  const T* values, int64_t slot, int64_t kv_head,
-                                                  int c, T* k_target, T* v_target) {
-  if (slot >= 0) {
-    const int64_t offset = (slot * p.num_kv_heads + kv_head) * p.head_dim + c;
+                                                  const T* values, int64_t row, int c, T* k_target,
+                                                  T* v_target) {
+  if (row >= 0) {
+    const int64_t offset = row * p.head_dim + c;
     CopyAsync16(k_target, keys + offset);
     CopyAsync16(v_target, values + offset);
   } else {
@@ -1051,16 +1059,16 @@ __device__ __forceinline__ void CopyKeyValueChunk(const PagedAttentionParams& p,
   }
 }
 
-// Starts the copies of the key and value rows at `slots` of one KV head into k_tile and
-// v_tile, as one group of each thread's copies. head_dim is a multiple of 16, so every row
-// starts 16-byte aligned in the cache and in the tiles.
-__device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* slots, int64_t kv_head,
-                             uint16_t* k_tile, uint16_t* v_tile) {
+// Starts the copies of the key and value cache rows `rows` into k_tile and v_tile, as one
+// group of each thread's copies. head_dim is a multiple of 16, so every row starts 16-byte
+// aligned in the cache and in the tiles.
+__device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* rows, uint16_t* k_tile,
+                             uint16_t* v_tile) {
   const int chunks = static_cast<int>(p.head_dim / 8);  // 16-byte chunks per row.
   for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
     const int c = (i % chunks) * 8;
-    CopyKeyValueChunk(p, p.cache.keys, p.cache.values, slots[j], kv_head, c, k_tile + j * kFaLd + c,
+    CopyKeyValueChunk(p, p.cache.keys, p.cache.values, rows[j], c, k_tile + j * kFaLd + c,
                       v_tile + j * kFaLd + c);
   }
   CopyAsyncCommit();
@@ -1074,20 +1082,19 @@ __device__ void IssueKeyTile(const PagedAttentionParams& p, const int64_t* slots
 // own values.
 constexpr int kFp8Ld = static_cast<int>(kTiledMaxHeadDim) + 16;  // Bytes, padded.
 
-// The key's and the value's scale at `slot` (zeros for slot −1).
-__device__ __forceinline__ void CopyFp8Scales(const PagedAttentionParams& p, int64_t slot,
-                                              int64_t kv_head, float* k_target, float* v_target) {
-  if (slot >= 0) {
-    const int64_t head = slot * p.num_kv_heads + kv_head;
-    CopyAsync4(k_target, p.cache.key_scales + head);
-    CopyAsync4(v_target, p.cache.value_scales + head);
+// The key's and the value's scale of cache row `row` (zeros for row −1).
+__device__ __forceinline__ void CopyFp8Scales(const PagedAttentionParams& p, int64_t row,
+                                              float* k_target, float* v_target) {
+  if (row >= 0) {
+    CopyAsync4(k_target, p.cache.key_scales + row);
+    CopyAsync4(v_target, p.cache.value_scales + row);
   } else {
     *k_target = *v_target = 0.0f;
   }
 }
 
 // TensorCorePrefillAttentionKernel's shared memory: the rows' queries as BF16, kFaStages key
-// and value tiles (the one computed, the next one copying) and their slots, 103 KB (an FP8
+// and value tiles (the one computed, the next one copying) and their cache rows, 103 KB (an FP8
 // cache: the stages' codes and scales and one BF16 tile of the current codes, 106 KB; two
 // blocks fit a multiprocessor): more than a kernel may declare statically (48 KB), so dynamic
 // shared memory on the GPU. The CPU emulation has no such limit and no dynamic shared memory:
@@ -1098,7 +1105,7 @@ struct PrefillSharedMemory {
   uint16_t queries[FaRows(kHalves) * kFaLd];
   uint16_t keys[kFaStages][kFaKeys * kFaLd];
   uint16_t values[kFaStages][kFaKeys * kFaLd];
-  int64_t slots[kFaStages][kFaKeys];
+  int64_t rows[kFaStages][kFaKeys];
 };
 template <int kHalves>
 struct PrefillSharedMemory<true, kHalves> {
@@ -1109,7 +1116,7 @@ struct PrefillSharedMemory<true, kHalves> {
   uint16_t values[1][kFaKeys * kFaLd];
   float key_scales[kFaStages][kFaKeys];
   float value_scales[kFaStages][kFaKeys];
-  int64_t slots[kFaStages][kFaKeys];
+  int64_t rows[kFaStages][kFaKeys];
 };
 // The dynamic shared memory a launch asks for to hold `Shared` (the emulation's kernels
 // declare theirs statically: none).
@@ -1124,19 +1131,18 @@ constexpr size_t DynamicSharedBytes() {
 
 // IssueKeyTile's FP8 form: stage `stage` of the shared memory.
 template <int kHalves>
-__device__ void IssueFp8KeyTile(const PagedAttentionParams& p, const int64_t* slots,
-                                int64_t kv_head, PrefillSharedMemory<true, kHalves>& smem,
-                                int stage) {
+__device__ void IssueFp8KeyTile(const PagedAttentionParams& p, const int64_t* rows,
+                                PrefillSharedMemory<true, kHalves>& smem, int stage) {
   const int chunks = static_cast<int>(p.head_dim / 16);  // 16-byte chunks per row.
   for (int i = threadIdx.x; i < kFaKeys * chunks; i += blockDim.x) {
     const int j = i / chunks;
     const int c = (i % chunks) * 16;
-    CopyKeyValueChunk(p, p.cache.key_codes, p.cache.value_codes, slots[j], kv_head, c,
+    CopyKeyValueChunk(p, p.cache.key_codes, p.cache.value_codes, rows[j], c,
                       smem.key_codes[stage] + j * kFp8Ld + c,
                       smem.value_codes[stage] + j * kFp8Ld + c);
   }
   for (int j = threadIdx.x; j < kFaKeys; j += blockDim.x) {
-    CopyFp8Scales(p, slots[j], kv_head, &smem.key_scales[stage][j], &smem.value_scales[stage][j]);
+    CopyFp8Scales(p, rows[j], &smem.key_scales[stage][j], &smem.value_scales[stage][j]);
   }
   CopyAsyncCommit();
 }
@@ -1148,13 +1154,13 @@ __device__ __forceinline__ void Fp8QuadToBf16(uint32_t codes, uint16_t* target) 
 }
 
 template <bool kFp8, int kHalves>
-__device__ __forceinline__ void IssuePrefillTile(const PagedAttentionParams& p, int64_t kv_head,
+__device__ __forceinline__ void IssuePrefillTile(const PagedAttentionParams& p,
                                                  PrefillSharedMemory<kFp8, kHalves>& smem,
                                                  int stage) {
   if constexpr (kFp8) {
-    IssueFp8KeyTile(p, smem.slots[stage], kv_head, smem, stage);
+    IssueFp8KeyTile(p, smem.rows[stage], smem, stage);
   } else {
-    IssueKeyTile(p, smem.slots[stage], kv_head, smem.keys[stage], smem.values[stage]);
+    IssueKeyTile(p, smem.rows[stage], smem.keys[stage], smem.values[stage]);
   }
 }
 
@@ -1238,32 +1244,33 @@ __global__ void __launch_bounds__(kFaThreads, 2)
   }
 
   // A pipeline of key tiles: tile n + 1 copies (cp.async) while tile n is computed. The
-  // first kFaKeys threads write the slots of tile n + 2 while tile n + 1 copies, from a
+  // first kFaKeys threads write the cache rows of tile n + 2 while tile n + 1 copies, from a
   // register loaded an iteration earlier, so that no block-table read stalls the block.
   const int num_tiles = static_cast<int>(last_position / kFaKeys + 1);
   if (threadIdx.x < kFaKeys) {
-    smem.slots[0][threadIdx.x] = KeyTileSlot(p, table, 0, last_position);
-    smem.slots[1][threadIdx.x] = KeyTileSlot(p, table, kFaKeys, last_position);
+    smem.rows[0][threadIdx.x] = KeyTileRow(p, table, 0, last_position, kv_head);
+    smem.rows[1][threadIdx.x] = KeyTileRow(p, table, kFaKeys, last_position, kv_head);
   }
-  int64_t ahead_slot = KeyTileSlot(p, table, 2 * kFaKeys, last_position);
+  int64_t ahead_row = KeyTileRow(p, table, 2 * kFaKeys, last_position, kv_head);
   __syncthreads();
-  IssuePrefillTile<kFp8, kHalves>(p, kv_head, smem, 0);
+  IssuePrefillTile<kFp8, kHalves>(p, smem, 0);
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     const int stage = tile % kFaStages;
     const int other = 1 - stage;
     const int key_start = tile * kFaKeys;
-    // Every thread is done with the other stage (the previous tile) and its slots, and the
-    // next tile's slots are visible: the next tile into it.
+    // Every thread is done with the other stage (the previous tile) and its rows, and the
+    // next tile's rows are visible: the next tile into it.
     __syncthreads();
     if (tile + 1 < num_tiles) {
-      IssuePrefillTile<kFp8, kHalves>(p, kv_head, smem, other);
+      IssuePrefillTile<kFp8, kHalves>(p, smem, other);
     } else {
       CopyAsyncCommit();  // An empty group: the wait below always leaves one behind.
     }
-    // This tile's slots were read when it was issued: the slots of the tile after next.
-    if (threadIdx.x < kFaKeys) smem.slots[stage][threadIdx.x] = ahead_slot;
-    ahead_slot = KeyTileSlot(p, table, static_cast<int64_t>(tile + 3) * kFaKeys, last_position);
+    // This tile's rows were read when it was issued: the rows of the tile after next.
+    if (threadIdx.x < kFaKeys) smem.rows[stage][threadIdx.x] = ahead_row;
+    ahead_row =
+        KeyTileRow(p, table, static_cast<int64_t>(tile + 3) * kFaKeys, last_position, kv_head);
     CopyAsyncWait<1>();  // This thread's copies of this tile,
     __syncthreads();     // and every thread's (and the queries, the first time).
     if constexpr (kFp8) {
@@ -1457,13 +1464,16 @@ __device__ __forceinline__ void PackSplitF16(float first, float second, uint32_t
                                                           << 16;
 }
 
-// The cache slot of key position key_start + lane for lanes below kDecodeKeys (−1 at or past
-// end and for the other lanes).
-__device__ __forceinline__ int64_t DecodeKeySlot(const PagedAttentionParams& p,
-                                                 const int32_t* table, int64_t key_start,
-                                                 int64_t end, int lane) {
+// The cache row of key position key_start + lane of one KV head for lanes below kDecodeKeys
+// (−1 at or past end and for the other lanes).
+// Rows fit 31 bits (the cache's allocation checks it), so that a lane holds one in one register.
+__device__ __forceinline__ int32_t DecodeKeyRow(const PagedAttentionParams& p, const int32_t* table,
+                                                int64_t key_start, int64_t end, int lane,
+                                                int64_t kv_head) {
   const int64_t key_position = key_start + lane;
-  return lane < kDecodeKeys && key_position < end ? CacheSlot(p, table, key_position) : -1;
+  return lane < kDecodeKeys && key_position < end
+             ? static_cast<int32_t>(CacheRowAt(p, table, key_position, kv_head))
+             : -1;
 }
 
 // Warps per block, and tiles per warp (stages): the one computed and the rest in flight. With
@@ -1492,13 +1502,12 @@ struct DecodeTiles<true, kStages> {
   float scales[kDecodeWarps][kStages][2][kDecodeKeys];
 };
 
-// Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's slot)
-// into the warp's tiles of `stage`, as one group.
+// Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's cache
+// row) into the warp's tiles of `stage`, as one group.
 template <bool kFp8, int kStages>
-__device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int64_t kv_head,
-                                                int64_t slot, int lane,
-                                                DecodeTiles<kFp8, kStages>& tiles, int warp,
-                                                int stage) {
+__device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int32_t row,
+                                                int lane, DecodeTiles<kFp8, kStages>& tiles,
+                                                int warp, int stage) {
   // Chunks of 16 bytes per key row; every lane takes part in each shuffle.
   if constexpr (kFp8) {
     // head_dim / 16 chunks a row: kDecodeKeys rows may not fill whole rounds of the warp.
@@ -1507,10 +1516,10 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
     for (int round = 0; round < chunks; round += kWarpSize) {
       const int i = round + lane;
       const int j = (i < chunks ? i : chunks - 1) / row_chunks;
-      const int64_t key_slot = __shfl_sync(0xffffffffu, slot, j);
+      const int32_t key_row = __shfl_sync(0xffffffffu, row, j);
       if (i >= chunks) continue;
       const int c = (i % row_chunks) * 16;
-      CopyKeyValueChunk(p, p.cache.key_codes, p.cache.value_codes, key_slot, kv_head, c,
+      CopyKeyValueChunk(p, p.cache.key_codes, p.cache.value_codes, key_row, c,
                         tiles.kv[warp][stage][0] + j * kFp8Ld + c,
                         tiles.kv[warp][stage][1] + j * kFp8Ld + c);
     }
@@ -1522,16 +1531,16 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
     const int row_chunks = static_cast<int>(p.head_dim / 8);
     for (int i = lane; i < kDecodeKeys * row_chunks; i += kWarpSize) {
       const int j = i / row_chunks;
-      const int64_t key_slot = __shfl_sync(0xffffffffu, slot, j);
+      const int32_t key_row = __shfl_sync(0xffffffffu, row, j);
       const int c = (i % row_chunks) * 8;
-      CopyKeyValueChunk(p, p.cache.keys, p.cache.values, key_slot, kv_head, c,
+      CopyKeyValueChunk(p, p.cache.keys, p.cache.values, key_row, c,
                         tiles.kv[warp][stage][0] + j * kFaLd + c,
                         tiles.kv[warp][stage][1] + j * kFaLd + c);
     }
   }
   if constexpr (kFp8) {
     if (lane < kDecodeKeys) {
-      CopyFp8Scales(p, slot, kv_head, &tiles.scales[warp][stage][0][lane],
+      CopyFp8Scales(p, row, &tiles.scales[warp][stage][0][lane],
                     &tiles.scales[warp][stage][1][lane]);
     }
   }
@@ -1592,24 +1601,25 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
 
   // The first kStages − 1 tiles in flight before anything else (an empty group for
-  // each past the end, so that every iteration's wait counts alike), the next tile's slots
+  // each past the end, so that every iteration's wait counts alike), the next tile's rows
   // read ahead.
   {
-    int64_t first_slots[kStages - 1];
+    int32_t first_rows[kStages - 1];
 #pragma unroll
     for (int stage = 0; stage < kStages - 1; ++stage) {
-      first_slots[stage] = DecodeKeySlot(p, table, begin + stage * kDecodeKeys, end, lane);
+      first_rows[stage] = DecodeKeyRow(p, table, begin + stage * kDecodeKeys, end, lane, kv_head);
     }
 #pragma unroll
     for (int stage = 0; stage < kStages - 1; ++stage) {
       if (begin + stage * kDecodeKeys < end) {
-        IssueDecodeTile<kFp8, kStages>(p, kv_head, first_slots[stage], lane, tiles, warp, stage);
+        IssueDecodeTile<kFp8, kStages>(p, first_rows[stage], lane, tiles, warp, stage);
       } else {
         CopyAsyncCommit();
       }
     }
   }
-  int64_t next_slot = DecodeKeySlot(p, table, begin + (kStages - 1) * kDecodeKeys, end, lane);
+  int32_t next_row =
+      DecodeKeyRow(p, table, begin + (kStages - 1) * kDecodeKeys, end, lane, kv_head);
 
   // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
@@ -1668,13 +1678,13 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     const int num_keys =
         static_cast<int>(end - key_start < kDecodeKeys ? end - key_start : kDecodeKeys);
     // The tile kStages − 1 ahead into the stage the previous iteration computed
-    // (every lane is done reading it), then the slots of the one after it.
+    // (every lane is done reading it), then the rows of the one after it.
     const int64_t ahead = key_start + (kStages - 1) * kDecodeKeys;
     __syncwarp();
     if (ahead < end) {
       const int ahead_stage = (stage + kStages - 1) % kStages;
-      IssueDecodeTile<kFp8, kStages>(p, kv_head, next_slot, lane, tiles, warp, ahead_stage);
-      next_slot = DecodeKeySlot(p, table, ahead + kDecodeKeys, end, lane);
+      IssueDecodeTile<kFp8, kStages>(p, next_row, lane, tiles, warp, ahead_stage);
+      next_row = DecodeKeyRow(p, table, ahead + kDecodeKeys, end, lane, kv_head);
     } else {
       CopyAsyncCommit();  // An empty group: the wait below leaves kStages − 1 behind.
     }

@@ -2,9 +2,9 @@
 // cuBLASLt). Plain C++ signatures so host code compiled by g++ can call them; BF16 data is
 // passed as uint16_t bit patterns. Every launcher enqueues on `stream` and checks the
 // launch; none synchronises. Shapes follow backend.h: activations float32 row-major; the
-// KV cache of one layer is keys [num_slots, num_kv_heads, head_dim] and values alike, BF16,
-// or (KvCacheDType::kFp8E4M3) FP8 E4M3 codes in that shape with a float32 scale per
-// [num_slots, num_kv_heads] for the keys and one for the values (each row's 16-byte
+// KV cache of one layer is keys in rows of head_dim, one per (slot, KV head) (CacheRow says
+// where), and values alike, BF16, or (KvCacheDType::kFp8E4M3) FP8 E4M3 codes in that shape
+// with a float32 scale per row for the keys and one for the values (each row's 16-byte
 // alignment as the BF16 cache's: the rows of the tensor-core kernels' shapes start at
 // multiples of 16 bytes).
 #pragma once
@@ -13,6 +13,12 @@
 #include <string>
 
 #include <cuda_runtime.h>
+
+#ifdef __CUDACC__
+#define INFERBOX_HOST_DEVICE __host__ __device__
+#else
+#define INFERBOX_HOST_DEVICE
+#endif
 
 namespace inferbox::engine::cuda {
 
@@ -70,7 +76,22 @@ struct KvCacheLayer {
   uint8_t* value_codes = nullptr;
   float* key_scales = nullptr;
   float* value_scales = nullptr;
+  // The rows' order (CacheRow): slot by slot, a slot's KV heads side by side; or block by
+  // block, a block's slots of one KV head side by side, so that a tile of a block's keys of
+  // one KV head is one run of memory (block_size × head_dim elements) where slot by slot it
+  // is block_size runs of head_dim elements, num_kv_heads rows apart.
+  bool block_major = false;
 };
+// The row of (slot, kv_head) in a cache of blocks of `block_size` slots: slot · num_kv_heads +
+// kv_head, or block-major ((slot / block_size) · num_kv_heads + kv_head) · block_size +
+// slot % block_size.
+INFERBOX_HOST_DEVICE inline int64_t CacheRow(const KvCacheLayer& cache, int64_t slot,
+                                             int64_t kv_head, int64_t num_kv_heads,
+                                             int64_t block_size) {
+  return cache.block_major
+             ? (slot / block_size * num_kv_heads + kv_head) * block_size + slot % block_size
+             : slot * num_kv_heads + kv_head;
+}
 struct RopeWriteKvParams {
   float* q = nullptr;
   float* k = nullptr;
@@ -84,6 +105,7 @@ struct RopeWriteKvParams {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t half = 0;
+  int64_t block_size = 0;  // The cache's (CacheRow).
 };
 void LaunchRopeWriteKv(const RopeWriteKvParams& params, cudaStream_t stream);
 

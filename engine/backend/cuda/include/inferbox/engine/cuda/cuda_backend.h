@@ -25,6 +25,10 @@ struct CudaBackendOptions {
   // written where they go) instead of a cuBLASLt GEMM and a kernel that splits its output;
   // INFERBOX_CUDA_GEMV=0 in the environment turns it off (to measure what it saves).
   bool small_batch_linears = true;
+  // The KV cache's rows block by block, a block's keys of one KV head in one run of memory
+  // (KvCacheLayer::block_major), instead of slot by slot with a slot's KV heads side by side;
+  // INFERBOX_CUDA_KV_BLOCK_MAJOR=1 in the environment turns it on (to measure what it gives).
+  bool block_major_kv = false;
 };
 
 // A backend on CUDA device `device_index` (as numbered in CUDA_VISIBLE_DEVICES).
