@@ -43,6 +43,9 @@
 # kernel off, INFERBOX_CUDA_GEMV=0: decode steps of up to 8 sequences on cuBLASLt GEMMs as
 # before, to show what the kernel saves; a fifth field fp8 runs it with --quantization fp8,
 # compared with PERF_FP8's run of the workload; "128:256:1:3", one stream),
+# PERF_PDL_OFF (workloads in PERF_THROUGHPUT's form run again with the small-batch kernel
+# launched plainly, INFERBOX_CUDA_PDL=0, not as a programmatic dependent of the kernel before
+# it, into nopdl-*.log; "128:256:1:3", one stream),
 # PERF_FP8 (workloads in PERF_THROUGHPUT's form run again with --quantization fp8, the
 # linear layers in FP8 E4M3, after the op-by-op ones; a concurrency of 1 is compared with the
 # FP8 bandwidth floor, the weights' bytes then half; ""),
@@ -163,7 +166,7 @@ report() {
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
     "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/kvfp8-*.log "$out"/cublas-*.log \
-    "$out"/kvblock-*.log \
+    "$out"/kvblock-*.log "$out"/nopdl-*.log \
     "$out"/daemon-*.log "$out"/peer.log |
     tee "$results/perf-table.txt"
   save_logs
@@ -348,6 +351,16 @@ for workload in ${PERF_GEMV_OFF-128:256:1:3}; do
   [ "${kind:-}" = fp8 ] && linear_flags=(--quantization fp8) && prefix=cublas-fp8
   INFERBOX_CUDA_GEMV=0 capped $ours_reserve 90 "cuBLASLt small batches: ${in_len}/${out_len} at ${concurrency}${kind:+ $kind}" \
     "${prefix}-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" "${linear_flags[@]}" \
+    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
+    --seed "$(seed_of "$workload")" --json
+done
+
+# --- ours, with the small-batch kernel launched plainly: what dependent launches save ---
+for workload in ${PERF_PDL_OFF-128:256:1:3}; do
+  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+  INFERBOX_CUDA_PDL=0 capped $ours_reserve 90 "plain launches: ${in_len}/${out_len} at ${concurrency}" \
+    "nopdl-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" \
     --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
     --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
     --seed "$(seed_of "$workload")" --json

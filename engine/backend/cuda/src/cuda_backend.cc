@@ -68,12 +68,6 @@ class CudaKvCache final : public KvCache {
         block_major_(block_major),
         memory_(TotalBytes(shape), nullptr),
         serial_(++last_serial_) {
-    // The attention kernels hold a row index (CacheRow) in 31 bits; no device has the memory
-    // for more rows (2³¹ rows of head_dim 64 are 256 GiB a layer in FP8).
-    if (shape.num_slots() * shape.num_kv_heads >= (int64_t{1} << 31)) {
-      FatalCudaError("CudaKvCache", "2^31 or more cache rows (slots times KV heads)", __FILE__,
-                     __LINE__);
-    }
     INFERBOX_CUDA_CHECK(
         cudaMemsetAsync(memory_.as<void>(), 0, static_cast<size_t>(TotalBytes(shape)), stream));
   }
@@ -440,6 +434,7 @@ class CudaBackend final : public Backend {
         record_steps_(options.cuda_graphs),
         small_batch_linears_(options.small_batch_linears),
         block_major_kv_(options.block_major_kv),
+        dependent_launches_(options.dependent_launches),
         max_recordings_(std::max<int64_t>(options.max_recordings, 1)) {
     Use();
     INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -515,6 +510,12 @@ class CudaBackend final : public Backend {
   }
   std::unique_ptr<KvCache> AllocateKvCache(const KvCacheShape& shape) override {
     Use();
+    // The tensor-core decode kernel holds a row index (CacheRow) in 31 bits; no device has the
+    // memory for more rows (2³¹ rows of head_dim 64 are 128 GiB a layer in FP8).
+    if (shape.num_slots() * shape.num_kv_heads >= (int64_t{1} << 31)) {
+      FatalCudaError("AllocateKvCache", "2^31 or more cache rows (slots times KV heads)", __FILE__,
+                     __LINE__);
+    }
     return std::make_unique<CudaKvCache>(shape, block_major_kv_, stream_);
   }
   std::unique_ptr<Buffer> Allocate(int64_t num_floats) override {
@@ -1256,6 +1257,7 @@ class CudaBackend final : public Backend {
     params.x = input;
     params.fp8 = outputs.front().weight->dtype == DType::kF8E4M3;
     params.quantize = params.fp8 && SmallBatchQuantizes(m, cols);
+    params.dependent_launch = dependent_launches_;
     params.real_rows = RealRows(m);
     // Two blocks a multiprocessor fit (launch bounds): each makes the input's codes once.
     if (params.quantize) params.max_blocks = 2 * static_cast<int64_t>(num_multiprocessors_);
@@ -1356,6 +1358,7 @@ class CudaBackend final : public Backend {
   bool record_steps_ = true;
   bool small_batch_linears_ = true;  // CudaBackendOptions::small_batch_linears.
   bool block_major_kv_ = false;      // CudaBackendOptions::block_major_kv.
+  bool dependent_launches_ = true;   // CudaBackendOptions::dependent_launches.
   int num_multiprocessors_ = 1;
   cudaStream_t stream_ = nullptr;
   OpTimes times_;
@@ -1412,8 +1415,10 @@ Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index, CudaBackendOp
   };
   if (off("INFERBOX_CUDA_GRAPHS")) options.cuda_graphs = false;
   if (off("INFERBOX_CUDA_GEMV")) options.small_batch_linears = false;
-  if (const char* value = std::getenv("INFERBOX_CUDA_KV_BLOCK_MAJOR")) {
-    options.block_major_kv = std::string_view(value) == "1";
+  if (off("INFERBOX_CUDA_PDL")) options.dependent_launches = false;
+  if (const char* value = std::getenv("INFERBOX_CUDA_KV_BLOCK_MAJOR");
+      value != nullptr && std::string_view(value) == "1") {
+    options.block_major_kv = true;
   }
   return std::unique_ptr<Backend>(new CudaBackend(device_index, options));
 }

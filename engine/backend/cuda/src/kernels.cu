@@ -19,6 +19,31 @@ namespace {
 
 constexpr int kWarpSize = 32;
 
+// Programmatic dependent launch (compute capability 9.0 on; nothing on older GPUs and on the
+// CPU emulation, which runs kernels one after another): a kernel that calls
+// LetDependentsLaunch lets the next kernel in its stream, when that one is launched as its
+// dependent (LaunchSmallBatchLinear's dependent_launch), start once every block of this one has
+// started; the dependent calls WaitForPrimary before it touches anything the first writes or
+// reads, and that returns once the first has ended and its writes are visible.
+__device__ __forceinline__ void LetDependentsLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
+__device__ __forceinline__ void WaitForPrimary() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+// Asks L2 for the 128-byte line at `address` (nothing on the CPU emulation).
+__device__ __forceinline__ void PrefetchL2(const void* address) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(address));
+#else
+  static_cast<void>(address);
+#endif
+}
+
 __device__ __forceinline__ float Bf16BitsToFloat(uint16_t bits) {
   return __uint_as_float(static_cast<uint32_t>(bits) << 16);
 }
@@ -181,6 +206,7 @@ __device__ void QuantizeFp8(const uint16_t* x, int64_t n, float scale, uint8_t* 
 // order as their bit patterns do, so the maximum is an unsigned atomic.
 __global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, int64_t cols,
                                  const int32_t* real_rows, float* work) {
+  LetDependentsLaunch();
   const float largest = WarpReduce(LargestMagnitude(x, n, cols, real_rows), Max());
   if (threadIdx.x % kWarpSize == 0) {
     atomicMax(reinterpret_cast<unsigned int*>(work), __float_as_uint(largest));
@@ -188,6 +214,7 @@ __global__ void AbsMaxBf16Kernel(const uint16_t* x, int64_t n, int64_t cols,
 }
 
 __global__ void QuantizeFp8Kernel(const uint16_t* x, int64_t n, float* work, uint8_t* out) {
+  LetDependentsLaunch();
   const float scale = Fp8ScaleOf(work[0]);
   if (blockIdx.x == 0 && threadIdx.x == 0) work[kFp8ScaleSlot] = scale;
   QuantizeFp8(x, n, scale, out);
@@ -198,6 +225,7 @@ __global__ void QuantizeFp8Kernel(const uint16_t* x, int64_t n, float* work, uin
 __global__ void __launch_bounds__(1024)
     QuantizeFp8OneBlockKernel(const uint16_t* x, int64_t n, int64_t cols, const int32_t* real_rows,
                               float* work, uint8_t* out) {
+  LetDependentsLaunch();
   const float amax = BlockReduce(LargestMagnitude(x, n, cols, real_rows), Max());
   const float scale = Fp8ScaleOf(amax);
   if (threadIdx.x == 0) {
@@ -233,6 +261,7 @@ __device__ __forceinline__ void StoreAs(uint16_t* out, float value) {
 template <typename Out>
 __global__ void AddRmsNormKernel(float* residual, const float* delta, int64_t n, const float* gamma,
                                  float eps, Out* out) {
+  LetDependentsLaunch();
   const int64_t row = blockIdx.x;
   float* r = residual + row * n;
   float sum_squares = 0.0f;
@@ -323,9 +352,10 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
   const auto element = [&](int64_t head, int64_t c) {
     return (first + head * stride) * head_dim + c;
   };
-  if (p.half == 0 && write) {  // No rotation: keys are stored as they come.
-    for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
-      p.cache.keys[element(c / head_dim, c % head_dim)] = FloatToBf16Bits(p.k[t * kv_row + c]);
+  const int d = static_cast<int>(head_dim);  // In 32-bit arithmetic for the loops below.
+  if (p.half == 0 && write) {                // No rotation: keys are stored as they come.
+    for (int c = threadIdx.x; c < kv_row; c += blockDim.x)
+      p.cache.keys[element(c / d, c % d)] = FloatToBf16Bits(p.k[t * kv_row + c]);
   }
   const int64_t k_pairs = p.num_kv_heads * p.half;
   for (int64_t i = threadIdx.x; i < k_pairs; i += blockDim.x) {
@@ -357,8 +387,8 @@ __global__ void RopeWriteKvKernel(RopeWriteKvParams p) {
     return;
   }
   if (!write) return;
-  for (int64_t c = threadIdx.x; c < kv_row; c += blockDim.x)
-    p.cache.values[element(c / head_dim, c % head_dim)] = FloatToBf16Bits(p.v[t * kv_row + c]);
+  for (int c = threadIdx.x; c < kv_row; c += blockDim.x)
+    p.cache.values[element(c / d, c % d)] = FloatToBf16Bits(p.v[t * kv_row + c]);
 }
 
 // Element `index` of the attention's output [tokens, heads, head_dim]: float32, or BF16 where
@@ -414,6 +444,7 @@ constexpr int kAttentionLaneElements = kMaxHeadDim / kWarpSize;
 // the warps' partial results are merged at the end.
 __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     PagedAttentionKernel(PagedAttentionParams p) {
+  LetDependentsLaunch();
   const int64_t t = blockIdx.x;
   const int64_t head = blockIdx.y;
   const int lane = threadIdx.x % kWarpSize;
@@ -568,6 +599,7 @@ bool GroupedAttention(const PagedAttentionParams& p) {
 template <int G, int E>
 __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
     GroupedAttentionKernel(PagedAttentionParams p, int splits) {
+  LetDependentsLaunch();
   const int64_t listed = blockIdx.x;  // Index into token_list, and into the workspace.
   const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
   const int64_t kv_head = blockIdx.y;
@@ -678,6 +710,7 @@ __global__ void __launch_bounds__(kAttentionWarps* kWarpSize)
 // One block per (token, head): the splits' partial results merged (a split without keys, sum
 // 0, left out; a NaN sum, from a NaN key, kept: the output is NaN as without splits).
 __global__ void CombineAttentionSplitsKernel(PagedAttentionParams p, int splits) {
+  LetDependentsLaunch();
   const int64_t listed = blockIdx.x;
   const int64_t t = p.token_list != nullptr ? p.token_list[listed] : listed;
   const int64_t head = blockIdx.y;
@@ -1576,6 +1609,7 @@ __device__ __forceinline__ void Fp8ValueFragment(const uint8_t* tile, int first_
 template <bool kFp8, int kStages>
 __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMultiprocessor)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
+  LetDependentsLaunch();
 #ifdef INFERBOX_CUDA_EMULATED
   __shared__ __align__(16) DecodeTiles<kFp8, kStages> tiles;
 #else
@@ -1596,7 +1630,11 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
   const int quad = lane % 4;
   const int64_t position = p.positions[t];
   const int32_t* table = p.block_tables + p.table_offsets[p.token_sequence[t]];
-  const int64_t chunk = (position + splits) / splits;  // ⌈(position + 1) / splits⌉
+  // ⌈(position + 1) / splits⌉ keys a split, rounded up to whole tiles (as many tiles as
+  // before, TensorCoreDecodeSplits' count): every tile starts at a multiple of kDecodeKeys,
+  // within one cache block of 16 or more slots (a later split may be empty).
+  const int64_t chunk =
+      ((position + splits) / splits + kDecodeKeys - 1) / kDecodeKeys * kDecodeKeys;
   const int64_t begin = split * chunk;
   const int64_t end = begin + chunk < position + 1 ? begin + chunk : position + 1;
 
@@ -1854,6 +1892,7 @@ __global__ void SiluMulKernel(const float* gate, const float* up, float* out, in
 }
 
 __global__ void SiluMulToBf16Kernel(const float* gate, const float* up, uint16_t* out, int64_t n) {
+  LetDependentsLaunch();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = FloatToBf16Bits(SiluMulOne(gate[i], up[i]));
@@ -1862,6 +1901,7 @@ __global__ void SiluMulToBf16Kernel(const float* gate, const float* up, uint16_t
 
 // Four values per thread: 16-byte loads, one 8-byte store (gate and up 16-byte aligned, out 8).
 __global__ void SiluMul4ToBf16Kernel(const float4* gate, const float4* up, uint2* out, int64_t n4) {
+  LetDependentsLaunch();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float4 g = gate[i];
@@ -2462,6 +2502,35 @@ __device__ __forceinline__ uint2 CodesOf8(const uint4& v, float scale) {
   return uint2{words[0], words[1]};
 }
 
+// The weight (slice) of the small-batch kernel's tile `tile` (counted over every slice), and
+// the tile within it.
+__device__ __forceinline__ int SmallBatchSlice(const SmallBatchLinearParams& p, int64_t& tile) {
+  int slice = 0;
+  while (slice + 1 < p.count && tile >= SmallBatchTiles(p.rows[slice])) {
+    tile -= SmallBatchTiles(p.rows[slice]);
+    ++slice;
+  }
+  return slice;
+}
+
+// L2 requests for the 128-byte lines of tile `tile`'s weight rows that the first step of
+// `warps` warps reads (their first warps × kSmallBatchUnroll chunks of each row: up to 4 KB a
+// row, 64 KB a tile), one a thread at a time (32-bit arithmetic: at most 16 × 32 lines).
+__device__ __forceinline__ void PrefetchFirstSteps(const SmallBatchLinearParams& p, int64_t tile,
+                                                   int64_t row_bytes, int warps) {
+  const int slice = SmallBatchSlice(p, tile);
+  const int64_t first_row = tile * 16;
+  const int rows =
+      static_cast<int>(p.rows[slice] - first_row < 16 ? p.rows[slice] - first_row : 16);
+  const int step_bytes = warps * kSmallBatchUnroll * kSmallBatchChunk;
+  const int lines = (static_cast<int>(row_bytes < step_bytes ? row_bytes : step_bytes) + 127) / 128;
+  const auto* weight = static_cast<const uint8_t*>(p.weight[slice]) + first_row * row_bytes;
+  for (int i = static_cast<int>(threadIdx.x); i < rows * lines; i += static_cast<int>(blockDim.x)) {
+    const int row = i / lines;
+    PrefetchL2(weight + row * row_bytes + (i - row * lines) * 128);
+  }
+}
+
 // Blocks take tiles in turn (gridDim.x ≤ tiles), so that a quantising block makes the codes
 // once for several tiles.
 template <bool kFp8, bool kQuantize>
@@ -2473,6 +2542,14 @@ __global__ void __launch_bounds__(kSmallBatchWarps* kWarpSize, 2)
   const int g = lane / 4;
   const int t = lane % 4;
   const int64_t row_bytes = p.cols * (kFp8 ? 1 : 2);
+  // Launched as a dependent, the block may run before the kernel that makes x has ended:
+  // while it runs (a norm, the attention: short kernels that leave memory idle), L2 fetches
+  // the chunks of this block's first tile that its warps' first step reads. Then nothing
+  // before that kernel's end.
+  if (p.dependent_launch) {
+    PrefetchFirstSteps(p, blockIdx.x, row_bytes, warps);
+    WaitForPrimary();
+  }
   __shared__ __align__(16) uint8_t codes[kQuantize ? kSmallBatchQuantizeMax : 16];
   const auto* input = static_cast<const uint8_t*>(p.x);
   float x_scale = 1.0f;
@@ -2508,11 +2585,7 @@ __global__ void __launch_bounds__(kSmallBatchWarps* kWarpSize, 2)
   for (int64_t next = blockIdx.x; next < tiles; next += gridDim.x) {
     // The weight (slice) and tile.
     int64_t tile = next;
-    int slice = 0;
-    while (slice + 1 < p.count && tile >= SmallBatchTiles(p.rows[slice])) {
-      tile -= SmallBatchTiles(p.rows[slice]);
-      ++slice;
-    }
+    const int slice = SmallBatchSlice(p, tile);
     const int64_t rows = p.rows[slice];
     const auto* weight = static_cast<const uint8_t*>(p.weight[slice]);
     // Rows past the weight's or the input's read row 0 instead (every load then happens
@@ -3057,6 +3130,24 @@ bool SmallBatchLinearFits(const SmallBatchLinearParams& p) {
   return true;
 }
 
+// Whether the current device takes programmatic dependent launches (compute capability 9.0
+// on); the CPU emulation runs them as plain launches, and runs the kernels' prefetch and wait.
+bool DependentLaunchesRun() {
+#ifdef INFERBOX_CUDA_EMULATED
+  return true;
+#else
+  static std::mutex mutex;
+  static std::map<int, int> runs_on;
+  return OncePerDevice(mutex, runs_on, [] {
+           int device = 0;
+           INFERBOX_CUDA_CHECK(cudaGetDevice(&device));
+           cudaDeviceProp properties{};
+           INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+           return properties.major >= 9 ? 1 : 0;
+         }) == 1;
+#endif
+}
+
 void LaunchSmallBatchLinear(const SmallBatchLinearParams& p, cudaStream_t stream) {
   if (!SmallBatchLinearFits(p)) {
     FatalCudaError("LaunchSmallBatchLinear", "a call SmallBatchLinearFits refuses", __FILE__,
@@ -3067,13 +3158,30 @@ void LaunchSmallBatchLinear(const SmallBatchLinearParams& p, cudaStream_t stream
   const auto threads = static_cast<unsigned>(SmallBatchThreads(p.cols, p.fp8));
   const auto blocks =
       static_cast<unsigned>(p.max_blocks > 0 ? std::min(tiles, p.max_blocks) : tiles);
-  if (p.quantize) {
-    SmallBatchLinearKernel<true, true><<<blocks, threads, 0, stream>>>(p, tiles);
-  } else if (p.fp8) {
-    SmallBatchLinearKernel<true, false><<<blocks, threads, 0, stream>>>(p, tiles);
+  auto* kernel = p.quantize ? SmallBatchLinearKernel<true, true>
+                 : p.fp8    ? SmallBatchLinearKernel<true, false>
+                            : SmallBatchLinearKernel<false, false>;
+  SmallBatchLinearParams params = p;
+  params.dependent_launch = p.dependent_launch && DependentLaunchesRun();
+#ifdef INFERBOX_CUDA_EMULATED
+  ::cuda_emu::Launcher(kernel, "SmallBatchLinearKernel", blocks, threads, 0, stream)(params, tiles);
+#else
+  if (params.dependent_launch) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(threads);
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    // A refusal shows as the launch's error (CheckLaunch).
+    static_cast<void>(cudaLaunchKernelEx(&config, kernel, params, tiles));
   } else {
-    SmallBatchLinearKernel<false, false><<<blocks, threads, 0, stream>>>(p, tiles);
+    kernel<<<blocks, threads, 0, stream>>>(params, tiles);
   }
+#endif
   CheckLaunch("SmallBatchLinearKernel");
 }
 

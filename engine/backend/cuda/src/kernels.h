@@ -277,7 +277,11 @@ void LaunchScatterColumns(const float* in, int64_t m, int64_t total, const Colum
 // kSmallBatchQuantizeMax values), x is BF16 and the kernel quantises it itself, as
 // LaunchQuantizeToFp8 does (the same codes and scale; rows from *real_rows on, where given,
 // are a recorded step's padding and do not count towards the scale). At most `max_blocks`
-// blocks (0: one per 16 rows of the weights) take the rows' tiles in turn.
+// blocks (0: one per 16 rows of the weights) take the rows' tiles in turn. With
+// `dependent_launch` (on compute capability 9.0 on; elsewhere it changes nothing) the kernel is
+// launched as a programmatic dependent of the kernel before it in the stream: it may start
+// while that kernel runs, each block asking L2 for the start of its first tile's weight rows,
+// and waits for that kernel's end (and its writes) before it reads x or writes anything.
 // SmallBatchLinearFits says whether a call can run so: 1 ≤ m ≤ kSmallBatchMaxRows, rows of a
 // whole number of 16-byte pieces, x and every weight 16-byte aligned.
 inline constexpr int64_t kSmallBatchMaxRows = 8;
@@ -290,6 +294,7 @@ struct SmallBatchLinearParams {
   bool quantize = false;
   const int32_t* real_rows = nullptr;
   int64_t max_blocks = 0;
+  bool dependent_launch = false;
   int64_t m = 0;
   int64_t cols = 0;
   int count = 0;

@@ -29,6 +29,11 @@ struct CudaBackendOptions {
   // (KvCacheLayer::block_major), instead of slot by slot with a slot's KV heads side by side;
   // INFERBOX_CUDA_KV_BLOCK_MAJOR=1 in the environment turns it on (to measure what it gives).
   bool block_major_kv = false;
+  // The small-batch kernel launched as a programmatic dependent of the kernel before it (a
+  // norm, the attention, SiLU·mul; compute capability 9.0 on): it starts while that kernel runs
+  // and has L2 fetch the start of its weights meanwhile (LaunchSmallBatchLinear);
+  // INFERBOX_CUDA_PDL=0 in the environment turns it off (to measure what it saves).
+  bool dependent_launches = true;
 };
 
 // A backend on CUDA device `device_index` (as numbered in CUDA_VISIBLE_DEVICES).
