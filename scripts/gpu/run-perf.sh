@@ -356,45 +356,35 @@ for workload in ${PERF_GEMV_OFF-128:256:1:3}; do
     --seed "$(seed_of "$workload")" --json
 done
 
+# Workloads in PERF_THROUGHPUT's form run again as a variant: VARIANT_ENV (NAME=VALUE, or
+# "") in their environment and FLAGS added to inferbox-bench's, into PREFIX-IN x OUT x
+# CONCURRENCY.log.
+run_variant() {  # run_variant "WORKLOADS" PREFIX LABEL LIMIT_S VARIANT_ENV [FLAG...]
+  local workloads=$1 prefix=$2 label=$3 limit=$4 variant_env=$5 workload
+  local in_len out_len concurrency requests
+  shift 5
+  [ -n "$variant_env" ] && local -x "$variant_env"
+  for workload in $workloads; do
+    IFS=: read -r in_len out_len concurrency requests <<<"$workload"
+    capped $ours_reserve "$limit" "$label: ${in_len}/${out_len} at ${concurrency}" \
+      "${prefix}-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" "$@" \
+      --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
+      --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
+      --seed "$(seed_of "$workload")" --json
+  done
+}
+
 # --- ours, with the small-batch kernel launched plainly: what dependent launches save ---
-for workload in ${PERF_PDL_OFF-128:256:1:3}; do
-  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
-  INFERBOX_CUDA_PDL=0 capped $ours_reserve 90 "plain launches: ${in_len}/${out_len} at ${concurrency}" \
-    "nopdl-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" \
-    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
-    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
-    --seed "$(seed_of "$workload")" --json
-done
+run_variant "${PERF_PDL_OFF-128:256:1:3}" nopdl "plain launches" 90 INFERBOX_CUDA_PDL=0
 
 # --- ours, with the linear layers in FP8 ---
-for workload in ${PERF_FP8:-}; do
-  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
-  capped $ours_reserve 120 "fp8: ${in_len}/${out_len} at ${concurrency}" \
-    "fp8-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --quantization fp8 \
-    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
-    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
-    --seed "$(seed_of "$workload")" --json
-done
+run_variant "${PERF_FP8:-}" fp8 fp8 120 "" --quantization fp8
 
 # --- ours, with the KV cache in FP8 ---
-for workload in ${PERF_KV_FP8:-}; do
-  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
-  capped $ours_reserve 120 "kv fp8: ${in_len}/${out_len} at ${concurrency}" \
-    "kvfp8-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" --kv-cache-dtype fp8 \
-    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
-    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
-    --seed "$(seed_of "$workload")" --json
-done
+run_variant "${PERF_KV_FP8:-}" kvfp8 "kv fp8" 120 "" --kv-cache-dtype fp8
 
 # --- ours, over a block-major KV cache ---
-for workload in ${PERF_KV_BLOCK:-}; do
-  IFS=: read -r in_len out_len concurrency requests <<<"$workload"
-  INFERBOX_CUDA_KV_BLOCK_MAJOR=1 capped $ours_reserve 120 "kv block-major: ${in_len}/${out_len} at ${concurrency}" \
-    "kvblock-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" \
-    --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
-    --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
-    --seed "$(seed_of "$workload")" --json
-done
+run_variant "${PERF_KV_BLOCK:-}" kvblock "kv block-major" 120 INFERBOX_CUDA_KV_BLOCK_MAJOR=1
 
 # --- ours, through the daemon ---
 run_daemon_phase() {
