@@ -434,9 +434,9 @@ class CudaBackend final : public Backend {
         record_steps_(options.cuda_graphs),
         small_batch_linears_(options.small_batch_linears),
         block_major_kv_(options.block_major_kv),
-        dependent_launches_(options.dependent_launches),
         max_recordings_(std::max<int64_t>(options.max_recordings, 1)) {
     Use();
+    dependent_launches_ = options.dependent_launches && DependentLaunchesRun();
     INFERBOX_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     cudaDeviceProp properties{};
     INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device_));
@@ -738,6 +738,7 @@ class CudaBackend final : public Backend {
     }
     INFERBOX_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
     std::string failure;
+    bool instantiation_failed = false;
     recording_ = true;
     grew_while_recording_ = false;
     {
@@ -756,6 +757,7 @@ class CudaBackend final : public Backend {
             made != cudaSuccess) {
           recording.exec = nullptr;
           failure = cudaGetErrorString(made);
+          instantiation_failed = true;
         }
       }
       INFERBOX_CUDA_CHECK(cudaGraphDestroy(graph));
@@ -766,6 +768,21 @@ class CudaBackend final : public Backend {
       // which drops the recordings), recorded the next time the shape comes. A failure of its
       // own would come again then, and stop recording there.
       cudaGetLastError();
+      issue();
+      return;
+    }
+    if (!failure.empty() && dependent_launches_ &&
+        (failure.starts_with("SmallBatchLinearKernel") || instantiation_failed)) {
+      // A driver that refuses to record the small-batch kernel's dependent launches (or to
+      // instantiate a graph with them): without them from now on, the step op by op, recorded
+      // the next time its shape comes.
+      cudaGetLastError();
+      dependent_launches_ = false;
+      std::fputs(fmt::format("inferbox-engine: recording a decode step as a CUDA graph failed "
+                             "({}); recording again without dependent launches\n",
+                             failure)
+                     .c_str(),
+                 stderr);
       issue();
       return;
     }

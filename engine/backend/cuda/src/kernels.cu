@@ -2404,8 +2404,7 @@ __device__ __forceinline__ void MmaE4m3(float (&d)[4], const uint32_t (&a)[4],
 #endif
 }
 
-// 16 bytes of global memory read once (weights: no room taken in L1 from what is read again),
-// and 16 bytes read by many blocks (through the read-only cache).
+// 16 bytes of global memory read once (weights: no room taken in L1 from what is read again).
 __device__ __forceinline__ uint4 LoadOnce16(const void* global) {
 #ifdef INFERBOX_CUDA_EMULATED
   uint4 value;
@@ -2417,13 +2416,6 @@ __device__ __forceinline__ uint4 LoadOnce16(const void* global) {
       : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
       : "l"(global));
   return value;
-#endif
-}
-__device__ __forceinline__ uint4 LoadShared16(const void* global) {
-#ifdef INFERBOX_CUDA_EMULATED
-  return LoadOnce16(global);
-#else
-  return __ldg(static_cast<const uint4*>(global));
 #endif
 }
 
@@ -2461,15 +2453,12 @@ __device__ __forceinline__ void MmaPiece(float (&d)[4], const uint4& row, const 
   }
 }
 
-// The input's 16 bytes at `at`: from global memory through the read-only cache, or from the
-// block's own codes in shared memory.
-template <bool kShared>
+// The input's 16 bytes at `at` (global memory, or the block's own codes in shared memory):
+// plain (coherent) loads, not the read-only path, for launched as a dependent the kernel runs
+// while the kernel before it writes the input, and a compiler may schedule loads through the
+// non-coherent path above griddepcontrol.wait (one did in llama.cpp, PR 23825).
 __device__ __forceinline__ uint4 LoadInput16(const uint8_t* at) {
-  if constexpr (kShared) {
-    return *reinterpret_cast<const uint4*>(at);
-  } else {
-    return LoadShared16(at);
-  }
+  return *reinterpret_cast<const uint4*>(at);
 }
 
 // kQuantize (FP8 weights, an input SmallBatchQuantizes takes): every block makes the BF16
@@ -2611,7 +2600,7 @@ __global__ void __launch_bounds__(kSmallBatchWarps* kWarpSize, 2)
           const int64_t at = in_row ? offset : 0;
           a[u][h] = LoadOnce16(w0 + at);
           a8[u][h] = LoadOnce16(w8 + at);
-          b[u][h] = LoadInput16<kQuantize>(x + at);
+          b[u][h] = LoadInput16(x + at);
           if (!in_row) a[u][h] = a8[u][h] = b[u][h] = zero;
         }
       }
@@ -3130,20 +3119,19 @@ bool SmallBatchLinearFits(const SmallBatchLinearParams& p) {
   return true;
 }
 
-// Whether the current device takes programmatic dependent launches (compute capability 9.0
-// on); the CPU emulation runs them as plain launches, and runs the kernels' prefetch and wait.
 bool DependentLaunchesRun() {
 #ifdef INFERBOX_CUDA_EMULATED
   return true;
 #else
+  // The image the device runs: griddepcontrol.wait is compiled in from compute capability 9.0
+  // (a build for 8.x alone runs on a Hopper through the PTX JIT without it).
   static std::mutex mutex;
   static std::map<int, int> runs_on;
   return OncePerDevice(mutex, runs_on, [] {
-           int device = 0;
-           INFERBOX_CUDA_CHECK(cudaGetDevice(&device));
-           cudaDeviceProp properties{};
-           INFERBOX_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
-           return properties.major >= 9 ? 1 : 0;
+           cudaFuncAttributes attributes{};
+           INFERBOX_CUDA_CHECK(
+               cudaFuncGetAttributes(&attributes, SmallBatchLinearKernel<false, false>));
+           return attributes.ptxVersion >= 90 && attributes.binaryVersion >= 90 ? 1 : 0;
          }) == 1;
 #endif
 }
@@ -3161,12 +3149,10 @@ void LaunchSmallBatchLinear(const SmallBatchLinearParams& p, cudaStream_t stream
   auto* kernel = p.quantize ? SmallBatchLinearKernel<true, true>
                  : p.fp8    ? SmallBatchLinearKernel<true, false>
                             : SmallBatchLinearKernel<false, false>;
-  SmallBatchLinearParams params = p;
-  params.dependent_launch = p.dependent_launch && DependentLaunchesRun();
 #ifdef INFERBOX_CUDA_EMULATED
-  ::cuda_emu::Launcher(kernel, "SmallBatchLinearKernel", blocks, threads, 0, stream)(params, tiles);
+  ::cuda_emu::Launcher(kernel, "SmallBatchLinearKernel", blocks, threads, 0, stream)(p, tiles);
 #else
-  if (params.dependent_launch) {
+  if (p.dependent_launch) {
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute.val.programmaticStreamSerializationAllowed = 1;
@@ -3176,10 +3162,16 @@ void LaunchSmallBatchLinear(const SmallBatchLinearParams& p, cudaStream_t stream
     config.stream = stream;
     config.attrs = &attribute;
     config.numAttrs = 1;
-    // A refusal shows as the launch's error (CheckLaunch).
-    static_cast<void>(cudaLaunchKernelEx(&config, kernel, params, tiles));
+    if (const cudaError_t error = cudaLaunchKernelEx(&config, kernel, p, tiles);
+        error != cudaSuccess) {
+      cudaGetLastError();  // Reported here, as CheckLaunch reports a launch's error.
+      if (!ToleratedLaunchFailures::Note("SmallBatchLinearKernel", cudaGetErrorString(error))) {
+        FatalCudaError("SmallBatchLinearKernel", cudaGetErrorString(error), __FILE__, __LINE__);
+      }
+      return;
+    }
   } else {
-    kernel<<<blocks, threads, 0, stream>>>(params, tiles);
+    kernel<<<blocks, threads, 0, stream>>>(p, tiles);
   }
 #endif
   CheckLaunch("SmallBatchLinearKernel");

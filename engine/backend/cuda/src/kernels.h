@@ -306,6 +306,11 @@ struct SmallBatchLinearParams {
 };
 bool SmallBatchLinearFits(const SmallBatchLinearParams& params);
 void LaunchSmallBatchLinear(const SmallBatchLinearParams& params, cudaStream_t stream);
+// Whether the small-batch kernel as the current device runs it (its SASS, or PTX compiled for
+// it) waits for the kernel before it (compiled for compute capability 9.0 or later): where not,
+// `dependent_launch` must stay false (a launch as a dependent would read its input too early).
+// True on the CPU emulation, which runs kernels one after another.
+bool DependentLaunchesRun();
 
 // out[i, j] += bias[j] for a [m, n] out.
 void LaunchAddBias(float* out, const float* bias, int64_t m, int64_t n, cudaStream_t stream);
