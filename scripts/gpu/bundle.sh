@@ -12,7 +12,8 @@
 #                                complete one; each tool under `timeout` of
 #                                MAKE_MODEL_TIMEOUT_S seconds (600)
 #   make_llama_8b DIR            make_shape_model llama-3.1-8b DIR
-#   correctness_checks           the GPU tests (device, NVML, ops, tiny models, NCCL), each
+#   correctness_checks           the GPU tests (device, NVML, ops, tiny models, NCCL; ops and a
+#                                tiny model again over a block-major KV cache), each
 #                                under `timeout`; fails when the ops or the tiny models fail
 #   model_cache                  where the random models are kept between runs on one machine
 #
@@ -168,6 +169,15 @@ correctness_checks() {
     "$work/run/backend_ops_cuda_test" --gtest_output=xml:"$out/ops.xml" || failed=1
   step "tiny models: CUDA vs CPU" forward.log timeout -k 5 "$limit" \
     "$work/run/cuda_forward_test" --gtest_output=xml:"$out/forward.xml" || failed=1
+  # The cache writes, attention and recorded steps over a block-major KV cache (off by
+  # default until measured), and one tiny model's logits over it.
+  INFERBOX_CUDA_KV_BLOCK_MAJOR=1 step "ops over a block-major KV cache" ops-kvblock.log \
+    timeout -k 5 "$limit" "$work/run/backend_ops_cuda_test" \
+    --gtest_filter='*PagedAttention*:*RopeWriteKv*:*Recorded*' || failed=1
+  INFERBOX_CUDA_KV_BLOCK_MAJOR=1 step "tiny model over a block-major KV cache" \
+    forward-kvblock.log timeout -k 5 "$limit" "$work/run/cuda_forward_test" \
+    --gtest_filter='*PromptLogitsMatch*/llama_f32:*Fp8KvCacheLogits*/llama_f32:*RecordedDecodeSteps*/llama_f32' ||
+    failed=1
   step "NCCL: collectives, TP 1 vs CPU" nccl.log timeout -k 5 "$limit" \
     "$work/run/nccl_tensor_parallel_test" --gtest_output=xml:"$out/nccl.xml"
   return $failed
