@@ -771,29 +771,22 @@ class CudaBackend final : public Backend {
       issue();
       return;
     }
-    if (!failure.empty() && dependent_launches_ &&
-        (failure.starts_with("SmallBatchLinearKernel") || instantiation_failed)) {
-      // A driver that refuses to record the small-batch kernel's dependent launches (or to
-      // instantiate a graph with them): without them from now on, the step op by op, recorded
-      // the next time its shape comes.
-      cudaGetLastError();
-      dependent_launches_ = false;
-      std::fputs(fmt::format("inferbox-engine: recording a decode step as a CUDA graph failed "
-                             "({}); recording again without dependent launches\n",
-                             failure)
-                     .c_str(),
-                 stderr);
-      issue();
-      return;
-    }
     if (!failure.empty()) {
-      // Nothing was enqueued (a capture runs nothing): the step runs op by op, and so do the
-      // ones after. A slower engine rather than one that fails every step the same way.
+      // Nothing was enqueued (a capture runs nothing): the step runs op by op. A driver that
+      // refuses to record the small-batch kernel's dependent launches (or to instantiate a
+      // graph with them) gets them turned off, the shape recorded the next time it comes;
+      // any other failure stops recording: a slower engine rather than one that fails every
+      // step the same way.
       cudaGetLastError();
-      record_steps_ = false;
+      const bool dependent_launch_refused =
+          dependent_launches_ &&
+          (failure.starts_with("SmallBatchLinearKernel") || instantiation_failed);
+      (dependent_launch_refused ? dependent_launches_ : record_steps_) = false;
       std::fputs(fmt::format("inferbox-engine: recording a decode step as a CUDA graph failed "
-                             "({}); decode steps run op by op from now on\n",
-                             failure)
+                             "({}); {}\n",
+                             failure,
+                             dependent_launch_refused ? "recording again without dependent launches"
+                                                      : "decode steps run op by op from now on")
                      .c_str(),
                  stderr);
       issue();

@@ -405,13 +405,8 @@ __device__ __forceinline__ void StoreOutput(const PagedAttentionParams& p, int64
 // The cache row (CacheRow) of a sequence's key position for one KV head, from its block table.
 __device__ __forceinline__ int64_t CacheRowAt(const PagedAttentionParams& p, const int32_t* table,
                                               int64_t key_position, int64_t kv_head) {
-  // Either order puts a block's rows together: block · block_size · num_kv_heads, then the
-  // slot's and the KV head's steps (CacheRow).
-  const int64_t block = table[key_position / p.block_size];
-  const int64_t offset = key_position % p.block_size;
-  const bool block_major = p.cache.block_major;
-  return block * p.block_size * p.num_kv_heads + offset * (block_major ? 1 : p.num_kv_heads) +
-         kv_head * (block_major ? p.block_size : 1);
+  return CacheRowInBlock(p.cache, table[key_position / p.block_size], key_position % p.block_size,
+                         kv_head, p.num_kv_heads, p.block_size);
 }
 
 // The key or value of one cache row, element by element: BF16, or an FP8 code times its
@@ -2896,7 +2891,7 @@ void LaunchTensorCorePrefill(dim3 grid, const PagedAttentionParams& params, int 
 }
 
 int64_t TiledAttentionRows(int64_t head_dim) {
-  if (head_dim % 16 != 0) return 32;
+  if (!TensorCoreAttention(head_dim)) return 32;
   // Two blocks of the 128-row form (106 KB of shared memory each over an FP8 cache) fit the
   // 228 KB of a Hopper or datacenter Blackwell multiprocessor; an A100's 164 KB holds one and
   // an L40S's 100 KB none: the 64-row form (90 KB) there.

@@ -82,15 +82,21 @@ struct KvCacheLayer {
   // is block_size runs of head_dim elements, num_kv_heads rows apart.
   bool block_major = false;
 };
-// The row of (slot, kv_head) in a cache of blocks of `block_size` slots: slot · num_kv_heads +
-// kv_head, or block-major ((slot / block_size) · num_kv_heads + kv_head) · block_size +
-// slot % block_size.
+// The row of slot `offset` of block `block` for one KV head, in a cache of blocks of
+// `block_size` slots: (block · block_size + offset) · num_kv_heads + kv_head, or block-major
+// (block · num_kv_heads + kv_head) · block_size + offset.
+INFERBOX_HOST_DEVICE inline int64_t CacheRowInBlock(const KvCacheLayer& cache, int64_t block,
+                                                    int64_t offset, int64_t kv_head,
+                                                    int64_t num_kv_heads, int64_t block_size) {
+  return cache.block_major ? (block * num_kv_heads + kv_head) * block_size + offset
+                           : (block * block_size + offset) * num_kv_heads + kv_head;
+}
+// The row of (slot, kv_head).
 INFERBOX_HOST_DEVICE inline int64_t CacheRow(const KvCacheLayer& cache, int64_t slot,
                                              int64_t kv_head, int64_t num_kv_heads,
                                              int64_t block_size) {
-  return cache.block_major
-             ? (slot / block_size * num_kv_heads + kv_head) * block_size + slot % block_size
-             : slot * num_kv_heads + kv_head;
+  return CacheRowInBlock(cache, slot / block_size, slot % block_size, kv_head, num_kv_heads,
+                         block_size);
 }
 struct RopeWriteKvParams {
   float* q = nullptr;
