@@ -3,6 +3,10 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
@@ -24,12 +28,18 @@ constexpr int64_t kDefaultOutputEstimate = 512;
 // (the engine sends them together; this is for a status that is late anyway).
 constexpr auto kFinishedStatusWait = 2s;
 
-// Relays one engine Generate call. Owns its completion queue; one reader thread at a time.
-class EngineStream final : public GenerationStream {
+// Relays one engine Generate call through gRPC's callback API. Its reactions, on gRPC's
+// threads, keep the request's record, account for it, and hand each chunk to the watching
+// Sink, or keep it for Read. One read is in flight at a time, and the next starts only once
+// the consumer has taken the last chunk (Read, a Sink returning true, or Resume), so that a
+// slow client holds the engine's stream by flow control rather than piling up chunks here.
+// gRPC is never called with mutex_ held, and neither is the Sink.
+class EngineStream final : public GenerationStream,
+                           public grpc::ClientReadReactor<wire::GenerateChunk> {
  public:
   // `metered` (may be null) is settled when the request ends.
   EngineStream(std::shared_ptr<EngineReplica> replica, std::shared_ptr<wire::Engine::Stub> stub,
-               const wire::GenerateRequest& request,
+               wire::GenerateRequest request,
                std::optional<std::chrono::system_clock::time_point> deadline,
                int64_t estimated_tokens, monitoring::ServingMetrics* metrics,
                std::unique_ptr<MeteredRequest> metered, const std::string& key_id)
@@ -39,88 +49,139 @@ class EngineStream final : public GenerationStream {
         metrics_(metrics),
         metered_(std::move(metered)),
         started_(std::chrono::steady_clock::now()),
-        last_token_(started_) {
+        last_token_(started_),
+        request_(std::move(request)) {
     record_.model = replica_->model();
     record_.key = key_id;
     replica_->outstanding_tokens += load_;
     if (deadline) context_.set_deadline(*deadline);
-    reader_ = stub_->PrepareAsyncGenerate(&context_, request, &queue_);
-    reader_->StartCall(Tag(kStart));
+    stub_->async()->Generate(&context_, &request_, this);
+    // Held until a read comes back empty: OnDone must not come while the last chunks wait
+    // for their consumer with no read in flight.
+    AddHold();
+    StartRead(&incoming_);
+    StartCall();
   }
 
   ~EngineStream() override {
-    if (phase_ != Phase::kEnded) {
-      // Given up by its reader. One whose last chunk came (the client has its whole answer;
-      // the HTTP gateway stops reading there) is let end by itself: cancelled, it would end
-      // CANCELLED and count as a failure when its status had not arrived yet.
-      const auto give_up = std::chrono::steady_clock::now() + kFinishedStatusWait;
-      if (record_.finish_reason.empty()) context_.TryCancel();
-      while (phase_ != Phase::kEnded) {
-        if (!record_.finish_reason.empty() && !cancelled_after_finish_ &&
-            std::chrono::steady_clock::now() >= give_up) {
-          cancelled_after_finish_ = true;
-          context_.TryCancel();
-        }
-        inferbox::v1::GenerateChunk ignored;
-        Read(&ignored, 100ms);
+    std::unique_lock lock(mutex_);
+    if (!done_) {
+      // Given up by its consumer: read on to the end, handing nothing out. One whose last
+      // chunk came (the client has its whole answer; the HTTP gateway stops there) is let end
+      // by itself: cancelled, it would end CANCELLED and count as a failure when its status
+      // had not arrived yet.
+      draining_ = true;
+      const bool restart = std::exchange(held_, false);
+      const bool finished = finished_;
+      lock.unlock();
+      if (!finished) context_.TryCancel();
+      if (restart) StartRead(&incoming_);
+      lock.lock();
+      if (finished && !changed_.wait_for(lock, kFinishedStatusWait, [this] { return done_; })) {
+        cancelled_after_finish_ = true;
+        lock.unlock();
+        context_.TryCancel();
+        lock.lock();
       }
-    }
-    queue_.Shutdown();
-    void* tag = nullptr;
-    bool ok = false;
-    while (queue_.Next(&tag, &ok)) {
+      changed_.wait(lock, [this] { return done_; });
     }
     replica_->outstanding_tokens -= load_;
   }
 
   Next Read(api::GenerateChunk* chunk, std::chrono::milliseconds timeout) override {
-    const auto deadline = std::chrono::system_clock::now() + timeout;
-    for (;;) {
-      if (phase_ == Phase::kEnded) return Next::kEnd;
-      if (phase_ == Phase::kIdle) {
-        // A chunk was handed out: ask for the next.
-        reader_->Read(&incoming_, Tag(kRead));
-        phase_ = Phase::kReading;
-      }
-      void* tag = nullptr;
-      bool ok = false;
-      const auto event = queue_.AsyncNext(&tag, &ok, deadline);
-      if (event == grpc::CompletionQueue::TIMEOUT) return Next::kTimeout;
-      if (event == grpc::CompletionQueue::SHUTDOWN) {
-        phase_ = Phase::kEnded;
-        return Next::kEnd;
-      }
-      const auto kind = reinterpret_cast<intptr_t>(tag);
-      if (kind == kFinish) {
-        phase_ = Phase::kEnded;
-        status_ = Translate(grpc_status_);
-        RecordEnd();
-        return Next::kEnd;
-      }
-      if (!ok) {
-        // The call is over (normally, or the engine went away): fetch its status.
-        reader_->Finish(&grpc_status_, Tag(kFinish));
-        phase_ = Phase::kFinishing;
-        continue;
-      }
-      if (kind == kStart) {
-        phase_ = Phase::kIdle;
-        continue;
-      }
-      chunk->Swap(incoming_.mutable_chunk());
-      saw_output_ = saw_output_ || chunk->token_ids_size() > 0;
-      RecordChunk(*chunk);
-      if (chunk->finish_reason() != api::FINISH_REASON_UNSPECIFIED) {
-        // The request is done: account for it before its client can see the last chunk, so
-        // that usage and quotas already count it when the client's next request comes.
-        Settle({.prompt_tokens = chunk->usage().prompt_tokens(),
-                .completion_tokens = chunk->usage().completion_tokens(),
-                .cached_prompt_tokens = chunk->usage().cached_prompt_tokens(),
-                .outcome = record_.finish_reason});
-      }
-      phase_ = Phase::kIdle;
-      return Next::kChunk;
+    std::unique_lock lock(mutex_);
+    if (!changed_.wait_for(lock, timeout, [this] { return waiting_.has_value() || done_; }))
+      return Next::kTimeout;
+    if (!waiting_) return Next::kEnd;
+    chunk->Swap(&*waiting_);
+    waiting_.reset();
+    held_ = false;
+    lock.unlock();
+    StartRead(&incoming_);
+    return Next::kChunk;
+  }
+
+  void Watch(std::shared_ptr<Sink> sink) override {
+    std::unique_lock lock(mutex_);
+    sink_ = sink;
+    if (waiting_) {
+      // Came before the sink: no read is in flight, so no reaction runs meanwhile.
+      api::GenerateChunk chunk = std::move(*waiting_);
+      waiting_.reset();
+      delivering_ = true;
+      lock.unlock();
+      const bool more = sink->OnChunk(chunk);
+      if (ReadOnAfterDelivery(more)) StartRead(&incoming_);
+      return;
     }
+    const bool ended = done_;
+    lock.unlock();
+    if (ended) sink->OnEnd();
+  }
+
+  void Resume() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (delivering_) {
+        // The sink's call has not returned yet: its reaction reads on.
+        resume_asked_ = true;
+        return;
+      }
+      if (!std::exchange(held_, false)) return;
+    }
+    StartRead(&incoming_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      // The call is over (normally, or the engine went away): OnDone brings its status.
+      RemoveHold();
+      return;
+    }
+    api::GenerateChunk chunk;
+    chunk.Swap(incoming_.mutable_chunk());
+    saw_output_ = saw_output_ || chunk.token_ids_size() > 0;
+    RecordChunk(chunk);
+    const bool finished = chunk.finish_reason() != api::FINISH_REASON_UNSPECIFIED;
+    if (finished) {
+      // The request is done: account for it before its client can see the last chunk, so
+      // that usage and quotas already count it when the client's next request comes.
+      Settle({.prompt_tokens = chunk.usage().prompt_tokens(),
+              .completion_tokens = chunk.usage().completion_tokens(),
+              .cached_prompt_tokens = chunk.usage().cached_prompt_tokens(),
+              .outcome = record_.finish_reason});
+    }
+    std::shared_ptr<Sink> sink;
+    {
+      std::lock_guard lock(mutex_);
+      finished_ = finished_ || finished;
+      if (!draining_) {
+        sink = sink_;
+        if (sink == nullptr) {
+          waiting_ = std::move(chunk);
+          held_ = true;
+          changed_.notify_all();
+          return;
+        }
+        delivering_ = true;
+      }
+    }
+    if (sink != nullptr && !ReadOnAfterDelivery(sink->OnChunk(chunk))) return;
+    StartRead(&incoming_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::shared_ptr<Sink> sink;
+    {
+      std::lock_guard lock(mutex_);
+      status_ = Translate(status);
+      RecordEnd();
+      done_ = true;
+      if (!draining_) sink = sink_;
+      changed_.notify_all();
+    }
+    // `this` may be gone from here on (its destructor waited for done_).
+    if (sink != nullptr) sink->OnEnd();
   }
 
   Status status() const override { return status_; }
@@ -131,11 +192,14 @@ class EngineStream final : public GenerationStream {
   }
 
  private:
-  enum class Phase { kStarting, kReading, kIdle, kFinishing, kEnded };
-  static constexpr intptr_t kStart = 1;
-  static constexpr intptr_t kRead = 2;
-  static constexpr intptr_t kFinish = 3;
-  static void* Tag(intptr_t kind) { return reinterpret_cast<void*>(kind); }
+  // After a sink's OnChunk returned `more`: whether to start the next read now (else the
+  // stream is held until Resume).
+  bool ReadOnAfterDelivery(bool more) {
+    std::lock_guard lock(mutex_);
+    delivering_ = false;
+    held_ = !(std::exchange(resume_asked_, false) || more || draining_);
+    return !held_;
+  }
 
   Status Translate(const grpc::Status& status) const {
     if (status.ok()) return Status::Ok();
@@ -243,14 +307,29 @@ class EngineStream final : public GenerationStream {
   // Its status was late after the last chunk and waited for no longer.
   bool cancelled_after_finish_ = false;
   grpc::ClientContext context_;
-  grpc::CompletionQueue queue_;
-  std::unique_ptr<grpc::ClientAsyncReader<wire::GenerateChunk>> reader_;
+  const wire::GenerateRequest request_;
+  // Written by the read in flight; read by its reaction.
   wire::GenerateChunk incoming_;
-  grpc::Status grpc_status_;
+  // Written in OnDone; read by the consumer once it has seen the end.
   Status status_;
-  // kStarting, kReading and kFinishing have an operation in the queue; kIdle has none.
-  Phase phase_ = Phase::kStarting;
   bool saw_output_ = false;
+
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::shared_ptr<Sink> sink_;
+  // A chunk for Read (no sink yet).
+  std::optional<api::GenerateChunk> waiting_;
+  // No read in flight, none ended: a chunk waits for its consumer (Read, Resume).
+  bool held_ = false;
+  // The sink's OnChunk is running; Resume meanwhile leaves it resume_asked_.
+  bool delivering_ = false;
+  bool resume_asked_ = false;
+  // The consumer is gone: reads go on to the end, handing nothing out.
+  bool draining_ = false;
+  // The chunk with finish_reason came.
+  bool finished_ = false;
+  // OnDone ran: no reaction follows.
+  bool done_ = false;
   std::atomic<bool> cancelled_{false};
 };
 
@@ -341,8 +420,8 @@ Result<std::unique_ptr<GenerationStream>> EngineFrontend::Start(
   if (stub == nullptr) return UnavailableError("the engine of model " + model + " just stopped");
   request.set_request_id(fmt::format("{}", next_request_.fetch_add(1)));
   return std::unique_ptr<GenerationStream>(std::make_unique<EngineStream>(
-      std::move(replica).value(), std::move(stub), request, deadline, estimated_tokens, metrics_,
-      std::move(metered), caller.key_id));
+      std::move(replica).value(), std::move(stub), std::move(request), deadline, estimated_tokens,
+      metrics_, std::move(metered), caller.key_id));
 }
 
 Result<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(

@@ -16,6 +16,7 @@
 #include <boost/beast/http.hpp>
 
 #include "openai_reasoning.h"
+#include "openai_sse.h"
 
 namespace inferbox::daemon::openai {
 namespace {
@@ -26,8 +27,6 @@ using Clock = std::chrono::steady_clock;
 using Request = http::request<http::string_body>;
 
 constexpr size_t kMaxHeaderBytes = 64 << 10;
-// How often a connection waiting on a generation checks whether its client is still there.
-constexpr std::chrono::milliseconds kClientCheckInterval{100};
 // Distinct ignored field names logged at info level; past that, at debug only.
 constexpr size_t kMaxLoggedFieldNames = 256;
 
@@ -119,68 +118,6 @@ std::optional<std::string> PercentDecode(std::string_view text) {
   return out;
 }
 
-// The SSE response of one stream: headers on first use, then `data:` events in HTTP chunks
-// (HTTP/1.0 clients get the raw stream and a close instead).
-class SseWriter {
- public:
-  SseWriter(SocketStream& stream, unsigned version, bool keep_alive,
-            std::chrono::seconds write_timeout)
-      : stream_(stream),
-        version_(version),
-        keep_alive_(keep_alive && version >= 11),
-        write_timeout_(write_timeout) {}
-
-  bool headers_sent() const { return headers_sent_; }
-  bool keep_alive() const { return keep_alive_; }
-
-  bool Data(std::string_view json) { return Write(fmt::format("data: {}\n\n", json)); }
-  bool Comment(std::string_view text) { return Write(fmt::format(": {}\n\n", text)); }
-  // Ends the HTTP body; the connection may then serve the next request (when keep_alive).
-  bool Finish() {
-    if (!SendHeaders()) return false;
-    if (version_ < 11) return true;
-    boost::system::error_code ec;
-    stream_.set_deadline(Clock::now() + write_timeout_);
-    boost::asio::write(stream_, http::make_chunk_last(), ec);
-    return !ec;
-  }
-
- private:
-  bool SendHeaders() {
-    if (headers_sent_) return true;
-    headers_sent_ = true;
-    http::response<http::empty_body> response{http::status::ok, version_};
-    response.set(http::field::content_type, "text/event-stream");
-    response.set(http::field::cache_control, "no-cache");
-    response.set("X-Accel-Buffering", "no");  // nginx: pass events on as they come.
-    response.keep_alive(keep_alive_);
-    if (version_ >= 11) response.chunked(true);
-    http::response_serializer<http::empty_body> serializer{response};
-    boost::system::error_code ec;
-    stream_.set_deadline(Clock::now() + write_timeout_);
-    http::write_header(stream_, serializer, ec);
-    return !ec;
-  }
-
-  bool Write(const std::string& payload) {
-    if (!SendHeaders()) return false;
-    boost::system::error_code ec;
-    stream_.set_deadline(Clock::now() + write_timeout_);
-    if (version_ >= 11) {
-      boost::asio::write(stream_, http::make_chunk(boost::asio::buffer(payload)), ec);
-    } else {
-      boost::asio::write(stream_, boost::asio::buffer(payload), ec);
-    }
-    return !ec;
-  }
-
-  SocketStream& stream_;
-  unsigned version_;
-  bool keep_alive_;
-  std::chrono::seconds write_timeout_;
-  bool headers_sent_ = false;
-};
-
 class Connection {
  public:
   Connection(UniqueFd socket, const GatewayContext& context)
@@ -200,14 +137,6 @@ class Connection {
   }
 
  private:
-  enum class Event {
-    kChunk,    // *chunk holds the next piece.
-    kEnd,      // The generation is over: see status().
-    kIdle,     // Nothing came before the idle deadline.
-    kGone,     // The client left: the generation was cancelled.
-    kAborted,  // The drain deadline passed: the generation was cancelled.
-  };
-
   // nullopt: close the connection (client gone, idle, drain, or an error already answered).
   std::optional<Request> ReadRequest() {
     http::request_parser<http::string_body> parser;
@@ -384,48 +313,6 @@ class Connection {
                           : WholeResponse(stream, response, splitter);
   }
 
-  // Waits for the generation's next event, meanwhile checking every kClientCheckInterval
-  // whether the client is still connected and the gateway still running; cancels the
-  // generation when not.
-  Event NextEvent(GenerationStream& stream, v1::GenerateChunk* chunk,
-                  Clock::time_point idle_deadline) {
-    for (;;) {
-      auto now = Clock::now();
-      if (now >= next_client_check_) {
-        next_client_check_ = now + kClientCheckInterval;
-        if (context_.abort.is_raised()) {
-          stream.Cancel();
-          return Event::kAborted;
-        }
-        if (PeerClosed(stream_.fd())) {
-          stream.Cancel();
-          return Event::kGone;
-        }
-      }
-      if (now >= idle_deadline) return Event::kIdle;
-      const auto wait = std::min(std::chrono::ceil<std::chrono::milliseconds>(idle_deadline - now),
-                                 kClientCheckInterval);
-      chunk->Clear();
-      switch (stream.Read(chunk, wait)) {
-        case GenerationStream::Next::kChunk: return Event::kChunk;
-        case GenerationStream::Next::kEnd: return Event::kEnd;
-        case GenerationStream::Next::kTimeout: break;
-      }
-    }
-  }
-
-  static ReasoningSplitter::Parts SplitText(std::optional<ReasoningSplitter>& splitter,
-                                            const v1::GenerateChunk& chunk) {
-    if (!splitter) return {.content = chunk.text()};
-    ReasoningSplitter::Parts parts = splitter->Push(chunk.text());
-    if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-      ReasoningSplitter::Parts rest = splitter->Finish();
-      parts.reasoning += rest.reasoning;
-      parts.content += rest.content;
-    }
-    return parts;
-  }
-
   // The status a generation ended with, when it ended before its finishing chunk.
   static Status EndStatus(const GenerationStream& stream) {
     Status status = stream.status();
@@ -433,82 +320,73 @@ class Connection {
     return status;
   }
 
+  // The output is gathered by an OutputCollector (openai_sse.h) on the thread that receives
+  // it; this thread wakes at the end (or when the client leaves or the gateway aborts).
   bool WholeResponse(GenerationStream& stream, const ResponseContext& response,
                      std::optional<ReasoningSplitter>& splitter) {
-    CompletionOutput output;
-    v1::GenerateChunk chunk;
+    auto collector = std::make_shared<OutputCollector>(stream_.fd(), std::move(splitter));
+    if (!collector->ok()) {
+      stream.Cancel();
+      return SendError(ApiErrorFromStatus(InternalError("the request could not be started")));
+    }
+    stream.Watch(collector);
+    switch (collector->Wait(context_.abort)) {
+      case OutputCollector::Step::kGone: return Abandon(stream);
+      case OutputCollector::Step::kAborted: stream.Cancel(); return SendError(ShuttingDown());
+      case OutputCollector::Step::kEnded: return SendError(ApiErrorFromStatus(EndStatus(stream)));
+      case OutputCollector::Step::kFinished: break;
+    }
+    return SendJson(200, CompletionBody(response, collector->output()));
+  }
+
+  // The generation's events are written by an SsePump (openai_sse.h) as they come, on the
+  // thread that receives them; this thread writes only what the socket did not take at once,
+  // sends the keep-alive comments, and ends the response.
+  bool StreamResponse(GenerationStream& stream, const ResponseContext& response,
+                      std::optional<ReasoningSplitter>& splitter) {
+    auto pump = std::make_shared<SsePump>(stream_.fd(), response, std::move(splitter), version_,
+                                          keep_alive_);
+    if (!pump->ok()) {
+      stream.Cancel();
+      return SendError(ApiErrorFromStatus(InternalError("the stream could not be started")));
+    }
+    stream.Watch(pump);
+    std::string bytes;
     for (;;) {
-      switch (NextEvent(stream, &chunk, Clock::time_point::max())) {
-        case Event::kGone: return false;
-        case Event::kIdle: continue;
-        case Event::kAborted: return SendError(ShuttingDown());
-        case Event::kEnd: return SendError(ApiErrorFromStatus(EndStatus(stream)));
-        case Event::kChunk: break;
-      }
-      ReasoningSplitter::Parts parts = SplitText(splitter, chunk);
-      output.content += parts.content;
-      output.reasoning += parts.reasoning;
-      output.logprobs.MergeFrom(chunk.logprobs());
-      if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-        // The finishing chunk ends the output (the stream's kEnd with OK follows it).
-        output.finish_reason = chunk.finish_reason();
-        output.usage = chunk.usage();
-        return SendJson(200, CompletionBody(response, output));
+      switch (pump->Next(context_.options.sse_keepalive_interval, context_.abort, &bytes)) {
+        case SsePump::Step::kWrite: {
+          const bool written = Write(bytes);
+          if (pump->Written(written)) stream.Resume();
+          if (!written) return Abandon(stream);
+          break;
+        }
+        case SsePump::Step::kFinished: return pump->keep_alive();
+        case SsePump::Step::kIdle: pump->Comment("ping"); break;
+        case SsePump::Step::kFailed:
+        case SsePump::Step::kGone: return Abandon(stream);
+        case SsePump::Step::kEnded: return FailStream(*pump, ApiErrorFromStatus(EndStatus(stream)));
+        case SsePump::Step::kAborted: stream.Cancel(); return FailStream(*pump, ShuttingDown());
       }
     }
   }
 
-  bool StreamResponse(GenerationStream& stream, const ResponseContext& response,
-                      std::optional<ReasoningSplitter>& splitter) {
-    const bool chat = response.endpoint == Endpoint::kChatCompletions;
-    SseWriter sse(stream_, version_, keep_alive_, context_.options.idle_timeout);
-    v1::GenerateChunk chunk;
-    bool role_sent = false;
-    size_t text_offset = 0;
-    auto last_write = Clock::now();
-    for (;;) {
-      const Event event =
-          NextEvent(stream, &chunk, last_write + context_.options.sse_keepalive_interval);
-      if (event == Event::kGone) return false;
-      if (event == Event::kIdle) {
-        if (!sse.Comment("ping")) return Abandon(stream);
-        last_write = Clock::now();
-        continue;
-      }
-      if (event == Event::kEnd || event == Event::kAborted) {
-        const ApiError error =
-            event == Event::kAborted ? ShuttingDown() : ApiErrorFromStatus(EndStatus(stream));
-        if (!sse.headers_sent()) return SendError(error);
-        // R1.6: once the headers are out, an error is one `data: {"error":...}` event, and
-        // the stream then ends WITHOUT `data: [DONE]`, so that no client can take the
-        // truncated output for a complete one. The connection is closed.
-        spdlog::warn("{} -> stream failed after start: {}", target_, error.message);
-        if (sse.Data(ErrorBody(error))) (void)sse.Finish();
-        return false;
-      }
-      if (chat && !role_sent) {
-        if (!sse.Data(ChunkJson(response, {.first = true}))) return Abandon(stream);
-        role_sent = true;
-      }
-      const ReasoningSplitter::Parts parts = SplitText(splitter, chunk);
-      const bool finished = chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
-      if (!parts.content.empty() || !parts.reasoning.empty() || chunk.logprobs_size() > 0 ||
-          finished) {
-        const ChunkDelta delta{.content = parts.content,
-                               .reasoning = parts.reasoning,
-                               .logprobs = &chunk.logprobs(),
-                               .text_offset = text_offset,
-                               .finish_reason = chunk.finish_reason()};
-        if (!sse.Data(ChunkJson(response, delta))) return Abandon(stream);
-        last_write = Clock::now();
-      }
-      text_offset += chunk.text().size();
-      if (finished) {
-        if (response.include_usage && !sse.Data(UsageChunkJson(response, chunk.usage())))
-          return false;
-        return sse.Data("[DONE]") && sse.Finish() && sse.keep_alive();
-      }
-    }
+  // A stream that ends without its finishing chunk. R1.6: once the headers are out, an error
+  // is one `data: {"error":...}` event, and the stream then ends WITHOUT `data: [DONE]`, so
+  // that no client can take the truncated output for a complete one. The connection is closed.
+  bool FailStream(SsePump& pump, const ApiError& error) {
+    std::string rest;
+    if (!pump.Close(&rest)) return SendError(error);
+    spdlog::warn("{} -> stream failed after start: {}", target_, error.message);
+    (void)Write(rest + pump.ErrorEvent(ErrorBody(error)));
+    return false;
+  }
+
+  // Writes all of `bytes`, waiting at most the idle timeout for the client to take them.
+  bool Write(std::string_view bytes) {
+    boost::system::error_code ec;
+    stream_.set_deadline(Clock::now() + context_.options.idle_timeout);
+    boost::asio::write(stream_, boost::asio::buffer(bytes.data(), bytes.size()), ec);
+    return !ec;
   }
 
   // A write failed: the client is gone (or stalled past the timeout).
@@ -524,7 +402,6 @@ class Connection {
   unsigned version_ = 11;
   bool keep_alive_ = false;
   std::string target_;
-  Clock::time_point next_client_check_;
 };
 
 }  // namespace

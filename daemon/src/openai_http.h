@@ -1,5 +1,6 @@
 // One connection of the OpenAI gateway: reads HTTP/1.1 requests, routes, authenticates,
-// and answers, streaming completions as SSE. Runs on the connection's own thread.
+// and answers, streaming completions as SSE (through an SsePump: openai_sse.h). Runs on the
+// connection's own thread.
 #pragma once
 
 #include <atomic>

@@ -106,16 +106,6 @@ uint16_t BoundPort(int fd) {
   return 0;
 }
 
-bool PeerClosed(int fd) {
-  pollfd entry{fd, POLLIN | POLLRDHUP, 0};
-  if (::poll(&entry, 1, 0) <= 0) return false;
-  if ((entry.revents & (POLLHUP | POLLERR | POLLRDHUP)) != 0) return true;
-  if ((entry.revents & POLLIN) == 0) return false;
-  char byte;
-  const ssize_t peeked = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  return peeked == 0 || (peeked < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
 size_t SocketStream::Receive(void* data, size_t size, boost::system::error_code& ec) {
   for (;;) {
     const ssize_t received = ::recv(fd_.get(), data, size, 0);

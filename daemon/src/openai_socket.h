@@ -60,9 +60,6 @@ Result<UniqueFd> Listen(const std::string& host, uint16_t port);
 // The port a bound socket got.
 uint16_t BoundPort(int fd);
 
-// True when the peer of a connected socket has closed or reset it. Does not consume data.
-bool PeerClosed(int fd);
-
 // A connected, non-blocking TCP socket as a Beast SyncReadStream/SyncWriteStream. Each
 // read_some/write_some waits at most until the deadline (error timed_out), and gives up with
 // operation_aborted when `abort` is raised, or, for reads while `wake_on_drain` is set, when

@@ -137,7 +137,13 @@ inline Events ParseSse(const std::string& body) {
 // A raw TCP connection, for what curl hides (closing mid-stream, idle connections).
 class RawConnection {
  public:
-  explicit RawConnection(uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+  // `receive_buffer`: SO_RCVBUF in bytes (0: the system's), for a client that reads slowly.
+  explicit RawConnection(uint16_t port, int receive_buffer = 0)
+      : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    if (receive_buffer > 0) {
+      EXPECT_EQ(::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof(receive_buffer)),
+                0);
+    }
     sockaddr_in address{};
     address.sin_family = AF_INET;
     address.sin_port = htons(port);
@@ -156,7 +162,9 @@ class RawConnection {
   // Reads until `needle` shows up, the peer closes, or the timeout passes.
   std::string ReadUntil(const std::string& needle, std::chrono::milliseconds timeout = 5s) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (received_.find(needle) == std::string::npos) {
+    size_t searched = 0;  // Where the needle may start that was not looked at yet.
+    while (received_.find(needle, searched) == std::string::npos) {
+      searched = received_.size() >= needle.size() ? received_.size() - needle.size() + 1 : 0;
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
       if (left <= 0ms) break;

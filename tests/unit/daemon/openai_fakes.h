@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -33,6 +34,8 @@ struct StreamProbe {
   std::mutex mutex;
   std::condition_variable changed;
   bool cancelled = false;
+  // Times a watching sink had the stream held and resumed it.
+  int resumes = 0;
 
   bool WaitCancelled(std::chrono::milliseconds timeout) {
     std::unique_lock lock(mutex);
@@ -40,10 +43,54 @@ struct StreamProbe {
   }
 };
 
+// Read plays the script back on the caller's thread; Watch on a thread of its own, as an
+// engine's stream calls its sink from a gRPC thread (held while the sink asks).
 class FakeStream : public GenerationStream {
  public:
   FakeStream(Script script, std::shared_ptr<StreamProbe> probe)
       : script_(std::move(script)), probe_(std::move(probe)), started_(Clock::now()) {}
+
+  // A player still going is cancelled, as the engine's stream is when its consumer leaves
+  // before the script's end.
+  ~FakeStream() override {
+    if (!player_.joinable()) return;
+    {
+      std::lock_guard lock(probe_->mutex);
+      const bool ends_by_itself = next_ >= script_.chunks.size() && !script_.hang_after_chunks;
+      if (!played_ && !ends_by_itself) {
+        probe_->cancelled = true;
+        probe_->changed.notify_all();
+      }
+    }
+    player_.join();
+  }
+
+  void Watch(std::shared_ptr<Sink> sink) override {
+    player_ = std::thread([this, sink = std::move(sink)] {
+      v1::GenerateChunk chunk;
+      for (;;) {
+        const Next next = Read(&chunk, 50ms);
+        if (next == Next::kTimeout) continue;
+        if (next == Next::kEnd) break;
+        if (sink->OnChunk(chunk)) continue;
+        std::unique_lock lock(probe_->mutex);
+        probe_->changed.wait(lock, [this] { return resumed_ || probe_->cancelled; });
+        resumed_ = false;
+      }
+      {
+        std::lock_guard lock(probe_->mutex);
+        played_ = true;
+      }
+      sink->OnEnd();
+    });
+  }
+
+  void Resume() override {
+    std::lock_guard lock(probe_->mutex);
+    resumed_ = true;
+    ++probe_->resumes;
+    probe_->changed.notify_all();
+  }
 
   Next Read(v1::GenerateChunk* chunk, std::chrono::milliseconds timeout) override {
     std::unique_lock lock(probe_->mutex);
@@ -84,6 +131,9 @@ class FakeStream : public GenerationStream {
   Clock::time_point started_;
   size_t next_ = 0;
   Status status_;
+  bool resumed_ = false;
+  bool played_ = false;  // The player has read the end.
+  std::thread player_;
 };
 
 class FakeFrontend : public InferenceFrontend {

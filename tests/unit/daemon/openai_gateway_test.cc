@@ -5,6 +5,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -660,6 +661,40 @@ TEST_F(OpenAiGatewayTest, ClientDisconnectMidStreamCancelsTheGeneration) {
   EXPECT_FALSE(probe->WaitCancelled(0ms));
   connection.Close();
   EXPECT_TRUE(probe->WaitCancelled(1s)) << "the stream should see Cancel within 1 s of the close";
+}
+
+// Events go out from the stream's own thread while the socket takes them; a client that
+// reads slower than they come holds the stream (bytes are not piled up in the daemon) and
+// still gets every event, in order, once it reads.
+TEST_F(OpenAiGatewayTest, ASlowClientHoldsTheStreamAndGetsEveryEventInOrder) {
+  // 9.6 MB: more than a socket's send buffer grows to (Linux: 4 MiB by default).
+  constexpr int kChunks = 600;
+  Script script;
+  for (int i = 0; i < kChunks; ++i)
+    script.chunks.push_back(Chunk(fmt::format("<{:04}>{}", i, std::string(16000, 'x'))));
+  script.chunks.push_back(Final("<end>"));
+  frontend_.SetScript(script);
+  RawConnection connection(gateway().port(), /*receive_buffer=*/4096);
+  connection.Send(HttpPost("/v1/completions", R"({"model":"m","prompt":"Hi","stream":true})"));
+  const std::shared_ptr<StreamProbe> probe = frontend_.WaitForStream();
+  ASSERT_NE(probe, nullptr);
+  std::this_thread::sleep_for(300ms);  // Not reading: the socket's buffers fill.
+  {
+    std::lock_guard lock(probe->mutex);
+    EXPECT_FALSE(probe->cancelled);
+  }
+  const std::string body = connection.ReadUntil("data: [DONE]", 20s);
+  ASSERT_NE(body.find("data: [DONE]"), std::string::npos) << body.size() << " bytes came";
+  size_t at = 0;
+  for (int i = 0; i < kChunks; ++i) {
+    const size_t found = body.find(fmt::format("<{:04}>", i), at);
+    ASSERT_NE(found, std::string::npos) << "event " << i << " missing or out of order";
+    at = found;
+  }
+  EXPECT_NE(body.find("<end>", at), std::string::npos);
+  std::lock_guard lock(probe->mutex);
+  EXPECT_GT(probe->resumes, 0) << "the stream was never held for the slow client";
+  EXPECT_FALSE(probe->cancelled);
 }
 
 TEST_F(OpenAiGatewayTest, ClientDisconnectWhileWaitingForANonStreamingResultCancels) {

@@ -43,7 +43,9 @@ class Authenticator {
   virtual Result<Caller> Authenticate(std::string_view authorization) const = 0;
 };
 
-// One generation in flight. Used by one thread at a time.
+// One generation in flight, read one of two ways: pulled with Read by one thread at a time,
+// or pushed to a Sink (Watch) on the thread that receives each piece, so that a consumer
+// that only passes chunks on (the HTTP gateway's SSE streams) spends no thread wake a token.
 class GenerationStream {
  public:
   enum class Next {
@@ -52,8 +54,25 @@ class GenerationStream {
     kTimeout,  // Nothing yet; call again (and check the client meanwhile).
   };
 
+  // What Watch hands the stream's events to: in order, one call at a time, on whichever
+  // thread received them (a gRPC thread for an engine's stream), so a Sink must not block.
+  class Sink {
+   public:
+    virtual ~Sink() = default;
+    // The next piece of output. True: go on reading. False: hold the stream (flow control
+    // then holds the engine's side) until Resume.
+    virtual bool OnChunk(inferbox::v1::GenerateChunk& chunk) = 0;
+    // The stream is over: status() says how. Nothing follows.
+    virtual void OnEnd() = 0;
+  };
+
   virtual ~GenerationStream() = default;
   virtual Next Read(inferbox::v1::GenerateChunk* chunk, std::chrono::milliseconds timeout) = 0;
+  // Hands every event from now on to `sink` (chunks Read has not taken included), which the
+  // stream keeps until its last call. Once, and Read is not called after it.
+  virtual void Watch(std::shared_ptr<Sink> sink) = 0;
+  // Reading goes on after the sink returned false from OnChunk. Any thread.
+  virtual void Resume() = 0;
   // Once Read returned kEnd: OK after the last chunk (the one with finish_reason), or the
   // error that ended the request: INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED,
   // UNAVAILABLE (engine loading, restarting, died mid-stream, draining), DEADLINE_EXCEEDED.

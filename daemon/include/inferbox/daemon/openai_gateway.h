@@ -3,10 +3,13 @@
 // GET /health, /health/ready and /health/live. Requests are translated to inferbox.v1
 // messages and served by an InferenceFrontend, so this API behaves as the gRPC one does.
 //
-// Threads: one acceptor thread, and one thread per connection doing blocking reads and writes
-// (a slow client's full socket is the backpressure on its stream). The frontend and the
-// authenticator are called from connection threads, concurrently; both must outlive the
-// gateway. The public methods may be called from any thread.
+// Threads: one acceptor thread, and one thread per connection doing blocking reads and writes.
+// A streamed completion's events are written by the stream's own thread (its Sink: a gRPC
+// thread for an engine) while the socket takes them at once; the connection's thread wakes
+// only to write what it did not (a slow client's full socket holds the stream, which holds
+// the engine by flow control), for keep-alive comments, the client leaving, the stop and the
+// end. The frontend and the authenticator are called from connection threads, concurrently;
+// both must outlive the gateway. The public methods may be called from any thread.
 #pragma once
 
 #include <chrono>
