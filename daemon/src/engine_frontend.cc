@@ -171,11 +171,18 @@ class EngineStream final : public GenerationStream,
   }
 
   void OnDone(const grpc::Status& status) override {
+    bool cancelled_after_finish = false;
+    {
+      std::lock_guard lock(mutex_);
+      cancelled_after_finish = cancelled_after_finish_;
+    }
+    // Outside mutex_: the metrics and the usage ledger take locks of their own. The consumer
+    // reads status_ only after done_.
+    status_ = Translate(status);
+    RecordEnd(cancelled_after_finish);
     std::shared_ptr<Sink> sink;
     {
       std::lock_guard lock(mutex_);
-      status_ = Translate(status);
-      RecordEnd();
       done_ = true;
       if (!draining_) sink = sink_;
       changed_.notify_all();
@@ -268,10 +275,11 @@ class EngineStream final : public GenerationStream,
     if (metered_ != nullptr) metered_->Settle(std::move(usage));
   }
 
-  void RecordEnd() {
+  // `cancelled_after_finish`: the status was late after the last chunk and waited for no longer.
+  void RecordEnd(bool cancelled_after_finish) {
     record_.e2e_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-    if (!record_.finish_reason.empty() && (status_.ok() || cancelled_after_finish_)) {
+    if (!record_.finish_reason.empty() && (status_.ok() || cancelled_after_finish)) {
       if (metrics_ != nullptr) metrics_->Record(record_);
       return;
     }
@@ -304,8 +312,6 @@ class EngineStream final : public GenerationStream,
   const std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_token_;
   monitoring::RequestRecord record_;
-  // Its status was late after the last chunk and waited for no longer.
-  bool cancelled_after_finish_ = false;
   grpc::ClientContext context_;
   const wire::GenerateRequest request_;
   // Written by the read in flight; read by its reaction.
@@ -328,6 +334,8 @@ class EngineStream final : public GenerationStream,
   bool draining_ = false;
   // The chunk with finish_reason came.
   bool finished_ = false;
+  // Its status was late after the last chunk and waited for no longer.
+  bool cancelled_after_finish_ = false;
   // OnDone ran: no reaction follows.
   bool done_ = false;
   std::atomic<bool> cancelled_{false};

@@ -326,6 +326,7 @@ class Connection {
                      std::optional<ReasoningSplitter>& splitter) {
     auto collector = std::make_shared<OutputCollector>(stream_.fd(), std::move(splitter));
     if (!collector->ok()) {
+      spdlog::error("{}: no eventfd for the response (out of file descriptors?)", target_);
       stream.Cancel();
       return SendError(ApiErrorFromStatus(InternalError("the request could not be started")));
     }
@@ -347,6 +348,7 @@ class Connection {
     auto pump = std::make_shared<SsePump>(stream_.fd(), response, std::move(splitter), version_,
                                           keep_alive_);
     if (!pump->ok()) {
+      spdlog::error("{}: no eventfd for the response (out of file descriptors?)", target_);
       stream.Cancel();
       return SendError(ApiErrorFromStatus(InternalError("the stream could not be started")));
     }
@@ -361,7 +363,6 @@ class Connection {
           break;
         }
         case SsePump::Step::kFinished: return pump->keep_alive();
-        case SsePump::Step::kIdle: pump->Comment("ping"); break;
         case SsePump::Step::kFailed:
         case SsePump::Step::kGone: return Abandon(stream);
         case SsePump::Step::kEnded: return FailStream(*pump, ApiErrorFromStatus(EndStatus(stream)));

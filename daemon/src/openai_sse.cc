@@ -134,15 +134,15 @@ SsePump::~SsePump() = default;
 
 bool SsePump::OnChunk(v1::GenerateChunk& chunk) {
   std::lock_guard lock(mutex_);
-  if (closed_ || failed_) return true;  // Nobody writes any more: let the generation end.
+  // Nobody writes any more, or the response is whole: let the generation end.
+  if (closed_ || failed_ || finished_) return true;
   if (chat_ && !role_sent_) {
     AppendData(ChunkJson(response_, {.first = true}));
     role_sent_ = true;
   }
   const ReasoningSplitter::Parts parts = SplitChunkText(splitter_, chunk);
   const bool finished = chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
-  if (!parts.content.empty() || !parts.reasoning.empty() || chunk.logprobs_size() > 0 ||
-      finished) {
+  if (!parts.content.empty() || !parts.reasoning.empty() || chunk.logprobs_size() > 0 || finished) {
     AppendData(ChunkJson(response_, {.content = parts.content,
                                      .reasoning = parts.reasoning,
                                      .logprobs = &chunk.logprobs(),
@@ -175,21 +175,25 @@ SsePump::Step SsePump::Next(std::chrono::milliseconds keepalive_interval, const 
     {
       std::lock_guard lock(mutex_);
       if (failed_) return Step::kFailed;
+      if (finished_ && out_.empty()) return Step::kFinished;
+      if (ended_ && out_.empty()) return Step::kEnded;
+      idle_at = last_write_ + keepalive_interval;
+      // Decided here, under the lock: a chunk sent from the sink moves last_write_ without
+      // waking this thread, and one that finished the response leaves no room for a comment.
+      if (out_.empty() && !finished_ && Clock::now() >= idle_at) AppendFrame(": ping\n\n");
       if (!out_.empty()) {
         bytes->clear();
         bytes->swap(out_);
         thread_writing_ = true;
         return Step::kWrite;
       }
-      if (finished_) return Step::kFinished;
-      if (ended_) return Step::kEnded;
-      idle_at = last_write_ + keepalive_interval;
     }
-    switch (waiter_.Wait(idle_at, abort)) {
-      case ConnectionWaiter::Woke::kTimeout: return Step::kIdle;
-      case ConnectionWaiter::Woke::kGone: return Step::kGone;
-      case ConnectionWaiter::Woke::kAborted: return Step::kAborted;
-      case ConnectionWaiter::Woke::kSink: break;
+    const ConnectionWaiter::Woke woke = waiter_.Wait(idle_at, abort);
+    if (woke == ConnectionWaiter::Woke::kGone || woke == ConnectionWaiter::Woke::kAborted) {
+      // The sink sends before it wakes this thread: a response that is already out is done.
+      std::lock_guard lock(mutex_);
+      if (finished_ && out_.empty()) return Step::kFinished;
+      return woke == ConnectionWaiter::Woke::kGone ? Step::kGone : Step::kAborted;
     }
   }
 }
@@ -207,11 +211,6 @@ bool SsePump::Written(bool ok) {
   return true;
 }
 
-void SsePump::Comment(std::string_view text) {
-  std::lock_guard lock(mutex_);
-  AppendFrame(fmt::format(": {}\n\n", text));
-}
-
 bool SsePump::Close(std::string* bytes) {
   std::lock_guard lock(mutex_);
   closed_ = true;
@@ -226,7 +225,9 @@ std::string SsePump::ErrorEvent(std::string_view json) const {
   return fmt::format("{:x}\r\n{}\r\n0\r\n\r\n", event.size(), event);
 }
 
-void SsePump::AppendData(std::string_view json) { AppendFrame(fmt::format("data: {}\n\n", json)); }
+void SsePump::AppendData(std::string_view json) {
+  AppendFrame(fmt::format("data: {}\n\n", json));
+}
 
 void SsePump::AppendFrame(std::string_view payload) {
   if (!headers_queued_) {

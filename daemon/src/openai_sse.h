@@ -83,7 +83,6 @@ class SsePump final : public GenerationStream::Sink {
     kFinished,  // The whole response is out: [DONE] and the body's end included.
     kEnded,     // The generation ended without its finishing chunk: status() says why.
     kFailed,    // A send failed: the client is gone.
-    kIdle,      // Nothing written for the keep-alive interval: send a Comment.
     kGone,      // The client closed the connection.
     kAborted,   // `abort` was raised.
   };
@@ -101,15 +100,14 @@ class SsePump final : public GenerationStream::Sink {
   bool OnChunk(inferbox::v1::GenerateChunk& chunk) override;
   void OnEnd() override;
 
-  // Waits until there is something for the connection's thread to do (at most until the
-  // keep-alive interval has passed since the last write). kWrite moves the bytes to write
-  // into *bytes; the sink only appends until Written.
+  // Waits until there is something for the connection's thread to do. kWrite moves the
+  // bytes to write into *bytes (a keep-alive comment where nothing was written for
+  // `keepalive_interval`); the sink only appends until Written. A response whose last bytes
+  // are out is kFinished even if the client hangs up or `abort` is raised at that moment.
   Step Next(std::chrono::milliseconds keepalive_interval, const Signal& abort, std::string* bytes);
   // After kWrite's bytes went out (`ok`) or failed. True when the generation was held for
   // them and is to be resumed.
   bool Written(bool ok);
-  // Queues an SSE comment (kIdle's answer) for the next kWrite.
-  void Comment(std::string_view text);
   // The thread takes over for an error: the sink drops what comes from now on. Returns the
   // bytes still to write before the error (in *bytes) and whether any of the response (its
   // headers) has been queued: if not, the error can still be a plain HTTP response.

@@ -190,8 +190,8 @@ TEST_F(EngineStreamTest, ASinkHeldAndResumedGetsWhatReadGetsThenOneEnd) {
   auto sink = std::make_shared<RecordingSink>(/*hold_every=*/3, 20ms);
   sink->set_stream(stream.get());
   stream->Watch(sink);
-  ASSERT_TRUE(sink->WaitEnded(30s)) << "the stream never ended; it got "
-                                    << sink->tokens().size() << " tokens";
+  ASSERT_TRUE(sink->WaitEnded(30s))
+      << "the stream never ended; it got " << sink->tokens().size() << " tokens";
   EXPECT_TRUE(stream->status().ok()) << stream->status().message();
   EXPECT_EQ(sink->tokens(), pulled) << "greedy: the same tokens either way";
   EXPECT_GT(sink->holds(), 0);
@@ -206,12 +206,18 @@ TEST_F(EngineStreamTest, ChunksThatCameBeforeWatchGoToTheSink) {
 
   std::unique_ptr<GenerationStream> stream = Start();
   ASSERT_NE(stream, nullptr);
-  std::this_thread::sleep_for(500ms);  // The first chunk waits for a consumer.
+  // One chunk read, so that the engine is generating; the next then waits for a consumer (a
+  // tiny model's token takes milliseconds).
+  api::GenerateChunk first;
+  ASSERT_EQ(stream->Read(&first, 30s), GenerationStream::Next::kChunk);
+  std::this_thread::sleep_for(300ms);
   auto sink = std::make_shared<RecordingSink>(/*hold_every=*/0, std::nullopt);
   stream->Watch(sink);
   ASSERT_TRUE(sink->WaitEnded(30s));
   EXPECT_TRUE(stream->status().ok()) << stream->status().message();
-  EXPECT_EQ(sink->tokens(), pulled);
+  std::vector<int> tokens(first.token_ids().begin(), first.token_ids().end());
+  for (const int token : sink->tokens()) tokens.push_back(token);
+  EXPECT_EQ(tokens, pulled);
 }
 
 TEST_F(EngineStreamTest, AStreamGivenUpWhileHeldEndsAndFreesTheEngine) {

@@ -26,6 +26,8 @@ struct Script {
   Status end;  // After the chunks (OK: the normal end).
   bool hang_after_chunks = false;
   std::chrono::milliseconds first_chunk_delay{0};
+  // Between one chunk and the next.
+  std::chrono::milliseconds chunk_interval{0};
   Status start_error;  // Non-OK: Chat/Generate fail with it.
 };
 
@@ -98,10 +100,11 @@ class FakeStream : public GenerationStream {
       status_ = Status(StatusCode::kCancelled, "cancelled");
       return Next::kEnd;
     }
-    if (next_ == 0 && Clock::now() < started_ + script_.first_chunk_delay) {
-      probe_->changed.wait_until(
-          lock, std::min(Clock::now() + timeout, started_ + script_.first_chunk_delay),
-          [this] { return probe_->cancelled; });
+    const auto ready_at =
+        started_ + script_.first_chunk_delay + static_cast<int>(next_) * script_.chunk_interval;
+    if (next_ < script_.chunks.size() && Clock::now() < ready_at) {
+      probe_->changed.wait_until(lock, std::min(Clock::now() + timeout, ready_at),
+                                 [this] { return probe_->cancelled; });
       return Next::kTimeout;
     }
     if (next_ < script_.chunks.size()) {

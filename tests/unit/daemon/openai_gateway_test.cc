@@ -683,9 +683,27 @@ TEST_F(OpenAiGatewayTest, ASlowClientHoldsTheStreamAndGetsEveryEventInOrder) {
     std::lock_guard lock(probe->mutex);
     EXPECT_FALSE(probe->cancelled);
   }
-  const std::string body = connection.ReadUntil("data: [DONE]", 20s);
-  ASSERT_NE(body.find("data: [DONE]"), std::string::npos) << body.size() << " bytes came";
-  size_t at = 0;
+  const std::string received = connection.ReadUntil("\r\n0\r\n\r\n", 20s);
+  // The chunked body, decoded: every frame whole, none interleaved with another.
+  size_t at = received.find("\r\n\r\n");
+  ASSERT_NE(at, std::string::npos) << "no headers";
+  at += 4;
+  std::string body;
+  for (;;) {
+    const size_t line_end = received.find("\r\n", at);
+    ASSERT_NE(line_end, std::string::npos) << "the body ends inside a chunk's size line";
+    const size_t size = std::stoul(received.substr(at, line_end - at), nullptr, 16);
+    ASSERT_LE(line_end + 2 + size + 2, received.size()) << "the body ends inside a chunk";
+    ASSERT_EQ(received.substr(line_end + 2 + size, 2), "\r\n") << "a chunk's size is wrong";
+    body += received.substr(line_end + 2, size);
+    at = line_end + 2 + size + 2;
+    if (size == 0) break;
+  }
+  EXPECT_EQ(at, received.size()) << "bytes after the last chunk";
+  const Events events = ParseSse(body);
+  ASSERT_EQ(events.data.size(), kChunks + 2u) << "every chunk, the finishing one and [DONE]";
+  EXPECT_EQ(events.data.back(), "[DONE]");
+  at = 0;
   for (int i = 0; i < kChunks; ++i) {
     const size_t found = body.find(fmt::format("<{:04}>", i), at);
     ASSERT_NE(found, std::string::npos) << "event " << i << " missing or out of order";
@@ -719,6 +737,21 @@ TEST_F(OpenAiGatewayTest, PingsWhileWaitingForTheFirstToken) {
   EXPECT_TRUE(reply.body.starts_with(": ping\n\n")) << reply.body;
   EXPECT_EQ(events.data.size(), 5u) << "the stream itself is unchanged: " << reply.body;
   EXPECT_EQ(events.data.back(), "[DONE]");
+}
+
+// Keep-alive comments are for a stream that is quiet: events written from the stream's own
+// thread count as writes.
+TEST_F(OpenAiGatewayTest, NoPingWhileTokensFlow) {
+  StartGateway({.sse_keepalive_interval = 100ms});
+  Script script;
+  for (int i = 0; i < 40; ++i) script.chunks.push_back(Chunk(fmt::format("<{}>", i)));
+  script.chunks.push_back(Final(""));
+  script.chunk_interval = 10ms;  // 400 ms of tokens: four keep-alive intervals.
+  frontend_.SetScript(script);
+  const Reply reply = Post("/v1/completions", R"({"model":"m","prompt":"Hi","stream":true})");
+  ASSERT_EQ(reply.status, 200) << reply.error;
+  EXPECT_EQ(reply.body.find(": ping"), std::string::npos) << reply.body;
+  EXPECT_EQ(ParseSse(reply.body).data.size(), 42u) << reply.body;
 }
 
 TEST_F(OpenAiGatewayTest, NoPingWhenTheFirstTokenComesQuickly) {

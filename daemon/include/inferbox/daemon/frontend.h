@@ -71,11 +71,13 @@ class GenerationStream {
   // Hands every event from now on to `sink` (chunks Read has not taken included), which the
   // stream keeps until its last call. Once, and Read is not called after it.
   virtual void Watch(std::shared_ptr<Sink> sink) = 0;
-  // Reading goes on after the sink returned false from OnChunk. Any thread.
+  // Reading goes on after the sink returned false from OnChunk. Any thread, but not once the
+  // stream's destruction has begun.
   virtual void Resume() = 0;
-  // Once Read returned kEnd: OK after the last chunk (the one with finish_reason), or the
-  // error that ended the request: INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED,
-  // UNAVAILABLE (engine loading, restarting, died mid-stream, draining), DEADLINE_EXCEEDED.
+  // Once Read returned kEnd (or the sink's OnEnd came): OK after the last chunk (the one with
+  // finish_reason), or the error that ended the request: INVALID_ARGUMENT, NOT_FOUND,
+  // RESOURCE_EXHAUSTED, UNAVAILABLE (engine loading, restarting, died mid-stream, draining),
+  // DEADLINE_EXCEEDED.
   virtual Status status() const = 0;
   // Abandons the request (client gone): the engine frees it within a step. Idempotent.
   virtual void Cancel() = 0;
