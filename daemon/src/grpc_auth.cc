@@ -5,7 +5,7 @@
 
 namespace inferbox::daemon {
 
-Result<Caller> AuthenticateGrpc(const grpc::ServerContext& context,
+Result<Caller> AuthenticateGrpc(const grpc::ServerContextBase& context,
                                 const Authenticator& authenticator) {
   // gRPC lower-cases metadata keys on the wire, so "Authorization" arrives as this too.
   const auto [first, last] = context.client_metadata().equal_range("authorization");

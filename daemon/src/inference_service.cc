@@ -1,5 +1,7 @@
 #include "inferbox/daemon/inference_service.h"
 
+#include <atomic>
+#include <memory>
 #include <random>
 
 #include <spdlog/spdlog.h>
@@ -15,11 +17,8 @@ namespace {
 namespace api = ::inferbox::v1;
 using namespace std::chrono_literals;
 
-// How often a handler waiting for tokens looks at its client (cancel, deadline).
-constexpr auto kClientPollInterval = 100ms;
-
 std::optional<std::chrono::system_clock::time_point> DeadlineOf(
-    const grpc::ServerContext& context) {
+    const grpc::ServerContextBase& context) {
   const auto deadline = context.deadline();
   // No deadline reads as a time point centuries away.
   if (deadline > std::chrono::system_clock::now() + std::chrono::hours(24 * 365))
@@ -62,50 +61,88 @@ grpc::Status ToApiStatus(const Status& status) {
                       details.SerializeAsString());
 }
 
+// Relays one generation to its gRPC client. The generation's sink starts each write on the
+// thread that received the chunk and holds the generation until the write completes, so that
+// a slow client holds the engine by flow control. The reactor finishes only once the
+// generation has ended (OnEnd, its sink's last call), so that when gRPC deletes it (OnDone)
+// the stream it owns is done and its destruction waits for nothing.
+class RelayWriter final : public grpc::ServerWriteReactor<api::GenerateChunk> {
+ public:
+  // Refused before any generation started.
+  explicit RelayWriter(const Status& refusal) { Finish(ToApiStatus(refusal)); }
+
+  RelayWriter(grpc::CallbackServerContext* context, std::unique_ptr<GenerationStream> stream)
+      : context_(context), stream_(std::move(stream)) {
+    stream_->Watch(std::make_shared<Forward>(this));
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) GiveUp();  // The client went away, or its deadline passed.
+    stream_->Resume();  // Given up: it reads on to its end, handing out nothing.
+  }
+  void OnCancel() override { GiveUp(); }
+  void OnDone() override { delete this; }
+
+ private:
+  // The stream's sink. The writer outlives every call: it finishes in the last one.
+  class Forward final : public GenerationStream::Sink {
+   public:
+    explicit Forward(RelayWriter* writer) : writer_(writer) {}
+    bool OnChunk(api::GenerateChunk& chunk) override { return writer_->Write(chunk); }
+    void OnEnd() override { writer_->End(); }
+
+   private:
+    RelayWriter* const writer_;
+  };
+
+  bool Write(api::GenerateChunk& chunk) {
+    if (gave_up_.load()) return true;  // Nobody reads: let the generation end.
+    out_.Swap(&chunk);
+    StartWrite(&out_);
+    return false;  // Held until OnWriteDone.
+  }
+
+  void End() {
+    if (!gave_up_.load()) {
+      Finish(ToApiStatus(stream_->status()));
+      return;
+    }
+    const bool expired = context_->deadline() <= std::chrono::system_clock::now();
+    Finish(grpc::Status(expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
+                        expired ? "the deadline passed; the generation was cancelled"
+                                : "the client cancelled the request or went away"));
+  }
+
+  void GiveUp() {
+    if (!gave_up_.exchange(true)) stream_->Cancel();
+  }
+
+  grpc::CallbackServerContext* const context_ = nullptr;
+  const std::unique_ptr<GenerationStream> stream_;
+  api::GenerateChunk out_;  // The write in flight.
+  std::atomic<bool> gave_up_{false};
+};
+
+grpc::ServerWriteReactor<api::GenerateChunk>* Relay(
+    grpc::CallbackServerContext* context, Result<std::unique_ptr<GenerationStream>> started) {
+  if (!started.ok()) return new RelayWriter(started.status());
+  return new RelayWriter(context, std::move(started).value());
+}
+
 }  // namespace
 
-grpc::Status InferenceServiceImpl::Relay(grpc::ServerContext* context,
-                                         Result<std::unique_ptr<GenerationStream>> started,
-                                         grpc::ServerWriter<api::GenerateChunk>* writer) {
-  if (!started.ok()) return ToApiStatus(started.status());
-  GenerationStream& stream = **started;
-  api::GenerateChunk chunk;
-  for (;;) {
-    if (context->IsCancelled()) {
-      stream.Cancel();
-      const bool expired = context->deadline() <= std::chrono::system_clock::now();
-      return grpc::Status(
-          expired ? grpc::StatusCode::DEADLINE_EXCEEDED : grpc::StatusCode::CANCELLED,
-          expired ? "the deadline passed; the generation was cancelled"
-                  : "the client cancelled the request");
-    }
-    switch (stream.Read(&chunk, kClientPollInterval)) {
-      case GenerationStream::Next::kTimeout: continue;
-      case GenerationStream::Next::kEnd: return ToApiStatus(stream.status());
-      case GenerationStream::Next::kChunk:
-        if (!writer->Write(chunk)) {
-          stream.Cancel();
-          return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
-        }
-        continue;
-    }
-  }
+grpc::ServerWriteReactor<api::GenerateChunk>* InferenceServiceImpl::Generate(
+    grpc::CallbackServerContext* context, const api::GenerateRequest* request) {
+  auto caller = AuthenticateGrpc(*context, authenticator_);
+  if (!caller.ok()) return new RelayWriter(caller.status());
+  return Relay(context, frontend_.Generate(*request, *caller, DeadlineOf(*context)));
 }
 
-grpc::Status InferenceServiceImpl::Generate(grpc::ServerContext* context,
-                                            const api::GenerateRequest* request,
-                                            grpc::ServerWriter<api::GenerateChunk>* writer) {
+grpc::ServerWriteReactor<api::GenerateChunk>* InferenceServiceImpl::Chat(
+    grpc::CallbackServerContext* context, const api::ChatRequest* request) {
   auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return ToApiStatus(caller.status());
-  return Relay(context, frontend_.Generate(*request, *caller, DeadlineOf(*context)), writer);
-}
-
-grpc::Status InferenceServiceImpl::Chat(grpc::ServerContext* context,
-                                        const api::ChatRequest* request,
-                                        grpc::ServerWriter<api::GenerateChunk>* writer) {
-  auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return ToApiStatus(caller.status());
-  return Relay(context, frontend_.Chat(*request, *caller, DeadlineOf(*context)), writer);
+  if (!caller.ok()) return new RelayWriter(caller.status());
+  return Relay(context, frontend_.Chat(*request, *caller, DeadlineOf(*context)));
 }
 
 grpc::Status InferenceServiceImpl::Tokenize(grpc::ServerContext* context,

@@ -204,6 +204,27 @@ TEST_F(DaemonEngineTest, ClientCancelReachesTheEngine) {
   EXPECT_LT(stats.generation_tokens_total(), 3000u);
 }
 
+TEST_F(DaemonEngineTest, ADeadlinePassingMidStreamEndsItAndFreesTheEngine) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + 1500ms);
+  auto reader = inference_->Chat(&context, Chat(100000));
+  api::GenerateChunk chunk;
+  int chunks = 0;
+  while (reader->Read(&chunk)) ++chunks;
+  EXPECT_GT(chunks, 0) << "tokens came before the deadline";
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  wire::StatsResponse stats;
+  for (int i = 0; i < 100; ++i) {
+    stats = EngineStats();
+    if (stats.num_requests_running() == 0 && stats.num_kv_blocks_used() == 0) break;
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(stats.num_requests_running(), 0u) << "the engine still runs the request";
+  EXPECT_EQ(stats.num_kv_blocks_used(), 0u);
+}
+
 TEST_F(DaemonEngineTest, AnEngineKilledMidStreamFailsItsRequestsAndComesBack) {
   ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
   ASSERT_TRUE(WaitServing());

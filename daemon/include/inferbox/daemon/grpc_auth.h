@@ -13,7 +13,7 @@ namespace inferbox::daemon {
 // The caller of the RPC `context` belongs to (its `api` is "grpc"). UNAUTHENTICATED when the call
 // carries more than one authorization entry, or when `authenticator` refuses the one it carries (or
 // its absence).
-Result<Caller> AuthenticateGrpc(const grpc::ServerContext& context,
+Result<Caller> AuthenticateGrpc(const grpc::ServerContextBase& context,
                                 const Authenticator& authenticator);
 
 }  // namespace inferbox::daemon
