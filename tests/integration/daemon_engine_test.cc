@@ -93,6 +93,17 @@ class DaemonEngineTest : public ::testing::Test {
     return stats;
   }
 
+  // The engine's stats once it runs nothing and holds no KV blocks, or after 5 s.
+  wire::StatsResponse EngineStatsOnceIdle() {
+    wire::StatsResponse stats;
+    for (int i = 0; i < 100; ++i) {
+      stats = EngineStats();
+      if (stats.num_requests_running() == 0 && stats.num_kv_blocks_used() == 0) break;
+      std::this_thread::sleep_for(50ms);
+    }
+    return stats;
+  }
+
   static api::ChatRequest Chat(uint32_t max_tokens, std::string model = "tiny") {
     return TinyChat(max_tokens, std::move(model));
   }
@@ -193,12 +204,7 @@ TEST_F(DaemonEngineTest, ClientCancelReachesTheEngine) {
   while (reader->Read(&chunk)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  wire::StatsResponse stats;
-  for (int i = 0; i < 100; ++i) {
-    stats = EngineStats();
-    if (stats.num_requests_running() == 0 && stats.num_kv_blocks_used() == 0) break;
-    std::this_thread::sleep_for(50ms);
-  }
+  const wire::StatsResponse stats = EngineStatsOnceIdle();
   EXPECT_EQ(stats.num_requests_running(), 0u);
   EXPECT_EQ(stats.num_kv_blocks_used(), 0u);
   EXPECT_LT(stats.generation_tokens_total(), 3000u);
@@ -215,12 +221,7 @@ TEST_F(DaemonEngineTest, ADeadlinePassingMidStreamEndsItAndFreesTheEngine) {
   while (reader->Read(&chunk)) ++chunks;
   EXPECT_GT(chunks, 0) << "tokens came before the deadline";
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  wire::StatsResponse stats;
-  for (int i = 0; i < 100; ++i) {
-    stats = EngineStats();
-    if (stats.num_requests_running() == 0 && stats.num_kv_blocks_used() == 0) break;
-    std::this_thread::sleep_for(50ms);
-  }
+  const wire::StatsResponse stats = EngineStatsOnceIdle();
   EXPECT_EQ(stats.num_requests_running(), 0u) << "the engine still runs the request";
   EXPECT_EQ(stats.num_kv_blocks_used(), 0u);
 }
