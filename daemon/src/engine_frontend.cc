@@ -32,7 +32,8 @@ constexpr auto kFinishedStatusWait = 2s;
 // threads, keep the request's record, account for it, and hand each chunk to the watching
 // Sink, or keep it for Read. One read is in flight at a time, and the next starts only once
 // the consumer has taken the last chunk (Read, a Sink returning true, or Resume), so that a
-// slow client holds the engine's stream by flow control rather than piling up chunks here.
+// slow client holds the engine's stream (once the call's flow-control window, ~64 KiB, is
+// full) rather than piling up chunks here.
 // gRPC is never called with mutex_ held, and neither is the Sink.
 class EngineStream final : public GenerationStream,
                            public grpc::ClientReadReactor<wire::GenerateChunk> {

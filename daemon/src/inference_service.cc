@@ -15,7 +15,6 @@ namespace inferbox::daemon {
 namespace {
 
 namespace api = ::inferbox::v1;
-using namespace std::chrono_literals;
 
 std::optional<std::chrono::system_clock::time_point> DeadlineOf(
     const grpc::ServerContextBase& context) {
@@ -63,14 +62,11 @@ grpc::Status ToApiStatus(const Status& status) {
 
 // Relays one generation to its gRPC client. The generation's sink starts each write on the
 // thread that received the chunk and holds the generation until the write completes, so that
-// a slow client holds the engine by flow control. The reactor finishes only once the
-// generation has ended (OnEnd, its sink's last call), so that when gRPC deletes it (OnDone)
-// the stream it owns is done and its destruction waits for nothing.
+// a slow client holds the engine once the call's flow-control window is full. The reactor finishes
+// only once the generation has ended (OnEnd, its sink's last call), so that when gRPC deletes it
+// (OnDone) the stream it owns is done and its destruction waits for nothing.
 class RelayWriter final : public grpc::ServerWriteReactor<api::GenerateChunk> {
  public:
-  // Refused before any generation started.
-  explicit RelayWriter(const Status& refusal) { Finish(ToApiStatus(refusal)); }
-
   RelayWriter(grpc::CallbackServerContext* context, std::unique_ptr<GenerationStream> stream)
       : context_(context), stream_(std::move(stream)) {
     stream_->Watch(std::make_shared<Forward>(this));
@@ -123,9 +119,17 @@ class RelayWriter final : public grpc::ServerWriteReactor<api::GenerateChunk> {
   std::atomic<bool> gave_up_{false};
 };
 
+// A call refused before any generation started. It has nothing to cancel: gRPC calls
+// OnCancel on it too when the client cancels (or its deadline passes) before the status is out.
+class Refusal final : public grpc::ServerWriteReactor<api::GenerateChunk> {
+ public:
+  explicit Refusal(const Status& refusal) { Finish(ToApiStatus(refusal)); }
+  void OnDone() override { delete this; }
+};
+
 grpc::ServerWriteReactor<api::GenerateChunk>* Relay(
     grpc::CallbackServerContext* context, Result<std::unique_ptr<GenerationStream>> started) {
-  if (!started.ok()) return new RelayWriter(started.status());
+  if (!started.ok()) return new Refusal(started.status());
   return new RelayWriter(context, std::move(started).value());
 }
 
@@ -134,14 +138,14 @@ grpc::ServerWriteReactor<api::GenerateChunk>* Relay(
 grpc::ServerWriteReactor<api::GenerateChunk>* InferenceServiceImpl::Generate(
     grpc::CallbackServerContext* context, const api::GenerateRequest* request) {
   auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return new RelayWriter(caller.status());
+  if (!caller.ok()) return new Refusal(caller.status());
   return Relay(context, frontend_.Generate(*request, *caller, DeadlineOf(*context)));
 }
 
 grpc::ServerWriteReactor<api::GenerateChunk>* InferenceServiceImpl::Chat(
     grpc::CallbackServerContext* context, const api::ChatRequest* request) {
   auto caller = AuthenticateGrpc(*context, authenticator_);
-  if (!caller.ok()) return new RelayWriter(caller.status());
+  if (!caller.ok()) return new Refusal(caller.status());
   return Relay(context, frontend_.Chat(*request, *caller, DeadlineOf(*context)));
 }
 

@@ -9,7 +9,8 @@
 // the client reads slower than tokens come. Only then, and for the keep-alive comments, the
 // client going away, the gateway's stop, the end and errors, does the connection's thread
 // wake: it writes what the socket did not take (with the write timeout, the stream held
-// meanwhile so that flow control holds the engine) and answers errors as before.
+// meanwhile: once the engine call's flow-control window is full, the engine waits) and
+// answers errors as before.
 #pragma once
 
 #include <chrono>

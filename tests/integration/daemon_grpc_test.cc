@@ -1,5 +1,5 @@
 // What clients of a running inferboxd see over the wire: gRPC health (per service),
-// reflection, Admin.GetStatus and the Prometheus scrape.
+// reflection, Admin.GetStatus, the Prometheus scrape, and refused generations.
 #include <unistd.h>
 
 #include <regex>
@@ -15,6 +15,7 @@
 #include "http_client.h"
 #include "inferbox/common/version.h"
 #include "inferbox/v1/admin.grpc.pb.h"
+#include "inferbox/v1/inference.grpc.pb.h"
 
 namespace inferbox::testing {
 namespace {
@@ -74,6 +75,34 @@ TEST_F(DaemonGrpcTest, InferenceIsNotServingWithoutAnEngine) {
   ASSERT_TRUE(Check("inferbox.v1.Inference", &response).ok());
   EXPECT_EQ(response.status(), HealthCheckResponse::NOT_SERVING)
       << "no engine exists yet: reporting SERVING would be a health check that lies";
+}
+
+// Every generation here is refused (no model is served); a client that cancels, or whose
+// deadline passes, before the refusal is out must not take the daemon down (gRPC tells the
+// refusal's reactor OnCancel too).
+TEST_F(DaemonGrpcTest, RefusedGenerationsCancelledByTheirClientsLeaveTheDaemonServing) {
+  auto inference = inferbox::v1::Inference::NewStub(channel_);
+  inferbox::v1::GenerateRequest request;
+  request.set_model("nope");
+  request.set_text("Hi");
+  for (int i = 0; i < 300; ++i) {
+    grpc::ClientContext context;
+    if (i % 2 == 0) {
+      context.set_deadline(std::chrono::system_clock::now() +
+                           std::chrono::microseconds(100 * (i % 10)));
+    }
+    auto reader = inference->Generate(&context, request);
+    if (i % 2 == 1) context.TryCancel();
+    inferbox::v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    const grpc::Status status = reader->Finish();
+    ASSERT_FALSE(status.ok()) << "call " << i;
+  }
+  HealthCheckResponse response;
+  const grpc::Status health = Check("", &response);
+  ASSERT_TRUE(health.ok()) << "the daemon stopped answering: " << health.error_message();
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
 }
 
 TEST_F(DaemonGrpcTest, UnknownServiceIsNotFound) {

@@ -59,8 +59,9 @@ class GenerationStream {
   class Sink {
    public:
     virtual ~Sink() = default;
-    // The next piece of output. True: go on reading. False: hold the stream (flow control
-    // then holds the engine's side) until Resume.
+    // The next piece of output. True: go on reading. False: hold the stream until Resume
+    // (what the engine sends meanwhile waits in the call's flow-control window, ~64 KiB; once
+    // that is full, the engine's writes wait).
     virtual bool OnChunk(inferbox::v1::GenerateChunk& chunk) = 0;
     // The stream is over: status() says how. Nothing follows.
     virtual void OnEnd() = 0;

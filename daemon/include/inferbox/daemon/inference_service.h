@@ -4,7 +4,8 @@
 //
 // Generate and Chat are callback methods: the generation's chunks are pushed to a sink
 // (GenerationStream::Watch) that starts each write on the thread that received the chunk, the
-// generation held until the write completes (flow control then holds the engine), so that no
+// generation held until the write completes (the engine waits once the engine call's
+// flow-control window is full), so that no
 // thread waits on a stream and a token costs no thread wake.
 #pragma once
 

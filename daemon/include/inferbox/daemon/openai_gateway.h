@@ -7,9 +7,10 @@
 // A streamed completion's events are written by the stream's own thread (its Sink: a gRPC
 // thread for an engine) while the socket takes them at once; the connection's thread wakes
 // only to write what it did not (a slow client's full socket holds the stream, which holds
-// the engine by flow control), for keep-alive comments, the client leaving, the stop and the
-// end. The frontend and the authenticator are called from connection threads, concurrently;
-// both must outlive the gateway. The public methods may be called from any thread.
+// the engine once the engine call's flow-control window is full), for keep-alive comments, the
+// client leaving, the stop and the end. The frontend and the authenticator are called from
+// connection threads, concurrently; both must outlive the gateway. The public methods may be called
+// from any thread.
 #pragma once
 
 #include <chrono>
