@@ -325,11 +325,7 @@ class Connection {
   bool WholeResponse(GenerationStream& stream, const ResponseContext& response,
                      std::optional<ReasoningSplitter>& splitter) {
     auto collector = std::make_shared<OutputCollector>(stream_.fd(), std::move(splitter));
-    if (!collector->ok()) {
-      spdlog::error("{}: no eventfd for the response (out of file descriptors?)", target_);
-      stream.Cancel();
-      return SendError(ApiErrorFromStatus(InternalError("the request could not be started")));
-    }
+    if (!collector->ok()) return NoWaiter(stream);
     stream.Watch(collector);
     switch (collector->Wait(context_.abort)) {
       case OutputCollector::Step::kGone: return Abandon(stream);
@@ -347,11 +343,7 @@ class Connection {
                       std::optional<ReasoningSplitter>& splitter) {
     auto pump = std::make_shared<SsePump>(stream_.fd(), response, std::move(splitter), version_,
                                           keep_alive_);
-    if (!pump->ok()) {
-      spdlog::error("{}: no eventfd for the response (out of file descriptors?)", target_);
-      stream.Cancel();
-      return SendError(ApiErrorFromStatus(InternalError("the stream could not be started")));
-    }
+    if (!pump->ok()) return NoWaiter(stream);
     stream.Watch(pump);
     std::string bytes;
     for (;;) {
@@ -371,14 +363,21 @@ class Connection {
     }
   }
 
+  // A response whose connection cannot wait for its generation (no eventfd): 500.
+  bool NoWaiter(GenerationStream& stream) {
+    spdlog::error("{}: no eventfd for the response (out of file descriptors?)", target_);
+    stream.Cancel();
+    return SendError(ApiErrorFromStatus(InternalError("the response could not be started")));
+  }
+
   // A stream that ends without its finishing chunk. R1.6: once the headers are out, an error
   // is one `data: {"error":...}` event, and the stream then ends WITHOUT `data: [DONE]`, so
   // that no client can take the truncated output for a complete one. The connection is closed.
   bool FailStream(SsePump& pump, const ApiError& error) {
     std::string rest;
-    if (!pump.Close(&rest)) return SendError(error);
+    if (!pump.Fail(ErrorBody(error), &rest)) return SendError(error);
     spdlog::warn("{} -> stream failed after start: {}", target_, error.message);
-    (void)Write(rest + pump.ErrorEvent(ErrorBody(error)));
+    (void)Write(rest);
     return false;
   }
 

@@ -130,8 +130,6 @@ SsePump::SsePump(int fd, ResponseContext response, std::optional<ReasoningSplitt
       last_write_(Clock::now()),
       splitter_(std::move(splitter)) {}
 
-SsePump::~SsePump() = default;
-
 bool SsePump::OnChunk(v1::GenerateChunk& chunk) {
   std::lock_guard lock(mutex_);
   // Nobody writes any more, or the response is whole: let the generation end.
@@ -211,18 +209,15 @@ bool SsePump::Written(bool ok) {
   return true;
 }
 
-bool SsePump::Close(std::string* bytes) {
+bool SsePump::Fail(std::string_view json, std::string* bytes) {
   std::lock_guard lock(mutex_);
   closed_ = true;
+  if (!headers_queued_) return false;
+  AppendData(json);
+  AppendEnd();
   bytes->clear();
   bytes->swap(out_);
-  return headers_queued_;
-}
-
-std::string SsePump::ErrorEvent(std::string_view json) const {
-  std::string event = fmt::format("data: {}\n\n", json);
-  if (version_ < 11) return event;
-  return fmt::format("{:x}\r\n{}\r\n0\r\n\r\n", event.size(), event);
+  return true;
 }
 
 void SsePump::AppendData(std::string_view json) {

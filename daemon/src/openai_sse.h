@@ -93,7 +93,6 @@ class SsePump final : public GenerationStream::Sink {
   // the raw stream, HTTP/1.1 clients chunks.
   SsePump(int fd, ResponseContext response, std::optional<ReasoningSplitter> splitter,
           unsigned version, bool keep_alive);
-  ~SsePump() override;
 
   // False when the pump could not be made (no eventfd): answer 500.
   bool ok() const { return waiter_.ok(); }
@@ -109,12 +108,11 @@ class SsePump final : public GenerationStream::Sink {
   // After kWrite's bytes went out (`ok`) or failed. True when the generation was held for
   // them and is to be resumed.
   bool Written(bool ok);
-  // The thread takes over for an error: the sink drops what comes from now on. Returns the
-  // bytes still to write before the error (in *bytes) and whether any of the response (its
-  // headers) has been queued: if not, the error can still be a plain HTTP response.
-  bool Close(std::string* bytes);
-  // `json` as one data event, and the body's end (HTTP/1.1), for after Close.
-  std::string ErrorEvent(std::string_view json) const;
+  // The thread takes over for an error: the sink drops what comes from now on. False when
+  // none of the response (its headers) has been queued: the error can still be a plain HTTP
+  // response. Else *bytes is what is left to write: the bytes not sent yet, then `json` as one
+  // data event and the body's end (HTTP/1.1).
+  bool Fail(std::string_view json, std::string* bytes);
 
   bool keep_alive() const { return keep_alive_; }
 
