@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
+#include "inferbox/common/grpc_process.h"
 #include "inferbox/common/logging.h"
 #include "inferbox/common/version.h"
 #include "inferbox/daemon/config.h"
@@ -36,6 +37,7 @@ int CheckConfig(const DaemonOptions& options, const std::string& config_name) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  inferbox::DisableMutexDeadlockDetection();
   CLI::App app{
       "inferboxd: the inferbox supervisor daemon (run it under systemd as inferbox.service)"};
   app.set_version_flag("--version",

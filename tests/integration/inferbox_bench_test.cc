@@ -259,9 +259,9 @@ TEST_F(InferboxBenchTest, FixedStepReplacesTheModelsStepByAWaitOfThatLength) {
 }
 
 // tools/bench/daemon-path-bench: one workload in-process and through a real daemon whose
-// engine is inferbox-engine-fixed-step, each beside the decode floor (neither can pass it:
-// every step waits), with the CPU each process spent.
-TEST_F(InferboxBenchTest, DaemonPathBenchRunsTheWorkloadBothWaysBelowTheFloor) {
+// engine is inferbox-engine-fixed-step (over HTTP, then over its gRPC API), each beside the
+// decode floor (none can pass it: every step waits), with the CPU each process spent.
+TEST_F(InferboxBenchTest, DaemonPathBenchRunsTheWorkloadEveryWayBelowTheFloor) {
   const CommandResult result =
       RunCommand({INFERBOX_SOURCE_DIR "/tools/bench/daemon-path-bench", "--build-dir",
                   INFERBOX_BUILD_DIR, "--model", model().string(), "--input-len", "8",
@@ -270,7 +270,8 @@ TEST_F(InferboxBenchTest, DaemonPathBenchRunsTheWorkloadBothWaysBelowTheFloor) {
                  dir_.path(), 180s);
   ASSERT_EQ(result.exit_code, 0) << result.out << result.err;
   EXPECT_THAT(result.out, HasSubstr("| decode floor (8 rows a step of 10 ms) | 800 | 100% |"));
-  EXPECT_THAT(result.out, HasSubstr("the daemon path: "));
+  EXPECT_THAT(result.out, HasSubstr("the daemon's http path: "));
+  EXPECT_THAT(result.out, HasSubstr("the daemon's grpc path: "));
   int paths = 0;
   std::istringstream lines(result.out);
   for (std::string line; std::getline(lines, line);) {
@@ -286,7 +287,7 @@ TEST_F(InferboxBenchTest, DaemonPathBenchRunsTheWorkloadBothWaysBelowTheFloor) {
       for (const size_t cpu : {6u, 7u, 8u}) EXPECT_GT(std::stod(cells[cpu]), 0.0) << line;
     }
   }
-  EXPECT_EQ(paths, 2) << result.out;
+  EXPECT_EQ(paths, 3) << result.out;
 
   EXPECT_EQ(RunCommand({INFERBOX_SOURCE_DIR "/tools/bench/daemon-path-bench", "--build-dir",
                         INFERBOX_BUILD_DIR, "--model", model().string(), "--concurrency", "0"},
@@ -306,7 +307,7 @@ TEST_F(InferboxBenchTest, RefusesWhatCannotRun) {
   EXPECT_EQ(Bench({"--fixed-step-ms", "5", "--ttft", "16"}).exit_code, 2) << "no prefill to time";
 }
 
-TEST_F(InferboxBenchTest, DrivesTheDaemonsOpenAiStreamWithAnApiKey) {
+TEST_F(InferboxBenchTest, DrivesTheDaemonsOpenAiStreamAndGrpcApiWithAnApiKey) {
   const auto config = [](bool require_keys) {
     return TestConfig() + "[auth]\nrequire_keys = " + (require_keys ? "true" : "false") +
            "\n[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
@@ -357,6 +358,31 @@ TEST_F(InferboxBenchTest, DrivesTheDaemonsOpenAiStreamWithAnApiKey) {
             {"INFERBOX_API_KEY="});
   EXPECT_EQ(keyless.exit_code, 1);
   EXPECT_THAT(keyless.err, HasSubstr("HTTP 401"));
+
+  // The same workload as streamed Generate calls on the daemon's gRPC API.
+  const CommandResult grpc =
+      Bench({"--grpc", daemon.grpc_address(), "--served-model", "tiny", "--num-requests", "6",
+             "--input-len", "20", "--output-len", "5", "--concurrency", "3", "--json"},
+            {"INFERBOX_API_KEY=" + key.secret()});
+  ASSERT_EQ(grpc.exit_code, 0) << grpc.err << "\ndaemon log:\n" << daemon.Logs();
+  const json::object grpc_out = ParseJson(grpc);
+  EXPECT_EQ(grpc_out.at("path"), "grpc");
+  EXPECT_EQ(grpc_out.at("config").at("grpc").as_string(), daemon.grpc_address());
+  EXPECT_EQ(grpc_out.at("output_tokens"), 30) << "6 requests of 5 tokens, by the usage";
+  EXPECT_GT(Number(grpc_out.at("time_to_first_token_ms").at("p50")), 0);
+  EXPECT_GT(Number(grpc_out.at("time_per_output_token_ms").at("mean")), 0);
+
+  const CommandResult grpc_keyless = Bench({"--grpc", daemon.grpc_address(), "--served-model",
+                                            "tiny", "--num-requests", "1", "--warmup", "0"},
+                                           {"INFERBOX_API_KEY="});
+  EXPECT_EQ(grpc_keyless.exit_code, 1);
+  EXPECT_THAT(grpc_keyless.err, HasSubstr("UNAUTHENTICATED"));
+  const CommandResult unknown = Bench({"--grpc", daemon.grpc_address(), "--served-model", "nope",
+                                       "--num-requests", "1", "--warmup", "0"},
+                                      {"INFERBOX_API_KEY=" + key.secret()});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_THAT(unknown.err, HasSubstr("nope"));
+  EXPECT_EQ(Bench({"--grpc", "127.0.0.1:9", "--url", url}).exit_code, 2) << "one server at a time";
 }
 
 }  // namespace

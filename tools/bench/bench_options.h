@@ -41,11 +41,19 @@ struct Options {
   // The daemon path: requests go to this OpenAI-compatible server instead of an engine loop
   // in this process (the model folder is then read for its config only).
   std::string url;
+  // Or to this daemon's gRPC API (host:port: inferbox.v1.Inference/Generate).
+  std::string grpc;
   std::string api_key;
   std::string served_model;  // The model's name on the server.
   int32_t num_gpus = 0;      // GPUs the server's model runs on, for per-GPU numbers (0: unknown).
 
   bool over_http() const { return !url.empty(); }
+  bool over_grpc() const { return !grpc.empty(); }
+  bool over_server() const { return over_http() || over_grpc(); }
+  // The path's name in the JSON output.
+  const char* path_name() const {
+    return over_http() ? "http" : over_grpc() ? "grpc" : "in-process";
+  }
   bool ttft() const { return !ttft_lengths.empty(); }
   bool fixed_step() const { return fixed_step_ms >= 0.0; }
 };

@@ -29,6 +29,9 @@ std::string PathLine(const Options& options) {
   if (options.over_http()) {
     return fmt::format("over HTTP to {} (model \"{}\")", options.url, options.served_model);
   }
+  if (options.over_grpc()) {
+    return fmt::format("over gRPC to {} (model \"{}\")", options.grpc, options.served_model);
+  }
   return fmt::format("in-process on the {} backend{}", options.device,
                      options.tensor_parallel > 1
                          ? fmt::format(", tensor parallel over {} ranks", options.tensor_parallel)
@@ -58,8 +61,9 @@ json::object ConfigJson(const Options& options) {
                       {"concurrency", options.concurrency},   {"seed", options.seed},
                       {"temperature", options.temperature}};
   if (options.prompt_vocab > 0) config["prompt_vocab"] = options.prompt_vocab;
-  if (options.over_http()) {
-    config["url"] = options.url;
+  if (options.over_server()) {
+    if (options.over_http()) config["url"] = options.url;
+    if (options.over_grpc()) config["grpc"] = options.grpc;
     config["served_model"] = options.served_model;
   } else {
     config["device"] = options.device;
@@ -117,7 +121,7 @@ void PrintOfflineTable(const Options& options, const ModelConfig& config,
                        const OfflineResult& result) {
   const LatencySummary& m = result.latency;
   fmt::print("inferbox-bench, offline, {}: {}\n", PathLine(options), ModelLine(config));
-  if (options.over_http()) {
+  if (options.over_server()) {
     fmt::print(
         "{} requests (+{} warmup) of {} prompt + {} output tokens; concurrency {} (the server's "
         "own batching limits apply)\n\n",
@@ -141,7 +145,7 @@ void PrintOfflineTable(const Options& options, const ModelConfig& config,
                result.num_gpus, result.num_gpus == 1 ? "" : "s");
   } else {
     fmt::print("  {:<30}{:>10} ({})\n", "output tokens/s per GPU", "n/a",
-               options.over_http() ? "give --num-gpus" : "no GPU");
+               options.over_server() ? "give --num-gpus" : "no GPU");
   }
   fmt::print("  {:<30}{:>10.2f}\n", "requests/s", m.requests_per_second());
 
@@ -151,7 +155,8 @@ void PrintOfflineTable(const Options& options, const ModelConfig& config,
   };
   latency_row("time to first token", m.time_to_first_token_ms);
   latency_row("time per output token", m.time_per_output_token_ms);
-  latency_row(options.over_http() ? "between streamed events" : "inter-token", m.inter_arrival_ms);
+  latency_row(options.over_server() ? "between streamed events" : "inter-token",
+              m.inter_arrival_ms);
   latency_row("end-to-end", m.end_to_end_ms);
   fmt::print("  {:<30}{:>10.1f} tokens/s (1000 / mean time per output token)\n",
              "one stream's decode rate", m.stream_tokens_per_second());
@@ -205,7 +210,7 @@ void PrintOfflineJson(const Options& options, const ModelConfig& config,
                       const OfflineResult& result) {
   const LatencySummary& m = result.latency;
   json::object out{{"bench", "offline"},
-                   {"path", options.over_http() ? "http" : "in-process"},
+                   {"path", options.path_name()},
                    {"model", ModelJson(options, config)},
                    {"config", ConfigJson(options)},
                    {"wall_seconds", m.wall_seconds},
@@ -280,7 +285,7 @@ void PrintTtftTable(const Options& options, const ModelConfig& config, const Ttf
   fmt::print("inferbox-bench, time to first token, {}: {}\n", PathLine(options), ModelLine(config));
   fmt::print("{} requests per prompt length (+{} warmup), one at a time, 1 output token each",
              options.ttft_repeats, options.warmup);
-  if (options.over_http()) {
+  if (options.over_server()) {
     fmt::print(" (the server's token budget applies)\n");
   } else {
     fmt::print("; token budget {} (a longer prompt is prefilled in chunks of it)\n",
@@ -325,7 +330,7 @@ void PrintTtftJson(const Options& options, const ModelConfig& config, const Ttft
     prompts.push_back(std::move(entry));
   }
   const json::object out{{"bench", "ttft"},
-                         {"path", options.over_http() ? "http" : "in-process"},
+                         {"path", options.path_name()},
                          {"model", ModelJson(options, config)},
                          {"config", std::move(run_config)},
                          {"peak_tflops", options.peak_tflops},

@@ -1,11 +1,13 @@
 // inferbox-bench: throughput and latency of the inferbox engine, in-process on a backend
-// (--device cpu, cuda) or through an OpenAI-compatible server (--url: the daemon's HTTP path),
+// (--device cpu, cuda) or through an OpenAI-compatible server (--url: the daemon's HTTP path)
+// or inferboxd's gRPC API (--grpc),
 // printed beside the memory-bandwidth floor of decoding measured on the backend's memory.
 //
 //   inferbox-bench --model DIR [--num-requests 64] [--input-len 128] [--output-len 64]
 //       [--concurrency 1] [--tensor-parallel 1] [--json]                  (offline run)
 //   inferbox-bench --model DIR --ttft 1024,4096,8192 [--peak-tflops 989]   (time to first token)
 //   inferbox-bench --model DIR --url http://127.0.0.1:8080 [--served-model NAME] ...
+//   inferbox-bench --model DIR --grpc 127.0.0.1:7070 [--served-model NAME] ...
 //
 // Every request is a prompt of random token ids decoded for exactly --output-len tokens (EOS
 // ignored): greedily, or sampled at --temperature. At most --concurrency requests are in flight: a
@@ -30,11 +32,13 @@
 #include "bench/bench_options.h"
 #include "bench/bench_report.h"
 #include "bench/fixed_time_model.h"
+#include "bench/grpc_stream_runner.h"
 #include "bench/in_process_runner.h"
 #include "bench/openai_stream_runner.h"
 #include "bench/prefill_flops.h"
 #include "bench/request_record.h"
 #include "inferbox/common/atomic_file.h"
+#include "inferbox/common/grpc_process.h"
 #include "inferbox/engine/model/model_config.h"
 #include "inferbox/engine/runtime/runtime.h"
 
@@ -197,7 +201,8 @@ int PrintOrFail(const Options& options, const ModelConfig& config, const Result<
   return 0;
 }
 
-int RunOverHttpPath(const Options& options) {
+// Through a server: --url (the OpenAI API) or --grpc (inferboxd's own).
+int RunOverServerPath(const Options& options) {
   auto text = ReadFile(options.model / "config.json");
   if (!text.ok()) {
     fmt::print(stderr, "inferbox-bench: {}\n", text.status().ToString());
@@ -209,11 +214,14 @@ int RunOverHttpPath(const Options& options) {
     return 1;
   }
   if (const int bad = CheckLengths(options, *config); bad != 0) return bad;
-  const OpenAiEndpoint endpoint{options.url, options.api_key, options.served_model,
-                                options.temperature};
-  RequestPath path{[&endpoint](const std::vector<std::vector<int32_t>>& prompts, int64_t output_len,
-                               int64_t concurrency, std::vector<RequestRecord>& records) {
-                     return RunOverHttp(endpoint, prompts, output_len, concurrency, records);
+  const OpenAiEndpoint http{options.url, options.api_key, options.served_model,
+                            options.temperature};
+  const GrpcEndpoint grpc{options.grpc, options.api_key, options.served_model, options.temperature};
+  RequestPath path{[&](const std::vector<std::vector<int32_t>>& prompts, int64_t output_len,
+                       int64_t concurrency, std::vector<RequestRecord>& records) {
+                     if (options.over_grpc())
+                       return RunOverGrpc(grpc, prompts, output_len, concurrency, records);
+                     return RunOverHttp(http, prompts, output_len, concurrency, records);
                    },
                    [] { return std::optional<RuntimeStats>(); }};
   if (options.ttft()) return PrintOrFail(options, *config, MeasureTtft(options, *config, path));
@@ -321,13 +329,15 @@ CLI::Validator AtLeast(int64_t minimum) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  inferbox::DisableMutexDeadlockDetection();  // As inferboxd's: the gRPC path's client.
   CLI::App app{
       "Benchmark of the inferbox engine, in-process (CPU or CUDA) or through an OpenAI-compatible "
       "server: throughput, latency and step-time breakdown beside the memory-bandwidth floor, or "
       "time to first token and prefill MFU (--ttft)"};
   Options options;
   app.add_option("--model", options.model,
-                 "Model folder (Hugging Face layout); with --url only its config.json is read")
+                 "Model folder (Hugging Face layout); with --url or --grpc only its config.json "
+                 "is read")
       ->required();
   app.add_option("--device", options.device, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--tensor-parallel", options.tensor_parallel,
@@ -397,17 +407,22 @@ int main(int argc, char** argv) {
                  "Peak TFLOP/s the prefill MFU is taken against (989: H100 SXM, dense BF16)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  app.add_option("--url", options.url,
-                 "Send the requests to this OpenAI-compatible server (http://host:port) as "
-                 "streamed /v1/completions instead of running the engine in-process");
+  CLI::Option* url = app.add_option(
+      "--url", options.url,
+      "Send the requests to this OpenAI-compatible server (http://host:port) as streamed "
+      "/v1/completions instead of running the engine in-process");
+  app.add_option("--grpc", options.grpc,
+                 "Send the requests to this inferboxd's gRPC API (host:port) as streamed "
+                 "Generate calls instead of running the engine in-process")
+      ->excludes(url);
   app.add_option("--api-key", options.api_key,
-                 "API key for --url (default: $INFERBOX_API_KEY; none if unset)")
+                 "API key for --url or --grpc (default: $INFERBOX_API_KEY; none if unset)")
       ->envname("INFERBOX_API_KEY");
   app.add_option("--served-model", options.served_model,
-                 "The model's name on the --url server (default: the --model folder's name)");
+                 "The model's name on the server (default: the --model folder's name)");
   app.add_option("--num-gpus", options.num_gpus,
                  "GPUs the model runs on, for output tokens/s per GPU (default: in-process, the "
-                 "backend's; over --url, unknown)")
+                 "backend's; through a server, unknown)")
       ->check(AtLeast(1));
   CLI::Option* fixed_step =
       app.add_option(
@@ -434,22 +449,22 @@ int main(int argc, char** argv) {
                "model runs: no prefill MFU to measure, and its logits are host memory)\n");
     return 2;
   }
-  if (options.over_http()) {
+  if (options.over_server()) {
     if (options.fixed_step()) {
       fmt::print(stderr,
-                 "inferbox-bench: --fixed-step-ms is in-process only: over --url, start the "
-                 "server's engine as inferbox-engine-fixed-step\n");
+                 "inferbox-bench: --fixed-step-ms is in-process only: through a server, start "
+                 "the server's engine as inferbox-engine-fixed-step\n");
       return 2;
     }
     if (options.fp8 || options.kv_fp8) {
       fmt::print(stderr,
-                 "inferbox-bench: --quantization and --kv-cache-dtype are the engine's: over "
-                 "--url, the server's model config sets them (quantization = \"fp8\", "
+                 "inferbox-bench: --quantization and --kv-cache-dtype are the engine's: "
+                 "through a server, the server's model config sets them (quantization = \"fp8\", "
                  "kv_cache_dtype = \"fp8\")\n");
       return 2;
     }
     if (options.served_model.empty()) options.served_model = options.model.filename().string();
-    return RunOverHttpPath(options);
+    return RunOverServerPath(options);
   }
   if (app.count("--max-running") == 0) {
     options.max_running = options.ttft() ? 1 : options.concurrency;

@@ -27,6 +27,7 @@
 #include <grpcpp/grpcpp.h>
 #include <CLI/CLI.hpp>
 
+#include "inferbox/common/grpc_process.h"
 #include "inferbox/common/logging.h"
 #include "inferbox/common/version.h"
 #include "inferbox/engine/backend/factory.h"
@@ -474,6 +475,7 @@ int Run(const Options& options, const EngineMainHooks& hooks) {
 }  // namespace
 
 int EngineMain(int argc, char** argv, const EngineMainHooks& hooks) {
+  DisableMutexDeadlockDetection();
   CLI::App app{"inferbox-engine: serves one model replica to inferboxd over a unix socket"};
   Options options;
   app.add_option("--model", options.model, "Model folder (Hugging Face layout)")->required();
