@@ -170,7 +170,9 @@ std::vector<std::string> EngineEnvironment(const ModelServeConfig& model,
 }
 
 // One-token generation through the engine: the proof that it can really generate.
-grpc::Status RunCanary(wire::Engine::Stub& stub, std::chrono::milliseconds timeout) {
+// `context` is the caller's, so that another thread may cancel the canary (TryCancel).
+grpc::Status RunCanary(wire::Engine::Stub& stub, std::chrono::milliseconds timeout,
+                       grpc::ClientContext& context) {
   wire::GenerateRequest request;
   request.set_request_id("canary");
   api::GenerateRequest& completion = *request.mutable_completion();
@@ -179,7 +181,6 @@ grpc::Status RunCanary(wire::Engine::Stub& stub, std::chrono::milliseconds timeo
   completion.mutable_stop()->set_max_tokens(1);
   completion.mutable_stop()->set_ignore_eos(true);
   completion.set_priority(api::PRIORITY_INTERACTIVE);
-  grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + timeout);
   auto reader = stub.Generate(&context, request);
   wire::GenerateChunk chunk;
@@ -293,6 +294,9 @@ struct Supervisor::Watcher {
   // Set by Stop or Retire; guarded by the supervisor's stop_mutex_.
   bool stop = false;
   std::chrono::milliseconds drain{0};
+  // The canary generation in flight, which Stop and Retire cancel (a canary on a busy engine
+  // may take its whole timeout); guarded by the supervisor's stop_mutex_.
+  grpc::ClientContext* canary = nullptr;
 
   // Under the supervisor's models_mutex_.
   void Launch(Supervisor& supervisor) {
@@ -488,6 +492,9 @@ void Supervisor::Stop(std::chrono::milliseconds drain) {
       stopping_ = true;
       drain_ = drain;
     }
+    for (const auto& watcher : watchers) {
+      if (watcher->canary != nullptr) watcher->canary->TryCancel();
+    }
   }
   stop_changed_.notify_all();
   for (const auto& watcher : watchers) watcher->Join();
@@ -500,6 +507,7 @@ void Supervisor::Retire(const std::vector<std::shared_ptr<Watcher>>& watchers,
     for (const auto& watcher : watchers) {
       watcher->stop = true;
       watcher->drain = drain;
+      if (watcher->canary != nullptr) watcher->canary->TryCancel();
     }
   }
   stop_changed_.notify_all();
@@ -668,6 +676,20 @@ std::optional<std::chrono::milliseconds> Supervisor::StopRequested(const Watcher
   return std::nullopt;
 }
 
+grpc::Status Supervisor::Canary(Watcher& watcher, wire::Engine::Stub& stub,
+                                std::chrono::milliseconds timeout) {
+  grpc::ClientContext context;
+  {
+    std::lock_guard lock(stop_mutex_);
+    if (stopping_ || watcher.stop) return grpc::Status(grpc::StatusCode::CANCELLED, "stopping");
+    watcher.canary = &context;
+  }
+  grpc::Status status = RunCanary(stub, timeout, context);
+  std::lock_guard lock(stop_mutex_);
+  watcher.canary = nullptr;
+  return status;
+}
+
 bool Supervisor::SleepUntil(const Watcher& watcher, Clock::time_point until) {
   std::unique_lock lock(stop_mutex_);
   return !stop_changed_.wait_until(lock, until, [&] { return stopping_ || watcher.stop; });
@@ -834,6 +856,7 @@ void Supervisor::Watch(Watcher& watcher) {
     bool stop_requested = false;
     std::optional<std::string> gpu_fault;  // Set when its GPU turned unhealthy.
     std::string load_failure;
+    std::string killed_for;  // Why the supervisor killed it, if it did.
     while (!ready) {
       if (process.WaitExit(kStartupPollInterval)) break;
       if ((drain = StopRequested(watcher))) {
@@ -842,9 +865,10 @@ void Supervisor::Watch(Watcher& watcher) {
       }
       if ((gpu_fault = GpuFault(replica))) break;
       if (Clock::now() - started > supervision.startup_timeout) {
-        spdlog::error(
-            "engine {}: not ready after {} s; killing it", replica.name(),
+        killed_for = fmt::format(
+            "not ready after {} s",
             std::chrono::duration_cast<std::chrono::seconds>(supervision.startup_timeout).count());
+        spdlog::error("engine {}: {}; killing it", replica.name(), killed_for);
         process.Signal(SIGKILL);
         process.WaitExit(kStopGrace);
         break;
@@ -858,9 +882,14 @@ void Supervisor::Watch(Watcher& watcher) {
       }
       if (answered && response.health() == wire::ENGINE_HEALTH_READY) {
         // Ready means a generation works, not just that the process answers.
-        if (const grpc::Status canary = RunCanary(*stub, supervision.canary_timeout);
+        if (const grpc::Status canary = Canary(watcher, *stub, supervision.canary_timeout);
             !canary.ok()) {
+          if ((drain = StopRequested(watcher))) {  // Cancelled by Stop or Retire.
+            stop_requested = true;
+            break;
+          }
           record_canary(false, "startup: " + canary.error_message());
+          killed_for = "the startup canary generation failed: " + canary.error_message();
           process.Signal(SIGKILL);
           process.WaitExit(kStopGrace);
           break;
@@ -880,6 +909,19 @@ void Supervisor::Watch(Watcher& watcher) {
       SetState(replica, api::ENGINE_STATE_READY);
       LogEvent(spdlog::level::info, message_ids::kReady,
                fmt::format("engine {}: ready (pid {})", replica.name(), process.pid()));
+      // Kills the engine as broken, and takes it out of READY at once: the router sends it
+      // nothing new, and health says so, even while the process takes its time to exit (one
+      // stuck in the GPU driver may take long).
+      auto kill = [&](const std::string& why) {
+        process.Signal(SIGKILL);
+        killed_for = why;
+        {
+          std::lock_guard lock(replica.mutex_);
+          replica.stub_.reset();
+          replica.last_exit_ = "being killed: " + why;
+        }
+        SetState(replica, api::ENGINE_STATE_RESTARTING);
+      };
       // Watch: exit through the pidfd, hangs through health calls.
       int misses = 0;
       auto next_health = Clock::now() + supervision.health_interval;
@@ -897,21 +939,33 @@ void Supervisor::Watch(Watcher& watcher) {
         if ((gpu_fault = GpuFault(replica))) break;
         if (Clock::now() >= next_canary) {
           const auto steps_before = last_steps;
-          const grpc::Status canary = RunCanary(*stub, supervision.canary_timeout);
+          const grpc::Status canary = Canary(watcher, *stub, supervision.canary_timeout);
           next_canary = Clock::now() + supervision.canary_interval;
+          if ((drain = StopRequested(watcher))) {  // It may have been cancelled for the stop.
+            stop_requested = true;
+            break;
+          }
           bool failed = !canary.ok();
-          if (canary.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
-            // A busy engine may just be slow to reach the canary: only a lack of progress
-            // counts against it.
+          if (canary.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+              canary.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+            // A busy engine may just be slow to reach the canary, or its queue full (it refuses
+            // the canary as it refuses any request then): only a lack of progress counts
+            // against it.
             wire::HealthResponse progress;
             failed = !health(supervision.health_timeout, progress).ok() ||
                      progress.steps_completed() == steps_before;
+            if (!failed) {
+              spdlog::info(
+                  "engine {}: the canary generation could not run ({}), but the engine "
+                  "completes steps: busy, not stuck",
+                  replica.name(), canary.error_message());
+            }
           }
           if (!failed) {
             record_canary(true, "");
           } else if (!process.WaitExit(std::chrono::milliseconds(0))) {
             record_canary(false, canary.error_message());
-            process.Signal(SIGKILL);
+            kill("the canary generation failed: " + canary.error_message());
           }
           continue;
         }
@@ -934,26 +988,26 @@ void Supervisor::Watch(Watcher& watcher) {
             last_steps = response.steps_completed();
             last_progress = Clock::now();
           } else if (Clock::now() - last_progress > supervision.stall_timeout) {
-            spdlog::error(
-                "engine {}: {} requests in flight and no step completed for {} ms; killing it as "
-                "stuck",
-                replica.name(), response.requests_in_flight(),
+            const std::string why = fmt::format(
+                "{} requests in flight and no step completed for {} ms",
+                response.requests_in_flight(),
                 std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - last_progress)
                     .count());
-            process.Signal(SIGKILL);
+            spdlog::error("engine {}: {}; killing it as stuck", replica.name(), why);
+            kill(why);
           }
           continue;
         }
         if (status.ok()) {
           spdlog::error("engine {}: reports FAILED ({}); killing it", replica.name(),
                         response.message());
-          process.Signal(SIGKILL);
+          kill("it reported FAILED: " + response.message());
           continue;
         }
         if (++misses >= kMaxHealthMisses) {
           spdlog::error("engine {}: {} health checks in a row failed ({}); killing it as hung",
                         replica.name(), misses, status.error_message());
-          process.Signal(SIGKILL);
+          kill(fmt::format("{} health checks in a row failed", misses));
           misses = 0;
         }
       }
@@ -1005,9 +1059,10 @@ void Supervisor::Watch(Watcher& watcher) {
 
     // The engine exited on its own (or was killed as hung): restart, or give up.
     const int wait_status = process.wait_status();
-    const std::string exit = load_failure.empty()
+    const std::string& cause = killed_for.empty() ? load_failure : killed_for;
+    const std::string exit = cause.empty()
                                  ? DescribeExit(wait_status)
-                                 : fmt::format("{} ({})", DescribeExit(wait_status), load_failure);
+                                 : fmt::format("{} ({})", DescribeExit(wait_status), cause);
     {
       std::lock_guard lock(watcher.process_mutex);
       watcher.process.reset();

@@ -94,6 +94,37 @@ class DaemonEngineTest : public ::testing::Test {
   }
 
   // The engine's stats once it runs nothing and holds no KV blocks, or after 5 s.
+  // Long requests holding an engine of max_running = 1 and max_waiting = 1 full: one runs,
+  // one waits. Cancelled and ended when it goes.
+  struct FullEngine {
+    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+    std::vector<std::unique_ptr<grpc::ClientReader<api::GenerateChunk>>> readers;
+    ~FullEngine() {
+      for (auto& context : contexts) context->TryCancel();
+      api::GenerateChunk chunk;
+      for (auto& reader : readers) {
+        while (reader->Read(&chunk)) {
+        }
+        reader->Finish();
+      }
+    }
+  };
+  void Fill(FullEngine& full) {
+    api::GenerateChunk chunk;
+    for (int i = 0; i < 2; ++i) {
+      full.contexts.push_back(std::make_unique<grpc::ClientContext>());
+      full.readers.push_back(inference_->Chat(full.contexts.back().get(), Chat(3000)));
+      if (i == 0) {
+        ASSERT_TRUE(full.readers[0]->Read(&chunk))
+            << "the first one runs: " << full.readers[0]->Finish().error_message();
+      }
+    }
+    // Polled for up to 10 s: on a loaded machine the second request may take a while to queue.
+    for (int i = 0; i < 500 && EngineStats().num_requests_waiting() < 1; ++i)
+      std::this_thread::sleep_for(20ms);
+    ASSERT_EQ(EngineStats().num_requests_waiting(), 1u);
+  }
+
   wire::StatsResponse EngineStatsOnceIdle() {
     wire::StatsResponse stats;
     for (int i = 0; i < 100; ++i) {
@@ -424,31 +455,64 @@ TEST_F(DaemonEngineTest, AFailedCanaryRestartsAnIdleEngine) {
   ASSERT_EQ(status.engines_size(), 1);
   EXPECT_GE(status.engines(0).restarts(), 1u) << daemon_->Logs();
   EXPECT_THAT(status.engines(0).last_exit(), HasSubstr("signal 9"));
+  EXPECT_THAT(status.engines(0).last_exit(), HasSubstr("canary generation failed"))
+      << "the exit says why the supervisor killed it";
   EXPECT_THAT(daemon_->Logs(), HasSubstr("canary generation failed"));
   // Each new engine serves (3 steps are enough for a short request) before it stalls again.
   EXPECT_TRUE(WaitServing());
 }
 
+// A canary that waits on a stuck engine (its whole timeout, a minute here) does not hold up
+// the daemon's stop: Stop cancels it, and the stop takes the drain and the engine's grace.
+TEST_F(DaemonEngineTest, StoppingDoesNotWaitForACanaryInFlight) {
+  std::string config = ModelsConfig(model());
+  config.insert(config.find("[[models]]"),
+                "canary_interval_seconds = 0.3\ncanary_timeout_seconds = 60\n");
+  config.replace(config.find("shutdown_timeout_seconds = 5"), 28, "shutdown_timeout_seconds = 1");
+  daemon_ = std::make_unique<DaemonProcess>(
+      dir_, DaemonOptions{.config_text = config,
+                          .extra_env = {"INFERBOX_TEST_FAULT_STALL_AFTER_STEPS=3"}});
+  ASSERT_TRUE(daemon_->WaitReady());
+  // The startup canary took a step; the next canaries take the rest, then one waits.
+  std::this_thread::sleep_for(3s);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  daemon_->process().Signal(SIGTERM);
+  EXPECT_EQ(daemon_->process().WaitForExit(90s), std::optional<int>(0)) << daemon_->Logs();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopped_at, 30s)
+      << "the stop waited for the canary\n"
+      << daemon_->Logs();
+  daemon_.reset();
+}
+
+// A full queue refuses the periodic canary as it refuses any request (RESOURCE_EXHAUSTED);
+// an engine that still completes steps is busy, not broken, and is left serving.
+TEST_F(DaemonEngineTest, AFullQueueDoesNotFailTheCanary) {
+  std::string config = ModelsConfig(model(), "max_running = 1\nmax_waiting = 1\n");
+  config.insert(config.find("[[models]]"),
+                "canary_interval_seconds = 0.3\ncanary_timeout_seconds = 5\n");
+  ASSERT_NO_FATAL_FAILURE(Start(config));
+  ASSERT_TRUE(WaitServing());
+  FullEngine full;
+  ASSERT_NO_FATAL_FAILURE(Fill(full));
+  // Canaries come every 0.3 s; before this was fixed the first one killed the engine.
+  for (int i = 0; i < 300 && daemon_->Logs().find("busy, not stuck") == std::string::npos; ++i)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_THAT(daemon_->Logs(), HasSubstr("busy, not stuck"));
+  const api::GetStatusResponse status = Status();
+  ASSERT_EQ(status.engines_size(), 1);
+  EXPECT_EQ(status.engines(0).restarts(), 0u) << daemon_->Logs();
+  EXPECT_EQ(status.engines(0).state(), api::ENGINE_STATE_READY);
+  api::GenerateChunk chunk;
+  EXPECT_TRUE(full.readers[0]->Read(&chunk)) << "the running request still streams";
+}
+
 TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
   ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "max_running = 1\nmax_waiting = 1\n")));
   ASSERT_TRUE(WaitServing());
-  // One request runs, one waits: the engine is full.
-  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  std::vector<std::unique_ptr<grpc::ClientReader<api::GenerateChunk>>> readers;
-  api::GenerateChunk chunk;
-  for (int i = 0; i < 2; ++i) {
-    contexts.push_back(std::make_unique<grpc::ClientContext>());
-    readers.push_back(inference_->Chat(contexts.back().get(), Chat(3000)));
-    if (i == 0) {
-      ASSERT_TRUE(readers[0]->Read(&chunk))
-          << "the first one runs: " << readers[0]->Finish().error_message();
-    }
-  }
-  // Polled for up to 10 s: on a loaded machine the second request may take a while to queue.
-  for (int i = 0; i < 500 && EngineStats().num_requests_waiting() < 1; ++i)
-    std::this_thread::sleep_for(20ms);
-  ASSERT_EQ(EngineStats().num_requests_waiting(), 1u);
+  FullEngine full;
+  ASSERT_NO_FATAL_FAILURE(Fill(full));
 
+  api::GenerateChunk chunk;
   grpc::ClientContext context;
   auto refused_reader = inference_->Chat(&context, Chat(4));
   while (refused_reader->Read(&chunk)) {
@@ -462,12 +526,6 @@ TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
   ASSERT_TRUE(details.details(0).UnpackTo(&retry));
   EXPECT_GE(retry.retry_delay().seconds(), 1);
   EXPECT_LE(retry.retry_delay().seconds(), 3);
-  for (auto& held : contexts) held->TryCancel();
-  for (auto& reader : readers) {
-    while (reader->Read(&chunk)) {
-    }
-    reader->Finish();
-  }
 }
 
 TEST_F(DaemonEngineTest, ReplicasShareTheLoad) {

@@ -219,6 +219,10 @@ class Supervisor {
   std::optional<std::chrono::milliseconds> StopRequested(const Watcher& watcher);
   // Waits until `until` or a stop request; false when asked to stop.
   bool SleepUntil(const Watcher& watcher, std::chrono::steady_clock::time_point until);
+  // A one-token generation on the engine within `timeout`, cancelled (CANCELLED) by Stop or
+  // Retire of `watcher`.
+  grpc::Status Canary(Watcher& watcher, inferbox::engine::v1::Engine::Stub& stub,
+                      std::chrono::milliseconds timeout);
 
   const SupervisorOptions options_;
   // Guards served_, watchers_, last_generation_, started_ and closed_.
