@@ -59,7 +59,8 @@ class Call final : public grpc::ClientReadReactor<v1::GenerateChunk> {
        uint64_t seed, RequestRecord& record, InFlight& in_flight)
       : record_(record), in_flight_(in_flight) {
     request_.set_model(endpoint.model);
-    for (const int32_t id : prompt) request_.mutable_token_ids()->add_ids(static_cast<uint32_t>(id));
+    for (const int32_t id : prompt)
+      request_.mutable_token_ids()->add_ids(static_cast<uint32_t>(id));
     request_.mutable_sampling()->set_temperature(endpoint.temperature);
     if (endpoint.temperature > 0.0f) request_.mutable_sampling()->set_seed(seed);
     request_.mutable_stop()->set_max_tokens(static_cast<uint32_t>(output_len));
@@ -128,8 +129,8 @@ Status RunOverGrpc(const GrpcEndpoint& endpoint, const std::vector<std::vector<i
   calls.reserve(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (!in_flight.WaitForRoom(concurrency)) break;
-    calls.push_back(std::make_unique<Call>(endpoint, prompts[i], output_len, i, records[i],
-                                           in_flight));
+    calls.push_back(
+        std::make_unique<Call>(endpoint, prompts[i], output_len, i, records[i], in_flight));
     calls.back()->Start(*stub);
   }
   in_flight.WaitForNone();

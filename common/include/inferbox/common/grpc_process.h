@@ -1,5 +1,6 @@
 // Set-up every gRPC process of the box (inferboxd, inferbox-engine; inferbox-bench as their
-// client) makes before its first gRPC object. Part of inferbox_grpc_status, the gRPC helpers shared by servers and clients.
+// client) makes before its first gRPC object. Part of inferbox_grpc_status, the gRPC helpers shared
+// by servers and clients.
 #pragma once
 
 namespace inferbox {
