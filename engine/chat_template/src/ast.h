@@ -24,6 +24,22 @@ using ExprPtr = std::unique_ptr<Expr>;
 //   kTest: operand (`name` is the test, `negate` for `is not`);
 //   kSelect (`a if c` without else): a, c; kTernary: condition, if_true, if_false.
 struct Expr {
+  Expr() = default;
+  // Frees its subtree without recursion: `a + a + ... + a` parses into a tree as deep as it
+  // is long.
+  ~Expr() {
+    std::vector<ExprPtr> pending = std::move(children);
+    while (!pending.empty()) {
+      ExprPtr node = std::move(pending.back());
+      pending.pop_back();
+      if (node == nullptr) continue;
+      for (ExprPtr& child : node->children) pending.push_back(std::move(child));
+      node->children.clear();
+    }
+  }
+  Expr(const Expr&) = delete;
+  Expr& operator=(const Expr&) = delete;
+
   enum class Kind {
     kLiteral,
     kIdentifier,

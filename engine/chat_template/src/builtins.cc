@@ -117,6 +117,7 @@ Value Replace(const std::string& text, const CallArgs& call) {
       if (remaining > 0) {
         out += to;
         --remaining;
+        CheckStringSize(out.size());
       }
       if (pos >= text.size()) break;
       size_t next = pos + 1;
@@ -130,6 +131,7 @@ Value Replace(const std::string& text, const CallArgs& call) {
   for (size_t found; remaining > 0 && (found = text.find(from, start)) != std::string::npos;) {
     out.append(text, start, found - start);
     out += to;
+    CheckStringSize(out.size());
     start = found + from.size();
     --remaining;
   }
@@ -286,6 +288,9 @@ Value Range(const CallArgs& args) {
   if (step == 0) Fail("range() step must not be zero");
   std::vector<Value> items;
   for (double i = start; step > 0 ? i < stop : i > stop; i += step) {
+    if (items.size() == kMaxRangeItems) {
+      Fail("range() of more than " + std::to_string(kMaxRangeItems) + " items");
+    }
     items.push_back(std::trunc(i) == i ? Value::Integer(i) : Value::Float(i));
   }
   return Value::Array(std::move(items));
@@ -338,7 +343,16 @@ Value GetBuiltinMember(const Value& object, std::string_view name) {
 }
 
 void DeclareGlobals(Scope& globals) {
-  globals.Set("namespace", BindMethod(&Namespace));
+  globals.Set("namespace",
+              Value::MakeFunction([](Interpreter& interpreter, CallArgs& args, Scope&) {
+                interpreter.CountNamespace();
+                return Namespace(args);
+              }));
+  globals.Set("range", Value::MakeFunction([](Interpreter& interpreter, CallArgs& args, Scope&) {
+                Value items = Range(args);
+                interpreter.Charge(items.items().size());
+                return items;
+              }));
   globals.Set("false", Value::Boolean(false));
   globals.Set("true", Value::Boolean(true));
   globals.Set("none", Value::Null());
@@ -348,7 +362,6 @@ void DeclareGlobals(Scope& globals) {
                     values.empty() || values[0].is_null() || values[0].is_undefined();
                 Fail(is_empty ? "" : values[0].ToJsString());
               }));
-  globals.Set("range", BindMethod(&Range));
   globals.Set("strftime_now", BindMethod(&StrftimeNow));
   globals.Set("True", Value::Boolean(true));
   globals.Set("False", Value::Boolean(false));

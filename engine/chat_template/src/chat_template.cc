@@ -1,5 +1,7 @@
 #include "inferbox/engine/chat_template/chat_template.h"
 
+#include <exception>
+#include <string>
 #include <utility>
 
 #include "ast.h"
@@ -26,6 +28,10 @@ Result<ChatTemplate> ChatTemplate::Parse(std::string_view source) {
   } catch (const ParseError& error) {
     return InvalidArgumentError("chat template line " + std::to_string(error.line) + ": " +
                                 error.message);
+  } catch (const TemplateError& error) {
+    return InvalidArgumentError("chat template: " + error.message);
+  } catch (const std::exception& error) {  // std::bad_alloc: a template too large to hold.
+    return InvalidArgumentError(std::string("chat template: ") + error.what());
   }
 }
 
@@ -44,6 +50,10 @@ Result<std::string> ChatTemplate::Render(const boost::json::object& variables) c
     return interpreter.Run(*program_, globals);
   } catch (const TemplateError& error) {
     return InvalidArgumentError(error.message);
+  } catch (const std::exception& error) {
+    // std::bad_alloc, std::length_error: a value the sandbox's limits let grow too large for
+    // this process; the render fails, the engine goes on.
+    return InvalidArgumentError(std::string("the chat template could not render: ") + error.what());
   }
 }
 

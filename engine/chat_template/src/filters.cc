@@ -16,6 +16,10 @@ namespace {
   throw TemplateError{std::move(message)};
 }
 
+// The widest indent and tojson indent a template may ask for (a sandbox limit; real ones use
+// 2 to 8 columns).
+constexpr double kMaxIndent = 256;
+
 std::string Quote(std::string_view name) {
   return "\"" + std::string(name) + "\"";
 }
@@ -41,6 +45,7 @@ std::string Indent(const std::string& text, size_t width, bool first, bool blank
     if (line > 0) out.push_back('\n');
     if (!((!first && line == 0) || (!blank && part.empty()))) out += padding;
     out += part;
+    CheckStringSize(out.size());
     if (end == std::string::npos) break;
     start = end + 1;
   }
@@ -78,6 +83,7 @@ Value ToJsonFilter(const Value& operand, const CallArgs& args) {
   JsonOptions options;
   if (const Value* indent = args.keywords.Find("indent")) {
     if (indent->is(Value::Kind::kInteger)) {
+      if (!(std::fabs(indent->number()) <= kMaxIndent)) Fail("indent is too large");
       options.indent = static_cast<int>(indent->number());
     } else if (!indent->is_null()) {
       Fail("If set, indent must be a number");
@@ -176,7 +182,10 @@ Value ApplyPlainFilter(Interpreter& interpreter, const std::string& name, const 
     if (name == "sort") return SortArray(operand, {});
     if (name == "join") {
       std::string out;
-      for (const Value& item : items) out += JoinElement(item);
+      for (const Value& item : items) {
+        out += JoinElement(item);
+        CheckStringSize(out.size());
+      }
       return Value::String(std::move(out));
     }
     if (name == "string") return Value::String(ToJson(operand, {}, false));
@@ -304,6 +313,7 @@ Value ApplyCalledFilter(Interpreter& interpreter, const Expr& filter, const Valu
       if (!width.is(Value::Kind::kInteger)) Fail("width must be a number");
       const bool first = argument(1, "first", Value::Boolean(false)).IsTruthy();
       const bool blank = argument(2, "blank", Value::Boolean(false)).IsTruthy();
+      if (!(width.number() <= kMaxIndent)) Fail("width is too large");
       const double count = std::max(width.number(), 0.0);
       return Value::String(Indent(operand.string(), static_cast<size_t>(count), first, blank));
     }

@@ -1,6 +1,8 @@
 #include "interpreter.h"
 
 #include <cmath>
+#include <string>
+#include <unordered_set>
 #include <utility>
 
 #include "js_text.h"
@@ -19,6 +21,36 @@ bool IsNumericLike(const Value& value) {
 double NumericValue(const Value& value) {
   if (value.is(Value::Kind::kBoolean)) return value.boolean() ? 1 : 0;
   return value.number();
+}
+
+// Counts a depth up for its lifetime (unwinding included).
+class DepthGuard {
+ public:
+  explicit DepthGuard(int& depth) : depth_(++depth) {}
+  ~DepthGuard() { --depth_; }
+  DepthGuard(const DepthGuard&) = delete;
+  DepthGuard& operator=(const DepthGuard&) = delete;
+
+ private:
+  int& depth_;
+};
+
+// Whether `value` holds the namespace `target` anywhere inside it (arrays, objects and
+// namespaces walked once each); `visited` counts the containers seen.
+bool Holds(const Value& value, const Value& target, std::unordered_set<const void*>& visited) {
+  if (value.is(Value::Kind::kNamespace) && value.StrictEquals(target)) return true;
+  if (value.is_array()) {
+    if (!visited.insert(&value.items()).second) return false;
+    for (const Value& item : value.items()) {
+      if (Holds(item, target, visited)) return true;
+    }
+  } else if (value.is_attribute_container()) {
+    if (!visited.insert(&value.map()).second) return false;
+    for (const auto& entry : value.map().entries()) {
+      if (Holds(entry.second, target, visited)) return true;
+    }
+  }
+  return false;
 }
 
 // The reference's slice(): Python slicing semantics over `length` elements.
@@ -56,6 +88,20 @@ Value Scope::Lookup(std::string_view name) const {
   return Value();
 }
 
+void Interpreter::Charge(uint64_t units) {
+  work_ += units;
+  if (work_ > kMaxWork) {
+    Fail("the chat template does too much work (over " + std::to_string(kMaxWork) +
+         " steps): a loop without end, or values that grow without bound");
+  }
+}
+
+void Interpreter::CountNamespace() {
+  if (++namespaces_ > kMaxNamespaces) {
+    Fail("the chat template makes more than " + std::to_string(kMaxNamespaces) + " namespaces");
+  }
+}
+
 std::string Interpreter::Run(const Program& program, Scope& globals) {
   std::string out;
   if (Execute(program.body, globals, out) != Flow::kNormal) {
@@ -67,11 +113,16 @@ std::string Interpreter::Run(const Program& program, Scope& globals) {
 Interpreter::Flow Interpreter::Execute(const std::vector<StmtPtr>& statements, Scope& scope,
                                        std::string& out) {
   for (const auto& stmt : statements) {
+    Charge(1);
     switch (stmt->kind) {
       case Stmt::Kind::kText: out += stmt->text; break;
       case Stmt::Kind::kOutput: {
         const Value value = Evaluate(*stmt->expr, scope);
         if (!value.is_null() && !value.is_undefined()) out += value.ToString();
+        if (out.size() > kMaxStringBytes) {
+          Fail("the chat template's output is over " + std::to_string(kMaxStringBytes >> 20) +
+               " MiB");
+        }
         break;
       }
       case Stmt::Kind::kIf: {
@@ -145,6 +196,7 @@ Interpreter::Flow Interpreter::ExecuteFor(const Stmt& stmt, Scope& parent, std::
   bool completed_any = false;
   const size_t length = items.size();
   for (size_t i = 0; i < length; ++i) {
+    Charge(kWorkPerIteration);
     ObjectMap loop;
     loop.Set("index", Value::Integer(static_cast<double>(i + 1)));
     loop.Set("index0", Value::Integer(static_cast<double>(i)));
@@ -211,7 +263,7 @@ void Interpreter::ExecuteSet(const Stmt& stmt, Scope& scope) {
       if (property.kind != Expr::Kind::kLiteral || !property.literal.is_string()) {
         Fail("Cannot assign to member with non-identifier property");
       }
-      object.mutable_map().Set(property.literal.string(), std::move(value));
+      AssignToNamespace(object, property.literal.string(), std::move(value));
       return;
     }
     default: Fail("Invalid LHS inside assignment expression");
@@ -226,7 +278,22 @@ void Interpreter::DefineMacro(const Stmt& stmt, Scope& scope) {
             }));
 }
 
+void Interpreter::AssignToNamespace(const Value& target, const std::string& name, Value value) {
+  std::unordered_set<const void*> visited;
+  if (Holds(value, target, visited)) Fail("a namespace cannot hold itself");
+  Charge(visited.size());
+  if (value.nesting() >= kMaxNesting) {
+    Fail("values nest deeper than " + std::to_string(kMaxNesting));
+  }
+  target.mutable_map().Set(name, std::move(value));
+}
+
 Value Interpreter::CallMacro(const Stmt& macro, CallArgs& args, Scope& caller) {
+  const DepthGuard depth(macro_depth_);
+  if (macro_depth_ > kMaxMacroDepth) {
+    Fail("macros call each other more than " + std::to_string(kMaxMacroDepth) +
+         " deep (a macro that calls itself without end?)");
+  }
   Scope scope(&caller);
   ObjectMap keywords = args.keywords;
   std::vector<std::pair<std::string, const Expr*>> pending_defaults;
@@ -294,6 +361,15 @@ CallArgs Interpreter::EvaluateArgs(const std::vector<ExprPtr>& args, size_t firs
 }
 
 Value Interpreter::Evaluate(const Expr& expr, Scope& scope) {
+  Charge(1);
+  const DepthGuard depth(evaluation_depth_);
+  if (evaluation_depth_ > kMaxEvaluationDepth) {
+    Fail("expressions nest more than " + std::to_string(kMaxEvaluationDepth) + " deep");
+  }
+  return EvaluateNode(expr, scope);
+}
+
+Value Interpreter::EvaluateNode(const Expr& expr, Scope& scope) {
   switch (expr.kind) {
     case Expr::Kind::kLiteral: return expr.literal;
     case Expr::Kind::kIdentifier: return scope.Lookup(expr.name);
@@ -364,7 +440,7 @@ Value Interpreter::EvaluateMember(const Expr& expr, Scope& scope) {
         const auto size = static_cast<double>(object.items().size());
         double index = std::trunc(property.number());
         if (index < 0) index += size;
-        if (index < 0 || index >= size) return Value();
+        if (!(index >= 0 && index < size)) return Value();  // NaN included (0 % 0).
         return object.items()[static_cast<size_t>(index)];
       }
       std::vector<char32_t> units;
@@ -379,7 +455,7 @@ Value Interpreter::EvaluateMember(const Expr& expr, Scope& scope) {
       const auto size = static_cast<double>(units.size());
       double index = std::trunc(property.number());
       if (index < 0) index += size;
-      if (index < 0 || index >= size) return Value();
+      if (!(index >= 0 && index < size)) return Value();  // NaN included (0 % 0).
       const char32_t unit = units[static_cast<size_t>(index)];
       std::string character;
       AppendUtf8(unit >= 0xD800 && unit < 0xE000 ? 0xFFFD : unit, character);
@@ -444,7 +520,12 @@ Value Interpreter::EvaluateBinary(const Expr& expr, Scope& scope) {
     Fail("Cannot perform operation " + op + " on undefined values");
   }
   if (left.is_null() || right.is_null()) Fail("Cannot perform operation on null values");
-  if (op == "~") return Value::String(left.ToJsString() + right.ToJsString());
+  const auto concatenate = [this](std::string text) {
+    CheckStringSize(text.size());
+    Charge(text.size() / kBytesPerWork);
+    return Value::String(std::move(text));
+  };
+  if (op == "~") return concatenate(left.ToJsString() + right.ToJsString());
   if (op == "**" && IsNumericLike(left) && IsNumericLike(right)) {
     const double a = NumericValue(left);
     const double b = NumericValue(right);
@@ -473,6 +554,7 @@ Value Interpreter::EvaluateBinary(const Expr& expr, Scope& scope) {
     if (op == "<=") return Value::Boolean(a <= b);
   } else if (left.is_array() && right.is_array()) {
     if (op == "+") {
+      Charge(left.items().size() + right.items().size());
       std::vector<Value> items = left.items();
       items.insert(items.end(), right.items().begin(), right.items().end());
       return Value::Array(std::move(items));
@@ -489,7 +571,7 @@ Value Interpreter::EvaluateBinary(const Expr& expr, Scope& scope) {
     if (op == "not in") return Value::Boolean(!found);
   }
   if ((left.is_string() || right.is_string()) && op == "+") {
-    return Value::String(left.ToJsString() + right.ToJsString());
+    return concatenate(left.ToJsString() + right.ToJsString());
   }
   if (left.is_string() && right.is_string() && is_membership) {
     const bool found = right.string().find(left.string()) != std::string::npos;

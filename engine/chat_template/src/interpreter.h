@@ -3,6 +3,8 @@
 // value printing and its error messages. One Interpreter per Render call.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,10 +31,32 @@ class Scope {
   ObjectMap variables_;
 };
 
+// What one Render may do. A model's chat template is input the box did not write: one that
+// goes past a limit fails with a TemplateError naming it, instead of exhausting the engine's
+// stack, memory or time. Real templates stay far below each (a conversation of thousands of
+// messages renders in well under a million units of work).
+// Work: one unit per statement run and expression evaluated, kWorkPerIteration per loop
+// iteration (its `loop` object), one per array element and per kBytesPerWork of string built
+// by an operator, one per element range() makes (so at most ~1.3 GB of strings built in all,
+// each under kMaxStringBytes). kMaxWork is a second or two of one core.
+inline constexpr uint64_t kMaxWork = 20'000'000;
+inline constexpr uint64_t kWorkPerIteration = 16;
+inline constexpr size_t kBytesPerWork = 64;
+inline constexpr int kMaxEvaluationDepth = 256;  // Expressions inside expressions, calls included.
+inline constexpr int kMaxMacroDepth = 64;        // Macros calling macros (or themselves).
+inline constexpr size_t kMaxRangeItems = 1'000'000;
+// namespace() calls: with kMaxNesting (value.h) they bound how deep values can nest.
+inline constexpr int kMaxNamespaces = 32;
+
 class Interpreter {
  public:
   // Throws TemplateError.
   std::string Run(const Program& program, Scope& globals);
+
+  // Counts `units` of work against kMaxWork; throws TemplateError past it.
+  void Charge(uint64_t units);
+  // Counts a namespace() call against kMaxNamespaces.
+  void CountNamespace();
 
   Value Evaluate(const Expr& expr, Scope& scope);
   CallArgs EvaluateArgs(const std::vector<ExprPtr>& args, size_t first, Scope& scope);
@@ -41,6 +65,16 @@ class Interpreter {
 
  private:
   enum class Flow { kNormal, kBreak, kContinue };
+
+  Value EvaluateNode(const Expr& expr, Scope& scope);
+  // {% set ns.name = value %}: refuses a value that contains the namespace (a cycle) or nests
+  // deeper than kMaxNesting.
+  void AssignToNamespace(const Value& target, const std::string& name, Value value);
+
+  uint64_t work_ = 0;
+  int evaluation_depth_ = 0;
+  int macro_depth_ = 0;
+  int namespaces_ = 0;
 
   Flow Execute(const std::vector<StmtPtr>& statements, Scope& scope, std::string& out);
   Flow ExecuteFor(const Stmt& stmt, Scope& scope, std::string& out);

@@ -35,6 +35,11 @@ ExprPtr MakeExpr(Expr::Kind kind, int line) {
   return expr;
 }
 
+// Blocks inside blocks and expressions inside expressions (parentheses, `not not ...`, `- -
+// ...`) the parser recurses into: a template nested deeper is refused rather than taking the
+// engine's stack (real ones nest under 20).
+constexpr int kMaxParseDepth = 128;
+
 class Parser {
  public:
   explicit Parser(std::vector<Token> tokens) : tokens_(std::move(tokens)) {}
@@ -53,6 +58,21 @@ class Parser {
     return tokens_[std::min(current_, tokens_.size() - 1)].line;
   }
   [[noreturn]] void Fail(const std::string& message) const { throw ParseError{Line(), message}; }
+  // Counts a level of recursion for its lifetime; past kMaxParseDepth, fails.
+  class Nested {
+   public:
+    explicit Nested(Parser& parser) : depth_(++parser.depth_) {
+      if (depth_ > kMaxParseDepth) {
+        parser.Fail("nested more than " + std::to_string(kMaxParseDepth) + " deep");
+      }
+    }
+    ~Nested() { --depth_; }
+    Nested(const Nested&) = delete;
+    Nested& operator=(const Nested&) = delete;
+
+   private:
+    int& depth_;
+  };
   const Token& Peek(size_t offset = 0) const {
     if (current_ + offset >= tokens_.size()) Fail("unexpected end of template");
     return tokens_[current_ + offset];
@@ -98,6 +118,7 @@ class Parser {
   }
 
   StmtPtr ParseAny() {
+    const Nested nested(*this);
     const Token& token = Peek();
     switch (token.type) {
       case TokenType::kComment: ++current_; return nullptr;
@@ -260,6 +281,7 @@ class Parser {
   }
 
   ExprPtr ParseExpression() {
+    const Nested nested(*this);
     ExprPtr a = ParseLogicalOr();
     if (!IsIdentifier("if")) return a;
     const int line = Line();
@@ -309,6 +331,7 @@ class Parser {
 
   ExprPtr ParseLogicalNot() {
     if (!IsIdentifier("not")) return ParseComparison();
+    const Nested nested(*this);
     const int line = Line();
     ++current_;
     auto unary = MakeExpr(Expr::Kind::kUnary, line);
@@ -410,6 +433,7 @@ class Parser {
   ExprPtr ParseUnarySign() {
     if ((Is(TokenType::kUnaryOperator) || Is(TokenType::kAdditiveOperator)) &&
         (Peek().value == "-" || Peek().value == "+")) {
+      const Nested nested(*this);
       auto unary = MakeExpr(Expr::Kind::kUnary, Line());
       unary->name = tokens_[current_++].value;
       unary->children.push_back(ParseUnarySign());
@@ -582,6 +606,7 @@ class Parser {
 
   std::vector<Token> tokens_;
   size_t current_ = 0;
+  int depth_ = 0;  // Nested counts it.
 };
 
 }  // namespace

@@ -50,6 +50,7 @@ const Value* ObjectMap::Find(std::string_view key) const {
 }
 
 void ObjectMap::Set(std::string key, Value value) {
+  nesting_ = std::max(nesting_, value.nesting() + 1);
   for (auto& [name, existing] : entries_) {
     if (name == key) {
       existing = std::move(value);
@@ -95,11 +96,20 @@ Value Value::String(std::string text) {
 
 Value Value::Array(std::vector<Value> items, Kind kind) {
   Value value(kind);
+  uint32_t deepest = 0;
+  for (const Value& item : items) deepest = std::max(deepest, item.nesting());
+  if (deepest >= kMaxNesting) {
+    throw TemplateError{"values nest deeper than " + std::to_string(kMaxNesting)};
+  }
+  value.array_nesting_ = deepest + 1;
   value.array_ = std::make_shared<const std::vector<Value>>(std::move(items));
   return value;
 }
 
 Value Value::Object(ObjectMap map, Kind kind) {
+  if (map.nesting() > kMaxNesting) {
+    throw TemplateError{"values nest deeper than " + std::to_string(kMaxNesting)};
+  }
   Value value(kind);
   value.object_ = std::make_shared<ObjectMap>(std::move(map));
   return value;
@@ -152,6 +162,19 @@ Value Value::FromJson(const boost::json::value& json) {
     }
   }
   return Value();
+}
+
+void CheckStringSize(size_t bytes) {
+  if (bytes > kMaxStringBytes) {
+    throw TemplateError{"the chat template builds a string over " +
+                        std::to_string(kMaxStringBytes >> 20) + " MiB"};
+  }
+}
+
+uint32_t Value::nesting() const {
+  if (is_array()) return array_nesting_;
+  if (is_attribute_container()) return object_->nesting();
+  return 0;
 }
 
 std::string_view Value::TypeName() const {
@@ -218,6 +241,7 @@ std::string Value::ToJsString() const {
       for (size_t i = 0; i < array_->size(); ++i) {
         if (i > 0) out.push_back(',');
         out += (*array_)[i].ToString();
+        CheckStringSize(out.size());
       }
       return out;
     }
@@ -281,14 +305,22 @@ std::string ToJson(const Value& value, const JsonOptions& options, bool convert_
     case Value::Kind::kArray:
     case Value::Kind::kObject:
     case Value::Kind::kNamespace: {
+      // Bounds the recursion: a namespace may hold values it was given after an array that
+      // holds it was made (Value::nesting).
+      if (depth >= static_cast<int>(kMaxNesting)) {
+        throw TemplateError{"Cannot convert to JSON: values nest deeper than " +
+                            std::to_string(kMaxNesting)};
+      }
       const std::string indent_unit(indent > 0 ? indent : 0, ' ');
       std::string base_padding = "\n";
       for (int i = 0; i < depth; ++i) base_padding += indent_unit;
       const std::string children_padding = base_padding + indent_unit;
       std::vector<std::string> parts;
       if (value.is_array()) {
+        size_t bytes = 0;
         for (const auto& item : value.items()) {
           parts.push_back(ToJson(item, options, convert_undefined_to_null, depth + 1));
+          CheckStringSize(bytes += parts.back().size());
         }
       } else {
         std::vector<const std::pair<std::string, Value>*> entries;
@@ -297,11 +329,13 @@ std::string ToJson(const Value& value, const JsonOptions& options, bool convert_
           std::stable_sort(entries.begin(), entries.end(),
                            [](const auto* a, const auto* b) { return a->first < b->first; });
         }
+        size_t bytes = 0;
         for (const auto* entry : entries) {
           std::string part = indent > 0 ? children_padding : "";
           AppendJsonQuoted(entry->first, options.ensure_ascii, part);
           part += key_separator;
           part += ToJson(entry->second, options, convert_undefined_to_null, depth + 1);
+          CheckStringSize(bytes += part.size());
           parts.push_back(std::move(part));
         }
       }

@@ -2,6 +2,7 @@
 // classes (their type names appear in error messages, as in the reference).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -24,6 +25,15 @@ class Value;
 class Interpreter;
 class Scope;
 
+// How deep arrays, objects and namespaces may nest inside each other: deeper ones would take
+// the engine's stack to print or free. JSON input nests at most 32 deep (Boost.JSON's limit).
+inline constexpr uint32_t kMaxNesting = 64;
+// The longest string a template may build (and its output); builders check as they grow, so
+// that one step cannot multiply a string past it (join, replace, indent, tojson).
+inline constexpr size_t kMaxStringBytes = size_t{64} << 20;
+// Throws TemplateError when `bytes` is past kMaxStringBytes.
+void CheckStringSize(size_t bytes);
+
 // Insertion-ordered string map, like JavaScript's Map.
 class ObjectMap {
  public:
@@ -32,9 +42,12 @@ class ObjectMap {
   bool Erase(std::string_view key);
   size_t size() const { return entries_.size(); }
   const std::vector<std::pair<std::string, Value>>& entries() const { return entries_; }
+  // 1 + the deepest nesting of a value set in it (never lowered).
+  uint32_t nesting() const { return nesting_; }
 
  private:
   std::vector<std::pair<std::string, Value>> entries_;
+  uint32_t nesting_ = 1;
 };
 
 struct CallArgs {
@@ -68,6 +81,7 @@ class Value {
   static Value Integer(double number);
   static Value Float(double number);
   static Value String(std::string text);
+  // Both throw TemplateError for a value nested deeper than kMaxNesting.
   static Value Array(std::vector<Value> items, Kind kind = Kind::kArray);
   static Value Object(ObjectMap map, Kind kind = Kind::kObject);
   static Value MakeFunction(std::function<Value(Interpreter&, CallArgs&, Scope&)> call);
@@ -97,6 +111,11 @@ class Value {
   // Namespaces are the one mutable value ({% set ns.x = ... %}).
   ObjectMap& mutable_map() const { return *object_; }
   const Function& function() const { return *function_; }
+  // Containers nested in one another down to the deepest leaf: 0 for a scalar, 1 for a flat
+  // array. An array's is fixed when made; an object's or namespace's is its map's, which a
+  // namespace assignment may raise later (the interpreter bounds the namespaces, and so how
+  // far an array's count can fall behind).
+  uint32_t nesting() const;
 
   // The reference's class name, e.g. "StringValue", for error messages.
   std::string_view TypeName() const;
@@ -119,6 +138,7 @@ class Value {
   double number_ = 0;
   std::string string_;
   std::shared_ptr<const std::vector<Value>> array_;
+  uint32_t array_nesting_ = 0;
   std::shared_ptr<ObjectMap> object_;
   std::shared_ptr<const Function> function_;
 };

@@ -1,5 +1,6 @@
 #include "inferbox/engine/chat_template/chat_template.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -317,6 +318,83 @@ TEST(ChatTemplateTest, RendersConcurrentlyFromOneParsedTemplate) {
   for (size_t t = 0; t < outputs.size(); ++t) {
     EXPECT_EQ(outputs[t], std::to_string(t) + std::to_string(t) + "2");
   }
+}
+
+// A model's chat template is input the box did not write. Whatever it does, Parse and Render
+// answer with an error naming the limit it went past; the process (the engine) goes on. Each
+// case below crashed the engine (stack overflow, std::terminate on std::bad_alloc, or reading
+// out of bounds) or leaked memory on every request before the sandbox's limits.
+TEST(ChatTemplateTest, ATemplateThatRunsAwayFailsItsRenderNotTheEngine) {
+  const std::pair<std::string, std::string_view> cases[] = {
+      // A macro that calls itself without end.
+      {"{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "macros call each other more than 64"},
+      // A namespace that holds itself: printing it would recurse forever, and the cycle would
+      // never be freed.
+      {"{% set ns = namespace() %}{% set ns.me = ns %}{{ ns }}", "a namespace cannot hold itself"},
+      {"{% set ns = namespace() %}{% set ns.me = [1, {'a': [ns]}] %}",
+       "a namespace cannot hold itself"},
+      // 10^10 elements: std::bad_alloc, which nothing caught.
+      {"{{ range(10000000000) | length }}", "range() of more than 1000000 items"},
+      // Loops that do not end in any useful time.
+      {"{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}",
+       "does too much work"},
+      // A string doubled until memory runs out.
+      {"{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
+       "{% endfor %}{{ ns.s | length }}",
+       "builds a string over 64 MiB"},
+      // One step that multiplies a string: 10^9 bytes from a 10-byte one.
+      {"{% set s = 'aaaaaaaaaa' %}{{ s.replace('a', s.replace('a', s.replace('a', s.replace('a',"
+       " s.replace('a', s.replace('a', s.replace('a', s.replace('a', s)))))))) | length }}",
+       "builds a string over 64 MiB"},
+      // An array nested a million deep: freeing it would recurse a million frames.
+      {"{% set ns = namespace(a=[]) %}{% for i in range(1000000) %}{% set ns.a = [ns.a] %}"
+       "{% endfor %}",
+       "values nest deeper than 64"},
+      {"{% for i in range(40) %}{% set ns = namespace() %}{% endfor %}", "more than 32 namespaces"},
+      {"{{ 'x\ny' | indent(1000000000000) }}", "width is too large"},
+      {"{{ [1] | tojson(indent=1000000000000) }}", "indent is too large"},
+      // Output past 64 MiB.
+      {"{% for i in range(1000000) %}{{ '" + std::string(100, 'y') + "' }}{% endfor %}",
+       "output is over 64 MiB"},
+  };
+  for (const auto& [source, message] : cases) {
+    EXPECT_THAT(Render(source), ::testing::HasSubstr(message)) << source;
+  }
+  // An index that is not a number (0 % 0 is NaN): nothing, as for any index out of range
+  // (was undefined behaviour: NaN cast to an index into the array or string).
+  EXPECT_EQ(Render("[{{ [1, 2][0 % 0] }}][{{ 'ab'[0 // 0] }}][{{ messages[0 % 0] }}]",
+                   Object(R"({"messages": [{"role": "user"}]})")),
+            "[][][]");
+}
+
+TEST(ChatTemplateTest, ATemplateNestedTooDeepIsRefusedAtParse) {
+  for (const std::string& source :
+       {std::string("{{ ") + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}",
+        "{{ " +
+            [] {
+              std::string nots;
+              for (int i = 0; i < 5000; ++i) nots += "not ";
+              return nots;
+            }() +
+            "x }}",
+        std::string("{{ ") + std::string(5000, '-') + "1 }}",
+        [] {
+          std::string blocks;
+          for (int i = 0; i < 5000; ++i) blocks += "{% if true %}";
+          for (int i = 0; i < 5000; ++i) blocks += "{% endif %}";
+          return blocks;
+        }()}) {
+    EXPECT_THAT(Render(source), ::testing::HasSubstr("nested more than 128 deep"))
+        << source.substr(0, 40);
+  }
+  // A long chain is no recursion to parse, but as deep a tree to evaluate and to free.
+  std::string chain = "{{ 1";
+  for (int i = 0; i < 100000; ++i) chain += " + 1";
+  EXPECT_THAT(Render(chain + " }}"), ::testing::HasSubstr("expressions nest more than 256 deep"));
+  // Real templates are far inside every limit: 200 nested levels of a short chain render.
+  std::string shallow = "{{ 1";
+  for (int i = 0; i < 200; ++i) shallow += " + 1";
+  EXPECT_EQ(Render(shallow + " }}"), "201");
 }
 
 }  // namespace
