@@ -499,7 +499,7 @@ std::vector<api::ModelInfo> EngineFrontend::ListModels() const {
 }
 
 bool EngineFrontend::ChatPromptOpensReasoning(std::string_view model) const {
-  for (const auto& replica : supervisor_.Replicas(model)) {
+  for (const auto& replica : supervisor_.Replicas(ResolveModel(std::string(model)))) {
     if (replica->traits().chat_prompt_opens_reasoning) return true;
   }
   return false;

@@ -291,7 +291,9 @@ class Connection {
       if (auto error = ParseChatCompletionRequest(body, &parsed)) return SendError(*error);
       LogIgnoredFields("/v1/chat/completions", parsed.ignored_fields);
       parsed.request.set_request_id(response.id);
-      response.model = parsed.request.model();
+      // The served model's name, "default" resolved: the response names it, and its chat
+      // template says whether the prompt opens a reasoning block.
+      response.model = context_.frontend.ResolveModel(parsed.request.model());
       response.logprobs = parsed.request.logprobs().enabled();
       options = parsed.response;
       splitter.emplace(context_.frontend.ChatPromptOpensReasoning(response.model));
@@ -301,7 +303,7 @@ class Connection {
       if (auto error = ParseCompletionRequest(body, &parsed)) return SendError(*error);
       LogIgnoredFields("/v1/completions", parsed.ignored_fields);
       parsed.request.set_request_id(response.id);
-      response.model = parsed.request.model();
+      response.model = context_.frontend.ResolveModel(parsed.request.model());
       response.logprobs = parsed.request.logprobs().enabled();
       options = parsed.response;
       generation = context_.frontend.Generate(parsed.request, caller, std::nullopt);

@@ -153,6 +153,10 @@ class FakeFrontend : public InferenceFrontend {
     std::lock_guard lock(mutex_);
     reasoning_model_ = std::move(model);
   }
+  void SetDefaultModel(std::string model) {
+    std::lock_guard lock(mutex_);
+    default_model_ = std::move(model);
+  }
   std::vector<v1::ChatRequest> chat_requests() const {
     std::lock_guard lock(mutex_);
     return chat_requests_;
@@ -197,6 +201,10 @@ class FakeFrontend : public InferenceFrontend {
     std::lock_guard lock(mutex_);
     return models_;
   }
+  std::string ResolveModel(const std::string& model) const override {
+    std::lock_guard lock(mutex_);
+    return model == "default" && !default_model_.empty() ? default_model_ : model;
+  }
   bool ChatPromptOpensReasoning(std::string_view model) const override {
     std::lock_guard lock(mutex_);
     return model == reasoning_model_;
@@ -218,6 +226,7 @@ class FakeFrontend : public InferenceFrontend {
   Script script_;
   std::vector<v1::ModelInfo> models_;
   std::string reasoning_model_;
+  std::string default_model_;
   std::vector<v1::ChatRequest> chat_requests_;
   std::vector<v1::GenerateRequest> generate_requests_;
   std::vector<std::string> caller_key_ids_;

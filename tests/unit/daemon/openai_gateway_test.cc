@@ -786,6 +786,32 @@ TEST_F(OpenAiGatewayTest, ReasoningWhenThePromptOpensTheBlock) {
   EXPECT_EQ(content, "Answer");
 }
 
+// "default" (the OpenAI API has no such name; the box documents it) is the default model: the
+// response names the model that served it, and that model's template decides the reasoning
+// split (before: "default" in the response, and the whole chain of thought in content).
+TEST_F(OpenAiGatewayTest, TheDefaultModelIsResolvedForTheResponseAndItsReasoning) {
+  frontend_.SetReasoningModel("r1");
+  frontend_.SetDefaultModel("r1");
+  frontend_.SetScript({.chunks = {Chunk("Let me think</think>"), Final("\n\nAnswer")}});
+  Reply reply = Post("/v1/chat/completions",
+                     R"({"model":"default","messages":[{"role":"user","content":"Hi"}]})");
+  ASSERT_EQ(reply.status, 200) << reply.error;
+  EXPECT_EQ(reply.Json().at("model"), "r1");
+  EXPECT_EQ(
+      reply.Json().at("choices").as_array()[0].at("message"),
+      (json::object{
+          {"role", "assistant"}, {"content", "Answer"}, {"reasoning_content", "Let me think"}}));
+
+  frontend_.SetScript({.chunks = {Chunk("Let me think</think>"), Final("\n\nAnswer")}});
+  reply = Post("/v1/completions", R"({"model":"default","prompt":"Hi","stream":true})");
+  ASSERT_EQ(reply.status, 200) << reply.error;
+  for (const std::string& data : ParseSse(reply.body).data) {
+    if (data != "[DONE]") {
+      EXPECT_EQ(json::parse(data).at("model"), "r1") << data;
+    }
+  }
+}
+
 TEST_F(OpenAiGatewayTest, ReasoningWhenTheOutputOpensTheBlock) {
   frontend_.SetScript({.chunks = {Chunk("<thi"), Chunk("nk>\nPlan</think>"), Final("\nDone")}});
   Reply reply = Post("/v1/chat/completions", kChatBody);

@@ -53,7 +53,7 @@ class EngineFrontend final : public InferenceFrontend {
   // Counts a refusal (by reason) and passes it on.
   Status Reject(Status status);
   // `model`, or the default model for "" and "default" (when one is set).
-  std::string ResolveModel(const std::string& model) const;
+  std::string ResolveModel(const std::string& model) const override;
 
   Supervisor& supervisor_;
   monitoring::ServingMetrics* metrics_;

@@ -100,6 +100,9 @@ class InferenceFrontend {
   virtual Result<inferbox::v1::TokenizeResponse> Tokenize(
       const inferbox::v1::TokenizeRequest& request, const Caller& caller) = 0;
   virtual std::vector<inferbox::v1::ModelInfo> ListModels() const = 0;
+  // The model a request that names `model` goes to: the default model for "default" (or an
+  // empty name) when one is set; any other name as it is.
+  virtual std::string ResolveModel(const std::string& model) const = 0;
   // For the OpenAI API's reasoning_content: an output that starts with "<think>" is
   // reasoning up to "</think>". True when the model's chat prompt already opens that block
   // (DeepSeek-R1's template ends with "<think>\n"), so its output is reasoning from the
