@@ -13,14 +13,22 @@ Status ConfigError(std::string_view message) {
   return InvalidArgumentError("config.json: " + std::string(message));
 }
 
+// The largest shape a config may give (sizes, counts, head_dim; the daemon's planner takes the
+// same bound): a file the box did not write must not size tables or caches from an absurd
+// value (head_dim = 2^62 made the engine allocate 2^61 floats and abort).
+constexpr int64_t kMaxDimension = int64_t{1} << 20;
+// max_position_embeddings may exceed it (10M-token models exist); nothing is sized from it
+// alone.
+constexpr int64_t kMaxPositions = int64_t{1} << 26;
+
 struct Reader {
   const json::object& object;
 
-  Result<int64_t> PositiveInt(std::string_view key) const {
+  Result<int64_t> PositiveInt(std::string_view key, int64_t max = kMaxDimension) const {
     const auto* value = object.if_contains(key);
     if (value == nullptr) return ConfigError(fmt::format("{} is missing", key));
-    if (!value->is_int64() || value->as_int64() <= 0) {
-      return ConfigError(fmt::format("{} must be a positive integer", key));
+    if (!value->is_int64() || value->as_int64() <= 0 || value->as_int64() > max) {
+      return ConfigError(fmt::format("{} must be an integer from 1 to {}", key, max));
     }
     return value->as_int64();
   }
@@ -94,9 +102,13 @@ Result<ModelConfig> ParseModelConfig(std::string_view config_json) {
            {"hidden_size", &config.hidden_size},
            {"intermediate_size", &config.intermediate_size},
            {"num_hidden_layers", &config.num_hidden_layers},
-           {"num_attention_heads", &config.num_attention_heads},
-           {"max_position_embeddings", &config.max_position_embeddings}}) {
+           {"num_attention_heads", &config.num_attention_heads}}) {
     if (Status status = assign(*field, read.PositiveInt(key)); !status.ok()) return status;
+  }
+  if (Status status = assign(config.max_position_embeddings,
+                             read.PositiveInt("max_position_embeddings", kMaxPositions));
+      !status.ok()) {
+    return status;
   }
   if (Status status =
           assign(config.num_key_value_heads,

@@ -314,6 +314,9 @@ Status Tokenizer::Impl::LoadNormalizer(const json::value& node) {
 
 Status Tokenizer::Impl::LoadPreTokenizer(const json::value& node) {
   if (node.is_null()) return Status::Ok();
+  if (!node.is_object()) {
+    return InvalidArgumentError("tokenizer.json: a pre_tokenizer must be an object");
+  }
   const std::string_view type = TypeOf(node);
   const auto& object = node.as_object();
   if (type == "Sequence") {

@@ -99,9 +99,19 @@ TEST(ModelConfig, RefusesWhatTheEngineWouldComputeWrongly) {
   EXPECT_THAT(ErrorOf(With(kLlama31, "num_key_value_heads", 5)),
               HasSubstr("num_key_value_heads (5) does not divide num_attention_heads (32)"));
   EXPECT_THAT(ErrorOf(With(kLlama31, "hidden_size", -1)),
-              HasSubstr("hidden_size must be a positive integer"));
+              HasSubstr("hidden_size must be an integer from 1 to 1048576"));
   EXPECT_THAT(ErrorOf(With(kLlama31, "vocab_size", "big")),
-              HasSubstr("vocab_size must be a positive integer"));
+              HasSubstr("vocab_size must be an integer from 1 to 1048576"));
+  // Absurd shapes from a file the box did not write: refused before anything is sized from
+  // them (head_dim = 2^62 made the engine allocate a 2^61-float RoPE table and abort).
+  EXPECT_THAT(ErrorOf(With(kLlama31, "head_dim", int64_t{1} << 62)),
+              HasSubstr("head_dim must be an integer from 1 to 1048576"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "num_attention_heads", int64_t{1} << 62)),
+              HasSubstr("num_attention_heads must be an integer from 1 to 1048576"));
+  EXPECT_THAT(ErrorOf(With(kLlama31, "max_position_embeddings", int64_t{1} << 40)),
+              HasSubstr("max_position_embeddings must be an integer from 1 to 67108864"));
+  EXPECT_TRUE(ParseModelConfig(With(kLlama31, "max_position_embeddings", 10'485'760)).ok())
+      << "a 10M-token context is a real model's";
   EXPECT_THAT(ErrorOf(With(kLlama31, "eos_token_id", 999999)), HasSubstr("outside the vocabulary"));
   EXPECT_THAT(ErrorOf(With(kLlama31, "torch_dtype", "int4")), HasSubstr("torch_dtype \"int4\""));
   EXPECT_THAT(ErrorOf("[]"), HasSubstr("not a JSON object"));

@@ -196,6 +196,16 @@ TEST(TokenizerLoad, MalformedFilesAreErrorsNotCrashes) {
   auto result = Tokenizer::LoadFromJson(boost::json::serialize(root), "");
   ASSERT_FALSE(result.ok());
   EXPECT_THAT(result.status().message(), HasSubstr("does not compile"));
+  // A pre_tokenizer that is not an object (Boost.JSON threw from as_object(), and nothing
+  // caught it: the engine ended at load), at the top and inside a Sequence.
+  for (const std::string_view pre_tokenizer :
+       {"[]", "7", R"({"type": "Sequence", "pretokenizers": [1]})"}) {
+    root = TinyTokenizer();
+    root["pre_tokenizer"] = boost::json::parse(pre_tokenizer);
+    result = Tokenizer::LoadFromJson(boost::json::serialize(root), "");
+    ASSERT_FALSE(result.ok()) << pre_tokenizer;
+    EXPECT_THAT(result.status().message(), HasSubstr("a pre_tokenizer must be an object"));
+  }
 }
 
 }  // namespace
