@@ -5,6 +5,7 @@
 
 #include <signal.h>
 
+#include <atomic>
 #include <fstream>
 #include <map>
 #include <thread>
@@ -475,6 +476,57 @@ TEST_F(EngineProcessTest, DrainFinishesInFlightWorkThenRefusesNewWork) {
   wire::HealthResponse health;
   ASSERT_TRUE(engine.Health(health).ok());
   EXPECT_EQ(health.health(), wire::ENGINE_HEALTH_DRAINING);
+}
+
+// A request the runtime has finished may still be writing its last chunks to a reader that is
+// behind (flow control holds them): the drain waits for its call to end too, within its
+// timeout, since the engine is stopped once the drain returns (before: the drain returned as
+// the runtime went idle, and the stop cut the answer off).
+TEST_F(EngineProcessTest, DrainWaitsForAFinishedAnswerStillBeingWrittenToASlowReader) {
+  EngineProcess engine(model(), dir_.path());
+  ASSERT_TRUE(engine.WaitReady());
+  // As many tokens as the tiny model's context holds (~500), 20 alternatives each: ~150 KB of
+  // chunks, over a channel whose flow-control window is 4 KiB (no growing it by BDP probes).
+  wire::GenerateRequest request = Completion("slow reader", 2000);
+  request.mutable_completion()->mutable_logprobs()->set_enabled(true);
+  request.mutable_completion()->mutable_logprobs()->set_top_logprobs(20);
+  grpc::ChannelArguments narrow;
+  narrow.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4096);
+  narrow.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  const auto stub = wire::Engine::NewStub(grpc::CreateCustomChannel(
+      "unix:" + engine.socket().string(), grpc::InsecureChannelCredentials(), narrow));
+  grpc::ClientContext context;
+  auto reader = stub->Generate(&context, request);
+  wire::GenerateChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk)) << reader->Finish().error_message();
+  // The runtime finishes the request while the client reads nothing more.
+  const auto in_flight = [&engine] {
+    wire::HealthResponse health;
+    return engine.Health(health).ok() ? health.requests_in_flight() : 1u;
+  };
+  for (int i = 0; i < 3000 && in_flight() != 0; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(in_flight(), 0u) << "the runtime did not finish";
+
+  std::atomic<bool> drained{false};
+  std::thread drain([&] {
+    grpc::ClientContext drain_context;
+    wire::DrainRequest drain_request;
+    drain_request.set_timeout_seconds(60);
+    wire::DrainResponse response;
+    EXPECT_TRUE(engine.stub().Drain(&drain_context, drain_request, &response).ok());
+    drained = true;
+    engine.process().Signal(SIGTERM);  // What the supervisor does once the drain returns.
+  });
+  std::this_thread::sleep_for(1s);
+  EXPECT_FALSE(drained) << "the drain returned while the answer was still being written";
+  uint32_t tokens = chunk.chunk().token_ids_size();
+  while (reader->Read(&chunk)) tokens += chunk.chunk().token_ids_size();
+  const grpc::Status status = reader->Finish();
+  drain.join();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GT(tokens, 400u);
+  EXPECT_EQ(tokens, chunk.chunk().usage().completion_tokens()) << "the whole answer arrived";
+  EXPECT_EQ(engine.process().WaitForExit(30s), std::optional<int>(0));
 }
 
 TEST_F(EngineProcessTest, DrainTimeoutAbortsWhatIsLeftWithUnavailable) {

@@ -51,10 +51,12 @@ class RefusedGenerate final : public grpc::ServerWriteReactor<wire::GenerateChun
 // finds none.
 class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk> {
  public:
-  GenerateWriter(Runtime& runtime, const Tokenizer& tokenizer, const std::string& model_id,
-                 std::string request_id, uint32_t prompt_tokens,
+  // Counted in `calls` until OnDone.
+  GenerateWriter(Runtime& runtime, EngineService::Calls& calls, const Tokenizer& tokenizer,
+                 const std::string& model_id, std::string request_id, uint32_t prompt_tokens,
                  std::chrono::milliseconds late_status)
       : runtime_(runtime),
+        calls_(calls),
         tokenizer_(tokenizer),
         model_id_(model_id),
         request_id_(std::move(request_id)),
@@ -62,6 +64,7 @@ class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk
         late_status_(late_status),
         link_(std::make_shared<Link>()) {
     link_->writer = this;
+    calls_.Add();
   }
 
   // Hands the request to the runtime, or finishes the call with its refusal.
@@ -121,7 +124,9 @@ class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk
       std::lock_guard lock(link_->mutex);
       link_->writer = nullptr;
     }
+    EngineService::Calls& calls = calls_;
     delete this;
+    calls.Remove();  // Last: a drain may return and the engine stop once none is left.
   }
 
  private:
@@ -249,6 +254,7 @@ class GenerateWriter final : public grpc::ServerWriteReactor<wire::GenerateChunk
   }
 
   Runtime& runtime_;
+  EngineService::Calls& calls_;
   const Tokenizer& tokenizer_;
   const std::string& model_id_;
   const std::string request_id_;
@@ -295,13 +301,36 @@ void EngineService::SetLoadingMessage(std::string message) {
   message_ = std::move(message);
 }
 
+void EngineService::Calls::Add() {
+  std::lock_guard lock(mutex_);
+  ++count_;
+}
+
+void EngineService::Calls::Remove() {
+  std::lock_guard lock(mutex_);
+  if (--count_ == 0) none_.notify_all();
+}
+
+bool EngineService::Calls::WaitForNone(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(mutex_);
+  return none_.wait_until(lock, deadline, [this] { return count_ == 0; });
+}
+
 int64_t EngineService::DrainRequests(std::chrono::milliseconds timeout) {
   std::lock_guard drain(drain_mutex_);
   auto expected = wire::ENGINE_HEALTH_READY;
   health_.compare_exchange_strong(expected, wire::ENGINE_HEALTH_DRAINING);
   Runtime* runtime = runtime_.load();
   if (runtime == nullptr) return 0;
-  if (runtime->WaitIdle(std::chrono::steady_clock::now() + timeout)) return 0;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  if (runtime->WaitIdle(deadline)) {
+    if (!calls_.WaitForNone(deadline)) {
+      spdlog::warn(
+          "drain: the drain timeout passed while finished requests were still being "
+          "written to their clients");
+    }
+    return 0;
+  }
   const int64_t aborted = runtime->stats().requests_in_flight;
   runtime->CancelAll(UnavailableError("the engine is draining; the drain timeout passed"));
   runtime->WaitIdle(std::chrono::steady_clock::now() + 10s);
@@ -341,7 +370,7 @@ grpc::ServerWriteReactor<wire::GenerateChunk>* EngineService::Generate(
   if (!options.ok()) return refuse(ToGrpcStatus(options.status()));
 
   const auto prompt_tokens = static_cast<uint32_t>(options->prompt.size());
-  auto* writer = new GenerateWriter(runtime, tokenizer, model_id_, std::move(request_id),
+  auto* writer = new GenerateWriter(runtime, calls_, tokenizer, model_id_, std::move(request_id),
                                     prompt_tokens, late_status_);
   writer->Start(std::move(options).value());
   return writer;

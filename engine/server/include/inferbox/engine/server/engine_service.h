@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -33,8 +34,24 @@ class EngineService final : public inferbox::engine::v1::Engine::WithCallbackMet
   // Progress shown while LOADING.
   void SetLoadingMessage(std::string message);
   // Stops taking requests, waits up to `timeout` for those in flight, then aborts the rest
-  // with UNAVAILABLE. Returns the number aborted.
+  // with UNAVAILABLE. Returns the number aborted. Within the same `timeout` it also waits for
+  // their calls to end: a request the runtime finished may still be writing its last chunks
+  // to a slow reader, and the engine is stopped once this returns.
   int64_t DrainRequests(std::chrono::milliseconds timeout);
+
+  // The Generate calls that have not ended, for a drain to wait on.
+  class Calls {
+   public:
+    void Add();
+    void Remove();
+    // Until none is left or `deadline`; false at the deadline.
+    bool WaitForNone(std::chrono::steady_clock::time_point deadline);
+
+   private:
+    std::mutex mutex_;
+    std::condition_variable none_;
+    int64_t count_ = 0;  // Guarded by mutex_.
+  };
   // Fault injection for the daemon's tests (INFERBOX_TEST_FAULT_LATE_STATUS_MS): a finished
   // request's OK status follows its last chunk after `delay` instead of with it.
   void SetLateStatusForTests(std::chrono::milliseconds delay) { late_status_ = delay; }
@@ -64,6 +81,7 @@ class EngineService final : public inferbox::engine::v1::Engine::WithCallbackMet
   mutable std::mutex message_mutex_;
   std::string message_;
   std::mutex drain_mutex_;  // One drain at a time.
+  Calls calls_;
   std::chrono::milliseconds late_status_{0};
 };
 
