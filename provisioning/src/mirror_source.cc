@@ -5,6 +5,7 @@
 // stay until the install commits, so a failure later in the model costs the next try nothing.
 #include <curl/curl.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -259,6 +260,17 @@ class MirrorReader final : public ModelSourceReader {
     const std::filesystem::path part_path = PartPath(file);
     UniqueFd fd(::open(part_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
     if (!fd.valid()) return ErrnoStatus("cannot open", part_path, errno);
+    // A part linked elsewhere too is another install's verified file, staged and not committed
+    // yet: it is never written again (truncating or appending would change that install's file
+    // under it). It has the digest this manifest names, so a manifest that gives it another
+    // size is wrong, whatever the mirror serves.
+    struct stat info {};
+    if (::fstat(fd.get(), &info) == 0 && info.st_nlink > 1 &&
+        static_cast<uint64_t>(info.st_size) != file.size_bytes()) {
+      return InvalidArgumentError(
+          fmt::format("the manifest gives {} {} bytes, but a verified file of sha256 {} has {}",
+                      file.path(), file.size_bytes(), file.sha256(), info.st_size));
+    }
     // Held on a descriptor of its own, so closing the part after writing keeps it.
     auto lock = FileLock::TryAcquire(part_path);
     if (!lock.ok()) return lock.status();

@@ -138,6 +138,39 @@ TEST_F(MirrorTest, UrlsOutsideTheAllowListAreRefusedWithoutAConnection) {
   EXPECT_EQ(server_.num_connections(), 0u);
 }
 
+// A finished part is hard-linked into the staged model of the install that downloaded it,
+// which may not have committed yet; a second install whose manifest gives the same digest
+// another size must not write to that file (before: it truncated the shared part, emptying
+// the first install's verified file, which then went into the store as the blob of that
+// digest).
+TEST_F(MirrorTest, AnotherInstallNeverWritesToAPartStagedByOne) {
+  auto store = OpenStore();
+  server_.CutNextResponse(std::string(kWeightsPath), 50);
+  ASSERT_FALSE(store->Install("tiny", MirrorSource{model_url()}).ok());  // Parts kept.
+  const std::string config = ReadBytes(source_dir() / "config.json");
+  fs::path part;
+  for (const auto& entry : fs::directory_iterator(downloads_dir())) {
+    if (ReadBytes(entry.path()) == config) part = entry.path();
+  }
+  ASSERT_FALSE(part.empty()) << "config.json's finished part was not kept";
+  // Another install's staged link to it.
+  const fs::path staged = dir_ / "staged-config.json";
+  fs::create_hard_link(part, staged);
+
+  // The mirror's manifest now says config.json is a byte shorter (same digest).
+  const fs::path manifest_path = mirror_dir() / kBundleManifestName;
+  std::string manifest = ReadBytes(manifest_path);
+  const std::string size = std::to_string(config.size());
+  const size_t at = manifest.find("\"" + size + "\"");
+  ASSERT_NE(at, std::string::npos) << manifest;
+  manifest.replace(at + 1, size.size(), std::to_string(config.size() - 1));
+  testing::WriteFile(manifest_path, manifest);
+  const auto refused = store->Install("other", MirrorSource{model_url()});
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status().ToString();
+  EXPECT_THAT(refused.status().message(), HasSubstr("but a verified file of sha256"));
+  EXPECT_EQ(ReadBytes(staged), config) << "the staged file changed under its install";
+}
+
 TEST_F(MirrorTest, ACorruptFileOnTheMirrorIsRejectedAndNotKept) {
   auto store = OpenStore();
   const auto before = Snapshot(models_dir());
