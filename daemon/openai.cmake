@@ -8,7 +8,8 @@ add_library(inferbox_openai STATIC
   ${CMAKE_CURRENT_LIST_DIR}/src/openai_request.cc
   ${CMAKE_CURRENT_LIST_DIR}/src/openai_response.cc
   ${CMAKE_CURRENT_LIST_DIR}/src/openai_socket.cc
-  ${CMAKE_CURRENT_LIST_DIR}/src/openai_sse.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/src/openai_sse.cc
+  ${CMAKE_CURRENT_LIST_DIR}/src/openai_tools.cc)
 target_include_directories(inferbox_openai PUBLIC ${CMAKE_CURRENT_LIST_DIR}/include)
 target_link_libraries(inferbox_openai
   PUBLIC inferbox_common inferbox_proto Boost::json

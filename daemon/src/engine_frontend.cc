@@ -498,6 +498,14 @@ std::vector<api::ModelInfo> EngineFrontend::ListModels() const {
   return models;
 }
 
+std::string EngineFrontend::ToolCallFormat(std::string_view model) const {
+  for (const auto& replica : supervisor_.Replicas(ResolveModel(std::string(model)))) {
+    std::string format = replica->traits().tool_call_format;
+    if (!format.empty()) return format;
+  }
+  return "";
+}
+
 bool EngineFrontend::ChatPromptOpensReasoning(std::string_view model) const {
   for (const auto& replica : supervisor_.Replicas(ResolveModel(std::string(model)))) {
     if (replica->traits().chat_prompt_opens_reasoning) return true;

@@ -283,7 +283,7 @@ class Connection {
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
     ResponseOptions options;
-    std::optional<ReasoningSplitter> splitter;
+    OutputSplit split;
     Result<std::unique_ptr<GenerationStream>> generation =
         UnavailableError("the request was not started");
     if (endpoint == Endpoint::kChatCompletions) {
@@ -296,7 +296,15 @@ class Connection {
       response.model = context_.frontend.ResolveModel(parsed.request.model());
       response.logprobs = parsed.request.logprobs().enabled();
       options = parsed.response;
-      splitter.emplace(context_.frontend.ChatPromptOpensReasoning(response.model));
+      split.reasoning.emplace(context_.frontend.ChatPromptOpensReasoning(response.model));
+      // Tools offered: the model's calls are read out of its output (tool_choice "none" took
+      // them out of the request).
+      if (parsed.request.tools_size() > 0) {
+        std::vector<std::string> names;
+        for (const v1::Tool& tool : parsed.request.tools()) names.push_back(tool.function().name());
+        split.tools = ToolCallExtractor::For(context_.frontend.ToolCallFormat(response.model),
+                                             std::move(names));
+      }
       generation = context_.frontend.Chat(parsed.request, caller, std::nullopt);
     } else {
       CompletionRequest parsed;
@@ -311,8 +319,8 @@ class Connection {
     if (!generation.ok()) return SendError(ApiErrorFromStatus(generation.status()));
     response.include_usage = options.include_usage;
     GenerationStream& stream = **generation;
-    return options.stream ? StreamResponse(stream, response, splitter)
-                          : WholeResponse(stream, response, splitter);
+    return options.stream ? StreamResponse(stream, response, split)
+                          : WholeResponse(stream, response, split);
   }
 
   // The status a generation ended with, when it ended before its finishing chunk.
@@ -325,8 +333,8 @@ class Connection {
   // The output is gathered by an OutputCollector (openai_sse.h) on the thread that receives
   // it; this thread wakes at the end (or when the client leaves or the gateway aborts).
   bool WholeResponse(GenerationStream& stream, const ResponseContext& response,
-                     std::optional<ReasoningSplitter>& splitter) {
-    auto collector = std::make_shared<OutputCollector>(stream_.fd(), std::move(splitter));
+                     OutputSplit& split) {
+    auto collector = std::make_shared<OutputCollector>(stream_.fd(), std::move(split));
     if (!collector->ok()) return NoWaiter(stream);
     stream.Watch(collector);
     switch (collector->Wait(context_.abort)) {
@@ -342,9 +350,9 @@ class Connection {
   // thread that receives them; this thread writes only what the socket did not take at once,
   // sends the keep-alive comments, and ends the response.
   bool StreamResponse(GenerationStream& stream, const ResponseContext& response,
-                      std::optional<ReasoningSplitter>& splitter) {
-    auto pump = std::make_shared<SsePump>(stream_.fd(), response, std::move(splitter), version_,
-                                          keep_alive_);
+                      OutputSplit& split) {
+    auto pump =
+        std::make_shared<SsePump>(stream_.fd(), response, std::move(split), version_, keep_alive_);
     if (!pump->ok()) return NoWaiter(stream);
     stream.Watch(pump);
     std::string bytes;

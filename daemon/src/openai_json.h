@@ -12,6 +12,7 @@
 
 #include "inferbox/common/status.h"
 #include "inferbox/v1/inference.pb.h"
+#include "openai_tools.h"
 
 namespace inferbox::daemon::openai {
 
@@ -83,6 +84,7 @@ struct CompletionOutput {
   std::string content;
   std::string reasoning;  // Chat only: reasoning_content, omitted when empty.
   google::protobuf::RepeatedPtrField<inferbox::v1::TokenLogprob> logprobs;
+  std::vector<ToolCall> tool_calls;  // Chat only: message.tool_calls, omitted when empty.
   inferbox::v1::FinishReason finish_reason = inferbox::v1::FINISH_REASON_UNSPECIFIED;
   inferbox::v1::Usage usage;
 };
@@ -99,6 +101,8 @@ struct ChunkDelta {
   const google::protobuf::RepeatedPtrField<inferbox::v1::TokenLogprob>* logprobs = nullptr;
   // Completions' legacy logprobs: byte offset of this chunk's text in the whole output.
   size_t text_offset = 0;
+  // Chat: delta.tool_calls, each whole (index, id, type, name and arguments); null for none.
+  const std::vector<ToolCall>* tool_calls = nullptr;
   // UNSPECIFIED: null (every chunk but the last).
   inferbox::v1::FinishReason finish_reason = inferbox::v1::FINISH_REASON_UNSPECIFIED;
 };

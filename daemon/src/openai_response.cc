@@ -87,6 +87,20 @@ json::value FinishReasonJson(v1::FinishReason reason) {
   }
 }
 
+// message.tool_calls (or delta.tool_calls, with each call's index).
+json::array ToolCallsJson(const std::vector<ToolCall>& calls, bool indexed) {
+  json::array out;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    json::object call{{"id", calls[i].id},
+                      {"type", "function"},
+                      {"function", json::object{{"name", ValidUtf8(calls[i].name)},
+                                                {"arguments", ValidUtf8(calls[i].arguments)}}}};
+    if (indexed) call["index"] = i;
+    out.push_back(std::move(call));
+  }
+  return out;
+}
+
 json::object UsageJson(const v1::Usage& usage) {
   return {{"prompt_tokens", usage.prompt_tokens()},
           {"completion_tokens", usage.completion_tokens()},
@@ -239,6 +253,13 @@ std::string CompletionBody(const ResponseContext& context, const CompletionOutpu
   if (chat) {
     json::object message{{"role", "assistant"}, {"content", ValidUtf8(output.content)}};
     if (!output.reasoning.empty()) message["reasoning_content"] = ValidUtf8(output.reasoning);
+    if (!output.tool_calls.empty()) {
+      // As OpenAI answers a call: no text is null, not "".
+      if (output.content.find_first_not_of(" \t\r\n") == std::string::npos) {
+        message["content"] = nullptr;
+      }
+      message["tool_calls"] = ToolCallsJson(output.tool_calls, /*indexed=*/false);
+    }
     choice["message"] = std::move(message);
     choice["logprobs"] = context.logprobs ? ChatLogprobsJson(output.logprobs) : nullptr;
   } else {
@@ -265,6 +286,9 @@ std::string ChunkJson(const ResponseContext& context, const ChunkDelta& delta) {
     }
     if (!delta.content.empty()) fields["content"] = ValidUtf8(delta.content);
     if (!delta.reasoning.empty()) fields["reasoning_content"] = ValidUtf8(delta.reasoning);
+    if (delta.tool_calls != nullptr && !delta.tool_calls->empty()) {
+      fields["tool_calls"] = ToolCallsJson(*delta.tool_calls, /*indexed=*/true);
+    }
     choice["delta"] = std::move(fields);
     choice["logprobs"] = has_logprobs ? ChatLogprobsJson(*delta.logprobs) : nullptr;
   } else {

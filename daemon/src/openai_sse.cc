@@ -34,18 +34,43 @@ std::string SseHeaders(unsigned version, bool keep_alive) {
   return text.str();
 }
 
-// The chunk's text as reasoning and answer (all answer without a splitter); at the finishing
-// chunk, whatever the splitter held back too.
-ReasoningSplitter::Parts SplitChunkText(std::optional<ReasoningSplitter>& splitter,
-                                        const v1::GenerateChunk& chunk) {
-  if (!splitter) return {.content = chunk.text()};
-  ReasoningSplitter::Parts parts = splitter->Push(chunk.text());
-  if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-    ReasoningSplitter::Parts rest = splitter->Finish();
-    parts.reasoning += rest.reasoning;
-    parts.content += rest.content;
+struct SplitText {
+  std::string reasoning;
+  std::string content;
+  std::vector<ToolCall> tool_calls;  // At the finishing chunk.
+};
+
+// The chunk's text as reasoning and answer (OutputSplit); at the finishing chunk, whatever
+// was held back too, and the tool calls.
+SplitText SplitChunkText(OutputSplit& split, const v1::GenerateChunk& chunk) {
+  const bool finished = chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
+  SplitText parts;
+  if (split.reasoning) {
+    ReasoningSplitter::Parts pushed = split.reasoning->Push(chunk.text());
+    if (finished) {
+      ReasoningSplitter::Parts rest = split.reasoning->Finish();
+      pushed.reasoning += rest.reasoning;
+      pushed.content += rest.content;
+    }
+    parts.reasoning = std::move(pushed.reasoning);
+    parts.content = std::move(pushed.content);
+  } else {
+    parts.content = chunk.text();
+  }
+  if (split.tools) {
+    parts.content = split.tools->Push(parts.content);
+    if (finished) {
+      ToolCallExtractor::Result rest = split.tools->Finish();
+      parts.content += rest.content;
+      parts.tool_calls = std::move(rest.calls);
+    }
   }
   return parts;
+}
+
+// The engine's finish reason, or tool_calls when the model stopped after calling tools.
+v1::FinishReason FinishReasonWith(const std::vector<ToolCall>& calls, v1::FinishReason reason) {
+  return !calls.empty() && reason == v1::FINISH_REASON_STOP ? v1::FINISH_REASON_TOOL_CALLS : reason;
 }
 
 }  // namespace
@@ -83,13 +108,14 @@ ConnectionWaiter::Woke ConnectionWaiter::Wait(Clock::time_point until, const Sig
 bool OutputCollector::OnChunk(v1::GenerateChunk& chunk) {
   std::lock_guard lock(mutex_);
   if (finished_) return true;
-  ReasoningSplitter::Parts parts = SplitChunkText(splitter_, chunk);
+  SplitText parts = SplitChunkText(split_, chunk);
   output_.content += parts.content;
   output_.reasoning += parts.reasoning;
   output_.logprobs.MergeFrom(chunk.logprobs());
   if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
     // The finishing chunk ends the output (the stream's end with OK follows it).
-    output_.finish_reason = chunk.finish_reason();
+    output_.tool_calls = std::move(parts.tool_calls);
+    output_.finish_reason = FinishReasonWith(output_.tool_calls, chunk.finish_reason());
     output_.usage = chunk.usage();
     finished_ = true;
     waiter_.Wake();
@@ -119,8 +145,8 @@ OutputCollector::Step OutputCollector::Wait(const Signal& abort) {
   }
 }
 
-SsePump::SsePump(int fd, ResponseContext response, std::optional<ReasoningSplitter> splitter,
-                 unsigned version, bool keep_alive)
+SsePump::SsePump(int fd, ResponseContext response, OutputSplit split, unsigned version,
+                 bool keep_alive)
     : fd_(fd),
       response_(std::move(response)),
       version_(version),
@@ -128,7 +154,7 @@ SsePump::SsePump(int fd, ResponseContext response, std::optional<ReasoningSplitt
       chat_(response_.endpoint == Endpoint::kChatCompletions),
       waiter_(fd),
       last_write_(Clock::now()),
-      splitter_(std::move(splitter)) {}
+      split_(std::move(split)) {}
 
 bool SsePump::OnChunk(v1::GenerateChunk& chunk) {
   std::lock_guard lock(mutex_);
@@ -138,14 +164,22 @@ bool SsePump::OnChunk(v1::GenerateChunk& chunk) {
     AppendData(ChunkJson(response_, {.first = true}));
     role_sent_ = true;
   }
-  const ReasoningSplitter::Parts parts = SplitChunkText(splitter_, chunk);
+  const SplitText parts = SplitChunkText(split_, chunk);
   const bool finished = chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED;
+  const bool calls = !parts.tool_calls.empty();
   if (!parts.content.empty() || !parts.reasoning.empty() || chunk.logprobs_size() > 0 || finished) {
+    // Tool calls come in a chunk of their own before the finishing one, as OpenAI sends them.
     AppendData(ChunkJson(response_, {.content = parts.content,
                                      .reasoning = parts.reasoning,
                                      .logprobs = &chunk.logprobs(),
                                      .text_offset = text_offset_,
-                                     .finish_reason = chunk.finish_reason()}));
+                                     .tool_calls = &parts.tool_calls,
+                                     .finish_reason = calls ? v1::FINISH_REASON_UNSPECIFIED
+                                                            : chunk.finish_reason()}));
+    if (calls) {
+      AppendData(ChunkJson(
+          response_, {.finish_reason = FinishReasonWith(parts.tool_calls, chunk.finish_reason())}));
+    }
   }
   text_offset_ += chunk.text().size();
   if (finished) {

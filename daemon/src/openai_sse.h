@@ -23,6 +23,7 @@
 #include "openai_json.h"
 #include "openai_reasoning.h"
 #include "openai_socket.h"
+#include "openai_tools.h"
 
 namespace inferbox::daemon::openai {
 
@@ -47,14 +48,21 @@ class ConnectionWaiter {
   UniqueFd event_;
 };
 
+// How a chat completion's output text is taken apart as it comes: reasoning (when the model
+// reasons), answer text, and at the end the tool calls in it (when the request offered tools
+// and the model's format is known). Neither: the text is all answer.
+struct OutputSplit {
+  std::optional<ReasoningSplitter> reasoning;
+  std::optional<ToolCallExtractor> tools;
+};
+
 // The whole output of a generation for a response that is not streamed, gathered by its sink
 // on the thread that receives the chunks; the connection's thread wakes once, at the end.
 class OutputCollector final : public GenerationStream::Sink {
  public:
   enum class Step { kFinished, kEnded, kGone, kAborted };
 
-  OutputCollector(int socket, std::optional<ReasoningSplitter> splitter)
-      : waiter_(socket), splitter_(std::move(splitter)) {}
+  OutputCollector(int socket, OutputSplit split) : waiter_(socket), split_(std::move(split)) {}
   bool ok() const { return waiter_.ok(); }
 
   bool OnChunk(inferbox::v1::GenerateChunk& chunk) override;
@@ -68,7 +76,7 @@ class OutputCollector final : public GenerationStream::Sink {
  private:
   ConnectionWaiter waiter_;
   std::mutex mutex_;
-  std::optional<ReasoningSplitter> splitter_;
+  OutputSplit split_;
   CompletionOutput output_;
   bool finished_ = false;
   bool ended_ = false;
@@ -91,8 +99,7 @@ class SsePump final : public GenerationStream::Sink {
   // `fd`: the connection's socket (non-blocking), which outlives the pump's sends (the
   // generation, which calls the pump, ends before the connection does). HTTP/1.0 clients get
   // the raw stream, HTTP/1.1 clients chunks.
-  SsePump(int fd, ResponseContext response, std::optional<ReasoningSplitter> splitter,
-          unsigned version, bool keep_alive);
+  SsePump(int fd, ResponseContext response, OutputSplit split, unsigned version, bool keep_alive);
 
   // False when the pump could not be made (no eventfd): answer 500.
   bool ok() const { return waiter_.ok(); }
@@ -144,7 +151,7 @@ class SsePump final : public GenerationStream::Sink {
   bool closed_ = false;
   Clock::time_point last_write_;
   // The sink's formatting state.
-  std::optional<ReasoningSplitter> splitter_;
+  OutputSplit split_;
   bool role_sent_ = false;
   size_t text_offset_ = 0;
 };

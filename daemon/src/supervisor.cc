@@ -897,7 +897,7 @@ void Supervisor::Watch(Watcher& watcher) {
         record_canary(true, "");
         std::lock_guard lock(replica.mutex_);
         replica.traits_ = {response.max_model_len(), response.has_chat_template(),
-                           response.chat_prompt_opens_reasoning()};
+                           response.chat_prompt_opens_reasoning(), response.tool_call_format()};
         replica.stub_ = stub;
         ready = true;
       }

@@ -39,7 +39,22 @@ Result<ChatFormat> ChatFormat::LoadFromDirectory(const std::filesystem::path& di
   auto parsed = ChatTemplate::Parse(std::string_view(source->as_string()));
   if (!parsed.ok()) return parsed.status();
   return ChatFormat{std::move(parsed).value(), TokenText(tokenizer, tokenizer.bos_token_id()),
-                    TokenText(tokenizer, tokenizer.eos_token_id())};
+                    TokenText(tokenizer, tokenizer.eos_token_id()),
+                    ToolCallFormatOf(std::string_view(source->as_string()))};
+}
+
+std::string ToolCallFormatOf(std::string_view template_source) {
+  if (template_source.find("<tool_call>") != std::string_view::npos) {
+    // Qwen3-Coder's <tool_call><function=NAME><parameter=...> is another form: not read.
+    return template_source.find("<function=") != std::string_view::npos ? "" : "hermes";
+  }
+  if (template_source.find("<｜tool▁call▁begin｜>") != std::string_view::npos) return "deepseek";
+  // Meta's templates: 'Respond in the format {"name": function name, "parameters": ...}'.
+  if (template_source.find("\"parameters\": dictionary of argument name") !=
+      std::string_view::npos) {
+    return "json";
+  }
+  return "";
 }
 
 Result<std::string> ChatFormat::Render(json::object variables) const {

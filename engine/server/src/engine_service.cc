@@ -392,6 +392,7 @@ grpc::Status EngineService::Health(grpc::ServerContext*, const wire::HealthReque
     if (const RequestBuilder* builder = builder_.load(); builder != nullptr) {
       response->set_has_chat_template(builder->has_chat_template());
       response->set_chat_prompt_opens_reasoning(builder->chat_prompt_opens_reasoning());
+      response->set_tool_call_format(builder->tool_call_format());
     }
     if (stats.failed) {
       health = wire::ENGINE_HEALTH_FAILED;

@@ -153,6 +153,11 @@ class FakeFrontend : public InferenceFrontend {
     std::lock_guard lock(mutex_);
     reasoning_model_ = std::move(model);
   }
+  void SetToolCallFormat(std::string model, std::string format) {
+    std::lock_guard lock(mutex_);
+    tool_model_ = std::move(model);
+    tool_format_ = std::move(format);
+  }
   void SetDefaultModel(std::string model) {
     std::lock_guard lock(mutex_);
     default_model_ = std::move(model);
@@ -205,6 +210,10 @@ class FakeFrontend : public InferenceFrontend {
     std::lock_guard lock(mutex_);
     return model == "default" && !default_model_.empty() ? default_model_ : model;
   }
+  std::string ToolCallFormat(std::string_view model) const override {
+    std::lock_guard lock(mutex_);
+    return model == tool_model_ ? tool_format_ : "";
+  }
   bool ChatPromptOpensReasoning(std::string_view model) const override {
     std::lock_guard lock(mutex_);
     return model == reasoning_model_;
@@ -227,6 +236,8 @@ class FakeFrontend : public InferenceFrontend {
   std::vector<v1::ModelInfo> models_;
   std::string reasoning_model_;
   std::string default_model_;
+  std::string tool_model_;
+  std::string tool_format_;
   std::vector<v1::ChatRequest> chat_requests_;
   std::vector<v1::GenerateRequest> generate_requests_;
   std::vector<std::string> caller_key_ids_;

@@ -812,6 +812,81 @@ TEST_F(OpenAiGatewayTest, TheDefaultModelIsResolvedForTheResponseAndItsReasoning
   }
 }
 
+// A request that offers tools to a model whose template asks for Hermes-style calls (Qwen):
+// the call in its output comes back as tool_calls with finish_reason "tool_calls", streamed
+// or not, and none of its markup reaches the answer text (R1.9). Before, the raw
+// <tool_call>{...}</tool_call> text came back as content with "stop".
+TEST_F(OpenAiGatewayTest, ToolCallsInTheOutputComeBackAsToolCalls) {
+  const std::string tools =
+      R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":)"
+      R"({"type":"object","properties":{"city":{"type":"string"}}}}}])";
+  const std::string body =
+      R"({"model":"m","messages":[{"role":"user","content":"Paris?"}],)" + tools + "}";
+  const auto script = [] {
+    return Script{.chunks = {Chunk("Checking.<tool_"), Chunk("call>\n{\"name\": \"get_weather\", "),
+                             Final("\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>")}};
+  };
+  frontend_.SetToolCallFormat("m", "hermes");
+  frontend_.SetScript(script());
+  Reply reply = Post("/v1/chat/completions", body);
+  ASSERT_EQ(reply.status, 200) << reply.error;
+  const json::value whole = reply.Json();
+  const json::object& choice = whole.at("choices").as_array()[0].as_object();
+  EXPECT_EQ(choice.at("finish_reason"), "tool_calls");
+  const json::object& message = choice.at("message").as_object();
+  EXPECT_EQ(message.at("content"), "Checking.");
+  ASSERT_EQ(message.at("tool_calls").as_array().size(), 1u) << reply.body;
+  const json::object& call = message.at("tool_calls").as_array()[0].as_object();
+  EXPECT_TRUE(std::string_view(call.at("id").as_string()).starts_with("call_"));
+  EXPECT_EQ(call.at("type"), "function");
+  EXPECT_EQ(call.at("function").at("name"), "get_weather");
+  EXPECT_EQ(json::parse(call.at("function").at("arguments").as_string()),
+            (json::object{{"city", "Paris"}}))
+      << "arguments are a JSON string";
+
+  frontend_.SetScript(script());
+  reply = Post("/v1/chat/completions",
+               R"({"model":"m","stream":true,"messages":[{"role":"user","content":"Paris?"}],)" +
+                   tools + "}");
+  ASSERT_EQ(reply.status, 200) << reply.error;
+  std::string content;
+  std::vector<json::object> calls;
+  std::vector<std::string> finish_reasons;
+  for (const std::string& data : ParseSse(reply.body).data) {
+    if (data == "[DONE]") continue;
+    const json::value event = json::parse(data);
+    const json::object& streamed = event.at("choices").as_array()[0].as_object();
+    const json::object& delta = streamed.at("delta").as_object();
+    if (delta.contains("content")) content += std::string(delta.at("content").as_string());
+    if (delta.contains("tool_calls")) {
+      for (const json::value& entry : delta.at("tool_calls").as_array())
+        calls.push_back(entry.as_object());
+    }
+    if (!streamed.at("finish_reason").is_null())
+      finish_reasons.push_back(std::string(streamed.at("finish_reason").as_string()));
+  }
+  EXPECT_EQ(content, "Checking.") << "no markup leaks into the answer";
+  ASSERT_EQ(calls.size(), 1u) << reply.body;
+  EXPECT_EQ(calls[0].at("index"), 0);
+  EXPECT_EQ(calls[0].at("function").at("name"), "get_weather");
+  EXPECT_EQ(finish_reasons, std::vector<std::string>{"tool_calls"}) << reply.body;
+
+  // No tools offered (or tool_choice "none"): the same output is the answer.
+  for (const std::string& plain :
+       {std::string(kChatBody),
+        R"({"model":"m","tool_choice":"none","messages":[{"role":"user","content":"Paris?"}],)" +
+            tools + "}"}) {
+    frontend_.SetScript(script());
+    reply = Post("/v1/chat/completions", plain);
+    ASSERT_EQ(reply.status, 200) << reply.error;
+    EXPECT_EQ(reply.Json().at("choices").as_array()[0].at("finish_reason"), "stop");
+    EXPECT_THAT(
+        std::string(
+            reply.Json().at("choices").as_array()[0].at("message").at("content").as_string()),
+        HasSubstr("<tool_call>"));
+  }
+}
+
 TEST_F(OpenAiGatewayTest, ReasoningWhenTheOutputOpensTheBlock) {
   frontend_.SetScript({.chunks = {Chunk("<thi"), Chunk("nk>\nPlan</think>"), Final("\nDone")}});
   Reply reply = Post("/v1/chat/completions", kChatBody);

@@ -40,6 +40,7 @@ class EngineFrontend final : public InferenceFrontend {
                                                   const Caller& caller) override;
   std::vector<inferbox::v1::ModelInfo> ListModels() const override;
   bool ChatPromptOpensReasoning(std::string_view model) const override;
+  std::string ToolCallFormat(std::string_view model) const override;
 
  private:
   // A ready replica of `model` for the caller, or why there is none.

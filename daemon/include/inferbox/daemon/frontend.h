@@ -108,6 +108,9 @@ class InferenceFrontend {
   // (DeepSeek-R1's template ends with "<think>\n"), so its output is reasoning from the
   // start up to "</think>". False for unknown models.
   virtual bool ChatPromptOpensReasoning(std::string_view model) const = 0;
+  // How the model's chat template asks it to call tools ("hermes", "deepseek", "json"), so
+  // that its calls can be read out of its output; empty when unknown.
+  virtual std::string ToolCallFormat(std::string_view model) const = 0;
 };
 
 }  // namespace inferbox::daemon

@@ -54,6 +54,7 @@ struct EngineTraits {
   uint32_t max_model_len = 0;
   bool has_chat_template = false;
   bool chat_prompt_opens_reasoning = false;
+  std::string tool_call_format;  // As the engine's Health says it.
 };
 
 // One replica. Shared between its watcher thread, the router and request handlers.

