@@ -366,7 +366,9 @@ void ReadMessages(FieldReader& fields, v1::ChatRequest* request) {
     FieldReader message = fields.Nested((*messages)[i].get_object(), key);
     v1::ChatMessage* out = request->add_messages();
     if (auto role = message.String("role")) {
-      out->set_role(*role);
+      // "developer" is OpenAI's newer name for system instructions (its reasoning models and
+      // newer SDKs send it); chat templates know only "system".
+      out->set_role(*role == "developer" ? "system" : *role);
     } else if (!message.failed()) {
       message.Fail("role", "is required");
     }

@@ -280,7 +280,11 @@ std::string EngineReplica::Unavailability() const {
     case api::ENGINE_STATE_FAILED:
       return "its engine failed and is not restarted (it " + last_exit_ +
              "); see `inferboxctl status` and the journal";
-    case api::ENGINE_STATE_DRAINING: return "the box is shutting down";
+    case api::ENGINE_STATE_DRAINING:
+      if (!gpu_fault_.empty()) {
+        return "its engine is draining: its GPU is unhealthy (" + gpu_fault_ + ")";
+      }
+      return "its engine is draining: the box is shutting down or the model is being unloaded";
     default: return "its engine is not ready";
   }
 }
@@ -918,7 +922,7 @@ void Supervisor::Watch(Watcher& watcher) {
         {
           std::lock_guard lock(replica.mutex_);
           replica.stub_.reset();
-          replica.last_exit_ = "being killed: " + why;
+          replica.last_exit_ = "was killed: " + why;  // Until it has exited.
         }
         SetState(replica, api::ENGINE_STATE_RESTARTING);
       };

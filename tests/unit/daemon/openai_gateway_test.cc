@@ -346,6 +346,19 @@ TEST_F(OpenAiGatewayTest, UnknownFieldsAreIgnored) {
   EXPECT_EQ(reply.status, 200) << reply.body;
 }
 
+// OpenAI's newer clients send system instructions as role "developer" (was a 400 from the
+// engine's role check: the templates know "system").
+TEST_F(OpenAiGatewayTest, ADeveloperMessageIsASystemMessage) {
+  const Reply reply = Post("/v1/chat/completions",
+                           R"({"model":"m","messages":[{"role":"developer","content":"Be brief"},
+                               {"role":"user","content":"Hi"}]})");
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  const v1::ChatRequest request = frontend_.chat_requests().back();
+  ASSERT_EQ(request.messages_size(), 2);
+  EXPECT_EQ(request.messages(0).role(), "system");
+  EXPECT_EQ(request.messages(0).content(), "Be brief");
+}
+
 TEST_F(OpenAiGatewayTest, ChatFieldsReachTheProto) {
   const Reply reply = Post("/v1/chat/completions", R"({
       "model":"m",
