@@ -112,9 +112,9 @@ std::optional<ToolCallExtractor::Result> ParseHermes(std::string_view text,
   return result;
 }
 
-// <｜tool▁calls▁begin｜> then calls, each <｜tool▁call▁begin｜>HEAD<｜tool▁sep｜>BODY<｜tool▁call▁end｜>:
-// DeepSeek-V3 writes HEAD "function" and BODY "NAME\n```json\nARGUMENTS\n```", V3.1 HEAD NAME
-// and BODY ARGUMENTS.
+// <｜tool▁calls▁begin｜> then calls, each
+// <｜tool▁call▁begin｜>HEAD<｜tool▁sep｜>BODY<｜tool▁call▁end｜>: DeepSeek-V3 writes HEAD
+// "function" and BODY "NAME\n```json\nARGUMENTS\n```", V3.1 HEAD NAME and BODY ARGUMENTS.
 std::optional<ToolCallExtractor::Result> ParseDeepSeek(std::string_view text,
                                                        const ToolNames& names) {
   ToolCallExtractor::Result result;

@@ -21,10 +21,10 @@ struct ToolCall {
 class ToolCallExtractor {
  public:
   enum class Format {
-    kHermes,    // <tool_call>{"name": ..., "arguments": {...}}</tool_call>, one or more.
+    kHermes,  // <tool_call>{"name": ..., "arguments": {...}}</tool_call>, one or more.
     kDeepSeek,  // <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>...<｜tool▁call▁end｜>...
-    kJson,      // The whole answer one {"name": ..., "parameters": {...}} object (or several,
-                // separated by ';').
+    kJson,  // The whole answer one {"name": ..., "parameters": {...}} object (or several,
+            // separated by ';').
   };
 
   // Null for a format this does not read ("" included). `tool_names`: the tools the request

@@ -19,8 +19,8 @@ struct Extracted {
 
 // Feeds `text` in pieces of `piece` bytes (markers split anywhere), with these tools offered.
 Extracted Extract(std::string_view format, std::string_view text, size_t piece,
-                  std::vector<std::string> offered = {"get_weather", "get_time", "function",
-                                                      "f", "a", "b"}) {
+                  std::vector<std::string> offered = {"get_weather", "get_time", "function", "f",
+                                                      "a", "b"}) {
   std::optional<ToolCallExtractor> extractor = ToolCallExtractor::For(format, std::move(offered));
   EXPECT_TRUE(extractor.has_value()) << format;
   Extracted out;
@@ -105,11 +105,11 @@ TEST(ToolCallExtractor, DeepSeekV3AndV31Calls) {
     EXPECT_EQ(b.finish.calls[1].arguments, "{}");
   }
   // V3.1, a tool that happens to be named "function": its body is the arguments.
-  const Extracted named = Extract(
-      "deepseek",
-      "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{\"x\": 1}"
-      "<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
-      4);
+  const Extracted named =
+      Extract("deepseek",
+              "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{\"x\": 1}"
+              "<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+              4);
   ASSERT_THAT(named.finish.calls, SizeIs(1));
   EXPECT_EQ(named.finish.calls[0].name, "function");
 }
