@@ -165,23 +165,24 @@ std::optional<ToolCallExtractor::Result> ParseDeepSeek(std::string_view text,
 // The whole answer as one call object, or several separated by ';'.
 std::optional<ToolCallExtractor::Result> ParseJsonCalls(std::string_view text,
                                                         const ToolNames& names) {
-  ToolCallExtractor::Result result;
-  std::vector<std::string_view> parts;
-  if (ParseJson(Trim(text))) {
-    parts.push_back(Trim(text));
+  std::vector<json::value> objects;
+  if (auto whole = ParseJson(Trim(text))) {
+    objects.push_back(std::move(*whole));
   } else {
     for (size_t start = 0; start <= text.size();) {
       const size_t end = std::min(text.find(';', start), text.size());
-      if (!Trim(text.substr(start, end - start)).empty())
-        parts.push_back(Trim(text.substr(start, end - start)));
+      const std::string_view part = Trim(text.substr(start, end - start));
       start = end + 1;
+      if (part.empty()) continue;
+      auto parsed = ParseJson(part);
+      if (!parsed) return std::nullopt;
+      objects.push_back(std::move(*parsed));
     }
   }
-  for (std::string_view part : parts) {
-    const auto parsed = ParseJson(part);
-    if (!parsed) return std::nullopt;
+  ToolCallExtractor::Result result;
+  for (const json::value& object : objects) {
     // A JSON answer that merely has a "name" is not a call: the arguments must be there.
-    auto call = CallFromObject(*parsed, {"parameters", "arguments"}, names, true);
+    auto call = CallFromObject(object, {"parameters", "arguments"}, names, true);
     if (!call) return std::nullopt;
     result.calls.push_back(std::move(*call));
   }

@@ -282,9 +282,7 @@ void Interpreter::AssignToNamespace(const Value& target, const std::string& name
   std::unordered_set<const void*> visited;
   if (Holds(value, target, visited)) Fail("a namespace cannot hold itself");
   Charge(visited.size());
-  if (value.nesting() >= kMaxNesting) {
-    Fail("values nest deeper than " + std::to_string(kMaxNesting));
-  }
+  CheckNesting(value.nesting() + 1);  // The namespace's, once it holds the value.
   target.mutable_map().Set(name, std::move(value));
 }
 

@@ -98,18 +98,14 @@ Value Value::Array(std::vector<Value> items, Kind kind) {
   Value value(kind);
   uint32_t deepest = 0;
   for (const Value& item : items) deepest = std::max(deepest, item.nesting());
-  if (deepest >= kMaxNesting) {
-    throw TemplateError{"values nest deeper than " + std::to_string(kMaxNesting)};
-  }
+  CheckNesting(deepest + 1);
   value.array_nesting_ = deepest + 1;
   value.array_ = std::make_shared<const std::vector<Value>>(std::move(items));
   return value;
 }
 
 Value Value::Object(ObjectMap map, Kind kind) {
-  if (map.nesting() > kMaxNesting) {
-    throw TemplateError{"values nest deeper than " + std::to_string(kMaxNesting)};
-  }
+  CheckNesting(map.nesting());
   Value value(kind);
   value.object_ = std::make_shared<ObjectMap>(std::move(map));
   return value;
@@ -168,6 +164,12 @@ void CheckStringSize(size_t bytes) {
   if (bytes > kMaxStringBytes) {
     throw TemplateError{"the chat template builds a string over " +
                         std::to_string(kMaxStringBytes >> 20) + " MiB"};
+  }
+}
+
+void CheckNesting(uint32_t nesting) {
+  if (nesting > kMaxNesting) {
+    throw TemplateError{"values nest deeper than " + std::to_string(kMaxNesting)};
   }
 }
 

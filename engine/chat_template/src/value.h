@@ -33,6 +33,8 @@ inline constexpr uint32_t kMaxNesting = 64;
 inline constexpr size_t kMaxStringBytes = size_t{64} << 20;
 // Throws TemplateError when `bytes` is past kMaxStringBytes.
 void CheckStringSize(size_t bytes);
+// Throws TemplateError when a container's `nesting` (Value::nesting) is past kMaxNesting.
+void CheckNesting(uint32_t nesting);
 
 // Insertion-ordered string map, like JavaScript's Map.
 class ObjectMap {
