@@ -9,7 +9,7 @@ CMAKE_ARGS += -DINFERBOX_WERROR=ON
 endif
 RUN_DIR := $(CURDIR)/.inferbox
 
-.PHONY: all deps configure build run test packages update-bundle format format-check clean
+.PHONY: all deps configure build run test fuzz packages update-bundle format format-check clean
 
 all: build
 
@@ -35,6 +35,12 @@ run: build
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+# Coverage-guided fuzzing of the parsers of untrusted input (tests/fuzz) with libFuzzer, ASan
+# and UBSan: a clang build in build-fuzz, then each target for FUZZ_SECONDS (default 60).
+# Findings land in build-fuzz/findings/; docs/development.md says what to do with them.
+fuzz: deps
+	@./scripts/fuzz.sh
 
 # The deb and rpm packages (packaging/), into $(BUILD_DIR)/packages; docs/install.md.
 packages: build

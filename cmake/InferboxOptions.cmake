@@ -16,6 +16,17 @@ option(INFERBOX_CUDA "Build the CUDA backend (needs nvcc)" ${_inferbox_cuda_defa
 option(INFERBOX_SYSTEMD "Integrate with systemd (sd_notify, journald) through libsystemd" ON)
 option(INFERBOX_WERROR "Treat compiler warnings as errors (CI turns this on)" OFF)
 option(INFERBOX_BUILD_TESTS "Build the test suite" ON)
+# `make fuzz` (scripts/fuzz.sh): a clang build of tests/fuzz's targets with libFuzzer, ASan and
+# UBSan. Everything in such a build is instrumented; only the fuzz targets are built from it.
+option(INFERBOX_FUZZ "Build the fuzz targets with libFuzzer and sanitizers (clang only)" OFF)
+if(INFERBOX_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "INFERBOX_FUZZ needs clang (libFuzzer): -DCMAKE_CXX_COMPILER=clang++")
+  endif()
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=all
+                      -fsanitize=fuzzer-no-link -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()
 
 if(INFERBOX_CUDA)
   if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)

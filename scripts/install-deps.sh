@@ -15,6 +15,9 @@ packages=(
   libarchive-dev
   libtomlplusplus-dev libcli11-dev libspdlog-dev libfmt-dev libutf8proc-dev libopenblas-dev
   clang-format
+  # `make fuzz` (scripts/fuzz.sh): clang with libFuzzer and the sanitizers' runtimes, and
+  # llvm-symbolizer for their stack traces.
+  clang libclang-rt-14-dev llvm-14
   # The tiny-model generator (tools/inferbox-make-model) and the reference forward pass
   # (tests/reference/forward_reference.py) run on Debian's Python with numpy.
   python3 python3-numpy

@@ -42,7 +42,7 @@ class ObjectMap {
   const Value* Find(std::string_view key) const;
   void Set(std::string key, Value value);
   bool Erase(std::string_view key);
-  size_t size() const { return entries_.size(); }
+  size_t size() const;  // Defined below Value: clang needs Value complete here.
   const std::vector<std::pair<std::string, Value>>& entries() const { return entries_; }
   // 1 + the deepest nesting of a value set in it (never lowered).
   uint32_t nesting() const { return nesting_; }
@@ -144,6 +144,10 @@ class Value {
   std::shared_ptr<ObjectMap> object_;
   std::shared_ptr<const Function> function_;
 };
+
+inline size_t ObjectMap::size() const {
+  return entries_.size();
+}
 
 struct JsonOptions {
   std::optional<int> indent;

@@ -1,7 +1,9 @@
 #include "inferbox/engine/model/model_config.h"
 
-#include <fmt/format.h>
+#include <cmath>
 #include <tuple>
+
+#include <fmt/format.h>
 
 #include <boost/json.hpp>
 
@@ -40,8 +42,10 @@ struct Reader {
   Result<double> PositiveNumber(std::string_view key, double fallback) const {
     const auto* value = object.if_contains(key);
     if (value == nullptr || value->is_null()) return fallback;
-    if (!value->is_number() || value->to_number<double>() <= 0) {
-      return ConfigError(fmt::format("{} must be a positive number", key));
+    // Boost.JSON reads a literal past double's range (1e400) as infinity.
+    if (!value->is_number() || !(value->to_number<double>() > 0) ||
+        !std::isfinite(value->to_number<double>())) {
+      return ConfigError(fmt::format("{} must be a positive finite number", key));
     }
     return value->to_number<double>();
   }

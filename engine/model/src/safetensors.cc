@@ -153,6 +153,10 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::filesy
       if (dim.is_int64() && dim.as_int64() < 0)
         return tensor_error("shape holds a negative dimension");
       const uint64_t extent = dim.to_number<uint64_t>();
+      // Shapes are int64 (TensorView::shape): a dimension past that would read as negative,
+      // and with a 0 elsewhere in the shape the element count would not catch it.
+      if (extent > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        return tensor_error("shape holds a dimension past 2^63 - 1");
       if (extent != 0 && elements > std::numeric_limits<uint64_t>::max() / extent) {
         return tensor_error("shape overflows");
       }

@@ -20,7 +20,8 @@ class RegexSplitter {
   ~RegexSplitter();
 
   // "Isolated" behaviour: every match and every gap between matches becomes a piece, in
-  // order; empty pieces are dropped. Thread-safe.
+  // order; empty pieces are dropped. `text` must be valid UTF-8 (Tokenizer::Encode makes it
+  // so): the match skips PCRE2's check, a pass over the text per match. Thread-safe.
   void Split(std::string_view text, std::vector<std::string_view>& pieces) const;
 
   struct Compiled;

@@ -158,10 +158,14 @@ Status Unsupported(std::string_view component, std::string_view type, std::strin
                               "\" is not supported (supported: " + std::string(supported) + ")");
 }
 
-std::string_view TypeOf(const json::value& node) {
-  if (!node.is_object()) return "";
-  const auto* type = node.as_object().if_contains("type");
+// The component's "type"; a view into `node`. The object overload keeps a json::object from
+// converting to a temporary json::value, whose copy of the string the view would outlive.
+std::string_view TypeOf(const json::object& node) {
+  const auto* type = node.if_contains("type");
   return type != nullptr && type->is_string() ? std::string_view(type->as_string()) : "";
+}
+std::string_view TypeOf(const json::value& node) {
+  return node.is_object() ? TypeOf(node.as_object()) : "";
 }
 
 bool BoolField(const json::object& object, std::string_view key, bool fallback) {
@@ -547,6 +551,12 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(std::string_view toke
 
 std::vector<TokenId> Tokenizer::Encode(std::string_view text, bool add_special_tokens) const {
   const Impl& impl = *impl_;
+  // Text should be UTF-8, but its bytes come from clients and chat templates. Invalid
+  // sequences become U+FFFD first, as in the Rust strings Hugging Face's tokenizers get
+  // (String::from_utf8_lossy); the split regex matches without PCRE2's UTF check, on which
+  // invalid UTF-8 is undefined behaviour (a crash, found by tests/fuzz/tokenizer_fuzz).
+  const std::string valid = DecodeUtf8Lossy(text);
+  if (valid != text) text = valid;
   std::vector<TokenId> ids;
   if (add_special_tokens) ids = impl.prefix_ids;
 

@@ -1,5 +1,7 @@
 #include "inferbox/engine/model/model_config.h"
 
+#include <string>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <boost/json.hpp>
@@ -114,6 +116,13 @@ TEST(ModelConfig, RefusesWhatTheEngineWouldComputeWrongly) {
       << "a 10M-token context is a real model's";
   EXPECT_THAT(ErrorOf(With(kLlama31, "eos_token_id", 999999)), HasSubstr("outside the vocabulary"));
   EXPECT_THAT(ErrorOf(With(kLlama31, "torch_dtype", "int4")), HasSubstr("torch_dtype \"int4\""));
+  // A literal past double's range reads as infinity (found by tests/fuzz/model_config_fuzz):
+  // an infinite epsilon or RoPE base would make every activation NaN.
+  for (const char* key : {"rms_norm_eps", "rope_theta"}) {
+    std::string text = With(kLlama31, key, "HUGE");
+    text.replace(text.find("\"HUGE\""), 6, "1e605");
+    EXPECT_THAT(ErrorOf(text), HasSubstr(std::string(key) + " must be a positive finite number"));
+  }
   EXPECT_THAT(ErrorOf("[]"), HasSubstr("not a JSON object"));
   auto no_layers = boost::json::parse(kLlama31).as_object();
   no_layers.erase("num_hidden_layers");

@@ -117,6 +117,11 @@ TEST_F(SafetensorsTest, HostileHeadersAreRefusedNamingTheTensor) {
       ErrorOpening(with_data(
           R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296, 4294967296], "data_offsets": [0, 8]}})")),
       HasSubstr("overflows"));
+  // 2^64 - 1 times 0 elements is no data, but the shape would hold -1 (tests/fuzz found it).
+  EXPECT_THAT(
+      ErrorOpening(with_data(
+          R"({"w": {"dtype": "F32", "shape": [18446744073709551615, 0], "data_offsets": [0, 0]}})")),
+      HasSubstr("shape holds a dimension past 2^63 - 1"));
   EXPECT_THAT(
       ErrorOpening(with_data(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                                         "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})")),

