@@ -1,6 +1,26 @@
 #include "inferbox/common/grpc_status.h"
 
+#include <string>
+
 namespace inferbox {
+
+namespace {
+
+// A gRPC status message travels as the grpc-message header, percent-encoded (up to three bytes
+// per byte), and a peer refuses headers past its limit (8 KiB by default): an error that
+// quotes a client's 100 KB field would reach the client as "received initial metadata size
+// exceeds limit" instead of itself. Longer messages are cut, on a UTF-8 character boundary.
+constexpr size_t kMaxMessageBytes = 1024;
+
+std::string BoundedMessage(const std::string& message) {
+  if (message.size() <= kMaxMessageBytes) return message;
+  size_t cut = kMaxMessageBytes;
+  while (cut > 0 && (static_cast<unsigned char>(message[cut]) & 0xC0) == 0x80) --cut;
+  return message.substr(0, cut) + "... (" + std::to_string(message.size() - cut) +
+         " more bytes cut)";
+}
+
+}  // namespace
 
 grpc::Status ToGrpcStatus(const Status& status) {
   grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
@@ -18,7 +38,7 @@ grpc::Status ToGrpcStatus(const Status& status) {
     case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
     case StatusCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
   }
-  return {code, status.message()};
+  return {code, BoundedMessage(status.message())};
 }
 
 Status FromGrpcStatus(const grpc::Status& status) {

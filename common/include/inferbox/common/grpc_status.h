@@ -9,6 +9,8 @@
 
 namespace inferbox {
 
+// A message past 1 KiB is cut (on a character boundary, saying how much was cut): it travels
+// as a header, and one that quotes a huge client field would exceed the peer's header limit.
 grpc::Status ToGrpcStatus(const Status& status);
 Status FromGrpcStatus(const grpc::Status& status);
 
