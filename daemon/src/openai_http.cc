@@ -55,6 +55,22 @@ void LogIgnoredFields(std::string_view path, const std::vector<std::string>& fie
               "{}: ignoring unknown request fields: {}", path, fmt::join(fields, ", "));
 }
 
+// R1.8: what GET /v1/models lists and GET /v1/models/{id} finds. A model whose engine is
+// restarting or draining stays loaded (its requests get 503 and Retry-After meanwhile); one
+// still loading, failed, or without an engine is not.
+bool IsLoaded(const v1::ModelInfo& model) {
+  return model.state() == v1::MODEL_STATE_READY || model.state() == v1::MODEL_STATE_RESTARTING ||
+         model.state() == v1::MODEL_STATE_DRAINING;
+}
+
+std::string_view NotLoadedReason(const v1::ModelInfo& model) {
+  switch (model.state()) {
+    case v1::MODEL_STATE_LOADING: return "it is still loading";
+    case v1::MODEL_STATE_FAILED: return "its engine failed to start (inferboxctl status says why)";
+    default: return "it has no engine (inferboxctl status says why)";
+  }
+}
+
 ApiError NotServing() {
   return {.http_status = 503,
           .type = "service_unavailable_error",
@@ -214,7 +230,11 @@ class Connection {
     }
     if (path == "/v1/models") {
       if (method != http::verb::get) return MethodNotAllowed(method, path, "GET");
-      return SendJson(200, ModelListBody(context_.frontend.ListModels()));
+      std::vector<v1::ModelInfo> loaded;
+      for (v1::ModelInfo& model : context_.frontend.ListModels()) {
+        if (IsLoaded(model)) loaded.push_back(std::move(model));
+      }
+      return SendJson(200, ModelListBody(loaded));
     }
     constexpr std::string_view kModelPrefix = "/v1/models/";
     if (path.starts_with(kModelPrefix) && path.size() > kModelPrefix.size()) {
@@ -223,10 +243,13 @@ class Connection {
       const std::optional<std::string> id = PercentDecode(path.substr(kModelPrefix.size()));
       if (!id) return SendError(InvalidRequest("model", "the model id is not valid %-encoding"));
       for (const v1::ModelInfo& model : context_.frontend.ListModels()) {
-        if (model.id() == *id) return SendJson(200, ModelBody(model));
+        if (model.id() != *id) continue;
+        if (IsLoaded(model)) return SendJson(200, ModelBody(model));
+        return SendError(ApiErrorFromStatus(NotFoundError(
+            fmt::format("the model '{}' is not loaded: {}", *id, NotLoadedReason(model)))));
       }
       return SendError(ApiErrorFromStatus(
-          NotFoundError(fmt::format("the model '{}' does not exist or is not loaded", *id))));
+          NotFoundError(fmt::format("the model '{}' does not exist on this box", *id))));
     }
     return NotFound(method, path);
   }

@@ -78,7 +78,8 @@ std::string HostOf(const std::string& hex) {
   }
   char text[INET6_ADDRSTRLEN] = {};
   if (hex.size() == 8) return inet_ntop(AF_INET, address.s6_addr, text, sizeof(text));
-  if (IN6_IS_ADDR_V4MAPPED(&address)) return inet_ntop(AF_INET, &address.s6_addr[12], text, sizeof(text));
+  if (IN6_IS_ADDR_V4MAPPED(&address))
+    return inet_ntop(AF_INET, &address.s6_addr[12], text, sizeof(text));
   return inet_ntop(AF_INET6, &address, text, sizeof(text));
 }
 
@@ -99,8 +100,8 @@ std::vector<Listener> ListenersOf(pid_t pid) {
       if (!inodes.contains(inode) || (!udp && state != "0A")) continue;  // 0A: LISTEN.
       const size_t colon = local.find(':');
       const auto port = std::stoul(local.substr(colon + 1), nullptr, 16);
-      listeners.push_back({udp ? "udp" : "tcp",
-                           HostOf(local.substr(0, colon)) + ":" + std::to_string(port)});
+      listeners.push_back(
+          {udp ? "udp" : "tcp", HostOf(local.substr(0, colon)) + ":" + std::to_string(port)});
     }
   }
   std::ifstream unix_table("/proc/" + std::to_string(pid) + "/net/unix");
@@ -329,15 +330,30 @@ TEST_F(HostileClientsTest, HostileParametersGetClientErrorsNeverServerErrors) {
                                      .as_object();
   const json::object completion_base =
       json::parse(R"({"model": "tiny", "prompt": "Once upon", "max_tokens": 4})").as_object();
-  const std::vector<std::string> shared = {
-      "model",           "max_tokens",        "temperature",
-      "top_p",           "top_k",             "min_p",
-      "presence_penalty", "frequency_penalty", "repetition_penalty",
-      "seed",            "stop",              "stop_token_ids",
-      "n",               "logprobs",          "top_logprobs",
-      "stream",          "stream_options",    "min_tokens",
-      "ignore_eos",      "logit_bias",        "user",
-      "priority",        "include_stop_str_in_output", "unknown_field"};
+  const std::vector<std::string> shared = {"model",
+                                           "max_tokens",
+                                           "temperature",
+                                           "top_p",
+                                           "top_k",
+                                           "min_p",
+                                           "presence_penalty",
+                                           "frequency_penalty",
+                                           "repetition_penalty",
+                                           "seed",
+                                           "stop",
+                                           "stop_token_ids",
+                                           "n",
+                                           "logprobs",
+                                           "top_logprobs",
+                                           "stream",
+                                           "stream_options",
+                                           "min_tokens",
+                                           "ignore_eos",
+                                           "logit_bias",
+                                           "user",
+                                           "priority",
+                                           "include_stop_str_in_output",
+                                           "unknown_field"};
   struct Case {
     std::string path;
     const json::object* base;
@@ -349,9 +365,9 @@ TEST_F(HostileClientsTest, HostileParametersGetClientErrorsNeverServerErrors) {
     cases.push_back({"/v1/chat/completions", &chat_base, field, ""});
     cases.push_back({"/v1/completions", &completion_base, field, ""});
   }
-  for (const char* field : {"messages", "tools", "tool_choice", "response_format",
-                            "max_completion_tokens", "chat_template_kwargs",
-                            "parallel_tool_calls"}) {
+  for (const char* field :
+       {"messages", "tools", "tool_choice", "response_format", "max_completion_tokens",
+        "chat_template_kwargs", "parallel_tool_calls"}) {
     cases.push_back({"/v1/chat/completions", &chat_base, field, ""});
   }
   for (const char* field : {"prompt", "echo", "best_of", "suffix"}) {

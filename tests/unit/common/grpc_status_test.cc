@@ -24,8 +24,8 @@ TEST(GrpcStatus, CodeAndMessageSurviveTheRoundTrip) {
 // back as "received initial metadata size exceeds limit", a 503, before).
 TEST(GrpcStatus, AHugeMessageIsCutOnACharacterBoundary) {
   // The 1024th byte is the second of the two of "é": the cut comes before the character.
-  const std::string quoted = "unknown role \"" + std::string(1009, 'x') + "\xC3\xA9" +
-                             std::string(100'000, 'y') + "\"";
+  const std::string quoted =
+      "unknown role \"" + std::string(1009, 'x') + "\xC3\xA9" + std::string(100'000, 'y') + "\"";
   const grpc::Status wire = ToGrpcStatus(InvalidArgumentError(quoted));
   EXPECT_EQ(wire.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_LT(wire.error_message().size(), 1100u);

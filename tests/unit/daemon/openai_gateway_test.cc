@@ -300,6 +300,34 @@ TEST_F(OpenAiGatewayTest, ModelsListAndLookup) {
   EXPECT_EQ(reply.Json().at("error").at("code"), "model_not_found");
 }
 
+// R1.8: a model that is not loaded is 404 by id and missing from the list; one whose engine is
+// restarting or draining is still loaded (its requests get 503 with Retry-After meanwhile).
+TEST_F(OpenAiGatewayTest, ModelsNotLoadedAreNotFoundAndNotListed) {
+  v1::ModelInfo model;
+  model.set_id("m");
+  model.set_owned_by("inferbox");
+  for (const auto& [state, reason] : std::vector<std::pair<v1::ModelState, std::string>>{
+           {v1::MODEL_STATE_LOADING, "still loading"},
+           {v1::MODEL_STATE_FAILED, "engine failed to start"},
+           {v1::MODEL_STATE_UNSPECIFIED, "has no engine"}}) {
+    model.set_state(state);
+    frontend_.SetModels({model});
+    Reply reply = Get("/v1/models/m");
+    EXPECT_EQ(reply.status, 404) << v1::ModelState_Name(state);
+    const json::value error = reply.Json();
+    EXPECT_EQ(error.at("error").at("code"), "model_not_found");
+    EXPECT_THAT(json::value_to<std::string>(error.at("error").at("message")), HasSubstr(reason));
+    reply = Get("/v1/models");
+    EXPECT_EQ(reply.Json().at("data").as_array().size(), 0u) << v1::ModelState_Name(state);
+  }
+  for (const v1::ModelState state : {v1::MODEL_STATE_RESTARTING, v1::MODEL_STATE_DRAINING}) {
+    model.set_state(state);
+    frontend_.SetModels({model});
+    EXPECT_EQ(Get("/v1/models/m").status, 200) << v1::ModelState_Name(state);
+    EXPECT_EQ(Get("/v1/models").Json().at("data").as_array().size(), 1u);
+  }
+}
+
 TEST_F(OpenAiGatewayTest, HealthFollowsModelStatesAndIsAnonymous) {
   v1::ModelInfo model;
   model.set_id("m");
