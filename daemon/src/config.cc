@@ -126,6 +126,9 @@ Status ParsePath(const ErrorSite& site, const toml::node& node, const std::strin
   return Status::Ok();
 }
 
+Status ParseSeconds(const ErrorSite& site, const toml::node& node, const std::string& key,
+                    double low, double high, std::chrono::milliseconds& out);
+
 Status ParseServer(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
   return ForEachKnownKey(
       site, table, "server",
@@ -166,6 +169,10 @@ Status ParseServer(const ErrorSite& site, const toml::table& table, DaemonConfig
              config.shutdown_timeout =
                  std::chrono::milliseconds(static_cast<int64_t>(std::llround(*seconds * 1000)));
              return Status::Ok();
+           }},
+          {"request_timeout_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             return ParseSeconds(site, node, key, 0, 86400, config.request_timeout);
            }},
       });
 }
@@ -509,6 +516,13 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              auto value = GetIntegerIn(site, node, key, 1, 1 << 20);
              if (!value.ok()) return value.status();
              model.max_waiting = *value;
+             return Status::Ok();
+           }},
+          {"queue_timeout_seconds",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetNumberIn(site, node, key, 0.0, 86400.0);
+             if (!value.ok()) return value.status();
+             model.queue_timeout_seconds = *value;
              return Status::Ok();
            }},
           {"quantization",

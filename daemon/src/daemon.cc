@@ -337,6 +337,7 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
   supervisor_ = std::make_unique<Supervisor>(std::move(options), served);
   for (const auto& model : served) serving_metrics_.RegisterModel(model.name);
   frontend_ = std::make_unique<EngineFrontend>(*supervisor_, &serving_metrics_, usage_meter_.get());
+  frontend_->SetRequestTimeout(config_.request_timeout);
   model_manager_->Attach(*supervisor_);
   api_authenticator_ = std::make_unique<CountingAuthenticator>(*keys_, serving_metrics_);
   inference_service_ = std::make_unique<InferenceServiceImpl>(*frontend_, *api_authenticator_);
@@ -619,6 +620,7 @@ void RunningDaemon::Reload() {
   next.runtime_dir = config_.runtime_dir;
   config_ = std::move(next);
   spdlog::set_level(config_.log_level);
+  if (frontend_) frontend_->SetRequestTimeout(config_.request_timeout);
   keys_->set_require_keys(config_.require_keys);
 
   board_.RecordReload("");

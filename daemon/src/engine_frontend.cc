@@ -42,9 +42,11 @@ class EngineStream final : public GenerationStream,
   EngineStream(std::shared_ptr<EngineReplica> replica, std::shared_ptr<wire::Engine::Stub> stub,
                wire::GenerateRequest request,
                std::optional<std::chrono::system_clock::time_point> deadline,
-               int64_t estimated_tokens, monitoring::ServingMetrics* metrics,
-               std::unique_ptr<MeteredRequest> metered, const std::string& key_id)
+               std::chrono::milliseconds server_timeout, int64_t estimated_tokens,
+               monitoring::ServingMetrics* metrics, std::unique_ptr<MeteredRequest> metered,
+               const std::string& key_id)
       : replica_(std::move(replica)),
+        server_timeout_(server_timeout),
         stub_(std::move(stub)),
         load_(estimated_tokens),
         metrics_(metrics),
@@ -223,6 +225,12 @@ class EngineStream final : public GenerationStream,
                                        replica_->model(), saw_output_ ? " mid-stream" : "",
                                        status.error_message()));
     }
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && server_timeout_.count() > 0) {
+      return Status(StatusCode::kDeadlineExceeded,
+                    fmt::format("the request ran longer than this box's request timeout ({:g} s, "
+                                "[server] request_timeout_seconds) and was cancelled",
+                                server_timeout_.count() / 1000.0));
+    }
     return FromGrpcStatus(status);
   }
 
@@ -306,6 +314,8 @@ class EngineStream final : public GenerationStream,
   }
 
   std::shared_ptr<EngineReplica> replica_;
+  // The box's request timeout when it set the deadline (it came before the client's); else 0.
+  const std::chrono::milliseconds server_timeout_;
   std::shared_ptr<wire::Engine::Stub> stub_;
   const int64_t load_;
   monitoring::ServingMetrics* metrics_;
@@ -428,9 +438,20 @@ Result<std::unique_ptr<GenerationStream>> EngineFrontend::Start(
   auto stub = (*replica)->stub();
   if (stub == nullptr) return UnavailableError("the engine of model " + model + " just stopped");
   request.set_request_id(fmt::format("{}", next_request_.fetch_add(1)));
+  // The box's own deadline, where it comes before the client's: then a DEADLINE_EXCEEDED
+  // says it was the box's.
+  std::chrono::milliseconds server_timeout(request_timeout_ms_.load());
+  if (server_timeout.count() > 0) {
+    const auto server_deadline = std::chrono::system_clock::now() + server_timeout;
+    if (!deadline || server_deadline < *deadline) {
+      deadline = server_deadline;
+    } else {
+      server_timeout = std::chrono::milliseconds(0);
+    }
+  }
   return std::unique_ptr<GenerationStream>(std::make_unique<EngineStream>(
-      std::move(replica).value(), std::move(stub), std::move(request), deadline, estimated_tokens,
-      metrics_, std::move(metered), caller.key_id));
+      std::move(replica).value(), std::move(stub), std::move(request), deadline, server_timeout,
+      estimated_tokens, metrics_, std::move(metered), caller.key_id));
 }
 
 Result<std::unique_ptr<GenerationStream>> EngineFrontend::Generate(

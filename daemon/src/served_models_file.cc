@@ -33,6 +33,8 @@ toml::table ToToml(const ModelServeConfig& model) {
   table.insert("token_budget", model.token_budget);
   table.insert("max_model_len", model.max_model_len);
   table.insert("max_waiting", model.max_waiting);
+  if (model.queue_timeout_seconds > 0)
+    table.insert("queue_timeout_seconds", model.queue_timeout_seconds);
   if (model.quantization != defaults.quantization) table.insert("quantization", model.quantization);
   if (model.kv_cache_dtype != defaults.kv_cache_dtype)
     table.insert("kv_cache_dtype", model.kv_cache_dtype);

@@ -736,6 +736,10 @@ void Supervisor::Watch(Watcher& watcher) {
       // must end well within kStopGrace.
       "--drain-timeout", "5", "--parent-pid", std::to_string(getpid()), "--tensor-parallel",
       std::to_string(TensorParallelOf(model))};
+  if (model.queue_timeout_seconds > 0) {
+    argv.push_back("--queue-timeout");
+    argv.push_back(fmt::format("{}", model.queue_timeout_seconds));
+  }
   if (model.kv_cache_gib > 0) {
     argv.push_back("--kv-cache-gib");
     argv.push_back(fmt::format("{}", model.kv_cache_gib));

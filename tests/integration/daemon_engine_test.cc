@@ -32,8 +32,9 @@ using grpc::health::v1::HealthCheckResponse;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
-std::string ModelsConfig(const std::filesystem::path& model, std::string_view extra = "") {
-  return TestConfig() +
+std::string ModelsConfig(const std::filesystem::path& model, std::string_view extra = "",
+                         std::string_view extra_server_keys = "") {
+  return TestConfig(extra_server_keys) +
          "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
          "\"\nhealth_interval_seconds = 0.2\nhealth_timeout_seconds = 1\n"
          "max_restarts = 2\nrestart_window_seconds = 60\n"
@@ -526,6 +527,83 @@ TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
   ASSERT_TRUE(details.details(0).UnpackTo(&retry));
   EXPECT_GE(retry.retry_delay().seconds(), 1);
   EXPECT_LE(retry.retry_delay().seconds(), 3);
+}
+
+// R6.6: with queue_timeout_seconds, a request that cannot start in time is shed with 503 and
+// Retry-After (gRPC RESOURCE_EXHAUSTED) instead of waiting on; the running one goes on.
+TEST_F(DaemonEngineTest, AQueueTimeoutShedsWhatCannotStartInTime) {
+  ASSERT_NO_FATAL_FAILURE(Start(
+      ModelsConfig(model(), "max_running = 1\nmax_waiting = 8\nqueue_timeout_seconds = 0.5\n")));
+  ASSERT_TRUE(WaitServing());
+  grpc::ClientContext running_context;
+  auto running = inference_->Chat(&running_context, Chat(100000));
+  api::GenerateChunk chunk;
+  ASSERT_TRUE(running->Read(&chunk)) << running->Finish().error_message();
+
+  const std::string url = "http://" + daemon_->http_address() + "/v1/chat/completions";
+  const std::string body =
+      R"({"model":"tiny","messages":[{"role":"user","content":"Hi"}],"max_tokens":4})";
+  daemon::openai_test::Client http;
+  const auto started = std::chrono::steady_clock::now();
+  const auto shed = http.Request("POST", url, &body, {});
+  const auto waited = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(shed.status, 503) << shed.body;
+  EXPECT_THAT(shed.body, HasSubstr("server_is_overloaded"));
+  EXPECT_THAT(shed.body, HasSubstr("in the queue without starting"));
+  EXPECT_FALSE(shed.Header("retry-after").empty());
+  EXPECT_GE(waited, 500ms) << "shed before its queue timeout";
+  EXPECT_LT(waited, 20s);
+
+  grpc::ClientContext context;
+  auto reader = inference_->Chat(&context, Chat(4));
+  while (reader->Read(&chunk)) {
+  }
+  const grpc::Status refused = reader->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+
+  const uint64_t tokens_then = EngineStats().generation_tokens_total();
+  ASSERT_TRUE(running->Read(&chunk)) << "the running request was ended too";
+  for (int i = 0; i < 200 && EngineStats().generation_tokens_total() < tokens_then + 5; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_GE(EngineStats().generation_tokens_total(), tokens_then + 5);
+  running_context.TryCancel();
+  while (running->Read(&chunk)) {
+  }
+  running->Finish();
+}
+
+// R6.6: [server] request_timeout_seconds ends a generation that runs too long, whether or not
+// its client set a deadline: HTTP 504 (an error event once a stream has started), gRPC
+// DEADLINE_EXCEEDED, and the engine lets the request go.
+TEST_F(DaemonEngineTest, TheBoxsRequestTimeoutEndsLongGenerations) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "", "request_timeout_seconds = 1\n")));
+  ASSERT_TRUE(WaitServing());
+  const std::string url = "http://" + daemon_->http_address() + "/v1/chat/completions";
+  const std::string body =
+      R"({"model":"tiny","messages":[{"role":"user","content":"Go on."}],"max_tokens":100000,)"
+      R"("ignore_eos":true,"temperature":0)";
+  daemon::openai_test::Client http;
+  const std::string whole = body + "}";
+  const auto timed_out = http.Request("POST", url, &whole, {});
+  EXPECT_EQ(timed_out.status, 504) << timed_out.body;
+  EXPECT_THAT(timed_out.body, HasSubstr("timeout_error"));
+  EXPECT_THAT(timed_out.body, HasSubstr("request_timeout_seconds"));
+
+  const std::string streamed = body + R"(,"stream":true})";
+  const auto stream = http.Request("POST", url, &streamed, {});
+  EXPECT_EQ(stream.status, 200);
+  const auto events = daemon::openai_test::ParseSse(stream.body);
+  ASSERT_GE(events.data.size(), 2u) << stream.body;
+  EXPECT_THAT(events.data.back(), HasSubstr("request_timeout_seconds")) << stream.body;
+  EXPECT_EQ(std::count(events.data.begin(), events.data.end(), "[DONE]"), 0);
+
+  const Streamed chat = RunChat(Chat(100000));  // RunChat's own deadline is 120 s.
+  EXPECT_EQ(chat.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(chat.status.error_message(), HasSubstr("request timeout"));
+  EXPECT_GT(chat.tokens, 0u);
+  const wire::StatsResponse stats = EngineStatsOnceIdle();
+  EXPECT_EQ(stats.num_requests_running(), 0u) << "the engine still runs a timed-out request";
+  EXPECT_EQ(stats.num_kv_blocks_used(), 0u);
 }
 
 TEST_F(DaemonEngineTest, ReplicasShareTheLoad) {

@@ -172,6 +172,7 @@ void Runtime::Loop() {
       it->second->cancel_reason = std::move(reason);
       core_.Cancel(id);
     }
+    if (options_.queue_timeout > Clock::duration::zero()) ExpireQueued();
     if (failed || !core_.has_work()) {
       PublishStats();
       continue;
@@ -303,6 +304,20 @@ void Runtime::Admit(Pending&& pending) {
     return;
   }
   prompt_tokens_total_ += active_.at(id)->usage.prompt_tokens;
+}
+
+void Runtime::ExpireQueued() {
+  const Clock::time_point now = Clock::now();
+  for (auto& [id, active] : active_) {
+    if (active->scheduled || active->done || active->cancel_reason) continue;
+    if (now - active->accepted < options_.queue_timeout) continue;
+    active->cancel_reason = Status(
+        StatusCode::kResourceExhausted,
+        fmt::format("the request waited {:.1f} s in the queue without starting (the model's "
+                    "queue_timeout_seconds is {:g}): the engine is overloaded; retry shortly",
+                    Seconds(active->accepted, now), options_.queue_timeout.count() / 1000.0));
+    core_.Cancel(id);
+  }
 }
 
 void Runtime::HandleStep(const StepOutput& output) {

@@ -64,6 +64,7 @@ struct Options {
   int64_t token_budget = 512;
   int64_t max_model_len = 0;
   int64_t max_waiting = 1024;
+  double queue_timeout_seconds = 0.0;
   double drain_timeout_seconds = 30.0;
   std::string log_level = "info";
   pid_t parent_pid = 0;
@@ -288,6 +289,8 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options, const EngineM
   RuntimeOptions runtime;
   runtime.block_size = options.block_size;
   runtime.max_waiting = options.max_waiting;
+  runtime.queue_timeout = std::chrono::milliseconds(
+      static_cast<int64_t>(std::llround(options.queue_timeout_seconds * 1000)));
   runtime.limits.max_running = options.max_running;
   runtime.limits.token_budget = options.token_budget;
   runtime.limits.max_model_len = config.max_position_embeddings;
@@ -531,6 +534,11 @@ int EngineMain(int argc, char** argv, const EngineMainHooks& hooks) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-waiting", options.max_waiting, "Queued requests before RESOURCE_EXHAUSTED")
       ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--queue-timeout", options.queue_timeout_seconds,
+                 "Seconds a request may wait without starting before RESOURCE_EXHAUSTED (0: "
+                 "no limit)")
+      ->check(CLI::Range(0.0, 86400.0))
       ->capture_default_str();
   app.add_option("--drain-timeout", options.drain_timeout_seconds,
                  "Seconds SIGTERM waits for in-flight requests")

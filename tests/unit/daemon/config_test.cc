@@ -48,6 +48,7 @@ grpc_listen = "[::1]:7171"
 metrics_listen = "0.0.0.0:9500"
 grpc_reflection = false
 shutdown_timeout_seconds = 2.5
+request_timeout_seconds = 600
 
 [paths]
 state_dir = "/srv/inferbox/state/"
@@ -64,6 +65,7 @@ level = "debug"
   EXPECT_EQ(config->metrics_listen.ToString(), "0.0.0.0:9500");
   EXPECT_FALSE(config->grpc_reflection);
   EXPECT_EQ(config->shutdown_timeout, std::chrono::milliseconds(2500));
+  EXPECT_EQ(config->request_timeout, std::chrono::minutes(10));
   EXPECT_EQ(config->state_dir, std::filesystem::path("/srv/inferbox/state/"));
   EXPECT_EQ(config->runtime_dir, std::filesystem::path("/run/inferbox-test"));
   EXPECT_EQ(config->log_level, spdlog::level::debug);
@@ -106,6 +108,8 @@ TEST(Config, OutOfRangeValuesAreRefused) {
   EXPECT_THAT(ErrorOf("[server]\nmetrics_listen = \"9400\"\n"), HasSubstr("is not host:port"));
   EXPECT_THAT(ErrorOf("[server]\nshutdown_timeout_seconds = 0\n"),
               HasSubstr("must be more than 0 and at most 3600 seconds"));
+  EXPECT_THAT(ErrorOf("[server]\nrequest_timeout_seconds = -1\n"),
+              HasSubstr("server.request_timeout_seconds"));
   EXPECT_THAT(ErrorOf("[paths]\nstate_dir = \"var/lib/inferbox\"\n"),
               HasSubstr("paths.state_dir: \"var/lib/inferbox\" is not an absolute path"));
   EXPECT_THAT(ErrorOf("[log]\nlevel = \"loud\"\n"),
@@ -192,6 +196,7 @@ kv_cache_gib = 20
 max_model_len = 32768
 quantization = "fp8"
 kv_cache_dtype = "fp8"
+queue_timeout_seconds = 2.5
 [[models]]
 name = "demo"
 path = "models/demo"
@@ -212,6 +217,8 @@ path = "models/demo"
   EXPECT_EQ(config->models[0].quantization, "fp8");
   EXPECT_EQ(config->models[1].quantization, "none");
   EXPECT_EQ(config->models[0].kv_cache_dtype, "fp8");
+  EXPECT_EQ(config->models[0].queue_timeout_seconds, 2.5);
+  EXPECT_EQ(config->models[1].queue_timeout_seconds, 0.0) << "no queue timeout by default";
   EXPECT_EQ(config->models[1].kv_cache_dtype, "auto");
   EXPECT_EQ(config->models[1].device, "cpu");
   EXPECT_EQ(config->models[1].path, std::filesystem::path("models/demo"));
@@ -238,6 +245,8 @@ TEST(ModelsConfig, RefusesModelsThatCannotRunNamingTheKey) {
               HasSubstr("models[0].quantization: \"int4\" is not \"none\" or \"fp8\""));
   EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nkv_cache_dtype = \"bf16\"\n"),
               HasSubstr("models[0].kv_cache_dtype: \"bf16\" is not \"auto\" or \"fp8\""));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nqueue_timeout_seconds = -2\n"),
+              HasSubstr("models[0].queue_timeout_seconds"));
   EXPECT_THAT(ErrorOf("[auth]\nrequire_keys = \"yes\"\n"), HasSubstr("auth.require_keys"));
   EXPECT_THAT(ErrorOf("[engines]\nhealth_timeout_seconds = 0\n"),
               HasSubstr("engines.health_timeout_seconds"));

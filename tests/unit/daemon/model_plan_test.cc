@@ -112,6 +112,7 @@ TEST(ServedModelsFile, RoundTripsAndMergesWithTheConfigWinning) {
                      .tensor_parallel = 2,
                      .kv_cache_gib = 4.5,
                      .max_model_len = 8192,
+                     .queue_timeout_seconds = 30,
                      .quantization = "fp8"};
   served.models = {a, b};
   ASSERT_TRUE(WriteServedModels(file, served).ok());

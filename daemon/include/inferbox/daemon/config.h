@@ -72,6 +72,10 @@ struct ModelServeConfig {
   int64_t token_budget = 512;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings.
   int64_t max_waiting = 1024;
+  // Seconds a request may wait in an engine's queue without starting; then it ends with 503
+  // and Retry-After (gRPC RESOURCE_EXHAUSTED): shed load rather than answer too late. 0: no
+  // limit (a batch-lane request may wait long behind interactive ones by design).
+  double queue_timeout_seconds = 0.0;
   // The linear layers' weights: "none" (as the model file has them) or "fp8" (FP8 E4M3,
   // quantised by the engine at load; a GPU needs compute capability 8.9 or later).
   std::string quantization = "none";
@@ -139,6 +143,9 @@ struct DaemonConfig {
   bool metrics_per_key = false;
   // How long SIGTERM waits for in-flight RPCs before cancelling them.
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
+  // A generation that runs longer ends with DEADLINE_EXCEEDED (HTTP 504); 0: no limit but
+  // the client's own deadline (EngineFrontend::SetRequestTimeout).
+  std::chrono::milliseconds request_timeout{0};
   // [paths]; unset: --state-dir/--runtime-dir, then $STATE_DIRECTORY/$RUNTIME_DIRECTORY
   // (set by systemd), then the defaults above.
   std::optional<std::filesystem::path> state_dir;

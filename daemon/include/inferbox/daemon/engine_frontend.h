@@ -29,6 +29,12 @@ class EngineFrontend final : public InferenceFrontend {
   // The model a request gets when it names none or names "default" (Admin.SetDefaultModel);
   // empty: none. Any thread.
   void SetDefaultModel(std::string model);
+  // [server] request_timeout_seconds: every generation ends with DEADLINE_EXCEEDED (HTTP 504,
+  // or an error event in a stream) once it has run this long, or at its client's deadline if
+  // that comes first; 0: only the client's deadline. Any thread; applies to new requests.
+  void SetRequestTimeout(std::chrono::milliseconds timeout) {
+    request_timeout_ms_.store(timeout.count());
+  }
 
   Result<std::unique_ptr<GenerationStream>> Generate(
       const inferbox::v1::GenerateRequest& request, const Caller& caller,
@@ -61,6 +67,7 @@ class EngineFrontend final : public InferenceFrontend {
   UsageMeter* const meter_;
   std::atomic<bool> accepting_{true};
   std::atomic<uint64_t> next_request_{1};
+  std::atomic<int64_t> request_timeout_ms_{0};
   mutable std::mutex default_mutex_;
   std::string default_model_;  // Guarded by default_mutex_.
 };

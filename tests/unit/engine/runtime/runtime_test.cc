@@ -10,6 +10,7 @@
 #include <random>
 #include <thread>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "temp_dir.h"
@@ -477,6 +478,41 @@ TEST_F(RuntimeTest, EveryRequestInFlightCountsAsRunningOrWaiting) {
   EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
   EXPECT_EQ(first.num_finals, 1);
   EXPECT_EQ(second.num_finals, 1);
+}
+
+// R6.6: a request that waits past the queue timeout without starting ends with
+// RESOURCE_EXHAUSTED (503 + Retry-After at the API); the running one, older than the timeout
+// too, is not touched.
+TEST_F(RuntimeTest, ARequestQueuedPastTheQueueTimeoutEndsAndTheRunningOneGoesOn) {
+  SteppedModel model(*model_);
+  RuntimeOptions options = Options(256, 1);
+  options.queue_timeout = 200ms;
+  Runtime runtime(model, tokenizer_, options);
+  StepsAllowed allowed{model};
+  Collected running;
+  Collected queued;
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(920, 6), 100), running.Callback()).ok());
+  model.Allow(2);  // Its prefill and a decode.
+  ASSERT_TRUE(running.WaitTokens(2));
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(921, 6), 20), queued.Callback()).ok());
+  std::this_thread::sleep_for(300ms);  // The queued one's timeout passes while no step runs.
+  for (int i = 0; i < 4 && queued.num_finals == 0; ++i) {
+    model.Allow(1);
+    queued.WaitFinal(2s);
+  }
+  ASSERT_EQ(queued.num_finals, 1);
+  EXPECT_EQ(queued.final_delta.error.code(), StatusCode::kResourceExhausted);
+  EXPECT_THAT(queued.final_delta.error.message(),
+              ::testing::HasSubstr("in the queue without starting"));
+  EXPECT_TRUE(queued.tokens.empty());
+  const size_t tokens_then = running.tokens.size();
+  model.Allow(3);
+  ASSERT_TRUE(running.WaitTokens(tokens_then + 3));
+  EXPECT_EQ(running.num_finals, 0) << "the running request must go on";
+  runtime.CancelAll(Status(StatusCode::kCancelled, "done"));
+  model.Allow(1000);
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(running.final_delta.error.code(), StatusCode::kCancelled);
 }
 
 TEST_F(RuntimeTest, AFinishedRequestWhoseFinalIsStillOnItsWayIsNotWaiting) {

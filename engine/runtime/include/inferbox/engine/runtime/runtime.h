@@ -36,6 +36,10 @@ struct RuntimeOptions {
   SchedulerLimits limits;
   // Requests accepted but not yet running, at most; more are RESOURCE_EXHAUSTED.
   int64_t max_waiting = 1024;
+  // A request that has waited this long without starting ends with RESOURCE_EXHAUSTED (the
+  // engine is overloaded: retry shortly), checked every step; 0: it waits as long as it takes.
+  // One that started and was preempted has started: it never expires.
+  std::chrono::milliseconds queue_timeout{0};
   // Fault injection for supervision tests (0: off): after this many steps the loop stops
   // forever (a hung device), or its next step fails (a device fault).
   int64_t fault_stall_after_steps = 0;
@@ -164,6 +168,8 @@ class Runtime {
 
   void Loop();
   void Admit(Pending&& pending);
+  // Cancels the requests that waited past options_.queue_timeout without starting.
+  void ExpireQueued();
   void HandleStep(const StepOutput& output);
   // Sends the final delta and forgets the request.
   void Finish(int64_t id, Delta&& delta);
