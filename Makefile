@@ -39,8 +39,8 @@ test: build
 # Coverage-guided fuzzing of the parsers of untrusted input (tests/fuzz) with libFuzzer, ASan
 # and UBSan: a clang build in build-fuzz, then each target for FUZZ_SECONDS (default 60).
 # Findings land in build-fuzz/findings/; docs/development.md says what to do with them.
-fuzz: deps
-	@./scripts/fuzz.sh
+fuzz:
+	@BUILD_DIR=$(BUILD_DIR) ./scripts/fuzz.sh
 
 # The deb and rpm packages (packaging/), into $(BUILD_DIR)/packages; docs/install.md.
 packages: build

@@ -229,7 +229,9 @@ Status ParseSeconds(const ErrorSite& site, const toml::node& node, const std::st
                     double low, double high, std::chrono::milliseconds& out) {
   auto seconds = GetNumberIn(site, node, key, low, high);
   if (!seconds.ok()) return seconds.status();
-  out = std::chrono::milliseconds(static_cast<int64_t>(std::llround(*seconds * 1000)));
+  // A positive number of seconds is at least 1 ms: rounded to 0 it could mean "no limit".
+  const int64_t ms = std::llround(*seconds * 1000);
+  out = std::chrono::milliseconds(*seconds > 0 ? std::max<int64_t>(1, ms) : 0);
   return Status::Ok();
 }
 

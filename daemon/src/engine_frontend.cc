@@ -271,7 +271,12 @@ class EngineStream final : public GenerationStream,
   std::string FailureOutcome() const {
     // The engine refused the input before generating.
     if (!saw_output_ && status_.code() == StatusCode::kInvalidArgument) return "invalid";
-    if (!saw_output_ && status_.code() == StatusCode::kResourceExhausted) return "queue_full";
+    if (!saw_output_ && status_.code() == StatusCode::kResourceExhausted) {
+      // The engine's words for a request its queue timeout shed (Runtime::ExpireQueued).
+      return status_.message().find("in the queue without starting") != std::string::npos
+                 ? "queue_timeout"
+                 : "queue_full";
+    }
     switch (status_.code()) {
       case StatusCode::kCancelled: return "cancelled";
       case StatusCode::kDeadlineExceeded: return "deadline";
@@ -305,8 +310,8 @@ class EngineStream final : public GenerationStream,
                                                                                       : "invalid");
       return;
     }
-    if (outcome == "queue_full") {
-      metrics_->RecordRejected("queue_full");
+    if (outcome == "queue_full" || outcome == "queue_timeout") {
+      metrics_->RecordRejected(outcome);
       return;
     }
     record_.failure = outcome;

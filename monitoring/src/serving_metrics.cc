@@ -85,9 +85,10 @@ ServingMetrics::ServingMetrics(prometheus::Registry& registry, bool per_key_seri
                         "(engine_failed, cancelled, deadline, invalid, queue_full, error).")),
       rejected_(Counter(registry, "inferbox_requests_rejected_total",
                         "Requests refused before reaching an engine, by reason.")) {
-  for (const char* reason : {"unauthenticated", "forbidden", "unknown_model", "unavailable",
-                             "invalid", "too_long", "queue_full", "quota_tokens_per_minute",
-                             "quota_tokens_per_day", "quota_max_concurrent_requests"}) {
+  for (const char* reason :
+       {"unauthenticated", "forbidden", "unknown_model", "unavailable", "invalid", "too_long",
+        "queue_full", "queue_timeout", "quota_tokens_per_minute", "quota_tokens_per_day",
+        "quota_max_concurrent_requests"}) {
     rejected_.Add({{"reason", reason}});
   }
   if (per_key_series) {

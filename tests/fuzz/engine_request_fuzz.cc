@@ -160,7 +160,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         stops.stopped()) {
       break;
     }
-    if (step > options.stop.max_tokens) fuzz::Fail("the generation ran past max_tokens");
+    if (step >= options.stop.max_tokens) fuzz::Fail("the generation did not stop at max_tokens");
   }
   (void)stops.Flush();
   return 0;

@@ -21,6 +21,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         c.head_dim <= 0 || c.max_position_embeddings <= 0) {
       fuzz::Fail("a size that is not positive was accepted");
     }
+    constexpr int64_t kMaxDimension = int64_t{1} << 20;  // model_config.cc's limits.
+    if (c.vocab_size > kMaxDimension || c.hidden_size > kMaxDimension ||
+        c.intermediate_size > kMaxDimension || c.num_hidden_layers > kMaxDimension ||
+        c.num_attention_heads > kMaxDimension || c.head_dim > kMaxDimension ||
+        c.max_position_embeddings > (int64_t{1} << 26)) {
+      fuzz::Fail("a size past its documented limit was accepted");
+    }
+    if (c.head_dim % 2 != 0) fuzz::Fail("an odd head_dim was accepted (RoPE needs pairs)");
     if (c.num_attention_heads % c.num_key_value_heads != 0)
       fuzz::Fail("num_key_value_heads does not divide num_attention_heads");
     if (!std::isfinite(c.rms_norm_eps) || c.rms_norm_eps <= 0 || !std::isfinite(c.rope_theta) ||

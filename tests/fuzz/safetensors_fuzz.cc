@@ -22,7 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     int64_t elements = 1;
     for (const int64_t dim : tensor.shape) {
       if (dim < 0) fuzz::Fail("a negative dimension was accepted");
-      elements *= dim;
+      if (__builtin_mul_overflow(elements, dim, &elements))
+        fuzz::Fail("a shape whose element count overflows int64 on the way was accepted");
     }
     if (elements != tensor.num_elements()) fuzz::Fail("num_elements() is not the shape's product");
     if (tensor.data.size() != static_cast<size_t>(elements) * engine::DTypeSize(tensor.dtype))

@@ -17,6 +17,7 @@
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "http_client.h"
 #include "inferbox/engine/v1/engine.grpc.pb.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
@@ -560,6 +561,14 @@ TEST_F(DaemonEngineTest, AQueueTimeoutShedsWhatCannotStartInTime) {
   }
   const grpc::Status refused = reader->Finish();
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  // Counted as shed by the timeout, not as a full queue (the metric is written as the call ends).
+  const std::string shed_series = "inferbox_requests_rejected_total{reason=\"queue_timeout\"} 2";
+  std::string metrics;
+  for (int i = 0; i < 100 && metrics.find(shed_series) == std::string::npos; ++i) {
+    if (i > 0) std::this_thread::sleep_for(50ms);
+    metrics = HttpGet("http://" + daemon_->metrics_address() + "/metrics").body;
+  }
+  EXPECT_THAT(metrics, HasSubstr(shed_series));
 
   const uint64_t tokens_then = EngineStats().generation_tokens_total();
   ASSERT_TRUE(running->Read(&chunk)) << "the running request was ended too";

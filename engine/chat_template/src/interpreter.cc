@@ -395,7 +395,7 @@ Value Interpreter::EvaluateNode(const Expr& expr, Scope& scope) {
     case Expr::Kind::kUnary: return EvaluateUnary(expr, scope);
     case Expr::Kind::kBinary: return EvaluateBinary(expr, scope);
     case Expr::Kind::kFilter:
-      return ApplyFilter(*this, expr, Evaluate(*expr.children[0], scope), scope);
+      return ChargeBuilt(ApplyFilter(*this, expr, Evaluate(*expr.children[0], scope), scope));
     case Expr::Kind::kTest: {
       const bool result = ApplyTest(expr.name, Evaluate(*expr.children[0], scope), nullptr);
       return Value::Boolean(expr.negate ? !result : result);
@@ -417,13 +417,14 @@ Value Interpreter::EvaluateCall(const Expr& expr, Scope& scope) {
   if (!callee.is(Value::Kind::kFunction)) {
     Fail("Cannot call something that is not a function: got " + std::string(callee.TypeName()));
   }
-  return callee.function().call(*this, args, scope);
+  return ChargeBuilt(callee.function().call(*this, args, scope));
 }
 
 Value Interpreter::EvaluateMember(const Expr& expr, Scope& scope) {
   const Value object = Evaluate(*expr.children[0], scope);
   const Expr& property_expr = *expr.children[1];
-  if (property_expr.kind == Expr::Kind::kSlice) return EvaluateSlice(object, property_expr, scope);
+  if (property_expr.kind == Expr::Kind::kSlice)
+    return ChargeBuilt(EvaluateSlice(object, property_expr, scope));
   const Value property = Evaluate(property_expr, scope);
   if (object.is_attribute_container()) {
     if (!property.is_string()) {

@@ -37,11 +37,12 @@ class Scope {
 // messages renders in well under a million units of work).
 // Work: one unit per statement run and expression evaluated, kWorkPerIteration per loop
 // iteration (its `loop` object), one per array element and per kBytesPerWork of string built
-// by an operator, one per element range() makes (so at most ~1.3 GB of strings built in all,
-// each under kMaxStringBytes). kMaxWork is a second or two of one core.
+// by an operator, a slice, or returned by a filter, method or macro, one per element range()
+// makes (so at most 320 MB of strings built in all, each under kMaxStringBytes; copies of a
+// value share its string). kMaxWork is a second or two of one core.
 inline constexpr uint64_t kMaxWork = 20'000'000;
 inline constexpr uint64_t kWorkPerIteration = 16;
-inline constexpr size_t kBytesPerWork = 64;
+inline constexpr size_t kBytesPerWork = 16;
 inline constexpr int kMaxEvaluationDepth = 256;  // Expressions inside expressions, calls included.
 inline constexpr int kMaxMacroDepth = 64;        // Macros calling macros (or themselves).
 inline constexpr size_t kMaxRangeItems = 1'000'000;
@@ -55,6 +56,12 @@ class Interpreter {
 
   // Counts `units` of work against kMaxWork; throws TemplateError past it.
   void Charge(uint64_t units);
+  // Charges the text a filter, method or macro returned, as for a string an operator builds
+  // (replace, join, tojson and indent make new strings as large as kMaxStringBytes).
+  Value ChargeBuilt(Value value) {
+    if (value.is_string()) Charge(value.string().size() / kBytesPerWork);
+    return value;
+  }
   // Counts a namespace() call against kMaxNamespaces.
   void CountNamespace();
 

@@ -90,8 +90,13 @@ Value Value::Float(double number) {
 
 Value Value::String(std::string text) {
   Value value(Kind::kString);
-  value.string_ = std::move(text);
+  value.string_ = std::make_shared<const std::string>(std::move(text));
   return value;
+}
+
+const std::string& Value::string() const {
+  static const std::string kEmpty;
+  return string_ != nullptr ? *string_ : kEmpty;
 }
 
 Value Value::Array(std::vector<Value> items, Kind kind) {
@@ -203,7 +208,7 @@ bool Value::IsTruthy() const {
     case Kind::kBoolean: return boolean_;
     case Kind::kInteger:
     case Kind::kFloat: return number_ != 0 && !std::isnan(number_);
-    case Kind::kString: return !string_.empty();
+    case Kind::kString: return !string().empty();
     case Kind::kArray:
     case Kind::kTuple: return !array_->empty();
     case Kind::kObject: return object_->size() > 0;
@@ -223,7 +228,7 @@ std::string Value::ToString() const {
       if (number_ == 0 && std::signbit(number_)) return "-0.0";
       if (std::isfinite(number_) && std::trunc(number_) == number_) return JsToFixed1(number_);
       return JsNumberToString(number_);
-    case Kind::kString: return string_;
+    case Kind::kString: return string();
     case Kind::kArray:
     case Kind::kTuple:
     case Kind::kObject:
@@ -264,7 +269,7 @@ bool Value::StrictEquals(const Value& other) const {
   }
   switch (kind_) {
     case Kind::kBoolean: return boolean_ == other.boolean_;
-    case Kind::kString: return string_ == other.string_;
+    case Kind::kString: return string() == other.string();
     case Kind::kArray:
     case Kind::kTuple: return array_ == other.array_;
     case Kind::kObject:
@@ -276,7 +281,7 @@ bool Value::StrictEquals(const Value& other) const {
 
 bool Value::LooseEquals(const Value& other) const {
   if (!IsJsPrimitive(*this) || !IsJsPrimitive(other)) return StrictEquals(other);
-  if (is_string() && other.is_string()) return string_ == other.string_;
+  if (is_string() && other.is_string()) return string() == other.string();
   if (is(Kind::kBoolean) && other.is(Kind::kBoolean)) return boolean_ == other.boolean_;
   auto to_number = [](const Value& value) {
     if (value.is_string()) return JsStringToNumber(value.string());

@@ -107,7 +107,7 @@ class Value {
 
   bool boolean() const { return boolean_; }
   double number() const { return number_; }
-  const std::string& string() const { return string_; }
+  const std::string& string() const;
   const std::vector<Value>& items() const { return *array_; }
   const ObjectMap& map() const { return *object_; }
   // Namespaces are the one mutable value ({% set ns.x = ... %}).
@@ -138,7 +138,9 @@ class Value {
   Kind kind_ = Kind::kUndefined;
   bool boolean_ = false;
   double number_ = 0;
-  std::string string_;
+  // Shared: copies of a value (every variable lookup, member access and loop item makes one)
+  // share its text, so that a template cannot multiply one 64 MiB string into gigabytes.
+  std::shared_ptr<const std::string> string_;
   std::shared_ptr<const std::vector<Value>> array_;
   uint32_t array_nesting_ = 0;
   std::shared_ptr<ObjectMap> object_;

@@ -157,7 +157,10 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::filesy
       // and with a 0 elsewhere in the shape the element count would not catch it.
       if (extent > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
         return tensor_error("shape holds a dimension past 2^63 - 1");
-      if (extent != 0 && elements > std::numeric_limits<uint64_t>::max() / extent) {
+      // The count must fit int64 at every step (TensorView::num_elements multiplies in int64,
+      // in this order), even when a later 0 makes the tensor empty.
+      if (extent != 0 &&
+          elements > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / extent) {
         return tensor_error("shape overflows");
       }
       elements *= extent;

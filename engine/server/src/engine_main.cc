@@ -289,8 +289,11 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options, const EngineM
   RuntimeOptions runtime;
   runtime.block_size = options.block_size;
   runtime.max_waiting = options.max_waiting;
+  // A positive timeout is at least 1 ms: rounded to 0 it would mean "no limit".
   runtime.queue_timeout = std::chrono::milliseconds(
-      static_cast<int64_t>(std::llround(options.queue_timeout_seconds * 1000)));
+      options.queue_timeout_seconds > 0
+          ? std::max<int64_t>(1, std::llround(options.queue_timeout_seconds * 1000))
+          : 0);
   runtime.limits.max_running = options.max_running;
   runtime.limits.token_budget = options.token_budget;
   runtime.limits.max_model_len = config.max_position_embeddings;

@@ -1,6 +1,8 @@
 #include "inferbox/engine/chat_template/chat_template.h"
 #include "inferbox/engine/chat_template/chat_format.h"
 
+#include <sys/resource.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -388,6 +390,38 @@ TEST(ChatTemplateTest, ATemplateThatRunsAwayFailsItsRenderNotTheEngine) {
   EXPECT_EQ(Render("[{{ [1, 2][0 % 0] }}][{{ 'ab'[0 // 0] }}][{{ messages[0 % 0] }}]",
                    Object(R"({"messages": [{"role": "user"}]})")),
             "[][][]");
+}
+
+// Memory a template can take: copies of a value share its string, and every string built
+// (by an operator, slice, filter or method) counts against the work budget, so a render holds
+// at most a few hundred MB. Before, 64 lookups of a 32 MiB string held 2 GiB, and strings
+// built by filters and slices were not counted at all.
+TEST(ChatTemplateTest, ATemplateCannotMultiplyAStringIntoGigabytes) {
+  const auto peak_bytes = [] {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  };
+  const std::string doubled =
+      "{% set ns = namespace(s='ab', a=[]) %}{% for i in range(24) %}{% set ns.s = ns.s ~ ns.s "
+      "%}{% endfor %}{% set s = ns.s %}";
+  const int64_t before = peak_bytes();
+  EXPECT_EQ(Render(doubled + "{{ [s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, "
+                             "s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, "
+                             "s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s] | "
+                             "length }}"),
+            "64");
+  EXPECT_THAT(
+      Render(doubled + "{% for i in range(100) %}{% set ns.a = ns.a + [s | replace('a', i ~ '')] %}"
+                       "{% endfor %}{{ ns.a | length }}"),
+      ::testing::HasSubstr("does too much work"));
+  EXPECT_THAT(Render(doubled + "{% for i in range(100) %}{% set ns.a = ns.a + [s[i:]] %}"
+                               "{% endfor %}{{ ns.a | length }}"),
+              ::testing::HasSubstr("does too much work"));
+  // At most 320 MB built, plus what one step holds while it works (a slice of a 32 MiB string
+  // goes through UTF-16). Before: 1.3 GB for the replaces, 3.7 GB for the slices.
+  EXPECT_LT(peak_bytes() - before, int64_t{1} << 30)
+      << "the renders held more than 1 GiB more than before them";
 }
 
 TEST(ChatTemplateTest, ATemplateNestedTooDeepIsRefusedAtParse) {

@@ -122,6 +122,11 @@ TEST_F(SafetensorsTest, HostileHeadersAreRefusedNamingTheTensor) {
       ErrorOpening(with_data(
           R"({"w": {"dtype": "F32", "shape": [18446744073709551615, 0], "data_offsets": [0, 0]}})")),
       HasSubstr("shape holds a dimension past 2^63 - 1"));
+  // 2^62 x 2 is past int64 before the 0 (TensorView::num_elements would overflow).
+  EXPECT_THAT(
+      ErrorOpening(with_data(
+          R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 2, 0], "data_offsets": [0, 0]}})")),
+      HasSubstr("shape overflows"));
   EXPECT_THAT(
       ErrorOpening(with_data(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                                         "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})")),

@@ -53,6 +53,12 @@ struct Collected {
     std::unique_lock lock(mutex);
     return changed.wait_for(lock, timeout, [this] { return num_finals > 0; });
   }
+  // Reads under the mutex: the delivery thread may be appending.
+  template <typename F>
+  auto Locked(F read) {
+    std::lock_guard lock(mutex);
+    return read();
+  }
   bool WaitTokens(size_t count) {
     std::unique_lock lock(mutex);
     return changed.wait_for(lock, 120s, [&] { return tokens.size() >= count || num_finals > 0; });
@@ -496,19 +502,21 @@ TEST_F(RuntimeTest, ARequestQueuedPastTheQueueTimeoutEndsAndTheRunningOneGoesOn)
   ASSERT_TRUE(running.WaitTokens(2));
   ASSERT_TRUE(runtime.Submit(Greedy(Prompt(921, 6), 20), queued.Callback()).ok());
   std::this_thread::sleep_for(300ms);  // The queued one's timeout passes while no step runs.
-  for (int i = 0; i < 4 && queued.num_finals == 0; ++i) {
+  for (int i = 0; i < 4 && !queued.WaitFinal(0s); ++i) {
     model.Allow(1);
     queued.WaitFinal(2s);
   }
-  ASSERT_EQ(queued.num_finals, 1);
+  ASSERT_TRUE(queued.WaitFinal(0s));
+  EXPECT_EQ(queued.Locked([&] { return queued.num_finals; }), 1);
   EXPECT_EQ(queued.final_delta.error.code(), StatusCode::kResourceExhausted);
   EXPECT_THAT(queued.final_delta.error.message(),
               ::testing::HasSubstr("in the queue without starting"));
   EXPECT_TRUE(queued.tokens.empty());
-  const size_t tokens_then = running.tokens.size();
+  const size_t tokens_then = running.Locked([&] { return running.tokens.size(); });
   model.Allow(3);
   ASSERT_TRUE(running.WaitTokens(tokens_then + 3));
-  EXPECT_EQ(running.num_finals, 0) << "the running request must go on";
+  EXPECT_EQ(running.Locked([&] { return running.num_finals; }), 0)
+      << "the running request must go on";
   runtime.CancelAll(Status(StatusCode::kCancelled, "done"));
   model.Allow(1000);
   EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
