@@ -77,6 +77,25 @@ done
 grep -qF 'python3-numpy' <<<"$(dpkg-deb -f "$tools_deb" Depends)" ||
   fail "inferbox-tools does not depend on python3-numpy (inferbox-make-model)"
 
+# The SBOM (R6.14) of each package: CycloneDX naming the package at its version and, for every
+# library its programs load, the Debian package and the exact version installed on the build
+# host (a scanner matches these against CVEs).
+check_sbom() {  # check_sbom DEB PACKAGE LIBRARY_PACKAGE...
+  local deb=$1 package=$2
+  shift 2
+  local sbom
+  sbom=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO "./usr/share/doc/$package/sbom.cdx.json" 2>/dev/null) ||
+    { fail "$package .deb lacks /usr/share/doc/$package/sbom.cdx.json"; return; }
+  local expected=()
+  for library in "$@"; do
+    expected+=("$library=$(dpkg-query -W -f '${Version}' "$library")")
+  done
+  "$source_dir/tests/packaging/check_sbom.py" "$package" "$version" "${expected[@]}" <<<"$sbom" ||
+    fail "$package's SBOM: see above"
+}
+check_sbom "$server_deb" inferbox libgrpc++1.51 libprotobuf32 libssl3 libsqlite3-0 libc6
+check_sbom "$tools_deb" inferbox-tools libgrpc++1.51 libc6
+
 # ---- rpm ---------------------------------------------------------------------------------
 rpms=$(ls "$package_dir"/*.rpm 2>/dev/null || true)
 if [ -z "$rpms" ]; then
@@ -100,7 +119,8 @@ else
   for path in /usr/sbin/inferboxd /usr/bin/inferboxctl /usr/libexec/inferbox/inferbox-engine \
     /etc/inferbox/inferbox.toml /usr/lib/systemd/system/inferbox.service \
     /usr/lib/sysusers.d/inferbox.conf /usr/lib/tmpfiles.d/inferbox.conf \
-    /usr/share/doc/inferbox/install.md /usr/share/man/man8/inferboxd.8.gz; do
+    /usr/share/doc/inferbox/install.md /usr/share/doc/inferbox/sbom.cdx.json \
+    /usr/share/man/man8/inferboxd.8.gz; do
     grep -qx "$path" <<<"$rpm_files" || fail "inferbox .rpm lacks $path"
   done
   # Directories of the base system (filesystem, systemd) are not the package's to own.
