@@ -4,8 +4,10 @@
 // signature of the trusted key, with every package a regular file inside the staging folder;
 // never crash, never write outside.
 //
-// The trusted key is a test key made for this target (its private half below signs the seed):
-// FUZZ_WRITE_SEED=<file> build/tests/fuzz/update_bundle_fuzz <any file> writes a valid bundle.
+// The trusted key is this target's test key (MakeTestKey), which signs the seed bundle:
+// FUZZ_WRITE_SEED=<file> build/tests/fuzz/update_bundle_fuzz <any file> writes a valid one.
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <stdlib.h>
 
 #include <cstddef>
@@ -23,14 +25,31 @@ namespace {
 namespace fs = std::filesystem;
 using namespace inferbox::provisioning;
 
-constexpr char kTestPublicKey[] =
-    "-----BEGIN PUBLIC KEY-----\n"
-    "MCowBQYDK2VwAyEA6bwptD2M7Q+P0+7TcZSY28bPL29NlmSzTLoqesnej5M=\n"
-    "-----END PUBLIC KEY-----\n";
-constexpr char kTestPrivateKey[] =
-    "-----BEGIN PRIVATE KEY-----\n"
-    "MC4CAQAwBQYDK2VwBCIEIKNuEiNeos+7YuKQWrqPJt1bNf41co8ff0aRxOUGWDfc\n"
-    "-----END PRIVATE KEY-----\n";
+// The target's test key: ed25519 from a fixed seed, so that the seed bundle in the corpus
+// stays signed by it. Made at run time: no key material sits in the sources as PEM.
+struct TestKey {
+  std::string private_pem;
+  std::string public_pem;
+};
+
+TestKey MakeTestKey() {
+  unsigned char seed[32];
+  for (unsigned i = 0; i < sizeof(seed); ++i) seed[i] = static_cast<unsigned char>(i * 7 + 1);
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+      EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr, seed, sizeof(seed)), &EVP_PKEY_free);
+  if (key == nullptr) inferbox::fuzz::Fail("OpenSSL cannot make an ed25519 key");
+  auto pem = [&](bool is_private) {
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new(BIO_s_mem()), &BIO_free);
+    const int written = is_private ? PEM_write_bio_PrivateKey(bio.get(), key.get(), nullptr,
+                                                              nullptr, 0, nullptr, nullptr)
+                                   : PEM_write_bio_PUBKEY(bio.get(), key.get());
+    if (written != 1) inferbox::fuzz::Fail("OpenSSL cannot write a PEM key");
+    char* data = nullptr;
+    const long size = BIO_get_mem_data(bio.get(), &data);
+    return std::string(data, static_cast<size_t>(size));
+  };
+  return {.private_pem = pem(true), .public_pem = pem(false)};
+}
 
 struct Scratch {
   Scratch() {
@@ -39,7 +58,7 @@ struct Scratch {
     if (::mkdtemp(pattern.data()) == nullptr) inferbox::fuzz::Fail("mkdtemp failed");
     root = pattern;
     fs::create_directory(root / "keys");
-    std::ofstream(root / "keys" / "test.pem") << kTestPublicKey;
+    std::ofstream(root / "keys" / "test.pem") << key.public_pem;
     auto loaded = LoadUpdateKeys(root / "keys");
     if (!loaded.ok()) inferbox::fuzz::Fail("the test key does not load");
     keys = std::move(loaded).value();
@@ -53,11 +72,13 @@ struct Scratch {
     const fs::path package = root / "inferbox_0.1.0-1_amd64.deb";
     std::ofstream(package) << "not really a deb";
     auto written = WriteUpdateBundle(
-        {{.file = package, .info = {.name = "inferbox", .version = "0.1.0-1", .architecture = "amd64"}}},
-        "deb", out, kTestPrivateKey);
+        {{.file = package,
+          .info = {.name = "inferbox", .version = "0.1.0-1", .architecture = "amd64"}}},
+        "deb", out, key.private_pem);
     if (!written.ok()) inferbox::fuzz::Fail("the seed bundle could not be written");
     fs::remove(package);
   }
+  const TestKey key = MakeTestKey();
   fs::path root;
   std::shared_ptr<const TrustedKeys> keys;
 };
