@@ -28,10 +28,19 @@ Value BindMethod(std::function<Value(const CallArgs&)> method) {
 }
 
 // JavaScript's String.prototype.split with a non-empty separator.
+// split() makes at most as many parts as range() makes items: 64 MiB of separators would be
+// 64 million values (gigabytes) before the work they cost could be charged.
+void CheckSplitParts(size_t parts) {
+  if (parts >= kMaxRangeItems) {
+    Fail("split() into more than " + std::to_string(kMaxRangeItems) + " parts");
+  }
+}
+
 std::vector<std::string> SplitOn(std::string_view text, std::string_view separator) {
   std::vector<std::string> parts;
   size_t start = 0;
   for (size_t found; (found = text.find(separator, start)) != std::string_view::npos;) {
+    CheckSplitParts(parts.size());
     parts.emplace_back(text.substr(start, found - start));
     start = found + separator.size();
   }
@@ -64,6 +73,7 @@ Value Split(const std::string& text, const std::vector<Value>& args) {
         parts.emplace_back(rest.substr(word_start));
         break;
       }
+      CheckSplitParts(parts.size());
       parts.emplace_back(rest.substr(word_start, word_end - word_start));
       pos = word_end;
     }
@@ -158,10 +168,13 @@ Value StartsOrEndsWith(const std::string& text, const CallArgs& call, bool is_st
   Fail(name + "() argument must be a string or tuple of strings");
 }
 
-Value StringMember(const std::string& text, std::string_view name) {
-  auto unary = [&text](std::string (*transform)(std::string_view)) {
+// `string`'s methods. Each captures the Value, which shares its text: a method of a 64 MiB
+// string is not a 64 MiB copy (a list of 64 of them was gigabytes).
+Value StringMember(const Value& string, std::string_view name) {
+  const std::string& text = string.string();
+  auto unary = [&string](std::string (*transform)(std::string_view)) {
     return BindMethod(
-        [text, transform](const CallArgs&) { return Value::String(transform(text)); });
+        [string, transform](const CallArgs&) { return Value::String(transform(string.string())); });
   };
   if (name == "length") return Value::Integer(static_cast<double>(Utf16Length(text)));
   if (name == "upper") return unary(&ToUpper);
@@ -175,14 +188,16 @@ Value StringMember(const std::string& text, std::string_view name) {
   }
   if (name == "startswith" || name == "endswith") {
     const bool is_start = name == "startswith";
-    return BindMethod(
-        [text, is_start](const CallArgs& args) { return StartsOrEndsWith(text, args, is_start); });
+    return BindMethod([string, is_start](const CallArgs& args) {
+      return StartsOrEndsWith(string.string(), args, is_start);
+    });
   }
   if (name == "split") {
-    return BindMethod([text](const CallArgs& args) { return Split(text, WithKeywords(args)); });
+    return BindMethod(
+        [string](const CallArgs& args) { return Split(string.string(), WithKeywords(args)); });
   }
   if (name == "replace") {
-    return BindMethod([text](const CallArgs& args) { return Replace(text, args); });
+    return BindMethod([string](const CallArgs& args) { return Replace(string.string(), args); });
   }
   return Value();
 }
@@ -333,7 +348,7 @@ Value StrftimeNow(const CallArgs& args) {
 }  // namespace
 
 Value GetBuiltinMember(const Value& object, std::string_view name) {
-  if (object.is_string()) return StringMember(object.string(), name);
+  if (object.is_string()) return StringMember(object, name);
   if (object.is_array()) {
     if (name == "length") return Value::Integer(static_cast<double>(object.items().size()));
     return Value();

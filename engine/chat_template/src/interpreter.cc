@@ -442,6 +442,9 @@ Value Interpreter::EvaluateMember(const Expr& expr, Scope& scope) {
         if (!(index >= 0 && index < size)) return Value();  // NaN included (0 % 0).
         return object.items()[static_cast<size_t>(index)];
       }
+      // Indexing decodes the whole string (UTF-16 units, as JavaScript counts): charged as
+      // building it would be.
+      Charge(object.string().size() / kBytesPerWork);
       std::vector<char32_t> units;
       for (char32_t c : DecodeUtf8(object.string())) {
         if (c >= 0x10000) {

@@ -60,6 +60,7 @@ class Interpreter {
   // (replace, join, tojson and indent make new strings as large as kMaxStringBytes).
   Value ChargeBuilt(Value value) {
     if (value.is_string()) Charge(value.string().size() / kBytesPerWork);
+    if (value.is_array()) Charge(value.items().size());
     return value;
   }
   // Counts a namespace() call against kMaxNamespaces.
