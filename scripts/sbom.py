@@ -3,9 +3,12 @@
 CycloneDX 1.5 JSON document listing what the package's programs run, so that a scanner can
 match it against CVE databases without unpacking anything.
 
+- The operating system the packages were built on (/etc/os-release), as scanners need it to
+  pick the distribution's advisories.
 - Every shared library the programs load (ldd: the whole closure, transitive included), as
   the Debian package that ships it, with its exact version and a package URL
-  (pkg:deb/debian/<name>@<version>?arch=<arch>). A library no package owns is listed by its
+  (pkg:deb/debian/<name>@<version>?arch=<arch>&distro=debian-12, percent-encoded as the purl
+  spec says: libgrpc%2B%2B1.51@1.51.1-3%2Bb1). A library no package owns is listed by its
   file name with the property inferbox:unpackaged.
 - Code compiled into the programs from headers or static libraries (--compiled-in: Debian -dev
   packages such as Boost's Asio/Beast or CLI11; --generic NAME@VERSION for what comes from
@@ -16,9 +19,10 @@ in the package and not listed; docs/install.md names them.
 
 Usage: sbom.py --out FILE --package NAME --version VERSION --commit COMMIT
                --binary PATH [--binary PATH ...] [--compiled-in DEBPKG ...]
-               [--generic NAME@VERSION ...]
-Deterministic for one build: SOURCE_DATE_EPOCH (when set) dates the document, and its serial
-number derives from the package, version and commit.
+               [--generic NAME@VERSION ...] [--timestamp UNIX_SECONDS]
+A compiled-in package that is not installed is left out with a warning. The same inputs give
+the same document: --timestamp dates it (the build passes its configure time, which honours
+SOURCE_DATE_EPOCH), and its serial number derives from everything it lists.
 """
 import argparse
 import datetime
@@ -26,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 import uuid
 
 
@@ -52,8 +57,27 @@ def shared_libraries(binary):
     return paths
 
 
+def purl_part(text):
+    """Percent-encoding of a purl name or version ('+' is %2B; ':' and '~' stay)."""
+    return urllib.parse.quote(text, safe=".-_~:")
+
+
+def os_release(path="/etc/os-release"):
+    """(id, version_id) of the build host's distribution, e.g. ("debian", "12")."""
+    fields = {}
+    try:
+        with open(path) as release:
+            for line in release:
+                key, _, value = line.strip().partition("=")
+                fields[key] = value.strip('"')
+    except OSError:
+        pass
+    return fields.get("ID", "debian"), fields.get("VERSION_ID", "")
+
+
 def owners(paths):
-    """Maps each path to the Debian package owning it (None when none does). Tries the path
+    """Maps each path to the Debian package owning it, arch-qualified as dpkg names it on a
+    multi-arch host ("libc6:amd64"; None when no package does). Tries the path
     as given, resolved, and with /usr added or dropped (merged-/usr systems record either)."""
     candidates = {}
     for path in paths:
@@ -72,30 +96,31 @@ def owners(paths):
         package, _, owned = line.partition(": ")
         if "," in package or package.startswith("diversion by"):
             continue
-        owner_of[owned.strip()] = package.split(":")[0]
+        owner_of[owned.strip()] = package
     return {path: next((owner_of[o] for o in options if o in owner_of), None)
             for path, options in candidates.items()}
 
 
 def package_versions(packages):
-    """{package: (version, architecture)} from dpkg."""
-    if not packages:
-        return {}
-    result = subprocess.run(
-        ["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Architecture}\n"] + sorted(packages),
-        capture_output=True, text=True)
+    """{package as given: (name, version, architecture)} from dpkg, for installed packages.
+    An arch-qualified name ("libc6:amd64") picks that architecture's copy."""
     versions = {}
-    for line in result.stdout.splitlines():
-        name, version, architecture = line.split("\t")
-        versions[name] = (version, architecture)
-    missing = set(packages) - set(versions)
-    if missing:
-        fail(f"not installed, so its version is unknown: {', '.join(sorted(missing))}")
+    for package in sorted(packages):
+        result = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${db:Status-Status}\t${Package}\t${Version}\t${Architecture}\n",
+             package], capture_output=True, text=True)
+        for line in result.stdout.splitlines():
+            status, name, version, architecture = line.split("\t")
+            if status == "installed":
+                versions[package] = (name, version, architecture)
+                break
     return versions
 
 
-def deb_component(name, version, architecture, scope_note):
-    purl = f"pkg:deb/debian/{name}@{version}?arch={architecture}"
+def deb_component(name, version, architecture, distro, scope_note):
+    os_id, os_version = distro
+    qualifiers = f"arch={architecture}" + (f"&distro={os_id}-{os_version}" if os_version else "")
+    purl = f"pkg:deb/{os_id}/{purl_part(name)}@{purl_part(version)}?{qualifiers}"
     return {
         "type": "library",
         "bom-ref": purl,
@@ -115,7 +140,9 @@ def main():
     parser.add_argument("--binary", action="append", required=True)
     parser.add_argument("--compiled-in", action="append", default=[])
     parser.add_argument("--generic", action="append", default=[])
+    parser.add_argument("--timestamp", type=int)
     args = parser.parse_args()
+    distro = os_release()
 
     libraries = {}
     for binary in args.binary:
@@ -126,23 +153,27 @@ def main():
     owner = owners(list(libraries))
     packaged = {package for package in owner.values() if package}
     versions = package_versions(packaged | set(args.compiled_in))
+    missing = packaged - set(versions)
+    if missing:
+        fail(f"owned by packages dpkg does not list as installed: {', '.join(sorted(missing))}")
 
     components = {}
     for path, package in sorted(owner.items()):
         if package is None:
-            name = os.path.basename(path)
-            components[f"file:{name}"] = {
-                "type": "library", "bom-ref": f"file:{name}", "name": name,
+            components[f"file:{path}"] = {
+                "type": "library", "bom-ref": f"file:{path}", "name": os.path.basename(path),
                 "properties": [{"name": "inferbox:unpackaged", "value": path}]}
             continue
-        if package not in components:
-            version, architecture = versions[package]
-            components[package] = deb_component(package, version, architecture,
-                                                "shared library")
+        name, version, architecture = versions[package]
+        components.setdefault(f"deb:{name}:{architecture}", deb_component(
+            name, version, architecture, distro, "shared library"))
     for package in args.compiled_in:
-        version, architecture = versions[package]
-        components.setdefault(package, deb_component(package, version, architecture,
-                                                     "compiled in (headers or static)"))
+        if package not in versions:
+            print(f"sbom: warning: {package} is not installed; it is not listed", file=sys.stderr)
+            continue
+        name, version, architecture = versions[package]
+        components.setdefault(f"deb:{name}:{architecture}", deb_component(
+            name, version, architecture, distro, "compiled in (headers or static)"))
     for entry in args.generic:
         name, _, version = entry.partition("@")
         if not name or not version:
@@ -153,16 +184,23 @@ def main():
                             "properties": [{"name": "inferbox:how",
                                             "value": "compiled in (headers or static)"}]}
 
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0")) or None
+    os_id, os_version = distro
+    os_ref = f"os:{os_id}-{os_version}"
+    components[os_ref] = {"type": "operating-system", "bom-ref": os_ref, "name": os_id,
+                          "version": os_version}
+    epoch = args.timestamp if args.timestamp is not None else int(
+        os.environ.get("SOURCE_DATE_EPOCH", "0")) or None
     timestamp = (datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc) if epoch
                  else datetime.datetime.now(datetime.timezone.utc))
-    application = f"pkg:generic/{args.package}@{args.version}"
+    application = f"pkg:generic/{args.package}@{purl_part(args.version)}"
     ordered = [components[key] for key in sorted(components)]
+    listed = json.dumps(ordered, sort_keys=True)
     document = {
         "bomFormat": "CycloneDX",
         "specVersion": "1.5",
         "serialNumber": "urn:uuid:" + str(uuid.uuid5(
-            uuid.NAMESPACE_URL, f"inferbox/{args.package}/{args.version}/{args.commit}")),
+            uuid.NAMESPACE_URL,
+            f"inferbox/{args.package}/{args.version}/{args.commit}/{listed}")),
         "version": 1,
         "metadata": {
             "timestamp": timestamp.replace(microsecond=0).isoformat().replace("+00:00", "Z"),

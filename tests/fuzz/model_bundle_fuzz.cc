@@ -22,8 +22,8 @@ namespace fs = std::filesystem;
 using inferbox::provisioning::BundleSource;
 using inferbox::provisioning::ModelStore;
 
-// A scratch folder per process (removed at exit): the store in models/, the bundle beside it,
-// and a canary file the bundle must never reach.
+// A scratch folder per process (removed at exit): the store in models/, the bundle beside it;
+// nothing else may appear in it.
 struct Scratch {
   Scratch() {
     const char* base = std::getenv("TMPDIR");

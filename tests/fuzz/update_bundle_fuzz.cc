@@ -105,9 +105,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   fuzz::Reached("verified");
   if (read->signed_by.empty()) fuzz::Fail("a bundle was accepted without a signature");
+  const fs::path inside = fs::weakly_canonical(staging);
   for (const fs::path& file : read->files) {
     if (fs::is_symlink(file) || !fs::is_regular_file(file)) fuzz::Fail("a package is not a file");
-    if (file.parent_path().string().find(staging.string()) != 0)
+    const fs::path relative = fs::weakly_canonical(file).lexically_relative(inside);
+    if (relative.empty() || *relative.begin() == "..")
       fuzz::Fail("a package was unpacked outside the staging folder");
   }
   fs::remove_all(staging);

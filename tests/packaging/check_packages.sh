@@ -86,9 +86,10 @@ check_sbom() {  # check_sbom DEB PACKAGE LIBRARY_PACKAGE...
   local sbom
   sbom=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO "./usr/share/doc/$package/sbom.cdx.json" 2>/dev/null) ||
     { fail "$package .deb lacks /usr/share/doc/$package/sbom.cdx.json"; return; }
-  local expected=()
+  local expected=() arch
+  arch=$(dpkg --print-architecture)
   for library in "$@"; do
-    expected+=("$library=$(dpkg-query -W -f '${Version}' "$library")")
+    expected+=("$library=$(dpkg-query -W -f '${Version}' "$library:$arch")")
   done
   "$source_dir/tests/packaging/check_sbom.py" "$package" "$version" "${expected[@]}" <<<"$sbom" ||
     fail "$package's SBOM: see above"

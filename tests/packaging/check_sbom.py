@@ -7,6 +7,12 @@ Usage: check_sbom.py PACKAGE VERSION NAME=VERSION... < sbom.cdx.json
 """
 import json
 import sys
+import urllib.parse
+
+
+def quote(text):
+    """As the purl spec percent-encodes names and versions ('+' is %2B)."""
+    return urllib.parse.quote(text, safe=".-_~:")
 
 
 def main():
@@ -24,11 +30,16 @@ def main():
         found = components.get(name)
         if found is None:
             problems.append(f"lacks {name}")
-        elif (found.get("version") != wanted
-              or not found.get("purl", "").startswith(f"pkg:deb/debian/{name}@{wanted}")):
+        elif (found.get("version") != wanted or not found.get("purl", "").startswith(
+                f"pkg:deb/debian/{quote(name)}@{quote(wanted)}?")):
             problems.append(f"{name}: version {found.get('version')}, purl {found.get('purl')}; "
                             f"installed: {wanted}")
+    systems = [c for c in bom.get("components", []) if c.get("type") == "operating-system"]
+    if len(systems) != 1 or not systems[0].get("version"):
+        problems.append("does not name the operating system it was built on")
     for component in bom.get("components", []):
+        if component.get("type") == "operating-system":
+            continue
         unpackaged = any(p.get("name") == "inferbox:unpackaged"
                          for p in component.get("properties", []))
         if "purl" not in component and not unpackaged:
