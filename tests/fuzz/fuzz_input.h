@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +49,17 @@ inline void Reached(std::string_view stage) {
 [[noreturn]] inline void Fail(const char* what) {
   std::fprintf(stderr, "fuzz target: invariant broken: %s\n", what);
   std::abort();
+}
+
+// Fails unless `dir` holds only entries named in `names` (a loader wrote nothing beside them).
+inline void FailUnlessOnly(const std::filesystem::path& dir,
+                           std::initializer_list<std::string_view> names) {
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    bool named = false;
+    for (const std::string_view allowed : names) named = named || name == allowed;
+    if (!named) Fail("a file was written outside the folder it belongs in");
+  }
 }
 
 // An anonymous in-memory file holding `bytes`, for loaders that take a path; the path is

@@ -21,30 +21,27 @@ void CheckRefusal(const inferbox::daemon::openai::ApiError& error) {
     inferbox::fuzz::Fail("an error body that is not {\"error\": ...}");
 }
 
+// `parse` accepts the body (and the request it fills serializes) or refuses it as a 400.
+template <typename Request, typename Parse>
+void Check(std::string_view body, Parse parse, const char* name) {
+  Request parsed;
+  if (auto error = parse(body, &parsed)) {
+    inferbox::fuzz::Reached(error->message);
+    CheckRefusal(*error);
+    return;
+  }
+  inferbox::fuzz::Reached(name);
+  std::string wire;
+  if (!parsed.request.SerializeToString(&wire))
+    inferbox::fuzz::Fail("a request does not serialize");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace inferbox::daemon::openai;
   const std::string_view body = inferbox::fuzz::AsText(data, size);
-  ChatCompletionRequest chat;
-  if (auto error = ParseChatCompletionRequest(body, &chat)) {
-    inferbox::fuzz::Reached(error->message);
-    CheckRefusal(*error);
-  } else {
-    inferbox::fuzz::Reached("chat parsed");
-    std::string wire;
-    if (!chat.request.SerializeToString(&wire))
-      inferbox::fuzz::Fail("a chat request does not serialize");
-  }
-  CompletionRequest completion;
-  if (auto error = ParseCompletionRequest(body, &completion)) {
-    inferbox::fuzz::Reached(error->message);
-    CheckRefusal(*error);
-  } else {
-    inferbox::fuzz::Reached("completion parsed");
-    std::string wire;
-    if (!completion.request.SerializeToString(&wire))
-      inferbox::fuzz::Fail("a completion request does not serialize");
-  }
+  Check<ChatCompletionRequest>(body, &ParseChatCompletionRequest, "chat parsed");
+  Check<CompletionRequest>(body, &ParseCompletionRequest, "completion parsed");
   return 0;
 }

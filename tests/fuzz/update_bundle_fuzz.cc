@@ -19,6 +19,7 @@
 
 #include "fuzz_input.h"
 #include "inferbox/provisioning/update_bundle.h"
+#include "temp_dir.h"
 
 namespace {
 
@@ -53,20 +54,12 @@ TestKey MakeTestKey() {
 
 struct Scratch {
   Scratch() {
-    const char* base = std::getenv("TMPDIR");
-    std::string pattern = std::string(base != nullptr ? base : "/tmp") + "/update-fuzz-XXXXXX";
-    if (::mkdtemp(pattern.data()) == nullptr) inferbox::fuzz::Fail("mkdtemp failed");
-    root = pattern;
     fs::create_directory(root / "keys");
     std::ofstream(root / "keys" / "test.pem") << key.public_pem;
     auto loaded = LoadUpdateKeys(root / "keys");
     if (!loaded.ok()) inferbox::fuzz::Fail("the test key does not load");
     keys = std::move(loaded).value();
     if (const char* seed = std::getenv("FUZZ_WRITE_SEED")) WriteSeed(seed);
-  }
-  ~Scratch() {
-    std::error_code ignored;
-    fs::remove_all(root, ignored);
   }
   void WriteSeed(const fs::path& out) const {
     const fs::path package = root / "inferbox_0.1.0-1_amd64.deb";
@@ -79,7 +72,8 @@ struct Scratch {
     fs::remove(package);
   }
   const TestKey key = MakeTestKey();
-  fs::path root;
+  const inferbox::testing::TempDir dir;  // Removed at exit.
+  const fs::path& root = dir.path();
   std::shared_ptr<const TrustedKeys> keys;
 };
 
@@ -94,10 +88,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       .write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   auto read = ReadUpdateBundle(bundle, *scratch.keys,
                                {.package_format = "deb", .architecture = "amd64"}, staging);
-  for (const auto& entry : fs::directory_iterator(scratch.root)) {
-    const std::string name = entry.path().filename().string();
-    if (name != "keys" && name != "in.ibu" && name != "staging") fuzz::Fail("a file outside");
-  }
+  fuzz::FailUnlessOnly(scratch.root, {"keys", "in.ibu", "staging"});
   if (!read.ok()) {
     fuzz::Reached(read.status().message());
     if (fs::exists(staging)) fuzz::Fail("a refused bundle left its staging folder");
