@@ -12,5 +12,5 @@ add_library(inferbox_openai STATIC
   ${CMAKE_CURRENT_LIST_DIR}/src/openai_tools.cc)
 target_include_directories(inferbox_openai PUBLIC ${CMAKE_CURRENT_LIST_DIR}/include)
 target_link_libraries(inferbox_openai
-  PUBLIC inferbox_common inferbox_proto Boost::json
+  PUBLIC inferbox_common inferbox_proto inferbox_json
   PRIVATE fmt::fmt spdlog::spdlog inferbox_warnings Threads::Threads)

@@ -9,6 +9,9 @@
 # tests/fuzz/corpus/<target>/, where every build's ctest replays it from then on.
 #
 # Usage: scripts/fuzz.sh [TARGET...]   (default: every target); `make fuzz` runs it.
+# FUZZ_SEED fixes libFuzzer's random seed (CI uses 1, so that one commit fuzzes the same
+# way on every run and a finding is the commit's, not the luck of the draw); unset, every
+# run draws a new seed and explores further. The seed is printed either way.
 # The corpus each run grows is kept in $FUZZ_BUILD_DIR/corpus/<target> for the next run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,12 +65,13 @@ for target in "${targets[@]}"; do
   inputs=("$corpus" "tests/fuzz/corpus/$target")
   [ -d "$seeds/$target" ] && inputs+=("$seeds/$target")
   log="$build/findings/$target.log"
-  echo "fuzz: $target for ${seconds} s (log: $log)"
+  seed=${FUZZ_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+  echo "fuzz: $target for ${seconds} s, seed $seed (log: $log)"
   status=0
   # -timeout: a chat template may use its whole work budget (a second or two of a core in a
   # release build), several times slower under the sanitizers on a busy machine.
   "$binary" -max_total_time="$seconds" -timeout=60 -rss_limit_mb=2048 -max_len=65536 \
-    -print_final_stats=1 -artifact_prefix="$findings/" "${inputs[@]}" >"$log" 2>&1 || status=$?
+    -print_final_stats=1 -seed="$seed" -artifact_prefix="$findings/" "${inputs[@]}" >"$log" 2>&1 || status=$?
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
   coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || true)
   if [ "$status" -eq 0 ]; then
@@ -77,6 +81,12 @@ for target in "${targets[@]}"; do
     summary+=("$(printf '%-22s %-7s exit %s: %s' "$target" "FAILED" "$status" \
       "$(ls "$findings" | head -3 | tr '\n' ' ')")")
     grep -E 'ERROR:|runtime error|invariant broken|SUMMARY' "$log" | head -5 >&2 || true
+    # The input itself, so that a finding on a machine that is gone (CI) can be replayed:
+    # `base64 -d > input` and run the target on it.
+    for input in "$findings"/*; do
+      [ -f "$input" ] && [ "$(stat -c %s "$input")" -le 16384 ] || continue
+      echo "fuzz: $(basename "$input"), base64: $(base64 -w0 "$input")" >&2
+    done
   fi
 done
 printf '%s\n' "${summary[@]}"

@@ -7,6 +7,7 @@
 #include <boost/json.hpp>
 
 #include "inferbox/common/atomic_file.h"
+#include "inferbox/common/json.h"
 
 namespace inferbox::daemon {
 namespace {
@@ -46,8 +47,8 @@ Result<ModelShape> ReadModelShape(const std::filesystem::path& config_json,
                                   std::string_view dtype) {
   auto text = ReadFile(config_json);
   if (!text.ok()) return text.status();
-  std::error_code error;
-  json::value parsed = json::parse(*text, error);
+  boost::system::error_code error;
+  json::value parsed = inferbox::ParseJson(*text, error);
   if (error || !parsed.is_object())
     return InvalidArgumentError(config_json.string() + ": not a JSON object");
   const json::object& config = parsed.as_object();

@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <boost/json.hpp>
 
+#include "inferbox/common/json.h"
+
 namespace inferbox::daemon::openai {
 namespace {
 
@@ -174,7 +176,7 @@ class FieldReader {
 // Parses `body` as a JSON object; nullopt with state.error set otherwise.
 std::optional<json::object> ParseObject(std::string_view body, ParseState& state) {
   boost::system::error_code error;
-  json::value value = json::parse(body, error);
+  json::value value = inferbox::ParseJson(body, error);
   if (error) {
     state.Fail("", fmt::format("the request body is not valid JSON: {}", error.message()));
     return std::nullopt;

@@ -5,6 +5,8 @@
 
 #include <boost/json.hpp>
 
+#include "inferbox/common/json.h"
+
 namespace inferbox::daemon::openai {
 namespace {
 
@@ -44,7 +46,7 @@ std::string NewCallId() {
 
 std::optional<json::value> ParseJson(std::string_view text) {
   boost::system::error_code error;
-  json::value value = json::parse(text, error);
+  json::value value = inferbox::ParseJson(text, error);
   if (error) return std::nullopt;
   return value;
 }

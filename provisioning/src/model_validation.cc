@@ -7,6 +7,7 @@
 
 #include "file_ops.h"
 #include "inferbox/common/atomic_file.h"
+#include "inferbox/common/json.h"
 #include "inferbox/engine/model/safetensors.h"
 
 namespace inferbox::provisioning {
@@ -30,7 +31,7 @@ Result<json::value> ParseJsonFile(const std::filesystem::path& dir, const ModelF
   auto text = ReadFile(dir / file.path());
   if (!text.ok()) return text.status();
   boost::system::error_code error;
-  json::value value = json::parse(*text, error);
+  json::value value = inferbox::ParseJson(*text, error);
   if (error) {
     return InvalidArgumentError(
         fmt::format("{} is not valid JSON: {}", file.path(), error.message()));

@@ -1,6 +1,7 @@
 // The real package manager, service restart and readiness probe of the updater
 // (update_system.h).
 #include "inferbox/provisioning/update_system.h"
+#include "inferbox/common/json.h"
 
 #include <curl/curl.h>
 #include <fcntl.h>
@@ -558,7 +559,7 @@ class HttpReadinessProbe final : public ReadinessProbe {
   static std::set<std::string> ReadyModels(const std::string& body) {
     std::set<std::string> ready;
     boost::system::error_code error;
-    const boost::json::value parsed = boost::json::parse(body, error);
+    const boost::json::value parsed = inferbox::ParseJson(body, error);
     if (error || !parsed.is_object()) return ready;
     const auto* models = parsed.as_object().if_contains("models");
     if (models == nullptr || !models->is_array()) return ready;

@@ -1,4 +1,5 @@
 #include "inferbox/engine/chat_template/chat_format.h"
+#include "inferbox/common/json.h"
 
 #include <fmt/format.h>
 #include <boost/json.hpp>
@@ -24,7 +25,7 @@ Result<ChatFormat> ChatFormat::LoadFromDirectory(const std::filesystem::path& di
   auto text = ReadFile(path);
   if (!text.ok()) return text.status();
   boost::system::error_code error;
-  const json::value config = json::parse(*text, error);
+  const json::value config = inferbox::ParseJson(*text, error);
   if (error || !config.is_object()) {
     return InvalidArgumentError(fmt::format("{}: not a JSON object", path.string()));
   }

@@ -1,4 +1,5 @@
 #include "inferbox/engine/model/model_config.h"
+#include "inferbox/common/json.h"
 
 #include <cmath>
 #include <tuple>
@@ -69,8 +70,9 @@ std::string_view ArchitectureName(Architecture architecture) {
 
 Result<ModelConfig> ParseModelConfig(std::string_view config_json) {
   boost::system::error_code error;
-  const json::value root = json::parse(config_json, error);
-  if (error || !root.is_object()) return ConfigError("not a JSON object");
+  const json::value root = inferbox::ParseJson(config_json, error);
+  if (error) return ConfigError("not valid JSON: " + error.message());
+  if (!root.is_object()) return ConfigError("not a JSON object");
   const auto& object = root.as_object();
   const Reader read{object};
   ModelConfig config;
@@ -221,8 +223,9 @@ Result<GenerationConfig> ParseGenerationConfig(std::string_view json_text, int64
     return InvalidArgumentError("generation_config.json: " + std::string(message));
   };
   boost::system::error_code error;
-  const json::value root = json::parse(json_text, error);
-  if (error || !root.is_object()) return error_of("not a JSON object");
+  const json::value root = inferbox::ParseJson(json_text, error);
+  if (error) return error_of("not valid JSON: " + error.message());
+  if (!root.is_object()) return error_of("not a JSON object");
   const auto& object = root.as_object();
   GenerationConfig config;
   if (const auto* eos = object.if_contains("eos_token_id"); eos != nullptr && !eos->is_null()) {
@@ -238,8 +241,8 @@ Result<GenerationConfig> ParseGenerationConfig(std::string_view json_text, int64
   auto number = [&](std::string_view key, double low, double high) -> Result<std::optional<float>> {
     const auto* value = object.if_contains(key);
     if (value == nullptr || value->is_null()) return std::optional<float>();
-    if (!value->is_number() || value->to_number<double>() < low ||
-        value->to_number<double>() > high) {
+    if (!value->is_number() || !(value->to_number<double>() >= low) ||
+        !(value->to_number<double>() <= high)) {
       return error_of(fmt::format("{} must be a number in [{}, {}]", key, low, high));
     }
     return std::optional<float>(static_cast<float>(value->to_number<double>()));

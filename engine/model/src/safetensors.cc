@@ -1,4 +1,5 @@
 #include "inferbox/engine/model/safetensors.h"
+#include "inferbox/common/json.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -105,7 +106,7 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::filesy
   }
   const std::string_view header(reinterpret_cast<const char*>(bytes + 8), header_size);
   boost::system::error_code error;
-  const json::value root = json::parse(header, error);
+  const json::value root = inferbox::ParseJson(header, error);
   if (error || !root.is_object()) return FileError(path, "header is not a JSON object");
 
   const uint64_t data_size = file_size - 8 - header_size;
@@ -210,7 +211,7 @@ Result<std::unique_ptr<WeightStore>> WeightStore::OpenModelDirectory(
     auto text = ReadFile(index_path);
     if (!text.ok()) return text.status();
     boost::system::error_code error;
-    const json::value root = json::parse(*text, error);
+    const json::value root = inferbox::ParseJson(*text, error);
     const json::value* weight_map =
         !error && root.is_object() ? root.as_object().if_contains("weight_map") : nullptr;
     if (weight_map == nullptr || !weight_map->is_object()) {

@@ -1,4 +1,5 @@
 #include "inferbox/engine/server/request_builder.h"
+#include "inferbox/common/json.h"
 
 #include <algorithm>
 #include <limits>
@@ -19,7 +20,7 @@ constexpr int kMaxStopStringBytes = 256;
 // string (as templates accept both for tool-call arguments).
 Result<json::value> ParseJsonField(std::string_view text, std::string_view field) {
   boost::system::error_code error;
-  json::value value = json::parse(text, error);
+  json::value value = inferbox::ParseJson(text, error);
   if (error)
     return InvalidArgumentError(fmt::format("{} is not valid JSON: {}", field, error.message()));
   return value;

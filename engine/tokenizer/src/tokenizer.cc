@@ -1,4 +1,5 @@
 #include "inferbox/engine/tokenizer/tokenizer.h"
+#include "inferbox/common/json.h"
 
 #include <algorithm>
 #include <cstdlib>
@@ -474,13 +475,13 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromDirectory(const std::files
 Result<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(std::string_view tokenizer_json,
                                                            std::string_view tokenizer_config_json) {
   boost::system::error_code error;
-  const json::value root = json::parse(tokenizer_json, error);
+  const json::value root = inferbox::ParseJson(tokenizer_json, error);
   if (error || !root.is_object()) {
     return InvalidArgumentError("tokenizer.json is not a JSON object: " + error.message());
   }
   json::object config;
   if (!tokenizer_config_json.empty()) {
-    const json::value config_value = json::parse(tokenizer_config_json, error);
+    const json::value config_value = inferbox::ParseJson(tokenizer_config_json, error);
     if (error || !config_value.is_object()) {
       return InvalidArgumentError("tokenizer_config.json is not a JSON object: " + error.message());
     }

@@ -480,6 +480,12 @@ std::vector<ErrorCase> ErrorCases() {
        .status = 400,
        .type = "invalid_request_error",
        .message_part = "not valid JSON"},
+      // Boost.JSON reads 0e400 as NaN, which passes any `x < low || x > high` check.
+      {.name = "NumberPastADouble",
+       .body = R"({"model":"m","messages":[{"role":"user","content":"Hi"}],"temperature":0e400})",
+       .status = 400,
+       .type = "invalid_request_error",
+       .message_part = "not valid JSON: a number is past the range of a double"},
       {.name = "NotAnObject", .body = "[1]", .status = 400, .type = "invalid_request_error"},
       {.name = "TwoChoices",
        .body = R"({"model":"m","messages":[{"role":"user","content":"Hi"}],"n":2})",
