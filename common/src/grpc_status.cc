@@ -2,9 +2,48 @@
 
 #include <string>
 
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
+
 namespace inferbox {
 
 namespace {
+
+Status FromGrpcCode(const grpc::Status& status) {
+  switch (status.error_code()) {
+    case grpc::StatusCode::OK: return Status::Ok();
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::OUT_OF_RANGE: return InvalidArgumentError(status.error_message());
+    case grpc::StatusCode::NOT_FOUND: return NotFoundError(status.error_message());
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return Status(StatusCode::kAlreadyExists, status.error_message());
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return FailedPreconditionError(status.error_message());
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return Status(StatusCode::kPermissionDenied, status.error_message());
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return Status(StatusCode::kUnauthenticated, status.error_message());
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return Status(StatusCode::kResourceExhausted, status.error_message());
+    case grpc::StatusCode::UNAVAILABLE: return UnavailableError(status.error_message());
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return Status(StatusCode::kDeadlineExceeded, status.error_message());
+    case grpc::StatusCode::CANCELLED: return Status(StatusCode::kCancelled, status.error_message());
+    default: return InternalError(status.error_message());
+  }
+}
+
+// The reason of the status details' ErrorInfo of our domain, if any.
+std::string ReasonOf(const grpc::Status& status) {
+  if (status.error_details().empty()) return {};
+  google::rpc::Status details;
+  if (!details.ParseFromString(status.error_details())) return {};
+  for (const auto& detail : details.details()) {
+    google::rpc::ErrorInfo info;
+    if (detail.UnpackTo(&info) && info.domain() == kErrorDomain) return info.reason();
+  }
+  return {};
+}
 
 // A gRPC status message travels as the grpc-message header, percent-encoded (up to three bytes
 // per byte), and a peer refuses headers past its limit (8 KiB by default): an error that
@@ -38,31 +77,20 @@ grpc::Status ToGrpcStatus(const Status& status) {
     case StatusCode::kCancelled: code = grpc::StatusCode::CANCELLED; break;
     case StatusCode::kInternal: code = grpc::StatusCode::INTERNAL; break;
   }
-  return {code, BoundedMessage(status.message())};
+  std::string message = BoundedMessage(status.message());
+  if (status.reason().empty()) return {code, std::move(message)};
+  google::rpc::ErrorInfo info;
+  info.set_reason(status.reason());
+  info.set_domain(std::string(kErrorDomain));
+  google::rpc::Status details;
+  details.set_code(static_cast<int>(code));
+  details.set_message(message);
+  details.add_details()->PackFrom(info);
+  return {code, std::move(message), details.SerializeAsString()};
 }
 
 Status FromGrpcStatus(const grpc::Status& status) {
-  switch (status.error_code()) {
-    case grpc::StatusCode::OK: return Status::Ok();
-    case grpc::StatusCode::INVALID_ARGUMENT:
-    case grpc::StatusCode::OUT_OF_RANGE: return InvalidArgumentError(status.error_message());
-    case grpc::StatusCode::NOT_FOUND: return NotFoundError(status.error_message());
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return Status(StatusCode::kAlreadyExists, status.error_message());
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return FailedPreconditionError(status.error_message());
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return Status(StatusCode::kPermissionDenied, status.error_message());
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return Status(StatusCode::kUnauthenticated, status.error_message());
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return Status(StatusCode::kResourceExhausted, status.error_message());
-    case grpc::StatusCode::UNAVAILABLE: return UnavailableError(status.error_message());
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return Status(StatusCode::kDeadlineExceeded, status.error_message());
-    case grpc::StatusCode::CANCELLED: return Status(StatusCode::kCancelled, status.error_message());
-    default: return InternalError(status.error_message());
-  }
+  return FromGrpcCode(status).WithReason(ReasonOf(status));
 }
 
 }  // namespace inferbox

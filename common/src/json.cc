@@ -45,8 +45,7 @@ bool HoldsNonFiniteNumber(const boost::json::value& value) {
       case boost::json::kind::object:
         for (const auto& entry : next->get_object()) pending.push_back(&entry.value());
         break;
-      default:
-        break;
+      default: break;
     }
   }
   return false;

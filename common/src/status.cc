@@ -35,6 +35,13 @@ Status Status::WithContext(std::string_view context) const {
   message += message_;
   Status status(code_, std::move(message));
   status.quota_violation_ = quota_violation_;
+  status.reason_ = reason_;
+  return status;
+}
+
+Status Status::WithReason(std::string_view reason) const {
+  Status status = *this;
+  if (!ok()) status.reason_ = reason;
   return status;
 }
 

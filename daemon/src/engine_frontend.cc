@@ -272,10 +272,7 @@ class EngineStream final : public GenerationStream,
     // The engine refused the input before generating.
     if (!saw_output_ && status_.code() == StatusCode::kInvalidArgument) return "invalid";
     if (!saw_output_ && status_.code() == StatusCode::kResourceExhausted) {
-      // The engine's words for a request its queue timeout shed (Runtime::ExpireQueued).
-      return status_.message().find("in the queue without starting") != std::string::npos
-                 ? "queue_timeout"
-                 : "queue_full";
+      return status_.reason() == error_reason::kQueueTimeout ? "queue_timeout" : "queue_full";
     }
     switch (status_.code()) {
       case StatusCode::kCancelled: return "cancelled";
@@ -306,8 +303,8 @@ class EngineStream final : public GenerationStream,
     if (metrics_ == nullptr) return;
     // A refusal of the input before generating is a rejection, not a failure.
     if (outcome == "invalid") {
-      metrics_->RecordRejected(status_.message().find("context") != std::string::npos ? "too_long"
-                                                                                      : "invalid");
+      metrics_->RecordRejected(status_.reason() == error_reason::kPromptTooLong ? "too_long"
+                                                                                : "invalid");
       return;
     }
     if (outcome == "queue_full" || outcome == "queue_timeout") {

@@ -25,15 +25,17 @@ std::optional<std::chrono::system_clock::time_point> DeadlineOf(
   return deadline;
 }
 
-// Ours → gRPC; RESOURCE_EXHAUSTED also tells the client when to retry (google.rpc.RetryInfo
-// in the status details, R2.4): when an API key's quota frees (with a QuotaFailure naming
-// it), else after a 1-3 s jitter so that clients refused by a full queue do not come back
-// together.
+// Ours → gRPC (with the reason's ErrorInfo, if any); RESOURCE_EXHAUSTED also tells the
+// client when to retry (google.rpc.RetryInfo in the status details, R2.4): when an API key's
+// quota frees (with a QuotaFailure naming it), else after a 1-3 s jitter so that clients
+// refused by a full queue do not come back together.
 grpc::Status ToApiStatus(const Status& status) {
   grpc::Status converted = ToGrpcStatus(status);
   if (status.code() != StatusCode::kResourceExhausted) return converted;
   google::rpc::RetryInfo retry;
   google::rpc::Status details;
+  if (!converted.error_details().empty() && !details.ParseFromString(converted.error_details()))
+    details.Clear();
   details.set_code(static_cast<int>(converted.error_code()));
   details.set_message(converted.error_message());
   if (const auto& quota = status.quota_violation()) {

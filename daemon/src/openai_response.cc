@@ -181,8 +181,7 @@ ApiError ApiErrorFromStatus(const Status& status) {
     case StatusCode::kFailedPrecondition:
     case StatusCode::kAlreadyExists: {
       ApiError error = InvalidRequest("", std::move(message));
-      if (error.message.find("context") != std::string::npos)
-        error.code = "context_length_exceeded";
+      if (status.reason() == error_reason::kPromptTooLong) error.code = "context_length_exceeded";
       return error;
     }
     case StatusCode::kUnauthenticated:

@@ -33,6 +33,17 @@ using grpc::health::v1::HealthCheckResponse;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
+// The google.rpc.ErrorInfo reason (domain "inferbox") in a gRPC status's details, or "".
+std::string ErrorReason(const grpc::Status& status) {
+  google::rpc::Status details;
+  if (!details.ParseFromString(status.error_details())) return "";
+  for (const auto& detail : details.details()) {
+    google::rpc::ErrorInfo info;
+    if (detail.UnpackTo(&info) && info.domain() == "inferbox") return info.reason();
+  }
+  return "";
+}
+
 std::string ModelsConfig(const std::filesystem::path& model, std::string_view extra = "",
                          std::string_view extra_server_keys = "") {
   return TestConfig(extra_server_keys) +
@@ -74,6 +85,17 @@ class DaemonEngineTest : public ::testing::Test {
   }
 
   ::testing::AssertionResult WaitServing() { return daemon_->WaitInferenceServing(); }
+
+  // The daemon's /metrics once it holds `line` (metrics are written as calls end), or after
+  // 5 s without it.
+  std::string MetricsHolding(const std::string& line) {
+    std::string metrics;
+    for (int i = 0; i < 100 && metrics.find(line) == std::string::npos; ++i) {
+      if (i > 0) std::this_thread::sleep_for(50ms);
+      metrics = HttpGet("http://" + daemon_->metrics_address() + "/metrics").body;
+    }
+    return metrics;
+  }
 
   api::GetStatusResponse Status() {
     grpc::ClientContext context;
@@ -523,11 +545,40 @@ TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
   google::rpc::Status details;
   ASSERT_TRUE(details.ParseFromString(refused.error_details())) << "no google.rpc.Status details";
-  ASSERT_EQ(details.details_size(), 1);
+  ASSERT_EQ(details.details_size(), 2) << details.DebugString();
   google::rpc::RetryInfo retry;
-  ASSERT_TRUE(details.details(0).UnpackTo(&retry));
+  ASSERT_TRUE(std::any_of(details.details().begin(), details.details().end(),
+                          [&](const auto& detail) { return detail.UnpackTo(&retry); }));
   EXPECT_GE(retry.retry_delay().seconds(), 1);
   EXPECT_LE(retry.retry_delay().seconds(), 3);
+  EXPECT_EQ(ErrorReason(refused), "QUEUE_FULL") << "the engine's reason reaches the client";
+}
+
+// A prompt longer than the model's context: the engine's reason (PROMPT_TOO_LONG), not the
+// words of its message, makes it OpenAI's 400 context_length_exceeded, gRPC INVALID_ARGUMENT
+// with that ErrorInfo, and a "too_long" rejection in the metrics.
+TEST_F(DaemonEngineTest, APromptPastTheContextIsContextLengthExceeded) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model(), "max_model_len = 64\n")));
+  ASSERT_TRUE(WaitServing());
+  std::string words;
+  for (int i = 0; i < 100; ++i) words += " word";
+  const std::string url = "http://" + daemon_->http_address() + "/v1/chat/completions";
+  const std::string body =
+      R"({"model":"tiny","messages":[{"role":"user","content":")" + words + R"("}]})";
+  daemon::openai_test::Client http;
+  const auto refused = http.Request("POST", url, &body, {});
+  EXPECT_EQ(refused.status, 400) << refused.body;
+  EXPECT_THAT(refused.body, HasSubstr(R"("code":"context_length_exceeded")"));
+  EXPECT_THAT(refused.body, HasSubstr("the model's context is 64 tokens"));
+
+  api::ChatRequest request = Chat(4);
+  request.mutable_messages(0)->set_content(words);
+  const grpc::Status status = RunChat(request).status;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_EQ(ErrorReason(status), "PROMPT_TOO_LONG");
+
+  const std::string series = "inferbox_requests_rejected_total{reason=\"too_long\"} 2";
+  EXPECT_THAT(MetricsHolding(series), HasSubstr(series));
 }
 
 // R6.6: with queue_timeout_seconds, a request that cannot start in time is shed with 503 and
@@ -555,20 +606,12 @@ TEST_F(DaemonEngineTest, AQueueTimeoutShedsWhatCannotStartInTime) {
   EXPECT_GE(waited, 500ms) << "shed before its queue timeout";
   EXPECT_LT(waited, 20s);
 
-  grpc::ClientContext context;
-  auto reader = inference_->Chat(&context, Chat(4));
-  while (reader->Read(&chunk)) {
-  }
-  const grpc::Status refused = reader->Finish();
+  const grpc::Status refused = RunChat(Chat(4)).status;
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_EQ(ErrorReason(refused), "QUEUE_TIMEOUT");
   // Counted as shed by the timeout, not as a full queue (the metric is written as the call ends).
   const std::string shed_series = "inferbox_requests_rejected_total{reason=\"queue_timeout\"} 2";
-  std::string metrics;
-  for (int i = 0; i < 100 && metrics.find(shed_series) == std::string::npos; ++i) {
-    if (i > 0) std::this_thread::sleep_for(50ms);
-    metrics = HttpGet("http://" + daemon_->metrics_address() + "/metrics").body;
-  }
-  EXPECT_THAT(metrics, HasSubstr(shed_series));
+  EXPECT_THAT(MetricsHolding(shed_series), HasSubstr(shed_series));
 
   const uint64_t tokens_then = EngineStats().generation_tokens_total();
   ASSERT_TRUE(running->Read(&chunk)) << "the running request was ended too";

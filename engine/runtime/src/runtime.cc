@@ -89,7 +89,8 @@ Result<int64_t> Runtime::Submit(RequestOptions request, DeltaCallback callback) 
   // refusing).
   if (unfinished_ - stats_.num_running >= options_.max_waiting) {
     return Status(StatusCode::kResourceExhausted,
-                  fmt::format("{} requests are already waiting", options_.max_waiting));
+                  fmt::format("{} requests are already waiting", options_.max_waiting))
+        .WithReason(error_reason::kQueueFull);
   }
   const int64_t id = next_id_++;
   generation.id = id;
@@ -311,11 +312,13 @@ void Runtime::ExpireQueued() {
   for (auto& [id, active] : active_) {
     if (active->scheduled || active->done || active->cancel_reason) continue;
     if (now - active->accepted < options_.queue_timeout) continue;
-    active->cancel_reason = Status(
-        StatusCode::kResourceExhausted,
-        fmt::format("the request waited {:.1f} s in the queue without starting (the model's "
-                    "queue_timeout_seconds is {:g}): the engine is overloaded; retry shortly",
-                    Seconds(active->accepted, now), options_.queue_timeout.count() / 1000.0));
+    active->cancel_reason =
+        Status(
+            StatusCode::kResourceExhausted,
+            fmt::format("the request waited {:.1f} s in the queue without starting (the model's "
+                        "queue_timeout_seconds is {:g}): the engine is overloaded; retry shortly",
+                        Seconds(active->accepted, now), options_.queue_timeout.count() / 1000.0))
+            .WithReason(error_reason::kQueueTimeout);
     core_.Cancel(id);
   }
 }

@@ -10,14 +10,16 @@ Status Scheduler::Validate(int64_t num_prompt_tokens, int64_t max_new_tokens) co
   if (num_prompt_tokens == 0) return InvalidArgumentError("the prompt is empty");
   if (num_prompt_tokens + max_new_tokens > limits_.max_model_len) {
     return InvalidArgumentError(
-        fmt::format("{} prompt tokens + {} new tokens exceed the model length of {}",
-                    num_prompt_tokens, max_new_tokens, limits_.max_model_len));
+               fmt::format("{} prompt tokens + {} new tokens exceed the model's context of {}",
+                           num_prompt_tokens, max_new_tokens, limits_.max_model_len))
+        .WithReason(error_reason::kPromptTooLong);
   }
   const int64_t blocks_needed =
       (num_prompt_tokens + max_new_tokens + blocks_.block_size() - 1) / blocks_.block_size();
   if (blocks_needed > blocks_.num_blocks()) {
     return InvalidArgumentError(fmt::format("the request needs {} KV blocks; the cache has {}",
-                                            blocks_needed, blocks_.num_blocks()));
+                                            blocks_needed, blocks_.num_blocks()))
+        .WithReason(error_reason::kPromptTooLong);
   }
   return Status::Ok();
 }

@@ -160,9 +160,10 @@ Result<RequestOptions> RequestBuilder::Build(std::vector<int32_t> prompt,
   if (prompt_tokens == 0) return InvalidArgumentError("the prompt is empty");
   if (prompt_tokens >= max_model_len_) {
     return InvalidArgumentError(
-        fmt::format("the prompt has {} tokens; the model's context is {} tokens, prompt and "
-                    "output together",
-                    prompt_tokens, max_model_len_));
+               fmt::format("the prompt has {} tokens; the model's context is {} tokens, prompt "
+                           "and output together",
+                           prompt_tokens, max_model_len_))
+        .WithReason(error_reason::kPromptTooLong);
   }
   options.prompt = std::move(prompt);
 

@@ -1,7 +1,7 @@
 #include "inferbox/common/json.h"
 
-#include <boost/json/parse.hpp>
 #include <gtest/gtest.h>
+#include <boost/json/parse.hpp>
 
 namespace inferbox {
 namespace {

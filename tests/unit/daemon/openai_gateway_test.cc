@@ -537,11 +537,19 @@ std::vector<ErrorCase> ErrorCases() {
       {.name = "ContextTooLong",
        .body = StreamingBody(),
        .script = {.end = InvalidArgumentError("the prompt has 9000 tokens; the model's context "
-                                              "is 4096 tokens")},
+                                              "is 4096 tokens")
+                             .WithReason(error_reason::kPromptTooLong)},
        .status = 400,
        .type = "invalid_request_error",
        .code = "context_length_exceeded",
        .message_part = "9000 tokens"},
+      // The code follows the engine's reason, never the words of the message.
+      {.name = "ContextInTheWordsOnly",
+       .body = StreamingBody(),
+       .script = {.end = InvalidArgumentError("tools[0]: the context of this tool is unknown")},
+       .status = 400,
+       .type = "invalid_request_error",
+       .message_part = "context of this tool"},
       {.name = "MissingKey",
        .headers = {},
        .status = 401,

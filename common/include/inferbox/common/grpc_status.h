@@ -11,6 +11,8 @@ namespace inferbox {
 
 // A message past 1 KiB is cut (on a character boundary, saying how much was cut): it travels
 // as a header, and one that quotes a huge client field would exceed the peer's header limit.
+// A status with a reason carries it as a google.rpc.ErrorInfo (domain kErrorDomain) in the
+// details, which FromGrpcStatus reads back.
 grpc::Status ToGrpcStatus(const Status& status);
 Status FromGrpcStatus(const grpc::Status& status);
 

@@ -45,6 +45,22 @@ struct QuotaViolation {
   std::chrono::milliseconds retry_after{0};
 };
 
+// Why a request failed, where a program acts on the cause and not only on the code. Engine
+// and daemon pass it as the reason of a google.rpc.ErrorInfo (domain kErrorDomain) in the
+// gRPC status details, so that no caller matches message text; the daemon maps it to the
+// OpenAI error code, the rejection metric and the usage ledger's outcome, and its gRPC API
+// passes it on to clients. UPPER_SNAKE_CASE, as google.rpc.ErrorInfo asks.
+inline constexpr std::string_view kErrorDomain = "inferbox";
+namespace error_reason {
+// The prompt, with the output it asks room for, does not fit the model's context or the KV
+// cache (OpenAI: 400 context_length_exceeded).
+inline constexpr std::string_view kPromptTooLong = "PROMPT_TOO_LONG";
+// The engine's queue is full.
+inline constexpr std::string_view kQueueFull = "QUEUE_FULL";
+// The request waited past the model's queue_timeout_seconds without starting.
+inline constexpr std::string_view kQueueTimeout = "QUEUE_TIMEOUT";
+}  // namespace error_reason
+
 class [[nodiscard]] Status {
  public:
   Status() = default;
@@ -65,12 +81,18 @@ class [[nodiscard]] Status {
   // Set only on statuses made by QuotaExceededError.
   const std::optional<QuotaViolation>& quota_violation() const { return quota_violation_; }
 
+  // One of error_reason's, or empty.
+  const std::string& reason() const { return reason_; }
+  // This status with `reason` (ignored on OK).
+  Status WithReason(std::string_view reason) const;
+
  private:
   friend Status QuotaExceededError(std::string message, QuotaViolation violation);
 
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
   std::optional<QuotaViolation> quota_violation_;
+  std::string reason_;
 };
 
 inline Status InvalidArgumentError(std::string message) {

@@ -199,11 +199,16 @@ TEST(Scheduler, RequestsThatCanNeverFitAreRefusedClearly) {
   SimulatedEngine engine(8, 4, {8, 64, 64});
   const Status too_long = engine.Add(1, std::vector<int32_t>(60, 1), 10);
   EXPECT_EQ(too_long.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(too_long.message().find("exceed the model length of 64"), std::string::npos)
+  EXPECT_NE(too_long.message().find("exceed the model's context of 64"), std::string::npos)
       << too_long.message();
+  EXPECT_EQ(too_long.reason(), error_reason::kPromptTooLong);
   const Status too_big = engine.Add(2, std::vector<int32_t>(30, 1), 10);
   EXPECT_NE(too_big.message().find("the cache has 8"), std::string::npos) << too_big.message();
-  EXPECT_EQ(engine.Add(3, {}, 1).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(too_big.reason(), error_reason::kPromptTooLong)
+      << "a prompt the KV cache cannot hold is too long for this box, to the client";
+  const Status empty = engine.Add(3, {}, 1);
+  EXPECT_EQ(empty.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(empty.reason(), "");
 }
 
 }  // namespace
