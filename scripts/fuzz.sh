@@ -9,8 +9,9 @@
 # tests/fuzz/corpus/<target>/, where every build's ctest replays it from then on.
 #
 # Usage: scripts/fuzz.sh [TARGET...]   (default: every target); `make fuzz` runs it.
-# FUZZ_SEED fixes libFuzzer's random seed (CI uses 1, so that one commit fuzzes the same
-# way on every run and a finding is the commit's, not the luck of the draw); unset, every
+# FUZZ_SEED (a positive integer) fixes libFuzzer's random seed. CI uses 1, so that from a
+# fresh clone a commit walks the same mutations on every run (how far it gets in FUZZ_SECONDS
+# still depends on the machine) and a finding is rarely the luck of the draw; unset, every
 # run draws a new seed and explores further. The seed is printed either way.
 # The corpus each run grows is kept in $FUZZ_BUILD_DIR/corpus/<target> for the next run.
 set -euo pipefail
@@ -65,7 +66,10 @@ for target in "${targets[@]}"; do
   inputs=("$corpus" "tests/fuzz/corpus/$target")
   [ -d "$seeds/$target" ] && inputs+=("$seeds/$target")
   log="$build/findings/$target.log"
-  seed=${FUZZ_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+  seed=${FUZZ_SEED:-}
+  # libFuzzer reads 0 as "draw one": a printed 0 could not repeat the run.
+  while [ -z "$seed" ] || [ "$seed" = 0 ]; do seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); done
+  [[ "$seed" =~ ^[1-9][0-9]*$ ]] || { echo "fuzz: FUZZ_SEED must be a positive integer" >&2; exit 2; }
   echo "fuzz: $target for ${seconds} s, seed $seed (log: $log)"
   status=0
   # -timeout: a chat template may use its whole work budget (a second or two of a core in a
@@ -84,8 +88,12 @@ for target in "${targets[@]}"; do
     # The input itself, so that a finding on a machine that is gone (CI) can be replayed:
     # `base64 -d > input` and run the target on it.
     for input in "$findings"/*; do
-      [ -f "$input" ] && [ "$(stat -c %s "$input")" -le 16384 ] || continue
-      echo "fuzz: $(basename "$input"), base64: $(base64 -w0 "$input")" >&2
+      [ -f "$input" ] || continue
+      if [ "$(stat -c %s "$input")" -le 16384 ]; then
+        echo "fuzz: $(basename "$input"), base64: $(base64 -w0 "$input")" >&2
+      else
+        echo "fuzz: $(basename "$input"): $(stat -c %s "$input") bytes, too long to print" >&2
+      fi
     done
   fi
 done

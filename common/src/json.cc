@@ -16,9 +16,7 @@ namespace {
 class JsonCategory final : public boost::system::error_category {
  public:
   const char* name() const noexcept override { return "inferbox.json"; }
-  std::string message(int) const override {
-    return "a number is past the range of a double (it would read as infinity or NaN)";
-  }
+  std::string message(int) const override { return "a number is past the range of a double"; }
 };
 #pragma GCC diagnostic pop
 
@@ -29,31 +27,46 @@ boost::system::error_code NumberPastDouble() {
   return {1, category};
 }
 
-bool HoldsNonFiniteNumber(const boost::json::value& value) {
+namespace {
+
+// Gives a zero with an overflowing exponent ("0e400", which Boost 1.81 reads as 0 * infinity
+// = NaN) the value JSON means, zero; false when a number is infinite ("1e400").
+bool MakeNumbersFinite(boost::json::value& value) {
   // Iterative, so a deeply nested document costs no stack.
-  std::vector<const boost::json::value*> pending{&value};
+  std::vector<boost::json::value*> pending{&value};
   while (!pending.empty()) {
-    const boost::json::value* next = pending.back();
+    boost::json::value* next = pending.back();
     pending.pop_back();
     switch (next->kind()) {
-      case boost::json::kind::double_:
-        if (!std::isfinite(next->get_double())) return true;
+      case boost::json::kind::double_: {
+        double& number = next->get_double();
+        if (std::isnan(number)) number = std::copysign(0.0, number);
+        if (std::isinf(number)) return false;
         break;
+      }
       case boost::json::kind::array:
-        for (const auto& item : next->get_array()) pending.push_back(&item);
+        for (auto& item : next->get_array()) pending.push_back(&item);
         break;
       case boost::json::kind::object:
-        for (const auto& entry : next->get_object()) pending.push_back(&entry.value());
+        for (auto& entry : next->get_object()) pending.push_back(&entry.value());
         break;
       default: break;
     }
   }
-  return false;
+  return true;
+}
+
+}  // namespace
+
+std::string JsonObjectProblem(const boost::json::value& value,
+                              const boost::system::error_code& error) {
+  if (error) return "not valid JSON: " + error.message();
+  return value.is_object() ? "" : "not a JSON object";
 }
 
 boost::json::value ParseJson(std::string_view text, boost::system::error_code& error) {
   boost::json::value value = boost::json::parse(text, error);
-  if (!error && HoldsNonFiniteNumber(value)) {
+  if (!error && !MakeNumbersFinite(value)) {
     error = NumberPastDouble();
     return nullptr;
   }

@@ -271,9 +271,10 @@ class EngineStream final : public GenerationStream,
   std::string FailureOutcome() const {
     // The engine refused the input before generating.
     if (!saw_output_ && status_.code() == StatusCode::kInvalidArgument) return "invalid";
-    if (!saw_output_ && status_.code() == StatusCode::kResourceExhausted) {
-      return status_.reason() == error_reason::kQueueTimeout ? "queue_timeout" : "queue_full";
-    }
+    // The engine's queue refused or shed it (other RESOURCE_EXHAUSTEDs, e.g. gRPC's own for
+    // a message past its size limit, are errors).
+    if (!saw_output_ && status_.reason() == error_reason::kQueueFull) return "queue_full";
+    if (!saw_output_ && status_.reason() == error_reason::kQueueTimeout) return "queue_timeout";
     switch (status_.code()) {
       case StatusCode::kCancelled: return "cancelled";
       case StatusCode::kDeadlineExceeded: return "deadline";

@@ -49,8 +49,8 @@ Result<ModelShape> ReadModelShape(const std::filesystem::path& config_json,
   if (!text.ok()) return text.status();
   boost::system::error_code error;
   json::value parsed = inferbox::ParseJson(*text, error);
-  if (error || !parsed.is_object())
-    return InvalidArgumentError(config_json.string() + ": not a JSON object");
+  if (auto problem = JsonObjectProblem(parsed, error); !problem.empty())
+    return InvalidArgumentError(config_json.string() + ": " + problem);
   const json::object& config = parsed.as_object();
 
   ModelShape shape;

@@ -10,6 +10,7 @@
 #include <boost/json.hpp>
 
 #include "fuzz_input.h"
+#include "inferbox/common/json.h"
 #include "inferbox/engine/chat_template/chat_format.h"
 #include "inferbox/engine/chat_template/chat_template.h"
 
@@ -47,7 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   fuzz::Reached("parsed");
   boost::system::error_code error;
-  const boost::json::value variables = boost::json::parse(parts[1], error);
+  const boost::json::value variables = ParseJson(parts[1], error);  // As the engine parses.
   if (!error && variables.is_object()) {
     auto rendered = parsed->Render(variables.as_object());
     fuzz::Reached(rendered.ok() ? "rendered (given variables)" : rendered.status().message());

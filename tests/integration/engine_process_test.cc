@@ -13,6 +13,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "inferbox/common/grpc_status.h"
 #include "inferbox/engine/v1/engine.grpc.pb.h"
 #include "subprocess.h"
 #include "temp_dir.h"
@@ -300,6 +301,9 @@ TEST_F(EngineProcessTest, BadRequestsGetClearErrorsAndChangeNothing) {
   std::string long_prompt;
   for (int i = 0; i < 80; ++i) long_prompt += " word";
   expect_invalid(Completion(long_prompt, 4), "context");
+  EXPECT_EQ(FromGrpcStatus(Generate(engine.stub(), Completion(long_prompt, 4)).status).reason(),
+            error_reason::kPromptTooLong)
+      << "the daemon maps the reason, not the words, to context_length_exceeded";
   wire::GenerateRequest bad_id = Completion("", 4);
   bad_id.mutable_completion()->mutable_token_ids()->add_ids(10'000'000);
   expect_invalid(bad_id, "vocabulary");

@@ -26,9 +26,8 @@ Result<ChatFormat> ChatFormat::LoadFromDirectory(const std::filesystem::path& di
   if (!text.ok()) return text.status();
   boost::system::error_code error;
   const json::value config = inferbox::ParseJson(*text, error);
-  if (error || !config.is_object()) {
-    return InvalidArgumentError(fmt::format("{}: not a JSON object", path.string()));
-  }
+  if (auto problem = JsonObjectProblem(config, error); !problem.empty())
+    return InvalidArgumentError(fmt::format("{}: {}", path.string(), problem));
   const json::value* source = config.as_object().if_contains("chat_template");
   if (source == nullptr)
     return NotFoundError(fmt::format("{} has no chat_template", path.string()));

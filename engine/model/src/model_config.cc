@@ -71,8 +71,7 @@ std::string_view ArchitectureName(Architecture architecture) {
 Result<ModelConfig> ParseModelConfig(std::string_view config_json) {
   boost::system::error_code error;
   const json::value root = inferbox::ParseJson(config_json, error);
-  if (error) return ConfigError("not valid JSON: " + error.message());
-  if (!root.is_object()) return ConfigError("not a JSON object");
+  if (auto problem = JsonObjectProblem(root, error); !problem.empty()) return ConfigError(problem);
   const auto& object = root.as_object();
   const Reader read{object};
   ModelConfig config;
@@ -224,8 +223,7 @@ Result<GenerationConfig> ParseGenerationConfig(std::string_view json_text, int64
   };
   boost::system::error_code error;
   const json::value root = inferbox::ParseJson(json_text, error);
-  if (error) return error_of("not valid JSON: " + error.message());
-  if (!root.is_object()) return error_of("not a JSON object");
+  if (auto problem = JsonObjectProblem(root, error); !problem.empty()) return error_of(problem);
   const auto& object = root.as_object();
   GenerationConfig config;
   if (const auto* eos = object.if_contains("eos_token_id"); eos != nullptr && !eos->is_null()) {

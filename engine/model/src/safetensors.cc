@@ -107,7 +107,8 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::filesy
   const std::string_view header(reinterpret_cast<const char*>(bytes + 8), header_size);
   boost::system::error_code error;
   const json::value root = inferbox::ParseJson(header, error);
-  if (error || !root.is_object()) return FileError(path, "header is not a JSON object");
+  if (auto problem = JsonObjectProblem(root, error); !problem.empty())
+    return FileError(path, "header is " + problem);
 
   const uint64_t data_size = file_size - 8 - header_size;
   const std::byte* data = bytes + 8 + header_size;

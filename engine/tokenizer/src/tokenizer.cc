@@ -476,15 +476,13 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromJson(std::string_view toke
                                                            std::string_view tokenizer_config_json) {
   boost::system::error_code error;
   const json::value root = inferbox::ParseJson(tokenizer_json, error);
-  if (error || !root.is_object()) {
-    return InvalidArgumentError("tokenizer.json is not a JSON object: " + error.message());
-  }
+  if (auto problem = JsonObjectProblem(root, error); !problem.empty())
+    return InvalidArgumentError("tokenizer.json is " + problem);
   json::object config;
   if (!tokenizer_config_json.empty()) {
     const json::value config_value = inferbox::ParseJson(tokenizer_config_json, error);
-    if (error || !config_value.is_object()) {
-      return InvalidArgumentError("tokenizer_config.json is not a JSON object: " + error.message());
-    }
+    if (auto problem = JsonObjectProblem(config_value, error); !problem.empty())
+      return InvalidArgumentError("tokenizer_config.json is " + problem);
     config = config_value.as_object();
   }
 
