@@ -541,6 +541,13 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              model.kv_cache_dtype = *value;
              return Status::Ok();
            }},
+          {"sampling_defaults",
+           [&](const toml::node& node, const std::string& key) {
+             auto value = GetEither(site, node, key, "model", "openai");
+             if (!value.ok()) return value.status();
+             model.sampling_defaults = *value;
+             return Status::Ok();
+           }},
       });
   if (!status.ok()) return status;
   if (model.name.empty()) return site.At(table, section + ".name", "is required");

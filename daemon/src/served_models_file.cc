@@ -38,6 +38,8 @@ toml::table ToToml(const ModelServeConfig& model) {
   if (model.quantization != defaults.quantization) table.insert("quantization", model.quantization);
   if (model.kv_cache_dtype != defaults.kv_cache_dtype)
     table.insert("kv_cache_dtype", model.kv_cache_dtype);
+  if (model.sampling_defaults != defaults.sampling_defaults)
+    table.insert("sampling_defaults", model.sampling_defaults);
   return table;
 }
 

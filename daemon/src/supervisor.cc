@@ -736,6 +736,10 @@ void Supervisor::Watch(Watcher& watcher) {
       // must end well within kStopGrace.
       "--drain-timeout", "5", "--parent-pid", std::to_string(getpid()), "--tensor-parallel",
       std::to_string(TensorParallelOf(model))};
+  if (model.sampling_defaults != "model") {
+    argv.push_back("--sampling-defaults");
+    argv.push_back(model.sampling_defaults);
+  }
   if (model.queue_timeout_seconds > 0) {
     argv.push_back("--queue-timeout");
     argv.push_back(fmt::format("{}", model.queue_timeout_seconds));

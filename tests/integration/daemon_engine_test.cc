@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include <fstream>
+#include <set>
 #include <thread>
 
 #include <gmock/gmock.h>
@@ -579,6 +580,50 @@ TEST_F(DaemonEngineTest, APromptPastTheContextIsContextLengthExceeded) {
 
   const std::string series = "inferbox_requests_rejected_total{reason=\"too_long\"} 2";
   EXPECT_THAT(MetricsHolding(series), HasSubstr(series));
+}
+
+// R1.11: a request's unset sampling parameters come from the model's generation_config.json
+// unless its [[models]] table says sampling_defaults = "openai". With a generation_config
+// of temperature 0, requests that differ only in their seed give one greedy text; with the
+// OpenAI defaults (temperature 1) they do not.
+TEST_F(DaemonEngineTest, SamplingDefaultsComeFromTheModelUnlessSwitchedOff) {
+  const std::filesystem::path greedy = dir_.path() / "greedy-model";
+  std::filesystem::copy(model(), greedy, std::filesystem::copy_options::recursive);
+  {
+    std::ofstream generation(greedy / "generation_config.json", std::ios::trunc);
+    generation << R"({"temperature": 0.0, "top_p": 1.0})";
+  }
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(greedy) + "[[models]]\nname = \"openai\"\npath = \"" +
+                                greedy.string() +
+                                "\"\nkv_cache_gib = 0.1\nsampling_defaults = \"openai\"\n"));
+  ASSERT_TRUE(WaitServing());
+  // SERVING once a model is; both must be.
+  for (int i = 0; i < 3000; ++i) {
+    const api::GetStatusResponse status = Status();
+    if (status.engines_size() == 2 &&
+        std::all_of(status.engines().begin(), status.engines().end(),
+                    [](const auto& engine) { return engine.state() == api::ENGINE_STATE_READY; })) {
+      break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  auto texts = [&](const std::string& model_name) {
+    std::set<std::string> distinct;
+    for (uint64_t seed = 1; seed <= 4; ++seed) {
+      api::ChatRequest request = Chat(16, model_name);
+      request.mutable_sampling()->clear_temperature();  // Chat() asks for greedy.
+      request.mutable_sampling()->set_seed(seed);
+      const Streamed streamed = RunChat(request);
+      EXPECT_TRUE(streamed.status.ok()) << streamed.status.error_message();
+      std::string text;
+      for (const auto& chunk : streamed.chunks) text += chunk.text();
+      distinct.insert(text);
+    }
+    return distinct;
+  };
+  EXPECT_EQ(texts("tiny").size(), 1u) << "generation_config.json's temperature 0 is greedy";
+  EXPECT_GT(texts("openai").size(), 1u)
+      << "the OpenAI default temperature 1 samples: four seeds, four draws of 16 tokens";
 }
 
 // R6.6: with queue_timeout_seconds, a request that cannot start in time is shed with 503 and

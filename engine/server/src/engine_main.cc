@@ -65,6 +65,10 @@ struct Options {
   int64_t max_model_len = 0;
   int64_t max_waiting = 1024;
   double queue_timeout_seconds = 0.0;
+  // Where a request's unset sampling parameters come from: "model" (generation_config.json,
+  // then the OpenAI defaults) or "openai" (the OpenAI defaults only, as vLLM's
+  // --generation-config vllm).
+  std::string sampling_defaults = "model";
   double drain_timeout_seconds = 30.0;
   std::string log_level = "info";
   pid_t parent_pid = 0;
@@ -359,10 +363,14 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options, const EngineM
       runtime.limits.max_model_len, options.max_running);
 
   std::vector<int32_t> eos = engine->front_model().EosTokenIds();
+  // The model's end-of-sequence ids stay either way: they are not a sampling default.
+  GenerationConfig generation = engine->front_model().generation_config();
+  if (options.sampling_defaults == "openai")
+    generation = {.eos_token_ids = generation.eos_token_ids};
   // The runner's config: a wrapper's vocabulary (EngineMainHooks) is the one prompts must fit.
   engine->builder = std::make_unique<RequestBuilder>(
-      *engine->tokenizer, std::move(chat), engine->runner().config(),
-      engine->front_model().generation_config(), eos, runtime.limits.max_model_len);
+      *engine->tokenizer, std::move(chat), engine->runner().config(), std::move(generation), eos,
+      runtime.limits.max_model_len);
   // Fault injection for the supervision tests (tests/integration/daemon_engine_test.cc).
   for (const auto& [variable, field] :
        {std::pair{"INFERBOX_TEST_FAULT_STALL_AFTER_STEPS", &runtime.fault_stall_after_steps},
@@ -537,6 +545,12 @@ int EngineMain(int argc, char** argv, const EngineMainHooks& hooks) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-waiting", options.max_waiting, "Queued requests before RESOURCE_EXHAUSTED")
       ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--sampling-defaults", options.sampling_defaults,
+                 "Sampling parameters a request leaves unset: model (from the model's "
+                 "generation_config.json, else the OpenAI defaults) or openai (temperature 1, "
+                 "top_p 1, no top_k, min_p or repetition penalty)")
+      ->check(CLI::IsMember({"model", "openai"}))
       ->capture_default_str();
   app.add_option("--queue-timeout", options.queue_timeout_seconds,
                  "Seconds a request may wait without starting before RESOURCE_EXHAUSTED (0: "

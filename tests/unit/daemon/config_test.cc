@@ -197,6 +197,7 @@ max_model_len = 32768
 quantization = "fp8"
 kv_cache_dtype = "fp8"
 queue_timeout_seconds = 2.5
+sampling_defaults = "openai"
 [[models]]
 name = "demo"
 path = "models/demo"
@@ -220,6 +221,8 @@ path = "models/demo"
   EXPECT_EQ(config->models[0].queue_timeout_seconds, 2.5);
   EXPECT_EQ(config->models[1].queue_timeout_seconds, 0.0) << "no queue timeout by default";
   EXPECT_EQ(config->models[1].kv_cache_dtype, "auto");
+  EXPECT_EQ(config->models[0].sampling_defaults, "openai");
+  EXPECT_EQ(config->models[1].sampling_defaults, "model") << "generation_config.json by default";
   EXPECT_EQ(config->models[1].device, "cpu");
   EXPECT_EQ(config->models[1].path, std::filesystem::path("models/demo"));
   EXPECT_EQ(config->models[1].replicas, 1u);
@@ -245,6 +248,8 @@ TEST(ModelsConfig, RefusesModelsThatCannotRunNamingTheKey) {
               HasSubstr("models[0].quantization: \"int4\" is not \"none\" or \"fp8\""));
   EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nkv_cache_dtype = \"bf16\"\n"),
               HasSubstr("models[0].kv_cache_dtype: \"bf16\" is not \"auto\" or \"fp8\""));
+  EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nsampling_defaults = \"vllm\"\n"),
+              HasSubstr("models[0].sampling_defaults: \"vllm\" is not \"model\" or \"openai\""));
   EXPECT_THAT(ErrorOf("[[models]]\nname = \"a\"\npath = \"x\"\nqueue_timeout_seconds = -2\n"),
               HasSubstr("models[0].queue_timeout_seconds"));
   EXPECT_THAT(ErrorOf("[auth]\nrequire_keys = \"yes\"\n"), HasSubstr("auth.require_keys"));

@@ -113,7 +113,8 @@ TEST(ServedModelsFile, RoundTripsAndMergesWithTheConfigWinning) {
                      .kv_cache_gib = 4.5,
                      .max_model_len = 8192,
                      .queue_timeout_seconds = 30,
-                     .quantization = "fp8"};
+                     .quantization = "fp8",
+                     .sampling_defaults = "openai"};
   served.models = {a, b};
   ASSERT_TRUE(WriteServedModels(file, served).ok());
   auto read = ReadServedModels(file);

@@ -82,6 +82,9 @@ struct ModelServeConfig {
   // The KV cache: "auto" (the engine's precision: BF16 on a GPU, float32 on the CPU) or "fp8"
   // (FP8 E4M3 with a scale per token and KV head: twice the tokens in the same memory).
   std::string kv_cache_dtype = "auto";
+  // Sampling parameters a request leaves unset: "model" (the model's generation_config.json,
+  // else the OpenAI defaults) or "openai" (the OpenAI defaults only) (CONVENTIONS R1.11).
+  std::string sampling_defaults = "model";
 
   bool operator==(const ModelServeConfig&) const = default;
 };
