@@ -19,6 +19,7 @@
 #include "google/rpc/status.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "http_client.h"
+#include "inferbox/common/grpc_status.h"
 #include "inferbox/engine/v1/engine.grpc.pb.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
@@ -33,17 +34,6 @@ namespace wire = ::inferbox::engine::v1;
 using grpc::health::v1::HealthCheckResponse;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
-
-// The google.rpc.ErrorInfo reason (domain "inferbox") in a gRPC status's details, or "".
-std::string ErrorReason(const grpc::Status& status) {
-  google::rpc::Status details;
-  if (!details.ParseFromString(status.error_details())) return "";
-  for (const auto& detail : details.details()) {
-    google::rpc::ErrorInfo info;
-    if (detail.UnpackTo(&info) && info.domain() == "inferbox") return info.reason();
-  }
-  return "";
-}
 
 std::string ModelsConfig(const std::filesystem::path& model, std::string_view extra = "",
                          std::string_view extra_server_keys = "") {
@@ -552,7 +542,8 @@ TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
                           [&](const auto& detail) { return detail.UnpackTo(&retry); }));
   EXPECT_GE(retry.retry_delay().seconds(), 1);
   EXPECT_LE(retry.retry_delay().seconds(), 3);
-  EXPECT_EQ(ErrorReason(refused), "QUEUE_FULL") << "the engine's reason reaches the client";
+  EXPECT_EQ(FromGrpcStatus(refused).reason(), "QUEUE_FULL")
+      << "the engine's reason reaches the client";
 }
 
 // A prompt longer than the model's context: the engine's reason (PROMPT_TOO_LONG), not the
@@ -576,7 +567,7 @@ TEST_F(DaemonEngineTest, APromptPastTheContextIsContextLengthExceeded) {
   request.mutable_messages(0)->set_content(words);
   const grpc::Status status = RunChat(request).status;
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
-  EXPECT_EQ(ErrorReason(status), "PROMPT_TOO_LONG");
+  EXPECT_EQ(FromGrpcStatus(status).reason(), "PROMPT_TOO_LONG");
 
   const std::string series = "inferbox_requests_rejected_total{reason=\"too_long\"} 2";
   EXPECT_THAT(MetricsHolding(series), HasSubstr(series));
@@ -653,7 +644,7 @@ TEST_F(DaemonEngineTest, AQueueTimeoutShedsWhatCannotStartInTime) {
 
   const grpc::Status refused = RunChat(Chat(4)).status;
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
-  EXPECT_EQ(ErrorReason(refused), "QUEUE_TIMEOUT");
+  EXPECT_EQ(FromGrpcStatus(refused).reason(), "QUEUE_TIMEOUT");
   // Counted as shed by the timeout, not as a full queue (the metric is written as the call ends).
   const std::string shed_series = "inferbox_requests_rejected_total{reason=\"queue_timeout\"} 2";
   EXPECT_THAT(MetricsHolding(shed_series), HasSubstr(shed_series));

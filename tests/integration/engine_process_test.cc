@@ -296,13 +296,12 @@ TEST_F(EngineProcessTest, BadRequestsGetClearErrorsAndChangeNothing) {
     EXPECT_NE(streamed.status.error_message().find(words), std::string::npos)
         << streamed.status.error_message();
     EXPECT_TRUE(streamed.chunks.empty());
+    return FromGrpcStatus(streamed.status).reason();
   };
   expect_invalid(Completion("", 4), "prompt is empty");
   std::string long_prompt;
   for (int i = 0; i < 80; ++i) long_prompt += " word";
-  expect_invalid(Completion(long_prompt, 4), "context");
-  EXPECT_EQ(FromGrpcStatus(Generate(engine.stub(), Completion(long_prompt, 4)).status).reason(),
-            error_reason::kPromptTooLong)
+  EXPECT_EQ(expect_invalid(Completion(long_prompt, 4), "context"), error_reason::kPromptTooLong)
       << "the daemon maps the reason, not the words, to context_length_exceeded";
   wire::GenerateRequest bad_id = Completion("", 4);
   bad_id.mutable_completion()->mutable_token_ids()->add_ids(10'000'000);
