@@ -227,6 +227,16 @@ ModelsCommand::ModelsCommand(CLI::App& app) {
                    "with a scale per token and KV head: twice the tokens in the same memory)")
       ->transform(CLI::IsMember({"auto", "fp8"}));
   load_->add_option("--max-model-len", max_model_len_, "Longest sequence (default: the model's)");
+  load_
+      ->add_option("--queue-timeout", queue_timeout_,
+                   "Seconds a request may wait to be started before it is refused as a full "
+                   "queue (0, the default: no limit)")
+      ->check(CLI::Range(0.0, 86400.0));
+  load_
+      ->add_option("--sampling-defaults", sampling_defaults_,
+                   "What a request leaves unset: model (default: the model's "
+                   "generation_config.json) or openai (temperature 1, top_p 1)")
+      ->transform(CLI::IsMember({"model", "openai"}));
   load_->add_option("--ready-timeout", ready_timeout_,
                     "Swap: seconds the new engines have to become ready (default 600)");
   load_->add_option("--drain-timeout", drain_timeout_,
@@ -319,6 +329,8 @@ std::optional<int> ModelsCommand::Run(const AdminCalls& calls) const {
     options->set_max_model_len(max_model_len_);
     options->set_quantization(quantization_);
     options->set_kv_cache_dtype(kv_cache_dtype_);
+    options->set_queue_timeout_seconds(queue_timeout_);
+    options->set_sampling_defaults(sampling_defaults_);
     request.set_ready_timeout_seconds(ready_timeout_);
     request.set_drain_timeout_seconds(drain_timeout_);
     api::LoadModelResponse response;

@@ -61,6 +61,8 @@ class ModelsCommand {
   std::string quantization_;    // Empty: the daemon's default (none).
   std::string kv_cache_dtype_;  // Empty: the daemon's default (auto).
   int64_t max_model_len_ = 0;
+  double queue_timeout_ = 0.0;     // 0: the daemon's default (no limit).
+  std::string sampling_defaults_;  // Empty: the daemon's default (model).
   uint32_t ready_timeout_ = 0;
   uint32_t drain_timeout_ = 0;
   uint32_t context_length_ = 0;

@@ -72,6 +72,9 @@ ModelServeConfig ServeConfigFor(const api::LoadModelRequest& request) {
   if (options.max_waiting() > 0) config.max_waiting = options.max_waiting();
   if (!options.quantization().empty()) config.quantization = options.quantization();
   if (!options.kv_cache_dtype().empty()) config.kv_cache_dtype = options.kv_cache_dtype();
+  if (options.queue_timeout_seconds() != 0)
+    config.queue_timeout_seconds = options.queue_timeout_seconds();
+  if (!options.sampling_defaults().empty()) config.sampling_defaults = options.sampling_defaults();
   return config;
 }
 
@@ -87,6 +90,13 @@ Status CheckServeOptions(const ModelServeConfig& config) {
     return InvalidArgumentError("options.kv_cache_dtype: \"" + config.kv_cache_dtype +
                                 "\" is not auto or fp8");
   }
+  if (config.sampling_defaults != "model" && config.sampling_defaults != "openai") {
+    return InvalidArgumentError("options.sampling_defaults: \"" + config.sampling_defaults +
+                                "\" is not model or openai");
+  }
+  // Written so that NaN fails it too.
+  if (!(config.queue_timeout_seconds >= 0 && config.queue_timeout_seconds <= 86400))
+    return InvalidArgumentError("options.queue_timeout_seconds: from 0 to 86400");
   if (auto error = CheckGpuSettings(config, Placed::kNotYet))
     return InvalidArgumentError("options." + error->key + ": " + error->message);
   if (config.kv_cache_gib > 4096) return InvalidArgumentError("options.kv_cache_gib: at most 4096");

@@ -6,7 +6,9 @@
 // kept across a restart.
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <set>
@@ -471,6 +473,87 @@ TEST_F(ModelAdminTest, LoadedModelsAndTheDefaultSurviveARestart) {
   EXPECT_EQ(listed.default_model(), "tiny");
   const ChatResult chat = RunChat(*inference_, TinyChat(3, "default"));
   EXPECT_TRUE(chat.status.ok()) << chat.status.error_message();
+}
+
+// LoadModel's queue timeout and sampling defaults (the [[models]] keys of the same names)
+// reach the model's engine as its command-line flags, a load with the same options changes
+// nothing, a restart keeps them, other options swap to engines without them, inferboxctl's
+// flags say the same, and bad values are refused naming the option with nothing served.
+TEST_F(ModelAdminTest, LoadPassesTheQueueTimeoutAndSamplingDefaultsToTheEngine) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  ASSERT_TRUE(InstallFolder("tiny", v1()).status.ok());
+  auto load = [&](double queue_timeout, const std::string& sampling_defaults,
+                  api::LoadModelResponse* response) {
+    grpc::ClientContext context;
+    Prepare(context, "", 300s);
+    api::LoadModelRequest request;
+    request.set_id("tiny");
+    request.mutable_options()->set_kv_cache_gib(0.1);
+    request.mutable_options()->set_queue_timeout_seconds(queue_timeout);
+    request.mutable_options()->set_sampling_defaults(sampling_defaults);
+    return admin_->LoadModel(&context, request, response);
+  };
+  // The value after flag `name` on the command line of the model's one engine, once it is
+  // `want` (a swap's old engine may still be listed for a while), else the last value seen
+  // within 60 s; "(none)" without the flag, "(no engine)" when none ran alone.
+  auto engine_flag = [&](const std::string& name, const std::string& want) {
+    std::string seen = "(no engine)";
+    for (auto deadline = std::chrono::steady_clock::now() + 60s;
+         std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(100ms)) {
+      grpc::ClientContext context;
+      Prepare(context);
+      api::GetStatusResponse status;
+      if (!admin_->GetStatus(&context, api::GetStatusRequest(), &status).ok() ||
+          status.engines_size() != 1 || status.engines(0).pid() <= 0)
+        continue;
+      std::ifstream file("/proc/" + std::to_string(status.engines(0).pid()) + "/cmdline");
+      std::vector<std::string> arguments;
+      for (std::string argument; std::getline(file, argument, '\0');) arguments.push_back(argument);
+      if (arguments.empty()) continue;
+      const auto found = std::find(arguments.begin(), arguments.end(), name);
+      seen = found == arguments.end() || found + 1 == arguments.end() ? "(none)" : *(found + 1);
+      if (seen == want) break;
+    }
+    return seen;
+  };
+
+  api::LoadModelResponse response;
+  const grpc::Status bad_defaults = load(0, "vllm", &response);
+  EXPECT_EQ(bad_defaults.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad_defaults.error_message(), HasSubstr("options.sampling_defaults"));
+  for (const double bad : {-1.0, 86401.0, std::nan("")}) {
+    const grpc::Status refused = load(bad, "", &response);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << bad;
+    EXPECT_THAT(refused.error_message(), HasSubstr("options.queue_timeout_seconds")) << bad;
+  }
+  ASSERT_EQ(List().models_size(), 1);
+  EXPECT_FALSE(List().models(0).served()) << "a refused load must serve nothing";
+
+  ASSERT_TRUE(load(2.5, "openai", &response).ok());
+  EXPECT_EQ(response.action(), api::LOAD_ACTION_LOADED);
+  EXPECT_EQ(engine_flag("--queue-timeout", "2.5"), "2.5");
+  EXPECT_EQ(engine_flag("--sampling-defaults", "openai"), "openai");
+  ASSERT_TRUE(daemon_->WaitInferenceServing());
+  ASSERT_TRUE(load(2.5, "openai", &response).ok());
+  EXPECT_EQ(response.action(), api::LOAD_ACTION_UNCHANGED);
+  const auto ctl = RunCommand(
+      {INFERBOXCTL_PATH, "--address", daemon_->grpc_address(), "models", "load", "tiny",
+       "--kv-cache-gib", "0.1", "--queue-timeout", "2.5", "--sampling-defaults", "openai"},
+      dir_.path(), 120s);
+  EXPECT_EQ(ctl.exit_code, 0) << ctl.err;
+  EXPECT_THAT(ctl.out, HasSubstr("tiny already serving"));
+
+  ASSERT_NO_FATAL_FAILURE(Stop());
+  ASSERT_NO_FATAL_FAILURE(Start());
+  EXPECT_EQ(engine_flag("--queue-timeout", "2.5"), "2.5") << "lost across a restart";
+  EXPECT_EQ(engine_flag("--sampling-defaults", "openai"), "openai") << "lost across a restart";
+
+  // Other options are a swap to engines that have them: here the defaults, no flags.
+  ASSERT_TRUE(daemon_->WaitInferenceServing());
+  ASSERT_TRUE(load(0, "", &response).ok());
+  EXPECT_EQ(response.action(), api::LOAD_ACTION_SWAPPED);
+  EXPECT_EQ(engine_flag("--queue-timeout", "(none)"), "(none)");
+  EXPECT_EQ(engine_flag("--sampling-defaults", "(none)"), "(none)");
 }
 
 TEST_F(ModelAdminTest, SwapsToANewVersionWhileAClientStreamsWithoutAFailedRequest) {
