@@ -10,8 +10,8 @@ records with the linear layers in FP8 (--quantization fp8), kvfp8-* in-process r
 the KV cache in FP8 (--kv-cache-dtype fp8), cublas-* in-process records with decode steps of up
 to 8 sequences on cuBLASLt instead of the small-batch linear kernel (INFERBOX_CUDA_GEMV=0;
 cublas-fp8-* with --quantization fp8), kvblock-* in-process records over a block-major KV cache
-(INFERBOX_CUDA_KV_BLOCK_MAJOR=1), nopdl-* in-process records with the small-batch kernel
-launched plainly (INFERBOX_CUDA_PDL=0); a record is a line
+(INFERBOX_CUDA_KV_BLOCK_MAJOR=1), pdl-* in-process records with the small-batch kernel
+launched as a programmatic dependent (INFERBOX_CUDA_PDL=1); a record is a line
 that starts with {"bench". Missing logs and runs count as not measured.
 """
 import argparse
@@ -26,11 +26,11 @@ DAEMON_MAX_LOSS = 3.0  # Percent below in-process.
 
 def read_records(paths):
     records = {"ours": [], "daemon": [], "peer": [], "eager": [], "kvfp8": [], "fp8": [], "cublas": [],
-               "cublasfp8": [], "kvblock": [], "nopdl": []}
+               "cublasfp8": [], "kvblock": [], "pdl": []}
     for path in map(pathlib.Path, paths):
         if not path.is_file():
             continue
-        side = next((s for s in ("peer", "daemon", "eager", "kvfp8", "kvblock", "nopdl", "fp8", "cublas-fp8",
+        side = next((s for s in ("peer", "daemon", "eager", "kvfp8", "kvblock", "pdl", "fp8", "cublas-fp8",
                                  "cublas")
                      if path.name.startswith(s)), "ours").replace("-", "")
         for line in path.read_text(errors="replace").splitlines():
@@ -226,8 +226,7 @@ def main():
     versus(records["kvfp8"], ours, "FP8 KV ", "tokens/s, FP8 KV cache vs BF16", "BF16 cache", "FP8 KV")
 
     # What launching the small-batch kernel as a dependent of the kernel before it saves.
-    versus(records["nopdl"], ours, "", "tokens/s, dependent launches vs plain", "plain", "dependent",
-           variant_is_new=False)
+    versus(records["pdl"], ours, "", "tokens/s, dependent launches vs plain", "plain", "dependent")
 
     # A block-major KV cache against the slot-major one, same workload.
     versus(records["kvblock"], ours, "block-major KV ", "tokens/s, block-major KV cache vs slot-major",

@@ -52,7 +52,8 @@ def main() -> None:
         tensors[p + "self_attn.k_proj.weight"] = matrix(kv_heads * head_dim, hidden)
         tensors[p + "self_attn.v_proj.weight"] = matrix(kv_heads * head_dim, hidden)
         tensors[p + "self_attn.o_proj.weight"] = matrix(hidden, heads * head_dim)
-        if config.get("attention_bias"):
+        # Qwen2's config has no attention_bias key: its q/k/v projections always have biases.
+        if config.get("attention_bias") or config["architectures"][0].startswith("Qwen2"):
             for name, size in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
                 tensors[p + f"self_attn.{name}_proj.bias"] = torch.zeros(size * head_dim, dtype=torch.bfloat16)
         if config["architectures"][0].startswith("Qwen3"):

@@ -43,9 +43,9 @@
 # kernel off, INFERBOX_CUDA_GEMV=0: decode steps of up to 8 sequences on cuBLASLt GEMMs as
 # before, to show what the kernel saves; a fifth field fp8 runs it with --quantization fp8,
 # compared with PERF_FP8's run of the workload; "128:256:1:3", one stream),
-# PERF_PDL_OFF (workloads in PERF_THROUGHPUT's form run again with the small-batch kernel
-# launched plainly, INFERBOX_CUDA_PDL=0, not as a programmatic dependent of the kernel before
-# it, into nopdl-*.log; "128:256:1:3", one stream),
+# PERF_PDL (workloads in PERF_THROUGHPUT's form run again with the small-batch kernel
+# launched as a programmatic dependent of the kernel before it, INFERBOX_CUDA_PDL=1, instead of
+# plainly (the default since it measured slower), into pdl-*.log; "", e.g. "128:256:1:3"),
 # PERF_FP8 (workloads in PERF_THROUGHPUT's form run again with --quantization fp8, the
 # linear layers in FP8 E4M3, after the op-by-op ones; a concurrency of 1 is compared with the
 # FP8 bandwidth floor, the weights' bytes then half; ""),
@@ -74,8 +74,13 @@
 # PERF_NCU (BATCH:CONTEXT cases of the tensor-core decode kernel profiled by Nsight Compute
 # after the attention bench, both caches: "256:1024"; "", the default, leaves it out; skipped
 # where ncu is not installed),
-# PERF_KERNELS_ONLY=1 (the checks, the attention bench, PERF_NCU and PERF_SANITIZE only: no
-# model),
+# PERF_NCU_PREFILL (prompt lengths whose causal prefill kernel, BF16 cache, Nsight Compute
+# profiles the same way: "", e.g. "8192"),
+# PERF_NSYS (workloads in PERF_OP_TIMES' form, fifth field included, run under Nsight Systems
+# with CUDA graphs traced node by node: the GPU time per kernel, cuBLASLt's included, into
+# nsys-*.log, which the op times cannot split; skipped where nsys is not installed; ""),
+# PERF_KERNELS_ONLY=1 (the checks, the attention bench, PERF_NCU, PERF_NCU_PREFILL and
+# PERF_SANITIZE only: no model),
 # PERF_SANITIZE=1 (after everything, in what the budget leaves: compute-sanitizer's racecheck
 # and synccheck over the small attention op cases, which the CPU emulation cannot judge, and
 # memcheck over the recorded-step cases),
@@ -166,7 +171,7 @@ report() {
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
     "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/kvfp8-*.log "$out"/cublas-*.log \
-    "$out"/kvblock-*.log "$out"/nopdl-*.log \
+    "$out"/kvblock-*.log "$out"/pdl-*.log \
     "$out"/daemon-*.log "$out"/peer.log |
     tee "$results/perf-table.txt"
   save_logs
@@ -186,8 +191,8 @@ cuda_tool() {  # cuda_tool NAME [GLOB...]
 # (throughput against the peaks, occupancy, the warps' stall reasons, the source lines that
 # stall most), which the kernels' timings alone cannot say.
 profile_attention() {
-  local cases=(${PERF_NCU:-}) ncu case batch context cache
-  [ ${#cases[@]} -gt 0 ] || return 0
+  local cases=(${PERF_NCU:-}) prefills=(${PERF_NCU_PREFILL:-}) ncu case batch context cache
+  [ $((${#cases[@]} + ${#prefills[@]})) -gt 0 ] || return 0
   ncu=$(cuda_tool ncu /opt/nvidia/nsight-compute/*/ncu)
   if [ -z "$ncu" ]; then
     summary+=("$(printf '%-36s %-7s' "Nsight Compute (ncu)" "SKIPPED (not installed)")")
@@ -206,6 +211,16 @@ profile_attention() {
         "$bin/inferbox-attention-bench" --batch "$batch" --context "$context" \
         --kernel tensor-core --kv-cache-dtype "$cache" --iterations 2
     done
+  done
+  # PERF_NCU_PREFILL: the prefill kernel of one causal prompt of each length, BF16 cache.
+  for case in "${prefills[@]}"; do
+    capped $((reserve_daemon + reserve_peer)) 120 "ncu: prefill kernel ${case} bf16" \
+      "ncu-prefill-${case}-bf16.log" "$ncu" --target-processes all \
+      --kernel-name regex:TensorCorePrefillAttention --launch-skip 1 --launch-count 1 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      --section ComputeWorkloadAnalysis --section SourceCounters --print-summary none \
+      "$bin/inferbox-attention-bench" --prefill "$case" --kv-cache-dtype bf16 --iterations 2
   done
 }
 
@@ -374,8 +389,8 @@ run_variant() {  # run_variant "WORKLOADS" PREFIX LABEL LIMIT_S VARIANT_ENV [FLA
   done
 }
 
-# --- ours, with the small-batch kernel launched plainly: what dependent launches save ---
-run_variant "${PERF_PDL_OFF-128:256:1:3}" nopdl "plain launches" 90 INFERBOX_CUDA_PDL=0
+# --- ours, with the small-batch kernel as a dependent launch: what that saves or costs ---
+run_variant "${PERF_PDL:-}" pdl "dependent launches" 90 INFERBOX_CUDA_PDL=1
 
 # --- ours, with the linear layers in FP8 ---
 run_variant "${PERF_FP8:-}" fp8 fp8 120 "" --quantization fp8
@@ -519,22 +534,55 @@ fi
 throughput 5 "${throughput_last[@]}"
 
 # --- where the GPU time goes ---
-for workload in ${PERF_OP_TIMES:-}; do
-  IFS=: read -r in_len out_len concurrency requests variant <<<"$workload"
-  case ${variant:-} in
+# variant_flags_of VARIANT: inferbox-bench's flags for a workload's fifth field into
+# variant_flags; false for a variant it does not know.
+variant_flags_of() {
+  case ${1:-} in
     "") variant_flags=() ;;
     fp8) variant_flags=(--quantization fp8) ;;
     kvfp8) variant_flags=(--kv-cache-dtype fp8) ;;
-    *)
-      summary+=("$(printf '%-36s %-7s' "op times: $workload" "SKIPPED (its variant is not fp8 or kvfp8)")")
-      continue
-      ;;
+    *) return 1 ;;
   esac
+}
+
+for workload in ${PERF_OP_TIMES:-}; do
+  IFS=: read -r in_len out_len concurrency requests variant <<<"$workload"
+  if ! variant_flags_of "${variant:-}"; then
+    summary+=("$(printf '%-36s %-7s' "op times: $workload" "SKIPPED (its variant is not fp8 or kvfp8)")")
+    continue
+  fi
   INFERBOX_CUDA_OP_TIMES=1 capped 5 90 "op times: ${in_len}/${out_len} at ${concurrency}${variant:+ $variant}" \
     "ops-${variant:+$variant-}${in_len}x${out_len}.log" "${bench[@]}" "${variant_flags[@]}" \
     --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
     --num-requests "$requests" --warmup 0 --seed 7 --json
 done
+
+# --- the GPU time per kernel under Nsight Systems (PERF_NSYS) ---
+if [ -n "${PERF_NSYS:-}" ]; then
+  nsys=$(cuda_tool nsys /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/nsight-systems*/bin/nsys)
+  for workload in ${PERF_NSYS}; do
+    IFS=: read -r in_len out_len concurrency requests variant <<<"$workload"
+    name="${variant:+$variant-}${in_len}x${out_len}x${concurrency}"
+    if [ -z "$nsys" ]; then
+      summary+=("$(printf '%-36s %-7s' "nsys: $workload" "SKIPPED (not installed)")")
+      continue
+    fi
+    if ! variant_flags_of "${variant:-}"; then
+      summary+=("$(printf '%-36s %-7s' "nsys: $workload" "SKIPPED (its variant is not fp8 or kvfp8)")")
+      continue
+    fi
+    # The report stays out of the logs (tens of MB); its kernel summary goes in.
+    capped 5 120 "nsys: ${in_len}/${out_len} at ${concurrency}${variant:+ $variant}" \
+      "nsys-run-$name.log" "$nsys" profile --trace cuda --cuda-graph-trace node --sample none \
+      --cpuctxsw none --force-overwrite true --output "$work/nsys-$name" \
+      "${bench[@]}" "${variant_flags[@]}" --input-len "$in_len" --output-len "$out_len" \
+      --concurrency "$concurrency" --num-requests "$requests" --warmup 0 --seed 7 --json &&
+      capped 5 60 "nsys: kernels of $name" "nsys-$name.log" bash -c \
+        '"$0" stats --force-export true --report cuda_gpu_kern_sum --format table "$1" ||
+         "$0" stats --force-export true --report gpukernsum --format table "$1"' \
+        "$nsys" "$work/nsys-$name.nsys-rep"
+  done
+fi
 
 # --- races and barrier misuse in the attention kernels ---
 sanitize

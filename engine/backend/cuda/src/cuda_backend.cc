@@ -1368,7 +1368,7 @@ class CudaBackend final : public Backend {
   bool record_steps_ = true;
   bool small_batch_linears_ = true;  // CudaBackendOptions::small_batch_linears.
   bool block_major_kv_ = false;      // CudaBackendOptions::block_major_kv.
-  bool dependent_launches_ = true;   // CudaBackendOptions::dependent_launches.
+  bool dependent_launches_ = false;  // CudaBackendOptions::dependent_launches.
   int num_multiprocessors_ = 1;
   cudaStream_t stream_ = nullptr;
   OpTimes times_;
@@ -1425,11 +1425,12 @@ Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index, CudaBackendOp
   };
   if (off("INFERBOX_CUDA_GRAPHS")) options.cuda_graphs = false;
   if (off("INFERBOX_CUDA_GEMV")) options.small_batch_linears = false;
-  if (off("INFERBOX_CUDA_PDL")) options.dependent_launches = false;
-  if (const char* value = std::getenv("INFERBOX_CUDA_KV_BLOCK_MAJOR");
-      value != nullptr && std::string_view(value) == "1") {
-    options.block_major_kv = true;
-  }
+  const auto on = [](const char* name) {
+    const char* value = std::getenv(name);
+    return value != nullptr && std::string_view(value) == "1";
+  };
+  if (on("INFERBOX_CUDA_PDL")) options.dependent_launches = true;
+  if (on("INFERBOX_CUDA_KV_BLOCK_MAJOR")) options.block_major_kv = true;
   return std::unique_ptr<Backend>(new CudaBackend(device_index, options));
 }
 
