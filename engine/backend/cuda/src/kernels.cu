@@ -1510,10 +1510,9 @@ __device__ __forceinline__ int32_t DecodeKeyRow(const PagedAttentionParams& p, c
 // and when the FP8 cache's branches took the BF16 form to 179 registers, 5 blocks fit and it
 // read the cache 20% slower at 256 sequences (H200, 2026-11-27). (On an H200, one warp of 4
 // stages per block read the cache at 38–47% of the copy bandwidth where this form reads it at
-// 62–79%.) Three or four stages (inferbox-attention-bench's --decode-stages) are there to be
-// measured: both caches took ~4.8 µs a 16-key tile and warp in run 6, FP8 with half the
-// bytes, which points at round trips rather than bytes; more stages mean more shared memory
-// and fewer blocks (BF16: 4 blocks with 3 stages, 3 with 4).
+// 62–79%.) Three or four stages (inferbox-attention-bench's --decode-stages) measured slower
+// over both caches in run 7 (H200, 2026-11-28): more shared memory means fewer blocks (BF16: 4
+// with 3 stages, 3 with 4), and the FP8 cache, 6 blocks at any depth, did not gain either.
 constexpr int kDecodeWarps = 2;
 constexpr int kDecodeStages = 2;  // The default, as measured.
 constexpr int kDecodeBlocksPerMultiprocessor = 6;
@@ -1654,7 +1653,10 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
   int32_t next_row =
       DecodeKeyRow(p, table, begin + (kStages - 1) * kDecodeKeys, end, lane, kv_head);
 
-  // Row g: query head kv_head · group + g (g < group); rows g + 8 are zeros (a[1], a[3]).
+  // Row g: query head kv_head · group + g (g < group) as its high BF16 (FP16) parts; row g + 8
+  // the same head's low parts (a[1], a[3]), so that one mma gives both halves' products in a
+  // lane (c[0..1] and c[2..3]) where rows g + 8 were zeros and a second mma took the low
+  // parts into the same accumulators, waiting for the first.
   const float* q_row = g < group ? p.q + (t * p.num_heads + kv_head * group + g) * d : nullptr;
   // An FP8 cache's tiles go into FP16 mma (Fp8PairToF16), and so do the queries and the
   // weights, each scaled into [-1, 1] where FP16's narrow range cannot hurt: the queries by
@@ -1676,21 +1678,20 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
   }
   const float q_unit = q_max > 1e-30f ? q_max : 1.0f;  // 1 / q_unit stays finite.
   const float q_inverse = 1.0f / q_unit;
-  uint32_t q_high[kFaChunks][4];
-  uint32_t q_low[kFaChunks][4];
+  uint32_t q_parts[kFaChunks][4];  // [0], [2]: high parts; [1], [3]: low parts.
 #pragma unroll
   for (int c = 0; c < kFaChunks; ++c) {
     if (c >= chunks) break;
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      q_high[c][r] = q_low[c][r] = 0u;
-      if (r % 2 == 0 && q_row != nullptr) {
+    for (int r = 0; r < 4; r += 2) {
+      q_parts[c][r] = q_parts[c][r + 1] = 0u;
+      if (q_row != nullptr) {
         const int column = c * 16 + 2 * quad + (r == 2 ? 8 : 0);
         if constexpr (kFp8) {
-          PackSplitF16(q_row[column] * q_inverse, q_row[column + 1] * q_inverse, q_high[c][r],
-                       q_low[c][r]);
+          PackSplitF16(q_row[column] * q_inverse, q_row[column + 1] * q_inverse, q_parts[c][r],
+                       q_parts[c][r + 1]);
         } else {
-          PackSplit(q_row[column], q_row[column + 1], q_high[c][r], q_low[c][r]);
+          PackSplit(q_row[column], q_row[column + 1], q_parts[c][r], q_parts[c][r + 1]);
         }
       }
     }
@@ -1701,6 +1702,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
   float value_unit = 0.0f;  // kFp8: out holds the weighted values divided by this.
   float running_max = -INFINITY;
   float running_sum = 0.0f;  // This lane's columns; the 4 lanes of the row summed at the end.
+  // Columns j·8 + 2·quad, + 1 of row g: [0..1] from the weights' high parts, [2..3] from their
+  // low parts (the A operand's rows g + 8), summed at the end.
   float out[kFaChunks * 2][4];
 #pragma unroll
   for (int j = 0; j < kFaChunks * 2; ++j) out[j][0] = out[j][1] = out[j][2] = out[j][3] = 0.0f;
@@ -1726,7 +1729,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     const auto* k_tile = tiles.kv[warp][stage][0];
     const auto* v_tile = tiles.kv[warp][stage][1];
 
-    // Scores of row g for keys n·8 + 2·quad, + 1 (s[n][0..1]; [2..3] are the zero rows').
+    // Scores of row g for keys n·8 + 2·quad, + 1: the high parts' products s[n][0..1] plus the
+    // low parts' s[n][2..3].
     float s[2][4];
 #pragma unroll
     for (int n = 0; n < 2; ++n) {
@@ -1737,12 +1741,10 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
         uint32_t b[2];
         if constexpr (kFp8) {
           Fp8KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
-          MmaF16(s[n], q_high[c], b);
-          MmaF16(s[n], q_low[c], b);
+          MmaF16(s[n], q_parts[c], b);
         } else {
           KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
-          MmaBf16(s[n], q_high[c], b);
-          MmaBf16(s[n], q_low[c], b);
+          MmaBf16(s[n], q_parts[c], b);
         }
       }
     }
@@ -1752,11 +1754,12 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int key = n * 8 + 2 * quad + e;
+        const float product = s[n][e] + s[n][e + 2];
         float score;
         if constexpr (kFp8) {
-          score = s[n][e] * key_factor * tiles.scales[warp][stage][0][key];
+          score = product * key_factor * tiles.scales[warp][stage][0][key];
         } else {
-          score = s[n][e] * scale;
+          score = product * scale;
         }
         s[n][e] = key < num_keys ? score : -INFINITY;
         tile_max = fmaxf(tile_max, s[n][e]);
@@ -1809,17 +1812,18 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     }
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
-      out[j][0] *= out_factor;
-      out[j][1] *= out_factor;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) out[j][x] *= out_factor;
     }
-    uint32_t p_high[4] = {0u, 0u, 0u, 0u};
-    uint32_t p_low[4] = {0u, 0u, 0u, 0u};
+    // Row g's weights for keys 2·quad, + 1 and 8 + 2·quad, + 1: high parts in [0] and [2],
+    // low parts in [1] and [3] (rows g + 8).
+    uint32_t p_parts[4];
     if constexpr (kFp8) {
-      PackSplitF16(e[0][0], e[0][1], p_high[0], p_low[0]);
-      PackSplitF16(e[1][0], e[1][1], p_high[2], p_low[2]);
+      PackSplitF16(e[0][0], e[0][1], p_parts[0], p_parts[1]);
+      PackSplitF16(e[1][0], e[1][1], p_parts[2], p_parts[3]);
     } else {
-      PackSplit(e[0][0], e[0][1], p_high[0], p_low[0]);
-      PackSplit(e[1][0], e[1][1], p_high[2], p_low[2]);
+      PackSplit(e[0][0], e[0][1], p_parts[0], p_parts[1]);
+      PackSplit(e[1][0], e[1][1], p_parts[2], p_parts[3]);
     }
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
@@ -1827,12 +1831,10 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
       uint32_t b[2];
       if constexpr (kFp8) {
         Fp8ValueFragment(v_tile, 0, j * 8, g, quad, b);
-        MmaF16(out[j], p_high, b);
-        MmaF16(out[j], p_low, b);
+        MmaF16(out[j], p_parts, b);
       } else {
         ValueFragment(v_tile, 0, j * 8, g, quad, b);
-        MmaBf16(out[j], p_high, b);
-        MmaBf16(out[j], p_low, b);
+        MmaBf16(out[j], p_parts, b);
       }
     }
   }
@@ -1841,6 +1843,11 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
   running_sum += __shfl_xor_sync(0xffffffffu, running_sum, 2);
   if (g >= group) return;
   const int64_t head = kv_head * group + g;
+#pragma unroll
+  for (int j = 0; j < kFaChunks * 2; ++j) {  // The low parts' products into the high parts'.
+    out[j][0] += out[j][2];
+    out[j][1] += out[j][3];
+  }
   if constexpr (kFp8) {  // The values' unit and the codes' 2⁻⁸ back in.
     const float unit = value_unit * 256.0f;
 #pragma unroll
