@@ -225,6 +225,35 @@ Result<int64_t> GetIntegerIn(const ErrorSite& site, const toml::node& node, std:
   return value->get();
 }
 
+// Handlers of a key whose value goes straight into `field`: one of two words, a number from
+// low to high, an integer from low to high.
+KeyHandler EitherInto(const ErrorSite& site, std::string& field, std::string_view first,
+                      std::string_view second) {
+  return [&site, &field, first, second](const toml::node& node, const std::string& key) {
+    auto value = GetEither(site, node, key, first, second);
+    if (!value.ok()) return value.status();
+    field = *value;
+    return Status::Ok();
+  };
+}
+KeyHandler NumberInto(const ErrorSite& site, double& field, double low, double high) {
+  return [&site, &field, low, high](const toml::node& node, const std::string& key) {
+    auto value = GetNumberIn(site, node, key, low, high);
+    if (!value.ok()) return value.status();
+    field = *value;
+    return Status::Ok();
+  };
+}
+template <typename Integer>
+KeyHandler IntegerInto(const ErrorSite& site, Integer& field, int64_t low, int64_t high) {
+  return [&site, &field, low, high](const toml::node& node, const std::string& key) {
+    auto value = GetIntegerIn(site, node, key, low, high);
+    if (!value.ok()) return value.status();
+    field = static_cast<Integer>(*value);
+    return Status::Ok();
+  };
+}
+
 Status ParseSeconds(const ErrorSite& site, const toml::node& node, const std::string& key,
                     double low, double high, std::chrono::milliseconds& out) {
   auto seconds = GetNumberIn(site, node, key, low, high);
@@ -444,13 +473,7 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              model.path = std::filesystem::path(*path).lexically_normal();
              return Status::Ok();
            }},
-          {"device",
-           [&](const toml::node& node, const std::string& key) {
-             auto device = GetEither(site, node, key, "cpu", "cuda");
-             if (!device.ok()) return device.status();
-             model.device = *device;
-             return Status::Ok();
-           }},
+          {"device", EitherInto(site, model.device, "cpu", "cuda")},
           {"gpus",
            [&](const toml::node& node, const std::string& key) {
              const auto* array = node.as_array();
@@ -471,83 +494,17 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
              replicas_set = true;
              return Status::Ok();
            }},
-          {"tensor_parallel",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetIntegerIn(site, node, key, 1, 64);
-             if (!value.ok()) return value.status();
-             model.tensor_parallel = static_cast<uint32_t>(*value);
-             return Status::Ok();
-           }},
-          {"kv_cache_gib",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetNumberIn(site, node, key, 0.001, 4096);
-             if (!value.ok()) return value.status();
-             model.kv_cache_gib = *value;
-             return Status::Ok();
-           }},
-          {"gpu_memory_fraction",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetNumberIn(site, node, key, 0.05, 0.99);
-             if (!value.ok()) return value.status();
-             model.gpu_memory_fraction = *value;
-             return Status::Ok();
-           }},
-          {"max_running",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetIntegerIn(site, node, key, 1, 4096);
-             if (!value.ok()) return value.status();
-             model.max_running = *value;
-             return Status::Ok();
-           }},
-          {"token_budget",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetIntegerIn(site, node, key, 1, 1 << 20);
-             if (!value.ok()) return value.status();
-             model.token_budget = *value;
-             return Status::Ok();
-           }},
-          {"max_model_len",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetIntegerIn(site, node, key, 0, 1 << 24);
-             if (!value.ok()) return value.status();
-             model.max_model_len = *value;
-             return Status::Ok();
-           }},
-          {"max_waiting",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetIntegerIn(site, node, key, 1, 1 << 20);
-             if (!value.ok()) return value.status();
-             model.max_waiting = *value;
-             return Status::Ok();
-           }},
-          {"queue_timeout_seconds",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetNumberIn(site, node, key, 0.0, 86400.0);
-             if (!value.ok()) return value.status();
-             model.queue_timeout_seconds = *value;
-             return Status::Ok();
-           }},
-          {"quantization",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetEither(site, node, key, "none", "fp8");
-             if (!value.ok()) return value.status();
-             model.quantization = *value;
-             return Status::Ok();
-           }},
-          {"kv_cache_dtype",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetEither(site, node, key, "auto", "fp8");
-             if (!value.ok()) return value.status();
-             model.kv_cache_dtype = *value;
-             return Status::Ok();
-           }},
-          {"sampling_defaults",
-           [&](const toml::node& node, const std::string& key) {
-             auto value = GetEither(site, node, key, "model", "openai");
-             if (!value.ok()) return value.status();
-             model.sampling_defaults = *value;
-             return Status::Ok();
-           }},
+          {"tensor_parallel", IntegerInto(site, model.tensor_parallel, 1, 64)},
+          {"kv_cache_gib", NumberInto(site, model.kv_cache_gib, 0.001, 4096)},
+          {"gpu_memory_fraction", NumberInto(site, model.gpu_memory_fraction, 0.05, 0.99)},
+          {"max_running", IntegerInto(site, model.max_running, 1, 4096)},
+          {"token_budget", IntegerInto(site, model.token_budget, 1, 1 << 20)},
+          {"max_model_len", IntegerInto(site, model.max_model_len, 0, 1 << 24)},
+          {"max_waiting", IntegerInto(site, model.max_waiting, 1, 1 << 20)},
+          {"queue_timeout_seconds", NumberInto(site, model.queue_timeout_seconds, 0.0, 86400.0)},
+          {"quantization", EitherInto(site, model.quantization, "none", "fp8")},
+          {"kv_cache_dtype", EitherInto(site, model.kv_cache_dtype, "auto", "fp8")},
+          {"sampling_defaults", EitherInto(site, model.sampling_defaults, "model", "openai")},
       });
   if (!status.ok()) return status;
   if (model.name.empty()) return site.At(table, section + ".name", "is required");

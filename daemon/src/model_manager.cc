@@ -90,7 +90,7 @@ Status CheckServeOptions(const ModelServeConfig& config) {
     return InvalidArgumentError("options.kv_cache_dtype: \"" + config.kv_cache_dtype +
                                 "\" is not auto or fp8");
   }
-  if (config.sampling_defaults != "model" && config.sampling_defaults != "openai") {
+  if (!IsSamplingDefaults(config.sampling_defaults)) {
     return InvalidArgumentError("options.sampling_defaults: \"" + config.sampling_defaults +
                                 "\" is not model or openai");
   }

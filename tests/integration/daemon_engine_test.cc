@@ -589,15 +589,8 @@ TEST_F(DaemonEngineTest, SamplingDefaultsComeFromTheModelUnlessSwitchedOff) {
                                 "\"\nkv_cache_gib = 0.1\nsampling_defaults = \"openai\"\n"));
   ASSERT_TRUE(WaitServing());
   // SERVING once a model is; both must be.
-  for (int i = 0; i < 3000; ++i) {
-    const api::GetStatusResponse status = Status();
-    if (status.engines_size() == 2 &&
-        std::all_of(status.engines().begin(), status.engines().end(),
-                    [](const auto& engine) { return engine.state() == api::ENGINE_STATE_READY; })) {
-      break;
-    }
-    std::this_thread::sleep_for(20ms);
-  }
+  ASSERT_TRUE(WaitForStatus(*admin_, [](const auto& status) { return AllEnginesReady(status, 2); }))
+      << daemon_->Logs();
   auto texts = [&](const std::string& model_name) {
     std::set<std::string> distinct;
     for (uint64_t seed = 1; seed <= 4; ++seed) {

@@ -135,4 +135,27 @@ bool AcceptsConnections(const std::string& host_port) {
   return connected;
 }
 
+bool WaitForStatus(inferbox::v1::Admin::Stub& admin,
+                   const std::function<bool(const inferbox::v1::GetStatusResponse&)>& done,
+                   std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    inferbox::v1::GetStatusResponse status;
+    if (admin.GetStatus(&context, inferbox::v1::GetStatusRequest(), &status).ok() && done(status))
+      return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+bool AllEnginesReady(const inferbox::v1::GetStatusResponse& status, int engines) {
+  if (status.engines_size() != engines) return false;
+  for (const auto& engine : status.engines()) {
+    if (engine.state() != inferbox::v1::ENGINE_STATE_READY) return false;
+  }
+  return true;
+}
+
 }  // namespace inferbox::testing

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -11,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "inferbox/v1/admin.grpc.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
 #include "notify_socket.h"
 #include "subprocess.h"
@@ -70,6 +72,14 @@ class DaemonProcess {
 
 // True when a TCP connection to host:port is accepted.
 bool AcceptsConnections(const std::string& host_port);
+
+// Asks Admin GetStatus every 20 ms until `done` holds for an answer; false after `timeout`.
+bool WaitForStatus(inferbox::v1::Admin::Stub& admin,
+                   const std::function<bool(const inferbox::v1::GetStatusResponse&)>& done,
+                   std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+// Whether `status` lists exactly `engines` engines, every one READY.
+bool AllEnginesReady(const inferbox::v1::GetStatusResponse& status, int engines);
 
 // A greedy chat for the tiny test model that generates exactly `max_tokens` tokens (EOS
 // ignored).

@@ -498,22 +498,16 @@ TEST_F(ModelAdminTest, LoadPassesTheQueueTimeoutAndSamplingDefaultsToTheEngine) 
   // within 60 s; "(none)" without the flag, "(no engine)" when none ran alone.
   auto engine_flag = [&](const std::string& name, const std::string& want) {
     std::string seen = "(no engine)";
-    for (auto deadline = std::chrono::steady_clock::now() + 60s;
-         std::chrono::steady_clock::now() < deadline; std::this_thread::sleep_for(100ms)) {
-      grpc::ClientContext context;
-      Prepare(context);
-      api::GetStatusResponse status;
-      if (!admin_->GetStatus(&context, api::GetStatusRequest(), &status).ok() ||
-          status.engines_size() != 1 || status.engines(0).pid() <= 0)
-        continue;
+    WaitForStatus(*admin_, [&](const api::GetStatusResponse& status) {
+      if (status.engines_size() != 1 || status.engines(0).pid() <= 0) return false;
       std::ifstream file("/proc/" + std::to_string(status.engines(0).pid()) + "/cmdline");
       std::vector<std::string> arguments;
       for (std::string argument; std::getline(file, argument, '\0');) arguments.push_back(argument);
-      if (arguments.empty()) continue;
+      if (arguments.empty()) return false;
       const auto found = std::find(arguments.begin(), arguments.end(), name);
       seen = found == arguments.end() || found + 1 == arguments.end() ? "(none)" : *(found + 1);
-      if (seen == want) break;
-    }
+      return seen == want;
+    });
     return seen;
   };
 

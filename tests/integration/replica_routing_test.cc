@@ -104,24 +104,6 @@ class ReplicaRoutingTest : public ::testing::Test {
     return {};
   }
 
-  // Polls GetStatus until `done` holds for it; false after 60 s.
-  bool WaitStatus(const std::function<bool(const api::GetStatusResponse&)>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (done(Status())) return true;
-      std::this_thread::sleep_for(20ms);
-    }
-    return false;
-  }
-
-  static bool AllReady(const api::GetStatusResponse& status, int engines) {
-    if (status.engines_size() != engines) return false;
-    for (const auto& engine : status.engines()) {
-      if (engine.state() != api::ENGINE_STATE_READY) return false;
-    }
-    return true;
-  }
-
   // Replica r's own counters, straight from its socket.
   wire::StatsResponse EngineStats(int replica) {
     auto stub = wire::Engine::NewStub(grpc::CreateChannel(
@@ -152,7 +134,7 @@ TempDir* ReplicaRoutingTest::scratch_ = nullptr;
 
 TEST_F(ReplicaRoutingTest, ASharedSystemPromptStaysOnOneReplicaAndHitsItsPrefixCache) {
   ASSERT_NO_FATAL_FAILURE(Start(EnginesConfig() + ModelEntry("tiny", model(), "replicas = 2\n")));
-  ASSERT_TRUE(WaitStatus([](const auto& status) { return AllReady(status, 2); }))
+  ASSERT_TRUE(WaitForStatus(*admin_, [](const auto& status) { return AllEnginesReady(status, 2); }))
       << daemon_->Logs();
 
   const wire::StatsResponse before[2] = {EngineStats(0), EngineStats(1)};
@@ -195,7 +177,7 @@ TEST_F(ReplicaRoutingTest, ASharedSystemPromptStaysOnOneReplicaAndHitsItsPrefixC
 
 TEST_F(ReplicaRoutingTest, AKilledReplicaLosesNoRequestSilentlyAndTheOtherTakesOver) {
   ASSERT_NO_FATAL_FAILURE(Start(EnginesConfig() + ModelEntry("tiny", model(), "replicas = 2\n")));
-  ASSERT_TRUE(WaitStatus([](const auto& status) { return AllReady(status, 2); }))
+  ASSERT_TRUE(WaitForStatus(*admin_, [](const auto& status) { return AllEnginesReady(status, 2); }))
       << daemon_->Logs();
   const int64_t killed_pid = Engine("tiny/0").pid();
   ASSERT_GT(killed_pid, 0);
@@ -226,7 +208,7 @@ TEST_F(ReplicaRoutingTest, AKilledReplicaLosesNoRequestSilentlyAndTheOtherTakesO
 
   // As soon as the daemon has seen the death, new requests go to replica 1 and succeed,
   // while replica 1's streams still run and replica 0 restarts.
-  ASSERT_TRUE(WaitStatus([&](const auto& status) {
+  ASSERT_TRUE(WaitForStatus(*admin_, [&](const auto& status) {
     for (const auto& engine : status.engines()) {
       if (engine.name() == "tiny/0")
         return engine.state() != api::ENGINE_STATE_READY || engine.pid() != killed_pid;
@@ -279,8 +261,8 @@ TEST_F(ReplicaRoutingTest, AKilledReplicaLosesNoRequestSilentlyAndTheOtherTakesO
   EXPECT_GT(completed, 0) << "replica 1's streams must finish";
 
   // Replica 0 comes back (a new process) and both serve again.
-  ASSERT_TRUE(WaitStatus([&](const auto& status) {
-    if (!AllReady(status, 2)) return false;
+  ASSERT_TRUE(WaitForStatus(*admin_, [&](const auto& status) {
+    if (!AllEnginesReady(status, 2)) return false;
     for (const auto& engine : status.engines()) {
       if (engine.pid() == killed_pid) return false;
     }

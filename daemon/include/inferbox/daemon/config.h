@@ -46,6 +46,10 @@ inline bool IsQuantization(std::string_view value) {
 inline bool IsKvCacheDType(std::string_view value) {
   return value == "auto" || value == "fp8";
 }
+// The values ModelServeConfig::sampling_defaults takes.
+inline bool IsSamplingDefaults(std::string_view value) {
+  return value == "model" || value == "openai";
+}
 
 // One [[models]] entry: a model the box serves, and how its engines run.
 struct ModelServeConfig {

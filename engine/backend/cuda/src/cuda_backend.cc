@@ -1419,18 +1419,14 @@ Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index, CudaBackendOp
     return FailedPreconditionError(
         fmt::format("CUDA device {} does not exist ({} visible)", device_index, count));
   }
-  const auto off = [](const char* name) {
-    const char* value = std::getenv(name);
-    return value != nullptr && std::string_view(value) == "0";
+  const auto set_to = [](const char* name, std::string_view value) {
+    const char* set = std::getenv(name);
+    return set != nullptr && set == value;
   };
-  if (off("INFERBOX_CUDA_GRAPHS")) options.cuda_graphs = false;
-  if (off("INFERBOX_CUDA_GEMV")) options.small_batch_linears = false;
-  const auto on = [](const char* name) {
-    const char* value = std::getenv(name);
-    return value != nullptr && std::string_view(value) == "1";
-  };
-  if (on("INFERBOX_CUDA_PDL")) options.dependent_launches = true;
-  if (on("INFERBOX_CUDA_KV_BLOCK_MAJOR")) options.block_major_kv = true;
+  if (set_to("INFERBOX_CUDA_GRAPHS", "0")) options.cuda_graphs = false;
+  if (set_to("INFERBOX_CUDA_GEMV", "0")) options.small_batch_linears = false;
+  if (set_to("INFERBOX_CUDA_PDL", "1")) options.dependent_launches = true;
+  if (set_to("INFERBOX_CUDA_KV_BLOCK_MAJOR", "1")) options.block_major_kv = true;
   return std::unique_ptr<Backend>(new CudaBackend(device_index, options));
 }
 
