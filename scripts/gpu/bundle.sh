@@ -13,7 +13,8 @@
 #                                MAKE_MODEL_TIMEOUT_S seconds (600)
 #   make_llama_8b DIR            make_shape_model llama-3.1-8b DIR
 #   correctness_checks           the GPU tests (device, NVML, ops, tiny models, NCCL; ops and a
-#                                tiny model again over a block-major KV cache), each
+#                                tiny model again over a block-major KV cache, attention ops
+#                                with the decode kernel's ldmatrix fragments), each
 #                                under `timeout`; fails when the ops or the tiny models fail
 #   model_cache                  where the random models are kept between runs on one machine
 #
@@ -178,6 +179,11 @@ correctness_checks() {
     forward-kvblock.log timeout -k 5 "$limit" "$work/run/cuda_forward_test" \
     --gtest_filter='*PromptLogitsMatch*/llama_f32:*Fp8KvCacheLogits*/llama_f32:*RecordedDecodeSteps*/llama_f32' ||
     failed=1
+  # The decode kernel's fragments by ldmatrix (off by default until measured): attention and
+  # recorded steps over both caches.
+  INFERBOX_CUDA_DECODE_LDMATRIX=1 step "ops with decode fragments by ldmatrix" ops-ldmatrix.log \
+    timeout -k 5 "$limit" "$work/run/backend_ops_cuda_test" \
+    --gtest_filter='*PagedAttention*:*Recorded*' || failed=1
   step "NCCL: collectives, TP 1 vs CPU" nccl.log timeout -k 5 "$limit" \
     "$work/run/nccl_tensor_parallel_test" --gtest_output=xml:"$out/nccl.xml"
   return $failed

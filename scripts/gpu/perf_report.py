@@ -11,7 +11,9 @@ the KV cache in FP8 (--kv-cache-dtype fp8), cublas-* in-process records with dec
 to 8 sequences on cuBLASLt instead of the small-batch linear kernel (INFERBOX_CUDA_GEMV=0;
 cublas-fp8-* with --quantization fp8), kvblock-* in-process records over a block-major KV cache
 (INFERBOX_CUDA_KV_BLOCK_MAJOR=1), pdl-* in-process records with the small-batch kernel
-launched as a programmatic dependent (INFERBOX_CUDA_PDL=1); a record is a line
+launched as a programmatic dependent (INFERBOX_CUDA_PDL=1), ldm-* in-process records with the
+decode kernel's fragments by ldmatrix (INFERBOX_CUDA_DECODE_LDMATRIX=1; ldm-fp8-* and ldm-kvfp8-*
+with the linear layers or the KV cache in FP8, compared with fp8-* and kvfp8-*); a record is a line
 that starts with {"bench". Missing logs and runs count as not measured.
 """
 import argparse
@@ -26,12 +28,12 @@ DAEMON_MAX_LOSS = 3.0  # Percent below in-process.
 
 def read_records(paths):
     records = {"ours": [], "daemon": [], "peer": [], "eager": [], "kvfp8": [], "fp8": [], "cublas": [],
-               "cublasfp8": [], "kvblock": [], "pdl": []}
+               "cublasfp8": [], "kvblock": [], "pdl": [], "ldm": [], "ldmfp8": [], "ldmkvfp8": []}
     for path in map(pathlib.Path, paths):
         if not path.is_file():
             continue
         side = next((s for s in ("peer", "daemon", "eager", "kvfp8", "kvblock", "pdl", "fp8", "cublas-fp8",
-                                 "cublas")
+                                 "cublas", "ldm-kvfp8", "ldm-fp8", "ldm")
                      if path.name.startswith(s)), "ours").replace("-", "")
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith('{"bench"'):
@@ -227,6 +229,12 @@ def main():
 
     # What launching the small-batch kernel as a dependent of the kernel before it saves.
     versus(records["pdl"], ours, "", "tokens/s, dependent launches vs plain", "plain", "dependent")
+
+    # The decode kernel's fragments by ldmatrix against by loads, same workload and caches.
+    for side, base, label in (("ldm", ours, ""), ("ldmfp8", records["fp8"], "FP8 "),
+                              ("ldmkvfp8", records["kvfp8"], "FP8 KV ")):
+        versus(records[side], base, label, "tokens/s, decode fragments by ldmatrix vs loads", "loads",
+               "ldmatrix")
 
     # A block-major KV cache against the slot-major one, same workload.
     versus(records["kvblock"], ours, "block-major KV ", "tokens/s, block-major KV cache vs slot-major",

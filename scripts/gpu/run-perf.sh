@@ -46,6 +46,10 @@
 # PERF_PDL (workloads in PERF_THROUGHPUT's form run again with the small-batch kernel
 # launched as a programmatic dependent of the kernel before it, INFERBOX_CUDA_PDL=1, instead of
 # plainly (the default since it measured slower), into pdl-*.log; "", e.g. "128:256:1:3"),
+# PERF_DECODE_LDMATRIX (workloads in PERF_THROUGHPUT's form, a fifth field fp8 or kvfp8 as in
+# PERF_OP_TIMES, run again with the decode kernel's fragments by ldmatrix,
+# INFERBOX_CUDA_DECODE_LDMATRIX=1, into ldm-*.log; compared with the same workload's run without
+# it: "", e.g. "1000:1000:256:256 1000:1000:256:256:kvfp8"),
 # PERF_FP8 (workloads in PERF_THROUGHPUT's form run again with --quantization fp8, the
 # linear layers in FP8 E4M3, after the op-by-op ones; a concurrency of 1 is compared with the
 # FP8 bandwidth floor, the weights' bytes then half; ""),
@@ -62,6 +66,8 @@
 # PERF_ATTENTION_LAYOUT (their caches' layouts: "slot,block", slot- and block-major),
 # PERF_ATTENTION_STAGES (the tensor-core decode kernel's tiles per warp to run: "0", its
 # default; "0,3,4" for each of those),
+# PERF_ATTENTION_FRAGMENTS (how the tensor-core decode kernel reads its fragments from shared
+# memory: "loads,ldmatrix", each; "loads" alone for the engine's default),
 # PERF_ATTENTION_PREFILL (prompt lengths for the prefill kernel alone, one causal prompt each,
 # over the PERF_ATTENTION_KV caches, and PyTorch's SDPA on the same: "1024,4096,8192"; ""
 # leaves it out),
@@ -171,7 +177,7 @@ report() {
   echo
   python3 scripts/gpu/perf_report.py --gpu "$gpu" --commit "$(cat "$work/commit")" \
     "$out"/ours-*.log "$out"/eager-*.log "$out"/fp8-*.log "$out"/kvfp8-*.log "$out"/cublas-*.log \
-    "$out"/kvblock-*.log "$out"/pdl-*.log \
+    "$out"/kvblock-*.log "$out"/pdl-*.log "$out"/ldm-*.log \
     "$out"/daemon-*.log "$out"/peer.log |
     tee "$results/perf-table.txt"
   save_logs
@@ -265,6 +271,7 @@ if [ "$device" = cuda ]; then
     capped $((reserve_daemon + reserve_peer)) 60 "attention kernels: batch $batch" \
       "attention-$batch.log" "$bin/inferbox-attention-bench" --batch "$batch" --context "$contexts" \
       --kv-cache-dtype "${PERF_ATTENTION_KV:-bf16,fp8}" --decode-stages "${PERF_ATTENTION_STAGES:-0}" \
+      --decode-fragments "${PERF_ATTENTION_FRAGMENTS:-loads,ldmatrix}" \
       --kv-layout "${PERF_ATTENTION_LAYOUT:-slot,block}"
     capped $((reserve_daemon + reserve_peer)) 60 "attention peer (torch): batch $batch" \
       "attention-peer-$batch.log" python3 scripts/gpu/attention_peer.py --batch "$batch" \
@@ -371,26 +378,52 @@ for workload in ${PERF_GEMV_OFF-128:256:1:3}; do
     --seed "$(seed_of "$workload")" --json
 done
 
+# variant_flags_of VARIANT: inferbox-bench's flags for a workload's fifth field into
+# variant_flags; false for a variant it does not know.
+variant_flags_of() {
+  case ${1:-} in
+    "") variant_flags=() ;;
+    fp8) variant_flags=(--quantization fp8) ;;
+    kvfp8) variant_flags=(--kv-cache-dtype fp8) ;;
+    *) return 1 ;;
+  esac
+}
+
 # Workloads in PERF_THROUGHPUT's form run again as a variant: VARIANT_ENV (NAME=VALUE, or
 # "") in their environment and FLAGS added to inferbox-bench's, into PREFIX-IN x OUT x
-# CONCURRENCY.log.
+# CONCURRENCY.log; for the ldm prefix (PERF_DECODE_LDMATRIX) a workload's fifth field (fp8,
+# kvfp8: variant_flags_of) adds its flags and goes into the name, ldm-kvfp8-IN x OUT x
+# CONCURRENCY.log (the other variants skip such a workload).
 run_variant() {  # run_variant "WORKLOADS" PREFIX LABEL LIMIT_S VARIANT_ENV [FLAG...]
   local workloads=$1 prefix=$2 label=$3 limit=$4 variant_env=$5 workload
-  local in_len out_len concurrency requests
+  local in_len out_len concurrency requests variant
   shift 5
   [ -n "$variant_env" ] && local -x "$variant_env"
   for workload in $workloads; do
-    IFS=: read -r in_len out_len concurrency requests <<<"$workload"
-    capped $ours_reserve "$limit" "$label: ${in_len}/${out_len} at ${concurrency}" \
-      "${prefix}-${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" "$@" \
-      --input-len "$in_len" --output-len "$out_len" --concurrency "$concurrency" \
-      --num-requests "$requests" --warmup $((out_len > 256 ? 0 : 1)) \
-      --seed "$(seed_of "$workload")" --json
+    IFS=: read -r in_len out_len concurrency requests variant <<<"$workload"
+    # Only the ldmatrix variant has its own comparisons for FP8 runs (perf_report: ldm-fp8-*,
+    # ldm-kvfp8-*); the others' logs would be read as BF16 runs.
+    if [ -n "${variant:-}" ] && [ "$prefix" != ldm ]; then
+      summary+=("$(printf '%-36s %-7s' "$label: $workload" "SKIPPED (a fifth field is for PERF_DECODE_LDMATRIX)")")
+      continue
+    fi
+    if ! variant_flags_of "${variant:-}"; then
+      summary+=("$(printf '%-36s %-7s' "$label: $workload" "SKIPPED (its variant is not fp8 or kvfp8)")")
+      continue
+    fi
+    capped $ours_reserve "$limit" "$label: ${in_len}/${out_len} at ${concurrency}${variant:+ $variant}" \
+      "${prefix}-${variant:+$variant-}${in_len}x${out_len}x${concurrency}.log" "${bench[@]}" "$@" \
+      "${variant_flags[@]}" --input-len "$in_len" --output-len "$out_len" \
+      --concurrency "$concurrency" --num-requests "$requests" \
+      --warmup $((out_len > 256 ? 0 : 1)) --seed "$(seed_of "$in_len:$out_len:$concurrency:$requests")" --json
   done
 }
 
 # --- ours, with the small-batch kernel as a dependent launch: what that saves or costs ---
 run_variant "${PERF_PDL:-}" pdl "dependent launches" 90 INFERBOX_CUDA_PDL=1
+
+# --- ours, with the decode kernel's fragments by ldmatrix: what that saves or costs ---
+run_variant "${PERF_DECODE_LDMATRIX:-}" ldm "decode ldmatrix" 120 INFERBOX_CUDA_DECODE_LDMATRIX=1
 
 # --- ours, with the linear layers in FP8 ---
 run_variant "${PERF_FP8:-}" fp8 fp8 120 "" --quantization fp8
@@ -534,17 +567,6 @@ fi
 throughput 5 "${throughput_last[@]}"
 
 # --- where the GPU time goes ---
-# variant_flags_of VARIANT: inferbox-bench's flags for a workload's fifth field into
-# variant_flags; false for a variant it does not know.
-variant_flags_of() {
-  case ${1:-} in
-    "") variant_flags=() ;;
-    fp8) variant_flags=(--quantization fp8) ;;
-    kvfp8) variant_flags=(--kv-cache-dtype fp8) ;;
-    *) return 1 ;;
-  esac
-}
-
 for workload in ${PERF_OP_TIMES:-}; do
   IFS=: read -r in_len out_len concurrency requests variant <<<"$workload"
   if ! variant_flags_of "${variant:-}"; then

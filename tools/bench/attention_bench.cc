@@ -6,10 +6,14 @@
 //   inferbox-attention-bench [--batch 256] [--context 512,1024,2048] [--heads 32]
 //       [--kv-heads 8] [--head-dim 128] [--block-size 16] [--iterations 20]
 //       [--kernel auto,tensor-core,grouped] [--splits 0] [--kv-cache-dtype bf16,fp8]
-//       [--decode-stages 0] [--prefill 1024,4096,8192] [--kv-layout slot,block]
+//       [--decode-stages 0] [--decode-fragments loads,ldmatrix] [--prefill 1024,4096,8192]
+//       [--kv-layout slot,block]
 //
 // --kv-layout block runs each case again over a block-major cache (KvCacheLayer::block_major:
 // a block's keys of one KV head in one run of memory), its column "kv" marked "/blk".
+// --decode-fragments runs the tensor-core decode kernel with each way of reading its key and
+// value fragments from shared memory (PagedAttentionParams::decode_ldmatrix): "loads" (the
+// engine's default) and "ldmatrix" (INFERBOX_CUDA_DECODE_LDMATRIX=1), the latter labelled "/ldm".
 //
 // With --prefill, prefill instead: one prompt of each length from position 0 through the
 // tensor-core prefill kernel in the engine's tiles, microseconds per launch and TFLOP/s (the
@@ -65,7 +69,8 @@ struct Options {
   std::vector<std::string> dtypes{"bf16"};
   std::vector<std::string> layouts{"slot"};  // "slot", "block": KvCacheLayer::block_major.
   std::vector<int> decode_stages{0};         // The tensor-core decode kernel's; 0: its default.
-  std::vector<int64_t> prefills;             // Prompts for the prefill kernel, instead of decodes.
+  std::vector<std::string> decode_fragments{"loads"};  // "loads", "ldmatrix": decode_ldmatrix.
+  std::vector<int64_t> prefills;  // Prompts for the prefill kernel, instead of decodes.
 };
 
 DecodeAttentionKernel KernelNamed(const std::string& name) {
@@ -242,7 +247,7 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, b
         std::all_of(output.begin(), output.end(), [](float v) { return std::isfinite(v); });
     agree = agree && ok;
     fmt::print(
-        "{:>6} {:>8} {:<8} {:<17} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
+        "{:>6} {:>8} {:<8} {:<20} {:>6} {:>10.1f} {:>10.1f} {:>9.1f} {:>7.1f}% {:>10.2e}{}\n",
         batch, context, kv, label, PagedAttentionSplits(params), seconds * 1e6, floor_us,
         cache_bytes / seconds / 1e9, 100.0 * floor_us / (seconds * 1e6), difference,
         ok ? "" : "  DIFFERS from the first kernel");
@@ -258,7 +263,11 @@ bool RunCase(const Options& options, int64_t batch, int64_t context, bool fp8, b
       }
       for (int stages : options.decode_stages) {
         params.decode_stages = stages;
-        run(stages == 0 ? name : fmt::format("{}/s{}", name, stages));
+        for (const std::string& fragments : options.decode_fragments) {
+          params.decode_ldmatrix = fragments == "ldmatrix";
+          run(fmt::format("{}{}{}", name, stages == 0 ? "" : fmt::format("/s{}", stages),
+                          params.decode_ldmatrix ? "/ldm" : ""));
+        }
       }
     }
   }
@@ -357,6 +366,11 @@ int main(int argc, char** argv) {
                  "else 2-4 (runs each)")
       ->delimiter(',')
       ->check(CLI::IsMember({0, 2, 3, 4}));
+  app.add_option("--decode-fragments", options.decode_fragments,
+                 "How the tensor-core decode kernel reads key and value fragments from shared "
+                 "memory: loads (the default) and/or ldmatrix (runs each)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"loads", "ldmatrix"}));
   app.add_option("--kv-cache-dtype", options.dtypes,
                  "Caches to run: bf16 and/or fp8 (E4M3 codes with a scale per key and value)")
       ->delimiter(',')
@@ -429,15 +443,19 @@ int main(int argc, char** argv) {
              options.heads, options.kv_heads, options.head_dim, options.block_size);
   for (const std::string& dtype : options.dtypes) {
     for (const int stages : options.decode_stages) {
-      const DecodeKernelResources kernel = TensorCoreDecodeKernelResources(dtype == "fp8", stages);
-      fmt::print(
-          "tensor-core decode kernel, {} cache, {} stages: {} registers a thread, {} bytes "
-          "spilled, {} bytes of tiles a block, {} blocks of {} warps a multiprocessor\n",
-          dtype, kernel.stages, kernel.registers, kernel.spill_bytes, kernel.shared_bytes,
-          kernel.blocks_per_multiprocessor, kernel.warps_per_block);
+      for (const std::string& fragments : options.decode_fragments) {
+        const DecodeKernelResources kernel =
+            TensorCoreDecodeKernelResources(dtype == "fp8", stages, fragments == "ldmatrix");
+        fmt::print(
+            "tensor-core decode kernel, {} cache, {} stages, fragments by {}: {} registers a "
+            "thread, {} bytes spilled, {} bytes of tiles a block, {} blocks of {} warps a "
+            "multiprocessor\n",
+            dtype, kernel.stages, fragments, kernel.registers, kernel.spill_bytes,
+            kernel.shared_bytes, kernel.blocks_per_multiprocessor, kernel.warps_per_block);
+      }
     }
   }
-  fmt::print("{:>6} {:>8} {:<8} {:<17} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
+  fmt::print("{:>6} {:>8} {:<8} {:<20} {:>6} {:>10} {:>10} {:>9} {:>8} {:>10}\n", "batch",
              "context", "kv", "kernel", "splits", "us/call", "floor us", "GB/s", "floor",
              "max diff");
   bool agree = true;

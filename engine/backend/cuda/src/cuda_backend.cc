@@ -434,6 +434,7 @@ class CudaBackend final : public Backend {
         record_steps_(options.cuda_graphs),
         small_batch_linears_(options.small_batch_linears),
         block_major_kv_(options.block_major_kv),
+        decode_ldmatrix_(options.decode_ldmatrix),
         max_recordings_(std::max<int64_t>(options.max_recordings, 1)) {
     Use();
     dependent_launches_ = options.dependent_launches && DependentLaunchesRun();
@@ -1145,6 +1146,7 @@ class CudaBackend final : public Backend {
     params.scale = scale;
     params.max_position = inputs.max_position();
     params.num_multiprocessors = num_multiprocessors_;
+    params.decode_ldmatrix = decode_ldmatrix_;
     // Without prefill chunks every token goes to the per-token kernels (a null token list).
     if (inputs.longest_chunk() >= kTiledMinTokens &&
         TiledAttentionApplies(num_heads, params.num_kv_heads, params.head_dim)) {
@@ -1368,6 +1370,7 @@ class CudaBackend final : public Backend {
   bool record_steps_ = true;
   bool small_batch_linears_ = true;  // CudaBackendOptions::small_batch_linears.
   bool block_major_kv_ = false;      // CudaBackendOptions::block_major_kv.
+  bool decode_ldmatrix_ = false;     // CudaBackendOptions::decode_ldmatrix.
   bool dependent_launches_ = false;  // CudaBackendOptions::dependent_launches.
   int num_multiprocessors_ = 1;
   cudaStream_t stream_ = nullptr;
@@ -1427,6 +1430,7 @@ Result<std::unique_ptr<Backend>> MakeCudaBackend(int device_index, CudaBackendOp
   if (set_to("INFERBOX_CUDA_GEMV", "0")) options.small_batch_linears = false;
   if (set_to("INFERBOX_CUDA_PDL", "1")) options.dependent_launches = true;
   if (set_to("INFERBOX_CUDA_KV_BLOCK_MAJOR", "1")) options.block_major_kv = true;
+  if (set_to("INFERBOX_CUDA_DECODE_LDMATRIX", "1")) options.decode_ldmatrix = true;
   return std::unique_ptr<Backend>(new CudaBackend(device_index, options));
 }
 

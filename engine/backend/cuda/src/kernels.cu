@@ -1518,22 +1518,25 @@ constexpr int kDecodeStages = 2;  // The default, as measured.
 constexpr int kDecodeBlocksPerMultiprocessor = 6;
 
 // The decode kernel's tiles, [warp][stage][keys, values]: BF16, or FP8 codes with each key's
-// scales. In dynamic shared memory (three BF16 stages pass the 48 KB of a static array).
-template <bool kFp8, int kStages>
+// scales (and, with kLdmatrix, the current tile's value codes as FP16 for ldmatrix: one tile a
+// warp). In dynamic shared memory (three BF16 stages pass the 48 KB of a static array).
+template <bool kFp8, int kStages, bool kLdmatrix>
 struct DecodeTiles {
   uint16_t kv[kDecodeWarps][kStages][2][kDecodeKeys * kFaLd];
 };
-template <int kStages>
-struct DecodeTiles<true, kStages> {
+template <int kStages, bool kLdmatrix>
+struct DecodeTiles<true, kStages, kLdmatrix> {
   uint8_t kv[kDecodeWarps][kStages][2][kDecodeKeys * kFp8Ld];
   float scales[kDecodeWarps][kStages][2][kDecodeKeys];
+  uint16_t values[kDecodeWarps][kLdmatrix ? kDecodeKeys * kFaLd : 8];
 };
 
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's cache
 // row) into the warp's tiles of `stage`, as one group.
-template <bool kFp8, int kStages>
+template <bool kFp8, int kStages, bool kLdmatrix>
 __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int32_t row,
-                                                int lane, DecodeTiles<kFp8, kStages>& tiles,
+                                                int lane,
+                                                DecodeTiles<kFp8, kStages, kLdmatrix>& tiles,
                                                 int warp, int stage) {
   // Chunks of 16 bytes per key row; every lane takes part in each shuffle.
   if constexpr (kFp8) {
@@ -1574,19 +1577,31 @@ __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, i
   CopyAsyncCommit();
 }
 
-// Two FP8 E4M3 codes (the first in the lowest byte of `pair`) as FP16 in one register, the
-// first in the lower half, each exactly 2⁻⁸ times its code's value: E4M3's exponent and
-// mantissa bits placed as FP16's (bias 15 against 7), subnormal codes landing on FP16
-// subnormals. A handful of integer operations a pair (one PRMT and a few LOP3 and shifts on
-// the GPU) where widening through float takes about 7 a value. (A NaN code reads as 1.875;
-// the quantiser gives a head holding a NaN a NaN scale, which carries it instead.)
+// Two FP8 E4M3 codes (the first in the lowest byte of `pair`, the second in the next) as FP16
+// in one register, the first in the lower half, exactly kFp8F16Unit times their values: every
+// E4M3 value, subnormals included, is an FP16 value. From compute capability 8.9 on (and in
+// the CPU emulation) CUDA's own conversion, one cvt.rn.f16x2.e4m3x2 a pair, unit 1 (a NaN
+// code gives a NaN; the quantiser gives a head holding a NaN a NaN scale, which carries it
+// either way). Before 8.9, where CUDA's conversion is a branchy routine a byte, the codes'
+// exponent and mantissa bits placed as FP16's (bias 15 against 7): 2⁻⁸ of the values, unit
+// 256, a PRMT, shifts and LOP3s a pair (a NaN code reads as 1.875 · 2⁻⁸).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+constexpr float kFp8F16Unit = 256.0f;
 __device__ __forceinline__ uint32_t Fp8PairToF16(uint32_t pair) {
   const uint32_t spread = (pair & 0xFFu) | ((pair & 0xFF00u) << 8);
   return ((spread & 0x007F007Fu) << 7) | ((spread & 0x00800080u) << 8);
 }
+#else
+constexpr float kFp8F16Unit = 1.0f;
+__device__ __forceinline__ uint32_t Fp8PairToF16(uint32_t pair) {
+  const __half2_raw halves =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xFFFFu), __NV_E4M3);
+  return static_cast<uint32_t>(halves.x) | static_cast<uint32_t>(halves.y) << 16;
+}
+#endif
 
-// KeyFragment and ValueFragment from FP8 codes (rows kFp8Ld bytes apart), as FP16 (2⁻⁸ of
-// the codes' values).
+// KeyFragment and ValueFragment from FP8 codes (rows kFp8Ld bytes apart), as FP16
+// (Fp8PairToF16).
 __device__ __forceinline__ void Fp8KeyFragment(const uint8_t* tile, int first_key, int first, int g,
                                                int t, uint32_t (&b)[2]) {
   const uint8_t* key = tile + (first_key + g) * kFp8Ld + first + 2 * t;
@@ -1600,15 +1615,38 @@ __device__ __forceinline__ void Fp8ValueFragment(const uint8_t* tile, int first_
   b[1] = Fp8PairToF16(value[8 * kFp8Ld] | static_cast<uint32_t>(value[9 * kFp8Ld]) << 8);
 }
 
-template <bool kFp8, int kStages>
+// An FP8 value tile's codes (rows kFp8Ld bytes apart) as FP16 (Fp8PairToF16) into `target`
+// (rows kFaLd apart), 8 codes a lane at a time (consecutive lanes' 8-byte reads and 16-byte
+// writes: no bank conflicts), for ldmatrix; the warp's lanes see all of it after a __syncwarp.
+__device__ __forceinline__ void Fp8ValueTileToF16(const uint8_t* codes, uint16_t* target, int d,
+                                                  int lane) {
+  const int row_pieces = d / 8;
+  for (int i = lane; i < kDecodeKeys * row_pieces; i += kWarpSize) {
+    const int j = i / row_pieces;
+    const int c = (i % row_pieces) * 8;
+    const uint2 v = *reinterpret_cast<const uint2*>(codes + j * kFp8Ld + c);
+    *reinterpret_cast<uint4*>(target + j * kFaLd + c) = uint4{
+        Fp8PairToF16(v.x), Fp8PairToF16(v.x >> 16), Fp8PairToF16(v.y), Fp8PairToF16(v.y >> 16)};
+  }
+}
+
+// kLdmatrix: the key and value fragments come from shared memory by ldmatrix (LoadMatrices),
+// four registers an instruction, the values' transpose included, where the loads' form
+// (KeyFragment, ValueFragment) takes a 32-bit load a key register and two 16-bit loads a
+// value register (an FP8 cache's: two byte loads and a conversion a value register; with
+// kLdmatrix its value codes go into an FP16 tile first, once a tile). The keys of an FP8
+// cache keep the loads' form (their pairs of codes are adjacent: a 16-bit load and a
+// conversion a register either way).
+template <bool kFp8, int kStages, bool kLdmatrix>
 __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMultiprocessor)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
   LetDependentsLaunch();
+  using Tiles = DecodeTiles<kFp8, kStages, kLdmatrix>;
 #ifdef INFERBOX_CUDA_EMULATED
-  __shared__ __align__(16) DecodeTiles<kFp8, kStages> tiles;
+  __shared__ __align__(16) Tiles tiles;
 #else
   extern __shared__ __align__(16) uint8_t decode_shared[];
-  DecodeTiles<kFp8, kStages>& tiles = *reinterpret_cast<DecodeTiles<kFp8, kStages>*>(decode_shared);
+  Tiles& tiles = *reinterpret_cast<Tiles*>(decode_shared);
 #endif
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
@@ -1644,7 +1682,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
 #pragma unroll
     for (int stage = 0; stage < kStages - 1; ++stage) {
       if (begin + stage * kDecodeKeys < end) {
-        IssueDecodeTile<kFp8, kStages>(p, first_rows[stage], lane, tiles, warp, stage);
+        IssueDecodeTile<kFp8, kStages, kLdmatrix>(p, first_rows[stage], lane, tiles, warp, stage);
       } else {
         CopyAsyncCommit();
       }
@@ -1697,8 +1735,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     }
   }
   const float scale = p.scale * 1.4426950408889634f;  // Scores in log2 units.
-  // kFp8: a score is (q / q_max) · (code value · 2⁻⁸) times these and its key's scale.
-  const float key_factor = scale * q_unit * 256.0f;
+  // kFp8: a score is (q / q_max) · (code value · kFp8F16Unit) times these and its key's scale.
+  const float key_factor = scale * q_unit / kFp8F16Unit;
   float value_unit = 0.0f;  // kFp8: out holds the weighted values divided by this.
   float running_max = -INFINITY;
   float running_sum = 0.0f;  // This lane's columns; the 4 lanes of the row summed at the end.
@@ -1719,7 +1757,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     __syncwarp();
     if (ahead < end) {
       const int ahead_stage = (stage + kStages - 1) % kStages;
-      IssueDecodeTile<kFp8, kStages>(p, next_row, lane, tiles, warp, ahead_stage);
+      IssueDecodeTile<kFp8, kStages, kLdmatrix>(p, next_row, lane, tiles, warp, ahead_stage);
       next_row = DecodeKeyRow(p, table, ahead + kDecodeKeys, end, lane, kv_head);
     } else {
       CopyAsyncCommit();  // An empty group: the wait below leaves kStages − 1 behind.
@@ -1733,18 +1771,32 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     // low parts' s[n][2..3].
     float s[2][4];
 #pragma unroll
-    for (int n = 0; n < 2; ++n) {
-      s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int n = 0; n < 2; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    if constexpr (kLdmatrix && !kFp8) {
 #pragma unroll
       for (int c = 0; c < kFaChunks; ++c) {
         if (c >= chunks) break;
-        uint32_t b[2];
-        if constexpr (kFp8) {
-          Fp8KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
-          MmaF16(s[n], q_parts[c], b);
-        } else {
-          KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
-          MmaBf16(s[n], q_parts[c], b);
+        uint32_t b[4];  // Keys 0 .. 8, then 8 .. 16.
+        LoadMatrices<false>(b, MatrixRow<false>(k_tile, 0, c * 16, lane));
+        const uint32_t b_first[2] = {b[0], b[1]};
+        const uint32_t b_second[2] = {b[2], b[3]};
+        MmaBf16(s[0], q_parts[c], b_first);
+        MmaBf16(s[1], q_parts[c], b_second);
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int c = 0; c < kFaChunks; ++c) {
+          if (c >= chunks) break;
+          uint32_t b[2];
+          if constexpr (kFp8) {
+            Fp8KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
+            MmaF16(s[n], q_parts[c], b);
+          } else {
+            KeyFragment(k_tile, n * 8, c * 16, g, quad, b);
+            MmaBf16(s[n], q_parts[c], b);
+          }
         }
       }
     }
@@ -1825,16 +1877,43 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
       PackSplit(e[0][0], e[0][1], p_parts[0], p_parts[1]);
       PackSplit(e[1][0], e[1][1], p_parts[2], p_parts[3]);
     }
-#pragma unroll
-    for (int j = 0; j < kFaChunks * 2; ++j) {
-      if (j >= 2 * chunks) break;
-      uint32_t b[2];
+    if constexpr (kLdmatrix) {
+      const uint16_t* values;
       if constexpr (kFp8) {
-        Fp8ValueFragment(v_tile, 0, j * 8, g, quad, b);
-        MmaF16(out[j], p_parts, b);
+        // The previous tile's ldmatrix of this tile are done (the __syncwarp above).
+        Fp8ValueTileToF16(v_tile, tiles.values[warp], d, lane);
+        __syncwarp();
+        values = tiles.values[warp];
       } else {
-        ValueFragment(v_tile, 0, j * 8, g, quad, b);
-        MmaBf16(out[j], p_parts, b);
+        values = v_tile;
+      }
+#pragma unroll
+      for (int j = 0; j < kFaChunks * 2; j += 2) {
+        if (j >= 2 * chunks) break;
+        uint32_t b[4];  // Head elements j·8 .. + 8, then the next 8.
+        LoadMatrices<true>(b, MatrixRow<true>(values, 0, j * 8, lane));
+        const uint32_t b_first[2] = {b[0], b[1]};
+        const uint32_t b_second[2] = {b[2], b[3]};
+        if constexpr (kFp8) {
+          MmaF16(out[j], p_parts, b_first);
+          MmaF16(out[j + 1], p_parts, b_second);
+        } else {
+          MmaBf16(out[j], p_parts, b_first);
+          MmaBf16(out[j + 1], p_parts, b_second);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kFaChunks * 2; ++j) {
+        if (j >= 2 * chunks) break;
+        uint32_t b[2];
+        if constexpr (kFp8) {
+          Fp8ValueFragment(v_tile, 0, j * 8, g, quad, b);
+          MmaF16(out[j], p_parts, b);
+        } else {
+          ValueFragment(v_tile, 0, j * 8, g, quad, b);
+          MmaBf16(out[j], p_parts, b);
+        }
       }
     }
   }
@@ -1848,8 +1927,8 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     out[j][0] += out[j][2];
     out[j][1] += out[j][3];
   }
-  if constexpr (kFp8) {  // The values' unit and the codes' 2⁻⁸ back in.
-    const float unit = value_unit * 256.0f;
+  if constexpr (kFp8) {  // The values' unit and Fp8PairToF16's back in.
+    const float unit = value_unit / kFp8F16Unit;
 #pragma unroll
     for (int j = 0; j < kFaChunks * 2; ++j) {
       out[j][0] *= unit;
@@ -2795,24 +2874,23 @@ int OncePerDevice(std::mutex& mutex, std::map<int, int>& values, Compute compute
   return values[device] = compute();
 }
 
-// Warps of TensorCoreDecodeAttentionKernel<kFp8, kStages> resident on the current device at
-// once (its dynamic shared memory allowed and the largest carveout asked for first). A kernel
-// that cannot be resident at all is a fatal error here rather than at its launch.
-template <bool kFp8, int kStages>
+// Warps of TensorCoreDecodeAttentionKernel<kFp8, kStages, kLdmatrix> resident on the current
+// device at once (its dynamic shared memory allowed and the largest carveout asked for first).
+// A kernel that cannot be resident at all is a fatal error here rather than at its launch.
+template <bool kFp8, int kStages, bool kLdmatrix>
 int64_t ResidentDecodeWarps(int multiprocessors) {
   static std::mutex mutex;
   static std::map<int, int> blocks_of;
   const int blocks = OncePerDevice(mutex, blocks_of, [] {
-    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(
-        TensorCoreDecodeAttentionKernel<kFp8, kStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(DynamicSharedBytes<DecodeTiles<kFp8, kStages>>())));
-    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(TensorCoreDecodeAttentionKernel<kFp8, kStages>,
-                                             cudaFuncAttributePreferredSharedMemoryCarveout,
+    auto* const kernel = TensorCoreDecodeAttentionKernel<kFp8, kStages, kLdmatrix>;
+    const auto bytes = DynamicSharedBytes<DecodeTiles<kFp8, kStages, kLdmatrix>>();
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(bytes)));
+    INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                              cudaSharedmemCarveoutMaxShared));
     int count = 0;
     INFERBOX_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &count, TensorCoreDecodeAttentionKernel<kFp8, kStages>, kDecodeWarps * kWarpSize,
-        DynamicSharedBytes<DecodeTiles<kFp8, kStages>>()));
+        &count, kernel, kDecodeWarps * kWarpSize, bytes));
     if (count < 1) {
       FatalCudaError("ResidentDecodeWarps", "the decode attention kernel fits no multiprocessor",
                      __FILE__, __LINE__);
@@ -2822,14 +2900,22 @@ int64_t ResidentDecodeWarps(int multiprocessors) {
   return static_cast<int64_t>(blocks) * kDecodeWarps * multiprocessors;
 }
 
-// fn.template operator()<kFp8, kStages>() for the params' cache and the stages they ask for
-// (0: kDecodeStages; other than 2 to 4: a fatal error).
+// fn.template operator()<kFp8, kStages, kLdmatrix>() for a cache (fp8), the stages asked for
+// (0: kDecodeStages; other than 2 to 4: a fatal error) and the fragments' form.
 template <typename Fn>
-auto WithDecodeForm(bool fp8, int stages, Fn&& fn) {
+auto WithDecodeForm(bool fp8, int stages, bool ldmatrix, Fn&& fn) {
+  const auto with = [&]<int kStages>() {
+    if (fp8) {
+      return ldmatrix ? fn.template operator()<true, kStages, true>()
+                      : fn.template operator()<true, kStages, false>();
+    }
+    return ldmatrix ? fn.template operator()<false, kStages, true>()
+                    : fn.template operator()<false, kStages, false>();
+  };
   switch (stages == 0 ? kDecodeStages : stages) {
-    case 2: return fp8 ? fn.template operator()<true, 2>() : fn.template operator()<false, 2>();
-    case 3: return fp8 ? fn.template operator()<true, 3>() : fn.template operator()<false, 3>();
-    case 4: return fp8 ? fn.template operator()<true, 4>() : fn.template operator()<false, 4>();
+    case 2: return with.template operator()<2>();
+    case 3: return with.template operator()<3>();
+    case 4: return with.template operator()<4>();
     default:
       FatalCudaError("TensorCoreDecodeAttentionKernel", "decode stages not 2, 3 or 4", __FILE__,
                      __LINE__);
@@ -2840,30 +2926,32 @@ int AttentionSplits(const PagedAttentionParams& p) {
   if (p.splits > 0) return p.splits < kMaxSplits ? p.splits : kMaxSplits;
   if (!TensorCoreDecode(p)) return GroupedAttentionSplits(p);
   return TensorCoreDecodeSplits(
-      p, WithDecodeForm(IsFp8(p.cache), p.decode_stages, [&]<bool kFp8, int kStages>() {
-        return ResidentDecodeWarps<kFp8, kStages>(p.num_multiprocessors);
-      }));
+      p,
+      WithDecodeForm(IsFp8(p.cache), p.decode_stages, p.decode_ldmatrix,
+                     [&]<bool kFp8, int kStages, bool kLdmatrix>() {
+                       return ResidentDecodeWarps<kFp8, kStages, kLdmatrix>(p.num_multiprocessors);
+                     }));
 }
 
 int PagedAttentionSplits(const PagedAttentionParams& params) {
   return PerTokenCount(params) == 0 || !GroupedAttention(params) ? 1 : AttentionSplits(params);
 }
 
-DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache, int stages) {
+DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache, int stages, bool ldmatrix) {
   // [&]: a lambda without captures would have a conversion to a function pointer, which nvcc
   // cannot declare for a template of non-type parameters only.
-  return WithDecodeForm(fp8_cache, stages, [&]<bool kFp8, int kStages>() {
+  return WithDecodeForm(fp8_cache, stages, ldmatrix, [&]<bool kFp8, int kStages, bool kLdmatrix>() {
     cudaFuncAttributes attributes{};
-    INFERBOX_CUDA_CHECK(
-        cudaFuncGetAttributes(&attributes, TensorCoreDecodeAttentionKernel<kFp8, kStages>));
+    INFERBOX_CUDA_CHECK(cudaFuncGetAttributes(
+        &attributes, TensorCoreDecodeAttentionKernel<kFp8, kStages, kLdmatrix>));
     DecodeKernelResources resources;
     resources.registers = attributes.numRegs;
     resources.spill_bytes = static_cast<int64_t>(attributes.localSizeBytes);
     resources.blocks_per_multiprocessor =
-        static_cast<int>(ResidentDecodeWarps<kFp8, kStages>(1) / kDecodeWarps);
+        static_cast<int>(ResidentDecodeWarps<kFp8, kStages, kLdmatrix>(1) / kDecodeWarps);
     resources.warps_per_block = kDecodeWarps;
     resources.stages = kStages;
-    resources.shared_bytes = static_cast<int64_t>(sizeof(DecodeTiles<kFp8, kStages>));
+    resources.shared_bytes = static_cast<int64_t>(sizeof(DecodeTiles<kFp8, kStages, kLdmatrix>));
     return resources;
   });
 }
@@ -2979,13 +3067,16 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
   if (TensorCoreDecode(params)) {
     const int64_t items = PerTokenCount(params) * params.num_kv_heads * splits;
     const auto blocks = static_cast<unsigned>((items + kDecodeWarps - 1) / kDecodeWarps);
-    WithDecodeForm(IsFp8(params.cache), params.decode_stages, [&]<bool kFp8, int kStages>() {
-      ResidentDecodeWarps<kFp8, kStages>(params.num_multiprocessors);  // Its attributes set.
-      TensorCoreDecodeAttentionKernel<kFp8, kStages>
-          <<<blocks, kDecodeWarps * kWarpSize, DynamicSharedBytes<DecodeTiles<kFp8, kStages>>(),
-             stream>>>(params, group, splits);
-      return 0;
-    });
+    WithDecodeForm(IsFp8(params.cache), params.decode_stages, params.decode_ldmatrix,
+                   [&]<bool kFp8, int kStages, bool kLdmatrix>() {
+                     // Its attributes set.
+                     ResidentDecodeWarps<kFp8, kStages, kLdmatrix>(params.num_multiprocessors);
+                     TensorCoreDecodeAttentionKernel<kFp8, kStages, kLdmatrix>
+                         <<<blocks, kDecodeWarps * kWarpSize,
+                            DynamicSharedBytes<DecodeTiles<kFp8, kStages, kLdmatrix>>(), stream>>>(
+                             params, group, splits);
+                     return 0;
+                   });
     CheckLaunch("TensorCoreDecodeAttentionKernel");
   } else if (params.head_dim <= 4 * kWarpSize) {
     LaunchGroupedAttention<4>(group, grid, params, splits, stream);

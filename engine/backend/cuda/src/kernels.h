@@ -187,6 +187,10 @@ struct PagedAttentionParams {
   // Tiles of 16 keys each warp of the tensor-core decode kernel holds (the one computed and
   // the rest in flight): 0 for the default (2), or 2 to 4, for inferbox-attention-bench.
   int decode_stages = 0;
+  // The tensor-core decode kernel's key and value fragments by ldmatrix (an FP8 cache's value
+  // codes through an FP16 tile) instead of 16- and 32-bit loads: CudaBackendOptions::
+  // decode_ldmatrix, and inferbox-attention-bench's --decode-fragments.
+  bool decode_ldmatrix = false;
 };
 // The splits LaunchPagedAttention makes of each (token, KV head)'s keys for the per-token
 // tokens.
@@ -204,8 +208,10 @@ struct DecodeKernelResources {
   int stages = 0;            // Tiles a warp holds.
   int64_t shared_bytes = 0;  // A block's tiles.
 };
-// `stages` as PagedAttentionParams::decode_stages (0: the default).
-DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache, int stages = 0);
+// `stages` and `ldmatrix` as PagedAttentionParams::decode_stages (0: the default) and
+// decode_ldmatrix.
+DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache, int stages = 0,
+                                                      bool ldmatrix = false);
 void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t stream);
 
 // out = silu(gate) ⊙ up over n values (out may alias gate).

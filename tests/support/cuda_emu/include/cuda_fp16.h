@@ -8,6 +8,11 @@
 struct __half {
   uint16_t x;
 };
+// Two halves' bits, as CUDA's (x the lower half of a 32-bit register).
+struct __half2_raw {
+  unsigned short x;
+  unsigned short y;
+};
 
 inline float __half2float(__half value) {
   const uint32_t sign = static_cast<uint32_t>(value.x & 0x8000u) << 16;

@@ -8,7 +8,10 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cuda_fp16.h"
+
 typedef unsigned char __nv_fp8_storage_t;
+typedef unsigned short __nv_fp8x2_storage_t;
 typedef enum __nv_saturation_t { __NV_NOSAT, __NV_SATFINITE } __nv_saturation_t;
 typedef enum __nv_fp8_interpretation_t { __NV_E4M3, __NV_E5M2 } __nv_fp8_interpretation_t;
 
@@ -47,4 +50,17 @@ inline __nv_fp8_storage_t __nv_cvt_float_to_fp8(float x, __nv_saturation_t satur
   const float above = cuda_emu::E4M3Value(high) - magnitude;
   const unsigned code = below < above ? low : above < below ? high : (low % 2 == 0 ? low : high);
   return static_cast<__nv_fp8_storage_t>(sign | code);
+}
+
+// Two codes (the first in the lower byte) as halves, x the first: exact, every E4M3 value being
+// a half (NaN codes give a NaN), as cvt.rn.f16x2.e4m3x2 gives them. Only E4M3 is emulated
+// (anything else is a pair of NaNs).
+inline __half2_raw __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t x,
+                                              __nv_fp8_interpretation_t interpretation) {
+  const auto half_of = [interpretation](unsigned code) {
+    const float value =
+        interpretation == __NV_E4M3 ? cuda_emu::E4M3Decode(code & 0xFFu) : std::nanf("");
+    return __half_as_ushort(__float2half_rn(value));
+  };
+  return {half_of(x), half_of(static_cast<unsigned>(x) >> 8)};
 }

@@ -36,6 +36,12 @@ struct CudaBackendOptions {
   // (Qwen2.5-7B) and 1.7% (FP8 linear layers); INFERBOX_CUDA_PDL=1 in the environment turns it
   // on (to measure it again).
   bool dependent_launches = false;
+  // The tensor-core decode attention kernel's key and value fragments read from shared memory
+  // by ldmatrix (four registers an instruction, the values' transpose included; an FP8 cache's
+  // value codes turned into an FP16 tile once a tile) instead of by 16- and 32-bit loads (an FP8
+  // cache's value codes a byte at a time). Off until measured on a GPU (built 2026-11-28
+  // without one); INFERBOX_CUDA_DECODE_LDMATRIX=1 in the environment turns it on.
+  bool decode_ldmatrix = false;
 };
 
 // A backend on CUDA device `device_index` (as numbered in CUDA_VISIBLE_DEVICES).
