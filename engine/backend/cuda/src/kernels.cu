@@ -1518,25 +1518,37 @@ constexpr int kDecodeStages = 2;  // The default, as measured.
 constexpr int kDecodeBlocksPerMultiprocessor = 6;
 
 // The decode kernel's tiles, [warp][stage][keys, values]: BF16, or FP8 codes with each key's
-// scales (and, with kLdmatrix, the current tile's value codes as FP16 for ldmatrix: one tile a
-// warp). In dynamic shared memory (three BF16 stages pass the 48 KB of a static array).
-template <bool kFp8, int kStages, bool kLdmatrix>
+// scales.
+template <bool kFp8, int kStages>
 struct DecodeTiles {
   uint16_t kv[kDecodeWarps][kStages][2][kDecodeKeys * kFaLd];
 };
-template <int kStages, bool kLdmatrix>
-struct DecodeTiles<true, kStages, kLdmatrix> {
+template <int kStages>
+struct DecodeTiles<true, kStages> {
   uint8_t kv[kDecodeWarps][kStages][2][kDecodeKeys * kFp8Ld];
   float scales[kDecodeWarps][kStages][2][kDecodeKeys];
-  uint16_t values[kDecodeWarps][kLdmatrix ? kDecodeKeys * kFaLd : 8];
+};
+// The decode kernel's shared memory: its tiles and, for an FP8 cache read by ldmatrix, the
+// current tile's value codes as FP16 (one tile a warp). In dynamic shared memory (three BF16
+// stages pass the 48 KB of a static array). (The tiles' type does not depend on kLdmatrix, so
+// that both forms share IssueDecodeTile; two instantiations with the same code would be one
+// function to GCC's identical-code folding, and its bounds check would then see one form's
+// tiles as the other's.)
+template <bool kFp8, int kStages, bool kLdmatrix>
+struct DecodeShared {
+  DecodeTiles<kFp8, kStages> tiles;
+};
+template <int kStages>
+struct DecodeShared<true, kStages, true> {
+  DecodeTiles<true, kStages> tiles;
+  uint16_t values[kDecodeWarps][kDecodeKeys * kFaLd];
 };
 
 // Starts the copies of one tile's keys and values (lane j < kDecodeKeys holding key j's cache
 // row) into the warp's tiles of `stage`, as one group.
-template <bool kFp8, int kStages, bool kLdmatrix>
+template <bool kFp8, int kStages>
 __device__ __forceinline__ void IssueDecodeTile(const PagedAttentionParams& p, int32_t row,
-                                                int lane,
-                                                DecodeTiles<kFp8, kStages, kLdmatrix>& tiles,
+                                                int lane, DecodeTiles<kFp8, kStages>& tiles,
                                                 int warp, int stage) {
   // Chunks of 16 bytes per key row; every lane takes part in each shuffle.
   if constexpr (kFp8) {
@@ -1641,13 +1653,14 @@ template <bool kFp8, int kStages, bool kLdmatrix>
 __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMultiprocessor)
     TensorCoreDecodeAttentionKernel(PagedAttentionParams p, int group, int splits) {
   LetDependentsLaunch();
-  using Tiles = DecodeTiles<kFp8, kStages, kLdmatrix>;
+  using Shared = DecodeShared<kFp8, kStages, kLdmatrix>;
 #ifdef INFERBOX_CUDA_EMULATED
-  __shared__ __align__(16) Tiles tiles;
+  __shared__ __align__(16) Shared shared;
 #else
   extern __shared__ __align__(16) uint8_t decode_shared[];
-  Tiles& tiles = *reinterpret_cast<Tiles*>(decode_shared);
+  Shared& shared = *reinterpret_cast<Shared*>(decode_shared);
 #endif
+  DecodeTiles<kFp8, kStages>& tiles = shared.tiles;
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kDecodeWarps + warp;
@@ -1682,7 +1695,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
 #pragma unroll
     for (int stage = 0; stage < kStages - 1; ++stage) {
       if (begin + stage * kDecodeKeys < end) {
-        IssueDecodeTile<kFp8, kStages, kLdmatrix>(p, first_rows[stage], lane, tiles, warp, stage);
+        IssueDecodeTile<kFp8, kStages>(p, first_rows[stage], lane, tiles, warp, stage);
       } else {
         CopyAsyncCommit();
       }
@@ -1757,7 +1770,7 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
     __syncwarp();
     if (ahead < end) {
       const int ahead_stage = (stage + kStages - 1) % kStages;
-      IssueDecodeTile<kFp8, kStages, kLdmatrix>(p, next_row, lane, tiles, warp, ahead_stage);
+      IssueDecodeTile<kFp8, kStages>(p, next_row, lane, tiles, warp, ahead_stage);
       next_row = DecodeKeyRow(p, table, ahead + kDecodeKeys, end, lane, kv_head);
     } else {
       CopyAsyncCommit();  // An empty group: the wait below leaves kStages − 1 behind.
@@ -1881,9 +1894,9 @@ __global__ void __launch_bounds__(kDecodeWarps* kWarpSize, kDecodeBlocksPerMulti
       const uint16_t* values;
       if constexpr (kFp8) {
         // The previous tile's ldmatrix of this tile are done (the __syncwarp above).
-        Fp8ValueTileToF16(v_tile, tiles.values[warp], d, lane);
+        Fp8ValueTileToF16(v_tile, shared.values[warp], d, lane);
         __syncwarp();
-        values = tiles.values[warp];
+        values = shared.values[warp];
       } else {
         values = v_tile;
       }
@@ -2883,7 +2896,7 @@ int64_t ResidentDecodeWarps(int multiprocessors) {
   static std::map<int, int> blocks_of;
   const int blocks = OncePerDevice(mutex, blocks_of, [] {
     auto* const kernel = TensorCoreDecodeAttentionKernel<kFp8, kStages, kLdmatrix>;
-    const auto bytes = DynamicSharedBytes<DecodeTiles<kFp8, kStages, kLdmatrix>>();
+    const auto bytes = DynamicSharedBytes<DecodeShared<kFp8, kStages, kLdmatrix>>();
     INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(bytes)));
     INFERBOX_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -2951,7 +2964,7 @@ DecodeKernelResources TensorCoreDecodeKernelResources(bool fp8_cache, int stages
         static_cast<int>(ResidentDecodeWarps<kFp8, kStages, kLdmatrix>(1) / kDecodeWarps);
     resources.warps_per_block = kDecodeWarps;
     resources.stages = kStages;
-    resources.shared_bytes = static_cast<int64_t>(sizeof(DecodeTiles<kFp8, kStages, kLdmatrix>));
+    resources.shared_bytes = static_cast<int64_t>(sizeof(DecodeShared<kFp8, kStages, kLdmatrix>));
     return resources;
   });
 }
@@ -3073,7 +3086,7 @@ void LaunchPagedAttention(const PagedAttentionParams& params, cudaStream_t strea
                      ResidentDecodeWarps<kFp8, kStages, kLdmatrix>(params.num_multiprocessors);
                      TensorCoreDecodeAttentionKernel<kFp8, kStages, kLdmatrix>
                          <<<blocks, kDecodeWarps * kWarpSize,
-                            DynamicSharedBytes<DecodeTiles<kFp8, kStages, kLdmatrix>>(), stream>>>(
+                            DynamicSharedBytes<DecodeShared<kFp8, kStages, kLdmatrix>>(), stream>>>(
                              params, group, splits);
                      return 0;
                    });
