@@ -7,10 +7,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -61,6 +65,20 @@ constexpr int kMaxReceiveMessageBytes = 16 * 1024 * 1024;
 // Name of the file in the runtime directory that lists the bound addresses (useful when
 // the config asks for port 0); written before READY=1, removed at exit.
 constexpr std::string_view kListenersFileName = "listeners.toml";
+
+// The HTTP acceptor turns at least once a second; this long without a turn is a stuck
+// acceptor (Responsive), well past any pause of a loaded machine.
+constexpr std::chrono::seconds kAcceptorStall{10};
+
+// Fault injection for the watchdog's tests: INFERBOX_TEST_FAULT_STALL (serving-state or
+// http) and INFERBOX_TEST_FAULT_STALL_AFTER_MS (when, after the start; 0 if unset).
+std::optional<std::pair<std::string, std::chrono::milliseconds>> FaultStall() {
+  const char* what = std::getenv("INFERBOX_TEST_FAULT_STALL");
+  if (what == nullptr || *what == '\0') return std::nullopt;
+  const char* after = std::getenv("INFERBOX_TEST_FAULT_STALL_AFTER_MS");
+  return std::pair{std::string(what),
+                   std::chrono::milliseconds(after != nullptr ? std::atoll(after) : 0)};
+}
 
 // The signals only the main loop receives (blocked everywhere, taken with sigwaitinfo).
 sigset_t MainLoopSignals() {
@@ -150,6 +168,14 @@ class RunningDaemon {
   void Shutdown();
 
  private:
+  // Whether the box's working parts still turn, asked before each systemd watchdog ping: its
+  // health as /health and gRPC Health compute it (the serving state's, the supervisor's and
+  // every replica's locks: a deadlock there blocks this thread, and the pings stop) and the
+  // HTTP acceptor's loop (false, logged once, when it has not turned for kAcceptorStall).
+  bool Responsive();
+  // Fault injection for the watchdog's tests (INFERBOX_TEST_FAULT_STALL=serving-state): a
+  // thread takes the serving state's lock and never gives it back, `after` from now.
+  void InjectServingStateDeadlock(std::chrono::milliseconds after);
   Status OpenDatabase(const std::filesystem::path& state_dir);
   // The model store (<state_dir>/models) and the models loaded at run time before.
   Status OpenModelStore(const std::filesystem::path& state_dir);
@@ -211,6 +237,7 @@ class RunningDaemon {
   std::mutex serving_state_mutex_;
   std::mutex gpu_fence_mutex_;  // Serialises FenceGpus.
   std::unique_ptr<OpenAiGateway> http_gateway_;
+  bool watchdog_withheld_ = false;  // Responsive said no (main thread only).
   std::unique_ptr<grpc::Server> grpc_server_;
   std::string grpc_address_;
   std::string http_address_;
@@ -511,6 +538,9 @@ Status RunningDaemon::StartHttp() {
   OpenAiGateway::Options options;
   options.host = config_.http_listen.host;
   options.port = config_.http_listen.port;
+  if (const auto fault = FaultStall(); fault && fault->first == "http") {
+    options.fault_stall_acceptor_after = fault->second;
+  }
   auto gateway = OpenAiGateway::Start(options, *frontend_, *api_authenticator_);
   if (!gateway.ok()) return gateway.status();
   http_gateway_ = std::move(gateway).value();
@@ -567,6 +597,9 @@ Status RunningDaemon::Start() {
   FenceGpus();
   supervisor_->Start();
   UpdateServingState();
+  if (const auto fault = FaultStall(); fault && fault->first == "serving-state") {
+    InjectServingStateDeadlock(fault->second);
+  }
   const std::string ready = fmt::format("serving: HTTP on {}, gRPC on {}, metrics on {}",
                                         http_address_, grpc_address_, metrics_address_);
   notifier_.Ready(ready);
@@ -653,9 +686,40 @@ void RunningDaemon::Serve() {
       spdlog::info("{}: shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
       return;
     }
-    // The main loop is the watchdog's heartbeat: a wedged loop stops the pings.
-    if (watchdog) notifier_.PingWatchdog();
+    // The main loop is the watchdog's heartbeat, and it pings only while the box's working
+    // parts turn: a wedged loop, or one stuck in Responsive on a deadlock, stops the pings.
+    if (watchdog && Responsive()) notifier_.PingWatchdog();
   }
+}
+
+bool RunningDaemon::Responsive() {
+  { std::lock_guard lock(serving_state_mutex_); }
+  HealthReport();
+  if (http_gateway_) {
+    const auto idle = http_gateway_->AcceptorIdle();
+    if (idle > kAcceptorStall) {
+      if (!watchdog_withheld_) {
+        watchdog_withheld_ = true;
+        LogEvent(spdlog::level::critical, message_ids::kWatchdogWithheld,
+                 fmt::format("the HTTP acceptor has not turned for {} s: no new connection is "
+                             "accepted; the systemd watchdog ping is withheld, so systemd "
+                             "restarts inferboxd",
+                             std::chrono::duration_cast<std::chrono::seconds>(idle).count()));
+      }
+      return false;
+    }
+  }
+  return true;
+}
+
+void RunningDaemon::InjectServingStateDeadlock(std::chrono::milliseconds after) {
+  spdlog::warn("INFERBOX_TEST_FAULT_STALL=serving-state: fault injection is on");
+  std::thread([this, after] {
+    std::this_thread::sleep_for(after);
+    spdlog::warn("fault injection: holding the serving state's lock for good");
+    serving_state_mutex_.lock();
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  }).detach();
 }
 
 void RunningDaemon::Shutdown() {

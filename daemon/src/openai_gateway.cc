@@ -52,6 +52,11 @@ class OpenAiGateway::Impl {
 
   uint16_t port() const { return port_; }
   void SetServing(bool serving) { serving_.store(serving); }
+  std::chrono::steady_clock::duration AcceptorIdle() const {
+    return std::chrono::steady_clock::now() -
+           std::chrono::steady_clock::time_point(
+               std::chrono::steady_clock::duration(acceptor_turned_.load()));
+  }
 
   void Stop(std::chrono::milliseconds drain) {
     if (stopped_.exchange(true)) return;
@@ -85,7 +90,17 @@ class OpenAiGateway::Impl {
 
   // The acceptor thread: until drain is raised.
   void Accept() {
+    const auto started = std::chrono::steady_clock::now();
     while (!drain_.is_raised()) {
+      const auto now = std::chrono::steady_clock::now();
+      acceptor_turned_.store(now.time_since_epoch().count());
+      if (options_.fault_stall_acceptor_after.count() >= 0 &&
+          now - started >= options_.fault_stall_acceptor_after) {
+        spdlog::warn("HTTP acceptor: stalled by fault injection (INFERBOX_TEST_FAULT_STALL)");
+        pollfd wait{drain_.fd(), POLLIN, 0};
+        while (!drain_.is_raised()) ::poll(&wait, 1, 1000);
+        break;
+      }
       std::array<pollfd, 2> entries{{{listener_.get(), POLLIN, 0}, {drain_.fd(), POLLIN, 0}}};
       // The timeout only bounds how long ended connection threads wait to be joined.
       const int ready = ::poll(entries.data(), entries.size(), 1000);
@@ -167,6 +182,9 @@ class OpenAiGateway::Impl {
   std::atomic<bool> stopped_{false};
   const openai::GatewayContext context_;
   std::thread acceptor_;
+  // When the acceptor's loop last turned (steady_clock ticks since its epoch).
+  std::atomic<std::chrono::steady_clock::rep> acceptor_turned_{
+      std::chrono::steady_clock::now().time_since_epoch().count()};
 
   std::mutex mutex_;
   std::condition_variable connection_ended_;
@@ -198,6 +216,10 @@ OpenAiGateway::~OpenAiGateway() = default;
 
 uint16_t OpenAiGateway::port() const {
   return impl_->port();
+}
+
+std::chrono::steady_clock::duration OpenAiGateway::AcceptorIdle() const {
+  return impl_->AcceptorIdle();
 }
 
 void OpenAiGateway::SetServing(bool serving) {

@@ -77,6 +77,12 @@ DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, s
 
 ::testing::AssertionResult DaemonProcess::WaitInferenceServing(
     std::chrono::milliseconds timeout) const {
+  return WaitInferenceHealth(grpc::health::v1::HealthCheckResponse::SERVING, timeout);
+}
+
+::testing::AssertionResult DaemonProcess::WaitInferenceHealth(
+    grpc::health::v1::HealthCheckResponse::ServingStatus status,
+    std::chrono::milliseconds timeout) const {
   auto health = grpc::health::v1::Health::NewStub(
       grpc::CreateChannel(grpc_address_, grpc::InsecureChannelCredentials()));
   const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -86,13 +92,15 @@ DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, s
     grpc::health::v1::HealthCheckRequest request;
     request.set_service("inferbox.v1.Inference");
     grpc::health::v1::HealthCheckResponse response;
-    if (health->Check(&context, request, &response).ok() &&
-        response.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+    if (health->Check(&context, request, &response).ok() && response.status() == status) {
       return ::testing::AssertionSuccess();
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  return ::testing::AssertionFailure() << "inferbox.v1.Inference never SERVING; log:\n" << Logs();
+  return ::testing::AssertionFailure()
+         << "inferbox.v1.Inference never "
+         << grpc::health::v1::HealthCheckResponse::ServingStatus_Name(status) << "; log:\n"
+         << Logs();
 }
 
 inferbox::v1::ChatRequest TinyChat(uint32_t max_tokens, std::string model) {

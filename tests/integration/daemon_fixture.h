@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
 #include "notify_socket.h"
@@ -50,6 +51,10 @@ class DaemonProcess {
   // can generate). False (with the daemon's log) on timeout.
   ::testing::AssertionResult WaitInferenceServing(
       std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+  // The same for any status (NOT_SERVING: no model can generate).
+  ::testing::AssertionResult WaitInferenceHealth(
+      grpc::health::v1::HealthCheckResponse::ServingStatus status,
+      std::chrono::milliseconds timeout) const;
 
   // The READY=1 datagram (with its STATUS=), once WaitReady succeeded.
   const std::string& ready_message() const { return ready_message_; }

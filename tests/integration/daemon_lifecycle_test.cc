@@ -3,7 +3,10 @@
 #include <signal.h>
 #include <sys/socket.h>
 
+#include <chrono>
 #include <fstream>
+#include <string_view>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
@@ -123,6 +126,64 @@ TEST(DaemonLifecycle, WatchdogPingsComeFromTheMainLoop) {
         << "watchdog ping " << ping << " missing; log:\n"
         << daemon.Logs();
   }
+}
+
+// Waits up to `timeout` for `text` in the daemon's log, reading its notifications meanwhile
+// as systemd does (a full notification socket would block the daemon's sd_notify, and with it
+// the main loop).
+bool WaitForLog(DaemonProcess& daemon, std::string_view text, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (daemon.Logs().find(text) == std::string::npos) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    daemon.notify().ReceivePending();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
+// No WATCHDOG=1 within `quiet`, once the pings sent before now (at most a few, 100 ms apart)
+// are read.
+bool PingsStopped(DaemonProcess& daemon, std::chrono::milliseconds quiet) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  daemon.notify().ReceivePending();
+  return !daemon.notify().WaitFor("WATCHDOG=1", quiet);
+}
+
+// The pings come from the box's working parts turning, not from a loop that turns whatever
+// they do (CONVENTIONS R4.2): a deadlock on the serving state's lock (which every engine state
+// change, /health and gRPC Health take) stops them, so that systemd restarts the daemon.
+TEST(DaemonLifecycle, WatchdogPingsStopWhenTheServingStateDeadlocks) {
+  TempDir dir;
+  DaemonProcess daemon(
+      dir, {.extra_env = {"WATCHDOG_USEC=200000", "INFERBOX_TEST_FAULT_STALL=serving-state",
+                          "INFERBOX_TEST_FAULT_STALL_AFTER_MS=1500"}});
+  ASSERT_TRUE(daemon.WaitReady());
+  ASSERT_TRUE(daemon.notify().WaitFor("WATCHDOG=1", std::chrono::seconds(5))) << daemon.Logs();
+  ASSERT_TRUE(
+      WaitForLog(daemon, "holding the serving state's lock for good", std::chrono::seconds(20)))
+      << daemon.Logs();
+  EXPECT_TRUE(PingsStopped(daemon, std::chrono::seconds(2)))
+      << "a deadlocked daemon still told systemd it was alive; log:\n"
+      << daemon.Logs();
+}
+
+// A stuck HTTP acceptor (no new connection accepted) stops them too, with the reason in the
+// journal (MESSAGE_ID b59e2375…), 10 s after its loop last turned.
+TEST(DaemonLifecycle, WatchdogPingsStopWhenTheHttpAcceptorIsStuck) {
+  TempDir dir;
+  DaemonProcess daemon(dir, {.extra_env = {"WATCHDOG_USEC=200000", "INFERBOX_TEST_FAULT_STALL=http",
+                                           "INFERBOX_TEST_FAULT_STALL_AFTER_MS=1500"}});
+  ASSERT_TRUE(daemon.WaitReady());
+  ASSERT_TRUE(WaitForLog(daemon, "stalled by fault injection", std::chrono::seconds(20)))
+      << daemon.Logs();
+  // Still pinging while the acceptor has been idle less than 10 s.
+  ASSERT_TRUE(daemon.notify().WaitFor("WATCHDOG=1", std::chrono::seconds(5))) << daemon.Logs();
+  ASSERT_TRUE(WaitForLog(daemon, "the HTTP acceptor has not turned for", std::chrono::seconds(20)))
+      << daemon.Logs();
+  EXPECT_TRUE(PingsStopped(daemon, std::chrono::seconds(2)))
+      << "a daemon that accepts no connection still told systemd it was alive; log:\n"
+      << daemon.Logs();
+  EXPECT_THAT(daemon.Logs(), HasSubstr("the systemd watchdog ping is withheld"));
 }
 
 TEST(DaemonLifecycle, NoWatchdogPingsWhenSystemdDidNotAskForThem) {

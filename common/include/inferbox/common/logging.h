@@ -38,6 +38,7 @@ inline constexpr MessageId kEngineFailed{"1b03a16b07cc413fb6d01e97d04407b9"};
 inline constexpr MessageId kEngineCanaryFailed{"b1238d69d478449f9bee270f85e6d042"};
 inline constexpr MessageId kEngineGpuFault{"9c7e67c969914fb083356c63a65b72b2"};
 inline constexpr MessageId kModelNotRestored{"05eb23cafe964dad98c505b3f2c01c7d"};
+inline constexpr MessageId kWatchdogWithheld{"b59e2375a17d480b8fd8129373196a99"};
 }  // namespace message_ids
 
 // Logs a key event: on journald it carries MESSAGE_ID; on stderr it is an ordinary line.

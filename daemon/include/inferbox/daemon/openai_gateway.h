@@ -40,6 +40,10 @@ class OpenAiGateway {
     // A stream that has sent nothing for this long sends an SSE comment (": ping"), so that
     // proxies and clients do not time out while a request waits in the queue.
     std::chrono::milliseconds sse_keepalive_interval{10'000};
+    // Fault injection for the daemon's watchdog tests (INFERBOX_TEST_FAULT_STALL=http): this
+    // long after the start the acceptor stops turning (it neither accepts nor joins) until
+    // Stop. Negative: never.
+    std::chrono::milliseconds fault_stall_acceptor_after{-1};
   };
 
   // Binds the listener and starts serving. UNAVAILABLE when the address cannot be bound.
@@ -52,6 +56,11 @@ class OpenAiGateway {
 
   // The bound port (the one picked when Options.port was 0).
   uint16_t port() const;
+
+  // How long since the acceptor's loop last turned: it turns at least once a second while it
+  // runs (a poll of at most 1 s), so much longer means it is stuck, and with it every new
+  // connection (the daemon's systemd watchdog stops on it).
+  std::chrono::steady_clock::duration AcceptorIdle() const;
 
   // While false, new /v1 requests are answered 503 service_unavailable_error with
   // Retry-After, and /health and /health/ready 503 {"status":"draining"} (used while

@@ -183,6 +183,14 @@ class RuntimeTest : public ::testing::Test {
     return request;
   }
 
+  // Submits a 100-token request to `runtime` over `model` and lets its prefill and a decode
+  // run: with one request at a time, the next one submitted waits.
+  static void StartOneRunning(Runtime& runtime, SteppedModel& model, Collected& running, int seed) {
+    ASSERT_TRUE(runtime.Submit(Greedy(Prompt(seed, 6), 100), running.Callback()).ok());
+    model.Allow(2);  // Its prefill and a decode.
+    ASSERT_TRUE(running.WaitTokens(2));
+  }
+
   static std::vector<int32_t> Prompt(int seed, int length) {
     std::mt19937 rng(static_cast<uint32_t>(seed));
     std::uniform_int_distribution<int32_t> token(1, 150000);
@@ -497,9 +505,7 @@ TEST_F(RuntimeTest, ARequestQueuedPastTheQueueTimeoutEndsAndTheRunningOneGoesOn)
   StepsAllowed allowed{model};
   Collected running;
   Collected queued;
-  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(920, 6), 100), running.Callback()).ok());
-  model.Allow(2);  // Its prefill and a decode.
-  ASSERT_TRUE(running.WaitTokens(2));
+  ASSERT_NO_FATAL_FAILURE(StartOneRunning(runtime, model, running, 920));
   ASSERT_TRUE(runtime.Submit(Greedy(Prompt(921, 6), 20), queued.Callback()).ok());
   std::this_thread::sleep_for(300ms);  // The queued one's timeout passes while no step runs.
   for (int i = 0; i < 4 && !queued.WaitFinal(0s); ++i) {
@@ -521,6 +527,59 @@ TEST_F(RuntimeTest, ARequestQueuedPastTheQueueTimeoutEndsAndTheRunningOneGoesOn)
   model.Allow(1000);
   EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
   EXPECT_EQ(running.final_delta.error.code(), StatusCode::kCancelled);
+}
+
+// R6.3: a cancel is taken at every stage, within one step. Queued: the request ends CANCELLED
+// without a token and no longer waits; the running one goes on.
+TEST_F(RuntimeTest, CancellingAQueuedRequestEndsItWithinAStepWithoutRunningIt) {
+  SteppedModel model(*model_);
+  Runtime runtime(model, tokenizer_, Options(256, 1));
+  StepsAllowed allowed{model};
+  Collected running;
+  Collected queued;
+  ASSERT_NO_FATAL_FAILURE(StartOneRunning(runtime, model, running, 930));
+  const Result<int64_t> id = runtime.Submit(Greedy(Prompt(931, 6), 20), queued.Callback());
+  ASSERT_TRUE(id.ok());
+  runtime.Cancel(*id);
+  // The step in flight when the cancel came, then the next one, which reports it.
+  model.Allow(2);
+  ASSERT_TRUE(queued.WaitFinal(10s)) << "the cancel was not taken within a step";
+  EXPECT_EQ(queued.final_delta.error.code(), StatusCode::kCancelled);
+  EXPECT_TRUE(queued.tokens.empty());
+  EXPECT_EQ(queued.Locked([&] { return queued.num_finals; }), 1);
+  const size_t tokens_then = running.Locked([&] { return running.tokens.size(); });
+  model.Allow(2);
+  ASSERT_TRUE(running.WaitTokens(tokens_then + 2)) << "the running request must go on";
+  EXPECT_EQ(runtime.stats().num_waiting, 0);
+  runtime.CancelAll(Status(StatusCode::kCancelled, "done"));
+  model.Allow(1000);
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(runtime.stats().num_blocks_used, 0);
+}
+
+// Mid-prefill (a 60-token prompt in chunks of 8 a step): the chunks' blocks come back and no
+// token is generated.
+TEST_F(RuntimeTest, CancellingMidPrefillEndsItWithinAStepAndFreesItsBlocks) {
+  SteppedModel model(*model_);
+  Runtime runtime(model, tokenizer_, Options(256, 1, 8));
+  StepsAllowed allowed{model};
+  Collected collected;
+  const Result<int64_t> id = runtime.Submit(Greedy(Prompt(940, 60), 5), collected.Callback());
+  ASSERT_TRUE(id.ok());
+  model.Allow(2);  // Two chunks of the prompt.
+  ASSERT_TRUE(model.WaitEntered(3));
+  EXPECT_GT(runtime.stats().num_blocks_used, 0) << "the first chunks hold blocks";
+  EXPECT_TRUE(collected.Locked([&] { return collected.tokens.empty(); }));
+  runtime.Cancel(*id);
+  model.Allow(1);  // The chunk in flight; the next step reports the cancel without a forward.
+  ASSERT_TRUE(collected.WaitFinal(10s)) << "the cancel was not taken within a step";
+  EXPECT_EQ(collected.final_delta.error.code(), StatusCode::kCancelled);
+  EXPECT_TRUE(collected.tokens.empty());
+  model.Allow(1000);
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(runtime.stats().num_blocks_used, 0);
+  EXPECT_EQ(runtime.stats().num_running, 0);
+  EXPECT_LT(runtime.stats().steps_total, 8) << "the prompt's remaining chunks must not run";
 }
 
 TEST_F(RuntimeTest, AFinishedRequestWhoseFinalIsStillOnItsWayIsNotWaiting) {
