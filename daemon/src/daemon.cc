@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -79,6 +80,19 @@ std::optional<std::pair<std::string, std::chrono::milliseconds>> FaultStall() {
   return std::pair{std::string(what),
                    std::chrono::milliseconds(after != nullptr ? std::atoll(after) : 0)};
 }
+
+// Takes gRPC's reflection plugin out of a server: the reflection library registers it for
+// every ServerBuilder by a static initializer once it is linked (calling
+// InitProtoReflectionServerBuilderPlugin or not), so grpc_reflection = false needs this.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    std::erase_if(*plugins, [](const std::unique_ptr<grpc::ServerBuilderPlugin>& plugin) {
+      return plugin->name() == "proto_server_reflection";
+    });
+  }
+};
 
 // The signals only the main loop receives (blocked everywhere, taken with sigwaitinfo).
 sigset_t MainLoopSignals() {
@@ -503,6 +517,7 @@ Status RunningDaemon::StartGrpc() {
   if (config_.grpc_reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   grpc::ServerBuilder builder;
+  if (!config_.grpc_reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   int bound_port = 0;
   builder.AddListeningPort(config_.grpc_listen.ToString(), grpc::InsecureServerCredentials(),
                            &bound_port);

@@ -105,6 +105,32 @@ TEST_F(DaemonGrpcTest, RefusedGenerationsCancelledByTheirClientsLeaveTheDaemonSe
   EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
 }
 
+// CONVENTIONS R2.7: the receive limit is set on purpose (16 MiB): a larger request is refused
+// by gRPC with RESOURCE_EXHAUSTED before any handler, a smaller one reaches the handler (here
+// NOT_FOUND for the model), and the daemon serves on.
+TEST_F(DaemonGrpcTest, AnOversizedRequestIsRefusedWithResourceExhausted) {
+  auto inference = inferbox::v1::Inference::NewStub(channel_);
+  const auto generate = [&](size_t text_bytes) {
+    inferbox::v1::GenerateRequest request;
+    request.set_model("nope");
+    request.set_text(std::string(text_bytes, 'a'));
+    grpc::ClientContext context;
+    context.set_deadline(Deadline());
+    auto reader = inference->Generate(&context, request);
+    inferbox::v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+    }
+    return reader->Finish();
+  };
+  const grpc::Status large = generate((size_t{16} << 20) + 1);
+  EXPECT_EQ(large.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << large.error_message();
+  const grpc::Status below = generate(size_t{15} << 20);
+  EXPECT_EQ(below.error_code(), grpc::StatusCode::NOT_FOUND) << below.error_message();
+  HealthCheckResponse response;
+  ASSERT_TRUE(Check("", &response).ok()) << "the daemon stopped answering";
+  EXPECT_EQ(response.status(), HealthCheckResponse::SERVING);
+}
+
 TEST_F(DaemonGrpcTest, UnknownServiceIsNotFound) {
   HealthCheckResponse response;
   const grpc::Status status = Check("no.such.Service", &response);

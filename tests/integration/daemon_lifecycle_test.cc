@@ -14,6 +14,7 @@
 
 #include "daemon_fixture.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 
 namespace inferbox::testing {
@@ -184,6 +185,26 @@ TEST(DaemonLifecycle, WatchdogPingsStopWhenTheHttpAcceptorIsStuck) {
       << "a daemon that accepts no connection still told systemd it was alive; log:\n"
       << daemon.Logs();
   EXPECT_THAT(daemon.Logs(), HasSubstr("the systemd watchdog ping is withheld"));
+}
+
+// grpc_reflection = false takes reflection off (CONVENTIONS R2.3: on by default, for grpcurl).
+TEST(DaemonLifecycle, ReflectionTurnedOffAnswersUnimplemented) {
+  TempDir dir;
+  DaemonProcess daemon(dir, {.config_text = TestConfig("grpc_reflection = false\n")});
+  ASSERT_TRUE(daemon.WaitReady());
+  auto channel = grpc::CreateChannel(daemon.grpc_address(), grpc::InsecureChannelCredentials());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto stream =
+      grpc::reflection::v1alpha::ServerReflection::NewStub(channel)->ServerReflectionInfo(&context);
+  grpc::reflection::v1alpha::ServerReflectionRequest list;
+  list.set_list_services("");
+  stream->Write(list);
+  grpc::reflection::v1alpha::ServerReflectionResponse response;
+  EXPECT_FALSE(stream->Read(&response)) << "reflection answered although it is off";
+  stream->WritesDone();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(CheckHealth(daemon.grpc_address()), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 TEST(DaemonLifecycle, NoWatchdogPingsWhenSystemdDidNotAskForThem) {

@@ -5,17 +5,32 @@
 #     not installed here (--man=no): the install test verifies the installed unit, man
 #     page included, at its installed paths;
 #   - systemd-analyze security --offline rates its exposure at most MAX_EXPOSURE (0.0-10.0).
-#   - the programs the unit names are where the packages install them.
+#   - the programs the unit names are where the packages install them;
+#   - the directives supervision rests on are there (Type=notify, WatchdogSec=, Restart=,
+#     the start limit, KillMode=mixed, ...).
 #   unit_verify.sh UNIT INFERBOXD MAX_EXPOSURE
-# Exits 77 (skipped) where systemd-analyze is missing.
+# Exits 77 (skipped) where systemd-analyze is missing, after the checks that need no systemd.
 set -euo pipefail
 unit=$1
 inferboxd=$2
 max_exposure=$3
-command -v systemd-analyze >/dev/null || { echo "unit_verify: SKIP: no systemd-analyze"; exit 77; }
 
 grep -q '^ExecStart=/usr/sbin/inferboxd ' "$unit" ||
   { echo "unit_verify: ExecStart= is not the packaged /usr/sbin/inferboxd" >&2; exit 1; }
+
+# What supervision and the drain rest on (CONVENTIONS R4.1-R4.3): readiness and watchdog by
+# notification, restarts bounded by a start limit, no restart for a refused configuration,
+# start and stop timeouts, and SIGTERM to inferboxd alone (it stops its engines itself).
+for required in '^Type=notify$' '^NotifyAccess=main$' '^WatchdogSec=[1-9]' \
+  '^Restart=(on-failure|always)$' '^RestartSec=[1-9]' '^StartLimitIntervalSec=[1-9]' \
+  '^StartLimitBurst=[1-9]' '^RestartPreventExitStatus=78$' '^TimeoutStartSec=[1-9]' \
+  '^TimeoutStopSec=[1-9]' '^KillMode=mixed$' '^OOMPolicy=continue$'; do
+  grep -Eq "$required" "$unit" ||
+    { echo "unit_verify: $unit has no line matching $required" >&2; exit 1; }
+done
+echo "unit_verify: supervision directives: OK"
+
+command -v systemd-analyze >/dev/null || { echo "unit_verify: SKIP: no systemd-analyze"; exit 77; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
