@@ -42,6 +42,9 @@ if(INFERBOX_CUDA)
   set(CMAKE_CUDA_STANDARD 20)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   find_package(CUDAToolkit REQUIRED)
+  set(INFERBOX_CUDA_VERSION "${CUDAToolkit_VERSION_MAJOR}.${CUDAToolkit_VERSION_MINOR}")
+else()
+  set(INFERBOX_CUDA_VERSION "none")
 endif()
 
 # Every target of ours links this for its warning flags; generated protobuf code does not.

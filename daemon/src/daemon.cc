@@ -156,7 +156,12 @@ class RunningDaemon {
       : options_(options),
         config_(std::move(config)),
         board_(kVersion, kGitCommit),
-        metrics_({std::string(kVersion), std::string(kGitCommit)}) {}
+        metrics_({.version = std::string(kVersion),
+                  .commit = std::string(kGitCommit),
+                  .cuda = std::string(kCudaVersion),
+                  .driver = gpu_collector_->driver_version().empty()
+                                ? "none"
+                                : gpu_collector_->driver_version()}) {}
 
   ~RunningDaemon() {
     // The GPU health watcher calls UpdateServingState, which uses what goes away below.
@@ -216,6 +221,9 @@ class RunningDaemon {
   DaemonConfig config_;  // Main thread only.
   SystemdNotifier notifier_;
   admin::StatusBoard board_;
+  // Before the metrics: their build info names the driver it found.
+  std::shared_ptr<monitoring::GpuCollector> gpu_collector_ =
+      std::make_shared<monitoring::GpuCollector>();
   monitoring::DaemonMetrics metrics_;
   std::shared_ptr<monitoring::ProcessCollector> process_collector_ =
       std::make_shared<monitoring::ProcessCollector>();
@@ -235,8 +243,6 @@ class RunningDaemon {
   monitoring::ServingMetrics serving_metrics_{*metrics_.registry(), config_.metrics_per_key};
   std::unique_ptr<CountingAuthenticator> api_authenticator_;
   std::shared_ptr<EngineMetricsCollector> engine_collector_;
-  std::shared_ptr<monitoring::GpuCollector> gpu_collector_ =
-      std::make_shared<monitoring::GpuCollector>();
   std::shared_ptr<EconomicsCollector> economics_collector_;
   // Free space where the box writes: the state directory and the model store in it.
   std::shared_ptr<monitoring::FilesystemCollector> filesystem_collector_;

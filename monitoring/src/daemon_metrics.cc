@@ -14,9 +14,15 @@ DaemonMetrics::DaemonMetrics(const BuildInfo& build)
       reload_failure_(reloads_.Add({{"result", "rejected"}})) {
   prometheus::BuildGauge()
       .Name("inferbox_build_info")
-      .Help("Always 1; the labels say which build of inferboxd is running.")
+      .Help(
+          "Always 1; the labels say which build of inferboxd is running, the CUDA toolkit "
+          "its engines were built with and the NVIDIA driver it found (none: no CUDA build, "
+          "no driver).")
       .Register(*registry_)
-      .Add({{"version", build.version}, {"commit", build.commit}})
+      .Add({{"version", build.version},
+            {"commit", build.commit},
+            {"cuda", build.cuda},
+            {"driver", build.driver}})
       .Set(1);
 }
 

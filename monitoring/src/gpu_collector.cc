@@ -177,6 +177,7 @@ struct GpuCollector::Nvml {
   nvmlReturn_t (*register_events)(nvmlDevice_t, unsigned long long, nvmlEventSet_t) = nullptr;
   nvmlReturn_t (*event_set_wait)(nvmlEventSet_t, nvmlEventData_t*, unsigned int) = nullptr;
   nvmlReturn_t (*event_set_free)(nvmlEventSet_t) = nullptr;
+  nvmlReturn_t (*driver_version)(char*, unsigned int) = nullptr;
 
   bool initialized = false;
   std::vector<Device> devices;      // Fixed after construction.
@@ -405,12 +406,19 @@ GpuCollector::GpuCollector(const std::string& library) {
                             bind(nvml->event_set_wait, "nvmlEventSetWait_v2") &&
                             bind(nvml->event_set_free, "nvmlEventSetFree");
   if (!events_bound) nvml->event_set_create = nullptr;
+  bind(nvml->driver_version, "nvmlSystemGetDriverVersion");
   if (const nvmlReturn_t result = nvml->init(); result != nvml::NVML_SUCCESS) {
     reason_ = "nvmlInit failed with " + nvml->ErrorText(result);
     spdlog::warn("no GPU telemetry: {}", reason_);
     return;
   }
   nvml->initialized = true;
+  if (nvml->driver_version != nullptr) {
+    char version[96] = {};  // NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE is 80.
+    if (nvml->driver_version(version, sizeof(version)) == nvml::NVML_SUCCESS) {
+      driver_version_ = version;
+    }
+  }
   nvml->FindDevices();
   nvml->RegisterXidEvents();
   size_t with_xid_events = 0;

@@ -213,9 +213,10 @@ TEST_F(DaemonGrpcTest, MetricsScrapeHasBuildInfoAndProcessMetrics) {
   const HttpResponse response = HttpGet("http://" + daemon_->metrics_address() + "/metrics");
   ASSERT_EQ(response.status, 200) << response.error;
   EXPECT_THAT(response.content_type, HasSubstr("text/plain"));
-  const std::string expected_build_info = "inferbox_build_info{commit=\"" +
-                                          std::string(kGitCommit) + "\",version=\"" +
-                                          std::string(kVersion) + "\"} 1";
+  // No NVML here: driver "none"; cuda as this build was configured.
+  const std::string expected_build_info =
+      "inferbox_build_info{commit=\"" + std::string(kGitCommit) + "\",cuda=\"" +
+      std::string(kCudaVersion) + "\",driver=\"none\",version=\"" + std::string(kVersion) + "\"} 1";
   EXPECT_THAT(response.body, HasSubstr(expected_build_info));
   for (const char* name :
        {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",

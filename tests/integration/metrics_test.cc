@@ -23,6 +23,7 @@
 #include "daemon_fixture.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "http_client.h"
+#include "inferbox/common/version.h"
 #include "inferbox/v1/admin.pb.h"
 #include "inferbox/v1/inference.grpc.pb.h"
 #include "openai_client.h"
@@ -314,6 +315,7 @@ TEST(GpuMetricsTest, DashboardsAlertsAndCatalogueNameOnlyGpuMetricsTheBoxExports
   const auto state = dir.path() / "nvml-state";
   const std::string gpu =
       "gpus 1\n"
+      "driver 580.95.05\n"
       "gpu0.name NVIDIA H100 80GB HBM3\n"
       "gpu0.uuid GPU-0d6f1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b\n"
       "gpu0.utilization 50\n"
@@ -342,6 +344,13 @@ TEST(GpuMetricsTest, DashboardsAlertsAndCatalogueNameOnlyGpuMetricsTheBoxExports
       {"uuid", "GPU-0d6f1a2b-3c4d-5e6f-7a8b-9c0d1e2f3a4b"},
       {"name", "NVIDIA H100 80GB HBM3"}};
   EXPECT_EQ(scrape.Value("inferbox_gpu_power_watts", labels), 350.0) << daemon.Logs();
+  // The driver NVML names (CONVENTIONS R3.2), beside the build's CUDA toolkit.
+  EXPECT_EQ(scrape.Value("inferbox_build_info", {{"commit", std::string(kGitCommit)},
+                                                 {"cuda", std::string(kCudaVersion)},
+                                                 {"driver", "580.95.05"},
+                                                 {"version", std::string(kVersion)}}),
+            1)
+      << response.body;
   EXPECT_EQ(scrape.Value("inferbox_gpu_healthy", labels), 1);
   auto with_xid = labels;
   with_xid["xid"] = "13";

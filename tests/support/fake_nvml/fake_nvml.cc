@@ -6,6 +6,8 @@
 // The state file, one setting a line ("#" starts a comment):
 //   gpus 2                          GPUs found (default 0)
 //   init_error 9                    nvmlInit_v2 fails with this NVML error
+//   driver 580.95.05                the driver version (nvmlSystemGetDriverVersion; the
+//                                   legacy build has no such function)
 //   gpu0.name NVIDIA H100 80GB HBM3
 //   gpu0.uuid GPU-...
 //   gpu0.utilization 37             percent, as NVML reports it
@@ -252,6 +254,14 @@ nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int error_type, in
 }
 
 #ifndef FAKE_NVML_LEGACY
+nvmlReturn_t nvmlSystemGetDriverVersion(char* version, unsigned int length) {
+  if (version == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
+  const std::string text = Text(ReadState().settings, "driver", "");
+  if (text.empty()) return NVML_ERROR_NOT_SUPPORTED;
+  if (text.size() + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+  std::memcpy(version, text.c_str(), text.size() + 1);
+  return NVML_SUCCESS;
+}
 
 nvmlReturn_t nvmlDeviceGetRetiredPages_v2(nvmlDevice_t device, int cause, unsigned int* count,
                                           unsigned long long* addresses,

@@ -10,12 +10,17 @@ std::string Scrape(const DaemonMetrics& metrics) {
   return prometheus::TextSerializer().Serialize(metrics.registry()->Collect());
 }
 
-TEST(DaemonMetrics, BuildInfoCarriesVersionAndCommit) {
-  DaemonMetrics metrics({"1.2.3", "abcdef123456"});
-  EXPECT_NE(
-      Scrape(metrics).find("inferbox_build_info{commit=\"abcdef123456\",version=\"1.2.3\"} 1"),
-      std::string::npos)
+TEST(DaemonMetrics, BuildInfoCarriesVersionCommitCudaAndDriver) {
+  DaemonMetrics metrics({"1.2.3", "abcdef123456", "13.0", "580.95.05"});
+  EXPECT_NE(Scrape(metrics).find("inferbox_build_info{commit=\"abcdef123456\",cuda=\"13.0\","
+                                 "driver=\"580.95.05\",version=\"1.2.3\"} 1"),
+            std::string::npos)
       << Scrape(metrics);
+  DaemonMetrics cpu_only({"1.2.3", "abc"});
+  EXPECT_NE(Scrape(cpu_only).find("inferbox_build_info{commit=\"abc\",cuda=\"none\","
+                                  "driver=\"none\",version=\"1.2.3\"} 1"),
+            std::string::npos)
+      << Scrape(cpu_only);
 }
 
 TEST(DaemonMetrics, ReloadsCountedByResult) {

@@ -209,6 +209,16 @@ TEST_F(FakeNvmlTest, ValuesComeInBaseUnitsWithTheGpusLabels) {
   EXPECT_TRUE(collector.Health().healthy()) << collector.Health().Summary();
 }
 
+// The driver's version, for inferbox_build_info's driver label: read at start; empty where
+// NVML does not say (or is not there).
+TEST_F(FakeNvmlTest, TheDriverVersionIsReadAtStart) {
+  Write(TwoGpus("driver 580.95.05\n"));
+  EXPECT_EQ(GpuCollector(FAKE_NVML_PATH).driver_version(), "580.95.05");
+  Write(TwoGpus());
+  EXPECT_EQ(GpuCollector(FAKE_NVML_PATH).driver_version(), "");
+  EXPECT_EQ(GpuCollector("/no/such/libnvidia-ml.so.1").driver_version(), "");
+}
+
 TEST_F(FakeNvmlTest, WhatAGpuDoesNotSupportIsLeftOutWithoutALogLine) {
   Write(
       TwoGpus("gpu1.unsupported ecc,power,temperature,clock,retired_pages,remapped_rows,events\n"));

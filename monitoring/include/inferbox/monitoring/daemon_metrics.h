@@ -13,6 +13,10 @@ namespace inferbox::monitoring {
 struct BuildInfo {
   std::string version;
   std::string commit;
+  // The CUDA toolkit the engines were built with ("13.0"), "none" in a build without CUDA.
+  std::string cuda = "none";
+  // The NVIDIA driver found at start (NVML), "none" without one.
+  std::string driver = "none";
 };
 
 class DaemonMetrics {

@@ -40,6 +40,9 @@ class GpuCollector final : public prometheus::Collectable {
   bool available() const { return nvml_ != nullptr; }
   // Why not, when not: "libnvidia-ml.so.1: cannot open shared object file", ...
   const std::string& unavailable_reason() const { return reason_; }
+  // The NVIDIA driver's version ("580.95.05"), read once at start; empty without NVML or
+  // where the driver does not say.
+  const std::string& driver_version() const { return driver_version_; }
 
   std::vector<prometheus::MetricFamily> Collect() const override;
   // GPUs found and their summed power draw in watts (0 and 0 without NVML).
@@ -65,6 +68,7 @@ class GpuCollector final : public prometheus::Collectable {
   struct Nvml;
   std::unique_ptr<Nvml> nvml_;
   std::string reason_;
+  std::string driver_version_;
   // Declared last: stopped and joined before the NVML it polls is shut down.
   std::jthread watcher_;
 };
