@@ -192,6 +192,20 @@ class UsageQuotaTest : public ::testing::Test {
 
 TempDir* UsageQuotaTest::scratch_ = nullptr;
 
+// A request without a valid key is refused on both APIs and counted as such
+// (inferbox_requests_rejected_total{reason="unauthenticated"}, CONVENTIONS R3.3), where a
+// dashboard sees a misconfigured client or a scan.
+TEST_F(UsageQuotaTest, RequestsWithoutAValidKeyAreCountedAsUnauthenticated) {
+  ASSERT_NO_FATAL_FAILURE(Start());
+  EXPECT_EQ(HttpChat("", 4).status, 401);
+  EXPECT_EQ(HttpChat("ibx_nope.not-a-key", 4).status, 401);
+  EXPECT_EQ(GrpcChat("ibx_nope.not-a-key", Chat(4)).status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  const HttpResponse metrics = HttpGet("http://" + daemon_->metrics_address() + "/metrics");
+  EXPECT_THAT(metrics.body,
+              HasSubstr("inferbox_requests_rejected_total{reason=\"unauthenticated\"} 3"));
+}
+
 TEST_F(UsageQuotaTest, TokensPerMinuteRefusesBothApisAndSurvivesARestart) {
   api::KeyLimits limits;
   limits.set_tokens_per_minute(30);
