@@ -4,8 +4,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
@@ -17,6 +19,19 @@
 
 namespace inferbox::admin {
 namespace {
+
+// Where a call came from: the client's address and, when it presented a certificate the
+// daemon verified (mutual TLS), that certificate's identity as gRPC's AuthContext has it (its
+// subject alternative names, else its common name), never anything the client chose to send.
+std::string PeerOf(const grpc::ServerContext& context) {
+  std::string peer = context.peer();
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return peer;
+  std::vector<std::string> names;
+  for (const grpc::string_ref& name : auth->GetPeerIdentity())
+    names.emplace_back(name.data(), name.size());
+  return fmt::format("{} (certificate {})", peer, fmt::join(names, ", "));
+}
 
 // How long GetUsage waits for usage rows still queued to be written.
 constexpr std::chrono::seconds kUsageFlushTimeout{5};
@@ -78,7 +93,7 @@ grpc::Status AdminServiceImpl::Serve(grpc::ServerContext& context, std::string_v
   if (audit_ == nullptr) return status;
   inferbox::v1::AuditEvent event;
   event.set_caller_key_id(call.caller.key_id);
-  event.set_peer(context.peer());
+  event.set_peer(PeerOf(context));
   event.set_rpc(std::string(rpc));
   event.set_request(SummarizeRequest(request));
   event.set_code(std::string(GrpcCodeName(status.error_code())));

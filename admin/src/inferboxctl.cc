@@ -21,6 +21,7 @@
 #include "ctl_reports.h"
 #include "ctl_status.h"
 #include "ctl_update.h"
+#include "inferbox/common/atomic_file.h"
 #include "inferbox/common/version.h"
 #include "inferbox/v1/admin.grpc.pb.h"
 
@@ -34,15 +35,53 @@ struct GlobalOptions {
   double timeout_seconds = 5;
   // Sent as "authorization: Bearer <key>" on every RPC; empty: none.
   std::string api_key;
+  // TLS ([server.tls] on the daemon): on with --tls or any of the files below. PEM files:
+  // the CA that signed the daemon's certificate (unset: the system's CAs), and this client's
+  // certificate and key where the daemon asks for one (client_ca).
+  bool tls = false;
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  // The name the daemon's certificate must carry; unset: the host of --address.
+  std::string tls_server_name;
+  grpc::SslCredentialsOptions tls_files;  // The files' text (ReadTlsFiles).
 };
+
+// Reads the TLS files named in `options`; false (after saying why) when one cannot be read.
+bool ReadTlsFiles(GlobalOptions& options) {
+  options.tls = options.tls || !options.tls_ca.empty() || !options.tls_cert.empty() ||
+                !options.tls_key.empty() || !options.tls_server_name.empty();
+  if (!options.tls) return true;
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    fmt::print(stderr,
+               "inferboxctl: --tls-cert and --tls-key go together (a client certificate "
+               "and its key)\n");
+    return false;
+  }
+  for (auto [path, pem] : {std::pair{&options.tls_ca, &options.tls_files.pem_root_certs},
+                           std::pair{&options.tls_cert, &options.tls_files.pem_cert_chain},
+                           std::pair{&options.tls_key, &options.tls_files.pem_private_key}}) {
+    if (path->empty()) continue;
+    auto text = inferbox::ReadFile(*path);
+    if (!text.ok()) {
+      fmt::print(stderr, "inferboxctl: {}\n", text.status().message());
+      return false;
+    }
+    *pem = std::move(text).value();
+  }
+  return true;
+}
 
 std::shared_ptr<grpc::Channel> Connect(const GlobalOptions& options) {
   grpc::ChannelArguments arguments;
   // Keepalive as documented in docs/operations.md; matches the server's ping policy.
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  auto channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), arguments);
+  if (!options.tls_server_name.empty()) arguments.SetSslTargetNameOverride(options.tls_server_name);
+  auto channel = grpc::CreateCustomChannel(
+      options.address,
+      options.tls ? grpc::SslCredentials(options.tls_files) : grpc::InsecureChannelCredentials(),
+      arguments);
   // A connection refused once (a daemon restarting, a busy machine) is tried again within
   // --timeout before the command fails; a daemon that stays unreachable is reported by the
   // command's RPC with gRPC's own reason.
@@ -71,8 +110,11 @@ int ReportRpcError(const GlobalOptions& options, grpc::Channel& channel, std::st
     fmt::print(stderr,
                "inferboxctl: cannot reach inferboxd at {}: {}\n"
                "Is the daemon running (systemctl status inferbox)? Use --address to name "
-               "another one.\n",
-               options.address, result.error_message());
+               "another one.{}\n",
+               options.address, result.error_message(),
+               options.tls ? " Check --tls-ca (the CA of the daemon's certificate) and, where "
+                             "the daemon asks for client certificates, --tls-cert and --tls-key."
+                           : " If the daemon serves TLS ([server.tls]), pass --tls-ca.");
   } else if (code == grpc::StatusCode::UNAUTHENTICATED) {
     fmt::print(stderr, "inferboxctl: {} refused: {}\n{}\n", command, result.error_message(),
                options.api_key.empty()
@@ -146,7 +188,9 @@ void PrintStatusTable(const inferbox::v1::GetStatusResponse& status) {
   row("runtime dir", status.runtime_dir());
   bool first = true;
   for (const auto& listener : status.listeners()) {
-    row(first ? "listeners" : "", fmt::format("{:<9}{}", listener.name(), listener.address()));
+    row(first ? "listeners" : "",
+        fmt::format("{:<9}{}{}", listener.name(), listener.address(),
+                    listener.security().empty() ? "" : " (" + listener.security() + ")"));
     first = false;
   }
   first = true;
@@ -504,6 +548,20 @@ int main(int argc, char** argv) {
   app.add_option("--api-key", options.api_key,
                  "API key sent with every request (default $INFERBOX_API_KEY; prefer the "
                  "variable: other users can see command lines)");
+  if (const char* ca = std::getenv("INFERBOX_TLS_CA")) options.tls_ca = ca;
+  if (const char* cert = std::getenv("INFERBOX_TLS_CERT")) options.tls_cert = cert;
+  if (const char* key = std::getenv("INFERBOX_TLS_KEY")) options.tls_key = key;
+  app.add_flag("--tls", options.tls,
+               "Connect with TLS, trusting the system's CAs (implied by the --tls-* options)");
+  app.add_option("--tls-ca", options.tls_ca,
+                 "PEM file of the CA that signed the daemon's certificate (default "
+                 "$INFERBOX_TLS_CA)");
+  app.add_option("--tls-cert", options.tls_cert,
+                 "PEM client certificate, for a daemon with [server.tls] client_ca (default "
+                 "$INFERBOX_TLS_CERT)");
+  app.add_option("--tls-key", options.tls_key, "PEM key of --tls-cert (default $INFERBOX_TLS_KEY)");
+  app.add_option("--tls-server-name", options.tls_server_name,
+                 "Name the daemon's certificate must carry, when --address names it otherwise");
 
   bool json = false;
   auto* status = app.add_subcommand("status", "Show the daemon's version, state and listeners");
@@ -634,6 +692,8 @@ int main(int argc, char** argv) {
                "characters that cannot be sent; inferbox keys look like ibx_<id>.<secret>\n");
     return 1;
   }
+
+  if (!ReadTlsFiles(options)) return 1;
 
   if (auto code = update.Run(PrintJson)) return *code;
   if (*status) return RunStatus(options, json);

@@ -29,11 +29,13 @@ void StatusBoard::SetPaths(const std::string& config_path, const std::string& st
   status_.set_runtime_dir(runtime_dir);
 }
 
-void StatusBoard::AddListener(const std::string& name, const std::string& address) {
+void StatusBoard::AddListener(const std::string& name, const std::string& address,
+                              const std::string& security) {
   std::lock_guard lock(mutex_);
   auto* listener = status_.add_listeners();
   listener->set_name(name);
   listener->set_address(address);
+  listener->set_security(security);
 }
 
 void StatusBoard::RecordReload(const std::string& error) {

@@ -129,6 +129,50 @@ Status ParsePath(const ErrorSite& site, const toml::node& node, const std::strin
 Status ParseSeconds(const ErrorSite& site, const toml::node& node, const std::string& key,
                     double low, double high, std::chrono::milliseconds& out);
 
+Status ParseTls(const ErrorSite& site, const toml::node& node, const std::string& key,
+                TlsConfig& tls) {
+  const auto* table = node.as_table();
+  if (table == nullptr) return site.WrongType(node, key, "a table [server.tls]");
+  std::optional<std::filesystem::path> certificate;
+  std::optional<std::filesystem::path> private_key;
+  Status status = ForEachKnownKey(site, *table, key,
+                                  {
+                                      {"certificate",
+                                       [&](const toml::node& value, const std::string& name) {
+                                         return ParsePath(site, value, name, certificate);
+                                       }},
+                                      {"private_key",
+                                       [&](const toml::node& value, const std::string& name) {
+                                         return ParsePath(site, value, name, private_key);
+                                       }},
+                                      {"client_ca",
+                                       [&](const toml::node& value, const std::string& name) {
+                                         return ParsePath(site, value, name, tls.client_ca);
+                                       }},
+                                      {"http_requires_client_certificate",
+                                       [&](const toml::node& value, const std::string& name) {
+                                         auto flag = GetBool(site, value, name);
+                                         if (!flag.ok()) return flag.status();
+                                         tls.http_requires_client_certificate = *flag;
+                                         return Status::Ok();
+                                       }},
+                                  });
+  if (!status.ok()) return status;
+  if (!certificate || !private_key) {
+    return site.At(node, key,
+                   "needs both certificate and private_key (PEM files); remove the table to "
+                   "serve without TLS");
+  }
+  if (tls.http_requires_client_certificate && !tls.client_ca) {
+    return site.At(node, key,
+                   "http_requires_client_certificate needs client_ca (the CA that signs the "
+                   "clients' certificates)");
+  }
+  tls.certificate = *certificate;
+  tls.private_key = *private_key;
+  return Status::Ok();
+}
+
 Status ParseServer(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
   return ForEachKnownKey(
       site, table, "server",
@@ -145,6 +189,8 @@ Status ParseServer(const ErrorSite& site, const toml::table& table, DaemonConfig
            [&](const toml::node& node, const std::string& key) {
              return ParseListen(site, node, key, config.http_listen);
            }},
+          {"tls", [&](const toml::node& node,
+                      const std::string& key) { return ParseTls(site, node, key, config.tls); }},
           {"grpc_reflection",
            [&](const toml::node& node, const std::string& key) {
              auto value = GetBool(site, node, key);
@@ -656,12 +702,22 @@ Status CheckNetworkExposure(const DaemonConfig& config, bool allow_unauthenticat
   for (const auto& [key, address] : {std::pair{"server.grpc_listen", &config.grpc_listen},
                                      std::pair{"server.http_listen", &config.http_listen}}) {
     if (address->IsLoopback()) continue;
-    return FailedPreconditionError(fmt::format(
-        "{} = \"{}\" is not a loopback address, and this version cannot serve TLS: API keys "
-        "would cross the network in clear text. Listen on 127.0.0.1 (or [::1]) and put a TLS "
-        "proxy in front, or start with --insecure-allow-unauthenticated if the network is "
-        "trusted.",
-        key, address->ToString()));
+    if (!config.tls.enabled()) {
+      return FailedPreconditionError(fmt::format(
+          "{} = \"{}\" is not a loopback address, and [server.tls] is not set: API keys and "
+          "prompts would cross the network in clear text. Set [server.tls] certificate and "
+          "private_key, or listen on 127.0.0.1 (or [::1]), or start with "
+          "--insecure-allow-unauthenticated if the network is trusted.",
+          key, address->ToString()));
+    }
+    if (!config.require_keys) {
+      return FailedPreconditionError(fmt::format(
+          "{} = \"{}\" is not a loopback address, and [auth] require_keys is false: anyone "
+          "who reaches it could use the box. Set require_keys = true (and create keys with "
+          "inferboxctl keys create), or listen on 127.0.0.1 (or [::1]), or start with "
+          "--insecure-allow-unauthenticated if the network is trusted.",
+          key, address->ToString()));
+    }
   }
   return Status::Ok();
 }

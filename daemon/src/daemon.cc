@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <google/protobuf/util/time_util.h>
@@ -152,9 +153,11 @@ class CountingAuthenticator final : public Authenticator {
 // (reverse of declaration) stops the gRPC server before the objects its handlers use.
 class RunningDaemon {
  public:
-  RunningDaemon(const DaemonOptions& options, DaemonConfig config)
+  RunningDaemon(const DaemonOptions& options, DaemonConfig config,
+                std::optional<TlsCredentials> tls)
       : options_(options),
         config_(std::move(config)),
+        tls_(std::move(tls)),
         board_(kVersion, kGitCommit),
         metrics_({.version = std::string(kVersion),
                   .commit = std::string(kGitCommit),
@@ -204,6 +207,10 @@ class RunningDaemon {
   Status StartEngines(const std::filesystem::path& state_dir,
                       const std::filesystem::path& runtime_dir);
   Status StartGrpc();
+  // TLS (mutual with a client CA) when [server.tls] is set, else plain TCP.
+  std::shared_ptr<grpc::ServerCredentials> GrpcCredentials() const;
+  // For status: "" (plain TCP), "TLS", or "TLS, client certificates required".
+  std::string ListenerSecurity(bool client_certificates) const;
   Status StartHttp();
   void Reload();
   // Health, status and readiness from the engines' states (any thread).
@@ -219,6 +226,8 @@ class RunningDaemon {
 
   const DaemonOptions& options_;
   DaemonConfig config_;  // Main thread only.
+  // What the listeners serve TLS with (config_.tls, as read at start); unset: plain TCP.
+  const std::optional<TlsCredentials> tls_;
   SystemdNotifier notifier_;
   admin::StatusBoard board_;
   // Before the metrics: their build info names the driver it found.
@@ -290,6 +299,11 @@ Status RunningDaemon::StartMetrics() {
   auto server = monitoring::MetricsServer::Start(config_.metrics_listen.ToString());
   if (!server.ok()) return server.status();
   metrics_server_ = std::move(server).value();
+  if (tls_) {
+    metrics_.SetTlsCertificateExpiry(static_cast<double>(
+        std::chrono::duration_cast<std::chrono::seconds>(tls_->not_after.time_since_epoch())
+            .count()));
+  }
   metrics_server_->Register(metrics_.registry());
   metrics_server_->Register(process_collector_);
   metrics_server_->Register(engine_collector_);
@@ -518,6 +532,22 @@ monitoring::ProbeResponse RunningDaemon::Readiness() const {
   return {report.ready() ? 200 : 503, "application/json", json::serialize(body)};
 }
 
+std::shared_ptr<grpc::ServerCredentials> RunningDaemon::GrpcCredentials() const {
+  if (!tls_) return grpc::InsecureServerCredentials();
+  // R2.8: with a client CA, a client without a certificate it signed fails the handshake.
+  grpc::SslServerCredentialsOptions options(
+      tls_->client_ca_pem.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                  : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = tls_->client_ca_pem;
+  options.pem_key_cert_pairs.push_back({tls_->private_key_pem, tls_->certificate_chain_pem});
+  return grpc::SslServerCredentials(options);
+}
+
+std::string RunningDaemon::ListenerSecurity(bool client_certificates) const {
+  if (!tls_) return "";
+  return client_certificates ? "TLS, client certificates required" : "TLS";
+}
+
 Status RunningDaemon::StartGrpc() {
   grpc::EnableDefaultHealthCheckService(true);
   if (config_.grpc_reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -525,8 +555,7 @@ Status RunningDaemon::StartGrpc() {
   grpc::ServerBuilder builder;
   if (!config_.grpc_reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   int bound_port = 0;
-  builder.AddListeningPort(config_.grpc_listen.ToString(), grpc::InsecureServerCredentials(),
-                           &bound_port);
+  builder.AddListeningPort(config_.grpc_listen.ToString(), GrpcCredentials(), &bound_port);
   // gRPC sets SO_REUSEPORT by default: a second daemon would then share the port silently
   // instead of failing to start.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -559,6 +588,11 @@ Status RunningDaemon::StartHttp() {
   OpenAiGateway::Options options;
   options.host = config_.http_listen.host;
   options.port = config_.http_listen.port;
+  if (tls_) {
+    auto context = TlsServerContext::Create(*tls_);
+    if (!context.ok()) return context.status();
+    options.tls = std::move(context).value();
+  }
   if (const auto fault = FaultStall(); fault && fault->first == "http") {
     options.fault_stall_acceptor_after = fault->second;
   }
@@ -594,9 +628,10 @@ Status RunningDaemon::Start() {
   if (Status status = StartMetrics(); !status.ok()) return status;
   if (Status status = StartGrpc(); !status.ok()) return status;
   if (Status status = StartHttp(); !status.ok()) return status;
-  board_.AddListener("grpc", grpc_address_);
-  board_.AddListener("http", http_address_);
-  board_.AddListener("metrics", metrics_address_);
+  board_.AddListener("grpc", grpc_address_, ListenerSecurity(tls_ && !tls_->client_ca_pem.empty()));
+  board_.AddListener("http", http_address_,
+                     ListenerSecurity(tls_ && tls_->http_requires_client_certificate));
+  board_.AddListener("metrics", metrics_address_, "");
 
   listeners_file_ = runtime_dir / kListenersFileName;
   const std::string listeners = fmt::format(
@@ -657,6 +692,7 @@ void RunningDaemon::Reload() {
   if (next.economics != config_.economics) warn_restart("economics");
   if (next.model_store != config_.model_store) warn_restart("model_store");
   if (next.grpc_reflection != config_.grpc_reflection) warn_restart("server.grpc_reflection");
+  if (next.tls != config_.tls) warn_restart("server.tls");
   if (next.metrics_per_key != config_.metrics_per_key) warn_restart("server.metrics_per_key");
   if (next.state_dir != config_.state_dir) warn_restart("paths.state_dir");
   if (next.runtime_dir != config_.runtime_dir) warn_restart("paths.runtime_dir");
@@ -669,6 +705,7 @@ void RunningDaemon::Reload() {
   next.economics = config_.economics;
   next.model_store = config_.model_store;
   next.grpc_reflection = config_.grpc_reflection;
+  next.tls = config_.tls;
   next.metrics_per_key = config_.metrics_per_key;
   next.state_dir = config_.state_dir;
   next.runtime_dir = config_.runtime_dir;
@@ -777,6 +814,22 @@ void RunningDaemon::Shutdown() {
   spdlog::info("stopped");
 }
 
+// Says which certificate the listeners serve, and warns while it is expired or about to be.
+void LogTlsCertificate(const TlsCredentials& tls) {
+  const auto now = std::chrono::system_clock::now();
+  const auto days_left =
+      std::chrono::duration_cast<std::chrono::hours>(tls.not_after - now).count() / 24;
+  const std::string until = fmt::format("{:%Y-%m-%d %H:%M} UTC", fmt::gmtime(tls.not_after));
+  spdlog::info("TLS on the gRPC and HTTP listeners: certificate {}, valid until {}{}", tls.subject,
+               until, tls.client_ca_pem.empty() ? "" : "; gRPC clients need a certificate");
+  if (tls.not_after <= now) {
+    spdlog::error("the TLS certificate ({}) expired on {}: clients will refuse every connection",
+                  tls.subject, until);
+  } else if (days_left < 30) {
+    spdlog::warn("the TLS certificate ({}) expires in {} days ({})", tls.subject, days_left, until);
+  }
+}
+
 }  // namespace
 
 int RunDaemon(const DaemonOptions& options) {
@@ -806,7 +859,15 @@ int RunDaemon(const DaemonOptions& options) {
       "inferboxd {} ({}) starting with configuration {}", kVersion, kGitCommit,
       options.config_path ? options.config_path->string() : std::string(kEmbeddedConfigName));
 
-  RunningDaemon daemon(options, std::move(config).value());
+  std::optional<TlsCredentials> tls;
+  if (config->tls.enabled()) {
+    auto loaded = LoadTlsCredentials(config->tls);
+    if (!loaded.ok()) return fail("invalid configuration", loaded.status(), kExitConfig);
+    tls = std::move(loaded).value();
+    LogTlsCertificate(*tls);
+  }
+
+  RunningDaemon daemon(options, std::move(config).value(), std::move(tls));
   if (Status status = daemon.Start(); !status.ok()) {
     return fail("startup failed", status, kExitFailure);
   }

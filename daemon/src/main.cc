@@ -26,6 +26,9 @@ int CheckConfig(const DaemonOptions& options, const std::string& config_name) {
   if (status.ok()) {
     status = inferbox::daemon::CheckNetworkExposure(*config, options.allow_unauthenticated_remote);
   }
+  if (status.ok() && config->tls.enabled()) {
+    status = inferbox::daemon::LoadTlsCredentials(config->tls).status();
+  }
   if (!status.ok()) {
     fmt::print(stderr, "inferboxd: configuration invalid: {}\n", status.message());
     return 1;

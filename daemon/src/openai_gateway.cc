@@ -141,9 +141,12 @@ class OpenAiGateway::Impl {
     }
   }
 
-  static void RejectOverloaded(UniqueFd socket, std::string_view why) {
+  void RejectOverloaded(UniqueFd socket, std::string_view why) const {
     static std::atomic<int64_t> num_rejected{0};
     if (num_rejected.fetch_add(1) % 100 == 0) spdlog::warn("HTTP: rejecting connections: {}", why);
+    // A plain answer means nothing to a TLS client, and a handshake here would hold the
+    // acceptor: the client sees the connection closed.
+    if (options_.tls) return;
     openai::RejectConnection(std::move(socket),
                              {.http_status = 503,
                               .type = "service_unavailable_error",

@@ -1,5 +1,7 @@
 #include "openai_http.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -134,12 +136,51 @@ std::optional<std::string> PercentDecode(std::string_view text) {
   return out;
 }
 
+// "host:port" / "[v6]:port" of the socket's peer, for log lines; "?" when it is gone.
+std::string PeerAddress(int fd) {
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return "?";
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (address.ss_family == AF_INET) {
+    const auto& v4 = reinterpret_cast<const sockaddr_in&>(address);
+    ::inet_ntop(AF_INET, &v4.sin_addr, host, sizeof(host));
+    return fmt::format("{}:{}", host, ntohs(v4.sin_port));
+  }
+  const auto& v6 = reinterpret_cast<const sockaddr_in6&>(address);
+  ::inet_ntop(AF_INET6, &v6.sin6_addr, host, sizeof(host));
+  return fmt::format("[{}]:{}", host, ntohs(v6.sin6_port));
+}
+
+// Answers `error` on `socket` in the clear without blocking, and ends the sending direction.
+void AnswerInTheClear(int socket, const ApiError& error) {
+  http::response<http::string_body> response{static_cast<http::status>(error.http_status), 11};
+  response.set(http::field::content_type, "application/json");
+  if (error.retry_after) response.set(http::field::retry_after, RetryAfter(error));
+  response.keep_alive(false);
+  response.body() = ErrorBody(error);
+  response.prepare_payload();
+  std::ostringstream text;
+  text << response;
+  const std::string bytes = text.str();
+  // One non-blocking try: a fresh socket's buffer takes a few hundred bytes.
+  [[maybe_unused]] const ssize_t sent =
+      ::send(socket, bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  ::shutdown(socket, SHUT_WR);
+  // Closing with unread input resets the connection, which can destroy the response in
+  // flight: take in what the client has sent so far.
+  char discard[4096];
+  while (::recv(socket, discard, sizeof(discard), MSG_DONTWAIT) > 0) {
+  }
+}
+
 class Connection {
  public:
   Connection(UniqueFd socket, const GatewayContext& context)
       : context_(context), stream_(std::move(socket), context.drain, context.abort) {}
 
   void Serve() {
+    if (context_.options.tls && !AcceptTls()) return;
     for (;;) {
       std::optional<Request> request = ReadRequest();
       if (!request) return;
@@ -153,6 +194,29 @@ class Connection {
   }
 
  private:
+  // The TLS handshake, within the idle timeout; false: close the connection.
+  bool AcceptTls() {
+    stream_.set_deadline(Clock::now() + context_.options.idle_timeout);
+    stream_.set_wake_on_drain(true);
+    const std::string peer = PeerAddress(stream_.fd());  // Before the client can leave.
+    std::string why;
+    const SocketStream::Handshake handshake =
+        stream_.AcceptTls(context_.options.tls->native(), &why);
+    stream_.set_wake_on_drain(false);
+    switch (handshake) {
+      case SocketStream::Handshake::kDone: return true;
+      case SocketStream::Handshake::kPlainHttp:
+        // As nginx does: a person who typed http:// learns why nothing works.
+        AnswerInTheClear(stream_.fd(),
+                         InvalidRequest("", "this port serves HTTPS: use https:// in the URL"));
+        return false;
+      case SocketStream::Handshake::kFailed:
+        spdlog::info("HTTP: TLS handshake from {} failed: {}", peer, why);
+        return false;
+    }
+    return false;
+  }
+
   // nullopt: close the connection (client gone, idle, drain, or an error already answered).
   std::optional<Request> ReadRequest() {
     http::request_parser<http::string_body> parser;
@@ -194,7 +258,7 @@ class Connection {
   // Lets the client see a response sent before its whole request was read: closing a socket
   // with unread input sends a reset, which may destroy the response in flight.
   void LingeringClose() {
-    ::shutdown(stream_.fd(), SHUT_WR);
+    stream_.ShutdownSend();
     stream_.set_deadline(Clock::now() + std::chrono::seconds(1));
     char discard[16384];
     boost::system::error_code ec;
@@ -375,7 +439,7 @@ class Connection {
   bool StreamResponse(GenerationStream& stream, const ResponseContext& response,
                       OutputSplit& split) {
     auto pump =
-        std::make_shared<SsePump>(stream_.fd(), response, std::move(split), version_, keep_alive_);
+        std::make_shared<SsePump>(stream_, response, std::move(split), version_, keep_alive_);
     if (!pump->ok()) return NoWaiter(stream);
     stream.Watch(pump);
     std::string bytes;
@@ -444,24 +508,7 @@ void ServeConnection(UniqueFd socket, const GatewayContext& context) {
 }
 
 void RejectConnection(UniqueFd socket, const ApiError& error) {
-  http::response<http::string_body> response{static_cast<http::status>(error.http_status), 11};
-  response.set(http::field::content_type, "application/json");
-  if (error.retry_after) response.set(http::field::retry_after, RetryAfter(error));
-  response.keep_alive(false);
-  response.body() = ErrorBody(error);
-  response.prepare_payload();
-  std::ostringstream text;
-  text << response;
-  const std::string bytes = text.str();
-  // One non-blocking try: a fresh socket's buffer takes a few hundred bytes.
-  [[maybe_unused]] const ssize_t sent =
-      ::send(socket.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-  ::shutdown(socket.get(), SHUT_WR);
-  // Closing with unread input resets the connection, which can destroy the response in
-  // flight: take in what the client has sent so far.
-  char discard[4096];
-  while (::recv(socket.get(), discard, sizeof(discard), MSG_DONTWAIT) > 0) {
-  }
+  AnswerInTheClear(socket.get(), error);
 }
 
 }  // namespace inferbox::daemon::openai

@@ -11,6 +11,11 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <spdlog/spdlog.h>
+
+#include "inferbox/daemon/tls.h"
 
 namespace inferbox::daemon::openai {
 namespace {
@@ -106,7 +111,145 @@ uint16_t BoundPort(int fd) {
   return 0;
 }
 
+SocketStream::SocketStream(UniqueFd fd, const Signal& drain, const Signal& abort)
+    : fd_(std::move(fd)), drain_(drain), abort_(abort) {}
+
+SocketStream::~SocketStream() {
+  if (ssl_ && !tls_failed_ && SSL_is_init_finished(ssl_.get())) {
+    ERR_clear_error();
+    SSL_shutdown(ssl_.get());  // One non-blocking try: close_notify, if the socket takes it.
+    ERR_clear_error();
+  }
+}
+
+void SocketStream::SslFree::operator()(ssl_st* ssl) const {
+  SSL_free(ssl);
+}
+
+SocketStream::Handshake SocketStream::AcceptTls(ssl_ctx_st* context, std::string* why) {
+  ssl_.reset(SSL_new(context));
+  if (!ssl_ || SSL_set_fd(ssl_.get(), fd_.get()) != 1) {
+    tls_failed_ = true;
+    *why = "cannot start TLS: " + TakeOpenSslErrors();
+    return Handshake::kFailed;
+  }
+  SSL_set_accept_state(ssl_.get());
+  for (;;) {
+    ERR_clear_error();
+    const int result = SSL_do_handshake(ssl_.get());
+    if (result == 1) return Handshake::kDone;
+    const int error = SSL_get_error(ssl_.get(), result);
+    if (error == SSL_ERROR_SSL) {
+      const unsigned long first = ERR_peek_error();
+      tls_failed_ = true;
+      if (ERR_GET_LIB(first) == ERR_LIB_SSL &&
+          (ERR_GET_REASON(first) == SSL_R_HTTP_REQUEST ||
+           ERR_GET_REASON(first) == SSL_R_HTTPS_PROXY_REQUEST)) {
+        ERR_clear_error();
+        return Handshake::kPlainHttp;
+      }
+      *why = TakeOpenSslErrors();
+      return Handshake::kFailed;
+    }
+    boost::system::error_code ec;
+    if (!WaitForTls(result, ec)) {
+      tls_failed_ = true;
+      *why = ec == boost::asio::error::eof ? "the client closed the connection" : ec.message();
+      return Handshake::kFailed;
+    }
+  }
+}
+
+bool SocketStream::WaitForTls(int result, boost::system::error_code& ec) {
+  switch (SSL_get_error(ssl_.get(), result)) {
+    case SSL_ERROR_WANT_READ: return Wait(POLLIN, wake_on_drain_, ec);
+    case SSL_ERROR_WANT_WRITE: return Wait(POLLOUT, false, ec);
+    case SSL_ERROR_ZERO_RETURN: ec = boost::asio::error::eof; break;
+    case SSL_ERROR_SYSCALL:
+      ec = errno != 0 ? ErrnoCode(errno) : boost::asio::error::eof;
+      tls_failed_ = true;
+      break;
+    default:
+      spdlog::debug("TLS connection failed: {}", TakeOpenSslErrors());
+      ec = boost::asio::error::connection_reset;
+      tls_failed_ = true;
+      break;
+  }
+  ERR_clear_error();
+  return false;
+}
+
+ssize_t SocketStream::TrySend(const char* data, size_t size) {
+  size = std::min(size, kMaxSendBytes);
+  if (size == 0) return 0;
+  if (!ssl_) {
+    for (;;) {
+      const ssize_t sent = ::send(fd_.get(), data, size, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (sent >= 0) return sent;
+      if (errno == EINTR) continue;
+      return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
+    }
+  }
+  ERR_clear_error();
+  const int sent = SSL_write(ssl_.get(), data, static_cast<int>(size));
+  if (sent > 0) return sent;
+  const int error = SSL_get_error(ssl_.get(), sent);
+  ERR_clear_error();
+  if (error == SSL_ERROR_WANT_WRITE || error == SSL_ERROR_WANT_READ) return 0;
+  tls_failed_ = true;
+  return -1;
+}
+
+void SocketStream::ShutdownSend() {
+  if (ssl_ && !tls_failed_) {
+    ERR_clear_error();
+    SSL_shutdown(ssl_.get());
+    ERR_clear_error();
+  }
+  ::shutdown(fd_.get(), SHUT_WR);
+}
+
+size_t SocketStream::ReceiveTls(void* data, size_t size, boost::system::error_code& ec) {
+  const int length = static_cast<int>(std::min<size_t>(size, 1 << 30));
+  for (;;) {
+    // Bytes already decrypted are returned before the socket is polled.
+    ERR_clear_error();
+    const int received = SSL_read(ssl_.get(), data, length);
+    if (received > 0) {
+      ec = {};
+      return static_cast<size_t>(received);
+    }
+    if (!WaitForTls(received, ec)) return 0;
+  }
+}
+
+size_t SocketStream::SendTls(const iovec* iov, size_t count, boost::system::error_code& ec) {
+  const char* data = static_cast<const char*>(iov[0].iov_base);
+  size_t size = std::min(iov[0].iov_len, kMaxSendBytes);
+  if (count > 1 && size < kMaxSendBytes) {
+    // Small buffers (Beast's chunk framing) go out as one record, not one each.
+    staging_.clear();
+    for (size_t i = 0; i < count && staging_.size() < kMaxSendBytes; ++i) {
+      const auto* begin = static_cast<const char*>(iov[i].iov_base);
+      const size_t take = std::min(iov[i].iov_len, kMaxSendBytes - staging_.size());
+      staging_.insert(staging_.end(), begin, begin + take);
+    }
+    data = staging_.data();
+    size = staging_.size();
+  }
+  for (;;) {
+    ERR_clear_error();
+    const int sent = SSL_write(ssl_.get(), data, static_cast<int>(size));
+    if (sent > 0) {
+      ec = {};
+      return static_cast<size_t>(sent);
+    }
+    if (!WaitForTls(sent, ec)) return 0;
+  }
+}
+
 size_t SocketStream::Receive(void* data, size_t size, boost::system::error_code& ec) {
+  if (ssl_) return ReceiveTls(data, size, ec);
   for (;;) {
     const ssize_t received = ::recv(fd_.get(), data, size, 0);
     if (received > 0) {
@@ -127,6 +270,7 @@ size_t SocketStream::Receive(void* data, size_t size, boost::system::error_code&
 }
 
 size_t SocketStream::Send(const iovec* iov, size_t count, boost::system::error_code& ec) {
+  if (ssl_) return SendTls(iov, count, ec);
   msghdr message{};
   message.msg_iov = const_cast<iovec*>(iov);
   message.msg_iovlen = count;

@@ -145,14 +145,14 @@ OutputCollector::Step OutputCollector::Wait(const Signal& abort) {
   }
 }
 
-SsePump::SsePump(int fd, ResponseContext response, OutputSplit split, unsigned version,
-                 bool keep_alive)
-    : fd_(fd),
+SsePump::SsePump(SocketStream& stream, ResponseContext response, OutputSplit split,
+                 unsigned version, bool keep_alive)
+    : stream_(stream),
       response_(std::move(response)),
       version_(version),
       keep_alive_(keep_alive && version >= 11),
       chat_(response_.endpoint == Endpoint::kChatCompletions),
-      waiter_(fd),
+      waiter_(stream.fd()),
       last_write_(Clock::now()),
       split_(std::move(split)) {}
 
@@ -279,15 +279,13 @@ void SsePump::AppendEnd() {
 void SsePump::SendLocked() {
   size_t sent = 0;
   while (sent < out_.size()) {
-    const ssize_t n =
-        ::send(fd_, out_.data() + sent, out_.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    const ssize_t n = stream_.TrySend(out_.data() + sent, out_.size() - sent);
     if (n > 0) {
       sent += static_cast<size_t>(n);
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    failed_ = true;  // The client is gone.
+    // What the socket did not take stays first in out_, as TrySend asks.
+    if (n < 0) failed_ = true;  // The client is gone.
     break;
   }
   if (sent > 0) last_write_ = Clock::now();

@@ -96,10 +96,12 @@ class SsePump final : public GenerationStream::Sink {
     kAborted,   // `abort` was raised.
   };
 
-  // `fd`: the connection's socket (non-blocking), which outlives the pump's sends (the
-  // generation, which calls the pump, ends before the connection does). HTTP/1.0 clients get
+  // `stream`: the connection, which outlives the pump's sends (the generation, which calls
+  // the pump, ends before the connection does); the sink sends through it only while the
+  // connection's thread does not (between Next's kWrite and Written). HTTP/1.0 clients get
   // the raw stream, HTTP/1.1 clients chunks.
-  SsePump(int fd, ResponseContext response, OutputSplit split, unsigned version, bool keep_alive);
+  SsePump(SocketStream& stream, ResponseContext response, OutputSplit split, unsigned version,
+          bool keep_alive);
 
   // False when the pump could not be made (no eventfd): answer 500.
   bool ok() const { return waiter_.ok(); }
@@ -130,7 +132,7 @@ class SsePump final : public GenerationStream::Sink {
   // Sends out_ without blocking while the socket takes it.
   void SendLocked();
 
-  const int fd_;
+  SocketStream& stream_;
   const ResponseContext response_;
   const unsigned version_;
   const bool keep_alive_;

@@ -26,4 +26,15 @@ DaemonMetrics::DaemonMetrics(const BuildInfo& build)
       .Set(1);
 }
 
+void DaemonMetrics::SetTlsCertificateExpiry(double unix_seconds) {
+  prometheus::BuildGauge()
+      .Name("inferbox_tls_certificate_expiry_timestamp_seconds")
+      .Help(
+          "When the TLS certificate of the gRPC and HTTP listeners ([server.tls]) expires, in "
+          "seconds since the Unix epoch; absent without TLS.")
+      .Register(*registry_)
+      .Add({})
+      .Set(unix_seconds);
+}
+
 }  // namespace inferbox::monitoring

@@ -28,7 +28,10 @@ std::string TestConfig(std::string_view extra_server_keys) {
 }
 
 DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, std::string name)
-    : config_path_(dir / (name + ".toml")), runtime_dir_(dir / (name + "-run")) {
+    : config_path_(dir / (name + ".toml")),
+      runtime_dir_(dir / (name + "-run")),
+      grpc_credentials_(options.grpc_credentials ? options.grpc_credentials
+                                                 : grpc::InsecureChannelCredentials()) {
   std::ofstream(config_path_) << options.config_text;
   notify_ = std::make_unique<NotifySocket>(dir / (name + ".notify"));
 
@@ -83,8 +86,8 @@ DaemonProcess::DaemonProcess(const TempDir& dir, const DaemonOptions& options, s
 ::testing::AssertionResult DaemonProcess::WaitInferenceHealth(
     grpc::health::v1::HealthCheckResponse::ServingStatus status,
     std::chrono::milliseconds timeout) const {
-  auto health = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(grpc_address_, grpc::InsecureChannelCredentials()));
+  auto health =
+      grpc::health::v1::Health::NewStub(grpc::CreateChannel(grpc_address_, grpc_credentials_));
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     grpc::ClientContext context;

@@ -31,6 +31,8 @@ struct DaemonOptions {
   std::string config_text = TestConfig();
   std::vector<std::string> extra_args;
   std::vector<std::string> extra_env;
+  // How the fixture's own gRPC calls (WaitInferenceHealth) connect; unset: plain TCP.
+  std::shared_ptr<grpc::ChannelCredentials> grpc_credentials;
 };
 
 class DaemonProcess {
@@ -73,6 +75,7 @@ class DaemonProcess {
   std::string http_address_;
   std::string metrics_address_;
   std::string ready_message_;
+  std::shared_ptr<grpc::ChannelCredentials> grpc_credentials_;
 };
 
 // True when a TCP connection to host:port is accepted.

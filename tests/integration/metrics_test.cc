@@ -290,9 +290,11 @@ TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
     for (const std::string& name : NamedFamilies(ReadText(file), scrape)) {
       // GPU series exist only where NVML loads (GpuMetricsTest checks them with a fake NVML);
       // the price per million tokens only while tokens flow (this test sends none); per-key
-      // series only with [server] metrics_per_key (PerKeySeriesTest checks them).
+      // series only with [server] metrics_per_key (PerKeySeriesTest checks them); the TLS
+      // certificate's expiry only with [server.tls] (DaemonTlsTest checks it).
       if (name.starts_with("inferbox_gpu_") || name == "inferbox_cost_per_million_output_tokens" ||
-          name.starts_with("inferbox_key_"))
+          name.starts_with("inferbox_key_") ||
+          name == "inferbox_tls_certificate_expiry_timestamp_seconds")
         continue;
       EXPECT_TRUE(scrape.types.contains(name))
           << file.filename() << " names " << name << ", which the box does not export";

@@ -71,6 +71,18 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // For https:// URLs: trust `ca` (PEM file) only, and present `certificate` with `key` when
+  // given. Error text of a failed handshake is in Reply.error.
+  void TrustOnly(const std::string& ca, const std::string& certificate = "",
+                 const std::string& key = "") {
+    curl_easy_setopt(curl_, CURLOPT_CAINFO, ca.c_str());
+    curl_easy_setopt(curl_, CURLOPT_CAPATH, nullptr);
+    if (!certificate.empty()) {
+      curl_easy_setopt(curl_, CURLOPT_SSLCERT, certificate.c_str());
+      curl_easy_setopt(curl_, CURLOPT_SSLKEY, key.c_str());
+    }
+  }
+
   Reply Request(const std::string& method, const std::string& url, const std::string* body,
                 const std::vector<std::string>& headers = {"Authorization: Bearer good"}) {
     Reply reply;

@@ -176,6 +176,52 @@ TEST(NetworkExposure, NonLoopbackHttpIsRefusedToo) {
   EXPECT_TRUE(CheckNetworkExposure(config, true).ok());
 }
 
+TEST(NetworkExposure, NonLoopbackNeedsTlsAndKeys) {
+  DaemonConfig config;
+  config.grpc_listen = *ParseListenAddress("0.0.0.0:7070");
+  config.tls.certificate = "/etc/inferbox/tls/server.crt";
+  config.tls.private_key = "/etc/inferbox/tls/server.key";
+  const Status keyless = CheckNetworkExposure(config, false);
+  ASSERT_FALSE(keyless.ok()) << "TLS alone lets anyone who reaches the port use the box";
+  EXPECT_THAT(keyless.message(), HasSubstr("require_keys is false"));
+  config.require_keys = true;
+  EXPECT_TRUE(CheckNetworkExposure(config, false).ok());
+  config.tls = {};
+  const Status clear_text = CheckNetworkExposure(config, false);
+  ASSERT_FALSE(clear_text.ok()) << "keys would cross the network in clear text";
+  EXPECT_THAT(clear_text.message(), HasSubstr("[server.tls] is not set"));
+}
+
+TEST(Config, ParsesTheTlsTable) {
+  auto config = ParseConfig(R"([server.tls]
+certificate = "/etc/inferbox/tls/server.crt"
+private_key = "/etc/inferbox/tls/server.key"
+client_ca = "/etc/inferbox/tls/clients.crt"
+http_requires_client_certificate = true
+)",
+                            "tls.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_TRUE(config->tls.enabled());
+  EXPECT_EQ(config->tls.certificate, "/etc/inferbox/tls/server.crt");
+  EXPECT_EQ(config->tls.private_key, "/etc/inferbox/tls/server.key");
+  EXPECT_EQ(config->tls.client_ca, std::filesystem::path("/etc/inferbox/tls/clients.crt"));
+  EXPECT_TRUE(config->tls.http_requires_client_certificate);
+  EXPECT_FALSE(DaemonConfig{}.tls.enabled());
+}
+
+TEST(Config, RefusesIncompleteTlsTablesNamingTheKey) {
+  EXPECT_THAT(ErrorOf("[server.tls]\ncertificate = \"/a.crt\"\n"),
+              HasSubstr("server.tls: needs both certificate and private_key"));
+  EXPECT_THAT(ErrorOf("[server.tls]\ncertificate = \"/a.crt\"\nprivate_key = \"/a.key\"\n"
+                      "http_requires_client_certificate = true\n"),
+              HasSubstr("http_requires_client_certificate needs client_ca"));
+  EXPECT_THAT(ErrorOf("[server.tls]\ncertificate = \"a.crt\"\nprivate_key = \"/a.key\"\n"),
+              HasSubstr("server.tls.certificate: \"a.crt\" is not an absolute path"));
+  EXPECT_THAT(ErrorOf("[server.tls]\ncert = \"/a.crt\"\n"),
+              HasSubstr("server.tls.cert: unknown key"));
+  EXPECT_THAT(ErrorOf("[server]\ntls = true\n"), HasSubstr("server.tls: expected a table"));
+}
+
 TEST(ModelsConfig, ParsesModelsEnginesAndAuth) {
   auto config = ParseConfig(R"(
 [server]

@@ -11,9 +11,11 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "inferbox/daemon/frontend.h"
+#include "openai_client.h"
 
 namespace inferbox::daemon::openai_test {
 
@@ -287,6 +289,47 @@ inline void AddLogprob(v1::GenerateChunk* chunk, std::string token, float logpro
 
 inline Script HelloScript() {
   return {.chunks = {Chunk("Hel"), Chunk("lo"), Final("!")}};
+}
+
+// A stream of `num_chunks` events of 16 kB ("<0000>xxx...", numbered), then "<end>": more
+// than a socket's buffers take, for clients that read slowly.
+inline Script NumberedScript(int num_chunks) {
+  Script script;
+  for (int i = 0; i < num_chunks; ++i)
+    script.chunks.push_back(Chunk(fmt::format("<{:04}>{}", i, std::string(16000, 'x'))));
+  script.chunks.push_back(Final("<end>"));
+  return script;
+}
+
+// Checks a whole chunked SSE response to NumberedScript(num_chunks): every chunk framed
+// right (none interleaved with another), nothing after the last, every event once and in
+// order, then the finishing one and [DONE].
+inline void ExpectEveryNumberedEventInOrder(const std::string& received, int num_chunks) {
+  size_t at = received.find("\r\n\r\n");
+  ASSERT_NE(at, std::string::npos) << "no headers";
+  at += 4;
+  std::string body;
+  for (;;) {
+    const size_t line_end = received.find("\r\n", at);
+    ASSERT_NE(line_end, std::string::npos) << "the body ends inside a chunk's size line";
+    const size_t size = std::stoul(received.substr(at, line_end - at), nullptr, 16);
+    ASSERT_LE(line_end + 2 + size + 2, received.size()) << "the body ends inside a chunk";
+    ASSERT_EQ(received.substr(line_end + 2 + size, 2), "\r\n") << "a chunk's size is wrong";
+    body += received.substr(line_end + 2, size);
+    at = line_end + 2 + size + 2;
+    if (size == 0) break;
+  }
+  EXPECT_EQ(at, received.size()) << "bytes after the last chunk";
+  const Events events = ParseSse(body);
+  ASSERT_EQ(events.data.size(), num_chunks + 2u) << "every chunk, the finishing one and [DONE]";
+  EXPECT_EQ(events.data.back(), "[DONE]");
+  at = 0;
+  for (int i = 0; i < num_chunks; ++i) {
+    const size_t found = body.find(fmt::format("<{:04}>", i), at);
+    ASSERT_NE(found, std::string::npos) << "event " << i << " missing or out of order";
+    at = found;
+  }
+  EXPECT_NE(body.find("<end>", at), std::string::npos);
 }
 
 }  // namespace inferbox::daemon::openai_test

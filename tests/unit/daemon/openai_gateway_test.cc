@@ -724,11 +724,7 @@ TEST_F(OpenAiGatewayTest, ClientDisconnectMidStreamCancelsTheGeneration) {
 TEST_F(OpenAiGatewayTest, ASlowClientHoldsTheStreamAndGetsEveryEventInOrder) {
   // 9.6 MB: more than a socket's send buffer grows to (Linux: 4 MiB by default).
   constexpr int kChunks = 600;
-  Script script;
-  for (int i = 0; i < kChunks; ++i)
-    script.chunks.push_back(Chunk(fmt::format("<{:04}>{}", i, std::string(16000, 'x'))));
-  script.chunks.push_back(Final("<end>"));
-  frontend_.SetScript(script);
+  frontend_.SetScript(NumberedScript(kChunks));
   RawConnection connection(gateway().port(), /*receive_buffer=*/4096);
   connection.Send(HttpPost("/v1/completions", R"({"model":"m","prompt":"Hi","stream":true})"));
   const std::shared_ptr<StreamProbe> probe = frontend_.WaitForStream();
@@ -738,33 +734,7 @@ TEST_F(OpenAiGatewayTest, ASlowClientHoldsTheStreamAndGetsEveryEventInOrder) {
     std::lock_guard lock(probe->mutex);
     EXPECT_FALSE(probe->cancelled);
   }
-  const std::string received = connection.ReadUntil("\r\n0\r\n\r\n", 20s);
-  // The chunked body, decoded: every frame whole, none interleaved with another.
-  size_t at = received.find("\r\n\r\n");
-  ASSERT_NE(at, std::string::npos) << "no headers";
-  at += 4;
-  std::string body;
-  for (;;) {
-    const size_t line_end = received.find("\r\n", at);
-    ASSERT_NE(line_end, std::string::npos) << "the body ends inside a chunk's size line";
-    const size_t size = std::stoul(received.substr(at, line_end - at), nullptr, 16);
-    ASSERT_LE(line_end + 2 + size + 2, received.size()) << "the body ends inside a chunk";
-    ASSERT_EQ(received.substr(line_end + 2 + size, 2), "\r\n") << "a chunk's size is wrong";
-    body += received.substr(line_end + 2, size);
-    at = line_end + 2 + size + 2;
-    if (size == 0) break;
-  }
-  EXPECT_EQ(at, received.size()) << "bytes after the last chunk";
-  const Events events = ParseSse(body);
-  ASSERT_EQ(events.data.size(), kChunks + 2u) << "every chunk, the finishing one and [DONE]";
-  EXPECT_EQ(events.data.back(), "[DONE]");
-  at = 0;
-  for (int i = 0; i < kChunks; ++i) {
-    const size_t found = body.find(fmt::format("<{:04}>", i), at);
-    ASSERT_NE(found, std::string::npos) << "event " << i << " missing or out of order";
-    at = found;
-  }
-  EXPECT_NE(body.find("<end>", at), std::string::npos);
+  ExpectEveryNumberedEventInOrder(connection.ReadUntil("\r\n0\r\n\r\n", 20s), kChunks);
   std::lock_guard lock(probe->mutex);
   EXPECT_GT(probe->resumes, 0) << "the stream was never held for the slow client";
   EXPECT_FALSE(probe->cancelled);

@@ -19,7 +19,9 @@ class StatusBoard {
   void SetState(inferbox::v1::DaemonState state);
   void SetPaths(const std::string& config_path, const std::string& state_dir,
                 const std::string& runtime_dir);
-  void AddListener(const std::string& name, const std::string& address);
+  // `security`: Listener.security (empty: plain TCP).
+  void AddListener(const std::string& name, const std::string& address,
+                   const std::string& security);
   // A reload was applied (error empty) or refused (error says why).
   void RecordReload(const std::string& error);
   // Where Snapshot gets the engines from (the supervisor); called without the board's lock.

@@ -14,6 +14,7 @@
 #include <spdlog/common.h>
 
 #include "inferbox/common/status.h"
+#include "inferbox/daemon/tls.h"
 #include "inferbox/monitoring/economics.h"
 
 namespace inferbox::daemon {
@@ -145,6 +146,8 @@ struct DaemonConfig {
   ListenAddress http_listen{"127.0.0.1", 8080};
   ListenAddress metrics_listen{"127.0.0.1", 9400};
   bool grpc_reflection = true;
+  // [server.tls]: TLS on the gRPC and HTTP listeners (tls.h).
+  TlsConfig tls;
   // Series per API key on /metrics (requests and tokens by key id and model; docs/metrics.md).
   // Off by default: usage per key is in the ledger.
   bool metrics_per_key = false;
@@ -185,9 +188,9 @@ Result<DaemonConfig> LoadConfigFile(const std::filesystem::path& path);
 std::string_view EmbeddedDefaultConfig();
 
 // Refuses configurations that would expose the APIs beyond this host without TLS and API
-// keys. TLS is not built yet, so a non-loopback gRPC or HTTP listener is refused unless the
-// operator passed --insecure-allow-unauthenticated. Metrics may listen anywhere (read-only
-// data).
+// keys: a non-loopback gRPC or HTTP listener needs [server.tls] and [auth] require_keys,
+// unless the operator passed --insecure-allow-unauthenticated. Metrics may listen anywhere
+// (read-only data).
 Status CheckNetworkExposure(const DaemonConfig& config, bool allow_unauthenticated_remote);
 
 }  // namespace inferbox::daemon

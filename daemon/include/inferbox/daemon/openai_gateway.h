@@ -21,6 +21,7 @@
 
 #include "inferbox/common/status.h"
 #include "inferbox/daemon/frontend.h"
+#include "inferbox/daemon/tls.h"
 
 namespace inferbox::daemon {
 
@@ -40,6 +41,9 @@ class OpenAiGateway {
     // A stream that has sent nothing for this long sends an SSE comment (": ping"), so that
     // proxies and clients do not time out while a request waits in the queue.
     std::chrono::milliseconds sse_keepalive_interval{10'000};
+    // Set: connections speak TLS on it (a plain HTTP request is answered 400 in the clear,
+    // naming https). A connection over max_connections is then closed without an answer.
+    std::shared_ptr<const TlsServerContext> tls;
     // Fault injection for the daemon's watchdog tests (INFERBOX_TEST_FAULT_STALL=http): this
     // long after the start the acceptor stops turning (it neither accepts nor joins) until
     // Stop. Negative: never.

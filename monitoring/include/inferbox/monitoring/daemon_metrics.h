@@ -30,6 +30,10 @@ class DaemonMetrics {
     (succeeded ? reload_success_ : reload_failure_).Increment();
   }
 
+  // inferbox_tls_certificate_expiry_timestamp_seconds: when the certificate the listeners
+  // serve stops being valid (Unix seconds). Set once at start, by a daemon with TLS only.
+  void SetTlsCertificateExpiry(double unix_seconds);
+
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& reloads_;

@@ -1,0 +1,226 @@
+// The OpenAI gateway over TLS (tls.h), on real loopback TCP against the scripted fake
+// frontend: HTTPS requests and streams, a slow TLS client that holds a stream (the sink's
+// sends that the socket did not take, repeated through the connection's thread), plain HTTP
+// to the TLS port, client certificates, and the checks of the certificate files.
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "inferbox/daemon/openai_gateway.h"
+#include "inferbox/daemon/tls.h"
+#include "openai_client.h"
+#include "openai_fakes.h"
+#include "subprocess.h"
+#include "temp_dir.h"
+#include "test_certificates.h"
+#include "tls_client.h"
+
+namespace inferbox::daemon {
+namespace {
+
+namespace v1 = inferbox::v1;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+using namespace inferbox::daemon::openai_test;
+using inferbox::testing::MakeTestCertificates;
+using inferbox::testing::TempDir;
+using inferbox::testing::TestCertificates;
+using inferbox::testing::TlsClientContext;
+using inferbox::testing::TlsConnection;
+
+class OpenAiGatewayTlsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    scratch_ = new TempDir();
+    certificates_ = new std::optional<TestCertificates>(MakeTestCertificates(scratch_->path()));
+  }
+  static void TearDownTestSuite() {
+    delete certificates_;
+    delete scratch_;
+  }
+
+  void SetUp() override {
+    ASSERT_TRUE(certificates_->has_value()) << "no test certificates (is openssl installed?)";
+    v1::ModelInfo model;
+    model.set_id("m");
+    model.set_state(v1::MODEL_STATE_READY);
+    frontend_.SetModels({model});
+    frontend_.SetScript(HelloScript());
+  }
+
+  const TestCertificates& certificates() const { return **certificates_; }
+
+  TlsConfig Config(bool client_certificates = false) const {
+    TlsConfig config{.certificate = certificates().server_cert,
+                     .private_key = certificates().server_key};
+    if (client_certificates) {
+      config.client_ca = certificates().client_ca;
+      config.http_requires_client_certificate = true;
+    }
+    return config;
+  }
+
+  void StartGateway(const TlsConfig& config) {
+    auto credentials = LoadTlsCredentials(config);
+    ASSERT_TRUE(credentials.ok()) << credentials.status().ToString();
+    auto context = TlsServerContext::Create(*credentials);
+    ASSERT_TRUE(context.ok()) << context.status().ToString();
+    OpenAiGateway::Options options;
+    options.tls = *context;
+    auto started = OpenAiGateway::Start(options, frontend_, authenticator_);
+    ASSERT_TRUE(started.ok()) << started.status().ToString();
+    gateway_ = std::move(started).value();
+  }
+
+  std::string Url(std::string_view scheme, std::string_view path) const {
+    return fmt::format("{}://localhost:{}{}", scheme, gateway_->port(), path);
+  }
+
+  static TempDir* scratch_;
+  static std::optional<TestCertificates>* certificates_;
+  FakeFrontend frontend_;
+  FakeAuthenticator authenticator_;
+  std::unique_ptr<OpenAiGateway> gateway_;
+};
+
+TempDir* OpenAiGatewayTlsTest::scratch_ = nullptr;
+std::optional<TestCertificates>* OpenAiGatewayTlsTest::certificates_ = nullptr;
+
+TEST_F(OpenAiGatewayTlsTest, HttpsServesCompletionsAndStreams) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway(Config()));
+  Client client;
+  client.TrustOnly(certificates().ca.string());
+  const std::string body = R"({"model":"m","messages":[{"role":"user","content":"Hi"}]})";
+  const Reply whole = client.Request("POST", Url("https", "/v1/chat/completions"), &body);
+  ASSERT_EQ(whole.status, 200) << whole.error << whole.body;
+  EXPECT_EQ(whole.Json().at("choices").at(0).at("message").at("content"), "Hello!");
+
+  const std::string streamed_body =
+      R"({"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true})";
+  const Reply streamed =
+      client.Request("POST", Url("https", "/v1/chat/completions"), &streamed_body);
+  ASSERT_EQ(streamed.status, 200) << streamed.error;
+  const Events events = ParseSse(streamed.body);
+  ASSERT_FALSE(events.data.empty());
+  EXPECT_EQ(events.data.back(), "[DONE]");
+  EXPECT_EQ(streamed.num_connects, 0) << "the second request reuses the TLS connection";
+
+  Client untrusting;
+  untrusting.TrustOnly(certificates().client_ca.string());  // Not the server's CA.
+  const Reply refused = untrusting.Request("GET", Url("https", "/health"), nullptr);
+  EXPECT_EQ(refused.status, 0);
+  EXPECT_THAT(refused.error, HasSubstr("certificate")) << "curl should not trust the server";
+}
+
+// A person who typed http:// is told to use https://, not left with a reset connection.
+TEST_F(OpenAiGatewayTlsTest, PlainHttpToTheTlsPortIsAnswered400NamingHttps) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway(Config()));
+  Client client;
+  const Reply reply = client.Request("GET", Url("http", "/health"), nullptr);
+  ASSERT_EQ(reply.status, 400) << reply.error;
+  EXPECT_THAT(reply.body, HasSubstr("this port serves HTTPS: use https://"));
+  EXPECT_EQ(reply.Json().at("error").at("type"), "invalid_request_error");
+}
+
+// Events go out from the stream's own thread while the socket takes them; through TLS, a send
+// the socket took part of is finished by the connection's thread with the same bytes first
+// (OpenSSL refuses anything else). The slow client still gets every event, in order.
+TEST_F(OpenAiGatewayTlsTest, ASlowTlsClientHoldsTheStreamAndGetsEveryEventInOrder) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway(Config()));
+  constexpr int kChunks = 600;  // 9.6 MB: more than a socket's send buffer grows to.
+  frontend_.SetScript(NumberedScript(kChunks));
+  const TlsClientContext trust(certificates().ca);
+  TlsConnection connection(gateway_->port(), trust, /*receive_buffer=*/4096);
+  ASSERT_EQ(connection.handshake_error(), "");
+  connection.Send(HttpPost("/v1/completions", R"({"model":"m","prompt":"Hi","stream":true})"));
+  const std::shared_ptr<StreamProbe> probe = frontend_.WaitForStream();
+  ASSERT_NE(probe, nullptr);
+  std::this_thread::sleep_for(300ms);  // Not reading: the socket's buffers fill.
+  ExpectEveryNumberedEventInOrder(connection.ReadUntil("\r\n0\r\n\r\n", 30s), kChunks);
+  std::lock_guard lock(probe->mutex);
+  EXPECT_GT(probe->resumes, 0) << "the stream was never held for the slow client";
+  EXPECT_FALSE(probe->cancelled);
+}
+
+TEST_F(OpenAiGatewayTlsTest, ClientCertificatesAreRequiredWhenConfigured) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway(Config(/*client_certificates=*/true)));
+  const std::string request = "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+  {
+    const TlsClientContext anonymous(certificates().ca);
+    TlsConnection connection(gateway_->port(), anonymous);
+    EXPECT_NE(connection.handshake_error(), "") << "served a client without a certificate";
+  }
+  {
+    const TlsClientContext rogue(certificates().ca, certificates().rogue_cert,
+                                 certificates().rogue_key);
+    TlsConnection connection(gateway_->port(), rogue);
+    EXPECT_NE(connection.handshake_error(), "")
+        << "served a client whose certificate the client CA did not sign";
+  }
+  const TlsClientContext admitted(certificates().ca, certificates().client_cert,
+                                  certificates().client_key);
+  TlsConnection connection(gateway_->port(), admitted);
+  ASSERT_EQ(connection.handshake_error(), "");
+  connection.Send(request);
+  EXPECT_THAT(connection.ReadUntil("\"ok\"", 10s), HasSubstr("HTTP/1.1 200"));
+
+  Client client;
+  client.TrustOnly(certificates().ca.string(), certificates().client_cert.string(),
+                   certificates().client_key.string());
+  const Reply reply = client.Request("GET", Url("https", "/health/live"), nullptr);
+  EXPECT_EQ(reply.status, 200) << reply.error;
+}
+
+// The files are checked before anything listens; each error names the key and the file.
+TEST_F(OpenAiGatewayTlsTest, BadCertificateFilesAreClearErrors) {
+  const auto error = [](const TlsConfig& config) {
+    auto loaded = LoadTlsCredentials(config);
+    EXPECT_FALSE(loaded.ok()) << "accepted " << config.certificate << " / " << config.private_key;
+    return loaded.ok() ? std::string() : loaded.status().message();
+  };
+  TlsConfig config = Config();
+  config.private_key = certificates().client_key;  // Another certificate's key.
+  EXPECT_THAT(error(config), HasSubstr("is not the key of the certificate in"));
+
+  config = Config();
+  config.certificate = scratch_->path() / "missing.crt";
+  EXPECT_THAT(error(config), HasSubstr("server.tls.certificate"));
+  EXPECT_THAT(error(config), HasSubstr("missing.crt"));
+
+  config = Config();
+  config.certificate = certificates().server_key;  // A key, not a certificate.
+  EXPECT_THAT(error(config), HasSubstr("holds no PEM certificate"));
+
+  config = Config();
+  config.private_key = certificates().server_cert;
+  EXPECT_THAT(error(config), HasSubstr("holds no PEM private key"));
+
+  const std::filesystem::path encrypted = scratch_->path() / "encrypted.key";
+  const auto made = inferbox::testing::RunCommand(
+      {inferbox::testing::OpenSslCommand(), "pkey", "-in", certificates().server_key.string(), "-aes256", "-passout",
+       "pass:secret", "-out", encrypted.string()},
+      scratch_->path());
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  config = Config();
+  config.private_key = encrypted;
+  EXPECT_THAT(error(config), HasSubstr("is encrypted"));
+
+  config = Config(/*client_certificates=*/true);
+  config.client_ca = certificates().server_key;
+  EXPECT_THAT(error(config), HasSubstr("server.tls.client_ca"));
+
+  auto good = LoadTlsCredentials(Config(/*client_certificates=*/true));
+  ASSERT_TRUE(good.ok()) << good.status().ToString();
+  EXPECT_EQ(good->subject, "CN=server");
+  EXPECT_GT(good->not_after, std::chrono::system_clock::now() + 48h);
+  EXPECT_LT(good->not_after, std::chrono::system_clock::now() + 73h);
+  EXPECT_FALSE(good->client_ca_pem.empty());
+}
+
+}  // namespace
+}  // namespace inferbox::daemon
