@@ -750,5 +750,54 @@ TEST_F(DaemonEngineTest, SigtermFinishesTheStreamThenStopsEngineAndDaemon) {
   EXPECT_NE(::kill(pid, 0), 0) << "the engine must not outlive the daemon";
 }
 
+// True when `pid` has exited: no such process, or a zombie nobody reaped yet (an orphan's
+// new parent may be slow to, or may never).
+bool ProcessGone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text;
+  if (!std::getline(stat, text)) return true;
+  const size_t name_end = text.rfind(')');
+  return name_end == std::string::npos || text.substr(name_end + 2, 1) == "Z";
+}
+
+// R6.2: an engine never outlives its daemon, even one killed without a chance to stop it
+// (SIGKILL, the OOM killer): the engine exits at once (PR_SET_PDEATHSIG), which frees its
+// memory and GPUs, the client of a stream in flight gets an error rather than a hang, and a
+// daemon started again on the same directories serves again (the dead engine's socket and
+// the stale listeners file do not stand in its way).
+TEST_F(DaemonEngineTest, AnEngineDiesWithItsKilledDaemonAndTheNextDaemonServes) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  const auto pid = static_cast<pid_t>(Status().engines(0).pid());
+  ASSERT_GT(pid, 0);
+  Streamed streamed;
+  std::thread client([&] { streamed = RunChat(Chat(3000)); });
+  const uint64_t before = EngineStats().generation_tokens_total();  // The canary's.
+  while (EngineStats().generation_tokens_total() <= before) std::this_thread::sleep_for(5ms);
+
+  daemon_->process().Signal(SIGKILL);
+  ASSERT_TRUE(daemon_->process().WaitForExit(10s).has_value());
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (!ProcessGone(pid) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_TRUE(ProcessGone(pid)) << "the engine (pid " << pid << ") outlived its killed daemon";
+  client.join();
+  EXPECT_EQ(streamed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << "the stream in flight should fail, not end as if complete: "
+      << streamed.status.error_message();
+  EXPECT_LT(streamed.tokens, 3000u);
+
+  inference_.reset();
+  admin_.reset();
+  channel_.reset();
+  daemon_.reset();
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  const Streamed again = RunChat(Chat(4));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.tokens, 4u);
+  EXPECT_NE(Status().engines(0).pid(), pid);
+}
+
 }  // namespace
 }  // namespace inferbox::testing
