@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -71,6 +72,8 @@ constexpr std::string_view kListenersFileName = "listeners.toml";
 // The HTTP acceptor turns at least once a second; this long without a turn is a stuck
 // acceptor (Responsive), well past any pause of a loaded machine.
 constexpr std::chrono::seconds kAcceptorStall{10};
+// How often the main loop refreshes the STATUS= line (R4.1), when it changed.
+constexpr std::chrono::seconds kProgressInterval{2};
 
 // Fault injection for the watchdog's tests: INFERBOX_TEST_FAULT_STALL (serving-state or
 // http) and INFERBOX_TEST_FAULT_STALL_AFTER_MS (when, after the start; 0 if unset).
@@ -207,6 +210,9 @@ class RunningDaemon {
   Status StartEngines(const std::filesystem::path& state_dir,
                       const std::filesystem::path& runtime_dir);
   Status StartGrpc();
+  // The STATUS= line while serving: models ready (and what the others are doing), requests
+  // running and waiting, e.g. "serving: 2 of 2 models ready; 14 running, 3 waiting".
+  std::string ProgressLine();
   // TLS (mutual with a client CA) when [server.tls] is set, else plain TCP.
   std::shared_ptr<grpc::ServerCredentials> GrpcCredentials() const;
   // For status: "" (plain TCP), "TLS", or "TLS, client certificates required".
@@ -722,32 +728,83 @@ void RunningDaemon::Reload() {
 }
 
 void RunningDaemon::Serve() {
+  using Clock = std::chrono::steady_clock;
   const sigset_t signals = MainLoopSignals();
 
   const auto watchdog = notifier_.watchdog_ping_interval();
   if (watchdog) notifier_.PingWatchdog();
+  auto next_ping = Clock::now() + watchdog.value_or(std::chrono::microseconds(0));
+  std::string progress;
   while (true) {
-    int signal_number;
+    // Wakes for the watchdog's ping and the progress line, whichever is due first.
+    auto wait = std::chrono::duration_cast<std::chrono::microseconds>(kProgressInterval);
     if (watchdog) {
-      timespec timeout{static_cast<time_t>(watchdog->count() / 1000000),
-                       static_cast<long>(watchdog->count() % 1000000) * 1000};
-      signal_number = sigtimedwait(&signals, nullptr, &timeout);
-    } else {
-      signal_number = sigwaitinfo(&signals, nullptr);
+      wait = std::clamp(
+          std::chrono::duration_cast<std::chrono::microseconds>(next_ping - Clock::now()),
+          std::chrono::microseconds(1000), wait);
     }
+    const timespec timeout{static_cast<time_t>(wait.count() / 1000000),
+                           static_cast<long>(wait.count() % 1000000) * 1000};
+    const int signal_number = sigtimedwait(&signals, nullptr, &timeout);
     if (signal_number < 0) {
       if (errno != EAGAIN && errno != EINTR) spdlog::error("waiting for signals failed: {}", errno);
     } else if (signal_number == SIGHUP) {
       spdlog::info("SIGHUP: reloading configuration");
       Reload();
+      progress.clear();  // Reload's READY=1 replaced the line: say it again.
     } else {
       spdlog::info("{}: shutting down", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
       return;
     }
     // The main loop is the watchdog's heartbeat, and it pings only while the box's working
     // parts turn: a wedged loop, or one stuck in Responsive on a deadlock, stops the pings.
-    if (watchdog && Responsive()) notifier_.PingWatchdog();
+    if (watchdog && Clock::now() >= next_ping) {
+      next_ping = Clock::now() + *watchdog;
+      if (Responsive()) notifier_.PingWatchdog();
+    }
+    // R4.1: `systemctl status` says what the box is doing, as it changes.
+    if (std::string line = ProgressLine(); line != progress) {
+      notifier_.Progress(line);
+      progress = std::move(line);
+    }
   }
+}
+
+std::string RunningDaemon::ProgressLine() {
+  int num_ready = 0;
+  int num_models = 0;
+  uint64_t num_running = 0;
+  uint64_t num_waiting = 0;
+  std::vector<std::string> not_ready;
+  for (const auto& model : supervisor_->models()) {
+    ++num_models;
+    const auto state = supervisor_->ModelStateOf(model.name);
+    if (state == inferbox::v1::MODEL_STATE_READY) {
+      ++num_ready;
+    } else {
+      std::string name = inferbox::v1::ModelState_Name(state);
+      std::transform(name.begin(), name.end(), name.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+      not_ready.push_back(model.name + " " + name.substr(name.rfind('_') + 1));
+    }
+    for (const auto& replica : supervisor_->Replicas(model.name)) {
+      if (const auto stats = replica->stats()) {
+        num_running += stats->num_requests_running();
+        num_waiting += stats->num_requests_waiting();
+      }
+    }
+  }
+  std::string state = "serving";
+  switch (board_.state()) {
+    case inferbox::v1::DAEMON_STATE_STARTING: state = "starting"; break;
+    case inferbox::v1::DAEMON_STATE_DEGRADED: state = "degraded"; break;
+    default: break;
+  }
+  std::string line = fmt::format("{}: {} of {} model{} ready", state, num_ready, num_models,
+                                 num_models == 1 ? "" : "s");
+  if (!not_ready.empty()) line += fmt::format(" ({})", fmt::join(not_ready, ", "));
+  if (!gpu_collector_->Health().healthy()) line += ", a GPU is unhealthy";
+  return line + fmt::format("; {} running, {} waiting", num_running, num_waiting);
 }
 
 bool RunningDaemon::Responsive() {

@@ -1,5 +1,12 @@
 #include "inferbox/daemon/systemd_notifier.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <string>
 
@@ -29,7 +36,36 @@ SystemdNotifier::SystemdNotifier() {
   if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
     watchdog_ping_interval_ = std::chrono::microseconds(usec / 2);
   }
+  // A path, or "@name" in the abstract namespace (sd_notify(3)); other forms (vsock) get no
+  // progress lines.
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  sockaddr_un address{};
+  if (path != nullptr && (path[0] == '/' || path[0] == '@') &&
+      std::strlen(path) < sizeof(address.sun_path)) {
+    address.sun_family = AF_UNIX;
+    std::memcpy(address.sun_path, path, std::strlen(path));
+    if (path[0] == '@') address.sun_path[0] = '\0';
+    const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + std::strlen(path));
+    if (fd >= 0 && ::connect(fd, reinterpret_cast<const sockaddr*>(&address), length) == 0) {
+      progress_socket_ = fd;
+    } else if (fd >= 0) {
+      ::close(fd);
+    }
+  }
 #endif
+}
+
+SystemdNotifier::~SystemdNotifier() {
+  if (progress_socket_ >= 0) ::close(progress_socket_);
+}
+
+void SystemdNotifier::Progress(std::string_view status) {
+  if (progress_socket_ < 0) return;
+  const std::string text = "STATUS=" + OneLine(status);
+  // EAGAIN: systemd is behind; the next line will say more than this one would have.
+  [[maybe_unused]] const ssize_t sent =
+      ::send(progress_socket_, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 void SystemdNotifier::Send(std::string_view message) {

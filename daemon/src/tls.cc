@@ -106,8 +106,7 @@ Result<TlsCredentials> LoadTlsCredentials(const TlsConfig& config) {
   auto chain = ReadPem(config.certificate, "certificate");
   if (!chain.ok()) return chain.status();
   credentials.certificate_chain_pem = std::move(chain).value();
-  const std::vector<Certificate> certificates =
-      ReadCertificates(credentials.certificate_chain_pem);
+  const std::vector<Certificate> certificates = ReadCertificates(credentials.certificate_chain_pem);
   if (certificates.empty()) {
     return InvalidArgumentError(fmt::format(
         "server.tls.certificate: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
@@ -126,9 +125,10 @@ Result<TlsCredentials> LoadTlsCredentials(const TlsConfig& config) {
           "unencrypted (openssl pkey -in <encrypted> -out {}), readable by its user only",
           config.private_key.string(), config.private_key.string()));
     }
-    return InvalidArgumentError(fmt::format("server.tls.private_key: {} holds no PEM private key "
-                                            "({})",
-                                            config.private_key.string(), detail));
+    return InvalidArgumentError(
+        fmt::format("server.tls.private_key: {} holds no PEM private key "
+                    "({})",
+                    config.private_key.string(), detail));
   }
   if (X509_check_private_key(certificates.front().get(), key.get()) != 1) {
     ERR_clear_error();
@@ -149,8 +149,8 @@ Result<TlsCredentials> LoadTlsCredentials(const TlsConfig& config) {
     auto ca = ReadPem(*config.client_ca, "client_ca");
     if (!ca.ok()) return ca.status();
     if (ReadCertificates(*ca).empty()) {
-      return InvalidArgumentError(
-          fmt::format("server.tls.client_ca: {} holds no PEM certificate", config.client_ca->string()));
+      return InvalidArgumentError(fmt::format("server.tls.client_ca: {} holds no PEM certificate",
+                                              config.client_ca->string()));
     }
     credentials.client_ca_pem = std::move(ca).value();
   }

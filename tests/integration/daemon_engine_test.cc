@@ -379,6 +379,10 @@ TEST_F(DaemonEngineTest, AModelThatCannotLoadDegradesTheBoxButNotTheDaemon) {
   EXPECT_THAT(broken.status.error_message(), HasSubstr("failed"));
   EXPECT_TRUE(RunChat(Chat(4)).status.ok()) << "the other model keeps serving";
   EXPECT_FALSE(daemon_->process().WaitForExit(0ms).has_value());
+  // `systemctl status` says so too (R4.1).
+  EXPECT_TRUE(daemon_->notify().WaitFor(
+      "STATUS=degraded: 1 of 2 models ready (broken failed); 0 running, 0 waiting", 15s))
+      << daemon_->Logs();
 }
 
 TEST_F(DaemonEngineTest, AnEngineThatKeepsCrashingIsMarkedFailedInsteadOfSpinning) {
@@ -748,6 +752,27 @@ TEST_F(DaemonEngineTest, SigtermFinishesTheStreamThenStopsEngineAndDaemon) {
   EXPECT_EQ(streamed.tokens, 60u);
   EXPECT_EQ(daemon_->process().WaitForExit(30s), std::optional<int>(0)) << daemon_->Logs();
   EXPECT_NE(::kill(pid, 0), 0) << "the engine must not outlive the daemon";
+}
+
+// R4.1: `systemctl status` says what the box does as it goes (the STATUS= line, refreshed
+// every 2 s when it changed): models ready, requests running and waiting.
+TEST_F(DaemonEngineTest, TheStatusLineFollowsTheRequestsRunning) {
+  ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
+  ASSERT_TRUE(WaitServing());
+  grpc::ClientContext context;
+  auto reader = inference_->Chat(&context, Chat(3000));
+  api::GenerateChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk)) << reader->Finish().error_message();
+  EXPECT_TRUE(
+      daemon_->notify().WaitFor("STATUS=serving: 1 of 1 model ready; 1 running, 0 waiting", 15s))
+      << "no STATUS= line with the stream running";
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  reader->Finish();
+  EXPECT_TRUE(
+      daemon_->notify().WaitFor("STATUS=serving: 1 of 1 model ready; 0 running, 0 waiting", 15s))
+      << "the STATUS= line did not follow the cancelled stream";
 }
 
 // True when `pid` has exited: no such process, or a zombie nobody reaped yet (an orphan's

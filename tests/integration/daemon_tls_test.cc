@@ -137,7 +137,8 @@ TEST_F(DaemonTlsTest, GrpcAndHttpsServeWithTheCertificateAndPlainClientsAreRefus
   for (const auto& listener : status.listeners()) {
     EXPECT_EQ(listener.security(), listener.name() == "metrics" ? "" : "TLS") << listener.name();
   }
-  EXPECT_THAT(daemon.Logs(), HasSubstr("TLS on the gRPC and HTTP listeners: certificate CN=server"));
+  EXPECT_THAT(daemon.Logs(),
+              HasSubstr("TLS on the gRPC and HTTP listeners: certificate CN=server"));
 
   // The certificate's expiry, for the alert rules: the test CA made it valid for three days.
   const HttpResponse metrics = HttpGet("http://" + daemon.metrics_address() + "/metrics");
@@ -161,9 +162,8 @@ TEST_F(DaemonTlsTest, TheOfficialOpenAiClientWorksOverHttps) {
   ASSERT_TRUE(daemon.WaitReady());
   ASSERT_TRUE(daemon.WaitInferenceServing());
   const CommandResult result = RunCommand(
-      {INFERBOX_NODE, std::string(INFERBOX_REFERENCE_DIR) + "/openai_conformance.mjs",
-       "--base-url", "https://" + daemon.http_address() + "/v1", "--model", "tiny",
-       "--concurrent", "20"},
+      {INFERBOX_NODE, std::string(INFERBOX_REFERENCE_DIR) + "/openai_conformance.mjs", "--base-url",
+       "https://" + daemon.http_address() + "/v1", "--model", "tiny", "--concurrent", "20"},
       dir_.path(), 240s, {"NODE_EXTRA_CA_CERTS=" + certificates().ca.string()});
   EXPECT_EQ(result.exit_code, 0) << result.out << result.err << "\ndaemon log:\n"
                                  << daemon.Logs().substr(0, 20000);
@@ -180,16 +180,15 @@ TEST_F(DaemonTlsTest, MutualTlsOnGrpcRefusesClientsWithoutTheClientCasCertificat
              .grpc_credentials = GrpcTls(certificates().client_cert, certificates().client_key)});
   ASSERT_TRUE(daemon.WaitReady());
 
-  EXPECT_TRUE(Status(daemon.grpc_address(),
-                     GrpcTls(certificates().client_cert, certificates().client_key))
-                  .ok());
-  EXPECT_EQ(Status(daemon.grpc_address(), GrpcTls()).error_code(),
-            grpc::StatusCode::UNAVAILABLE)
+  EXPECT_TRUE(
+      Status(daemon.grpc_address(), GrpcTls(certificates().client_cert, certificates().client_key))
+          .ok());
+  EXPECT_EQ(Status(daemon.grpc_address(), GrpcTls()).error_code(), grpc::StatusCode::UNAVAILABLE)
       << "served a gRPC client without a certificate";
-  EXPECT_EQ(Status(daemon.grpc_address(),
-                   GrpcTls(certificates().rogue_cert, certificates().rogue_key))
-                .error_code(),
-            grpc::StatusCode::UNAVAILABLE)
+  EXPECT_EQ(
+      Status(daemon.grpc_address(), GrpcTls(certificates().rogue_cert, certificates().rogue_key))
+          .error_code(),
+      grpc::StatusCode::UNAVAILABLE)
       << "served a gRPC client whose certificate the client CA did not sign";
 
   Client client;
@@ -201,16 +200,16 @@ TEST_F(DaemonTlsTest, MutualTlsOnGrpcRefusesClientsWithoutTheClientCasCertificat
   // inferboxctl: with its certificate, status shows the listeners' security; without, it
   // fails and says which options it needs.
   const CommandResult admitted =
-      Ctl(daemon.grpc_address(),
-          {"--tls-ca", certificates().ca.string(), "--tls-cert", certificates().client_cert.string(),
-           "--tls-key", certificates().client_key.string(), "status"});
+      Ctl(daemon.grpc_address(), {"--tls-ca", certificates().ca.string(), "--tls-cert",
+                                  certificates().client_cert.string(), "--tls-key",
+                                  certificates().client_key.string(), "status"});
   EXPECT_EQ(admitted.exit_code, 0) << admitted.err;
   EXPECT_THAT(admitted.out, HasSubstr("(TLS, client certificates required)"));
   // The audit log names the caller's certificate (from gRPC's AuthContext, R2.8).
   const CommandResult audit =
-      Ctl(daemon.grpc_address(),
-          {"--tls-ca", certificates().ca.string(), "--tls-cert", certificates().client_cert.string(),
-           "--tls-key", certificates().client_key.string(), "audit", "--json"});
+      Ctl(daemon.grpc_address(), {"--tls-ca", certificates().ca.string(), "--tls-cert",
+                                  certificates().client_cert.string(), "--tls-key",
+                                  certificates().client_key.string(), "audit", "--json"});
   EXPECT_EQ(audit.exit_code, 0) << audit.err;
   EXPECT_THAT(audit.out, HasSubstr("(certificate admin.inferbox.test)"));
   const CommandResult anonymous = Ctl(
@@ -234,13 +233,12 @@ TEST_F(DaemonTlsTest, ANonLoopbackListenerStartsWithTlsAndKeysOnly) {
     EXPECT_EQ(*exit_code, 78);
     EXPECT_THAT(keyless.Logs(), HasSubstr("[auth] require_keys is false"));
   }
-  DaemonProcess daemon(
-      dir_, {.config_text = remote + TlsTable() + "[auth]\nrequire_keys = true\n"}, "keyed");
+  DaemonProcess daemon(dir_, {.config_text = remote + TlsTable() + "[auth]\nrequire_keys = true\n"},
+                       "keyed");
   ASSERT_TRUE(daemon.WaitReady());
   // Keys are required: an anonymous status call over TLS is refused by auth, not TLS.
   const std::string port = daemon.grpc_address().substr(daemon.grpc_address().rfind(':') + 1);
-  EXPECT_EQ(Status("127.0.0.1:" + port, GrpcTls()).error_code(),
-            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Status("127.0.0.1:" + port, GrpcTls()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 
 TEST_F(DaemonTlsTest, AKeyThatIsNotTheCertificatesStopsTheStartWithExConfig) {
@@ -254,14 +252,12 @@ TEST_F(DaemonTlsTest, AKeyThatIsNotTheCertificatesStopsTheStartWithExConfig) {
   EXPECT_EQ(*exit_code, 78) << "configuration errors exit with EX_CONFIG (78)";
   daemon.notify().ReceivePending();
   ASSERT_FALSE(daemon.notify().received().empty());
-  EXPECT_THAT(daemon.notify().received().back(),
-              HasSubstr("is not the key of the certificate in"));
+  EXPECT_THAT(daemon.notify().received().back(), HasSubstr("is not the key of the certificate in"));
   EXPECT_THAT(daemon.notify().received().back(), HasSubstr("server.tls.private_key"));
 
   // --check-config finds it too, before a restart would.
-  const CommandResult check =
-      RunCommand({INFERBOXD_PATH, "--check-config", "--config", daemon.config_path().string()},
-                 dir_.path());
+  const CommandResult check = RunCommand(
+      {INFERBOXD_PATH, "--check-config", "--config", daemon.config_path().string()}, dir_.path());
   EXPECT_EQ(check.exit_code, 1);
   EXPECT_THAT(check.err, HasSubstr("is not the key of the certificate in"));
 }

@@ -36,7 +36,6 @@ extendedKeyUsage = clientAuth
 subjectAltName = DNS:admin.inferbox.test
 )";
 
-
 bool Run(std::vector<std::string> arguments, const std::filesystem::path& dir) {
   if (arguments.front() == "openssl") arguments.front() = OpenSslCommand();
   const CommandResult result = RunCommand(arguments, dir);
@@ -55,9 +54,26 @@ class Pki {
   }
 
   bool MakeCa(const std::string& name) {
-    return Run({"openssl", "req", "-config", config_, "-x509", "-extensions", "ca", "-newkey", "ec",
-                "-pkeyopt", "ec_paramgen_curve:P-256", "-noenc", "-keyout", Path(name + ".key"),
-                "-out", Path(name + ".crt"), "-days", "3", "-subj", "/CN=inferbox test " + name},
+    return Run({"openssl",
+                "req",
+                "-config",
+                config_,
+                "-x509",
+                "-extensions",
+                "ca",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-noenc",
+                "-keyout",
+                Path(name + ".key"),
+                "-out",
+                Path(name + ".crt"),
+                "-days",
+                "3",
+                "-subj",
+                "/CN=inferbox test " + name},
                dir_);
   }
 

@@ -76,7 +76,8 @@ class TlsConnection {
     char byte;
     const int peeked = SSL_peek(ssl_, &byte, 1);
     const int error = SSL_get_error(ssl_, peeked);
-    if (peeked <= 0 && error != SSL_ERROR_WANT_READ && !(error == SSL_ERROR_SYSCALL && errno == EAGAIN))
+    if (peeked <= 0 && error != SSL_ERROR_WANT_READ &&
+        !(error == SSL_ERROR_SYSCALL && errno == EAGAIN))
       handshake_error_ = Errors();
     ERR_clear_error();
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));

@@ -202,8 +202,8 @@ TEST_F(OpenAiGatewayTlsTest, BadCertificateFilesAreClearErrors) {
 
   const std::filesystem::path encrypted = scratch_->path() / "encrypted.key";
   const auto made = inferbox::testing::RunCommand(
-      {inferbox::testing::OpenSslCommand(), "pkey", "-in", certificates().server_key.string(), "-aes256", "-passout",
-       "pass:secret", "-out", encrypted.string()},
+      {inferbox::testing::OpenSslCommand(), "pkey", "-in", certificates().server_key.string(),
+       "-aes256", "-passout", "pass:secret", "-out", encrypted.string()},
       scratch_->path());
   ASSERT_EQ(made.exit_code, 0) << made.err;
   config = Config();

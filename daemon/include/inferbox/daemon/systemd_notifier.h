@@ -14,8 +14,16 @@ class SystemdNotifier {
  public:
   SystemdNotifier();
 
+  SystemdNotifier(const SystemdNotifier&) = delete;
+  SystemdNotifier& operator=(const SystemdNotifier&) = delete;
+  ~SystemdNotifier();
+
   void Ready(std::string_view status);
   void Status(std::string_view status);
+  // STATUS= as the box goes (requests running and waiting), without waiting: dropped when
+  // systemd has not taken the previous ones yet, so that the main loop, the watchdog's
+  // heartbeat, never blocks on a line of text (sd_notify waits while the socket is full).
+  void Progress(std::string_view status);
   // RELOADING=1 with MONOTONIC_USEC, as systemd's reload protocol asks; follow with Ready().
   void Reloading(std::string_view status);
   void Stopping(std::string_view status);
@@ -31,6 +39,8 @@ class SystemdNotifier {
   void Send(std::string_view message);
 
   std::optional<std::chrono::microseconds> watchdog_ping_interval_;
+  // Progress's own socket to NOTIFY_SOCKET (non-blocking); -1 without one.
+  int progress_socket_ = -1;
 };
 
 }  // namespace inferbox::daemon
