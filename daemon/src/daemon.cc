@@ -219,6 +219,7 @@ class RunningDaemon {
   std::string ListenerSecurity(bool client_certificates) const;
   Status StartHttp();
   void Reload();
+  DaemonConfig Applicable(DaemonConfig next, bool warn) const;
   // Health, status and readiness from the engines' states (any thread).
   void UpdateServingState();
   // Gives the supervisor the GPUs' verdict now, so that engines on an unhealthy GPU stop
@@ -670,12 +671,43 @@ Status RunningDaemon::Start() {
   return Status::Ok();
 }
 
+// The restart-only settings of `next` replaced by the running ones (config_), so that
+// status tells the truth; each that differed is logged.
+DaemonConfig RunningDaemon::Applicable(DaemonConfig next, bool warn) const {
+  auto keep = [&](auto& value, const auto& running, std::string_view key) {
+    if (value == running) return;
+    if (warn) spdlog::warn("{} changed; it takes effect at the next restart", key);
+    value = running;
+  };
+  keep(next.grpc_listen, config_.grpc_listen, "server.grpc_listen");
+  keep(next.metrics_listen, config_.metrics_listen, "server.metrics_listen");
+  keep(next.http_listen, config_.http_listen, "server.http_listen");
+  keep(next.models, config_.models, "models");
+  keep(next.engines, config_.engines, "engines");
+  keep(next.economics, config_.economics, "economics");
+  keep(next.model_store, config_.model_store, "model_store");
+  keep(next.grpc_reflection, config_.grpc_reflection, "server.grpc_reflection");
+  keep(next.tls, config_.tls, "server.tls");
+  keep(next.metrics_per_key, config_.metrics_per_key, "server.metrics_per_key");
+  keep(next.state_dir, config_.state_dir, "paths.state_dir");
+  keep(next.runtime_dir, config_.runtime_dir, "paths.runtime_dir");
+  return next;
+}
+
 void RunningDaemon::Reload() {
   notifier_.Reloading("reloading configuration");
   auto reloaded = LoadConfig(options_);
-  Status verdict = reloaded.ok()
-                       ? CheckNetworkExposure(*reloaded, options_.allow_unauthenticated_remote)
-                       : reloaded.status();
+  // The exposure rules hold for the file (the next start must not be refused) and for what
+  // would run now: the running listeners and TLS with the file's require_keys (turning keys
+  // off while a listener beyond loopback stays bound is refused).
+  Status verdict = reloaded.status();
+  if (verdict.ok())
+    verdict = CheckNetworkExposure(*reloaded, options_.allow_unauthenticated_remote);
+  if (verdict.ok()) {
+    verdict = CheckNetworkExposure(Applicable(*reloaded, /*warn=*/false),
+                                   options_.allow_unauthenticated_remote)
+                  .WithContext("with the listeners running now");
+  }
   if (!verdict.ok()) {
     board_.RecordReload(verdict.message());
     metrics_.RecordConfigReload(false);
@@ -686,36 +718,7 @@ void RunningDaemon::Reload() {
     return;
   }
 
-  DaemonConfig next = std::move(reloaded).value();
-  auto warn_restart = [](std::string_view key) {
-    spdlog::warn("{} changed; it takes effect at the next restart", key);
-  };
-  if (next.grpc_listen != config_.grpc_listen) warn_restart("server.grpc_listen");
-  if (next.metrics_listen != config_.metrics_listen) warn_restart("server.metrics_listen");
-  if (next.http_listen != config_.http_listen) warn_restart("server.http_listen");
-  if (next.models != config_.models) warn_restart("models");
-  if (next.engines != config_.engines) warn_restart("engines");
-  if (next.economics != config_.economics) warn_restart("economics");
-  if (next.model_store != config_.model_store) warn_restart("model_store");
-  if (next.grpc_reflection != config_.grpc_reflection) warn_restart("server.grpc_reflection");
-  if (next.tls != config_.tls) warn_restart("server.tls");
-  if (next.metrics_per_key != config_.metrics_per_key) warn_restart("server.metrics_per_key");
-  if (next.state_dir != config_.state_dir) warn_restart("paths.state_dir");
-  if (next.runtime_dir != config_.runtime_dir) warn_restart("paths.runtime_dir");
-  // Keep the settings that need a restart as they are running, so status tells the truth.
-  next.grpc_listen = config_.grpc_listen;
-  next.metrics_listen = config_.metrics_listen;
-  next.http_listen = config_.http_listen;
-  next.models = config_.models;
-  next.engines = config_.engines;
-  next.economics = config_.economics;
-  next.model_store = config_.model_store;
-  next.grpc_reflection = config_.grpc_reflection;
-  next.tls = config_.tls;
-  next.metrics_per_key = config_.metrics_per_key;
-  next.state_dir = config_.state_dir;
-  next.runtime_dir = config_.runtime_dir;
-  config_ = std::move(next);
+  config_ = Applicable(std::move(reloaded).value(), /*warn=*/true);
   spdlog::set_level(config_.log_level);
   if (frontend_) frontend_->SetRequestTimeout(config_.request_timeout);
   keys_->set_require_keys(config_.require_keys);

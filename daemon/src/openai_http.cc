@@ -210,9 +210,13 @@ class Connection {
         AnswerInTheClear(stream_.fd(),
                          InvalidRequest("", "this port serves HTTPS: use https:// in the URL"));
         return false;
-      case SocketStream::Handshake::kFailed:
-        spdlog::info("HTTP: TLS handshake from {} failed: {}", peer, why);
+      case SocketStream::Handshake::kFailed: {
+        // Scanners and TCP health checks fail handshakes all day: a line now and then.
+        static std::atomic<int64_t> num_failed{0};
+        spdlog::log(num_failed.fetch_add(1) % 100 == 0 ? spdlog::level::info : spdlog::level::debug,
+                    "HTTP: TLS handshake from {} failed: {}", peer, why);
         return false;
+      }
     }
     return false;
   }

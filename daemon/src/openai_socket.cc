@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include <fmt/format.h>
+#include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <spdlog/spdlog.h>
@@ -22,6 +23,50 @@ namespace {
 
 boost::system::error_code ErrnoCode(int error) {
   return {error, boost::system::system_category()};
+}
+
+// A socket BIO for TLS that sends with MSG_NOSIGNAL, as the plain path does: OpenSSL's own
+// socket BIO calls write(), whose SIGPIPE on a connection the client reset would kill a
+// process that does not ignore it. The BIO's data is the fd, which it does not own.
+int SocketOf(BIO* bio) {
+  return static_cast<int>(reinterpret_cast<intptr_t>(BIO_get_data(bio)));
+}
+
+int BioWrite(BIO* bio, const char* data, int size) {
+  BIO_clear_retry_flags(bio);
+  const ssize_t sent = ::send(SocketOf(bio), data, static_cast<size_t>(size), MSG_NOSIGNAL);
+  if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    BIO_set_retry_write(bio);
+  return static_cast<int>(sent);
+}
+
+int BioRead(BIO* bio, char* data, int size) {
+  BIO_clear_retry_flags(bio);
+  const ssize_t received = ::recv(SocketOf(bio), data, static_cast<size_t>(size), 0);
+  if (received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    BIO_set_retry_read(bio);
+  return static_cast<int>(received);
+}
+
+long BioControl(BIO*, int command, long, void*) {
+  return command == BIO_CTRL_FLUSH ? 1 : 0;  // Nothing is buffered here.
+}
+
+int BioCreate(BIO* bio) {
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+const BIO_METHOD* NoSignalSocketMethod() {
+  static BIO_METHOD* const method = [] {
+    BIO_METHOD* made = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "inferbox socket");
+    BIO_meth_set_write(made, &BioWrite);
+    BIO_meth_set_read(made, &BioRead);
+    BIO_meth_set_ctrl(made, &BioControl);
+    BIO_meth_set_create(made, &BioCreate);
+    return made;
+  }();
+  return method;
 }
 
 }  // namespace
@@ -127,12 +172,35 @@ void SocketStream::SslFree::operator()(ssl_st* ssl) const {
 }
 
 SocketStream::Handshake SocketStream::AcceptTls(ssl_ctx_st* context, std::string* why) {
+  // A TLS client opens with a handshake record (0x16); a capital letter is the request line
+  // of plain HTTP (OpenSSL itself recognises only a few methods).
+  for (;;) {
+    unsigned char first = 0;
+    const ssize_t peeked = ::recv(fd_.get(), &first, 1, MSG_PEEK);
+    if (peeked == 1) {
+      if (first >= 'A' && first <= 'Z') return Handshake::kPlainHttp;
+      break;
+    }
+    boost::system::error_code ec;
+    if (peeked == 0) {
+      *why = "the client closed the connection";
+      return Handshake::kFailed;
+    }
+    if (errno == EINTR) continue;
+    if ((errno != EAGAIN && errno != EWOULDBLOCK) || !Wait(POLLIN, wake_on_drain_, ec)) {
+      *why = ec ? ec.message() : std::strerror(errno);
+      return Handshake::kFailed;
+    }
+  }
   ssl_.reset(SSL_new(context));
-  if (!ssl_ || SSL_set_fd(ssl_.get(), fd_.get()) != 1) {
+  BIO* bio = ssl_ ? BIO_new(NoSignalSocketMethod()) : nullptr;
+  if (bio == nullptr) {
     tls_failed_ = true;
     *why = "cannot start TLS: " + TakeOpenSslErrors();
     return Handshake::kFailed;
   }
+  BIO_set_data(bio, reinterpret_cast<void*>(static_cast<intptr_t>(fd_.get())));
+  SSL_set_bio(ssl_.get(), bio, bio);  // One reference, for both directions.
   SSL_set_accept_state(ssl_.get());
   for (;;) {
     ERR_clear_error();

@@ -41,13 +41,22 @@ std::unique_ptr<BIO, BioFree> MemoryBio(const std::string& text) {
   return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
 }
 
-// Every certificate in `pem`, in order; none when it holds none.
-std::vector<Certificate> ReadCertificates(const std::string& pem) {
+// Every certificate in `pem`, in order, up to the first that cannot be read; none when it
+// holds none. *complete (if given) is false when a CERTIFICATE block was not read (a corrupt
+// intermediate would otherwise shorten the chain silently).
+std::vector<Certificate> ReadCertificates(const std::string& pem, bool* complete = nullptr) {
   std::vector<Certificate> certificates;
   auto bio = MemoryBio(pem);
   while (X509* certificate = PEM_read_bio_X509(bio.get(), nullptr, &NoPassphrase, nullptr))
     certificates.emplace_back(certificate);
   ERR_clear_error();  // The read that ended the loop leaves "no start line".
+  if (complete != nullptr) {
+    size_t num_blocks = 0;
+    constexpr std::string_view kBegin = "-----BEGIN CERTIFICATE-----";
+    for (size_t at = pem.find(kBegin); at != std::string::npos; at = pem.find(kBegin, at + 1))
+      ++num_blocks;
+    *complete = num_blocks == certificates.size();
+  }
   return certificates;
 }
 
@@ -106,7 +115,14 @@ Result<TlsCredentials> LoadTlsCredentials(const TlsConfig& config) {
   auto chain = ReadPem(config.certificate, "certificate");
   if (!chain.ok()) return chain.status();
   credentials.certificate_chain_pem = std::move(chain).value();
-  const std::vector<Certificate> certificates = ReadCertificates(credentials.certificate_chain_pem);
+  bool complete = true;
+  const std::vector<Certificate> certificates =
+      ReadCertificates(credentials.certificate_chain_pem, &complete);
+  if (!complete) {
+    return InvalidArgumentError(
+        fmt::format("server.tls.certificate: {}: certificate {} of the chain cannot be read",
+                    config.certificate.string(), certificates.size() + 1));
+  }
   if (certificates.empty()) {
     return InvalidArgumentError(fmt::format(
         "server.tls.certificate: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
@@ -157,6 +173,9 @@ Result<TlsCredentials> LoadTlsCredentials(const TlsConfig& config) {
   credentials.http_requires_client_certificate = config.http_requires_client_certificate;
   credentials.subject = SubjectOf(certificates.front().get());
   credentials.not_after = NotAfter(certificates.front().get());
+  // What OpenSSL's policy refuses (an RSA key under 2048 bits, a SHA-1 signed intermediate at
+  // Debian's security level 2) is refused here, as a configuration error, not at listen time.
+  if (auto context = TlsServerContext::Create(credentials); !context.ok()) return context.status();
   return credentials;
 }
 

@@ -3,6 +3,8 @@
 // refused; mutual TLS on gRPC (a client without a certificate the client CA signed fails the
 // handshake), inferboxctl with its --tls-* options; a non-loopback listener starts with TLS
 // and keys and is refused without keys; bad files stop the start with EX_CONFIG and a STATUS.
+#include <signal.h>
+
 #include <fstream>
 
 #include <fmt/format.h>
@@ -238,6 +240,19 @@ TEST_F(DaemonTlsTest, ANonLoopbackListenerStartsWithTlsAndKeysOnly) {
   ASSERT_TRUE(daemon.WaitReady());
   // Keys are required: an anonymous status call over TLS is refused by auth, not TLS.
   const std::string port = daemon.grpc_address().substr(daemon.grpc_address().rfind(':') + 1);
+  EXPECT_EQ(Status("127.0.0.1:" + port, GrpcTls()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+
+  // A reload may not turn keys off while the listener beyond loopback stays bound (moving it
+  // to loopback takes a restart): refused, and keys stay required.
+  std::ofstream(daemon.config_path())
+      << "[server]\ngrpc_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\n"
+         "metrics_listen = \"127.0.0.1:0\"\nshutdown_timeout_seconds = 5\n" +
+             TlsTable() + "[auth]\nrequire_keys = false\n";
+  daemon.process().Signal(SIGHUP);
+  const auto ready = daemon.notify().WaitFor("READY=1", 10s);
+  ASSERT_TRUE(ready) << daemon.Logs();
+  EXPECT_THAT(*ready, HasSubstr("configuration reload refused"));
+  EXPECT_THAT(*ready, HasSubstr("require_keys is false"));
   EXPECT_EQ(Status("127.0.0.1:" + port, GrpcTls()).error_code(), grpc::StatusCode::UNAUTHENTICATED);
 }
 

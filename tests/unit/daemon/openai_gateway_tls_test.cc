@@ -3,6 +3,7 @@
 // sends that the socket did not take, repeated through the connection's thread), plain HTTP
 // to the TLS port, client certificates, and the checks of the certificate files.
 #include <chrono>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -147,18 +148,65 @@ TEST_F(OpenAiGatewayTlsTest, ASlowTlsClientHoldsTheStreamAndGetsEveryEventInOrde
   EXPECT_FALSE(probe->cancelled);
 }
 
+// A client that resets its connection mid-stream cancels the generation: the sink's send into
+// the reset connection fails, and the stream is let go.
+TEST_F(OpenAiGatewayTlsTest, ATlsClientLeavingMidStreamCancelsTheGeneration) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway(Config()));
+  Script script;
+  for (int i = 0; i < 2000; ++i) script.chunks.push_back(Chunk(std::string(1000, 'x')));
+  script.chunks.push_back(Final("!"));
+  script.chunk_interval = 2ms;
+  frontend_.SetScript(script);
+  const TlsClientContext trust(certificates().ca);
+  TlsConnection connection(gateway_->port(), trust);
+  ASSERT_EQ(connection.handshake_error(), "");
+  connection.Send(HttpPost("/v1/completions", R"({"model":"m","prompt":"Hi","stream":true})"));
+  ASSERT_THAT(connection.ReadUntil("xxxx", 10s), HasSubstr("xxxx"));
+  const std::shared_ptr<StreamProbe> probe = frontend_.last_probe();
+  ASSERT_NE(probe, nullptr);
+  connection.Close();
+  EXPECT_TRUE(probe->WaitCancelled(5s)) << "the stream should be cancelled once the client left";
+}
+
+// R1.6 through TLS: an error after the headers is one error event, and no [DONE].
+TEST_F(OpenAiGatewayTlsTest, AnErrorAfterTheStreamStartedIsOneErrorEventAndNoDone) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway(Config()));
+  frontend_.SetScript({.chunks = {Chunk("Hel")}, .end = UnavailableError("the engine died")});
+  Client client;
+  client.TrustOnly(certificates().ca.string());
+  const std::string body =
+      R"({"model":"m","messages":[{"role":"user","content":"Hi"}],"stream":true})";
+  const Reply reply = client.Request("POST", Url("https", "/v1/chat/completions"), &body);
+  ASSERT_EQ(reply.status, 200) << reply.error;
+  const Events events = ParseSse(reply.body);
+  ASSERT_EQ(events.data.size(), 3u) << reply.body;
+  EXPECT_THAT(events.data[2], HasSubstr("the engine died"));
+  EXPECT_EQ(reply.body.find("[DONE]"), std::string::npos)
+      << "a failed stream must not look complete";
+}
+
+// Any plain request line is answered, not just the methods OpenSSL recognises.
+TEST_F(OpenAiGatewayTlsTest, AnyPlainHttpMethodIsAnswered400) {
+  ASSERT_NO_FATAL_FAILURE(StartGateway(Config()));
+  RawConnection connection(gateway_->port());
+  connection.Send("DELETE /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+  const std::string answer = connection.ReadUntil("use https://", 10s);
+  EXPECT_THAT(answer, HasSubstr("HTTP/1.1 400"));
+  EXPECT_THAT(answer, HasSubstr("this port serves HTTPS"));
+}
+
 TEST_F(OpenAiGatewayTlsTest, ClientCertificatesAreRequiredWhenConfigured) {
   ASSERT_NO_FATAL_FAILURE(StartGateway(Config(/*client_certificates=*/true)));
   const std::string request = "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
   {
     const TlsClientContext anonymous(certificates().ca);
-    TlsConnection connection(gateway_->port(), anonymous);
+    TlsConnection connection(gateway_->port(), anonymous, 0, /*expect_refusal=*/true);
     EXPECT_NE(connection.handshake_error(), "") << "served a client without a certificate";
   }
   {
     const TlsClientContext rogue(certificates().ca, certificates().rogue_cert,
                                  certificates().rogue_key);
-    TlsConnection connection(gateway_->port(), rogue);
+    TlsConnection connection(gateway_->port(), rogue, 0, /*expect_refusal=*/true);
     EXPECT_NE(connection.handshake_error(), "")
         << "served a client whose certificate the client CA did not sign";
   }
@@ -213,6 +261,27 @@ TEST_F(OpenAiGatewayTlsTest, BadCertificateFilesAreClearErrors) {
   config = Config(/*client_certificates=*/true);
   config.client_ca = certificates().server_key;
   EXPECT_THAT(error(config), HasSubstr("server.tls.client_ca"));
+
+  // A chain whose intermediate is corrupt is refused, not shortened.
+  const std::filesystem::path broken_chain = scratch_->path() / "broken-chain.crt";
+  std::ofstream(broken_chain) << inferbox::testing::ReadTextFile(certificates().server_cert)
+                              << "-----BEGIN CERTIFICATE-----\nnot base64\n"
+                                 "-----END CERTIFICATE-----\n";
+  config = Config();
+  config.certificate = broken_chain;
+  EXPECT_THAT(error(config), HasSubstr("certificate 2 of the chain cannot be read"));
+
+  // What OpenSSL's policy refuses (Debian: an RSA key under 2048 bits) is a configuration
+  // error at load, not a failure once the daemon listens.
+  const std::filesystem::path weak_key = scratch_->path() / "weak.key";
+  const std::filesystem::path weak_cert = scratch_->path() / "weak.crt";
+  const auto weak = inferbox::testing::RunCommand(
+      {inferbox::testing::OpenSslCommand(), "req", "-x509", "-newkey", "rsa:1024", "-noenc",
+       "-keyout", weak_key.string(), "-out", weak_cert.string(), "-days", "3", "-subj", "/CN=weak"},
+      scratch_->path());
+  ASSERT_EQ(weak.exit_code, 0) << weak.err;
+  EXPECT_THAT(error({.certificate = weak_cert, .private_key = weak_key}),
+              HasSubstr("cannot be used"));
 
   auto good = LoadTlsCredentials(Config(/*client_certificates=*/true));
   ASSERT_TRUE(good.ok()) << good.status().ToString();
