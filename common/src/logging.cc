@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 
+#include <fmt/ranges.h>
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 
@@ -17,8 +18,12 @@
 namespace inferbox {
 namespace {
 
-// The MESSAGE_ID of the record being logged on this thread, if any (set by LogEvent).
+// The MESSAGE_ID and fields of the record being logged on this thread, if any (set by
+// LogEvent).
 thread_local std::string_view current_message_id;
+thread_local const EventFields* current_fields = nullptr;
+// Where records go (InitLogging): journald takes the fields as fields, stderr in the line.
+LogDestination destination_in_use = LogDestination::kStderr;
 
 #if INFERBOX_HAVE_SYSTEMD
 int SyslogPriority(spdlog::level::level_enum level) {
@@ -41,18 +46,19 @@ class JournaldSink final : public spdlog::sinks::base_sink<std::mutex> {
 
  protected:
   void sink_it_(const spdlog::details::log_msg& msg) override {
-    const auto& payload = msg.payload;
-    const int length = static_cast<int>(payload.size());
-    if (!current_message_id.empty()) {
-      sd_journal_send("MESSAGE=%.*s", length, payload.data(), "PRIORITY=%d",
-                      SyslogPriority(msg.level), "SYSLOG_IDENTIFIER=%s", identifier_.c_str(),
-                      "MESSAGE_ID=%.*s", static_cast<int>(current_message_id.size()),
-                      current_message_id.data(), nullptr);
-    } else {
-      sd_journal_send("MESSAGE=%.*s", length, payload.data(), "PRIORITY=%d",
-                      SyslogPriority(msg.level), "SYSLOG_IDENTIFIER=%s", identifier_.c_str(),
-                      nullptr);
+    std::vector<std::string> fields = {
+        "MESSAGE=" + std::string(msg.payload.data(), msg.payload.size()),
+        "PRIORITY=" + std::to_string(SyslogPriority(msg.level)),
+        "SYSLOG_IDENTIFIER=" + identifier_};
+    if (!current_message_id.empty())
+      fields.push_back("MESSAGE_ID=" + std::string(current_message_id));
+    if (current_fields != nullptr) {
+      for (std::string& field : JournalFields(*current_fields)) fields.push_back(std::move(field));
     }
+    std::vector<iovec> entries;
+    entries.reserve(fields.size());
+    for (std::string& field : fields) entries.push_back({field.data(), field.size()});
+    sd_journal_sendv(entries.data(), static_cast<int>(entries.size()));
   }
   void flush_() override {}
 
@@ -92,6 +98,7 @@ LogDestination InitLogging(std::string_view program, spdlog::level::level_enum l
   logger->set_level(level);
   logger->flush_on(spdlog::level::info);
   spdlog::set_default_logger(std::move(logger));
+  destination_in_use = destination;
   return destination;
 }
 
@@ -109,9 +116,28 @@ Result<spdlog::level::level_enum> ParseLogLevel(std::string_view name) {
                               "\" (expected trace, debug, info, warn, error, critical or off)");
 }
 
-void LogEvent(spdlog::level::level_enum level, MessageId id, std::string_view message) {
+std::vector<std::string> JournalFields(const EventFields& fields) {
+  std::vector<std::string> out;
+  for (const auto& [name, value] :
+       {std::pair{"MODEL", fields.model}, std::pair{"ENGINE", fields.engine},
+        std::pair{"GPU", fields.gpu}, std::pair{"XID", fields.xid},
+        std::pair{"REQUEST_ID", fields.request_id}}) {
+    if (!value.empty()) out.push_back(std::string(name) + "=" + std::string(value));
+  }
+  return out;
+}
+
+void LogEvent(spdlog::level::level_enum level, MessageId id, std::string_view message,
+              const EventFields& fields) {
   current_message_id = id.hex;
-  spdlog::log(level, "{}", message);
+  current_fields = &fields;
+  const std::vector<std::string> named = JournalFields(fields);
+  if (destination_in_use == LogDestination::kJournald || named.empty()) {
+    spdlog::log(level, "{}", message);
+  } else {
+    spdlog::log(level, "{} [{}]", message, fmt::join(named, " "));
+  }
+  current_fields = nullptr;
   current_message_id = {};
 }
 

@@ -394,7 +394,8 @@ Status RunningDaemon::StartEngines(const std::filesystem::path& state_dir,
     LogEvent(spdlog::level::err, message_ids::kModelNotRestored,
              fmt::format("model {}, loaded at run time before, is not served: {}. Free its GPUs "
                          "and load it again (inferboxctl models load {}), or unload it",
-                         name, why.message(), name));
+                         name, why.message(), name),
+             {.model = name});
   }
   const std::vector<ModelServeConfig> served = std::move(placed->served);
   for (const auto& model : served) {

@@ -17,6 +17,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include "inferbox/common/logging.h"
 #include "openai_reasoning.h"
 #include "openai_sse.h"
 
@@ -458,8 +459,11 @@ class Connection {
         case SsePump::Step::kFinished: return pump->keep_alive();
         case SsePump::Step::kFailed:
         case SsePump::Step::kGone: return Abandon(stream);
-        case SsePump::Step::kEnded: return FailStream(*pump, ApiErrorFromStatus(EndStatus(stream)));
-        case SsePump::Step::kAborted: stream.Cancel(); return FailStream(*pump, ShuttingDown());
+        case SsePump::Step::kEnded:
+          return FailStream(*pump, response, ApiErrorFromStatus(EndStatus(stream)));
+        case SsePump::Step::kAborted:
+          stream.Cancel();
+          return FailStream(*pump, response, ShuttingDown());
       }
     }
   }
@@ -474,10 +478,14 @@ class Connection {
   // A stream that ends without its finishing chunk. R1.6: once the headers are out, an error
   // is one `data: {"error":...}` event, and the stream then ends WITHOUT `data: [DONE]`, so
   // that no client can take the truncated output for a complete one. The connection is closed.
-  bool FailStream(SsePump& pump, const ApiError& error) {
+  bool FailStream(SsePump& pump, const ResponseContext& response, const ApiError& error) {
     std::string rest;
     if (!pump.Fail(ErrorBody(error), &rest)) return SendError(error);
-    spdlog::warn("{} -> stream failed after start: {}", target_, error.message);
+    // A client got part of an answer: a key event, findable by the id the client saw.
+    LogEvent(
+        spdlog::level::warn, message_ids::kRequestFailed,
+        fmt::format("{} -> stream {} failed after start: {}", target_, response.id, error.message),
+        {.model = response.model, .request_id = response.id});
     (void)Write(rest);
     return false;
   }

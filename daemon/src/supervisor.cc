@@ -12,6 +12,7 @@
 #include <deque>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <google/protobuf/util/time_util.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
@@ -24,6 +25,21 @@ extern char** environ;
 
 namespace inferbox::daemon {
 namespace {
+
+// The journal fields of a replica's key events (MODEL=, ENGINE=, GPU=; logging.h).
+class ReplicaFields {
+ public:
+  explicit ReplicaFields(const EngineReplica& replica)
+      : model_(replica.model()),
+        engine_(replica.name()),
+        gpus_(fmt::format("{}", fmt::join(replica.gpus(), ","))) {}
+  EventFields get() const { return {.model = model_, .engine = engine_, .gpu = gpus_}; }
+
+ private:
+  std::string model_;
+  std::string engine_;
+  std::string gpus_;
+};
 
 namespace wire = ::inferbox::engine::v1;
 namespace api = ::inferbox::v1;
@@ -644,7 +660,8 @@ Status Supervisor::ReplaceModel(ModelServeConfig next, std::chrono::milliseconds
   if (!failure.ok()) {
     LogEvent(spdlog::level::err, message_ids::kEngineFailed,
              fmt::format("model {}: replacement refused, generation {} keeps serving: {}", name,
-                         generation - 1, failure.message()));
+                         generation - 1, failure.message()),
+             {.model = name});
     Retire(fresh, 0ms);
     finish();
     NotifyListener();
@@ -782,7 +799,8 @@ void Supervisor::Watch(Watcher& watcher) {
     if (!passed) {
       LogEvent(spdlog::level::err, message_ids::kEngineCanaryFailed,
                fmt::format("engine {}: the canary generation failed ({}); killing it",
-                           replica.name(), error));
+                           replica.name(), error),
+               ReplicaFields(replica).get());
     }
   };
 
@@ -826,7 +844,8 @@ void Supervisor::Watch(Watcher& watcher) {
     if (!spawned.ok()) {
       // Out of processes or memory may pass: retried like an exit, up to the crash-loop limit.
       LogEvent(spdlog::level::err, message_ids::kEngineRestarting,
-               fmt::format("engine {}: {}", replica.name(), spawned.status().message()));
+               fmt::format("engine {}: {}", replica.name(), spawned.status().message()),
+               ReplicaFields(replica).get());
       {
         std::lock_guard lock(replica.mutex_);
         replica.last_exit_ = spawned.status().message();
@@ -920,7 +939,8 @@ void Supervisor::Watch(Watcher& watcher) {
       ready_at = Clock::now();
       SetState(replica, api::ENGINE_STATE_READY);
       LogEvent(spdlog::level::info, message_ids::kReady,
-               fmt::format("engine {}: ready (pid {})", replica.name(), process.pid()));
+               fmt::format("engine {}: ready (pid {})", replica.name(), process.pid()),
+               ReplicaFields(replica).get());
       // Kills the engine as broken, and takes it out of READY at once: the router sends it
       // nothing new, and health says so, even while the process takes its time to exit (one
       // stuck in the GPU driver may take long).
@@ -1044,7 +1064,8 @@ void Supervisor::Watch(Watcher& watcher) {
           fmt::format("engine {}: its GPU is unhealthy ({}); draining it for up to {} s, "
                       "then stopping it until the GPU is healthy again",
                       replica.name(), *gpu_fault,
-                      std::chrono::duration_cast<std::chrono::seconds>(kGpuFaultDrain).count()));
+                      std::chrono::duration_cast<std::chrono::seconds>(kGpuFaultDrain).count()),
+          ReplicaFields(replica).get());
       DrainAndStop(replica.name(), *stub, process,
                    ready && !process.WaitExit(0ms) ? kGpuFaultDrain : 0ms);
       {
@@ -1107,7 +1128,8 @@ void Supervisor::Watch(Watcher& watcher) {
                     exit);
       LogEvent(spdlog::level::critical, message_ids::kEngineFailed,
                fmt::format("engine {}: not restarted, model {} is degraded: {}", replica.name(),
-                           model.name, why));
+                           model.name, why),
+               ReplicaFields(replica).get());
       SetState(replica, api::ENGINE_STATE_FAILED);
       break;
     }
@@ -1116,7 +1138,8 @@ void Supervisor::Watch(Watcher& watcher) {
         std::chrono::milliseconds(500) * (1 << std::min(consecutive_failures - 1, 6)), 30s);
     LogEvent(
         spdlog::level::err, message_ids::kEngineRestarting,
-        fmt::format("engine {}: {}; restarting in {} ms", replica.name(), exit, backoff.count()));
+        fmt::format("engine {}: {}; restarting in {} ms", replica.name(), exit, backoff.count()),
+        ReplicaFields(replica).get());
     SetState(replica, api::ENGINE_STATE_RESTARTING);
     {
       std::lock_guard lock(replica.mutex_);

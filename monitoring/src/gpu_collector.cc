@@ -349,9 +349,12 @@ std::vector<GpuCollector::Nvml::Snapshot> GpuCollector::Nvml::Look() {
       if (verdict.healthy) {
         spdlog::info("GPU {} ({}) is healthy again", device.index, device.uuid);
       } else {
+        const std::string gpu = std::to_string(device.index);
+        const std::string xid = device.fatal_xid.empty() ? "" : std::to_string(device.last_xid);
         LogEvent(
             spdlog::level::err, kGpuUnhealthy,
-            fmt::format("GPU {} ({}) is unhealthy: {}", device.index, device.uuid, verdict.reason));
+            fmt::format("GPU {} ({}) is unhealthy: {}", device.index, device.uuid, verdict.reason),
+            {.gpu = gpu, .xid = xid});
       }
       device.verdict = verdict;
     }

@@ -346,6 +346,9 @@ TEST_F(DaemonEngineTest, AnEngineKilledMidHttpStreamEndsItWithAnErrorEventNotDon
   EXPECT_THAT(events.data.back(), HasSubstr("engine"));
   EXPECT_EQ(std::count(events.data.begin(), events.data.end(), "[DONE]"), 0)
       << "a cut stream must not look complete";
+  // A key event names the stream by the id its client saw (journal REQUEST_ID=, R4.5).
+  const std::string id(boost::json::parse(events.data.front()).at("id").as_string());
+  EXPECT_THAT(daemon_->Logs(), HasSubstr("[MODEL=tiny REQUEST_ID=" + id + "]"));
 
   // While the engine restarts (at least the supervisor's 0.5 s back-off, then the load), a
   // new request is refused before streaming: 503 + Retry-After, not queued.
@@ -379,6 +382,8 @@ TEST_F(DaemonEngineTest, AModelThatCannotLoadDegradesTheBoxButNotTheDaemon) {
   EXPECT_THAT(broken.status.error_message(), HasSubstr("failed"));
   EXPECT_TRUE(RunChat(Chat(4)).status.ok()) << "the other model keeps serving";
   EXPECT_FALSE(daemon_->process().WaitForExit(0ms).has_value());
+  EXPECT_THAT(daemon_->Logs(), HasSubstr("[MODEL=broken ENGINE=broken/0]"))
+      << "the engine's key events name the model and the replica (R4.5)";
   // `systemctl status` says so too (R4.1).
   EXPECT_TRUE(daemon_->notify().WaitFor(
       "STATUS=degraded: 1 of 2 models ready (broken failed); 0 running, 0 waiting", 15s))

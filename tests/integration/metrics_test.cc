@@ -542,6 +542,9 @@ TEST(HealthProbeTest, EveryLayerIsShownAndAGpuFaultStopsOnlyItsEngines) {
     EXPECT_EQ(chat.tokens, 4u);
   }
   EXPECT_THAT(daemon.Logs(), ::testing::HasSubstr("its GPU is unhealthy"));
+  // Both key events carry what they are about (the journal's fields, here on stderr; R4.5).
+  EXPECT_THAT(daemon.Logs(), ::testing::HasSubstr("[GPU=1 XID=79]"));
+  EXPECT_THAT(daemon.Logs(), ::testing::HasSubstr("[MODEL=tiny ENGINE=tiny/1 GPU=1]"));
   const Scrape scrape = Parse(HttpGet(base + "/metrics").body);
   EXPECT_EQ(scrape.Value("inferbox_engine_gpu_fault", {{"model", "tiny"}, {"replica", "1"}}), 1);
   EXPECT_EQ(scrape.Value("inferbox_engine_gpu_fault", {{"model", "tiny"}, {"replica", "0"}}), 0);

@@ -5,6 +5,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -39,9 +40,25 @@ inline constexpr MessageId kEngineCanaryFailed{"b1238d69d478449f9bee270f85e6d042
 inline constexpr MessageId kEngineGpuFault{"9c7e67c969914fb083356c63a65b72b2"};
 inline constexpr MessageId kModelNotRestored{"05eb23cafe964dad98c505b3f2c01c7d"};
 inline constexpr MessageId kWatchdogWithheld{"b59e2375a17d480b8fd8129373196a99"};
+inline constexpr MessageId kRequestFailed{"4f0b6ad2c7e34d1c9c3e8f5a27d6b190"};
 }  // namespace message_ids
 
-// Logs a key event: on journald it carries MESSAGE_ID; on stderr it is an ordinary line.
-void LogEvent(spdlog::level::level_enum level, MessageId id, std::string_view message);
+// What a key event is about, as journal fields (CONVENTIONS R4.5), so that operators can run
+// `journalctl -u inferbox MODEL=qwen3-8b` or `GPU=1`. Empty ones are left out.
+struct EventFields {
+  std::string_view model;       // MODEL=: the served model's id.
+  std::string_view engine;      // ENGINE=: its engine replica, "<model>/<n>".
+  std::string_view gpu;         // GPU=: GPU indices, "0" or "0,1".
+  std::string_view xid;         // XID=: an NVIDIA Xid error code.
+  std::string_view request_id;  // REQUEST_ID=: the response id clients see.
+};
+
+// "MODEL=tiny", ... for the fields that are set, in the order above.
+std::vector<std::string> JournalFields(const EventFields& fields);
+
+// Logs a key event: on journald it carries MESSAGE_ID and `fields`; on stderr the fields
+// follow the message, "[MODEL=tiny ENGINE=tiny/0]".
+void LogEvent(spdlog::level::level_enum level, MessageId id, std::string_view message,
+              const EventFields& fields = {});
 
 }  // namespace inferbox
