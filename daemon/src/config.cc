@@ -547,6 +547,7 @@ Status ParseModel(const ErrorSite& site, const toml::table& table, const std::st
           {"token_budget", IntegerInto(site, model.token_budget, 1, 1 << 20)},
           {"max_model_len", IntegerInto(site, model.max_model_len, 0, 1 << 24)},
           {"max_waiting", IntegerInto(site, model.max_waiting, 1, 1 << 20)},
+          {"max_waiting_tokens", IntegerInto(site, model.max_waiting_tokens, 0, int64_t{1} << 40)},
           {"queue_timeout_seconds", NumberInto(site, model.queue_timeout_seconds, 0.0, 86400.0)},
           {"quantization", EitherInto(site, model.quantization, "none", "fp8")},
           {"kv_cache_dtype", EitherInto(site, model.kv_cache_dtype, "auto", "fp8")},

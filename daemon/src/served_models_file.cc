@@ -33,6 +33,7 @@ toml::table ToToml(const ModelServeConfig& model) {
   table.insert("token_budget", model.token_budget);
   table.insert("max_model_len", model.max_model_len);
   table.insert("max_waiting", model.max_waiting);
+  if (model.max_waiting_tokens > 0) table.insert("max_waiting_tokens", model.max_waiting_tokens);
   if (model.queue_timeout_seconds > 0)
     table.insert("queue_timeout_seconds", model.queue_timeout_seconds);
   if (model.quantization != defaults.quantization) table.insert("quantization", model.quantization);

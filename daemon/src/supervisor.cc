@@ -747,7 +747,8 @@ void Supervisor::Watch(Watcher& watcher) {
       options_.engine_executable.string(), "--model", ModelPath(model).string(), "--socket",
       watcher.socket.string(), "--model-id", model.name, "--device", model.device, "--max-running",
       std::to_string(model.max_running), "--token-budget", std::to_string(model.token_budget),
-      "--max-waiting", std::to_string(model.max_waiting), "--log-level", options_.log_level,
+      "--max-waiting", std::to_string(model.max_waiting), "--max-waiting-tokens",
+      std::to_string(model.max_waiting_tokens), "--log-level", options_.log_level,
       // The supervisor drains with the Drain RPC first; the
       // engine's own SIGTERM drain only covers a failed RPC, and
       // must end well within kStopGrace.

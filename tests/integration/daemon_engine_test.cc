@@ -558,6 +558,29 @@ TEST_F(DaemonEngineTest, AFullQueueIsResourceExhaustedWithRetryInfo) {
       << "the engine's reason reaches the client";
 }
 
+// R6.5: the queue is bounded in prompt tokens too (max_waiting_tokens). With a limit of one
+// token, one request may wait (nothing waited), and the next is refused as a full queue:
+// HTTP 503 server_is_overloaded with Retry-After, counted as queue_full.
+TEST_F(DaemonEngineTest, QueuedPromptTokensAreBoundedToo) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start(ModelsConfig(model(), "max_running = 1\nmax_waiting = 100\nmax_waiting_tokens = 1\n")));
+  ASSERT_TRUE(WaitServing());
+  FullEngine full;
+  ASSERT_NO_FATAL_FAILURE(Fill(full));  // One runs, one waits.
+
+  daemon::openai_test::Client http;
+  const std::string body =
+      R"({"model":"tiny","messages":[{"role":"user","content":"Hi"}],"max_tokens":4})";
+  const daemon::openai_test::Reply refused =
+      http.Request("POST", "http://" + daemon_->http_address() + "/v1/chat/completions", &body, {});
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  EXPECT_THAT(refused.body, HasSubstr("server_is_overloaded"));
+  EXPECT_THAT(refused.body, HasSubstr("prompt tokens are already waiting"));
+  EXPECT_FALSE(refused.Header("retry-after").empty());
+  const std::string series = "inferbox_requests_rejected_total{reason=\"queue_full\"} 1";
+  EXPECT_THAT(MetricsHolding(series), HasSubstr(series));
+}
+
 // A prompt longer than the model's context: the engine's reason (PROMPT_TOO_LONG), not the
 // words of its message, makes it OpenAI's 400 context_length_exceeded, gRPC INVALID_ARGUMENT
 // with that ErrorInfo, and a "too_long" rejection in the metrics.

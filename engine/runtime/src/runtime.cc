@@ -92,6 +92,17 @@ Result<int64_t> Runtime::Submit(RequestOptions request, DeltaCallback callback) 
                   fmt::format("{} requests are already waiting", options_.max_waiting))
         .WithReason(error_reason::kQueueFull);
   }
+  const auto tokens = static_cast<int64_t>(generation.prompt.size());
+  const int64_t waiting_tokens = stats_.num_waiting_tokens + inbox_tokens_ + admitting_tokens_;
+  if (options_.max_waiting_tokens > 0 && waiting_tokens > 0 &&
+      waiting_tokens + tokens > options_.max_waiting_tokens) {
+    return Status(StatusCode::kResourceExhausted,
+                  fmt::format("{} prompt tokens are already waiting; this request's {} would pass "
+                              "the engine's limit of {}",
+                              waiting_tokens, tokens, options_.max_waiting_tokens))
+        .WithReason(error_reason::kQueueFull);
+  }
+  inbox_tokens_ += tokens;
   const int64_t id = next_id_++;
   generation.id = id;
   inbox_.push_back(
@@ -128,6 +139,7 @@ RuntimeStats Runtime::stats() const {
   std::lock_guard lock(mutex_);
   RuntimeStats stats = stats_;
   stats.num_waiting += static_cast<int64_t>(inbox_.size()) + admitting_;
+  stats.num_waiting_tokens += inbox_tokens_ + admitting_tokens_;
   stats.requests_in_flight = in_flight_;
   return stats;
 }
@@ -154,6 +166,7 @@ void Runtime::Loop() {
       loop_idle_ = false;
       inbox.swap(inbox_);
       admitting_ = static_cast<int64_t>(inbox.size());
+      admitting_tokens_ = std::exchange(inbox_tokens_, 0);
       cancels.swap(cancels_);
       cancel_all.swap(cancel_all_);
     }
@@ -195,6 +208,7 @@ void Runtime::Loop() {
         stats_.failed = true;
         stats_.failure = failure;
         admitting_ = 0;  // Nothing is on its way into the scheduler any more.
+        admitting_tokens_ = 0;
       }
       // The process is lost for serving (its supervisor restarts it): a retryable error.
       FinishAll(UnavailableError("the engine failed (" + failure + "); it is being restarted"));
@@ -216,6 +230,7 @@ void Runtime::Loop() {
   {
     std::lock_guard lock(mutex_);
     inbox.swap(inbox_);
+    inbox_tokens_ = 0;
   }
   for (Pending& pending : inbox) Reject(pending, UnavailableError("the engine stopped"));
   FinishAll(UnavailableError("the engine stopped"));
@@ -409,6 +424,7 @@ void Runtime::PublishStats() {
   const Scheduler& scheduler = core_.scheduler();
   std::lock_guard lock(mutex_);
   admitting_ = 0;  // Those are in the scheduler's numbers now.
+  admitting_tokens_ = 0;
   stats_.num_running = scheduler.num_running();
   stats_.num_waiting = scheduler.num_waiting();
   stats_.num_waiting_tokens = scheduler.num_waiting_tokens();

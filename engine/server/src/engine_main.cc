@@ -64,6 +64,7 @@ struct Options {
   int64_t token_budget = 512;
   int64_t max_model_len = 0;
   int64_t max_waiting = 1024;
+  int64_t max_waiting_tokens = 0;
   double queue_timeout_seconds = 0.0;
   // Where a request's unset sampling parameters come from: "model" (generation_config.json,
   // then the OpenAI defaults) or "openai" (the OpenAI defaults only, as vLLM's
@@ -293,6 +294,7 @@ Result<std::unique_ptr<LoadedEngine>> Load(const Options& options, const EngineM
   RuntimeOptions runtime;
   runtime.block_size = options.block_size;
   runtime.max_waiting = options.max_waiting;
+  runtime.max_waiting_tokens = options.max_waiting_tokens;
   // A positive timeout is at least 1 ms: rounded to 0 it would mean "no limit".
   runtime.queue_timeout = std::chrono::milliseconds(
       options.queue_timeout_seconds > 0
@@ -545,6 +547,11 @@ int EngineMain(int argc, char** argv, const EngineMainHooks& hooks) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-waiting", options.max_waiting, "Queued requests before RESOURCE_EXHAUSTED")
       ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-waiting-tokens", options.max_waiting_tokens,
+                 "Prompt tokens of the queued requests before RESOURCE_EXHAUSTED (one request is "
+                 "always taken when none waits); 0: no limit")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40))
       ->capture_default_str();
   app.add_option("--sampling-defaults", options.sampling_defaults,
                  "Sampling parameters a request leaves unset: model (from the model's "

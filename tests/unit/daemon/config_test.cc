@@ -243,6 +243,7 @@ max_model_len = 32768
 quantization = "fp8"
 kv_cache_dtype = "fp8"
 queue_timeout_seconds = 2.5
+max_waiting_tokens = 65536
 sampling_defaults = "openai"
 [[models]]
 name = "demo"
@@ -266,6 +267,8 @@ path = "models/demo"
   EXPECT_EQ(config->models[0].kv_cache_dtype, "fp8");
   EXPECT_EQ(config->models[0].queue_timeout_seconds, 2.5);
   EXPECT_EQ(config->models[1].queue_timeout_seconds, 0.0) << "no queue timeout by default";
+  EXPECT_EQ(config->models[0].max_waiting_tokens, 65536);
+  EXPECT_EQ(config->models[1].max_waiting_tokens, 0) << "no token limit by default";
   EXPECT_EQ(config->models[1].kv_cache_dtype, "auto");
   EXPECT_EQ(config->models[0].sampling_defaults, "openai");
   EXPECT_EQ(config->models[1].sampling_defaults, "model") << "generation_config.json by default";

@@ -77,6 +77,9 @@ struct ModelServeConfig {
   int64_t token_budget = 512;
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings.
   int64_t max_waiting = 1024;
+  // Prompt tokens the engine's queue holds at most (R6.5); a request past it is refused as
+  // max_waiting's are (503 / RESOURCE_EXHAUSTED), unless none waits. 0: no limit.
+  int64_t max_waiting_tokens = 0;
   // Seconds a request may wait in an engine's queue without starting; then it ends with 503
   // and Retry-After (gRPC RESOURCE_EXHAUSTED): shed load rather than answer too late. 0: no
   // limit (a batch-lane request may wait long behind interactive ones by design).

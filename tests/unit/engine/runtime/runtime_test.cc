@@ -403,6 +403,33 @@ TEST_F(RuntimeTest, BadRequestsAndAFullQueueAreRefusedAtSubmit) {
   EXPECT_EQ(unused.num_finals, 0) << "a refused request gets no delta";
 }
 
+// R6.5: the queue is bounded in prompt tokens too. A request is refused when the tokens still
+// to prefill would pass the limit, but never when nothing waits (the context length bounds
+// one prompt).
+TEST_F(RuntimeTest, WaitingPromptTokensAreBounded) {
+  RuntimeOptions options = Options(256, 1);
+  options.max_waiting_tokens = 20;
+  Runtime runtime(*model_, *backend_, tokenizer_, options);
+  std::vector<Collected> accepted(3);
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(1, 30), 400), accepted[0].Callback()).ok())
+      << "a prompt over the limit is taken when nothing waits";
+  ASSERT_TRUE(accepted[0].WaitTokens(1));  // It runs: the only slot is taken.
+  ASSERT_TRUE(runtime.Submit(Greedy(Prompt(2, 12), 4), accepted[1].Callback()).ok());
+  Collected refused;
+  const auto over = runtime.Submit(Greedy(Prompt(3, 12), 4), refused.Callback());
+  ASSERT_FALSE(over.ok()) << "12 waiting + 12 passes 20";
+  EXPECT_EQ(over.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(over.status().reason(), error_reason::kQueueFull);
+  EXPECT_THAT(over.status().message(),
+              ::testing::HasSubstr("12 prompt tokens are already waiting"));
+  EXPECT_TRUE(runtime.Submit(Greedy(Prompt(4, 8), 4), accepted[2].Callback()).ok())
+      << "12 + 8 is within 20";
+  EXPECT_EQ(runtime.stats().num_waiting_tokens, 20);
+  runtime.CancelAll(Status(StatusCode::kUnavailable, "draining"));
+  EXPECT_TRUE(runtime.WaitIdle(std::chrono::steady_clock::now() + 60s));
+  EXPECT_EQ(refused.num_finals, 0) << "a refused request gets no delta";
+}
+
 TEST_F(RuntimeTest, StoppingEndsEveryRequestInFlight) {
   std::vector<Collected> collected(5);
   {

@@ -36,6 +36,10 @@ struct RuntimeOptions {
   SchedulerLimits limits;
   // Requests accepted but not yet running, at most; more are RESOURCE_EXHAUSTED.
   int64_t max_waiting = 1024;
+  // Prompt tokens of those requests still to prefill, at most (CONVENTIONS R6.5: a bounded
+  // queue in tokens too, so that long prompts cannot pile up work and memory); a request
+  // that would pass it is RESOURCE_EXHAUSTED, unless nothing waits. 0: no limit.
+  int64_t max_waiting_tokens = 0;
   // A request that has waited this long without starting ends with RESOURCE_EXHAUSTED (the
   // engine is overloaded: retry shortly), checked every step; 0: it waits as long as it takes.
   // One that started and was preempted has started: it never expires.
@@ -197,6 +201,9 @@ class Runtime {
   // Taken from the inbox by the loop, not yet in the published scheduler numbers (stats count
   // them as waiting: a request is never missing from the stats).
   int64_t admitting_ = 0;
+  // Prompt tokens of the inbox's requests, and of those being admitted (as admitting_).
+  int64_t inbox_tokens_ = 0;
+  int64_t admitting_tokens_ = 0;
   int64_t in_flight_ = 0;  // Accepted, final delta not yet delivered (WaitIdle, stats).
   // Accepted, final delta not yet made (admission: a request that has finished is not
   // waiting, even while its final delta waits for the delivery thread).
