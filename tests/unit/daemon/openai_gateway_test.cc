@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -910,6 +911,78 @@ TEST_F(OpenAiGatewayTest, ToolCallsInTheOutputComeBackAsToolCalls) {
             reply.Json().at("choices").as_array()[0].at("message").at("content").as_string()),
         HasSubstr("<tool_call>"));
   }
+}
+
+// R1.9 with parallel calls: each call's entry has its own index, the first (and here only)
+// fragment of each carries id and type "function", arguments are a JSON string, and the last
+// finish_reason is tool_calls. R1.5: max_tokens cutting a call off ends the stream with
+// "length", the held-back text coming back as content (nothing lost, no error).
+TEST_F(OpenAiGatewayTest, ParallelToolCallsStreamApartAndACutOneEndsWithLength) {
+  const std::string request =
+      R"({"model":"m","stream":true,"messages":[{"role":"user","content":"Paris and Rome?"}],)"
+      R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":)"
+      R"({"type":"object","properties":{"city":{"type":"string"}}}}}]})";
+  struct Streamed {
+    std::string content;
+    std::vector<json::object> calls;
+    std::vector<std::string> finish_reasons;
+    bool done = false;
+  };
+  const auto stream = [&](Script script) {
+    frontend_.SetScript(std::move(script));
+    const Reply reply = Post("/v1/chat/completions", request);
+    EXPECT_EQ(reply.status, 200) << reply.error;
+    Streamed out;
+    for (const std::string& data : ParseSse(reply.body).data) {
+      if (data == "[DONE]") {
+        out.done = true;
+        continue;
+      }
+      const json::value event = json::parse(data);
+      const json::object& choice = event.at("choices").as_array()[0].as_object();
+      const json::object& delta = choice.at("delta").as_object();
+      if (delta.contains("content") && delta.at("content").is_string())
+        out.content += std::string(delta.at("content").as_string());
+      if (delta.contains("tool_calls")) {
+        for (const json::value& entry : delta.at("tool_calls").as_array())
+          out.calls.push_back(entry.as_object());
+      }
+      if (!choice.at("finish_reason").is_null())
+        out.finish_reasons.push_back(std::string(choice.at("finish_reason").as_string()));
+    }
+    return out;
+  };
+
+  frontend_.SetToolCallFormat("m", "hermes");
+  const Streamed parallel = stream(
+      Script{.chunks = {Chunk("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+                              "\"Paris\"}}\n</tool_call>\n"),
+                        Final("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
+                              "\"Rome\"}}\n</tool_call>")}});
+  ASSERT_EQ(parallel.calls.size(), 2u);
+  std::set<std::string> ids;
+  for (size_t i = 0; i < parallel.calls.size(); ++i) {
+    const json::object& call = parallel.calls[i];
+    EXPECT_EQ(call.at("index"), static_cast<int64_t>(i)) << "parallel calls have distinct indices";
+    EXPECT_EQ(call.at("type"), "function");
+    ASSERT_TRUE(call.at("id").is_string());
+    EXPECT_THAT(std::string(call.at("id").as_string()), ::testing::StartsWith("call_"));
+    ids.insert(std::string(call.at("id").as_string()));
+    ASSERT_TRUE(call.at("function").at("arguments").is_string()) << "arguments are a string";
+  }
+  EXPECT_EQ(ids.size(), 2u) << "each call has its own id";
+  EXPECT_EQ(json::parse(parallel.calls[1].at("function").at("arguments").as_string()),
+            (json::object{{"city", "Rome"}}));
+  EXPECT_EQ(parallel.finish_reasons, std::vector<std::string>{"tool_calls"});
+  EXPECT_TRUE(parallel.done);
+
+  const std::string cut_text = "<tool_call>\n{\"name\": \"get_weather\", \"argu";
+  const Streamed cut = stream(
+      Script{.chunks = {Chunk("Let me check. "), Final(cut_text, v1::FINISH_REASON_LENGTH)}});
+  EXPECT_TRUE(cut.calls.empty()) << "half a call is not a call";
+  EXPECT_EQ(cut.content, "Let me check. " + cut_text) << "the held-back text is not lost";
+  EXPECT_EQ(cut.finish_reasons, std::vector<std::string>{"length"});
+  EXPECT_TRUE(cut.done) << "a stream cut by max_tokens is complete, not an error";
 }
 
 TEST_F(OpenAiGatewayTest, ReasoningWhenTheOutputOpensTheBlock) {
