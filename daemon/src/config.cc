@@ -310,6 +310,43 @@ Status ParseSeconds(const ErrorSite& site, const toml::node& node, const std::st
   return Status::Ok();
 }
 
+// Histogram bucket bounds: 1 to 64 positive numbers, strictly increasing.
+Status ParseBuckets(const ErrorSite& site, const toml::node& node, const std::string& key,
+                    std::vector<double>& out) {
+  const auto* array = node.as_array();
+  if (array == nullptr) return site.WrongType(node, key, "an array of numbers");
+  if (array->empty() || array->size() > 64)
+    return site.At(node, key, "needs 1 to 64 bucket bounds");
+  std::vector<double> bounds;
+  for (const toml::node& element : *array) {
+    auto bound = GetNumber(site, element, key);
+    if (!bound.ok()) return bound.status();
+    if (!(*bound > 0) || !std::isfinite(*bound))
+      return site.At(element, key, "bucket bounds are positive numbers");
+    if (!bounds.empty() && *bound <= bounds.back())
+      return site.At(element, key, "bucket bounds must increase strictly");
+    bounds.push_back(*bound);
+  }
+  out = std::move(bounds);
+  return Status::Ok();
+}
+
+Status ParseMetrics(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
+  auto& buckets = config.metric_buckets;
+  auto into = [&](std::vector<double>& field) {
+    return [&](const toml::node& node, const std::string& key) {
+      return ParseBuckets(site, node, key, field);
+    };
+  };
+  return ForEachKnownKey(site, table, "metrics",
+                         {
+                             {"time_to_first_token_buckets", into(buckets.first_token_seconds)},
+                             {"inter_token_latency_buckets", into(buckets.inter_token_seconds)},
+                             {"request_time_buckets", into(buckets.request_seconds)},
+                             {"token_count_buckets", into(buckets.tokens)},
+                         });
+}
+
 Status ParseAuth(const ErrorSite& site, const toml::table& table, DaemonConfig& config) {
   return ForEachKnownKey(site, table, "auth",
                          {
@@ -664,13 +701,10 @@ Result<DaemonConfig> ParseConfig(std::string_view text, std::string_view source_
   DaemonConfig config;
   using SectionParser = Status (*)(const ErrorSite&, const toml::table&, DaemonConfig&);
   static const std::map<std::string_view, SectionParser> kSections = {
-      {"server", &ParseServer},
-      {"paths", &ParsePaths},
-      {"log", &ParseLog},
-      {"auth", &ParseAuth},
-      {"engines", &ParseEngines},
-      {"economics", &ParseEconomics},
-      {"model_store", &ParseModelStore},
+      {"server", &ParseServer},   {"paths", &ParsePaths},
+      {"log", &ParseLog},         {"auth", &ParseAuth},
+      {"engines", &ParseEngines}, {"economics", &ParseEconomics},
+      {"metrics", &ParseMetrics}, {"model_store", &ParseModelStore},
   };
   for (const auto& [name, node] : root) {
     if (name.str() == "models") {
@@ -681,8 +715,8 @@ Result<DaemonConfig> ParseConfig(std::string_view text, std::string_view source_
     if (section == kSections.end()) {
       return site.At(
           node, name.str(),
-          "unknown key (known: [auth], [economics], [engines], [log], [model_store], [paths], "
-          "[server], [[models]])");
+          "unknown key (known: [auth], [economics], [engines], [log], [metrics], [model_store], "
+          "[paths], [server], [[models]])");
     }
     const auto* table = node.as_table();
     if (table == nullptr)

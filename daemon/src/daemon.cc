@@ -256,7 +256,8 @@ class RunningDaemon {
   // The model store and the served set behind the Admin model RPCs.
   std::unique_ptr<ModelManager> model_manager_;
   std::unique_ptr<admin::AdminServiceImpl> admin_service_;
-  monitoring::ServingMetrics serving_metrics_{*metrics_.registry(), config_.metrics_per_key};
+  monitoring::ServingMetrics serving_metrics_{*metrics_.registry(), config_.metrics_per_key,
+                                              config_.metric_buckets};
   std::unique_ptr<CountingAuthenticator> api_authenticator_;
   std::shared_ptr<EngineMetricsCollector> engine_collector_;
   std::shared_ptr<EconomicsCollector> economics_collector_;
@@ -690,6 +691,7 @@ DaemonConfig RunningDaemon::Applicable(DaemonConfig next, bool warn) const {
   keep(next.grpc_reflection, config_.grpc_reflection, "server.grpc_reflection");
   keep(next.tls, config_.tls, "server.tls");
   keep(next.metrics_per_key, config_.metrics_per_key, "server.metrics_per_key");
+  keep(next.metric_buckets, config_.metric_buckets, "metrics");
   keep(next.state_dir, config_.state_dir, "paths.state_dir");
   keep(next.runtime_dir, config_.runtime_dir, "paths.runtime_dir");
   return next;

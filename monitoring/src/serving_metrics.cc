@@ -1,41 +1,9 @@
 #include "inferbox/monitoring/serving_metrics.h"
 
+#include <utility>
+
 namespace inferbox::monitoring {
 namespace {
-
-using Buckets = prometheus::Histogram::BucketBoundaries;
-
-// vLLM's buckets (vllm/engine/metrics.py), so dashboards and SLOs port.
-const Buckets& FirstTokenBuckets() {
-  static const Buckets buckets = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
-                                  0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
-                                  20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
-  return buckets;
-}
-const Buckets& InterTokenBuckets() {
-  static const Buckets buckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
-                                  0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
-  return buckets;
-}
-const Buckets& RequestTimeBuckets() {
-  static const Buckets buckets = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
-                                  5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
-                                  60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
-  return buckets;
-}
-// 1-2-5 series up to a million tokens (longer than any model's context).
-const Buckets& TokenBuckets() {
-  static const Buckets buckets = [] {
-    Buckets values;
-    for (double scale = 1; scale <= 1e6; scale *= 10) {
-      for (const double step : {1.0, 2.0, 5.0}) {
-        if (step * scale <= 1e6) values.push_back(step * scale);
-      }
-    }
-    return values;
-  }();
-  return buckets;
-}
 
 prometheus::Family<prometheus::Histogram>& Histogram(prometheus::Registry& registry,
                                                      const std::string& name,
@@ -50,8 +18,10 @@ prometheus::Family<prometheus::Counter>& Counter(prometheus::Registry& registry,
 
 }  // namespace
 
-ServingMetrics::ServingMetrics(prometheus::Registry& registry, bool per_key_series)
-    : first_token_(Histogram(registry, "inferbox_time_to_first_token_seconds",
+ServingMetrics::ServingMetrics(prometheus::Registry& registry, bool per_key_series,
+                               HistogramBuckets buckets)
+    : buckets_(std::move(buckets)),
+      first_token_(Histogram(registry, "inferbox_time_to_first_token_seconds",
                              "Time from acceptance to the first generated token.")),
       inter_token_(
           Histogram(registry, "inferbox_inter_token_latency_seconds",
@@ -108,12 +78,12 @@ ServingMetrics::ServingMetrics(prometheus::Registry& registry, bool per_key_seri
 
 void ServingMetrics::RegisterModel(const std::string& model) {
   const prometheus::Labels labels{{"model", model}};
-  first_token_.Add(labels, FirstTokenBuckets());
-  inter_token_.Add(labels, InterTokenBuckets());
+  first_token_.Add(labels, buckets_.first_token_seconds);
+  inter_token_.Add(labels, buckets_.inter_token_seconds);
   for (auto* family : {&e2e_, &queue_, &prefill_, &decode_})
-    family->Add(labels, RequestTimeBuckets());
-  prompt_tokens_.Add(labels, TokenBuckets());
-  generation_tokens_.Add(labels, TokenBuckets());
+    family->Add(labels, buckets_.request_seconds);
+  prompt_tokens_.Add(labels, buckets_.tokens);
+  generation_tokens_.Add(labels, buckets_.tokens);
   prompt_tokens_total_.Add(labels);
   cached_prompt_tokens_total_.Add(labels);
   generation_tokens_total_.Add(labels);
@@ -125,11 +95,11 @@ void ServingMetrics::RegisterModel(const std::string& model) {
 
 void ServingMetrics::Record(const RequestRecord& record) {
   const prometheus::Labels model{{"model", record.model}};
-  e2e_.Add(model, RequestTimeBuckets()).Observe(record.e2e_seconds);
+  e2e_.Add(model, buckets_.request_seconds).Observe(record.e2e_seconds);
   if (record.first_token_seconds)
-    first_token_.Add(model, FirstTokenBuckets()).Observe(*record.first_token_seconds);
+    first_token_.Add(model, buckets_.first_token_seconds).Observe(*record.first_token_seconds);
   if (!record.inter_token_seconds.empty()) {
-    auto& histogram = inter_token_.Add(model, InterTokenBuckets());
+    auto& histogram = inter_token_.Add(model, buckets_.inter_token_seconds);
     for (const double gap : record.inter_token_seconds) histogram.Observe(gap);
   }
   prompt_tokens_total_.Add(model).Increment(static_cast<double>(record.prompt_tokens));
@@ -159,14 +129,15 @@ void ServingMetrics::Record(const RequestRecord& record) {
     return;
   }
   success_.Add({{"model", record.model}, {"finish_reason", record.finish_reason}}).Increment();
-  prompt_tokens_.Add(model, TokenBuckets()).Observe(static_cast<double>(record.prompt_tokens));
-  generation_tokens_.Add(model, TokenBuckets())
+  prompt_tokens_.Add(model, buckets_.tokens).Observe(static_cast<double>(record.prompt_tokens));
+  generation_tokens_.Add(model, buckets_.tokens)
       .Observe(static_cast<double>(record.generation_tokens));
-  if (record.queue_seconds) queue_.Add(model, RequestTimeBuckets()).Observe(*record.queue_seconds);
+  if (record.queue_seconds)
+    queue_.Add(model, buckets_.request_seconds).Observe(*record.queue_seconds);
   if (record.prefill_seconds)
-    prefill_.Add(model, RequestTimeBuckets()).Observe(*record.prefill_seconds);
+    prefill_.Add(model, buckets_.request_seconds).Observe(*record.prefill_seconds);
   if (record.decode_seconds)
-    decode_.Add(model, RequestTimeBuckets()).Observe(*record.decode_seconds);
+    decode_.Add(model, buckets_.request_seconds).Observe(*record.decode_seconds);
 }
 
 void ServingMetrics::RecordRejected(const std::string& reason) {

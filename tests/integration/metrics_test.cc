@@ -312,6 +312,31 @@ TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
 
 // The GPU names against a daemon whose NVML is the fake one (tests/support/fake_nvml): one
 // GPU that reports every reading, and an Xid event queued once the daemon listens for them.
+// R3.4: the histograms' buckets are vLLM's unless [metrics] says otherwise.
+TEST(MetricBucketsTest, TheConfigurationChoosesTheBuckets) {
+  TempDir dir;
+  MakeTinyModel(dir.path() / "model", "qwen3", {"--arch", "qwen3", "--seed", "8"}, dir.path());
+  const std::string config =
+      TestConfig() +
+      "[engines]\nexecutable = \"" INFERBOX_ENGINE_PATH
+      "\"\n[[models]]\nname = \"tiny\"\npath = \"" +
+      (dir.path() / "model").string() +
+      "\"\nkv_cache_gib = 0.1\n[metrics]\ntime_to_first_token_buckets = [0.25, 60]\n"
+      "token_count_buckets = [16, 4096]\n";
+  DaemonProcess daemon(dir, DaemonOptions{.config_text = config});
+  ASSERT_TRUE(daemon.WaitReady());
+  const Scrape scrape = Parse(HttpGet("http://" + daemon.metrics_address() + "/metrics").body);
+  const auto bucket = [&](const std::string& name, const std::string& le) {
+    return scrape.Value(name + "_bucket", {{"model", "tiny"}, {"le", le}});
+  };
+  EXPECT_EQ(bucket("inferbox_time_to_first_token_seconds", "0.25"), 0);
+  EXPECT_EQ(bucket("inferbox_time_to_first_token_seconds", "60"), 0);
+  EXPECT_EQ(bucket("inferbox_time_to_first_token_seconds", "0.001"), -1) << "not vLLM's any more";
+  EXPECT_EQ(bucket("inferbox_request_prompt_tokens", "4096"), 0);
+  EXPECT_EQ(bucket("inferbox_request_prompt_tokens", "1000"), -1);
+  EXPECT_EQ(bucket("inferbox_inter_token_latency_seconds", "0.01"), 0) << "the others keep vLLM's";
+}
+
 TEST(GpuMetricsTest, DashboardsAlertsAndCatalogueNameOnlyGpuMetricsTheBoxExports) {
   TempDir dir;
   const auto state = dir.path() / "nvml-state";

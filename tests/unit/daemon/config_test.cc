@@ -192,6 +192,32 @@ TEST(NetworkExposure, NonLoopbackNeedsTlsAndKeys) {
   EXPECT_THAT(clear_text.message(), HasSubstr("[server.tls] is not set"));
 }
 
+TEST(Config, ParsesMetricBucketsAndRefusesBadOnes) {
+  auto config = ParseConfig(R"([metrics]
+time_to_first_token_buckets = [0.05, 0.5, 5]
+inter_token_latency_buckets = [0.02, 0.2]
+request_time_buckets = [1, 10, 100]
+token_count_buckets = [128, 1024, 8192]
+)",
+                            "metrics.toml");
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->metric_buckets.first_token_seconds, (std::vector<double>{0.05, 0.5, 5}));
+  EXPECT_EQ(config->metric_buckets.inter_token_seconds, (std::vector<double>{0.02, 0.2}));
+  EXPECT_EQ(config->metric_buckets.request_seconds, (std::vector<double>{1, 10, 100}));
+  EXPECT_EQ(config->metric_buckets.tokens, (std::vector<double>{128, 1024, 8192}));
+  EXPECT_EQ(DaemonConfig{}.metric_buckets.first_token_seconds.front(), 0.001) << "vLLM's";
+  EXPECT_EQ(DaemonConfig{}.metric_buckets.first_token_seconds.back(), 2560);
+
+  EXPECT_THAT(ErrorOf("[metrics]\ntoken_count_buckets = [10, 5]\n"),
+              HasSubstr("metrics.token_count_buckets: bucket bounds must increase strictly"));
+  EXPECT_THAT(ErrorOf("[metrics]\nrequest_time_buckets = [0, 1]\n"),
+              HasSubstr("bucket bounds are positive numbers"));
+  EXPECT_THAT(ErrorOf("[metrics]\nrequest_time_buckets = []\n"), HasSubstr("needs 1 to 64"));
+  EXPECT_THAT(ErrorOf("[metrics]\nrequest_time_buckets = 5\n"),
+              HasSubstr("expected an array of numbers"));
+  EXPECT_THAT(ErrorOf("[metrics]\nttft_buckets = [1]\n"), HasSubstr("unknown key"));
+}
+
 TEST(Config, ParsesTheTlsTable) {
   auto config = ParseConfig(R"([server.tls]
 certificate = "/etc/inferbox/tls/server.crt"

@@ -16,6 +16,7 @@
 #include "inferbox/common/status.h"
 #include "inferbox/daemon/tls.h"
 #include "inferbox/monitoring/economics.h"
+#include "inferbox/monitoring/serving_metrics.h"
 
 namespace inferbox::daemon {
 
@@ -175,6 +176,8 @@ struct DaemonConfig {
   ModelStoreConfig model_store;
   // [economics]
   monitoring::EconomicsConfig economics;
+  // [metrics]: the histograms' buckets (vLLM's by default).
+  monitoring::HistogramBuckets metric_buckets;
 
   bool operator==(const DaemonConfig&) const = default;
 };

@@ -41,6 +41,31 @@ struct RequestRecord {
   std::optional<double> decode_seconds;
 };
 
+// Upper bounds of the histograms' buckets (CONVENTIONS R3.4): vLLM's by default, so that
+// dashboards and SLOs port; each strictly increasing ([metrics] in the configuration).
+struct HistogramBuckets {
+  // inferbox_time_to_first_token_seconds: 1 ms to 2560 s.
+  std::vector<double> first_token_seconds = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                             0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
+                                             20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
+  // inferbox_inter_token_latency_seconds: 10 ms to 80 s.
+  std::vector<double> inter_token_seconds = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                             0.3,  0.4,   0.5,  0.75,  1.0, 2.5,  5.0,
+                                             7.5,  10.0,  20.0, 40.0,  80.0};
+  // inferbox_e2e_request_latency_seconds and the queue, prefill and decode times: 0.3 s to
+  // about 2 h.
+  std::vector<double> request_seconds = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                         5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                                         60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+  // inferbox_request_prompt_tokens and inferbox_request_generation_tokens: 1-2-5 up to a
+  // million tokens (longer than any model's context).
+  std::vector<double> tokens = {1,     2,      5,      10,     20,     50,    100,
+                                200,   500,    1000,   2000,   5000,   10000, 20000,
+                                50000, 100000, 200000, 500000, 1000000};
+
+  bool operator==(const HistogramBuckets&) const = default;
+};
+
 class ServingMetrics {
  public:
   // At most this many keys get series of their own; requests of further keys count under
@@ -49,7 +74,8 @@ class ServingMetrics {
 
   // Registers the families in `registry`; the per-key ones (inferbox_key_*) only with
   // `per_key_series` ([server] metrics_per_key in the configuration).
-  explicit ServingMetrics(prometheus::Registry& registry, bool per_key_series = false);
+  explicit ServingMetrics(prometheus::Registry& registry, bool per_key_series = false,
+                          HistogramBuckets buckets = {});
 
   // Creates the model's series at 0, so they exist (and rate() works) before any traffic.
   void RegisterModel(const std::string& model);
@@ -63,6 +89,7 @@ class ServingMetrics {
   double generation_tokens() const { return delivered_tokens_.load(); }
 
  private:
+  const HistogramBuckets buckets_;
   prometheus::Family<prometheus::Histogram>& first_token_;
   prometheus::Family<prometheus::Histogram>& inter_token_;
   prometheus::Family<prometheus::Histogram>& e2e_;
