@@ -312,6 +312,49 @@ TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
 
 // The GPU names against a daemon whose NVML is the fake one (tests/support/fake_nvml): one
 // GPU that reports every reading, and an Xid event queued once the daemon listens for them.
+// The probes of deploy/kubernetes/probes.yaml (R6.7) against a serving daemon: each path
+// answers 200 on the port it names, and the startup probe's budget covers the unit's
+// TimeoutStartSec (the slowest model load the box is sized for).
+TEST_F(MetricsTest, TheKubernetesProbesAnswerAndTheStartupBudgetCoversTheLoad) {
+  const std::filesystem::path source(INFERBOX_SOURCE_DIR);
+  std::istringstream yaml(ReadText(source / "deploy/kubernetes/probes.yaml"));
+  struct Probe {
+    std::string path, port;
+    int period = 10, failures = 3;  // Kubernetes' defaults.
+  };
+  std::map<std::string, Probe> probes;
+  std::map<std::string, int> ports;
+  std::string current, port_name;
+  static const std::regex kField(R"(^\s*-?\s*(\w+):\s*(\S*)\s*$)");
+  for (std::string line; std::getline(yaml, line);) {
+    std::smatch field;
+    if (line.starts_with("#") || !std::regex_match(line, field, kField)) continue;
+    const std::string key = field[1], value = field[2];
+    if (key.ends_with("Probe")) current = key;
+    if (key == "name") port_name = value;
+    if (key == "containerPort") ports[port_name] = std::stoi(value);
+    if (current.empty()) continue;
+    if (key == "path") probes[current].path = value;
+    if (key == "port") probes[current].port = value;
+    if (key == "periodSeconds") probes[current].period = std::stoi(value);
+    if (key == "failureThreshold") probes[current].failures = std::stoi(value);
+  }
+  ASSERT_EQ(probes.size(), 3u) << "startup, liveness and readiness probes";
+  ASSERT_EQ(ports["metrics"], 9400) << "server.metrics_listen's default port";
+  for (const auto& [name, probe] : probes) {
+    EXPECT_EQ(probe.port, "metrics") << name << ": the keyless, plain-HTTP port";
+    const HttpResponse answer = HttpGet("http://" + daemon_->metrics_address() + probe.path);
+    EXPECT_EQ(answer.status, 200) << name << " " << probe.path << ": " << answer.body;
+  }
+  EXPECT_EQ(probes["livenessProbe"].path, "/health/live");
+  EXPECT_EQ(probes["readinessProbe"].path, "/health/ready");
+  std::smatch timeout;
+  const std::string unit = ReadText(source / "packaging/systemd/inferbox.service");
+  ASSERT_TRUE(std::regex_search(unit, timeout, std::regex(R"(TimeoutStartSec=(\d+))")));
+  EXPECT_GE(probes["startupProbe"].period * probes["startupProbe"].failures, std::stoi(timeout[1]))
+      << "the startup probe would kill a box still loading its model";
+}
+
 // R3.4: the histograms' buckets are vLLM's unless [metrics] says otherwise.
 TEST(MetricBucketsTest, TheConfigurationChoosesTheBuckets) {
   TempDir dir;
