@@ -77,6 +77,9 @@ std::shared_ptr<grpc::Channel> Connect(const GlobalOptions& options) {
   // Keepalive as documented in docs/operations.md; matches the server's ping policy.
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // Without this, gRPC stops pinging after two pings with nothing else sent, and a long idle
+  // stream behind a NAT would lose its connection all the same.
+  arguments.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   if (!options.tls_server_name.empty()) arguments.SetSslTargetNameOverride(options.tls_server_name);
   auto channel = grpc::CreateCustomChannel(
       options.address,

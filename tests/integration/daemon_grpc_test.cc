@@ -149,6 +149,41 @@ TEST_F(DaemonGrpcTest, HealthWatchSendsTheCurrentStatusAtOnce) {
   context.TryCancel();
 }
 
+// R2.6: an idle admin stream survives the client's keepalive pings. The client pings every
+// 15 s while nothing else moves (and keeps on: no limit on pings without data); a server
+// with gRPC's default policy (one ping per 5 minutes without data) would answer the third with
+// a GOAWAY "too_many_pings" and end the stream UNAVAILABLE. Ours takes one every 10 s.
+TEST_F(DaemonGrpcTest, AnIdleStreamSurvivesKeepalivePings) {
+  grpc::ChannelArguments arguments;
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 15000);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  arguments.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  arguments.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  auto channel = grpc::CreateCustomChannel(daemon_->grpc_address(),
+                                           grpc::InsecureChannelCredentials(), arguments);
+  grpc::ClientContext context;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service("inferbox.v1.Admin");
+  auto reader = grpc::health::v1::Health::NewStub(channel)->Watch(&context, request);
+  HealthCheckResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  // Idle for 50 s (three pings), watching the connection: it must stay up.
+  const auto until = std::chrono::system_clock::now() + std::chrono::seconds(50);
+  grpc_connectivity_state state = channel->GetState(false);
+  ASSERT_EQ(state, GRPC_CHANNEL_READY);
+  while (channel->WaitForStateChange(state, until)) {
+    state = channel->GetState(false);
+    ADD_FAILURE() << "the connection left READY (state " << state << ") while the stream idled";
+    break;
+  }
+  context.TryCancel();
+  while (reader->Read(&response)) {
+  }
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED)
+      << "the stream ended by itself: " << status.error_message();
+}
+
 TEST_F(DaemonGrpcTest, ReflectionListsOurServicesAndDescribesThem) {
   using grpc::reflection::v1alpha::ServerReflection;
   using grpc::reflection::v1alpha::ServerReflectionRequest;
