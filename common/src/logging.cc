@@ -53,7 +53,8 @@ class JournaldSink final : public spdlog::sinks::base_sink<std::mutex> {
     if (!current_message_id.empty())
       fields.push_back("MESSAGE_ID=" + std::string(current_message_id));
     if (current_fields != nullptr) {
-      for (std::string& field : JournalFields(*current_fields)) fields.push_back(std::move(field));
+      for (std::string& field : JournalFields(*current_fields, /*one_gpu_per_field=*/true))
+        fields.push_back(std::move(field));
     }
     std::vector<iovec> entries;
     entries.reserve(fields.size());
@@ -116,13 +117,22 @@ Result<spdlog::level::level_enum> ParseLogLevel(std::string_view name) {
                               "\" (expected trace, debug, info, warn, error, critical or off)");
 }
 
-std::vector<std::string> JournalFields(const EventFields& fields) {
+std::vector<std::string> JournalFields(const EventFields& fields, bool one_gpu_per_field) {
   std::vector<std::string> out;
   for (const auto& [name, value] :
        {std::pair{"MODEL", fields.model}, std::pair{"ENGINE", fields.engine},
         std::pair{"GPU", fields.gpu}, std::pair{"XID", fields.xid},
         std::pair{"REQUEST_ID", fields.request_id}}) {
-    if (!value.empty()) out.push_back(std::string(name) + "=" + std::string(value));
+    if (value.empty()) continue;
+    if (one_gpu_per_field && std::string_view(name) == "GPU") {
+      for (std::string_view rest = value; !rest.empty();) {
+        const size_t comma = rest.find(',');
+        out.push_back("GPU=" + std::string(rest.substr(0, comma)));
+        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      }
+      continue;
+    }
+    out.push_back(std::string(name) + "=" + std::string(value));
   }
   return out;
 }

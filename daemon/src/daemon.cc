@@ -275,6 +275,9 @@ class RunningDaemon {
   std::mutex gpu_fence_mutex_;  // Serialises FenceGpus.
   std::unique_ptr<OpenAiGateway> http_gateway_;
   bool watchdog_withheld_ = false;  // Responsive said no (main thread only).
+  // The GPUs' health as the watcher last saw it (the progress line reads it without NVML).
+  std::atomic<bool> gpus_healthy_{true};
+  bool reload_refused_ = false;  // The last reload was refused (main thread only).
   std::unique_ptr<grpc::Server> grpc_server_;
   std::string grpc_address_;
   std::string http_address_;
@@ -654,7 +657,8 @@ Status RunningDaemon::Start() {
 
   // Engines load in the background; health and status follow them, and the GPUs.
   supervisor_->SetStateListener([this] { UpdateServingState(); });
-  gpu_collector_->WatchHealth(std::chrono::seconds(5), [this](const monitoring::GpuHealth&) {
+  gpu_collector_->WatchHealth(std::chrono::seconds(5), [this](const monitoring::GpuHealth& health) {
+    gpus_healthy_.store(health.healthy());
     FenceGpus();
     UpdateServingState();
   });
@@ -718,8 +722,10 @@ void RunningDaemon::Reload() {
         spdlog::level::err, message_ids::kConfigReloadFailed,
         "configuration reload refused, keeping the running configuration: " + verdict.message());
     notifier_.Ready("serving; configuration reload refused: " + verdict.message());
+    reload_refused_ = true;
     return;
   }
+  reload_refused_ = false;
 
   config_ = Applicable(std::move(reloaded).value(), /*warn=*/true);
   spdlog::set_level(config_.log_level);
@@ -768,11 +774,11 @@ void RunningDaemon::Serve() {
       next_ping = Clock::now() + *watchdog;
       if (Responsive()) notifier_.PingWatchdog();
     }
-    // R4.1: `systemctl status` says what the box is doing, as it changes.
-    if (std::string line = ProgressLine(); line != progress) {
-      notifier_.Progress(line);
+    // R4.1: `systemctl status` says what the box is doing, as it changes (a line systemd
+    // had no room for is sent again).
+    if (!notifier_.has_progress()) continue;
+    if (std::string line = ProgressLine(); line != progress && notifier_.Progress(line))
       progress = std::move(line);
-    }
   }
 }
 
@@ -794,6 +800,11 @@ std::string RunningDaemon::ProgressLine() {
       not_ready.push_back(model.name + " " + name.substr(name.rfind('_') + 1));
     }
     for (const auto& replica : supervisor_->Replicas(model.name)) {
+      // A stopped or restarting engine's last stats are history, not requests.
+      const auto engine_state = replica->Info().state();
+      if (engine_state != inferbox::v1::ENGINE_STATE_READY &&
+          engine_state != inferbox::v1::ENGINE_STATE_DRAINING)
+        continue;
       if (const auto stats = replica->stats()) {
         num_running += stats->num_requests_running();
         num_waiting += stats->num_requests_waiting();
@@ -809,8 +820,10 @@ std::string RunningDaemon::ProgressLine() {
   std::string line = fmt::format("{}: {} of {} model{} ready", state, num_ready, num_models,
                                  num_models == 1 ? "" : "s");
   if (!not_ready.empty()) line += fmt::format(" ({})", fmt::join(not_ready, ", "));
-  if (!gpu_collector_->Health().healthy()) line += ", a GPU is unhealthy";
-  return line + fmt::format("; {} running, {} waiting", num_running, num_waiting);
+  if (!gpus_healthy_.load()) line += ", a GPU is unhealthy";
+  line += fmt::format("; {} running, {} waiting", num_running, num_waiting);
+  if (reload_refused_) line += "; the last configuration reload was refused (inferboxctl status)";
+  return line;
 }
 
 bool RunningDaemon::Responsive() {

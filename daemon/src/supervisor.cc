@@ -747,8 +747,7 @@ void Supervisor::Watch(Watcher& watcher) {
       options_.engine_executable.string(), "--model", ModelPath(model).string(), "--socket",
       watcher.socket.string(), "--model-id", model.name, "--device", model.device, "--max-running",
       std::to_string(model.max_running), "--token-budget", std::to_string(model.token_budget),
-      "--max-waiting", std::to_string(model.max_waiting), "--max-waiting-tokens",
-      std::to_string(model.max_waiting_tokens), "--log-level", options_.log_level,
+      "--max-waiting", std::to_string(model.max_waiting), "--log-level", options_.log_level,
       // The supervisor drains with the Drain RPC first; the
       // engine's own SIGTERM drain only covers a failed RPC, and
       // must end well within kStopGrace.
@@ -769,6 +768,10 @@ void Supervisor::Watch(Watcher& watcher) {
   if (model.device == "cuda") {
     argv.push_back("--gpu-memory-fraction");
     argv.push_back(fmt::format("{}", model.gpu_memory_fraction));
+  }
+  if (model.max_waiting_tokens > 0) {
+    argv.push_back("--max-waiting-tokens");
+    argv.push_back(std::to_string(model.max_waiting_tokens));
   }
   if (model.max_model_len > 0) {
     argv.push_back("--max-model-len");

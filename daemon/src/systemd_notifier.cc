@@ -60,12 +60,12 @@ SystemdNotifier::~SystemdNotifier() {
   if (progress_socket_ >= 0) ::close(progress_socket_);
 }
 
-void SystemdNotifier::Progress(std::string_view status) {
-  if (progress_socket_ < 0) return;
+bool SystemdNotifier::Progress(std::string_view status) {
+  if (progress_socket_ < 0) return false;
   const std::string text = "STATUS=" + OneLine(status);
-  // EAGAIN: systemd is behind; the next line will say more than this one would have.
-  [[maybe_unused]] const ssize_t sent =
-      ::send(progress_socket_, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  // EAGAIN: systemd is behind; the caller tries again with its next line.
+  return ::send(progress_socket_, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT) ==
+         static_cast<ssize_t>(text.size());
 }
 
 void SystemdNotifier::Send(std::string_view message) {

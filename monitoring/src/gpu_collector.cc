@@ -142,7 +142,8 @@ struct GpuCollector::Nvml {
     std::map<unsigned long long, double> xid_counts;  // By Xid, since the daemon started.
     unsigned long long last_xid = 0;
     std::string fatal_xid;  // The first fatal Xid's reason; kept until the daemon restarts.
-    GpuVerdict verdict;     // The latest, to log changes once.
+    unsigned long long fatal_xid_code = 0;  // Its number.
+    GpuVerdict verdict;                     // The latest, to log changes once.
   };
   // One GPU at one look.
   struct Snapshot {
@@ -305,7 +306,10 @@ void GpuCollector::Nvml::TakeXidEvents() {
       device.xid_counts[xid] += 1;
       device.last_xid = xid;
       const std::optional<std::string> fatal = FatalXidReason(xid);
-      if (fatal && device.fatal_xid.empty()) device.fatal_xid = *fatal;
+      if (fatal && device.fatal_xid.empty()) {
+        device.fatal_xid = *fatal;
+        device.fatal_xid_code = xid;
+      }
       spdlog::log(fatal ? spdlog::level::err : spdlog::level::warn, "GPU {} ({}) reported {}",
                   device.index, device.uuid, fatal ? *fatal : fmt::format("Xid {}", xid));
     }
@@ -350,7 +354,8 @@ std::vector<GpuCollector::Nvml::Snapshot> GpuCollector::Nvml::Look() {
         spdlog::info("GPU {} ({}) is healthy again", device.index, device.uuid);
       } else {
         const std::string gpu = std::to_string(device.index);
-        const std::string xid = device.fatal_xid.empty() ? "" : std::to_string(device.last_xid);
+        const std::string xid =
+            device.fatal_xid.empty() ? "" : std::to_string(device.fatal_xid_code);
         LogEvent(
             spdlog::level::err, kGpuUnhealthy,
             fmt::format("GPU {} ({}) is unhealthy: {}", device.index, device.uuid, verdict.reason),

@@ -787,6 +787,7 @@ TEST_F(DaemonEngineTest, SigtermFinishesTheStreamThenStopsEngineAndDaemon) {
 TEST_F(DaemonEngineTest, TheStatusLineFollowsTheRequestsRunning) {
   ASSERT_NO_FATAL_FAILURE(Start(ModelsConfig(model())));
   ASSERT_TRUE(WaitServing());
+  daemon_->notify().ReceivePending();  // Lines from before the stream (a canary) do not count.
   grpc::ClientContext context;
   auto reader = inference_->Chat(&context, Chat(3000));
   api::GenerateChunk chunk;
@@ -826,7 +827,11 @@ TEST_F(DaemonEngineTest, AnEngineDiesWithItsKilledDaemonAndTheNextDaemonServes) 
   Streamed streamed;
   std::thread client([&] { streamed = RunChat(Chat(3000)); });
   const uint64_t before = EngineStats().generation_tokens_total();  // The canary's.
-  while (EngineStats().generation_tokens_total() <= before) std::this_thread::sleep_for(5ms);
+  const auto streaming_by = std::chrono::steady_clock::now() + 30s;
+  while (EngineStats().generation_tokens_total() <= before &&
+         std::chrono::steady_clock::now() < streaming_by)
+    std::this_thread::sleep_for(5ms);
+  ASSERT_GT(EngineStats().generation_tokens_total(), before) << "the stream never started";
 
   daemon_->process().Signal(SIGKILL);
   ASSERT_TRUE(daemon_->process().WaitForExit(10s).has_value());

@@ -225,6 +225,13 @@ TEST(DaemonLifecycle, SighupWithBrokenConfigKeepsServingTheOldOne) {
   const auto ready = daemon.notify().WaitFor("READY=1", std::chrono::seconds(10));
   ASSERT_TRUE(ready) << "no READY=1 after the refused reload; log:\n" << daemon.Logs();
   EXPECT_THAT(NotifyField(*ready, "STATUS").value_or(""), HasSubstr("reload refused"));
+  // And the progress lines that follow keep saying so (R4.1).
+  EXPECT_TRUE(
+      daemon.notify().WaitFor("STATUS=serving: 0 of 0 models ready; 0 running, 0 "
+                              "waiting; the last configuration reload was refused "
+                              "(inferboxctl status)",
+                              std::chrono::seconds(10)))
+      << "the progress line forgot the refused reload";
 
   EXPECT_EQ(CheckHealth(daemon.grpc_address()), grpc::health::v1::HealthCheckResponse::SERVING);
   const auto status = GetStatus(daemon.grpc_address());

@@ -310,12 +310,10 @@ TEST_F(MetricsTest, DashboardsAlertsAndCatalogueNameOnlyMetricsTheBoxExports) {
   }
 }
 
-// The GPU names against a daemon whose NVML is the fake one (tests/support/fake_nvml): one
-// GPU that reports every reading, and an Xid event queued once the daemon listens for them.
 // The probes of deploy/kubernetes/probes.yaml (R6.7) against a serving daemon: each path
-// answers 200 on the port it names, and the startup probe's budget covers the unit's
-// TimeoutStartSec (the slowest model load the box is sized for).
-TEST_F(MetricsTest, TheKubernetesProbesAnswerAndTheStartupBudgetCoversTheLoad) {
+// answers 200 on the port it names, and the startup probe's budget is at least the unit's
+// TimeoutStartSec (so Kubernetes gives a start as long as systemd does).
+TEST_F(MetricsTest, TheKubernetesProbesAnswerAndTheStartupBudgetMatchesTheUnit) {
   const std::filesystem::path source(INFERBOX_SOURCE_DIR);
   std::istringstream yaml(ReadText(source / "deploy/kubernetes/probes.yaml"));
   struct Probe {
@@ -352,7 +350,7 @@ TEST_F(MetricsTest, TheKubernetesProbesAnswerAndTheStartupBudgetCoversTheLoad) {
   const std::string unit = ReadText(source / "packaging/systemd/inferbox.service");
   ASSERT_TRUE(std::regex_search(unit, timeout, std::regex(R"(TimeoutStartSec=(\d+))")));
   EXPECT_GE(probes["startupProbe"].period * probes["startupProbe"].failures, std::stoi(timeout[1]))
-      << "the startup probe would kill a box still loading its model";
+      << "Kubernetes would give a start less time than systemd does";
 }
 
 // R3.4: the histograms' buckets are vLLM's unless [metrics] says otherwise.
@@ -380,6 +378,8 @@ TEST(MetricBucketsTest, TheConfigurationChoosesTheBuckets) {
   EXPECT_EQ(bucket("inferbox_inter_token_latency_seconds", "0.01"), 0) << "the others keep vLLM's";
 }
 
+// The GPU names against a daemon whose NVML is the fake one (tests/support/fake_nvml): one
+// GPU that reports every reading, and an Xid event queued once the daemon listens for them.
 TEST(GpuMetricsTest, DashboardsAlertsAndCatalogueNameOnlyGpuMetricsTheBoxExports) {
   TempDir dir;
   const auto state = dir.path() / "nvml-state";

@@ -21,6 +21,9 @@ TEST(JournalFields, NameWhatIsSetInAFixedOrder) {
   EXPECT_THAT(JournalFields({.model = "m", .request_id = "chatcmpl-1"}),
               ElementsAre("MODEL=m", "REQUEST_ID=chatcmpl-1"));
   EXPECT_TRUE(JournalFields({}).empty());
+  EXPECT_THAT(JournalFields({.engine = "m/0", .gpu = "0,1"}, /*one_gpu_per_field=*/true),
+              ElementsAre("ENGINE=m/0", "GPU=0", "GPU=1"))
+      << "the journal gets a field per GPU, so that GPU=1 finds a tensor-parallel engine";
 }
 
 TEST(LogEvent, OnStderrTheFieldsFollowTheMessage) {

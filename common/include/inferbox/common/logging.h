@@ -53,8 +53,10 @@ struct EventFields {
   std::string_view request_id;  // REQUEST_ID=: the response id clients see.
 };
 
-// "MODEL=tiny", ... for the fields that are set, in the order above.
-std::vector<std::string> JournalFields(const EventFields& fields);
+// "MODEL=tiny", ... for the fields that are set, in the order above. `one_gpu_per_field`:
+// "GPU=0", "GPU=1" for "0,1" (the journal's form: `journalctl GPU=1` matches either field),
+// else one "GPU=0,1".
+std::vector<std::string> JournalFields(const EventFields& fields, bool one_gpu_per_field = false);
 
 // Logs a key event: on journald it carries MESSAGE_ID and `fields`; on stderr the fields
 // follow the message, "[MODEL=tiny ENGINE=tiny/0]".

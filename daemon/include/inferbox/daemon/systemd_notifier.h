@@ -23,7 +23,10 @@ class SystemdNotifier {
   // STATUS= as the box goes (requests running and waiting), without waiting: dropped when
   // systemd has not taken the previous ones yet, so that the main loop, the watchdog's
   // heartbeat, never blocks on a line of text (sd_notify waits while the socket is full).
-  void Progress(std::string_view status);
+  // False when the line was not sent (systemd behind, or no NOTIFY_SOCKET).
+  bool Progress(std::string_view status);
+  // Whether Progress lines go anywhere.
+  bool has_progress() const { return progress_socket_ >= 0; }
   // RELOADING=1 with MONOTONIC_USEC, as systemd's reload protocol asks; follow with Ready().
   void Reloading(std::string_view status);
   void Stopping(std::string_view status);
