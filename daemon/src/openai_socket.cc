@@ -248,7 +248,6 @@ bool SocketStream::WaitForTls(int result, boost::system::error_code& ec) {
 }
 
 ssize_t SocketStream::TrySend(const char* data, size_t size) {
-  size = std::min(size, kMaxSendBytes);
   if (size == 0) return 0;
   if (!ssl_) {
     for (;;) {
@@ -259,7 +258,7 @@ ssize_t SocketStream::TrySend(const char* data, size_t size) {
     }
   }
   ERR_clear_error();
-  const int sent = SSL_write(ssl_.get(), data, static_cast<int>(size));
+  const int sent = SSL_write(ssl_.get(), data, static_cast<int>(std::min(size, kMaxSendBytes)));
   if (sent > 0) return sent;
   const int error = SSL_get_error(ssl_.get(), sent);
   ERR_clear_error();

@@ -89,8 +89,9 @@ class SocketStream {
   // client lacks, the client leaving, the deadline).
   Handshake AcceptTls(ssl_ctx_st* context, std::string* why);
 
-  // Sends at most kMaxSendBytes of `data` without waiting: the bytes sent (0 when the socket
-  // takes none now), or -1 when the connection failed. A TLS send the socket took only part of
+  // Sends what the socket takes of `data` without waiting (through TLS, at most one record,
+  // kMaxSendBytes): the bytes sent (0 when the socket takes none now), or -1 when the
+  // connection failed. A TLS send the socket took only part of
   // must be repeated with the same bytes first (more may follow): a caller keeps what was not
   // sent, in order, and sends it before anything else, by TrySend or write_some.
   static constexpr size_t kMaxSendBytes = 16384;  // One TLS record.

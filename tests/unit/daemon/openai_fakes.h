@@ -291,8 +291,9 @@ inline Script HelloScript() {
   return {.chunks = {Chunk("Hel"), Chunk("lo"), Final("!")}};
 }
 
-// A stream of `num_chunks` events of 16 kB ("<0000>xxx...", numbered), then "<end>": more
-// than a socket's buffers take, for clients that read slowly.
+// A stream of `num_chunks` events of 16 kB, each its number as a tag ("<0000>") then 16,000
+// bytes of filler, then "<end>": more than a socket's buffers take, for clients that read
+// slowly.
 inline Script NumberedScript(int num_chunks) {
   Script script;
   for (int i = 0; i < num_chunks; ++i)
